@@ -1,0 +1,124 @@
+//! The types shared by the eBPF program and user space: one definition, `#[repr(C)]`, so both
+//! sides agree on every byte. Map names are here too, so neither side spells them on its own.
+#![no_std]
+
+/// Names of the maps in the object (and of their pins under the pin directory).
+pub mod maps {
+    /// `HashMap<[u8; 4], Owner>`: exact IPv4 addresses (network byte order) to their owner.
+    pub const OWNERS_V4: &str = "ENIPIN_OWN4";
+    /// `HashMap<[u8; 16], Owner>`: exact IPv6 addresses to their owner.
+    pub const OWNERS_V6: &str = "ENIPIN_OWN6";
+    /// `LpmTrie<[u8; 4], Owner>`: IPv4 prefixes delegated to an ENI (e.g. a /28).
+    pub const PREFIXES_V4: &str = "ENIPIN_PFX4";
+    /// `LpmTrie<[u8; 16], Owner>`: IPv6 prefixes delegated to an ENI (e.g. a /80).
+    pub const PREFIXES_V6: &str = "ENIPIN_PFX6";
+    /// `PerCpuHashMap<u32 ifindex, Counters>`; key 0 collects packets on unknown interfaces.
+    pub const COUNTERS: &str = "ENIPIN_CNT";
+    /// `Array<Config>` with one element.
+    pub const CONFIG: &str = "ENIPIN_CFG";
+}
+
+/// The classifier's function name in the object.
+pub const PROGRAM: &str = "enipin_egress";
+
+/// Capacity of the owner maps: 15 ENIs x 50 addresses is 750 on the largest EC2 instance; leave
+/// room for prefixes and IPv6.
+pub const MAX_OWNERS: u32 = 4096;
+/// Capacity of the counter map: one entry per managed interface plus the "unknown" slot 0.
+pub const MAX_INTERFACES: u32 = 256;
+
+/// The interface that owns an address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// Owner's ifindex: misrouted packets are redirected there.
+    pub ifindex: u32,
+    /// Owner's MTU (L3): a redirect skips the stack's MTU check, so the program does it.
+    pub mtu: u32,
+}
+
+/// `Config::mode` values.
+pub const MODE_ENFORCE: u32 = 0;
+pub const MODE_MONITOR: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `MODE_ENFORCE` redirects misrouted packets; `MODE_MONITOR` only counts them.
+    pub mode: u32,
+    /// Non-zero: log rare events (redirect failures, MTU) through aya-log. Never per packet.
+    pub debug: u32,
+}
+
+/// Per-interface, per-CPU counters. User space sums them over CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Source owned by another managed interface (redirected in enforce mode, counted in monitor).
+    pub misrouted_packets: u64,
+    pub misrouted_bytes: u64,
+    /// `bpf_redirect_neigh` refused; the packet passed unchanged.
+    pub redirect_failed: u64,
+    /// Misrouted, but larger than the owner's MTU: passed unchanged (fail open).
+    pub mtu_exceeded: u64,
+    /// Source owned by this interface: the normal case.
+    pub owned_here: u64,
+    /// IP source that no managed interface owns (containers, forwarded traffic, ...).
+    pub not_owned: u64,
+    /// ARP and every other non-IP ethertype.
+    pub non_ip: u64,
+    /// IP, but never redirected: VLAN-tagged, multicast/broadcast destination, IPv6 link-local or
+    /// unspecified source, neighbour discovery.
+    pub skipped: u64,
+    /// Too short to parse (truncated headers): passed unchanged.
+    pub malformed: u64,
+}
+
+impl Counters {
+    /// Field names, in declaration order, for printing and Prometheus.
+    pub const NAMES: [&'static str; 9] = [
+        "misrouted_packets",
+        "misrouted_bytes",
+        "redirect_failed",
+        "mtu_exceeded",
+        "owned_here",
+        "not_owned",
+        "non_ip",
+        "skipped",
+        "malformed",
+    ];
+
+    pub fn values(&self) -> [u64; 9] {
+        [
+            self.misrouted_packets,
+            self.misrouted_bytes,
+            self.redirect_failed,
+            self.mtu_exceeded,
+            self.owned_here,
+            self.not_owned,
+            self.non_ip,
+            self.skipped,
+            self.malformed,
+        ]
+    }
+
+    pub fn add(&mut self, other: &Counters) {
+        self.misrouted_packets += other.misrouted_packets;
+        self.misrouted_bytes += other.misrouted_bytes;
+        self.redirect_failed += other.redirect_failed;
+        self.mtu_exceeded += other.mtu_exceeded;
+        self.owned_here += other.owned_here;
+        self.not_owned += other.not_owned;
+        self.non_ip += other.non_ip;
+        self.skipped += other.skipped;
+        self.malformed += other.malformed;
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` structs of integers with no padding.
+    unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Counters {}
+}

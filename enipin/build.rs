@@ -1,0 +1,35 @@
+//! Builds the eBPF program with the pinned nightly and embeds it (OUT_DIR/enipin).
+//! `cargo xtask setup` installs that nightly and bpf-linker into `.tools/`; this script puts
+//! `.tools/bin` first on PATH so a plain `cargo build` finds them.
+use std::{env, path::PathBuf};
+
+use anyhow::{Context as _, anyhow};
+
+/// Keep in step with xtask's EBPF_TOOLCHAIN.
+const EBPF_TOOLCHAIN: &str = "nightly-2026-10-29";
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let root = manifest_dir.parent().context("enipin/ has no parent")?;
+    let tools_bin = root.join(".tools").join("bin");
+    let path = env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![tools_bin.clone()];
+    paths.extend(env::split_paths(&path));
+    // SAFETY: build scripts are single-threaded at this point.
+    unsafe { env::set_var("PATH", env::join_paths(paths)?) };
+    println!("cargo:rerun-if-changed={}", tools_bin.join("bpf-linker").display());
+
+    let ebpf_dir = root.join("enipin-ebpf");
+    let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path")?;
+    aya_build::build_ebpf(
+        [aya_build::Package { name: "enipin-ebpf", root_dir: ebpf_dir, ..Default::default() }],
+        aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
+    )
+    .map_err(|e| {
+        anyhow!(
+            "building the eBPF program failed: {e:#}\n\
+             Run `cargo xtask setup` first: it installs {EBPF_TOOLCHAIN} with rust-src and \
+             bpf-linker into .tools/"
+        )
+    })
+}

@@ -1,0 +1,19 @@
+//! enipin: pins every reply to the network interface (ENI) that owns its source address.
+//!
+//! One model for every change: [`discover`] reads the kernel's state over netlink, [`plan`] turns
+//! it and the [`config::Config`] into one desired state and diffs it with what is installed,
+//! [`apply`] carries the difference out (rolling back on failure), and [`ebpf`] is the second
+//! applier, for the TC egress enforcer.
+
+pub mod apply;
+pub mod config;
+pub mod discover;
+pub mod ebpf;
+pub mod lab;
+pub mod metrics;
+pub mod model;
+pub mod netns;
+pub mod plan;
+pub mod render;
+pub mod state;
+pub mod sysctl;

@@ -1,0 +1,170 @@
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use enipin::config::{self, Config, Mode, Paths};
+
+/// Pins every reply to the network interface (ENI) that owns its source address.
+#[derive(Parser, Debug)]
+#[command(name = "enipin", version, about, long_about = None)]
+struct Cli {
+    /// Run inside the named network namespace (/run/netns/NAME) instead of the current one.
+    #[arg(long, global = true, env = "ENIPIN_NETNS")]
+    netns: Option<String>,
+    /// bpffs directory for enipin's pinned links, program and maps.
+    #[arg(long, global = true, env = "ENIPIN_PIN_DIR", default_value = config::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Directory of enipin's state file.
+    #[arg(long, global = true, env = "ENIPIN_STATE_DIR", default_value = config::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Selection {
+    /// Interfaces to manage, by name or MAC (comma-separated). Default: every Ethernet interface
+    /// that is up and shares a subnet with another one.
+    #[arg(long, value_delimiter = ',')]
+    interfaces: Vec<String>,
+    /// Gateway for every managed interface (default: the main table's default route through the
+    /// interface, else the subnet's first host).
+    #[arg(long)]
+    gateway: Option<IpAddr>,
+    /// First policy routing table number.
+    #[arg(long, default_value_t = config::DEFAULT_TABLE_BASE)]
+    table_base: u32,
+    /// First rule priority.
+    #[arg(long, default_value_t = config::DEFAULT_PRIORITY)]
+    priority: u32,
+    /// A prefix delegated to an interface, IFACE=CIDR (repeatable).
+    #[arg(long = "prefix")]
+    prefixes: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Install source policy routing and the TC egress enforcer on the managed interfaces.
+    Attach {
+        #[command(flatten)]
+        sel: Selection,
+        /// Leave policy rules, routes and sysctls alone (eBPF only).
+        #[arg(long)]
+        no_rules: bool,
+        /// Leave the datapath alone (rules only).
+        #[arg(long)]
+        no_ebpf: bool,
+        /// Print what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Output of --dry-run: enipin's diff, or the equivalent iproute2 commands.
+        #[arg(long, value_enum, default_value_t = enipin::plan::DiffFormat::Text)]
+        format: enipin::plan::DiffFormat,
+        /// enforce: redirect misrouted packets; monitor: only count them.
+        #[arg(long, value_enum, default_value_t = Mode::Enforce)]
+        mode: Mode,
+        /// Log rare datapath events (redirect failures) through aya-log.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Remove exactly what enipin added and restore the sysctls it changed.
+    Detach,
+    /// Managed interfaces, addresses, tables, rules, attachment, and drift from the desired state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Datapath counters per interface, summed over CPUs.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counters in Prometheus text format: once to stdout, or served over HTTP with --listen.
+    Metrics {
+        /// Serve GET /metrics on this address (e.g. 127.0.0.1:9717).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Print the desired state as persistent distro network configuration.
+    Render {
+        #[command(flatten)]
+        sel: Selection,
+        #[arg(long, value_enum)]
+        format: enipin::render::Format,
+    },
+    /// Run the seed scenario in throwaway namespaces: two ENIs in one subnet behind a "VPC" that
+    /// drops packets whose source IP or MAC is not the ENI's, before and after enipin.
+    Lab {
+        /// Leave the namespaces in place and print how to enter them.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+impl Selection {
+    fn into_config(self) -> Result<Config> {
+        let prefixes = self
+            .prefixes
+            .iter()
+            .map(|p| enipin::plan::parse_prefix_arg(p))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Config {
+            interfaces: self.interfaces,
+            gateway: self.gateway,
+            table_base: self.table_base,
+            priority: self.priority,
+            prefixes,
+            ..Config::default()
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Enter the namespace before the runtime starts its threads: they inherit it.
+    if let Some(ns) = &cli.netns {
+        if let Err(e) = enipin::netns::enter(ns) {
+            eprintln!("enipin: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("enipin: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("enipin: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let paths = Paths { pin_dir: cli.pin_dir, state_dir: cli.state_dir };
+    match cli.command {
+        Command::Attach { sel, no_rules, no_ebpf, dry_run, format, mode, debug } => {
+            let mut cfg = sel.into_config()?;
+            cfg.rules = !no_rules;
+            cfg.sysctls = !no_rules;
+            cfg.ebpf = !no_ebpf;
+            cfg.mode = mode;
+            cfg.debug = debug;
+            enipin::apply::attach(&cfg, &paths, dry_run, format).await?;
+        }
+        Command::Detach => enipin::apply::detach(&paths).await?,
+        Command::Status { json } => enipin::apply::status(&paths, json).await?,
+        Command::Stats { json } => enipin::metrics::stats(&paths, json).await?,
+        Command::Metrics { listen } => enipin::metrics::metrics(&paths, listen).await?,
+        Command::Render { sel, format } => {
+            let cfg = sel.into_config()?;
+            enipin::render::render(&cfg, format).await?;
+        }
+        Command::Lab { keep } => return enipin::lab::run(keep).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,103 @@
+//! `cargo xtask <task>`: the project's own installer and task runner. Every task that builds
+//! enipin runs `setup` first, so the README's commands work on a fresh machine.
+
+mod setup;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+  setup            install the eBPF toolchain, bpf-linker and the Debian packages (idempotent)
+  lab [--keep]     build enipin and run the seed scenario in throwaway namespaces
+  test             setup, then the whole test suite (unit, eBPF test-run, namespaces, lab)
+  bench [--quick]  the benchmark: datapath cost, throughput ratios, control plane; writes bench/
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::run().map(|_| ()),
+        Some("lab") => lab(&args[1..]),
+        Some("test") => test(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        Some("-h" | "--help" | "help") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprint!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_path_buf()
+}
+
+/// `cargo` with the project's tools directory first on PATH.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root()).env("PATH", setup::path_with_tools());
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("{what} creates network namespaces and loads eBPF programs: run it as root");
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn lab(args: &[String]) -> Result<()> {
+    require_root("the lab")?;
+    setup::run()?;
+    run(cargo().args(["build", "--package", "enipin", "--bin", "enipin"]))?;
+    let bin = root().join("target/debug/enipin");
+    run(Command::new(bin).arg("lab").args(args))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    require_root("the test suite")?;
+    setup::run()?;
+    let started = std::time::Instant::now();
+    // The binary the integration tests drive, and the suite itself.
+    run(cargo().args(["build", "--package", "enipin", "--bin", "enipin"]))?;
+    run(cargo().args(["test", "--workspace"]).args(args))?;
+    eprintln!("xtask: test suite took {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    require_root("the benchmark")?;
+    setup::run()?;
+    run(cargo().args(["build", "--release", "--package", "enipin", "--package", "enipin-tests", "--bins"]))?;
+    run(cargo().args(["run", "--release", "--package", "enipin-tests", "--bin", "enipin-bench", "--"]).args(args))
+}

@@ -1,0 +1,157 @@
+//! Installs everything enipin's build, lab, tests and benchmark need, idempotently: a second run
+//! checks and returns in seconds. Each step says what it does; a failure names the step.
+
+use std::{
+    env,
+    ffi::OsString,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::root;
+
+/// The nightly that builds the eBPF program. Keep in step with enipin/build.rs.
+pub const EBPF_TOOLCHAIN: &str = "nightly-2026-10-29";
+/// bpf-linker, built against that nightly's own libLLVM (its default feature is llvm-23).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian packages for the lab, the tests and the benchmark: (command, package).
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("nft", "nftables"),
+    ("iperf3", "iperf3"),
+];
+
+pub fn tools_dir() -> PathBuf {
+    root().join(".tools")
+}
+
+pub fn path_with_tools() -> OsString {
+    let mut paths = vec![tools_dir().join("bin")];
+    paths.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
+    env::join_paths(paths).expect("PATH entries contain no separator")
+}
+
+pub fn run() -> Result<()> {
+    let started = Instant::now();
+    step("Debian packages", packages)?;
+    step("eBPF toolchain", nightly)?;
+    step("bpf-linker", bpf_linker)?;
+    eprintln!("setup: ready in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn step(name: &str, f: fn() -> Result<()>) -> Result<()> {
+    f().with_context(|| format!("setup step '{name}' failed"))
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn packages() -> Result<()> {
+    let missing: Vec<&str> =
+        PACKAGES.iter().filter(|(cmd, _)| !have(cmd)).map(|(_, pkg)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    let apt = |args: &[&str]| -> Result<()> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get (is this Debian/Ubuntu, and are you root?)")?;
+        if !status.success() {
+            bail!("apt-get {} failed: {status}", args.join(" "));
+        }
+        Ok(())
+    };
+    apt(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    apt(&args)
+}
+
+fn nightly() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN])
+        .output()
+        .context("running rustup (install it from your distribution or rustup.rs)")?;
+    if installed.status.success() && String::from_utf8_lossy(&installed.stdout).contains("rust-src") {
+        return Ok(());
+    }
+    eprintln!("setup: installing {EBPF_TOOLCHAIN} with rust-src (builds the eBPF program)");
+    crate::run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        EBPF_TOOLCHAIN,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+fn nightly_libllvm() -> Result<PathBuf> {
+    let out = Command::new("rustc")
+        .args([&format!("+{EBPF_TOOLCHAIN}"), "--print", "sysroot"])
+        .output()
+        .context("asking the nightly for its sysroot")?;
+    if !out.status.success() {
+        bail!("rustc +{EBPF_TOOLCHAIN} --print sysroot failed");
+    }
+    let lib = PathBuf::from(String::from_utf8(out.stdout)?.trim()).join("lib");
+    // The nightly ships libLLVM.so.<major>.<minor>-rust-<version>-nightly.
+    let found = std::fs::read_dir(&lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        });
+    found.with_context(|| format!("no libLLVM.so.* in {}", lib.display()))
+}
+
+fn bpf_linker() -> Result<()> {
+    let bin = tools_dir().join("bin").join("bpf-linker");
+    if let Ok(out) = Command::new(&bin).arg("--version").output() {
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION) {
+            return Ok(());
+        }
+    }
+    // bpf-linker links the nightly's own libLLVM: the LLVM that compiled the program's bitcode.
+    let libllvm = nightly_libllvm()?;
+    let prefix = tools_dir().join("llvm");
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib)?;
+    let versioned = libllvm.file_name().context("libLLVM has no file name")?;
+    for name in [std::ffi::OsStr::new("libLLVM.so"), versioned] {
+        let link = lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), libllvm.display()))?;
+    }
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against {} (about 2-4 minutes)",
+        libllvm.display()
+    );
+    let started = Instant::now();
+    crate::run(
+        Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(root())
+            .env("LLVM_PREFIX", &prefix)
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--root"])
+            .arg(tools_dir()),
+    )?;
+    eprintln!("setup: bpf-linker built in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
