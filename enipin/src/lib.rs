@@ -17,3 +17,4 @@ pub mod plan;
 pub mod render;
 pub mod state;
 pub mod sysctl;
+pub mod testbed;

@@ -1,0 +1,195 @@
+//! Throwaway network namespaces for the lab, the tests and the benchmark. Every object is named
+//! uniquely and removed on drop (also when a test panics), so runs never collide or leave residue.
+//! Nothing here ever touches the caller's own namespace: veths are created directly inside their
+//! namespaces with `ip -n`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// A unique, short name: `<prefix><pid-hex><counter>`. Interface names must fit in 15 bytes, so
+/// namespaces (not interfaces) carry the unique part.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{:x}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Runs a command, failing with its stderr when it fails.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(out)
+}
+
+/// `sh -c SCRIPT`, failing with its output when it fails.
+pub fn sh(script: &str) -> Result<String> {
+    let out = run(Command::new("sh").args(["-c", script]))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A network namespace that is deleted when dropped.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    keep: bool,
+}
+
+impl Netns {
+    /// Creates `/run/netns/<unique(prefix)>` with loopback up.
+    pub fn new(prefix: &str) -> Result<Self> {
+        let name = unique(prefix);
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Self { name, keep: false };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Leave the namespace in place when dropped (`enipin lab --keep`).
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    /// `ip -n NS ARGS...`
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let out = run(Command::new("ip").arg("-n").arg(&self.name).args(args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A command that runs inside the namespace (`ip netns exec NS PROGRAM`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// `sh -c SCRIPT` inside the namespace, failing when the script fails.
+    pub fn sh(&self, script: &str) -> Result<String> {
+        let out = run(self.command("sh").args(["-c", script]))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Writes a sysctl inside the namespace (`net.ipv4.ip_forward`, ...).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.sh(&format!("sysctl -qw {key}={value}")).map(|_| ())
+    }
+
+    /// Pings `addr` from inside the namespace: `count` probes, each waiting at most one second.
+    /// Returns whether any reply came back.
+    pub fn ping(&self, addr: &str, count: u32) -> Result<bool> {
+        let out = self
+            .command("ping")
+            .args(["-n", "-q", "-c", &count.to_string(), "-W", "1", "-i", "0.2", addr])
+            .output()
+            .context("spawning ping (cargo xtask setup installs iputils-ping)")?;
+        Ok(out.status.success())
+    }
+
+    /// The interface's ifindex inside this namespace.
+    pub fn ifindex(&self, ifname: &str) -> Result<u32> {
+        let s = self.sh(&format!("cat /sys/class/net/{ifname}/ifindex"))?;
+        s.trim().parse().with_context(|| format!("ifindex of {ifname}: {s:?}"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        // Deleting the namespace destroys its veth ends (and their peers in other namespaces).
+        let _ = Command::new("ip").args(["netns", "delete", &self.name]).output();
+    }
+}
+
+/// Creates a veth pair with one end in each namespace, both up, with the given MACs.
+pub fn veth(a: &Netns, a_if: &str, a_mac: &str, b: &Netns, b_if: &str, b_mac: &str) -> Result<()> {
+    // Created inside `a` so the caller's namespace never sees either end.
+    a.ip(&[
+        "link", "add", a_if, "address", a_mac, "type", "veth", "peer", "name", b_if, "address", b_mac,
+        "netns", b.name(),
+    ])?;
+    a.ip(&["link", "set", a_if, "up"])?;
+    b.ip(&["link", "set", b_if, "up"])?;
+    Ok(())
+}
+
+/// A bpffs directory for one run's pins, removed (recursively) when dropped.
+#[derive(Debug)]
+pub struct PinDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl PinDir {
+    /// `/sys/fs/bpf/<unique(prefix)>`; not created: enipin creates its pin directory itself.
+    pub fn new(prefix: &str) -> Result<Self> {
+        let bpffs = Path::new("/sys/fs/bpf");
+        if !bpffs.is_dir() {
+            bail!("/sys/fs/bpf is missing: mount bpffs (mount -t bpf bpf /sys/fs/bpf)");
+        }
+        Ok(Self { path: bpffs.join(unique(prefix)), keep: false })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            // bpffs allows unlink/rmdir of pins: remove_dir_all works there.
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A private directory (for the state file), removed when dropped.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path, keep: false })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
