@@ -79,7 +79,8 @@ unsafe extern "C" {
 fn lab(args: &[String]) -> Result<()> {
     require_root("the lab")?;
     setup::run()?;
-    run(cargo().args(["build", "--package", "enipin", "--bin", "enipin"]))?;
+    // The same package set as `cargo test --workspace`: one feature unification, one eBPF build.
+    run(cargo().args(["build", "--workspace"]))?;
     let bin = root().join("target/debug/enipin");
     run(Command::new(bin).arg("lab").args(args))
 }
@@ -88,8 +89,8 @@ fn test(args: &[String]) -> Result<()> {
     require_root("the test suite")?;
     setup::run()?;
     let started = std::time::Instant::now();
-    // The binary the integration tests drive, and the suite itself.
-    run(cargo().args(["build", "--package", "enipin", "--bin", "enipin"]))?;
+    // The binary the integration tests drive (same package set as the test build), then the suite.
+    run(cargo().args(["build", "--workspace"]))?;
     run(cargo().args(["test", "--workspace"]).args(args))?;
     eprintln!("xtask: test suite took {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
@@ -98,6 +99,11 @@ fn test(args: &[String]) -> Result<()> {
 fn bench(args: &[String]) -> Result<()> {
     require_root("the benchmark")?;
     setup::run()?;
-    run(cargo().args(["build", "--release", "--package", "enipin", "--package", "enipin-tests", "--bins"]))?;
-    run(cargo().args(["run", "--release", "--package", "enipin-tests", "--bin", "enipin-bench", "--"]).args(args))
+    // Release builds of enipin and of the bench; the bench drives the binary named by ENIPIN_BIN.
+    run(cargo().args(["build", "--release", "--workspace"]))?;
+    let target = root().join("target/release");
+    run(Command::new(target.join("enipin-bench"))
+        .env("ENIPIN_BIN", target.join("enipin"))
+        .env("PATH", setup::path_with_tools())
+        .args(args))
 }
