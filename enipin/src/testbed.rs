@@ -128,21 +128,34 @@ pub fn veth(a: &Netns, a_if: &str, a_mac: &str, b: &Netns, b_if: &str, b_mac: &s
     Ok(())
 }
 
-/// A bpffs directory for one run's pins, removed (recursively) when dropped.
+/// A private bpffs instance for one run's pins: every bpffs mount is its own instance, so a test
+/// never sees (or leaves) anything in the machine's /sys/fs/bpf. Unmounted and removed when
+/// dropped; whatever is still pinned there goes with it.
 #[derive(Debug)]
 pub struct PinDir {
+    mount: PathBuf,
     path: PathBuf,
     keep: bool,
 }
 
 impl PinDir {
-    /// `/sys/fs/bpf/<unique(prefix)>`; not created: enipin creates its pin directory itself.
+    /// Mounts bpffs at `/run/enipin-test/<unique(prefix)>`; `path()` is a directory below it that
+    /// does not exist yet (enipin creates its pin directory itself).
     pub fn new(prefix: &str) -> Result<Self> {
-        let bpffs = Path::new("/sys/fs/bpf");
-        if !bpffs.is_dir() {
-            bail!("/sys/fs/bpf is missing: mount bpffs (mount -t bpf bpf /sys/fs/bpf)");
+        let mount = Path::new("/run/enipin-test").join(unique(prefix));
+        std::fs::create_dir_all(&mount).with_context(|| format!("creating {}", mount.display()))?;
+        let target = std::ffi::CString::new(mount.as_os_str().as_encoded_bytes())?;
+        // SAFETY: valid NUL-terminated strings; no data argument.
+        let rc = unsafe {
+            libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            let _ = std::fs::remove_dir(&mount);
+            bail!("mounting bpffs at {}: {err} (needs root)", mount.display());
         }
-        Ok(Self { path: bpffs.join(unique(prefix)), keep: false })
+        let path = mount.join("enipin");
+        Ok(Self { mount, path, keep: false })
     }
 
     pub fn path(&self) -> &Path {
@@ -156,10 +169,15 @@ impl PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        if !self.keep {
-            // bpffs allows unlink/rmdir of pins: remove_dir_all works there.
-            let _ = std::fs::remove_dir_all(&self.path);
+        if self.keep {
+            return;
         }
+        let _ = std::fs::remove_dir_all(&self.path);
+        if let Ok(target) = std::ffi::CString::new(self.mount.as_os_str().as_encoded_bytes()) {
+            // SAFETY: valid NUL-terminated path.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir(&self.mount);
     }
 }
 
