@@ -16,6 +16,31 @@ pub use scenario::{Options, Report, Step};
 pub use snapshot::Snapshot;
 pub use topology::{Drops, EniDrops, EniSpec, Spec, Topology};
 
+/// Everything the lab, the tests and the benchmark need: root, a bpffs at /sys/fs/bpf, and the
+/// commands they run. The error names every missing piece.
+pub fn preflight() -> Result<()> {
+    let mut missing = Vec::new();
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root (namespaces, nftables and eBPF need it)".to_string());
+    }
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and a zeroed out-parameter.
+    let rc = unsafe { libc::statfs(c"/sys/fs/bpf".as_ptr(), &mut st) };
+    if rc != 0 || st.f_type as u64 != 0xcafe_4a11 {
+        missing.push("bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".to_string());
+    }
+    for cmd in ["ip", "tc", "nft", "ping", "sysctl"] {
+        if crate::testbed::sh(&format!("command -v {cmd}")).is_err() {
+            missing.push(format!("the `{cmd}` command"));
+        }
+    }
+    if !missing.is_empty() {
+        anyhow::bail!("missing: {} (`cargo xtask setup` installs the packages)", missing.join("; "));
+    }
+    Ok(())
+}
+
 /// Runs the scenario and verifies its namespaces, pins and state are gone afterwards (step 6).
 /// Blocking: call from a thread that may block.
 pub fn run_checked(opts: &Options) -> Result<Report> {
@@ -54,6 +79,10 @@ pub fn leftovers(report: &Report) -> Result<Vec<String>> {
 /// FAIL. Ctrl-C (or SIGTERM) stops the scenario at the next poll and still removes everything.
 pub async fn run(keep: bool) -> Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
+    if let Err(e) = preflight() {
+        println!("lab: {e:#}\nFAIL");
+        return Ok(ExitCode::FAILURE);
+    }
     let bin = std::env::current_exe().context("locating enipin's own executable")?;
     let opts = Options { bin, keep, spec: Spec::default() };
     let started = std::time::Instant::now();

@@ -161,7 +161,7 @@ fn ping(ns: &Netns, addr: &str) -> Result<bool> {
     check_cancel()?;
     let mut cmd = ns.command("ping");
     cmd.args(["-n", "-q", "-c", "3", "-W", "1", "-i", "0.2", addr]);
-    let out = run_bounded(cmd, Duration::from_secs(10)).context("ping (cargo xtask setup installs iputils-ping)")?;
+    let out = run_bounded(cmd, Duration::from_secs(10))?;
     Ok(out.status.success())
 }
 
@@ -236,7 +236,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         format!("peer -> {s4} ({}, secondary)", secondary.name),
         "no reply; vpc drops",
         !ok2 && grown > 0,
-        format!("{}; vpc dropped {grown} leaving {} with src {s4}", replies(ok2), primary.name),
+        format!("{}; vpc dropped {grown} leaving {} with a foreign src IPv4", replies(ok2), primary.name),
     );
 
     // 3: attach, then both addresses (and families) answer.

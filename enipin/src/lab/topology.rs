@@ -149,6 +149,13 @@ impl Topology {
                 host.sysctl(&format!("net.ipv4.conf.{scope}.{key}"), value)?;
             }
         }
+        // No duplicate address detection: addresses (link-local ones too) are final at once, so
+        // dumps taken right after build() do not change under the caller.
+        for ns in [host, vpc, peer] {
+            for scope in ["all", "default"] {
+                ns.sysctl(&format!("net.ipv6.conf.{scope}.accept_dad"), "0")?;
+            }
+        }
         vpc.ip(&["link", "add", "br0", "type", "bridge"])?;
         vpc.ip(&["link", "set", "br0", "up"])?;
         vpc.ip(&["addr", "add", &format!("{}/{}", s.gateway_v4, s.prefix_len_v4), "dev", "br0"])?;
