@@ -194,6 +194,22 @@ impl Cli<'_> {
     }
 }
 
+/// Compares two snapshots: (identical, summary); differing lines are printed and collected.
+fn residue(before: &Snapshot, after: &Snapshot, out: &mut Vec<String>) -> (bool, String) {
+    let diff = before.diff(after);
+    for l in &diff {
+        println!("residue: {l}");
+    }
+    let res = if diff.is_empty() {
+        format!("{} dumps identical", before.sections.len())
+    } else {
+        format!("{} lines differ", diff.len())
+    };
+    let clean = diff.is_empty();
+    out.extend(diff);
+    (clean, res)
+}
+
 fn replies(ok: bool) -> String {
     if ok { "replies" } else { "no reply" }.to_string()
 }
@@ -272,18 +288,25 @@ pub fn run(opts: &Options) -> Result<Report> {
     // 5: detach leaves the host as it was.
     let (ok, res) = cli.run(&["detach"], &mut r.transcript)?;
     r.push(5, "detach", "enipin detach".into(), "exit 0", ok, res);
-    let snap_after = Snapshot::take(topo.host(), &snap_ifaces, pins.path())?;
-    r.residue = snap_before.diff(&snap_after);
-    let sections = snap_before.sections.len();
-    let res = if r.residue.is_empty() {
-        format!("{sections} dumps identical")
-    } else {
-        format!("{} lines differ (below)", r.residue.len())
-    };
-    r.push(5, "residue", "rules, routes, tc, pins, sysctls vs before".into(), "identical", r.residue.is_empty(), res);
-    for l in &r.residue {
-        println!("residue: {l}");
-    }
+    let (ok, res) = residue(&snap_before, &Snapshot::take(topo.host(), &snap_ifaces, pins.path())?, &mut r.residue);
+    r.push(5, "residue", "rules, routes, tc, pins, sysctls vs before".into(), "identical", ok, res);
+
+    // 5, again with the second line of defence alone: no rules, the TC program redirects the
+    // reply that the main table sends out of the wrong ENI onto its owner.
+    let (ok, res) = cli.run(&["attach", "--no-rules"], &mut r.transcript)?;
+    r.push(5, "attach-ebpf-only", "enipin attach --no-rules (eBPF only)".into(), "exit 0", ok, res);
+    let before = topo.drops()?;
+    let ok = ping(topo.peer(), &s4)?;
+    let new = topo.drops()?.eni(&primary.name).ip.saturating_sub(before.eni(&primary.name).ip);
+    let what = format!("peer -> {s4} ({}, redirected by TC)", secondary.name);
+    r.push(5, "ping-secondary-ebpf-only", what, "replies; 0 new drops", ok && new == 0, format!("{}; {new} new drops", replies(ok)));
+    let (stats_ok, _) = cli.run(&["stats"], &mut r.transcript)?;
+    let (detach_ok, res) = cli.run(&["detach"], &mut r.transcript)?;
+    let mut left = Vec::new();
+    let (clean, res2) = residue(&snap_before, &Snapshot::take(topo.host(), &snap_ifaces, pins.path())?, &mut left);
+    r.residue.extend(left);
+    let res = if detach_ok { res2 } else { res };
+    r.push(5, "detach-ebpf-only", "enipin stats; detach; dumps vs before".into(), "identical", stats_ok && detach_ok && clean, res);
     r.drops_after = topo.drops()?;
 
     if opts.keep {
