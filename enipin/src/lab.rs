@@ -36,7 +36,10 @@ pub fn preflight() -> Result<()> {
         }
     }
     if !missing.is_empty() {
-        anyhow::bail!("missing: {} (`cargo xtask setup` installs the packages)", missing.join("; "));
+        anyhow::bail!(
+            "missing: {} (`cargo xtask setup` installs the packages)",
+            missing.join("; ")
+        );
     }
     Ok(())
 }
@@ -53,7 +56,14 @@ pub fn run_checked(opts: &Options) -> Result<Report> {
         };
         let what = "cleanup".to_string();
         println!("[6] {what}: {} {result}", if ok { "ok" } else { "FAIL" });
-        report.steps.push(Step { key: what.clone(), num: 6, what, expected: "nothing left".into(), result, ok });
+        report.steps.push(Step {
+            key: what.clone(),
+            num: 6,
+            what,
+            expected: "nothing left".into(),
+            result,
+            ok,
+        });
     }
     Ok(report)
 }
@@ -64,7 +74,10 @@ pub fn leftovers(report: &Report) -> Result<Vec<String>> {
     let mut left: Vec<String> = report
         .namespaces
         .iter()
-        .filter(|n| list.lines().any(|l| l.split_whitespace().next() == Some(n.as_str())))
+        .filter(|n| {
+            list.lines()
+                .any(|l| l.split_whitespace().next() == Some(n.as_str()))
+        })
         .cloned()
         .collect();
     for dir in [&report.pin_dir, &report.state_dir] {
@@ -84,11 +97,16 @@ pub async fn run(keep: bool) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     let bin = std::env::current_exe().context("locating enipin's own executable")?;
-    let opts = Options { bin, keep, spec: Spec::default() };
+    let opts = Options {
+        bin,
+        keep,
+        spec: Spec::default(),
+    };
     let started = std::time::Instant::now();
-    let mut task = tokio::task::spawn_blocking(move || run_checked(&opts));
+    // Handlers first: a Ctrl-C between namespace creation and them would skip the cleanup.
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
+    let mut task = tokio::task::spawn_blocking(move || run_checked(&opts));
     // The handlers stay installed: a second Ctrl-C cannot cut the cleanup short.
     let joined = tokio::select! {
         r = &mut task => r,
@@ -96,18 +114,31 @@ pub async fn run(keep: bool) -> Result<ExitCode> {
         _ = term.recv() => interrupted(task).await,
     };
     let elapsed = started.elapsed().as_secs_f64();
-    let result = joined.context("lab thread panicked")?;
-    match result {
+    match joined
+        .map_err(|e| anyhow::anyhow!("lab thread: {e}"))
+        .and_then(|r| r)
+    {
         Ok(report) => {
             println!("\n{}", report.table());
             println!("lab took {elapsed:.1} s");
             let pass = report.passed();
             println!("{}", if pass { "PASS" } else { "FAIL" });
-            Ok(if pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if pass {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Err(e) => {
-            let cancelled = e.is::<scenario::Interrupted>();
-            println!("lab: {e:#}; namespaces, pins and state removed");
+            // A command killed by the same Ctrl-C may have failed first.
+            let cancelled =
+                e.is::<scenario::Interrupted>() || scenario::CANCELLED.load(Ordering::Relaxed);
+            let e = if cancelled {
+                "interrupted".to_string()
+            } else {
+                format!("{e:#}")
+            };
+            println!("lab: {e}; namespaces, pins and state removed");
             println!("FAIL");
             Ok(ExitCode::from(if cancelled { 130 } else { 1 }))
         }

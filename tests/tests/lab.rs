@@ -16,34 +16,73 @@ fn netns_list() -> String {
 #[test]
 fn lab_reproduces_the_drop_fixes_it_and_leaves_nothing() {
     require();
-    let opts = lab::Options { bin: enipin_bin(), keep: false, spec: Spec::default() };
+    let opts = lab::Options {
+        bin: enipin_bin(),
+        keep: false,
+        spec: Spec::default(),
+    };
     let report = lab::run_checked(&opts).expect("the lab ran");
     let table = report.table();
-    let step = |key: &str| report.step(key).unwrap_or_else(|| panic!("no step {key}:\n{table}"));
+    let step = |key: &str| {
+        report
+            .step(key)
+            .unwrap_or_else(|| panic!("no step {key}:\n{table}"))
+    };
 
     // 1-2: the seed's symptom, and the vpc's counter says why.
-    assert!(step("ping-primary-before").ok, "primary must answer before enipin:\n{table}");
-    assert!(step("ping-secondary-before").ok, "secondary must fail before enipin, with drops:\n{table}");
-    assert!(report.drops_after.eni("eth0").ip > 0, "the vpc counted no foreign-source drop on eth0:\n{table}");
+    assert!(
+        step("ping-primary-before").ok,
+        "primary must answer before enipin:\n{table}"
+    );
+    assert!(
+        step("ping-secondary-before").ok,
+        "secondary must fail before enipin, with drops:\n{table}"
+    );
+    assert!(
+        report.drops_after.eni("eth0").ip > 0,
+        "the vpc counted no foreign-source drop on eth0:\n{table}"
+    );
 
     // 6: nothing of the lab is left, whatever happened in between.
     assert!(step("cleanup").ok, "{table}");
     assert_eq!(lab::leftovers(&report).unwrap(), Vec::<String>::new());
     let list = netns_list();
     for ns in &report.namespaces {
-        assert!(!list.contains(ns.as_str()), "namespace {ns} left behind:\n{list}");
+        assert!(
+            !list.contains(ns.as_str()),
+            "namespace {ns} left behind:\n{list}"
+        );
     }
-    assert!(!report.pin_dir.exists(), "pin dir {} left behind", report.pin_dir.display());
+    assert!(
+        !report.pin_dir.exists(),
+        "pin dir {} left behind",
+        report.pin_dir.display()
+    );
 
     // 5: detach restored every dump taken before attach.
-    assert!(report.residue.is_empty(), "enipin left residue in the host:\n{}", report.residue.join("\n"));
+    assert!(
+        report.residue.is_empty(),
+        "enipin left residue in the host:\n{}",
+        report.residue.join("\n")
+    );
 
     // 3-5: with enipin attached both addresses answer (also with the TC program alone), enipin
     // shows its view, and every other step behaved.
     for s in &report.steps {
-        assert!(s.ok, "step {} ({}) failed:\n{table}\n{}", s.key, s.what, report.transcript);
+        assert!(
+            s.ok,
+            "step {} ({}) failed:\n{table}\n{}",
+            s.key, s.what, report.transcript
+        );
     }
-    for key in ["attach", "ping-secondary-after", "status", "stats", "detach", "ping-secondary-ebpf-only"] {
+    for key in [
+        "attach",
+        "ping-secondary-after",
+        "status",
+        "stats",
+        "detach",
+        "ping-secondary-ebpf-only",
+    ] {
         step(key);
     }
     assert!(report.passed(), "{table}");
@@ -90,7 +129,10 @@ fn lab_cleans_up_on_ctrl_c() {
     // Every name the lab made carries its pid (testbed::unique).
     let tag = format!("-{pid:x}-");
     let list = netns_list();
-    assert!(!list.lines().any(|l| l.contains(&tag)), "namespaces left behind:\n{list}");
+    assert!(
+        !list.lines().any(|l| l.contains(&tag)),
+        "namespaces left behind:\n{list}"
+    );
     for dir in ["/sys/fs/bpf", std::env::temp_dir().to_str().unwrap()] {
         let left: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
@@ -107,20 +149,36 @@ fn lab_cleans_up_on_ctrl_c() {
 #[test]
 fn topology_allows_secondary_ips_of_an_eni() {
     require();
-    let mut spec = Spec::default();
-    spec.ipv6 = false;
+    let mut spec = Spec {
+        ipv6: false,
+        ..Spec::default()
+    };
     spec.enis[0].v4.push("198.18.0.20".parse().unwrap());
     let topo = Topology::build_with(spec).expect("topology");
-    assert!(topo.peer().ping("198.18.0.20", 3).unwrap(), "eth0's secondary IP must answer");
+    assert!(
+        topo.peer().ping("198.18.0.20", 3).unwrap(),
+        "eth0's secondary IP must answer"
+    );
     assert_eq!(topo.drops().unwrap().eni("eth0").total(), 0);
 
     // An address the vpc does not know for eth0: its replies are dropped and counted.
-    topo.host().ip(&["addr", "add", "198.18.0.30/24", "dev", "eth0"]).unwrap();
-    assert!(!topo.peer().ping("198.18.0.30", 2).unwrap(), "an address the vpc does not allow must not answer");
+    topo.host()
+        .ip(&["addr", "add", "198.18.0.30/24", "dev", "eth0"])
+        .unwrap();
+    assert!(
+        !topo.peer().ping("198.18.0.30", 2).unwrap(),
+        "an address the vpc does not allow must not answer"
+    );
     // The vpc already drops eth0's ARP answer for it (foreign ARP sender): counted too.
-    assert!(topo.drops().unwrap().eni("eth0").arp > 0, "the drop must be counted on eth0");
+    assert!(
+        topo.drops().unwrap().eni("eth0").arp > 0,
+        "the drop must be counted on eth0"
+    );
     let names: Vec<String> = topo.names().iter().map(|s| s.to_string()).collect();
     drop(topo);
     let list = netns_list();
-    assert!(names.iter().all(|n| !list.contains(n.as_str())), "namespaces left:\n{list}");
+    assert!(
+        names.iter().all(|n| !list.contains(n.as_str())),
+        "namespaces left:\n{list}"
+    );
 }

@@ -81,32 +81,70 @@ impl Report {
 
     /// The before/after table and the drop counters.
     pub fn table(&self) -> String {
-        let w = self.steps.iter().map(|s| s.what.len()).max().unwrap_or(0).max(4);
-        let we = self.steps.iter().map(|s| s.expected.len()).max().unwrap_or(0).max(8);
+        let w = self
+            .steps
+            .iter()
+            .map(|s| s.what.len())
+            .max()
+            .unwrap_or(0)
+            .max(4);
+        let we = self
+            .steps
+            .iter()
+            .map(|s| s.expected.len())
+            .max()
+            .unwrap_or(0)
+            .max(8);
         let mut t = format!("# {:w$}  {:we$}  {}\n", "step", "expected", "result");
         for s in &self.steps {
             let mark = if s.ok { "ok  " } else { "FAIL" };
-            let _ = writeln!(t, "{} {:w$}  {:we$}  {mark} {}", s.num, s.what, s.expected, s.result);
+            let _ = writeln!(
+                t,
+                "{} {:w$}  {:we$}  {mark} {}",
+                s.num, s.what, s.expected, s.result
+            );
         }
-        let _ = writeln!(t, "\n{:24}{:>8} {:>8}", "vpc drops (packets)", "before", "after");
+        let _ = writeln!(
+            t,
+            "\n{:24}{:>8} {:>8}",
+            "vpc drops (packets)", "before", "after"
+        );
         for (eni, after) in &self.drops_after.by_eni {
             let before = self.drops_before.eni(eni);
             for kind in DropKind::ALL {
-                let label = format!("{eni} wrong {}", match kind {
-                    DropKind::Mac => "src MAC",
-                    DropKind::Arp => "ARP sender",
-                    DropKind::Ip => "src IPv4",
-                    DropKind::Ip6 => "src IPv6",
-                });
-                let _ = writeln!(t, "  {label:22}{:>8} {:>8}", before.get(kind), after.get(kind));
+                let label = format!(
+                    "{eni} wrong {}",
+                    match kind {
+                        DropKind::Mac => "src MAC",
+                        DropKind::Arp => "ARP sender",
+                        DropKind::Ip => "src IPv4",
+                        DropKind::Ip6 => "src IPv6",
+                    }
+                );
+                let _ = writeln!(
+                    t,
+                    "  {label:22}{:>8} {:>8}",
+                    before.get(kind),
+                    after.get(kind)
+                );
             }
         }
         t
     }
 
     fn push(&mut self, num: u8, key: &str, what: String, expected: &str, ok: bool, result: String) {
-        println!("[{num}] {what}: {} {result}", if ok { "ok" } else { "FAIL" });
-        self.steps.push(Step { key: key.into(), num, what, expected: expected.into(), result, ok });
+        println!(
+            "[{num}] {what}: {} {result}",
+            if ok { "ok" } else { "FAIL" }
+        );
+        self.steps.push(Step {
+            key: key.into(),
+            num,
+            what,
+            expected: expected.into(),
+            result,
+            ok,
+        });
     }
 }
 
@@ -119,7 +157,9 @@ fn check_cancel() -> Result<()> {
 
 /// Runs `cmd` to completion, killing it on cancellation or after `limit`.
 fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Output> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
     let pid = child.id() as libc::pid_t;
     let (tx, rx) = mpsc::channel();
@@ -130,17 +170,21 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Output> {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(out) => {
                 let out = out.with_context(|| format!("waiting for {cmd:?}"))?;
-                match killed {
-                    Some(e) => return Err(e),
-                    None => return Ok(out),
-                }
+                return match killed {
+                    Some(e) => Err(e),
+                    // Ctrl-C in a terminal reaches the child too: it ended, but not on its own.
+                    None if CANCELLED.load(Ordering::Relaxed) => Err(Interrupted.into()),
+                    None => Ok(out),
+                };
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => bail!("lost {cmd:?}"),
             Err(mpsc::RecvTimeoutError::Timeout) if killed.is_none() => {
                 let why = if CANCELLED.load(Ordering::Relaxed) {
                     Some(anyhow::Error::from(Interrupted))
                 } else if started.elapsed() > limit {
-                    Some(anyhow::anyhow!("{cmd:?} took longer than {limit:?}: killed"))
+                    Some(anyhow::anyhow!(
+                        "{cmd:?} took longer than {limit:?}: killed"
+                    ))
                 } else {
                     None
                 };
@@ -177,11 +221,17 @@ impl Cli<'_> {
     fn run(&self, args: &[&str], transcript: &mut String) -> Result<(bool, String)> {
         check_cancel()?;
         let mut cmd = Command::new(self.bin);
-        cmd.arg("--netns").arg(self.ns.name()).arg("--pin-dir").arg(self.pins.path());
+        cmd.arg("--netns")
+            .arg(self.ns.name())
+            .arg("--pin-dir")
+            .arg(self.pins.path());
         cmd.arg("--state-dir").arg(self.state.path()).args(args);
         let shown = format!("$ enipin --netns {} {}", self.ns.name(), args.join(" "));
         let out = run_bounded(cmd, Duration::from_secs(30))?;
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
         let _ = write!(transcript, "{shown}\n{stdout}{stderr}");
         println!("{shown}\n{stdout}{stderr}");
         let first_err = stderr.lines().last().unwrap_or("").trim().to_string();
@@ -231,7 +281,17 @@ pub fn run(opts: &Options) -> Result<Report> {
     for e in &topo.spec.enis {
         let v6: Vec<String> = e.v6.iter().map(|a| a.to_string()).collect();
         let v4: Vec<String> = e.v4.iter().map(|a| a.to_string()).collect();
-        println!("lab:   {} {} {} {}", e.name, e.mac, v4.join(","), if topo.spec.ipv6 { v6.join(",") } else { String::new() });
+        println!(
+            "lab:   {} {} {} {}",
+            e.name,
+            e.mac,
+            v4.join(","),
+            if topo.spec.ipv6 {
+                v6.join(",")
+            } else {
+                String::new()
+            }
+        );
     }
     let spec = topo.spec.clone();
     let (primary, secondary) = (&spec.enis[0], &spec.enis[spec.enis.len() - 1]);
@@ -240,28 +300,50 @@ pub fn run(opts: &Options) -> Result<Report> {
     r.drops_before = topo.drops()?;
     // 1, 2: the seed's observations.
     let ok = ping(topo.peer(), &p4)?;
-    r.push(1, "ping-primary-before", format!("peer -> {p4} ({}, primary)", primary.name), "replies", ok, replies(ok));
+    r.push(
+        1,
+        "ping-primary-before",
+        format!("peer -> {p4} ({}, primary)", primary.name),
+        "replies",
+        ok,
+        replies(ok),
+    );
     let before = topo.drops()?;
     let ok2 = ping(topo.peer(), &s4)?;
     let after = topo.drops()?;
     // The reply to the secondary leaves by the primary's ENI, with the secondary's source.
-    let grown = after.eni(&primary.name).ip.saturating_sub(before.eni(&primary.name).ip);
+    let grown = after
+        .eni(&primary.name)
+        .ip
+        .saturating_sub(before.eni(&primary.name).ip);
     r.push(
         2,
         "ping-secondary-before",
         format!("peer -> {s4} ({}, secondary)", secondary.name),
         "no reply; vpc drops",
         !ok2 && grown > 0,
-        format!("{}; vpc dropped {grown} leaving {} with a foreign src IPv4", replies(ok2), primary.name),
+        format!(
+            "{}; vpc dropped {grown} leaving {} with a foreign src IPv4",
+            replies(ok2),
+            primary.name
+        ),
     );
 
     // 3: attach, then both addresses (and families) answer.
     let snap_ifaces = topo.eni_names();
     let snap_before = Snapshot::take(topo.host(), &snap_ifaces, pins.path())?;
-    let cli = Cli { bin: &opts.bin, ns: topo.host(), pins: &pins, state: &state };
+    let cli = Cli {
+        bin: &opts.bin,
+        ns: topo.host(),
+        pins: &pins,
+        state: &state,
+    };
     let (ok, res) = cli.run(&["attach"], &mut r.transcript)?;
     r.push(3, "attach", "enipin attach".into(), "exit 0", ok, res);
-    let mut targets = vec![("primary", primary, p4.clone()), ("secondary", secondary, s4.clone())];
+    let mut targets = vec![
+        ("primary", primary, p4.clone()),
+        ("secondary", secondary, s4.clone()),
+    ];
     if spec.ipv6 {
         for (role, eni) in [("primary", primary), ("secondary", secondary)] {
             if let Some(a) = eni.v6.first() {
@@ -273,11 +355,34 @@ pub fn run(opts: &Options) -> Result<Report> {
         let ok = ping(topo.peer(), &addr)?;
         let v = if addr.contains(':') { "6" } else { "" };
         let key = format!("ping{v}-{role}-after");
-        r.push(3, &key, format!("peer -> {addr} ({}, {role})", eni.name), "replies", ok, replies(ok));
+        r.push(
+            3,
+            &key,
+            format!("peer -> {addr} ({}, {role})", eni.name),
+            "replies",
+            ok,
+            replies(ok),
+        );
     }
     let drops_attached = topo.drops()?;
-    let new_drops: u64 = spec.enis.iter().map(|e| drops_attached.eni(&e.name).ip.saturating_sub(after.eni(&e.name).ip)).sum();
-    r.push(3, "no-drops-after", "vpc IPv4 source drops while attached".into(), "0 new", new_drops == 0, format!("{new_drops} new"));
+    let new_drops: u64 = spec
+        .enis
+        .iter()
+        .map(|e| {
+            drops_attached
+                .eni(&e.name)
+                .ip
+                .saturating_sub(after.eni(&e.name).ip)
+        })
+        .sum();
+    r.push(
+        3,
+        "no-drops-after",
+        "vpc IPv4 source drops while attached".into(),
+        "0 new",
+        new_drops == 0,
+        format!("{new_drops} new"),
+    );
 
     // 4: enipin's own view.
     let (ok, res) = cli.run(&["status"], &mut r.transcript)?;
@@ -288,36 +393,86 @@ pub fn run(opts: &Options) -> Result<Report> {
     // 5: detach leaves the host as it was.
     let (ok, res) = cli.run(&["detach"], &mut r.transcript)?;
     r.push(5, "detach", "enipin detach".into(), "exit 0", ok, res);
-    let (ok, res) = residue(&snap_before, &Snapshot::take(topo.host(), &snap_ifaces, pins.path())?, &mut r.residue);
-    r.push(5, "residue", "rules, routes, tc, pins, sysctls vs before".into(), "identical", ok, res);
+    let (ok, res) = residue(
+        &snap_before,
+        &Snapshot::take(topo.host(), &snap_ifaces, pins.path())?,
+        &mut r.residue,
+    );
+    r.push(
+        5,
+        "residue",
+        "rules, routes, tc, pins, sysctls vs before".into(),
+        "identical",
+        ok,
+        res,
+    );
 
     // 5, again with the second line of defence alone: no rules, the TC program redirects the
     // reply that the main table sends out of the wrong ENI onto its owner.
     let (ok, res) = cli.run(&["attach", "--no-rules"], &mut r.transcript)?;
-    r.push(5, "attach-ebpf-only", "enipin attach --no-rules (eBPF only)".into(), "exit 0", ok, res);
+    r.push(
+        5,
+        "attach-ebpf-only",
+        "enipin attach --no-rules (eBPF only)".into(),
+        "exit 0",
+        ok,
+        res,
+    );
     let before = topo.drops()?;
     let ok = ping(topo.peer(), &s4)?;
-    let new = topo.drops()?.eni(&primary.name).ip.saturating_sub(before.eni(&primary.name).ip);
+    let new = topo
+        .drops()?
+        .eni(&primary.name)
+        .ip
+        .saturating_sub(before.eni(&primary.name).ip);
     let what = format!("peer -> {s4} ({}, redirected by TC)", secondary.name);
-    r.push(5, "ping-secondary-ebpf-only", what, "replies; 0 new drops", ok && new == 0, format!("{}; {new} new drops", replies(ok)));
+    r.push(
+        5,
+        "ping-secondary-ebpf-only",
+        what,
+        "replies; 0 new drops",
+        ok && new == 0,
+        format!("{}; {new} new drops", replies(ok)),
+    );
     let (stats_ok, _) = cli.run(&["stats"], &mut r.transcript)?;
     let (detach_ok, res) = cli.run(&["detach"], &mut r.transcript)?;
     let mut left = Vec::new();
-    let (clean, res2) = residue(&snap_before, &Snapshot::take(topo.host(), &snap_ifaces, pins.path())?, &mut left);
+    let (clean, res2) = residue(
+        &snap_before,
+        &Snapshot::take(topo.host(), &snap_ifaces, pins.path())?,
+        &mut left,
+    );
     r.residue.extend(left);
     let res = if detach_ok { res2 } else { res };
-    r.push(5, "detach-ebpf-only", "enipin stats; detach; dumps vs before".into(), "identical", stats_ok && detach_ok && clean, res);
+    r.push(
+        5,
+        "detach-ebpf-only",
+        "enipin stats; detach; dumps vs before".into(),
+        "identical",
+        stats_ok && detach_ok && clean,
+        res,
+    );
     r.drops_after = topo.drops()?;
 
     if opts.keep {
         // Leave enipin attached for exploration.
         let (ok, res) = cli.run(&["attach"], &mut r.transcript)?;
-        r.push(6, "reattach", "enipin attach (kept lab)".into(), "exit 0", ok, res);
-        drop(cli);
+        r.push(
+            6,
+            "reattach",
+            "enipin attach (kept lab)".into(),
+            "exit 0",
+            ok,
+            res,
+        );
         topo.keep();
         pins.keep();
         state.keep();
-        let p = format!("--pin-dir {} --state-dir {}", pins.path().display(), state.path().display());
+        let p = format!(
+            "--pin-dir {} --state-dir {}",
+            pins.path().display(),
+            state.path().display()
+        );
         println!(
             "\nlab kept. Enter a namespace:\n  ip netns exec {host} bash    # eth0, eth1, enipin attached\n  \
              ip netns exec {peer} bash    # the other instance\n  \

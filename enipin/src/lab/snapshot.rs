@@ -14,7 +14,8 @@ pub fn rules(ns: &Netns) -> Result<String> {
 
 /// Routes of every table, both families.
 pub fn routes(ns: &Netns) -> Result<String> {
-    Ok(ns.ip(&["-4", "route", "show", "table", "all"])? + &ns.ip(&["-6", "route", "show", "table", "all"])?)
+    Ok(ns.ip(&["-4", "route", "show", "table", "all"])?
+        + &ns.ip(&["-6", "route", "show", "table", "all"])?)
 }
 
 /// `key=value` for every IPv4 and IPv6 sysctl of `conf/<scope>` (an interface, `all`, `default`).
@@ -46,10 +47,16 @@ pub fn tcx_programs(ns: &Netns, ifname: &str) -> Result<Vec<(&'static str, Vec<S
     std::thread::spawn(move || -> Result<_> {
         crate::netns::enter(&name)?;
         let mut all = Vec::new();
-        for (dir, at) in [("ingress", TcAttachType::Ingress), ("egress", TcAttachType::Egress)] {
+        for (dir, at) in [
+            ("ingress", TcAttachType::Ingress),
+            ("egress", TcAttachType::Egress),
+        ] {
             let (_revision, progs) = SchedClassifier::query_tcx(ifindex, at)
                 .with_context(|| format!("querying TCX {dir} programs of {ifname}"))?;
-            let names = progs.iter().map(|p| p.name_as_str().unwrap_or("?").to_string()).collect();
+            let names = progs
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or("?").to_string())
+                .collect();
             all.push((dir, names));
         }
         Ok(all)
@@ -63,7 +70,9 @@ pub fn pins(dir: &Path) -> Result<Vec<String>> {
     let mut found = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries {
             let path = e?.path();
             if path.is_dir() {
@@ -95,7 +104,10 @@ impl Snapshot {
             sections.insert(format!("sysctls {i}"), sysctls(ns, i)?);
             sections.insert(format!("tc {i}"), tc(ns, i)?);
         }
-        sections.insert(format!("pins {}", pin_dir.display()), pins(pin_dir)?.join("\n"));
+        sections.insert(
+            format!("pins {}", pin_dir.display()),
+            pins(pin_dir)?.join("\n"),
+        );
         Ok(Self { sections })
     }
 
@@ -104,9 +116,18 @@ impl Snapshot {
         let mut out = Vec::new();
         for (name, before) in &self.sections {
             let after = after.sections.get(name).map(String::as_str).unwrap_or("");
-            let (b, a): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
-            out.extend(b.iter().filter(|l| !a.contains(l)).map(|l| format!("{name}: -{l}")));
-            out.extend(a.iter().filter(|l| !b.contains(l)).map(|l| format!("{name}: +{l}")));
+            let (b, a): (Vec<&str>, Vec<&str>) =
+                (before.lines().collect(), after.lines().collect());
+            out.extend(
+                b.iter()
+                    .filter(|l| !a.contains(l))
+                    .map(|l| format!("{name}: -{l}")),
+            );
+            out.extend(
+                a.iter()
+                    .filter(|l| !b.contains(l))
+                    .map(|l| format!("{name}: +{l}")),
+            );
         }
         out
     }

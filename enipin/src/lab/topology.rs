@@ -54,7 +54,16 @@ impl Default for Spec {
             name: format!("eth{i}"),
             mac: format!("02:e0:00:00:00:{:02x}", 0x10 + i),
             v4: vec![Ipv4Addr::new(198, 18, 0, 10 + i)],
-            v6: vec![Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + u16::from(i))],
+            v6: vec![Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0x10 + u16::from(i),
+            )],
         };
         Self {
             enis: vec![eni(0), eni(1)],
@@ -73,12 +82,20 @@ impl Spec {
     fn check(&self) -> Result<()> {
         let lab4 = |a: &Ipv4Addr| a.octets()[0] == 198 && (a.octets()[1] & 0xfe) == 18;
         let lab6 = |a: &Ipv6Addr| a.segments()[..2] == [0x2001, 0xdb8];
-        let v4 = self.enis.iter().flat_map(|e| &e.v4).chain([&self.gateway_v4, &self.peer_v4]);
-        let v6 = self.enis.iter().flat_map(|e| &e.v6).chain([&self.gateway_v6, &self.peer_v6]);
-        for a in v4.filter(|a| !lab4(a)) {
+        let v4 = self
+            .enis
+            .iter()
+            .flat_map(|e| &e.v4)
+            .chain([&self.gateway_v4, &self.peer_v4]);
+        let v6 = self
+            .enis
+            .iter()
+            .flat_map(|e| &e.v6)
+            .chain([&self.gateway_v6, &self.peer_v6]);
+        if let Some(a) = v4.into_iter().find(|a| !lab4(a)) {
             bail!("lab address {a} is outside 198.18.0.0/15");
         }
-        for a in v6.filter(|a| !lab6(a)) {
+        if let Some(a) = v6.into_iter().find(|a| !lab6(a)) {
             bail!("lab address {a} is outside 2001:db8::/32");
         }
         if self.enis.iter().any(|e| e.v4.is_empty()) {
@@ -144,7 +161,11 @@ impl Topology {
         let (host, vpc, peer, s) = (&self.host, &self.vpc, &self.peer, &self.spec);
         // A stock distribution's host (systemd's loose rp_filter, ARP answered on every
         // interface), pinned here because new namespaces inherit IPv4 settings from the caller's.
-        for (key, value) in [("rp_filter", "2"), ("arp_ignore", "0"), ("arp_announce", "0")] {
+        for (key, value) in [
+            ("rp_filter", "2"),
+            ("arp_ignore", "0"),
+            ("arp_announce", "0"),
+        ] {
             for scope in ["all", "default"] {
                 host.sysctl(&format!("net.ipv4.conf.{scope}.{key}"), value)?;
             }
@@ -158,24 +179,64 @@ impl Topology {
         }
         vpc.ip(&["link", "add", "br0", "type", "bridge"])?;
         vpc.ip(&["link", "set", "br0", "up"])?;
-        vpc.ip(&["addr", "add", &format!("{}/{}", s.gateway_v4, s.prefix_len_v4), "dev", "br0"])?;
+        vpc.ip(&[
+            "addr",
+            "add",
+            &format!("{}/{}", s.gateway_v4, s.prefix_len_v4),
+            "dev",
+            "br0",
+        ])?;
         for (i, eni) in s.enis.iter().enumerate() {
             let port = format!("eni{i}");
-            veth(vpc, &port, &format!("02:e1:00:00:00:{i:02x}"), host, &eni.name, &eni.mac)?;
+            veth(
+                vpc,
+                &port,
+                &format!("02:e1:00:00:00:{i:02x}"),
+                host,
+                &eni.name,
+                &eni.mac,
+            )?;
             vpc.ip(&["link", "set", &port, "master", "br0"])?;
         }
-        veth(vpc, "peer0", "02:e1:00:00:00:ff", peer, "eth0", "02:e0:00:00:00:ff")?;
+        veth(
+            vpc,
+            "peer0",
+            "02:e1:00:00:00:ff",
+            peer,
+            "eth0",
+            "02:e0:00:00:00:ff",
+        )?;
         vpc.ip(&["link", "set", "peer0", "master", "br0"])?;
-        peer.ip(&["addr", "add", &format!("{}/{}", s.peer_v4, s.prefix_len_v4), "dev", "eth0"])?;
+        peer.ip(&[
+            "addr",
+            "add",
+            &format!("{}/{}", s.peer_v4, s.prefix_len_v4),
+            "dev",
+            "eth0",
+        ])?;
         for eni in &s.enis {
             for a in &eni.v4 {
-                host.ip(&["addr", "add", &format!("{a}/{}", s.prefix_len_v4), "dev", &eni.name])?;
+                host.ip(&[
+                    "addr",
+                    "add",
+                    &format!("{a}/{}", s.prefix_len_v4),
+                    "dev",
+                    &eni.name,
+                ])?;
             }
         }
         if s.ipv6 {
             // nodad: the addresses are usable at once, and none is duplicated by construction.
             let add6 = |ns: &Netns, a: &Ipv6Addr, dev: &str| {
-                ns.ip(&["-6", "addr", "add", &format!("{a}/{}", s.prefix_len_v6), "dev", dev, "nodad"])
+                ns.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{a}/{}", s.prefix_len_v6),
+                    "dev",
+                    dev,
+                    "nodad",
+                ])
             };
             add6(vpc, &s.gateway_v6, "br0")?;
             add6(peer, &s.peer_v6, "eth0")?;
@@ -189,10 +250,15 @@ impl Topology {
         for (i, eni) in s.enis.iter().enumerate() {
             let metric = (100 + i).to_string();
             let gw4 = s.gateway_v4.to_string();
-            host.ip(&["route", "add", "default", "via", &gw4, "dev", &eni.name, "metric", &metric])?;
+            host.ip(&[
+                "route", "add", "default", "via", &gw4, "dev", &eni.name, "metric", &metric,
+            ])?;
             if s.ipv6 {
                 let gw6 = s.gateway_v6.to_string();
-                host.ip(&["-6", "route", "add", "default", "via", &gw6, "dev", &eni.name, "metric", &metric])?;
+                host.ip(&[
+                    "-6", "route", "add", "default", "via", &gw6, "dev", &eni.name, "metric",
+                    &metric,
+                ])?;
             }
         }
         vpc.sh(&format!("nft -f - <<'EOF'\n{}EOF", self.nft_ruleset()))
@@ -211,8 +277,14 @@ impl Topology {
             for kind in DropKind::ALL {
                 let _ = writeln!(counters, "  counter {n}_{} {{}}", kind.suffix());
             }
-            let v4 = join(std::iter::once("0.0.0.0".to_string()).chain(eni.v4.iter().map(|a| a.to_string())));
-            let v6 = join(["::".to_string(), "fe80::/10".to_string()].into_iter().chain(eni.v6.iter().map(|a| a.to_string())));
+            let v4 = join(
+                std::iter::once("0.0.0.0".to_string()).chain(eni.v4.iter().map(|a| a.to_string())),
+            );
+            let v6 = join(
+                ["::".to_string(), "fe80::/10".to_string()]
+                    .into_iter()
+                    .chain(eni.v6.iter().map(|a| a.to_string())),
+            );
             let ip4 = join(eni.v4.iter().map(|a| a.to_string()));
             let _ = write!(
                 rules,
@@ -231,21 +303,28 @@ impl Topology {
 
     /// The vpc's drop counters, per ENI.
     pub fn drops(&self) -> Result<Drops> {
-        let out = self.vpc.sh(&format!("nft -j list counters table bridge {NFT_TABLE}"))?;
-        let json: serde_json::Value = serde_json::from_str(&out).context("parsing nft -j output")?;
+        let out = self
+            .vpc
+            .sh(&format!("nft -j list counters table bridge {NFT_TABLE}"))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&out).context("parsing nft -j output")?;
         let mut drops = Drops::default();
         for eni in &self.spec.enis {
             drops.by_eni.insert(eni.name.clone(), EniDrops::default());
         }
-        for item in json["nftables"].as_array().context("nft -j: no nftables array")? {
-            let Some(c) = item.get("counter") else { continue };
+        for item in json["nftables"]
+            .as_array()
+            .context("nft -j: no nftables array")?
+        {
+            let Some(c) = item.get("counter") else {
+                continue;
+            };
             let name = c["name"].as_str().unwrap_or_default();
             let packets = c["packets"].as_u64().unwrap_or_default();
             for kind in DropKind::ALL {
-                if let Some(eni) = name.strip_suffix(&format!("_{}", kind.suffix())) {
-                    if let Some(d) = drops.by_eni.get_mut(eni) {
-                        d.set(kind, packets);
-                    }
+                let eni = name.strip_suffix(&format!("_{}", kind.suffix()));
+                if let Some(d) = eni.and_then(|e| drops.by_eni.get_mut(e)) {
+                    d.set(kind, packets);
                 }
             }
         }
