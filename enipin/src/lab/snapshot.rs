@@ -32,8 +32,14 @@ pub fn tc(ns: &Netns, ifname: &str) -> Result<String> {
     let mut out = ns.sh(&format!(
         "tc qdisc show dev {ifname}; tc filter show dev {ifname} ingress; tc filter show dev {ifname} egress"
     ))?;
-    for (dir, progs) in tcx_programs(ns, ifname)? {
-        out += &format!("tcx {dir}: {}\n", progs.join(" "));
+    // Kernels before 6.6 have no TCX: the same error text lands in both dumps.
+    match tcx_programs(ns, ifname) {
+        Ok(hooks) => {
+            for (dir, progs) in hooks {
+                out += &format!("tcx {dir}: {}\n", progs.join(" "));
+            }
+        }
+        Err(e) => out += &format!("tcx: {e:#}\n"),
     }
     Ok(out)
 }
