@@ -234,11 +234,11 @@ impl Cli<'_> {
         );
         let _ = write!(transcript, "{shown}\n{stdout}{stderr}");
         println!("{shown}\n{stdout}{stderr}");
-        let first_err = stderr.lines().last().unwrap_or("").trim().to_string();
+        let last_err = stderr.lines().last().unwrap_or("").trim().to_string();
         let summary = if out.status.success() {
             "exit 0".to_string()
         } else {
-            format!("{}: {first_err}", out.status)
+            format!("{}: {last_err}", out.status)
         };
         Ok((out.status.success(), summary))
     }
@@ -267,6 +267,12 @@ fn replies(ok: bool) -> String {
 /// Runs the scenario. The topology, pin and state directories are dropped (removed) before this
 /// returns unless `opts.keep`; the caller checks [`Report::namespaces`] are gone.
 pub fn run(opts: &Options) -> Result<Report> {
+    if opts.spec.enis.len() < 2 {
+        bail!(
+            "the lab needs two ENIs (a primary and a secondary), got {}",
+            opts.spec.enis.len()
+        );
+    }
     let mut topo = Topology::build_with(opts.spec.clone())?;
     let mut pins = PinDir::new("lab-")?;
     let mut state = TempDir::new("lab-state-")?;
