@@ -162,6 +162,11 @@ impl PinDir {
         &self.path
     }
 
+    /// The bpffs mount point (the parent of `path()`).
+    pub fn mount(&self) -> &Path {
+        &self.mount
+    }
+
     pub fn keep(&mut self) {
         self.keep = true;
     }

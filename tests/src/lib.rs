@@ -1,5 +1,130 @@
-//! Test harness.
+//! Harness for enipin's privileged integration tests: throwaway namespaces (re-exported from
+//! `enipin::testbed`), the seed topology (`enipin::lab::Topology`), the CLI run inside a namespace
+//! with its own pin and state directories ([`Enipin`]), and dumps for before/after comparisons.
+//!
+//! Tests never skip: [`require`] panics with what is missing (root, bpffs, ip, tc, nft, ping, the
+//! enipin binary), so CI fails loudly instead of passing vacuously.
+
 pub mod bench;
 pub mod frames;
-pub use enipin::testbed;
-pub fn enipin_bin() -> anyhow::Result<std::path::PathBuf> { Ok(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/enipin")) }
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+pub use enipin::{
+    lab::{
+        self, Drops, EniSpec, Snapshot, Spec, Topology,
+        snapshot::{pins, routes, rules, sysctls, tc, tcx_programs},
+    },
+    testbed::{self, Netns, PinDir, TempDir, sh, unique, veth},
+};
+
+/// `<workspace>/target/debug/enipin`, the binary `cargo xtask test` builds before the suite
+/// (`$ENIPIN_BIN` if set: the benchmark drives the release build).
+pub fn enipin_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ENIPIN_BIN") {
+        return PathBuf::from(bin);
+    }
+    // Test executables live in target/<profile>/deps; the binary in target/<profile>.
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("enipin")))
+        .filter(|p| p.is_file());
+    let bin = beside.unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        target.join("debug/enipin")
+    });
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo xtask test`, which builds it (or `cargo build -p enipin --bin enipin`)",
+        bin.display()
+    );
+    bin
+}
+
+/// Panics unless everything a namespace test needs is here. Never skip: a skipped privileged
+/// test is indistinguishable from a passing one in CI.
+pub fn require() {
+    if let Err(e) = lab::preflight() {
+        panic!("this test needs {e:#}");
+    }
+    enipin_bin();
+}
+
+/// The enipin CLI bound to one namespace, with a pin directory and a state directory of its own
+/// (all removed on drop: namespace last, so a detach in a test's own Drop still finds it).
+#[derive(Debug)]
+pub struct Enipin {
+    pub pins: PinDir,
+    pub state: TempDir,
+    ns_name: String,
+    owned: Option<Netns>,
+    bin: PathBuf,
+}
+
+impl Enipin {
+    /// Takes ownership of `ns` (deleted with the returned value).
+    pub fn new(ns: Netns) -> Self {
+        let mut e = Self::named(ns.name());
+        e.owned = Some(ns);
+        e
+    }
+
+    /// For a namespace someone else owns (e.g. `Topology::host()`); it must outlive this value.
+    pub fn in_ns(ns: &Netns) -> Self {
+        Self::named(ns.name())
+    }
+
+    fn named(ns: &str) -> Self {
+        require();
+        Self {
+            pins: PinDir::new("enipin-test-").expect("bpffs pin dir"),
+            state: TempDir::new("enipin-state-").expect("state dir"),
+            ns_name: ns.to_string(),
+            owned: None,
+            bin: enipin_bin(),
+        }
+    }
+
+    /// The owned namespace, if [`Enipin::new`] was used.
+    pub fn ns(&self) -> Option<&Netns> {
+        self.owned.as_ref()
+    }
+
+    pub fn ns_name(&self) -> &str {
+        &self.ns_name
+    }
+
+    /// `enipin --netns NS --pin-dir P --state-dir S ARGS...`, not yet run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--netns").arg(&self.ns_name);
+        cmd.arg("--pin-dir").arg(self.pins.path());
+        cmd.arg("--state-dir").arg(self.state.path());
+        cmd.args(args);
+        cmd
+    }
+
+    /// Runs the CLI and returns its output, successful or not.
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("spawning enipin")
+    }
+
+    /// Runs the CLI, panics with its stderr unless it succeeds, returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert!(
+            out.status.success(),
+            "enipin {} failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

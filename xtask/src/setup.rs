@@ -22,6 +22,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("nft", "nftables"),
+    // testbed's Netns::sysctl and the lab set namespace sysctls with it.
+    ("sysctl", "procps"),
     ("iperf3", "iperf3"),
 ];
 

@@ -82,7 +82,7 @@ fn main() -> Result<()> {
 }
 
 fn enipin(ns: &Netns, pins: &PinDir, state: &TempDir, args: &[&str]) -> Result<bench::Run> {
-    let mut cmd = Command::new(enipin_tests::enipin_bin()?);
+    let mut cmd = Command::new(enipin_tests::enipin_bin());
     cmd.arg("--netns").arg(ns.name()).arg("--pin-dir").arg(pins.path());
     cmd.arg("--state-dir").arg(state.path()).args(args);
     bench::run_measured(&mut cmd)

@@ -1,0 +1,496 @@
+//! The seed scenario, step by step, against a [`Topology`]: reproduce the drop, attach enipin,
+//! check both addresses answer, show enipin's view, detach, check nothing is left.
+
+use std::{
+    fmt::Write as _,
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    snapshot::Snapshot,
+    topology::{DropKind, Drops, Spec, Topology},
+};
+use crate::testbed::{Netns, PinDir, TempDir};
+
+/// Set by `enipin lab`'s signal handler: every wait polls it, so Ctrl-C unwinds to the RAII guards.
+pub static CANCELLED: AtomicBool = AtomicBool::new(false);
+
+/// Returned (wrapped in anyhow) when [`CANCELLED`] stopped the scenario.
+#[derive(Debug)]
+pub struct Interrupted;
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+impl std::error::Error for Interrupted {}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The enipin binary to drive (`enipin lab` passes its own executable).
+    pub bin: PathBuf,
+    /// Leave namespaces, pins and state in place, with enipin attached again at the end.
+    pub keep: bool,
+    pub spec: Spec,
+}
+
+/// One row of the lab's table.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// Stable key for tests: `ping-primary-before`, `attach`, `residue`, ...
+    pub key: String,
+    /// Step number of the scenario (1-6).
+    pub num: u8,
+    pub what: String,
+    pub expected: String,
+    pub result: String,
+    pub ok: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub steps: Vec<Step>,
+    pub drops_before: Drops,
+    pub drops_after: Drops,
+    /// Namespaces host, vpc, peer.
+    pub namespaces: Vec<String>,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// Lines that differ between the dumps before attach and after detach.
+    pub residue: Vec<String>,
+    /// Output of the commands enipin ran, for the reader.
+    pub transcript: String,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        !self.steps.is_empty() && self.steps.iter().all(|s| s.ok)
+    }
+
+    pub fn step(&self, key: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.key == key)
+    }
+
+    /// The before/after table and the drop counters.
+    pub fn table(&self) -> String {
+        let w = self
+            .steps
+            .iter()
+            .map(|s| s.what.len())
+            .max()
+            .unwrap_or(0)
+            .max(4);
+        let we = self
+            .steps
+            .iter()
+            .map(|s| s.expected.len())
+            .max()
+            .unwrap_or(0)
+            .max(8);
+        let mut t = format!("# {:w$}  {:we$}  {}\n", "step", "expected", "result");
+        for s in &self.steps {
+            let mark = if s.ok { "ok  " } else { "FAIL" };
+            let _ = writeln!(
+                t,
+                "{} {:w$}  {:we$}  {mark} {}",
+                s.num, s.what, s.expected, s.result
+            );
+        }
+        let _ = writeln!(
+            t,
+            "\n{:24}{:>8} {:>8}",
+            "vpc drops (packets)", "before", "after"
+        );
+        for (eni, after) in &self.drops_after.by_eni {
+            let before = self.drops_before.eni(eni);
+            for kind in DropKind::ALL {
+                let label = format!(
+                    "{eni} wrong {}",
+                    match kind {
+                        DropKind::Mac => "src MAC",
+                        DropKind::Arp => "ARP sender",
+                        DropKind::Ip => "src IPv4",
+                        DropKind::Ip6 => "src IPv6",
+                    }
+                );
+                let _ = writeln!(
+                    t,
+                    "  {label:22}{:>8} {:>8}",
+                    before.get(kind),
+                    after.get(kind)
+                );
+            }
+        }
+        t
+    }
+
+    fn push(&mut self, num: u8, key: &str, what: String, expected: &str, ok: bool, result: String) {
+        println!(
+            "[{num}] {what}: {} {result}",
+            if ok { "ok" } else { "FAIL" }
+        );
+        self.steps.push(Step {
+            key: key.into(),
+            num,
+            what,
+            expected: expected.into(),
+            result,
+            ok,
+        });
+    }
+}
+
+fn check_cancel() -> Result<()> {
+    if CANCELLED.load(Ordering::Relaxed) {
+        return Err(Interrupted.into());
+    }
+    Ok(())
+}
+
+/// Runs `cmd` to completion, killing it on cancellation or after `limit`.
+fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Output> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    let started = Instant::now();
+    let mut killed = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(out) => {
+                let out = out.with_context(|| format!("waiting for {cmd:?}"))?;
+                return match killed {
+                    Some(e) => Err(e),
+                    // Ctrl-C in a terminal reaches the child too: it ended, but not on its own.
+                    None if CANCELLED.load(Ordering::Relaxed) => Err(Interrupted.into()),
+                    None => Ok(out),
+                };
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("lost {cmd:?}"),
+            Err(mpsc::RecvTimeoutError::Timeout) if killed.is_none() => {
+                let why = if CANCELLED.load(Ordering::Relaxed) {
+                    Some(anyhow::Error::from(Interrupted))
+                } else if started.elapsed() > limit {
+                    Some(anyhow::anyhow!(
+                        "{cmd:?} took longer than {limit:?}: killed"
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    // SAFETY: plain syscall; the child is not reaped before the waiter thread
+                    // reports, so the pid is still ours.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    killed = Some(why);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// Three probes, one second each at most: whether any reply came back.
+fn ping(ns: &Netns, addr: &str) -> Result<bool> {
+    check_cancel()?;
+    let mut cmd = ns.command("ping");
+    cmd.args(["-n", "-q", "-c", "3", "-W", "1", "-i", "0.2", addr]);
+    let out = run_bounded(cmd, Duration::from_secs(10))?;
+    Ok(out.status.success())
+}
+
+/// enipin in the host namespace with the lab's own pin and state directories.
+struct Cli<'a> {
+    bin: &'a PathBuf,
+    ns: &'a Netns,
+    pins: &'a PinDir,
+    state: &'a TempDir,
+}
+
+impl Cli<'_> {
+    fn run(&self, args: &[&str], transcript: &mut String) -> Result<(bool, String)> {
+        check_cancel()?;
+        let mut cmd = Command::new(self.bin);
+        cmd.arg("--netns")
+            .arg(self.ns.name())
+            .arg("--pin-dir")
+            .arg(self.pins.path());
+        cmd.arg("--state-dir").arg(self.state.path()).args(args);
+        let shown = format!("$ enipin --netns {} {}", self.ns.name(), args.join(" "));
+        let out = run_bounded(cmd, Duration::from_secs(30))?;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        let _ = write!(transcript, "{shown}\n{stdout}{stderr}");
+        println!("{shown}\n{stdout}{stderr}");
+        let last_err = stderr.lines().last().unwrap_or("").trim().to_string();
+        let summary = if out.status.success() {
+            "exit 0".to_string()
+        } else {
+            format!("{}: {last_err}", out.status)
+        };
+        Ok((out.status.success(), summary))
+    }
+}
+
+/// Compares two snapshots: (identical, summary); differing lines are printed and collected.
+fn residue(before: &Snapshot, after: &Snapshot, out: &mut Vec<String>) -> (bool, String) {
+    let diff = before.diff(after);
+    for l in &diff {
+        println!("residue: {l}");
+    }
+    let res = if diff.is_empty() {
+        format!("{} dumps identical", before.sections.len())
+    } else {
+        format!("{} lines differ", diff.len())
+    };
+    let clean = diff.is_empty();
+    out.extend(diff);
+    (clean, res)
+}
+
+fn replies(ok: bool) -> String {
+    if ok { "replies" } else { "no reply" }.to_string()
+}
+
+/// Runs the scenario. The topology, pin and state directories are dropped (removed) before this
+/// returns unless `opts.keep`; the caller checks [`Report::namespaces`] are gone.
+pub fn run(opts: &Options) -> Result<Report> {
+    if opts.spec.enis.len() < 2 {
+        bail!(
+            "the lab needs two ENIs (a primary and a secondary), got {}",
+            opts.spec.enis.len()
+        );
+    }
+    let mut topo = Topology::build_with(opts.spec.clone())?;
+    let mut pins = PinDir::new("lab-")?;
+    let mut state = TempDir::new("lab-state-")?;
+    let mut r = Report {
+        namespaces: topo.names().iter().map(|s| s.to_string()).collect(),
+        pin_dir: pins.path().to_path_buf(),
+        state_dir: state.path().to_path_buf(),
+        ..Report::default()
+    };
+    let [host, vpc, peer] = topo.names().map(String::from);
+    println!("lab: namespaces host={host} vpc={vpc} peer={peer}");
+    for e in &topo.spec.enis {
+        let v6: Vec<String> = e.v6.iter().map(|a| a.to_string()).collect();
+        let v4: Vec<String> = e.v4.iter().map(|a| a.to_string()).collect();
+        println!(
+            "lab:   {} {} {} {}",
+            e.name,
+            e.mac,
+            v4.join(","),
+            if topo.spec.ipv6 {
+                v6.join(",")
+            } else {
+                String::new()
+            }
+        );
+    }
+    let spec = topo.spec.clone();
+    let (primary, secondary) = (&spec.enis[0], &spec.enis[spec.enis.len() - 1]);
+    let (p4, s4) = (primary.v4[0].to_string(), secondary.v4[0].to_string());
+
+    r.drops_before = topo.drops()?;
+    // 1, 2: the seed's observations.
+    let ok = ping(topo.peer(), &p4)?;
+    r.push(
+        1,
+        "ping-primary-before",
+        format!("peer -> {p4} ({}, primary)", primary.name),
+        "replies",
+        ok,
+        replies(ok),
+    );
+    let before = topo.drops()?;
+    let ok2 = ping(topo.peer(), &s4)?;
+    let after = topo.drops()?;
+    // The reply to the secondary leaves by the primary's ENI, with the secondary's source.
+    let grown = after
+        .eni(&primary.name)
+        .ip
+        .saturating_sub(before.eni(&primary.name).ip);
+    r.push(
+        2,
+        "ping-secondary-before",
+        format!("peer -> {s4} ({}, secondary)", secondary.name),
+        "no reply; vpc drops",
+        !ok2 && grown > 0,
+        format!(
+            "{}; vpc dropped {grown} leaving {} with a foreign src IPv4",
+            replies(ok2),
+            primary.name
+        ),
+    );
+
+    // 3: attach, then both addresses (and families) answer.
+    let snap_ifaces = topo.eni_names();
+    let snap_before = Snapshot::take(topo.host(), &snap_ifaces, pins.path())?;
+    let cli = Cli {
+        bin: &opts.bin,
+        ns: topo.host(),
+        pins: &pins,
+        state: &state,
+    };
+    let (ok, res) = cli.run(&["attach"], &mut r.transcript)?;
+    r.push(3, "attach", "enipin attach".into(), "exit 0", ok, res);
+    let mut targets = vec![
+        ("primary", primary, p4.clone()),
+        ("secondary", secondary, s4.clone()),
+    ];
+    if spec.ipv6 {
+        for (role, eni) in [("primary", primary), ("secondary", secondary)] {
+            if let Some(a) = eni.v6.first() {
+                targets.push((role, eni, a.to_string()));
+            }
+        }
+    }
+    for (role, eni, addr) in targets {
+        let ok = ping(topo.peer(), &addr)?;
+        let v = if addr.contains(':') { "6" } else { "" };
+        let key = format!("ping{v}-{role}-after");
+        r.push(
+            3,
+            &key,
+            format!("peer -> {addr} ({}, {role})", eni.name),
+            "replies",
+            ok,
+            replies(ok),
+        );
+    }
+    let drops_attached = topo.drops()?;
+    let new_drops: u64 = spec
+        .enis
+        .iter()
+        .map(|e| {
+            drops_attached
+                .eni(&e.name)
+                .ip
+                .saturating_sub(after.eni(&e.name).ip)
+        })
+        .sum();
+    r.push(
+        3,
+        "no-drops-after",
+        "vpc IPv4 source drops while attached".into(),
+        "0 new",
+        new_drops == 0,
+        format!("{new_drops} new"),
+    );
+
+    // 4: enipin's own view.
+    let (ok, res) = cli.run(&["status"], &mut r.transcript)?;
+    r.push(4, "status", "enipin status".into(), "exit 0", ok, res);
+    let (ok, res) = cli.run(&["stats"], &mut r.transcript)?;
+    r.push(4, "stats", "enipin stats".into(), "exit 0", ok, res);
+
+    // 5: detach leaves the host as it was.
+    let (ok, res) = cli.run(&["detach"], &mut r.transcript)?;
+    r.push(5, "detach", "enipin detach".into(), "exit 0", ok, res);
+    let (ok, res) = residue(
+        &snap_before,
+        &Snapshot::take(topo.host(), &snap_ifaces, pins.path())?,
+        &mut r.residue,
+    );
+    r.push(
+        5,
+        "residue",
+        "rules, routes, tc, pins, sysctls vs before".into(),
+        "identical",
+        ok,
+        res,
+    );
+
+    // 5, again with the second line of defence alone: no rules, the TC program redirects the
+    // reply that the main table sends out of the wrong ENI onto its owner.
+    let (ok, res) = cli.run(&["attach", "--no-rules"], &mut r.transcript)?;
+    r.push(
+        5,
+        "attach-ebpf-only",
+        "enipin attach --no-rules (eBPF only)".into(),
+        "exit 0",
+        ok,
+        res,
+    );
+    let before = topo.drops()?;
+    let ok = ping(topo.peer(), &s4)?;
+    let new = topo
+        .drops()?
+        .eni(&primary.name)
+        .ip
+        .saturating_sub(before.eni(&primary.name).ip);
+    let what = format!("peer -> {s4} ({}, redirected by TC)", secondary.name);
+    r.push(
+        5,
+        "ping-secondary-ebpf-only",
+        what,
+        "replies; 0 new drops",
+        ok && new == 0,
+        format!("{}; {new} new drops", replies(ok)),
+    );
+    let (stats_ok, _) = cli.run(&["stats"], &mut r.transcript)?;
+    let (detach_ok, res) = cli.run(&["detach"], &mut r.transcript)?;
+    let mut left = Vec::new();
+    let (clean, res2) = residue(
+        &snap_before,
+        &Snapshot::take(topo.host(), &snap_ifaces, pins.path())?,
+        &mut left,
+    );
+    r.residue.extend(left);
+    let res = if detach_ok { res2 } else { res };
+    r.push(
+        5,
+        "detach-ebpf-only",
+        "enipin stats; detach; dumps vs before".into(),
+        "identical",
+        stats_ok && detach_ok && clean,
+        res,
+    );
+    r.drops_after = topo.drops()?;
+
+    if opts.keep {
+        // Leave enipin attached for exploration.
+        let (ok, res) = cli.run(&["attach"], &mut r.transcript)?;
+        r.push(
+            6,
+            "reattach",
+            "enipin attach (kept lab)".into(),
+            "exit 0",
+            ok,
+            res,
+        );
+        topo.keep();
+        pins.keep();
+        state.keep();
+        let p = format!(
+            "--pin-dir {} --state-dir {}",
+            pins.path().display(),
+            state.path().display()
+        );
+        println!(
+            "\nlab kept. Enter a namespace:\n  ip netns exec {host} bash    # eth0, eth1, enipin attached\n  \
+             ip netns exec {peer} bash    # the other instance\n  \
+             ip netns exec {vpc} nft list table bridge {}    # the vpc's checks and drops\n\
+             Remove it:\n  {} --netns {host} {p} detach\n  ip netns delete {host}; ip netns delete {vpc}; \
+             ip netns delete {peer}\n  umount {}; rmdir {}; rm -rf {}",
+            super::topology::NFT_TABLE,
+            opts.bin.display(),
+            pins.mount().display(),
+            pins.mount().display(),
+            state.path().display()
+        );
+    }
+    Ok(r)
+}

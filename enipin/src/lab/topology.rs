@@ -1,0 +1,403 @@
+//! The seed's network in three throwaway namespaces, reusable by the lab, the tests and the
+//! benchmark:
+//!
+//! ```text
+//!  host                      vpc                                   peer
+//!  eth0 198.18.0.10 ──── eni0 ┐                                    
+//!  eth1 198.18.0.11 ──── eni1 ├ br0 198.18.0.1 (gateway) ── peer0 ──── eth0 198.18.0.100
+//! ```
+//!
+//! `vpc` behaves like the cloud's source/destination check: a frame that comes out of ENI X with
+//! a source MAC, IP or ARP sender that is not X's own is dropped by nftables bridge rules, and
+//! counted in a named counter per ENI and kind (`eth0_ip`, `eth0_arp`, ...).
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::testbed::{Netns, veth};
+
+/// nftables table (bridge family) in `vpc` holding the source checks and their counters.
+pub const NFT_TABLE: &str = "enipin_lab";
+
+/// One ENI: its name in `host`, its MAC, and every address the cloud lets it send from (the
+/// first of each family is the primary; the others are secondary private IPs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EniSpec {
+    pub name: String,
+    pub mac: String,
+    pub v4: Vec<Ipv4Addr>,
+    pub v6: Vec<Ipv6Addr>,
+}
+
+/// The whole network. [`Spec::default`] is the seed: two ENIs in 198.18.0.0/24, one address each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    pub enis: Vec<EniSpec>,
+    pub prefix_len_v4: u8,
+    pub prefix_len_v6: u8,
+    pub gateway_v4: Ipv4Addr,
+    pub gateway_v6: Ipv6Addr,
+    pub peer_v4: Ipv4Addr,
+    pub peer_v6: Ipv6Addr,
+    /// Configure the IPv6 addresses too (2001:db8::/64).
+    pub ipv6: bool,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        let eni = |i: u8| EniSpec {
+            name: format!("eth{i}"),
+            mac: format!("02:e0:00:00:00:{:02x}", 0x10 + i),
+            v4: vec![Ipv4Addr::new(198, 18, 0, 10 + i)],
+            v6: vec![Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0x10 + u16::from(i),
+            )],
+        };
+        Self {
+            enis: vec![eni(0), eni(1)],
+            prefix_len_v4: 24,
+            prefix_len_v6: 64,
+            gateway_v4: Ipv4Addr::new(198, 18, 0, 1),
+            gateway_v6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
+            peer_v4: Ipv4Addr::new(198, 18, 0, 100),
+            peer_v6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100),
+            ipv6: true,
+        }
+    }
+}
+
+impl Spec {
+    fn check(&self) -> Result<()> {
+        let lab4 = |a: &Ipv4Addr| a.octets()[0] == 198 && (a.octets()[1] & 0xfe) == 18;
+        let lab6 = |a: &Ipv6Addr| a.segments()[..2] == [0x2001, 0xdb8];
+        let v4 = self
+            .enis
+            .iter()
+            .flat_map(|e| &e.v4)
+            .chain([&self.gateway_v4, &self.peer_v4]);
+        let v6 = self
+            .enis
+            .iter()
+            .flat_map(|e| &e.v6)
+            .chain([&self.gateway_v6, &self.peer_v6]);
+        if let Some(a) = v4.into_iter().find(|a| !lab4(a)) {
+            bail!("lab address {a} is outside 198.18.0.0/15");
+        }
+        if let Some(a) = v6.into_iter().find(|a| !lab6(a)) {
+            bail!("lab address {a} is outside 2001:db8::/32");
+        }
+        if self.enis.iter().any(|e| e.v4.is_empty()) {
+            bail!("every lab ENI needs an IPv4 address");
+        }
+        Ok(())
+    }
+}
+
+/// The three namespaces, removed when dropped (unless [`Topology::keep`]).
+#[derive(Debug)]
+pub struct Topology {
+    pub spec: Spec,
+    // Dropped in this order; each deletion also removes the veth ends inside.
+    host: Netns,
+    vpc: Netns,
+    peer: Netns,
+}
+
+impl Topology {
+    /// The seed's network ([`Spec::default`]).
+    pub fn build() -> Result<Self> {
+        Self::build_with(Spec::default())
+    }
+
+    pub fn build_with(spec: Spec) -> Result<Self> {
+        spec.check()?;
+        let topo = Self {
+            host: Netns::new("lab-host-")?,
+            vpc: Netns::new("lab-vpc-")?,
+            peer: Netns::new("lab-peer-")?,
+            spec,
+        };
+        topo.configure().context("building the lab topology")?;
+        Ok(topo)
+    }
+
+    pub fn host(&self) -> &Netns {
+        &self.host
+    }
+    pub fn vpc(&self) -> &Netns {
+        &self.vpc
+    }
+    pub fn peer(&self) -> &Netns {
+        &self.peer
+    }
+    /// Namespace names: host, vpc, peer.
+    pub fn names(&self) -> [&str; 3] {
+        [self.host.name(), self.vpc.name(), self.peer.name()]
+    }
+    pub fn eni_names(&self) -> Vec<&str> {
+        self.spec.enis.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    /// Leave the namespaces in place when dropped.
+    pub fn keep(&mut self) {
+        self.host.keep();
+        self.vpc.keep();
+        self.peer.keep();
+    }
+
+    fn configure(&self) -> Result<()> {
+        let (host, vpc, peer, s) = (&self.host, &self.vpc, &self.peer, &self.spec);
+        // A stock distribution's host (systemd's loose rp_filter, ARP answered on every
+        // interface), pinned here because new namespaces inherit IPv4 settings from the caller's.
+        for (key, value) in [
+            ("rp_filter", "2"),
+            ("arp_ignore", "0"),
+            ("arp_announce", "0"),
+        ] {
+            for scope in ["all", "default"] {
+                host.sysctl(&format!("net.ipv4.conf.{scope}.{key}"), value)?;
+            }
+        }
+        // No duplicate address detection: addresses (link-local ones too) are final at once, so
+        // dumps taken right after build() do not change under the caller.
+        for ns in [host, vpc, peer] {
+            for scope in ["all", "default"] {
+                ns.sysctl(&format!("net.ipv6.conf.{scope}.accept_dad"), "0")?;
+            }
+        }
+        vpc.ip(&["link", "add", "br0", "type", "bridge"])?;
+        vpc.ip(&["link", "set", "br0", "up"])?;
+        vpc.ip(&[
+            "addr",
+            "add",
+            &format!("{}/{}", s.gateway_v4, s.prefix_len_v4),
+            "dev",
+            "br0",
+        ])?;
+        for (i, eni) in s.enis.iter().enumerate() {
+            let port = format!("eni{i}");
+            veth(
+                vpc,
+                &port,
+                &format!("02:e1:00:00:00:{i:02x}"),
+                host,
+                &eni.name,
+                &eni.mac,
+            )?;
+            vpc.ip(&["link", "set", &port, "master", "br0"])?;
+        }
+        veth(
+            vpc,
+            "peer0",
+            "02:e1:00:00:00:ff",
+            peer,
+            "eth0",
+            "02:e0:00:00:00:ff",
+        )?;
+        vpc.ip(&["link", "set", "peer0", "master", "br0"])?;
+        peer.ip(&[
+            "addr",
+            "add",
+            &format!("{}/{}", s.peer_v4, s.prefix_len_v4),
+            "dev",
+            "eth0",
+        ])?;
+        for eni in &s.enis {
+            for a in &eni.v4 {
+                host.ip(&[
+                    "addr",
+                    "add",
+                    &format!("{a}/{}", s.prefix_len_v4),
+                    "dev",
+                    &eni.name,
+                ])?;
+            }
+        }
+        if s.ipv6 {
+            // nodad: the addresses are usable at once, and none is duplicated by construction.
+            let add6 = |ns: &Netns, a: &Ipv6Addr, dev: &str| {
+                ns.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{a}/{}", s.prefix_len_v6),
+                    "dev",
+                    dev,
+                    "nodad",
+                ])
+            };
+            add6(vpc, &s.gateway_v6, "br0")?;
+            add6(peer, &s.peer_v6, "eth0")?;
+            for eni in &s.enis {
+                for a in &eni.v6 {
+                    add6(host, a, &eni.name)?;
+                }
+            }
+        }
+        // The seed's `route -n`: one default route per ENI, through the same gateway.
+        for (i, eni) in s.enis.iter().enumerate() {
+            let metric = (100 + i).to_string();
+            let gw4 = s.gateway_v4.to_string();
+            host.ip(&[
+                "route", "add", "default", "via", &gw4, "dev", &eni.name, "metric", &metric,
+            ])?;
+            if s.ipv6 {
+                let gw6 = s.gateway_v6.to_string();
+                host.ip(&[
+                    "-6", "route", "add", "default", "via", &gw6, "dev", &eni.name, "metric",
+                    &metric,
+                ])?;
+            }
+        }
+        vpc.sh(&format!("nft -f - <<'EOF'\n{}EOF", self.nft_ruleset()))
+            .context("loading the vpc's source checks (cargo xtask setup installs nftables)")?;
+        Ok(())
+    }
+
+    /// The vpc's source checks: per ENI port, drop frames whose source MAC, ARP sender or source
+    /// IP is not the ENI's. Link-local IPv6 and the unspecified sources (DAD, ARP probes) pass,
+    /// as in a VPC; they carry no routed traffic.
+    pub fn nft_ruleset(&self) -> String {
+        let mut counters = String::new();
+        let mut rules = String::new();
+        for (i, eni) in self.spec.enis.iter().enumerate() {
+            let (port, n, mac) = (format!("eni{i}"), &eni.name, &eni.mac);
+            for kind in DropKind::ALL {
+                let _ = writeln!(counters, "  counter {n}_{} {{}}", kind.suffix());
+            }
+            let v4 = join(
+                std::iter::once("0.0.0.0".to_string()).chain(eni.v4.iter().map(|a| a.to_string())),
+            );
+            let v6 = join(
+                ["::".to_string(), "fe80::/10".to_string()]
+                    .into_iter()
+                    .chain(eni.v6.iter().map(|a| a.to_string())),
+            );
+            let ip4 = join(eni.v4.iter().map(|a| a.to_string()));
+            let _ = write!(
+                rules,
+                "    iifname \"{port}\" ether saddr != {mac} counter name {n}_mac drop\n\
+                 \x20   iifname \"{port}\" arp saddr ether != {mac} counter name {n}_arp drop\n\
+                 \x20   iifname \"{port}\" arp saddr ip != {{ {v4} }} counter name {n}_arp drop\n\
+                 \x20   iifname \"{port}\" ip saddr != {{ {ip4} }} counter name {n}_ip drop\n\
+                 \x20   iifname \"{port}\" ip6 saddr != {{ {v6} }} counter name {n}_ip6 drop\n"
+            );
+        }
+        format!(
+            "table bridge {NFT_TABLE} {{\n{counters}  chain prerouting {{\n    \
+             type filter hook prerouting priority filter; policy accept;\n{rules}  }}\n}}\n"
+        )
+    }
+
+    /// The vpc's drop counters, per ENI.
+    pub fn drops(&self) -> Result<Drops> {
+        let out = self
+            .vpc
+            .sh(&format!("nft -j list counters table bridge {NFT_TABLE}"))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&out).context("parsing nft -j output")?;
+        let mut drops = Drops::default();
+        for eni in &self.spec.enis {
+            drops.by_eni.insert(eni.name.clone(), EniDrops::default());
+        }
+        for item in json["nftables"]
+            .as_array()
+            .context("nft -j: no nftables array")?
+        {
+            let Some(c) = item.get("counter") else {
+                continue;
+            };
+            let name = c["name"].as_str().unwrap_or_default();
+            let packets = c["packets"].as_u64().unwrap_or_default();
+            for kind in DropKind::ALL {
+                let eni = name.strip_suffix(&format!("_{}", kind.suffix()));
+                if let Some(d) = eni.and_then(|e| drops.by_eni.get_mut(e)) {
+                    d.set(kind, packets);
+                }
+            }
+        }
+        Ok(drops)
+    }
+}
+
+fn join(items: impl Iterator<Item = String>) -> String {
+    items.collect::<Vec<_>>().join(", ")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropKind {
+    /// Ethernet source MAC not the ENI's.
+    Mac,
+    /// ARP sender MAC or IP not the ENI's.
+    Arp,
+    /// IPv4 source not one of the ENI's addresses.
+    Ip,
+    /// IPv6 source not one of the ENI's addresses.
+    Ip6,
+}
+
+impl DropKind {
+    pub const ALL: [DropKind; 4] = [Self::Mac, Self::Arp, Self::Ip, Self::Ip6];
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Self::Mac => "mac",
+            Self::Arp => "arp",
+            Self::Ip => "ip",
+            Self::Ip6 => "ip6",
+        }
+    }
+}
+
+/// Packets the vpc dropped from one ENI, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EniDrops {
+    pub mac: u64,
+    pub arp: u64,
+    pub ip: u64,
+    pub ip6: u64,
+}
+
+impl EniDrops {
+    pub fn total(&self) -> u64 {
+        self.mac + self.arp + self.ip + self.ip6
+    }
+    pub fn get(&self, kind: DropKind) -> u64 {
+        match kind {
+            DropKind::Mac => self.mac,
+            DropKind::Arp => self.arp,
+            DropKind::Ip => self.ip,
+            DropKind::Ip6 => self.ip6,
+        }
+    }
+    fn set(&mut self, kind: DropKind, v: u64) {
+        match kind {
+            DropKind::Mac => self.mac = v,
+            DropKind::Arp => self.arp = v,
+            DropKind::Ip => self.ip = v,
+            DropKind::Ip6 => self.ip6 = v,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Drops {
+    pub by_eni: BTreeMap<String, EniDrops>,
+}
+
+impl Drops {
+    pub fn eni(&self, name: &str) -> EniDrops {
+        self.by_eni.get(name).copied().unwrap_or_default()
+    }
+}
