@@ -79,8 +79,8 @@ unsafe extern "C" {
 fn lab(args: &[String]) -> Result<()> {
     require_root("the lab")?;
     setup::run()?;
-    // The same package set as `cargo test --workspace`: one feature unification, one eBPF build.
-    run(cargo().args(["build", "--workspace"]))?;
+    // The same package set as `cargo test` (the default members): one feature unification, one eBPF build.
+    run(cargo().args(["build"]))?;
     let bin = root().join("target/debug/enipin");
     run(Command::new(bin).arg("lab").args(args))
 }
@@ -90,8 +90,8 @@ fn test(args: &[String]) -> Result<()> {
     setup::run()?;
     let started = std::time::Instant::now();
     // The binary the integration tests drive (same package set as the test build), then the suite.
-    run(cargo().args(["build", "--workspace"]))?;
-    run(cargo().args(["test", "--workspace"]).args(args))?;
+    run(cargo().args(["build"]))?;
+    run(cargo().args(["test"]).args(args))?;
     eprintln!("xtask: test suite took {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -100,7 +100,7 @@ fn bench(args: &[String]) -> Result<()> {
     require_root("the benchmark")?;
     setup::run()?;
     // Release builds of enipin and of the bench; the bench drives the binary named by ENIPIN_BIN.
-    run(cargo().args(["build", "--release", "--workspace"]))?;
+    run(cargo().args(["build", "--release"]))?;
     let target = root().join("target/release");
     run(Command::new(target.join("enipin-bench"))
         .env("ENIPIN_BIN", target.join("enipin"))
