@@ -99,6 +99,15 @@ pub async fn discover(nl: &Netlink) -> Result<Discovery> {
         iface.addrs.push(IfAddr { addr: ip, prefix_len: msg.header.prefix_len });
     }
 
+    // IPv4 comes in the kernel's order (primary first); IPv6 has no primary and is dumped newest
+    // first, so sort it for a stable choice of route source.
+    for iface in &mut interfaces {
+        iface.addrs.sort_by_key(|a| match a.addr {
+            IpAddr::V4(_) => (0, None),
+            IpAddr::V6(v6) => (1, Some(v6)),
+        });
+    }
+
     let routes = nl.routes().await?;
     let defaults = routes
         .iter()

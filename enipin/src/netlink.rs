@@ -200,7 +200,8 @@ pub fn rule_from_message(m: &RuleMessage) -> Rule {
     for a in &m.attributes {
         match a {
             RuleAttribute::Source(ip) => from = Some((*ip, m.header.src_len)),
-            RuleAttribute::SuppressPrefixLen(l) => suppress_prefixlen = Some(*l),
+            // The kernel reports "not set" as -1.
+            RuleAttribute::SuppressPrefixLen(l) if *l != u32::MAX => suppress_prefixlen = Some(*l),
             _ => {}
         }
     }
