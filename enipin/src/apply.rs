@@ -31,12 +31,13 @@ fn gateway_text(g: &Option<Gateway>) -> String {
     }
 }
 
-fn print_managed(managed: &[ManagedInterface]) {
+/// `prefix` starts every line: "# " turns the summary into comments in `--format ip` output.
+fn print_managed(managed: &[ManagedInterface], prefix: &str) {
     for m in managed {
         let addrs: Vec<_> = m.addrs.iter().map(|a| format!("{}/{}", a.addr, a.prefix_len)).collect();
         let prefixes: Vec<_> = m.prefixes.iter().map(|p| format!("{}/{}", p.addr, p.prefix_len)).collect();
         println!(
-            "interface {} ({}, ifindex {}) table {}: {}{}",
+            "{prefix}interface {} ({}, ifindex {}) table {}: {}{}",
             m.name,
             fmt_mac(&m.mac),
             m.ifindex,
@@ -44,9 +45,9 @@ fn print_managed(managed: &[ManagedInterface]) {
             addrs.join(" "),
             if prefixes.is_empty() { String::new() } else { format!(" prefixes {}", prefixes.join(" ")) }
         );
-        println!("  gateway ipv4: {}", gateway_text(&m.gateway_v4));
+        println!("{prefix}  gateway ipv4: {}", gateway_text(&m.gateway_v4));
         if m.addrs.iter().any(|a| a.addr.is_ipv6()) {
-            println!("  gateway ipv6: {}", gateway_text(&m.gateway_v6));
+            println!("{prefix}  gateway ipv6: {}", gateway_text(&m.gateway_v6));
         }
     }
 }
@@ -101,6 +102,9 @@ async fn execute(nl: &Netlink, changes: &[Change]) -> Result<Vec<Change>> {
 /// Replays the inverse steps backwards; returns a sentence saying how it went.
 async fn rollback(nl: &Netlink, journal: Vec<Change>) -> String {
     let n = journal.len();
+    if n == 0 {
+        return "nothing had been applied yet".to_owned();
+    }
     let mut failed = Vec::new();
     for c in journal.into_iter().rev() {
         if let Err(e) = step(nl, &c).await {
@@ -133,7 +137,7 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
     let ebpf_plan = if cfg.ebpf { Some(ebpf::plan(&managed, cfg, paths)?) } else { None };
     let ebpf_empty = ebpf_plan.as_ref().is_none_or(|p| p.is_empty());
 
-    print_managed(&managed);
+    print_managed(&managed, if format == DiffFormat::Ip { "# " } else { "" });
     for c in &plan.changes {
         println!("{}", c.render(format));
     }
@@ -245,7 +249,11 @@ pub async fn status(paths: &Paths, json: bool) -> Result<()> {
     if json {
         let v = serde_json::json!({
             "attached": st.is_some(),
-            "managed": managed,
+            "managed": managed.iter().map(|m| {
+                let mut v = serde_json::to_value(m).expect("serialisable");
+                v["mac"] = fmt_mac(&m.mac).into();
+                v
+            }).collect::<Vec<_>>(),
             "rules": rules,
             "routes": routes,
             "datapath": attached.iter().map(|(ix, name, kind)| serde_json::json!({"ifindex": ix, "name": name, "kind": kind})).collect::<Vec<_>>(),
@@ -256,7 +264,7 @@ pub async fn status(paths: &Paths, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("state: {}", if st.is_some() { "attached" } else { "not attached (no state file)" });
-    print_managed(&managed);
+    print_managed(&managed, "");
     println!("rules ({}):", rules.len());
     for r in &rules {
         println!("  {}{}", if r.v6 { "-6 " } else { "" }, r.ip_args());

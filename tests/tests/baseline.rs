@@ -396,3 +396,85 @@ fn render_every_format_pairs_addresses_with_their_interface() {
     assert!(out.contains("nmcli device reapply eth1"), "{out}");
     assert_eq!(t.dump(), before, "render changed something");
 }
+
+impl Topo {
+    /// Pings `dst` from the host with source address `src`.
+    fn host_ping_from(&self, src: &str, dst: &str) -> bool {
+        self.host
+            .command("ping")
+            .args(["-n", "-q", "-c", "2", "-W", "1", "-i", "0.2", "-I", src, dst])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+}
+
+#[test]
+fn selection_by_mac_prefixes_and_gateway_sources() {
+    let t = Topo::new(&[(&[10], &[0x10]), (&[11], &[0x11])]);
+    // Something beyond the gateway, reachable only through a default route.
+    t.vpc.ip(&["addr", "add", "198.18.200.1/32", "dev", "lo"]).unwrap();
+    t.vpc.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    t.host.ip(&["route", "add", "default", "via", "198.18.0.1", "dev", "eth0"]).unwrap();
+    t.host.ip(&["-6", "route", "add", "default", "via", "2001:db8::1", "dev", "eth1"]).unwrap();
+    assert!(t.host_ping_from("198.18.0.10", "198.18.200.1"));
+    assert!(!t.host_ping_from("198.18.0.11", "198.18.200.1"), "eth1's source must not get out by eth0's default route");
+    let before = t.dump();
+
+    let out = t.ok(&["attach", "--no-ebpf", "--interfaces", "eth0,02:00:00:00:00:02", "--prefix", "eth1=198.18.0.64/28"]);
+    assert!(out.contains("gateway ipv4: 198.18.0.1 (from the main table's default route)"), "{out}");
+    assert!(out.contains("gateway ipv4: 198.18.0.1 (from the subnet's first host)"), "{out}");
+    assert!(out.contains("gateway ipv6: 2001:db8::1 (from the main table's default route)"), "{out}");
+    assert!(out.contains("gateway ipv6: none (subnet route only)"), "{out}");
+    assert!(t.host_ping_from("198.18.0.11", "198.18.200.1"), "eth1's default route in its table");
+    assert!(t.host_ping_from("198.18.0.10", "198.18.200.1"));
+    let t1 = t.table(1);
+    let rules = t.host.ip(&["rule"]).unwrap();
+    assert!(rules.contains(&format!("20000:\tfrom 198.18.0.64/28 lookup {t1} suppress_prefixlength 0 proto 229")), "{rules}");
+    assert!(rules.contains(&format!("20002:\tfrom 198.18.0.64/28 lookup {t1} proto 229")), "{rules}");
+    let json: serde_json::Value = serde_json::from_str(&t.ok(&["status", "--json"])).unwrap();
+    let m = &json["managed"];
+    assert_eq!(m[0]["name"], "eth0");
+    assert_eq!(m[0]["gateway_v4"]["source"], "main-table");
+    assert_eq!(m[0]["gateway_v6"], serde_json::Value::Null);
+    assert_eq!(m[1]["mac"], "02:00:00:00:00:02");
+    assert_eq!(m[1]["gateway_v4"]["source"], "subnet-first-host");
+    assert_eq!(m[1]["gateway_v6"]["source"], "main-table");
+    assert_eq!(json["drift"].as_array().unwrap().len(), 0);
+    let table6 = t.host.ip(&["-6", "route", "show", "table", &t1.to_string()]).unwrap();
+    assert!(table6.contains("default via 2001:db8::1 dev eth1 proto 229"), "{table6}");
+
+    // Re-attach with another gateway: only the default routes change.
+    let out = t.ok(&["attach", "--no-ebpf", "--interfaces", "eth0,eth1", "--prefix", "eth1=198.18.0.64/28", "--gateway", "198.18.0.100"]);
+    assert!(out.contains("198.18.0.100 (from the --gateway)"), "{out}");
+    assert!(out.contains(&format!("- route default via 198.18.0.1 dev eth1 table {t1} proto 229")), "{out}");
+    assert!(out.contains(&format!("+ route default via 198.18.0.100 dev eth1 table {t1} proto 229")), "{out}");
+    assert!(out.contains("attached: 4 change(s)"), "{out}");
+
+    t.ok(&["detach"]);
+    assert_eq!(t.dump(), before);
+}
+
+#[test]
+fn scale_eight_enis_eight_addresses_each() {
+    let hosts: Vec<Vec<u8>> = (0..8u8).map(|i| (0..8u8).map(|k| 10 + i + 20 * k).collect()).collect();
+    let spec: Vec<(&[u8], &[u8])> = hosts.iter().map(|h| (h.as_slice(), &[][..])).collect();
+    let t = Topo::new(&spec);
+    let before = t.dump();
+    let started = Instant::now();
+    t.ok(&["attach", "--no-ebpf"]);
+    let attach = started.elapsed();
+    let started = Instant::now();
+    let again = t.ok(&["attach", "--no-ebpf"]);
+    let noop = started.elapsed();
+    assert!(again.contains("nothing to do: 129 rules, 16 routes already installed"), "{again}");
+    for a in ["198.18.0.157", "198.18.0.31", "198.18.0.10"] {
+        assert!(t.peer.ping(a, 3).unwrap(), "{a} must answer after attach");
+    }
+    let started = Instant::now();
+    t.ok(&["detach"]);
+    let detach = started.elapsed();
+    eprintln!("8 interfaces x 8 addresses (129 rules, 16 routes, 16 sysctls): attach {attach:?}, no-op attach {noop:?}, detach {detach:?}");
+    assert_eq!(t.dump(), before);
+}
