@@ -119,6 +119,8 @@ async fn rollback(nl: &Netlink, journal: Vec<Change>) -> String {
 }
 
 pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffFormat) -> Result<()> {
+    // Two changers at once would each diff against a state the other is changing.
+    let _lock = if dry_run { None } else { Some(state::lock(paths)?) };
     // A corrupt state file stops us before anything changes.
     let previous = state::load(paths)?;
     let nl = Netlink::connect()?;
@@ -177,12 +179,12 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
             return Err(e.context("attach failed, nothing changed"));
         }
     };
-    if let Some(ep) = ebpf_plan.filter(|p| !p.is_empty()) {
-        if let Err(e) = ebpf::apply(ep, &managed, cfg, paths) {
-            let undone = rollback(&nl, journal).await;
-            state::restore(paths, previous.as_ref())?;
-            return Err(e.context(format!("attaching the datapath failed; {undone}")));
-        }
+    if let Some(ep) = ebpf_plan.filter(|p| !p.is_empty())
+        && let Err(e) = ebpf::apply(ep, &managed, cfg, paths)
+    {
+        let undone = rollback(&nl, journal).await;
+        state::restore(paths, previous.as_ref())?;
+        return Err(e.context(format!("attaching the datapath failed; {undone}")));
     }
     println!(
         "attached: {} change(s) applied to {} interface(s)",
@@ -193,6 +195,7 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
 }
 
 pub async fn detach(paths: &Paths) -> Result<()> {
+    let _lock = state::lock(paths)?;
     let st = state::load(paths)?;
     let nl = Netlink::connect()?;
     let d = discover::discover(&nl).await?;
@@ -201,10 +204,10 @@ pub async fn detach(paths: &Paths) -> Result<()> {
     changes.extend(routes.into_iter().map(Change::DelRoute));
     for (key, old) in st.iter().flat_map(|s| &s.sysctls) {
         // An interface that is gone took its sysctls with it.
-        if let Ok(now) = sysctl::read(key) {
-            if &now != old {
-                changes.push(Change::Sysctl { key: key.clone(), old: now, new: old.clone() });
-            }
+        if let Ok(now) = sysctl::read(key)
+            && &now != old
+        {
+            changes.push(Change::Sysctl { key: key.clone(), old: now, new: old.clone() });
         }
     }
     let pinned = paths.pin_dir.exists();
@@ -282,7 +285,8 @@ pub async fn status(paths: &Paths, json: bool) -> Result<()> {
     if drift.is_empty() {
         println!("drift: none");
     } else {
-        println!("drift ({} change(s) to reach the desired state):", drift.changes.len());
+        let what = if st.is_some() { "drift" } else { "not attached; attach would make" };
+        println!("{what} ({} change(s) to reach the desired state):", drift.changes.len());
         for c in &drift.changes {
             println!("  {}", c.render(DiffFormat::Text));
         }

@@ -57,10 +57,10 @@ pub async fn discover(nl: &Netlink) -> Result<Discovery> {
                 // bonds, VLANs, tunnels and the like are not ENIs.
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(kind) = info {
-                            if *kind != InfoKind::Veth {
-                                iface.ethernet = false;
-                            }
+                        if let LinkInfo::Kind(kind) = info
+                            && *kind != InfoKind::Veth
+                        {
+                            iface.ethernet = false;
                         }
                     }
                 }

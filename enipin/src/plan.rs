@@ -469,6 +469,87 @@ mod tests {
         assert!(parse_prefix_arg("eth1=2001:db8:1::/80").is_ok());
     }
 
+    fn eni(ifindex: u32, addrs: &[&str]) -> ManagedInterface {
+        ManagedInterface {
+            ifindex,
+            name: format!("eth{ifindex}"),
+            mac: [2, 0, 0, 0, 0, ifindex as u8],
+            mtu: 1500,
+            table: 20000 + ifindex,
+            addrs: addrs
+                .iter()
+                .map(|a| {
+                    let (a, l) = a.split_once('/').unwrap();
+                    IfAddr { addr: a.parse().unwrap(), prefix_len: l.parse().unwrap() }
+                })
+                .collect(),
+            prefixes: Vec::new(),
+            gateway_v4: Some(Gateway { addr: "198.18.0.1".parse().unwrap(), source: GatewaySource::SubnetFirstHost }),
+            gateway_v6: None,
+        }
+    }
+
+    #[test]
+    fn layout_three_layers_one_table_per_interface() {
+        let m = [eni(2, &["198.18.0.10/24", "198.18.0.20/24"]), eni(3, &["198.18.0.11/24", "2001:db8::11/64"])];
+        let (rules, routes) = desired(&m, &Config::default());
+        let text: Vec<String> = rules.iter().map(|r| format!("{}{}", if r.v6 { "-6 " } else { "" }, r.ip_args())).collect();
+        assert_eq!(
+            text,
+            [
+                "from 198.18.0.10/32 lookup 20002 suppress_prefixlength 0 pref 20000 proto 229",
+                "from 198.18.0.11/32 lookup 20003 suppress_prefixlength 0 pref 20000 proto 229",
+                "from 198.18.0.20/32 lookup 20002 suppress_prefixlength 0 pref 20000 proto 229",
+                "lookup main suppress_prefixlength 0 pref 20001 proto 229",
+                "from 198.18.0.10/32 lookup 20002 pref 20002 proto 229",
+                "from 198.18.0.11/32 lookup 20003 pref 20002 proto 229",
+                "from 198.18.0.20/32 lookup 20002 pref 20002 proto 229",
+                "-6 from 2001:db8::11/128 lookup 20003 suppress_prefixlength 0 pref 20000 proto 229",
+                "-6 lookup main suppress_prefixlength 0 pref 20001 proto 229",
+                "-6 from 2001:db8::11/128 lookup 20003 pref 20002 proto 229",
+            ]
+        );
+        let text: Vec<String> = routes.iter().map(Route::ip_args).collect();
+        assert_eq!(
+            text,
+            [
+                "198.18.0.0/24 dev eth2 scope link src 198.18.0.10 table 20002 proto 229",
+                "default via 198.18.0.1 dev eth2 table 20002 proto 229",
+                "198.18.0.0/24 dev eth3 scope link src 198.18.0.11 table 20003 proto 229",
+                "2001:db8::/64 dev eth3 src 2001:db8::11 table 20003 proto 229",
+                "default via 198.18.0.1 dev eth3 table 20003 proto 229",
+            ]
+        );
+    }
+
+    #[test]
+    fn diff_applies_only_the_difference_in_a_safe_order() {
+        let m = [eni(2, &["198.18.0.10/24"]), eni(3, &["198.18.0.11/24"])];
+        let (rules, routes) = desired(&m, &Config::default());
+        let plan = diff(&rules, &routes, &rules, &routes, vec![("k".into(), "1".into(), "1".into())]);
+        assert!(plan.is_empty());
+        assert_eq!((plan.rules_in_place, plan.routes_in_place), (5, 4));
+
+        let mut stale = rules[0].clone();
+        stale.table = 99;
+        let have_rules = [stale.clone(), rules[1].clone()];
+        let plan = diff(&rules, &routes, &have_rules, &routes[..1], vec![("k".into(), "0".into(), "1".into())]);
+        let kinds: Vec<&str> = plan
+            .changes
+            .iter()
+            .map(|c| match c {
+                Change::DelRule(_) => "-rule",
+                Change::DelRoute(_) => "-route",
+                Change::AddRoute(_) => "+route",
+                Change::AddRule(_) => "+rule",
+                Change::Sysctl { .. } => "sysctl",
+            })
+            .collect();
+        assert_eq!(kinds, ["-rule", "+route", "+route", "+route", "+rule", "+rule", "+rule", "+rule", "sysctl"]);
+        assert_eq!(plan.changes[0], Change::DelRule(stale));
+        assert_eq!(plan.changes[8].inverse(), Change::Sysctl { key: "k".into(), old: "1".into(), new: "0".into() });
+    }
+
     #[test]
     fn networks() {
         assert_eq!(network("198.18.0.77".parse().unwrap(), 24), "198.18.0.0".parse::<IpAddr>().unwrap());

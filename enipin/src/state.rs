@@ -58,6 +58,25 @@ pub fn restore(paths: &Paths, previous: Option<&State>) -> Result<()> {
     }
 }
 
+/// An exclusive lock on the state directory for the life of the returned file: one attach or
+/// detach at a time per state directory.
+pub fn lock(paths: &Paths) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    std::fs::create_dir_all(&paths.state_dir)
+        .with_context(|| format!("creating state directory {}", paths.state_dir.display()))?;
+    let path = paths.state_dir.join("lock");
+    let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    // SAFETY: plain syscall on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "another enipin attach/detach holds {} ({}); wait for it to finish",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(file)
+}
+
 pub fn remove(paths: &Paths) -> Result<()> {
     let f = file(paths);
     match std::fs::remove_file(&f) {
