@@ -129,6 +129,14 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
         Selection::Managed(m) => m,
         Selection::NothingToDo(why) => {
             println!("nothing to do: {why}");
+            let (rules, routes) = plan::installed(&d);
+            if !rules.is_empty() || !routes.is_empty() {
+                println!(
+                    "note: {} rules and {} routes of an earlier attach are still installed; `enipin detach` removes them",
+                    rules.len(),
+                    routes.len()
+                );
+            }
             return Ok(());
         }
     };

@@ -207,6 +207,9 @@ pub fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
                 let known: Vec<_> = d.interfaces.iter().map(|i| format!("{} ({})", i.name, fmt_mac(&i.mac))).collect();
                 bail!("unknown interface {sel:?}: not a name or MAC of this namespace (have: {})", known.join(", "));
             };
+            if !iface.up {
+                bail!("interface {} is down: bring it up (ip link set {} up) or leave it out of --interfaces", iface.name, iface.name);
+            }
             if iface.addrs.is_empty() {
                 bail!("interface {} has no IPv4 or global IPv6 address: nothing to pin to it", iface.name);
             }

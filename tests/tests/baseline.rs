@@ -273,6 +273,12 @@ fn bad_input_gives_a_clear_error_and_changes_nothing() {
     assert!(e.contains("eth2 has no IPv4 or global IPv6 address"), "{e}");
     unchanged("interface without addresses");
 
+    t.host.ip(&["link", "set", "solo1", "down"]).unwrap();
+    let e = t.fails(&["attach", "--no-ebpf", "--interfaces", "eth0,solo1"]);
+    assert!(e.contains("interface solo1 is down"), "{e}");
+    t.host.ip(&["link", "set", "solo1", "up"]).unwrap();
+    unchanged("interface down");
+
     let out = t.ok(&["attach", "--no-ebpf", "--interfaces", "solo0"]);
     assert!(out.contains("nothing to do: no interface shares a subnet"), "{out}");
     unchanged("only one interface in the subnet");
