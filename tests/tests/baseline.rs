@@ -259,6 +259,9 @@ fn bad_input_gives_a_clear_error_and_changes_nothing() {
     t.host.ip(&["addr", "add", "198.18.1.9/24", "dev", "solo0"]).unwrap();
     t.host.ip(&["link", "set", "solo0", "up"]).unwrap();
     t.host.ip(&["link", "set", "solo1", "up"]).unwrap();
+    // An interface that is down (with an address in the ENIs' subnet).
+    t.host.ip(&["link", "add", "down0", "type", "veth", "peer", "name", "down1"]).unwrap();
+    t.host.ip(&["addr", "add", "198.18.0.99/24", "dev", "down0"]).unwrap();
     let before = t.dump();
     let unchanged = |what: &str| {
         assert_eq!(t.dump(), before, "{what} changed the namespace");
@@ -273,10 +276,8 @@ fn bad_input_gives_a_clear_error_and_changes_nothing() {
     assert!(e.contains("eth2 has no IPv4 or global IPv6 address"), "{e}");
     unchanged("interface without addresses");
 
-    t.host.ip(&["link", "set", "solo1", "down"]).unwrap();
-    let e = t.fails(&["attach", "--no-ebpf", "--interfaces", "eth0,solo1"]);
-    assert!(e.contains("interface solo1 is down"), "{e}");
-    t.host.ip(&["link", "set", "solo1", "up"]).unwrap();
+    let e = t.fails(&["attach", "--no-ebpf", "--interfaces", "eth0,down0"]);
+    assert!(e.contains("interface down0 is down"), "{e}");
     unchanged("interface down");
 
     let out = t.ok(&["attach", "--no-ebpf", "--interfaces", "solo0"]);
