@@ -1,14 +1,313 @@
 //! Carries a plan out: the commands `attach`, `detach`, `status`.
-use anyhow::{Result, bail};
+//!
+//! Every run applies only the difference between desired and installed, and keeps a journal of
+//! the inverse of each step it took: if a step fails, the journal is replayed backwards, so a
+//! failed attach leaves the namespace as it found it.
 
-use crate::{config::{Config, Paths}, plan::DiffFormat};
+use anyhow::{Context as _, Result, anyhow};
 
-pub async fn attach(_cfg: &Config, _paths: &Paths, _dry_run: bool, _format: DiffFormat) -> Result<()> {
-    bail!("attach: not implemented yet")
+use crate::{
+    config::{Config, Paths},
+    discover::{self, Discovery},
+    ebpf,
+    model::{Gateway, GatewaySource, ManagedInterface, fmt_mac},
+    netlink::Netlink,
+    plan::{self, Change, DiffFormat, Plan, Selection},
+    state,
+    sysctl,
+};
+
+fn gateway_text(g: &Option<Gateway>) -> String {
+    match g {
+        None => "none (subnet route only)".to_owned(),
+        Some(g) => {
+            let src = match g.source {
+                GatewaySource::MainTable => "main table's default route",
+                GatewaySource::SubnetFirstHost => "subnet's first host",
+                GatewaySource::Configured => "--gateway",
+            };
+            format!("{} (from the {src})", g.addr)
+        }
+    }
 }
-pub async fn detach(_paths: &Paths) -> Result<()> {
-    bail!("detach: not implemented yet")
+
+/// `prefix` starts every line: "# " turns the summary into comments in `--format ip` output.
+fn print_managed(managed: &[ManagedInterface], prefix: &str) {
+    for m in managed {
+        let addrs: Vec<_> = m.addrs.iter().map(|a| format!("{}/{}", a.addr, a.prefix_len)).collect();
+        let prefixes: Vec<_> = m.prefixes.iter().map(|p| format!("{}/{}", p.addr, p.prefix_len)).collect();
+        println!(
+            "{prefix}interface {} ({}, ifindex {}) table {}: {}{}",
+            m.name,
+            fmt_mac(&m.mac),
+            m.ifindex,
+            m.table,
+            addrs.join(" "),
+            if prefixes.is_empty() { String::new() } else { format!(" prefixes {}", prefixes.join(" ")) }
+        );
+        println!("{prefix}  gateway ipv4: {}", gateway_text(&m.gateway_v4));
+        if m.addrs.iter().any(|a| a.addr.is_ipv6()) {
+            println!("{prefix}  gateway ipv6: {}", gateway_text(&m.gateway_v6));
+        }
+    }
 }
-pub async fn status(_paths: &Paths, _json: bool) -> Result<()> {
-    bail!("status: not implemented yet")
+
+/// Desired vs installed rules, routes and sysctls for `managed`.
+fn compute(d: &Discovery, managed: &[ManagedInterface], cfg: &Config) -> Result<Plan> {
+    if !cfg.rules {
+        return Ok(Plan::default());
+    }
+    let (want_rules, want_routes) = plan::desired(managed, cfg);
+    let (have_rules, have_routes) = plan::installed(d);
+    let mut sysctls = Vec::new();
+    if cfg.sysctls {
+        for m in managed {
+            for (key, want) in sysctl::desired(&m.name)? {
+                let old = sysctl::read(&key)?;
+                sysctls.push((key, old, want));
+            }
+        }
+    }
+    Ok(plan::diff(&want_rules, &want_routes, &have_rules, &have_routes, sysctls))
+}
+
+async fn step(nl: &Netlink, c: &Change) -> Result<()> {
+    match c {
+        Change::AddRule(r) => nl.add_rule(r).await,
+        Change::DelRule(r) => nl.del_rule(r).await,
+        Change::AddRoute(r) => nl.add_route(r).await,
+        Change::DelRoute(r) => nl.del_route(r).await,
+        Change::Sysctl { key, new, .. } => sysctl::write(key, new),
+    }
+}
+
+/// Applies `changes` in order; on the first failure undoes what it did and says what failed.
+async fn execute(nl: &Netlink, changes: &[Change]) -> Result<Vec<Change>> {
+    let mut journal = Vec::new();
+    for (n, c) in changes.iter().enumerate() {
+        if let Err(e) = step(nl, c).await {
+            let undone = rollback(nl, journal).await;
+            return Err(e.context(format!(
+                "step {} of {} (`{}`) failed; {undone}",
+                n + 1,
+                changes.len(),
+                c.render(DiffFormat::Text)
+            )));
+        }
+        journal.push(c.inverse());
+    }
+    Ok(journal)
+}
+
+/// Replays the inverse steps backwards; returns a sentence saying how it went.
+async fn rollback(nl: &Netlink, journal: Vec<Change>) -> String {
+    let n = journal.len();
+    if n == 0 {
+        return "nothing had been applied yet".to_owned();
+    }
+    let mut failed = Vec::new();
+    for c in journal.into_iter().rev() {
+        if let Err(e) = step(nl, &c).await {
+            failed.push(format!("{}: {e:#}", c.render(DiffFormat::Text)));
+        }
+    }
+    if failed.is_empty() {
+        format!("rolled back the {n} change(s) this run had applied")
+    } else {
+        format!("rolling back the {n} change(s) this run had applied failed for: {}", failed.join("; "))
+    }
+}
+
+pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffFormat) -> Result<()> {
+    // Two changers at once would each diff against a state the other is changing.
+    let _lock = if dry_run { None } else { Some(state::lock(paths)?) };
+    // A corrupt state file stops us before anything changes.
+    let previous = state::load(paths)?;
+    let nl = Netlink::connect()?;
+    let d = discover::discover(&nl).await?;
+    let managed = match plan::select(&d, cfg)? {
+        Selection::Managed(m) => m,
+        Selection::NothingToDo(why) => {
+            println!("nothing to do: {why}");
+            let (rules, routes) = plan::installed(&d);
+            if !rules.is_empty() || !routes.is_empty() {
+                println!(
+                    "note: {} rules and {} routes of an earlier attach are still installed; `enipin detach` removes them",
+                    rules.len(),
+                    routes.len()
+                );
+            }
+            return Ok(());
+        }
+    };
+    if cfg.rules {
+        plan::check_conflicts(&d, &managed, cfg)?;
+    }
+    let plan = compute(&d, &managed, cfg)?;
+    let ebpf_plan = if cfg.ebpf { Some(ebpf::plan(&managed, cfg, paths)?) } else { None };
+    let ebpf_empty = ebpf_plan.as_ref().is_none_or(|p| p.is_empty());
+
+    print_managed(&managed, if format == DiffFormat::Ip { "# " } else { "" });
+    for c in &plan.changes {
+        println!("{}", c.render(format));
+    }
+    for line in ebpf_plan.iter().flat_map(|p| &p.changes) {
+        println!("{}{line}", if format == DiffFormat::Ip { "# " } else { "" });
+    }
+    if dry_run {
+        println!("dry run: {} change(s) planned, nothing changed", plan.changes.len() + ebpf_plan.as_ref().map_or(0, |p| p.changes.len()));
+        return Ok(());
+    }
+
+    // The state goes first: the sysctl values we are about to replace must survive a crash.
+    let mut st = previous.clone().unwrap_or_default();
+    for c in &plan.changes {
+        if let Change::Sysctl { key, old, .. } = c {
+            st.sysctls.entry(key.clone()).or_insert_with(|| old.clone());
+        }
+    }
+    st.config = Some(cfg.clone());
+    st.managed = managed.clone();
+    if plan.is_empty() && ebpf_empty {
+        if previous.as_ref() != Some(&st) {
+            state::save(paths, &st)?;
+        }
+        println!(
+            "nothing to do: {} rules, {} routes already installed",
+            plan.rules_in_place, plan.routes_in_place
+        );
+        return Ok(());
+    }
+    state::save(paths, &st)?;
+
+    let journal = match execute(&nl, &plan.changes).await {
+        Ok(j) => j,
+        Err(e) => {
+            state::restore(paths, previous.as_ref())?;
+            return Err(e.context("attach failed, nothing changed"));
+        }
+    };
+    if let Some(ep) = ebpf_plan.filter(|p| !p.is_empty())
+        && let Err(e) = ebpf::apply(ep, &managed, cfg, paths)
+    {
+        let undone = rollback(&nl, journal).await;
+        state::restore(paths, previous.as_ref())?;
+        return Err(e.context(format!("attaching the datapath failed; {undone}")));
+    }
+    println!(
+        "attached: {} change(s) applied to {} interface(s)",
+        plan.changes.len(),
+        managed.len()
+    );
+    Ok(())
+}
+
+pub async fn detach(paths: &Paths) -> Result<()> {
+    let _lock = state::lock(paths)?;
+    let st = state::load(paths)?;
+    let nl = Netlink::connect()?;
+    let d = discover::discover(&nl).await?;
+    let (rules, routes) = plan::installed(&d);
+    let mut changes: Vec<Change> = rules.into_iter().map(Change::DelRule).collect();
+    changes.extend(routes.into_iter().map(Change::DelRoute));
+    for (key, old) in st.iter().flat_map(|s| &s.sysctls) {
+        // An interface that is gone took its sysctls with it.
+        if let Ok(now) = sysctl::read(key)
+            && &now != old
+        {
+            changes.push(Change::Sysctl { key: key.clone(), old: now, new: old.clone() });
+        }
+    }
+    let pinned = paths.pin_dir.exists();
+    if changes.is_empty() && st.is_none() && !pinned {
+        println!("nothing to do: enipin has nothing installed");
+        return Ok(());
+    }
+    // Detach removes what it can and reports the rest: a half-removed state is worse to keep.
+    let mut failed = Vec::new();
+    for c in &changes {
+        println!("{}", c.render(DiffFormat::Text));
+        if let Err(e) = step(&nl, c).await {
+            failed.push(format!("{e:#}"));
+        }
+    }
+    if pinned {
+        match ebpf::detach(paths) {
+            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+            Err(e) => failed.push(format!("{e:#}")),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(anyhow!("detach left some things in place (state file kept): {}", failed.join("; ")));
+    }
+    state::remove(paths)?;
+    println!("detached: {} change(s)", changes.len());
+    Ok(())
+}
+
+pub async fn status(paths: &Paths, json: bool) -> Result<()> {
+    let st = state::load(paths)?;
+    let cfg = st.as_ref().and_then(|s| s.config.clone()).unwrap_or_default();
+    let nl = Netlink::connect()?;
+    let d = discover::discover(&nl).await?;
+    let managed = match plan::select(&d, &cfg)? {
+        Selection::Managed(m) => m,
+        Selection::NothingToDo(_) => Vec::new(),
+    };
+    let (rules, routes) = plan::installed(&d);
+    let drift = compute(&d, &managed, &cfg)?;
+    let attached = if paths.pin_dir.exists() { ebpf::attached(paths).context("reading the datapath attachment")? } else { Vec::new() };
+    if json {
+        let v = serde_json::json!({
+            "attached": st.is_some(),
+            "managed": managed.iter().map(|m| {
+                let mut v = serde_json::to_value(m).expect("serialisable");
+                v["mac"] = fmt_mac(&m.mac).into();
+                v
+            }).collect::<Vec<_>>(),
+            "rules": rules,
+            "routes": routes,
+            "datapath": attached.iter().map(|(ix, name, kind)| serde_json::json!({"ifindex": ix, "name": name, "kind": kind})).collect::<Vec<_>>(),
+            "drift": drift.changes,
+            "sysctls_saved": st.as_ref().map(|s| &s.sysctls),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("state: {}", if st.is_some() { "attached" } else { "not attached (no state file)" });
+    print_managed(&managed, "");
+    println!("rules ({}):", rules.len());
+    for r in &rules {
+        println!("  {}{}", if r.v6 { "-6 " } else { "" }, r.ip_args());
+    }
+    println!("routes ({}):", routes.len());
+    for r in &routes {
+        println!("  {}{}", if r.v6() { "-6 " } else { "" }, r.ip_args());
+    }
+    if attached.is_empty() {
+        println!("datapath: not attached");
+    }
+    for (ix, name, kind) in &attached {
+        println!("datapath: {name} (ifindex {ix}) {kind}");
+    }
+    if drift.is_empty() {
+        println!("drift: none");
+    } else {
+        let what = if st.is_some() { "drift" } else { "not attached; attach would make" };
+        println!("{what} ({} change(s) to reach the desired state):", drift.changes.len());
+        for c in &drift.changes {
+            println!("  {}", c.render(DiffFormat::Text));
+        }
+    }
+    Ok(())
+}
+
+/// The state [`status`] and [`render`](crate::render) share: discovery + selection.
+pub async fn managed_now(cfg: &Config) -> Result<Vec<ManagedInterface>> {
+    let nl = Netlink::connect()?;
+    let d = discover::discover(&nl).await?;
+    match plan::select(&d, cfg)? {
+        Selection::Managed(m) => Ok(m),
+        Selection::NothingToDo(why) => Err(anyhow!("nothing to render: {why}")),
+    }
 }

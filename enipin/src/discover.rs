@@ -1,1 +1,124 @@
-//! discover
+//! What the kernel has now, read over netlink (the source of truth, never a metadata service):
+//! interfaces with their addresses, the main table's default routes, and every rule and route.
+//! An error reading any of it is an error, never an empty list.
+
+use std::net::IpAddr;
+
+use anyhow::Result;
+use netlink_packet_route::{
+    AddressFamily,
+    address::{AddressAttribute, AddressFlags, AddressScope},
+    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType},
+    route::{RouteAttribute, RouteHeader, RouteMessage},
+    rule::RuleMessage,
+};
+
+use crate::{
+    model::{IfAddr, Interface, MacAddr},
+    netlink::{self, Netlink},
+};
+
+/// A snapshot of the namespace.
+#[derive(Debug)]
+pub struct Discovery {
+    pub interfaces: Vec<Interface>,
+    /// Default routes of the main table: (ifindex, gateway).
+    pub defaults: Vec<(u32, IpAddr)>,
+    pub rules: Vec<RuleMessage>,
+    pub routes: Vec<RouteMessage>,
+}
+
+impl Discovery {
+    pub fn by_index(&self, ifindex: u32) -> Option<&Interface> {
+        self.interfaces.iter().find(|i| i.ifindex == ifindex)
+    }
+}
+
+pub async fn discover(nl: &Netlink) -> Result<Discovery> {
+    let mut interfaces = Vec::new();
+    for link in nl.links().await? {
+        let mut iface = Interface {
+            ifindex: link.header.index,
+            name: String::new(),
+            mac: [0; 6],
+            mtu: 0,
+            up: link.header.flags.contains(LinkFlags::Up),
+            ethernet: link.header.link_layer_type == LinkLayerType::Ether,
+            addrs: Vec::new(),
+        };
+        for attr in &link.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => iface.name = n.clone(),
+                LinkAttribute::Mtu(m) => iface.mtu = *m,
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    iface.mac = <MacAddr>::try_from(a.as_slice()).expect("6 bytes")
+                }
+                // Physical NICs have no kind and veths stand in for them in tests; bridges,
+                // bonds, VLANs, tunnels and the like are not ENIs.
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info
+                            && *kind != InfoKind::Veth
+                        {
+                            iface.ethernet = false;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if link.header.flags.contains(LinkFlags::Loopback) {
+            iface.ethernet = false;
+        }
+        interfaces.push(iface);
+    }
+
+    for msg in nl.addresses().await? {
+        let Some(iface) = interfaces.iter_mut().find(|i| i.ifindex == msg.header.index) else { continue };
+        let v6 = msg.header.family == AddressFamily::Inet6;
+        let mut addr = None;
+        let mut local = None;
+        let mut flags = AddressFlags::from_bits_retain(u32::from(msg.header.flags.bits()));
+        for a in &msg.attributes {
+            match a {
+                AddressAttribute::Address(ip) => addr = Some(*ip),
+                AddressAttribute::Local(ip) => local = Some(*ip),
+                AddressAttribute::Flags(f) => flags = *f,
+                _ => {}
+            }
+        }
+        // IPv4: IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on p2p links).
+        let Some(ip) = (if v6 { addr } else { local.or(addr) }) else { continue };
+        if v6 {
+            // Global addresses only, and not ones still in (or failed) DAD or deprecated.
+            let unusable = AddressFlags::Tentative | AddressFlags::Dadfailed | AddressFlags::Deprecated;
+            if msg.header.scope != AddressScope::Universe || flags.intersects(unusable) {
+                continue;
+            }
+        }
+        iface.addrs.push(IfAddr { addr: ip, prefix_len: msg.header.prefix_len });
+    }
+
+    // IPv4 comes in the kernel's order (primary first); IPv6 has no primary and is dumped newest
+    // first, so sort it for a stable choice of route source.
+    for iface in &mut interfaces {
+        iface.addrs.sort_by_key(|a| match a.addr {
+            IpAddr::V4(_) => (0, None),
+            IpAddr::V6(v6) => (1, Some(v6)),
+        });
+    }
+
+    let routes = nl.routes().await?;
+    let defaults = routes
+        .iter()
+        .filter(|r| netlink::route_table(r) == u32::from(RouteHeader::RT_TABLE_MAIN))
+        .filter(|r| r.header.destination_prefix_length == 0)
+        .filter_map(|r| {
+            let rt = netlink::route_from_message(r);
+            let has_gw = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(_)));
+            (has_gw && rt.oif != 0).then(|| (rt.oif, rt.gateway.expect("gateway")))
+        })
+        .collect();
+    let rules = nl.rules().await?;
+    Ok(Discovery { interfaces, defaults, rules, routes })
+}

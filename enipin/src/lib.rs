@@ -12,6 +12,7 @@ pub mod ebpf;
 pub mod lab;
 pub mod metrics;
 pub mod model;
+pub mod netlink;
 pub mod netns;
 pub mod plan;
 pub mod render;

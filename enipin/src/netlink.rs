@@ -1,0 +1,261 @@
+//! The one rtnetlink connection: dumps of links, addresses, routes and rules, and the add/delete
+//! of enipin's own rules and routes. Everything goes over netlink, nothing shells out to `ip`.
+
+use std::net::IpAddr;
+
+use anyhow::{Context as _, Result, anyhow};
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    AddressFamily,
+    address::AddressMessage,
+    link::LinkMessage,
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    rule::{RuleAction, RuleAttribute, RuleMessage},
+};
+use rtnetlink::Handle;
+
+use crate::{
+    model::RTPROT_ENIPIN,
+    plan::{Route, Rule},
+};
+
+const EPERM: i32 = 1;
+
+/// Turns a netlink error into one that says what failed and, for EPERM, what to do.
+fn nl_error(e: rtnetlink::Error, what: &str) -> anyhow::Error {
+    match &e {
+        rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == EPERM => anyhow!(
+            "{what}: permission denied (EPERM): enipin must run as root with CAP_NET_ADMIN"
+        ),
+        rtnetlink::Error::NetlinkError(m) => anyhow!("{what}: {}", m.to_io()),
+        _ => anyhow!("{what}: {e}"),
+    }
+}
+
+/// An rtnetlink connection to the current network namespace (the one `--netns` entered).
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens the socket; its connection task runs on the current tokio runtime.
+    pub fn connect() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    pub async fn links(&self) -> Result<Vec<LinkMessage>> {
+        self.handle.link().get().execute().try_collect().await.map_err(|e| nl_error(e, "dumping links"))
+    }
+
+    pub async fn addresses(&self) -> Result<Vec<AddressMessage>> {
+        self.handle.address().get().execute().try_collect().await.map_err(|e| nl_error(e, "dumping addresses"))
+    }
+
+    /// Every route of both families in every table.
+    pub async fn routes(&self) -> Result<Vec<RouteMessage>> {
+        let mut all = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut msg = RouteMessage::default();
+            msg.header.address_family = family;
+            let mut routes: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(msg)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| nl_error(e, "dumping routes"))?;
+            all.append(&mut routes);
+        }
+        Ok(all)
+    }
+
+    /// Every rule of both families.
+    pub async fn rules(&self) -> Result<Vec<RuleMessage>> {
+        let mut all = Vec::new();
+        for v in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
+            let mut rules: Vec<RuleMessage> = self
+                .handle
+                .rule()
+                .get(v)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| nl_error(e, "dumping rules"))?;
+            all.append(&mut rules);
+        }
+        Ok(all)
+    }
+
+    pub async fn add_rule(&self, rule: &Rule) -> Result<()> {
+        let mut req = self.handle.rule().add();
+        *req.message_mut() = rule_message(rule);
+        req.execute().await.map_err(|e| nl_error(e, &format!("adding rule `{}`", rule.ip_args())))
+    }
+
+    pub async fn del_rule(&self, rule: &Rule) -> Result<()> {
+        self.handle
+            .rule()
+            .del(rule_message(rule))
+            .execute()
+            .await
+            .map_err(|e| nl_error(e, &format!("deleting rule `{}`", rule.ip_args())))
+    }
+
+    pub async fn add_route(&self, route: &Route) -> Result<()> {
+        self.handle
+            .route()
+            .add(route_message(route))
+            .execute()
+            .await
+            .map_err(|e| nl_error(e, &format!("adding route `{}`", route.ip_args())))
+    }
+
+    pub async fn del_route(&self, route: &Route) -> Result<()> {
+        self.handle
+            .route()
+            .del(route_message(route))
+            .execute()
+            .await
+            .map_err(|e| nl_error(e, &format!("deleting route `{}`", route.ip_args())))
+    }
+}
+
+fn family(addr: &IpAddr) -> AddressFamily {
+    if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 }
+}
+
+fn rule_message(rule: &Rule) -> RuleMessage {
+    let mut m = RuleMessage::default();
+    m.header.family = if rule.v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    m.header.action = RuleAction::ToTable;
+    // The table goes in FRA_TABLE (32 bits); the header's 8-bit field stays unspecified.
+    m.attributes.push(RuleAttribute::Table(rule.table));
+    m.attributes.push(RuleAttribute::Priority(rule.priority));
+    if let Some((addr, len)) = rule.from {
+        m.header.src_len = len;
+        m.attributes.push(RuleAttribute::Source(addr));
+    }
+    if let Some(len) = rule.suppress_prefixlen {
+        m.attributes.push(RuleAttribute::SuppressPrefixLen(len));
+    }
+    m.attributes.push(RuleAttribute::Protocol(RouteProtocol::from(RTPROT_ENIPIN)));
+    m
+}
+
+fn route_message(route: &Route) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    let (dst, len) = route.dst;
+    m.header.address_family = family(&dst);
+    m.header.destination_prefix_length = len;
+    m.header.table = if route.table < 256 { route.table as u8 } else { RouteHeader::RT_TABLE_UNSPEC };
+    m.header.protocol = RouteProtocol::from(RTPROT_ENIPIN);
+    m.header.scope = if route.scope_link { RouteScope::Link } else { RouteScope::Universe };
+    m.header.kind = RouteType::Unicast;
+    m.attributes.push(RouteAttribute::Table(route.table));
+    if len > 0 {
+        m.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst)));
+    }
+    if let Some(gw) = route.gateway {
+        m.attributes.push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+    }
+    m.attributes.push(RouteAttribute::Oif(route.oif));
+    if let Some(src) = route.src {
+        m.attributes.push(RouteAttribute::PrefSource(RouteAddress::from(src)));
+    }
+    if route.metric != 0 {
+        m.attributes.push(RouteAttribute::Priority(route.metric));
+    }
+    m
+}
+
+pub fn rule_protocol(m: &RuleMessage) -> u8 {
+    m.attributes
+        .iter()
+        .find_map(|a| if let RuleAttribute::Protocol(p) = a { Some(u8::from(*p)) } else { None })
+        .unwrap_or(0)
+}
+
+pub fn rule_table(m: &RuleMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| if let RuleAttribute::Table(t) = a { Some(*t) } else { None })
+        .unwrap_or(m.header.table as u32)
+}
+
+pub fn rule_priority(m: &RuleMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| if let RuleAttribute::Priority(p) = a { Some(*p) } else { None })
+        .unwrap_or(0)
+}
+
+/// The parts of a dumped rule enipin models (it only ever creates "from X lookup T" and
+/// "lookup main suppress_prefixlength 0").
+pub fn rule_from_message(m: &RuleMessage) -> Rule {
+    let mut from = None;
+    let mut suppress_prefixlen = None;
+    for a in &m.attributes {
+        match a {
+            RuleAttribute::Source(ip) => from = Some((*ip, m.header.src_len)),
+            // The kernel reports "not set" as -1.
+            RuleAttribute::SuppressPrefixLen(l) if *l != u32::MAX => suppress_prefixlen = Some(*l),
+            _ => {}
+        }
+    }
+    Rule {
+        v6: m.header.family == AddressFamily::Inet6,
+        priority: rule_priority(m),
+        from,
+        table: rule_table(m),
+        suppress_prefixlen,
+    }
+}
+
+pub fn route_table(m: &RouteMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| if let RouteAttribute::Table(t) = a { Some(*t) } else { None })
+        .unwrap_or(m.header.table as u32)
+}
+
+pub fn route_protocol(m: &RouteMessage) -> u8 {
+    u8::from(m.header.protocol)
+}
+
+fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+/// A dumped route in enipin's terms; `dev` is filled in by the caller (it knows the links).
+pub fn route_from_message(m: &RouteMessage) -> Route {
+    let v6 = m.header.address_family == AddressFamily::Inet6;
+    let unspecified: IpAddr = if v6 { "::".parse().unwrap() } else { "0.0.0.0".parse().unwrap() };
+    let mut r = Route {
+        table: route_table(m),
+        dst: (unspecified, m.header.destination_prefix_length),
+        gateway: None,
+        oif: 0,
+        dev: String::new(),
+        src: None,
+        scope_link: m.header.scope == RouteScope::Link,
+        metric: 0,
+    };
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => r.dst.0 = ip_of(d).unwrap_or(unspecified),
+            RouteAttribute::Gateway(g) => r.gateway = ip_of(g),
+            RouteAttribute::Oif(i) => r.oif = *i,
+            RouteAttribute::PrefSource(s) => r.src = ip_of(s),
+            RouteAttribute::Priority(p) => r.metric = *p,
+            _ => {}
+        }
+    }
+    r
+}
