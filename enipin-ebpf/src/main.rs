@@ -1,12 +1,238 @@
 //! enipin's TC egress enforcer. See `lib.rs` for the maps and counters it shares with user space.
+//!
+//! Every packet leaving a managed interface is classified once:
+//! - source owned by this interface: the normal case, passed;
+//! - source owned by another managed interface: misrouted; redirected onto the owner with
+//!   `bpf_redirect_neigh` (enforce mode) so it leaves with the owner's MAC, or only counted
+//!   (monitor mode);
+//! - everything else (not owned, non-IP, VLAN, multicast, link-local, neighbour discovery,
+//!   truncated) passed untouched.
+//!
+//! Passing means `TC_ACT_UNSPEC` (`TCX_NEXT`): other programs on the hook still run. The program
+//! fails open: whatever goes wrong, the packet passes and a counter says why.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{__sk_buff, TC_ACT_REDIRECT, TC_ACT_UNSPEC},
+    helpers::generated::{bpf_check_mtu, bpf_redirect_neigh},
+    macros::{classifier, map},
+    maps::{Array, HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
+    programs::TcContext,
+};
+use enipin_ebpf::{Config, Counters, MAX_INTERFACES, MAX_OWNERS, MODE_ENFORCE, Owner};
+
+// Map names must equal `enipin_ebpf::maps::*` (the `#[map]` name is the symbol name).
+#[map(name = "ENIPIN_OWN4")]
+static OWNERS_V4: HashMap<[u8; 4], Owner> = HashMap::pinned(MAX_OWNERS, 0);
+#[map(name = "ENIPIN_OWN6")]
+static OWNERS_V6: HashMap<[u8; 16], Owner> = HashMap::pinned(MAX_OWNERS, 0);
+#[map(name = "ENIPIN_PFX4")]
+static PREFIXES_V4: LpmTrie<[u8; 4], Owner> = LpmTrie::pinned(MAX_OWNERS, 0);
+#[map(name = "ENIPIN_PFX6")]
+static PREFIXES_V6: LpmTrie<[u8; 16], Owner> = LpmTrie::pinned(MAX_OWNERS, 0);
+#[map(name = "ENIPIN_CNT")]
+static COUNTERS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(MAX_INTERFACES, 0);
+#[map(name = "ENIPIN_CFG")]
+static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+
+/// Which counter a packet bumps.
+#[derive(Clone, Copy)]
+enum Verdict {
+    NotOwned,
+    NonIp,
+    Skipped,
+    Malformed,
+    /// Owned by a managed interface (this one or another).
+    Owned(Owner),
+}
 
 #[classifier]
-pub fn enipin_egress(_ctx: TcContext) -> i32 {
+pub fn enipin_egress(ctx: TcContext) -> i32 {
+    // SAFETY: the context of a classifier is an `__sk_buff`; these fields are readable.
+    let (ifindex, vlan_present) = unsafe {
+        let skb = ctx.as_ptr() as *const __sk_buff;
+        ((*skb).ifindex, (*skb).vlan_present)
+    };
+    let verdict = if vlan_present != 0 { Verdict::Skipped } else { classify(&ctx) };
+    let counters = counters(ifindex);
+    let owner = match verdict {
+        Verdict::Owned(owner) if owner.ifindex == ifindex => {
+            bump(counters, |c| c.owned_here += 1);
+            return TC_ACT_UNSPEC;
+        }
+        Verdict::Owned(owner) => owner,
+        other => {
+            bump(counters, |c| match other {
+                Verdict::NotOwned => c.not_owned += 1,
+                Verdict::NonIp => c.non_ip += 1,
+                Verdict::Skipped => c.skipped += 1,
+                _ => c.malformed += 1,
+            });
+            return TC_ACT_UNSPEC;
+        }
+    };
+    let len = ctx.len() as u64;
+    bump(counters, |c| {
+        c.misrouted_packets += 1;
+        c.misrouted_bytes += len;
+    });
+    let config = CONFIG.get(0).copied().unwrap_or_default();
+    if config.mode != MODE_ENFORCE {
+        return TC_ACT_UNSPEC;
+    }
+    redirect(&ctx, counters, owner, config.debug != 0)
+}
+
+/// Sends the packet out of its owner, or passes it (fail open) when that cannot work.
+#[inline(always)]
+fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: Owner, debug: bool) -> i32 {
+    // A redirect skips the stack's MTU check, so check against the owner's MTU here (GSO packets
+    // pass: they are segmented for the owner on transmit). Too big: pass the packet unchanged on
+    // the wrong interface rather than drop it (fail open), and count it. The stack already
+    // checked it against this interface's MTU, so it is only the owner's smaller MTU that fails.
+    let mut mtu_len: u32 = 0;
+    // SAFETY: plain helper call on our context and a stack variable.
+    let rc = unsafe { bpf_check_mtu(ctx.as_ptr(), owner.ifindex, &mut mtu_len, 0, 0) };
+    if rc != 0 {
+        if rc > 0 {
+            bump(counters, |c| c.mtu_exceeded += 1);
+        } else {
+            bump(counters, |c| c.redirect_failed += 1);
+        }
+        if debug {
+            aya_log_ebpf::warn!(
+                ctx,
+                "enipin: not redirecting {} bytes to ifindex {}: check_mtu {} (mtu {})",
+                ctx.len(),
+                owner.ifindex,
+                rc,
+                mtu_len
+            );
+        }
+        return TC_ACT_UNSPEC;
+    }
+    // SAFETY: no neighbour parameters (NULL, 0): the kernel looks the next hop up itself.
+    let rc = unsafe { bpf_redirect_neigh(owner.ifindex, core::ptr::null_mut(), 0, 0) };
+    if rc == TC_ACT_REDIRECT as i64 {
+        return TC_ACT_REDIRECT;
+    }
+    bump(counters, |c| c.redirect_failed += 1);
+    if debug {
+        aya_log_ebpf::warn!(ctx, "enipin: redirect to ifindex {} failed: {}", owner.ifindex, rc);
+    }
     TC_ACT_UNSPEC
+}
+
+/// Parses the headers with direct packet access (every read bounds-checked against data_end).
+#[inline(always)]
+fn classify(ctx: &TcContext) -> Verdict {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if data + ETH_HLEN > end {
+        return Verdict::Malformed;
+    }
+    // SAFETY: bounds checked just above.
+    let eth = unsafe { &*(data as *const [u8; ETH_HLEN]) };
+    let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    match ethertype {
+        ETH_P_8021Q | ETH_P_8021AD => return Verdict::Skipped,
+        ETH_P_IP | ETH_P_IPV6 => {}
+        _ => return Verdict::NonIp,
+    }
+    // Multicast and broadcast destinations (I/G bit): bpf_redirect_neigh would drop them.
+    if eth[0] & 1 != 0 {
+        return Verdict::Skipped;
+    }
+    let l3 = data + ETH_HLEN;
+    if ethertype == ETH_P_IP {
+        if l3 + IPV4_MIN_HLEN > end {
+            return Verdict::Malformed;
+        }
+        // SAFETY: bounds checked just above.
+        let ip = unsafe { &*(l3 as *const [u8; IPV4_MIN_HLEN]) };
+        let ihl = (ip[0] & 0x0f) as usize * 4;
+        if ip[0] >> 4 != 4 || ihl < IPV4_MIN_HLEN || l3 + ihl > end {
+            return Verdict::Malformed;
+        }
+        let src = [ip[12], ip[13], ip[14], ip[15]];
+        return lookup_v4(&src);
+    }
+    if l3 + IPV6_HLEN > end {
+        return Verdict::Malformed;
+    }
+    // SAFETY: bounds checked just above.
+    let ip = unsafe { &*(l3 as *const [u8; IPV6_HLEN]) };
+    if ip[0] >> 4 != 6 {
+        return Verdict::Malformed;
+    }
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&ip[8..24]);
+    // Link-local (fe80::/10) and unspecified (DAD) sources belong to no ENI's routing.
+    if (src[0] == 0xfe && src[1] & 0xc0 == 0x80) || src == [0u8; 16] {
+        return Verdict::Skipped;
+    }
+    if ip[6] == IPPROTO_ICMPV6 {
+        let l4 = l3 + IPV6_HLEN;
+        if l4 + 1 > end {
+            return Verdict::Malformed;
+        }
+        // SAFETY: bounds checked just above.
+        let icmp_type = unsafe { *(l4 as *const u8) };
+        // Router/neighbour solicitation/advertisement and redirect: interface-local by design.
+        if (133..=137).contains(&icmp_type) {
+            return Verdict::Skipped;
+        }
+    }
+    lookup_v6(&src)
+}
+
+#[inline(always)]
+fn lookup_v4(src: &[u8; 4]) -> Verdict {
+    // SAFETY: values are plain data written whole by user space.
+    if let Some(owner) = unsafe { OWNERS_V4.get(src) } {
+        return Verdict::Owned(*owner);
+    }
+    match PREFIXES_V4.get(&Key::new(32, *src)) {
+        Some(owner) => Verdict::Owned(*owner),
+        None => Verdict::NotOwned,
+    }
+}
+
+#[inline(always)]
+fn lookup_v6(src: &[u8; 16]) -> Verdict {
+    // SAFETY: values are plain data written whole by user space.
+    if let Some(owner) = unsafe { OWNERS_V6.get(src) } {
+        return Verdict::Owned(*owner);
+    }
+    match PREFIXES_V6.get(&Key::new(128, *src)) {
+        Some(owner) => Verdict::Owned(*owner),
+        None => Verdict::NotOwned,
+    }
+}
+
+/// This interface's counters, else the "unknown interface" slot 0, else none (not counted).
+#[inline(always)]
+fn counters(ifindex: u32) -> Option<*mut Counters> {
+    COUNTERS.get_ptr_mut(&ifindex).or_else(|| COUNTERS.get_ptr_mut(&0))
+}
+
+#[inline(always)]
+fn bump(counters: Option<*mut Counters>, f: impl FnOnce(&mut Counters)) {
+    if let Some(c) = counters {
+        // SAFETY: a per-CPU value: nobody else writes it while this program runs on this CPU.
+        f(unsafe { &mut *c });
+    }
 }
 
 #[cfg(not(test))]

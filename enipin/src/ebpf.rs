@@ -1,22 +1,54 @@
 //! The TC egress enforcer's loader: load, pin, attach, fill the owner maps, read the counters.
 //! It is the second applier of the one desired state (the first is [`crate::apply`]).
+//!
+//! Everything enipin puts in the kernel for the datapath lives under the pin directory, so the
+//! enforcement outlives the `enipin attach` process and a later run finds it again:
+//! - the maps, pinned by name (`ENIPIN_OWN4`, ..., see [`enipin_ebpf::maps`]): counters and owners
+//!   survive a program reload;
+//! - `prog`: the classifier;
+//! - `link-<ifindex>`: one TCX link per managed interface (kernels >= 6.6);
+//! - `nl-<ifindex>/`: an empty directory marking a netlink (clsact) attachment on older kernels,
+//!   which cannot be pinned.
 
-use anyhow::{Result, bail};
-use enipin_ebpf::Counters;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::CStr,
+    fs,
+    io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    programs::{
+        LinkOrder, ProgramError, ProgramInfo, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink, TcAttach},
+    },
+};
+use enipin_ebpf::{Counters, MODE_ENFORCE, MODE_MONITOR, Owner, PROGRAM, maps};
 
 use crate::{
-    config::{Config, Paths},
+    config::{Config, Mode, Paths},
     model::ManagedInterface,
 };
 
 /// The eBPF object, built by build.rs with the pinned nightly and bpf-linker.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enipin"));
 
+const PROG_PIN: &str = "prog";
+const LINK_PREFIX: &str = "link-";
+const NETLINK_PREFIX: &str = "nl-";
+
 /// What the datapath must change to match the desired state, diffed with what is pinned.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct EbpfPlan {
     /// Human-readable lines, one per change (`+ attach enipin_egress to eth1 (tcx)`, ...).
     pub changes: Vec<String>,
+    diff: Diff,
 }
 
 impl EbpfPlan {
@@ -25,28 +57,593 @@ impl EbpfPlan {
     }
 }
 
-/// Computes the datapath changes for `managed` (empty `managed`: remove everything).
-pub fn plan(_managed: &[ManagedInterface], _cfg: &Config, _paths: &Paths) -> Result<EbpfPlan> {
-    bail!("ebpf::plan: not implemented yet")
+/// The structured form of [`EbpfPlan::changes`].
+#[derive(Debug, Default)]
+struct Diff {
+    program: ProgramChange,
+    /// Interfaces to attach to (ifindex, name).
+    attach: Vec<(u32, String)>,
+    /// Pins of attachments to remove (stale or no longer managed), by file name.
+    detach: Vec<String>,
+    v4: MapDiff<[u8; 4], Owner>,
+    v6: MapDiff<[u8; 16], Owner>,
+    p4: MapDiff<([u8; 4], u8), Owner>,
+    p6: MapDiff<([u8; 16], u8), Owner>,
+    counters: MapDiff<u32, ()>,
+    config: Option<enipin_ebpf::Config>,
+    /// Nothing must remain: detach everything and remove the pin directory.
+    remove_all: bool,
 }
 
-/// Carries out a plan, all or nothing: on failure what this call did is undone.
-pub fn apply(_plan: EbpfPlan, _managed: &[ManagedInterface], _cfg: &Config, _paths: &Paths) -> Result<()> {
-    bail!("ebpf::apply: not implemented yet")
+#[derive(Debug, Default, PartialEq, Eq)]
+enum ProgramChange {
+    #[default]
+    Keep,
+    /// Nothing pinned yet.
+    Load,
+    /// A different program is pinned: swap it atomically on every link.
+    Replace,
+}
+
+#[derive(Debug)]
+struct MapDiff<K, V> {
+    set: Vec<(K, V)>,
+    remove: Vec<K>,
+}
+
+impl<K, V> Default for MapDiff<K, V> {
+    fn default() -> Self {
+        Self { set: Vec::new(), remove: Vec::new() }
+    }
+}
+
+impl<K: Ord + Clone, V: PartialEq + Clone> MapDiff<K, V> {
+    fn new(installed: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> Self {
+        Self {
+            set: desired
+                .iter()
+                .filter(|(k, v)| installed.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            remove: installed.keys().filter(|k| !desired.contains_key(*k)).cloned().collect(),
+        }
+    }
+}
+
+/// The datapath state enipin wants, or finds pinned.
+#[derive(Debug, Default)]
+struct State {
+    v4: BTreeMap<[u8; 4], Owner>,
+    v6: BTreeMap<[u8; 16], Owner>,
+    p4: BTreeMap<([u8; 4], u8), Owner>,
+    p6: BTreeMap<([u8; 16], u8), Owner>,
+    counters: BTreeMap<u32, ()>,
+    config: Option<enipin_ebpf::Config>,
+}
+
+fn desired(managed: &[ManagedInterface], cfg: &Config) -> State {
+    let mut s = State::default();
+    s.counters.insert(0, ());
+    for m in managed {
+        let owner = Owner { ifindex: m.ifindex, mtu: m.mtu };
+        s.counters.insert(m.ifindex, ());
+        for a in &m.addrs {
+            match a.addr {
+                IpAddr::V4(ip) => s.v4.insert(ip.octets(), owner),
+                IpAddr::V6(ip) => s.v6.insert(ip.octets(), owner),
+            };
+        }
+        for p in &m.prefixes {
+            match p.addr {
+                IpAddr::V4(ip) => s.p4.insert((ip.octets(), p.prefix_len), owner),
+                IpAddr::V6(ip) => s.p6.insert((ip.octets(), p.prefix_len), owner),
+            };
+        }
+    }
+    let mode = match cfg.mode {
+        Mode::Enforce => MODE_ENFORCE,
+        Mode::Monitor => MODE_MONITOR,
+    };
+    s.config = Some(enipin_ebpf::Config { mode, debug: cfg.debug.into() });
+    s
+}
+
+fn pinned_map(paths: &Paths, name: &str) -> Result<Option<Map>> {
+    let path = paths.pin_dir.join(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(Some(Map::from_map_data(data)?))
+}
+
+fn installed(paths: &Paths) -> Result<State> {
+    let mut s = State::default();
+    if let Some(map) = pinned_map(paths, maps::OWNERS_V4)? {
+        for kv in HashMap::<_, [u8; 4], Owner>::try_from(map)?.iter() {
+            let (k, v) = kv?;
+            s.v4.insert(k, v);
+        }
+    }
+    if let Some(map) = pinned_map(paths, maps::OWNERS_V6)? {
+        for kv in HashMap::<_, [u8; 16], Owner>::try_from(map)?.iter() {
+            let (k, v) = kv?;
+            s.v6.insert(k, v);
+        }
+    }
+    if let Some(map) = pinned_map(paths, maps::PREFIXES_V4)? {
+        for kv in LpmTrie::<_, [u8; 4], Owner>::try_from(map)?.iter() {
+            let (k, v) = kv?;
+            s.p4.insert((k.data(), k.prefix_len() as u8), v);
+        }
+    }
+    if let Some(map) = pinned_map(paths, maps::PREFIXES_V6)? {
+        for kv in LpmTrie::<_, [u8; 16], Owner>::try_from(map)?.iter() {
+            let (k, v) = kv?;
+            s.p6.insert((k.data(), k.prefix_len() as u8), v);
+        }
+    }
+    if let Some(map) = pinned_map(paths, maps::COUNTERS)? {
+        for k in PerCpuHashMap::<_, u32, Counters>::try_from(map)?.keys() {
+            s.counters.insert(k?, ());
+        }
+    }
+    if let Some(map) = pinned_map(paths, maps::CONFIG)? {
+        s.config = Some(Array::<_, enipin_ebpf::Config>::try_from(map)?.get(&0, 0)?);
+    }
+    Ok(s)
+}
+
+/// An attachment found under the pin directory.
+#[derive(Debug)]
+struct Attachment {
+    ifindex: u32,
+    /// File name under the pin directory (`link-3`, `nl-3`).
+    pin: String,
+    netlink: bool,
+}
+
+fn attachments(paths: &Paths) -> Result<Vec<Attachment>> {
+    let entries = match fs::read_dir(&paths.pin_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", paths.pin_dir.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let (netlink, index) = if let Some(i) = name.strip_prefix(LINK_PREFIX) {
+            (false, i)
+        } else if let Some(i) = name.strip_prefix(NETLINK_PREFIX) {
+            (true, i)
+        } else {
+            continue;
+        };
+        if let Ok(ifindex) = index.parse() {
+            out.push(Attachment { ifindex, pin: name, netlink });
+        }
+    }
+    out.sort_by_key(|a| a.ifindex);
+    Ok(out)
+}
+
+/// Whether a pinned TCX link still runs our program on its interface (the interface may be gone,
+/// leaving a defunct link behind).
+fn link_alive(path: &Path, ifindex: u32) -> bool {
+    let Ok(link) = PinnedLink::from_pin(path) else { return false };
+    let Ok(info) = FdLink::from(link).info() else { return false };
+    match SchedClassifier::query_tcx(ifindex, TcAttachType::Egress) {
+        Ok((_, progs)) => progs.iter().any(|p| p.id() == info.program_id()),
+        Err(_) => false,
+    }
+}
+
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    Some(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+fn owner_name(o: &Owner) -> String {
+    ifname(o.ifindex).unwrap_or_else(|| format!("ifindex {}", o.ifindex))
+}
+
+/// Loads the object; maps are created under (or reused from) `pin_dir`, which must exist.
+fn load(pin_dir: &Path) -> Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(OBJECT)
+        .with_context(|| {
+            format!(
+                "loading the eBPF object with the maps pinned under {} (pins from another enipin \
+                 version? run `enipin detach` first)",
+                pin_dir.display()
+            )
+        })?;
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(PROGRAM)
+        .ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?
+        .try_into()?;
+    prog.load().context("loading the classifier (see the verifier log above)")?;
+    Ok(ebpf)
+}
+
+fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    Ok(ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("no program {PROGRAM}"))?.try_into()?)
+}
+
+/// Computes the datapath changes for `managed` (empty `managed`: remove everything).
+pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result<EbpfPlan> {
+    let mut plan = EbpfPlan::default();
+    let found = attachments(paths)?;
+    if managed.is_empty() {
+        plan.diff.remove_all = true;
+        for a in &found {
+            plan.changes.push(format!("- detach {PROGRAM} from ifindex {} ({})", a.ifindex, a.pin));
+        }
+        if paths.pin_dir.exists() {
+            plan.changes.push(format!("- remove pins under {}", paths.pin_dir.display()));
+        }
+        return Ok(plan);
+    }
+    let want = desired(managed, cfg);
+    let have = installed(paths)?;
+    let d = &mut plan.diff;
+    let prog_pin = paths.pin_dir.join(PROG_PIN);
+    d.program = if !prog_pin.exists() {
+        ProgramChange::Load
+    } else {
+        // Same program? Compare tags (the kernel's hash of the instructions, map fds masked).
+        let old = ProgramInfo::from_pin(&prog_pin)
+            .with_context(|| format!("reading {}", prog_pin.display()))?
+            .tag();
+        let mut ebpf = load(&paths.pin_dir)?;
+        let new = classifier(&mut ebpf)?.info()?.tag();
+        if old == new { ProgramChange::Keep } else { ProgramChange::Replace }
+    };
+    match d.program {
+        ProgramChange::Load => {
+            plan.changes.push(format!("+ load {PROGRAM}, pinned under {}", paths.pin_dir.display()))
+        }
+        ProgramChange::Replace => plan.changes.push(format!("~ replace {PROGRAM} (new build)")),
+        ProgramChange::Keep => {}
+    }
+    let wanted: BTreeSet<u32> = managed.iter().map(|m| m.ifindex).collect();
+    let mut alive = BTreeSet::new();
+    for a in &found {
+        let ok = wanted.contains(&a.ifindex)
+            && (a.netlink || link_alive(&paths.pin_dir.join(&a.pin), a.ifindex));
+        if ok {
+            alive.insert(a.ifindex);
+        } else {
+            plan.changes.push(format!("- detach {PROGRAM} from ifindex {} ({})", a.ifindex, a.pin));
+            d.detach.push(a.pin.clone());
+        }
+    }
+    for m in managed.iter().filter(|m| !alive.contains(&m.ifindex)) {
+        plan.changes.push(format!("+ attach {PROGRAM} to {} egress (ifindex {})", m.name, m.ifindex));
+        d.attach.push((m.ifindex, m.name.clone()));
+    }
+    d.v4 = MapDiff::new(&have.v4, &want.v4);
+    d.v6 = MapDiff::new(&have.v6, &want.v6);
+    d.p4 = MapDiff::new(&have.p4, &want.p4);
+    d.p6 = MapDiff::new(&have.p6, &want.p6);
+    d.counters = MapDiff::new(&have.counters, &want.counters);
+    for (k, o) in &d.v4.set {
+        plan.changes.push(format!("+ owner {} -> {}", std::net::Ipv4Addr::from(*k), owner_name(o)));
+    }
+    for k in &d.v4.remove {
+        plan.changes.push(format!("- owner {}", std::net::Ipv4Addr::from(*k)));
+    }
+    for (k, o) in &d.v6.set {
+        plan.changes.push(format!("+ owner {} -> {}", std::net::Ipv6Addr::from(*k), owner_name(o)));
+    }
+    for k in &d.v6.remove {
+        plan.changes.push(format!("- owner {}", std::net::Ipv6Addr::from(*k)));
+    }
+    for ((k, l), o) in &d.p4.set {
+        plan.changes
+            .push(format!("+ prefix {}/{l} -> {}", std::net::Ipv4Addr::from(*k), owner_name(o)));
+    }
+    for (k, l) in &d.p4.remove {
+        plan.changes.push(format!("- prefix {}/{l}", std::net::Ipv4Addr::from(*k)));
+    }
+    for ((k, l), o) in &d.p6.set {
+        plan.changes
+            .push(format!("+ prefix {}/{l} -> {}", std::net::Ipv6Addr::from(*k), owner_name(o)));
+    }
+    for (k, l) in &d.p6.remove {
+        plan.changes.push(format!("- prefix {}/{l}", std::net::Ipv6Addr::from(*k)));
+    }
+    for (k, ()) in &d.counters.set {
+        plan.changes.push(format!("+ counters for ifindex {k}"));
+    }
+    for k in &d.counters.remove {
+        plan.changes.push(format!("- counters for ifindex {k}"));
+    }
+    if have.config != want.config {
+        let c = want.config.unwrap_or_default();
+        let mode = if c.mode == MODE_ENFORCE { "enforce" } else { "monitor" };
+        plan.changes.push(format!("~ config mode={mode} debug={}", c.debug));
+        d.config = want.config;
+    }
+    Ok(plan)
+}
+
+/// Carries out a plan, all or nothing: on failure what this call did is undone (new links and
+/// pins removed, map entries restored).
+pub fn apply(plan: EbpfPlan, managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result<()> {
+    let _ = (managed, cfg); // the plan carries the diff; kept for the appliers' common shape
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let d = plan.diff;
+    if d.remove_all {
+        detach(paths)?;
+        return Ok(());
+    }
+    let created_dir = !paths.pin_dir.exists();
+    fs::create_dir_all(&paths.pin_dir)
+        .with_context(|| format!("creating {} (is bpffs mounted?)", paths.pin_dir.display()))?;
+    let before = installed(paths)?;
+    let mut undo = Undo { paths, created_dir, pins: Vec::new(), before: Some(before), ok: false };
+    let mut ebpf = load(&paths.pin_dir)?;
+    write_maps(&mut ebpf, &d)?;
+    let prog_pin = paths.pin_dir.join(PROG_PIN);
+    let prog = classifier(&mut ebpf)?;
+    if d.program != ProgramChange::Keep {
+        // Swap every live link atomically to the new program before it becomes the pinned one.
+        if d.program == ProgramChange::Replace {
+            for a in attachments(paths)?.iter().filter(|a| !d.detach.contains(&a.pin)) {
+                let path = paths.pin_dir.join(&a.pin);
+                if a.netlink {
+                    // Netlink: replace the filter in place (same priority and handle).
+                    let id = prog.attach(a.ifindex, TcAttachType::Egress)?;
+                    std::mem::forget(prog.take_link(id)?);
+                    continue;
+                }
+                let link = FdLink::from(PinnedLink::from_pin(&path)?);
+                let link = SchedClassifierLink::try_from(link)?;
+                let id = prog.attach_to_link(link).with_context(|| format!("updating {}", path.display()))?;
+                drop(prog.take_link(id)?); // still pinned: dropping the fd keeps the link
+            }
+            let _ = fs::remove_file(&prog_pin);
+        }
+        prog.pin(&prog_pin).with_context(|| format!("pinning {}", prog_pin.display()))?;
+    }
+    let prog = if d.program == ProgramChange::Keep {
+        &mut SchedClassifier::from_pin(&prog_pin)?
+    } else {
+        prog
+    };
+    for (ifindex, name) in &d.attach {
+        let pin = attach_one(prog, *ifindex, &paths.pin_dir)
+            .with_context(|| format!("attaching {PROGRAM} to {name} egress"))?;
+        undo.pins.push(pin);
+    }
+    for pin in &d.detach {
+        remove_attachment(&paths.pin_dir, pin)?;
+    }
+    undo.ok = true;
+    Ok(())
+}
+
+/// Reverts a failed [`apply`] when dropped unless `ok`.
+struct Undo<'a> {
+    paths: &'a Paths,
+    created_dir: bool,
+    pins: Vec<String>,
+    before: Option<State>,
+    ok: bool,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if self.ok {
+            return;
+        }
+        for pin in &self.pins {
+            let _ = remove_attachment(&self.paths.pin_dir, pin);
+        }
+        if self.created_dir {
+            let _ = remove_pins(&self.paths.pin_dir);
+            return;
+        }
+        if let Some(before) = self.before.take() {
+            let _ = restore(self.paths, &before);
+        }
+    }
+}
+
+/// Writes the map entries back to `before` (used on rollback).
+fn restore(paths: &Paths, before: &State) -> Result<()> {
+    let now = installed(paths)?;
+    let d = Diff {
+        v4: MapDiff::new(&now.v4, &before.v4),
+        v6: MapDiff::new(&now.v6, &before.v6),
+        p4: MapDiff::new(&now.p4, &before.p4),
+        p6: MapDiff::new(&now.p6, &before.p6),
+        counters: MapDiff::new(&now.counters, &before.counters),
+        config: before.config,
+        ..Diff::default()
+    };
+    let mut ebpf = EbpfLoader::new().default_map_pin_directory(&paths.pin_dir).load(OBJECT)?;
+    write_maps(&mut ebpf, &d)
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
+    ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the object"))
+}
+
+fn write_maps(ebpf: &mut Ebpf, d: &Diff) -> Result<()> {
+    let mut m: HashMap<_, [u8; 4], Owner> = HashMap::try_from(map(ebpf, maps::OWNERS_V4)?)?;
+    for (k, v) in &d.v4.set {
+        m.insert(k, v, 0)?;
+    }
+    for k in &d.v4.remove {
+        m.remove(k)?;
+    }
+    let mut m: HashMap<_, [u8; 16], Owner> = HashMap::try_from(map(ebpf, maps::OWNERS_V6)?)?;
+    for (k, v) in &d.v6.set {
+        m.insert(k, v, 0)?;
+    }
+    for k in &d.v6.remove {
+        m.remove(k)?;
+    }
+    let mut m: LpmTrie<_, [u8; 4], Owner> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V4)?)?;
+    for ((k, l), v) in &d.p4.set {
+        m.insert(&Key::new((*l).into(), *k), v, 0)?;
+    }
+    for (k, l) in &d.p4.remove {
+        m.remove(&Key::new((*l).into(), *k))?;
+    }
+    let mut m: LpmTrie<_, [u8; 16], Owner> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V6)?)?;
+    for ((k, l), v) in &d.p6.set {
+        m.insert(&Key::new((*l).into(), *k), v, 0)?;
+    }
+    for (k, l) in &d.p6.remove {
+        m.remove(&Key::new((*l).into(), *k))?;
+    }
+    let mut m: PerCpuHashMap<_, u32, Counters> = PerCpuHashMap::try_from(map(ebpf, maps::COUNTERS)?)?;
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?.get() as usize;
+    for (k, ()) in &d.counters.set {
+        // BPF_NOEXIST: never reset counters that are already there.
+        let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
+        match m.insert(k, zero, 1 /* BPF_NOEXIST */) {
+            Ok(()) => {}
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for k in &d.counters.remove {
+        m.remove(k)?;
+    }
+    if let Some(c) = &d.config {
+        let mut m: Array<_, enipin_ebpf::Config> = Array::try_from(map(ebpf, maps::CONFIG)?)?;
+        m.set(0, c, 0)?;
+    }
+    Ok(())
+}
+
+/// Attaches at egress with TCX (appended last, so programs attached earlier still run first) and
+/// pins the link; on kernels without TCX, through a clsact qdisc (reused if present). Returns the
+/// pin's file name.
+fn attach_one(prog: &mut SchedClassifier, ifindex: u32, pin_dir: &Path) -> Result<String> {
+    let tcx = TcAttach::Tcx { attach_type: TcAttachType::Egress, order: LinkOrder::default() };
+    match prog.attach(ifindex, tcx) {
+        Ok(id) => {
+            let link = prog.take_link(id)?;
+            let link = FdLink::try_from(link)?;
+            let name = format!("{LINK_PREFIX}{ifindex}");
+            link.pin(pin_dir.join(&name))?;
+            Ok(name)
+        }
+        Err(ProgramError::SyscallError(e))
+            if matches!(e.io_error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) =>
+        {
+            // No TCX (kernel < 6.6): a netlink filter, kept alive by forgetting the link.
+            match tc::qdisc_add_clsact(ifindex) {
+                Ok(()) => {}
+                Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e).context("adding a clsact qdisc"),
+            }
+            let id = prog.attach(ifindex, TcAttachType::Egress)?;
+            std::mem::forget(prog.take_link(id)?);
+            let name = format!("{NETLINK_PREFIX}{ifindex}");
+            fs::create_dir(pin_dir.join(&name))?;
+            Ok(name)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn remove_attachment(pin_dir: &Path, pin: &str) -> Result<()> {
+    let path = pin_dir.join(pin);
+    if let Some(i) = pin.strip_prefix(NETLINK_PREFIX) {
+        let ifindex: u32 = i.parse()?;
+        // Only filters named like our program; the qdisc may hold others' filters: left alone.
+        match tc::qdisc_detach_program(ifindex, TcAttachType::Egress.into(), PROGRAM) {
+            Ok(()) => {}
+            Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if ifname(ifindex).is_none() => log::debug!("{ifindex} gone: {e}"),
+            Err(e) => return Err(e.into()),
+        }
+        fs::remove_dir(&path)?;
+    } else {
+        // Unpinning drops the last reference: the kernel detaches the link.
+        match PinnedLink::from_pin(&path) {
+            Ok(link) => drop(link.unpin()?),
+            Err(_) => fs::remove_file(&path)?,
+        }
+    }
+    Ok(())
+}
+
+fn remove_pins(pin_dir: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(pin_dir) else { return Ok(out) };
+    let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    names.sort();
+    for p in names {
+        fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        out.push(format!("- unpin {}", p.display()));
+    }
+    fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+    out.push(format!("- remove {}", pin_dir.display()));
+    Ok(out)
 }
 
 /// Detaches every link under the pin directory and removes the pins. A second call is a no-op.
 /// Returns one line per removed object.
-pub fn detach(_paths: &Paths) -> Result<Vec<String>> {
-    bail!("ebpf::detach: not implemented yet")
+pub fn detach(paths: &Paths) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for a in attachments(paths)? {
+        remove_attachment(&paths.pin_dir, &a.pin)?;
+        let name = ifname(a.ifindex).unwrap_or_else(|| "?".into());
+        out.push(format!("- detach {PROGRAM} from {name} (ifindex {})", a.ifindex));
+    }
+    if paths.pin_dir.exists() {
+        out.extend(remove_pins(&paths.pin_dir)?);
+    }
+    Ok(out)
 }
 
 /// What is attached now: (ifindex, interface name, attach kind "tcx"/"netlink"), or empty.
-pub fn attached(_paths: &Paths) -> Result<Vec<(u32, String, String)>> {
-    bail!("ebpf::attached: not implemented yet")
+pub fn attached(paths: &Paths) -> Result<Vec<(u32, String, String)>> {
+    Ok(attachments(paths)?
+        .into_iter()
+        .filter(|a| a.netlink || link_alive(&paths.pin_dir.join(&a.pin), a.ifindex))
+        .map(|a| {
+            let kind = if a.netlink { "netlink" } else { "tcx" };
+            (a.ifindex, ifname(a.ifindex).unwrap_or_else(|| "?".into()), kind.to_owned())
+        })
+        .collect())
 }
 
 /// Counters per interface (ifindex; 0 is the "unknown interface" slot), summed over CPUs.
-pub fn counters(_paths: &Paths) -> Result<Vec<(u32, Counters)>> {
-    bail!("ebpf::counters: not implemented yet")
+/// Nothing pinned: an error saying so (not an empty list, which would read as "no traffic").
+pub fn counters(paths: &Paths) -> Result<Vec<(u32, Counters)>> {
+    let Some(map) = pinned_map(paths, maps::COUNTERS)? else {
+        bail!(
+            "no datapath counters under {} (run `enipin attach` first, or pass --pin-dir)",
+            paths.pin_dir.display()
+        );
+    };
+    let m: PerCpuHashMap<_, u32, Counters> = PerCpuHashMap::try_from(map)?;
+    let mut out = Vec::new();
+    for kv in m.iter() {
+        let (k, per_cpu) = kv?;
+        let mut sum = Counters::default();
+        for c in per_cpu.iter() {
+            sum.add(c);
+        }
+        out.push((k, sum));
+    }
+    out.sort_by_key(|(k, _)| *k);
+    Ok(out)
 }
