@@ -1,0 +1,450 @@
+//! The TC egress enforcer under BPF_PROG_TEST_RUN: every branch of the classifier on crafted
+//! frames, with the return code and the counter deltas asserted.
+//!
+//! Each test builds a namespace with three veth pairs (the "ENIs" e1, e2, e3 and their peers),
+//! loads the object WITHOUT attaching it, maps pinned in its own pin directory, and runs the
+//! program from a thread inside that namespace: test-run resolves `ctx_in.ifindex` (the "current"
+//! interface) and the helpers' target ifindex (bpf_check_mtu) in the caller's namespace.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+};
+use bytes::{BufMut as _, BytesMut};
+use enipin::{
+    config::Paths,
+    ebpf,
+    testbed::{Netns, PinDir},
+};
+use enipin_ebpf::{Config, Counters, MODE_ENFORCE, MODE_MONITOR, Owner, PROGRAM, maps};
+
+const TC_ACT_UNSPEC: u32 = -1i32 as u32;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+
+const IP_E1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const IP_E2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const IP_E3: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+/// Owned by an interface that does not exist (the redirect must fail open).
+const IP_GONE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 9);
+const IP_NOBODY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 77);
+/// e2's delegated /28 and an address inside and outside it.
+const PFX4: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 1, 16), 28);
+const IN_PFX4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 20);
+const OUT_PFX4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 40);
+const IP6_E1: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+const IP6_E2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+const PFX6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 2, 0, 0, 0), 80);
+const IN_PFX6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 2, 0, 0, 5);
+const OUT_PFX6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 3, 0, 0, 5);
+/// e3's MTU: smaller than the others', for the MTU branch.
+const E3_MTU: u32 = 1280;
+
+// ---------------------------------------------------------------- frames
+
+fn eth(dst: [u8; 6], ethertype: u16) -> BytesMut {
+    let mut b = BytesMut::with_capacity(128);
+    b.put_slice(&dst);
+    b.put_slice(&SRC_MAC);
+    b.put_u16(ethertype);
+    b
+}
+
+/// Ethernet + IPv4 (header of `ihl` words, options zero-filled) + UDP-ish payload; `total` is the
+/// whole frame length (at least the headers).
+fn ipv4_to(dst_mac: [u8; 6], src: Ipv4Addr, ihl: u8, total: usize) -> Vec<u8> {
+    let mut b = eth(dst_mac, 0x0800);
+    let hlen = ihl as usize * 4;
+    let ip_len = (total.max(14 + hlen) - 14) as u16;
+    b.put_u8(0x40 | ihl);
+    b.put_u8(0);
+    b.put_u16(ip_len);
+    b.put_u32(0); // id, flags, fragment offset
+    b.put_u8(64);
+    b.put_u8(17);
+    b.put_u16(0); // checksum: the program does not look at it
+    b.put_slice(&src.octets());
+    b.put_slice(&[198, 18, 0, 200]);
+    b.put_bytes(0, hlen - 20); // options (end-of-list)
+    b.put_bytes(0xab, total.saturating_sub(b.len()));
+    b.to_vec()
+}
+
+fn ipv4(src: Ipv4Addr) -> Vec<u8> {
+    ipv4_to(GW_MAC, src, 5, 64)
+}
+
+/// Ethernet + IPv6 + `l4` (next header `nh`), padded to `total`.
+fn ipv6_full(dst_mac: [u8; 6], src: Ipv6Addr, nh: u8, l4: &[u8], total: usize) -> Vec<u8> {
+    let mut b = eth(dst_mac, 0x86dd);
+    let payload = (total.max(54 + l4.len()) - 54) as u16;
+    b.put_u32(0x6000_0000);
+    b.put_u16(payload);
+    b.put_u8(nh);
+    b.put_u8(64);
+    b.put_slice(&src.octets());
+    b.put_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x200).octets());
+    b.put_slice(l4);
+    b.put_bytes(0, total.saturating_sub(b.len()));
+    b.to_vec()
+}
+
+fn ipv6(src: Ipv6Addr) -> Vec<u8> {
+    ipv6_full(GW_MAC, src, 17, &[0; 8], 80)
+}
+
+fn icmp6(src: Ipv6Addr, ty: u8) -> Vec<u8> {
+    ipv6_full(GW_MAC, src, 58, &[ty, 0, 0, 0], 86)
+}
+
+fn arp() -> Vec<u8> {
+    let mut b = eth([0xff; 6], 0x0806);
+    b.put_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    b.put_slice(&SRC_MAC);
+    b.put_slice(&IP_E2.octets());
+    b.put_bytes(0, 6);
+    b.put_slice(&[198, 18, 0, 200]);
+    b.to_vec()
+}
+
+/// An 802.1Q/802.1ad-tagged IPv4 frame from a misrouted source.
+fn vlan(tpid: u16) -> Vec<u8> {
+    let inner = ipv4(IP_E2);
+    let mut b = eth(GW_MAC, tpid);
+    b.put_u16(100); // TCI
+    b.put_slice(&inner[12..]); // inner ethertype + IPv4
+    b.to_vec()
+}
+
+// ---------------------------------------------------------------- fixture
+
+struct Fx {
+    ns: Netns,
+    pins: PinDir,
+    paths: Paths,
+    e1: u32,
+    e2: u32,
+    e3: u32,
+    /// A real interface that is not managed: its packets count in the "unknown" slot 0.
+    p1: u32,
+}
+
+impl Fx {
+    fn new() -> Result<Self> {
+        let ns = Netns::new("dptr")?;
+        for (e, p) in [("e1", "p1"), ("e2", "p2"), ("e3", "p3")] {
+            ns.ip(&["link", "add", e, "type", "veth", "peer", "name", p])?;
+            ns.ip(&["link", "set", e, "up"])?;
+            ns.ip(&["link", "set", p, "up"])?;
+        }
+        ns.ip(&["link", "set", "e3", "mtu", &E3_MTU.to_string()])?;
+        let pins = PinDir::new("enipin-testrun-")?;
+        std::fs::create_dir(pins.path())?;
+        let paths = Paths { pin_dir: pins.path().to_owned(), state_dir: std::env::temp_dir() };
+        Ok(Self {
+            e1: ns.ifindex("e1")?,
+            e2: ns.ifindex("e2")?,
+            e3: ns.ifindex("e3")?,
+            p1: ns.ifindex("p1")?,
+            ns,
+            pins,
+            paths,
+        })
+    }
+
+    /// Loads the program (not attached) and fills its maps as user space would.
+    fn load(&self, mode: u32) -> Result<Ebpf> {
+        let mut bpf = EbpfLoader::new().default_map_pin_directory(self.pins.path()).load(ebpf::OBJECT)?;
+        let prog: &mut SchedClassifier = bpf.program_mut(PROGRAM).context("no program")?.try_into()?;
+        prog.load()?;
+        let o1 = Owner { ifindex: self.e1, mtu: 1500 };
+        let o2 = Owner { ifindex: self.e2, mtu: 1500 };
+        let o3 = Owner { ifindex: self.e3, mtu: E3_MTU };
+        let gone = Owner { ifindex: 99_999, mtu: 1500 };
+        let mut v4: HashMap<_, [u8; 4], Owner> = HashMap::try_from(bpf.map_mut(maps::OWNERS_V4).unwrap())?;
+        for (ip, o) in [(IP_E1, o1), (IP_E2, o2), (IP_E3, o3), (IP_GONE, gone)] {
+            v4.insert(&ip.octets(), &o, 0)?;
+        }
+        let mut v6: HashMap<_, [u8; 16], Owner> = HashMap::try_from(bpf.map_mut(maps::OWNERS_V6).unwrap())?;
+        v6.insert(&IP6_E1.octets(), &o1, 0)?;
+        v6.insert(&IP6_E2.octets(), &o2, 0)?;
+        let mut p4: LpmTrie<_, [u8; 4], Owner> = LpmTrie::try_from(bpf.map_mut(maps::PREFIXES_V4).unwrap())?;
+        p4.insert(&Key::new(PFX4.1.into(), PFX4.0.octets()), &o2, 0)?;
+        let mut p6: LpmTrie<_, [u8; 16], Owner> = LpmTrie::try_from(bpf.map_mut(maps::PREFIXES_V6).unwrap())?;
+        p6.insert(&Key::new(PFX6.1.into(), PFX6.0.octets()), &o2, 0)?;
+        let mut cnt: PerCpuHashMap<_, u32, Counters> = PerCpuHashMap::try_from(bpf.map_mut(maps::COUNTERS).unwrap())?;
+        let cpus = aya::util::nr_cpus().unwrap().get() as usize;
+        for k in [0, self.e1, self.e2, self.e3] {
+            cnt.insert(&k, PerCpuValues::try_from(vec![Counters::default(); cpus])?, 0)?;
+        }
+        let mut cfg: Array<_, Config> = Array::try_from(bpf.map_mut(maps::CONFIG).unwrap())?;
+        cfg.set(0, &Config { mode, debug: 0 }, 0)?;
+        Ok(bpf)
+    }
+
+    fn counters(&self, ifindex: u32) -> Counters {
+        ebpf::counters(&self.paths)
+            .unwrap()
+            .into_iter()
+            .find(|(i, _)| *i == ifindex)
+            .map(|(_, c)| c)
+            .unwrap_or_else(|| panic!("no counters for ifindex {ifindex}"))
+    }
+}
+
+/// `__sk_buff` for ctx_in: all zero but `ifindex` (offset 40), the interface the packet leaves by.
+fn skb_ctx(ifindex: u32) -> [u8; 192] {
+    let mut ctx = [0u8; 192];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+fn run(bpf: &Ebpf, ifindex: u32, frame: &[u8], repeat: u32) -> Result<aya::programs::TestRunResult> {
+    let prog: &SchedClassifier = bpf.program(PROGRAM).unwrap().try_into()?;
+    let ctx = skb_ctx(ifindex);
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        repeat,
+        ..TestRunOptions::new()
+    };
+    Ok(prog.test_run(opts)?)
+}
+
+/// Runs `f` on a thread that entered the fixture's namespace (test-run resolves ifindexes there).
+fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enipin::netns::enter(ns.name()).expect("entering the test namespace");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+fn delta(after: &Counters, before: &Counters) -> Counters {
+    let (a, b) = (after.values(), before.values());
+    Counters {
+        misrouted_packets: a[0] - b[0],
+        misrouted_bytes: a[1] - b[1],
+        redirect_failed: a[2] - b[2],
+        mtu_exceeded: a[3] - b[3],
+        owned_here: a[4] - b[4],
+        not_owned: a[5] - b[5],
+        non_ip: a[6] - b[6],
+        skipped: a[7] - b[7],
+        malformed: a[8] - b[8],
+    }
+}
+
+/// Runs one frame on `ifindex` and asserts the return code and that exactly `want` moved.
+fn check(fx: &Fx, bpf: &Ebpf, what: &str, ifindex: u32, frame: &[u8], ret: u32, want: Counters) {
+    let before = fx.counters(ifindex_slot(fx, ifindex));
+    let r = run(bpf, ifindex, frame, 1).unwrap_or_else(|e| panic!("{what}: test-run failed: {e:#}"));
+    let got = delta(&fx.counters(ifindex_slot(fx, ifindex)), &before);
+    assert_eq!(r.return_value, ret, "{what}: return code");
+    assert_eq!(got, want, "{what}: counter deltas");
+}
+
+fn ifindex_slot(fx: &Fx, ifindex: u32) -> u32 {
+    if [fx.e1, fx.e2, fx.e3].contains(&ifindex) { ifindex } else { 0 }
+}
+
+fn misrouted(len: usize) -> Counters {
+    Counters { misrouted_packets: 1, misrouted_bytes: len as u64, ..Default::default() }
+}
+const OWNED: Counters = Counters { owned_here: 1, ..ZERO };
+const NOT_OWNED: Counters = Counters { not_owned: 1, ..ZERO };
+const NON_IP: Counters = Counters { non_ip: 1, ..ZERO };
+const SKIPPED: Counters = Counters { skipped: 1, ..ZERO };
+const MALFORMED: Counters = Counters { malformed: 1, ..ZERO };
+const ZERO: Counters = Counters {
+    misrouted_packets: 0,
+    misrouted_bytes: 0,
+    redirect_failed: 0,
+    mtu_exceeded: 0,
+    owned_here: 0,
+    not_owned: 0,
+    non_ip: 0,
+    skipped: 0,
+    malformed: 0,
+};
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn every_branch_returns_the_right_verdict_and_counts_it() {
+    let fx = Fx::new().unwrap();
+    in_ns(&fx.ns, || {
+        let bpf = fx.load(MODE_ENFORCE).unwrap();
+        let e1 = fx.e1;
+        let (u, r) = (TC_ACT_UNSPEC, TC_ACT_REDIRECT);
+        let f = ipv4(IP_E1);
+        check(&fx, &bpf, "v4 owned here", e1, &f, u, OWNED);
+        let f = ipv4(IP_E2);
+        check(&fx, &bpf, "v4 owned by e2: redirect", e1, &f, r, misrouted(f.len()));
+        let f = ipv4(IP_E1);
+        check(&fx, &bpf, "v4 e1's address leaving e2: redirect", fx.e2, &f, r, misrouted(f.len()));
+        let f = ipv4(IN_PFX4);
+        check(&fx, &bpf, "v4 in e2's delegated /28", e1, &f, r, misrouted(f.len()));
+        check(&fx, &bpf, "v4 outside the /28", e1, &ipv4(OUT_PFX4), u, NOT_OWNED);
+        check(&fx, &bpf, "v4 nobody's", e1, &ipv4(IP_NOBODY), u, NOT_OWNED);
+        for ihl in [6, 10, 15] {
+            let f = ipv4_to(GW_MAC, IP_E2, ihl, 100);
+            check(&fx, &bpf, &format!("v4 with options (ihl {ihl})"), e1, &f, r, misrouted(f.len()));
+        }
+        let f = ipv6(IP6_E2);
+        check(&fx, &bpf, "v6 owned by e2", e1, &f, r, misrouted(f.len()));
+        check(&fx, &bpf, "v6 owned here", e1, &ipv6(IP6_E1), u, OWNED);
+        let f = ipv6(IN_PFX6);
+        check(&fx, &bpf, "v6 in e2's delegated /80", e1, &f, r, misrouted(f.len()));
+        check(&fx, &bpf, "v6 outside the /80", e1, &ipv6(OUT_PFX6), u, NOT_OWNED);
+        let f = icmp6(IP6_E2, 128);
+        check(&fx, &bpf, "v6 echo request from e2's address", e1, &f, r, misrouted(f.len()));
+        for ty in 133..=137 {
+            check(&fx, &bpf, &format!("v6 neighbour discovery type {ty}"), e1, &icmp6(IP6_E2, ty), u, SKIPPED);
+        }
+        check(&fx, &bpf, "v6 link-local source", e1, &ipv6("fe80::2".parse().unwrap()), u, SKIPPED);
+        check(&fx, &bpf, "v6 link-local source febf::", e1, &ipv6("febf::2".parse().unwrap()), u, SKIPPED);
+        check(&fx, &bpf, "v6 unspecified source (DAD)", e1, &ipv6(Ipv6Addr::UNSPECIFIED), u, SKIPPED);
+        check(&fx, &bpf, "ARP", e1, &arp(), u, NON_IP);
+        let mut lldp = eth([0x01, 0x80, 0xc2, 0, 0, 0x0e], 0x88cc).to_vec();
+        lldp.resize(60, 0);
+        check(&fx, &bpf, "LLDP", e1, &lldp, u, NON_IP);
+        check(&fx, &bpf, "802.1Q tagged", e1, &vlan(0x8100), u, SKIPPED);
+        check(&fx, &bpf, "802.1ad tagged", e1, &vlan(0x88a8), u, SKIPPED);
+        check(&fx, &bpf, "broadcast destination", e1, &ipv4_to([0xff; 6], IP_E2, 5, 64), u, SKIPPED);
+        check(&fx, &bpf, "multicast destination", e1, &ipv4_to([0x01, 0, 0x5e, 0, 0, 1], IP_E2, 5, 64), u, SKIPPED);
+        check(&fx, &bpf, "v6 multicast destination", e1, &ipv6_full([0x33, 0x33, 0, 0, 0, 1], IP6_E2, 17, &[0; 8], 80), u, SKIPPED);
+        // Headers that lie.
+        let mut f = ipv4(IP_E2);
+        f[14] = 0x65; // version 6 in an IPv4 ethertype
+        check(&fx, &bpf, "v4 ethertype, version 6", e1, &f, u, MALFORMED);
+        let mut f = ipv4(IP_E2);
+        f[14] = 0x44; // ihl 4 < 5
+        check(&fx, &bpf, "v4 ihl 4", e1, &f, u, MALFORMED);
+        let mut f = ipv4_to(GW_MAC, IP_E2, 5, 40);
+        f[14] = 0x4f; // ihl 15: options run past the end
+        check(&fx, &bpf, "v4 options past the end", e1, &f, u, MALFORMED);
+        let mut f = ipv6(IP6_E2);
+        f[14] = 0x40;
+        check(&fx, &bpf, "v6 ethertype, version 4", e1, &f, u, MALFORMED);
+        // An interface without counters of its own counts in slot 0.
+        check(&fx, &bpf, "unmanaged interface, slot 0", fx.p1, &ipv4(IP_NOBODY), u, NOT_OWNED);
+        let f = ipv4(IP_E2);
+        check(&fx, &bpf, "unmanaged interface, misrouted", fx.p1, &f, r, misrouted(f.len()));
+    });
+}
+
+#[test]
+fn redirect_fails_open_on_mtu_and_missing_owner() {
+    let fx = Fx::new().unwrap();
+    in_ns(&fx.ns, || {
+        let bpf = fx.load(MODE_ENFORCE).unwrap();
+        // bpf_check_mtu compares the frame with the owner's MTU + its 14-byte hard header.
+        let fits = E3_MTU as usize + 14;
+        let f = ipv4_to(GW_MAC, IP_E3, 5, fits);
+        check(&fx, &bpf, "exactly e3's MTU", fx.e1, &f, TC_ACT_REDIRECT, misrouted(fits));
+        let f = ipv4_to(GW_MAC, IP_E3, 5, fits + 1);
+        let want = Counters { mtu_exceeded: 1, ..misrouted(fits + 1) };
+        check(&fx, &bpf, "one byte over e3's MTU", fx.e1, &f, TC_ACT_UNSPEC, want);
+        // The other way round the MTU is larger: a 1400-byte frame from e1's address leaving e3
+        // could never be built (the stack checks e3's MTU first), but the program must not care.
+        let f = ipv4_to(GW_MAC, IP_E1, 5, 1400);
+        check(&fx, &bpf, "to a larger MTU", fx.e3, &f, TC_ACT_REDIRECT, misrouted(1400));
+        let f = ipv4(IP_GONE);
+        let want = Counters { redirect_failed: 1, ..misrouted(f.len()) };
+        check(&fx, &bpf, "owner interface gone", fx.e1, &f, TC_ACT_UNSPEC, want);
+    });
+}
+
+#[test]
+fn monitor_mode_counts_without_redirecting() {
+    let fx = Fx::new().unwrap();
+    in_ns(&fx.ns, || {
+        let bpf = fx.load(MODE_MONITOR).unwrap();
+        for f in [ipv4(IP_E2), ipv4(IN_PFX4), ipv6(IP6_E2), ipv4_to(GW_MAC, IP_E3, 5, 1400)] {
+            check(&fx, &bpf, "monitor", fx.e1, &f, TC_ACT_UNSPEC, misrouted(f.len()));
+        }
+        check(&fx, &bpf, "monitor, owned", fx.e1, &ipv4(IP_E1), TC_ACT_UNSPEC, OWNED);
+    });
+}
+
+#[test]
+fn truncated_frames_pass_at_every_length() {
+    let fx = Fx::new().unwrap();
+    in_ns(&fx.ns, || {
+        let bpf = fx.load(MODE_ENFORCE).unwrap();
+        let r = TC_ACT_REDIRECT;
+        // (name, full frame, the shortest input the kernel's test-run accepts, bytes the program
+        // needs to classify, return code and counter once classified)
+        let cases = [
+            ("v4", ipv4_to(GW_MAC, IP_E2, 5, 80), 34, 14 + 20, r, true),
+            ("v4 ihl 15", ipv4_to(GW_MAC, IP_E2, 15, 80), 34, 14 + 60, r, true),
+            ("v6 udp", ipv6_full(GW_MAC, IP6_E2, 17, &[0; 8], 80), 54, 14 + 40, r, true),
+            ("v6 icmp", ipv6_full(GW_MAC, IP6_E2, 58, &[128, 0, 0, 0], 80), 54, 14 + 40 + 1, r, true),
+            ("arp", { let mut a = arp(); a.resize(80, 0); a }, 14, 14, TC_ACT_UNSPEC, false),
+            ("802.1Q", { let mut v = vlan(0x8100); v.resize(80, 0); v }, 14, 14, TC_ACT_UNSPEC, false),
+        ];
+        for (name, frame, accepted, needed, ret, is_misrouted) in cases {
+            let mut malformed = 0;
+            for len in 0..=80usize {
+                let f = &frame[..len];
+                let what = format!("{name} truncated to {len}");
+                if len < accepted {
+                    // Kernel 6.18 refuses test-run input shorter than an Ethernet header plus,
+                    // for IPv4/IPv6 ethertypes, the fixed IP header; such an skb never reaches
+                    // TC egress on the wire either.
+                    assert!(run(&bpf, fx.e1, f, 1).is_err(), "{what}: test-run accepted it");
+                } else if len < needed {
+                    check(&fx, &bpf, &what, fx.e1, f, TC_ACT_UNSPEC, MALFORMED);
+                    malformed += 1;
+                } else if is_misrouted {
+                    check(&fx, &bpf, &what, fx.e1, f, ret, misrouted(len));
+                } else {
+                    let want = if name == "arp" { NON_IP } else { SKIPPED };
+                    check(&fx, &bpf, &what, fx.e1, f, ret, want);
+                }
+            }
+            eprintln!("{name}: {malformed} truncated lengths counted malformed");
+        }
+    });
+}
+
+/// The per-packet cost (test-run's average over many runs) of the main paths. Printed for the
+/// report; asserted only loosely (the VM is shared) against the budget of a 10 Gbit/s link.
+#[test]
+fn per_packet_cost() {
+    let fx = Fx::new().unwrap();
+    in_ns(&fx.ns, || {
+        let bpf = fx.load(MODE_ENFORCE).unwrap();
+        let repeat = 200_000;
+        for (name, f) in [
+            ("arp", arp()),
+            ("v4 owned here", ipv4(IP_E1)),
+            ("v4 not owned (prefix miss)", ipv4(IP_NOBODY)),
+            ("v4 redirect", ipv4(IP_E2)),
+            ("v6 redirect", ipv6(IP6_E2)),
+        ] {
+            let before = fx.counters(fx.e1);
+            let r = run(&bpf, fx.e1, &f, repeat).unwrap();
+            let moved: u64 = delta(&fx.counters(fx.e1), &before).values().iter().sum::<u64>()
+                - delta(&fx.counters(fx.e1), &before).misrouted_bytes;
+            assert_eq!(moved, repeat as u64, "{name}: every run counted once");
+            eprintln!("cost: {name:<28} {:>5} ns/run", r.duration.as_nanos());
+            assert!(r.duration < Duration::from_micros(1), "{name}: {:?} per packet", r.duration);
+        }
+    });
+}
