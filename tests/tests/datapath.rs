@@ -1,0 +1,297 @@
+//! The TC egress enforcer on real interfaces, with ONLY the datapath applied (no policy rules).
+//!
+//! Topology (all in throwaway namespaces):
+//!
+//! ```text
+//!   host ns                          vpc ns (bridge br0, 198.18.0.100/24)
+//!   e1 198.18.0.1/24 02:..:01:01 --- v1 ┐
+//!   e2 198.18.0.2/24 02:..:01:02 --- v2 ┴ br0
+//! ```
+//!
+//! The vpc namespace emulates the cloud's per-ENI source check with nftables on the bridge: a
+//! frame arriving from an "ENI" must carry that ENI's source IP and MAC, or it is dropped. Both
+//! host addresses share one subnet, so the host's replies from 198.18.0.2 follow the main table's
+//! first subnet route out of e1 and are dropped, until the enforcer redirects them onto e2.
+//!
+//! The loader runs on a thread that entered the host namespace (`enipin::netns::enter`).
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use anyhow::{Context as _, Result, bail};
+use aya::programs::{SchedClassifier, TcAttachType};
+use enipin::{
+    config::{Config, Mode, Paths},
+    ebpf,
+    model::{IfAddr, ManagedInterface},
+    testbed::{Netns, PinDir, TempDir, veth},
+};
+use enipin_ebpf::Counters;
+
+const E1_MAC: &str = "02:00:00:00:01:01";
+const E2_MAC: &str = "02:00:00:00:01:02";
+const PEER: &str = "198.18.0.100";
+
+struct Lab {
+    host: Netns,
+    vpc: Netns,
+    state: TempDir,
+    managed: Vec<ManagedInterface>,
+}
+
+impl Lab {
+    fn new() -> Result<Self> {
+        let host = Netns::new("dph")?;
+        let vpc = Netns::new("dpv")?;
+        veth(&host, "e1", E1_MAC, &vpc, "v1", "02:00:00:00:02:01")?;
+        veth(&host, "e2", E2_MAC, &vpc, "v2", "02:00:00:00:02:02")?;
+        // Only the interface that holds an address answers ARP for it (no "ARP flux"), and ARP
+        // requests use the outgoing interface's own address.
+        host.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+        host.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+        host.ip(&["addr", "add", "198.18.0.1/24", "dev", "e1"])?;
+        host.ip(&["addr", "add", "198.18.0.2/24", "dev", "e2"])?;
+        vpc.ip(&["link", "add", "br0", "type", "bridge"])?;
+        vpc.ip(&["link", "set", "v1", "master", "br0"])?;
+        vpc.ip(&["link", "set", "v2", "master", "br0"])?;
+        vpc.ip(&["link", "set", "br0", "up"])?;
+        vpc.ip(&["addr", "add", &format!("{PEER}/24"), "dev", "br0"])?;
+        vpc.sh(&format!(
+            "nft -f - <<'EOF'
+table bridge vpc {{
+  counter e2_replies {{}}
+  counter dropped {{}}
+  chain pre {{
+    type filter hook prerouting priority 0; policy accept;
+    iifname \"v1\" ether saddr != {E1_MAC} counter name dropped drop
+    iifname \"v2\" ether saddr != {E2_MAC} counter name dropped drop
+    iifname \"v1\" ip saddr != 198.18.0.1 counter name dropped drop
+    iifname \"v2\" ip saddr != 198.18.0.2 counter name dropped drop
+    iifname \"v2\" ether saddr {E2_MAC} ip saddr 198.18.0.2 icmp type echo-reply counter name e2_replies
+  }}
+}}
+EOF"
+        ))
+        .context("nftables (cargo xtask setup installs nftables)")?;
+        // The scenario needs replies from e2's address to leave by e1: check the host agrees.
+        let route = host.ip(&["route", "get", PEER, "from", "198.18.0.2"])?;
+        if !route.contains("dev e1") {
+            bail!("expected the main table to send {PEER} from 198.18.0.2 out of e1: {route}");
+        }
+        let managed = ["e1", "e2"]
+            .iter()
+            .zip(["198.18.0.1", "198.18.0.2"])
+            .map(|(name, ip)| {
+                Ok(ManagedInterface {
+                    ifindex: host.ifindex(name)?,
+                    name: name.to_string(),
+                    mac: [0; 6],
+                    mtu: 1500,
+                    table: 0,
+                    addrs: vec![IfAddr { addr: ip.parse()?, prefix_len: 24 }],
+                    prefixes: Vec::new(),
+                    gateway_v4: None,
+                    gateway_v6: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { host, vpc, state: TempDir::new("enipin-dp-state-")?, managed })
+    }
+
+    fn paths(&self, pins: &PinDir) -> Paths {
+        Paths { pin_dir: pins.path().to_owned(), state_dir: self.state.path().to_owned() }
+    }
+
+    /// Pings `addr` from the vpc namespace: (sent, received).
+    fn ping(&self, addr: &str, count: u32) -> Result<(u32, u32)> {
+        let out = self
+            .vpc
+            .command("ping")
+            .args(["-n", "-q", "-c", &count.to_string(), "-W", "1", "-i", "0.2", addr])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.contains("transmitted")).context("no ping summary")?;
+        let nums: Vec<u32> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect();
+        Ok((nums[0], nums[1]))
+    }
+
+    fn nft_counter(&self, name: &str) -> Result<u64> {
+        let out = self.vpc.sh(&format!("nft list counter bridge vpc {name}"))?;
+        let rest = out.split("packets ").nth(1).context("no packets in nft output")?;
+        Ok(rest.split_whitespace().next().context("nft output")?.parse()?)
+    }
+}
+
+fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enipin::netns::enter(ns.name()).expect("entering the host namespace");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+fn cfg(mode: Mode) -> Config {
+    Config { mode, ..Config::default() }
+}
+
+fn attach(managed: &[ManagedInterface], mode: Mode, paths: &Paths) -> Result<()> {
+    let plan = ebpf::plan(managed, &cfg(mode), paths)?;
+    ebpf::apply(plan, managed, &cfg(mode), paths)
+}
+
+fn counters(paths: &Paths, ifindex: u32) -> Counters {
+    ebpf::counters(paths).unwrap().into_iter().find(|(i, _)| *i == ifindex).unwrap().1
+}
+
+/// Program ids attached at TCX egress on `ifindex`, in order.
+fn tcx_progs(ifindex: u32) -> Vec<u32> {
+    SchedClassifier::query_tcx(ifindex, TcAttachType::Egress).unwrap().1.iter().map(|p| p.id()).collect()
+}
+
+#[test]
+fn redirect_makes_the_secondary_address_reachable_and_coexists() {
+    let lab = Lab::new().unwrap();
+    let (e1, e2) = (lab.managed[0].ifindex, lab.managed[1].ifindex);
+    let (before, enipin, after) =
+        (PinDir::new("enipin-dp-before-").unwrap(), PinDir::new("enipin-dp-").unwrap(), PinDir::new("enipin-dp-after-").unwrap());
+    let (pb, pe, pa) = (lab.paths(&before), lab.paths(&enipin), lab.paths(&after));
+
+    // Without the datapath the vpc drops every reply: it leaves e1 with e2's address.
+    let (sent, got) = lab.ping("198.18.0.2", 3).unwrap();
+    assert_eq!((sent, got), (3, 0), "replies from 198.18.0.2 must be dropped without enipin");
+    let dropped0 = lab.nft_counter("dropped").unwrap();
+    assert!(dropped0 >= 3, "the vpc's source check dropped the misrouted replies ({dropped0})");
+
+    // Another TC program before enipin and one after it (copies of the enforcer in monitor mode,
+    // each with its own maps), enipin enforcing in the middle.
+    in_ns(&lab.host, || {
+        attach(&lab.managed, Mode::Monitor, &pb).unwrap();
+        attach(&lab.managed, Mode::Enforce, &pe).unwrap();
+        attach(&lab.managed, Mode::Monitor, &pa).unwrap();
+        assert_eq!(tcx_progs(e1).len(), 3);
+        let kinds: Vec<_> = ebpf::attached(&pe).unwrap();
+        assert_eq!(kinds, vec![(e1, "e1".into(), "tcx".into()), (e2, "e2".into(), "tcx".into())]);
+    });
+
+    let n = 5;
+    let e2_replies0 = lab.nft_counter("e2_replies").unwrap();
+    let (sent, got) = lab.ping("198.18.0.2", n).unwrap();
+    assert_eq!((sent, got), (n, n), "every ping to the secondary address is answered via e2");
+    let (sent1, got1) = lab.ping("198.18.0.1", n).unwrap();
+    assert_eq!((sent1, got1), (n, n), "the primary address still answers");
+    assert_eq!(lab.nft_counter("e2_replies").unwrap() - e2_replies0, n as u64, "replies carry e2's MAC and address");
+    assert_eq!(lab.nft_counter("dropped").unwrap(), dropped0, "nothing misrouted reaches the vpc");
+
+    in_ns(&lab.host, || {
+        let (b1, x1, a1) = (counters(&pb, e1), counters(&pe, e1), counters(&pa, e1));
+        let x2 = counters(&pe, e2);
+        let a2 = counters(&pa, e2);
+        // enipin: exactly the replies from 198.18.0.2 were misrouted on e1 and redirected.
+        assert_eq!(x1.misrouted_packets, n as u64, "enipin e1: {x1:?}");
+        assert_eq!(x1.redirect_failed + x1.mtu_exceeded, 0, "enipin e1: {x1:?}");
+        assert_eq!(x1.owned_here, n as u64, "enipin e1: replies from 198.18.0.1: {x1:?}");
+        // A redirected packet runs e2's egress hook again, where it is owned.
+        assert_eq!(x2.owned_here, n as u64, "enipin e2: {x2:?}");
+        assert_eq!(x2.misrouted_packets, 0, "enipin e2: {x2:?}");
+        // The program before enipin saw everything (monitor mode only counts).
+        assert_eq!(b1.misrouted_packets, n as u64, "before e1: {b1:?}");
+        // The one after enipin still runs for what enipin passes (TCX_NEXT), never sees what it
+        // redirected on e1, and sees the redirected packets again on e2.
+        assert_eq!(a1.misrouted_packets, 0, "after e1: {a1:?}");
+        assert_eq!(a1.owned_here, n as u64, "after e1: {a1:?}");
+        assert_eq!(a2.owned_here, n as u64, "after e2: {a2:?}");
+
+        let text = enipin::metrics::exposition(&pe).unwrap();
+        let line = format!("enipin_misrouted_packets_total{{interface=\"e1\",ifindex=\"{e1}\"}} {n}");
+        assert!(text.contains(&line), "metrics lack {line}:\n{text}");
+        assert!(text.contains("# TYPE enipin_misrouted_packets_total counter"), "{text}");
+
+        // Detach enipin: its links and pins go, the others stay.
+        let progs_before: BTreeSet<u32> = tcx_progs(e1).into_iter().collect();
+        let removed = ebpf::detach(&pe).unwrap();
+        assert!(!removed.is_empty());
+        assert!(!pe.pin_dir.exists(), "pin dir removed");
+        assert_eq!(tcx_progs(e1).len(), 2, "the other programs stay on e1");
+        assert_eq!(tcx_progs(e2).len(), 2, "the other programs stay on e2");
+        assert!(tcx_progs(e1).iter().all(|p| progs_before.contains(p)));
+        assert!(ebpf::detach(&pe).unwrap().is_empty(), "second detach is a no-op");
+        assert!(ebpf::attached(&pe).unwrap().is_empty());
+        assert!(ebpf::counters(&pe).is_err(), "no counters without pins");
+    });
+
+    // Enforcement gone: the replies are dropped again.
+    let (_, got) = lab.ping("198.18.0.2", 2).unwrap();
+    assert_eq!(got, 0, "after detach the secondary address is unreachable again");
+
+    in_ns(&lab.host, || {
+        ebpf::detach(&pb).unwrap();
+        ebpf::detach(&pa).unwrap();
+        assert!(tcx_progs(e1).is_empty() && tcx_progs(e2).is_empty(), "no links left");
+    });
+}
+
+#[test]
+fn second_attach_adopts_what_is_pinned() {
+    let lab = Lab::new().unwrap();
+    let pins = PinDir::new("enipin-dp-adopt-").unwrap();
+    let paths = lab.paths(&pins);
+    let e1 = lab.managed[0].ifindex;
+    in_ns(&lab.host, || {
+        let first = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        assert!(first.changes.iter().any(|c| c.starts_with("+ load")), "{:?}", first.changes);
+        assert_eq!(first.changes.iter().filter(|c| c.starts_with("+ attach")).count(), 2);
+        ebpf::apply(first, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        let prog = tcx_progs(e1);
+
+        // The enforcement outlives the loader: nothing of this process holds it now.
+        let again = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        assert!(again.is_empty(), "second attach with no change: {:?}", again.changes);
+        ebpf::apply(again, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        assert_eq!(tcx_progs(e1), prog, "same program, same link");
+
+        // A new address on e2 and a delegated prefix: map updates only.
+        let mut more = lab.managed.clone();
+        more[1].addrs.push(IfAddr { addr: "198.18.0.3".parse().unwrap(), prefix_len: 24 });
+        more[1].prefixes.push(enipin::model::Prefix { addr: "198.18.1.16".parse().unwrap(), prefix_len: 28 });
+        more[1].addrs.push(IfAddr { addr: "2001:db8::2".parse::<IpAddr>().unwrap(), prefix_len: 64 });
+        let plan = ebpf::plan(&more, &cfg(Mode::Enforce), &paths).unwrap();
+        assert_eq!(
+            plan.changes,
+            vec![
+                "+ owner 198.18.0.3 -> e2".to_string(),
+                "+ owner 2001:db8::2 -> e2".to_string(),
+                "+ prefix 198.18.1.16/28 -> e2".to_string(),
+            ]
+        );
+        ebpf::apply(plan, &more, &cfg(Mode::Enforce), &paths).unwrap();
+        assert!(ebpf::plan(&more, &cfg(Mode::Enforce), &paths).unwrap().is_empty());
+        // Mode switch: the config entry only.
+        let plan = ebpf::plan(&more, &cfg(Mode::Monitor), &paths).unwrap();
+        assert_eq!(plan.changes, vec!["~ config mode=monitor debug=0".to_string()]);
+        ebpf::apply(plan, &more, &cfg(Mode::Monitor), &paths).unwrap();
+        assert_eq!(tcx_progs(e1), prog, "still the same program and link");
+
+        // Back to the original set: the extra entries go.
+        let plan = ebpf::plan(&lab.managed, &cfg(Mode::Monitor), &paths).unwrap();
+        assert_eq!(plan.changes.len(), 3, "{:?}", plan.changes);
+        assert!(plan.changes.iter().all(|c| c.starts_with("- ")), "{:?}", plan.changes);
+        ebpf::apply(plan, &lab.managed, &cfg(Mode::Monitor), &paths).unwrap();
+
+        // Managing only e1 detaches e2 (and drops its counters).
+        let plan = ebpf::plan(&lab.managed[..1], &cfg(Mode::Monitor), &paths).unwrap();
+        assert!(plan.changes.iter().any(|c| c.starts_with("- detach")), "{:?}", plan.changes);
+        ebpf::apply(plan, &lab.managed[..1], &cfg(Mode::Monitor), &paths).unwrap();
+        assert!(tcx_progs(lab.managed[1].ifindex).is_empty());
+        assert_eq!(ebpf::attached(&paths).unwrap().len(), 1);
+
+        // Detach removes the rest.
+        let removed = ebpf::detach(&paths).unwrap();
+        assert!(removed.iter().any(|l| l.contains("e1")), "{removed:?}");
+        assert!(!paths.pin_dir.exists());
+        assert!(tcx_progs(e1).is_empty());
+        // Empty desired state: nothing to do, nothing pinned.
+        assert!(ebpf::plan(&[], &cfg(Mode::Enforce), &paths).unwrap().is_empty());
+    });
+}
