@@ -20,6 +20,8 @@ pub mod maps {
 
 /// The classifier's function name in the object.
 pub const PROGRAM: &str = "enipin_egress";
+/// A pass-everything classifier in the same object, for tests (never attached by enipin).
+pub const NOOP_PROGRAM: &str = "enipin_noop";
 
 /// Capacity of the owner maps: 15 ENIs x 50 addresses is 750 on the largest EC2 instance; leave
 /// room for prefixes and IPv6.

@@ -235,6 +235,14 @@ fn bump(counters: Option<*mut Counters>, f: impl FnOnce(&mut Counters)) {
     }
 }
 
+/// A classifier that passes everything: what tests attach next to enipin (another agent's
+/// program on the same hook), and pin in place of `enipin_egress` to stand for an older build.
+/// Never attached by enipin itself.
+#[classifier]
+pub fn enipin_noop(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -295,3 +295,93 @@ fn second_attach_adopts_what_is_pinned() {
         assert!(ebpf::plan(&[], &cfg(Mode::Enforce), &paths).unwrap().is_empty());
     });
 }
+
+#[test]
+fn a_different_pinned_program_is_replaced_atomically() {
+    use aya::{
+        EbpfLoader,
+        programs::{
+            ProgramInfo,
+            links::{FdLink, PinnedLink},
+            tc::SchedClassifierLink,
+        },
+    };
+    let lab = Lab::new().unwrap();
+    let pins = PinDir::new("enipin-dp-replace-").unwrap();
+    let paths = lab.paths(&pins);
+    let (e1, e2) = (lab.managed[0].ifindex, lab.managed[1].ifindex);
+    in_ns(&lab.host, || {
+        attach(&lab.managed, Mode::Enforce, &paths).unwrap();
+        let link_id = |ifindex: u32| {
+            FdLink::from(PinnedLink::from_pin(paths.pin_dir.join(format!("link-{ifindex}"))).unwrap())
+                .info()
+                .unwrap()
+                .id()
+        };
+        let links = (link_id(e1), link_id(e2));
+
+        // Stand in for an older enipin: its pinned program (a pass-all classifier) on both links.
+        let mut old = EbpfLoader::new().default_map_pin_directory(&paths.pin_dir).load(ebpf::OBJECT).unwrap();
+        let noop: &mut SchedClassifier = old.program_mut(enipin_ebpf::NOOP_PROGRAM).unwrap().try_into().unwrap();
+        noop.load().unwrap();
+        for ifindex in [e1, e2] {
+            let link = FdLink::from(PinnedLink::from_pin(paths.pin_dir.join(format!("link-{ifindex}"))).unwrap());
+            let id = noop.attach_to_link(SchedClassifierLink::try_from(link).unwrap()).unwrap();
+            drop(noop.take_link(id).unwrap());
+        }
+        std::fs::remove_file(paths.pin_dir.join("prog")).unwrap();
+        noop.pin(paths.pin_dir.join("prog")).unwrap();
+        let noop_id = noop.info().unwrap().id();
+        drop(old);
+        assert_eq!(tcx_progs(e1), vec![noop_id]);
+
+        let plan = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        assert_eq!(plan.changes, vec![format!("~ replace {} (new build)", enipin_ebpf::PROGRAM)]);
+        ebpf::apply(plan, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        for ifindex in [e1, e2] {
+            let progs = SchedClassifier::query_tcx(ifindex, TcAttachType::Egress).unwrap().1;
+            assert_eq!(progs.len(), 1, "one program on the hook, never two or none");
+            assert_eq!(progs[0].name_as_str(), Some(enipin_ebpf::PROGRAM));
+        }
+        assert_eq!((link_id(e1), link_id(e2)), links, "the same links, updated in place");
+        let pinned = ProgramInfo::from_pin(paths.pin_dir.join("prog")).unwrap();
+        assert_eq!(tcx_progs(e1), vec![pinned.id()], "the pinned program is the attached one");
+        assert!(ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap().is_empty());
+
+        // The replaced program enforces: a ping to the secondary address is answered.
+        let (_, got) = lab.ping("198.18.0.2", 2).unwrap();
+        assert_eq!(got, 2);
+        ebpf::detach(&paths).unwrap();
+    });
+}
+
+#[test]
+fn a_failed_apply_is_rolled_back() {
+    let lab = Lab::new().unwrap();
+    let pins = PinDir::new("enipin-dp-rollback-").unwrap();
+    let paths = lab.paths(&pins);
+    let (e1, e2) = (lab.managed[0].ifindex, lab.managed[1].ifindex);
+    let mut ghost = lab.managed[1].clone();
+    ghost.ifindex = 999_999;
+    ghost.name = "ghost".into();
+    ghost.addrs = vec![IfAddr { addr: "198.18.0.9".parse().unwrap(), prefix_len: 24 }];
+    in_ns(&lab.host, || {
+        // Fresh: nothing may stay behind.
+        let with_ghost = vec![lab.managed[0].clone(), lab.managed[1].clone(), ghost.clone()];
+        let plan = ebpf::plan(&with_ghost, &cfg(Mode::Enforce), &paths).unwrap();
+        let err = ebpf::apply(plan, &with_ghost, &cfg(Mode::Enforce), &paths).unwrap_err();
+        assert!(format!("{err:#}").contains("ghost"), "{err:#}");
+        assert!(!paths.pin_dir.exists(), "pin dir left behind");
+        assert!(tcx_progs(e1).is_empty() && tcx_progs(e2).is_empty(), "links left behind");
+
+        // On top of an attachment: the maps are restored, the existing links untouched.
+        attach(&lab.managed, Mode::Enforce, &paths).unwrap();
+        let progs = (tcx_progs(e1), tcx_progs(e2));
+        let plan = ebpf::plan(&with_ghost, &cfg(Mode::Monitor), &paths).unwrap();
+        assert!(ebpf::apply(plan, &with_ghost, &cfg(Mode::Monitor), &paths).is_err());
+        let after = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        assert!(after.is_empty(), "state changed by a failed apply: {:?}", after.changes);
+        assert_eq!((tcx_progs(e1), tcx_progs(e2)), progs);
+        ebpf::detach(&paths).unwrap();
+    });
+}
