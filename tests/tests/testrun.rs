@@ -17,19 +17,19 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
-use bytes::{BufMut as _, BytesMut};
 use enipin::{
     config::Paths,
     ebpf,
     testbed::{Netns, PinDir},
 };
+use enipin_tests::frames;
 use enipin_ebpf::{Config, Counters, MODE_ENFORCE, MODE_MONITOR, Owner, PROGRAM, maps};
 
 const TC_ACT_UNSPEC: u32 = -1i32 as u32;
 const TC_ACT_REDIRECT: u32 = 7;
 
-const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+/// The next hop's MAC: the frames' destination.
+const GW_MAC: [u8; 6] = frames::MAC_B;
 
 const IP_E1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const IP_E2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -51,78 +51,47 @@ const E3_MTU: u32 = 1280;
 
 // ---------------------------------------------------------------- frames
 
-fn eth(dst: [u8; 6], ethertype: u16) -> BytesMut {
-    let mut b = BytesMut::with_capacity(128);
-    b.put_slice(&dst);
-    b.put_slice(&SRC_MAC);
-    b.put_u16(ethertype);
-    b
-}
+const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
+const PEER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x200);
 
-/// Ethernet + IPv4 (header of `ihl` words, options zero-filled) + UDP-ish payload; `total` is the
-/// whole frame length (at least the headers).
+/// Ethernet + IPv4 with an `ihl`-word header (options zero: end-of-list) + UDP, `total` bytes
+/// long (at least the headers).
 fn ipv4_to(dst_mac: [u8; 6], src: Ipv4Addr, ihl: u8, total: usize) -> Vec<u8> {
-    let mut b = eth(dst_mac, 0x0800);
-    let hlen = ihl as usize * 4;
-    let ip_len = (total.max(14 + hlen) - 14) as u16;
-    b.put_u8(0x40 | ihl);
-    b.put_u8(0);
-    b.put_u16(ip_len);
-    b.put_u32(0); // id, flags, fragment offset
-    b.put_u8(64);
-    b.put_u8(17);
-    b.put_u16(0); // checksum: the program does not look at it
-    b.put_slice(&src.octets());
-    b.put_slice(&[198, 18, 0, 200]);
-    b.put_bytes(0, hlen - 20); // options (end-of-list)
-    b.put_bytes(0xab, total.saturating_sub(b.len()));
-    b.to_vec()
+    let options = vec![0; (ihl as usize - 5) * 4];
+    let payload = total.saturating_sub(14 + ihl as usize * 4 + 8);
+    frames::ipv4_udp(dst_mac, src, PEER, &options, payload)
 }
 
 fn ipv4(src: Ipv4Addr) -> Vec<u8> {
     ipv4_to(GW_MAC, src, 5, 64)
 }
 
-/// Ethernet + IPv6 + `l4` (next header `nh`), padded to `total`.
-fn ipv6_full(dst_mac: [u8; 6], src: Ipv6Addr, nh: u8, l4: &[u8], total: usize) -> Vec<u8> {
-    let mut b = eth(dst_mac, 0x86dd);
-    let payload = (total.max(54 + l4.len()) - 54) as u16;
-    b.put_u32(0x6000_0000);
-    b.put_u16(payload);
-    b.put_u8(nh);
-    b.put_u8(64);
-    b.put_slice(&src.octets());
-    b.put_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x200).octets());
-    b.put_slice(l4);
-    b.put_bytes(0, total.saturating_sub(b.len()));
-    b.to_vec()
-}
-
+/// Ethernet + IPv6 + UDP, 80 bytes.
 fn ipv6(src: Ipv6Addr) -> Vec<u8> {
-    ipv6_full(GW_MAC, src, 17, &[0; 8], 80)
+    frames::ipv6_udp(GW_MAC, src, PEER6, 18)
 }
 
 fn icmp6(src: Ipv6Addr, ty: u8) -> Vec<u8> {
-    ipv6_full(GW_MAC, src, 58, &[ty, 0, 0, 0], 86)
+    frames::icmpv6(GW_MAC, src, PEER6, ty)
 }
 
 fn arp() -> Vec<u8> {
-    let mut b = eth([0xff; 6], 0x0806);
-    b.put_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-    b.put_slice(&SRC_MAC);
-    b.put_slice(&IP_E2.octets());
-    b.put_bytes(0, 6);
-    b.put_slice(&[198, 18, 0, 200]);
-    b.to_vec()
+    frames::arp(IP_E2, PEER)
 }
 
-/// An 802.1Q/802.1ad-tagged IPv4 frame from a misrouted source.
+/// A tagged IPv4 frame from a misrouted source, tag protocol `tpid` (802.1Q or 802.1ad).
 fn vlan(tpid: u16) -> Vec<u8> {
-    let inner = ipv4(IP_E2);
-    let mut b = eth(GW_MAC, tpid);
-    b.put_u16(100); // TCI
-    b.put_slice(&inner[12..]); // inner ethertype + IPv4
-    b.to_vec()
+    let mut f = frames::vlan_ipv4(GW_MAC, IP_E2, PEER);
+    f[12..14].copy_from_slice(&tpid.to_be_bytes());
+    f
+}
+
+/// `frame` zero-padded (Ethernet padding) to at least `len` bytes.
+fn padded(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
+    if frame.len() < len {
+        frame.resize(len, 0);
+    }
+    frame
 }
 
 // ---------------------------------------------------------------- fixture
@@ -201,16 +170,9 @@ impl Fx {
     }
 }
 
-/// `__sk_buff` for ctx_in: all zero but `ifindex` (offset 40), the interface the packet leaves by.
-fn skb_ctx(ifindex: u32) -> [u8; 192] {
-    let mut ctx = [0u8; 192];
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
-}
-
 fn run(bpf: &Ebpf, ifindex: u32, frame: &[u8], repeat: u32) -> Result<aya::programs::TestRunResult> {
     let prog: &SchedClassifier = bpf.program(PROGRAM).unwrap().try_into()?;
-    let ctx = skb_ctx(ifindex);
+    let ctx = frames::skb_ctx(ifindex);
     let mut out = vec![0u8; frame.len() + 256];
     let opts = TestRunOptions {
         data_in: Some(frame),
@@ -320,14 +282,16 @@ fn every_branch_returns_the_right_verdict_and_counts_it() {
         check(&fx, &bpf, "v6 link-local source febf::", e1, &ipv6("febf::2".parse().unwrap()), u, SKIPPED);
         check(&fx, &bpf, "v6 unspecified source (DAD)", e1, &ipv6(Ipv6Addr::UNSPECIFIED), u, SKIPPED);
         check(&fx, &bpf, "ARP", e1, &arp(), u, NON_IP);
-        let mut lldp = eth([0x01, 0x80, 0xc2, 0, 0, 0x0e], 0x88cc).to_vec();
+        let mut lldp = vec![0x01, 0x80, 0xc2, 0, 0, 0x0e];
+        lldp.extend_from_slice(&frames::MAC_A);
+        lldp.extend_from_slice(&0x88ccu16.to_be_bytes());
         lldp.resize(60, 0);
         check(&fx, &bpf, "LLDP", e1, &lldp, u, NON_IP);
         check(&fx, &bpf, "802.1Q tagged", e1, &vlan(0x8100), u, SKIPPED);
         check(&fx, &bpf, "802.1ad tagged", e1, &vlan(0x88a8), u, SKIPPED);
         check(&fx, &bpf, "broadcast destination", e1, &ipv4_to([0xff; 6], IP_E2, 5, 64), u, SKIPPED);
         check(&fx, &bpf, "multicast destination", e1, &ipv4_to([0x01, 0, 0x5e, 0, 0, 1], IP_E2, 5, 64), u, SKIPPED);
-        check(&fx, &bpf, "v6 multicast destination", e1, &ipv6_full([0x33, 0x33, 0, 0, 0, 1], IP6_E2, 17, &[0; 8], 80), u, SKIPPED);
+        check(&fx, &bpf, "v6 multicast destination", e1, &frames::ipv6_udp([0x33, 0x33, 0, 0, 0, 1], IP6_E2, PEER6, 18), u, SKIPPED);
         // Headers that lie.
         let mut f = ipv4(IP_E2);
         f[14] = 0x65; // version 6 in an IPv4 ethertype
@@ -335,8 +299,8 @@ fn every_branch_returns_the_right_verdict_and_counts_it() {
         let mut f = ipv4(IP_E2);
         f[14] = 0x44; // ihl 4 < 5
         check(&fx, &bpf, "v4 ihl 4", e1, &f, u, MALFORMED);
-        let mut f = ipv4_to(GW_MAC, IP_E2, 5, 40);
-        f[14] = 0x4f; // ihl 15: options run past the end
+        let mut f = ipv4_to(GW_MAC, IP_E2, 5, 64);
+        f[14] = 0x4f; // ihl 15: options run past the end of the 64-byte frame
         check(&fx, &bpf, "v4 options past the end", e1, &f, u, MALFORMED);
         let mut f = ipv6(IP6_E2);
         f[14] = 0x40;
@@ -392,11 +356,11 @@ fn truncated_frames_pass_at_every_length() {
         // needs to classify, return code and counter once classified)
         let cases = [
             ("v4", ipv4_to(GW_MAC, IP_E2, 5, 80), 34, 14 + 20, r, true),
-            ("v4 ihl 15", ipv4_to(GW_MAC, IP_E2, 15, 80), 34, 14 + 60, r, true),
-            ("v6 udp", ipv6_full(GW_MAC, IP6_E2, 17, &[0; 8], 80), 54, 14 + 40, r, true),
-            ("v6 icmp", ipv6_full(GW_MAC, IP6_E2, 58, &[128, 0, 0, 0], 80), 54, 14 + 40 + 1, r, true),
-            ("arp", { let mut a = arp(); a.resize(80, 0); a }, 14, 14, TC_ACT_UNSPEC, false),
-            ("802.1Q", { let mut v = vlan(0x8100); v.resize(80, 0); v }, 14, 14, TC_ACT_UNSPEC, false),
+            ("v4 ihl 15", ipv4_to(GW_MAC, IP_E2, 15, 82), 34, 14 + 60, r, true),
+            ("v6 udp", ipv6(IP6_E2), 54, 14 + 40, r, true),
+            ("v6 icmp", padded(icmp6(IP6_E2, 128), 80), 54, 14 + 40 + 1, r, true),
+            ("arp", padded(arp(), 80), 14, 14, TC_ACT_UNSPEC, false),
+            ("802.1Q", padded(vlan(0x8100), 80), 14, 14, TC_ACT_UNSPEC, false),
         ];
         for (name, frame, accepted, needed, ret, is_misrouted) in cases {
             let mut malformed = 0;
