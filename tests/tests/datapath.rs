@@ -385,3 +385,67 @@ fn a_failed_apply_is_rolled_back() {
         ebpf::detach(&paths).unwrap();
     });
 }
+
+#[test]
+fn stats_and_metrics_from_the_cli() {
+    use std::{
+        io::{BufRead as _, BufReader, Read as _, Write as _},
+        process::{Command, Stdio},
+    };
+    let bin = enipin_tests::enipin_bin().unwrap();
+    assert!(bin.exists(), "{} missing: cargo build -p enipin (cargo xtask test does)", bin.display());
+    let lab = Lab::new().unwrap();
+    let pins = PinDir::new("enipin-dp-cli-").unwrap();
+    let paths = lab.paths(&pins);
+    let e1 = lab.managed[0].ifindex;
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--netns", lab.host.name(), "--pin-dir"]).arg(&paths.pin_dir);
+        cmd.arg("--state-dir").arg(&paths.state_dir).args(args);
+        cmd
+    };
+    // Nothing attached: stats fails and says why (not an empty table that reads "no traffic").
+    let out = cli(&["stats"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("enipin attach"), "{out:?}");
+
+    in_ns(&lab.host, || attach(&lab.managed, Mode::Enforce, &paths).unwrap());
+    let (_, got) = lab.ping("198.18.0.2", 3).unwrap();
+    assert_eq!(got, 3);
+
+    let out = cli(&["stats", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["interface"] == "e1").expect("row for e1");
+    assert_eq!(row["ifindex"], e1);
+    assert_eq!(row["misrouted_packets"], 3, "{row}");
+    assert!(rows.as_array().unwrap().iter().any(|r| r["ifindex"] == 0 && r["interface"] == "unknown"));
+    let table = cli(&["stats"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).lines().any(|l| l.starts_with("e1 ")), "{table:?}");
+
+    let line = format!("enipin_misrouted_packets_total{{interface=\"e1\",ifindex=\"{e1}\"}} 3");
+    let out = cli(&["metrics"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&line), "{out:?}");
+
+    // --listen: a scrape over HTTP inside the host namespace.
+    let mut server = cli(&["metrics", "--listen", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut banner = String::new();
+    BufReader::new(server.stderr.take().unwrap()).read_line(&mut banner).unwrap();
+    let addr = banner.split("http://").nth(1).and_then(|s| s.split('/').next()).map(str::to_owned);
+    let body = addr.map(|addr| {
+        in_ns(&lab.host, || {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut body = String::new();
+            s.read_to_string(&mut body).unwrap();
+            body
+        })
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let body = body.unwrap_or_else(|| panic!("no listen banner: {banner:?}"));
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(body.contains(&line), "{body}");
+    in_ns(&lab.host, || ebpf::detach(&paths).unwrap());
+}
