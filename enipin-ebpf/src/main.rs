@@ -64,7 +64,11 @@ pub fn enipin_egress(ctx: TcContext) -> i32 {
         let skb = ctx.as_ptr() as *const __sk_buff;
         ((*skb).ifindex, (*skb).vlan_present)
     };
-    let verdict = if vlan_present != 0 { Verdict::Skipped } else { classify(&ctx) };
+    let verdict = if vlan_present != 0 {
+        Verdict::Skipped
+    } else {
+        classify(&ctx)
+    };
     let counters = counters(ifindex);
     let owner = match verdict {
         Verdict::Owned(owner) if owner.ifindex == ifindex => {
@@ -129,7 +133,12 @@ fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: Owner, debu
     }
     bump(counters, |c| c.redirect_failed += 1);
     if debug {
-        aya_log_ebpf::warn!(ctx, "enipin: redirect to ifindex {} failed: {}", owner.ifindex, rc);
+        aya_log_ebpf::warn!(
+            ctx,
+            "enipin: redirect to ifindex {} failed: {}",
+            owner.ifindex,
+            rc
+        );
     }
     TC_ACT_UNSPEC
 }
@@ -224,7 +233,9 @@ fn lookup_v6(src: &[u8; 16]) -> Verdict {
 /// This interface's counters, else the "unknown interface" slot 0, else none (not counted).
 #[inline(always)]
 fn counters(ifindex: u32) -> Option<*mut Counters> {
-    COUNTERS.get_ptr_mut(&ifindex).or_else(|| COUNTERS.get_ptr_mut(&0))
+    COUNTERS
+        .get_ptr_mut(&ifindex)
+        .or_else(|| COUNTERS.get_ptr_mut(&0))
 }
 
 #[inline(always)]

@@ -13,8 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::CStr,
-    fs,
-    io,
+    fs, io,
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -93,7 +92,10 @@ struct MapDiff<K, V> {
 
 impl<K, V> Default for MapDiff<K, V> {
     fn default() -> Self {
-        Self { set: Vec::new(), remove: Vec::new() }
+        Self {
+            set: Vec::new(),
+            remove: Vec::new(),
+        }
     }
 }
 
@@ -105,7 +107,11 @@ impl<K: Ord + Clone, V: PartialEq + Clone> MapDiff<K, V> {
                 .filter(|(k, v)| installed.get(*k) != Some(*v))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            remove: installed.keys().filter(|k| !desired.contains_key(*k)).cloned().collect(),
+            remove: installed
+                .keys()
+                .filter(|k| !desired.contains_key(*k))
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -125,7 +131,10 @@ fn desired(managed: &[ManagedInterface], cfg: &Config) -> State {
     let mut s = State::default();
     s.counters.insert(0, ());
     for m in managed {
-        let owner = Owner { ifindex: m.ifindex, mtu: m.mtu };
+        let owner = Owner {
+            ifindex: m.ifindex,
+            mtu: m.mtu,
+        };
         s.counters.insert(m.ifindex, ());
         for a in &m.addrs {
             match a.addr {
@@ -144,7 +153,10 @@ fn desired(managed: &[ManagedInterface], cfg: &Config) -> State {
         Mode::Enforce => MODE_ENFORCE,
         Mode::Monitor => MODE_MONITOR,
     };
-    s.config = Some(enipin_ebpf::Config { mode, debug: cfg.debug.into() });
+    s.config = Some(enipin_ebpf::Config {
+        mode,
+        debug: cfg.debug.into(),
+    });
     s
 }
 
@@ -220,7 +232,11 @@ fn attachments(paths: &Paths) -> Result<Vec<Attachment>> {
             continue;
         };
         if let Ok(ifindex) = index.parse() {
-            out.push(Attachment { ifindex, pin: name, netlink });
+            out.push(Attachment {
+                ifindex,
+                pin: name,
+                netlink,
+            });
         }
     }
     out.sort_by_key(|a| a.ifindex);
@@ -230,8 +246,12 @@ fn attachments(paths: &Paths) -> Result<Vec<Attachment>> {
 /// Whether a pinned TCX link still runs our program on its interface (the interface may be gone,
 /// leaving a defunct link behind).
 fn link_alive(path: &Path, ifindex: u32) -> bool {
-    let Ok(link) = PinnedLink::from_pin(path) else { return false };
-    let Ok(info) = FdLink::from(link).info() else { return false };
+    let Ok(link) = PinnedLink::from_pin(path) else {
+        return false;
+    };
+    let Ok(info) = FdLink::from(link).info() else {
+        return false;
+    };
     match SchedClassifier::query_tcx(ifindex, TcAttachType::Egress) {
         Ok((_, progs)) => progs.iter().any(|p| p.id() == info.program_id()),
         Err(_) => false,
@@ -246,7 +266,11 @@ pub fn ifname(ifindex: u32) -> Option<String> {
         return None;
     }
     // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-    Some(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+    Some(
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 fn owner_name(o: &Owner) -> String {
@@ -269,12 +293,16 @@ fn load(pin_dir: &Path) -> Result<Ebpf> {
         .program_mut(PROGRAM)
         .ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?
         .try_into()?;
-    prog.load().context("loading the classifier (see the verifier log above)")?;
+    prog.load()
+        .context("loading the classifier (see the verifier log above)")?;
     Ok(ebpf)
 }
 
 fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
-    Ok(ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("no program {PROGRAM}"))?.try_into()?)
+    Ok(ebpf
+        .program_mut(PROGRAM)
+        .ok_or_else(|| anyhow!("no program {PROGRAM}"))?
+        .try_into()?)
 }
 
 /// Computes the datapath changes for `managed` (empty `managed`: remove everything).
@@ -284,10 +312,14 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
     if managed.is_empty() {
         plan.diff.remove_all = true;
         for a in &found {
-            plan.changes.push(format!("- detach {PROGRAM} from ifindex {} ({})", a.ifindex, a.pin));
+            plan.changes.push(format!(
+                "- detach {PROGRAM} from ifindex {} ({})",
+                a.ifindex, a.pin
+            ));
         }
         if paths.pin_dir.exists() {
-            plan.changes.push(format!("- remove pins under {}", paths.pin_dir.display()));
+            plan.changes
+                .push(format!("- remove pins under {}", paths.pin_dir.display()));
         }
         return Ok(plan);
     }
@@ -304,13 +336,20 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
             .tag();
         let mut ebpf = load(&paths.pin_dir)?;
         let new = classifier(&mut ebpf)?.info()?.tag();
-        if old == new { ProgramChange::Keep } else { ProgramChange::Replace }
+        if old == new {
+            ProgramChange::Keep
+        } else {
+            ProgramChange::Replace
+        }
     };
     match d.program {
-        ProgramChange::Load => {
-            plan.changes.push(format!("+ load {PROGRAM}, pinned under {}", paths.pin_dir.display()))
-        }
-        ProgramChange::Replace => plan.changes.push(format!("~ replace {PROGRAM} (new build)")),
+        ProgramChange::Load => plan.changes.push(format!(
+            "+ load {PROGRAM}, pinned under {}",
+            paths.pin_dir.display()
+        )),
+        ProgramChange::Replace => plan
+            .changes
+            .push(format!("~ replace {PROGRAM} (new build)")),
         ProgramChange::Keep => {}
     }
     let wanted: BTreeSet<u32> = managed.iter().map(|m| m.ifindex).collect();
@@ -321,12 +360,18 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
         if ok {
             alive.insert(a.ifindex);
         } else {
-            plan.changes.push(format!("- detach {PROGRAM} from ifindex {} ({})", a.ifindex, a.pin));
+            plan.changes.push(format!(
+                "- detach {PROGRAM} from ifindex {} ({})",
+                a.ifindex, a.pin
+            ));
             d.detach.push(a.pin.clone());
         }
     }
     for m in managed.iter().filter(|m| !alive.contains(&m.ifindex)) {
-        plan.changes.push(format!("+ attach {PROGRAM} to {} egress (ifindex {})", m.name, m.ifindex));
+        plan.changes.push(format!(
+            "+ attach {PROGRAM} to {} egress (ifindex {})",
+            m.name, m.ifindex
+        ));
         d.attach.push((m.ifindex, m.name.clone()));
     }
     d.v4 = MapDiff::new(&have.v4, &want.v4);
@@ -335,30 +380,48 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
     d.p6 = MapDiff::new(&have.p6, &want.p6);
     d.counters = MapDiff::new(&have.counters, &want.counters);
     for (k, o) in &d.v4.set {
-        plan.changes.push(format!("+ owner {} -> {}", std::net::Ipv4Addr::from(*k), owner_name(o)));
+        plan.changes.push(format!(
+            "+ owner {} -> {}",
+            std::net::Ipv4Addr::from(*k),
+            owner_name(o)
+        ));
     }
     for k in &d.v4.remove {
-        plan.changes.push(format!("- owner {}", std::net::Ipv4Addr::from(*k)));
+        plan.changes
+            .push(format!("- owner {}", std::net::Ipv4Addr::from(*k)));
     }
     for (k, o) in &d.v6.set {
-        plan.changes.push(format!("+ owner {} -> {}", std::net::Ipv6Addr::from(*k), owner_name(o)));
+        plan.changes.push(format!(
+            "+ owner {} -> {}",
+            std::net::Ipv6Addr::from(*k),
+            owner_name(o)
+        ));
     }
     for k in &d.v6.remove {
-        plan.changes.push(format!("- owner {}", std::net::Ipv6Addr::from(*k)));
+        plan.changes
+            .push(format!("- owner {}", std::net::Ipv6Addr::from(*k)));
     }
     for ((k, l), o) in &d.p4.set {
-        plan.changes
-            .push(format!("+ prefix {}/{l} -> {}", std::net::Ipv4Addr::from(*k), owner_name(o)));
+        plan.changes.push(format!(
+            "+ prefix {}/{l} -> {}",
+            std::net::Ipv4Addr::from(*k),
+            owner_name(o)
+        ));
     }
     for (k, l) in &d.p4.remove {
-        plan.changes.push(format!("- prefix {}/{l}", std::net::Ipv4Addr::from(*k)));
+        plan.changes
+            .push(format!("- prefix {}/{l}", std::net::Ipv4Addr::from(*k)));
     }
     for ((k, l), o) in &d.p6.set {
-        plan.changes
-            .push(format!("+ prefix {}/{l} -> {}", std::net::Ipv6Addr::from(*k), owner_name(o)));
+        plan.changes.push(format!(
+            "+ prefix {}/{l} -> {}",
+            std::net::Ipv6Addr::from(*k),
+            owner_name(o)
+        ));
     }
     for (k, l) in &d.p6.remove {
-        plan.changes.push(format!("- prefix {}/{l}", std::net::Ipv6Addr::from(*k)));
+        plan.changes
+            .push(format!("- prefix {}/{l}", std::net::Ipv6Addr::from(*k)));
     }
     for (k, ()) in &d.counters.set {
         plan.changes.push(format!("+ counters for ifindex {k}"));
@@ -368,8 +431,13 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
     }
     if have.config != want.config {
         let c = want.config.unwrap_or_default();
-        let mode = if c.mode == MODE_ENFORCE { "enforce" } else { "monitor" };
-        plan.changes.push(format!("~ config mode={mode} debug={}", c.debug));
+        let mode = if c.mode == MODE_ENFORCE {
+            "enforce"
+        } else {
+            "monitor"
+        };
+        plan.changes
+            .push(format!("~ config mode={mode} debug={}", c.debug));
         d.config = want.config;
     }
     Ok(plan)
@@ -377,7 +445,12 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
 
 /// Carries out a plan, all or nothing: on failure what this call did is undone (new links and
 /// pins removed, map entries restored).
-pub fn apply(plan: EbpfPlan, managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result<()> {
+pub fn apply(
+    plan: EbpfPlan,
+    managed: &[ManagedInterface],
+    cfg: &Config,
+    paths: &Paths,
+) -> Result<()> {
     let _ = (managed, cfg); // the plan carries the diff; kept for the appliers' common shape
     if plan.is_empty() {
         return Ok(());
@@ -391,7 +464,13 @@ pub fn apply(plan: EbpfPlan, managed: &[ManagedInterface], cfg: &Config, paths: 
     fs::create_dir_all(&paths.pin_dir)
         .with_context(|| format!("creating {} (is bpffs mounted?)", paths.pin_dir.display()))?;
     let before = installed(paths)?;
-    let mut undo = Undo { paths, created_dir, pins: Vec::new(), before: Some(before), ok: false };
+    let mut undo = Undo {
+        paths,
+        created_dir,
+        pins: Vec::new(),
+        before: Some(before),
+        ok: false,
+    };
     let mut ebpf = load(&paths.pin_dir)?;
     write_maps(&mut ebpf, &d)?;
     let prog_pin = paths.pin_dir.join(PROG_PIN);
@@ -399,7 +478,10 @@ pub fn apply(plan: EbpfPlan, managed: &[ManagedInterface], cfg: &Config, paths: 
     if d.program != ProgramChange::Keep {
         // Swap every live link atomically to the new program before it becomes the pinned one.
         if d.program == ProgramChange::Replace {
-            for a in attachments(paths)?.iter().filter(|a| !d.detach.contains(&a.pin)) {
+            for a in attachments(paths)?
+                .iter()
+                .filter(|a| !d.detach.contains(&a.pin))
+            {
                 let path = paths.pin_dir.join(&a.pin);
                 if a.netlink {
                     // Netlink: replace the filter in place (same priority and handle).
@@ -409,12 +491,15 @@ pub fn apply(plan: EbpfPlan, managed: &[ManagedInterface], cfg: &Config, paths: 
                 }
                 let link = FdLink::from(PinnedLink::from_pin(&path)?);
                 let link = SchedClassifierLink::try_from(link)?;
-                let id = prog.attach_to_link(link).with_context(|| format!("updating {}", path.display()))?;
+                let id = prog
+                    .attach_to_link(link)
+                    .with_context(|| format!("updating {}", path.display()))?;
                 drop(prog.take_link(id)?); // still pinned: dropping the fd keeps the link
             }
             let _ = fs::remove_file(&prog_pin);
         }
-        prog.pin(&prog_pin).with_context(|| format!("pinning {}", prog_pin.display()))?;
+        prog.pin(&prog_pin)
+            .with_context(|| format!("pinning {}", prog_pin.display()))?;
     }
     let prog = if d.program == ProgramChange::Keep {
         &mut SchedClassifier::from_pin(&prog_pin)?
@@ -472,12 +557,15 @@ fn restore(paths: &Paths, before: &State) -> Result<()> {
         config: before.config,
         ..Diff::default()
     };
-    let mut ebpf = EbpfLoader::new().default_map_pin_directory(&paths.pin_dir).load(OBJECT)?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&paths.pin_dir)
+        .load(OBJECT)?;
     write_maps(&mut ebpf, &d)
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
-    ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the object"))
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))
 }
 
 fn write_maps(ebpf: &mut Ebpf, d: &Diff) -> Result<()> {
@@ -509,14 +597,18 @@ fn write_maps(ebpf: &mut Ebpf, d: &Diff) -> Result<()> {
     for (k, l) in &d.p6.remove {
         m.remove(&Key::new((*l).into(), *k))?;
     }
-    let mut m: PerCpuHashMap<_, u32, Counters> = PerCpuHashMap::try_from(map(ebpf, maps::COUNTERS)?)?;
-    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?.get() as usize;
+    let mut m: PerCpuHashMap<_, u32, Counters> =
+        PerCpuHashMap::try_from(map(ebpf, maps::COUNTERS)?)?;
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(what, e)| anyhow!("{what}: {e}"))?
+        .get() as usize;
     for (k, ()) in &d.counters.set {
         // BPF_NOEXIST: never reset counters that are already there.
         let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
         match m.insert(k, zero, 1 /* BPF_NOEXIST */) {
             Ok(()) => {}
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -534,7 +626,10 @@ fn write_maps(ebpf: &mut Ebpf, d: &Diff) -> Result<()> {
 /// pins the link; on kernels without TCX, through a clsact qdisc (reused if present). Returns the
 /// pin's file name.
 fn attach_one(prog: &mut SchedClassifier, ifindex: u32, pin_dir: &Path) -> Result<String> {
-    let tcx = TcAttach::Tcx { attach_type: TcAttachType::Egress, order: LinkOrder::default() };
+    let tcx = TcAttach::Tcx {
+        attach_type: TcAttachType::Egress,
+        order: LinkOrder::default(),
+    };
     match prog.attach(ifindex, tcx) {
         Ok(id) => {
             let link = prog.take_link(id)?;
@@ -544,7 +639,10 @@ fn attach_one(prog: &mut SchedClassifier, ifindex: u32, pin_dir: &Path) -> Resul
             Ok(name)
         }
         Err(ProgramError::SyscallError(e))
-            if matches!(e.io_error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) =>
+            if matches!(
+                e.io_error.raw_os_error(),
+                Some(libc::EINVAL | libc::EOPNOTSUPP)
+            ) =>
         {
             // No TCX (kernel < 6.6): a netlink filter, kept alive by forgetting the link.
             match tc::qdisc_add_clsact(ifindex) {
@@ -586,7 +684,9 @@ fn remove_attachment(pin_dir: &Path, pin: &str) -> Result<()> {
 
 fn remove_pins(pin_dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(pin_dir) else { return Ok(out) };
+    let Ok(entries) = fs::read_dir(pin_dir) else {
+        return Ok(out);
+    };
     let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     names.sort();
     for p in names {
@@ -605,7 +705,10 @@ pub fn detach(paths: &Paths) -> Result<Vec<String>> {
     for a in attachments(paths)? {
         remove_attachment(&paths.pin_dir, &a.pin)?;
         let name = ifname(a.ifindex).unwrap_or_else(|| "?".into());
-        out.push(format!("- detach {PROGRAM} from {name} (ifindex {})", a.ifindex));
+        out.push(format!(
+            "- detach {PROGRAM} from {name} (ifindex {})",
+            a.ifindex
+        ));
     }
     if paths.pin_dir.exists() {
         out.extend(remove_pins(&paths.pin_dir)?);
@@ -620,7 +723,11 @@ pub fn attached(paths: &Paths) -> Result<Vec<(u32, String, String)>> {
         .filter(|a| a.netlink || link_alive(&paths.pin_dir.join(&a.pin), a.ifindex))
         .map(|a| {
             let kind = if a.netlink { "netlink" } else { "tcx" };
-            (a.ifindex, ifname(a.ifindex).unwrap_or_else(|| "?".into()), kind.to_owned())
+            (
+                a.ifindex,
+                ifname(a.ifindex).unwrap_or_else(|| "?".into()),
+                kind.to_owned(),
+            )
         })
         .collect())
 }

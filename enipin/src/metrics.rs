@@ -26,7 +26,11 @@ fn rows(paths: &Paths) -> Result<Vec<(u32, String, Counters)>> {
     Ok(ebpf::counters(paths)?
         .into_iter()
         .map(|(i, c)| {
-            let name = if i == 0 { "unknown".into() } else { ebpf::ifname(i).unwrap_or_else(|| "?".into()) };
+            let name = if i == 0 {
+                "unknown".into()
+            } else {
+                ebpf::ifname(i).unwrap_or_else(|| "?".into())
+            };
             (i, name, c)
         })
         .collect())
@@ -72,7 +76,11 @@ pub fn exposition(paths: &Paths) -> Result<String> {
         writeln!(out, "# HELP enipin_{name}_total {help}.")?;
         writeln!(out, "# TYPE enipin_{name}_total counter")?;
         for (i, ifname, c) in &rows {
-            writeln!(out, "enipin_{name}_total{{interface=\"{ifname}\",ifindex=\"{i}\"}} {}", c.values()[n])?;
+            writeln!(
+                out,
+                "enipin_{name}_total{{interface=\"{ifname}\",ifindex=\"{i}\"}} {}",
+                c.values()[n]
+            )?;
         }
     }
     Ok(out)
@@ -85,9 +93,13 @@ pub async fn metrics(paths: &Paths, listen: Option<std::net::SocketAddr>) -> Res
     };
     // Fail now, not at the first scrape, when nothing is pinned.
     exposition(paths)?;
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
-    eprintln!("enipin: serving GET /metrics on http://{}/metrics", listener.local_addr()?);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    eprintln!(
+        "enipin: serving GET /metrics on http://{}/metrics",
+        listener.local_addr()?
+    );
     loop {
         let (mut sock, _) = listener.accept().await?;
         let paths = paths.clone();
@@ -102,7 +114,11 @@ pub async fn metrics(paths: &Paths, listen: Option<std::net::SocketAddr>) -> Res
             let req = String::from_utf8_lossy(&buf[..n]);
             let path = req.split_whitespace().nth(1).unwrap_or("");
             let (status, ctype, body) = if !req.starts_with("GET ") {
-                ("405 Method Not Allowed", "text/plain", "GET only\n".to_owned())
+                (
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    "GET only\n".to_owned(),
+                )
             } else if path != "/metrics" {
                 ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
             } else {

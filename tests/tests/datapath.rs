@@ -87,18 +87,29 @@ EOF"
                     mac: [0; 6],
                     mtu: 1500,
                     table: 0,
-                    addrs: vec![IfAddr { addr: ip.parse()?, prefix_len: 24 }],
+                    addrs: vec![IfAddr {
+                        addr: ip.parse()?,
+                        prefix_len: 24,
+                    }],
                     prefixes: Vec::new(),
                     gateway_v4: None,
                     gateway_v6: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { host, vpc, state: TempDir::new("enipin-dp-state-")?, managed })
+        Ok(Self {
+            host,
+            vpc,
+            state: TempDir::new("enipin-dp-state-")?,
+            managed,
+        })
     }
 
     fn paths(&self, pins: &PinDir) -> Paths {
-        Paths { pin_dir: pins.path().to_owned(), state_dir: self.state.path().to_owned() }
+        Paths {
+            pin_dir: pins.path().to_owned(),
+            state_dir: self.state.path().to_owned(),
+        }
     }
 
     /// Pings `addr` from the vpc namespace: (sent, received).
@@ -106,18 +117,43 @@ EOF"
         let out = self
             .vpc
             .command("ping")
-            .args(["-n", "-q", "-c", &count.to_string(), "-W", "1", "-i", "0.2", addr])
+            .args([
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-W",
+                "1",
+                "-i",
+                "0.2",
+                addr,
+            ])
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().find(|l| l.contains("transmitted")).context("no ping summary")?;
-        let nums: Vec<u32> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect();
+        let line = text
+            .lines()
+            .find(|l| l.contains("transmitted"))
+            .context("no ping summary")?;
+        let nums: Vec<u32> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|s| s.parse().ok())
+            .collect();
         Ok((nums[0], nums[1]))
     }
 
     fn nft_counter(&self, name: &str) -> Result<u64> {
-        let out = self.vpc.sh(&format!("nft list counter bridge vpc {name}"))?;
-        let rest = out.split("packets ").nth(1).context("no packets in nft output")?;
-        Ok(rest.split_whitespace().next().context("nft output")?.parse()?)
+        let out = self
+            .vpc
+            .sh(&format!("nft list counter bridge vpc {name}"))?;
+        let rest = out
+            .split("packets ")
+            .nth(1)
+            .context("no packets in nft output")?;
+        Ok(rest
+            .split_whitespace()
+            .next()
+            .context("nft output")?
+            .parse()?)
     }
 }
 
@@ -133,7 +169,10 @@ fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
 }
 
 fn cfg(mode: Mode) -> Config {
-    Config { mode, ..Config::default() }
+    Config {
+        mode,
+        ..Config::default()
+    }
 }
 
 fn attach(managed: &[ManagedInterface], mode: Mode, paths: &Paths) -> Result<()> {
@@ -142,27 +181,47 @@ fn attach(managed: &[ManagedInterface], mode: Mode, paths: &Paths) -> Result<()>
 }
 
 fn counters(paths: &Paths, ifindex: u32) -> Counters {
-    ebpf::counters(paths).unwrap().into_iter().find(|(i, _)| *i == ifindex).unwrap().1
+    ebpf::counters(paths)
+        .unwrap()
+        .into_iter()
+        .find(|(i, _)| *i == ifindex)
+        .unwrap()
+        .1
 }
 
 /// Program ids attached at TCX egress on `ifindex`, in order.
 fn tcx_progs(ifindex: u32) -> Vec<u32> {
-    SchedClassifier::query_tcx(ifindex, TcAttachType::Egress).unwrap().1.iter().map(|p| p.id()).collect()
+    SchedClassifier::query_tcx(ifindex, TcAttachType::Egress)
+        .unwrap()
+        .1
+        .iter()
+        .map(|p| p.id())
+        .collect()
 }
 
 #[test]
 fn redirect_makes_the_secondary_address_reachable_and_coexists() {
     let lab = Lab::new().unwrap();
     let (e1, e2) = (lab.managed[0].ifindex, lab.managed[1].ifindex);
-    let (before, enipin, after) =
-        (PinDir::new("enipin-dp-before-").unwrap(), PinDir::new("enipin-dp-").unwrap(), PinDir::new("enipin-dp-after-").unwrap());
+    let (before, enipin, after) = (
+        PinDir::new("enipin-dp-before-").unwrap(),
+        PinDir::new("enipin-dp-").unwrap(),
+        PinDir::new("enipin-dp-after-").unwrap(),
+    );
     let (pb, pe, pa) = (lab.paths(&before), lab.paths(&enipin), lab.paths(&after));
 
     // Without the datapath the vpc drops every reply: it leaves e1 with e2's address.
     let (sent, got) = lab.ping("198.18.0.2", 3).unwrap();
-    assert_eq!((sent, got), (3, 0), "replies from 198.18.0.2 must be dropped without enipin");
+    assert_eq!(
+        (sent, got),
+        (3, 0),
+        "replies from 198.18.0.2 must be dropped without enipin"
+    );
     let dropped0 = lab.nft_counter("dropped").unwrap();
-    assert!(dropped0 >= 3, "the vpc's source check dropped the misrouted replies ({dropped0})");
+    assert!(
+        dropped0 >= 3,
+        "the vpc's source check dropped the misrouted replies ({dropped0})"
+    );
 
     // Another TC program before enipin and one after it (copies of the enforcer in monitor mode,
     // each with its own maps), enipin enforcing in the middle.
@@ -172,17 +231,35 @@ fn redirect_makes_the_secondary_address_reachable_and_coexists() {
         attach(&lab.managed, Mode::Monitor, &pa).unwrap();
         assert_eq!(tcx_progs(e1).len(), 3);
         let kinds: Vec<_> = ebpf::attached(&pe).unwrap();
-        assert_eq!(kinds, vec![(e1, "e1".into(), "tcx".into()), (e2, "e2".into(), "tcx".into())]);
+        assert_eq!(
+            kinds,
+            vec![
+                (e1, "e1".into(), "tcx".into()),
+                (e2, "e2".into(), "tcx".into())
+            ]
+        );
     });
 
     let n = 5;
     let e2_replies0 = lab.nft_counter("e2_replies").unwrap();
     let (sent, got) = lab.ping("198.18.0.2", n).unwrap();
-    assert_eq!((sent, got), (n, n), "every ping to the secondary address is answered via e2");
+    assert_eq!(
+        (sent, got),
+        (n, n),
+        "every ping to the secondary address is answered via e2"
+    );
     let (sent1, got1) = lab.ping("198.18.0.1", n).unwrap();
     assert_eq!((sent1, got1), (n, n), "the primary address still answers");
-    assert_eq!(lab.nft_counter("e2_replies").unwrap() - e2_replies0, n as u64, "replies carry e2's MAC and address");
-    assert_eq!(lab.nft_counter("dropped").unwrap(), dropped0, "nothing misrouted reaches the vpc");
+    assert_eq!(
+        lab.nft_counter("e2_replies").unwrap() - e2_replies0,
+        n as u64,
+        "replies carry e2's MAC and address"
+    );
+    assert_eq!(
+        lab.nft_counter("dropped").unwrap(),
+        dropped0,
+        "nothing misrouted reaches the vpc"
+    );
 
     in_ns(&lab.host, || {
         let (b1, x1, a1) = (counters(&pb, e1), counters(&pe, e1), counters(&pa, e1));
@@ -191,7 +268,10 @@ fn redirect_makes_the_secondary_address_reachable_and_coexists() {
         // enipin: exactly the replies from 198.18.0.2 were misrouted on e1 and redirected.
         assert_eq!(x1.misrouted_packets, n as u64, "enipin e1: {x1:?}");
         assert_eq!(x1.redirect_failed + x1.mtu_exceeded, 0, "enipin e1: {x1:?}");
-        assert_eq!(x1.owned_here, n as u64, "enipin e1: replies from 198.18.0.1: {x1:?}");
+        assert_eq!(
+            x1.owned_here, n as u64,
+            "enipin e1: replies from 198.18.0.1: {x1:?}"
+        );
         // A redirected packet runs e2's egress hook again, where it is owned.
         assert_eq!(x2.owned_here, n as u64, "enipin e2: {x2:?}");
         assert_eq!(x2.misrouted_packets, 0, "enipin e2: {x2:?}");
@@ -204,9 +284,13 @@ fn redirect_makes_the_secondary_address_reachable_and_coexists() {
         assert_eq!(a2.owned_here, n as u64, "after e2: {a2:?}");
 
         let text = enipin::metrics::exposition(&pe).unwrap();
-        let line = format!("enipin_misrouted_packets_total{{interface=\"e1\",ifindex=\"{e1}\"}} {n}");
+        let line =
+            format!("enipin_misrouted_packets_total{{interface=\"e1\",ifindex=\"{e1}\"}} {n}");
         assert!(text.contains(&line), "metrics lack {line}:\n{text}");
-        assert!(text.contains("# TYPE enipin_misrouted_packets_total counter"), "{text}");
+        assert!(
+            text.contains("# TYPE enipin_misrouted_packets_total counter"),
+            "{text}"
+        );
 
         // Detach enipin: its links and pins go, the others stay.
         let progs_before: BTreeSet<u32> = tcx_progs(e1).into_iter().collect();
@@ -216,19 +300,28 @@ fn redirect_makes_the_secondary_address_reachable_and_coexists() {
         assert_eq!(tcx_progs(e1).len(), 2, "the other programs stay on e1");
         assert_eq!(tcx_progs(e2).len(), 2, "the other programs stay on e2");
         assert!(tcx_progs(e1).iter().all(|p| progs_before.contains(p)));
-        assert!(ebpf::detach(&pe).unwrap().is_empty(), "second detach is a no-op");
+        assert!(
+            ebpf::detach(&pe).unwrap().is_empty(),
+            "second detach is a no-op"
+        );
         assert!(ebpf::attached(&pe).unwrap().is_empty());
         assert!(ebpf::counters(&pe).is_err(), "no counters without pins");
     });
 
     // Enforcement gone: the replies are dropped again.
     let (_, got) = lab.ping("198.18.0.2", 2).unwrap();
-    assert_eq!(got, 0, "after detach the secondary address is unreachable again");
+    assert_eq!(
+        got, 0,
+        "after detach the secondary address is unreachable again"
+    );
 
     in_ns(&lab.host, || {
         ebpf::detach(&pb).unwrap();
         ebpf::detach(&pa).unwrap();
-        assert!(tcx_progs(e1).is_empty() && tcx_progs(e2).is_empty(), "no links left");
+        assert!(
+            tcx_progs(e1).is_empty() && tcx_progs(e2).is_empty(),
+            "no links left"
+        );
     });
 }
 
@@ -240,22 +333,46 @@ fn second_attach_adopts_what_is_pinned() {
     let e1 = lab.managed[0].ifindex;
     in_ns(&lab.host, || {
         let first = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
-        assert!(first.changes.iter().any(|c| c.starts_with("+ load")), "{:?}", first.changes);
-        assert_eq!(first.changes.iter().filter(|c| c.starts_with("+ attach")).count(), 2);
+        assert!(
+            first.changes.iter().any(|c| c.starts_with("+ load")),
+            "{:?}",
+            first.changes
+        );
+        assert_eq!(
+            first
+                .changes
+                .iter()
+                .filter(|c| c.starts_with("+ attach"))
+                .count(),
+            2
+        );
         ebpf::apply(first, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         let prog = tcx_progs(e1);
 
         // The enforcement outlives the loader: nothing of this process holds it now.
         let again = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
-        assert!(again.is_empty(), "second attach with no change: {:?}", again.changes);
+        assert!(
+            again.is_empty(),
+            "second attach with no change: {:?}",
+            again.changes
+        );
         ebpf::apply(again, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert_eq!(tcx_progs(e1), prog, "same program, same link");
 
         // A new address on e2 and a delegated prefix: map updates only.
         let mut more = lab.managed.clone();
-        more[1].addrs.push(IfAddr { addr: "198.18.0.3".parse().unwrap(), prefix_len: 24 });
-        more[1].prefixes.push(enipin::model::Prefix { addr: "198.18.1.16".parse().unwrap(), prefix_len: 28 });
-        more[1].addrs.push(IfAddr { addr: "2001:db8::2".parse::<IpAddr>().unwrap(), prefix_len: 64 });
+        more[1].addrs.push(IfAddr {
+            addr: "198.18.0.3".parse().unwrap(),
+            prefix_len: 24,
+        });
+        more[1].prefixes.push(enipin::model::Prefix {
+            addr: "198.18.1.16".parse().unwrap(),
+            prefix_len: 28,
+        });
+        more[1].addrs.push(IfAddr {
+            addr: "2001:db8::2".parse::<IpAddr>().unwrap(),
+            prefix_len: 64,
+        });
         let plan = ebpf::plan(&more, &cfg(Mode::Enforce), &paths).unwrap();
         assert_eq!(
             plan.changes,
@@ -266,22 +383,37 @@ fn second_attach_adopts_what_is_pinned() {
             ]
         );
         ebpf::apply(plan, &more, &cfg(Mode::Enforce), &paths).unwrap();
-        assert!(ebpf::plan(&more, &cfg(Mode::Enforce), &paths).unwrap().is_empty());
+        assert!(
+            ebpf::plan(&more, &cfg(Mode::Enforce), &paths)
+                .unwrap()
+                .is_empty()
+        );
         // Mode switch: the config entry only.
         let plan = ebpf::plan(&more, &cfg(Mode::Monitor), &paths).unwrap();
-        assert_eq!(plan.changes, vec!["~ config mode=monitor debug=0".to_string()]);
+        assert_eq!(
+            plan.changes,
+            vec!["~ config mode=monitor debug=0".to_string()]
+        );
         ebpf::apply(plan, &more, &cfg(Mode::Monitor), &paths).unwrap();
         assert_eq!(tcx_progs(e1), prog, "still the same program and link");
 
         // Back to the original set: the extra entries go.
         let plan = ebpf::plan(&lab.managed, &cfg(Mode::Monitor), &paths).unwrap();
         assert_eq!(plan.changes.len(), 3, "{:?}", plan.changes);
-        assert!(plan.changes.iter().all(|c| c.starts_with("- ")), "{:?}", plan.changes);
+        assert!(
+            plan.changes.iter().all(|c| c.starts_with("- ")),
+            "{:?}",
+            plan.changes
+        );
         ebpf::apply(plan, &lab.managed, &cfg(Mode::Monitor), &paths).unwrap();
 
         // Managing only e1 detaches e2 (and drops its counters).
         let plan = ebpf::plan(&lab.managed[..1], &cfg(Mode::Monitor), &paths).unwrap();
-        assert!(plan.changes.iter().any(|c| c.starts_with("- detach")), "{:?}", plan.changes);
+        assert!(
+            plan.changes.iter().any(|c| c.starts_with("- detach")),
+            "{:?}",
+            plan.changes
+        );
         ebpf::apply(plan, &lab.managed[..1], &cfg(Mode::Monitor), &paths).unwrap();
         assert!(tcx_progs(lab.managed[1].ifindex).is_empty());
         assert_eq!(ebpf::attached(&paths).unwrap().len(), 1);
@@ -292,7 +424,11 @@ fn second_attach_adopts_what_is_pinned() {
         assert!(!paths.pin_dir.exists());
         assert!(tcx_progs(e1).is_empty());
         // Empty desired state: nothing to do, nothing pinned.
-        assert!(ebpf::plan(&[], &cfg(Mode::Enforce), &paths).unwrap().is_empty());
+        assert!(
+            ebpf::plan(&[], &cfg(Mode::Enforce), &paths)
+                .unwrap()
+                .is_empty()
+        );
     });
 }
 
@@ -313,20 +449,33 @@ fn a_different_pinned_program_is_replaced_atomically() {
     in_ns(&lab.host, || {
         attach(&lab.managed, Mode::Enforce, &paths).unwrap();
         let link_id = |ifindex: u32| {
-            FdLink::from(PinnedLink::from_pin(paths.pin_dir.join(format!("link-{ifindex}"))).unwrap())
-                .info()
-                .unwrap()
-                .id()
+            FdLink::from(
+                PinnedLink::from_pin(paths.pin_dir.join(format!("link-{ifindex}"))).unwrap(),
+            )
+            .info()
+            .unwrap()
+            .id()
         };
         let links = (link_id(e1), link_id(e2));
 
         // Stand in for an older enipin: its pinned program (a pass-all classifier) on both links.
-        let mut old = EbpfLoader::new().default_map_pin_directory(&paths.pin_dir).load(ebpf::OBJECT).unwrap();
-        let noop: &mut SchedClassifier = old.program_mut(enipin_ebpf::NOOP_PROGRAM).unwrap().try_into().unwrap();
+        let mut old = EbpfLoader::new()
+            .default_map_pin_directory(&paths.pin_dir)
+            .load(ebpf::OBJECT)
+            .unwrap();
+        let noop: &mut SchedClassifier = old
+            .program_mut(enipin_ebpf::NOOP_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
         noop.load().unwrap();
         for ifindex in [e1, e2] {
-            let link = FdLink::from(PinnedLink::from_pin(paths.pin_dir.join(format!("link-{ifindex}"))).unwrap());
-            let id = noop.attach_to_link(SchedClassifierLink::try_from(link).unwrap()).unwrap();
+            let link = FdLink::from(
+                PinnedLink::from_pin(paths.pin_dir.join(format!("link-{ifindex}"))).unwrap(),
+            );
+            let id = noop
+                .attach_to_link(SchedClassifierLink::try_from(link).unwrap())
+                .unwrap();
             drop(noop.take_link(id).unwrap());
         }
         std::fs::remove_file(paths.pin_dir.join("prog")).unwrap();
@@ -336,17 +485,34 @@ fn a_different_pinned_program_is_replaced_atomically() {
         assert_eq!(tcx_progs(e1), vec![noop_id]);
 
         let plan = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
-        assert_eq!(plan.changes, vec![format!("~ replace {} (new build)", enipin_ebpf::PROGRAM)]);
+        assert_eq!(
+            plan.changes,
+            vec![format!("~ replace {} (new build)", enipin_ebpf::PROGRAM)]
+        );
         ebpf::apply(plan, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         for ifindex in [e1, e2] {
-            let progs = SchedClassifier::query_tcx(ifindex, TcAttachType::Egress).unwrap().1;
+            let progs = SchedClassifier::query_tcx(ifindex, TcAttachType::Egress)
+                .unwrap()
+                .1;
             assert_eq!(progs.len(), 1, "one program on the hook, never two or none");
             assert_eq!(progs[0].name_as_str(), Some(enipin_ebpf::PROGRAM));
         }
-        assert_eq!((link_id(e1), link_id(e2)), links, "the same links, updated in place");
+        assert_eq!(
+            (link_id(e1), link_id(e2)),
+            links,
+            "the same links, updated in place"
+        );
         let pinned = ProgramInfo::from_pin(paths.pin_dir.join("prog")).unwrap();
-        assert_eq!(tcx_progs(e1), vec![pinned.id()], "the pinned program is the attached one");
-        assert!(ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap().is_empty());
+        assert_eq!(
+            tcx_progs(e1),
+            vec![pinned.id()],
+            "the pinned program is the attached one"
+        );
+        assert!(
+            ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths)
+                .unwrap()
+                .is_empty()
+        );
 
         // The replaced program enforces: a ping to the secondary address is answered.
         let (_, got) = lab.ping("198.18.0.2", 2).unwrap();
@@ -364,15 +530,25 @@ fn a_failed_apply_is_rolled_back() {
     let mut ghost = lab.managed[1].clone();
     ghost.ifindex = 999_999;
     ghost.name = "ghost".into();
-    ghost.addrs = vec![IfAddr { addr: "198.18.0.9".parse().unwrap(), prefix_len: 24 }];
+    ghost.addrs = vec![IfAddr {
+        addr: "198.18.0.9".parse().unwrap(),
+        prefix_len: 24,
+    }];
     in_ns(&lab.host, || {
         // Fresh: nothing may stay behind.
-        let with_ghost = vec![lab.managed[0].clone(), lab.managed[1].clone(), ghost.clone()];
+        let with_ghost = vec![
+            lab.managed[0].clone(),
+            lab.managed[1].clone(),
+            ghost.clone(),
+        ];
         let plan = ebpf::plan(&with_ghost, &cfg(Mode::Enforce), &paths).unwrap();
         let err = ebpf::apply(plan, &with_ghost, &cfg(Mode::Enforce), &paths).unwrap_err();
         assert!(format!("{err:#}").contains("ghost"), "{err:#}");
         assert!(!paths.pin_dir.exists(), "pin dir left behind");
-        assert!(tcx_progs(e1).is_empty() && tcx_progs(e2).is_empty(), "links left behind");
+        assert!(
+            tcx_progs(e1).is_empty() && tcx_progs(e2).is_empty(),
+            "links left behind"
+        );
 
         // On top of an attachment: the maps are restored, the existing links untouched.
         attach(&lab.managed, Mode::Enforce, &paths).unwrap();
@@ -380,7 +556,11 @@ fn a_failed_apply_is_rolled_back() {
         let plan = ebpf::plan(&with_ghost, &cfg(Mode::Monitor), &paths).unwrap();
         assert!(ebpf::apply(plan, &with_ghost, &cfg(Mode::Monitor), &paths).is_err());
         let after = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
-        assert!(after.is_empty(), "state changed by a failed apply: {:?}", after.changes);
+        assert!(
+            after.is_empty(),
+            "state changed by a failed apply: {:?}",
+            after.changes
+        );
         assert_eq!((tcx_progs(e1), tcx_progs(e2)), progs);
         ebpf::detach(&paths).unwrap();
     });
@@ -393,50 +573,89 @@ fn stats_and_metrics_from_the_cli() {
         process::{Command, Stdio},
     };
     let bin = enipin_tests::enipin_bin().unwrap();
-    assert!(bin.exists(), "{} missing: cargo build -p enipin (cargo xtask test does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: cargo build -p enipin (cargo xtask test does)",
+        bin.display()
+    );
     let lab = Lab::new().unwrap();
     let pins = PinDir::new("enipin-dp-cli-").unwrap();
     let paths = lab.paths(&pins);
     let e1 = lab.managed[0].ifindex;
     let cli = |args: &[&str]| {
         let mut cmd = Command::new(&bin);
-        cmd.args(["--netns", lab.host.name(), "--pin-dir"]).arg(&paths.pin_dir);
+        cmd.args(["--netns", lab.host.name(), "--pin-dir"])
+            .arg(&paths.pin_dir);
         cmd.arg("--state-dir").arg(&paths.state_dir).args(args);
         cmd
     };
     // Nothing attached: stats fails and says why (not an empty table that reads "no traffic").
     let out = cli(&["stats"]).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("enipin attach"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("enipin attach"),
+        "{out:?}"
+    );
 
-    in_ns(&lab.host, || attach(&lab.managed, Mode::Enforce, &paths).unwrap());
+    in_ns(&lab.host, || {
+        attach(&lab.managed, Mode::Enforce, &paths).unwrap()
+    });
     let (_, got) = lab.ping("198.18.0.2", 3).unwrap();
     assert_eq!(got, 3);
 
     let out = cli(&["stats", "--json"]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let row = rows.as_array().unwrap().iter().find(|r| r["interface"] == "e1").expect("row for e1");
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["interface"] == "e1")
+        .expect("row for e1");
     assert_eq!(row["ifindex"], e1);
     assert_eq!(row["misrouted_packets"], 3, "{row}");
-    assert!(rows.as_array().unwrap().iter().any(|r| r["ifindex"] == 0 && r["interface"] == "unknown"));
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["ifindex"] == 0 && r["interface"] == "unknown")
+    );
     let table = cli(&["stats"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&table.stdout).lines().any(|l| l.starts_with("e1 ")), "{table:?}");
+    assert!(
+        String::from_utf8_lossy(&table.stdout)
+            .lines()
+            .any(|l| l.starts_with("e1 ")),
+        "{table:?}"
+    );
 
     let line = format!("enipin_misrouted_packets_total{{interface=\"e1\",ifindex=\"{e1}\"}} 3");
     let out = cli(&["metrics"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&line), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&line),
+        "{out:?}"
+    );
 
     // --listen: a scrape over HTTP inside the host namespace.
-    let mut server = cli(&["metrics", "--listen", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut server = cli(&["metrics", "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut banner = String::new();
-    BufReader::new(server.stderr.take().unwrap()).read_line(&mut banner).unwrap();
-    let addr = banner.split("http://").nth(1).and_then(|s| s.split('/').next()).map(str::to_owned);
+    BufReader::new(server.stderr.take().unwrap())
+        .read_line(&mut banner)
+        .unwrap();
+    let addr = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .map(str::to_owned);
     let body = addr.map(|addr| {
         in_ns(&lab.host, || {
             let mut s = std::net::TcpStream::connect(&addr).unwrap();
-            s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
             let mut body = String::new();
             s.read_to_string(&mut body).unwrap();
             body

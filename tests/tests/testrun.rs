@@ -22,8 +22,8 @@ use enipin::{
     ebpf,
     testbed::{Netns, PinDir},
 };
-use enipin_tests::frames;
 use enipin_ebpf::{Config, Counters, MODE_ENFORCE, MODE_MONITOR, Owner, PROGRAM, maps};
+use enipin_tests::frames;
 
 const TC_ACT_UNSPEC: u32 = -1i32 as u32;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -118,7 +118,10 @@ impl Fx {
         ns.ip(&["link", "set", "e3", "mtu", &E3_MTU.to_string()])?;
         let pins = PinDir::new("enipin-testrun-")?;
         std::fs::create_dir(pins.path())?;
-        let paths = Paths { pin_dir: pins.path().to_owned(), state_dir: std::env::temp_dir() };
+        let paths = Paths {
+            pin_dir: pins.path().to_owned(),
+            state_dir: std::env::temp_dir(),
+        };
         Ok(Self {
             e1: ns.ifindex("e1")?,
             e2: ns.ifindex("e2")?,
@@ -132,28 +135,52 @@ impl Fx {
 
     /// Loads the program (not attached) and fills its maps as user space would.
     fn load(&self, mode: u32) -> Result<Ebpf> {
-        let mut bpf = EbpfLoader::new().default_map_pin_directory(self.pins.path()).load(ebpf::OBJECT)?;
-        let prog: &mut SchedClassifier = bpf.program_mut(PROGRAM).context("no program")?.try_into()?;
+        let mut bpf = EbpfLoader::new()
+            .default_map_pin_directory(self.pins.path())
+            .load(ebpf::OBJECT)?;
+        let prog: &mut SchedClassifier =
+            bpf.program_mut(PROGRAM).context("no program")?.try_into()?;
         prog.load()?;
-        let o1 = Owner { ifindex: self.e1, mtu: 1500 };
-        let o2 = Owner { ifindex: self.e2, mtu: 1500 };
-        let o3 = Owner { ifindex: self.e3, mtu: E3_MTU };
-        let gone = Owner { ifindex: 99_999, mtu: 1500 };
-        let mut v4: HashMap<_, [u8; 4], Owner> = HashMap::try_from(bpf.map_mut(maps::OWNERS_V4).unwrap())?;
+        let o1 = Owner {
+            ifindex: self.e1,
+            mtu: 1500,
+        };
+        let o2 = Owner {
+            ifindex: self.e2,
+            mtu: 1500,
+        };
+        let o3 = Owner {
+            ifindex: self.e3,
+            mtu: E3_MTU,
+        };
+        let gone = Owner {
+            ifindex: 99_999,
+            mtu: 1500,
+        };
+        let mut v4: HashMap<_, [u8; 4], Owner> =
+            HashMap::try_from(bpf.map_mut(maps::OWNERS_V4).unwrap())?;
         for (ip, o) in [(IP_E1, o1), (IP_E2, o2), (IP_E3, o3), (IP_GONE, gone)] {
             v4.insert(&ip.octets(), &o, 0)?;
         }
-        let mut v6: HashMap<_, [u8; 16], Owner> = HashMap::try_from(bpf.map_mut(maps::OWNERS_V6).unwrap())?;
+        let mut v6: HashMap<_, [u8; 16], Owner> =
+            HashMap::try_from(bpf.map_mut(maps::OWNERS_V6).unwrap())?;
         v6.insert(&IP6_E1.octets(), &o1, 0)?;
         v6.insert(&IP6_E2.octets(), &o2, 0)?;
-        let mut p4: LpmTrie<_, [u8; 4], Owner> = LpmTrie::try_from(bpf.map_mut(maps::PREFIXES_V4).unwrap())?;
+        let mut p4: LpmTrie<_, [u8; 4], Owner> =
+            LpmTrie::try_from(bpf.map_mut(maps::PREFIXES_V4).unwrap())?;
         p4.insert(&Key::new(PFX4.1.into(), PFX4.0.octets()), &o2, 0)?;
-        let mut p6: LpmTrie<_, [u8; 16], Owner> = LpmTrie::try_from(bpf.map_mut(maps::PREFIXES_V6).unwrap())?;
+        let mut p6: LpmTrie<_, [u8; 16], Owner> =
+            LpmTrie::try_from(bpf.map_mut(maps::PREFIXES_V6).unwrap())?;
         p6.insert(&Key::new(PFX6.1.into(), PFX6.0.octets()), &o2, 0)?;
-        let mut cnt: PerCpuHashMap<_, u32, Counters> = PerCpuHashMap::try_from(bpf.map_mut(maps::COUNTERS).unwrap())?;
+        let mut cnt: PerCpuHashMap<_, u32, Counters> =
+            PerCpuHashMap::try_from(bpf.map_mut(maps::COUNTERS).unwrap())?;
         let cpus = aya::util::nr_cpus().unwrap().get() as usize;
         for k in [0, self.e1, self.e2, self.e3] {
-            cnt.insert(&k, PerCpuValues::try_from(vec![Counters::default(); cpus])?, 0)?;
+            cnt.insert(
+                &k,
+                PerCpuValues::try_from(vec![Counters::default(); cpus])?,
+                0,
+            )?;
         }
         let mut cfg: Array<_, Config> = Array::try_from(bpf.map_mut(maps::CONFIG).unwrap())?;
         cfg.set(0, &Config { mode, debug: 0 }, 0)?;
@@ -170,7 +197,12 @@ impl Fx {
     }
 }
 
-fn run(bpf: &Ebpf, ifindex: u32, frame: &[u8], repeat: u32) -> Result<aya::programs::TestRunResult> {
+fn run(
+    bpf: &Ebpf,
+    ifindex: u32,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<aya::programs::TestRunResult> {
     let prog: &SchedClassifier = bpf.program(PROGRAM).unwrap().try_into()?;
     let ctx = frames::skb_ctx(ifindex);
     let mut out = vec![0u8; frame.len() + 256];
@@ -214,24 +246,42 @@ fn delta(after: &Counters, before: &Counters) -> Counters {
 /// Runs one frame on `ifindex` and asserts the return code and that exactly `want` moved.
 fn check(fx: &Fx, bpf: &Ebpf, what: &str, ifindex: u32, frame: &[u8], ret: u32, want: Counters) {
     let before = fx.counters(ifindex_slot(fx, ifindex));
-    let r = run(bpf, ifindex, frame, 1).unwrap_or_else(|e| panic!("{what}: test-run failed: {e:#}"));
+    let r =
+        run(bpf, ifindex, frame, 1).unwrap_or_else(|e| panic!("{what}: test-run failed: {e:#}"));
     let got = delta(&fx.counters(ifindex_slot(fx, ifindex)), &before);
     assert_eq!(r.return_value, ret, "{what}: return code");
     assert_eq!(got, want, "{what}: counter deltas");
 }
 
 fn ifindex_slot(fx: &Fx, ifindex: u32) -> u32 {
-    if [fx.e1, fx.e2, fx.e3].contains(&ifindex) { ifindex } else { 0 }
+    if [fx.e1, fx.e2, fx.e3].contains(&ifindex) {
+        ifindex
+    } else {
+        0
+    }
 }
 
 fn misrouted(len: usize) -> Counters {
-    Counters { misrouted_packets: 1, misrouted_bytes: len as u64, ..Default::default() }
+    Counters {
+        misrouted_packets: 1,
+        misrouted_bytes: len as u64,
+        ..Default::default()
+    }
 }
-const OWNED: Counters = Counters { owned_here: 1, ..ZERO };
-const NOT_OWNED: Counters = Counters { not_owned: 1, ..ZERO };
+const OWNED: Counters = Counters {
+    owned_here: 1,
+    ..ZERO
+};
+const NOT_OWNED: Counters = Counters {
+    not_owned: 1,
+    ..ZERO
+};
 const NON_IP: Counters = Counters { non_ip: 1, ..ZERO };
 const SKIPPED: Counters = Counters { skipped: 1, ..ZERO };
-const MALFORMED: Counters = Counters { malformed: 1, ..ZERO };
+const MALFORMED: Counters = Counters {
+    malformed: 1,
+    ..ZERO
+};
 const ZERO: Counters = Counters {
     misrouted_packets: 0,
     misrouted_bytes: 0,
@@ -256,31 +306,127 @@ fn every_branch_returns_the_right_verdict_and_counts_it() {
         let f = ipv4(IP_E1);
         check(&fx, &bpf, "v4 owned here", e1, &f, u, OWNED);
         let f = ipv4(IP_E2);
-        check(&fx, &bpf, "v4 owned by e2: redirect", e1, &f, r, misrouted(f.len()));
+        check(
+            &fx,
+            &bpf,
+            "v4 owned by e2: redirect",
+            e1,
+            &f,
+            r,
+            misrouted(f.len()),
+        );
         let f = ipv4(IP_E1);
-        check(&fx, &bpf, "v4 e1's address leaving e2: redirect", fx.e2, &f, r, misrouted(f.len()));
+        check(
+            &fx,
+            &bpf,
+            "v4 e1's address leaving e2: redirect",
+            fx.e2,
+            &f,
+            r,
+            misrouted(f.len()),
+        );
         let f = ipv4(IN_PFX4);
-        check(&fx, &bpf, "v4 in e2's delegated /28", e1, &f, r, misrouted(f.len()));
-        check(&fx, &bpf, "v4 outside the /28", e1, &ipv4(OUT_PFX4), u, NOT_OWNED);
+        check(
+            &fx,
+            &bpf,
+            "v4 in e2's delegated /28",
+            e1,
+            &f,
+            r,
+            misrouted(f.len()),
+        );
+        check(
+            &fx,
+            &bpf,
+            "v4 outside the /28",
+            e1,
+            &ipv4(OUT_PFX4),
+            u,
+            NOT_OWNED,
+        );
         check(&fx, &bpf, "v4 nobody's", e1, &ipv4(IP_NOBODY), u, NOT_OWNED);
         for ihl in [6, 10, 15] {
             let f = ipv4_to(GW_MAC, IP_E2, ihl, 100);
-            check(&fx, &bpf, &format!("v4 with options (ihl {ihl})"), e1, &f, r, misrouted(f.len()));
+            check(
+                &fx,
+                &bpf,
+                &format!("v4 with options (ihl {ihl})"),
+                e1,
+                &f,
+                r,
+                misrouted(f.len()),
+            );
         }
         let f = ipv6(IP6_E2);
         check(&fx, &bpf, "v6 owned by e2", e1, &f, r, misrouted(f.len()));
         check(&fx, &bpf, "v6 owned here", e1, &ipv6(IP6_E1), u, OWNED);
         let f = ipv6(IN_PFX6);
-        check(&fx, &bpf, "v6 in e2's delegated /80", e1, &f, r, misrouted(f.len()));
-        check(&fx, &bpf, "v6 outside the /80", e1, &ipv6(OUT_PFX6), u, NOT_OWNED);
+        check(
+            &fx,
+            &bpf,
+            "v6 in e2's delegated /80",
+            e1,
+            &f,
+            r,
+            misrouted(f.len()),
+        );
+        check(
+            &fx,
+            &bpf,
+            "v6 outside the /80",
+            e1,
+            &ipv6(OUT_PFX6),
+            u,
+            NOT_OWNED,
+        );
         let f = icmp6(IP6_E2, 128);
-        check(&fx, &bpf, "v6 echo request from e2's address", e1, &f, r, misrouted(f.len()));
+        check(
+            &fx,
+            &bpf,
+            "v6 echo request from e2's address",
+            e1,
+            &f,
+            r,
+            misrouted(f.len()),
+        );
         for ty in 133..=137 {
-            check(&fx, &bpf, &format!("v6 neighbour discovery type {ty}"), e1, &icmp6(IP6_E2, ty), u, SKIPPED);
+            check(
+                &fx,
+                &bpf,
+                &format!("v6 neighbour discovery type {ty}"),
+                e1,
+                &icmp6(IP6_E2, ty),
+                u,
+                SKIPPED,
+            );
         }
-        check(&fx, &bpf, "v6 link-local source", e1, &ipv6("fe80::2".parse().unwrap()), u, SKIPPED);
-        check(&fx, &bpf, "v6 link-local source febf::", e1, &ipv6("febf::2".parse().unwrap()), u, SKIPPED);
-        check(&fx, &bpf, "v6 unspecified source (DAD)", e1, &ipv6(Ipv6Addr::UNSPECIFIED), u, SKIPPED);
+        check(
+            &fx,
+            &bpf,
+            "v6 link-local source",
+            e1,
+            &ipv6("fe80::2".parse().unwrap()),
+            u,
+            SKIPPED,
+        );
+        check(
+            &fx,
+            &bpf,
+            "v6 link-local source febf::",
+            e1,
+            &ipv6("febf::2".parse().unwrap()),
+            u,
+            SKIPPED,
+        );
+        check(
+            &fx,
+            &bpf,
+            "v6 unspecified source (DAD)",
+            e1,
+            &ipv6(Ipv6Addr::UNSPECIFIED),
+            u,
+            SKIPPED,
+        );
         check(&fx, &bpf, "ARP", e1, &arp(), u, NON_IP);
         let mut lldp = vec![0x01, 0x80, 0xc2, 0, 0, 0x0e];
         lldp.extend_from_slice(&frames::MAC_A);
@@ -289,9 +435,33 @@ fn every_branch_returns_the_right_verdict_and_counts_it() {
         check(&fx, &bpf, "LLDP", e1, &lldp, u, NON_IP);
         check(&fx, &bpf, "802.1Q tagged", e1, &vlan(0x8100), u, SKIPPED);
         check(&fx, &bpf, "802.1ad tagged", e1, &vlan(0x88a8), u, SKIPPED);
-        check(&fx, &bpf, "broadcast destination", e1, &ipv4_to([0xff; 6], IP_E2, 5, 64), u, SKIPPED);
-        check(&fx, &bpf, "multicast destination", e1, &ipv4_to([0x01, 0, 0x5e, 0, 0, 1], IP_E2, 5, 64), u, SKIPPED);
-        check(&fx, &bpf, "v6 multicast destination", e1, &frames::ipv6_udp([0x33, 0x33, 0, 0, 0, 1], IP6_E2, PEER6, 18), u, SKIPPED);
+        check(
+            &fx,
+            &bpf,
+            "broadcast destination",
+            e1,
+            &ipv4_to([0xff; 6], IP_E2, 5, 64),
+            u,
+            SKIPPED,
+        );
+        check(
+            &fx,
+            &bpf,
+            "multicast destination",
+            e1,
+            &ipv4_to([0x01, 0, 0x5e, 0, 0, 1], IP_E2, 5, 64),
+            u,
+            SKIPPED,
+        );
+        check(
+            &fx,
+            &bpf,
+            "v6 multicast destination",
+            e1,
+            &frames::ipv6_udp([0x33, 0x33, 0, 0, 0, 1], IP6_E2, PEER6, 18),
+            u,
+            SKIPPED,
+        );
         // Headers that lie.
         let mut f = ipv4(IP_E2);
         f[14] = 0x65; // version 6 in an IPv4 ethertype
@@ -306,9 +476,25 @@ fn every_branch_returns_the_right_verdict_and_counts_it() {
         f[14] = 0x40;
         check(&fx, &bpf, "v6 ethertype, version 4", e1, &f, u, MALFORMED);
         // An interface without counters of its own counts in slot 0.
-        check(&fx, &bpf, "unmanaged interface, slot 0", fx.p1, &ipv4(IP_NOBODY), u, NOT_OWNED);
+        check(
+            &fx,
+            &bpf,
+            "unmanaged interface, slot 0",
+            fx.p1,
+            &ipv4(IP_NOBODY),
+            u,
+            NOT_OWNED,
+        );
         let f = ipv4(IP_E2);
-        check(&fx, &bpf, "unmanaged interface, misrouted", fx.p1, &f, r, misrouted(f.len()));
+        check(
+            &fx,
+            &bpf,
+            "unmanaged interface, misrouted",
+            fx.p1,
+            &f,
+            r,
+            misrouted(f.len()),
+        );
     });
 }
 
@@ -320,17 +506,55 @@ fn redirect_fails_open_on_mtu_and_missing_owner() {
         // bpf_check_mtu compares the frame with the owner's MTU + its 14-byte hard header.
         let fits = E3_MTU as usize + 14;
         let f = ipv4_to(GW_MAC, IP_E3, 5, fits);
-        check(&fx, &bpf, "exactly e3's MTU", fx.e1, &f, TC_ACT_REDIRECT, misrouted(fits));
+        check(
+            &fx,
+            &bpf,
+            "exactly e3's MTU",
+            fx.e1,
+            &f,
+            TC_ACT_REDIRECT,
+            misrouted(fits),
+        );
         let f = ipv4_to(GW_MAC, IP_E3, 5, fits + 1);
-        let want = Counters { mtu_exceeded: 1, ..misrouted(fits + 1) };
-        check(&fx, &bpf, "one byte over e3's MTU", fx.e1, &f, TC_ACT_UNSPEC, want);
+        let want = Counters {
+            mtu_exceeded: 1,
+            ..misrouted(fits + 1)
+        };
+        check(
+            &fx,
+            &bpf,
+            "one byte over e3's MTU",
+            fx.e1,
+            &f,
+            TC_ACT_UNSPEC,
+            want,
+        );
         // The other way round the MTU is larger: a 1400-byte frame from e1's address leaving e3
         // could never be built (the stack checks e3's MTU first), but the program must not care.
         let f = ipv4_to(GW_MAC, IP_E1, 5, 1400);
-        check(&fx, &bpf, "to a larger MTU", fx.e3, &f, TC_ACT_REDIRECT, misrouted(1400));
+        check(
+            &fx,
+            &bpf,
+            "to a larger MTU",
+            fx.e3,
+            &f,
+            TC_ACT_REDIRECT,
+            misrouted(1400),
+        );
         let f = ipv4(IP_GONE);
-        let want = Counters { redirect_failed: 1, ..misrouted(f.len()) };
-        check(&fx, &bpf, "owner interface gone", fx.e1, &f, TC_ACT_UNSPEC, want);
+        let want = Counters {
+            redirect_failed: 1,
+            ..misrouted(f.len())
+        };
+        check(
+            &fx,
+            &bpf,
+            "owner interface gone",
+            fx.e1,
+            &f,
+            TC_ACT_UNSPEC,
+            want,
+        );
     });
 }
 
@@ -339,10 +563,31 @@ fn monitor_mode_counts_without_redirecting() {
     let fx = Fx::new().unwrap();
     in_ns(&fx.ns, || {
         let bpf = fx.load(MODE_MONITOR).unwrap();
-        for f in [ipv4(IP_E2), ipv4(IN_PFX4), ipv6(IP6_E2), ipv4_to(GW_MAC, IP_E3, 5, 1400)] {
-            check(&fx, &bpf, "monitor", fx.e1, &f, TC_ACT_UNSPEC, misrouted(f.len()));
+        for f in [
+            ipv4(IP_E2),
+            ipv4(IN_PFX4),
+            ipv6(IP6_E2),
+            ipv4_to(GW_MAC, IP_E3, 5, 1400),
+        ] {
+            check(
+                &fx,
+                &bpf,
+                "monitor",
+                fx.e1,
+                &f,
+                TC_ACT_UNSPEC,
+                misrouted(f.len()),
+            );
         }
-        check(&fx, &bpf, "monitor, owned", fx.e1, &ipv4(IP_E1), TC_ACT_UNSPEC, OWNED);
+        check(
+            &fx,
+            &bpf,
+            "monitor, owned",
+            fx.e1,
+            &ipv4(IP_E1),
+            TC_ACT_UNSPEC,
+            OWNED,
+        );
     });
 }
 
@@ -356,11 +601,32 @@ fn truncated_frames_pass_at_every_length() {
         // needs to classify, return code and counter once classified)
         let cases = [
             ("v4", ipv4_to(GW_MAC, IP_E2, 5, 80), 34, 14 + 20, r, true),
-            ("v4 ihl 15", ipv4_to(GW_MAC, IP_E2, 15, 82), 34, 14 + 60, r, true),
+            (
+                "v4 ihl 15",
+                ipv4_to(GW_MAC, IP_E2, 15, 82),
+                34,
+                14 + 60,
+                r,
+                true,
+            ),
             ("v6 udp", ipv6(IP6_E2), 54, 14 + 40, r, true),
-            ("v6 icmp", padded(icmp6(IP6_E2, 128), 80), 54, 14 + 40 + 1, r, true),
+            (
+                "v6 icmp",
+                padded(icmp6(IP6_E2, 128), 80),
+                54,
+                14 + 40 + 1,
+                r,
+                true,
+            ),
             ("arp", padded(arp(), 80), 14, 14, TC_ACT_UNSPEC, false),
-            ("802.1Q", padded(vlan(0x8100), 80), 14, 14, TC_ACT_UNSPEC, false),
+            (
+                "802.1Q",
+                padded(vlan(0x8100), 80),
+                14,
+                14,
+                TC_ACT_UNSPEC,
+                false,
+            ),
         ];
         for (name, frame, accepted, needed, ret, is_misrouted) in cases {
             let mut malformed = 0;
@@ -371,7 +637,10 @@ fn truncated_frames_pass_at_every_length() {
                     // Kernel 6.18 refuses test-run input shorter than an Ethernet header plus,
                     // for IPv4/IPv6 ethertypes, the fixed IP header; such an skb never reaches
                     // TC egress on the wire either.
-                    assert!(run(&bpf, fx.e1, f, 1).is_err(), "{what}: test-run accepted it");
+                    assert!(
+                        run(&bpf, fx.e1, f, 1).is_err(),
+                        "{what}: test-run accepted it"
+                    );
                 } else if len < needed {
                     check(&fx, &bpf, &what, fx.e1, f, TC_ACT_UNSPEC, MALFORMED);
                     malformed += 1;
@@ -404,11 +673,18 @@ fn per_packet_cost() {
         ] {
             let before = fx.counters(fx.e1);
             let r = run(&bpf, fx.e1, &f, repeat).unwrap();
-            let moved: u64 = delta(&fx.counters(fx.e1), &before).values().iter().sum::<u64>()
+            let moved: u64 = delta(&fx.counters(fx.e1), &before)
+                .values()
+                .iter()
+                .sum::<u64>()
                 - delta(&fx.counters(fx.e1), &before).misrouted_bytes;
             assert_eq!(moved, repeat as u64, "{name}: every run counted once");
             eprintln!("cost: {name:<28} {:>5} ns/run", r.duration.as_nanos());
-            assert!(r.duration < Duration::from_micros(1), "{name}: {:?} per packet", r.duration);
+            assert!(
+                r.duration < Duration::from_micros(1),
+                "{name}: {:?} per packet",
+                r.duration
+            );
         }
     });
 }
