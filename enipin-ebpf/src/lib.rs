@@ -35,7 +35,8 @@ pub const MAX_INTERFACES: u32 = 256;
 pub struct Owner {
     /// Owner's ifindex: misrouted packets are redirected there.
     pub ifindex: u32,
-    /// Owner's MTU (L3): a redirect skips the stack's MTU check, so the program does it.
+    /// Owner's MTU (L3) when enipin attached, for user space and logs. A redirect skips the
+    /// stack's MTU check, so the program checks the owner's live MTU with `bpf_check_mtu`.
     pub mtu: u32,
 }
 

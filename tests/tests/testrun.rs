@@ -203,13 +203,22 @@ fn run(
     frame: &[u8],
     repeat: u32,
 ) -> Result<aya::programs::TestRunResult> {
+    run_ctx(bpf, &frames::skb_ctx(ifindex), frame, repeat)
+}
+
+/// Test-run with a whole `__sk_buff` as context.
+fn run_ctx(
+    bpf: &Ebpf,
+    ctx: &[u8],
+    frame: &[u8],
+    repeat: u32,
+) -> Result<aya::programs::TestRunResult> {
     let prog: &SchedClassifier = bpf.program(PROGRAM).unwrap().try_into()?;
-    let ctx = frames::skb_ctx(ifindex);
     let mut out = vec![0u8; frame.len() + 256];
     let opts = TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),
-        ctx_in: Some(&ctx),
+        ctx_in: Some(ctx),
         repeat,
         ..TestRunOptions::new()
     };
@@ -502,7 +511,7 @@ fn every_branch_returns_the_right_verdict_and_counts_it() {
 fn redirect_fails_open_on_mtu_and_missing_owner() {
     let fx = Fx::new().unwrap();
     in_ns(&fx.ns, || {
-        let bpf = fx.load(MODE_ENFORCE).unwrap();
+        let mut bpf = fx.load(MODE_ENFORCE).unwrap();
         // bpf_check_mtu compares the frame with the owner's MTU + its 14-byte hard header.
         let fits = E3_MTU as usize + 14;
         let f = ipv4_to(GW_MAC, IP_E3, 5, fits);
@@ -554,6 +563,67 @@ fn redirect_fails_open_on_mtu_and_missing_owner() {
             &f,
             TC_ACT_UNSPEC,
             want,
+        );
+
+        // A GSO super-packet larger than e3's MTU: redirected whole, segmented for e3 on transmit
+        // (bpf_check_mtu passes GSO packets). test-run takes gso_size/gso_segs from ctx_in.
+        let f = ipv4_to(GW_MAC, IP_E3, 5, 3000);
+        let mut ctx = frames::skb_ctx(fx.e1);
+        ctx[164..168].copy_from_slice(&3u32.to_ne_bytes()); // gso_segs
+        ctx[176..180].copy_from_slice(&1200u32.to_ne_bytes()); // gso_size
+        let before = fx.counters(fx.e1);
+        let r = run_ctx(&bpf, &ctx, &f, 1).unwrap();
+        assert_eq!(r.return_value, TC_ACT_REDIRECT, "GSO packet redirected");
+        assert_eq!(delta(&fx.counters(fx.e1), &before), misrouted(3000));
+
+        // Config.debug: the rare paths log through aya-log; the verdicts do not change.
+        let mut cfg: Array<_, Config> =
+            Array::try_from(bpf.map_mut(maps::CONFIG).unwrap()).unwrap();
+        cfg.set(
+            0,
+            &Config {
+                mode: MODE_ENFORCE,
+                debug: 1,
+            },
+            0,
+        )
+        .unwrap();
+        let f = ipv4(IP_GONE);
+        let want = Counters {
+            redirect_failed: 1,
+            ..misrouted(f.len())
+        };
+        check(
+            &fx,
+            &bpf,
+            "owner gone, debug",
+            fx.e1,
+            &f,
+            TC_ACT_UNSPEC,
+            want,
+        );
+        let f = ipv4_to(GW_MAC, IP_E3, 5, fits + 1);
+        let want = Counters {
+            mtu_exceeded: 1,
+            ..misrouted(fits + 1)
+        };
+        check(
+            &fx,
+            &bpf,
+            "over e3's MTU, debug",
+            fx.e1,
+            &f,
+            TC_ACT_UNSPEC,
+            want,
+        );
+        check(
+            &fx,
+            &bpf,
+            "redirect, debug",
+            fx.e1,
+            &ipv4(IP_E2),
+            TC_ACT_REDIRECT,
+            misrouted(64),
         );
     });
 }
