@@ -668,3 +668,38 @@ fn stats_and_metrics_from_the_cli() {
     assert!(body.contains(&line), "{body}");
     in_ns(&lab.host, || ebpf::detach(&paths).unwrap());
 }
+
+#[test]
+fn a_vanished_interface_leaves_a_stale_link_that_the_next_attach_removes() {
+    let lab = Lab::new().unwrap();
+    let pins = PinDir::new("enipin-dp-gone-").unwrap();
+    let paths = lab.paths(&pins);
+    let (e1, e2) = (lab.managed[0].ifindex, lab.managed[1].ifindex);
+    in_ns(&lab.host, || {
+        attach(&lab.managed, Mode::Enforce, &paths).unwrap();
+        // The ENI is detached from the instance: the interface disappears, its link goes defunct.
+        lab.host.ip(&["link", "del", "e2"]).unwrap();
+        let attached = ebpf::attached(&paths).unwrap();
+        assert_eq!(attached, vec![(e1, "e1".to_string(), "tcx".to_string())]);
+        let plan = ebpf::plan(&lab.managed[..1], &cfg(Mode::Enforce), &paths).unwrap();
+        let stale = format!(
+            "- detach {} from ifindex {e2} (link-{e2})",
+            enipin_ebpf::PROGRAM
+        );
+        assert!(plan.changes.contains(&stale), "{:?}", plan.changes);
+        assert!(
+            plan.changes.contains(&"- owner 198.18.0.2".to_string()),
+            "{:?}",
+            plan.changes
+        );
+        ebpf::apply(plan, &lab.managed[..1], &cfg(Mode::Enforce), &paths).unwrap();
+        assert!(!paths.pin_dir.join(format!("link-{e2}")).exists());
+        assert!(
+            ebpf::plan(&lab.managed[..1], &cfg(Mode::Enforce), &paths)
+                .unwrap()
+                .is_empty()
+        );
+        ebpf::detach(&paths).unwrap();
+        assert!(tcx_progs(e1).is_empty());
+    });
+}
