@@ -41,6 +41,7 @@ struct Lab {
 
 impl Lab {
     fn new() -> Result<Self> {
+        enipin::lab::preflight()?;
         let host = Netns::new("dph")?;
         let vpc = Netns::new("dpv")?;
         veth(&host, "e1", E1_MAC, &vpc, "v1", "02:00:00:00:02:01")?;
@@ -586,12 +587,7 @@ fn stats_and_metrics_from_the_cli() {
         io::{BufRead as _, BufReader, Read as _, Write as _},
         process::{Command, Stdio},
     };
-    let bin = enipin_tests::enipin_bin().unwrap();
-    assert!(
-        bin.exists(),
-        "{} missing: cargo build -p enipin (cargo xtask test does)",
-        bin.display()
-    );
+    let bin = enipin_tests::enipin_bin();
     let lab = Lab::new().unwrap();
     let pins = PinDir::new("enipin-dp-cli-").unwrap();
     let paths = lab.paths(&pins);

@@ -109,6 +109,7 @@ struct Fx {
 
 impl Fx {
     fn new() -> Result<Self> {
+        enipin::lab::preflight()?;
         let ns = Netns::new("dptr")?;
         for (e, p) in [("e1", "p1"), ("e2", "p2"), ("e3", "p3")] {
             ns.ip(&["link", "add", e, "type", "veth", "peer", "name", p])?;
