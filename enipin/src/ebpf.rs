@@ -14,7 +14,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::CStr,
     fs, io,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -379,50 +379,15 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
     d.p4 = MapDiff::new(&have.p4, &want.p4);
     d.p6 = MapDiff::new(&have.p6, &want.p6);
     d.counters = MapDiff::new(&have.counters, &want.counters);
-    for (k, o) in &d.v4.set {
-        plan.changes.push(format!(
-            "+ owner {} -> {}",
-            std::net::Ipv4Addr::from(*k),
-            owner_name(o)
-        ));
-    }
-    for k in &d.v4.remove {
-        plan.changes
-            .push(format!("- owner {}", std::net::Ipv4Addr::from(*k)));
-    }
-    for (k, o) in &d.v6.set {
-        plan.changes.push(format!(
-            "+ owner {} -> {}",
-            std::net::Ipv6Addr::from(*k),
-            owner_name(o)
-        ));
-    }
-    for k in &d.v6.remove {
-        plan.changes
-            .push(format!("- owner {}", std::net::Ipv6Addr::from(*k)));
-    }
-    for ((k, l), o) in &d.p4.set {
-        plan.changes.push(format!(
-            "+ prefix {}/{l} -> {}",
-            std::net::Ipv4Addr::from(*k),
-            owner_name(o)
-        ));
-    }
-    for (k, l) in &d.p4.remove {
-        plan.changes
-            .push(format!("- prefix {}/{l}", std::net::Ipv4Addr::from(*k)));
-    }
-    for ((k, l), o) in &d.p6.set {
-        plan.changes.push(format!(
-            "+ prefix {}/{l} -> {}",
-            std::net::Ipv6Addr::from(*k),
-            owner_name(o)
-        ));
-    }
-    for (k, l) in &d.p6.remove {
-        plan.changes
-            .push(format!("- prefix {}/{l}", std::net::Ipv6Addr::from(*k)));
-    }
+    let out = &mut plan.changes;
+    describe(out, "owner", &d.v4, |k| Ipv4Addr::from(*k).to_string());
+    describe(out, "owner", &d.v6, |k| Ipv6Addr::from(*k).to_string());
+    describe(out, "prefix", &d.p4, |(k, l)| {
+        format!("{}/{l}", Ipv4Addr::from(*k))
+    });
+    describe(out, "prefix", &d.p6, |(k, l)| {
+        format!("{}/{l}", Ipv6Addr::from(*k))
+    });
     for (k, ()) in &d.counters.set {
         plan.changes.push(format!("+ counters for ifindex {k}"));
     }
@@ -441,6 +406,21 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
         d.config = want.config;
     }
     Ok(plan)
+}
+
+/// One plan line per owner-map change: `+ owner 198.18.0.2 -> eth1`, `- prefix 198.18.1.16/28`.
+fn describe<K>(
+    out: &mut Vec<String>,
+    what: &str,
+    d: &MapDiff<K, Owner>,
+    key: impl Fn(&K) -> String,
+) {
+    for (k, o) in &d.set {
+        out.push(format!("+ {what} {} -> {}", key(k), owner_name(o)));
+    }
+    for k in &d.remove {
+        out.push(format!("- {what} {}", key(k)));
+    }
 }
 
 /// Carries out a plan, all or nothing: on failure what this call did is undone (new links and
