@@ -7,8 +7,9 @@
 //!   survive a program reload;
 //! - `prog`: the classifier;
 //! - `link-<ifindex>`: one TCX link per managed interface (kernels >= 6.6);
-//! - `nl-<ifindex>/`: an empty directory marking a netlink (clsact) attachment on older kernels,
-//!   which cannot be pinned.
+//! - `nl-<ifindex>-<priority>-<handle>/`: an empty directory marking a netlink (clsact) filter
+//!   on kernels without TCX (< 6.6), which cannot be pinned; priority and handle identify exactly
+//!   enipin's filter for an in-place replace or removal.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -210,9 +211,45 @@ fn installed(paths: &Paths) -> Result<State> {
 #[derive(Debug)]
 struct Attachment {
     ifindex: u32,
-    /// File name under the pin directory (`link-3`, `nl-3`).
+    /// File name under the pin directory (`link-3`, `nl-3-49152-1`).
     pin: String,
-    netlink: bool,
+    /// A netlink filter's (priority, handle); `None` for a TCX link.
+    netlink: Option<(u16, u32)>,
+}
+
+impl Attachment {
+    fn parse(name: &str) -> Option<Self> {
+        if let Some(i) = name.strip_prefix(LINK_PREFIX) {
+            let ifindex = i.parse().ok()?;
+            return Some(Self {
+                ifindex,
+                pin: name.into(),
+                netlink: None,
+            });
+        }
+        let mut parts = name.strip_prefix(NETLINK_PREFIX)?.split('-');
+        let (ifindex, prio, handle) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(Self {
+            ifindex: ifindex.parse().ok()?,
+            pin: name.into(),
+            netlink: Some((prio.parse().ok()?, handle.parse().ok()?)),
+        })
+    }
+
+    /// The netlink filter as an aya link (detaching it removes exactly this filter).
+    fn nl_link(&self) -> Option<SchedClassifierLink> {
+        let (prio, handle) = self.netlink?;
+        let parent = TcAttachType::Egress.into();
+        SchedClassifierLink::attached(self.ifindex, parent, prio, handle.into(), None).ok()
+    }
+
+    /// Whether it still runs on its interface: a TCX link goes defunct when its interface goes.
+    fn alive(&self, pin_dir: &Path) -> bool {
+        match self.netlink {
+            Some(_) => ifname(self.ifindex).is_some(),
+            None => link_alive(&pin_dir.join(&self.pin), self.ifindex),
+        }
+    }
 }
 
 fn attachments(paths: &Paths) -> Result<Vec<Attachment>> {
@@ -223,21 +260,7 @@ fn attachments(paths: &Paths) -> Result<Vec<Attachment>> {
     };
     let mut out = Vec::new();
     for entry in entries {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        let (netlink, index) = if let Some(i) = name.strip_prefix(LINK_PREFIX) {
-            (false, i)
-        } else if let Some(i) = name.strip_prefix(NETLINK_PREFIX) {
-            (true, i)
-        } else {
-            continue;
-        };
-        if let Ok(ifindex) = index.parse() {
-            out.push(Attachment {
-                ifindex,
-                pin: name,
-                netlink,
-            });
-        }
+        out.extend(Attachment::parse(&entry?.file_name().to_string_lossy()));
     }
     out.sort_by_key(|a| a.ifindex);
     Ok(out)
@@ -355,8 +378,7 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
     let wanted: BTreeSet<u32> = managed.iter().map(|m| m.ifindex).collect();
     let mut alive = BTreeSet::new();
     for a in &found {
-        let ok = wanted.contains(&a.ifindex)
-            && (a.netlink || link_alive(&paths.pin_dir.join(&a.pin), a.ifindex));
+        let ok = wanted.contains(&a.ifindex) && a.alive(&paths.pin_dir);
         if ok {
             alive.insert(a.ifindex);
         } else {
@@ -463,18 +485,22 @@ pub fn apply(
                 .filter(|a| !d.detach.contains(&a.pin))
             {
                 let path = paths.pin_dir.join(&a.pin);
-                if a.netlink {
-                    // Netlink: replace the filter in place (same priority and handle).
-                    let id = prog.attach(a.ifindex, TcAttachType::Egress)?;
-                    std::mem::forget(prog.take_link(id)?);
-                    continue;
-                }
-                let link = FdLink::from(PinnedLink::from_pin(&path)?);
-                let link = SchedClassifierLink::try_from(link)?;
+                let link = match a.nl_link() {
+                    // Netlink: the filter is replaced in place (same priority and handle).
+                    Some(link) => link,
+                    None => {
+                        SchedClassifierLink::try_from(FdLink::from(PinnedLink::from_pin(&path)?))?
+                    }
+                };
                 let id = prog
                     .attach_to_link(link)
                     .with_context(|| format!("updating {}", path.display()))?;
-                drop(prog.take_link(id)?); // still pinned: dropping the fd keeps the link
+                // A pinned TCX link stays when its fd closes; a netlink filter would be deleted
+                // when its link is dropped, so that one is forgotten.
+                let link = prog.take_link(id)?;
+                if a.netlink.is_some() {
+                    std::mem::forget(link);
+                }
             }
             let _ = fs::remove_file(&prog_pin);
         }
@@ -610,6 +636,9 @@ fn attach_one(prog: &mut SchedClassifier, ifindex: u32, pin_dir: &Path) -> Resul
         attach_type: TcAttachType::Egress,
         order: LinkOrder::default(),
     };
+    if FORCE_NETLINK.with(|f| f.get()) {
+        return attach_netlink(prog, ifindex, pin_dir);
+    }
     match prog.attach(ifindex, tcx) {
         Ok(id) => {
             let link = prog.take_link(id)?;
@@ -624,32 +653,63 @@ fn attach_one(prog: &mut SchedClassifier, ifindex: u32, pin_dir: &Path) -> Resul
                 Some(libc::EINVAL | libc::EOPNOTSUPP)
             ) =>
         {
-            // No TCX (kernel < 6.6): a netlink filter, kept alive by forgetting the link.
-            match tc::qdisc_add_clsact(ifindex) {
-                Ok(()) => {}
-                Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(e).context("adding a clsact qdisc"),
-            }
-            let id = prog.attach(ifindex, TcAttachType::Egress)?;
-            std::mem::forget(prog.take_link(id)?);
-            let name = format!("{NETLINK_PREFIX}{ifindex}");
-            fs::create_dir(pin_dir.join(&name))?;
-            Ok(name)
+            attach_netlink(prog, ifindex, pin_dir)
         }
         Err(e) => Err(e.into()),
     }
 }
 
+/// Kernels without TCX (< 6.6): a direct-action filter in the clsact qdisc (reused when it
+/// exists: other agents' filters stay), kept alive by forgetting the link and recorded by its
+/// priority and handle.
+fn attach_netlink(prog: &mut SchedClassifier, ifindex: u32, pin_dir: &Path) -> Result<String> {
+    match tc::qdisc_add_clsact(ifindex) {
+        Ok(()) => {}
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(e).context("adding a clsact qdisc"),
+    }
+    let nl = TcAttach::Netlink {
+        parent: TcAttachType::Egress.into(),
+        options: Default::default(),
+    };
+    let id = prog.attach(ifindex, nl)?;
+    let link = prog.take_link(id)?;
+    let name = format!(
+        "{NETLINK_PREFIX}{ifindex}-{}-{}",
+        link.priority()?,
+        u32::from(link.handle()?)
+    );
+    if let Err(e) = fs::create_dir(pin_dir.join(&name)) {
+        drop(link); // detaches the filter again: nothing unrecorded stays behind
+        return Err(e).with_context(|| format!("recording {name}"));
+    }
+    std::mem::forget(link);
+    Ok(name)
+}
+
+thread_local! {
+    static FORCE_NETLINK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Attach through netlink (clsact) even where TCX exists, on the calling thread: how tests cover
+/// the path kernels < 6.6 take.
+#[doc(hidden)]
+pub fn force_netlink_on_this_thread(on: bool) {
+    FORCE_NETLINK.with(|f| f.set(on));
+}
+
 fn remove_attachment(pin_dir: &Path, pin: &str) -> Result<()> {
     let path = pin_dir.join(pin);
-    if let Some(i) = pin.strip_prefix(NETLINK_PREFIX) {
-        let ifindex: u32 = i.parse()?;
-        // Only filters named like our program; the qdisc may hold others' filters: left alone.
-        match tc::qdisc_detach_program(ifindex, TcAttachType::Egress.into(), PROGRAM) {
+    let a = Attachment::parse(pin).with_context(|| format!("{}: not enipin's", path.display()))?;
+    if let Some(link) = a.nl_link() {
+        // Exactly our filter (priority + handle); the qdisc and others' filters stay.
+        use aya::programs::links::Link as _;
+        match link.detach() {
             Ok(()) => {}
-            Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) if ifname(ifindex).is_none() => log::debug!("{ifindex} gone: {e}"),
-            Err(e) => return Err(e.into()),
+            // Already gone (with its interface, or removed by hand): nothing left to undo.
+            Err(e) if ifname(a.ifindex).is_none() => log::debug!("{pin}: {e}"),
+            Err(ProgramError::NetlinkError(e)) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e).with_context(|| format!("removing the filter of {pin}")),
         }
         fs::remove_dir(&path)?;
     } else {
@@ -700,9 +760,13 @@ pub fn detach(paths: &Paths) -> Result<Vec<String>> {
 pub fn attached(paths: &Paths) -> Result<Vec<(u32, String, String)>> {
     Ok(attachments(paths)?
         .into_iter()
-        .filter(|a| a.netlink || link_alive(&paths.pin_dir.join(&a.pin), a.ifindex))
+        .filter(|a| a.alive(&paths.pin_dir))
         .map(|a| {
-            let kind = if a.netlink { "netlink" } else { "tcx" };
+            let kind = if a.netlink.is_some() {
+                "netlink"
+            } else {
+                "tcx"
+            };
             (
                 a.ifindex,
                 ifname(a.ifindex).unwrap_or_else(|| "?".into()),

@@ -726,7 +726,10 @@ fn ipv6_from_a_secondary_address_is_redirected() {
     let from2 = ["-6", "-I", "2001:db8::2", PEER6];
     // Resolve the peer on e1 first (from e1's own address), so no probe of the check below sits
     // in the neighbour queue and leaves after the attach.
-    assert_eq!(ping(&lab.host, &["-6", "-I", "2001:db8::1", PEER6], 1).unwrap(), (1, 1));
+    assert_eq!(
+        ping(&lab.host, &["-6", "-I", "2001:db8::1", PEER6], 1).unwrap(),
+        (1, 1)
+    );
     let (_, got) = ping(&lab.host, &from2, 2).unwrap();
     assert_eq!(
         got, 0,
@@ -754,4 +757,138 @@ fn ipv6_from_a_secondary_address_is_redirected() {
         assert!(c.skipped > 0, "neighbour discovery passed untouched: {c:?}");
         ebpf::detach(&paths).unwrap();
     });
+}
+
+/// Kernels without TCX (< 6.6, e.g. Amazon Linux 2023's 6.1) take the clsact path: forced here on
+/// the loaders' thread. Another agent's filter on the same hook (a second enforcer copy in monitor
+/// mode, with its own pins: same program name, so removal by name would take it too) keeps running
+/// and survives enipin's detach, as does the qdisc.
+#[test]
+fn netlink_fallback_coexists_with_foreign_filters() {
+    let lab = Lab::new().unwrap();
+    let (pins, other) = (
+        PinDir::new("enipin-dp-nl-").unwrap(),
+        PinDir::new("enipin-dp-nlo-").unwrap(),
+    );
+    let (paths, po) = (lab.paths(&pins), lab.paths(&other));
+    let (e1, e2) = (lab.managed[0].ifindex, lab.managed[1].ifindex);
+    let filters = |dev: &str| {
+        lab.host
+            .sh(&format!("tc filter show dev {dev} egress"))
+            .unwrap()
+    };
+    let ours = |dev: &str| {
+        filters(dev)
+            .lines()
+            .filter(|l| l.contains(enipin_ebpf::PROGRAM))
+            .count()
+    };
+    assert_eq!(lab.ping("198.18.0.1", 1).unwrap(), (1, 1));
+    in_ns(&lab.host, || {
+        ebpf::force_netlink_on_this_thread(true);
+        attach(&lab.managed, Mode::Monitor, &po).unwrap();
+        attach(&lab.managed, Mode::Enforce, &paths).unwrap();
+        let kinds = ebpf::attached(&paths).unwrap();
+        assert_eq!(
+            kinds,
+            vec![
+                (e1, "e1".into(), "netlink".into()),
+                (e2, "e2".into(), "netlink".into())
+            ]
+        );
+        assert!(
+            tcx_progs(e1).is_empty(),
+            "no TCX link on the forced netlink path"
+        );
+        let again = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        assert!(again.is_empty(), "{:?}", again.changes);
+
+        // An older build's program in enipin's filters: replaced in place (same priority and
+        // handle), never a second filter.
+        use aya::{EbpfLoader, programs::tc::SchedClassifierLink};
+        let mut old = EbpfLoader::new()
+            .default_map_pin_directory(&paths.pin_dir)
+            .load(ebpf::OBJECT)
+            .unwrap();
+        let noop: &mut SchedClassifier = old
+            .program_mut(enipin_ebpf::NOOP_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        noop.load().unwrap();
+        for entry in std::fs::read_dir(&paths.pin_dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix("nl-") else {
+                continue;
+            };
+            let v: Vec<u32> = rest.split('-').map(|x| x.parse().unwrap()).collect();
+            let link = SchedClassifierLink::attached(
+                v[0],
+                TcAttachType::Egress.into(),
+                v[1] as u16,
+                v[2].into(),
+                None,
+            )
+            .unwrap();
+            let id = noop.attach_to_link(link).unwrap();
+            std::mem::forget(noop.take_link(id).unwrap());
+        }
+        std::fs::remove_file(paths.pin_dir.join("prog")).unwrap();
+        noop.pin(paths.pin_dir.join("prog")).unwrap();
+        drop(old);
+        let plan = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        assert_eq!(
+            plan.changes,
+            vec![format!("~ replace {} (new build)", enipin_ebpf::PROGRAM)]
+        );
+        ebpf::apply(plan, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+    });
+    assert_eq!((ours("e1"), ours("e2")), (2, 2), "{}", filters("e1"));
+    assert!(
+        !filters("e1").contains(enipin_ebpf::NOOP_PROGRAM),
+        "{}",
+        filters("e1")
+    );
+
+    let n = 4;
+    assert_eq!(
+        lab.ping("198.18.0.2", n).unwrap(),
+        (n, n),
+        "enforced through the clsact filter"
+    );
+    in_ns(&lab.host, || {
+        assert_eq!(counters(&paths, e1).misrouted_packets, n as u64);
+        let (o1, o2) = (counters(&po, e1), counters(&po, e2));
+        assert!(
+            o1.owned_here + o2.owned_here >= n as u64,
+            "the other filter runs: {o1:?} {o2:?}"
+        );
+        let removed = ebpf::detach(&paths).unwrap();
+        assert!(removed.iter().any(|l| l.contains("e2")), "{removed:?}");
+        assert!(!paths.pin_dir.exists());
+        assert_eq!(
+            ebpf::attached(&po).unwrap().len(),
+            2,
+            "the other filters are still recorded"
+        );
+    });
+    assert_eq!(
+        (ours("e1"), ours("e2")),
+        (1, 1),
+        "only enipin's own filters went: {}",
+        filters("e1")
+    );
+    assert!(
+        lab.host
+            .sh("tc qdisc show dev e1")
+            .unwrap()
+            .contains("clsact")
+    );
+    let (_, got) = lab.ping("198.18.0.2", 2).unwrap();
+    assert_eq!(
+        got, 0,
+        "detached: misrouted again (the monitor copy only counts)"
+    );
+    in_ns(&lab.host, || ebpf::detach(&po).unwrap());
+    assert_eq!((ours("e1"), ours("e2")), (0, 0));
 }
