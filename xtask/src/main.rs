@@ -91,9 +91,42 @@ fn test(args: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
     // The binary the integration tests drive (same package set as the test build), then the suite.
     run(cargo().args(["build"]))?;
-    run(cargo().args(["test"]).args(args))?;
+    let (passed, failed, status) = test_and_count(cargo().args(["test"]).args(args))?;
     eprintln!("xtask: test suite took {:.0} s", started.elapsed().as_secs_f64());
+    // One closing line for the whole suite: cargo's own last line is the doc-test run's
+    // "0 passed", which would read as if nothing ran.
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() || failed > 0 {
+        bail!("the test suite failed ({status})");
+    }
+    if passed == 0 {
+        bail!("the test suite ran no test");
+    }
     Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and adds up its "test result:" lines.
+fn test_and_count(cmd: &mut Command) -> Result<(u64, u64, std::process::ExitStatus)> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().context("spawning cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                    match (n.parse::<u64>(), what) {
+                        (Ok(n), "passed") => passed += n,
+                        (Ok(n), "failed") => failed += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok((passed, failed, child.wait()?))
 }
 
 fn bench(args: &[String]) -> Result<()> {
