@@ -445,6 +445,37 @@ fn describe<K>(
     }
 }
 
+const BPFFS_MAGIC: i64 = 0xcafe_4a11;
+const SYS_FS_BPF: &str = "/sys/fs/bpf";
+
+fn is_bpffs(dir: &Path) -> Result<bool> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: an all-zero statfs is valid; statfs fills it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and out-parameter.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", dir.display()));
+    }
+    Ok(st.f_type as i64 == BPFFS_MAGIC)
+}
+
+/// Pins only outlive this process on a bpffs: refuse to start otherwise, before anything changes.
+/// enipin does not mount one itself: under `ip netns exec` (a private mount namespace with a
+/// fresh /sys) such a mount, and every pin in it, would vanish when enipin exits.
+fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    let existing = pin_dir.ancestors().find(|p| p.is_dir()).unwrap_or(Path::new("/"));
+    if is_bpffs(existing)? {
+        return Ok(());
+    }
+    bail!(
+        "{} is not on a bpffs, so the datapath would not outlive this command: mount it \
+         (`mount -t bpf bpf {SYS_FS_BPF}`; systemd does at boot) or pass --pin-dir on a bpffs. \
+         Under `ip netns exec`, /sys is remounted without it: use `enipin --netns NAME …`, which \
+         enters only the network namespace",
+        pin_dir.display()
+    )
+}
+
 /// Carries out a plan, all or nothing: on failure what this call did is undone (new links and
 /// pins removed, map entries restored).
 pub fn apply(
@@ -462,9 +493,10 @@ pub fn apply(
         detach(paths)?;
         return Ok(());
     }
+    ensure_bpffs(&paths.pin_dir)?;
     let created_dir = !paths.pin_dir.exists();
     fs::create_dir_all(&paths.pin_dir)
-        .with_context(|| format!("creating {} (is bpffs mounted?)", paths.pin_dir.display()))?;
+        .with_context(|| format!("creating {}", paths.pin_dir.display()))?;
     let before = installed(paths)?;
     let mut undo = Undo {
         paths,

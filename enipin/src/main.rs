@@ -120,6 +120,9 @@ impl Selection {
 }
 
 fn main() -> ExitCode {
+    // `enipin status | head` should end quietly, as other Unix tools do, not panic on EPIPE.
+    // SAFETY: resetting a signal disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     // Enter the namespace before the runtime starts its threads: they inherit it.
     if let Some(ns) = &cli.netns {
