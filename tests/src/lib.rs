@@ -13,6 +13,7 @@ use std::{
     process::{Command, Output},
 };
 
+use anyhow::{Context as _, Result};
 pub use enipin::{
     lab::{
         self, Drops, EniSpec, Snapshot, Spec, Topology,
@@ -44,6 +45,45 @@ pub fn enipin_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Runs `f` on a thread that entered `ns` (setns moves only the calling thread): for in-process
+/// netlink, eBPF loads and test-runs, which resolve ifindexes in the caller's namespace.
+pub fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enipin::netns::enter(ns.name()).expect("entering the test namespace");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+/// `ping ARGS` from `ns` (e.g. `["-6", "-I", src, dst]`), `count` probes at most one second
+/// each: (sent, received).
+pub fn ping(ns: &Netns, args: &[&str], count: u32) -> Result<(u32, u32)> {
+    let out = ns
+        .command("ping")
+        .args(["-n", "-q", "-c", &count.to_string(), "-W", "1", "-i", "0.2"])
+        .args(args)
+        .output()
+        .context("spawning ping")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("transmitted"))
+        .with_context(|| {
+            format!(
+                "no ping summary: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    Ok((nums[0], nums[1]))
 }
 
 /// Panics unless everything a namespace test needs is here. Never skip: a skipped privileged
@@ -99,6 +139,20 @@ impl Enipin {
         &self.ns_name
     }
 
+    /// The pin and state directories, for calling the library (`enipin::ebpf`) on the same
+    /// attachment as the CLI.
+    pub fn paths(&self) -> enipin::config::Paths {
+        enipin::config::Paths {
+            pin_dir: self.pins.path().to_owned(),
+            state_dir: self.state.path().to_owned(),
+        }
+    }
+
+    /// `<state dir>/state.json`, enipin's record of what it installed.
+    pub fn state_file(&self) -> PathBuf {
+        enipin::state::file(&self.paths())
+    }
+
     /// `enipin --netns NS --pin-dir P --state-dir S ARGS...`, not yet run.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
@@ -126,5 +180,18 @@ impl Enipin {
             String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI, panics with its stdout unless it fails, returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert!(
+            !out.status.success(),
+            "enipin {} should have failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 }

@@ -1,40 +1,43 @@
-//! The TC egress enforcer on real interfaces, with ONLY the datapath applied (no policy rules).
-//!
-//! Topology (all in throwaway namespaces):
+//! The TC egress enforcer on real interfaces, with ONLY the datapath applied (no policy rules),
+//! in the lab's topology (`enipin::lab::Topology`, the seed):
 //!
 //! ```text
-//!   host ns                          vpc ns (bridge br0, 198.18.0.100/24)
-//!   e1 198.18.0.1/24 02:..:01:01 --- v1 ┐
-//!   e2 198.18.0.2/24 02:..:01:02 --- v2 ┴ br0
+//!  host                      vpc                                   peer
+//!  eth0 198.18.0.10 ──── eni0 ┐
+//!  eth1 198.18.0.11 ──── eni1 ├ br0 198.18.0.1 (gateway) ── peer0 ──── eth0 198.18.0.100
 //! ```
 //!
-//! The vpc namespace emulates the cloud's per-ENI source check with nftables on the bridge: a
-//! frame arriving from an "ENI" must carry that ENI's source IP and MAC, or it is dropped. Both
-//! host addresses share one subnet, so the host's replies from 198.18.0.2 follow the main table's
-//! first subnet route out of e1 and are dropped, until the enforcer redirects them onto e2.
+//! The vpc emulates the cloud's per-ENI source check with nftables on the bridge: a frame arriving
+//! from an ENI must carry that ENI's source IP and MAC, or it is dropped (and counted). Both host
+//! addresses share one subnet, so the host's replies from 198.18.0.11 follow the main table's
+//! first subnet route out of eth0 and are dropped, until the enforcer redirects them onto eth1.
 //!
-//! The loader runs on a thread that entered the host namespace (`enipin::netns::enter`).
+//! The loader runs on a thread that entered the host namespace (`enipin_tests::in_ns`).
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use aya::programs::{SchedClassifier, TcAttachType};
 use enipin::{
     config::{Config, Mode, Paths},
     ebpf,
     model::{IfAddr, ManagedInterface},
-    testbed::{Netns, PinDir, TempDir, veth},
 };
 use enipin_ebpf::Counters;
+use enipin_tests::{Enipin, Netns, PinDir, TempDir, Topology, in_ns, ping};
 
-const E1_MAC: &str = "02:00:00:00:01:01";
-const E2_MAC: &str = "02:00:00:00:01:02";
-const PEER: &str = "198.18.0.100";
+/// The lab's ENIs (`Spec::default()`): the primary, and the secondary whose replies the main
+/// table sends out of the primary.
+const E1: &str = "eth0";
+const E2: &str = "eth1";
+const IP1: &str = "198.18.0.10";
+const IP2: &str = "198.18.0.11";
+const IP6_1: &str = "2001:db8::10";
+const IP6_2: &str = "2001:db8::11";
 const PEER6: &str = "2001:db8::100";
 
 struct Lab {
-    host: Netns,
-    vpc: Netns,
+    topo: Topology,
     state: TempDir,
     managed: Vec<ManagedInterface>,
 }
@@ -42,55 +45,23 @@ struct Lab {
 impl Lab {
     fn new() -> Result<Self> {
         enipin::lab::preflight()?;
-        let host = Netns::new("dph")?;
-        let vpc = Netns::new("dpv")?;
-        veth(&host, "e1", E1_MAC, &vpc, "v1", "02:00:00:00:02:01")?;
-        veth(&host, "e2", E2_MAC, &vpc, "v2", "02:00:00:00:02:02")?;
+        let topo = Topology::build()?;
+        let host = topo.host();
         // Only the interface that holds an address answers ARP for it (no "ARP flux"), and ARP
-        // requests use the outgoing interface's own address.
+        // requests use the outgoing interface's own address: the vpc drops only misrouted IP.
         host.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
         host.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
-        host.ip(&["addr", "add", "198.18.0.1/24", "dev", "e1"])?;
-        host.ip(&["addr", "add", "198.18.0.2/24", "dev", "e2"])?;
-        host.ip(&["addr", "add", "2001:db8::1/64", "dev", "e1", "nodad"])?;
-        host.ip(&["addr", "add", "2001:db8::2/64", "dev", "e2", "nodad"])?;
-        vpc.ip(&["link", "add", "br0", "type", "bridge"])?;
-        vpc.ip(&["link", "set", "v1", "master", "br0"])?;
-        vpc.ip(&["link", "set", "v2", "master", "br0"])?;
-        vpc.ip(&["link", "set", "br0", "up"])?;
-        vpc.ip(&["addr", "add", &format!("{PEER}/24"), "dev", "br0"])?;
-        vpc.ip(&["addr", "add", &format!("{PEER6}/64"), "dev", "br0", "nodad"])?;
-        vpc.sh(&format!(
-            "nft -f - <<'EOF'
-table bridge vpc {{
-  counter e2_replies {{}}
-  counter e2_replies6 {{}}
-  counter dropped {{}}
-  chain pre {{
-    type filter hook prerouting priority 0; policy accept;
-    iifname \"v1\" ether saddr != {E1_MAC} counter name dropped drop
-    iifname \"v2\" ether saddr != {E2_MAC} counter name dropped drop
-    iifname \"v1\" ip saddr != 198.18.0.1 counter name dropped drop
-    iifname \"v2\" ip saddr != 198.18.0.2 counter name dropped drop
-    iifname \"v1\" ip6 saddr != {{ 2001:db8::1, fe80::/10, :: }} counter name dropped drop
-    iifname \"v2\" ip6 saddr != {{ 2001:db8::2, fe80::/10, :: }} counter name dropped drop
-    iifname \"v2\" ether saddr {E2_MAC} ip saddr 198.18.0.2 icmp type echo-reply counter name e2_replies
-    iifname \"v2\" ether saddr {E2_MAC} ip6 saddr 2001:db8::2 icmpv6 type echo-reply counter name e2_replies6
-  }}
-}}
-EOF"
-        ))
-        .context("nftables (cargo xtask setup installs nftables)")?;
-        // The scenario needs replies from e2's address to leave by e1: check the host agrees.
-        for (peer, from) in [(PEER, "198.18.0.2"), (PEER6, "2001:db8::2")] {
+        // The scenario needs replies from eth1's address to leave by eth0: check the host agrees.
+        let peer = (topo.spec.peer_v4.to_string(), topo.spec.peer_v6.to_string());
+        for (peer, from) in [(&peer.0, IP2), (&peer.1, IP6_2)] {
             let route = host.ip(&["route", "get", peer, "from", from])?;
-            if !route.contains("dev e1") {
-                bail!("expected the main table to send {peer} from {from} out of e1: {route}");
+            if !route.contains(&format!("dev {E1}")) {
+                bail!("expected the main table to send {peer} from {from} out of {E1}: {route}");
             }
         }
-        let managed = ["e1", "e2"]
+        let managed = [E1, E2]
             .iter()
-            .zip([("198.18.0.1", "2001:db8::1"), ("198.18.0.2", "2001:db8::2")])
+            .zip([(IP1, IP6_1), (IP2, IP6_2)])
             .map(|(name, (ip, ip6))| {
                 Ok(ManagedInterface {
                     ifindex: host.ifindex(name)?,
@@ -115,11 +86,14 @@ EOF"
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            host,
-            vpc,
+            topo,
             state: TempDir::new("enipin-dp-state-")?,
             managed,
         })
+    }
+
+    fn host(&self) -> &Netns {
+        self.topo.host()
     }
 
     fn paths(&self, pins: &PinDir) -> Paths {
@@ -129,55 +103,20 @@ EOF"
         }
     }
 
-    /// Pings `addr` from the vpc namespace: (sent, received).
+    /// Pings `addr` from the peer: (sent, received).
     fn ping(&self, addr: &str, count: u32) -> Result<(u32, u32)> {
-        ping(&self.vpc, &[addr], count)
+        ping(self.topo.peer(), &[addr], count)
     }
 
-    fn nft_counter(&self, name: &str) -> Result<u64> {
-        let out = self
-            .vpc
-            .sh(&format!("nft list counter bridge vpc {name}"))?;
-        let rest = out
-            .split("packets ")
-            .nth(1)
-            .context("no packets in nft output")?;
-        Ok(rest
-            .split_whitespace()
-            .next()
-            .context("nft output")?
-            .parse()?)
+    /// Frames the vpc's source check dropped so far, all ENIs and reasons.
+    fn dropped(&self) -> Result<u64> {
+        Ok(self.topo.drops()?.total())
     }
-}
 
-/// `ping ARGS` from `ns`, `count` probes at most one second each: (sent, received).
-fn ping(ns: &Netns, args: &[&str], count: u32) -> Result<(u32, u32)> {
-    let out = ns
-        .command("ping")
-        .args(["-n", "-q", "-c", &count.to_string(), "-W", "1", "-i", "0.2"])
-        .args(args)
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("transmitted"))
-        .context("no ping summary")?;
-    let nums: Vec<u32> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    Ok((nums[0], nums[1]))
-}
-
-fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            enipin::netns::enter(ns.name()).expect("entering the host namespace");
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    })
+    /// Echo replies the vpc let through from eth1 (so with eth1's MAC and address) so far.
+    fn e2_replies(&self) -> Result<u64> {
+        Ok(self.topo.echo_replies(E2)?.0)
+    }
 }
 
 fn cfg(mode: Mode) -> Config {
@@ -222,17 +161,17 @@ fn redirect_makes_the_secondary_address_reachable_and_coexists() {
     );
     let (pb, pe, pa) = (lab.paths(&before), lab.paths(&enipin), lab.paths(&after));
 
-    // Resolve the peer on e1 first (the host answers 198.18.0.1 by e1), so no reply of the check
+    // Resolve the peer on eth0 first (the host answers 198.18.0.10 by eth0), so no reply of the check
     // below sits in the neighbour queue and leaves after the attach.
-    assert_eq!(lab.ping("198.18.0.1", 1).unwrap(), (1, 1));
-    // Without the datapath the vpc drops every reply: it leaves e1 with e2's address.
-    let (sent, got) = lab.ping("198.18.0.2", 3).unwrap();
+    assert_eq!(lab.ping(IP1, 1).unwrap(), (1, 1));
+    // Without the datapath the vpc drops every reply: it leaves eth0 with eth1's address.
+    let (sent, got) = lab.ping(IP2, 3).unwrap();
     assert_eq!(
         (sent, got),
         (3, 0),
-        "replies from 198.18.0.2 must be dropped without enipin"
+        "replies from 198.18.0.11 must be dropped without enipin"
     );
-    let dropped0 = lab.nft_counter("dropped").unwrap();
+    let dropped0 = lab.dropped().unwrap();
     assert!(
         dropped0 >= 3,
         "the vpc's source check dropped the misrouted replies ({dropped0})"
@@ -240,7 +179,7 @@ fn redirect_makes_the_secondary_address_reachable_and_coexists() {
 
     // Another TC program before enipin and one after it (copies of the enforcer in monitor mode,
     // each with its own maps), enipin enforcing in the middle.
-    in_ns(&lab.host, || {
+    in_ns(lab.host(), || {
         attach(&lab.managed, Mode::Monitor, &pb).unwrap();
         attach(&lab.managed, Mode::Enforce, &pe).unwrap();
         attach(&lab.managed, Mode::Monitor, &pa).unwrap();
@@ -248,59 +187,60 @@ fn redirect_makes_the_secondary_address_reachable_and_coexists() {
         let kinds: Vec<_> = ebpf::attached(&pe).unwrap();
         assert_eq!(
             kinds,
-            vec![
-                (e1, "e1".into(), "tcx".into()),
-                (e2, "e2".into(), "tcx".into())
-            ]
+            vec![(e1, E1.into(), "tcx".into()), (e2, E2.into(), "tcx".into())]
         );
     });
 
     let n = 5;
-    let e2_replies0 = lab.nft_counter("e2_replies").unwrap();
-    let (sent, got) = lab.ping("198.18.0.2", n).unwrap();
+    let e2_replies0 = lab.e2_replies().unwrap();
+    let (sent, got) = lab.ping(IP2, n).unwrap();
     assert_eq!(
         (sent, got),
         (n, n),
-        "every ping to the secondary address is answered via e2"
+        "every ping to the secondary address is answered via eth1"
     );
-    let (sent1, got1) = lab.ping("198.18.0.1", n).unwrap();
+    let (sent1, got1) = lab.ping(IP1, n).unwrap();
     assert_eq!((sent1, got1), (n, n), "the primary address still answers");
     assert_eq!(
-        lab.nft_counter("e2_replies").unwrap() - e2_replies0,
+        lab.e2_replies().unwrap() - e2_replies0,
         n as u64,
-        "replies carry e2's MAC and address"
+        "replies carry eth1's MAC and address"
     );
     assert_eq!(
-        lab.nft_counter("dropped").unwrap(),
+        lab.dropped().unwrap(),
         dropped0,
         "nothing misrouted reaches the vpc"
     );
 
-    in_ns(&lab.host, || {
+    in_ns(lab.host(), || {
         let (b1, x1, a1) = (counters(&pb, e1), counters(&pe, e1), counters(&pa, e1));
         let x2 = counters(&pe, e2);
         let a2 = counters(&pa, e2);
-        // enipin: exactly the replies from 198.18.0.2 were misrouted on e1 and redirected.
-        assert_eq!(x1.misrouted_packets, n as u64, "enipin e1: {x1:?}");
-        assert_eq!(x1.redirect_failed + x1.mtu_exceeded, 0, "enipin e1: {x1:?}");
+        // enipin: exactly the replies from 198.18.0.11 were misrouted on eth0 and redirected.
+        assert_eq!(x1.misrouted_packets, n as u64, "enipin eth0: {x1:?}");
+        assert_eq!(
+            x1.redirect_failed + x1.mtu_exceeded,
+            0,
+            "enipin eth0: {x1:?}"
+        );
         assert_eq!(
             x1.owned_here, n as u64,
-            "enipin e1: replies from 198.18.0.1: {x1:?}"
+            "enipin eth0: replies from 198.18.0.10: {x1:?}"
         );
-        // A redirected packet runs e2's egress hook again, where it is owned.
-        assert_eq!(x2.owned_here, n as u64, "enipin e2: {x2:?}");
-        assert_eq!(x2.misrouted_packets, 0, "enipin e2: {x2:?}");
+        // A redirected packet runs eth1's egress hook again, where it is owned.
+        assert_eq!(x2.owned_here, n as u64, "enipin eth1: {x2:?}");
+        assert_eq!(x2.misrouted_packets, 0, "enipin eth1: {x2:?}");
         // The program before enipin saw everything (monitor mode only counts).
-        assert_eq!(b1.misrouted_packets, n as u64, "before e1: {b1:?}");
+        assert_eq!(b1.misrouted_packets, n as u64, "before eth0: {b1:?}");
         // The one after enipin still runs for what enipin passes (TCX_NEXT), never sees what it
-        // redirected on e1, and sees the redirected packets again on e2.
-        assert_eq!(a1.misrouted_packets, 0, "after e1: {a1:?}");
-        assert_eq!(a1.owned_here, n as u64, "after e1: {a1:?}");
-        assert_eq!(a2.owned_here, n as u64, "after e2: {a2:?}");
+        // redirected on eth0, and sees the redirected packets again on eth1.
+        assert_eq!(a1.misrouted_packets, 0, "after eth0: {a1:?}");
+        assert_eq!(a1.owned_here, n as u64, "after eth0: {a1:?}");
+        assert_eq!(a2.owned_here, n as u64, "after eth1: {a2:?}");
 
         let text = enipin::metrics::exposition(&pe).unwrap();
         let line =
-            format!("enipin_misrouted_packets_total{{interface=\"e1\",ifindex=\"{e1}\"}} {n}");
+            format!("enipin_misrouted_packets_total{{interface=\"{E1}\",ifindex=\"{e1}\"}} {n}");
         assert!(text.contains(&line), "metrics lack {line}:\n{text}");
         assert!(
             text.contains("# TYPE enipin_misrouted_packets_total counter"),
@@ -312,8 +252,8 @@ fn redirect_makes_the_secondary_address_reachable_and_coexists() {
         let removed = ebpf::detach(&pe).unwrap();
         assert!(!removed.is_empty());
         assert!(!pe.pin_dir.exists(), "pin dir removed");
-        assert_eq!(tcx_progs(e1).len(), 2, "the other programs stay on e1");
-        assert_eq!(tcx_progs(e2).len(), 2, "the other programs stay on e2");
+        assert_eq!(tcx_progs(e1).len(), 2, "the other programs stay on eth0");
+        assert_eq!(tcx_progs(e2).len(), 2, "the other programs stay on eth1");
         assert!(tcx_progs(e1).iter().all(|p| progs_before.contains(p)));
         assert!(
             ebpf::detach(&pe).unwrap().is_empty(),
@@ -324,13 +264,13 @@ fn redirect_makes_the_secondary_address_reachable_and_coexists() {
     });
 
     // Enforcement gone: the replies are dropped again.
-    let (_, got) = lab.ping("198.18.0.2", 2).unwrap();
+    let (_, got) = lab.ping(IP2, 2).unwrap();
     assert_eq!(
         got, 0,
         "after detach the secondary address is unreachable again"
     );
 
-    in_ns(&lab.host, || {
+    in_ns(lab.host(), || {
         ebpf::detach(&pb).unwrap();
         ebpf::detach(&pa).unwrap();
         assert!(
@@ -346,7 +286,7 @@ fn second_attach_adopts_what_is_pinned() {
     let pins = PinDir::new("enipin-dp-adopt-").unwrap();
     let paths = lab.paths(&pins);
     let e1 = lab.managed[0].ifindex;
-    in_ns(&lab.host, || {
+    in_ns(lab.host(), || {
         let first = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert!(
             first.changes.iter().any(|c| c.starts_with("+ load")),
@@ -374,7 +314,7 @@ fn second_attach_adopts_what_is_pinned() {
         ebpf::apply(again, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert_eq!(tcx_progs(e1), prog, "same program, same link");
 
-        // A new address on e2 and a delegated prefix: map updates only.
+        // A new address on eth1 and a delegated prefix: map updates only.
         let mut more = lab.managed.clone();
         more[1].addrs.push(IfAddr {
             addr: "198.18.0.3".parse().unwrap(),
@@ -392,9 +332,9 @@ fn second_attach_adopts_what_is_pinned() {
         assert_eq!(
             plan.changes,
             vec![
-                "+ owner 198.18.0.3 -> e2".to_string(),
-                "+ owner 2001:db8::3 -> e2".to_string(),
-                "+ prefix 198.18.1.16/28 -> e2".to_string(),
+                format!("+ owner 198.18.0.3 -> {E2}"),
+                format!("+ owner 2001:db8::3 -> {E2}"),
+                format!("+ prefix 198.18.1.16/28 -> {E2}"),
             ]
         );
         ebpf::apply(plan, &more, &cfg(Mode::Enforce), &paths).unwrap();
@@ -422,7 +362,7 @@ fn second_attach_adopts_what_is_pinned() {
         );
         ebpf::apply(plan, &lab.managed, &cfg(Mode::Monitor), &paths).unwrap();
 
-        // Managing only e1 detaches e2 (and drops its counters).
+        // Managing only eth0 detaches eth1 (and drops its counters).
         let plan = ebpf::plan(&lab.managed[..1], &cfg(Mode::Monitor), &paths).unwrap();
         assert!(
             plan.changes.iter().any(|c| c.starts_with("- detach")),
@@ -435,7 +375,7 @@ fn second_attach_adopts_what_is_pinned() {
 
         // Detach removes the rest.
         let removed = ebpf::detach(&paths).unwrap();
-        assert!(removed.iter().any(|l| l.contains("e1")), "{removed:?}");
+        assert!(removed.iter().any(|l| l.contains(E1)), "{removed:?}");
         assert!(!paths.pin_dir.exists());
         assert!(tcx_progs(e1).is_empty());
         // Empty desired state: nothing to do, nothing pinned.
@@ -461,7 +401,7 @@ fn a_different_pinned_program_is_replaced_atomically() {
     let pins = PinDir::new("enipin-dp-replace-").unwrap();
     let paths = lab.paths(&pins);
     let (e1, e2) = (lab.managed[0].ifindex, lab.managed[1].ifindex);
-    in_ns(&lab.host, || {
+    in_ns(lab.host(), || {
         attach(&lab.managed, Mode::Enforce, &paths).unwrap();
         let link_id = |ifindex: u32| {
             FdLink::from(
@@ -530,7 +470,7 @@ fn a_different_pinned_program_is_replaced_atomically() {
         );
 
         // The replaced program enforces: a ping to the secondary address is answered.
-        let (_, got) = lab.ping("198.18.0.2", 2).unwrap();
+        let (_, got) = lab.ping(IP2, 2).unwrap();
         assert_eq!(got, 2);
         ebpf::detach(&paths).unwrap();
     });
@@ -549,7 +489,7 @@ fn a_failed_apply_is_rolled_back() {
         addr: "198.18.0.9".parse().unwrap(),
         prefix_len: 24,
     }];
-    in_ns(&lab.host, || {
+    in_ns(lab.host(), || {
         // Fresh: nothing may stay behind.
         let with_ghost = vec![
             lab.managed[0].clone(),
@@ -585,20 +525,14 @@ fn a_failed_apply_is_rolled_back() {
 fn stats_and_metrics_from_the_cli() {
     use std::{
         io::{BufRead as _, BufReader, Read as _, Write as _},
-        process::{Command, Stdio},
+        process::Stdio,
     };
-    let bin = enipin_tests::enipin_bin();
     let lab = Lab::new().unwrap();
-    let pins = PinDir::new("enipin-dp-cli-").unwrap();
-    let paths = lab.paths(&pins);
+    // The CLI and the library on the same pins and state.
+    let enipin = Enipin::in_ns(lab.host());
+    let paths = enipin.paths();
     let e1 = lab.managed[0].ifindex;
-    let cli = |args: &[&str]| {
-        let mut cmd = Command::new(&bin);
-        cmd.args(["--netns", lab.host.name(), "--pin-dir"])
-            .arg(&paths.pin_dir);
-        cmd.arg("--state-dir").arg(&paths.state_dir).args(args);
-        cmd
-    };
+    let cli = |args: &[&str]| enipin.command(args);
     // Nothing attached: stats fails and says why (not an empty table that reads "no traffic").
     let out = cli(&["stats"]).output().unwrap();
     assert!(!out.status.success());
@@ -607,10 +541,10 @@ fn stats_and_metrics_from_the_cli() {
         "{out:?}"
     );
 
-    in_ns(&lab.host, || {
+    in_ns(lab.host(), || {
         attach(&lab.managed, Mode::Enforce, &paths).unwrap()
     });
-    let (_, got) = lab.ping("198.18.0.2", 3).unwrap();
+    let (_, got) = lab.ping(IP2, 3).unwrap();
     assert_eq!(got, 3);
 
     let out = cli(&["stats", "--json"]).output().unwrap();
@@ -620,8 +554,8 @@ fn stats_and_metrics_from_the_cli() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["interface"] == "e1")
-        .expect("row for e1");
+        .find(|r| r["interface"] == E1)
+        .expect("row for eth0");
     assert_eq!(row["ifindex"], e1);
     assert_eq!(row["misrouted_packets"], 3, "{row}");
     assert!(
@@ -634,11 +568,11 @@ fn stats_and_metrics_from_the_cli() {
     assert!(
         String::from_utf8_lossy(&table.stdout)
             .lines()
-            .any(|l| l.starts_with("e1 ")),
+            .any(|l| l.starts_with(&format!("{E1} "))),
         "{table:?}"
     );
 
-    let line = format!("enipin_misrouted_packets_total{{interface=\"e1\",ifindex=\"{e1}\"}} 3");
+    let line = format!("enipin_misrouted_packets_total{{interface=\"{E1}\",ifindex=\"{e1}\"}} 3");
     let out = cli(&["metrics"]).output().unwrap();
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&line),
@@ -660,7 +594,7 @@ fn stats_and_metrics_from_the_cli() {
         .and_then(|s| s.split('/').next())
         .map(str::to_owned);
     let body = addr.map(|addr| {
-        in_ns(&lab.host, || {
+        in_ns(lab.host(), || {
             let mut s = std::net::TcpStream::connect(&addr).unwrap();
             s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
                 .unwrap();
@@ -676,7 +610,7 @@ fn stats_and_metrics_from_the_cli() {
     let body = body.unwrap_or_else(|| panic!("no listen banner: {banner:?}"));
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     assert!(body.contains(&line), "{body}");
-    in_ns(&lab.host, || ebpf::detach(&paths).unwrap());
+    in_ns(lab.host(), || ebpf::detach(&paths).unwrap());
 }
 
 #[test]
@@ -685,12 +619,12 @@ fn a_vanished_interface_leaves_a_stale_link_that_the_next_attach_removes() {
     let pins = PinDir::new("enipin-dp-gone-").unwrap();
     let paths = lab.paths(&pins);
     let (e1, e2) = (lab.managed[0].ifindex, lab.managed[1].ifindex);
-    in_ns(&lab.host, || {
+    in_ns(lab.host(), || {
         attach(&lab.managed, Mode::Enforce, &paths).unwrap();
         // The ENI is detached from the instance: the interface disappears, its link goes defunct.
-        lab.host.ip(&["link", "del", "e2"]).unwrap();
+        lab.host().ip(&["link", "del", E2]).unwrap();
         let attached = ebpf::attached(&paths).unwrap();
-        assert_eq!(attached, vec![(e1, "e1".to_string(), "tcx".to_string())]);
+        assert_eq!(attached, vec![(e1, E1.to_string(), "tcx".to_string())]);
         let plan = ebpf::plan(&lab.managed[..1], &cfg(Mode::Enforce), &paths).unwrap();
         let stale = format!(
             "- detach {} from ifindex {e2} (link-{e2})",
@@ -698,7 +632,7 @@ fn a_vanished_interface_leaves_a_stale_link_that_the_next_attach_removes() {
         );
         assert!(plan.changes.contains(&stale), "{:?}", plan.changes);
         assert!(
-            plan.changes.contains(&"- owner 198.18.0.2".to_string()),
+            plan.changes.contains(&format!("- owner {IP2}")),
             "{:?}",
             plan.changes
         );
@@ -715,42 +649,44 @@ fn a_vanished_interface_leaves_a_stale_link_that_the_next_attach_removes() {
 }
 
 /// IPv6 echo replies leave by the interface the request came in on (icmpv6_echo_reply sets the
-/// output interface), so here the host originates: a ping from 2001:db8::2 bound to the address,
-/// not the device, follows the main table out of e1.
+/// output interface), so here the host originates: a ping from 2001:db8::11 bound to the address,
+/// not the device, follows the main table out of eth0.
 #[test]
 fn ipv6_from_a_secondary_address_is_redirected() {
     let lab = Lab::new().unwrap();
     let pins = PinDir::new("enipin-dp-v6-").unwrap();
     let paths = lab.paths(&pins);
     let e1 = lab.managed[0].ifindex;
-    let from2 = ["-6", "-I", "2001:db8::2", PEER6];
-    // Resolve the peer on e1 first (from e1's own address), so no probe of the check below sits
+    let from2 = ["-6", "-I", IP6_2, PEER6];
+    // Resolve the peer on eth0 first (from eth0's own address), so no probe of the check below sits
     // in the neighbour queue and leaves after the attach.
     assert_eq!(
-        ping(&lab.host, &["-6", "-I", "2001:db8::1", PEER6], 1).unwrap(),
+        ping(lab.host(), &["-6", "-I", IP6_1, PEER6], 1).unwrap(),
         (1, 1)
     );
-    let (_, got) = ping(&lab.host, &from2, 2).unwrap();
+    let (_, got) = ping(lab.host(), &from2, 2).unwrap();
     assert_eq!(
         got, 0,
-        "without enipin, packets from 2001:db8::2 leave by e1 and are dropped"
+        "without enipin, packets from 2001:db8::11 leave by eth0 and are dropped"
     );
-    in_ns(&lab.host, || {
+    in_ns(lab.host(), || {
         attach(&lab.managed, Mode::Enforce, &paths).unwrap()
     });
     let n = 4;
-    let dropped = lab.nft_counter("dropped").unwrap();
-    assert_eq!(ping(&lab.host, &from2, n).unwrap(), (n, n));
+    let dropped = lab.dropped().unwrap();
+    assert_eq!(ping(lab.host(), &from2, n).unwrap(), (n, n));
     assert_eq!(
-        lab.nft_counter("dropped").unwrap(),
+        lab.dropped().unwrap(),
         dropped,
         "nothing misrouted reaches the vpc"
     );
+    // Forget the peer on eth0: the next ping resolves it again, through the attached program.
+    lab.host().ip(&["-6", "neigh", "flush", "dev", E1]).unwrap();
     assert_eq!(
-        ping(&lab.host, &["-6", "-I", "2001:db8::1", PEER6], n).unwrap(),
+        ping(lab.host(), &["-6", "-I", IP6_1, PEER6], n).unwrap(),
         (n, n)
     );
-    in_ns(&lab.host, || {
+    in_ns(lab.host(), || {
         let c = counters(&paths, e1);
         assert_eq!(c.misrouted_packets, n as u64, "{c:?}");
         assert_eq!(c.owned_here, n as u64, "{c:?}");
@@ -773,7 +709,7 @@ fn netlink_fallback_coexists_with_foreign_filters() {
     let (paths, po) = (lab.paths(&pins), lab.paths(&other));
     let (e1, e2) = (lab.managed[0].ifindex, lab.managed[1].ifindex);
     let filters = |dev: &str| {
-        lab.host
+        lab.host()
             .sh(&format!("tc filter show dev {dev} egress"))
             .unwrap()
     };
@@ -783,8 +719,8 @@ fn netlink_fallback_coexists_with_foreign_filters() {
             .filter(|l| l.contains(enipin_ebpf::PROGRAM))
             .count()
     };
-    assert_eq!(lab.ping("198.18.0.1", 1).unwrap(), (1, 1));
-    in_ns(&lab.host, || {
+    assert_eq!(lab.ping(IP1, 1).unwrap(), (1, 1));
+    in_ns(lab.host(), || {
         ebpf::force_netlink_on_this_thread(true);
         attach(&lab.managed, Mode::Monitor, &po).unwrap();
         attach(&lab.managed, Mode::Enforce, &paths).unwrap();
@@ -792,8 +728,8 @@ fn netlink_fallback_coexists_with_foreign_filters() {
         assert_eq!(
             kinds,
             vec![
-                (e1, "e1".into(), "netlink".into()),
-                (e2, "e2".into(), "netlink".into())
+                (e1, E1.into(), "netlink".into()),
+                (e2, E2.into(), "netlink".into())
             ]
         );
         assert!(
@@ -843,20 +779,20 @@ fn netlink_fallback_coexists_with_foreign_filters() {
         );
         ebpf::apply(plan, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
     });
-    assert_eq!((ours("e1"), ours("e2")), (2, 2), "{}", filters("e1"));
+    assert_eq!((ours(E1), ours(E2)), (2, 2), "{}", filters(E1));
     assert!(
-        !filters("e1").contains(enipin_ebpf::NOOP_PROGRAM),
+        !filters(E1).contains(enipin_ebpf::NOOP_PROGRAM),
         "{}",
-        filters("e1")
+        filters(E1)
     );
 
     let n = 4;
     assert_eq!(
-        lab.ping("198.18.0.2", n).unwrap(),
+        lab.ping(IP2, n).unwrap(),
         (n, n),
         "enforced through the clsact filter"
     );
-    in_ns(&lab.host, || {
+    in_ns(lab.host(), || {
         assert_eq!(counters(&paths, e1).misrouted_packets, n as u64);
         let (o1, o2) = (counters(&po, e1), counters(&po, e2));
         assert!(
@@ -864,7 +800,7 @@ fn netlink_fallback_coexists_with_foreign_filters() {
             "the other filter runs: {o1:?} {o2:?}"
         );
         let removed = ebpf::detach(&paths).unwrap();
-        assert!(removed.iter().any(|l| l.contains("e2")), "{removed:?}");
+        assert!(removed.iter().any(|l| l.contains(E2)), "{removed:?}");
         assert!(!paths.pin_dir.exists());
         assert_eq!(
             ebpf::attached(&po).unwrap().len(),
@@ -873,22 +809,22 @@ fn netlink_fallback_coexists_with_foreign_filters() {
         );
     });
     assert_eq!(
-        (ours("e1"), ours("e2")),
+        (ours(E1), ours(E2)),
         (1, 1),
         "only enipin's own filters went: {}",
-        filters("e1")
+        filters(E1)
     );
     assert!(
-        lab.host
-            .sh("tc qdisc show dev e1")
+        lab.host()
+            .sh(&format!("tc qdisc show dev {E1}"))
             .unwrap()
             .contains("clsact")
     );
-    let (_, got) = lab.ping("198.18.0.2", 2).unwrap();
+    let (_, got) = lab.ping(IP2, 2).unwrap();
     assert_eq!(
         got, 0,
         "detached: misrouted again (the monitor copy only counts)"
     );
-    in_ns(&lab.host, || ebpf::detach(&po).unwrap());
-    assert_eq!((ours("e1"), ours("e2")), (0, 0));
+    in_ns(lab.host(), || ebpf::detach(&po).unwrap());
+    assert_eq!((ours(E1), ours(E2)), (0, 0));
 }

@@ -23,7 +23,7 @@ use enipin::{
     testbed::{Netns, PinDir},
 };
 use enipin_ebpf::{Config, Counters, MODE_ENFORCE, MODE_MONITOR, Owner, PROGRAM, maps};
-use enipin_tests::frames;
+use enipin_tests::{frames, in_ns};
 
 const TC_ACT_UNSPEC: u32 = -1i32 as u32;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -224,18 +224,6 @@ fn run_ctx(
         ..TestRunOptions::new()
     };
     Ok(prog.test_run(opts)?)
-}
-
-/// Runs `f` on a thread that entered the fixture's namespace (test-run resolves ifindexes there).
-fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            enipin::netns::enter(ns.name()).expect("entering the test namespace");
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    })
 }
 
 fn delta(after: &Counters, before: &Counters) -> Counters {

@@ -273,6 +273,16 @@ pub fn run(opts: &Options) -> Result<Report> {
             opts.spec.enis.len()
         );
     }
+    let enis = &opts.spec.enis;
+    if let Some(e) = [&enis[0], &enis[enis.len() - 1]]
+        .iter()
+        .find(|e| e.v4.is_empty())
+    {
+        bail!(
+            "the lab pings the primary and the secondary over IPv4: {} has no IPv4 address",
+            e.name
+        );
+    }
     let mut topo = Topology::build_with(opts.spec.clone())?;
     let mut pins = PinDir::new("lab-")?;
     let mut state = TempDir::new("lab-state-")?;

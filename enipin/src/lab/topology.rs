@@ -9,7 +9,12 @@
 //!
 //! `vpc` behaves like the cloud's source/destination check: a frame that comes out of ENI X with
 //! a source MAC, IP or ARP sender that is not X's own is dropped by nftables bridge rules, and
-//! counted in a named counter per ENI and kind (`eth0_ip`, `eth0_arp`, ...).
+//! counted in a named counter per ENI and kind (`eth0_ip`, `eth0_arp`, ...). The echo replies it
+//! lets through are counted per ENI too (`eth0_echo`, `eth0_echo6`): proof that a reply left by
+//! its owner, with the owner's MAC and address.
+//!
+//! [`Spec`] varies the seed: more ENIs ([`EniSpec::nth`]), secondary IPs, an ENI without any
+//! address, IPv4 only, no default routes in `host`.
 
 use std::{
     collections::BTreeMap,
@@ -25,13 +30,37 @@ use crate::testbed::{Netns, veth};
 pub const NFT_TABLE: &str = "enipin_lab";
 
 /// One ENI: its name in `host`, its MAC, and every address the cloud lets it send from (the
-/// first of each family is the primary; the others are secondary private IPs).
+/// first of each family is the primary; the others are secondary private IPs). An ENI without
+/// addresses of a family may send none of that family.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EniSpec {
     pub name: String,
     pub mac: String,
     pub v4: Vec<Ipv4Addr>,
     pub v6: Vec<Ipv6Addr>,
+}
+
+impl EniSpec {
+    /// The lab's ENI number `i` (below 240): `eth<i>`, MAC `02:e0:00:00:00:<10+i>`, addresses
+    /// 198.18.0.<10+i> and 2001:db8::<10+i> (hexadecimal). Override fields for other addresses:
+    /// `EniSpec { v4: vec![..], ..EniSpec::nth(2) }`.
+    pub fn nth(i: u8) -> Self {
+        Self {
+            name: format!("eth{i}"),
+            mac: format!("02:e0:00:00:00:{:02x}", 0x10 + i),
+            v4: vec![Ipv4Addr::new(198, 18, 0, 10 + i)],
+            v6: vec![Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0x10 + u16::from(i),
+            )],
+        }
+    }
 }
 
 /// The whole network. [`Spec::default`] is the seed: two ENIs in 198.18.0.0/24, one address each.
@@ -46,27 +75,16 @@ pub struct Spec {
     pub peer_v6: Ipv6Addr,
     /// Configure the IPv6 addresses too (2001:db8::/64).
     pub ipv6: bool,
+    /// Give `host` one default route per ENI through the gateway, as in the seed's `route -n`
+    /// (metric 100 + index; only on ENIs with an address of the family). Without them the main
+    /// table holds the subnet routes alone, and enipin takes the subnet's first host as gateway.
+    pub default_routes: bool,
 }
 
 impl Default for Spec {
     fn default() -> Self {
-        let eni = |i: u8| EniSpec {
-            name: format!("eth{i}"),
-            mac: format!("02:e0:00:00:00:{:02x}", 0x10 + i),
-            v4: vec![Ipv4Addr::new(198, 18, 0, 10 + i)],
-            v6: vec![Ipv6Addr::new(
-                0x2001,
-                0xdb8,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0x10 + u16::from(i),
-            )],
-        };
         Self {
-            enis: vec![eni(0), eni(1)],
+            enis: vec![EniSpec::nth(0), EniSpec::nth(1)],
             prefix_len_v4: 24,
             prefix_len_v6: 64,
             gateway_v4: Ipv4Addr::new(198, 18, 0, 1),
@@ -74,6 +92,7 @@ impl Default for Spec {
             peer_v4: Ipv4Addr::new(198, 18, 0, 100),
             peer_v6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100),
             ipv6: true,
+            default_routes: true,
         }
     }
 }
@@ -97,9 +116,6 @@ impl Spec {
         }
         if let Some(a) = v6.into_iter().find(|a| !lab6(a)) {
             bail!("lab address {a} is outside 2001:db8::/32");
-        }
-        if self.enis.iter().any(|e| e.v4.is_empty()) {
-            bail!("every lab ENI needs an IPv4 address");
         }
         Ok(())
     }
@@ -247,13 +263,15 @@ impl Topology {
             }
         }
         // The seed's `route -n`: one default route per ENI, through the same gateway.
-        for (i, eni) in s.enis.iter().enumerate() {
+        for (i, eni) in s.enis.iter().enumerate().filter(|_| s.default_routes) {
             let metric = (100 + i).to_string();
             let gw4 = s.gateway_v4.to_string();
-            host.ip(&[
-                "route", "add", "default", "via", &gw4, "dev", &eni.name, "metric", &metric,
-            ])?;
-            if s.ipv6 {
+            if !eni.v4.is_empty() {
+                host.ip(&[
+                    "route", "add", "default", "via", &gw4, "dev", &eni.name, "metric", &metric,
+                ])?;
+            }
+            if s.ipv6 && !eni.v6.is_empty() {
                 let gw6 = s.gateway_v6.to_string();
                 host.ip(&[
                     "-6", "route", "add", "default", "via", &gw6, "dev", &eni.name, "metric",
@@ -268,14 +286,14 @@ impl Topology {
 
     /// The vpc's source checks: per ENI port, drop frames whose source MAC, ARP sender or source
     /// IP is not the ENI's. Link-local IPv6 and the unspecified sources (DAD, ARP probes) pass,
-    /// as in a VPC; they carry no routed traffic.
+    /// as in a VPC; they carry no routed traffic. Then count the echo replies that passed.
     pub fn nft_ruleset(&self) -> String {
         let mut counters = String::new();
         let mut rules = String::new();
         for (i, eni) in self.spec.enis.iter().enumerate() {
             let (port, n, mac) = (format!("eni{i}"), &eni.name, &eni.mac);
-            for kind in DropKind::ALL {
-                let _ = writeln!(counters, "  counter {n}_{} {{}}", kind.suffix());
+            for suffix in DropKind::ALL.map(DropKind::suffix).iter().chain(&ECHO) {
+                let _ = writeln!(counters, "  counter {n}_{suffix} {{}}");
             }
             let v4 = join(
                 std::iter::once("0.0.0.0".to_string()).chain(eni.v4.iter().map(|a| a.to_string())),
@@ -285,14 +303,21 @@ impl Topology {
                     .into_iter()
                     .chain(eni.v6.iter().map(|a| a.to_string())),
             );
-            let ip4 = join(eni.v4.iter().map(|a| a.to_string()));
+            // No IPv4 address: no IPv4 source is the ENI's.
+            let ip4 = match join(eni.v4.iter().map(|a| a.to_string())) {
+                none if none.is_empty() => "ether type ip".to_string(),
+                some => format!("ip saddr != {{ {some} }}"),
+            };
             let _ = write!(
                 rules,
                 "    iifname \"{port}\" ether saddr != {mac} counter name {n}_mac drop\n\
                  \x20   iifname \"{port}\" arp saddr ether != {mac} counter name {n}_arp drop\n\
                  \x20   iifname \"{port}\" arp saddr ip != {{ {v4} }} counter name {n}_arp drop\n\
-                 \x20   iifname \"{port}\" ip saddr != {{ {ip4} }} counter name {n}_ip drop\n\
-                 \x20   iifname \"{port}\" ip6 saddr != {{ {v6} }} counter name {n}_ip6 drop\n"
+                 \x20   iifname \"{port}\" {ip4} counter name {n}_ip drop\n\
+                 \x20   iifname \"{port}\" ip6 saddr != {{ {v6} }} counter name {n}_ip6 drop\n\
+                 \x20   iifname \"{port}\" icmp type echo-reply counter name {n}_{}\n\
+                 \x20   iifname \"{port}\" icmpv6 type echo-reply counter name {n}_{}\n",
+                ECHO[0], ECHO[1]
             );
         }
         format!(
@@ -303,34 +328,55 @@ impl Topology {
 
     /// The vpc's drop counters, per ENI.
     pub fn drops(&self) -> Result<Drops> {
+        let counters = self.counters()?;
+        let mut drops = Drops::default();
+        for eni in &self.spec.enis {
+            let d = drops.by_eni.entry(eni.name.clone()).or_default();
+            for kind in DropKind::ALL {
+                let name = format!("{}_{}", eni.name, kind.suffix());
+                d.set(kind, counters.get(&name).copied().unwrap_or_default());
+            }
+        }
+        Ok(drops)
+    }
+
+    /// Echo replies (IPv4, IPv6) the vpc let through from `eni`: they passed its source checks,
+    /// so they left by that ENI with its MAC and one of its addresses.
+    pub fn echo_replies(&self, eni: &str) -> Result<(u64, u64)> {
+        let counters = self.counters()?;
+        let get = |suffix: &str| {
+            let name = format!("{eni}_{suffix}");
+            counters
+                .get(&name)
+                .copied()
+                .with_context(|| format!("the vpc has no counter {name}"))
+        };
+        Ok((get(ECHO[0])?, get(ECHO[1])?))
+    }
+
+    /// Every named counter of the vpc's table: packets by name.
+    fn counters(&self) -> Result<BTreeMap<String, u64>> {
         let out = self
             .vpc
             .sh(&format!("nft -j list counters table bridge {NFT_TABLE}"))?;
         let json: serde_json::Value =
             serde_json::from_str(&out).context("parsing nft -j output")?;
-        let mut drops = Drops::default();
-        for eni in &self.spec.enis {
-            drops.by_eni.insert(eni.name.clone(), EniDrops::default());
-        }
-        for item in json["nftables"]
+        let list = json["nftables"]
             .as_array()
-            .context("nft -j: no nftables array")?
-        {
-            let Some(c) = item.get("counter") else {
-                continue;
-            };
-            let name = c["name"].as_str().unwrap_or_default();
-            let packets = c["packets"].as_u64().unwrap_or_default();
-            for kind in DropKind::ALL {
-                let eni = name.strip_suffix(&format!("_{}", kind.suffix()));
-                if let Some(d) = eni.and_then(|e| drops.by_eni.get_mut(e)) {
-                    d.set(kind, packets);
-                }
-            }
-        }
-        Ok(drops)
+            .context("nft -j: no nftables array")?;
+        Ok(list
+            .iter()
+            .filter_map(|item| item.get("counter"))
+            .map(|c| {
+                let name = c["name"].as_str().unwrap_or_default().to_string();
+                (name, c["packets"].as_u64().unwrap_or_default())
+            })
+            .collect())
     }
 }
+
+/// Suffixes of the per-ENI counters of accepted echo replies: IPv4, IPv6.
+const ECHO: [&str; 2] = ["echo", "echo6"];
 
 fn join(items: impl Iterator<Item = String>) -> String {
     items.collect::<Vec<_>>().join(", ")
@@ -399,5 +445,10 @@ pub struct Drops {
 impl Drops {
     pub fn eni(&self, name: &str) -> EniDrops {
         self.by_eni.get(name).copied().unwrap_or_default()
+    }
+
+    /// Every drop, of every ENI and kind.
+    pub fn total(&self) -> u64 {
+        self.by_eni.values().map(EniDrops::total).sum()
     }
 }
