@@ -88,6 +88,9 @@ fn seed_ping_fails_before_and_works_after_attach() {
     eprintln!("attach of 2 interfaces x 1 address: {:?}", started.elapsed());
     assert!(out.contains("attached"), "{out}");
     assert!(enipin.state_file().exists());
+    // The peer's failed ARP resolution of 198.18.0.11 from before may still run out right now,
+    // dropping the first probes queued on it: start from a clean cache.
+    t.peer().ip(&["neigh", "flush", "all"]).unwrap();
     assert!(t.peer().ping("198.18.0.11", 3).unwrap(), "the secondary ENI must answer after attach");
     assert!(t.peer().ping("198.18.0.10", 2).unwrap());
     let rules = t.host().ip(&["rule"]).unwrap();

@@ -150,6 +150,26 @@ fn tcx_progs(ifindex: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Stands in for an older enipin build: loads the pass-all classifier on the maps pinned under
+/// `paths`, lets `onto_links` put it on enipin's links, and pins it as enipin's program in place
+/// of the current one. Returns its id.
+fn older_build(paths: &Paths, onto_links: impl FnOnce(&mut SchedClassifier)) -> u32 {
+    let mut old = aya::EbpfLoader::new()
+        .default_map_pin_directory(&paths.pin_dir)
+        .load(ebpf::OBJECT)
+        .unwrap();
+    let noop: &mut SchedClassifier = old
+        .program_mut(enipin_ebpf::NOOP_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    noop.load().unwrap();
+    onto_links(noop);
+    std::fs::remove_file(paths.pin_dir.join("prog")).unwrap();
+    noop.pin(paths.pin_dir.join("prog")).unwrap();
+    noop.info().unwrap().id()
+}
+
 #[test]
 fn redirect_makes_the_secondary_address_reachable_and_coexists() {
     let lab = Lab::new().unwrap();
@@ -389,13 +409,10 @@ fn second_attach_adopts_what_is_pinned() {
 
 #[test]
 fn a_different_pinned_program_is_replaced_atomically() {
-    use aya::{
-        EbpfLoader,
-        programs::{
-            ProgramInfo,
-            links::{FdLink, PinnedLink},
-            tc::SchedClassifierLink,
-        },
+    use aya::programs::{
+        ProgramInfo,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
     };
     let lab = Lab::new().unwrap();
     let pins = PinDir::new("enipin-dp-replace-").unwrap();
@@ -414,29 +431,17 @@ fn a_different_pinned_program_is_replaced_atomically() {
         let links = (link_id(e1), link_id(e2));
 
         // Stand in for an older enipin: its pinned program (a pass-all classifier) on both links.
-        let mut old = EbpfLoader::new()
-            .default_map_pin_directory(&paths.pin_dir)
-            .load(ebpf::OBJECT)
-            .unwrap();
-        let noop: &mut SchedClassifier = old
-            .program_mut(enipin_ebpf::NOOP_PROGRAM)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        noop.load().unwrap();
-        for ifindex in [e1, e2] {
-            let link = FdLink::from(
-                PinnedLink::from_pin(paths.pin_dir.join(format!("link-{ifindex}"))).unwrap(),
-            );
-            let id = noop
-                .attach_to_link(SchedClassifierLink::try_from(link).unwrap())
-                .unwrap();
-            drop(noop.take_link(id).unwrap());
-        }
-        std::fs::remove_file(paths.pin_dir.join("prog")).unwrap();
-        noop.pin(paths.pin_dir.join("prog")).unwrap();
-        let noop_id = noop.info().unwrap().id();
-        drop(old);
+        let noop_id = older_build(&paths, |noop| {
+            for ifindex in [e1, e2] {
+                let link = FdLink::from(
+                    PinnedLink::from_pin(paths.pin_dir.join(format!("link-{ifindex}"))).unwrap(),
+                );
+                let id = noop
+                    .attach_to_link(SchedClassifierLink::try_from(link).unwrap())
+                    .unwrap();
+                drop(noop.take_link(id).unwrap());
+            }
+        });
         assert_eq!(tcx_progs(e1), vec![noop_id]);
 
         let plan = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
@@ -741,37 +746,26 @@ fn netlink_fallback_coexists_with_foreign_filters() {
 
         // An older build's program in enipin's filters: replaced in place (same priority and
         // handle), never a second filter.
-        use aya::{EbpfLoader, programs::tc::SchedClassifierLink};
-        let mut old = EbpfLoader::new()
-            .default_map_pin_directory(&paths.pin_dir)
-            .load(ebpf::OBJECT)
-            .unwrap();
-        let noop: &mut SchedClassifier = old
-            .program_mut(enipin_ebpf::NOOP_PROGRAM)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        noop.load().unwrap();
-        for entry in std::fs::read_dir(&paths.pin_dir).unwrap() {
-            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix("nl-") else {
-                continue;
-            };
-            let v: Vec<u32> = rest.split('-').map(|x| x.parse().unwrap()).collect();
-            let link = SchedClassifierLink::attached(
-                v[0],
-                TcAttachType::Egress.into(),
-                v[1] as u16,
-                v[2].into(),
-                None,
-            )
-            .unwrap();
-            let id = noop.attach_to_link(link).unwrap();
-            std::mem::forget(noop.take_link(id).unwrap());
-        }
-        std::fs::remove_file(paths.pin_dir.join("prog")).unwrap();
-        noop.pin(paths.pin_dir.join("prog")).unwrap();
-        drop(old);
+        use aya::programs::tc::SchedClassifierLink;
+        older_build(&paths, |noop| {
+            for entry in std::fs::read_dir(&paths.pin_dir).unwrap() {
+                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+                let Some(rest) = name.strip_prefix("nl-") else {
+                    continue;
+                };
+                let v: Vec<u32> = rest.split('-').map(|x| x.parse().unwrap()).collect();
+                let link = SchedClassifierLink::attached(
+                    v[0],
+                    TcAttachType::Egress.into(),
+                    v[1] as u16,
+                    v[2].into(),
+                    None,
+                )
+                .unwrap();
+                let id = noop.attach_to_link(link).unwrap();
+                std::mem::forget(noop.take_link(id).unwrap());
+            }
+        });
         let plan = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert_eq!(
             plan.changes,
