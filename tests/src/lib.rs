@@ -1,6 +1,8 @@
 //! Harness for enipin's privileged integration tests: throwaway namespaces (re-exported from
 //! `enipin::testbed`), the seed topology (`enipin::lab::Topology`), the CLI run inside a namespace
-//! with its own pin and state directories ([`Enipin`]), and dumps for before/after comparisons.
+//! with its own pin and state directories ([`Enipin`]), dumps for before/after comparisons, code
+//! run on a thread inside a namespace ([`in_ns`]) and pings that count replies ([`ping`]).
+//! Every test network is `Topology` (`Spec` varies it): add what a test needs there, not here.
 //!
 //! Tests never skip: [`require`] panics with what is missing (root, bpffs, ip, tc, nft, ping, the
 //! enipin binary), so CI fails loudly instead of passing vacuously.
