@@ -120,10 +120,14 @@ impl Selection {
 }
 
 fn main() -> ExitCode {
-    // `enipin status | head` should end quietly, as other Unix tools do, not panic on EPIPE.
-    // SAFETY: resetting a signal disposition before any thread exists.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
+    // `enipin status | head` should end quietly, as other Unix tools do, not panic on EPIPE. Not
+    // the lab: killed by SIGPIPE it could not remove its namespaces; a failed print unwinds
+    // through their guards instead.
+    if !matches!(cli.command, Command::Lab { .. }) {
+        // SAFETY: resetting a signal disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // Enter the namespace before the runtime starts its threads: they inherit it.
     if let Some(ns) = &cli.netns {
         if let Err(e) = enipin::netns::enter(ns) {
