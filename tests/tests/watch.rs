@@ -223,3 +223,29 @@ fn watch_removes_stale_state_when_an_eni_goes() {
     let routes = topo.host().ip(&["route", "show", "table", "all", "proto", "229"]).unwrap();
     assert!(routes.trim().is_empty(), "enipin's routes left: {routes}");
 }
+
+#[test]
+fn watch_debug_prints_the_datapaths_log_records() {
+    let topo = topology();
+    let e = Enipin::in_ns(topo.host());
+    // A smaller MTU on eth1: a redirect of a bigger packet onto it fails the MTU check, a rare
+    // path the program logs when --debug is on.
+    topo.host().ip(&["link", "set", "eth1", "mtu", "1280"]).unwrap();
+    let w = Watcher::start(&e, &["--no-rules", "--debug", "--interval", "60"]);
+    w.line(0, &["reading the datapath's log"]);
+    // Without rules, a packet from eth1's address leaves by eth0 (the main table's first route).
+    // Prime eth0's neighbour entry for the peer from eth0's own address (an ARP request sent from
+    // eth1's address would be dropped by the vpc).
+    assert!(topo.host().ping("198.18.0.100", 1).unwrap(), "the peer does not answer eth0's primary");
+    let since = w.mark();
+    let _ = topo
+        .host()
+        .command("ping")
+        .args(["-n", "-q", "-c", "1", "-W", "1", "-s", "1400", "-I", SECONDARY, "198.18.0.100"])
+        .output()
+        .expect("spawning ping");
+    let line = w.line(since, &["datapath", "not redirecting", "check_mtu"]);
+    eprintln!("{line}");
+    let stats = e.ok(&["stats", "--json"]);
+    assert!(stats.contains("\"mtu_exceeded\": 1") || stats.contains("\"mtu_exceeded\":1"), "{stats}");
+}
