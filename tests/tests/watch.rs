@@ -249,3 +249,25 @@ fn watch_debug_prints_the_datapaths_log_records() {
     let stats = e.ok(&["stats", "--json"]);
     assert!(stats.contains("\"mtu_exceeded\": 1") || stats.contains("\"mtu_exceeded\":1"), "{stats}");
 }
+
+#[test]
+fn a_failing_reconcile_changes_nothing_and_is_retried() {
+    let topo = topology();
+    let e = Enipin::in_ns(topo.host());
+    let w = Watcher::start(&e, &["--interval", "60"]);
+    w.line(0, &["reconciled after start"]);
+    let ours = rules_with(&topo, "proto 229");
+    let since = w.mark();
+    // Someone else's rule at enipin's priority: every reconcile refuses (conflict) until it goes.
+    topo.host().ip(&["rule", "add", "from", "198.18.0.50", "lookup", "100", "pref", "20000"]).unwrap();
+    w.line(since, &["reconcile after", "failed (attempt 1", "left as it was", "not enipin's"]);
+    assert_eq!(rules_with(&topo, "proto 229"), ours, "a failed reconcile changed enipin's rules");
+    assert!(e.pins.path().join("prog").exists(), "a failed reconcile removed the datapath");
+    // One of enipin's rules goes meanwhile: restored once the conflict is resolved.
+    topo.host().ip(&["rule", "del", "from", SECONDARY, "pref", "20002"]).unwrap();
+    topo.host().ip(&["rule", "del", "from", "198.18.0.50", "lookup", "100", "pref", "20000"]).unwrap();
+    w.line(since, &["reconcile succeeded after"]);
+    w.line(since, &["+ rule from 198.18.0.11/32", "pref 20002"]);
+    assert_eq!(rules_with(&topo, "proto 229"), ours);
+    assert!(topo.peer().ping(SECONDARY, 3).unwrap(), "{}", w.log());
+}
