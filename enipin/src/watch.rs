@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use futures::{StreamExt as _, channel::mpsc::UnboundedReceiver};
-use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::MulticastGroup;
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -61,7 +61,10 @@ impl Pacing {
     }
 }
 
-type Events = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, rtnetlink::sys::SocketAddr)>;
+type Events = UnboundedReceiver<(
+    NetlinkMessage<RouteNetlinkMessage>,
+    rtnetlink::sys::SocketAddr,
+)>;
 
 /// A socket on the multicast groups of everything the desired state is computed from.
 fn subscribe() -> Result<Events> {
@@ -92,18 +95,30 @@ fn describe(msg: &NetlinkMessage<RouteNetlinkMessage>) -> Option<(u8, String)> {
     let verb = |new: bool| if new { "added" } else { "deleted" };
     let m = match &msg.payload {
         NetlinkPayload::InnerMessage(m) => m,
-        NetlinkPayload::Overrun(_) => return Some((0, "event buffer overrun (full resync)".to_owned())),
+        NetlinkPayload::Overrun(_) => {
+            return Some((0, "event buffer overrun (full resync)".to_owned()));
+        }
         _ => return Some((3, "netlink event".to_owned())),
     };
     Some(match m {
         M::NewLink(l) | M::DelLink(l) => {
-            let what = if matches!(m, M::DelLink(_)) { "removed" } else { "changed" };
+            let what = if matches!(m, M::DelLink(_)) {
+                "removed"
+            } else {
+                "changed"
+            };
             // The message names the link: it may be gone by now.
             let name = l.attributes.iter().find_map(|a| match a {
                 netlink_packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
                 _ => None,
             });
-            (0, format!("link {} {what}", name.unwrap_or_else(|| ifname(l.header.index))))
+            (
+                0,
+                format!(
+                    "link {} {what}",
+                    name.unwrap_or_else(|| ifname(l.header.index))
+                ),
+            )
         }
         M::NewAddress(a) | M::DelAddress(a) => {
             let ip = a.attributes.iter().find_map(|x| match x {
@@ -115,10 +130,17 @@ fn describe(msg: &NetlinkMessage<RouteNetlinkMessage>) -> Option<(u8, String)> {
                 A::Label(l) => Some(l.split(':').next().unwrap_or(l).to_owned()),
                 _ => None,
             });
-            let on = if matches!(m, M::NewAddress(_)) { "added on" } else { "deleted from" };
+            let on = if matches!(m, M::NewAddress(_)) {
+                "added on"
+            } else {
+                "deleted from"
+            };
             let ip = ip.unwrap_or_else(|| "?".to_owned());
             let dev = dev.unwrap_or_else(|| ifname(a.header.index));
-            (0, format!("address {ip}/{} {on} {dev}", a.header.prefix_len))
+            (
+                0,
+                format!("address {ip}/{} {on} {dev}", a.header.prefix_len),
+            )
         }
         M::NewRule(r) | M::DelRule(r) => {
             let new = matches!(m, M::NewRule(_));
@@ -127,7 +149,9 @@ fn describe(msg: &NetlinkMessage<RouteNetlinkMessage>) -> Option<(u8, String)> {
                 return None;
             }
             let rule = netlink::rule_from_message(r).ip_args();
-            let rule = rule.rsplit_once(" proto ").map_or(rule.as_str(), |(a, _)| a);
+            let rule = rule
+                .rsplit_once(" proto ")
+                .map_or(rule.as_str(), |(a, _)| a);
             (1, format!("rule {} `{rule} proto {proto}`", verb(new)))
         }
         M::NewRoute(r) | M::DelRoute(r) => {
@@ -136,7 +160,16 @@ fn describe(msg: &NetlinkMessage<RouteNetlinkMessage>) -> Option<(u8, String)> {
                 return None;
             }
             let rt = netlink::route_from_message(r);
-            (2, format!("route {} `{}/{} table {}`", verb(new), rt.dst.0, rt.dst.1, rt.table))
+            (
+                2,
+                format!(
+                    "route {} `{}/{} table {}`",
+                    verb(new),
+                    rt.dst.0,
+                    rt.dst.1,
+                    rt.table
+                ),
+            )
         }
         _ => (3, "netlink event".to_owned()),
     })
@@ -167,7 +200,12 @@ impl Reasons {
         }
         let mut sorted: Vec<_> = self.seen.iter().collect();
         sorted.sort_by_key(|(rank, _)| *rank);
-        let mut s = sorted.iter().take(SHOWN).map(|(_, w)| w.as_str()).collect::<Vec<_>>().join(", ");
+        let mut s = sorted
+            .iter()
+            .take(SHOWN)
+            .map(|(_, w)| w.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         if sorted.len() > SHOWN {
             s += &format!(" and {} more", sorted.len() - SHOWN);
         }
@@ -213,8 +251,12 @@ fn follow_program(logger: &mut Option<Logger>, paths: &Paths) {
         .and_then(|l| {
             // SAFETY: the ring buffer's fd is owned by `l`, which the AsyncFd owns from now on and
             // which never changes its descriptor.
-            unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
-                .map_err(|e| anyhow::anyhow!("registering the log ring buffer: {}", std::io::Error::from(e)))
+            unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(|e| {
+                anyhow::anyhow!(
+                    "registering the log ring buffer: {}",
+                    std::io::Error::from(e)
+                )
+            })
         });
     match opened {
         Ok(fd) => {
@@ -227,7 +269,9 @@ fn follow_program(logger: &mut Option<Logger>, paths: &Paths) {
 
 /// Waits for log records and prints them; never returns without a logger.
 async fn drain(logger: &mut Option<Logger>) {
-    let Some(l) = logger else { return std::future::pending().await };
+    let Some(l) = logger else {
+        return std::future::pending().await;
+    };
     match l.fd.readable_mut().await {
         Ok(mut guard) => {
             guard.get_inner_mut().flush();
