@@ -284,21 +284,29 @@ async fn drain(logger: &mut Option<Logger>) {
     }
 }
 
-fn report(r: &Reconciled, why: &Reasons) {
-    if r.changes.is_empty() {
-        return;
+/// The log line of one reconcile: one line when it changed something, nothing otherwise (but
+/// once when the watcher becomes idle: an operator should see why it manages nothing).
+fn report(r: &Reconciled, why: &Reasons, took: Duration, idle: &mut Option<String>) {
+    if !r.changes.is_empty() {
+        let names: Vec<_> = r.managed.iter().map(|m| m.name.as_str()).collect();
+        let scope = match &r.idle {
+            Some(why) => format!("nothing to manage ({why}): removed enipin's state"),
+            None => format!("managing {}", names.join(", ")),
+        };
+        println!(
+            "reconciled after {} in {} ms: {} change(s), {scope}: {}",
+            why.text(),
+            took.as_millis(),
+            r.changes.len(),
+            r.changes.join("; ")
+        );
+    } else if r.idle.is_some() && r.idle != *idle {
+        println!(
+            "nothing to manage: {}",
+            r.idle.as_deref().unwrap_or_default()
+        );
     }
-    let names: Vec<_> = r.managed.iter().map(|m| m.name.as_str()).collect();
-    let scope = match &r.idle {
-        Some(idle) => format!("nothing to manage ({idle}): removed enipin's state"),
-        None => format!("managing {}", names.join(", ")),
-    };
-    println!(
-        "reconciled after {}: {} change(s), {scope}: {}",
-        why.text(),
-        r.changes.len(),
-        r.changes.join("; ")
-    );
+    idle.clone_from(&r.idle);
 }
 
 /// Runs until SIGTERM or SIGINT; the state stays installed when it returns.
@@ -321,6 +329,8 @@ pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
     // No reconcile before this (backoff after a failure).
     let mut hold = now;
     let mut failures = 0u32;
+    // Why nothing is managed, as last reported.
+    let mut idle: Option<String> = None;
     println!(
         "watching (interval {}s); SIGTERM/SIGINT stop the watcher and leave the state installed",
         pacing.interval.as_secs()
@@ -355,9 +365,10 @@ pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
                 if due.is_none() {
                     why.add(Some((0, "periodic check".to_owned())));
                 }
+                let started = Instant::now();
                 match apply::reconcile(cfg, paths).await {
                     Ok(r) => {
-                        report(&r, &why);
+                        report(&r, &why, started.elapsed(), &mut idle);
                         if failures > 0 {
                             println!("reconcile succeeded after {failures} failed attempt(s)");
                         }
@@ -385,5 +396,41 @@ pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_put_links_and_addresses_first_and_count_echoes() {
+        let mut r = Reasons::default();
+        assert_eq!(r.text(), "0 netlink event(s)");
+        r.add(None);
+        assert_eq!(r.text(), "1 netlink event(s)");
+        r.add(Some((
+            2,
+            "route deleted `198.18.0.0/24 table 20003`".into(),
+        )));
+        r.add(Some((
+            1,
+            "rule deleted `from 198.18.0.11/32 lookup 20003 pref 20002 proto 229`".into(),
+        )));
+        r.add(Some((0, "link eth1 removed".into())));
+        r.add(Some((0, "link eth1 removed".into())));
+        assert_eq!(
+            r.text(),
+            "link eth1 removed, rule deleted `from 198.18.0.11/32 lookup 20003 pref 20002 proto 229`, \
+             route deleted `198.18.0.0/24 table 20003`"
+        );
+        r.add(Some((0, "address 198.18.0.21/24 deleted from eth1".into())));
+        assert!(
+            r.text()
+                .starts_with("link eth1 removed, address 198.18.0.21/24"),
+            "{}",
+            r.text()
+        );
+        assert!(r.text().ends_with(" and 1 more"), "{}", r.text());
     }
 }
