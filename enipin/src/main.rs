@@ -72,9 +72,11 @@ enum Command {
     /// detached ENI), and every --interval. One log line per reconcile that changed something.
     ///
     /// A failed reconcile changes nothing and is retried with backoff: an error is never taken
-    /// for "nothing to manage". SIGTERM/SIGINT stop watching and exit 0 LEAVING the state
-    /// installed, like attach, so a restart of the service causes no gap; `enipin detach` removes
-    /// it. Holds the state directory's lock while it runs (attach/detach wait for it to stop).
+    /// for "nothing to manage". When discovery succeeds and no interface needs pinning any more
+    /// (the last ENI sharing the subnet is gone), enipin's rules, routes and datapath are removed.
+    /// SIGTERM/SIGINT stop watching and exit 0 LEAVING the state installed, like attach, so a
+    /// restart of the service causes no gap; `enipin detach` removes it. Holds the state
+    /// directory's lock while it runs: attach and detach refuse to run beside it.
     Watch {
         #[command(flatten)]
         sel: Selection,

@@ -311,7 +311,7 @@ fn report(r: &Reconciled, why: &Reasons, took: Duration, idle: &mut Option<Strin
 
 /// Runs until SIGTERM or SIGINT; the state stays installed when it returns.
 pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
-    // One changer per state directory: attach/detach wait for the watcher to stop.
+    // One changer per state directory: attach and detach refuse to run beside the watcher.
     let _lock = state::lock(paths)?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

@@ -474,3 +474,56 @@ fn a_failing_reconcile_changes_nothing_and_is_retried() {
     assert_eq!(rules_with(&topo, "proto 229"), ours);
     assert!(topo.peer().ping(SECONDARY, 3).unwrap(), "{}", w.log());
 }
+
+#[test]
+fn watch_adopts_an_eni_attached_at_runtime() {
+    let topo = topology();
+    let e = Enipin::in_ns(topo.host());
+    let w = Watcher::start(&e, &["--interval", "60"]);
+    w.line(0, &["reconciled after start"]);
+    let since = w.mark();
+    // A third ENI on the same subnet (its vpc port has no source check: only its own traffic).
+    enipin_tests::veth(
+        topo.vpc(),
+        "eni2",
+        "02:e1:00:00:00:02",
+        topo.host(),
+        "eth2",
+        "02:e0:00:00:00:12",
+    )
+    .unwrap();
+    topo.vpc()
+        .ip(&["link", "set", "eni2", "master", "br0"])
+        .unwrap();
+    topo.host()
+        .ip(&["addr", "add", "198.18.0.12/24", "dev", "eth2"])
+        .unwrap();
+    let (rules, took) = eventually(
+        "rules for eth2",
+        || own_rules(&topo, "198.18.0.12"),
+        || w.log(),
+    );
+    let line = w.line(
+        since,
+        &[
+            "managing eth0, eth1, eth2",
+            "+ attach enipin_egress to eth2",
+        ],
+    );
+    eprintln!("eth2 adopted after {took:?}: {rules:?}\n{line}");
+    let ifindex = topo.host().ifindex("eth2").unwrap();
+    // A TCX link pin, or the marker of a netlink filter on kernels before 6.6.
+    let pins = enipin_tests::pins(e.pins.path()).unwrap();
+    assert!(
+        pins.iter()
+            .any(|p| p.ends_with(&format!("/link-{ifindex}"))
+                || p.contains(&format!("/nl-{ifindex}-"))),
+        "no attachment pinned for eth2: {pins:?}"
+    );
+    assert!(
+        topo.peer().ping("198.18.0.12", 3).unwrap(),
+        "eth2's address does not answer:\n{}",
+        w.log()
+    );
+    assert!(topo.peer().ping(SECONDARY, 3).unwrap(), "{}", w.log());
+}
