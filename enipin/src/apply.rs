@@ -256,7 +256,7 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
         println!("dry run: {} change(s) planned, nothing changed", lines.len());
         return Ok(());
     }
-    let (n_rules, n_managed) = (p.plan.changes.len(), p.managed.len());
+    let (n_changes, n_managed) = (lines.len(), p.managed.len());
     if p.is_empty() {
         println!(
             "nothing to do: {} rules, {} routes already installed",
@@ -266,7 +266,7 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
     let empty = p.is_empty();
     commit(&nl, p, cfg, paths).await.context("attach failed")?;
     if !empty {
-        println!("attached: {n_rules} change(s) applied to {n_managed} interface(s)");
+        println!("attached: {n_changes} change(s) applied to {n_managed} interface(s)");
     }
     Ok(())
 }
@@ -294,6 +294,7 @@ pub async fn detach(paths: &Paths) -> Result<()> {
     }
     // Detach removes what it can and reports the rest: a half-removed state is worse to keep.
     let mut failed = Vec::new();
+    let mut n_changes = changes.len();
     for c in &changes {
         println!("{}", c.render(DiffFormat::Text));
         if let Err(e) = step(&nl, c).await {
@@ -302,7 +303,10 @@ pub async fn detach(paths: &Paths) -> Result<()> {
     }
     if pinned {
         match ebpf::detach(paths) {
-            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+            Ok(lines) => {
+                n_changes += lines.len();
+                lines.iter().for_each(|l| println!("{l}"));
+            }
             Err(e) => failed.push(format!("{e:#}")),
         }
     }
@@ -310,7 +314,7 @@ pub async fn detach(paths: &Paths) -> Result<()> {
         return Err(anyhow!("detach left some things in place (state file kept): {}", failed.join("; ")));
     }
     state::remove(paths)?;
-    println!("detached: {} change(s)", changes.len());
+    println!("detached: {n_changes} change(s)");
     Ok(())
 }
 
