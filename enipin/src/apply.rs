@@ -118,6 +118,114 @@ async fn rollback(nl: &Netlink, journal: Vec<Change>) -> String {
     }
 }
 
+/// The difference between the desired state and the namespace now, for both appliers.
+struct Pending {
+    /// The state file as found (restored if applying fails).
+    previous: Option<state::State>,
+    managed: Vec<ManagedInterface>,
+    plan: Plan,
+    ebpf: Option<ebpf::EbpfPlan>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.plan.is_empty() && self.ebpf.as_ref().is_none_or(|p| p.is_empty())
+    }
+
+    /// Every change in enipin's diff format: rules, routes, sysctls, then the datapath.
+    fn lines(&self, format: DiffFormat) -> Vec<String> {
+        let comment = if format == DiffFormat::Ip { "# " } else { "" };
+        let rules = self.plan.changes.iter().map(|c| c.render(format));
+        let datapath = self.ebpf.iter().flat_map(|p| &p.changes).map(|l| format!("{comment}{l}"));
+        rules.chain(datapath).collect()
+    }
+}
+
+/// Plans both appliers for `managed` against discovery `d`. Any failure to read what is
+/// installed is an error, never an empty plan.
+fn pending(
+    d: &Discovery,
+    managed: Vec<ManagedInterface>,
+    previous: Option<state::State>,
+    cfg: &Config,
+    paths: &Paths,
+) -> Result<Pending> {
+    if cfg.rules {
+        plan::check_conflicts(d, &managed, cfg)?;
+    }
+    let plan = compute(d, &managed, cfg)?;
+    let ebpf = if cfg.ebpf { Some(ebpf::plan(&managed, cfg, paths)?) } else { None };
+    Ok(Pending { previous, managed, plan, ebpf })
+}
+
+/// Carries a plan out, all or nothing: the state file first, then rules/routes/sysctls, then the
+/// datapath; on failure everything this call did is undone and the state file restored.
+async fn commit(nl: &Netlink, p: Pending, cfg: &Config, paths: &Paths) -> Result<()> {
+    // The state goes first: the sysctl values we are about to replace must survive a crash.
+    let mut st = p.previous.clone().unwrap_or_default();
+    for c in &p.plan.changes {
+        if let Change::Sysctl { key, old, .. } = c {
+            st.sysctls.entry(key.clone()).or_insert_with(|| old.clone());
+        }
+    }
+    st.config = Some(cfg.clone());
+    st.managed = p.managed.clone();
+    if p.previous.as_ref() != Some(&st) {
+        state::save(paths, &st)?;
+    }
+    if p.is_empty() {
+        return Ok(());
+    }
+    let journal = match execute(nl, &p.plan.changes).await {
+        Ok(j) => j,
+        Err(e) => {
+            state::restore(paths, p.previous.as_ref())?;
+            return Err(e.context("nothing changed"));
+        }
+    };
+    if let Some(ep) = p.ebpf.filter(|e| !e.is_empty())
+        && let Err(e) = ebpf::apply(ep, &p.managed, cfg, paths)
+    {
+        let undone = rollback(nl, journal).await;
+        state::restore(paths, p.previous.as_ref())?;
+        return Err(e.context(format!("attaching the datapath failed; {undone}")));
+    }
+    Ok(())
+}
+
+/// What one [`reconcile`] found and did.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// The interfaces managed now (empty: nothing to manage).
+    pub managed: Vec<ManagedInterface>,
+    /// The changes applied, in enipin's diff format, in order; empty when nothing changed.
+    pub changes: Vec<String>,
+    /// Why nothing is managed, when nothing is.
+    pub idle: Option<String>,
+}
+
+/// One pass of the same plan/apply `attach` does, for a caller that holds the state lock
+/// (`enipin watch`): discover, select, diff, apply only the difference.
+///
+/// Unlike `attach`, a successful discovery that selects nothing (the last interface sharing a
+/// subnet was detached, its last address removed) is a desired state too: enipin's own rules,
+/// routes and datapath go (sysctls stay recorded for `detach`). A failed discovery is an error
+/// and changes nothing.
+pub async fn reconcile(cfg: &Config, paths: &Paths) -> Result<Reconciled> {
+    let previous = state::load(paths)?;
+    let nl = Netlink::connect()?;
+    let d = discover::discover(&nl).await?;
+    let (managed, idle) = match plan::select(&d, cfg)? {
+        Selection::Managed(m) => (m, None),
+        Selection::NothingToDo(why) => (Vec::new(), Some(why)),
+    };
+    let p = pending(&d, managed, previous, cfg, paths)?;
+    let changes = p.lines(DiffFormat::Text);
+    let managed = p.managed.clone();
+    commit(&nl, p, cfg, paths).await?;
+    Ok(Reconciled { managed, changes, idle })
+}
+
 pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffFormat) -> Result<()> {
     // Two changers at once would each diff against a state the other is changing.
     let _lock = if dry_run { None } else { Some(state::lock(paths)?) };
@@ -140,65 +248,26 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
             return Ok(());
         }
     };
-    if cfg.rules {
-        plan::check_conflicts(&d, &managed, cfg)?;
-    }
-    let plan = compute(&d, &managed, cfg)?;
-    let ebpf_plan = if cfg.ebpf { Some(ebpf::plan(&managed, cfg, paths)?) } else { None };
-    let ebpf_empty = ebpf_plan.as_ref().is_none_or(|p| p.is_empty());
-
-    print_managed(&managed, if format == DiffFormat::Ip { "# " } else { "" });
-    for c in &plan.changes {
-        println!("{}", c.render(format));
-    }
-    for line in ebpf_plan.iter().flat_map(|p| &p.changes) {
-        println!("{}{line}", if format == DiffFormat::Ip { "# " } else { "" });
-    }
+    let p = pending(&d, managed, previous, cfg, paths)?;
+    print_managed(&p.managed, if format == DiffFormat::Ip { "# " } else { "" });
+    let lines = p.lines(format);
+    lines.iter().for_each(|l| println!("{l}"));
     if dry_run {
-        println!("dry run: {} change(s) planned, nothing changed", plan.changes.len() + ebpf_plan.as_ref().map_or(0, |p| p.changes.len()));
+        println!("dry run: {} change(s) planned, nothing changed", lines.len());
         return Ok(());
     }
-
-    // The state goes first: the sysctl values we are about to replace must survive a crash.
-    let mut st = previous.clone().unwrap_or_default();
-    for c in &plan.changes {
-        if let Change::Sysctl { key, old, .. } = c {
-            st.sysctls.entry(key.clone()).or_insert_with(|| old.clone());
-        }
-    }
-    st.config = Some(cfg.clone());
-    st.managed = managed.clone();
-    if plan.is_empty() && ebpf_empty {
-        if previous.as_ref() != Some(&st) {
-            state::save(paths, &st)?;
-        }
+    let (n_changes, n_managed) = (lines.len(), p.managed.len());
+    if p.is_empty() {
         println!(
             "nothing to do: {} rules, {} routes already installed",
-            plan.rules_in_place, plan.routes_in_place
+            p.plan.rules_in_place, p.plan.routes_in_place
         );
-        return Ok(());
     }
-    state::save(paths, &st)?;
-
-    let journal = match execute(&nl, &plan.changes).await {
-        Ok(j) => j,
-        Err(e) => {
-            state::restore(paths, previous.as_ref())?;
-            return Err(e.context("attach failed, nothing changed"));
-        }
-    };
-    if let Some(ep) = ebpf_plan.filter(|p| !p.is_empty())
-        && let Err(e) = ebpf::apply(ep, &managed, cfg, paths)
-    {
-        let undone = rollback(&nl, journal).await;
-        state::restore(paths, previous.as_ref())?;
-        return Err(e.context(format!("attaching the datapath failed; {undone}")));
+    let empty = p.is_empty();
+    commit(&nl, p, cfg, paths).await.context("attach failed")?;
+    if !empty {
+        println!("attached: {n_changes} change(s) applied to {n_managed} interface(s)");
     }
-    println!(
-        "attached: {} change(s) applied to {} interface(s)",
-        plan.changes.len(),
-        managed.len()
-    );
     Ok(())
 }
 
@@ -225,6 +294,7 @@ pub async fn detach(paths: &Paths) -> Result<()> {
     }
     // Detach removes what it can and reports the rest: a half-removed state is worse to keep.
     let mut failed = Vec::new();
+    let mut n_changes = changes.len();
     for c in &changes {
         println!("{}", c.render(DiffFormat::Text));
         if let Err(e) = step(&nl, c).await {
@@ -233,7 +303,10 @@ pub async fn detach(paths: &Paths) -> Result<()> {
     }
     if pinned {
         match ebpf::detach(paths) {
-            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+            Ok(lines) => {
+                n_changes += lines.len();
+                lines.iter().for_each(|l| println!("{l}"));
+            }
             Err(e) => failed.push(format!("{e:#}")),
         }
     }
@@ -241,7 +314,7 @@ pub async fn detach(paths: &Paths) -> Result<()> {
         return Err(anyhow!("detach left some things in place (state file kept): {}", failed.join("; ")));
     }
     state::remove(paths)?;
-    println!("detached: {} change(s)", changes.len());
+    println!("detached: {n_changes} change(s)");
     Ok(())
 }
 

@@ -770,6 +770,17 @@ fn remove_pins(pin_dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// The id of the pinned classifier, `None` when nothing is pinned (for `enipin watch --debug`,
+/// which reads its aya-log records).
+pub fn program_id(paths: &Paths) -> Result<Option<u32>> {
+    let pin = paths.pin_dir.join(PROG_PIN);
+    if !pin.exists() {
+        return Ok(None);
+    }
+    let info = ProgramInfo::from_pin(&pin).with_context(|| format!("reading {}", pin.display()))?;
+    Ok(Some(info.id()))
+}
+
 /// Detaches every link under the pin directory and removes the pins. A second call is a no-op.
 /// Returns one line per removed object.
 pub fn detach(paths: &Paths) -> Result<Vec<String>> {

@@ -19,3 +19,4 @@ pub mod render;
 pub mod state;
 pub mod sysctl;
 pub mod testbed;
+pub mod watch;

@@ -67,6 +67,35 @@ enum Command {
         #[arg(long)]
         debug: bool,
     },
+    /// Attach, then keep the desired state installed: re-apply it whenever links, addresses,
+    /// rules or routes change (rules removed by another tool, a new ENI or secondary address, a
+    /// detached ENI), and every --interval. One log line per reconcile that changed something.
+    ///
+    /// A failed reconcile changes nothing and is retried with backoff: an error is never taken
+    /// for "nothing to manage". When discovery succeeds and no interface needs pinning any more
+    /// (the last ENI sharing the subnet is gone), enipin's rules, routes and datapath are removed.
+    /// SIGTERM/SIGINT stop watching and exit 0 LEAVING the state installed, like attach, so a
+    /// restart of the service causes no gap; `enipin detach` removes it. Holds the state
+    /// directory's lock while it runs: attach and detach refuse to run beside it.
+    Watch {
+        #[command(flatten)]
+        sel: Selection,
+        /// Leave policy rules, routes and sysctls alone (eBPF only).
+        #[arg(long)]
+        no_rules: bool,
+        /// Leave the datapath alone (rules only).
+        #[arg(long)]
+        no_ebpf: bool,
+        /// enforce: redirect misrouted packets; monitor: only count them.
+        #[arg(long, value_enum, default_value_t = Mode::Enforce)]
+        mode: Mode,
+        /// Log rare datapath events (redirect failures) through aya-log, printed on stderr.
+        #[arg(long)]
+        debug: bool,
+        /// Seconds between reconciles when no event arrives (a safety net for missed events).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+        interval: u64,
+    },
     /// Remove exactly what enipin added and restore the sysctls it changed.
     Detach,
     /// Managed interfaces, addresses, tables, rules, attachment, and drift from the desired state.
@@ -120,10 +149,14 @@ impl Selection {
 }
 
 fn main() -> ExitCode {
-    // `enipin status | head` should end quietly, as other Unix tools do, not panic on EPIPE.
-    // SAFETY: resetting a signal disposition before any thread exists.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
+    // `enipin status | head` should end quietly, as other Unix tools do, not panic on EPIPE. Not
+    // the lab: killed by SIGPIPE it could not remove its namespaces; a failed print unwinds
+    // through their guards instead.
+    if !matches!(cli.command, Command::Lab { .. }) {
+        // SAFETY: resetting a signal disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // Enter the namespace before the runtime starts its threads: they inherit it.
     if let Some(ns) = &cli.netns {
         if let Err(e) = enipin::netns::enter(ns) {
@@ -158,6 +191,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             cfg.mode = mode;
             cfg.debug = debug;
             enipin::apply::attach(&cfg, &paths, dry_run, format).await?;
+        }
+        Command::Watch { sel, no_rules, no_ebpf, mode, debug, interval } => {
+            let mut cfg = sel.into_config()?;
+            cfg.rules = !no_rules;
+            cfg.sysctls = !no_rules;
+            cfg.ebpf = !no_ebpf;
+            cfg.mode = mode;
+            cfg.debug = debug;
+            let pacing = enipin::watch::Pacing::new(std::time::Duration::from_secs(interval));
+            enipin::watch::watch(&cfg, &paths, pacing).await?;
         }
         Command::Detach => enipin::apply::detach(&paths).await?,
         Command::Status { json } => enipin::apply::status(&paths, json).await?,

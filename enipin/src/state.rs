@@ -69,7 +69,8 @@ pub fn lock(paths: &Paths) -> Result<std::fs::File> {
     // SAFETY: plain syscall on a descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         anyhow::bail!(
-            "another enipin attach/detach holds {} ({}); wait for it to finish",
+            "another enipin attach/detach/watch holds {} ({}); wait for it to finish (stop a running \
+             `enipin watch` first)",
             path.display(),
             std::io::Error::last_os_error()
         );

@@ -1,0 +1,529 @@
+//! `enipin watch` as a child process in the lab topology: it restores a rule deleted by hand,
+//! follows a secondary address added and removed at runtime without touching anyone else's rule,
+//! tears its state down when the last ENI sharing the subnet goes, and on SIGTERM exits 0
+//! leaving the state installed (detach then restores the namespace).
+//!
+//! Every wait is bounded; the watcher is killed and reaped on drop (also when a test panics),
+//! before the namespaces go.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::Ipv4Addr,
+    process::{Child, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use enipin_tests::{Enipin, Snapshot, Spec, Topology, rules};
+
+const DEADLINE: Duration = Duration::from_secs(5);
+const SECONDARY: &str = "198.18.0.11";
+/// Allowed for eth1 by the vpc's source check, but not on the host until a test adds it.
+const EXTRA: &str = "198.18.0.21";
+
+/// The seed topology, with EXTRA allowed on eth1 by the vpc and absent from the host.
+fn topology() -> Topology {
+    let mut spec = Spec::default();
+    spec.enis[1].v4.push(EXTRA.parse::<Ipv4Addr>().unwrap());
+    let topo = Topology::build_with(spec).expect("building the lab topology");
+    topo.host()
+        .ip(&["addr", "del", &format!("{EXTRA}/24"), "dev", "eth1"])
+        .unwrap();
+    topo
+}
+
+/// A running `enipin watch`, its stdout and stderr collected line by line.
+struct Watcher {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Watcher {
+    fn start(e: &Enipin, args: &[&str]) -> Self {
+        let mut cmd = e.command(&[&["watch"], args].concat());
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning enipin watch");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+        let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+        for pipe in [out, err] {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        Self { child, lines }
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Number of log lines so far: `since` in [`Watcher::line`] looks only at newer ones.
+    fn mark(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// The first line after `since` that contains every one of `parts`, waiting up to DEADLINE.
+    fn line(&self, since: usize, parts: &[&str]) -> String {
+        eventually(
+            &format!("a watch log line with {parts:?}"),
+            || {
+                self.lines.lock().unwrap()[since..]
+                    .iter()
+                    .find(|l| parts.iter().all(|p| l.contains(p)))
+                    .cloned()
+            },
+            || self.log(),
+        )
+        .0
+    }
+
+    /// Sends `sig` and waits up to `limit` for the exit.
+    fn signal(&mut self, sig: i32, limit: Duration) -> (ExitStatus, Duration) {
+        let t = Instant::now();
+        // SAFETY: plain syscall on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st, t.elapsed());
+            }
+            assert!(
+                t.elapsed() < limit,
+                "enipin watch still runs {limit:?} after signal {sig}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `f` every 20 ms until it returns Some, for at most DEADLINE; panics with `what` and
+/// `context()` otherwise. Returns the value and how long it took.
+fn eventually<T>(
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> (T, Duration) {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return (v, t.elapsed());
+        }
+        assert!(
+            t.elapsed() < DEADLINE,
+            "no {what} within {DEADLINE:?}; watch log:\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `ip rule` lines (both families) of the namespace that contain `needle`.
+fn rules_with(topo: &Topology, needle: &str) -> Vec<String> {
+    rules(topo.host())
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// enipin's two source rules for `addr` (P and P+2), once both are installed.
+fn own_rules(topo: &Topology, addr: &str) -> Option<Vec<String>> {
+    let r = rules_with(topo, &format!("from {addr} lookup"));
+    let ours: Vec<_> = r.into_iter().filter(|l| l.contains("proto 229")).collect();
+    (ours.len() == 2).then_some(ours)
+}
+
+#[test]
+fn watch_restores_deleted_rules_and_follows_addresses() {
+    let topo = topology();
+    let e = Enipin::in_ns(topo.host());
+    let w = Watcher::start(&e, &["--interval", "60"]);
+    w.line(0, &["reconciled after start", "+ rule from 198.18.0.11/32"]);
+    assert!(
+        topo.peer().ping(SECONDARY, 3).unwrap(),
+        "the secondary does not answer under watch:\n{}",
+        w.log()
+    );
+
+    // 1. Someone (networkd, netplan) deletes one of enipin's rules: it comes back.
+    let victim = rules_with(&topo, &format!("from {SECONDARY} lookup"))
+        .into_iter()
+        .find(|l| l.starts_with("20002:"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no rule at 20002 for {SECONDARY}:\n{}",
+                rules(topo.host()).unwrap()
+            )
+        });
+    let table = victim
+        .split_whitespace()
+        .skip_while(|w| *w != "lookup")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let since = w.mark();
+    topo.host()
+        .ip(&[
+            "rule", "del", "from", SECONDARY, "pref", "20002", "table", &table,
+        ])
+        .unwrap();
+    let t = Instant::now();
+    let (_, latency) = eventually(
+        "restored rule",
+        || {
+            rules_with(&topo, &format!("from {SECONDARY} lookup {table}"))
+                .iter()
+                .any(|l| l.starts_with("20002:"))
+                .then_some(())
+        },
+        || w.log(),
+    );
+    let line = w.line(
+        since,
+        &[
+            "rule deleted `from 198.18.0.11/32",
+            "+ rule from 198.18.0.11/32 lookup",
+        ],
+    );
+    eprintln!(
+        "rule restored {latency:?} after its deletion ({:?} until the log line): {line}",
+        t.elapsed()
+    );
+    assert!(
+        topo.peer().ping(SECONDARY, 3).unwrap(),
+        "the secondary does not answer after the restore:\n{}",
+        w.log()
+    );
+
+    // 2. A secondary address appears on eth1 at runtime: its rules follow, and it answers.
+    let since = w.mark();
+    topo.host()
+        .ip(&["addr", "add", &format!("{EXTRA}/24"), "dev", "eth1"])
+        .unwrap();
+    let (added, took) = eventually(
+        "rules for the new address",
+        || own_rules(&topo, EXTRA),
+        || w.log(),
+    );
+    assert!(
+        added.iter().all(|l| l.contains(&format!("lookup {table}"))),
+        "{added:?} do not use eth1's table {table}"
+    );
+    w.line(
+        since,
+        &[
+            "address 198.18.0.21/24 added on eth1",
+            "+ rule from 198.18.0.21/32",
+        ],
+    );
+    eprintln!("new address's rules installed after {took:?}");
+    assert!(
+        topo.peer().ping(EXTRA, 3).unwrap(),
+        "the new secondary address does not answer:\n{}",
+        w.log()
+    );
+
+    // Someone else's rule: no change, so no log line.
+    topo.host()
+        .ip(&[
+            "rule", "add", "from", EXTRA, "lookup", "100", "pref", "30000",
+        ])
+        .unwrap();
+    let foreign = rules_with(&topo, "lookup 100");
+    assert_eq!(foreign.len(), 1, "{foreign:?}");
+    let since = w.mark();
+    std::thread::sleep(Duration::from_millis(600));
+    let quiet: Vec<_> = w.lines.lock().unwrap()[since..].to_vec();
+    assert!(
+        quiet.iter().all(|l| !l.contains("reconciled")),
+        "a no-op reconcile logged: {quiet:?}"
+    );
+
+    // 3. The address goes: its rules go, the foreign rule stays as it was.
+    let since = w.mark();
+    topo.host()
+        .ip(&["addr", "del", &format!("{EXTRA}/24"), "dev", "eth1"])
+        .unwrap();
+    eventually(
+        "removal of the address's rules",
+        || {
+            rules_with(&topo, &format!("from {EXTRA} lookup {table}"))
+                .is_empty()
+                .then_some(())
+        },
+        || w.log(),
+    );
+    w.line(
+        since,
+        &[
+            "address 198.18.0.21/24 deleted from eth1",
+            "- rule from 198.18.0.21/32",
+        ],
+    );
+    assert_eq!(
+        rules_with(&topo, "lookup 100"),
+        foreign,
+        "the foreign rule changed"
+    );
+    assert!(
+        own_rules(&topo, SECONDARY).is_some(),
+        "the other secondary lost its rules:\n{}",
+        rules(topo.host()).unwrap()
+    );
+    assert!(topo.peer().ping(SECONDARY, 3).unwrap(), "{}", w.log());
+}
+
+#[test]
+fn watch_exits_on_sigterm_leaving_the_state_and_detach_restores() {
+    let topo = topology();
+    let e = Enipin::in_ns(topo.host());
+    let before = Snapshot::take(topo.host(), &["eth0", "eth1"], e.pins.path()).unwrap();
+    let mut w = Watcher::start(&e, &[]);
+    w.line(0, &["reconciled after start"]);
+    // While it runs, attach and detach are refused (it holds the state lock).
+    let out = e.cmd(&["detach"]);
+    assert!(!out.status.success(), "detach ran beside the watcher");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lock"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // 4. SIGTERM: exit 0 within 2 s, state left installed and without drift.
+    let (st, took) = w.signal(libc::SIGTERM, Duration::from_secs(2));
+    assert!(
+        st.success(),
+        "enipin watch exited with {st} on SIGTERM:\n{}",
+        w.log()
+    );
+    eprintln!("exited {took:?} after SIGTERM");
+    w.line(0, &["SIGTERM", "stays installed"]);
+    assert!(
+        own_rules(&topo, SECONDARY).is_some(),
+        "rules gone after SIGTERM:\n{}",
+        rules(topo.host()).unwrap()
+    );
+    let status = e.ok(&["status"]);
+    assert!(
+        status.contains("state: attached") && status.contains("drift: none"),
+        "{status}"
+    );
+    assert!(status.contains("datapath: eth1"), "{status}");
+    assert!(
+        topo.peer().ping(SECONDARY, 3).unwrap(),
+        "the secondary stopped answering after SIGTERM"
+    );
+
+    e.ok(&["detach"]);
+    let after = Snapshot::take(topo.host(), &["eth0", "eth1"], e.pins.path()).unwrap();
+    assert_eq!(
+        before.diff(&after),
+        Vec::<String>::new(),
+        "detach after watch left residue"
+    );
+}
+
+#[test]
+fn watch_removes_stale_state_when_an_eni_goes() {
+    let topo = topology();
+    let e = Enipin::in_ns(topo.host());
+    let w = Watcher::start(&e, &["--interval", "60"]);
+    w.line(0, &["reconciled after start"]);
+    let since = w.mark();
+    // eth1 is detached: eth0 is alone in its subnet, so nothing needs pinning any more.
+    topo.host().ip(&["link", "del", "eth1"]).unwrap();
+    eventually(
+        "removal of enipin's rules",
+        || rules_with(&topo, "proto 229").is_empty().then_some(()),
+        || w.log(),
+    );
+    let line = w.line(
+        since,
+        &["link", "nothing to manage", "- rule from 198.18.0.10/32"],
+    );
+    eprintln!("{line}");
+    eventually(
+        "removal of the pins",
+        || (!e.pins.path().exists()).then_some(()),
+        || w.log(),
+    );
+    let routes = topo
+        .host()
+        .ip(&["route", "show", "table", "all", "proto", "229"])
+        .unwrap();
+    assert!(routes.trim().is_empty(), "enipin's routes left: {routes}");
+}
+
+#[test]
+fn watch_debug_prints_the_datapaths_log_records() {
+    let topo = topology();
+    let e = Enipin::in_ns(topo.host());
+    // A smaller MTU on eth1: a redirect of a bigger packet onto it fails the MTU check, a rare
+    // path the program logs when --debug is on.
+    topo.host()
+        .ip(&["link", "set", "eth1", "mtu", "1280"])
+        .unwrap();
+    let w = Watcher::start(&e, &["--no-rules", "--debug", "--interval", "60"]);
+    w.line(0, &["reading the datapath's log"]);
+    // Without rules, a packet from eth1's address leaves by eth0 (the main table's first route).
+    // Prime eth0's neighbour entry for the peer from eth0's own address (an ARP request sent from
+    // eth1's address would be dropped by the vpc).
+    assert!(
+        topo.host().ping("198.18.0.100", 1).unwrap(),
+        "the peer does not answer eth0's primary"
+    );
+    let since = w.mark();
+    let _ = topo
+        .host()
+        .command("ping")
+        .args([
+            "-n",
+            "-q",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-s",
+            "1400",
+            "-I",
+            SECONDARY,
+            "198.18.0.100",
+        ])
+        .output()
+        .expect("spawning ping");
+    let line = w.line(since, &["datapath", "not redirecting", "check_mtu"]);
+    eprintln!("{line}");
+    let stats = e.ok(&["stats", "--json"]);
+    assert!(
+        stats.contains("\"mtu_exceeded\": 1") || stats.contains("\"mtu_exceeded\":1"),
+        "{stats}"
+    );
+}
+
+#[test]
+fn a_failing_reconcile_changes_nothing_and_is_retried() {
+    let topo = topology();
+    let e = Enipin::in_ns(topo.host());
+    let w = Watcher::start(&e, &["--interval", "60"]);
+    w.line(0, &["reconciled after start"]);
+    let ours = rules_with(&topo, "proto 229");
+    let since = w.mark();
+    // Someone else's rule at enipin's priority: every reconcile refuses (conflict) until it goes.
+    topo.host()
+        .ip(&[
+            "rule",
+            "add",
+            "from",
+            "198.18.0.50",
+            "lookup",
+            "100",
+            "pref",
+            "20000",
+        ])
+        .unwrap();
+    w.line(
+        since,
+        &[
+            "reconcile after",
+            "failed (attempt 1",
+            "left as it was",
+            "not enipin's",
+        ],
+    );
+    assert_eq!(
+        rules_with(&topo, "proto 229"),
+        ours,
+        "a failed reconcile changed enipin's rules"
+    );
+    assert!(
+        e.pins.path().join("prog").exists(),
+        "a failed reconcile removed the datapath"
+    );
+    // One of enipin's rules goes meanwhile: restored once the conflict is resolved.
+    topo.host()
+        .ip(&["rule", "del", "from", SECONDARY, "pref", "20002"])
+        .unwrap();
+    topo.host()
+        .ip(&[
+            "rule",
+            "del",
+            "from",
+            "198.18.0.50",
+            "lookup",
+            "100",
+            "pref",
+            "20000",
+        ])
+        .unwrap();
+    w.line(since, &["reconcile succeeded after"]);
+    w.line(since, &["+ rule from 198.18.0.11/32", "pref 20002"]);
+    assert_eq!(rules_with(&topo, "proto 229"), ours);
+    assert!(topo.peer().ping(SECONDARY, 3).unwrap(), "{}", w.log());
+}
+
+#[test]
+fn watch_adopts_an_eni_attached_at_runtime() {
+    let topo = topology();
+    let e = Enipin::in_ns(topo.host());
+    let w = Watcher::start(&e, &["--interval", "60"]);
+    w.line(0, &["reconciled after start"]);
+    let since = w.mark();
+    // A third ENI on the same subnet (its vpc port has no source check: only its own traffic).
+    enipin_tests::veth(
+        topo.vpc(),
+        "eni2",
+        "02:e1:00:00:00:02",
+        topo.host(),
+        "eth2",
+        "02:e0:00:00:00:12",
+    )
+    .unwrap();
+    topo.vpc()
+        .ip(&["link", "set", "eni2", "master", "br0"])
+        .unwrap();
+    topo.host()
+        .ip(&["addr", "add", "198.18.0.12/24", "dev", "eth2"])
+        .unwrap();
+    let (rules, took) = eventually(
+        "rules for eth2",
+        || own_rules(&topo, "198.18.0.12"),
+        || w.log(),
+    );
+    let line = w.line(
+        since,
+        &[
+            "managing eth0, eth1, eth2",
+            "+ attach enipin_egress to eth2",
+        ],
+    );
+    eprintln!("eth2 adopted after {took:?}: {rules:?}\n{line}");
+    let ifindex = topo.host().ifindex("eth2").unwrap();
+    // A TCX link pin, or the marker of a netlink filter on kernels before 6.6.
+    let pins = enipin_tests::pins(e.pins.path()).unwrap();
+    assert!(
+        pins.iter()
+            .any(|p| p.ends_with(&format!("/link-{ifindex}"))
+                || p.contains(&format!("/nl-{ifindex}-"))),
+        "no attachment pinned for eth2: {pins:?}"
+    );
+    assert!(
+        topo.peer().ping("198.18.0.12", 3).unwrap(),
+        "eth2's address does not answer:\n{}",
+        w.log()
+    );
+    assert!(topo.peer().ping(SECONDARY, 3).unwrap(), "{}", w.log());
+}
