@@ -20,10 +20,11 @@ pub fn routes(ns: &Netns) -> Result<String> {
 
 /// `key=value` for every IPv4 and IPv6 sysctl of `conf/<scope>` (an interface, `all`, `default`).
 pub fn sysctls(ns: &Netns, scope: &str) -> Result<String> {
-    // Unreadable keys (stable_secret) are skipped; grep prints path:value.
+    // One grep, not a process per key (a snapshot reads hundreds): it prints path:value and,
+    // with -s, skips the unreadable keys (stable_secret) in silence.
     ns.sh(&format!(
-        "for f in /proc/sys/net/ipv4/conf/{scope}/* /proc/sys/net/ipv6/conf/{scope}/*; do \
-         v=$(cat $f 2>/dev/null) && echo \"${{f#/proc/sys/}}=$v\"; done"
+        "grep -s -H '' /proc/sys/net/ipv4/conf/{scope}/* /proc/sys/net/ipv6/conf/{scope}/* \
+         | sed 's|^/proc/sys/||; s|:|=|'"
     ))
 }
 
