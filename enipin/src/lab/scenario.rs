@@ -435,20 +435,35 @@ pub fn run(opts: &Options) -> Result<Report> {
         res,
     );
     let before = topo.drops()?;
+    // The datapath's own count of what it fixed: replies leaving the primary with the
+    // secondary's source, redirected. Read from the pinned map (pins are not per namespace).
+    let primary_ifindex = topo.host().ifindex(&primary.name)?;
+    let misrouted = || -> Result<u64> {
+        let paths = crate::config::Paths {
+            pin_dir: pins.path().to_path_buf(),
+            state_dir: state.path().to_path_buf(),
+        };
+        Ok(crate::ebpf::counters(&paths)?
+            .into_iter()
+            .find(|(i, _)| *i == primary_ifindex)
+            .map_or(0, |(_, c)| c.misrouted_packets))
+    };
+    let fixed_before = misrouted().unwrap_or(0);
     let ok = ping(topo.peer(), &s4)?;
     let new = topo
         .drops()?
         .eni(&primary.name)
         .ip
         .saturating_sub(before.eni(&primary.name).ip);
+    let fixed = misrouted().unwrap_or(0).saturating_sub(fixed_before);
     let what = format!("peer -> {s4} ({}, redirected by TC)", secondary.name);
     r.push(
         5,
         "ping-secondary-ebpf-only",
         what,
-        "replies; 0 new drops",
-        ok && new == 0,
-        format!("{}; {new} new drops", replies(ok)),
+        "replies; 0 drops; redirected",
+        ok && new == 0 && fixed > 0,
+        format!("{}; {new} new drops; {fixed} redirected off {}", replies(ok), primary.name),
     );
     let (stats_ok, _) = cli.run(&["stats"], &mut r.transcript)?;
     let (detach_ok, res) = cli.run(&["detach"], &mut r.transcript)?;
