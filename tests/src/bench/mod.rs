@@ -2,6 +2,7 @@
 //! Markdown and JSON output, and a child runner that reports wall time and peak RSS.
 
 pub mod cost;
+pub mod datapath;
 
 use std::{
     os::unix::process::ExitStatusExt as _,
@@ -118,7 +119,7 @@ fn fmt(x: f64) -> String {
 pub fn markdown(rows: &[Row], quick: bool, took: Duration) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "<!-- written by `cargo xtask bench`{} -->\n| section | case | value | baseline | ratio | target | met |\n|---|---|---|---|---|---|---|\n",
+        "<!-- written by `cargo xtask bench`{} -->\n| section | case | value | baseline | vs baseline | target | met |\n|---|---|---|---|---|---|---|\n",
         if quick { " --quick (smoke sizes: not representative)" } else { "" }
     ));
     for r in rows {
@@ -129,7 +130,12 @@ pub fn markdown(rows: &[Row], quick: bool, took: Duration) -> String {
             fmt(r.value),
             r.unit,
             r.baseline.map(fmt).unwrap_or_default(),
-            r.ratio.map(|x| format!("{}x", fmt(x))).unwrap_or_default(),
+            match (r.ratio, r.baseline) {
+                (Some(x), _) => format!("{}x", fmt(x)),
+                // Against a floor (lower is better): what the subject adds.
+                (None, Some(b)) => format!("+{} {}", fmt(r.value - b), r.unit),
+                (None, None) => String::new(),
+            },
             r.target_text(),
             match r.met() {
                 None => "",

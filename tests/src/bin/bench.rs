@@ -14,7 +14,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -66,7 +66,7 @@ fn main() -> Result<()> {
         rows.extend(bench::cost::run(args.quick, args.rounds).context("per-packet cost")?);
     }
     if want("datapath") {
-        rows.extend(datapath(args.quick, args.rounds).context("datapath in namespaces")?);
+        rows.extend(bench::datapath::run(args.quick, args.rounds).context("datapath in namespaces")?);
     }
     if want("control") {
         rows.extend(control(args.quick, args.rounds).context("control plane")?);
@@ -86,126 +86,6 @@ fn enipin(ns: &Netns, pins: &PinDir, state: &TempDir, args: &[&str]) -> Result<b
     cmd.arg("--netns").arg(ns.name()).arg("--pin-dir").arg(pins.path());
     cmd.arg("--state-dir").arg(state.path()).args(args);
     bench::run_measured(&mut cmd)
-}
-
-// ---------------------------------------------------------------------------------------------
-// 2. Datapath in namespaces
-
-/// host (eth0 .10, eth1 .11) -- bridge in `sw` -- peer (.100). No cloud enforcement here: this
-/// measures the datapath's cost, not the lab's verdict.
-struct Wire {
-    host: Netns,
-    _sw: Netns,
-    peer: Netns,
-}
-
-fn wire() -> Result<Wire> {
-    let host = Netns::new("eb-h")?;
-    let sw = Netns::new("eb-s")?;
-    let peer = Netns::new("eb-p")?;
-    sw.ip(&["link", "add", "br0", "type", "bridge"])?;
-    sw.ip(&["link", "set", "br0", "up"])?;
-    for (i, (hif, swif, mac)) in
-        [("eth0", "sw-e0", "02:00:00:00:00:10"), ("eth1", "sw-e1", "02:00:00:00:00:11")]
-            .into_iter()
-            .enumerate()
-    {
-        veth(&host, hif, mac, &sw, swif, &format!("02:00:00:00:01:{:02x}", 0x10 + i))?;
-        sw.ip(&["link", "set", swif, "master", "br0"])?;
-        host.ip(&["addr", "add", &format!("198.18.0.{}/24", 10 + i), "dev", hif])?;
-    }
-    veth(&peer, "eth0", "02:00:00:00:00:64", &sw, "sw-p", "02:00:00:00:01:64")?;
-    sw.ip(&["link", "set", "sw-p", "master", "br0"])?;
-    peer.ip(&["addr", "add", "198.18.0.100/24", "dev", "eth0"])?;
-    Ok(Wire { host, _sw: sw, peer })
-}
-
-/// One iperf3 measurement from `src` in the host namespace to the peer: TCP bits/s, or UDP
-/// 64-byte packets/s received.
-fn iperf(w: &Wire, src: &str, udp: bool, secs: u32) -> Result<f64> {
-    let port = 5201 + (std::process::id() % 1000) as u16;
-    let mut server = w
-        .peer
-        .command("iperf3")
-        .args(["-s", "-1", "-B", "198.18.0.100", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("spawning iperf3 (cargo xtask setup installs it)")?;
-    let _reap = bench::KillOnDrop(&mut server);
-    std::thread::sleep(Duration::from_millis(300));
-    let mut cmd = w.host.command("timeout");
-    cmd.args([&format!("{}", secs + 10), "iperf3", "-J", "-c", "198.18.0.100", "-B", src]);
-    cmd.args(["-p", &port.to_string(), "-t", &secs.to_string()]);
-    if udp {
-        cmd.args(["-u", "-l", "64", "-b", "0"]);
-    }
-    let out = enipin_tests::testbed::run(&mut cmd)?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
-    let end = &v["end"];
-    if udp {
-        let s = &end["sum"];
-        let pkts = s["packets"].as_f64().context("end.sum.packets")?;
-        let lost = s["lost_packets"].as_f64().unwrap_or(0.0);
-        let secs = s["seconds"].as_f64().context("end.sum.seconds")?;
-        Ok((pkts - lost) / secs)
-    } else {
-        end["sum_received"]["bits_per_second"].as_f64().context("end.sum_received.bits_per_second")
-    }
-}
-
-fn datapath(quick: bool, rounds: usize) -> Result<Vec<Row>> {
-    let secs = if quick { 1 } else { 3 };
-    let w = wire()?;
-    // Both sources must work before anything is measured.
-    for _ in 0..2 {
-        if !w.peer.ping("198.18.0.10", 1)? {
-            bail!("the bench wire does not pass traffic");
-        }
-    }
-    let mut rows = Vec::new();
-    for (udp, metric, unit) in [(false, "TCP throughput", "Gbit/s"), (true, "UDP 64 B rate", "kpps")]
-    {
-        let scale = if udp { 1e-3 } else { 1e-9 };
-        let (mut none, mut attached, mut redirected) = (vec![], vec![], vec![]);
-        for _ in 0..rounds {
-            none.push(iperf(&w, "198.18.0.10", udp, secs)? * scale);
-            let pins = PinDir::new("eb-pin")?;
-            let state = TempDir::new("eb-st")?;
-            // --no-rules: the misrouted traffic is fixed by the redirect alone.
-            enipin(&w.host, &pins, &state, &["attach", "--no-rules"])?.ok()?;
-            let measured = (|| -> Result<(f64, f64)> {
-                Ok((
-                    iperf(&w, "198.18.0.10", udp, secs)? * scale,
-                    iperf(&w, "198.18.0.11", udp, secs)? * scale,
-                ))
-            })();
-            enipin(&w.host, &pins, &state, &["detach"])?.ok()?;
-            let (a, r) = measured?;
-            attached.push(a);
-            redirected.push(r);
-        }
-        let (none, attached, redirected) =
-            (bench::median(&none), bench::median(&attached), bench::median(&redirected));
-        rows.push(Row::value("datapath", &format!("{metric}, no program"), none, unit));
-        rows.push(Row::ratio(
-            "datapath",
-            &format!("{metric}, attached / none (correct route)"),
-            attached,
-            none,
-            unit,
-            Target::RatioAtLeast(0.98),
-        ));
-        rows.push(Row::ratio(
-            "datapath",
-            &format!("{metric}, redirected / attached (misrouted, fixed)"),
-            redirected,
-            attached,
-            unit,
-            Target::RatioAtLeast(0.95),
-        ));
-    }
-    Ok(rows)
 }
 
 // ---------------------------------------------------------------------------------------------
