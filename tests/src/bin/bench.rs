@@ -17,7 +17,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use enipin_tests::bench::{self, Row, Target};
 use enipin_tests::testbed::{Netns, PinDir, TempDir, veth};
 
@@ -136,8 +136,17 @@ fn seed_script(layout: &[(String, Vec<String>)], add: bool) -> String {
 fn control(quick: bool, rounds: usize) -> Result<Vec<Row>> {
     let (n, m) = if quick { (3, 4) } else { (15, 50) };
     let (host, _sw, layout) = fleet(n, m)?;
-    let (mut loop_add, mut loop_del, mut attach, mut detach, mut attach_full, mut rss) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    // What each side installs: enipin's layout (plan.rs) is two rules per address plus one
+    // `lookup main suppress_prefixlength 0`, and a subnet and a default route per interface; the
+    // seed's loop one rule per address and the same two routes.
+    let enipin_rules = 2 * n * m + 1;
+    let installed = |want: usize| -> Result<()> {
+        let got = host.ip(&["rule", "show"])?.lines().filter(|l| l.contains("proto 229")).count();
+        ensure!(got == want, "enipin installed {got} rules, expected {want}");
+        Ok(())
+    };
+    let (mut loop_add, mut loop_del, mut attach, mut detach, mut attach_full, mut detach_full, mut rss) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..rounds {
         for (add, acc) in [(true, &mut loop_add), (false, &mut loop_del)] {
             let t = Instant::now();
@@ -147,25 +156,34 @@ fn control(quick: bool, rounds: usize) -> Result<Vec<Row>> {
         let pins = PinDir::new("ec-pin")?;
         let state = TempDir::new("ec-st")?;
         let a = enipin(&host, &pins, &state, &["attach", "--no-ebpf"])?.ok()?;
+        installed(enipin_rules)?;
         let d = enipin(&host, &pins, &state, &["detach"])?.ok()?;
+        installed(0)?;
         let f = enipin(&host, &pins, &state, &["attach"])?.ok()?;
+        installed(enipin_rules)?;
         let d2 = enipin(&host, &pins, &state, &["detach"])?.ok()?;
         attach.push(a.wall_ms);
         detach.push(d.wall_ms);
         attach_full.push(f.wall_ms);
+        detach_full.push(d2.wall_ms);
         rss.push(a.max_rss_kib.max(d.max_rss_kib).max(f.max_rss_kib).max(d2.max_rss_kib) as f64 / 1024.0);
     }
     let size = format!("{n} interfaces x {m} addresses");
-    let (la, ld) = (bench::median(&loop_add), bench::median(&loop_del));
-    let (a, d, f) = (bench::median(&attach), bench::median(&detach), bench::median(&attach_full));
+    let theirs = format!("{} rules + {} routes", n * m, 2 * n);
+    let ours = format!("{enipin_rules} rules + {} routes + ARP sysctls", 2 * n);
+    let med = bench::median;
+    let (la, ld) = (med(&loop_add), med(&loop_del));
+    let (a, d) = (med(&attach), med(&detach));
+    let (f, fd) = (med(&attach_full), med(&detach_full));
     Ok(vec![
-        Row::value("control", &format!("seed's ip loop, add ({size})"), la, "ms"),
-        Row::target("control", &format!("enipin attach --no-ebpf ({size})"), a, "ms", Target::AtMost(100.0)),
-        Row::speedup("control", "attach speed-up over the ip loop", la, a, Target::RatioAtLeast(20.0)),
-        Row::target("control", &format!("enipin attach, rules + eBPF ({size})"), f, "ms", Target::AtMost(100.0)),
-        Row::value("control", &format!("seed's ip loop, delete ({size})"), ld, "ms"),
-        Row::value("control", &format!("enipin detach ({size})"), d, "ms"),
+        Row::value("control", &format!("seed's ip loop, add, {size} ({theirs}, one `ip` each)"), la, "ms"),
+        Row::target("control", &format!("enipin attach --no-ebpf, {size} ({ours})"), a, "ms", Target::AtMost(100.0)),
+        Row::speedup("control", "attach --no-ebpf speed-up over the ip loop (enipin installs twice the rules)", la, a, Target::RatioAtLeast(20.0)),
+        Row::target("control", &format!("enipin attach, rules + eBPF on {n} interfaces"), f, "ms", Target::AtMost(100.0)),
+        Row::value("control", &format!("seed's ip loop, delete ({theirs})"), ld, "ms"),
+        Row::value("control", &format!("enipin detach --no-ebpf state ({ours})"), d, "ms"),
         Row::speedup("control", "detach speed-up over the ip loop", ld, d, Target::None),
-        Row::value("control", "enipin peak RSS (max over attach/detach)", bench::median(&rss), "MiB"),
+        Row::value("control", &format!("enipin detach, rules + eBPF on {n} interfaces"), fd, "ms"),
+        Row::value("control", "enipin peak RSS (max over attach/detach)", med(&rss), "MiB"),
     ])
 }
