@@ -144,10 +144,14 @@ pub fn markdown(rows: &[Row], quick: bool, took: Duration) -> String {
             }
         ));
     }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
     s.push_str(&format!(
-        "\nMedians over rounds; each ratio is against its baseline measured in the same round. \
-         Took {:.0} s; kernel {}; {} CPUs.\n",
+        "\nMedians over rounds; every baseline is measured in the same rounds as its subject, \
+         interleaved (datapath ratios: the median of the per-round ratios). \
+         Took {:.0} s; load average at the end {}; kernel {}; {} CPUs.\n",
         took.as_secs_f64(),
+        load.join(" "),
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     ));
