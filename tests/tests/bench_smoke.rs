@@ -30,9 +30,9 @@ fn quick_bench_writes_every_section() {
     let md = std::fs::read_to_string(out.path().join("results-quick.md")).expect("results-quick.md");
     let rows: Vec<serde_json::Value> = serde_json::from_str(&json).expect("results-quick.json parses");
     let count = |section: &str| rows.iter().filter(|r| r["section"] == section).count();
-    // cost: the floor + 7 cases x 3 sizes; datapath: 3 cases x 2 protocols; control: 9 rows.
+    // cost: the floor + 7 cases x 3 sizes; datapath: 4 cases x 2 protocols; control: 9 rows.
     assert_eq!(count("cost"), 1 + 7 * 3, "{json}");
-    assert_eq!(count("datapath"), 6, "{json}");
+    assert_eq!(count("datapath"), 8, "{json}");
     assert_eq!(count("control"), 9, "{json}");
     for r in &rows {
         let v = r["value"].as_f64().unwrap_or(f64::NAN);

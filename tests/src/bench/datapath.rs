@@ -51,7 +51,7 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
         let measure = |src: Ipv4Addr| -> Result<f64> {
             Ok(scale * if udp { udp_rate(&topo, src, secs)? } else { tcp_rate(&topo, src, secs)? })
         };
-        let (mut none, mut attached, mut redirected) = (vec![], vec![], vec![]);
+        let (mut none, mut noop, mut attached, mut redirected) = (vec![], vec![], vec![], vec![]);
         measure(src_ok)?; // warm-up
         for round in 0..rounds {
             // Odd rounds run the cases in reverse order, so a drift in the machine's load does
@@ -59,6 +59,7 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
             let reverse = round % 2 == 1;
             if !reverse {
                 none.push(measure(src_ok)?);
+                noop.push(with_noop(&topo, || measure(src_ok))?);
             }
             let pins = PinDir::new("ebd-pin")?;
             let state = TempDir::new("ebd-st")?;
@@ -97,14 +98,27 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
             attached.push(a);
             redirected.push(r);
             if reverse {
+                noop.push(with_noop(&topo, || measure(src_ok))?);
                 none.push(measure(src_ok)?);
             }
         }
         // Ratios are paired: the median of each round's ratio, not the ratio of the medians.
         let per_round = |x: &[f64], base: &[f64]| median(&x.iter().zip(base).map(|(x, b)| x / b).collect::<Vec<_>>());
         let (r_attached, r_redirected) = (per_round(&attached, &none), per_round(&redirected, &attached));
+        let r_noop = per_round(&noop, &none);
         let (none, attached, redirected) = (median(&none), median(&attached), median(&redirected));
         rows.push(Row::value("datapath", &format!("{metric}: no program"), none, unit));
+        rows.push(Row {
+            ratio: Some(r_noop),
+            ..Row::ratio(
+                "datapath",
+                &format!("{metric}: empty classifier attached (the TCX hook's own cost, vs no program)"),
+                median(&noop),
+                none,
+                unit,
+                Target::None,
+            )
+        });
         rows.push(Row {
             ratio: Some(r_attached),
             ..Row::ratio(
@@ -129,6 +143,28 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
         });
     }
     Ok(rows)
+}
+
+/// Runs `f` with `enipin_noop` (returns at once) attached with TCX to every host ENI's egress:
+/// what any TC egress program costs before it does anything. Detached when its links drop.
+fn with_noop<T>(topo: &Topology, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let pins = PinDir::new("ebd-noop")?;
+    std::fs::create_dir(pins.path())?;
+    let ifindexes: Vec<u32> = topo.eni_names().iter().map(|n| topo.host().ifindex(n)).collect::<Result<_>>()?;
+    let bpf = in_ns(topo.host(), || {
+        // Its maps (unused) are pinned in a private bpffs, never under /sys/fs/bpf.
+        let mut bpf = aya::EbpfLoader::new().default_map_pin_directory(pins.path()).load(enipin::ebpf::OBJECT)?;
+        let prog: &mut aya::programs::SchedClassifier =
+            bpf.program_mut(enipin_ebpf::NOOP_PROGRAM).context("no noop program")?.try_into()?;
+        prog.load()?;
+        for &ifindex in &ifindexes {
+            prog.attach(ifindex, aya::programs::TcAttachType::Egress)?;
+        }
+        Ok(bpf)
+    })?;
+    let r = f();
+    drop(bpf);
+    r
 }
 
 /// IP packets the vpc's source check dropped for a wrong source address or MAC (ARP is left
