@@ -116,7 +116,8 @@ fn fmt(x: f64) -> String {
     if x.abs() >= 100.0 { format!("{x:.0}") } else if x.abs() >= 10.0 { format!("{x:.1}") } else { format!("{x:.2}") }
 }
 
-pub fn markdown(rows: &[Row], quick: bool, took: Duration) -> String {
+/// `load_before`: /proc/loadavg when the run started (the machine is shared: say how busy).
+pub fn markdown(rows: &[Row], quick: bool, took: Duration, load_before: &str) -> String {
     let mut s = String::new();
     s.push_str(&format!(
         "<!-- written by `cargo xtask bench`{} -->\n| section | case | value | baseline | vs baseline | target | met |\n|---|---|---|---|---|---|---|\n",
@@ -131,6 +132,8 @@ pub fn markdown(rows: &[Row], quick: bool, took: Duration) -> String {
             r.unit,
             r.baseline.map(fmt).unwrap_or_default(),
             match (r.ratio, r.baseline) {
+                // Three decimals: 0.948 must not print as a passing-looking 0.95.
+                (Some(x), _) if x < 10.0 => format!("{x:.3}x"),
                 (Some(x), _) => format!("{}x", fmt(x)),
                 // Against a floor (lower is better): what the subject adds.
                 (None, Some(b)) => format!("+{} {}", fmt(r.value - b), r.unit),
@@ -144,18 +147,23 @@ pub fn markdown(rows: &[Row], quick: bool, took: Duration) -> String {
             }
         ));
     }
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    let load = loadavg();
     s.push_str(&format!(
         "\nMedians over rounds; every baseline is measured in the same rounds as its subject, \
          interleaved (datapath ratios: the median of the per-round ratios). \
-         Took {:.0} s; load average at the end {}; kernel {}; {} CPUs.\n",
+         Took {:.0} s; load average (1, 5, 15 min) before {load_before}, after {load} \
+         (the bench itself loads one to two CPUs); kernel {}; {} CPUs.\n",
         took.as_secs_f64(),
-        load.join(" "),
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     ));
     s
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> String {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 pub fn json(rows: &[Row]) -> Result<String> {

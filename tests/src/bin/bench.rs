@@ -61,6 +61,7 @@ fn main() -> Result<()> {
     let args = parse_args()?;
     let want = |s: &str| args.only.as_deref().is_none_or(|o| o == s);
     let started = Instant::now();
+    let load_before = bench::loadavg();
     let mut rows = Vec::new();
     if want("cost") {
         rows.extend(bench::cost::run(args.quick, args.rounds).context("per-packet cost")?);
@@ -71,7 +72,7 @@ fn main() -> Result<()> {
     if want("control") {
         rows.extend(control(args.quick, args.rounds).context("control plane")?);
     }
-    let md = bench::markdown(&rows, args.quick, started.elapsed());
+    let md = bench::markdown(&rows, args.quick, started.elapsed(), &load_before);
     print!("{md}");
     std::fs::create_dir_all(&args.out)?;
     let stem = if args.quick { "results-quick" } else { "results" };
