@@ -24,11 +24,17 @@ fn quick_bench_writes_every_section() {
         run.status,
         String::from_utf8_lossy(&run.stderr)
     );
-    eprintln!("enipin-bench --quick took {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "enipin-bench --quick took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
-    let json = std::fs::read_to_string(out.path().join("results-quick.json")).expect("results-quick.json");
-    let md = std::fs::read_to_string(out.path().join("results-quick.md")).expect("results-quick.md");
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&json).expect("results-quick.json parses");
+    let json =
+        std::fs::read_to_string(out.path().join("results-quick.json")).expect("results-quick.json");
+    let md =
+        std::fs::read_to_string(out.path().join("results-quick.md")).expect("results-quick.md");
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&json).expect("results-quick.json parses");
     let count = |section: &str| rows.iter().filter(|r| r["section"] == section).count();
     // cost: the floor + 7 cases x 3 sizes; datapath: 4 cases x 2 protocols; control: 9 rows.
     assert_eq!(count("cost"), 1 + 7 * 3, "{json}");
@@ -36,7 +42,10 @@ fn quick_bench_writes_every_section() {
     assert_eq!(count("control"), 9, "{json}");
     for r in &rows {
         let v = r["value"].as_f64().unwrap_or(f64::NAN);
-        assert!(v.is_finite() && v > 0.0, "row without a positive value: {r}");
+        assert!(
+            v.is_finite() && v > 0.0,
+            "row without a positive value: {r}"
+        );
         if let Some(b) = r["baseline"].as_f64() {
             assert!(b.is_finite() && b > 0.0, "row with a bad baseline: {r}");
         }

@@ -86,13 +86,21 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
             let name = format!("{}, {owned} owned per family", case.name);
             rows.push(match case.target {
                 Some(max) => Row::delta("cost", &name, s, f, "ns", max),
-                None => Row { baseline: Some(f), ..Row::value("cost", &name, s, "ns") },
+                None => Row {
+                    baseline: Some(f),
+                    ..Row::value("cost", &name, s, "ns")
+                },
             });
         }
     }
     rows.insert(
         0,
-        Row::value("cost", "floor: empty classifier (enipin_noop, r0 = -1; exit)", median(&floors), "ns"),
+        Row::value(
+            "cost",
+            "floor: empty classifier (enipin_noop, r0 = -1; exit)",
+            median(&floors),
+            "ns",
+        ),
     );
     Ok(rows)
 }
@@ -108,7 +116,10 @@ fn measure(
     rounds: usize,
 ) -> Result<(Vec<Case>, Vec<(Vec<f64>, Vec<f64>)>)> {
     pin_to_current_cpu()?;
-    let paths = Paths { pin_dir: pins.path().to_owned(), state_dir: std::env::temp_dir() };
+    let paths = Paths {
+        pin_dir: pins.path().to_owned(),
+        state_dir: std::env::temp_dir(),
+    };
     let cfg = Config::default();
     let managed: Vec<ManagedInterface> = ifindex
         .iter()
@@ -116,7 +127,18 @@ fn measure(
         .map(|(i, &ix)| {
             let mine = (i..owned).step_by(INTERFACES);
             let addrs = mine
-                .flat_map(|k| [IfAddr { addr: IpAddr::V4(v4(k)), prefix_len: 16 }, IfAddr { addr: IpAddr::V6(v6(k)), prefix_len: 64 }])
+                .flat_map(|k| {
+                    [
+                        IfAddr {
+                            addr: IpAddr::V4(v4(k)),
+                            prefix_len: 16,
+                        },
+                        IfAddr {
+                            addr: IpAddr::V6(v6(k)),
+                            prefix_len: 64,
+                        },
+                    ]
+                })
                 .collect();
             ManagedInterface {
                 ifindex: ix,
@@ -134,7 +156,10 @@ fn measure(
     let plan = ebpf::plan(&managed, &cfg, &paths)?;
     ebpf::apply(plan, &managed, &cfg, &paths).context("filling the maps with the real applier")?;
     let mut bpf = ebpf::load(&paths.pin_dir)?;
-    let noop: &mut SchedClassifier = bpf.program_mut(NOOP_PROGRAM).context("no noop program")?.try_into()?;
+    let noop: &mut SchedClassifier = bpf
+        .program_mut(NOOP_PROGRAM)
+        .context("no noop program")?
+        .try_into()?;
     noop.load()?;
 
     // The last address: its owner and the interface after it (where it is misrouted).
@@ -167,7 +192,10 @@ fn measure(
         for (c, (floor, subject)) in cases.iter().zip(&mut out) {
             let count = |paths: &Paths| -> Result<u64> {
                 let all = ebpf::counters(paths)?;
-                Ok(all.iter().find(|(i, _)| *i == c.ifindex).map_or(0, |(_, v)| (c.counter)(v)))
+                Ok(all
+                    .iter()
+                    .find(|(i, _)| *i == c.ifindex)
+                    .map_or(0, |(_, v)| (c.counter)(v)))
             };
             let before = count(&paths)?;
             if round % 2 == 0 {
@@ -178,7 +206,11 @@ fn measure(
                 floor.push(test_run(&bpf, NOOP_PROGRAM, c, repeat)?);
             }
             let moved = count(&paths)? - before;
-            ensure!(moved == u64::from(repeat), "{}: its counter moved by {moved}, not {repeat}", c.name);
+            ensure!(
+                moved == u64::from(repeat),
+                "{}: its counter moved by {moved}, not {repeat}",
+                c.name
+            );
         }
     }
     drop(bpf);
@@ -199,15 +231,29 @@ fn test_run(bpf: &Ebpf, prog: &str, c: &Case, repeat: u32) -> Result<f64> {
         ..TestRunOptions::new()
     };
     let t0 = thread_cpu_ns();
-    let r = p.test_run(opts).with_context(|| format!("test-run of {prog} on {}", c.name))?;
+    let r = p
+        .test_run(opts)
+        .with_context(|| format!("test-run of {prog} on {}", c.name))?;
     let ns = (thread_cpu_ns() - t0) as f64 / f64::from(repeat);
-    let want = if prog == NOOP_PROGRAM { TC_ACT_UNSPEC } else { c.ret };
-    ensure!(r.return_value == want, "{prog} on {}: returned {} instead of {want}", c.name, r.return_value as i32);
+    let want = if prog == NOOP_PROGRAM {
+        TC_ACT_UNSPEC
+    } else {
+        c.ret
+    };
+    ensure!(
+        r.return_value == want,
+        "{prog} on {}: returned {} instead of {want}",
+        c.name,
+        r.return_value as i32
+    );
     Ok(ns)
 }
 
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid timespec pointer for the call.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -218,7 +264,11 @@ fn pin_to_current_cpu() -> Result<()> {
     // SAFETY: plain syscalls on this thread with a zeroed, then filled, cpu_set_t.
     unsafe {
         let cpu = libc::sched_getcpu();
-        ensure!(cpu >= 0, "sched_getcpu: {}", std::io::Error::last_os_error());
+        ensure!(
+            cpu >= 0,
+            "sched_getcpu: {}",
+            std::io::Error::last_os_error()
+        );
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu as usize, &mut set);
         ensure!(
@@ -242,4 +292,3 @@ fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T>
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
     })
 }
-

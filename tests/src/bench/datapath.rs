@@ -37,19 +37,34 @@ const BATCH: usize = 64;
 pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
     enipin::lab::preflight()?;
     // Throughput on a shared 2-core machine swings more than the cost does: twice the rounds.
-    let (secs, rounds) = if quick { (0.5, rounds) } else { (1.5, 2 * rounds) };
+    let (secs, rounds) = if quick {
+        (0.5, rounds)
+    } else {
+        (1.5, 2 * rounds)
+    };
     let topo = Topology::build()?;
     let src_ok = topo.spec.enis[0].v4[0];
     let src_mis = topo.spec.enis[1].v4[0];
     let peer = topo.spec.peer_v4;
     // Neighbours resolved before anything is measured; the primary works without enipin.
-    ensure!(topo.host().ping_from(peer, src_ok)?, "the bench network does not pass {src_ok} -> {peer}");
+    ensure!(
+        topo.host().ping_from(peer, src_ok)?,
+        "the bench network does not pass {src_ok} -> {peer}"
+    );
     let mut rows = Vec::new();
     for udp in [false, true] {
-        let (metric, unit, scale) =
-            if udp { ("UDP 64 B frames", "kpps", 1e-3) } else { ("TCP, 1 flow", "Gbit/s", 1e-9) };
+        let (metric, unit, scale) = if udp {
+            ("UDP 64 B frames", "kpps", 1e-3)
+        } else {
+            ("TCP, 1 flow", "Gbit/s", 1e-9)
+        };
         let measure = |src: Ipv4Addr| -> Result<f64> {
-            Ok(scale * if udp { udp_rate(&topo, src, secs)? } else { tcp_rate(&topo, src, secs)? })
+            Ok(scale
+                * if udp {
+                    udp_rate(&topo, src, secs)?
+                } else {
+                    tcp_rate(&topo, src, secs)?
+                })
         };
         let (mut none, mut noop, mut attached, mut redirected) = (vec![], vec![], vec![], vec![]);
         measure(src_ok)?; // warm-up
@@ -65,7 +80,10 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
             let state = TempDir::new("ebd-st")?;
             let enipin = |args: &[&str]| -> Result<()> {
                 let mut cmd = Command::new(crate::enipin_bin());
-                cmd.arg("--netns").arg(topo.host().name()).arg("--pin-dir").arg(pins.path());
+                cmd.arg("--netns")
+                    .arg(topo.host().name())
+                    .arg("--pin-dir")
+                    .arg(pins.path());
                 cmd.arg("--state-dir").arg(state.path()).args(args);
                 super::run_measured(&mut cmd)?.ok().map(drop)
             };
@@ -73,16 +91,29 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
             let measured = (|| -> Result<(f64, f64)> {
                 // The secondary's traffic works only through the redirect (and its neighbours
                 // get resolved here, not during the measurement).
-                ensure!(topo.host().ping_from(peer, src_mis)?, "{src_mis} -> {peer} fails with the program attached");
+                ensure!(
+                    topo.host().ping_from(peer, src_mis)?,
+                    "{src_mis} -> {peer} fails with the program attached"
+                );
                 let correct = || measure(src_ok);
                 let fixed = || -> Result<f64> {
                     let drops = ip_drops(&topo)?;
                     let before = misrouted(&pins)?;
                     let r = measure(src_mis)?;
                     let after = misrouted(&pins)?;
-                    ensure!(after.1 == before.1, "{} redirects failed during the run", after.1 - before.1);
-                    ensure!(after.0 > before.0, "nothing was misrouted: the redirected case measured nothing");
-                    ensure!(ip_drops(&topo)? == drops, "the source check dropped packets the redirect should have fixed");
+                    ensure!(
+                        after.1 == before.1,
+                        "{} redirects failed during the run",
+                        after.1 - before.1
+                    );
+                    ensure!(
+                        after.0 > before.0,
+                        "nothing was misrouted: the redirected case measured nothing"
+                    );
+                    ensure!(
+                        ip_drops(&topo)? == drops,
+                        "the source check dropped packets the redirect should have fixed"
+                    );
                     Ok(r)
                 };
                 if reverse {
@@ -103,16 +134,28 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
             }
         }
         // Ratios are paired: the median of each round's ratio, not the ratio of the medians.
-        let per_round = |x: &[f64], base: &[f64]| median(&x.iter().zip(base).map(|(x, b)| x / b).collect::<Vec<_>>());
-        let (r_attached, r_redirected) = (per_round(&attached, &none), per_round(&redirected, &attached));
+        let per_round = |x: &[f64], base: &[f64]| {
+            median(&x.iter().zip(base).map(|(x, b)| x / b).collect::<Vec<_>>())
+        };
+        let (r_attached, r_redirected) = (
+            per_round(&attached, &none),
+            per_round(&redirected, &attached),
+        );
         let r_noop = per_round(&noop, &none);
         let (none, attached, redirected) = (median(&none), median(&attached), median(&redirected));
-        rows.push(Row::value("datapath", &format!("{metric}: no program"), none, unit));
+        rows.push(Row::value(
+            "datapath",
+            &format!("{metric}: no program"),
+            none,
+            unit,
+        ));
         rows.push(Row {
             ratio: Some(r_noop),
             ..Row::ratio(
                 "datapath",
-                &format!("{metric}: empty classifier attached (the TCX hook's own cost, vs no program)"),
+                &format!(
+                    "{metric}: empty classifier attached (the TCX hook's own cost, vs no program)"
+                ),
                 median(&noop),
                 none,
                 unit,
@@ -150,12 +193,20 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
 fn with_noop<T>(topo: &Topology, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let pins = PinDir::new("ebd-noop")?;
     std::fs::create_dir(pins.path())?;
-    let ifindexes: Vec<u32> = topo.eni_names().iter().map(|n| topo.host().ifindex(n)).collect::<Result<_>>()?;
+    let ifindexes: Vec<u32> = topo
+        .eni_names()
+        .iter()
+        .map(|n| topo.host().ifindex(n))
+        .collect::<Result<_>>()?;
     let bpf = in_ns(topo.host(), || {
         // Its maps (unused) are pinned in a private bpffs, never under /sys/fs/bpf.
-        let mut bpf = aya::EbpfLoader::new().default_map_pin_directory(pins.path()).load(enipin::ebpf::OBJECT)?;
-        let prog: &mut aya::programs::SchedClassifier =
-            bpf.program_mut(enipin_ebpf::NOOP_PROGRAM).context("no noop program")?.try_into()?;
+        let mut bpf = aya::EbpfLoader::new()
+            .default_map_pin_directory(pins.path())
+            .load(enipin::ebpf::OBJECT)?;
+        let prog: &mut aya::programs::SchedClassifier = bpf
+            .program_mut(enipin_ebpf::NOOP_PROGRAM)
+            .context("no noop program")?
+            .try_into()?;
         prog.load()?;
         for &ifindex in &ifindexes {
             prog.attach(ifindex, aya::programs::TcAttachType::Egress)?;
@@ -176,9 +227,14 @@ fn ip_drops(topo: &Topology) -> Result<u64> {
 
 /// (misrouted packets, failed redirects) summed over the interfaces.
 fn misrouted(pins: &PinDir) -> Result<(u64, u64)> {
-    let paths = Paths { pin_dir: pins.path().to_owned(), state_dir: std::env::temp_dir() };
+    let paths = Paths {
+        pin_dir: pins.path().to_owned(),
+        state_dir: std::env::temp_dir(),
+    };
     let all = enipin::ebpf::counters(&paths)?;
-    Ok(all.iter().fold((0, 0), |(m, f), (_, c)| (m + c.misrouted_packets, f + c.redirect_failed)))
+    Ok(all.iter().fold((0, 0), |(m, f), (_, c)| {
+        (m + c.misrouted_packets, f + c.redirect_failed)
+    }))
 }
 
 trait PingFrom {
@@ -189,7 +245,15 @@ impl PingFrom for Netns {
     fn ping_from(&self, dst: Ipv4Addr, src: Ipv4Addr) -> Result<bool> {
         let out = self
             .command("ping")
-            .args(["-c", "1", "-W", "1", "-I", &src.to_string(), &dst.to_string()])
+            .args([
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-I",
+                &src.to_string(),
+                &dst.to_string(),
+            ])
             .output()
             .context("running ping")?;
         Ok(out.status.success())
@@ -213,16 +277,34 @@ fn tcp_rate(topo: &Topology, src: Ipv4Addr, secs: f64) -> Result<f64> {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let mut cmd = topo.host().command("timeout");
-        cmd.args([&format!("{:.0}", secs + 10.0), "iperf3", "-J", "-c", &peer, "-B", &src.to_string()]);
+        cmd.args([
+            &format!("{:.0}", secs + 10.0),
+            "iperf3",
+            "-J",
+            "-c",
+            &peer,
+            "-B",
+            &src.to_string(),
+        ]);
         // iperf3 takes whole seconds (and -t 0 means "forever").
-        cmd.args(["-p", &port, "-t", &format!("{}", secs.ceil().max(1.0)), "-O", "0"]);
+        cmd.args([
+            "-p",
+            &port,
+            "-t",
+            &format!("{}", secs.ceil().max(1.0)),
+            "-O",
+            "0",
+        ]);
         let out = cmd.output().context("running iperf3")?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
             return Ok(bps);
         }
         if Instant::now() > deadline {
-            bail!("iperf3 -c {peer} -B {src}: {}", String::from_utf8_lossy(&out.stdout).trim());
+            bail!(
+                "iperf3 -c {peer} -B {src}: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -231,7 +313,10 @@ fn tcp_rate(topo: &Topology, src: Ipv4Addr, secs: f64) -> Result<f64> {
 /// 64-byte UDP frames from `src` in the host to the peer for `secs`, `BATCH` per sendmmsg:
 /// frames/s the peer's interface received.
 fn udp_rate(topo: &Topology, src: Ipv4Addr, secs: f64) -> Result<f64> {
-    let dst = SocketAddrV4::new(topo.spec.peer_v4, 9 + (std::process::id() % 1000) as u16 + 1000);
+    let dst = SocketAddrV4::new(
+        topo.spec.peer_v4,
+        9 + (std::process::id() % 1000) as u16 + 1000,
+    );
     // A bound, never-read socket at the peer: packets are dropped at its full queue, with no
     // ICMP port-unreachable coming back to disturb the sender.
     let sink = in_ns(topo.peer(), || Ok(UdpSocket::bind(dst)?))?;
@@ -243,17 +328,23 @@ fn udp_rate(topo: &Topology, src: Ipv4Addr, secs: f64) -> Result<f64> {
         let started = Instant::now();
         let mut n = 0u64;
         let payload = [0u8; UDP_PAYLOAD];
-        let mut iov: Vec<libc::iovec> =
-            (0..BATCH).map(|_| libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() }).collect();
+        let mut iov: Vec<libc::iovec> = (0..BATCH)
+            .map(|_| libc::iovec {
+                iov_base: payload.as_ptr() as *mut _,
+                iov_len: payload.len(),
+            })
+            .collect();
         // SAFETY: zeroed mmsghdr are valid; each then points at one iovec that outlives the calls.
-        let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+        let mut msgs: Vec<libc::mmsghdr> =
+            (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
         for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
             m.msg_hdr.msg_iov = v;
             m.msg_hdr.msg_iovlen = 1;
         }
         while started.elapsed().as_secs_f64() < secs {
             // SAFETY: msgs holds BATCH initialised headers on a connected socket.
-            let rc = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
+            let rc =
+                unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
             if rc < 0 {
                 let e = std::io::Error::last_os_error();
                 // A full queue on the way (ENOBUFS): the packets are lost, the loop goes on.
@@ -271,7 +362,10 @@ fn udp_rate(topo: &Topology, src: Ipv4Addr, secs: f64) -> Result<f64> {
     })?;
     drop(sink);
     let (n, received, took) = sent;
-    ensure!(received > 0 && n > 0, "no UDP frame from {src} reached the peer");
+    ensure!(
+        received > 0 && n > 0,
+        "no UDP frame from {src} reached the peer"
+    );
     Ok(received as f64 / took)
 }
 
@@ -279,7 +373,9 @@ fn udp_rate(topo: &Topology, src: Ipv4Addr, secs: f64) -> Result<f64> {
 fn rx_packets(ns: &Netns, dev: &str) -> Result<u64> {
     let out = ns.ip(&["-s", "-j", "link", "show", dev])?;
     let v: serde_json::Value = serde_json::from_str(&out).context("ip -s -j link")?;
-    v[0]["stats64"]["rx"]["packets"].as_u64().context("ip -s -j link: no stats64.rx.packets")
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .context("ip -s -j link: no stats64.rx.packets")
 }
 
 /// Runs `f` on a thread inside `ns` (sockets it creates stay in `ns`).

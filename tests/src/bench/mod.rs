@@ -50,11 +50,21 @@ impl Row {
     }
 
     pub fn target(section: &str, case: &str, value: f64, unit: &str, target: Target) -> Self {
-        Self { target, ..Self::value(section, case, value, unit) }
+        Self {
+            target,
+            ..Self::value(section, case, value, unit)
+        }
     }
 
     /// `value` against `baseline` (higher is better): the ratio is value / baseline.
-    pub fn ratio(section: &str, case: &str, value: f64, baseline: f64, unit: &str, target: Target) -> Self {
+    pub fn ratio(
+        section: &str,
+        case: &str,
+        value: f64,
+        baseline: f64,
+        unit: &str,
+        target: Target,
+    ) -> Self {
         Self {
             baseline: Some(baseline),
             ratio: Some(value / baseline),
@@ -74,7 +84,14 @@ impl Row {
     }
 
     /// `value` against a floor (lower is better): the target is on the difference.
-    pub fn delta(section: &str, case: &str, value: f64, floor: f64, unit: &str, max_delta: f64) -> Self {
+    pub fn delta(
+        section: &str,
+        case: &str,
+        value: f64,
+        floor: f64,
+        unit: &str,
+        max_delta: f64,
+    ) -> Self {
         Self {
             baseline: Some(floor),
             ratio: None,
@@ -109,11 +126,21 @@ pub fn median(xs: &[f64]) -> f64 {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn fmt(x: f64) -> String {
-    if x.abs() >= 100.0 { format!("{x:.0}") } else if x.abs() >= 10.0 { format!("{x:.1}") } else { format!("{x:.2}") }
+    if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
 }
 
 /// `load_before`: /proc/loadavg when the run started (the machine is shared: say how busy).
@@ -154,8 +181,12 @@ pub fn markdown(rows: &[Row], quick: bool, took: Duration, load_before: &str) ->
          Took {:.0} s; load average (1, 5, 15 min) before {load_before}, after {load} \
          (the bench itself loads one to two CPUs); kernel {}; {} CPUs.\n",
         took.as_secs_f64(),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
     ));
     s
 }
@@ -235,7 +266,11 @@ pub fn run_measured(cmd: &mut Command) -> Result<Run> {
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     };
-    Ok(Run { output, wall_ms, max_rss_kib: usage.ru_maxrss })
+    Ok(Run {
+        output,
+        wall_ms,
+        max_rss_kib: usage.ru_maxrss,
+    })
 }
 
 /// Kills and reaps a background child (an iperf3 server) when dropped.

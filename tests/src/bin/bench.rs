@@ -67,7 +67,9 @@ fn main() -> Result<()> {
         rows.extend(bench::cost::run(args.quick, args.rounds).context("per-packet cost")?);
     }
     if want("datapath") {
-        rows.extend(bench::datapath::run(args.quick, args.rounds).context("datapath in namespaces")?);
+        rows.extend(
+            bench::datapath::run(args.quick, args.rounds).context("datapath in namespaces")?,
+        );
     }
     if want("control") {
         rows.extend(control(args.quick, args.rounds).context("control plane")?);
@@ -75,7 +77,11 @@ fn main() -> Result<()> {
     let md = bench::markdown(&rows, args.quick, started.elapsed(), &load_before);
     print!("{md}");
     std::fs::create_dir_all(&args.out)?;
-    let stem = if args.quick { "results-quick" } else { "results" };
+    let stem = if args.quick {
+        "results-quick"
+    } else {
+        "results"
+    };
     std::fs::write(args.out.join(format!("{stem}.md")), &md)?;
     std::fs::write(args.out.join(format!("{stem}.json")), bench::json(&rows)?)?;
     eprintln!("bench: wrote {}/{stem}.{{md,json}}", args.out.display());
@@ -84,7 +90,10 @@ fn main() -> Result<()> {
 
 fn enipin(ns: &Netns, pins: &PinDir, state: &TempDir, args: &[&str]) -> Result<bench::Run> {
     let mut cmd = Command::new(enipin_tests::enipin_bin());
-    cmd.arg("--netns").arg(ns.name()).arg("--pin-dir").arg(pins.path());
+    cmd.arg("--netns")
+        .arg(ns.name())
+        .arg("--pin-dir")
+        .arg(pins.path());
     cmd.arg("--state-dir").arg(state.path()).args(args);
     bench::run_measured(&mut cmd)
 }
@@ -93,7 +102,10 @@ fn enipin(ns: &Netns, pins: &PinDir, state: &TempDir, args: &[&str]) -> Result<b
 // 3. Control plane
 
 /// `n` interfaces with `m` addresses each, all in 198.18.0.0/20, behind a bridge.
-fn fleet(n: usize, m: usize) -> Result<(Netns, Netns, Vec<(String, Vec<String>)>)> {
+/// Interfaces and their addresses, in order.
+type Layout = Vec<(String, Vec<String>)>;
+
+fn fleet(n: usize, m: usize) -> Result<(Netns, Netns, Layout)> {
     let host = Netns::new("ec-h")?;
     let sw = Netns::new("ec-s")?;
     sw.ip(&["link", "add", "br0", "type", "bridge"])?;
@@ -103,7 +115,14 @@ fn fleet(n: usize, m: usize) -> Result<(Netns, Netns, Vec<(String, Vec<String>)>
     for i in 0..n {
         let ifname = format!("eth{i}");
         let swif = format!("sw{i}");
-        veth(&host, &ifname, &format!("02:00:00:00:02:{i:02x}"), &sw, &swif, &format!("02:00:00:00:03:{i:02x}"))?;
+        veth(
+            &host,
+            &ifname,
+            &format!("02:00:00:00:02:{i:02x}"),
+            &sw,
+            &swif,
+            &format!("02:00:00:00:03:{i:02x}"),
+        )?;
         sw.ip(&["link", "set", &swif, "master", "br0"])?;
         let addrs: Vec<String> = (0..m).map(|j| format!("198.18.{}.{}", i, 10 + j)).collect();
         for a in &addrs {
@@ -114,7 +133,13 @@ fn fleet(n: usize, m: usize) -> Result<(Netns, Netns, Vec<(String, Vec<String>)>
     let file = TempDir::new("ec-batch")?;
     let path = file.path().join("addrs");
     std::fs::write(&path, batch)?;
-    enipin_tests::testbed::run(Command::new("ip").arg("-n").arg(host.name()).arg("-batch").arg(&path))?;
+    enipin_tests::testbed::run(
+        Command::new("ip")
+            .arg("-n")
+            .arg(host.name())
+            .arg("-batch")
+            .arg(&path),
+    )?;
     Ok((host, sw, layout))
 }
 
@@ -128,8 +153,12 @@ fn seed_script(layout: &[(String, Vec<String>)], add: bool) -> String {
         for a in addrs {
             s.push_str(&format!("ip rule {verb} from {a} lookup {table}\n"));
         }
-        s.push_str(&format!("ip route {verb} 198.18.0.0/20 dev {ifname} table {table}\n"));
-        s.push_str(&format!("ip route {verb} default via 198.18.0.1 dev {ifname} table {table}\n"));
+        s.push_str(&format!(
+            "ip route {verb} 198.18.0.0/20 dev {ifname} table {table}\n"
+        ));
+        s.push_str(&format!(
+            "ip route {verb} default via 198.18.0.1 dev {ifname} table {table}\n"
+        ));
     }
     s
 }
@@ -142,12 +171,23 @@ fn control(quick: bool, rounds: usize) -> Result<Vec<Row>> {
     // seed's loop one rule per address and the same two routes.
     let enipin_rules = 2 * n * m + 1;
     let installed = |want: usize| -> Result<()> {
-        let got = host.ip(&["rule", "show"])?.lines().filter(|l| l.contains("proto 229")).count();
+        let got = host
+            .ip(&["rule", "show"])?
+            .lines()
+            .filter(|l| l.contains("proto 229"))
+            .count();
         ensure!(got == want, "enipin installed {got} rules, expected {want}");
         Ok(())
     };
-    let (mut loop_add, mut loop_del, mut attach, mut detach, mut attach_full, mut detach_full, mut rss) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (
+        mut loop_add,
+        mut loop_del,
+        mut attach,
+        mut detach,
+        mut attach_full,
+        mut detach_full,
+        mut rss,
+    ) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..rounds {
         for (add, acc) in [(true, &mut loop_add), (false, &mut loop_del)] {
             let t = Instant::now();
@@ -167,7 +207,13 @@ fn control(quick: bool, rounds: usize) -> Result<Vec<Row>> {
         detach.push(d.wall_ms);
         attach_full.push(f.wall_ms);
         detach_full.push(d2.wall_ms);
-        rss.push(a.max_rss_kib.max(d.max_rss_kib).max(f.max_rss_kib).max(d2.max_rss_kib) as f64 / 1024.0);
+        rss.push(
+            a.max_rss_kib
+                .max(d.max_rss_kib)
+                .max(f.max_rss_kib)
+                .max(d2.max_rss_kib) as f64
+                / 1024.0,
+        );
     }
     let size = format!("{n} interfaces x {m} addresses");
     let theirs = format!("{} rules + {} routes", n * m, 2 * n);
@@ -177,14 +223,63 @@ fn control(quick: bool, rounds: usize) -> Result<Vec<Row>> {
     let (a, d) = (med(&attach), med(&detach));
     let (f, fd) = (med(&attach_full), med(&detach_full));
     Ok(vec![
-        Row::value("control", &format!("seed's ip loop, add, {size} ({theirs}, one `ip` each)"), la, "ms"),
-        Row::target("control", &format!("enipin attach --no-ebpf, {size} ({ours})"), a, "ms", Target::AtMost(100.0)),
-        Row::speedup("control", "attach --no-ebpf speed-up over the ip loop (enipin installs twice the rules)", la, a, Target::RatioAtLeast(20.0)),
-        Row::target("control", &format!("enipin attach, rules + eBPF on {n} interfaces"), f, "ms", Target::AtMost(100.0)),
-        Row::value("control", &format!("seed's ip loop, delete ({theirs})"), ld, "ms"),
-        Row::value("control", &format!("enipin detach --no-ebpf state ({ours})"), d, "ms"),
-        Row::speedup("control", "detach speed-up over the ip loop", ld, d, Target::None),
-        Row::value("control", &format!("enipin detach, rules + eBPF on {n} interfaces"), fd, "ms"),
-        Row::value("control", "enipin peak RSS (max over attach/detach)", med(&rss), "MiB"),
+        Row::value(
+            "control",
+            &format!("seed's ip loop, add, {size} ({theirs}, one `ip` each)"),
+            la,
+            "ms",
+        ),
+        Row::target(
+            "control",
+            &format!("enipin attach --no-ebpf, {size} ({ours})"),
+            a,
+            "ms",
+            Target::AtMost(100.0),
+        ),
+        Row::speedup(
+            "control",
+            "attach --no-ebpf speed-up over the ip loop (enipin installs twice the rules)",
+            la,
+            a,
+            Target::RatioAtLeast(20.0),
+        ),
+        Row::target(
+            "control",
+            &format!("enipin attach, rules + eBPF on {n} interfaces"),
+            f,
+            "ms",
+            Target::AtMost(100.0),
+        ),
+        Row::value(
+            "control",
+            &format!("seed's ip loop, delete ({theirs})"),
+            ld,
+            "ms",
+        ),
+        Row::value(
+            "control",
+            &format!("enipin detach --no-ebpf state ({ours})"),
+            d,
+            "ms",
+        ),
+        Row::speedup(
+            "control",
+            "detach speed-up over the ip loop",
+            ld,
+            d,
+            Target::None,
+        ),
+        Row::value(
+            "control",
+            &format!("enipin detach, rules + eBPF on {n} interfaces"),
+            fd,
+            "ms",
+        ),
+        Row::value(
+            "control",
+            "enipin peak RSS (max over attach/detach)",
+            med(&rss),
+            "MiB",
+        ),
     ])
 }
