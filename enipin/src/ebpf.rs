@@ -300,8 +300,10 @@ fn owner_name(o: &Owner) -> String {
     ifname(o.ifindex).unwrap_or_else(|| format!("ifindex {}", o.ifindex))
 }
 
-/// Loads the object; maps are created under (or reused from) `pin_dir`, which must exist.
-fn load(pin_dir: &Path) -> Result<Ebpf> {
+/// Loads the object and its classifier [`PROGRAM`] (not attached); maps are created under (or
+/// reused from) `pin_dir`, which must exist. Public for the benchmark, which test-runs the program
+/// on the maps [`apply`] filled.
+pub fn load(pin_dir: &Path) -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
         .load(OBJECT)

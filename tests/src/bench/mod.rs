@@ -2,6 +2,7 @@
 //! Markdown and JSON output, and a child runner that reports wall time and peak RSS.
 
 pub mod cost;
+pub mod datapath;
 
 use std::{
     os::unix::process::ExitStatusExt as _,
@@ -49,11 +50,21 @@ impl Row {
     }
 
     pub fn target(section: &str, case: &str, value: f64, unit: &str, target: Target) -> Self {
-        Self { target, ..Self::value(section, case, value, unit) }
+        Self {
+            target,
+            ..Self::value(section, case, value, unit)
+        }
     }
 
     /// `value` against `baseline` (higher is better): the ratio is value / baseline.
-    pub fn ratio(section: &str, case: &str, value: f64, baseline: f64, unit: &str, target: Target) -> Self {
+    pub fn ratio(
+        section: &str,
+        case: &str,
+        value: f64,
+        baseline: f64,
+        unit: &str,
+        target: Target,
+    ) -> Self {
         Self {
             baseline: Some(baseline),
             ratio: Some(value / baseline),
@@ -73,7 +84,14 @@ impl Row {
     }
 
     /// `value` against a floor (lower is better): the target is on the difference.
-    pub fn delta(section: &str, case: &str, value: f64, floor: f64, unit: &str, max_delta: f64) -> Self {
+    pub fn delta(
+        section: &str,
+        case: &str,
+        value: f64,
+        floor: f64,
+        unit: &str,
+        max_delta: f64,
+    ) -> Self {
         Self {
             baseline: Some(floor),
             ratio: None,
@@ -108,17 +126,28 @@ pub fn median(xs: &[f64]) -> f64 {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn fmt(x: f64) -> String {
-    if x.abs() >= 100.0 { format!("{x:.0}") } else if x.abs() >= 10.0 { format!("{x:.1}") } else { format!("{x:.2}") }
+    if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
 }
 
-pub fn markdown(rows: &[Row], quick: bool, took: Duration) -> String {
+/// `load_before`: /proc/loadavg when the run started (the machine is shared: say how busy).
+pub fn markdown(rows: &[Row], quick: bool, took: Duration, load_before: &str) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "<!-- written by `cargo xtask bench`{} -->\n| section | case | value | baseline | ratio | target | met |\n|---|---|---|---|---|---|---|\n",
+        "<!-- written by `cargo xtask bench`{} -->\n| section | case | value | baseline | vs baseline | target | met |\n|---|---|---|---|---|---|---|\n",
         if quick { " --quick (smoke sizes: not representative)" } else { "" }
     ));
     for r in rows {
@@ -129,7 +158,14 @@ pub fn markdown(rows: &[Row], quick: bool, took: Duration) -> String {
             fmt(r.value),
             r.unit,
             r.baseline.map(fmt).unwrap_or_default(),
-            r.ratio.map(|x| format!("{}x", fmt(x))).unwrap_or_default(),
+            match (r.ratio, r.baseline) {
+                // Three decimals: 0.948 must not print as a passing-looking 0.95.
+                (Some(x), _) if x < 10.0 => format!("{x:.3}x"),
+                (Some(x), _) => format!("{}x", fmt(x)),
+                // Against a floor (lower is better): what the subject adds.
+                (None, Some(b)) => format!("+{} {}", fmt(r.value - b), r.unit),
+                (None, None) => String::new(),
+            },
             r.target_text(),
             match r.met() {
                 None => "",
@@ -138,14 +174,27 @@ pub fn markdown(rows: &[Row], quick: bool, took: Duration) -> String {
             }
         ));
     }
+    let load = loadavg();
     s.push_str(&format!(
-        "\nMedians over rounds; each ratio is against its baseline measured in the same round. \
-         Took {:.0} s; kernel {}; {} CPUs.\n",
+        "\nMedians over rounds; every baseline is measured in the same rounds as its subject, \
+         interleaved (datapath ratios: the median of the per-round ratios). \
+         Took {:.0} s; load average (1, 5, 15 min) before {load_before}, after {load} \
+         (the bench itself loads one to two CPUs); kernel {}; {} CPUs.\n",
         took.as_secs_f64(),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
     ));
     s
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> String {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 pub fn json(rows: &[Row]) -> Result<String> {
@@ -217,7 +266,11 @@ pub fn run_measured(cmd: &mut Command) -> Result<Run> {
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     };
-    Ok(Run { output, wall_ms, max_rss_kib: usage.ru_maxrss })
+    Ok(Run {
+        output,
+        wall_ms,
+        max_rss_kib: usage.ru_maxrss,
+    })
 }
 
 /// Kills and reaps a background child (an iperf3 server) when dropped.

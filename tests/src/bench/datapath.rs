@@ -1,0 +1,391 @@
+//! Section 2: the datapath in namespaces, on the lab's seed network (`enipin::lab::Topology`:
+//! host eth0 .10 / eth1 .11, a bridge with the cloud's source checks in nftables, a peer .100).
+//!
+//! Three cases per round, in this order: no program; program attached, traffic from eth0's own
+//! address (correctly routed: the program passes it); traffic from eth1's address, which the main
+//! table sends out of eth0 (misrouted: without the program the source check drops it; the program
+//! redirects it onto eth1). `attach --no-rules`, so the redirect alone fixes it. Every redirected
+//! run must show misrouted packets in the counters, no failed redirect, and no source-check drop.
+//! The source checks cost the same in every case.
+//!
+//! - TCP: iperf3, one flow, bits/s received.
+//! - UDP: 64-byte frames (18-byte payload) from a `sendmmsg` loop, counted where the peer
+//!   receives them (its eth0 rx counter). iperf3 sends one packet per syscall plus its own
+//!   bookkeeping, about 0.1 Mpps here: the syscall, not the datapath, would be measured. Batches
+//!   of 64 per syscall leave the per-packet path (UDP, TC egress, veth, bridge, nft, peer's rx) as
+//!   the bottleneck, which is what the program adds to.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    os::fd::AsRawFd as _,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use enipin::{
+    config::Paths,
+    lab::Topology,
+    testbed::{Netns, PinDir, TempDir},
+};
+
+use super::{KillOnDrop, Row, Target, median};
+
+const UDP_PAYLOAD: usize = 64 - 14 - 20 - 8 - 4; // a 64-byte frame with its FCS
+const BATCH: usize = 64;
+
+pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
+    enipin::lab::preflight()?;
+    // Throughput on a shared 2-core machine swings more than the cost does: twice the rounds.
+    let (secs, rounds) = if quick {
+        (0.5, rounds)
+    } else {
+        (1.5, 2 * rounds)
+    };
+    let topo = Topology::build()?;
+    let src_ok = topo.spec.enis[0].v4[0];
+    let src_mis = topo.spec.enis[1].v4[0];
+    let peer = topo.spec.peer_v4;
+    // Neighbours resolved before anything is measured; the primary works without enipin.
+    ensure!(
+        topo.host().ping_from(peer, src_ok)?,
+        "the bench network does not pass {src_ok} -> {peer}"
+    );
+    let mut rows = Vec::new();
+    for udp in [false, true] {
+        let (metric, unit, scale) = if udp {
+            ("UDP 64 B frames", "kpps", 1e-3)
+        } else {
+            ("TCP, 1 flow", "Gbit/s", 1e-9)
+        };
+        let measure = |src: Ipv4Addr| -> Result<f64> {
+            Ok(scale
+                * if udp {
+                    udp_rate(&topo, src, secs)?
+                } else {
+                    tcp_rate(&topo, src, secs)?
+                })
+        };
+        let (mut none, mut noop, mut attached, mut redirected) = (vec![], vec![], vec![], vec![]);
+        measure(src_ok)?; // warm-up
+        for round in 0..rounds {
+            // Odd rounds run the cases in reverse order, so a drift in the machine's load does
+            // not always favour the same case.
+            let reverse = round % 2 == 1;
+            if !reverse {
+                none.push(measure(src_ok)?);
+                noop.push(with_noop(&topo, || measure(src_ok))?);
+            }
+            let pins = PinDir::new("ebd-pin")?;
+            let state = TempDir::new("ebd-st")?;
+            let enipin = |args: &[&str]| -> Result<()> {
+                let mut cmd = Command::new(crate::enipin_bin());
+                cmd.arg("--netns")
+                    .arg(topo.host().name())
+                    .arg("--pin-dir")
+                    .arg(pins.path());
+                cmd.arg("--state-dir").arg(state.path()).args(args);
+                super::run_measured(&mut cmd)?.ok().map(drop)
+            };
+            enipin(&["attach", "--no-rules"])?;
+            let measured = (|| -> Result<(f64, f64)> {
+                // The secondary's traffic works only through the redirect (and its neighbours
+                // get resolved here, not during the measurement).
+                ensure!(
+                    topo.host().ping_from(peer, src_mis)?,
+                    "{src_mis} -> {peer} fails with the program attached"
+                );
+                let correct = || measure(src_ok);
+                let fixed = || -> Result<f64> {
+                    let drops = ip_drops(&topo)?;
+                    let before = misrouted(&pins)?;
+                    let r = measure(src_mis)?;
+                    let after = misrouted(&pins)?;
+                    ensure!(
+                        after.1 == before.1,
+                        "{} redirects failed during the run",
+                        after.1 - before.1
+                    );
+                    ensure!(
+                        after.0 > before.0,
+                        "nothing was misrouted: the redirected case measured nothing"
+                    );
+                    ensure!(
+                        ip_drops(&topo)? == drops,
+                        "the source check dropped packets the redirect should have fixed"
+                    );
+                    Ok(r)
+                };
+                if reverse {
+                    let r = fixed()?;
+                    Ok((correct()?, r))
+                } else {
+                    let a = correct()?;
+                    Ok((a, fixed()?))
+                }
+            })();
+            enipin(&["detach"])?;
+            let (a, r) = measured?;
+            attached.push(a);
+            redirected.push(r);
+            if reverse {
+                noop.push(with_noop(&topo, || measure(src_ok))?);
+                none.push(measure(src_ok)?);
+            }
+        }
+        // Ratios are paired: the median of each round's ratio, not the ratio of the medians.
+        let per_round = |x: &[f64], base: &[f64]| {
+            median(&x.iter().zip(base).map(|(x, b)| x / b).collect::<Vec<_>>())
+        };
+        let (r_attached, r_redirected) = (
+            per_round(&attached, &none),
+            per_round(&redirected, &attached),
+        );
+        let r_noop = per_round(&noop, &none);
+        let (none, attached, redirected) = (median(&none), median(&attached), median(&redirected));
+        rows.push(Row::value(
+            "datapath",
+            &format!("{metric}: no program"),
+            none,
+            unit,
+        ));
+        rows.push(Row {
+            ratio: Some(r_noop),
+            ..Row::ratio(
+                "datapath",
+                &format!(
+                    "{metric}: empty classifier attached (the TCX hook's own cost, vs no program)"
+                ),
+                median(&noop),
+                none,
+                unit,
+                Target::None,
+            )
+        });
+        rows.push(Row {
+            ratio: Some(r_attached),
+            ..Row::ratio(
+                "datapath",
+                &format!("{metric}: program attached, correct route (vs no program)"),
+                attached,
+                none,
+                unit,
+                Target::RatioAtLeast(0.98),
+            )
+        });
+        rows.push(Row {
+            ratio: Some(r_redirected),
+            ..Row::ratio(
+                "datapath",
+                &format!("{metric}: misrouted, fixed by the redirect (vs correct route)"),
+                redirected,
+                attached,
+                unit,
+                Target::RatioAtLeast(0.95),
+            )
+        });
+    }
+    Ok(rows)
+}
+
+/// Runs `f` with `enipin_noop` (returns at once) attached with TCX to every host ENI's egress:
+/// what any TC egress program costs before it does anything. Detached when its links drop.
+fn with_noop<T>(topo: &Topology, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let pins = PinDir::new("ebd-noop")?;
+    std::fs::create_dir(pins.path())?;
+    let ifindexes: Vec<u32> = topo
+        .eni_names()
+        .iter()
+        .map(|n| topo.host().ifindex(n))
+        .collect::<Result<_>>()?;
+    let bpf = in_ns(topo.host(), || {
+        // Its maps (unused) are pinned in a private bpffs, never under /sys/fs/bpf.
+        let mut bpf = aya::EbpfLoader::new()
+            .default_map_pin_directory(pins.path())
+            .load(enipin::ebpf::OBJECT)?;
+        let prog: &mut aya::programs::SchedClassifier = bpf
+            .program_mut(enipin_ebpf::NOOP_PROGRAM)
+            .context("no noop program")?
+            .try_into()?;
+        prog.load()?;
+        for &ifindex in &ifindexes {
+            prog.attach(ifindex, aya::programs::TcAttachType::Egress)?;
+        }
+        Ok(bpf)
+    })?;
+    let r = f();
+    drop(bpf);
+    r
+}
+
+/// IP packets the vpc's source check dropped for a wrong source address or MAC (ARP is left
+/// out: with a stock host's arp_ignore=0, eth0 answers ARP for eth1's address, and that answer
+/// is dropped legitimately).
+fn ip_drops(topo: &Topology) -> Result<u64> {
+    Ok(topo.drops()?.by_eni.values().map(|d| d.ip + d.mac).sum())
+}
+
+/// (misrouted packets, failed redirects) summed over the interfaces.
+fn misrouted(pins: &PinDir) -> Result<(u64, u64)> {
+    let paths = Paths {
+        pin_dir: pins.path().to_owned(),
+        state_dir: std::env::temp_dir(),
+    };
+    let all = enipin::ebpf::counters(&paths)?;
+    Ok(all.iter().fold((0, 0), |(m, f), (_, c)| {
+        (m + c.misrouted_packets, f + c.redirect_failed)
+    }))
+}
+
+trait PingFrom {
+    fn ping_from(&self, dst: Ipv4Addr, src: Ipv4Addr) -> Result<bool>;
+}
+
+impl PingFrom for Netns {
+    fn ping_from(&self, dst: Ipv4Addr, src: Ipv4Addr) -> Result<bool> {
+        let out = self
+            .command("ping")
+            .args([
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-I",
+                &src.to_string(),
+                &dst.to_string(),
+            ])
+            .output()
+            .context("running ping")?;
+        Ok(out.status.success())
+    }
+}
+
+/// One iperf3 TCP flow from `src` in the host to the peer, `secs` long: bits/s received.
+fn tcp_rate(topo: &Topology, src: Ipv4Addr, secs: f64) -> Result<f64> {
+    let port = (5201 + std::process::id() % 1000).to_string();
+    let peer = topo.spec.peer_v4.to_string();
+    let mut server = topo
+        .peer()
+        .command("iperf3")
+        .args(["-s", "-1", "-B", &peer, "-p", &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawning iperf3 (cargo xtask setup installs it)")?;
+    let _reap = KillOnDrop(&mut server);
+    // The server listens once its socket exists; retry the client briefly until then.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let mut cmd = topo.host().command("timeout");
+        cmd.args([
+            &format!("{:.0}", secs + 10.0),
+            "iperf3",
+            "-J",
+            "-c",
+            &peer,
+            "-B",
+            &src.to_string(),
+        ]);
+        // iperf3 takes whole seconds (and -t 0 means "forever").
+        cmd.args([
+            "-p",
+            &port,
+            "-t",
+            &format!("{}", secs.ceil().max(1.0)),
+            "-O",
+            "0",
+        ]);
+        let out = cmd.output().context("running iperf3")?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+            return Ok(bps);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "iperf3 -c {peer} -B {src}: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// 64-byte UDP frames from `src` in the host to the peer for `secs`, `BATCH` per sendmmsg:
+/// frames/s the peer's interface received.
+fn udp_rate(topo: &Topology, src: Ipv4Addr, secs: f64) -> Result<f64> {
+    let dst = SocketAddrV4::new(
+        topo.spec.peer_v4,
+        9 + (std::process::id() % 1000) as u16 + 1000,
+    );
+    // A bound, never-read socket at the peer: packets are dropped at its full queue, with no
+    // ICMP port-unreachable coming back to disturb the sender.
+    let sink = in_ns(topo.peer(), || Ok(UdpSocket::bind(dst)?))?;
+    let rx = |ns: &Netns| rx_packets(ns, "eth0");
+    let sent = in_ns(topo.host(), || {
+        let sock = UdpSocket::bind(SocketAddrV4::new(src, 0))?;
+        sock.connect(dst)?;
+        let before = rx(topo.peer())?;
+        let started = Instant::now();
+        let mut n = 0u64;
+        let payload = [0u8; UDP_PAYLOAD];
+        let mut iov: Vec<libc::iovec> = (0..BATCH)
+            .map(|_| libc::iovec {
+                iov_base: payload.as_ptr() as *mut _,
+                iov_len: payload.len(),
+            })
+            .collect();
+        // SAFETY: zeroed mmsghdr are valid; each then points at one iovec that outlives the calls.
+        let mut msgs: Vec<libc::mmsghdr> =
+            (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        while started.elapsed().as_secs_f64() < secs {
+            // SAFETY: msgs holds BATCH initialised headers on a connected socket.
+            let rc =
+                unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
+            if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                // A full queue on the way (ENOBUFS): the packets are lost, the loop goes on.
+                if e.raw_os_error() != Some(libc::ENOBUFS) {
+                    return Err(e).context("sendmmsg");
+                }
+            } else {
+                n += rc as u64;
+            }
+        }
+        let took = started.elapsed().as_secs_f64();
+        // Let the last batches drain through the bridge before counting.
+        std::thread::sleep(Duration::from_millis(50));
+        Ok((n, rx(topo.peer())? - before, took))
+    })?;
+    drop(sink);
+    let (n, received, took) = sent;
+    ensure!(
+        received > 0 && n > 0,
+        "no UDP frame from {src} reached the peer"
+    );
+    Ok(received as f64 / took)
+}
+
+/// Received packets of `dev` in `ns` (netlink statistics through `ip -s -j`).
+fn rx_packets(ns: &Netns, dev: &str) -> Result<u64> {
+    let out = ns.ip(&["-s", "-j", "link", "show", dev])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("ip -s -j link")?;
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .context("ip -s -j link: no stats64.rx.packets")
+}
+
+/// Runs `f` on a thread inside `ns` (sockets it creates stay in `ns`).
+pub(crate) fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enipin::netns::enter(ns.name())?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
