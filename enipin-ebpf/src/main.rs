@@ -18,10 +18,10 @@ use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_REDIRECT, TC_ACT_UNSPEC},
     helpers::generated::{bpf_check_mtu, bpf_redirect_neigh},
     macros::{classifier, map},
-    maps::{Array, HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::TcContext,
 };
-use enipin_ebpf::{Config, Counters, MAX_INTERFACES, MAX_OWNERS, MODE_ENFORCE, Owner};
+use enipin_ebpf::{Config, Counters, FAST_SLOTS, MAX_INTERFACES, MAX_OWNERS, MODE_ENFORCE, Owner};
 
 // Map names must equal `enipin_ebpf::maps::*` (the `#[map]` name is the symbol name).
 #[map(name = "ENIPIN_OWN4")]
@@ -34,6 +34,8 @@ static PREFIXES_V4: LpmTrie<[u8; 4], Owner> = LpmTrie::pinned(MAX_OWNERS, 0);
 static PREFIXES_V6: LpmTrie<[u8; 16], Owner> = LpmTrie::pinned(MAX_OWNERS, 0);
 #[map(name = "ENIPIN_CNT")]
 static COUNTERS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(MAX_INTERFACES, 0);
+#[map(name = "ENIPIN_CNTF")]
+static COUNTERS_FAST: PerCpuArray<Counters> = PerCpuArray::pinned(FAST_SLOTS, 0);
 #[map(name = "ENIPIN_CFG")]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
 
@@ -230,9 +232,13 @@ fn lookup_v6(src: &[u8; 16]) -> Verdict {
     }
 }
 
-/// This interface's counters, else the "unknown interface" slot 0, else none (not counted).
+/// This interface's counters: its slot of the per-CPU array (an inlined lookup) for ifindex <
+/// FAST_SLOTS, else its hash entry, else the "unknown interface" slot 0, else none (not counted).
 #[inline(always)]
 fn counters(ifindex: u32) -> Option<*mut Counters> {
+    if ifindex < FAST_SLOTS {
+        return COUNTERS_FAST.get_ptr_mut(ifindex);
+    }
     COUNTERS
         .get_ptr_mut(&ifindex)
         .or_else(|| COUNTERS.get_ptr_mut(&0))

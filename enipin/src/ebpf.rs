@@ -22,14 +22,17 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        lpm_trie::Key,
+    },
     programs::{
         LinkOrder, ProgramError, ProgramInfo, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{self, SchedClassifierLink, TcAttach},
     },
 };
-use enipin_ebpf::{Counters, MODE_ENFORCE, MODE_MONITOR, Owner, PROGRAM, maps};
+use enipin_ebpf::{Counters, FAST_SLOTS, MODE_ENFORCE, MODE_MONITOR, Owner, PROGRAM, maps};
 
 use crate::{
     config::{Config, Mode, Paths},
@@ -642,11 +645,14 @@ fn write_maps(ebpf: &mut Ebpf, d: &Diff) -> Result<()> {
     let cpus = aya::util::nr_cpus()
         .map_err(|(what, e)| anyhow!("{what}: {e}"))?
         .get() as usize;
+    let zero = || PerCpuValues::try_from(vec![Counters::default(); cpus]);
+    // An interface's fast slot starts at zero when it becomes managed and is zeroed when it stops
+    // being managed, so a later interface with the same ifindex starts clean.
+    let mut fresh = Vec::new();
     for (k, ()) in &d.counters.set {
         // BPF_NOEXIST: never reset counters that are already there.
-        let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
-        match m.insert(k, zero, 1 /* BPF_NOEXIST */) {
-            Ok(()) => {}
+        match m.insert(k, zero()?, 1 /* BPF_NOEXIST */) {
+            Ok(()) => fresh.push(*k),
             Err(aya::maps::MapError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(e.into()),
@@ -654,6 +660,12 @@ fn write_maps(ebpf: &mut Ebpf, d: &Diff) -> Result<()> {
     }
     for k in &d.counters.remove {
         m.remove(k)?;
+        fresh.push(*k);
+    }
+    let mut fast: PerCpuArray<_, Counters> =
+        PerCpuArray::try_from(map(ebpf, maps::COUNTERS_FAST)?)?;
+    for k in fresh.into_iter().filter(|k| *k < FAST_SLOTS) {
+        fast.set(k, zero()?, 0)?;
     }
     if let Some(c) = &d.config {
         let mut m: Array<_, enipin_ebpf::Config> = Array::try_from(map(ebpf, maps::CONFIG)?)?;
@@ -831,15 +843,24 @@ pub fn counters(paths: &Paths) -> Result<Vec<(u32, Counters)>> {
         );
     };
     let m: PerCpuHashMap<_, u32, Counters> = PerCpuHashMap::try_from(map)?;
-    let mut out = Vec::new();
+    // The program counts in the fast array for small ifindexes, in the hash for the rest.
+    let fast = pinned_map(paths, maps::COUNTERS_FAST)?
+        .map(PerCpuArray::<_, Counters>::try_from)
+        .transpose()?;
+    let mut out: BTreeMap<u32, Counters> = BTreeMap::new();
     for kv in m.iter() {
         let (k, per_cpu) = kv?;
-        let mut sum = Counters::default();
-        for c in per_cpu.iter() {
-            sum.add(c);
-        }
-        out.push((k, sum));
+        let sum = out.entry(k).or_default();
+        per_cpu.iter().for_each(|c| sum.add(c));
     }
-    out.sort_by_key(|(k, _)| *k);
-    Ok(out)
+    if let Some(fast) = fast {
+        for (k, per_cpu) in (0..FAST_SLOTS).zip(fast.iter()) {
+            let per_cpu = per_cpu?;
+            // A slot of an interface that is not (or no longer) managed is "unknown" (0).
+            let key = if out.contains_key(&k) { k } else { 0 };
+            let sum = out.entry(key).or_default();
+            per_cpu.iter().for_each(|c| sum.add(c));
+        }
+    }
+    Ok(out.into_iter().collect())
 }

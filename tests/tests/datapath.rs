@@ -643,11 +643,8 @@ fn a_vanished_interface_leaves_a_stale_link_that_the_next_attach_removes() {
         );
         ebpf::apply(plan, &lab.managed[..1], &cfg(Mode::Enforce), &paths).unwrap();
         assert!(!paths.pin_dir.join(format!("link-{e2}")).exists());
-        assert!(
-            ebpf::plan(&lab.managed[..1], &cfg(Mode::Enforce), &paths)
-                .unwrap()
-                .is_empty()
-        );
+        let again = ebpf::plan(&lab.managed[..1], &cfg(Mode::Enforce), &paths).unwrap();
+        assert!(again.is_empty(), "{:?}", again.changes);
         ebpf::detach(&paths).unwrap();
         assert!(tcx_progs(e1).is_empty());
     });
