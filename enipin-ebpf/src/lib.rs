@@ -19,6 +19,13 @@ pub mod maps {
     /// hash lookup costs about 10 ns a packet). `COUNTERS` still lists the managed interfaces and
     /// counts for larger ifindexes; user space adds both.
     pub const COUNTERS_FAST: &str = "ENIPIN_CNTF";
+    /// `Array<LocalV4>` of `FAST_SLOTS` entries indexed by ifindex: the first `LOCAL_V4`
+    /// addresses each interface owns, derived from `OWNERS_V4` by user space. The common case,
+    /// a packet leaving by the interface that owns its source, is then an inlined array lookup
+    /// and a few compares instead of a hash lookup; anything else falls through to the maps.
+    pub const LOCAL_V4: &str = "ENIPIN_LOC4";
+    /// `Array<LocalV6>`, the same for IPv6.
+    pub const LOCAL_V6: &str = "ENIPIN_LOC6";
     /// `Array<Config>` with one element.
     pub const CONFIG: &str = "ENIPIN_CFG";
 }
@@ -35,6 +42,26 @@ pub const MAX_OWNERS: u32 = 4096;
 pub const FAST_SLOTS: u32 = 256;
 /// Capacity of the counter map: one entry per managed interface plus the "unknown" slot 0.
 pub const MAX_INTERFACES: u32 = 256;
+
+/// How many of an interface's own addresses the fast path holds, per family.
+pub const LOCAL_V4: usize = 8;
+pub const LOCAL_V6: usize = 4;
+
+/// An interface's own IPv4 addresses (network byte order), the first `n` of `addrs` valid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalV4 {
+    pub n: u32,
+    pub addrs: [[u8; 4]; LOCAL_V4],
+}
+
+/// An interface's own IPv6 addresses, the first `n` of `addrs` valid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalV6 {
+    pub n: u32,
+    pub addrs: [[u8; 16]; LOCAL_V6],
+}
 
 /// The interface that owns an address.
 #[repr(C)]
@@ -131,4 +158,6 @@ mod pod {
     unsafe impl aya::Pod for super::Owner {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::LocalV4 {}
+    unsafe impl aya::Pod for super::LocalV6 {}
 }

@@ -21,7 +21,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::TcContext,
 };
-use enipin_ebpf::{Config, Counters, FAST_SLOTS, MAX_INTERFACES, MAX_OWNERS, MODE_ENFORCE, Owner};
+use enipin_ebpf::{
+    Config, Counters, FAST_SLOTS, LocalV4, LocalV6, MAX_INTERFACES, MAX_OWNERS, MODE_ENFORCE, Owner,
+};
 
 // Map names must equal `enipin_ebpf::maps::*` (the `#[map]` name is the symbol name).
 #[map(name = "ENIPIN_OWN4")]
@@ -36,6 +38,10 @@ static PREFIXES_V6: LpmTrie<[u8; 16], Owner> = LpmTrie::pinned(MAX_OWNERS, 0);
 static COUNTERS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(MAX_INTERFACES, 0);
 #[map(name = "ENIPIN_CNTF")]
 static COUNTERS_FAST: PerCpuArray<Counters> = PerCpuArray::pinned(FAST_SLOTS, 0);
+#[map(name = "ENIPIN_LOC4")]
+static LOCAL_V4: Array<LocalV4> = Array::pinned(FAST_SLOTS, 0);
+#[map(name = "ENIPIN_LOC6")]
+static LOCAL_V6: Array<LocalV6> = Array::pinned(FAST_SLOTS, 0);
 #[map(name = "ENIPIN_CFG")]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
 
@@ -57,6 +63,8 @@ enum Verdict {
     Malformed,
     /// Owned by a managed interface (this one or another).
     Owned(Owner),
+    /// Owned by this interface, found on the fast path.
+    OwnedHere,
 }
 
 #[classifier]
@@ -69,10 +77,14 @@ pub fn enipin_egress(ctx: TcContext) -> i32 {
     let verdict = if vlan_present != 0 {
         Verdict::Skipped
     } else {
-        classify(&ctx)
+        classify(&ctx, ifindex)
     };
     let counters = counters(ifindex);
     let owner = match verdict {
+        Verdict::OwnedHere => {
+            bump(counters, |c| c.owned_here += 1);
+            return TC_ACT_UNSPEC;
+        }
         Verdict::Owned(owner) if owner.ifindex == ifindex => {
             bump(counters, |c| c.owned_here += 1);
             return TC_ACT_UNSPEC;
@@ -147,7 +159,7 @@ fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: Owner, debu
 
 /// Parses the headers with direct packet access (every read bounds-checked against data_end).
 #[inline(always)]
-fn classify(ctx: &TcContext) -> Verdict {
+fn classify(ctx: &TcContext, ifindex: u32) -> Verdict {
     let data = ctx.data();
     let end = ctx.data_end();
     if data + ETH_HLEN > end {
@@ -177,6 +189,9 @@ fn classify(ctx: &TcContext) -> Verdict {
             return Verdict::Malformed;
         }
         let src = [ip[12], ip[13], ip[14], ip[15]];
+        if local_v4(ifindex, &src) {
+            return Verdict::OwnedHere;
+        }
         return lookup_v4(&src);
     }
     if l3 + IPV6_HLEN > end {
@@ -205,7 +220,53 @@ fn classify(ctx: &TcContext) -> Verdict {
             return Verdict::Skipped;
         }
     }
+    if local_v6(ifindex, &src) {
+        return Verdict::OwnedHere;
+    }
     lookup_v6(&src)
+}
+
+/// Whether `src` is one of the first addresses of this interface (the fast path).
+#[inline(always)]
+fn local_v4(ifindex: u32, src: &[u8; 4]) -> bool {
+    let Some(local) = (ifindex < FAST_SLOTS).then(|| LOCAL_V4.get(ifindex)).flatten() else {
+        return false;
+    };
+    let src = u32::from_ne_bytes(*src);
+    let n = local.n as usize;
+    let mut i = 0;
+    while i < enipin_ebpf::LOCAL_V4 {
+        if i < n && u32::from_ne_bytes(local.addrs[i]) == src {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn local_v6(ifindex: u32, src: &[u8; 16]) -> bool {
+    let Some(local) = (ifindex < FAST_SLOTS).then(|| LOCAL_V6.get(ifindex)).flatten() else {
+        return false;
+    };
+    let src = halves(src);
+    let n = local.n as usize;
+    let mut i = 0;
+    while i < enipin_ebpf::LOCAL_V6 {
+        if i < n && halves(&local.addrs[i]) == src {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// A 16-byte address as two words, compared without a call to memcmp.
+#[inline(always)]
+fn halves(a: &[u8; 16]) -> (u64, u64) {
+    let p = a.as_ptr() as *const u64;
+    // SAFETY: 16 readable bytes; unaligned reads.
+    unsafe { (core::ptr::read_unaligned(p), core::ptr::read_unaligned(p.add(1))) }
 }
 
 #[inline(always)]

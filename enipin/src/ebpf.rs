@@ -32,7 +32,9 @@ use aya::{
         tc::{self, SchedClassifierLink, TcAttach},
     },
 };
-use enipin_ebpf::{Counters, FAST_SLOTS, MODE_ENFORCE, MODE_MONITOR, Owner, PROGRAM, maps};
+use enipin_ebpf::{
+    Counters, FAST_SLOTS, LocalV4, LocalV6, MODE_ENFORCE, MODE_MONITOR, Owner, PROGRAM, maps,
+};
 
 use crate::{
     config::{Config, Mode, Paths},
@@ -611,6 +613,47 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
         .ok_or_else(|| anyhow!("map {name} missing from the object"))
 }
 
+/// Derives the fast-path arrays (each interface's first own addresses, sorted) from the owner maps
+/// as they now are, writing only the slots that change. Interfaces with more addresses, or an
+/// ifindex >= FAST_SLOTS, find the rest through the owner maps.
+fn sync_local(ebpf: &mut Ebpf) -> Result<()> {
+    fn owned<const N: usize>(ebpf: &Ebpf, name: &str) -> Result<BTreeMap<u32, Vec<[u8; N]>>> {
+        let m = ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+        let mut by_if: BTreeMap<u32, Vec<[u8; N]>> = BTreeMap::new();
+        for kv in HashMap::<_, [u8; N], Owner>::try_from(m)?.iter() {
+            let (addr, owner) = kv?;
+            by_if.entry(owner.ifindex).or_default().push(addr);
+        }
+        by_if.values_mut().for_each(|v| v.sort());
+        Ok(by_if)
+    }
+    let v4 = owned::<4>(ebpf, maps::OWNERS_V4)?;
+    let v6 = owned::<16>(ebpf, maps::OWNERS_V6)?;
+    let mut a4: Array<_, LocalV4> = Array::try_from(map(ebpf, maps::LOCAL_V4)?)?;
+    for slot in 0..FAST_SLOTS {
+        let mut want = LocalV4::default();
+        for (i, addr) in v4.get(&slot).into_iter().flatten().take(enipin_ebpf::LOCAL_V4).enumerate() {
+            want.addrs[i] = *addr;
+            want.n = i as u32 + 1;
+        }
+        if a4.get(&slot, 0)? != want {
+            a4.set(slot, &want, 0)?;
+        }
+    }
+    let mut a6: Array<_, LocalV6> = Array::try_from(map(ebpf, maps::LOCAL_V6)?)?;
+    for slot in 0..FAST_SLOTS {
+        let mut want = LocalV6::default();
+        for (i, addr) in v6.get(&slot).into_iter().flatten().take(enipin_ebpf::LOCAL_V6).enumerate() {
+            want.addrs[i] = *addr;
+            want.n = i as u32 + 1;
+        }
+        if a6.get(&slot, 0)? != want {
+            a6.set(slot, &want, 0)?;
+        }
+    }
+    Ok(())
+}
+
 fn write_maps(ebpf: &mut Ebpf, d: &Diff) -> Result<()> {
     let mut m: HashMap<_, [u8; 4], Owner> = HashMap::try_from(map(ebpf, maps::OWNERS_V4)?)?;
     for (k, v) in &d.v4.set {
@@ -626,6 +669,7 @@ fn write_maps(ebpf: &mut Ebpf, d: &Diff) -> Result<()> {
     for k in &d.v6.remove {
         m.remove(k)?;
     }
+    sync_local(ebpf)?;
     let mut m: LpmTrie<_, [u8; 4], Owner> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V4)?)?;
     for ((k, l), v) in &d.p4.set {
         m.insert(&Key::new((*l).into(), *k), v, 0)?;
