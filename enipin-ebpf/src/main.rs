@@ -229,7 +229,10 @@ fn classify(ctx: &TcContext, ifindex: u32) -> Verdict {
 /// Whether `src` is one of the first addresses of this interface (the fast path).
 #[inline(always)]
 fn local_v4(ifindex: u32, src: &[u8; 4]) -> bool {
-    let Some(local) = (ifindex < FAST_SLOTS).then(|| LOCAL_V4.get(ifindex)).flatten() else {
+    let Some(local) = (ifindex < FAST_SLOTS)
+        .then(|| LOCAL_V4.get(ifindex))
+        .flatten()
+    else {
         return false;
     };
     let src = u32::from_ne_bytes(*src);
@@ -246,7 +249,10 @@ fn local_v4(ifindex: u32, src: &[u8; 4]) -> bool {
 
 #[inline(always)]
 fn local_v6(ifindex: u32, src: &[u8; 16]) -> bool {
-    let Some(local) = (ifindex < FAST_SLOTS).then(|| LOCAL_V6.get(ifindex)).flatten() else {
+    let Some(local) = (ifindex < FAST_SLOTS)
+        .then(|| LOCAL_V6.get(ifindex))
+        .flatten()
+    else {
         return false;
     };
     let src = halves(src);
@@ -266,7 +272,12 @@ fn local_v6(ifindex: u32, src: &[u8; 16]) -> bool {
 fn halves(a: &[u8; 16]) -> (u64, u64) {
     let p = a.as_ptr() as *const u64;
     // SAFETY: 16 readable bytes; unaligned reads.
-    unsafe { (core::ptr::read_unaligned(p), core::ptr::read_unaligned(p.add(1))) }
+    unsafe {
+        (
+            core::ptr::read_unaligned(p),
+            core::ptr::read_unaligned(p.add(1)),
+        )
+    }
 }
 
 #[inline(always)]

@@ -13,8 +13,7 @@ use crate::{
     model::{Gateway, GatewaySource, ManagedInterface, fmt_mac},
     netlink::Netlink,
     plan::{self, Change, DiffFormat, Plan, Selection},
-    state,
-    sysctl,
+    state, sysctl,
 };
 
 fn gateway_text(g: &Option<Gateway>) -> String {
@@ -34,8 +33,16 @@ fn gateway_text(g: &Option<Gateway>) -> String {
 /// `prefix` starts every line: "# " turns the summary into comments in `--format ip` output.
 fn print_managed(managed: &[ManagedInterface], prefix: &str) {
     for m in managed {
-        let addrs: Vec<_> = m.addrs.iter().map(|a| format!("{}/{}", a.addr, a.prefix_len)).collect();
-        let prefixes: Vec<_> = m.prefixes.iter().map(|p| format!("{}/{}", p.addr, p.prefix_len)).collect();
+        let addrs: Vec<_> = m
+            .addrs
+            .iter()
+            .map(|a| format!("{}/{}", a.addr, a.prefix_len))
+            .collect();
+        let prefixes: Vec<_> = m
+            .prefixes
+            .iter()
+            .map(|p| format!("{}/{}", p.addr, p.prefix_len))
+            .collect();
         println!(
             "{prefix}interface {} ({}, ifindex {}) table {}: {}{}",
             m.name,
@@ -43,7 +50,11 @@ fn print_managed(managed: &[ManagedInterface], prefix: &str) {
             m.ifindex,
             m.table,
             addrs.join(" "),
-            if prefixes.is_empty() { String::new() } else { format!(" prefixes {}", prefixes.join(" ")) }
+            if prefixes.is_empty() {
+                String::new()
+            } else {
+                format!(" prefixes {}", prefixes.join(" "))
+            }
         );
         println!("{prefix}  gateway ipv4: {}", gateway_text(&m.gateway_v4));
         if m.addrs.iter().any(|a| a.addr.is_ipv6()) {
@@ -68,7 +79,13 @@ fn compute(d: &Discovery, managed: &[ManagedInterface], cfg: &Config) -> Result<
             }
         }
     }
-    Ok(plan::diff(&want_rules, &want_routes, &have_rules, &have_routes, sysctls))
+    Ok(plan::diff(
+        &want_rules,
+        &want_routes,
+        &have_rules,
+        &have_routes,
+        sysctls,
+    ))
 }
 
 async fn step(nl: &Netlink, c: &Change) -> Result<()> {
@@ -90,13 +107,21 @@ const IN_FLIGHT: usize = 64;
 /// Runs `changes` in order, netlink requests [`IN_FLIGHT`] at a time (a sysctl waits for every
 /// request before it and is written alone). Returns each change's result, in order: all of them,
 /// or, with `stop_on_error`, those of the batches up to and including the first failure.
-async fn run_batched<'a>(nl: &Netlink, changes: &'a [Change], stop_on_error: bool) -> Vec<(&'a Change, Result<()>)> {
+async fn run_batched<'a>(
+    nl: &Netlink,
+    changes: &'a [Change],
+    stop_on_error: bool,
+) -> Vec<(&'a Change, Result<()>)> {
     let mut out = Vec::with_capacity(changes.len());
     let mut rest = changes;
     while !rest.is_empty() {
         let n = match rest[0] {
             Change::Sysctl { .. } => 1,
-            _ => rest.iter().take(IN_FLIGHT).take_while(|c| !matches!(c, Change::Sysctl { .. })).count(),
+            _ => rest
+                .iter()
+                .take(IN_FLIGHT)
+                .take_while(|c| !matches!(c, Change::Sysctl { .. }))
+                .count(),
         };
         let (batch, tail) = rest.split_at(n);
         rest = tail;
@@ -151,7 +176,10 @@ async fn rollback(nl: &Netlink, journal: Vec<Change>) -> String {
     if failed.is_empty() {
         format!("rolled back the {n} change(s) this run had applied")
     } else {
-        format!("rolling back the {n} change(s) this run had applied failed for: {}", failed.join("; "))
+        format!(
+            "rolling back the {n} change(s) this run had applied failed for: {}",
+            failed.join("; ")
+        )
     }
 }
 
@@ -173,7 +201,11 @@ impl Pending {
     fn lines(&self, format: DiffFormat) -> Vec<String> {
         let comment = if format == DiffFormat::Ip { "# " } else { "" };
         let rules = self.plan.changes.iter().map(|c| c.render(format));
-        let datapath = self.ebpf.iter().flat_map(|p| &p.changes).map(|l| format!("{comment}{l}"));
+        let datapath = self
+            .ebpf
+            .iter()
+            .flat_map(|p| &p.changes)
+            .map(|l| format!("{comment}{l}"));
         rules.chain(datapath).collect()
     }
 }
@@ -191,8 +223,17 @@ fn pending(
         plan::check_conflicts(d, &managed, cfg)?;
     }
     let plan = compute(d, &managed, cfg)?;
-    let ebpf = if cfg.ebpf { Some(ebpf::plan(&managed, cfg, paths)?) } else { None };
-    Ok(Pending { previous, managed, plan, ebpf })
+    let ebpf = if cfg.ebpf {
+        Some(ebpf::plan(&managed, cfg, paths)?)
+    } else {
+        None
+    };
+    Ok(Pending {
+        previous,
+        managed,
+        plan,
+        ebpf,
+    })
 }
 
 /// Carries a plan out, all or nothing: the state file first, then rules/routes/sysctls, then the
@@ -260,12 +301,20 @@ pub async fn reconcile(cfg: &Config, paths: &Paths) -> Result<Reconciled> {
     let changes = p.lines(DiffFormat::Text);
     let managed = p.managed.clone();
     commit(&nl, p, cfg, paths).await?;
-    Ok(Reconciled { managed, changes, idle })
+    Ok(Reconciled {
+        managed,
+        changes,
+        idle,
+    })
 }
 
 pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffFormat) -> Result<()> {
     // Two changers at once would each diff against a state the other is changing.
-    let _lock = if dry_run { None } else { Some(state::lock(paths)?) };
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(state::lock(paths)?)
+    };
     // A corrupt state file stops us before anything changes.
     let previous = state::load(paths)?;
     let nl = Netlink::connect()?;
@@ -290,7 +339,10 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
     let lines = p.lines(format);
     lines.iter().for_each(|l| println!("{l}"));
     if dry_run {
-        println!("dry run: {} change(s) planned, nothing changed", lines.len());
+        println!(
+            "dry run: {} change(s) planned, nothing changed",
+            lines.len()
+        );
         return Ok(());
     }
     let (n_changes, n_managed) = (lines.len(), p.managed.len());
@@ -321,7 +373,11 @@ pub async fn detach(paths: &Paths) -> Result<()> {
         if let Ok(now) = sysctl::read(key)
             && &now != old
         {
-            changes.push(Change::Sysctl { key: key.clone(), old: now, new: old.clone() });
+            changes.push(Change::Sysctl {
+                key: key.clone(),
+                old: now,
+                new: old.clone(),
+            });
         }
     }
     let pinned = paths.pin_dir.exists();
@@ -348,7 +404,10 @@ pub async fn detach(paths: &Paths) -> Result<()> {
         }
     }
     if !failed.is_empty() {
-        return Err(anyhow!("detach left some things in place (state file kept): {}", failed.join("; ")));
+        return Err(anyhow!(
+            "detach left some things in place (state file kept): {}",
+            failed.join("; ")
+        ));
     }
     state::remove(paths)?;
     println!("detached: {n_changes} change(s)");
@@ -357,7 +416,10 @@ pub async fn detach(paths: &Paths) -> Result<()> {
 
 pub async fn status(paths: &Paths, json: bool) -> Result<()> {
     let st = state::load(paths)?;
-    let cfg = st.as_ref().and_then(|s| s.config.clone()).unwrap_or_default();
+    let cfg = st
+        .as_ref()
+        .and_then(|s| s.config.clone())
+        .unwrap_or_default();
     let nl = Netlink::connect()?;
     let d = discover::discover(&nl).await?;
     let managed = match plan::select(&d, &cfg)? {
@@ -366,7 +428,11 @@ pub async fn status(paths: &Paths, json: bool) -> Result<()> {
     };
     let (rules, routes) = plan::installed(&d);
     let drift = compute(&d, &managed, &cfg)?;
-    let attached = if paths.pin_dir.exists() { ebpf::attached(paths).context("reading the datapath attachment")? } else { Vec::new() };
+    let attached = if paths.pin_dir.exists() {
+        ebpf::attached(paths).context("reading the datapath attachment")?
+    } else {
+        Vec::new()
+    };
     if json {
         let v = serde_json::json!({
             "attached": st.is_some(),
@@ -384,7 +450,14 @@ pub async fn status(paths: &Paths, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("state: {}", if st.is_some() { "attached" } else { "not attached (no state file)" });
+    println!(
+        "state: {}",
+        if st.is_some() {
+            "attached"
+        } else {
+            "not attached (no state file)"
+        }
+    );
     print_managed(&managed, "");
     println!("rules ({}):", rules.len());
     for r in &rules {
@@ -403,8 +476,15 @@ pub async fn status(paths: &Paths, json: bool) -> Result<()> {
     if drift.is_empty() {
         println!("drift: none");
     } else {
-        let what = if st.is_some() { "drift" } else { "not attached; attach would make" };
-        println!("{what} ({} change(s) to reach the desired state):", drift.changes.len());
+        let what = if st.is_some() {
+            "drift"
+        } else {
+            "not attached; attach would make"
+        };
+        println!(
+            "{what} ({} change(s) to reach the desired state):",
+            drift.changes.len()
+        );
         for c in &drift.changes {
             println!("  {}", c.render(DiffFormat::Text));
         }

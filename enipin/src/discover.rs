@@ -74,7 +74,12 @@ pub async fn discover(nl: &Netlink) -> Result<Discovery> {
     }
 
     for msg in nl.addresses().await? {
-        let Some(iface) = interfaces.iter_mut().find(|i| i.ifindex == msg.header.index) else { continue };
+        let Some(iface) = interfaces
+            .iter_mut()
+            .find(|i| i.ifindex == msg.header.index)
+        else {
+            continue;
+        };
         let v6 = msg.header.family == AddressFamily::Inet6;
         let mut addr = None;
         let mut local = None;
@@ -88,15 +93,21 @@ pub async fn discover(nl: &Netlink) -> Result<Discovery> {
             }
         }
         // IPv4: IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on p2p links).
-        let Some(ip) = (if v6 { addr } else { local.or(addr) }) else { continue };
+        let Some(ip) = (if v6 { addr } else { local.or(addr) }) else {
+            continue;
+        };
         if v6 {
             // Global addresses only, and not ones still in (or failed) DAD or deprecated.
-            let unusable = AddressFlags::Tentative | AddressFlags::Dadfailed | AddressFlags::Deprecated;
+            let unusable =
+                AddressFlags::Tentative | AddressFlags::Dadfailed | AddressFlags::Deprecated;
             if msg.header.scope != AddressScope::Universe || flags.intersects(unusable) {
                 continue;
             }
         }
-        iface.addrs.push(IfAddr { addr: ip, prefix_len: msg.header.prefix_len });
+        iface.addrs.push(IfAddr {
+            addr: ip,
+            prefix_len: msg.header.prefix_len,
+        });
     }
 
     // IPv4 comes in the kernel's order (primary first); IPv6 has no primary and is dumped newest
@@ -115,10 +126,18 @@ pub async fn discover(nl: &Netlink) -> Result<Discovery> {
         .filter(|r| r.header.destination_prefix_length == 0)
         .filter_map(|r| {
             let rt = netlink::route_from_message(r);
-            let has_gw = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(_)));
+            let has_gw = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Gateway(_)));
             (has_gw && rt.oif != 0).then(|| (rt.oif, rt.gateway.expect("gateway")))
         })
         .collect();
     let rules = nl.rules().await?;
-    Ok(Discovery { interfaces, defaults, rules, routes })
+    Ok(Discovery {
+        interfaces,
+        defaults,
+        rules,
+        routes,
+    })
 }

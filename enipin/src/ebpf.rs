@@ -461,7 +461,8 @@ fn is_bpffs(dir: &Path) -> Result<bool> {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid NUL-terminated path and out-parameter.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", dir.display()));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", dir.display()));
     }
     Ok(st.f_type as i64 == BPFFS_MAGIC)
 }
@@ -470,7 +471,10 @@ fn is_bpffs(dir: &Path) -> Result<bool> {
 /// enipin does not mount one itself: under `ip netns exec` (a private mount namespace with a
 /// fresh /sys) such a mount, and every pin in it, would vanish when enipin exits.
 fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
-    let existing = pin_dir.ancestors().find(|p| p.is_dir()).unwrap_or(Path::new("/"));
+    let existing = pin_dir
+        .ancestors()
+        .find(|p| p.is_dir())
+        .unwrap_or(Path::new("/"));
     if is_bpffs(existing)? {
         return Ok(());
     }
@@ -618,7 +622,9 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
 /// ifindex >= FAST_SLOTS, find the rest through the owner maps.
 fn sync_local(ebpf: &mut Ebpf) -> Result<()> {
     fn owned<const N: usize>(ebpf: &Ebpf, name: &str) -> Result<BTreeMap<u32, Vec<[u8; N]>>> {
-        let m = ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+        let m = ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
         let mut by_if: BTreeMap<u32, Vec<[u8; N]>> = BTreeMap::new();
         for kv in HashMap::<_, [u8; N], Owner>::try_from(m)?.iter() {
             let (addr, owner) = kv?;
@@ -632,7 +638,13 @@ fn sync_local(ebpf: &mut Ebpf) -> Result<()> {
     let mut a4: Array<_, LocalV4> = Array::try_from(map(ebpf, maps::LOCAL_V4)?)?;
     for slot in 0..FAST_SLOTS {
         let mut want = LocalV4::default();
-        for (i, addr) in v4.get(&slot).into_iter().flatten().take(enipin_ebpf::LOCAL_V4).enumerate() {
+        for (i, addr) in v4
+            .get(&slot)
+            .into_iter()
+            .flatten()
+            .take(enipin_ebpf::LOCAL_V4)
+            .enumerate()
+        {
             want.addrs[i] = *addr;
             want.n = i as u32 + 1;
         }
@@ -643,7 +655,13 @@ fn sync_local(ebpf: &mut Ebpf) -> Result<()> {
     let mut a6: Array<_, LocalV6> = Array::try_from(map(ebpf, maps::LOCAL_V6)?)?;
     for slot in 0..FAST_SLOTS {
         let mut want = LocalV6::default();
-        for (i, addr) in v6.get(&slot).into_iter().flatten().take(enipin_ebpf::LOCAL_V6).enumerate() {
+        for (i, addr) in v6
+            .get(&slot)
+            .into_iter()
+            .flatten()
+            .take(enipin_ebpf::LOCAL_V6)
+            .enumerate()
+        {
             want.addrs[i] = *addr;
             want.n = i as u32 + 1;
         }

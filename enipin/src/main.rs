@@ -158,13 +158,17 @@ fn main() -> ExitCode {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     // Enter the namespace before the runtime starts its threads: they inherit it.
-    if let Some(ns) = &cli.netns {
-        if let Err(e) = enipin::netns::enter(ns) {
-            eprintln!("enipin: {e:#}");
-            return ExitCode::from(2);
-        }
+    if let Some(ns) = &cli.netns
+        && let Err(e) = enipin::netns::enter(ns)
+    {
+        eprintln!("enipin: {e:#}");
+        return ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("enipin: starting the runtime: {e}");
@@ -181,9 +185,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let paths = Paths { pin_dir: cli.pin_dir, state_dir: cli.state_dir };
+    let paths = Paths {
+        pin_dir: cli.pin_dir,
+        state_dir: cli.state_dir,
+    };
     match cli.command {
-        Command::Attach { sel, no_rules, no_ebpf, dry_run, format, mode, debug } => {
+        Command::Attach {
+            sel,
+            no_rules,
+            no_ebpf,
+            dry_run,
+            format,
+            mode,
+            debug,
+        } => {
             let mut cfg = sel.into_config()?;
             cfg.rules = !no_rules;
             cfg.sysctls = !no_rules;
@@ -192,7 +207,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             cfg.debug = debug;
             enipin::apply::attach(&cfg, &paths, dry_run, format).await?;
         }
-        Command::Watch { sel, no_rules, no_ebpf, mode, debug, interval } => {
+        Command::Watch {
+            sel,
+            no_rules,
+            no_ebpf,
+            mode,
+            debug,
+            interval,
+        } => {
             let mut cfg = sel.into_config()?;
             cfg.rules = !no_rules;
             cfg.sysctls = !no_rules;

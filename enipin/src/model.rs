@@ -13,7 +13,10 @@ pub const RTPROT_ENIPIN: u8 = 229;
 pub type MacAddr = [u8; 6];
 
 pub fn fmt_mac(mac: &MacAddr) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// An address on an interface, with the prefix length of its subnet.

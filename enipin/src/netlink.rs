@@ -9,7 +9,10 @@ use netlink_packet_route::{
     AddressFamily,
     address::AddressMessage,
     link::LinkMessage,
-    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+        RouteType,
+    },
     rule::{RuleAction, RuleAttribute, RuleMessage},
 };
 use rtnetlink::Handle;
@@ -24,9 +27,9 @@ const EPERM: i32 = 1;
 /// Turns a netlink error into one that says what failed and, for EPERM, what to do.
 fn nl_error(e: rtnetlink::Error, what: &str) -> anyhow::Error {
     match &e {
-        rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == EPERM => anyhow!(
-            "{what}: permission denied (EPERM): enipin must run as root with CAP_NET_ADMIN"
-        ),
+        rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == EPERM => {
+            anyhow!("{what}: permission denied (EPERM): enipin must run as root with CAP_NET_ADMIN")
+        }
         rtnetlink::Error::NetlinkError(m) => anyhow!("{what}: {}", m.to_io()),
         _ => anyhow!("{what}: {e}"),
     }
@@ -40,17 +43,30 @@ pub struct Netlink {
 impl Netlink {
     /// Opens the socket; its connection task runs on the current tokio runtime.
     pub fn connect() -> Result<Self> {
-        let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+        let (conn, handle, _) =
+            rtnetlink::new_connection().context("opening an rtnetlink socket")?;
         tokio::spawn(conn);
         Ok(Self { handle })
     }
 
     pub async fn links(&self) -> Result<Vec<LinkMessage>> {
-        self.handle.link().get().execute().try_collect().await.map_err(|e| nl_error(e, "dumping links"))
+        self.handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_error(e, "dumping links"))
     }
 
     pub async fn addresses(&self) -> Result<Vec<AddressMessage>> {
-        self.handle.address().get().execute().try_collect().await.map_err(|e| nl_error(e, "dumping addresses"))
+        self.handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_error(e, "dumping addresses"))
     }
 
     /// Every route of both families in every table.
@@ -92,7 +108,9 @@ impl Netlink {
     pub async fn add_rule(&self, rule: &Rule) -> Result<()> {
         let mut req = self.handle.rule().add();
         *req.message_mut() = rule_message(rule);
-        req.execute().await.map_err(|e| nl_error(e, &format!("adding rule `{}`", rule.ip_args())))
+        req.execute()
+            .await
+            .map_err(|e| nl_error(e, &format!("adding rule `{}`", rule.ip_args())))
     }
 
     pub async fn del_rule(&self, rule: &Rule) -> Result<()> {
@@ -124,12 +142,20 @@ impl Netlink {
 }
 
 fn family(addr: &IpAddr) -> AddressFamily {
-    if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 }
+    if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
 }
 
 fn rule_message(rule: &Rule) -> RuleMessage {
     let mut m = RuleMessage::default();
-    m.header.family = if rule.v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    m.header.family = if rule.v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
     m.header.action = RuleAction::ToTable;
     // The table goes in FRA_TABLE (32 bits); the header's 8-bit field stays unspecified.
     m.attributes.push(RuleAttribute::Table(rule.table));
@@ -141,7 +167,8 @@ fn rule_message(rule: &Rule) -> RuleMessage {
     if let Some(len) = rule.suppress_prefixlen {
         m.attributes.push(RuleAttribute::SuppressPrefixLen(len));
     }
-    m.attributes.push(RuleAttribute::Protocol(RouteProtocol::from(RTPROT_ENIPIN)));
+    m.attributes
+        .push(RuleAttribute::Protocol(RouteProtocol::from(RTPROT_ENIPIN)));
     m
 }
 
@@ -150,20 +177,31 @@ fn route_message(route: &Route) -> RouteMessage {
     let (dst, len) = route.dst;
     m.header.address_family = family(&dst);
     m.header.destination_prefix_length = len;
-    m.header.table = if route.table < 256 { route.table as u8 } else { RouteHeader::RT_TABLE_UNSPEC };
+    m.header.table = if route.table < 256 {
+        route.table as u8
+    } else {
+        RouteHeader::RT_TABLE_UNSPEC
+    };
     m.header.protocol = RouteProtocol::from(RTPROT_ENIPIN);
-    m.header.scope = if route.scope_link { RouteScope::Link } else { RouteScope::Universe };
+    m.header.scope = if route.scope_link {
+        RouteScope::Link
+    } else {
+        RouteScope::Universe
+    };
     m.header.kind = RouteType::Unicast;
     m.attributes.push(RouteAttribute::Table(route.table));
     if len > 0 {
-        m.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst)));
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(dst)));
     }
     if let Some(gw) = route.gateway {
-        m.attributes.push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        m.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
     }
     m.attributes.push(RouteAttribute::Oif(route.oif));
     if let Some(src) = route.src {
-        m.attributes.push(RouteAttribute::PrefSource(RouteAddress::from(src)));
+        m.attributes
+            .push(RouteAttribute::PrefSource(RouteAddress::from(src)));
     }
     if route.metric != 0 {
         m.attributes.push(RouteAttribute::Priority(route.metric));
@@ -174,21 +212,39 @@ fn route_message(route: &Route) -> RouteMessage {
 pub fn rule_protocol(m: &RuleMessage) -> u8 {
     m.attributes
         .iter()
-        .find_map(|a| if let RuleAttribute::Protocol(p) = a { Some(u8::from(*p)) } else { None })
+        .find_map(|a| {
+            if let RuleAttribute::Protocol(p) = a {
+                Some(u8::from(*p))
+            } else {
+                None
+            }
+        })
         .unwrap_or(0)
 }
 
 pub fn rule_table(m: &RuleMessage) -> u32 {
     m.attributes
         .iter()
-        .find_map(|a| if let RuleAttribute::Table(t) = a { Some(*t) } else { None })
+        .find_map(|a| {
+            if let RuleAttribute::Table(t) = a {
+                Some(*t)
+            } else {
+                None
+            }
+        })
         .unwrap_or(m.header.table as u32)
 }
 
 pub fn rule_priority(m: &RuleMessage) -> u32 {
     m.attributes
         .iter()
-        .find_map(|a| if let RuleAttribute::Priority(p) = a { Some(*p) } else { None })
+        .find_map(|a| {
+            if let RuleAttribute::Priority(p) = a {
+                Some(*p)
+            } else {
+                None
+            }
+        })
         .unwrap_or(0)
 }
 
@@ -217,7 +273,13 @@ pub fn rule_from_message(m: &RuleMessage) -> Rule {
 pub fn route_table(m: &RouteMessage) -> u32 {
     m.attributes
         .iter()
-        .find_map(|a| if let RouteAttribute::Table(t) = a { Some(*t) } else { None })
+        .find_map(|a| {
+            if let RouteAttribute::Table(t) = a {
+                Some(*t)
+            } else {
+                None
+            }
+        })
         .unwrap_or(m.header.table as u32)
 }
 
@@ -236,7 +298,11 @@ fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
 /// A dumped route in enipin's terms; `dev` is filled in by the caller (it knows the links).
 pub fn route_from_message(m: &RouteMessage) -> Route {
     let v6 = m.header.address_family == AddressFamily::Inet6;
-    let unspecified: IpAddr = if v6 { "::".parse().unwrap() } else { "0.0.0.0".parse().unwrap() };
+    let unspecified: IpAddr = if v6 {
+        "::".parse().unwrap()
+    } else {
+        "0.0.0.0".parse().unwrap()
+    };
     let mut r = Route {
         table: route_table(m),
         dst: (unspecified, m.header.destination_prefix_length),

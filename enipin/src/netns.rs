@@ -9,12 +9,16 @@ use anyhow::{Context as _, Result, bail};
 /// tokio runtime): threads inherit the namespace of the thread that creates them.
 pub fn enter(name: &str) -> Result<()> {
     let path = format!("/run/netns/{name}");
-    let file = File::open(&path)
-        .with_context(|| format!("opening network namespace {path} (does `ip netns list` show it?)"))?;
+    let file = File::open(&path).with_context(|| {
+        format!("opening network namespace {path} (does `ip netns list` show it?)")
+    })?;
     // SAFETY: plain syscall on a file descriptor we own.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
-        bail!("setns({path}): {} (needs CAP_SYS_ADMIN)", std::io::Error::last_os_error());
+        bail!(
+            "setns({path}): {} (needs CAP_SYS_ADMIN)",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -22,5 +26,7 @@ pub fn enter(name: &str) -> Result<()> {
 /// An identifier of the current network namespace (its inode), to key per-namespace state.
 pub fn current_id() -> Result<u64> {
     use std::os::unix::fs::MetadataExt as _;
-    Ok(std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?.ino())
+    Ok(std::fs::metadata("/proc/self/ns/net")
+        .context("reading /proc/self/ns/net")?
+        .ino())
 }

@@ -25,7 +25,9 @@ use serde::Serialize;
 use crate::{
     config::Config,
     discover::Discovery,
-    model::{Gateway, GatewaySource, IfAddr, Interface, ManagedInterface, Prefix, RTPROT_ENIPIN, fmt_mac},
+    model::{
+        Gateway, GatewaySource, IfAddr, Interface, ManagedInterface, Prefix, RTPROT_ENIPIN, fmt_mac,
+    },
     netlink,
 };
 
@@ -58,7 +60,11 @@ impl Rule {
         if let Some((a, l)) = self.from {
             let _ = write!(s, "from {a}/{l} ");
         }
-        let table = if self.table == MAIN_TABLE { "main".to_owned() } else { self.table.to_string() };
+        let table = if self.table == MAIN_TABLE {
+            "main".to_owned()
+        } else {
+            self.table.to_string()
+        };
         let _ = write!(s, "lookup {table} ");
         if let Some(l) = self.suppress_prefixlen {
             let _ = write!(s, "suppress_prefixlength {l} ");
@@ -87,7 +93,11 @@ impl Route {
 
     /// `198.18.0.0/24 dev eth0 scope link src 198.18.0.10 table 20003 proto 229`
     pub fn ip_args(&self) -> String {
-        let mut s = if self.dst.1 == 0 { "default".to_owned() } else { format!("{}/{}", self.dst.0, self.dst.1) };
+        let mut s = if self.dst.1 == 0 {
+            "default".to_owned()
+        } else {
+            format!("{}/{}", self.dst.0, self.dst.1)
+        };
         if let Some(gw) = self.gateway {
             let _ = write!(s, " via {gw}");
         }
@@ -113,7 +123,11 @@ pub enum Change {
     DelRule(Rule),
     AddRoute(Route),
     DelRoute(Route),
-    Sysctl { key: String, old: String, new: String },
+    Sysctl {
+        key: String,
+        old: String,
+        new: String,
+    },
 }
 
 impl Change {
@@ -124,22 +138,44 @@ impl Change {
             Change::DelRule(r) => Change::AddRule(r.clone()),
             Change::AddRoute(r) => Change::DelRoute(r.clone()),
             Change::DelRoute(r) => Change::AddRoute(r.clone()),
-            Change::Sysctl { key, old, new } => Change::Sysctl { key: key.clone(), old: new.clone(), new: old.clone() },
+            Change::Sysctl { key, old, new } => Change::Sysctl {
+                key: key.clone(),
+                old: new.clone(),
+                new: old.clone(),
+            },
         }
     }
 
     pub fn render(&self, format: DiffFormat) -> String {
         let six = |v6: bool| if v6 { " -6" } else { "" };
         match (format, self) {
-            (DiffFormat::Text, Change::AddRule(r)) => format!("+ rule{} {}", six(r.v6), r.ip_args()),
-            (DiffFormat::Text, Change::DelRule(r)) => format!("- rule{} {}", six(r.v6), r.ip_args()),
-            (DiffFormat::Text, Change::AddRoute(r)) => format!("+ route{} {}", six(r.v6()), r.ip_args()),
-            (DiffFormat::Text, Change::DelRoute(r)) => format!("- route{} {}", six(r.v6()), r.ip_args()),
-            (DiffFormat::Text, Change::Sysctl { key, old, new }) => format!("~ sysctl {key}: {old} -> {new}"),
-            (DiffFormat::Ip, Change::AddRule(r)) => format!("ip{} rule add {}", six(r.v6), r.ip_args()),
-            (DiffFormat::Ip, Change::DelRule(r)) => format!("ip{} rule del {}", six(r.v6), r.ip_args()),
-            (DiffFormat::Ip, Change::AddRoute(r)) => format!("ip{} route add {}", six(r.v6()), r.ip_args()),
-            (DiffFormat::Ip, Change::DelRoute(r)) => format!("ip{} route del {}", six(r.v6()), r.ip_args()),
+            (DiffFormat::Text, Change::AddRule(r)) => {
+                format!("+ rule{} {}", six(r.v6), r.ip_args())
+            }
+            (DiffFormat::Text, Change::DelRule(r)) => {
+                format!("- rule{} {}", six(r.v6), r.ip_args())
+            }
+            (DiffFormat::Text, Change::AddRoute(r)) => {
+                format!("+ route{} {}", six(r.v6()), r.ip_args())
+            }
+            (DiffFormat::Text, Change::DelRoute(r)) => {
+                format!("- route{} {}", six(r.v6()), r.ip_args())
+            }
+            (DiffFormat::Text, Change::Sysctl { key, old, new }) => {
+                format!("~ sysctl {key}: {old} -> {new}")
+            }
+            (DiffFormat::Ip, Change::AddRule(r)) => {
+                format!("ip{} rule add {}", six(r.v6), r.ip_args())
+            }
+            (DiffFormat::Ip, Change::DelRule(r)) => {
+                format!("ip{} rule del {}", six(r.v6), r.ip_args())
+            }
+            (DiffFormat::Ip, Change::AddRoute(r)) => {
+                format!("ip{} route add {}", six(r.v6()), r.ip_args())
+            }
+            (DiffFormat::Ip, Change::DelRoute(r)) => {
+                format!("ip{} route del {}", six(r.v6()), r.ip_args())
+            }
             (DiffFormat::Ip, Change::Sysctl { key, new, .. }) => format!("sysctl -w {key}={new}"),
         }
     }
@@ -170,11 +206,19 @@ pub enum Selection {
 pub fn network(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len.min(32)))
+            };
             IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
         }
         IpAddr::V6(a) => {
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len.min(128))) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len.min(128)))
+            };
             IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
         }
     }
@@ -200,18 +244,36 @@ pub fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
     // Which interfaces: the named ones, else every up Ethernet one with addresses.
     let mut chosen: Vec<&Interface> = Vec::new();
     if cfg.interfaces.is_empty() {
-        chosen.extend(d.interfaces.iter().filter(|i| i.ethernet && i.up && !i.addrs.is_empty()));
+        chosen.extend(
+            d.interfaces
+                .iter()
+                .filter(|i| i.ethernet && i.up && !i.addrs.is_empty()),
+        );
     } else {
         for sel in &cfg.interfaces {
             let Some(iface) = d.interfaces.iter().find(|i| matches(i, sel)) else {
-                let known: Vec<_> = d.interfaces.iter().map(|i| format!("{} ({})", i.name, fmt_mac(&i.mac))).collect();
-                bail!("unknown interface {sel:?}: not a name or MAC of this namespace (have: {})", known.join(", "));
+                let known: Vec<_> = d
+                    .interfaces
+                    .iter()
+                    .map(|i| format!("{} ({})", i.name, fmt_mac(&i.mac)))
+                    .collect();
+                bail!(
+                    "unknown interface {sel:?}: not a name or MAC of this namespace (have: {})",
+                    known.join(", ")
+                );
             };
             if !iface.up {
-                bail!("interface {} is down: bring it up (ip link set {} up) or leave it out of --interfaces", iface.name, iface.name);
+                bail!(
+                    "interface {} is down: bring it up (ip link set {} up) or leave it out of --interfaces",
+                    iface.name,
+                    iface.name
+                );
             }
             if iface.addrs.is_empty() {
-                bail!("interface {} has no IPv4 or global IPv6 address: nothing to pin to it", iface.name);
+                bail!(
+                    "interface {} has no IPv4 or global IPv6 address: nothing to pin to it",
+                    iface.name
+                );
             }
             if !chosen.iter().any(|c| c.ifindex == iface.ifindex) {
                 chosen.push(iface);
@@ -222,10 +284,17 @@ pub fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
     // One address on two interfaces: no way to say which one owns it.
     for (n, a) in d.interfaces.iter().enumerate() {
         for b in &d.interfaces[n + 1..] {
-            if !chosen.iter().any(|c| c.ifindex == a.ifindex || c.ifindex == b.ifindex) {
+            if !chosen
+                .iter()
+                .any(|c| c.ifindex == a.ifindex || c.ifindex == b.ifindex)
+            {
                 continue;
             }
-            if let Some(x) = a.addrs.iter().find(|x| b.addrs.iter().any(|y| y.addr == x.addr)) {
+            if let Some(x) = a
+                .addrs
+                .iter()
+                .find(|x| b.addrs.iter().any(|y| y.addr == x.addr))
+            {
                 bail!(
                     "address {} is on both {} and {}: an address must belong to one interface; remove one",
                     x.addr,
@@ -241,25 +310,46 @@ pub fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
     let peers = d.interfaces.iter().filter(|i| i.ethernet && i.up);
     let peers: Vec<&Interface> = peers.collect();
     let shares = |i: &Interface| {
-        peers.iter().any(|p| p.ifindex != i.ifindex && p.addrs.iter().any(|b| i.addrs.iter().any(|a| same_subnet(a, b))))
+        peers.iter().any(|p| {
+            p.ifindex != i.ifindex
+                && p.addrs
+                    .iter()
+                    .any(|b| i.addrs.iter().any(|a| same_subnet(a, b)))
+        })
     };
-    let chosen: Vec<&Interface> =
-        if cfg.interfaces.is_empty() { chosen.into_iter().filter(|i| shares(i)).collect() } else { chosen };
+    let chosen: Vec<&Interface> = if cfg.interfaces.is_empty() {
+        chosen.into_iter().filter(|i| shares(i)).collect()
+    } else {
+        chosen
+    };
     if chosen.is_empty() || !chosen.iter().any(|i| shares(i)) {
         let names: Vec<_> = chosen.iter().map(|i| i.name.as_str()).collect();
         return Ok(Selection::NothingToDo(format!(
             "no interface shares a subnet with another one{}: replies already leave by the right interface",
-            if names.is_empty() { String::new() } else { format!(" ({})", names.join(", ")) }
+            if names.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", names.join(", "))
+            }
         )));
     }
 
     // Prefixes name managed interfaces.
     for (sel, p) in &cfg.prefixes {
         if !chosen.iter().any(|i| matches(i, sel)) {
-            bail!("--prefix {sel}={}/{}: {sel} is not a managed interface", p.addr, p.prefix_len);
+            bail!(
+                "--prefix {sel}={}/{}: {sel} is not a managed interface",
+                p.addr,
+                p.prefix_len
+            );
         }
     }
-    cfg.priority.checked_add(2).with_context(|| format!("--priority {} is too large (P+2 must fit 32 bits)", cfg.priority))?;
+    cfg.priority.checked_add(2).with_context(|| {
+        format!(
+            "--priority {} is too large (P+2 must fit 32 bits)",
+            cfg.priority
+        )
+    })?;
 
     let mut managed = Vec::new();
     for i in chosen {
@@ -275,17 +365,35 @@ pub fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
             })?;
         let gw = |v6: bool| -> Option<Gateway> {
             if let Some(g) = cfg.gateway.filter(|g| g.is_ipv6() == v6) {
-                return Some(Gateway { addr: g, source: GatewaySource::Configured });
+                return Some(Gateway {
+                    addr: g,
+                    source: GatewaySource::Configured,
+                });
             }
-            if let Some((_, g)) = d.defaults.iter().find(|(ix, g)| *ix == i.ifindex && g.is_ipv6() == v6) {
-                return Some(Gateway { addr: *g, source: GatewaySource::MainTable });
+            if let Some((_, g)) = d
+                .defaults
+                .iter()
+                .find(|(ix, g)| *ix == i.ifindex && g.is_ipv6() == v6)
+            {
+                return Some(Gateway {
+                    addr: *g,
+                    source: GatewaySource::MainTable,
+                });
             }
             if v6 {
                 return None; // IPv6: the router advertises itself; without one, subnet route only.
             }
-            let a = i.addrs.iter().find(|a| a.addr.is_ipv4() && a.prefix_len <= 30)?;
-            let IpAddr::V4(net) = network(a.addr, a.prefix_len) else { unreachable!() };
-            Some(Gateway { addr: IpAddr::V4(Ipv4Addr::from(u32::from(net) + 1)), source: GatewaySource::SubnetFirstHost })
+            let a = i
+                .addrs
+                .iter()
+                .find(|a| a.addr.is_ipv4() && a.prefix_len <= 30)?;
+            let IpAddr::V4(net) = network(a.addr, a.prefix_len) else {
+                unreachable!()
+            };
+            Some(Gateway {
+                addr: IpAddr::V4(Ipv4Addr::from(u32::from(net) + 1)),
+                source: GatewaySource::SubnetFirstHost,
+            })
         };
         managed.push(ManagedInterface {
             ifindex: i.ifindex,
@@ -294,7 +402,12 @@ pub fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
             mtu: i.mtu,
             table,
             addrs: i.addrs.clone(),
-            prefixes: cfg.prefixes.iter().filter(|(s, _)| matches(i, s)).map(|(_, p)| *p).collect(),
+            prefixes: cfg
+                .prefixes
+                .iter()
+                .filter(|(s, _)| matches(i, s))
+                .map(|(_, p)| *p)
+                .collect(),
             gateway_v4: gw(false),
             gateway_v6: gw(true),
         });
@@ -309,16 +422,28 @@ pub fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>, Vec<Ro
     let mut routes = Vec::new();
     let mut families = BTreeSet::new();
     for m in managed {
-        let sources = m
-            .addrs
-            .iter()
-            .map(|a| (a.addr, host_len(&a.addr)))
-            .chain(m.prefixes.iter().map(|p| (network(p.addr, p.prefix_len), p.prefix_len)));
+        let sources = m.addrs.iter().map(|a| (a.addr, host_len(&a.addr))).chain(
+            m.prefixes
+                .iter()
+                .map(|p| (network(p.addr, p.prefix_len), p.prefix_len)),
+        );
         for (addr, len) in sources {
             let v6 = addr.is_ipv6();
             families.insert(v6);
-            rules.push(Rule { v6, priority: p, from: Some((addr, len)), table: m.table, suppress_prefixlen: Some(0) });
-            rules.push(Rule { v6, priority: p + 2, from: Some((addr, len)), table: m.table, suppress_prefixlen: None });
+            rules.push(Rule {
+                v6,
+                priority: p,
+                from: Some((addr, len)),
+                table: m.table,
+                suppress_prefixlen: Some(0),
+            });
+            rules.push(Rule {
+                v6,
+                priority: p + 2,
+                from: Some((addr, len)),
+                table: m.table,
+                suppress_prefixlen: None,
+            });
         }
         let mut subnets = BTreeSet::new();
         for a in &m.addrs {
@@ -343,7 +468,11 @@ pub fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>, Vec<Ro
             if !m.addrs.iter().any(|a| a.addr.is_ipv6() == v6) {
                 continue; // no source of this family on the interface
             }
-            let any: IpAddr = if v6 { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
+            let any: IpAddr = if v6 {
+                Ipv6Addr::UNSPECIFIED.into()
+            } else {
+                Ipv4Addr::UNSPECIFIED.into()
+            };
             routes.push(Route {
                 table: m.table,
                 dst: (any, 0),
@@ -357,7 +486,13 @@ pub fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>, Vec<Ro
         }
     }
     for v6 in families {
-        rules.push(Rule { v6, priority: p + 1, from: None, table: MAIN_TABLE, suppress_prefixlen: Some(0) });
+        rules.push(Rule {
+            v6,
+            priority: p + 1,
+            from: None,
+            table: MAIN_TABLE,
+            suppress_prefixlen: Some(0),
+        });
     }
     rules.sort();
     (rules, routes)
@@ -377,7 +512,10 @@ pub fn installed(d: &Discovery) -> (Vec<Rule>, Vec<Route>) {
         .filter(|r| netlink::route_protocol(r) == RTPROT_ENIPIN)
         .map(|r| {
             let mut rt = netlink::route_from_message(r);
-            rt.dev = d.by_index(rt.oif).map(|i| i.name.clone()).unwrap_or_else(|| format!("if{}", rt.oif));
+            rt.dev = d
+                .by_index(rt.oif)
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| format!("if{}", rt.oif));
             rt
         })
         .collect();
@@ -389,14 +527,19 @@ pub fn installed(d: &Discovery) -> (Vec<Rule>, Vec<Route>) {
 pub fn check_conflicts(d: &Discovery, managed: &[ManagedInterface], cfg: &Config) -> Result<()> {
     let tables: BTreeSet<u32> = managed.iter().map(|m| m.table).collect();
     let prios = cfg.priority..=cfg.priority + 2;
-    for r in d.rules.iter().filter(|r| netlink::rule_protocol(r) != RTPROT_ENIPIN) {
+    for r in d
+        .rules
+        .iter()
+        .filter(|r| netlink::rule_protocol(r) != RTPROT_ENIPIN)
+    {
         let (prio, table) = (netlink::rule_priority(r), netlink::rule_table(r));
         if prios.contains(&prio) || tables.contains(&table) {
             let rule = netlink::rule_from_message(r);
             bail!(
                 "rule `{}` (protocol {}) is not enipin's but uses priority {prio} / table {table}, which enipin \
                  needs (priorities {}-{}, tables {:?}); nothing was changed. Choose another --priority or --table-base",
-                rule.ip_args().replace(&format!(" proto {RTPROT_ENIPIN}"), ""),
+                rule.ip_args()
+                    .replace(&format!(" proto {RTPROT_ENIPIN}"), ""),
                 netlink::rule_protocol(r),
                 cfg.priority,
                 cfg.priority + 2,
@@ -404,7 +547,11 @@ pub fn check_conflicts(d: &Discovery, managed: &[ManagedInterface], cfg: &Config
             );
         }
     }
-    for r in d.routes.iter().filter(|r| netlink::route_protocol(r) != RTPROT_ENIPIN) {
+    for r in d
+        .routes
+        .iter()
+        .filter(|r| netlink::route_protocol(r) != RTPROT_ENIPIN)
+    {
         let table = netlink::route_table(r);
         if tables.contains(&table) {
             let rt = netlink::route_from_message(r);
@@ -432,27 +579,69 @@ pub fn diff(
 ) -> Plan {
     let mut plan = Plan::default();
     let c = &mut plan.changes;
-    c.extend(have_rules.iter().filter(|r| !want_rules.contains(r)).map(|r| Change::DelRule(r.clone())));
-    c.extend(have_routes.iter().filter(|r| !want_routes.contains(r)).map(|r| Change::DelRoute(r.clone())));
-    c.extend(want_routes.iter().filter(|r| !have_routes.contains(r)).map(|r| Change::AddRoute(r.clone())));
-    c.extend(want_rules.iter().filter(|r| !have_rules.contains(r)).map(|r| Change::AddRule(r.clone())));
-    c.extend(sysctls.into_iter().filter(|(_, old, new)| old != new).map(|(key, old, new)| Change::Sysctl { key, old, new }));
+    c.extend(
+        have_rules
+            .iter()
+            .filter(|r| !want_rules.contains(r))
+            .map(|r| Change::DelRule(r.clone())),
+    );
+    c.extend(
+        have_routes
+            .iter()
+            .filter(|r| !want_routes.contains(r))
+            .map(|r| Change::DelRoute(r.clone())),
+    );
+    c.extend(
+        want_routes
+            .iter()
+            .filter(|r| !have_routes.contains(r))
+            .map(|r| Change::AddRoute(r.clone())),
+    );
+    c.extend(
+        want_rules
+            .iter()
+            .filter(|r| !have_rules.contains(r))
+            .map(|r| Change::AddRule(r.clone())),
+    );
+    c.extend(
+        sysctls
+            .into_iter()
+            .filter(|(_, old, new)| old != new)
+            .map(|(key, old, new)| Change::Sysctl { key, old, new }),
+    );
     plan.rules_in_place = want_rules.iter().filter(|r| have_rules.contains(r)).count();
-    plan.routes_in_place = want_routes.iter().filter(|r| have_routes.contains(r)).count();
+    plan.routes_in_place = want_routes
+        .iter()
+        .filter(|r| have_routes.contains(r))
+        .count();
     plan
 }
 
 /// Parses `IFACE=CIDR` from `--prefix` (an IPv4 /28 or IPv6 /80 delegated by EC2, say).
 pub fn parse_prefix_arg(s: &str) -> Result<(String, Prefix)> {
-    let (iface, cidr) = s.split_once('=').with_context(|| format!("--prefix {s:?}: expected IFACE=CIDR, e.g. eth1=198.18.0.64/28"))?;
-    let (addr, len) = cidr.split_once('/').with_context(|| format!("--prefix {s:?}: {cidr:?} has no /LEN"))?;
-    let addr: IpAddr = addr.parse().with_context(|| format!("--prefix {s:?}: {addr:?} is not an IP address"))?;
-    let prefix_len: u8 = len.parse().with_context(|| format!("--prefix {s:?}: {len:?} is not a prefix length"))?;
+    let (iface, cidr) = s.split_once('=').with_context(|| {
+        format!("--prefix {s:?}: expected IFACE=CIDR, e.g. eth1=198.18.0.64/28")
+    })?;
+    let (addr, len) = cidr
+        .split_once('/')
+        .with_context(|| format!("--prefix {s:?}: {cidr:?} has no /LEN"))?;
+    let addr: IpAddr = addr
+        .parse()
+        .with_context(|| format!("--prefix {s:?}: {addr:?} is not an IP address"))?;
+    let prefix_len: u8 = len
+        .parse()
+        .with_context(|| format!("--prefix {s:?}: {len:?} is not a prefix length"))?;
     if iface.is_empty() || prefix_len > host_len(&addr) {
-        bail!("--prefix {s:?}: expected IFACE=CIDR with a prefix length of at most {}", host_len(&addr));
+        bail!(
+            "--prefix {s:?}: expected IFACE=CIDR with a prefix length of at most {}",
+            host_len(&addr)
+        );
     }
     if network(addr, prefix_len) != addr {
-        bail!("--prefix {s:?}: {addr} has host bits set for /{prefix_len} (network is {})", network(addr, prefix_len));
+        bail!(
+            "--prefix {s:?}: {addr} has host bits set for /{prefix_len} (network is {})",
+            network(addr, prefix_len)
+        );
     }
     Ok((iface.to_owned(), Prefix { addr, prefix_len }))
 }
@@ -465,7 +654,13 @@ mod tests {
     fn prefix_arg() {
         let (i, p) = parse_prefix_arg("eth1=198.18.0.64/28").unwrap();
         assert_eq!(i, "eth1");
-        assert_eq!(p, Prefix { addr: "198.18.0.64".parse().unwrap(), prefix_len: 28 });
+        assert_eq!(
+            p,
+            Prefix {
+                addr: "198.18.0.64".parse().unwrap(),
+                prefix_len: 28
+            }
+        );
         assert!(parse_prefix_arg("eth1=198.18.0.65/28").is_err());
         assert!(parse_prefix_arg("198.18.0.64/28").is_err());
         assert!(parse_prefix_arg("eth1=198.18.0.64/33").is_err());
@@ -483,20 +678,32 @@ mod tests {
                 .iter()
                 .map(|a| {
                     let (a, l) = a.split_once('/').unwrap();
-                    IfAddr { addr: a.parse().unwrap(), prefix_len: l.parse().unwrap() }
+                    IfAddr {
+                        addr: a.parse().unwrap(),
+                        prefix_len: l.parse().unwrap(),
+                    }
                 })
                 .collect(),
             prefixes: Vec::new(),
-            gateway_v4: Some(Gateway { addr: "198.18.0.1".parse().unwrap(), source: GatewaySource::SubnetFirstHost }),
+            gateway_v4: Some(Gateway {
+                addr: "198.18.0.1".parse().unwrap(),
+                source: GatewaySource::SubnetFirstHost,
+            }),
             gateway_v6: None,
         }
     }
 
     #[test]
     fn layout_three_layers_one_table_per_interface() {
-        let m = [eni(2, &["198.18.0.10/24", "198.18.0.20/24"]), eni(3, &["198.18.0.11/24", "2001:db8::11/64"])];
+        let m = [
+            eni(2, &["198.18.0.10/24", "198.18.0.20/24"]),
+            eni(3, &["198.18.0.11/24", "2001:db8::11/64"]),
+        ];
         let (rules, routes) = desired(&m, &Config::default());
-        let text: Vec<String> = rules.iter().map(|r| format!("{}{}", if r.v6 { "-6 " } else { "" }, r.ip_args())).collect();
+        let text: Vec<String> = rules
+            .iter()
+            .map(|r| format!("{}{}", if r.v6 { "-6 " } else { "" }, r.ip_args()))
+            .collect();
         assert_eq!(
             text,
             [
@@ -529,14 +736,26 @@ mod tests {
     fn diff_applies_only_the_difference_in_a_safe_order() {
         let m = [eni(2, &["198.18.0.10/24"]), eni(3, &["198.18.0.11/24"])];
         let (rules, routes) = desired(&m, &Config::default());
-        let plan = diff(&rules, &routes, &rules, &routes, vec![("k".into(), "1".into(), "1".into())]);
+        let plan = diff(
+            &rules,
+            &routes,
+            &rules,
+            &routes,
+            vec![("k".into(), "1".into(), "1".into())],
+        );
         assert!(plan.is_empty());
         assert_eq!((plan.rules_in_place, plan.routes_in_place), (5, 4));
 
         let mut stale = rules[0].clone();
         stale.table = 99;
         let have_rules = [stale.clone(), rules[1].clone()];
-        let plan = diff(&rules, &routes, &have_rules, &routes[..1], vec![("k".into(), "0".into(), "1".into())]);
+        let plan = diff(
+            &rules,
+            &routes,
+            &have_rules,
+            &routes[..1],
+            vec![("k".into(), "0".into(), "1".into())],
+        );
         let kinds: Vec<&str> = plan
             .changes
             .iter()
@@ -548,14 +767,32 @@ mod tests {
                 Change::Sysctl { .. } => "sysctl",
             })
             .collect();
-        assert_eq!(kinds, ["-rule", "+route", "+route", "+route", "+rule", "+rule", "+rule", "+rule", "sysctl"]);
+        assert_eq!(
+            kinds,
+            [
+                "-rule", "+route", "+route", "+route", "+rule", "+rule", "+rule", "+rule", "sysctl"
+            ]
+        );
         assert_eq!(plan.changes[0], Change::DelRule(stale));
-        assert_eq!(plan.changes[8].inverse(), Change::Sysctl { key: "k".into(), old: "1".into(), new: "0".into() });
+        assert_eq!(
+            plan.changes[8].inverse(),
+            Change::Sysctl {
+                key: "k".into(),
+                old: "1".into(),
+                new: "0".into()
+            }
+        );
     }
 
     #[test]
     fn networks() {
-        assert_eq!(network("198.18.0.77".parse().unwrap(), 24), "198.18.0.0".parse::<IpAddr>().unwrap());
-        assert_eq!(network("2001:db8::5".parse().unwrap(), 64), "2001:db8::".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            network("198.18.0.77".parse().unwrap(), 24),
+            "198.18.0.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            network("2001:db8::5".parse().unwrap(), 64),
+            "2001:db8::".parse::<IpAddr>().unwrap()
+        );
     }
 }

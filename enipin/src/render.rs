@@ -32,14 +32,26 @@ fn strip_proto(s: String) -> String {
 }
 
 /// Rules and routes of one interface; the shared `lookup main` rules go with the first one.
-fn split<'a>(m: &ManagedInterface, first: bool, rules: &'a [Rule], routes: &'a [Route]) -> (Vec<&'a Rule>, Vec<&'a Route>) {
-    let r = rules.iter().filter(|r| r.table == m.table || (first && r.from.is_none())).collect();
+fn split<'a>(
+    m: &ManagedInterface,
+    first: bool,
+    rules: &'a [Rule],
+    routes: &'a [Route],
+) -> (Vec<&'a Rule>, Vec<&'a Route>) {
+    let r = rules
+        .iter()
+        .filter(|r| r.table == m.table || (first && r.from.is_none()))
+        .collect();
     let t = routes.iter().filter(|r| r.table == m.table).collect();
     (r, t)
 }
 
 fn table_name(t: u32) -> String {
-    if t == 254 { "main".into() } else { t.to_string() }
+    if t == 254 {
+        "main".into()
+    } else {
+        t.to_string()
+    }
 }
 
 pub fn render_to_string(managed: &[ManagedInterface], cfg: &Config, format: Format) -> String {
@@ -55,27 +67,38 @@ pub fn render_to_string(managed: &[ManagedInterface], cfg: &Config, format: Form
                     let rs: Vec<_> = rules.iter().filter(|r| r.v6 == v6).collect();
                     if !rs.is_empty() {
                         let _ = writeln!(o, "# /etc/sysconfig/network-scripts/rule{six}-{name}");
-                        rs.iter().for_each(|r| { let _ = writeln!(o, "{}", strip_proto(r.ip_args())); });
+                        rs.iter().for_each(|r| {
+                            let _ = writeln!(o, "{}", strip_proto(r.ip_args()));
+                        });
                     }
                     let ts: Vec<_> = routes.iter().filter(|r| r.v6() == v6).collect();
                     if !ts.is_empty() {
                         let _ = writeln!(o, "# /etc/sysconfig/network-scripts/route{six}-{name}");
-                        ts.iter().for_each(|r| { let _ = writeln!(o, "{}", strip_proto(r.ip_args())); });
+                        ts.iter().for_each(|r| {
+                            let _ = writeln!(o, "{}", strip_proto(r.ip_args()));
+                        });
                     }
                 }
             }
             Format::Networkd => {
                 let _ = writeln!(o, "# /etc/systemd/network/70-enipin-{name}.network");
                 let _ = writeln!(o, "[Match]\nMACAddress={}\n\n[Network]", fmt_mac(&m.mac));
-                let _ = writeln!(o, "# addresses as configured now; use DHCP=yes instead if {name} gets them by DHCP");
+                let _ = writeln!(
+                    o,
+                    "# addresses as configured now; use DHCP=yes instead if {name} gets them by DHCP"
+                );
                 for a in &m.addrs {
                     let _ = writeln!(o, "Address={}/{}", a.addr, a.prefix_len);
                 }
                 for r in &rules {
                     let _ = writeln!(o, "\n[RoutingPolicyRule]");
                     match r.from {
-                        Some((a, l)) => { let _ = writeln!(o, "From={a}/{l}"); }
-                        None => { let _ = writeln!(o, "Family={}", if r.v6 { "ipv6" } else { "ipv4" }); }
+                        Some((a, l)) => {
+                            let _ = writeln!(o, "From={a}/{l}");
+                        }
+                        None => {
+                            let _ = writeln!(o, "Family={}", if r.v6 { "ipv6" } else { "ipv4" });
+                        }
                     }
                     let _ = writeln!(o, "Table={}\nPriority={}", table_name(r.table), r.priority);
                     if let Some(l) = r.suppress_prefixlen {
@@ -101,16 +124,27 @@ pub fn render_to_string(managed: &[ManagedInterface], cfg: &Config, format: Form
             }
             Format::Netplan => {
                 if n == 0 {
-                    let _ = writeln!(o, "# /etc/netplan/70-enipin.yaml\nnetwork:\n  version: 2\n  ethernets:");
+                    let _ = writeln!(
+                        o,
+                        "# /etc/netplan/70-enipin.yaml\nnetwork:\n  version: 2\n  ethernets:"
+                    );
                 }
-                let _ = writeln!(o, "    {name}:\n      match:\n        macaddress: \"{}\"\n      set-name: {name}", fmt_mac(&m.mac));
+                let _ = writeln!(
+                    o,
+                    "    {name}:\n      match:\n        macaddress: \"{}\"\n      set-name: {name}",
+                    fmt_mac(&m.mac)
+                );
                 let _ = writeln!(o, "      addresses:");
                 for a in &m.addrs {
                     let _ = writeln!(o, "        - \"{}/{}\"", a.addr, a.prefix_len);
                 }
                 let _ = writeln!(o, "      routes:");
                 for r in &routes {
-                    let to = if r.dst.1 == 0 { "default".to_owned() } else { format!("\"{}/{}\"", r.dst.0, r.dst.1) };
+                    let to = if r.dst.1 == 0 {
+                        "default".to_owned()
+                    } else {
+                        format!("\"{}/{}\"", r.dst.0, r.dst.1)
+                    };
                     let _ = writeln!(o, "        - to: {to}");
                     if let Some(g) = r.gateway {
                         let _ = writeln!(o, "          via: \"{g}\"");
@@ -130,15 +164,28 @@ pub fn render_to_string(managed: &[ManagedInterface], cfg: &Config, format: Form
                     let (a, l) = r.from.expect("from");
                     if r.suppress_prefixlen.is_some() {
                         for t in routes.iter().filter(|t| t.dst.1 != 0 && t.v6() == r.v6) {
-                            let _ = writeln!(o, "        - from: \"{a}/{l}\"\n          to: \"{}/{}\"\n          table: {}\n          priority: {}", t.dst.0, t.dst.1, r.table, r.priority);
+                            let _ = writeln!(
+                                o,
+                                "        - from: \"{a}/{l}\"\n          to: \"{}/{}\"\n          table: {}\n          priority: {}",
+                                t.dst.0, t.dst.1, r.table, r.priority
+                            );
                         }
                     } else {
-                        let _ = writeln!(o, "        - from: \"{a}/{l}\"\n          table: {}\n          priority: {}", r.table, r.priority);
+                        let _ = writeln!(
+                            o,
+                            "        - from: \"{a}/{l}\"\n          table: {}\n          priority: {}",
+                            r.table, r.priority
+                        );
                     }
                 }
                 if n == managed.len() - 1 {
                     for r in rules_main(managed, cfg) {
-                        let _ = writeln!(o, "# netplan cannot express: ip{} rule add {}", if r.v6 { " -6" } else { "" }, strip_proto(r.ip_args()));
+                        let _ = writeln!(
+                            o,
+                            "# netplan cannot express: ip{} rule add {}",
+                            if r.v6 { " -6" } else { "" },
+                            strip_proto(r.ip_args())
+                        );
                     }
                 }
             }
@@ -155,7 +202,10 @@ pub fn render_to_string(managed: &[ManagedInterface], cfg: &Config, format: Form
                         if let Some(l) = r.suppress_prefixlen {
                             let _ = write!(s, " suppress_prefixlength {l}");
                         }
-                        let _ = writeln!(o, "nmcli connection modify {con} +{fam}.routing-rules \"{s}\"");
+                        let _ = writeln!(
+                            o,
+                            "nmcli connection modify {con} +{fam}.routing-rules \"{s}\""
+                        );
                     }
                     for r in routes.iter().filter(|r| r.v6() == v6) {
                         let mut s = format!("{}/{}", r.dst.0, r.dst.1);
@@ -177,5 +227,9 @@ pub fn render_to_string(managed: &[ManagedInterface], cfg: &Config, format: Form
 }
 
 fn rules_main(managed: &[ManagedInterface], cfg: &Config) -> Vec<Rule> {
-    plan::desired(managed, cfg).0.into_iter().filter(|r| r.from.is_none()).collect()
+    plan::desired(managed, cfg)
+        .0
+        .into_iter()
+        .filter(|r| r.from.is_none())
+        .collect()
 }

@@ -7,7 +7,10 @@ use std::{collections::BTreeMap, path::PathBuf};
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{config::{Config, Paths}, model::ManagedInterface};
+use crate::{
+    config::{Config, Paths},
+    model::ManagedInterface,
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -47,7 +50,8 @@ pub fn save(paths: &Paths, state: &State) -> Result<()> {
     let tmp = f.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(state).context("serialising the state")?;
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &f).with_context(|| format!("renaming {} to {}", tmp.display(), f.display()))
+    std::fs::rename(&tmp, &f)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), f.display()))
 }
 
 /// Puts back what `load` returned before a change (None: no file).
@@ -65,7 +69,8 @@ pub fn lock(paths: &Paths) -> Result<std::fs::File> {
     std::fs::create_dir_all(&paths.state_dir)
         .with_context(|| format!("creating state directory {}", paths.state_dir.display()))?;
     let path = paths.state_dir.join("lock");
-    let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     // SAFETY: plain syscall on a descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         anyhow::bail!(

@@ -16,7 +16,10 @@ pub fn key(ifname: &str, name: &str) -> String {
 
 pub fn read(key: &str) -> Result<String> {
     let p = path(key);
-    Ok(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_owned())
+    Ok(std::fs::read_to_string(&p)
+        .with_context(|| format!("reading {}", p.display()))?
+        .trim()
+        .to_owned())
 }
 
 pub fn write(key: &str, value: &str) -> Result<()> {

@@ -15,7 +15,11 @@ use anyhow::{Context as _, Result, bail};
 /// namespaces (not interfaces) carry the unique part.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{:x}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{:x}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Runs a command, failing with its stderr when it fails.
@@ -93,7 +97,17 @@ impl Netns {
     pub fn ping(&self, addr: &str, count: u32) -> Result<bool> {
         let out = self
             .command("ping")
-            .args(["-n", "-q", "-c", &count.to_string(), "-W", "1", "-i", "0.2", addr])
+            .args([
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-W",
+                "1",
+                "-i",
+                "0.2",
+                addr,
+            ])
             .output()
             .context("spawning ping (cargo xtask setup installs iputils-ping)")?;
         Ok(out.status.success())
@@ -102,7 +116,9 @@ impl Netns {
     /// The interface's ifindex inside this namespace.
     pub fn ifindex(&self, ifname: &str) -> Result<u32> {
         let s = self.sh(&format!("cat /sys/class/net/{ifname}/ifindex"))?;
-        s.trim().parse().with_context(|| format!("ifindex of {ifname}: {s:?}"))
+        s.trim()
+            .parse()
+            .with_context(|| format!("ifindex of {ifname}: {s:?}"))
     }
 }
 
@@ -112,7 +128,9 @@ impl Drop for Netns {
             return;
         }
         // Deleting the namespace destroys its veth ends (and their peers in other namespaces).
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
     }
 }
 
@@ -120,8 +138,20 @@ impl Drop for Netns {
 pub fn veth(a: &Netns, a_if: &str, a_mac: &str, b: &Netns, b_if: &str, b_mac: &str) -> Result<()> {
     // Created inside `a` so the caller's namespace never sees either end.
     a.ip(&[
-        "link", "add", a_if, "address", a_mac, "type", "veth", "peer", "name", b_if, "address", b_mac,
-        "netns", b.name(),
+        "link",
+        "add",
+        a_if,
+        "address",
+        a_mac,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "address",
+        b_mac,
+        "netns",
+        b.name(),
     ])?;
     a.ip(&["link", "set", a_if, "up"])?;
     b.ip(&["link", "set", b_if, "up"])?;
@@ -147,7 +177,13 @@ impl PinDir {
         let target = std::ffi::CString::new(mount.as_os_str().as_encoded_bytes())?;
         // SAFETY: valid NUL-terminated strings; no data argument.
         let rc = unsafe {
-            libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+            libc::mount(
+                c"bpf".as_ptr(),
+                target.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
         };
         if rc != 0 {
             let err = std::io::Error::last_os_error();
@@ -155,7 +191,11 @@ impl PinDir {
             bail!("mounting bpffs at {}: {err} (needs root)", mount.display());
         }
         let path = mount.join("enipin");
-        Ok(Self { mount, path, keep: false })
+        Ok(Self {
+            mount,
+            path,
+            keep: false,
+        })
     }
 
     pub fn path(&self) -> &Path {

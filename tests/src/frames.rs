@@ -18,7 +18,10 @@ fn eth(dst: [u8; 6], ethertype: u16) -> BytesMut {
 }
 
 fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data.chunks(2).map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0))).sum();
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -26,8 +29,14 @@ fn checksum(data: &[u8]) -> u16 {
 }
 
 /// Ethernet + IPv4 (with `options`, a multiple of 4 bytes) + UDP with `payload` bytes.
-pub fn ipv4_udp(dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, options: &[u8], payload: usize) -> Vec<u8> {
-    assert!(options.len() % 4 == 0 && options.len() <= 40);
+pub fn ipv4_udp(
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    options: &[u8],
+    payload: usize,
+) -> Vec<u8> {
+    assert!(options.len().is_multiple_of(4) && options.len() <= 40);
     let mut b = eth(dst_mac, 0x0800);
     let ihl = 5 + options.len() / 4;
     let total = ihl * 4 + 8 + payload;
@@ -54,7 +63,13 @@ pub fn ipv4_udp(dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, options: &[u8], 
 }
 
 /// Ethernet + IPv6 + `next_header` payload (`payload` is the L4 bytes).
-pub fn ipv6(dst_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, payload: &[u8]) -> Vec<u8> {
+pub fn ipv6(
+    dst_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next_header: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut b = eth(dst_mac, 0x86dd);
     b.put_u32(0x6000_0000);
     b.put_u16(payload.len() as u16);

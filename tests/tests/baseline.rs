@@ -65,57 +65,119 @@ fn seed_ping_fails_before_and_works_after_attach() {
     // Strict reverse-path filtering on eth1 alone: the kernel applies the larger of `all` and the
     // interface's value, and the lab's `all` is a stock distribution's loose 2.
     t.host().sysctl("net.ipv4.conf.all.rp_filter", "0").unwrap();
-    t.host().sysctl("net.ipv4.conf.eth1.rp_filter", "1").unwrap();
-    assert!(t.peer().ping("198.18.0.10", 2).unwrap(), "the primary ENI must answer before attach");
-    assert!(!t.peer().ping("198.18.0.11", 3).unwrap(), "the secondary ENI must NOT answer before attach (replies leave by eth0)");
+    t.host()
+        .sysctl("net.ipv4.conf.eth1.rp_filter", "1")
+        .unwrap();
+    assert!(
+        t.peer().ping("198.18.0.10", 2).unwrap(),
+        "the primary ENI must answer before attach"
+    );
+    assert!(
+        !t.peer().ping("198.18.0.11", 3).unwrap(),
+        "the secondary ENI must NOT answer before attach (replies leave by eth0)"
+    );
     let before = dump(&t, &enipin);
 
     // --dry-run in both formats changes nothing.
     let dry = enipin.ok(&["attach", "--no-ebpf", "--dry-run"]);
     assert!(dry.contains("+ rule from 198.18.0.11/32 lookup"), "{dry}");
-    assert!(dry.contains("~ sysctl net.ipv4.conf.eth1.rp_filter: 1 -> 2"), "{dry}");
-    assert!(dry.contains("subnet's first host"), "the gateway source is shown: {dry}");
+    assert!(
+        dry.contains("~ sysctl net.ipv4.conf.eth1.rp_filter: 1 -> 2"),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("subnet's first host"),
+        "the gateway source is shown: {dry}"
+    );
     let dry_ip = enipin.ok(&["attach", "--no-ebpf", "--dry-run", "--format", "ip"]);
     let t1 = table(&t, 1);
     assert!(dry_ip.contains(&format!("ip rule add from 198.18.0.11/32 lookup {t1} suppress_prefixlength 0 pref 20000 proto 229")), "{dry_ip}");
-    assert!(dry_ip.contains(&format!("ip route add default via 198.18.0.1 dev eth1 table {t1} proto 229")), "{dry_ip}");
-    assert!(dry_ip.contains("sysctl -w net.ipv4.conf.eth1.arp_ignore=1"), "{dry_ip}");
+    assert!(
+        dry_ip.contains(&format!(
+            "ip route add default via 198.18.0.1 dev eth1 table {t1} proto 229"
+        )),
+        "{dry_ip}"
+    );
+    assert!(
+        dry_ip.contains("sysctl -w net.ipv4.conf.eth1.arp_ignore=1"),
+        "{dry_ip}"
+    );
     assert_same(&before, &dump(&t, &enipin), "--dry-run changed something");
     assert!(!enipin.state_file().exists());
 
     let started = Instant::now();
     let out = enipin.ok(&["attach", "--no-ebpf"]);
-    eprintln!("attach of 2 interfaces x 1 address: {:?}", started.elapsed());
+    eprintln!(
+        "attach of 2 interfaces x 1 address: {:?}",
+        started.elapsed()
+    );
     assert!(out.contains("attached"), "{out}");
     assert!(enipin.state_file().exists());
     // The peer's failed ARP resolution of 198.18.0.11 from before may still run out right now,
     // dropping the first probes queued on it: start from a clean cache.
     t.peer().ip(&["neigh", "flush", "all"]).unwrap();
-    assert!(t.peer().ping("198.18.0.11", 3).unwrap(), "the secondary ENI must answer after attach");
+    assert!(
+        t.peer().ping("198.18.0.11", 3).unwrap(),
+        "the secondary ENI must answer after attach"
+    );
     assert!(t.peer().ping("198.18.0.10", 2).unwrap());
     let rules = t.host().ip(&["rule"]).unwrap();
-    assert!(rules.contains(&format!("from 198.18.0.11 lookup {t1} suppress_prefixlength 0 proto 229")), "{rules}");
-    assert!(rules.contains("lookup main suppress_prefixlength 0 proto 229"), "{rules}");
-    let table = t.host().ip(&["route", "show", "table", &t1.to_string()]).unwrap();
-    assert!(table.contains("default via 198.18.0.1 dev eth1 proto 229"), "{table}");
-    assert!(table.contains("198.18.0.0/24 dev eth1 proto 229 scope link src 198.18.0.11"), "{table}");
-    assert_eq!(t.host().sh("cat /proc/sys/net/ipv4/conf/eth1/rp_filter").unwrap().trim(), "2");
+    assert!(
+        rules.contains(&format!(
+            "from 198.18.0.11 lookup {t1} suppress_prefixlength 0 proto 229"
+        )),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("lookup main suppress_prefixlength 0 proto 229"),
+        "{rules}"
+    );
+    let table = t
+        .host()
+        .ip(&["route", "show", "table", &t1.to_string()])
+        .unwrap();
+    assert!(
+        table.contains("default via 198.18.0.1 dev eth1 proto 229"),
+        "{table}"
+    );
+    assert!(
+        table.contains("198.18.0.0/24 dev eth1 proto 229 scope link src 198.18.0.11"),
+        "{table}"
+    );
+    assert_eq!(
+        t.host()
+            .sh("cat /proc/sys/net/ipv4/conf/eth1/rp_filter")
+            .unwrap()
+            .trim(),
+        "2"
+    );
 
     // Idempotent.
     let again = enipin.ok(&["attach", "--no-ebpf"]);
-    assert!(again.contains("nothing to do: 5 rules, 4 routes already installed"), "{again}");
+    assert!(
+        again.contains("nothing to do: 5 rules, 4 routes already installed"),
+        "{again}"
+    );
 
     let status = enipin.ok(&["status"]);
     assert!(status.contains("drift: none"), "{status}");
     assert!(status.contains("datapath: not attached"), "{status}");
     let json: serde_json::Value = serde_json::from_str(&enipin.ok(&["status", "--json"])).unwrap();
     assert_eq!(json["managed"].as_array().unwrap().len(), 2);
-    assert_eq!(json["managed"][1]["gateway_v4"]["source"], "subnet-first-host");
+    assert_eq!(
+        json["managed"][1]["gateway_v4"]["source"],
+        "subnet-first-host"
+    );
 
     // Drift: someone deletes one of our rules; status says so, attach puts it back.
-    t.host().ip(&["rule", "del", "pref", "20002", "from", "198.18.0.11"]).unwrap();
+    t.host()
+        .ip(&["rule", "del", "pref", "20002", "from", "198.18.0.11"])
+        .unwrap();
     let status = enipin.ok(&["status"]);
-    assert!(status.contains("drift (1 change(s)") && status.contains("+ rule from 198.18.0.11/32"), "{status}");
+    assert!(
+        status.contains("drift (1 change(s)") && status.contains("+ rule from 198.18.0.11/32"),
+        "{status}"
+    );
     let fix = enipin.ok(&["attach", "--no-ebpf"]);
     assert!(fix.contains("attached: 1 change(s)"), "{fix}");
 
@@ -123,54 +185,142 @@ fn seed_ping_fails_before_and_works_after_attach() {
     let out = enipin.ok(&["detach"]);
     eprintln!("detach of 2 interfaces: {:?}", started.elapsed());
     assert!(out.contains("detached"), "{out}");
-    assert_same(&before, &dump(&t, &enipin), "detach did not restore the namespace");
+    assert_same(
+        &before,
+        &dump(&t, &enipin),
+        "detach did not restore the namespace",
+    );
     assert!(!enipin.state_file().exists());
     let again = enipin.ok(&["detach"]);
     assert!(again.contains("nothing to do"), "{again}");
-    assert!(!t.peer().ping("198.18.0.11", 2).unwrap(), "after detach the secondary is broken again");
+    assert!(
+        !t.peer().ping("198.18.0.11", 2).unwrap(),
+        "after detach the secondary is broken again"
+    );
 }
 
 #[test]
 fn three_enis_secondaries_ipv6_and_foreign_rules() {
-    let (t, enipin) = topo(&[(&[10, 20], &[0x10]), (&[11, 21], &[0x11]), (&[12, 22], &[0x12, 0x22])]);
+    let (t, enipin) = topo(&[
+        (&[10, 20], &[0x10]),
+        (&[11, 21], &[0x11]),
+        (&[12, 22], &[0x12, 0x22]),
+    ]);
     // Someone else's rule and route, which enipin must leave alone.
-    t.host().ip(&["rule", "add", "from", "198.18.5.5", "lookup", "500", "pref", "100"]).unwrap();
-    t.host().ip(&["route", "add", "198.18.5.0/24", "dev", "eth0", "table", "500"]).unwrap();
-    t.host().ip(&["-6", "rule", "add", "from", "2001:db8:5::5", "lookup", "500", "pref", "100"]).unwrap();
+    t.host()
+        .ip(&[
+            "rule",
+            "add",
+            "from",
+            "198.18.5.5",
+            "lookup",
+            "500",
+            "pref",
+            "100",
+        ])
+        .unwrap();
+    t.host()
+        .ip(&[
+            "route",
+            "add",
+            "198.18.5.0/24",
+            "dev",
+            "eth0",
+            "table",
+            "500",
+        ])
+        .unwrap();
+    t.host()
+        .ip(&[
+            "-6",
+            "rule",
+            "add",
+            "from",
+            "2001:db8:5::5",
+            "lookup",
+            "500",
+            "pref",
+            "100",
+        ])
+        .unwrap();
     for a in ["198.18.0.11", "198.18.0.21", "198.18.0.12", "198.18.0.22"] {
-        assert!(!t.peer().ping(a, 2).unwrap(), "{a} must not answer before attach");
+        assert!(
+            !t.peer().ping(a, 2).unwrap(),
+            "{a} must not answer before attach"
+        );
     }
     let before = dump(&t, &enipin);
 
     let started = Instant::now();
     let out = enipin.ok(&["attach", "--no-ebpf"]);
-    eprintln!("attach of 3 interfaces x 2 IPv4 + 1-2 IPv6 addresses: {:?}", started.elapsed());
+    eprintln!(
+        "attach of 3 interfaces x 2 IPv4 + 1-2 IPv6 addresses: {:?}",
+        started.elapsed()
+    );
     assert!(out.contains("attached"), "{out}");
-    for a in ["198.18.0.10", "198.18.0.20", "198.18.0.11", "198.18.0.21", "198.18.0.12", "198.18.0.22"] {
+    for a in [
+        "198.18.0.10",
+        "198.18.0.20",
+        "198.18.0.11",
+        "198.18.0.21",
+        "198.18.0.12",
+        "198.18.0.22",
+    ] {
         assert!(t.peer().ping(a, 3).unwrap(), "{a} must answer after attach");
     }
-    for a in ["2001:db8::10", "2001:db8::11", "2001:db8::12", "2001:db8::22"] {
+    for a in [
+        "2001:db8::10",
+        "2001:db8::11",
+        "2001:db8::12",
+        "2001:db8::22",
+    ] {
         assert!(t.peer().ping(a, 3).unwrap(), "{a} must answer after attach");
     }
     let rules6 = t.host().ip(&["-6", "rule"]).unwrap();
     let t2 = table(&t, 2);
-    assert!(rules6.contains(&format!("from 2001:db8::22 lookup {t2} suppress_prefixlength 0 proto 229")), "{rules6}");
+    assert!(
+        rules6.contains(&format!(
+            "from 2001:db8::22 lookup {t2} suppress_prefixlength 0 proto 229"
+        )),
+        "{rules6}"
+    );
     assert!(rules6.contains("from 2001:db8:5::5 lookup 500"), "{rules6}");
-    let routes6 = t.host().ip(&["-6", "route", "show", "table", &t2.to_string()]).unwrap();
-    assert!(routes6.contains("2001:db8::/64 dev eth2 proto 229 src 2001:db8::12"), "{routes6}");
+    let routes6 = t
+        .host()
+        .ip(&["-6", "route", "show", "table", &t2.to_string()])
+        .unwrap();
+    assert!(
+        routes6.contains("2001:db8::/64 dev eth2 proto 229 src 2001:db8::12"),
+        "{routes6}"
+    );
     let rules = t.host().ip(&["rule"]).unwrap();
-    assert!(rules.contains("100:\tfrom 198.18.5.5 lookup 500"), "{rules}");
+    assert!(
+        rules.contains("100:\tfrom 198.18.5.5 lookup 500"),
+        "{rules}"
+    );
     // 3 ENIs x 2 addresses x 2 layers + main; v6: 4 addresses x 2 + main.
     assert_eq!(rules.matches("proto 229").count(), 13, "{rules}");
     assert_eq!(rules6.matches("proto 229").count(), 9, "{rules6}");
     let again = enipin.ok(&["attach", "--no-ebpf"]);
-    assert!(again.contains("nothing to do: 22 rules, 9 routes already installed"), "{again}");
+    assert!(
+        again.contains("nothing to do: 22 rules, 9 routes already installed"),
+        "{again}"
+    );
 
     let started = Instant::now();
     enipin.ok(&["detach"]);
     eprintln!("detach of 3 interfaces: {:?}", started.elapsed());
-    assert_same(&before, &dump(&t, &enipin), "detach did not restore the namespace");
-    assert!(t.host().ip(&["route", "show", "table", "500"]).unwrap().contains("198.18.5.0/24 dev eth0"));
+    assert_same(
+        &before,
+        &dump(&t, &enipin),
+        "detach did not restore the namespace",
+    );
+    assert!(
+        t.host()
+            .ip(&["route", "show", "table", "500"])
+            .unwrap()
+            .contains("198.18.5.0/24 dev eth0")
+    );
     assert!(enipin.ok(&["detach"]).contains("nothing to do"));
 }
 
@@ -178,16 +328,32 @@ fn three_enis_secondaries_ipv6_and_foreign_rules() {
 fn bad_input_gives_a_clear_error_and_changes_nothing() {
     let (t, enipin) = topo(&[(&[10], &[]), (&[11], &[]), (&[], &[])]);
     // An interface alone in its subnet (its veth peer has no address).
-    t.host().ip(&["link", "add", "solo0", "type", "veth", "peer", "name", "solo1"]).unwrap();
-    t.host().ip(&["addr", "add", "198.18.1.9/24", "dev", "solo0"]).unwrap();
+    t.host()
+        .ip(&[
+            "link", "add", "solo0", "type", "veth", "peer", "name", "solo1",
+        ])
+        .unwrap();
+    t.host()
+        .ip(&["addr", "add", "198.18.1.9/24", "dev", "solo0"])
+        .unwrap();
     t.host().ip(&["link", "set", "solo0", "up"]).unwrap();
     t.host().ip(&["link", "set", "solo1", "up"]).unwrap();
     // An interface that is down (with an address in the ENIs' subnet).
-    t.host().ip(&["link", "add", "down0", "type", "veth", "peer", "name", "down1"]).unwrap();
-    t.host().ip(&["addr", "add", "198.18.0.99/24", "dev", "down0"]).unwrap();
+    t.host()
+        .ip(&[
+            "link", "add", "down0", "type", "veth", "peer", "name", "down1",
+        ])
+        .unwrap();
+    t.host()
+        .ip(&["addr", "add", "198.18.0.99/24", "dev", "down0"])
+        .unwrap();
     let before = dump(&t, &enipin);
     let unchanged = |what: &str| {
-        assert_same(&before, &dump(&t, &enipin), &format!("{what} changed the namespace"));
+        assert_same(
+            &before,
+            &dump(&t, &enipin),
+            &format!("{what} changed the namespace"),
+        );
         assert!(!enipin.state_file().exists(), "{what} left a state file");
     };
 
@@ -204,29 +370,76 @@ fn bad_input_gives_a_clear_error_and_changes_nothing() {
     unchanged("interface down");
 
     let out = enipin.ok(&["attach", "--no-ebpf", "--interfaces", "solo0"]);
-    assert!(out.contains("nothing to do: no interface shares a subnet"), "{out}");
+    assert!(
+        out.contains("nothing to do: no interface shares a subnet"),
+        "{out}"
+    );
     unchanged("only one interface in the subnet");
 
     // Someone else's rule at our priority, then pointing at our table, then a route in it.
-    t.host().ip(&["rule", "add", "from", "198.18.9.9", "lookup", "600", "pref", "20001"]).unwrap();
+    t.host()
+        .ip(&[
+            "rule",
+            "add",
+            "from",
+            "198.18.9.9",
+            "lookup",
+            "600",
+            "pref",
+            "20001",
+        ])
+        .unwrap();
     let before_conflict = dump(&t, &enipin);
     let e = enipin.fails(&["attach", "--no-ebpf"]);
-    assert!(e.contains("uses priority 20001") && e.contains("--priority"), "{e}");
-    assert_same(&before_conflict, &dump(&t, &enipin), "the refused attach (priority taken) changed the namespace");
+    assert!(
+        e.contains("uses priority 20001") && e.contains("--priority"),
+        "{e}"
+    );
+    assert_same(
+        &before_conflict,
+        &dump(&t, &enipin),
+        "the refused attach (priority taken) changed the namespace",
+    );
     t.host().ip(&["rule", "del", "pref", "20001"]).unwrap();
     let t1 = table(&t, 1).to_string();
-    t.host().ip(&["rule", "add", "from", "198.18.9.9", "lookup", &t1, "pref", "300"]).unwrap();
+    t.host()
+        .ip(&[
+            "rule",
+            "add",
+            "from",
+            "198.18.9.9",
+            "lookup",
+            &t1,
+            "pref",
+            "300",
+        ])
+        .unwrap();
     let e = enipin.fails(&["attach", "--no-ebpf"]);
-    assert!(e.contains(&format!("table {t1}")) && e.contains("--table-base"), "{e}");
+    assert!(
+        e.contains(&format!("table {t1}")) && e.contains("--table-base"),
+        "{e}"
+    );
     t.host().ip(&["rule", "del", "pref", "300"]).unwrap();
-    t.host().ip(&["route", "add", "198.18.9.0/24", "dev", "eth1", "table", &t1]).unwrap();
+    t.host()
+        .ip(&["route", "add", "198.18.9.0/24", "dev", "eth1", "table", &t1])
+        .unwrap();
     let e = enipin.fails(&["attach", "--no-ebpf"]);
-    assert!(e.contains(&format!("table {t1} holds a route that is not enipin's")), "{e}");
-    t.host().ip(&["route", "del", "198.18.9.0/24", "dev", "eth1", "table", &t1]).unwrap();
+    assert!(
+        e.contains(&format!("table {t1} holds a route that is not enipin's")),
+        "{e}"
+    );
+    t.host()
+        .ip(&["route", "del", "198.18.9.0/24", "dev", "eth1", "table", &t1])
+        .unwrap();
     unchanged("conflicting rules and routes");
 
     // A reserved table number.
-    let e = enipin.fails(&["attach", "--no-ebpf", "--table-base", &(253 - t.host().ifindex("eth0").unwrap()).to_string()]);
+    let e = enipin.fails(&[
+        "attach",
+        "--no-ebpf",
+        "--table-base",
+        &(253 - t.host().ifindex("eth0").unwrap()).to_string(),
+    ]);
     assert!(e.contains("253-255"), "{e}");
     unchanged("reserved table");
 
@@ -244,24 +457,45 @@ fn bad_input_gives_a_clear_error_and_changes_nothing() {
         .output()
         .unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && e.contains("permission denied (EPERM)") && e.contains("CAP_NET_ADMIN"), "{e}");
+    assert!(
+        !out.status.success()
+            && e.contains("permission denied (EPERM)")
+            && e.contains("CAP_NET_ADMIN"),
+        "{e}"
+    );
     unchanged("missing CAP_NET_ADMIN");
 
     // A corrupt state file.
     std::fs::write(enipin.state_file(), "{ not json").unwrap();
-    for cmd in [&["attach", "--no-ebpf"][..], &["detach"][..], &["status"][..]] {
+    for cmd in [
+        &["attach", "--no-ebpf"][..],
+        &["detach"][..],
+        &["status"][..],
+    ] {
         let e = enipin.fails(cmd);
-        assert!(e.contains("state.json is corrupt") && e.contains("remove it"), "{e}");
+        assert!(
+            e.contains("state.json is corrupt") && e.contains("remove it"),
+            "{e}"
+        );
     }
     std::fs::remove_file(enipin.state_file()).unwrap();
     unchanged("a corrupt state file");
 
     // One address on two interfaces.
-    t.host().ip(&["addr", "add", "198.18.0.10/24", "dev", "eth1"]).unwrap();
+    t.host()
+        .ip(&["addr", "add", "198.18.0.10/24", "dev", "eth1"])
+        .unwrap();
     let before_dup = dump(&t, &enipin);
     let e = enipin.fails(&["attach", "--no-ebpf"]);
-    assert!(e.contains("address 198.18.0.10 is on both eth0 and eth1"), "{e}");
-    assert_same(&before_dup, &dump(&t, &enipin), "the refused attach (one address on two interfaces) changed the namespace");
+    assert!(
+        e.contains("address 198.18.0.10 is on both eth0 and eth1"),
+        "{e}"
+    );
+    assert_same(
+        &before_dup,
+        &dump(&t, &enipin),
+        "the refused attach (one address on two interfaces) changed the namespace",
+    );
 }
 
 #[test]
@@ -285,39 +519,110 @@ fn render_every_format_pairs_addresses_with_their_interface() {
 
     let out = enipin.ok(&["render", "--format", "network-scripts"]);
     let s = sections(&out, "# /etc/sysconfig/network-scripts/");
-    let body = |name: &str| s.iter().find(|(h, _)| h.ends_with(name)).map(|(_, b)| b.clone()).unwrap_or_else(|| panic!("{name} missing:\n{out}"));
-    assert!(body("rule-eth1").contains(&format!("from 198.18.0.21/32 lookup {t1} pref 20002")), "{out}");
+    let body = |name: &str| {
+        s.iter()
+            .find(|(h, _)| h.ends_with(name))
+            .map(|(_, b)| b.clone())
+            .unwrap_or_else(|| panic!("{name} missing:\n{out}"))
+    };
+    assert!(
+        body("rule-eth1").contains(&format!("from 198.18.0.21/32 lookup {t1} pref 20002")),
+        "{out}"
+    );
     assert!(!body("rule-eth1").contains("198.18.0.10"), "{out}");
-    assert!(body("rule-eth0").contains(&format!("from 198.18.0.10/32 lookup {t0} suppress_prefixlength 0 pref 20000")), "{out}");
-    assert!(body("route-eth1").contains(&format!("198.18.0.0/24 dev eth1 scope link src 198.18.0.11 table {t1}")), "{out}");
-    assert!(body("route-eth1").contains(&format!("default via 198.18.0.1 dev eth1 table {t1}")), "{out}");
-    assert!(body("rule6-eth0").contains(&format!("from 2001:db8::10/128 lookup {t0}")), "{out}");
-    assert!(body("route6-eth0").contains(&format!("2001:db8::/64 dev eth0 src 2001:db8::10 table {t0}")), "{out}");
+    assert!(
+        body("rule-eth0").contains(&format!(
+            "from 198.18.0.10/32 lookup {t0} suppress_prefixlength 0 pref 20000"
+        )),
+        "{out}"
+    );
+    assert!(
+        body("route-eth1").contains(&format!(
+            "198.18.0.0/24 dev eth1 scope link src 198.18.0.11 table {t1}"
+        )),
+        "{out}"
+    );
+    assert!(
+        body("route-eth1").contains(&format!("default via 198.18.0.1 dev eth1 table {t1}")),
+        "{out}"
+    );
+    assert!(
+        body("rule6-eth0").contains(&format!("from 2001:db8::10/128 lookup {t0}")),
+        "{out}"
+    );
+    assert!(
+        body("route6-eth0").contains(&format!(
+            "2001:db8::/64 dev eth0 src 2001:db8::10 table {t0}"
+        )),
+        "{out}"
+    );
     assert!(!out.contains("proto 229"), "{out}");
 
     let out = enipin.ok(&["render", "--format", "networkd"]);
     let s = sections(&out, ".network");
     let eth1 = &s.iter().find(|(h, _)| h.contains("eth1")).unwrap().1;
-    assert!(eth1.contains(&format!("MACAddress={}", t.spec.enis[1].mac)), "{out}");
+    assert!(
+        eth1.contains(&format!("MACAddress={}", t.spec.enis[1].mac)),
+        "{out}"
+    );
     assert!(eth1.contains(&format!("[RoutingPolicyRule]\nFrom=198.18.0.21/32\nTable={t1}\nPriority=20000\nSuppressPrefixLength=0")), "{out}");
-    assert!(eth1.contains(&format!("[Route]\nGateway=198.18.0.1\nTable={t1}")), "{out}");
+    assert!(
+        eth1.contains(&format!("[Route]\nGateway=198.18.0.1\nTable={t1}")),
+        "{out}"
+    );
     assert!(!eth1.contains("198.18.0.10"), "{out}");
     let eth0 = &s.iter().find(|(h, _)| h.contains("eth0")).unwrap().1;
-    assert!(eth0.contains("[RoutingPolicyRule]\nFamily=ipv4\nTable=main\nPriority=20001\nSuppressPrefixLength=0"), "{out}");
+    assert!(
+        eth0.contains(
+            "[RoutingPolicyRule]\nFamily=ipv4\nTable=main\nPriority=20001\nSuppressPrefixLength=0"
+        ),
+        "{out}"
+    );
     assert!(eth0.contains(&format!("[Route]\nDestination=198.18.0.0/24\nScope=link\nPreferredSource=198.18.0.10\nTable={t0}")), "{out}");
 
     let out = enipin.ok(&["render", "--format", "netplan"]);
-    let eth1 = out.split("    eth1:").nth(1).unwrap_or_else(|| panic!("{out}"));
-    let eth0 = out.split("    eth0:").nth(1).unwrap().split("    eth1:").next().unwrap();
-    assert!(eth1.contains(&format!("        - from: \"198.18.0.21/32\"\n          table: {t1}\n          priority: 20002")), "{out}");
+    let eth1 = out
+        .split("    eth1:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{out}"));
+    let eth0 = out
+        .split("    eth0:")
+        .nth(1)
+        .unwrap()
+        .split("    eth1:")
+        .next()
+        .unwrap();
+    assert!(
+        eth1.contains(&format!(
+            "        - from: \"198.18.0.21/32\"\n          table: {t1}\n          priority: 20002"
+        )),
+        "{out}"
+    );
     assert!(eth1.contains(&format!("        - from: \"198.18.0.11/32\"\n          to: \"198.18.0.0/24\"\n          table: {t1}\n          priority: 20000")), "{out}");
-    assert!(eth1.contains(&format!("        - to: default\n          via: \"198.18.0.1\"\n          table: {t1}")), "{out}");
-    assert!(eth0.contains(&format!("macaddress: \"{}\"", t.spec.enis[0].mac)) && eth0.contains("2001:db8::10") && !eth0.contains("198.18.0.11"), "{out}");
+    assert!(
+        eth1.contains(&format!(
+            "        - to: default\n          via: \"198.18.0.1\"\n          table: {t1}"
+        )),
+        "{out}"
+    );
+    assert!(
+        eth0.contains(&format!("macaddress: \"{}\"", t.spec.enis[0].mac))
+            && eth0.contains("2001:db8::10")
+            && !eth0.contains("198.18.0.11"),
+        "{out}"
+    );
 
     let out = enipin.ok(&["render", "--format", "nmcli"]);
-    let eth1: Vec<&str> = out.lines().filter(|l| l.contains("device show eth1")).collect();
+    let eth1: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("device show eth1"))
+        .collect();
     assert!(eth1.iter().any(|l| l.ends_with(&format!("+ipv4.routing-rules \"priority 20000 from 198.18.0.21/32 table {t1} suppress_prefixlength 0\""))), "{out}");
-    assert!(eth1.iter().any(|l| l.ends_with(&format!("+ipv4.routes \"0.0.0.0/0 198.18.0.1 table={t1}\""))), "{out}");
+    assert!(
+        eth1.iter()
+            .any(|l| l.ends_with(&format!("+ipv4.routes \"0.0.0.0/0 198.18.0.1 table={t1}\""))),
+        "{out}"
+    );
     assert!(eth1.iter().all(|l| !l.contains("198.18.0.10")), "{out}");
     assert!(out.contains(&format!("device show eth0)\" +ipv6.routing-rules \"priority 20002 from 2001:db8::10/128 table {t0}\"")), "{out}");
     assert!(out.contains("nmcli device reapply eth1"), "{out}");
@@ -328,26 +633,84 @@ fn render_every_format_pairs_addresses_with_their_interface() {
 fn selection_by_mac_prefixes_and_gateway_sources() {
     let (t, enipin) = topo(&[(&[10], &[0x10]), (&[11], &[0x11])]);
     // Something beyond the gateway, reachable only through a default route.
-    t.vpc().ip(&["addr", "add", "198.18.200.1/32", "dev", "lo"]).unwrap();
+    t.vpc()
+        .ip(&["addr", "add", "198.18.200.1/32", "dev", "lo"])
+        .unwrap();
     t.vpc().sysctl("net.ipv4.ip_forward", "1").unwrap();
-    t.host().ip(&["route", "add", "default", "via", "198.18.0.1", "dev", "eth0"]).unwrap();
-    t.host().ip(&["-6", "route", "add", "default", "via", "2001:db8::1", "dev", "eth1"]).unwrap();
+    t.host()
+        .ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.18.0.1",
+            "dev",
+            "eth0",
+        ])
+        .unwrap();
+    t.host()
+        .ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8::1",
+            "dev",
+            "eth1",
+        ])
+        .unwrap();
     assert!(ping_from(&t, "198.18.0.10", "198.18.200.1"));
-    assert!(!ping_from(&t, "198.18.0.11", "198.18.200.1"), "eth1's source must not get out by eth0's default route");
+    assert!(
+        !ping_from(&t, "198.18.0.11", "198.18.200.1"),
+        "eth1's source must not get out by eth0's default route"
+    );
     let before = dump(&t, &enipin);
 
     let eth0_and_mac1 = format!("eth0,{}", t.spec.enis[1].mac);
-    let out = enipin.ok(&["attach", "--no-ebpf", "--interfaces", &eth0_and_mac1, "--prefix", "eth1=198.18.0.64/28"]);
-    assert!(out.contains("gateway ipv4: 198.18.0.1 (from the main table's default route)"), "{out}");
-    assert!(out.contains("gateway ipv4: 198.18.0.1 (from the subnet's first host)"), "{out}");
-    assert!(out.contains("gateway ipv6: 2001:db8::1 (from the main table's default route)"), "{out}");
-    assert!(out.contains("gateway ipv6: none (subnet route only)"), "{out}");
-    assert!(ping_from(&t, "198.18.0.11", "198.18.200.1"), "eth1's default route in its table");
+    let out = enipin.ok(&[
+        "attach",
+        "--no-ebpf",
+        "--interfaces",
+        &eth0_and_mac1,
+        "--prefix",
+        "eth1=198.18.0.64/28",
+    ]);
+    assert!(
+        out.contains("gateway ipv4: 198.18.0.1 (from the main table's default route)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("gateway ipv4: 198.18.0.1 (from the subnet's first host)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("gateway ipv6: 2001:db8::1 (from the main table's default route)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("gateway ipv6: none (subnet route only)"),
+        "{out}"
+    );
+    assert!(
+        ping_from(&t, "198.18.0.11", "198.18.200.1"),
+        "eth1's default route in its table"
+    );
     assert!(ping_from(&t, "198.18.0.10", "198.18.200.1"));
     let t1 = table(&t, 1);
     let rules = t.host().ip(&["rule"]).unwrap();
-    assert!(rules.contains(&format!("20000:\tfrom 198.18.0.64/28 lookup {t1} suppress_prefixlength 0 proto 229")), "{rules}");
-    assert!(rules.contains(&format!("20002:\tfrom 198.18.0.64/28 lookup {t1} proto 229")), "{rules}");
+    assert!(
+        rules.contains(&format!(
+            "20000:\tfrom 198.18.0.64/28 lookup {t1} suppress_prefixlength 0 proto 229"
+        )),
+        "{rules}"
+    );
+    assert!(
+        rules.contains(&format!(
+            "20002:\tfrom 198.18.0.64/28 lookup {t1} proto 229"
+        )),
+        "{rules}"
+    );
     let json: serde_json::Value = serde_json::from_str(&enipin.ok(&["status", "--json"])).unwrap();
     let m = &json["managed"];
     assert_eq!(m[0]["name"], "eth0");
@@ -357,23 +720,54 @@ fn selection_by_mac_prefixes_and_gateway_sources() {
     assert_eq!(m[1]["gateway_v4"]["source"], "subnet-first-host");
     assert_eq!(m[1]["gateway_v6"]["source"], "main-table");
     assert_eq!(json["drift"].as_array().unwrap().len(), 0);
-    let table6 = t.host().ip(&["-6", "route", "show", "table", &t1.to_string()]).unwrap();
-    assert!(table6.contains("default via 2001:db8::1 dev eth1 proto 229"), "{table6}");
+    let table6 = t
+        .host()
+        .ip(&["-6", "route", "show", "table", &t1.to_string()])
+        .unwrap();
+    assert!(
+        table6.contains("default via 2001:db8::1 dev eth1 proto 229"),
+        "{table6}"
+    );
 
     // Re-attach with another gateway: only the default routes change.
-    let out = enipin.ok(&["attach", "--no-ebpf", "--interfaces", "eth0,eth1", "--prefix", "eth1=198.18.0.64/28", "--gateway", "198.18.0.100"]);
+    let out = enipin.ok(&[
+        "attach",
+        "--no-ebpf",
+        "--interfaces",
+        "eth0,eth1",
+        "--prefix",
+        "eth1=198.18.0.64/28",
+        "--gateway",
+        "198.18.0.100",
+    ]);
     assert!(out.contains("198.18.0.100 (from the --gateway)"), "{out}");
-    assert!(out.contains(&format!("- route default via 198.18.0.1 dev eth1 table {t1} proto 229")), "{out}");
-    assert!(out.contains(&format!("+ route default via 198.18.0.100 dev eth1 table {t1} proto 229")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "- route default via 198.18.0.1 dev eth1 table {t1} proto 229"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "+ route default via 198.18.0.100 dev eth1 table {t1} proto 229"
+        )),
+        "{out}"
+    );
     assert!(out.contains("attached: 4 change(s)"), "{out}");
 
     enipin.ok(&["detach"]);
-    assert_same(&before, &dump(&t, &enipin), "detach did not restore the namespace");
+    assert_same(
+        &before,
+        &dump(&t, &enipin),
+        "detach did not restore the namespace",
+    );
 }
 
 #[test]
 fn scale_eight_enis_eight_addresses_each() {
-    let hosts: Vec<Vec<u8>> = (0..8u8).map(|i| (0..8u8).map(|k| 10 + i + 20 * k).collect()).collect();
+    let hosts: Vec<Vec<u8>> = (0..8u8)
+        .map(|i| (0..8u8).map(|k| 10 + i + 20 * k).collect())
+        .collect();
     let spec: Vec<(&[u8], &[u8])> = hosts.iter().map(|h| (h.as_slice(), &[][..])).collect();
     let (t, enipin) = topo(&spec);
     let before = dump(&t, &enipin);
@@ -383,13 +777,22 @@ fn scale_eight_enis_eight_addresses_each() {
     let started = Instant::now();
     let again = enipin.ok(&["attach", "--no-ebpf"]);
     let noop = started.elapsed();
-    assert!(again.contains("nothing to do: 129 rules, 16 routes already installed"), "{again}");
+    assert!(
+        again.contains("nothing to do: 129 rules, 16 routes already installed"),
+        "{again}"
+    );
     for a in ["198.18.0.157", "198.18.0.31", "198.18.0.10"] {
         assert!(t.peer().ping(a, 3).unwrap(), "{a} must answer after attach");
     }
     let started = Instant::now();
     enipin.ok(&["detach"]);
     let detach = started.elapsed();
-    eprintln!("8 interfaces x 8 addresses (129 rules, 16 routes, 16 sysctls): attach {attach:?}, no-op attach {noop:?}, detach {detach:?}");
-    assert_same(&before, &dump(&t, &enipin), "detach did not restore the namespace");
+    eprintln!(
+        "8 interfaces x 8 addresses (129 rules, 16 routes, 16 sysctls): attach {attach:?}, no-op attach {noop:?}, detach {detach:?}"
+    );
+    assert_same(
+        &before,
+        &dump(&t, &enipin),
+        "detach did not restore the namespace",
+    );
 }

@@ -18,7 +18,10 @@ const TC_ACT_REDIRECT: u32 = 7;
 const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 
 fn addr(last: u8) -> IfAddr {
-    IfAddr { addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)), prefix_len: 24 }
+    IfAddr {
+        addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)),
+        prefix_len: 24,
+    }
 }
 
 fn eni(ifindex: u32, name: &str, addrs: Vec<IfAddr>) -> ManagedInterface {
@@ -61,10 +64,12 @@ fn run(paths: &Paths, ifindex: u32, src: Ipv4Addr) -> (u32, Counters) {
         })
         .unwrap();
     let (a, b) = (count().values(), before.values());
-    let mut moved = Counters::default();
-    moved.owned_here = a[4] - b[4];
-    moved.misrouted_packets = a[0] - b[0];
-    moved.not_owned = a[5] - b[5];
+    let moved = Counters {
+        misrouted_packets: a[0] - b[0],
+        owned_here: a[4] - b[4],
+        not_owned: a[5] - b[5],
+        ..Counters::default()
+    };
     (r.return_value, moved)
 }
 
@@ -72,12 +77,16 @@ fn run(paths: &Paths, ifindex: u32, src: Ipv4Addr) -> (u32, Counters) {
 fn fast_path_follows_the_owner_maps() {
     require();
     let ns = Netns::new("enipin-fast-").unwrap();
-    ns.ip(&["link", "add", "e0", "type", "veth", "peer", "name", "e1"]).unwrap();
+    ns.ip(&["link", "add", "e0", "type", "veth", "peer", "name", "e1"])
+        .unwrap();
     ns.ip(&["link", "set", "e0", "up"]).unwrap();
     ns.ip(&["link", "set", "e1", "up"]).unwrap();
     let (e0, e1) = (ns.ifindex("e0").unwrap(), ns.ifindex("e1").unwrap());
     let pins = PinDir::new("enipin-fast-pin-").unwrap();
-    let paths = Paths { pin_dir: pins.path().to_owned(), state_dir: std::env::temp_dir() };
+    let paths = Paths {
+        pin_dir: pins.path().to_owned(),
+        state_dir: std::env::temp_dir(),
+    };
     let cfg = Config::default();
     let apply = |managed: &[ManagedInterface]| {
         let plan = ebpf::plan(managed, &cfg, &paths).unwrap();
@@ -89,10 +98,19 @@ fn fast_path_follows_the_owner_maps() {
 
     in_ns(&ns, || {
         // e0 owns ten addresses: more than the fast path holds (8).
-        apply(&[eni(e0, "e0", (10..20).map(addr).collect()), eni(e1, "e1", vec![addr(50)])]);
+        apply(&[
+            eni(e0, "e0", (10..20).map(addr).collect()),
+            eni(e1, "e1", vec![addr(50)]),
+        ]);
         for last in 10..20 {
-            assert!(here(run(&paths, e0, ip(last))), "198.18.0.{last} on e0 is not owned here");
-            assert!(redirected(run(&paths, e1, ip(last))), "198.18.0.{last} on e1 not redirected");
+            assert!(
+                here(run(&paths, e0, ip(last))),
+                "198.18.0.{last} on e0 is not owned here"
+            );
+            assert!(
+                redirected(run(&paths, e1, ip(last))),
+                "198.18.0.{last} on e1 not redirected"
+            );
         }
         assert!(redirected(run(&paths, e0, ip(50))));
 
@@ -101,7 +119,10 @@ fn fast_path_follows_the_owner_maps() {
             eni(e0, "e0", (11..20).map(addr).collect()),
             eni(e1, "e1", vec![addr(10), addr(50)]),
         ]);
-        assert!(redirected(run(&paths, e0, ip(10))), ".10 still passes as e0's own");
+        assert!(
+            redirected(run(&paths, e0, ip(10))),
+            ".10 still passes as e0's own"
+        );
         assert!(here(run(&paths, e1, ip(10))));
         assert!(here(run(&paths, e0, ip(19))));
 

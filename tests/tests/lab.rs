@@ -191,7 +191,10 @@ fn harness_runs_the_cli_and_dumps_are_stable() {
     use enipin_tests::{Enipin, Netns, Snapshot};
     require();
     let ns = Netns::new("harness-").unwrap();
-    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]).unwrap();
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ])
+    .unwrap();
     ns.ip(&["link", "set", "eth0", "up"]).unwrap();
     let e = Enipin::new(ns);
     let version = e.ok(&["--version"]);
@@ -200,8 +203,15 @@ fn harness_runs_the_cli_and_dumps_are_stable() {
     let a = Snapshot::take(ns, &["eth0"], e.pins.path()).unwrap();
     let b = Snapshot::take(ns, &["eth0"], e.pins.path()).unwrap();
     assert_eq!(a.diff(&b), Vec::<String>::new());
-    assert!(a.sections["tc eth0"].contains("tcx egress"), "{:?}", a.sections);
+    assert!(
+        a.sections["tc eth0"].contains("tcx egress"),
+        "{:?}",
+        a.sections
+    );
     let name = e.ns_name().to_string();
     drop(e);
-    assert!(!netns_list().contains(&name), "namespace {name} left behind");
+    assert!(
+        !netns_list().contains(&name),
+        "namespace {name} left behind"
+    );
 }

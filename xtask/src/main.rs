@@ -45,13 +45,17 @@ fn main() -> ExitCode {
 }
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ has a parent")
+        .to_path_buf()
 }
 
 /// `cargo` with the project's tools directory first on PATH.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(root()).env("PATH", setup::path_with_tools());
+    cmd.current_dir(root())
+        .env("PATH", setup::path_with_tools());
     cmd
 }
 
@@ -92,7 +96,10 @@ fn test(args: &[String]) -> Result<()> {
     // The binary the integration tests drive (same package set as the test build), then the suite.
     run(cargo().args(["build"]))?;
     let (passed, failed, status) = test_and_count(cargo().args(["test"]).args(args))?;
-    eprintln!("xtask: test suite took {:.0} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "xtask: test suite took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     // One closing line for the whole suite: cargo's own last line is the doc-test run's
     // "0 passed", which would read as if nothing ran.
     println!("tests: {passed} passed, {failed} failed");
@@ -108,7 +115,10 @@ fn test(args: &[String]) -> Result<()> {
 /// Runs `cargo test`, echoing its output, and adds up its "test result:" lines.
 fn test_and_count(cmd: &mut Command) -> Result<(u64, u64, std::process::ExitStatus)> {
     use std::io::{BufRead as _, BufReader};
-    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().context("spawning cargo test")?;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("spawning cargo test")?;
     let (mut passed, mut failed) = (0, 0);
     for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines() {
         let line = line?;

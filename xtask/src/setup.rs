@@ -59,8 +59,11 @@ fn have(cmd: &str) -> bool {
 }
 
 fn packages() -> Result<()> {
-    let missing: Vec<&str> =
-        PACKAGES.iter().filter(|(cmd, _)| !have(cmd)).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -84,10 +87,17 @@ fn packages() -> Result<()> {
 
 fn nightly() -> Result<()> {
     let installed = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN])
+        .args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ])
         .output()
         .context("running rustup (install it from your distribution or rustup.rs)")?;
-    if installed.status.success() && String::from_utf8_lossy(&installed.stdout).contains("rust-src") {
+    if installed.status.success() && String::from_utf8_lossy(&installed.stdout).contains("rust-src")
+    {
         return Ok(());
     }
     eprintln!("setup: installing {EBPF_TOOLCHAIN} with rust-src (builds the eBPF program)");
@@ -125,10 +135,11 @@ fn nightly_libllvm() -> Result<PathBuf> {
 
 fn bpf_linker() -> Result<()> {
     let bin = tools_dir().join("bin").join("bpf-linker");
-    if let Ok(out) = Command::new(&bin).arg("--version").output() {
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION) {
-            return Ok(());
-        }
+    if let Ok(out) = Command::new(&bin).arg("--version").output()
+        && out.status.success()
+        && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)
+    {
+        return Ok(());
     }
     // bpf-linker links the nightly's own libLLVM: the LLVM that compiled the program's bitcode.
     let libllvm = nightly_libllvm()?;
@@ -151,9 +162,19 @@ fn bpf_linker() -> Result<()> {
         Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
             .current_dir(root())
             .env("LLVM_PREFIX", &prefix)
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--root"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--root",
+            ])
             .arg(tools_dir()),
     )?;
-    eprintln!("setup: bpf-linker built in {:.0} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "setup: bpf-linker built in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -463,7 +463,11 @@ pub fn run(opts: &Options) -> Result<Report> {
         what,
         "replies; 0 drops; redirected",
         ok && new == 0 && fixed > 0,
-        format!("{}; {new} new drops; {fixed} redirected off {}", replies(ok), primary.name),
+        format!(
+            "{}; {new} new drops; {fixed} redirected off {}",
+            replies(ok),
+            primary.name
+        ),
     );
     let (stats_ok, _) = cli.run(&["stats"], &mut r.transcript)?;
     let (detach_ok, res) = cli.run(&["detach"], &mut r.transcript)?;
