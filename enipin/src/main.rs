@@ -42,30 +42,51 @@ struct Selection {
     prefixes: Vec<String>,
 }
 
+/// Which layers `attach` and `watch` install, and how the datapath behaves.
+#[derive(clap::Args, Debug, Clone)]
+struct Layers {
+    /// Leave policy rules, routes and sysctls alone (eBPF only).
+    #[arg(long)]
+    no_rules: bool,
+    /// Leave the datapath alone (rules only).
+    #[arg(long)]
+    no_ebpf: bool,
+    /// enforce: redirect misrouted packets; monitor: only count them.
+    #[arg(long, value_enum, default_value_t = Mode::Enforce)]
+    mode: Mode,
+    /// Log rare datapath events (redirect failures, MTU) through aya-log; `watch` prints them on
+    /// stderr.
+    #[arg(long)]
+    debug: bool,
+}
+
+impl Layers {
+    fn apply(self, cfg: Config) -> Config {
+        Config {
+            rules: !self.no_rules,
+            sysctls: !self.no_rules,
+            ebpf: !self.no_ebpf,
+            mode: self.mode,
+            debug: self.debug,
+            ..cfg
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Install source policy routing and the TC egress enforcer on the managed interfaces.
     Attach {
         #[command(flatten)]
         sel: Selection,
-        /// Leave policy rules, routes and sysctls alone (eBPF only).
-        #[arg(long)]
-        no_rules: bool,
-        /// Leave the datapath alone (rules only).
-        #[arg(long)]
-        no_ebpf: bool,
+        #[command(flatten)]
+        layers: Layers,
         /// Print what would change, change nothing.
         #[arg(long)]
         dry_run: bool,
         /// Output of --dry-run: enipin's diff, or the equivalent iproute2 commands.
         #[arg(long, value_enum, default_value_t = enipin::plan::DiffFormat::Text)]
         format: enipin::plan::DiffFormat,
-        /// enforce: redirect misrouted packets; monitor: only count them.
-        #[arg(long, value_enum, default_value_t = Mode::Enforce)]
-        mode: Mode,
-        /// Log rare datapath events (redirect failures) through aya-log.
-        #[arg(long)]
-        debug: bool,
     },
     /// Attach, then keep the desired state installed: re-apply it whenever links, addresses,
     /// rules or routes change (rules removed by another tool, a new ENI or secondary address, a
@@ -80,18 +101,8 @@ enum Command {
     Watch {
         #[command(flatten)]
         sel: Selection,
-        /// Leave policy rules, routes and sysctls alone (eBPF only).
-        #[arg(long)]
-        no_rules: bool,
-        /// Leave the datapath alone (rules only).
-        #[arg(long)]
-        no_ebpf: bool,
-        /// enforce: redirect misrouted packets; monitor: only count them.
-        #[arg(long, value_enum, default_value_t = Mode::Enforce)]
-        mode: Mode,
-        /// Log rare datapath events (redirect failures) through aya-log, printed on stderr.
-        #[arg(long)]
-        debug: bool,
+        #[command(flatten)]
+        layers: Layers,
         /// Seconds between reconciles when no event arrives (a safety net for missed events).
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
         interval: u64,
@@ -192,35 +203,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Attach {
             sel,
-            no_rules,
-            no_ebpf,
+            layers,
             dry_run,
             format,
-            mode,
-            debug,
         } => {
-            let mut cfg = sel.into_config()?;
-            cfg.rules = !no_rules;
-            cfg.sysctls = !no_rules;
-            cfg.ebpf = !no_ebpf;
-            cfg.mode = mode;
-            cfg.debug = debug;
+            let cfg = layers.apply(sel.into_config()?);
             enipin::apply::attach(&cfg, &paths, dry_run, format).await?;
         }
         Command::Watch {
             sel,
-            no_rules,
-            no_ebpf,
-            mode,
-            debug,
+            layers,
             interval,
         } => {
-            let mut cfg = sel.into_config()?;
-            cfg.rules = !no_rules;
-            cfg.sysctls = !no_rules;
-            cfg.ebpf = !no_ebpf;
-            cfg.mode = mode;
-            cfg.debug = debug;
+            let cfg = layers.apply(sel.into_config()?);
             let pacing = enipin::watch::Pacing::new(std::time::Duration::from_secs(interval));
             enipin::watch::watch(&cfg, &paths, pacing).await?;
         }

@@ -30,6 +30,7 @@ use enipin_ebpf::{Counters, NOOP_PROGRAM, PROGRAM};
 
 use super::{Row, median};
 use crate::frames;
+use crate::in_ns;
 
 const TC_ACT_UNSPEC: u32 = -1i32 as u32;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -278,17 +279,4 @@ fn pin_to_current_cpu() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Runs `f` on a thread inside `ns`: test-run resolves the context's ifindex (and the helpers'
-/// target ifindex) in the caller's namespace, and the applier attaches there.
-fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            enipin::netns::enter(ns.name())?;
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    })
 }

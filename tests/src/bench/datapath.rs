@@ -30,6 +30,7 @@ use enipin::{
 };
 
 use super::{KillOnDrop, Row, Target, median};
+use crate::in_ns;
 
 const UDP_PAYLOAD: usize = 64 - 14 - 20 - 8 - 4; // a 64-byte frame with its FCS
 const BATCH: usize = 64;
@@ -198,7 +199,7 @@ fn with_noop<T>(topo: &Topology, f: impl FnOnce() -> Result<T>) -> Result<T> {
         .iter()
         .map(|n| topo.host().ifindex(n))
         .collect::<Result<_>>()?;
-    let bpf = in_ns(topo.host(), || {
+    let bpf = in_ns(topo.host(), || -> Result<_> {
         // Its maps (unused) are pinned in a private bpffs, never under /sys/fs/bpf.
         let mut bpf = aya::EbpfLoader::new()
             .default_map_pin_directory(pins.path())
@@ -319,9 +320,9 @@ fn udp_rate(topo: &Topology, src: Ipv4Addr, secs: f64) -> Result<f64> {
     );
     // A bound, never-read socket at the peer: packets are dropped at its full queue, with no
     // ICMP port-unreachable coming back to disturb the sender.
-    let sink = in_ns(topo.peer(), || Ok(UdpSocket::bind(dst)?))?;
+    let sink = in_ns(topo.peer(), || -> Result<_> { Ok(UdpSocket::bind(dst)?) })?;
     let rx = |ns: &Netns| rx_packets(ns, "eth0");
-    let sent = in_ns(topo.host(), || {
+    let sent = in_ns(topo.host(), || -> Result<_> {
         let sock = UdpSocket::bind(SocketAddrV4::new(src, 0))?;
         sock.connect(dst)?;
         let before = rx(topo.peer())?;
@@ -376,16 +377,4 @@ fn rx_packets(ns: &Netns, dev: &str) -> Result<u64> {
     v[0]["stats64"]["rx"]["packets"]
         .as_u64()
         .context("ip -s -j link: no stats64.rx.packets")
-}
-
-/// Runs `f` on a thread inside `ns` (sockets it creates stay in `ns`).
-pub(crate) fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            enipin::netns::enter(ns.name())?;
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    })
 }
