@@ -47,21 +47,26 @@ pub const MAX_INTERFACES: u32 = 256;
 pub const LOCAL_V4: usize = 8;
 pub const LOCAL_V6: usize = 4;
 
-/// An interface's own IPv4 addresses (network byte order), the first `n` of `addrs` valid.
+/// An interface's own addresses of one family (`N` bytes each, network byte order): the first
+/// `n` of `addrs` are valid.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LocalV4 {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Local<const N: usize, const K: usize> {
     pub n: u32,
-    pub addrs: [[u8; 4]; LOCAL_V4],
+    pub addrs: [[u8; N]; K],
 }
 
-/// An interface's own IPv6 addresses, the first `n` of `addrs` valid.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LocalV6 {
-    pub n: u32,
-    pub addrs: [[u8; 16]; LOCAL_V6],
+impl<const N: usize, const K: usize> Default for Local<N, K> {
+    fn default() -> Self {
+        Self {
+            n: 0,
+            addrs: [[0; N]; K],
+        }
+    }
 }
+
+pub type LocalV4 = Local<4, LOCAL_V4>;
+pub type LocalV6 = Local<16, LOCAL_V6>;
 
 /// The interface that owns an address.
 #[repr(C)]
@@ -158,6 +163,5 @@ mod pod {
     unsafe impl aya::Pod for super::Owner {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counters {}
-    unsafe impl aya::Pod for super::LocalV4 {}
-    unsafe impl aya::Pod for super::LocalV6 {}
+    unsafe impl<const N: usize, const K: usize> aya::Pod for super::Local<N, K> {}
 }

@@ -22,7 +22,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use enipin_ebpf::{
-    Config, Counters, FAST_SLOTS, LocalV4, LocalV6, MAX_INTERFACES, MAX_OWNERS, MODE_ENFORCE, Owner,
+    Config, Counters, FAST_SLOTS, Local, LocalV4, LocalV6, MAX_INTERFACES, MAX_OWNERS,
+    MODE_ENFORCE, Owner,
 };
 
 // Map names must equal `enipin_ebpf::maps::*` (the `#[map]` name is the symbol name).
@@ -189,7 +190,7 @@ fn classify(ctx: &TcContext, ifindex: u32) -> Verdict {
             return Verdict::Malformed;
         }
         let src = [ip[12], ip[13], ip[14], ip[15]];
-        if local_v4(ifindex, &src) {
+        if local(&LOCAL_V4, ifindex, &src) {
             return Verdict::OwnedHere;
         }
         return lookup_v4(&src);
@@ -220,26 +221,28 @@ fn classify(ctx: &TcContext, ifindex: u32) -> Verdict {
             return Verdict::Skipped;
         }
     }
-    if local_v6(ifindex, &src) {
+    if local(&LOCAL_V6, ifindex, &src) {
         return Verdict::OwnedHere;
     }
     lookup_v6(&src)
 }
 
-/// Whether `src` is one of the first addresses of this interface (the fast path).
+/// Whether `src` is one of the first addresses of this interface (the fast path): an inlined
+/// array lookup and at most K compares, unrolled.
 #[inline(always)]
-fn local_v4(ifindex: u32, src: &[u8; 4]) -> bool {
-    let Some(local) = (ifindex < FAST_SLOTS)
-        .then(|| LOCAL_V4.get(ifindex))
-        .flatten()
-    else {
+fn local<const N: usize, const K: usize>(
+    map: &Array<Local<N, K>>,
+    ifindex: u32,
+    src: &[u8; N],
+) -> bool {
+    let Some(local) = (ifindex < FAST_SLOTS).then(|| map.get(ifindex)).flatten() else {
         return false;
     };
-    let src = u32::from_ne_bytes(*src);
+    let src = words(src);
     let n = local.n as usize;
     let mut i = 0;
-    while i < enipin_ebpf::LOCAL_V4 {
-        if i < n && u32::from_ne_bytes(local.addrs[i]) == src {
+    while i < K {
+        if i < n && words(&local.addrs[i]) == src {
             return true;
         }
         i += 1;
@@ -247,36 +250,21 @@ fn local_v4(ifindex: u32, src: &[u8; 4]) -> bool {
     false
 }
 
+/// An address as two words (the second 0 for IPv4), compared without a call to memcmp.
 #[inline(always)]
-fn local_v6(ifindex: u32, src: &[u8; 16]) -> bool {
-    let Some(local) = (ifindex < FAST_SLOTS)
-        .then(|| LOCAL_V6.get(ifindex))
-        .flatten()
-    else {
-        return false;
-    };
-    let src = halves(src);
-    let n = local.n as usize;
-    let mut i = 0;
-    while i < enipin_ebpf::LOCAL_V6 {
-        if i < n && halves(&local.addrs[i]) == src {
-            return true;
-        }
-        i += 1;
-    }
-    false
-}
-
-/// A 16-byte address as two words, compared without a call to memcmp.
-#[inline(always)]
-fn halves(a: &[u8; 16]) -> (u64, u64) {
-    let p = a.as_ptr() as *const u64;
-    // SAFETY: 16 readable bytes; unaligned reads.
+fn words<const N: usize>(a: &[u8; N]) -> (u64, u64) {
+    let p = a.as_ptr();
+    // SAFETY: N readable bytes (4 or 16); unaligned reads within them.
     unsafe {
-        (
-            core::ptr::read_unaligned(p),
-            core::ptr::read_unaligned(p.add(1)),
-        )
+        if N == 4 {
+            (u64::from(core::ptr::read_unaligned(p as *const u32)), 0)
+        } else {
+            let p = p as *const u64;
+            (
+                core::ptr::read_unaligned(p),
+                core::ptr::read_unaligned(p.add(1)),
+            )
+        }
     }
 }
 

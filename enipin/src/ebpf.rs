@@ -32,9 +32,7 @@ use aya::{
         tc::{self, SchedClassifierLink, TcAttach},
     },
 };
-use enipin_ebpf::{
-    Counters, FAST_SLOTS, LocalV4, LocalV6, MODE_ENFORCE, MODE_MONITOR, Owner, PROGRAM, maps,
-};
+use enipin_ebpf::{Counters, FAST_SLOTS, Local, MODE_ENFORCE, MODE_MONITOR, Owner, PROGRAM, maps};
 
 use crate::{
     config::{Config, Mode, Paths},
@@ -633,42 +631,29 @@ fn sync_local(ebpf: &mut Ebpf) -> Result<()> {
         by_if.values_mut().for_each(|v| v.sort());
         Ok(by_if)
     }
+    /// Writes each slot's first `K` addresses where they differ from what is there.
+    fn write<const N: usize, const K: usize>(
+        ebpf: &mut Ebpf,
+        name: &str,
+        owned: &BTreeMap<u32, Vec<[u8; N]>>,
+    ) -> Result<()> {
+        let mut array: Array<_, Local<N, K>> = Array::try_from(map(ebpf, name)?)?;
+        for slot in 0..FAST_SLOTS {
+            let mut want = Local::<N, K>::default();
+            for (i, addr) in owned.get(&slot).into_iter().flatten().take(K).enumerate() {
+                want.addrs[i] = *addr;
+                want.n = i as u32 + 1;
+            }
+            if array.get(&slot, 0)? != want {
+                array.set(slot, &want, 0)?;
+            }
+        }
+        Ok(())
+    }
     let v4 = owned::<4>(ebpf, maps::OWNERS_V4)?;
     let v6 = owned::<16>(ebpf, maps::OWNERS_V6)?;
-    let mut a4: Array<_, LocalV4> = Array::try_from(map(ebpf, maps::LOCAL_V4)?)?;
-    for slot in 0..FAST_SLOTS {
-        let mut want = LocalV4::default();
-        for (i, addr) in v4
-            .get(&slot)
-            .into_iter()
-            .flatten()
-            .take(enipin_ebpf::LOCAL_V4)
-            .enumerate()
-        {
-            want.addrs[i] = *addr;
-            want.n = i as u32 + 1;
-        }
-        if a4.get(&slot, 0)? != want {
-            a4.set(slot, &want, 0)?;
-        }
-    }
-    let mut a6: Array<_, LocalV6> = Array::try_from(map(ebpf, maps::LOCAL_V6)?)?;
-    for slot in 0..FAST_SLOTS {
-        let mut want = LocalV6::default();
-        for (i, addr) in v6
-            .get(&slot)
-            .into_iter()
-            .flatten()
-            .take(enipin_ebpf::LOCAL_V6)
-            .enumerate()
-        {
-            want.addrs[i] = *addr;
-            want.n = i as u32 + 1;
-        }
-        if a6.get(&slot, 0)? != want {
-            a6.set(slot, &want, 0)?;
-        }
-    }
+    write::<4, { enipin_ebpf::LOCAL_V4 }>(ebpf, maps::LOCAL_V4, &v4)?;
+    write::<16, { enipin_ebpf::LOCAL_V6 }>(ebpf, maps::LOCAL_V6, &v6)?;
     Ok(())
 }
 
