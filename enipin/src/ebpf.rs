@@ -362,9 +362,7 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
         let old = ProgramInfo::from_pin(&prog_pin)
             .with_context(|| format!("reading {}", prog_pin.display()))?
             .tag();
-        let mut ebpf = load(&paths.pin_dir)?;
-        let new = classifier(&mut ebpf)?.info()?.tag();
-        if old == new {
+        if old == our_tag(&paths.pin_dir)? {
             ProgramChange::Keep
         } else {
             ProgramChange::Replace
@@ -483,6 +481,18 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
          enters only the network namespace",
         pin_dir.display()
     )
+}
+
+/// The tag of this binary's program. Finding it takes a load (a verifier run, 10-80 ms here), so
+/// it is done once per process: `enipin watch` plans on every reconcile.
+fn our_tag(pin_dir: &Path) -> Result<u64> {
+    static TAG: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    if let Some(tag) = TAG.get() {
+        return Ok(*tag);
+    }
+    let mut ebpf = load(pin_dir)?;
+    let tag = classifier(&mut ebpf)?.info()?.tag();
+    Ok(*TAG.get_or_init(|| tag))
 }
 
 /// Carries out a plan, all or nothing: on failure what this call did is undone (new links and
