@@ -193,7 +193,7 @@ fn classify(ctx: &TcContext, ifindex: u32) -> Verdict {
         if local(&LOCAL_V4, ifindex, &src) {
             return Verdict::OwnedHere;
         }
-        return lookup_v4(&src);
+        return lookup(&OWNERS_V4, &PREFIXES_V4, &src);
     }
     if l3 + IPV6_HLEN > end {
         return Verdict::Malformed;
@@ -224,7 +224,7 @@ fn classify(ctx: &TcContext, ifindex: u32) -> Verdict {
     if local(&LOCAL_V6, ifindex, &src) {
         return Verdict::OwnedHere;
     }
-    lookup_v6(&src)
+    lookup(&OWNERS_V6, &PREFIXES_V6, &src)
 }
 
 /// Whether `src` is one of the first addresses of this interface (the fast path): an inlined
@@ -268,25 +268,18 @@ fn words<const N: usize>(a: &[u8; N]) -> (u64, u64) {
     }
 }
 
+/// Source -> owner: the exact map, then the delegated prefixes (longest match).
 #[inline(always)]
-fn lookup_v4(src: &[u8; 4]) -> Verdict {
+fn lookup<const N: usize>(
+    exact: &HashMap<[u8; N], Owner>,
+    prefixes: &LpmTrie<[u8; N], Owner>,
+    src: &[u8; N],
+) -> Verdict {
     // SAFETY: values are plain data written whole by user space.
-    if let Some(owner) = unsafe { OWNERS_V4.get(src) } {
+    if let Some(owner) = unsafe { exact.get(src) } {
         return Verdict::Owned(*owner);
     }
-    match PREFIXES_V4.get(&Key::new(32, *src)) {
-        Some(owner) => Verdict::Owned(*owner),
-        None => Verdict::NotOwned,
-    }
-}
-
-#[inline(always)]
-fn lookup_v6(src: &[u8; 16]) -> Verdict {
-    // SAFETY: values are plain data written whole by user space.
-    if let Some(owner) = unsafe { OWNERS_V6.get(src) } {
-        return Verdict::Owned(*owner);
-    }
-    match PREFIXES_V6.get(&Key::new(128, *src)) {
+    match prefixes.get(&Key::new(N as u32 * 8, *src)) {
         Some(owner) => Verdict::Owned(*owner),
         None => Verdict::NotOwned,
     }
