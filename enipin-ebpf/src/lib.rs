@@ -26,6 +26,15 @@ pub mod maps {
     pub const LOCAL_V4: &str = "ENIPIN_LOC4";
     /// `Array<LocalV6>`, the same for IPv6.
     pub const LOCAL_V6: &str = "ENIPIN_LOC6";
+    /// `ArrayOfMaps` of one slot holding an `Array<Bucket<4, BUCKET_V4>>` of `TABLE_BUCKETS` entries: the
+    /// owner maps rearranged as a hash table the program probes with two inlined array lookups
+    /// and a few compares instead of a hash-map lookup (about 12 ns, most of the redirect
+    /// decision's cost). User space derives it from `OWNERS_V4` and never edits it in place: it
+    /// fills a new inner array and swaps it in, so the program sees the old table or the new one,
+    /// never a torn bucket that could pair an address with the wrong owner.
+    pub const TABLE_V4: &str = "ENIPIN_TAB4";
+    /// The same for IPv6, derived from `OWNERS_V6`.
+    pub const TABLE_V6: &str = "ENIPIN_TAB6";
     /// `Array<Config>` with one element.
     pub const CONFIG: &str = "ENIPIN_CFG";
 }
@@ -47,12 +56,86 @@ pub const MAX_INTERFACES: u32 = 256;
 pub const LOCAL_V4: usize = 8;
 pub const LOCAL_V6: usize = 4;
 
+/// Buckets in an owner table (`maps::TABLE_V4`/`TABLE_V6`); a power of two.
+pub const TABLE_BUCKETS: u32 = 1024;
+const _: () = assert!(TABLE_BUCKETS.is_power_of_two());
+/// Addresses per bucket: a bucket that would hold more sets `spill`.
+pub const BUCKET_V4: usize = 8;
+pub const BUCKET_V6: usize = 4;
+
+/// One bucket of an owner table: up to `K` addresses (`N` bytes each, network byte order) whose
+/// hash ([`bucket_index`]) is this bucket's index, and their owners. Slots are filled from the
+/// front; `ifindex[i] == 0` ends the list.
+///
+/// Addresses start at offset 8 of an 8-aligned value, so the program compares them as aligned
+/// words (an IPv6 address in two loads, not four); `_pad` makes that explicit (no hidden padding).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bucket<const N: usize, const K: usize> {
+    /// Non-zero: more addresses hash here than fit; the rest are only in the owner hash map,
+    /// which the program then consults on a miss.
+    pub spill: u32,
+    pub _pad: u32,
+    pub addrs: [[u8; N]; K],
+    pub ifindex: [u32; K],
+}
+
+impl<const N: usize, const K: usize> Default for Bucket<N, K> {
+    fn default() -> Self {
+        Self {
+            spill: 0,
+            _pad: 0,
+            addrs: [[0; N]; K],
+            ifindex: [0; K],
+        }
+    }
+}
+
+// No hidden padding (user space writes these as plain bytes): the fields add up to the size.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<Bucket<4, BUCKET_V4>>() == 8 + (4 + 4) * BUCKET_V4);
+    assert!(size_of::<Bucket<16, BUCKET_V6>>() == 8 + (16 + 4) * BUCKET_V6);
+    assert!(size_of::<LocalV4>() == 8 + 4 * LOCAL_V4);
+    assert!(size_of::<LocalV6>() == 8 + 16 * LOCAL_V6);
+};
+
+/// An address as two native-endian words (the second 0 for IPv4): how the program compares
+/// addresses without a call to memcmp, and the input of [`bucket_index`].
+#[inline(always)]
+pub fn words<const N: usize>(a: &[u8; N]) -> (u64, u64) {
+    let p = a.as_ptr();
+    // SAFETY: N readable bytes (4 or 16); unaligned reads within them.
+    unsafe {
+        if N == 4 {
+            (u64::from(core::ptr::read_unaligned(p as *const u32)), 0)
+        } else {
+            let p = p as *const u64;
+            (
+                core::ptr::read_unaligned(p),
+                core::ptr::read_unaligned(p.add(1)),
+            )
+        }
+    }
+}
+
+/// The owner-table bucket of an address (given as [`words`]): Fibonacci hashing of the folded
+/// words, the top bits of a 64-bit product. One multiply in the program; user space calls the
+/// same function to fill the table, so the two cannot disagree.
+#[inline(always)]
+pub fn bucket_index((a, b): (u64, u64)) -> u32 {
+    let x = a ^ b.rotate_left(29);
+    let x = x ^ (x >> 32);
+    (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - TABLE_BUCKETS.trailing_zeros())) as u32
+}
+
 /// An interface's own addresses of one family (`N` bytes each, network byte order): the first
-/// `n` of `addrs` are valid.
-#[repr(C)]
+/// `n` of `addrs` are valid. Laid out like [`Bucket`]: addresses 8-aligned.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Local<const N: usize, const K: usize> {
     pub n: u32,
+    pub _pad: u32,
     pub addrs: [[u8; N]; K],
 }
 
@@ -60,6 +143,7 @@ impl<const N: usize, const K: usize> Default for Local<N, K> {
     fn default() -> Self {
         Self {
             n: 0,
+            _pad: 0,
             addrs: [[0; N]; K],
         }
     }
@@ -90,7 +174,14 @@ pub struct Config {
     pub mode: u32,
     /// Non-zero: log rare events (redirect failures, MTU) through aya-log. Never per packet.
     pub debug: u32,
+    /// `PREFIXES_V4_PRESENT` | `PREFIXES_V6_PRESENT`: which prefix maps have entries. A source
+    /// no address owns skips the (not inlined) prefix lookup when its family has none.
+    pub prefixes: u32,
 }
+
+/// `Config::prefixes` bits.
+pub const PREFIXES_V4_PRESENT: u32 = 1;
+pub const PREFIXES_V6_PRESENT: u32 = 2;
 
 /// Per-interface, per-CPU counters. User space sums them over CPUs.
 #[repr(C)]
@@ -164,4 +255,5 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl<const N: usize, const K: usize> aya::Pod for super::Local<N, K> {}
+    unsafe impl<const N: usize, const K: usize> aya::Pod for super::Bucket<N, K> {}
 }

@@ -16,14 +16,16 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, TC_ACT_REDIRECT, TC_ACT_UNSPEC},
+    btf_maps::{self, ArrayOfMaps},
     helpers::generated::{bpf_check_mtu, bpf_redirect_neigh},
-    macros::{classifier, map},
+    macros::{btf_map, classifier, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::TcContext,
 };
 use enipin_ebpf::{
-    Config, Counters, FAST_SLOTS, Local, LocalV4, LocalV6, MAX_INTERFACES, MAX_OWNERS,
-    MODE_ENFORCE, Owner,
+    Bucket, Config, Counters, FAST_SLOTS, Local, LocalV4, LocalV6, MAX_INTERFACES, MAX_OWNERS,
+    MODE_ENFORCE, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, TABLE_BUCKETS, bucket_index,
+    words,
 };
 
 // Map names must equal `enipin_ebpf::maps::*` (the `#[map]` name is the symbol name).
@@ -43,6 +45,13 @@ static COUNTERS_FAST: PerCpuArray<Counters> = PerCpuArray::pinned(FAST_SLOTS, 0)
 static LOCAL_V4: Array<LocalV4> = Array::pinned(FAST_SLOTS, 0);
 #[map(name = "ENIPIN_LOC6")]
 static LOCAL_V6: Array<LocalV6> = Array::pinned(FAST_SLOTS, 0);
+/// An owner table: an array of buckets, swapped whole by user space (see `maps::TABLE_V4`).
+type Table<const N: usize, const K: usize> =
+    ArrayOfMaps<btf_maps::Array<Bucket<N, K>, { TABLE_BUCKETS as usize }>, 1>;
+#[btf_map(name = "ENIPIN_TAB4", pin_by_name)]
+static TABLE_V4: Table<4, { enipin_ebpf::BUCKET_V4 }> = ArrayOfMaps::new();
+#[btf_map(name = "ENIPIN_TAB6", pin_by_name)]
+static TABLE_V6: Table<16, { enipin_ebpf::BUCKET_V6 }> = ArrayOfMaps::new();
 #[map(name = "ENIPIN_CFG")]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
 
@@ -62,8 +71,8 @@ enum Verdict {
     NonIp,
     Skipped,
     Malformed,
-    /// Owned by a managed interface (this one or another).
-    Owned(Owner),
+    /// Owned by the managed interface with this ifindex (this one or another).
+    Owned(u32),
     /// Owned by this interface, found on the fast path.
     OwnedHere,
 }
@@ -86,7 +95,7 @@ pub fn enipin_egress(ctx: TcContext) -> i32 {
             bump(counters, |c| c.owned_here += 1);
             return TC_ACT_UNSPEC;
         }
-        Verdict::Owned(owner) if owner.ifindex == ifindex => {
+        Verdict::Owned(owner) if owner == ifindex => {
             bump(counters, |c| c.owned_here += 1);
             return TC_ACT_UNSPEC;
         }
@@ -115,14 +124,14 @@ pub fn enipin_egress(ctx: TcContext) -> i32 {
 
 /// Sends the packet out of its owner, or passes it (fail open) when that cannot work.
 #[inline(always)]
-fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: Owner, debug: bool) -> i32 {
+fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: u32, debug: bool) -> i32 {
     // A redirect skips the stack's MTU check, so check against the owner's MTU here (GSO packets
     // pass: they are segmented for the owner on transmit). Too big: pass the packet unchanged on
     // the wrong interface rather than drop it (fail open), and count it. The stack already
     // checked it against this interface's MTU, so it is only the owner's smaller MTU that fails.
     let mut mtu_len: u32 = 0;
     // SAFETY: plain helper call on our context and a stack variable.
-    let rc = unsafe { bpf_check_mtu(ctx.as_ptr(), owner.ifindex, &mut mtu_len, 0, 0) };
+    let rc = unsafe { bpf_check_mtu(ctx.as_ptr(), owner, &mut mtu_len, 0, 0) };
     if rc != 0 {
         if rc > 0 {
             bump(counters, |c| c.mtu_exceeded += 1);
@@ -134,7 +143,7 @@ fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: Owner, debu
                 ctx,
                 "enipin: not redirecting {} bytes to ifindex {}: check_mtu {} (mtu {})",
                 ctx.len(),
-                owner.ifindex,
+                owner,
                 rc,
                 mtu_len
             );
@@ -142,18 +151,13 @@ fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: Owner, debu
         return TC_ACT_UNSPEC;
     }
     // SAFETY: no neighbour parameters (NULL, 0): the kernel looks the next hop up itself.
-    let rc = unsafe { bpf_redirect_neigh(owner.ifindex, core::ptr::null_mut(), 0, 0) };
+    let rc = unsafe { bpf_redirect_neigh(owner, core::ptr::null_mut(), 0, 0) };
     if rc == TC_ACT_REDIRECT as i64 {
         return TC_ACT_REDIRECT;
     }
     bump(counters, |c| c.redirect_failed += 1);
     if debug {
-        aya_log_ebpf::warn!(
-            ctx,
-            "enipin: redirect to ifindex {} failed: {}",
-            owner.ifindex,
-            rc
-        );
+        aya_log_ebpf::warn!(ctx, "enipin: redirect to ifindex {} failed: {}", owner, rc);
     }
     TC_ACT_UNSPEC
 }
@@ -189,11 +193,20 @@ fn classify(ctx: &TcContext, ifindex: u32) -> Verdict {
         if ip[0] >> 4 != 4 || ihl < IPV4_MIN_HLEN || l3 + ihl > end {
             return Verdict::Malformed;
         }
-        let src = [ip[12], ip[13], ip[14], ip[15]];
-        if local(&LOCAL_V4, ifindex, &src) {
+        // The source as a word read straight from the packet: copying it to the stack byte by
+        // byte and reading it back as a word stalls store-to-load forwarding (a few ns).
+        // SAFETY: the 20-byte header is in bounds (checked above).
+        let src = words(unsafe { &*(ip[12..16].as_ptr() as *const [u8; 4]) });
+        if local(&LOCAL_V4, ifindex, src) {
             return Verdict::OwnedHere;
         }
-        return lookup(&OWNERS_V4, &PREFIXES_V4, &src);
+        return lookup(
+            &TABLE_V4,
+            &OWNERS_V4,
+            &PREFIXES_V4,
+            PREFIXES_V4_PRESENT,
+            src,
+        );
     }
     if l3 + IPV6_HLEN > end {
         return Verdict::Malformed;
@@ -203,10 +216,11 @@ fn classify(ctx: &TcContext, ifindex: u32) -> Verdict {
     if ip[0] >> 4 != 6 {
         return Verdict::Malformed;
     }
-    let mut src = [0u8; 16];
-    src.copy_from_slice(&ip[8..24]);
+    // SAFETY: the 40-byte header is in bounds (checked above).
+    let src = words(unsafe { &*(ip[8..24].as_ptr() as *const [u8; 16]) });
+    let head = src.0.to_ne_bytes();
     // Link-local (fe80::/10) and unspecified (DAD) sources belong to no ENI's routing.
-    if (src[0] == 0xfe && src[1] & 0xc0 == 0x80) || src == [0u8; 16] {
+    if (head[0] == 0xfe && head[1] & 0xc0 == 0x80) || src == (0, 0) {
         return Verdict::Skipped;
     }
     if ip[6] == IPPROTO_ICMPV6 {
@@ -221,10 +235,16 @@ fn classify(ctx: &TcContext, ifindex: u32) -> Verdict {
             return Verdict::Skipped;
         }
     }
-    if local(&LOCAL_V6, ifindex, &src) {
+    if local(&LOCAL_V6, ifindex, src) {
         return Verdict::OwnedHere;
     }
-    lookup(&OWNERS_V6, &PREFIXES_V6, &src)
+    lookup(
+        &TABLE_V6,
+        &OWNERS_V6,
+        &PREFIXES_V6,
+        PREFIXES_V6_PRESENT,
+        src,
+    )
 }
 
 /// Whether `src` is one of the first addresses of this interface (the fast path): an inlined
@@ -233,12 +253,11 @@ fn classify(ctx: &TcContext, ifindex: u32) -> Verdict {
 fn local<const N: usize, const K: usize>(
     map: &Array<Local<N, K>>,
     ifindex: u32,
-    src: &[u8; N],
+    src: (u64, u64),
 ) -> bool {
     let Some(local) = (ifindex < FAST_SLOTS).then(|| map.get(ifindex)).flatten() else {
         return false;
     };
-    let src = words(src);
     let n = local.n as usize;
     let mut i = 0;
     while i < K {
@@ -250,39 +269,61 @@ fn local<const N: usize, const K: usize>(
     false
 }
 
-/// An address as two words (the second 0 for IPv4), compared without a call to memcmp.
+/// Source -> owner: the owner table (its bucket, then the owner map if the bucket spilled), then
+/// the delegated prefixes (longest match). Before user space has filled the table (or if it is
+/// missing) the owner map answers alone.
 #[inline(always)]
-fn words<const N: usize>(a: &[u8; N]) -> (u64, u64) {
-    let p = a.as_ptr();
-    // SAFETY: N readable bytes (4 or 16); unaligned reads within them.
-    unsafe {
-        if N == 4 {
-            (u64::from(core::ptr::read_unaligned(p as *const u32)), 0)
-        } else {
-            let p = p as *const u64;
-            (
-                core::ptr::read_unaligned(p),
-                core::ptr::read_unaligned(p.add(1)),
-            )
+fn lookup<const N: usize, const K: usize>(
+    table: &Table<N, K>,
+    exact: &HashMap<[u8; N], Owner>,
+    prefixes: &LpmTrie<[u8; N], Owner>,
+    present: u32,
+    w: (u64, u64),
+) -> Verdict {
+    let spill = match table.get_value(0, &bucket_index(w)) {
+        Some(bucket) => {
+            let mut i = 0;
+            while i < K {
+                let owner = bucket.ifindex[i];
+                if owner == 0 {
+                    break;
+                }
+                if words(&bucket.addrs[i]) == w {
+                    return Verdict::Owned(owner);
+                }
+                i += 1;
+            }
+            bucket.spill != 0
         }
+        None => true,
+    };
+    let src = bytes::<N>(w);
+    if spill {
+        // SAFETY: values are plain data written whole by user space.
+        if let Some(owner) = unsafe { exact.get(&src) } {
+            return Verdict::Owned(owner.ifindex);
+        }
+    }
+    if CONFIG.get(0).is_none_or(|c| c.prefixes & present == 0) {
+        return Verdict::NotOwned;
+    }
+    match prefixes.get(&Key::new(N as u32 * 8, src)) {
+        Some(owner) => Verdict::Owned(owner.ifindex),
+        None => Verdict::NotOwned,
     }
 }
 
-/// Source -> owner: the exact map, then the delegated prefixes (longest match).
+/// The address that [`words`] read, as the owner maps' key.
 #[inline(always)]
-fn lookup<const N: usize>(
-    exact: &HashMap<[u8; N], Owner>,
-    prefixes: &LpmTrie<[u8; N], Owner>,
-    src: &[u8; N],
-) -> Verdict {
-    // SAFETY: values are plain data written whole by user space.
-    if let Some(owner) = unsafe { exact.get(src) } {
-        return Verdict::Owned(*owner);
+fn bytes<const N: usize>((a, b): (u64, u64)) -> [u8; N] {
+    let mut out = [0u8; N];
+    if N == 4 {
+        out[..4].copy_from_slice(&(a as u32).to_ne_bytes());
+    } else {
+        out[..8].copy_from_slice(&a.to_ne_bytes());
+        out[8..16].copy_from_slice(&b.to_ne_bytes());
     }
-    match prefixes.get(&Key::new(N as u32 * 8, *src)) {
-        Some(owner) => Verdict::Owned(*owner),
-        None => Verdict::NotOwned,
-    }
+    out
 }
 
 /// This interface's counters: its slot of the per-CPU array (an inlined lookup) for ifindex <

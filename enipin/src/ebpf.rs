@@ -23,8 +23,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
-        lpm_trie::Key,
+        Array, ArrayOfMaps, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap,
+        PerCpuValues, lpm_trie::Key,
     },
     programs::{
         LinkOrder, ProgramError, ProgramInfo, SchedClassifier, TcAttachType,
@@ -32,7 +32,10 @@ use aya::{
         tc::{self, SchedClassifierLink, TcAttach},
     },
 };
-use enipin_ebpf::{Counters, FAST_SLOTS, Local, MODE_ENFORCE, MODE_MONITOR, Owner, PROGRAM, maps};
+use enipin_ebpf::{
+    Bucket, Counters, FAST_SLOTS, Local, MODE_ENFORCE, MODE_MONITOR, Owner, PREFIXES_V4_PRESENT,
+    PREFIXES_V6_PRESENT, PROGRAM, TABLE_BUCKETS, bucket_index, maps, words,
+};
 
 use crate::{
     config::{Config, Mode, Paths},
@@ -157,9 +160,19 @@ fn desired(managed: &[ManagedInterface], cfg: &Config) -> State {
         Mode::Enforce => MODE_ENFORCE,
         Mode::Monitor => MODE_MONITOR,
     };
+    let prefixes = if s.p4.is_empty() {
+        0
+    } else {
+        PREFIXES_V4_PRESENT
+    } | if s.p6.is_empty() {
+        0
+    } else {
+        PREFIXES_V6_PRESENT
+    };
     s.config = Some(enipin_ebpf::Config {
         mode,
         debug: cfg.debug.into(),
+        prefixes,
     });
     s
 }
@@ -426,8 +439,16 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
         } else {
             "monitor"
         };
-        plan.changes
-            .push(format!("~ config mode={mode} debug={}", c.debug));
+        let prefixes = match c.prefixes & (PREFIXES_V4_PRESENT | PREFIXES_V6_PRESENT) {
+            0 => "none",
+            PREFIXES_V4_PRESENT => "v4",
+            PREFIXES_V6_PRESENT => "v6",
+            _ => "v4+v6",
+        };
+        plan.changes.push(format!(
+            "~ config mode={mode} debug={} prefixes={prefixes}",
+            c.debug
+        ));
         d.config = want.config;
     }
     Ok(plan)
@@ -625,32 +646,36 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
         .ok_or_else(|| anyhow!("map {name} missing from the object"))
 }
 
-/// Derives the fast-path arrays (each interface's first own addresses, sorted) from the owner maps
-/// as they now are, writing only the slots that change. Interfaces with more addresses, or an
-/// ifindex >= FAST_SLOTS, find the rest through the owner maps.
-fn sync_local(ebpf: &mut Ebpf) -> Result<()> {
-    fn owned<const N: usize>(ebpf: &Ebpf, name: &str) -> Result<BTreeMap<u32, Vec<[u8; N]>>> {
+/// Derives what the program reads instead of the owner maps, from the owner maps as they now are:
+/// - the fast-path arrays (each interface's first own addresses, sorted), writing only the slots
+///   that change; a torn read of a slot can only make the program pass a packet, never redirect;
+/// - the owner tables, rebuilt whole in a new inner array and swapped in when they differ, so a
+///   reader never sees a bucket half written (which could pair an address with a wrong owner).
+/// Public for the tests and the benchmark, which fill the owner maps by hand.
+pub fn sync_derived(ebpf: &mut Ebpf) -> Result<()> {
+    fn owned<const N: usize>(ebpf: &Ebpf, name: &str) -> Result<BTreeMap<[u8; N], u32>> {
         let m = ebpf
             .map(name)
             .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
-        let mut by_if: BTreeMap<u32, Vec<[u8; N]>> = BTreeMap::new();
-        for kv in HashMap::<_, [u8; N], Owner>::try_from(m)?.iter() {
-            let (addr, owner) = kv?;
-            by_if.entry(owner.ifindex).or_default().push(addr);
-        }
-        by_if.values_mut().for_each(|v| v.sort());
-        Ok(by_if)
+        HashMap::<_, [u8; N], Owner>::try_from(m)?
+            .iter()
+            .map(|kv| Ok(kv.map(|(addr, owner)| (addr, owner.ifindex))?))
+            .collect()
     }
     /// Writes each slot's first `K` addresses where they differ from what is there.
-    fn write<const N: usize, const K: usize>(
+    fn write_local<const N: usize, const K: usize>(
         ebpf: &mut Ebpf,
         name: &str,
-        owned: &BTreeMap<u32, Vec<[u8; N]>>,
+        owned: &BTreeMap<[u8; N], u32>,
     ) -> Result<()> {
+        let mut by_if: BTreeMap<u32, Vec<[u8; N]>> = BTreeMap::new();
+        for (addr, ifindex) in owned {
+            by_if.entry(*ifindex).or_default().push(*addr);
+        }
         let mut array: Array<_, Local<N, K>> = Array::try_from(map(ebpf, name)?)?;
         for slot in 0..FAST_SLOTS {
             let mut want = Local::<N, K>::default();
-            for (i, addr) in owned.get(&slot).into_iter().flatten().take(K).enumerate() {
+            for (i, addr) in by_if.get(&slot).into_iter().flatten().take(K).enumerate() {
                 want.addrs[i] = *addr;
                 want.n = i as u32 + 1;
             }
@@ -662,8 +687,64 @@ fn sync_local(ebpf: &mut Ebpf) -> Result<()> {
     }
     let v4 = owned::<4>(ebpf, maps::OWNERS_V4)?;
     let v6 = owned::<16>(ebpf, maps::OWNERS_V6)?;
-    write::<4, { enipin_ebpf::LOCAL_V4 }>(ebpf, maps::LOCAL_V4, &v4)?;
-    write::<16, { enipin_ebpf::LOCAL_V6 }>(ebpf, maps::LOCAL_V6, &v6)?;
+    write_local::<4, { enipin_ebpf::LOCAL_V4 }>(ebpf, maps::LOCAL_V4, &v4)?;
+    write_local::<16, { enipin_ebpf::LOCAL_V6 }>(ebpf, maps::LOCAL_V6, &v6)?;
+    write_table::<4, { enipin_ebpf::BUCKET_V4 }>(ebpf, maps::TABLE_V4, &v4)?;
+    write_table::<16, { enipin_ebpf::BUCKET_V6 }>(ebpf, maps::TABLE_V6, &v6)?;
+    Ok(())
+}
+
+/// The owner table for `owned`: each address in the bucket [`bucket_index`] names, in address
+/// order; a full bucket marks `spill` and leaves the address to the owner map.
+fn table<const N: usize, const K: usize>(owned: &BTreeMap<[u8; N], u32>) -> Vec<Bucket<N, K>> {
+    let mut buckets = vec![Bucket::<N, K>::default(); TABLE_BUCKETS as usize];
+    for (addr, ifindex) in owned {
+        let b = &mut buckets[bucket_index(words(addr)) as usize];
+        match b.ifindex.iter().position(|i| *i == 0) {
+            Some(i) => {
+                b.ifindex[i] = *ifindex;
+                b.addrs[i] = *addr;
+            }
+            None => b.spill = 1,
+        }
+    }
+    buckets
+}
+
+/// Makes the owner table `name` hold [`table`]`(owned)`: unchanged if it already does, else a new
+/// inner array, filled, then swapped into the outer map's one slot (the kernel frees the old one
+/// once no program can still be reading it).
+fn write_table<const N: usize, const K: usize>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    owned: &BTreeMap<[u8; N], u32>,
+) -> Result<()> {
+    let want = table::<N, K>(owned);
+    let mut outer: ArrayOfMaps<_, Array<MapData, Bucket<N, K>>> =
+        ArrayOfMaps::try_from(map(ebpf, name)?)?;
+    match outer.get(&0, 0) {
+        Ok(current) => {
+            let same = (0..TABLE_BUCKETS)
+                .map(|i| current.get(&i, 0))
+                .zip(&want)
+                .all(|(have, want)| have.is_ok_and(|have| have == *want));
+            if same {
+                return Ok(());
+            }
+        }
+        Err(aya::maps::MapError::KeyNotFound) => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {name}")),
+    }
+    let mut inner = Array::<MapData, Bucket<N, K>>::create(TABLE_BUCKETS, 0)
+        .with_context(|| format!("creating a new {name} table"))?;
+    for (i, b) in want.iter().enumerate() {
+        if *b != Bucket::default() {
+            inner.set(i as u32, b, 0)?;
+        }
+    }
+    outer
+        .set(0, &inner, 0)
+        .with_context(|| format!("swapping in the new {name} table"))?;
     Ok(())
 }
 
@@ -682,7 +763,7 @@ fn write_maps(ebpf: &mut Ebpf, d: &Diff) -> Result<()> {
     for k in &d.v6.remove {
         m.remove(k)?;
     }
-    sync_local(ebpf)?;
+    sync_derived(ebpf)?;
     let mut m: LpmTrie<_, [u8; 4], Owner> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V4)?)?;
     for ((k, l), v) in &d.p4.set {
         m.insert(&Key::new((*l).into(), *k), v, 0)?;

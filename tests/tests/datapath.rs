@@ -355,6 +355,8 @@ fn second_attach_adopts_what_is_pinned() {
                 format!("+ owner 198.18.0.3 -> {E2}"),
                 format!("+ owner 2001:db8::3 -> {E2}"),
                 format!("+ prefix 198.18.1.16/28 -> {E2}"),
+                // The program now looks IPv4 prefixes up (it skips that while there are none).
+                "~ config mode=enforce debug=0 prefixes=v4".to_string(),
             ]
         );
         ebpf::apply(plan, &more, &cfg(Mode::Enforce), &paths).unwrap();
@@ -367,16 +369,17 @@ fn second_attach_adopts_what_is_pinned() {
         let plan = ebpf::plan(&more, &cfg(Mode::Monitor), &paths).unwrap();
         assert_eq!(
             plan.changes,
-            vec!["~ config mode=monitor debug=0".to_string()]
+            vec!["~ config mode=monitor debug=0 prefixes=v4".to_string()]
         );
         ebpf::apply(plan, &more, &cfg(Mode::Monitor), &paths).unwrap();
         assert_eq!(tcx_progs(e1), prog, "still the same program and link");
 
-        // Back to the original set: the extra entries go.
+        // Back to the original set: the extra entries go, and the prefix lookup with them.
         let plan = ebpf::plan(&lab.managed, &cfg(Mode::Monitor), &paths).unwrap();
-        assert_eq!(plan.changes.len(), 3, "{:?}", plan.changes);
+        assert_eq!(plan.changes.len(), 4, "{:?}", plan.changes);
+        assert_eq!(plan.changes[3], "~ config mode=monitor debug=0 prefixes=none");
         assert!(
-            plan.changes.iter().all(|c| c.starts_with("- ")),
+            plan.changes[..3].iter().all(|c| c.starts_with("- ")),
             "{:?}",
             plan.changes
         );

@@ -22,7 +22,10 @@ use enipin::{
     ebpf,
     testbed::{Netns, PinDir},
 };
-use enipin_ebpf::{Config, Counters, MODE_ENFORCE, MODE_MONITOR, Owner, PROGRAM, maps};
+use enipin_ebpf::{
+    Config, Counters, MODE_ENFORCE, MODE_MONITOR, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT,
+    PROGRAM, maps,
+};
 use enipin_tests::{frames, in_ns};
 
 const TC_ACT_UNSPEC: u32 = -1i32 as u32;
@@ -184,7 +187,17 @@ impl Fx {
             )?;
         }
         let mut cfg: Array<_, Config> = Array::try_from(bpf.map_mut(maps::CONFIG).unwrap())?;
-        cfg.set(0, &Config { mode, debug: 0 }, 0)?;
+        cfg.set(
+            0,
+            &Config {
+                mode,
+                debug: 0,
+                prefixes: PREFIXES_V4_PRESENT | PREFIXES_V6_PRESENT,
+            },
+            0,
+        )?;
+        // What the applier derives from the owner maps: the fast-path arrays, the owner tables.
+        ebpf::sync_derived(&mut bpf)?;
         Ok(bpf)
     }
 
@@ -573,6 +586,7 @@ fn redirect_fails_open_on_mtu_and_missing_owner() {
             &Config {
                 mode: MODE_ENFORCE,
                 debug: 1,
+                prefixes: PREFIXES_V4_PRESENT | PREFIXES_V6_PRESENT,
             },
             0,
         )
