@@ -651,7 +651,8 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
 ///   that change; a torn read of a slot can only make the program pass a packet, never redirect;
 /// - the owner tables, rebuilt whole in a new inner array and swapped in when they differ, so a
 ///   reader never sees a bucket half written (which could pair an address with a wrong owner).
-/// Public for the tests and the benchmark, which fill the owner maps by hand.
+///
+/// Public for the tests, which fill the owner maps by hand.
 pub fn sync_derived(ebpf: &mut Ebpf) -> Result<()> {
     fn owned<const N: usize>(ebpf: &Ebpf, name: &str) -> Result<BTreeMap<[u8; N], u32>> {
         let m = ebpf
@@ -1001,4 +1002,91 @@ pub fn counters(paths: &Paths) -> Result<Vec<(u32, Counters)>> {
         }
     }
     Ok(out.into_iter().collect())
+}
+
+/// The owner table `name` (`maps::TABLE_V4` or `TABLE_V6`) as the program sees it: the inner
+/// array's map id (a new one after every change) and its buckets. `None` when nothing is pinned
+/// or no table has been swapped in yet.
+pub fn owner_table<const N: usize, const K: usize>(
+    paths: &Paths,
+    name: &str,
+) -> Result<Option<(u32, Vec<Bucket<N, K>>)>> {
+    let Some(map) = pinned_map(paths, name)? else {
+        return Ok(None);
+    };
+    let outer: ArrayOfMaps<_, MapData> = ArrayOfMaps::try_from(map)?;
+    let inner = match outer.get(&0, 0) {
+        Ok(inner) => inner,
+        Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {name}")),
+    };
+    let id = inner.info()?.id();
+    let array: Array<_, Bucket<N, K>> = Array::try_from(Map::Array(inner))?;
+    let buckets = (0..TABLE_BUCKETS)
+        .map(|i| array.get(&i, 0))
+        .collect::<Result<_, _>>()?;
+    Ok(Some((id, buckets)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Addresses that all hash to one bucket, as many as asked.
+    fn colliding(n: usize) -> Vec<[u8; 4]> {
+        let all = (0..=u16::MAX).map(|i| [198, 18, (i >> 8) as u8, i as u8]);
+        let first = bucket_index(words(&[198, 18, 0, 1]));
+        all.filter(|a| bucket_index(words(a)) == first)
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn table_places_each_address_in_its_bucket_and_spills_the_overflow() {
+        let k = enipin_ebpf::BUCKET_V4;
+        let same = colliding(k + 3);
+        assert_eq!(same.len(), k + 3);
+        let mut owned: BTreeMap<[u8; 4], u32> = same.iter().map(|a| (*a, 7)).collect();
+        owned.insert([198, 19, 255, 254], 9);
+        let t = table::<4, { enipin_ebpf::BUCKET_V4 }>(&owned);
+        assert_eq!(t.len(), TABLE_BUCKETS as usize);
+        let b = &t[bucket_index(words(&same[0])) as usize];
+        assert_eq!(b.spill, 1, "{} addresses in a bucket of {k}", k + 3);
+        assert!(b.ifindex.iter().all(|i| *i == 7));
+        // The first K in address order are in the bucket; the rest only in the owner map.
+        let mut sorted = same.clone();
+        sorted.sort();
+        assert_eq!(b.addrs.to_vec(), sorted[..k].to_vec());
+        // Every other address is in its own bucket; no other bucket spills.
+        let lone = &t[bucket_index(words(&[198, 19, 255, 254])) as usize];
+        assert!(lone.addrs.contains(&[198, 19, 255, 254]));
+        assert_eq!(t.iter().filter(|b| b.spill != 0).count(), 1);
+        let filled: usize = t
+            .iter()
+            .map(|b| b.ifindex.iter().filter(|i| **i != 0).count())
+            .sum();
+        assert_eq!(filled, k + 1);
+    }
+
+    #[test]
+    fn table_of_750_addresses_per_family_does_not_spill() {
+        // 15 ENIs x 50 addresses, the largest EC2 instance. A spill is possible with unlucky
+        // addresses (it costs a hash lookup, not correctness); these sets have none.
+        let v4: BTreeMap<[u8; 4], u32> = (0..750u32)
+            .map(|i| ([10, 0, (i / 250) as u8, (i % 250) as u8 + 4], 2 + i / 50))
+            .collect();
+        let t = table::<4, { enipin_ebpf::BUCKET_V4 }>(&v4);
+        assert_eq!(t.iter().filter(|b| b.spill != 0).count(), 0);
+        let v6: BTreeMap<[u8; 16], u32> = (0..750u32)
+            .map(|i| {
+                let mut a = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                a[8..].copy_from_slice(
+                    &(0x1234_5678_0000_0000u64 + u64::from(i) * 7919).to_be_bytes(),
+                );
+                (a, 2 + i / 50)
+            })
+            .collect();
+        let t = table::<16, { enipin_ebpf::BUCKET_V6 }>(&v6);
+        assert_eq!(t.iter().filter(|b| b.spill != 0).count(), 0);
+    }
 }

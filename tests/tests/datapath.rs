@@ -377,7 +377,10 @@ fn second_attach_adopts_what_is_pinned() {
         // Back to the original set: the extra entries go, and the prefix lookup with them.
         let plan = ebpf::plan(&lab.managed, &cfg(Mode::Monitor), &paths).unwrap();
         assert_eq!(plan.changes.len(), 4, "{:?}", plan.changes);
-        assert_eq!(plan.changes[3], "~ config mode=monitor debug=0 prefixes=none");
+        assert_eq!(
+            plan.changes[3],
+            "~ config mode=monitor debug=0 prefixes=none"
+        );
         assert!(
             plan.changes[..3].iter().all(|c| c.starts_with("- ")),
             "{:?}",

@@ -1,16 +1,21 @@
 //! The "owned here" fast path (an interface's first own addresses in a per-ifindex array) is
 //! derived from the owner maps by the applier: addresses beyond it still pass as owned here
 //! through the hash, and an address that moves to another interface stops being "here" at once.
+//! The owner tables are derived the same way: a bucket that overflows sends the program to the
+//! owner map, and every change swaps in a whole new table.
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use aya::{
+    maps::{HashMap, Map, MapData},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+};
 use enipin::{
     config::{Config, Paths},
     ebpf,
     model::{IfAddr, ManagedInterface},
 };
-use enipin_ebpf::{Counters, PROGRAM};
+use enipin_ebpf::{BUCKET_V4, Bucket, Counters, Owner, PROGRAM, bucket_index, maps, words};
 use enipin_tests::{Netns, PinDir, frames, in_ns, require};
 
 const TC_ACT_UNSPEC: u32 = -1i32 as u32;
@@ -127,6 +132,117 @@ fn fast_path_follows_the_owner_maps() {
         assert!(here(run(&paths, e0, ip(19))));
 
         // Managing nothing removes everything, the fast path included.
+        apply(&[]);
+        assert!(!paths.pin_dir.exists(), "pins left after managing nothing");
+    });
+}
+
+#[test]
+fn owner_table_spills_to_the_owner_map_and_is_swapped_whole() {
+    require();
+    let ns = Netns::new("enipin-table-").unwrap();
+    ns.ip(&["link", "add", "e0", "type", "veth", "peer", "name", "e1"])
+        .unwrap();
+    ns.ip(&["link", "set", "e0", "up"]).unwrap();
+    ns.ip(&["link", "set", "e1", "up"]).unwrap();
+    let (e0, e1) = (ns.ifindex("e0").unwrap(), ns.ifindex("e1").unwrap());
+    let pins = PinDir::new("enipin-table-pin-").unwrap();
+    let paths = Paths {
+        pin_dir: pins.path().to_owned(),
+        state_dir: std::env::temp_dir(),
+    };
+    let cfg = Config::default();
+    let apply = |managed: &[ManagedInterface]| {
+        let plan = ebpf::plan(managed, &cfg, &paths).unwrap();
+        ebpf::apply(plan, managed, &cfg, &paths).unwrap();
+    };
+    let table = || {
+        ebpf::owner_table::<4, BUCKET_V4>(&paths, maps::TABLE_V4)
+            .unwrap()
+            .expect("no owner table swapped in")
+    };
+    let here = |(ret, c): (u32, Counters)| ret == TC_ACT_UNSPEC && c.owned_here == 1;
+    let redirected = |(ret, c): (u32, Counters)| ret == TC_ACT_REDIRECT && c.misrouted_packets == 1;
+
+    // Eleven addresses of 198.18.0.0/16 that share one bucket of eight.
+    let bucket = bucket_index(words(&[198, 18, 0, 1]));
+    let same: Vec<Ipv4Addr> = (0..=u16::MAX)
+        .map(|i| Ipv4Addr::new(198, 18, (i >> 8) as u8, i as u8))
+        .filter(|a| bucket_index(words(&a.octets())) == bucket)
+        .take(BUCKET_V4 + 3)
+        .collect();
+    let ifaddr = |a: &Ipv4Addr| IfAddr {
+        addr: IpAddr::V4(*a),
+        prefix_len: 16,
+    };
+    let lone = Ipv4Addr::new(198, 19, 0, 50);
+
+    in_ns(&ns, || {
+        apply(&[
+            eni(e0, "e0", same.iter().map(ifaddr).collect()),
+            eni(e1, "e1", vec![ifaddr(&lone)]),
+        ]);
+        let (id, buckets) = table();
+        let b: &Bucket<4, BUCKET_V4> = &buckets[bucket as usize];
+        assert_eq!(
+            b.spill,
+            1,
+            "{} addresses in one bucket of {BUCKET_V4}",
+            same.len()
+        );
+        assert!(b.ifindex.iter().all(|i| *i == e0));
+        // Every address is found, in the bucket or (the spilled three) in the owner map.
+        for a in &same {
+            assert!(redirected(run(&paths, e1, *a)), "{a} on e1 not redirected");
+            assert!(here(run(&paths, e0, *a)), "{a} on e0 not owned here");
+        }
+        assert!(redirected(run(&paths, e0, lone)));
+        let (ret, c) = run(&paths, e0, Ipv4Addr::new(198, 19, 0, 51));
+        assert!(
+            ret == TC_ACT_UNSPEC && c.not_owned == 1,
+            "an unowned source"
+        );
+
+        // The same state again: the table is left as it is.
+        apply(&[
+            eni(e0, "e0", same.iter().map(ifaddr).collect()),
+            eni(e1, "e1", vec![ifaddr(&lone)]),
+        ]);
+        assert_eq!(table().0, id, "an unchanged table was rebuilt");
+
+        // The lone address moves to e0: a new table (a new inner map) is swapped in.
+        apply(&[
+            eni(e0, "e0", same.iter().chain([&lone]).map(ifaddr).collect()),
+            eni(e1, "e1", vec![ifaddr(&Ipv4Addr::new(198, 19, 0, 60))]),
+        ]);
+        let (id2, buckets) = table();
+        assert_ne!(id2, id, "a changed table was edited in place");
+        let lb = &buckets[bucket_index(words(&lone.octets())) as usize];
+        let at = lb.addrs.iter().position(|a| *a == lone.octets()).unwrap();
+        assert_eq!(lb.ifindex[at], e0);
+        assert!(redirected(run(&paths, e1, lone)));
+        assert!(here(run(&paths, e0, lone)));
+
+        // White box: the program answers from the table, and from the owner map only for a
+        // spilled bucket. Remove two addresses from the owner map behind the applier's back: the
+        // one still in the bucket keeps being redirected, the spilled one is no longer owned.
+        let mut sorted = same.clone();
+        sorted.sort();
+        let (kept, spilled) = (sorted[0], sorted[BUCKET_V4]);
+        let pin = paths.pin_dir.join(maps::OWNERS_V4);
+        let map = Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap();
+        let mut owners: HashMap<_, [u8; 4], Owner> = HashMap::try_from(map).unwrap();
+        owners.remove(&kept.octets()).unwrap();
+        owners.remove(&spilled.octets()).unwrap();
+        assert!(
+            redirected(run(&paths, e1, kept)),
+            "{kept}: not read from the table"
+        );
+        let (ret, c) = run(&paths, e1, spilled);
+        assert!(
+            ret == TC_ACT_UNSPEC && c.not_owned == 1,
+            "{spilled}: spilled, yet found without the owner map"
+        );
         apply(&[]);
         assert!(!paths.pin_dir.exists(), "pins left after managing nothing");
     });
