@@ -261,7 +261,7 @@ fn local<const N: usize, const K: usize>(
     let n = local.n as usize;
     let mut i = 0;
     while i < K {
-        if i < n && words(&local.addrs[i]) == src {
+        if i < n && same(words(&local.addrs[i]), src) {
             return true;
         }
         i += 1;
@@ -288,7 +288,7 @@ fn lookup<const N: usize, const K: usize>(
                 if owner == 0 {
                     break;
                 }
-                if words(&bucket.addrs[i]) == w {
+                if same(words(&bucket.addrs[i]), w) {
                     return Verdict::Owned(owner);
                 }
                 i += 1;
@@ -311,6 +311,13 @@ fn lookup<const N: usize, const K: usize>(
         Some(owner) => Verdict::Owned(owner.ifindex),
         None => Verdict::NotOwned,
     }
+}
+
+/// Address equality, interface identifier first: an interface's IPv6 addresses usually share
+/// their first word (the /64), so comparing that first would rarely decide anything.
+#[inline(always)]
+fn same(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.1 == b.1 && a.0 == b.0
 }
 
 /// The address that [`words`] read, as the owner maps' key.

@@ -690,9 +690,26 @@ pub fn sync_derived(ebpf: &mut Ebpf) -> Result<()> {
     let v6 = owned::<16>(ebpf, maps::OWNERS_V6)?;
     write_local::<4, { enipin_ebpf::LOCAL_V4 }>(ebpf, maps::LOCAL_V4, &v4)?;
     write_local::<16, { enipin_ebpf::LOCAL_V6 }>(ebpf, maps::LOCAL_V6, &v6)?;
-    write_table::<4, { enipin_ebpf::BUCKET_V4 }>(ebpf, maps::TABLE_V4, &v4)?;
-    write_table::<16, { enipin_ebpf::BUCKET_V6 }>(ebpf, maps::TABLE_V6, &v6)?;
-    Ok(())
+    // A map-in-map update returns only after an RCU grace period (about 10 ms here), so that
+    // user space knows no program still reads the old table: swap both families in parallel.
+    let (mut t4, mut t6) = (None, None);
+    for (name, m) in ebpf.maps_mut() {
+        match name {
+            maps::TABLE_V4 => t4 = Some(m),
+            maps::TABLE_V6 => t6 = Some(m),
+            _ => {}
+        }
+    }
+    let missing = |name: &str| anyhow!("map {name} missing from the object");
+    let t4 = t4.ok_or_else(|| missing(maps::TABLE_V4))?;
+    let t6 = t6.ok_or_else(|| missing(maps::TABLE_V6))?;
+    std::thread::scope(|s| {
+        let h4 = s.spawn(|| write_table::<4, { enipin_ebpf::BUCKET_V4 }>(t4, maps::TABLE_V4, &v4));
+        let r6 = write_table::<16, { enipin_ebpf::BUCKET_V6 }>(t6, maps::TABLE_V6, &v6);
+        h4.join()
+            .unwrap_or_else(|_| Err(anyhow!("writing {} panicked", maps::TABLE_V4)))
+            .and(r6)
+    })
 }
 
 /// The owner table for `owned`: each address in the bucket [`bucket_index`] names, in address
@@ -716,13 +733,12 @@ fn table<const N: usize, const K: usize>(owned: &BTreeMap<[u8; N], u32>) -> Vec<
 /// inner array, filled, then swapped into the outer map's one slot (the kernel frees the old one
 /// once no program can still be reading it).
 fn write_table<const N: usize, const K: usize>(
-    ebpf: &mut Ebpf,
+    outer: &mut Map,
     name: &str,
     owned: &BTreeMap<[u8; N], u32>,
 ) -> Result<()> {
     let want = table::<N, K>(owned);
-    let mut outer: ArrayOfMaps<_, Array<MapData, Bucket<N, K>>> =
-        ArrayOfMaps::try_from(map(ebpf, name)?)?;
+    let mut outer: ArrayOfMaps<_, Array<MapData, Bucket<N, K>>> = ArrayOfMaps::try_from(outer)?;
     match outer.get(&0, 0) {
         Ok(current) => {
             let same = (0..TABLE_BUCKETS)
