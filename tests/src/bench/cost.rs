@@ -9,9 +9,11 @@
 //! Timing: the thread's CPU time across one BPF_PROG_TEST_RUN syscall of `repeat` runs, divided by
 //! `repeat`. The kernel's own figure is the same loop truncated to whole nanoseconds, too coarse
 //! for a 3 ns target; CPU time, like the kernel's timer, leaves out time the thread was preempted.
-//! The thread is pinned to one CPU. Each round runs every case as a floor/subject pair (the order
-//! alternating between rounds), and each case checks its return code and that its counter moved
-//! by exactly `repeat`, so a figure always belongs to the branch it names.
+//! The thread is pinned to one CPU. Each round runs every case of every size as a floor/subject
+//! pair (the order alternating between rounds), and each case checks its return code and that its
+//! counter moved by exactly `repeat`, so a figure always belongs to the branch it names. The cost
+//! quoted is the median over rounds of subject minus floor within a pair: the machine is shared,
+//! and a slow phase then inflates a pair's two halves alike instead of one size's whole block.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -63,9 +65,14 @@ fn v6(k: usize) -> Ipv6Addr {
     Ipv6Addr::from(u128::from(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)) + k as u128)
 }
 
+/// Cost rounds per bench round: a cost round is short (about 1 s for all sizes), and the median
+/// of many paired rounds rides out the machine's slow phases.
+const ROUNDS_PER_ROUND: usize = 3;
+
 pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
     enipin::lab::preflight()?;
     let repeat: u32 = if quick { 20_000 } else { 1_000_000 };
+    let rounds = rounds * ROUNDS_PER_ROUND;
     let ns = Netns::new("ebc")?;
     let mut ifindex = Vec::new();
     for i in 0..INTERFACES {
@@ -75,20 +82,48 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
         ns.ip(&["link", "set", &p, "up"])?;
         ifindex.push(ns.ifindex(&e)?);
     }
+    let sizes = [1, 16, 750];
+    let pins = sizes
+        .iter()
+        .map(|_| PinDir::new("ebc-pin"))
+        .collect::<Result<Vec<_>>>()?;
+    let fixtures = in_ns(&ns, || -> Result<Vec<Fixture>> {
+        pin_to_current_cpu()?;
+        let fixtures = sizes
+            .iter()
+            .zip(&pins)
+            .map(|(&owned, pins)| {
+                Fixture::new(&ifindex, pins, owned)
+                    .with_context(|| format!("{owned} owned addresses"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Every size in every round, so a slow phase of the machine hits all of them alike.
+        let mut fixtures = fixtures;
+        for round in 0..rounds {
+            for f in &mut fixtures {
+                f.round(round, repeat)?;
+            }
+        }
+        for f in &fixtures {
+            ebpf::detach(&f.paths)?;
+        }
+        Ok(fixtures)
+    })?;
     let mut rows = Vec::new();
     let mut floors = Vec::new();
-    for owned in [1, 16, 750] {
-        let pins = PinDir::new("ebc-pin")?;
-        let (cases, results) = in_ns(&ns, || measure(&ifindex, &pins, owned, repeat, rounds))
-            .with_context(|| format!("{owned} owned addresses"))?;
-        for (case, (floor, subject)) in cases.iter().zip(results) {
-            floors.extend_from_slice(&floor);
-            let (f, s) = (median(&floor), median(&subject));
-            let name = format!("{}, {owned} owned per family", case.name);
+    for f in &fixtures {
+        for (case, (floor, subject)) in f.cases.iter().zip(&f.out) {
+            floors.extend_from_slice(floor);
+            // The quoted cost is the median of the per-round differences (each subject measured
+            // right next to its floor), added to the median floor for the value column.
+            let paired: Vec<f64> = subject.iter().zip(floor).map(|(s, f)| s - f).collect();
+            let fl = median(floor);
+            let s = fl + median(&paired);
+            let name = format!("{}, {} owned per family", case.name, f.owned);
             rows.push(match case.target {
-                Some(max) => Row::delta("cost", &name, s, f, "ns", max),
+                Some(max) => Row::delta("cost", &name, s, fl, "ns", max),
                 None => Row {
-                    baseline: Some(f),
+                    baseline: Some(fl),
                     ..Row::value("cost", &name, s, "ns")
                 },
             });
@@ -106,91 +141,104 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Fills the maps for `owned` addresses per family, then measures every case `rounds` times.
-/// Returns the cases and, per case, the floor's and the subject's ns/run per round.
-#[allow(clippy::type_complexity)]
-fn measure(
-    ifindex: &[u32],
-    pins: &PinDir,
+/// The maps filled for `owned` addresses per family, the cases to run on them, and per case the
+/// floor's and the subject's ns/run of every round so far.
+struct Fixture {
     owned: usize,
-    repeat: u32,
-    rounds: usize,
-) -> Result<(Vec<Case>, Vec<(Vec<f64>, Vec<f64>)>)> {
-    pin_to_current_cpu()?;
-    let paths = Paths {
-        pin_dir: pins.path().to_owned(),
-        state_dir: std::env::temp_dir(),
-    };
-    let cfg = Config::default();
-    let managed: Vec<ManagedInterface> = ifindex
-        .iter()
-        .enumerate()
-        .map(|(i, &ix)| {
-            let mine = (i..owned).step_by(INTERFACES);
-            let addrs = mine
-                .flat_map(|k| {
-                    [
-                        IfAddr {
-                            addr: IpAddr::V4(v4(k)),
-                            prefix_len: 16,
-                        },
-                        IfAddr {
-                            addr: IpAddr::V6(v6(k)),
-                            prefix_len: 64,
-                        },
-                    ]
-                })
-                .collect();
-            ManagedInterface {
-                ifindex: ix,
-                name: format!("e{i}"),
-                mac: [2, 0, 0, 0, 0, i as u8],
-                mtu: 1500,
-                table: 20000 + ix,
-                addrs,
-                prefixes: Vec::new(),
-                gateway_v4: None,
-                gateway_v6: None,
-            }
+    paths: Paths,
+    bpf: Ebpf,
+    cases: Vec<Case>,
+    out: Vec<(Vec<f64>, Vec<f64>)>,
+}
+
+impl Fixture {
+    fn new(ifindex: &[u32], pins: &PinDir, owned: usize) -> Result<Self> {
+        let paths = Paths {
+            pin_dir: pins.path().to_owned(),
+            state_dir: std::env::temp_dir(),
+        };
+        let cfg = Config::default();
+        let managed: Vec<ManagedInterface> = ifindex
+            .iter()
+            .enumerate()
+            .map(|(i, &ix)| {
+                let mine = (i..owned).step_by(INTERFACES);
+                let addrs = mine
+                    .flat_map(|k| {
+                        [
+                            IfAddr {
+                                addr: IpAddr::V4(v4(k)),
+                                prefix_len: 16,
+                            },
+                            IfAddr {
+                                addr: IpAddr::V6(v6(k)),
+                                prefix_len: 64,
+                            },
+                        ]
+                    })
+                    .collect();
+                ManagedInterface {
+                    ifindex: ix,
+                    name: format!("e{i}"),
+                    mac: [2, 0, 0, 0, 0, i as u8],
+                    mtu: 1500,
+                    table: 20000 + ix,
+                    addrs,
+                    prefixes: Vec::new(),
+                    gateway_v4: None,
+                    gateway_v6: None,
+                }
+            })
+            .collect();
+        let plan = ebpf::plan(&managed, &cfg, &paths)?;
+        ebpf::apply(plan, &managed, &cfg, &paths)
+            .context("filling the maps with the real applier")?;
+        let mut bpf = ebpf::load(&paths.pin_dir)?;
+        let noop: &mut SchedClassifier = bpf
+            .program_mut(NOOP_PROGRAM)
+            .context("no noop program")?
+            .try_into()?;
+        noop.load()?;
+
+        // The last address: its owner and the interface after it (where it is misrouted).
+        let k = owned - 1;
+        let here = ifindex[k % INTERFACES];
+        let other = ifindex[(k + 1) % INTERFACES];
+        let udp4 = |src| frames::ipv4_udp(frames::MAC_B, src, PEER_V4, &[], 64 - 14 - 20 - 8);
+        let udp6 = |src| frames::ipv6_udp(frames::MAC_B, src, PEER_V6, 18);
+        let misrouted: fn(&Counters) -> u64 = |c| c.misrouted_packets;
+        let owned_here: fn(&Counters) -> u64 = |c| c.owned_here;
+        let not_owned: fn(&Counters) -> u64 = |c| c.not_owned;
+        #[rustfmt::skip]
+        let cases = vec![
+            Case { name: "non-IP (ARP)", frame: frames::arp(v4(k), PEER_V4), ifindex: here, ret: TC_ACT_UNSPEC, counter: |c| c.non_ip, target: Some(NON_IP_MAX) },
+            Case { name: "IPv4 not owned", frame: udp4(NOT_OWNED_V4), ifindex: here, ret: TC_ACT_UNSPEC, counter: not_owned, target: None },
+            Case { name: "IPv4 owned here (pass)", frame: udp4(v4(k)), ifindex: here, ret: TC_ACT_UNSPEC, counter: owned_here, target: Some(OWNED_MAX) },
+            Case { name: "IPv4 misrouted (redirect decision)", frame: udp4(v4(k)), ifindex: other, ret: TC_ACT_REDIRECT, counter: misrouted, target: Some(REDIRECT_MAX) },
+            Case { name: "IPv6 not owned", frame: udp6(NOT_OWNED_V6), ifindex: here, ret: TC_ACT_UNSPEC, counter: not_owned, target: None },
+            Case { name: "IPv6 owned here (pass)", frame: udp6(v6(k)), ifindex: here, ret: TC_ACT_UNSPEC, counter: owned_here, target: Some(OWNED_MAX) },
+            Case { name: "IPv6 misrouted (redirect decision)", frame: udp6(v6(k)), ifindex: other, ret: TC_ACT_REDIRECT, counter: misrouted, target: Some(REDIRECT_MAX) },
+        ];
+
+        // Warm-up: caches, branch predictors, the CPU's clock.
+        for c in &cases {
+            test_run(&bpf, NOOP_PROGRAM, c, 250_000)?;
+            test_run(&bpf, PROGRAM, c, 250_000)?;
+        }
+        let out = cases.iter().map(|_| Default::default()).collect();
+        Ok(Self {
+            owned,
+            paths,
+            bpf,
+            cases,
+            out,
         })
-        .collect();
-    let plan = ebpf::plan(&managed, &cfg, &paths)?;
-    ebpf::apply(plan, &managed, &cfg, &paths).context("filling the maps with the real applier")?;
-    let mut bpf = ebpf::load(&paths.pin_dir)?;
-    let noop: &mut SchedClassifier = bpf
-        .program_mut(NOOP_PROGRAM)
-        .context("no noop program")?
-        .try_into()?;
-    noop.load()?;
-
-    // The last address: its owner and the interface after it (where it is misrouted).
-    let k = owned - 1;
-    let here = ifindex[k % INTERFACES];
-    let other = ifindex[(k + 1) % INTERFACES];
-    let udp4 = |src| frames::ipv4_udp(frames::MAC_B, src, PEER_V4, &[], 64 - 14 - 20 - 8);
-    let udp6 = |src| frames::ipv6_udp(frames::MAC_B, src, PEER_V6, 18);
-    let misrouted: fn(&Counters) -> u64 = |c| c.misrouted_packets;
-    let owned_here: fn(&Counters) -> u64 = |c| c.owned_here;
-    let not_owned: fn(&Counters) -> u64 = |c| c.not_owned;
-    #[rustfmt::skip]
-    let cases = vec![
-        Case { name: "non-IP (ARP)", frame: frames::arp(v4(k), PEER_V4), ifindex: here, ret: TC_ACT_UNSPEC, counter: |c| c.non_ip, target: Some(NON_IP_MAX) },
-        Case { name: "IPv4 not owned", frame: udp4(NOT_OWNED_V4), ifindex: here, ret: TC_ACT_UNSPEC, counter: not_owned, target: None },
-        Case { name: "IPv4 owned here (pass)", frame: udp4(v4(k)), ifindex: here, ret: TC_ACT_UNSPEC, counter: owned_here, target: Some(OWNED_MAX) },
-        Case { name: "IPv4 misrouted (redirect decision)", frame: udp4(v4(k)), ifindex: other, ret: TC_ACT_REDIRECT, counter: misrouted, target: Some(REDIRECT_MAX) },
-        Case { name: "IPv6 not owned", frame: udp6(NOT_OWNED_V6), ifindex: here, ret: TC_ACT_UNSPEC, counter: not_owned, target: None },
-        Case { name: "IPv6 owned here (pass)", frame: udp6(v6(k)), ifindex: here, ret: TC_ACT_UNSPEC, counter: owned_here, target: Some(OWNED_MAX) },
-        Case { name: "IPv6 misrouted (redirect decision)", frame: udp6(v6(k)), ifindex: other, ret: TC_ACT_REDIRECT, counter: misrouted, target: Some(REDIRECT_MAX) },
-    ];
-
-    // Warm-up: caches, branch predictors, the CPU's clock.
-    for c in &cases {
-        test_run(&bpf, NOOP_PROGRAM, c, repeat / 4)?;
-        test_run(&bpf, PROGRAM, c, repeat / 4)?;
     }
-    let mut out: Vec<(Vec<f64>, Vec<f64>)> = cases.iter().map(|_| Default::default()).collect();
-    for round in 0..rounds {
-        for (c, (floor, subject)) in cases.iter().zip(&mut out) {
+
+    /// Every case once as a floor/subject pair (the order alternating between rounds), checking
+    /// that the case's counter moved by exactly `repeat`.
+    fn round(&mut self, round: usize, repeat: u32) -> Result<()> {
+        for (c, (floor, subject)) in self.cases.iter().zip(&mut self.out) {
             let count = |paths: &Paths| -> Result<u64> {
                 let all = ebpf::counters(paths)?;
                 Ok(all
@@ -198,25 +246,23 @@ fn measure(
                     .find(|(i, _)| *i == c.ifindex)
                     .map_or(0, |(_, v)| (c.counter)(v)))
             };
-            let before = count(&paths)?;
+            let before = count(&self.paths)?;
             if round % 2 == 0 {
-                floor.push(test_run(&bpf, NOOP_PROGRAM, c, repeat)?);
-                subject.push(test_run(&bpf, PROGRAM, c, repeat)?);
+                floor.push(test_run(&self.bpf, NOOP_PROGRAM, c, repeat)?);
+                subject.push(test_run(&self.bpf, PROGRAM, c, repeat)?);
             } else {
-                subject.push(test_run(&bpf, PROGRAM, c, repeat)?);
-                floor.push(test_run(&bpf, NOOP_PROGRAM, c, repeat)?);
+                subject.push(test_run(&self.bpf, PROGRAM, c, repeat)?);
+                floor.push(test_run(&self.bpf, NOOP_PROGRAM, c, repeat)?);
             }
-            let moved = count(&paths)? - before;
+            let moved = count(&self.paths)? - before;
             ensure!(
                 moved == u64::from(repeat),
                 "{}: its counter moved by {moved}, not {repeat}",
                 c.name
             );
         }
+        Ok(())
     }
-    drop(bpf);
-    ebpf::detach(&paths)?;
-    Ok((cases, out))
 }
 
 /// One BPF_PROG_TEST_RUN of `prog` on the case; ns per run (thread CPU time / repeat).
