@@ -428,10 +428,13 @@ pub async fn status(paths: &Paths, json: bool) -> Result<()> {
     };
     let (rules, routes) = plan::installed(&d);
     let drift = compute(&d, &managed, &cfg)?;
-    let attached = if paths.pin_dir.exists() {
-        ebpf::attached(paths).context("reading the datapath attachment")?
+    let (attached, tables) = if paths.pin_dir.exists() {
+        (
+            ebpf::attached(paths).context("reading the datapath attachment")?,
+            ebpf::table_summary(paths).context("reading the owner tables")?,
+        )
     } else {
-        Vec::new()
+        (Vec::new(), [None, None])
     };
     if json {
         let v = serde_json::json!({
@@ -444,6 +447,7 @@ pub async fn status(paths: &Paths, json: bool) -> Result<()> {
             "rules": rules,
             "routes": routes,
             "datapath": attached.iter().map(|(ix, name, kind)| serde_json::json!({"ifindex": ix, "name": name, "kind": kind})).collect::<Vec<_>>(),
+            "owner_tables": {"ipv4": tables[0], "ipv6": tables[1]},
             "drift": drift.changes,
             "sysctls_saved": st.as_ref().map(|s| &s.sysctls),
         });
@@ -472,6 +476,14 @@ pub async fn status(paths: &Paths, json: bool) -> Result<()> {
     }
     for (ix, name, kind) in &attached {
         println!("datapath: {name} (ifindex {ix}) {kind}");
+    }
+    for (family, t) in ["IPv4", "IPv6"].iter().zip(&tables) {
+        if let Some(t) = t {
+            println!(
+                "owner table {family}: {} address(es), {} bucket(s) spilled to the owner map",
+                t.addresses, t.spilled_buckets
+            );
+        }
     }
     if drift.is_empty() {
         println!("drift: none");

@@ -558,6 +558,31 @@ fn stats_and_metrics_from_the_cli() {
     let (_, got) = lab.ping(IP2, 3).unwrap();
     assert_eq!(got, 3);
 
+    // status: the owner tables the program reads, one entry per managed address.
+    let out = cli(&["status", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let count = |v4: bool| {
+        lab.managed
+            .iter()
+            .flat_map(|m| &m.addrs)
+            .filter(|a| a.addr.is_ipv4() == v4)
+            .count()
+    };
+    for (family, v4) in [("ipv4", true), ("ipv6", false)] {
+        let t = &status["owner_tables"][family];
+        assert_eq!(t["addresses"], count(v4), "{status}");
+        assert_eq!(t["spilled_buckets"], 0, "{status}");
+    }
+    let text = cli(&["status"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains(&format!(
+            "owner table IPv4: {} address(es), 0 bucket(s) spilled",
+            count(true)
+        )),
+        "{text:?}"
+    );
+
     let out = cli(&["stats", "--json"]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -247,7 +247,7 @@ impl Fixture {
                     .map_or(0, |(_, v)| (c.counter)(v)))
             };
             let before = count(&self.paths)?;
-            if round % 2 == 0 {
+            if round.is_multiple_of(2) {
                 floor.push(test_run(&self.bpf, NOOP_PROGRAM, c, repeat)?);
                 subject.push(test_run(&self.bpf, PROGRAM, c, repeat)?);
             } else {
