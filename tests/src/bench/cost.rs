@@ -138,6 +138,21 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
             "ns",
         ),
     );
+    // How steady the machine was: the same empty program's slowest round against its fastest.
+    // On this shared VM whole minutes run 25 % slower (and enipin's map accesses about 2x), which
+    // no pairing cancels; a spread well above 1.1x means the run should be repeated.
+    let (lo, hi) = floors
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    rows.insert(
+        1,
+        Row::value(
+            "cost",
+            "floor spread: slowest round / fastest (machine noise, not enipin)",
+            hi / lo,
+            "x",
+        ),
+    );
     Ok(rows)
 }
 
