@@ -23,8 +23,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, ArrayOfMaps, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap,
-        PerCpuValues, lpm_trie::Key,
+        Array, ArrayOfMaps, HashMap, LpmTrie, Map, MapData, MapInfo, MapType, PerCpuArray,
+        PerCpuHashMap, PerCpuValues, lpm_trie::Key,
     },
     programs::{
         LinkOrder, ProgramError, ProgramInfo, SchedClassifier, TcAttachType,
@@ -77,6 +77,8 @@ struct Diff {
     p6: MapDiff<([u8; 16], u8), Owner>,
     counters: MapDiff<u32, ()>,
     config: Option<enipin_ebpf::Config>,
+    /// Pinned maps of another layout, to unpin before loading (see [`stale_maps`]).
+    recreate: Vec<&'static str>,
     /// Nothing must remain: detach everything and remove the pin directory.
     remove_all: bool,
 }
@@ -186,7 +188,158 @@ fn pinned_map(paths: &Paths, name: &str) -> Result<Option<Map>> {
     Ok(Some(Map::from_map_data(data)?))
 }
 
+/// The layout this build's program expects of each pinned map: type, key and value size, capacity.
+/// Sizes come from the shared `#[repr(C)]` types, so a change there changes this too.
+fn layouts() -> [(&'static str, MapType, usize, usize, u32); 11] {
+    use enipin_ebpf::{LocalV4, LocalV6, MAX_INTERFACES, MAX_OWNERS};
+    use std::mem::size_of;
+    let lpm = |n: usize| size_of::<u32>() + n; // prefix length, then the address
+    [
+        (
+            maps::OWNERS_V4,
+            MapType::Hash,
+            4,
+            size_of::<Owner>(),
+            MAX_OWNERS,
+        ),
+        (
+            maps::OWNERS_V6,
+            MapType::Hash,
+            16,
+            size_of::<Owner>(),
+            MAX_OWNERS,
+        ),
+        (
+            maps::PREFIXES_V4,
+            MapType::LpmTrie,
+            lpm(4),
+            size_of::<Owner>(),
+            MAX_OWNERS,
+        ),
+        (
+            maps::PREFIXES_V6,
+            MapType::LpmTrie,
+            lpm(16),
+            size_of::<Owner>(),
+            MAX_OWNERS,
+        ),
+        (
+            maps::COUNTERS,
+            MapType::PerCpuHash,
+            4,
+            size_of::<Counters>(),
+            MAX_INTERFACES,
+        ),
+        (
+            maps::COUNTERS_FAST,
+            MapType::PerCpuArray,
+            4,
+            size_of::<Counters>(),
+            FAST_SLOTS,
+        ),
+        (
+            maps::LOCAL_V4,
+            MapType::Array,
+            4,
+            size_of::<LocalV4>(),
+            FAST_SLOTS,
+        ),
+        (
+            maps::LOCAL_V6,
+            MapType::Array,
+            4,
+            size_of::<LocalV6>(),
+            FAST_SLOTS,
+        ),
+        (maps::TABLE_V4, MapType::ArrayOfMaps, 4, 4, 1),
+        (maps::TABLE_V6, MapType::ArrayOfMaps, 4, 4, 1),
+        (
+            maps::CONFIG,
+            MapType::Array,
+            4,
+            size_of::<enipin_ebpf::Config>(),
+            1,
+        ),
+    ]
+}
+
+/// Pinned maps whose layout is not what this build expects (pinned by another enipin version),
+/// with what differs. The program cannot load against them; `attach` replaces them (their
+/// content is derived from the desired state, counters excepted) and swaps the new program in.
+fn stale_maps(paths: &Paths) -> Result<BTreeMap<&'static str, String>> {
+    let mut out = BTreeMap::new();
+    for (name, ty, key, value, max) in layouts() {
+        let path = paths.pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info =
+            MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
+        let have = (
+            info.map_type().ok(),
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+        );
+        let want = (Some(ty), key as u32, value as u32, max);
+        if have != want {
+            let mut what = Vec::new();
+            if have.0 != want.0 {
+                what.push(format!("type {:?} -> {ty:?}", have.0));
+            }
+            for (field, h, w) in [("key size", have.1, want.1), ("value size", have.2, want.2)] {
+                if h != w {
+                    what.push(format!("{field} {h} -> {w} bytes"));
+                }
+            }
+            if have.3 != want.3 {
+                what.push(format!("capacity {} -> {max}", have.3));
+            }
+            out.insert(name, what.join(", "));
+            continue;
+        }
+        // An owner table's inner array must have this build's bucket size as well.
+        if ty == MapType::ArrayOfMaps {
+            let outer: ArrayOfMaps<_, MapData> =
+                ArrayOfMaps::try_from(Map::from_map_data(MapData::from_pin(&path)?)?)?;
+            let bucket = if name == maps::TABLE_V4 {
+                std::mem::size_of::<Bucket<4, { enipin_ebpf::BUCKET_V4 }>>()
+            } else {
+                std::mem::size_of::<Bucket<16, { enipin_ebpf::BUCKET_V6 }>>()
+            };
+            if let Ok(inner) = outer.get(&0, 0) {
+                let i = inner.info()?;
+                if (i.value_size(), i.max_entries()) != (bucket as u32, TABLE_BUCKETS) {
+                    out.insert(
+                        name,
+                        format!(
+                            "buckets {} x {} bytes -> {TABLE_BUCKETS} x {bucket}",
+                            i.max_entries(),
+                            i.value_size()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `pinned_map`, except that a map of another layout counts as absent.
+fn pinned_current(
+    paths: &Paths,
+    stale: &BTreeMap<&'static str, String>,
+    name: &str,
+) -> Result<Option<Map>> {
+    if stale.contains_key(name) {
+        return Ok(None);
+    }
+    pinned_map(paths, name)
+}
+
 fn installed(paths: &Paths) -> Result<State> {
+    let stale = stale_maps(paths)?;
+    let pinned_map = |paths: &Paths, name: &str| pinned_current(paths, &stale, name);
     let mut s = State::default();
     if let Some(map) = pinned_map(paths, maps::OWNERS_V4)? {
         for kv in HashMap::<_, [u8; 4], Owner>::try_from(map)?.iter() {
@@ -366,10 +519,25 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
     }
     let want = desired(managed, cfg);
     let have = installed(paths)?;
+    let stale = stale_maps(paths)?;
     let d = &mut plan.diff;
+    for (name, why) in &stale {
+        let reset = if [maps::COUNTERS, maps::COUNTERS_FAST].contains(name) {
+            "; its counters start again from zero"
+        } else {
+            ""
+        };
+        plan.changes.push(format!(
+            "~ recreate map {name} (pinned by another enipin version: {why}{reset})"
+        ));
+        d.recreate.push(name);
+    }
     let prog_pin = paths.pin_dir.join(PROG_PIN);
     d.program = if !prog_pin.exists() {
         ProgramChange::Load
+    } else if !stale.is_empty() {
+        // Maps of another layout: a program of another build, which this one replaces.
+        ProgramChange::Replace
     } else {
         // Same program? Compare tags (the kernel's hash of the instructions, map fds masked).
         let old = ProgramInfo::from_pin(&prog_pin)
@@ -543,8 +711,18 @@ pub fn apply(
         created_dir,
         pins: Vec::new(),
         before: Some(before),
+        unpinned: Vec::new(),
         ok: false,
     };
+    // Maps of another build's layout: unpin them (the running program keeps them until its links
+    // are swapped to the new program below) and keep them open to pin back on failure.
+    for name in &d.recreate {
+        let path = paths.pin_dir.join(name);
+        let old =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+        undo.unpinned.push((path, old));
+    }
     let mut ebpf = load(&paths.pin_dir)?;
     write_maps(&mut ebpf, &d)?;
     let prog_pin = paths.pin_dir.join(PROG_PIN);
@@ -602,6 +780,8 @@ struct Undo<'a> {
     created_dir: bool,
     pins: Vec<String>,
     before: Option<State>,
+    /// Maps of another layout that were unpinned: pinned back in place of their replacements.
+    unpinned: Vec<(PathBuf, MapData)>,
     ok: bool,
 }
 
@@ -619,6 +799,10 @@ impl Drop for Undo<'_> {
         }
         if let Some(before) = self.before.take() {
             let _ = restore(self.paths, &before);
+        }
+        for (path, old) in self.unpinned.drain(..) {
+            let _ = fs::remove_file(&path);
+            let _ = old.pin(&path);
         }
     }
 }
@@ -991,6 +1175,17 @@ pub fn attached(paths: &Paths) -> Result<Vec<(u32, String, String)>> {
 /// Counters per interface (ifindex; 0 is the "unknown interface" slot), summed over CPUs.
 /// Nothing pinned: an error saying so (not an empty list, which would read as "no traffic").
 pub fn counters(paths: &Paths) -> Result<Vec<(u32, Counters)>> {
+    let stale = stale_maps(paths)?;
+    if let Some((name, why)) = stale
+        .iter()
+        .find(|(n, _)| [maps::COUNTERS, maps::COUNTERS_FAST].contains(n))
+    {
+        bail!(
+            "the counters under {} were pinned by another enipin version ({name}: {why}); \
+             `enipin attach` with this version upgrades the datapath",
+            paths.pin_dir.display()
+        );
+    }
     let Some(map) = pinned_map(paths, maps::COUNTERS)? else {
         bail!(
             "no datapath counters under {} (run `enipin attach` first, or pass --pin-dir)",
@@ -1068,10 +1263,16 @@ pub fn table_summary(paths: &Paths) -> Result<[Option<TableSummary>; 2]> {
             }),
         )
     }
-    Ok([
-        summary::<4, { enipin_ebpf::BUCKET_V4 }>(paths, maps::TABLE_V4)?,
-        summary::<16, { enipin_ebpf::BUCKET_V6 }>(paths, maps::TABLE_V6)?,
-    ])
+    let stale = stale_maps(paths)?;
+    let v4 = match stale.contains_key(maps::TABLE_V4) {
+        true => None,
+        false => summary::<4, { enipin_ebpf::BUCKET_V4 }>(paths, maps::TABLE_V4)?,
+    };
+    let v6 = match stale.contains_key(maps::TABLE_V6) {
+        true => None,
+        false => summary::<16, { enipin_ebpf::BUCKET_V6 }>(paths, maps::TABLE_V6)?,
+    };
+    Ok([v4, v6])
 }
 
 #[cfg(test)]

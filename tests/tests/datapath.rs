@@ -487,6 +487,78 @@ fn a_different_pinned_program_is_replaced_atomically() {
     });
 }
 
+/// An upgrade: maps pinned by an older enipin with another layout are replaced and the program
+/// swapped on the same links, in one attach; a failed attach pins the old maps back.
+#[test]
+fn maps_of_another_layout_are_recreated_on_attach() {
+    use aya::{
+        maps::{Array, MapData, MapInfo},
+        programs::ProgramInfo,
+    };
+    let lab = Lab::new().unwrap();
+    let pins = PinDir::new("enipin-dp-layout-").unwrap();
+    let paths = lab.paths(&pins);
+    let e1 = lab.managed[0].ifindex;
+    let mut ghost = lab.managed[1].clone();
+    ghost.ifindex = 999_999;
+    ghost.name = "ghost".into();
+    in_ns(lab.host(), || {
+        attach(&lab.managed, Mode::Enforce, &paths).unwrap();
+        // Stand in for an older enipin whose config entry was 8 bytes.
+        let cfg_pin = paths.pin_dir.join(enipin_ebpf::maps::CONFIG);
+        std::fs::remove_file(&cfg_pin).unwrap();
+        Array::<MapData, [u8; 8]>::create(1, 0)
+            .unwrap()
+            .pin(&cfg_pin)
+            .unwrap();
+        let old_id = MapInfo::from_pin(&cfg_pin).unwrap().id();
+        let recreate = format!(
+            "~ recreate map {} (pinned by another enipin version: value size 8 -> {} bytes)",
+            enipin_ebpf::maps::CONFIG,
+            std::mem::size_of::<enipin_ebpf::Config>()
+        );
+
+        // A failed upgrade puts the old map back.
+        let with_ghost = vec![
+            lab.managed[0].clone(),
+            lab.managed[1].clone(),
+            ghost.clone(),
+        ];
+        let plan = ebpf::plan(&with_ghost, &cfg(Mode::Enforce), &paths).unwrap();
+        assert!(plan.changes.contains(&recreate), "{:?}", plan.changes);
+        assert!(ebpf::apply(plan, &with_ghost, &cfg(Mode::Enforce), &paths).is_err());
+        assert_eq!(MapInfo::from_pin(&cfg_pin).unwrap().id(), old_id);
+
+        let plan = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        assert_eq!(
+            plan.changes,
+            vec![
+                recreate.clone(),
+                format!("~ replace {} (new build)", enipin_ebpf::PROGRAM),
+                "~ config mode=enforce debug=0 prefixes=none".to_string(),
+            ]
+        );
+        ebpf::apply(plan, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        let new = MapInfo::from_pin(&cfg_pin).unwrap();
+        assert_eq!(
+            new.value_size() as usize,
+            std::mem::size_of::<enipin_ebpf::Config>()
+        );
+        // The program on the links is the pinned one, and it reads the new map.
+        let prog = ProgramInfo::from_pin(paths.pin_dir.join("prog")).unwrap();
+        assert_eq!(tcx_progs(e1), vec![prog.id()]);
+        assert!(prog.map_ids().unwrap().unwrap().contains(&new.id()));
+        assert!(
+            ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths)
+                .unwrap()
+                .is_empty()
+        );
+        let (_, got) = lab.ping(IP2, 2).unwrap();
+        assert_eq!(got, 2);
+        ebpf::detach(&paths).unwrap();
+    });
+}
+
 #[test]
 fn a_failed_apply_is_rolled_back() {
     let lab = Lab::new().unwrap();
