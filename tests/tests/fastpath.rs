@@ -78,25 +78,56 @@ fn run(paths: &Paths, ifindex: u32, src: Ipv4Addr) -> (u32, Counters) {
     (r.return_value, moved)
 }
 
+/// A namespace with a veth pair e0/e1 (both "ENIs" here) and a private pin directory.
+struct Bed {
+    ns: Netns,
+    e0: u32,
+    e1: u32,
+    pins: PinDir,
+    paths: Paths,
+}
+
+impl Bed {
+    fn new(prefix: &str) -> Self {
+        require();
+        let ns = Netns::new(&format!("{prefix}-")).unwrap();
+        ns.ip(&["link", "add", "e0", "type", "veth", "peer", "name", "e1"])
+            .unwrap();
+        ns.ip(&["link", "set", "e0", "up"]).unwrap();
+        ns.ip(&["link", "set", "e1", "up"]).unwrap();
+        let (e0, e1) = (ns.ifindex("e0").unwrap(), ns.ifindex("e1").unwrap());
+        let pins = PinDir::new(&format!("{prefix}-pin-")).unwrap();
+        let paths = Paths {
+            pin_dir: pins.path().to_owned(),
+            state_dir: std::env::temp_dir(),
+        };
+        Self {
+            ns,
+            e0,
+            e1,
+            pins,
+            paths,
+        }
+    }
+}
+
+/// What `enipin attach` does to the datapath for `managed` (the default config).
+fn apply(paths: &Paths, managed: &[ManagedInterface]) {
+    let cfg = Config::default();
+    let plan = ebpf::plan(managed, &cfg, paths).unwrap();
+    ebpf::apply(plan, managed, &cfg, paths).unwrap();
+}
+
 #[test]
 fn fast_path_follows_the_owner_maps() {
-    require();
-    let ns = Netns::new("enipin-fast-").unwrap();
-    ns.ip(&["link", "add", "e0", "type", "veth", "peer", "name", "e1"])
-        .unwrap();
-    ns.ip(&["link", "set", "e0", "up"]).unwrap();
-    ns.ip(&["link", "set", "e1", "up"]).unwrap();
-    let (e0, e1) = (ns.ifindex("e0").unwrap(), ns.ifindex("e1").unwrap());
-    let pins = PinDir::new("enipin-fast-pin-").unwrap();
-    let paths = Paths {
-        pin_dir: pins.path().to_owned(),
-        state_dir: std::env::temp_dir(),
-    };
-    let cfg = Config::default();
-    let apply = |managed: &[ManagedInterface]| {
-        let plan = ebpf::plan(managed, &cfg, &paths).unwrap();
-        ebpf::apply(plan, managed, &cfg, &paths).unwrap();
-    };
+    let Bed {
+        ns,
+        e0,
+        e1,
+        pins: _pins,
+        paths,
+    } = Bed::new("enipin-fast");
+    let apply = |managed: &[ManagedInterface]| apply(&paths, managed);
     let ip = |last| Ipv4Addr::new(198, 18, 0, last);
     let here = |(ret, c): (u32, Counters)| ret == TC_ACT_UNSPEC && c.owned_here == 1;
     let redirected = |(ret, c): (u32, Counters)| ret == TC_ACT_REDIRECT && c.misrouted_packets == 1;
@@ -139,23 +170,14 @@ fn fast_path_follows_the_owner_maps() {
 
 #[test]
 fn owner_table_spills_to_the_owner_map_and_is_swapped_whole() {
-    require();
-    let ns = Netns::new("enipin-table-").unwrap();
-    ns.ip(&["link", "add", "e0", "type", "veth", "peer", "name", "e1"])
-        .unwrap();
-    ns.ip(&["link", "set", "e0", "up"]).unwrap();
-    ns.ip(&["link", "set", "e1", "up"]).unwrap();
-    let (e0, e1) = (ns.ifindex("e0").unwrap(), ns.ifindex("e1").unwrap());
-    let pins = PinDir::new("enipin-table-pin-").unwrap();
-    let paths = Paths {
-        pin_dir: pins.path().to_owned(),
-        state_dir: std::env::temp_dir(),
-    };
-    let cfg = Config::default();
-    let apply = |managed: &[ManagedInterface]| {
-        let plan = ebpf::plan(managed, &cfg, &paths).unwrap();
-        ebpf::apply(plan, managed, &cfg, &paths).unwrap();
-    };
+    let Bed {
+        ns,
+        e0,
+        e1,
+        pins: _pins,
+        paths,
+    } = Bed::new("enipin-table");
+    let apply = |managed: &[ManagedInterface]| apply(&paths, managed);
     let table = || {
         ebpf::owner_table::<4, BUCKET_V4>(&paths, maps::TABLE_V4)
             .unwrap()
