@@ -280,6 +280,9 @@ pub struct Reconciled {
     pub changes: Vec<String>,
     /// Why nothing is managed, when nothing is.
     pub idle: Option<String>,
+    /// Interfaces named in `--interfaces` that are left out for now (missing, down, no address),
+    /// one note each.
+    pub left_out: Vec<String>,
 }
 
 /// One pass of the same plan/apply `attach` does, for a caller that holds the state lock
@@ -293,7 +296,8 @@ pub async fn reconcile(cfg: &Config, paths: &Paths) -> Result<Reconciled> {
     let previous = state::load(paths)?;
     let nl = Netlink::connect()?;
     let d = discover::discover(&nl).await?;
-    let (managed, idle) = match plan::select(&d, cfg)? {
+    let (selection, left_out) = plan::select_named(&d, cfg, plan::Named::Present)?;
+    let (managed, idle) = match selection {
         Selection::Managed(m) => (m, None),
         Selection::NothingToDo(why) => (Vec::new(), Some(why)),
     };
@@ -305,6 +309,7 @@ pub async fn reconcile(cfg: &Config, paths: &Paths) -> Result<Reconciled> {
         managed,
         changes,
         idle,
+        left_out,
     })
 }
 

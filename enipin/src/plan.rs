@@ -241,6 +241,36 @@ fn matches(iface: &Interface, sel: &str) -> bool {
 
 /// Chooses the managed interfaces and everything the appliers need about them.
 pub fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
+    select_named(d, cfg, Named::Strict).map(|(s, _)| s)
+}
+
+/// What a selection does with an interface named in `--interfaces` that is missing, down or
+/// without an address.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    /// An error: `attach` must not quietly manage less than the operator named.
+    Strict,
+    /// Left out, with a note: `enipin watch` keeps managing the rest while an ENI is detached
+    /// (and takes it back when it returns) instead of freezing on the error.
+    Present,
+}
+
+/// [`select`], and the notes on named interfaces left out (always empty with `Named::Strict`).
+pub fn select_named(d: &Discovery, cfg: &Config, named: Named) -> Result<(Selection, Vec<String>)> {
+    let mut notes = Vec::new();
+    let mut left_out: Vec<&str> = Vec::new();
+    // Strict: the error; Present: the note, and the next selector.
+    macro_rules! refuse {
+        ($sel:expr, $($fmt:tt)+) => {{
+            let msg = format!($($fmt)+);
+            if named == Named::Strict {
+                bail!(msg);
+            }
+            notes.push(msg);
+            left_out.push($sel);
+            continue;
+        }};
+    }
     // Which interfaces: the named ones, else every up Ethernet one with addresses.
     let mut chosen: Vec<&Interface> = Vec::new();
     if cfg.interfaces.is_empty() {
@@ -257,20 +287,23 @@ pub fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
                     .iter()
                     .map(|i| format!("{} ({})", i.name, fmt_mac(&i.mac)))
                     .collect();
-                bail!(
+                refuse!(
+                    sel,
                     "unknown interface {sel:?}: not a name or MAC of this namespace (have: {})",
                     known.join(", ")
                 );
             };
             if !iface.up {
-                bail!(
+                refuse!(
+                    sel,
                     "interface {} is down: bring it up (ip link set {} up) or leave it out of --interfaces",
                     iface.name,
                     iface.name
                 );
             }
             if iface.addrs.is_empty() {
-                bail!(
+                refuse!(
+                    sel,
                     "interface {} has no IPv4 or global IPv6 address: nothing to pin to it",
                     iface.name
                 );
@@ -324,19 +357,25 @@ pub fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
     };
     if chosen.is_empty() || !chosen.iter().any(|i| shares(i)) {
         let names: Vec<_> = chosen.iter().map(|i| i.name.as_str()).collect();
-        return Ok(Selection::NothingToDo(format!(
-            "no interface shares a subnet with another one{}: replies already leave by the right interface",
-            if names.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", names.join(", "))
-            }
-        )));
+        return Ok((
+            Selection::NothingToDo(format!(
+                "no interface shares a subnet with another one{}: replies already leave by the right interface",
+                if names.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", names.join(", "))
+                }
+            )),
+            notes,
+        ));
     }
 
     // Prefixes name managed interfaces.
     for (sel, p) in &cfg.prefixes {
         if !chosen.iter().any(|i| matches(i, sel)) {
+            if left_out.contains(&sel.as_str()) {
+                continue; // its interface is left out, and said so
+            }
             bail!(
                 "--prefix {sel}={}/{}: {sel} is not a managed interface",
                 p.addr,
@@ -412,7 +451,7 @@ pub fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
             gateway_v6: gw(true),
         });
     }
-    Ok(Selection::Managed(managed))
+    Ok((Selection::Managed(managed), notes))
 }
 
 /// The rules and routes the managed interfaces need (see the module doc for the layout).

@@ -286,7 +286,23 @@ async fn drain(logger: &mut Option<Logger>) {
 
 /// The log line of one reconcile: one line when it changed something, nothing otherwise (but
 /// once when the watcher becomes idle: an operator should see why it manages nothing).
-fn report(r: &Reconciled, why: &Reasons, took: Duration, idle: &mut Option<String>) {
+fn report(
+    r: &Reconciled,
+    why: &Reasons,
+    took: Duration,
+    idle: &mut Option<String>,
+    left_out: &mut Vec<String>,
+) {
+    // A named interface that went away (an ENI detached) or came back: said once, not per pass.
+    if r.left_out != *left_out {
+        for note in r.left_out.iter().filter(|n| !left_out.contains(n)) {
+            println!("left out until it is back: {note}");
+        }
+        if r.left_out.is_empty() {
+            println!("every interface named in --interfaces is back");
+        }
+        left_out.clone_from(&r.left_out);
+    }
     if !r.changes.is_empty() {
         let names: Vec<_> = r.managed.iter().map(|m| m.name.as_str()).collect();
         let scope = match &r.idle {
@@ -331,6 +347,7 @@ pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
     let mut failures = 0u32;
     // Why nothing is managed, as last reported.
     let mut idle: Option<String> = None;
+    let mut left_out: Vec<String> = Vec::new();
     println!(
         "watching (interval {}s); SIGTERM/SIGINT stop the watcher and leave the state installed",
         pacing.interval.as_secs()
@@ -368,7 +385,7 @@ pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
                 let started = Instant::now();
                 match apply::reconcile(cfg, paths).await {
                     Ok(r) => {
-                        report(&r, &why, started.elapsed(), &mut idle);
+                        report(&r, &why, started.elapsed(), &mut idle, &mut left_out);
                         if failures > 0 {
                             println!("reconcile succeeded after {failures} failed attempt(s)");
                         }

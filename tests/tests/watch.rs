@@ -527,3 +527,75 @@ fn watch_adopts_an_eni_attached_at_runtime() {
     );
     assert!(topo.peer().ping(SECONDARY, 3).unwrap(), "{}", w.log());
 }
+
+/// An ENI named in `--interfaces` that is detached does not freeze the watcher: it is left out
+/// (its state removed, said once), the others keep being reconciled, and it is taken back when it
+/// returns.
+#[test]
+fn watch_leaves_out_a_named_eni_while_it_is_gone() {
+    let topo = topology();
+    let add_eth2 = || {
+        enipin_tests::veth(
+            topo.vpc(),
+            "eni2",
+            "02:e1:00:00:00:02",
+            topo.host(),
+            "eth2",
+            "02:e0:00:00:00:12",
+        )
+        .unwrap();
+        topo.vpc()
+            .ip(&["link", "set", "eni2", "master", "br0"])
+            .unwrap();
+        topo.host()
+            .ip(&["addr", "add", "198.18.0.12/24", "dev", "eth2"])
+            .unwrap();
+    };
+    add_eth2();
+    let e = Enipin::in_ns(topo.host());
+    let w = Watcher::start(&e, &["--interfaces", "eth0,eth1,eth2", "--interval", "60"]);
+    w.line(0, &["reconciled after start", "managing eth0, eth1, eth2"]);
+
+    let since = w.mark();
+    topo.host().ip(&["link", "del", "eth2"]).unwrap();
+    w.line(since, &["left out until it is back", "\"eth2\""]);
+    eventually(
+        "removal of eth2's rules",
+        || own_rules(&topo, "198.18.0.12").is_none().then_some(()),
+        || w.log(),
+    );
+    w.line(
+        since,
+        &["managing eth0, eth1", "- rule from 198.18.0.12/32"],
+    );
+
+    // Still reconciling the others: a new address on eth1 is pinned.
+    topo.host()
+        .ip(&["addr", "add", &format!("{EXTRA}/24"), "dev", "eth1"])
+        .unwrap();
+    eventually(
+        "rules for the new address",
+        || own_rules(&topo, EXTRA),
+        || w.log(),
+    );
+    assert!(topo.peer().ping(EXTRA, 2).unwrap(), "{}", w.log());
+
+    // eth2 is back (a new ifindex): taken back.
+    let since = w.mark();
+    add_eth2();
+    w.line(since, &["every interface named in --interfaces is back"]);
+    eventually(
+        "rules for eth2 again",
+        || own_rules(&topo, "198.18.0.12"),
+        || w.log(),
+    );
+    w.line(since, &["managing eth0, eth1, eth2"]);
+    assert!(
+        topo.peer().ping("198.18.0.12", 3).unwrap(),
+        "eth2's address does not answer:\n{}",
+        w.log()
+    );
+    // Said once, not on every pass.
+    let notes = w.log().matches("left out until it is back").count();
+    assert_eq!(notes, 1, "{}", w.log());
+}
