@@ -79,6 +79,9 @@ struct Diff {
     config: Option<enipin_ebpf::Config>,
     /// Pinned maps of another layout, to unpin before loading (see [`stale_maps`]).
     recreate: Vec<&'static str>,
+    /// Derived maps to rebuild from the owner maps (see [`derived_out_of_step`]); every apply
+    /// that writes maps does, this only makes the plan non-empty.
+    resync: bool,
     /// Nothing must remain: detach everything and remove the pin directory.
     remove_all: bool,
 }
@@ -532,6 +535,12 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
         ));
         d.recreate.push(name);
     }
+    for name in derived_out_of_step(paths, &stale)? {
+        plan.changes.push(format!(
+            "~ rebuild {name} (out of step with the owner maps: an earlier run was interrupted)"
+        ));
+        d.resync = true;
+    }
     let prog_pin = paths.pin_dir.join(PROG_PIN);
     d.program = if !prog_pin.exists() {
         ProgramChange::Load
@@ -838,40 +847,22 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
 ///
 /// Public for the tests, which fill the owner maps by hand.
 pub fn sync_derived(ebpf: &mut Ebpf) -> Result<()> {
-    fn owned<const N: usize>(ebpf: &Ebpf, name: &str) -> Result<BTreeMap<[u8; N], u32>> {
-        let m = ebpf
-            .map(name)
-            .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
-        HashMap::<_, [u8; N], Owner>::try_from(m)?
-            .iter()
-            .map(|kv| Ok(kv.map(|(addr, owner)| (addr, owner.ifindex))?))
-            .collect()
-    }
-    /// Writes each slot's first `K` addresses where they differ from what is there.
+    let v4 = owned::<4>(map(ebpf, maps::OWNERS_V4)?)?;
+    let v6 = owned::<16>(map(ebpf, maps::OWNERS_V6)?)?;
+    /// Writes the slots that differ from [`local`]`(owned)`.
     fn write_local<const N: usize, const K: usize>(
         ebpf: &mut Ebpf,
         name: &str,
         owned: &BTreeMap<[u8; N], u32>,
     ) -> Result<()> {
-        let mut by_if: BTreeMap<u32, Vec<[u8; N]>> = BTreeMap::new();
-        for (addr, ifindex) in owned {
-            by_if.entry(*ifindex).or_default().push(*addr);
-        }
         let mut array: Array<_, Local<N, K>> = Array::try_from(map(ebpf, name)?)?;
-        for slot in 0..FAST_SLOTS {
-            let mut want = Local::<N, K>::default();
-            for (i, addr) in by_if.get(&slot).into_iter().flatten().take(K).enumerate() {
-                want.addrs[i] = *addr;
-                want.n = i as u32 + 1;
-            }
+        for (slot, want) in (0..).zip(local::<N, K>(owned)) {
             if array.get(&slot, 0)? != want {
                 array.set(slot, &want, 0)?;
             }
         }
         Ok(())
     }
-    let v4 = owned::<4>(ebpf, maps::OWNERS_V4)?;
-    let v6 = owned::<16>(ebpf, maps::OWNERS_V6)?;
     write_local::<4, { enipin_ebpf::LOCAL_V4 }>(ebpf, maps::LOCAL_V4, &v4)?;
     write_local::<16, { enipin_ebpf::LOCAL_V6 }>(ebpf, maps::LOCAL_V6, &v6)?;
     // A map-in-map update returns only after an RCU grace period (about 10 ms here), so that
@@ -894,6 +885,77 @@ pub fn sync_derived(ebpf: &mut Ebpf) -> Result<()> {
             .unwrap_or_else(|_| Err(anyhow!("writing {} panicked", maps::TABLE_V4)))
             .and(r6)
     })
+}
+
+/// An owner map's content: address -> owner's ifindex.
+fn owned<const N: usize>(m: &Map) -> Result<BTreeMap<[u8; N], u32>> {
+    HashMap::<_, [u8; N], Owner>::try_from(m)?
+        .iter()
+        .map(|kv| Ok(kv.map(|(addr, owner)| (addr, owner.ifindex))?))
+        .collect()
+}
+
+/// The fast-path array for `owned`: per ifindex slot, the interface's first `K` addresses in
+/// address order.
+fn local<const N: usize, const K: usize>(owned: &BTreeMap<[u8; N], u32>) -> Vec<Local<N, K>> {
+    let mut slots = vec![Local::<N, K>::default(); FAST_SLOTS as usize];
+    for (addr, ifindex) in owned {
+        if let Some(l) = slots.get_mut(*ifindex as usize)
+            && (l.n as usize) < K
+        {
+            l.addrs[l.n as usize] = *addr;
+            l.n += 1;
+        }
+    }
+    slots
+}
+
+/// The derived maps (fast-path arrays, owner tables) that are out of step with the pinned owner
+/// maps, which can only happen when an earlier enipin stopped between the two (killed, or the
+/// machine lost power); a plan then lists them, and applying it rebuilds them.
+fn derived_out_of_step(
+    paths: &Paths,
+    stale: &BTreeMap<&'static str, String>,
+) -> Result<Vec<&'static str>> {
+    fn check<const N: usize, const KL: usize, const KT: usize>(
+        paths: &Paths,
+        stale: &BTreeMap<&'static str, String>,
+        (owners, locals, table_name): (&str, &'static str, &'static str),
+        out: &mut Vec<&'static str>,
+    ) -> Result<()> {
+        let Some(m) = pinned_current(paths, stale, owners)? else {
+            return Ok(());
+        };
+        let owned = owned::<N>(&m)?;
+        if let Some(m) = pinned_current(paths, stale, locals)? {
+            let array: Array<_, Local<N, KL>> = Array::try_from(m)?;
+            let have = array.iter().collect::<Result<Vec<_>, _>>()?;
+            if have != local::<N, KL>(&owned) {
+                out.push(locals);
+            }
+        }
+        if !stale.contains_key(table_name) {
+            let have = owner_table::<N, KT>(paths, table_name)?.map(|(_, b)| b);
+            if have.is_some_and(|have| have != table::<N, KT>(&owned)) {
+                out.push(table_name);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    check::<4, { enipin_ebpf::LOCAL_V4 }, { enipin_ebpf::BUCKET_V4 }>(
+        paths,
+        stale,
+        (maps::OWNERS_V4, maps::LOCAL_V4, maps::TABLE_V4),
+        &mut out,
+    )?;
+    check::<16, { enipin_ebpf::LOCAL_V6 }, { enipin_ebpf::BUCKET_V6 }>(
+        paths,
+        stale,
+        (maps::OWNERS_V6, maps::LOCAL_V6, maps::TABLE_V6),
+        &mut out,
+    )?;
+    Ok(out)
 }
 
 /// The owner table for `owned`: each address in the bucket [`bucket_index`] names, in address

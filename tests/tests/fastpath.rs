@@ -269,3 +269,72 @@ fn owner_table_spills_to_the_owner_map_and_is_swapped_whole() {
         assert!(!paths.pin_dir.exists(), "pins left after managing nothing");
     });
 }
+
+/// The fast-path array and the owner table are derived from the owner maps; if a run was cut
+/// between the two (killed, power lost), the next plan says so and applying it rebuilds them.
+#[test]
+fn derived_maps_out_of_step_are_planned_and_rebuilt() {
+    use aya::maps::{Array, ArrayOfMaps};
+    use enipin_ebpf::{LOCAL_V4, Local};
+    let Bed {
+        ns,
+        e0,
+        e1,
+        pins: _pins,
+        paths,
+    } = Bed::new("enipin-resync");
+    let managed = [
+        eni(e0, "e0", vec![addr(10), addr(11)]),
+        eni(e1, "e1", vec![addr(50)]),
+    ];
+    let open = |name: &str| {
+        Map::from_map_data(MapData::from_pin(paths.pin_dir.join(name)).unwrap()).unwrap()
+    };
+    in_ns(&ns, || {
+        apply(&paths, &managed);
+        let cfg = Config::default();
+        assert!(ebpf::plan(&managed, &cfg, &paths).unwrap().is_empty());
+        let (_, good) = ebpf::owner_table::<4, BUCKET_V4>(&paths, maps::TABLE_V4)
+            .unwrap()
+            .unwrap();
+
+        // As a run cut short would leave them: e0's fast-path slot empty, an empty table.
+        let mut local: Array<_, Local<4, LOCAL_V4>> =
+            Array::try_from(open(maps::LOCAL_V4)).unwrap();
+        local.set(e0, &Local::default(), 0).unwrap();
+        let empty =
+            Array::<MapData, Bucket<4, BUCKET_V4>>::create(enipin_ebpf::TABLE_BUCKETS, 0).unwrap();
+        let mut outer: ArrayOfMaps<_, Array<MapData, Bucket<4, BUCKET_V4>>> =
+            ArrayOfMaps::try_from(open(maps::TABLE_V4)).unwrap();
+        outer.set(0, &empty, 0).unwrap();
+        // .11 is now found by neither: it passes as not owned on e1 instead of being redirected.
+        let (ret, c) = run(&paths, e1, Ipv4Addr::new(198, 18, 0, 11));
+        assert!(ret == TC_ACT_UNSPEC && c.not_owned == 1);
+
+        let plan = ebpf::plan(&managed, &cfg, &paths).unwrap();
+        assert_eq!(
+            plan.changes,
+            vec![
+                format!(
+                    "~ rebuild {} (out of step with the owner maps: an earlier run was interrupted)",
+                    maps::LOCAL_V4
+                ),
+                format!(
+                    "~ rebuild {} (out of step with the owner maps: an earlier run was interrupted)",
+                    maps::TABLE_V4
+                ),
+            ]
+        );
+        ebpf::apply(plan, &managed, &cfg, &paths).unwrap();
+        assert!(ebpf::plan(&managed, &cfg, &paths).unwrap().is_empty());
+        let (_, now) = ebpf::owner_table::<4, BUCKET_V4>(&paths, maps::TABLE_V4)
+            .unwrap()
+            .unwrap();
+        assert!(now == good, "the rebuilt table differs");
+        let (ret, c) = run(&paths, e1, Ipv4Addr::new(198, 18, 0, 11));
+        assert!(ret == TC_ACT_REDIRECT && c.misrouted_packets == 1);
+        let (ret, c) = run(&paths, e0, Ipv4Addr::new(198, 18, 0, 11));
+        assert!(ret == TC_ACT_UNSPEC && c.owned_here == 1);
+        apply(&paths, &[]);
+    });
+}
