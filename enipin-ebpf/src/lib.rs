@@ -119,14 +119,14 @@ pub fn words<const N: usize>(a: &[u8; N]) -> (u64, u64) {
     }
 }
 
-/// The owner-table bucket of an address (given as [`words`]): Fibonacci hashing of the folded
-/// words, the top bits of a 64-bit product. One multiply in the program; user space calls the
+/// The owner-table bucket of an address (given as [`words`]): Fibonacci hashing of the two
+/// words XORed, the top bits of a 64-bit product. One multiply in the program; user space calls the
 /// same function to fill the table, so the two cannot disagree.
 #[inline(always)]
 pub fn bucket_index((a, b): (u64, u64)) -> u32 {
-    let x = a ^ b.rotate_left(29);
-    let x = x ^ (x >> 32);
-    (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - TABLE_BUCKETS.trailing_zeros())) as u32
+    // The top bits of the product depend on every bit of `a ^ b`: enough for addresses that
+    // differ in the interface identifier (IPv6) or anywhere (IPv4, where `b` is 0).
+    ((a ^ b).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - TABLE_BUCKETS.trailing_zeros())) as u32
 }
 
 /// An interface's own addresses of one family (`N` bytes each, network byte order): the first
@@ -139,12 +139,17 @@ pub struct Local<const N: usize, const K: usize> {
     pub addrs: [[u8; N]; K],
 }
 
+/// What fills a [`Local`]'s unused slots: all ones, the IPv4 broadcast address or an IPv6
+/// multicast one, never the source of a packet (and if a malformed one carried it, it would only
+/// pass unchanged). The program compares every slot instead of checking `n`.
+pub const LOCAL_UNUSED: u8 = 0xff;
+
 impl<const N: usize, const K: usize> Default for Local<N, K> {
     fn default() -> Self {
         Self {
             n: 0,
             _pad: 0,
-            addrs: [[0; N]; K],
+            addrs: [[LOCAL_UNUSED; N]; K],
         }
     }
 }

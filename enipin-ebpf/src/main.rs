@@ -293,10 +293,11 @@ fn local<const N: usize, const K: usize>(
     let Some(local) = (ifindex < FAST_SLOTS).then(|| map.get(ifindex)).flatten() else {
         return false;
     };
-    let n = local.n as usize;
+    // Unused slots hold `LOCAL_UNUSED` (all ones: broadcast / multicast, never a packet's
+    // source), so every slot is compared and `n` need not be: K compares, no bounds branches.
     let mut i = 0;
     while i < K {
-        if i < n && same(words(&local.addrs[i]), src) {
+        if same(words(&local.addrs[i]), src) {
             return true;
         }
         i += 1;
