@@ -139,17 +139,12 @@ pub struct Local<const N: usize, const K: usize> {
     pub addrs: [[u8; N]; K],
 }
 
-/// What fills a [`Local`]'s unused slots: all ones, the IPv4 broadcast address or an IPv6
-/// multicast one, never the source of a packet (and if a malformed one carried it, it would only
-/// pass unchanged). The program compares every slot instead of checking `n`.
-pub const LOCAL_UNUSED: u8 = 0xff;
-
 impl<const N: usize, const K: usize> Default for Local<N, K> {
     fn default() -> Self {
         Self {
             n: 0,
             _pad: 0,
-            addrs: [[LOCAL_UNUSED; N]; K],
+            addrs: [[0; N]; K],
         }
     }
 }

@@ -293,11 +293,10 @@ fn local<const N: usize, const K: usize>(
     let Some(local) = (ifindex < FAST_SLOTS).then(|| map.get(ifindex)).flatten() else {
         return false;
     };
-    // Unused slots hold `LOCAL_UNUSED` (all ones: broadcast / multicast, never a packet's
-    // source), so every slot is compared and `n` need not be: K compares, no bounds branches.
+    let n = local.n as usize;
     let mut i = 0;
     while i < K {
-        if same(words(&local.addrs[i]), src) {
+        if i < n && same(words(&local.addrs[i]), src) {
             return true;
         }
         i += 1;
