@@ -83,7 +83,8 @@ struct Bed {
     ns: Netns,
     e0: u32,
     e1: u32,
-    pins: PinDir,
+    /// Held for its Drop: unmounts and removes the pin directory.
+    _pins: PinDir,
     paths: Paths,
 }
 
@@ -105,7 +106,7 @@ impl Bed {
             ns,
             e0,
             e1,
-            pins,
+            _pins: pins,
             paths,
         }
     }
@@ -120,19 +121,14 @@ fn apply(paths: &Paths, managed: &[ManagedInterface]) {
 
 #[test]
 fn fast_path_follows_the_owner_maps() {
-    let Bed {
-        ns,
-        e0,
-        e1,
-        pins: _pins,
-        paths,
-    } = Bed::new("enipin-fast");
-    let apply = |managed: &[ManagedInterface]| apply(&paths, managed);
+    let bed = Bed::new("enipin-fast");
+    let (ns, e0, e1, paths) = (&bed.ns, bed.e0, bed.e1, &bed.paths);
+    let apply = |managed: &[ManagedInterface]| apply(paths, managed);
     let ip = |last| Ipv4Addr::new(198, 18, 0, last);
     let here = |(ret, c): (u32, Counters)| ret == TC_ACT_UNSPEC && c.owned_here == 1;
     let redirected = |(ret, c): (u32, Counters)| ret == TC_ACT_REDIRECT && c.misrouted_packets == 1;
 
-    in_ns(&ns, || {
+    in_ns(ns, || {
         // e0 owns ten addresses: more than the fast path holds (8).
         apply(&[
             eni(e0, "e0", (10..20).map(addr).collect()),
@@ -140,15 +136,15 @@ fn fast_path_follows_the_owner_maps() {
         ]);
         for last in 10..20 {
             assert!(
-                here(run(&paths, e0, ip(last))),
+                here(run(paths, e0, ip(last))),
                 "198.18.0.{last} on e0 is not owned here"
             );
             assert!(
-                redirected(run(&paths, e1, ip(last))),
+                redirected(run(paths, e1, ip(last))),
                 "198.18.0.{last} on e1 not redirected"
             );
         }
-        assert!(redirected(run(&paths, e0, ip(50))));
+        assert!(redirected(run(paths, e0, ip(50))));
 
         // .10 moves to e1 (the first of e0's fast-path addresses): it is misrouted on e0 now.
         apply(&[
@@ -156,11 +152,11 @@ fn fast_path_follows_the_owner_maps() {
             eni(e1, "e1", vec![addr(10), addr(50)]),
         ]);
         assert!(
-            redirected(run(&paths, e0, ip(10))),
+            redirected(run(paths, e0, ip(10))),
             ".10 still passes as e0's own"
         );
-        assert!(here(run(&paths, e1, ip(10))));
-        assert!(here(run(&paths, e0, ip(19))));
+        assert!(here(run(paths, e1, ip(10))));
+        assert!(here(run(paths, e0, ip(19))));
 
         // Managing nothing removes everything, the fast path included.
         apply(&[]);
@@ -170,16 +166,11 @@ fn fast_path_follows_the_owner_maps() {
 
 #[test]
 fn owner_table_spills_to_the_owner_map_and_is_swapped_whole() {
-    let Bed {
-        ns,
-        e0,
-        e1,
-        pins: _pins,
-        paths,
-    } = Bed::new("enipin-table");
-    let apply = |managed: &[ManagedInterface]| apply(&paths, managed);
+    let bed = Bed::new("enipin-table");
+    let (ns, e0, e1, paths) = (&bed.ns, bed.e0, bed.e1, &bed.paths);
+    let apply = |managed: &[ManagedInterface]| apply(paths, managed);
     let table = || {
-        ebpf::owner_table::<4, BUCKET_V4>(&paths, maps::TABLE_V4)
+        ebpf::owner_table::<4, BUCKET_V4>(paths, maps::TABLE_V4)
             .unwrap()
             .expect("no owner table swapped in")
     };
@@ -199,7 +190,7 @@ fn owner_table_spills_to_the_owner_map_and_is_swapped_whole() {
     };
     let lone = Ipv4Addr::new(198, 19, 0, 50);
 
-    in_ns(&ns, || {
+    in_ns(ns, || {
         apply(&[
             eni(e0, "e0", same.iter().map(ifaddr).collect()),
             eni(e1, "e1", vec![ifaddr(&lone)]),
@@ -215,11 +206,11 @@ fn owner_table_spills_to_the_owner_map_and_is_swapped_whole() {
         assert!(b.ifindex.iter().all(|i| *i == e0));
         // Every address is found, in the bucket or (the spilled three) in the owner map.
         for a in &same {
-            assert!(redirected(run(&paths, e1, *a)), "{a} on e1 not redirected");
-            assert!(here(run(&paths, e0, *a)), "{a} on e0 not owned here");
+            assert!(redirected(run(paths, e1, *a)), "{a} on e1 not redirected");
+            assert!(here(run(paths, e0, *a)), "{a} on e0 not owned here");
         }
-        assert!(redirected(run(&paths, e0, lone)));
-        let (ret, c) = run(&paths, e0, Ipv4Addr::new(198, 19, 0, 51));
+        assert!(redirected(run(paths, e0, lone)));
+        let (ret, c) = run(paths, e0, Ipv4Addr::new(198, 19, 0, 51));
         assert!(
             ret == TC_ACT_UNSPEC && c.not_owned == 1,
             "an unowned source"
@@ -242,8 +233,8 @@ fn owner_table_spills_to_the_owner_map_and_is_swapped_whole() {
         let lb = &buckets[bucket_index(words(&lone.octets())) as usize];
         let at = lb.addrs.iter().position(|a| *a == lone.octets()).unwrap();
         assert_eq!(lb.ifindex[at], e0);
-        assert!(redirected(run(&paths, e1, lone)));
-        assert!(here(run(&paths, e0, lone)));
+        assert!(redirected(run(paths, e1, lone)));
+        assert!(here(run(paths, e0, lone)));
 
         // White box: the program answers from the table, and from the owner map only for a
         // spilled bucket. Remove two addresses from the owner map behind the applier's back: the
@@ -257,10 +248,10 @@ fn owner_table_spills_to_the_owner_map_and_is_swapped_whole() {
         owners.remove(&kept.octets()).unwrap();
         owners.remove(&spilled.octets()).unwrap();
         assert!(
-            redirected(run(&paths, e1, kept)),
+            redirected(run(paths, e1, kept)),
             "{kept}: not read from the table"
         );
-        let (ret, c) = run(&paths, e1, spilled);
+        let (ret, c) = run(paths, e1, spilled);
         assert!(
             ret == TC_ACT_UNSPEC && c.not_owned == 1,
             "{spilled}: spilled, yet found without the owner map"
@@ -276,13 +267,8 @@ fn owner_table_spills_to_the_owner_map_and_is_swapped_whole() {
 fn derived_maps_out_of_step_are_planned_and_rebuilt() {
     use aya::maps::{Array, ArrayOfMaps};
     use enipin_ebpf::{LOCAL_V4, Local};
-    let Bed {
-        ns,
-        e0,
-        e1,
-        pins: _pins,
-        paths,
-    } = Bed::new("enipin-resync");
+    let bed = Bed::new("enipin-resync");
+    let (ns, e0, e1, paths) = (&bed.ns, bed.e0, bed.e1, &bed.paths);
     let managed = [
         eni(e0, "e0", vec![addr(10), addr(11)]),
         eni(e1, "e1", vec![addr(50)]),
@@ -290,11 +276,11 @@ fn derived_maps_out_of_step_are_planned_and_rebuilt() {
     let open = |name: &str| {
         Map::from_map_data(MapData::from_pin(paths.pin_dir.join(name)).unwrap()).unwrap()
     };
-    in_ns(&ns, || {
-        apply(&paths, &managed);
+    in_ns(ns, || {
+        apply(paths, &managed);
         let cfg = Config::default();
-        assert!(ebpf::plan(&managed, &cfg, &paths).unwrap().is_empty());
-        let (_, good) = ebpf::owner_table::<4, BUCKET_V4>(&paths, maps::TABLE_V4)
+        assert!(ebpf::plan(&managed, &cfg, paths).unwrap().is_empty());
+        let (_, good) = ebpf::owner_table::<4, BUCKET_V4>(paths, maps::TABLE_V4)
             .unwrap()
             .unwrap();
 
@@ -308,10 +294,10 @@ fn derived_maps_out_of_step_are_planned_and_rebuilt() {
             ArrayOfMaps::try_from(open(maps::TABLE_V4)).unwrap();
         outer.set(0, &empty, 0).unwrap();
         // .11 is now found by neither: it passes as not owned on e1 instead of being redirected.
-        let (ret, c) = run(&paths, e1, Ipv4Addr::new(198, 18, 0, 11));
+        let (ret, c) = run(paths, e1, Ipv4Addr::new(198, 18, 0, 11));
         assert!(ret == TC_ACT_UNSPEC && c.not_owned == 1);
 
-        let plan = ebpf::plan(&managed, &cfg, &paths).unwrap();
+        let plan = ebpf::plan(&managed, &cfg, paths).unwrap();
         assert_eq!(
             plan.changes,
             vec![
@@ -325,16 +311,16 @@ fn derived_maps_out_of_step_are_planned_and_rebuilt() {
                 ),
             ]
         );
-        ebpf::apply(plan, &managed, &cfg, &paths).unwrap();
-        assert!(ebpf::plan(&managed, &cfg, &paths).unwrap().is_empty());
-        let (_, now) = ebpf::owner_table::<4, BUCKET_V4>(&paths, maps::TABLE_V4)
+        ebpf::apply(plan, &managed, &cfg, paths).unwrap();
+        assert!(ebpf::plan(&managed, &cfg, paths).unwrap().is_empty());
+        let (_, now) = ebpf::owner_table::<4, BUCKET_V4>(paths, maps::TABLE_V4)
             .unwrap()
             .unwrap();
         assert!(now == good, "the rebuilt table differs");
-        let (ret, c) = run(&paths, e1, Ipv4Addr::new(198, 18, 0, 11));
+        let (ret, c) = run(paths, e1, Ipv4Addr::new(198, 18, 0, 11));
         assert!(ret == TC_ACT_REDIRECT && c.misrouted_packets == 1);
-        let (ret, c) = run(&paths, e0, Ipv4Addr::new(198, 18, 0, 11));
+        let (ret, c) = run(paths, e0, Ipv4Addr::new(198, 18, 0, 11));
         assert!(ret == TC_ACT_UNSPEC && c.owned_here == 1);
-        apply(&paths, &[]);
+        apply(paths, &[]);
     });
 }

@@ -130,6 +130,26 @@ fn eventually<T>(
     }
 }
 
+/// A third ENI on the same subnet, eth2 with 198.18.0.12 (its vpc port has no source check: only
+/// its own traffic).
+fn add_eth2(topo: &Topology) {
+    enipin_tests::veth(
+        topo.vpc(),
+        "eni2",
+        "02:e1:00:00:00:02",
+        topo.host(),
+        "eth2",
+        "02:e0:00:00:00:12",
+    )
+    .unwrap();
+    topo.vpc()
+        .ip(&["link", "set", "eni2", "master", "br0"])
+        .unwrap();
+    topo.host()
+        .ip(&["addr", "add", "198.18.0.12/24", "dev", "eth2"])
+        .unwrap();
+}
+
 /// `ip rule` lines (both families) of the namespace that contain `needle`.
 fn rules_with(topo: &Topology, needle: &str) -> Vec<String> {
     rules(topo.host())
@@ -482,22 +502,7 @@ fn watch_adopts_an_eni_attached_at_runtime() {
     let w = Watcher::start(&e, &["--interval", "60"]);
     w.line(0, &["reconciled after start"]);
     let since = w.mark();
-    // A third ENI on the same subnet (its vpc port has no source check: only its own traffic).
-    enipin_tests::veth(
-        topo.vpc(),
-        "eni2",
-        "02:e1:00:00:00:02",
-        topo.host(),
-        "eth2",
-        "02:e0:00:00:00:12",
-    )
-    .unwrap();
-    topo.vpc()
-        .ip(&["link", "set", "eni2", "master", "br0"])
-        .unwrap();
-    topo.host()
-        .ip(&["addr", "add", "198.18.0.12/24", "dev", "eth2"])
-        .unwrap();
+    add_eth2(&topo);
     let (rules, took) = eventually(
         "rules for eth2",
         || own_rules(&topo, "198.18.0.12"),
@@ -534,24 +539,7 @@ fn watch_adopts_an_eni_attached_at_runtime() {
 #[test]
 fn watch_leaves_out_a_named_eni_while_it_is_gone() {
     let topo = topology();
-    let add_eth2 = || {
-        enipin_tests::veth(
-            topo.vpc(),
-            "eni2",
-            "02:e1:00:00:00:02",
-            topo.host(),
-            "eth2",
-            "02:e0:00:00:00:12",
-        )
-        .unwrap();
-        topo.vpc()
-            .ip(&["link", "set", "eni2", "master", "br0"])
-            .unwrap();
-        topo.host()
-            .ip(&["addr", "add", "198.18.0.12/24", "dev", "eth2"])
-            .unwrap();
-    };
-    add_eth2();
+    add_eth2(&topo);
     let e = Enipin::in_ns(topo.host());
     let w = Watcher::start(&e, &["--interfaces", "eth0,eth1,eth2", "--interval", "60"]);
     w.line(0, &["reconciled after start", "managing eth0, eth1, eth2"]);
@@ -582,7 +570,7 @@ fn watch_leaves_out_a_named_eni_while_it_is_gone() {
 
     // eth2 is back (a new ifindex): taken back.
     let since = w.mark();
-    add_eth2();
+    add_eth2(&topo);
     w.line(since, &["every interface named in --interfaces is back"]);
     eventually(
         "rules for eth2 again",
