@@ -98,6 +98,12 @@ const _: () = {
     assert!(size_of::<Bucket<16, BUCKET_V6>>() == 8 + (16 + 4) * BUCKET_V6);
     assert!(size_of::<LocalV4>() == 8 + 4 * LOCAL_V4);
     assert!(size_of::<LocalV6>() == 8 + 16 * LOCAL_V6);
+    // The program reads the addresses as aligned words (IPv6: 8 bytes) from offset 8.
+    use core::mem::{align_of, offset_of};
+    assert!(align_of::<Bucket<16, BUCKET_V6>>() == 8 && align_of::<LocalV6>() == 8);
+    assert!(offset_of!(Bucket<4, BUCKET_V4>, addrs) == 8);
+    assert!(offset_of!(Bucket<16, BUCKET_V6>, addrs) == 8);
+    assert!(offset_of!(LocalV4, addrs) == 8 && offset_of!(LocalV6, addrs) == 8);
 };
 
 /// An address as two native-endian words (the second 0 for IPv4): how the program compares

@@ -26,7 +26,6 @@ use aya_ebpf::{
 use enipin_ebpf::{
     Bucket, Config, Counters, FAST_SLOTS, Local, LocalV4, LocalV6, MAX_INTERFACES, MAX_OWNERS,
     MODE_ENFORCE, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, TABLE_BUCKETS, bucket_index,
-    words,
 };
 
 // Map names must equal `enipin_ebpf::maps::*` (the `#[map]` name is the symbol name).
@@ -248,7 +247,7 @@ fn classify(ctx: &TcContext, ifindex: u32) -> Verdict {
     )
 }
 
-/// Reads 8 bytes of packet at `p` in native byte order, as [`words`] does, in one load whatever
+/// Reads 8 bytes of packet at `p` in native byte order, as `enipin_ebpf::words` does, in one load whatever
 /// the alignment. The verifier allows misaligned packet reads (it enforces alignment only with
 /// BPF_F_STRICT_ALIGNMENT or on architectures without efficient unaligned access, where the load
 /// would fail loudly), and the JIT emits one instruction; `read_unaligned` would be eight byte
@@ -296,7 +295,7 @@ fn local<const N: usize, const K: usize>(
     let n = local.n as usize;
     let mut i = 0;
     while i < K {
-        if i < n && same(words(&local.addrs[i]), src) {
+        if i < n && same(slot_words(&local.addrs[i]), src) {
             return true;
         }
         i += 1;
@@ -323,7 +322,7 @@ fn lookup<const N: usize, const K: usize>(
                 if owner == 0 {
                     break;
                 }
-                if same(words(&bucket.addrs[i]), w) {
+                if same(slot_words(&bucket.addrs[i]), w) {
                     return Verdict::Owned(owner);
                 }
                 i += 1;
@@ -348,6 +347,24 @@ fn lookup<const N: usize, const K: usize>(
     }
 }
 
+/// An address stored in a `Local` or `Bucket` slot as `enipin_ebpf::words`, with aligned loads. `words`
+/// reads with `read_unaligned`, and behind a map-in-map value pointer LLVM cannot see the
+/// alignment, so it splits each IPv6 word into two 4-byte loads, a shift and an or.
+#[inline(always)]
+fn slot_words<const N: usize>(a: &[u8; N]) -> (u64, u64) {
+    let p = a.as_ptr();
+    // SAFETY: `Local` and `Bucket` are `align(8)` with their addresses from offset 8 (asserted in
+    // lib.rs), so an IPv4 slot is 4-aligned and an IPv6 slot 8-aligned.
+    unsafe {
+        if N == 4 {
+            (u64::from(core::ptr::read(p as *const u32)), 0)
+        } else {
+            let p = p as *const u64;
+            (core::ptr::read(p), core::ptr::read(p.add(1)))
+        }
+    }
+}
+
 /// Address equality, interface identifier first: an interface's IPv6 addresses usually share
 /// their first word (the /64), so comparing that first would rarely decide anything.
 #[inline(always)]
@@ -355,7 +372,7 @@ fn same(a: (u64, u64), b: (u64, u64)) -> bool {
     a.1 == b.1 && a.0 == b.0
 }
 
-/// The address that [`words`] read, as the owner maps' key.
+/// The address that `enipin_ebpf::words` read, as the owner maps' key.
 #[inline(always)]
 fn bytes<const N: usize>((a, b): (u64, u64)) -> [u8; N] {
     let mut out = [0u8; N];
