@@ -266,6 +266,11 @@ fn layouts() -> [(&'static str, MapType, usize, usize, u32); 11] {
     ]
 }
 
+/// What is pinned (the rollback's "before" and "now").
+fn installed(paths: &Paths) -> Result<State> {
+    installed_with(paths, &stale_maps(paths)?)
+}
+
 /// Pinned maps whose layout is not what this build expects (pinned by another enipin version),
 /// with what differs. The program cannot load against them; `attach` replaces them (their
 /// content is derived from the desired state, counters excepted) and swaps the new program in.
@@ -340,9 +345,9 @@ fn pinned_current(
     pinned_map(paths, name)
 }
 
-fn installed(paths: &Paths) -> Result<State> {
-    let stale = stale_maps(paths)?;
-    let pinned_map = |paths: &Paths, name: &str| pinned_current(paths, &stale, name);
+/// What is pinned, reading a map of another layout (`stale`) as absent.
+fn installed_with(paths: &Paths, stale: &BTreeMap<&'static str, String>) -> Result<State> {
+    let pinned_map = |paths: &Paths, name: &str| pinned_current(paths, stale, name);
     let mut s = State::default();
     if let Some(map) = pinned_map(paths, maps::OWNERS_V4)? {
         for kv in HashMap::<_, [u8; 4], Owner>::try_from(map)?.iter() {
@@ -521,8 +526,8 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
         return Ok(plan);
     }
     let want = desired(managed, cfg);
-    let have = installed(paths)?;
     let stale = stale_maps(paths)?;
+    let have = installed_with(paths, &stale)?;
     let d = &mut plan.diff;
     for (name, why) in &stale {
         let reset = if [maps::COUNTERS, maps::COUNTERS_FAST].contains(name) {
