@@ -416,7 +416,6 @@ fn second_attach_adopts_what_is_pinned() {
 #[test]
 fn a_different_pinned_program_is_replaced_atomically() {
     use aya::programs::{
-        ProgramInfo,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
     };
@@ -468,37 +467,40 @@ fn a_different_pinned_program_is_replaced_atomically() {
             links,
             "the same links, updated in place"
         );
-        let pinned = ProgramInfo::from_pin(paths.pin_dir.join("prog")).unwrap();
-        assert_eq!(
-            tcx_progs(e1),
-            vec![pinned.id()],
-            "the pinned program is the attached one"
-        );
-        assert!(
-            ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths)
-                .unwrap()
-                .is_empty()
-        );
-
-        // The replaced program enforces: a ping to the secondary address is answered.
-        let (_, got) = lab.ping(IP2, 2).unwrap();
-        assert_eq!(got, 2);
+        settled_and_enforcing(&lab, &paths);
         ebpf::detach(&paths).unwrap();
     });
+}
+
+/// After a program swap: the pinned program is the one on every managed link, nothing is left to
+/// plan, and it enforces (a ping to the secondary address is answered). Returns the program.
+fn settled_and_enforcing(lab: &Lab, paths: &Paths) -> aya::programs::ProgramInfo {
+    let prog = aya::programs::ProgramInfo::from_pin(paths.pin_dir.join("prog")).unwrap();
+    for m in &lab.managed {
+        assert_eq!(
+            tcx_progs(m.ifindex),
+            vec![prog.id()],
+            "the pinned program is the attached one"
+        );
+    }
+    assert!(
+        ebpf::plan(&lab.managed, &cfg(Mode::Enforce), paths)
+            .unwrap()
+            .is_empty()
+    );
+    let (_, got) = lab.ping(IP2, 2).unwrap();
+    assert_eq!(got, 2);
+    prog
 }
 
 /// An upgrade: maps pinned by an older enipin with another layout are replaced and the program
 /// swapped on the same links, in one attach; a failed attach pins the old maps back.
 #[test]
 fn maps_of_another_layout_are_recreated_on_attach() {
-    use aya::{
-        maps::{Array, MapData, MapInfo},
-        programs::ProgramInfo,
-    };
+    use aya::maps::{Array, MapData, MapInfo};
     let lab = Lab::new().unwrap();
     let pins = PinDir::new("enipin-dp-layout-").unwrap();
     let paths = lab.paths(&pins);
-    let e1 = lab.managed[0].ifindex;
     let mut ghost = lab.managed[1].clone();
     ghost.ifindex = 999_999;
     ghost.name = "ghost".into();
@@ -545,16 +547,8 @@ fn maps_of_another_layout_are_recreated_on_attach() {
             std::mem::size_of::<enipin_ebpf::Config>()
         );
         // The program on the links is the pinned one, and it reads the new map.
-        let prog = ProgramInfo::from_pin(paths.pin_dir.join("prog")).unwrap();
-        assert_eq!(tcx_progs(e1), vec![prog.id()]);
+        let prog = settled_and_enforcing(&lab, &paths);
         assert!(prog.map_ids().unwrap().unwrap().contains(&new.id()));
-        assert!(
-            ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths)
-                .unwrap()
-                .is_empty()
-        );
-        let (_, got) = lab.ping(IP2, 2).unwrap();
-        assert_eq!(got, 2);
         ebpf::detach(&paths).unwrap();
     });
 }
