@@ -5,12 +5,27 @@ use std::{env, path::PathBuf};
 
 use anyhow::{Context as _, anyhow};
 
-/// Keep in step with xtask's EBPF_TOOLCHAIN.
-const EBPF_TOOLCHAIN: &str = "nightly-2026-10-29";
+/// The eBPF toolchain's name, from the one file that holds it.
+fn ebpf_toolchain(ebpf_dir: &std::path::Path) -> anyhow::Result<String> {
+    let file = ebpf_dir.join("rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={}", file.display());
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let parsed: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+    parsed
+        .get("toolchain")
+        .and_then(|t| t.get("channel"))
+        .and_then(|c| c.as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("{} has no toolchain.channel", file.display()))
+}
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let root = manifest_dir.parent().context("enipin/ has no parent")?;
+    let ebpf_dir = root.join("enipin-ebpf");
+    let toolchain = ebpf_toolchain(&ebpf_dir)?;
     let tools_bin = root.join(".tools").join("bin");
     let path = env::var_os("PATH").unwrap_or_default();
     let mut paths = vec![tools_bin.clone()];
@@ -22,7 +37,6 @@ fn main() -> anyhow::Result<()> {
         tools_bin.join("bpf-linker").display()
     );
 
-    let ebpf_dir = root.join("enipin-ebpf");
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path")?;
     aya_build::build_ebpf(
         [aya_build::Package {
@@ -30,12 +44,12 @@ fn main() -> anyhow::Result<()> {
             root_dir: ebpf_dir,
             ..Default::default()
         }],
-        aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
+        aya_build::Toolchain::Custom(&toolchain),
     )
     .map_err(|e| {
         anyhow!(
             "building the eBPF program failed: {e:#}\n\
-             Run `cargo xtask setup` first: it installs {EBPF_TOOLCHAIN} with rust-src and \
+             Run `cargo xtask setup` first: it installs {toolchain} with rust-src and \
              bpf-linker into .tools/"
         )
     })

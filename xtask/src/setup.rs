@@ -13,8 +13,19 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::root;
 
-/// The nightly that builds the eBPF program. Keep in step with enipin/build.rs.
-pub const EBPF_TOOLCHAIN: &str = "nightly-2026-10-29";
+/// The nightly that builds the eBPF program: named once, in enipin-ebpf/rust-toolchain.toml
+/// (enipin/build.rs reads the same file).
+fn ebpf_toolchain() -> Result<String> {
+    let text = include_str!("../../enipin-ebpf/rust-toolchain.toml");
+    let parsed: toml::Table =
+        toml::from_str(text).context("parsing enipin-ebpf/rust-toolchain.toml")?;
+    parsed
+        .get("toolchain")
+        .and_then(|t| t.get("channel"))
+        .and_then(|c| c.as_str())
+        .map(str::to_owned)
+        .context("enipin-ebpf/rust-toolchain.toml has no toolchain.channel")
+}
 /// bpf-linker, built against that nightly's own libLLVM (its default feature is llvm-23).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages for the lab, the tests and the benchmark: (command, package).
@@ -86,13 +97,14 @@ fn packages() -> Result<()> {
 }
 
 fn nightly() -> Result<()> {
+    let toolchain = ebpf_toolchain()?;
     let installed = Command::new("rustup")
         .args([
             "component",
             "list",
             "--installed",
             "--toolchain",
-            EBPF_TOOLCHAIN,
+            &toolchain,
         ])
         .output()
         .context("running rustup (install it from your distribution or rustup.rs)")?;
@@ -100,11 +112,11 @@ fn nightly() -> Result<()> {
     {
         return Ok(());
     }
-    eprintln!("setup: installing {EBPF_TOOLCHAIN} with rust-src (builds the eBPF program)");
+    eprintln!("setup: installing {toolchain} with rust-src (builds the eBPF program)");
     crate::run(Command::new("rustup").args([
         "toolchain",
         "install",
-        EBPF_TOOLCHAIN,
+        &toolchain,
         "--profile",
         "minimal",
         "--component",
@@ -113,12 +125,13 @@ fn nightly() -> Result<()> {
 }
 
 fn nightly_libllvm() -> Result<PathBuf> {
+    let toolchain = ebpf_toolchain()?;
     let out = Command::new("rustc")
-        .args([&format!("+{EBPF_TOOLCHAIN}"), "--print", "sysroot"])
+        .args([&format!("+{toolchain}"), "--print", "sysroot"])
         .output()
         .context("asking the nightly for its sysroot")?;
     if !out.status.success() {
-        bail!("rustc +{EBPF_TOOLCHAIN} --print sysroot failed");
+        bail!("rustc +{toolchain} --print sysroot failed");
     }
     let lib = PathBuf::from(String::from_utf8(out.stdout)?.trim()).join("lib");
     // The nightly ships libLLVM.so.<major>.<minor>-rust-<version>-nightly.
