@@ -9,6 +9,7 @@ pub mod apply;
 pub mod config;
 pub mod discover;
 pub mod ebpf;
+pub mod http;
 pub mod lab;
 pub mod metrics;
 pub mod model;

@@ -1,11 +1,10 @@
 //! Datapath counters: `enipin stats` and Prometheus exposition.
 use std::fmt::Write as _;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use enipin_ebpf::Counters;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::{config::Paths, ebpf};
+use crate::{config::Paths, ebpf, http};
 
 /// Help text per counter, in `Counters::NAMES` order.
 const HELP: [&str; 9] = [
@@ -93,46 +92,14 @@ pub async fn metrics(paths: &Paths, listen: Option<std::net::SocketAddr>) -> Res
     };
     // Fail now, not at the first scrape, when nothing is pinned.
     exposition(paths)?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))?;
+    let listener = http::bind(addr).await?;
     eprintln!(
         "enipin: serving GET /metrics on http://{}/metrics",
         listener.local_addr()?
     );
-    loop {
-        let (mut sock, _) = listener.accept().await?;
-        let paths = paths.clone();
-        tokio::spawn(async move {
-            // A scrape request fits in one read; anything slower than 5 s is dropped.
-            let mut buf = [0u8; 2048];
-            let Ok(Ok(n)) =
-                tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await
-            else {
-                return;
-            };
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("");
-            let (status, ctype, body) = if !req.starts_with("GET ") {
-                (
-                    "405 Method Not Allowed",
-                    "text/plain",
-                    "GET only\n".to_owned(),
-                )
-            } else if path != "/metrics" {
-                ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
-            } else {
-                match exposition(&paths) {
-                    Ok(b) => ("200 OK", "text/plain; version=0.0.4", b),
-                    Err(e) => ("503 Service Unavailable", "text/plain", format!("{e:#}\n")),
-                }
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        });
-    }
+    let paths = paths.clone();
+    match http::serve(listener, http::Limits::default(), move |method, path| {
+        http::route_metrics(method, path, || exposition(&paths))
+    })
+    .await {}
 }
