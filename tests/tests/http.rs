@@ -37,6 +37,7 @@ fn serve(enipin: &Enipin, addr: &str, nofile: u64) -> (Child, String, Vec<String
         let mut line = String::new();
         if stderr.read_line(&mut line).unwrap() == 0 {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("enipin metrics exited before its banner: {lines:?}");
         }
         lines.push(line.trim_end().to_owned());
