@@ -31,21 +31,32 @@ fn serve(enipin: &Enipin, addr: &str, nofile: u64) -> (Child, String, Vec<String
         });
     }
     let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawning enipin");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    match banner(&mut child) {
+        Some((addr, lines)) => (child, addr, lines),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("enipin metrics exited before its banner");
+        }
+    }
+}
+
+/// The address in the server's banner, and the stderr lines up to it (printed as they come).
+fn banner(child: &mut Child) -> Option<(String, Vec<String>)> {
+    let mut stderr = BufReader::new(child.stderr.take()?);
     let mut lines = Vec::new();
     loop {
         let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("enipin metrics exited before its banner: {lines:?}");
+        if stderr.read_line(&mut line).ok()? == 0 {
+            return None;
         }
+        eprint!("enipin: {line}");
         lines.push(line.trim_end().to_owned());
         if let Some(rest) = line.split("http://").nth(1) {
-            let addr = rest.split('/').next().unwrap().to_owned();
+            let addr = rest.split('/').next()?.to_owned();
             // Keep draining stderr so the server never blocks on a full pipe.
             std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-            return (child, addr, lines);
+            return Some((addr, lines));
         }
     }
 }
