@@ -11,8 +11,8 @@
 //! A reconcile that fails (discovery, a conflict, a step) changes nothing, is logged, and is
 //! retried with exponential backoff: an error is never read as "nothing to manage".
 //!
-//! SIGTERM / SIGINT stop the watcher between reconciles and leave the state installed, as
-//! `attach` does; `enipin detach` removes it.
+//! SIGHUP asks for a full reconcile. SIGTERM / SIGINT stop the watcher between reconciles and
+//! leave the state installed, as `attach` does; `enipin detach` removes it.
 
 use std::time::{Duration, Instant};
 
@@ -331,6 +331,9 @@ pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
     let _lock = state::lock(paths)?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // SIGHUP's default action ends the process (exit 129): a terminal closing or an operator's
+    // `systemctl reload` must not stop enforcement. It asks for a full reconcile instead.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     // Subscribe before the first reconcile: nothing that happens after it goes unseen.
     let mut events = subscribe()?;
     let mut logger: Option<Logger> = None;
@@ -362,6 +365,11 @@ pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
             _ = int.recv() => {
                 println!("SIGINT: stopped watching; enipin's state stays installed (`enipin detach` removes it)");
                 return Ok(());
+            }
+            _ = hup.recv() => {
+                println!("SIGHUP: reconciling now (SIGHUP never stops the watcher)");
+                why.add(Some((0, "SIGHUP".to_owned())));
+                due = Some(Instant::now());
             }
             ev = events.next() => {
                 let now = Instant::now();

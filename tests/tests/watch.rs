@@ -587,3 +587,29 @@ fn watch_leaves_out_a_named_eni_while_it_is_gone() {
     let notes = w.log().matches("left out until it is back").count();
     assert_eq!(notes, 1, "{}", w.log());
 }
+
+#[test]
+fn watch_takes_sighup_as_a_reconcile_not_an_exit() {
+    let topo = topology();
+    let e = Enipin::in_ns(topo.host());
+    let mut w = Watcher::start(&e, &[]);
+    w.line(0, &["reconciled after start"]);
+    let since = w.mark();
+    // SAFETY: plain syscall on our own child's pid.
+    unsafe { libc::kill(w.child.id() as i32, libc::SIGHUP) };
+    w.line(since, &["SIGHUP", "reconciling now"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        w.child.try_wait().unwrap(),
+        None,
+        "enipin watch exited on SIGHUP:\n{}",
+        w.log()
+    );
+    let (st, _) = w.signal(libc::SIGTERM, Duration::from_secs(2));
+    assert!(
+        st.success(),
+        "exit {st} on SIGTERM after SIGHUP:\n{}",
+        w.log()
+    );
+    e.ok(&["detach"]);
+}
