@@ -63,6 +63,19 @@ const _: () = assert!(TABLE_BUCKETS.is_power_of_two());
 pub const BUCKET_V4: usize = 8;
 pub const BUCKET_V6: usize = 4;
 
+/// Address lengths the shared address functions take: 4 (IPv4) or 16 (IPv6). A function generic
+/// over `N` starts with `let () = AddrLen::<N>::OK;`, so any other `N` fails to compile (the
+/// constant is evaluated when the function is instantiated) instead of reading past the address
+/// or silently treating it as IPv6.
+pub struct AddrLen<const N: usize>;
+
+impl<const N: usize> AddrLen<N> {
+    pub const OK: () = assert!(
+        N == 4 || N == 16,
+        "an address is 4 (IPv4) or 16 (IPv6) bytes"
+    );
+}
+
 /// One bucket of an owner table: up to `K` addresses (`N` bytes each, network byte order) whose
 /// hash ([`bucket_index`]) is this bucket's index, and their owners. Slots are filled from the
 /// front; `ifindex[i] == 0` ends the list.
@@ -91,27 +104,16 @@ impl<const N: usize, const K: usize> Default for Bucket<N, K> {
     }
 }
 
-// No hidden padding (user space writes these as plain bytes): the fields add up to the size.
-const _: () = {
-    use core::mem::size_of;
-    assert!(size_of::<Bucket<4, BUCKET_V4>>() == 8 + (4 + 4) * BUCKET_V4);
-    assert!(size_of::<Bucket<16, BUCKET_V6>>() == 8 + (16 + 4) * BUCKET_V6);
-    assert!(size_of::<LocalV4>() == 8 + 4 * LOCAL_V4);
-    assert!(size_of::<LocalV6>() == 8 + 16 * LOCAL_V6);
-    // The program reads the addresses as aligned words (IPv6: 8 bytes) from offset 8.
-    use core::mem::{align_of, offset_of};
-    assert!(align_of::<Bucket<16, BUCKET_V6>>() == 8 && align_of::<LocalV6>() == 8);
-    assert!(offset_of!(Bucket<4, BUCKET_V4>, addrs) == 8);
-    assert!(offset_of!(Bucket<16, BUCKET_V6>, addrs) == 8);
-    assert!(offset_of!(LocalV4, addrs) == 8 && offset_of!(LocalV6, addrs) == 8);
-};
+pub type BucketV4 = Bucket<4, BUCKET_V4>;
+pub type BucketV6 = Bucket<16, BUCKET_V6>;
 
 /// An address as two native-endian words (the second 0 for IPv4): how the program compares
 /// addresses without a call to memcmp, and the input of [`bucket_index`].
 #[inline(always)]
 pub fn words<const N: usize>(a: &[u8; N]) -> (u64, u64) {
+    let () = AddrLen::<N>::OK;
     let p = a.as_ptr();
-    // SAFETY: N readable bytes (4 or 16); unaligned reads within them.
+    // SAFETY: N readable bytes (4 or 16, checked above); unaligned reads within them.
     unsafe {
         if N == 4 {
             (u64::from(core::ptr::read_unaligned(p as *const u32)), 0)
@@ -158,6 +160,14 @@ impl<const N: usize, const K: usize> Default for Local<N, K> {
 pub type LocalV4 = Local<4, LOCAL_V4>;
 pub type LocalV6 = Local<16, LOCAL_V6>;
 
+// The program reads the addresses as aligned words (IPv6: 8 bytes) from offset 8.
+const _: () = {
+    use core::mem::{align_of, offset_of};
+    assert!(align_of::<BucketV6>() == 8 && align_of::<LocalV6>() == 8);
+    assert!(offset_of!(BucketV4, addrs) == 8 && offset_of!(BucketV6, addrs) == 8);
+    assert!(offset_of!(LocalV4, addrs) == 8 && offset_of!(LocalV6, addrs) == 8);
+};
+
 /// The interface that owns an address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -189,77 +199,110 @@ pub struct Config {
 pub const PREFIXES_V4_PRESENT: u32 = 1;
 pub const PREFIXES_V6_PRESENT: u32 = 2;
 
-/// Per-interface, per-CPU counters. User space sums them over CPUs.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
+/// One counter's name and help text, for printing: the name is the field's, the key in `enipin
+/// stats --json`, and the Prometheus metric `enipin_<name>_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counter {
+    pub name: &'static str,
+    pub help: &'static str,
+}
+
+/// Defines [`Counters`] from one list of `doc, name: "help"`: the `#[repr(C)]` struct the program
+/// bumps field by field, and everything user space does with it (names, help, values, sums,
+/// differences), so a counter is added or renamed in one place.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident: $help:literal,)*) => {
+        /// Per-interface, per-CPU counters. User space sums them over CPUs.
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        impl Counters {
+            /// Every counter, in declaration order (the order of [`Counters::values`]).
+            pub const LIST: &'static [Counter] = &[$(Counter {
+                name: stringify!($name),
+                help: $help,
+            }),*];
+            /// How many counters there are.
+            pub const LEN: usize = Self::LIST.len();
+            /// All zero, for building expected values in `const` items.
+            pub const ZERO: Counters = Counters { $($name: 0),* };
+
+            /// The values, in [`Counters::LIST`] order.
+            pub fn values(&self) -> [u64; Self::LEN] {
+                [$(self.$name),*]
+            }
+
+            /// Each counter with its value, in declaration order.
+            pub fn iter(&self) -> impl Iterator<Item = (&'static Counter, u64)> {
+                Self::LIST.iter().zip(self.values())
+            }
+
+            /// The value of the counter called `name`, `None` if there is none.
+            pub fn get(&self, name: &str) -> Option<u64> {
+                self.iter().find(|(c, _)| c.name == name).map(|(_, v)| v)
+            }
+
+            /// Adds `other` counter by counter (to sum over CPUs or maps).
+            pub fn add(&mut self, other: &Counters) {
+                $(self.$name += other.$name;)*
+            }
+
+            /// What moved since `before`, counter by counter. Counters only grow while their
+            /// slot exists; a counter that went down (its slot was reset in between) overflows.
+            pub fn since(&self, before: &Counters) -> Counters {
+                Counters { $($name: self.$name - before.$name),* }
+            }
+        }
+    };
+}
+
+counters! {
     /// Source owned by another managed interface (redirected in enforce mode, counted in monitor).
-    pub misrouted_packets: u64,
-    pub misrouted_bytes: u64,
+    misrouted_packets: "Packets whose source belongs to another managed interface",
+    misrouted_bytes: "Bytes of packets whose source belongs to another managed interface",
     /// `bpf_redirect_neigh` refused; the packet passed unchanged.
-    pub redirect_failed: u64,
+    redirect_failed: "Misrouted packets the redirect failed for (passed unchanged)",
     /// Misrouted, but larger than the owner's MTU: passed unchanged (fail open).
-    pub mtu_exceeded: u64,
+    mtu_exceeded: "Misrouted packets larger than the owner's MTU (passed unchanged)",
     /// Source owned by this interface: the normal case.
-    pub owned_here: u64,
+    owned_here: "Packets whose source belongs to the interface they leave by",
     /// IP source that no managed interface owns (containers, forwarded traffic, ...).
-    pub not_owned: u64,
+    not_owned: "IP packets whose source no managed interface owns",
     /// ARP and every other non-IP ethertype.
-    pub non_ip: u64,
+    non_ip: "ARP and other non-IP packets",
     /// IP, but never redirected: VLAN-tagged, multicast/broadcast destination, IPv6 link-local or
     /// unspecified source, neighbour discovery.
-    pub skipped: u64,
+    skipped: "IP packets never redirected (VLAN, multicast, link-local, neighbour discovery)",
     /// Too short to parse (truncated headers): passed unchanged.
-    pub malformed: u64,
+    malformed: "Packets too short to parse (passed unchanged)",
 }
 
-impl Counters {
-    /// Field names, in declaration order, for printing and Prometheus.
-    pub const NAMES: [&'static str; 9] = [
-        "misrouted_packets",
-        "misrouted_bytes",
-        "redirect_failed",
-        "mtu_exceeded",
-        "owned_here",
-        "not_owned",
-        "non_ip",
-        "skipped",
-        "malformed",
-    ];
-
-    pub fn values(&self) -> [u64; 9] {
-        [
-            self.misrouted_packets,
-            self.misrouted_bytes,
-            self.redirect_failed,
-            self.mtu_exceeded,
-            self.owned_here,
-            self.not_owned,
-            self.non_ip,
-            self.skipped,
-            self.malformed,
-        ]
-    }
-
-    pub fn add(&mut self, other: &Counters) {
-        self.misrouted_packets += other.misrouted_packets;
-        self.misrouted_bytes += other.misrouted_bytes;
-        self.redirect_failed += other.redirect_failed;
-        self.mtu_exceeded += other.mtu_exceeded;
-        self.owned_here += other.owned_here;
-        self.not_owned += other.not_owned;
-        self.non_ip += other.non_ip;
-        self.skipped += other.skipped;
-        self.malformed += other.malformed;
-    }
+/// For each type shared through a map: its size, asserted (the fields add up to it, so there is
+/// no hidden padding and user space may write the value as plain bytes), and with the `user`
+/// feature its `aya::Pod` impl. Only these concrete instantiations are `Pod`: a `Bucket` or
+/// `Local` of other parameters can pad (`Bucket<16, 3>` is 68 bytes of fields in 72), and none is
+/// in a map.
+macro_rules! shared {
+    ($($t:ty => $size:expr,)*) => {
+        $(
+            const _: () = assert!(core::mem::size_of::<$t>() == $size);
+            // SAFETY: a `#[repr(C)]` struct of integers (arrays of them), with no padding (the
+            // size assertion above), so every byte pattern is a valid value.
+            #[cfg(feature = "user")]
+            unsafe impl aya::Pod for $t {}
+        )*
+    };
 }
 
-#[cfg(feature = "user")]
-mod pod {
-    // SAFETY: plain `#[repr(C)]` structs of integers with no padding.
-    unsafe impl aya::Pod for super::Owner {}
-    unsafe impl aya::Pod for super::Config {}
-    unsafe impl aya::Pod for super::Counters {}
-    unsafe impl<const N: usize, const K: usize> aya::Pod for super::Local<N, K> {}
-    unsafe impl<const N: usize, const K: usize> aya::Pod for super::Bucket<N, K> {}
+shared! {
+    Owner => 4 + 4,
+    Config => 3 * 4,
+    Counters => 8 * Counters::LEN,
+    BucketV4 => 8 + (4 + 4) * BUCKET_V4,
+    BucketV6 => 8 + (16 + 4) * BUCKET_V6,
+    LocalV4 => 8 + 4 * LOCAL_V4,
+    LocalV6 => 8 + 16 * LOCAL_V6,
 }

@@ -24,8 +24,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use enipin_ebpf::{
-    Bucket, Config, Counters, FAST_SLOTS, Local, LocalV4, LocalV6, MAX_INTERFACES, MAX_OWNERS,
-    MODE_ENFORCE, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, TABLE_BUCKETS, bucket_index,
+    AddrLen, Bucket, Config, Counters, FAST_SLOTS, Local, LocalV4, LocalV6, MAX_INTERFACES,
+    MAX_OWNERS, MODE_ENFORCE, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, TABLE_BUCKETS,
+    bucket_index,
 };
 
 // Map names must equal `enipin_ebpf::maps::*` (the `#[map]` name is the symbol name).
@@ -352,9 +353,11 @@ fn lookup<const N: usize, const K: usize>(
 /// alignment, so it splits each IPv6 word into two 4-byte loads, a shift and an or.
 #[inline(always)]
 fn slot_words<const N: usize>(a: &[u8; N]) -> (u64, u64) {
+    let () = AddrLen::<N>::OK;
     let p = a.as_ptr();
-    // SAFETY: `Local` and `Bucket` are `align(8)` with their addresses from offset 8 (asserted in
-    // lib.rs), so an IPv4 slot is 4-aligned and an IPv6 slot 8-aligned.
+    // SAFETY: N is 4 or 16 (checked above); `Local` and `Bucket` are `align(8)` with their
+    // addresses from offset 8 (asserted in lib.rs), so an IPv4 slot is 4-aligned and an IPv6 slot
+    // 8-aligned.
     unsafe {
         if N == 4 {
             (u64::from(core::ptr::read(p as *const u32)), 0)
@@ -375,6 +378,7 @@ fn same(a: (u64, u64), b: (u64, u64)) -> bool {
 /// The address that `enipin_ebpf::words` read, as the owner maps' key.
 #[inline(always)]
 fn bytes<const N: usize>((a, b): (u64, u64)) -> [u8; N] {
+    let () = AddrLen::<N>::OK;
     let mut out = [0u8; N];
     if N == 4 {
         out[..4].copy_from_slice(&(a as u32).to_ne_bytes());

@@ -859,7 +859,10 @@ pub fn sync_derived(ebpf: &mut Ebpf) -> Result<()> {
         ebpf: &mut Ebpf,
         name: &str,
         owned: &BTreeMap<[u8; N], u32>,
-    ) -> Result<()> {
+    ) -> Result<()>
+    where
+        Local<N, K>: aya::Pod,
+    {
         let mut array: Array<_, Local<N, K>> = Array::try_from(map(ebpf, name)?)?;
         for (slot, want) in (0..).zip(local::<N, K>(owned)) {
             if array.get(&slot, 0)? != want {
@@ -927,7 +930,11 @@ fn derived_out_of_step(
         stale: &BTreeMap<&'static str, String>,
         (owners, locals, table_name): (&str, &'static str, &'static str),
         out: &mut Vec<&'static str>,
-    ) -> Result<()> {
+    ) -> Result<()>
+    where
+        Local<N, KL>: aya::Pod,
+        Bucket<N, KT>: aya::Pod,
+    {
         let Some(m) = pinned_current(paths, stale, owners)? else {
             return Ok(());
         };
@@ -987,7 +994,10 @@ fn write_table<const N: usize, const K: usize>(
     outer: &mut Map,
     name: &str,
     owned: &BTreeMap<[u8; N], u32>,
-) -> Result<()> {
+) -> Result<()>
+where
+    Bucket<N, K>: aya::Pod,
+{
     let want = table::<N, K>(owned);
     let mut outer: ArrayOfMaps<_, Array<MapData, Bucket<N, K>>> = ArrayOfMaps::try_from(outer)?;
     match outer.get(&0, 0) {
@@ -1288,7 +1298,10 @@ pub fn counters(paths: &Paths) -> Result<Vec<(u32, Counters)>> {
 pub fn owner_table<const N: usize, const K: usize>(
     paths: &Paths,
     name: &str,
-) -> Result<Option<(u32, Vec<Bucket<N, K>>)>> {
+) -> Result<Option<(u32, Vec<Bucket<N, K>>)>>
+where
+    Bucket<N, K>: aya::Pod,
+{
     let Some(map) = pinned_map(paths, name)? else {
         return Ok(None);
     };
@@ -1319,7 +1332,10 @@ pub fn table_summary(paths: &Paths) -> Result<[Option<TableSummary>; 2]> {
     fn summary<const N: usize, const K: usize>(
         paths: &Paths,
         name: &str,
-    ) -> Result<Option<TableSummary>> {
+    ) -> Result<Option<TableSummary>>
+    where
+        Bucket<N, K>: aya::Pod,
+    {
         Ok(
             owner_table::<N, K>(paths, name)?.map(|(_, buckets)| TableSummary {
                 addresses: buckets

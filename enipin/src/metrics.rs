@@ -2,26 +2,15 @@
 use std::fmt::Write as _;
 
 use anyhow::Result;
-use enipin_ebpf::Counters;
+use enipin_ebpf::{Counter, Counters};
 
 use crate::{config::Paths, ebpf, http};
 
-/// Help text per counter, in `Counters::NAMES` order.
-const HELP: [&str; 9] = [
-    "Packets whose source belongs to another managed interface",
-    "Bytes of packets whose source belongs to another managed interface",
-    "Misrouted packets the redirect failed for (passed unchanged)",
-    "Misrouted packets larger than the owner's MTU (passed unchanged)",
-    "Packets whose source belongs to the interface they leave by",
-    "IP packets whose source no managed interface owns",
-    "ARP and other non-IP packets",
-    "IP packets never redirected (VLAN, multicast, link-local, neighbour discovery)",
-    "Packets too short to parse (passed unchanged)",
-];
+/// One interface's counters: its ifindex, its name ("unknown" for slot 0, "?" when the ifindex
+/// no longer exists in this namespace) and the counters summed over CPUs.
+type Row = (u32, String, Counters);
 
-/// One row per interface: (ifindex, name, counters). Name "unknown" for slot 0, "?" when the
-/// ifindex no longer exists in this namespace.
-fn rows(paths: &Paths) -> Result<Vec<(u32, String, Counters)>> {
+fn rows(paths: &Paths) -> Result<Vec<Row>> {
     Ok(ebpf::counters(paths)?
         .into_iter()
         .map(|(i, c)| {
@@ -38,51 +27,63 @@ fn rows(paths: &Paths) -> Result<Vec<(u32, String, Counters)>> {
 pub async fn stats(paths: &Paths, json: bool) -> Result<()> {
     let rows = rows(paths)?;
     if json {
-        let v: Vec<_> = rows
-            .iter()
-            .map(|(i, name, c)| {
-                let mut o = serde_json::Map::new();
-                o.insert("ifindex".into(), (*i).into());
-                o.insert("interface".into(), name.clone().into());
-                for (k, v) in Counters::NAMES.iter().zip(c.values()) {
-                    o.insert((*k).into(), v.into());
-                }
-                serde_json::Value::Object(o)
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        println!("{}", serde_json::to_string_pretty(&stats_json(&rows))?);
+    } else {
+        println!("{}", stats_table(&rows));
     }
+    Ok(())
+}
+
+/// `enipin stats --json`: one object per interface, a key per counter.
+fn stats_json(rows: &[Row]) -> serde_json::Value {
+    rows.iter()
+        .map(|(i, name, c)| {
+            let mut o = serde_json::Map::new();
+            o.insert("ifindex".into(), (*i).into());
+            o.insert("interface".into(), name.clone().into());
+            for (counter, v) in c.iter() {
+                o.insert(counter.name.into(), v.into());
+            }
+            serde_json::Value::Object(o)
+        })
+        .collect()
+}
+
+/// `enipin stats`: a column per counter, a line per interface.
+fn stats_table(rows: &[Row]) -> String {
     let mut out = format!("{:<16} {:>7}", "interface", "ifindex");
-    for n in Counters::NAMES {
-        write!(out, " {n:>17}")?;
+    for counter in Counters::LIST {
+        let _ = write!(out, " {:>17}", counter.name);
     }
-    for (i, name, c) in &rows {
-        write!(out, "\n{name:<16} {i:>7}")?;
+    for (i, name, c) in rows {
+        let _ = write!(out, "\n{name:<16} {i:>7}");
         for v in c.values() {
-            write!(out, " {v:>17}")?;
+            let _ = write!(out, " {v:>17}");
         }
     }
-    println!("{out}");
-    Ok(())
+    out
 }
 
 /// The Prometheus text exposition of the counters.
 pub fn exposition(paths: &Paths) -> Result<String> {
-    let rows = rows(paths)?;
+    Ok(prometheus(&rows(paths)?))
+}
+
+/// A metric `enipin_<name>_total` per counter, a sample per interface.
+fn prometheus(rows: &[Row]) -> String {
     let mut out = String::new();
-    for (n, (name, help)) in Counters::NAMES.iter().zip(HELP).enumerate() {
-        writeln!(out, "# HELP enipin_{name}_total {help}.")?;
-        writeln!(out, "# TYPE enipin_{name}_total counter")?;
-        for (i, ifname, c) in &rows {
-            writeln!(
+    for (n, Counter { name, help }) in Counters::LIST.iter().enumerate() {
+        let _ = writeln!(out, "# HELP enipin_{name}_total {help}.");
+        let _ = writeln!(out, "# TYPE enipin_{name}_total counter");
+        for (i, ifname, c) in rows {
+            let _ = writeln!(
                 out,
                 "enipin_{name}_total{{interface=\"{ifname}\",ifindex=\"{i}\"}} {}",
                 c.values()[n]
-            )?;
+            );
         }
     }
-    Ok(out)
+    out
 }
 
 pub async fn metrics(paths: &Paths, listen: Option<std::net::SocketAddr>) -> Result<()> {
@@ -102,4 +103,105 @@ pub async fn metrics(paths: &Paths, listen: Option<std::net::SocketAddr>) -> Res
         http::route_metrics(method, path, || exposition(&paths))
     })
     .await {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every counter set to its position (1-based), so a value shows which field it came from.
+    fn numbered() -> Counters {
+        Counters {
+            misrouted_packets: 1,
+            misrouted_bytes: 2,
+            redirect_failed: 3,
+            mtu_exceeded: 4,
+            owned_here: 5,
+            not_owned: 6,
+            non_ip: 7,
+            skipped: 8,
+            malformed: 9,
+        }
+    }
+
+    /// Users and dashboards read these names (JSON keys, metric names): they never change.
+    const NAMES: [&str; 9] = [
+        "misrouted_packets",
+        "misrouted_bytes",
+        "redirect_failed",
+        "mtu_exceeded",
+        "owned_here",
+        "not_owned",
+        "non_ip",
+        "skipped",
+        "malformed",
+    ];
+
+    #[test]
+    fn names_values_and_arithmetic_follow_the_fields() {
+        let names: Vec<_> = Counters::LIST.iter().map(|c| c.name).collect();
+        assert_eq!(names, NAMES);
+        let c = numbered();
+        assert_eq!(c.values(), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        for (n, name) in (1..).zip(NAMES) {
+            assert_eq!(c.get(name), Some(n), "{name}");
+        }
+        assert_eq!(c.get("misrouted"), None);
+        let mut twice = c;
+        twice.add(&c);
+        assert_eq!(twice.values(), [2, 4, 6, 8, 10, 12, 14, 16, 18]);
+        assert_eq!(twice.since(&c), c);
+        assert_eq!(c.since(&c), Counters::ZERO);
+        assert_eq!(Counters::ZERO, Counters::default());
+    }
+
+    #[test]
+    fn json_has_a_key_per_counter() {
+        let rows = [(7, "eth1".to_owned(), numbered())];
+        let v = stats_json(&rows);
+        let row = &v[0];
+        assert_eq!(row["ifindex"], 7);
+        assert_eq!(row["interface"], "eth1");
+        for (n, name) in (1..).zip(NAMES) {
+            assert_eq!(row[name], n, "{name}");
+        }
+        assert_eq!(row.as_object().unwrap().len(), 2 + NAMES.len());
+    }
+
+    #[test]
+    fn table_has_a_column_per_counter() {
+        let rows = [(7, "eth1".to_owned(), numbered())];
+        let text = stats_table(&rows);
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[0][..2], ["interface", "ifindex"]);
+        assert_eq!(lines[0][2..], NAMES);
+        assert_eq!(
+            lines[1],
+            ["eth1", "7", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+        );
+    }
+
+    #[test]
+    fn exposition_has_help_type_and_a_sample_per_counter() {
+        let rows = [
+            (7, "eth1".to_owned(), numbered()),
+            (0, "unknown".to_owned(), Counters::ZERO),
+        ];
+        let text = prometheus(&rows);
+        assert!(text.contains(
+            "# HELP enipin_misrouted_packets_total \
+             Packets whose source belongs to another managed interface.\n\
+             # TYPE enipin_misrouted_packets_total counter\n\
+             enipin_misrouted_packets_total{interface=\"eth1\",ifindex=\"7\"} 1\n\
+             enipin_misrouted_packets_total{interface=\"unknown\",ifindex=\"0\"} 0\n"
+        ));
+        for (n, name) in (1..).zip(NAMES) {
+            let sample = format!("enipin_{name}_total{{interface=\"eth1\",ifindex=\"7\"}} {n}\n");
+            assert!(text.contains(&sample), "{sample} in\n{text}");
+        }
+        assert_eq!(text.lines().count(), NAMES.len() * 4);
+    }
 }

@@ -68,14 +68,7 @@ fn run(paths: &Paths, ifindex: u32, src: Ipv4Addr) -> (u32, Counters) {
             ..TestRunOptions::new()
         })
         .unwrap();
-    let (a, b) = (count().values(), before.values());
-    let moved = Counters {
-        misrouted_packets: a[0] - b[0],
-        owned_here: a[4] - b[4],
-        not_owned: a[5] - b[5],
-        ..Counters::default()
-    };
-    (r.return_value, moved)
+    (r.return_value, count().since(&before))
 }
 
 /// A namespace with a veth pair e0/e1 (both "ENIs" here) and a private pin directory.

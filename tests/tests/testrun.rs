@@ -239,27 +239,12 @@ fn run_ctx(
     Ok(prog.test_run(opts)?)
 }
 
-fn delta(after: &Counters, before: &Counters) -> Counters {
-    let (a, b) = (after.values(), before.values());
-    Counters {
-        misrouted_packets: a[0] - b[0],
-        misrouted_bytes: a[1] - b[1],
-        redirect_failed: a[2] - b[2],
-        mtu_exceeded: a[3] - b[3],
-        owned_here: a[4] - b[4],
-        not_owned: a[5] - b[5],
-        non_ip: a[6] - b[6],
-        skipped: a[7] - b[7],
-        malformed: a[8] - b[8],
-    }
-}
-
 /// Runs one frame on `ifindex` and asserts the return code and that exactly `want` moved.
 fn check(fx: &Fx, bpf: &Ebpf, what: &str, ifindex: u32, frame: &[u8], ret: u32, want: Counters) {
     let before = fx.counters(ifindex_slot(fx, ifindex));
     let r =
         run(bpf, ifindex, frame, 1).unwrap_or_else(|e| panic!("{what}: test-run failed: {e:#}"));
-    let got = delta(&fx.counters(ifindex_slot(fx, ifindex)), &before);
+    let got = fx.counters(ifindex_slot(fx, ifindex)).since(&before);
     assert_eq!(r.return_value, ret, "{what}: return code");
     assert_eq!(got, want, "{what}: counter deltas");
 }
@@ -281,28 +266,23 @@ fn misrouted(len: usize) -> Counters {
 }
 const OWNED: Counters = Counters {
     owned_here: 1,
-    ..ZERO
+    ..Counters::ZERO
 };
 const NOT_OWNED: Counters = Counters {
     not_owned: 1,
-    ..ZERO
+    ..Counters::ZERO
 };
-const NON_IP: Counters = Counters { non_ip: 1, ..ZERO };
-const SKIPPED: Counters = Counters { skipped: 1, ..ZERO };
+const NON_IP: Counters = Counters {
+    non_ip: 1,
+    ..Counters::ZERO
+};
+const SKIPPED: Counters = Counters {
+    skipped: 1,
+    ..Counters::ZERO
+};
 const MALFORMED: Counters = Counters {
     malformed: 1,
-    ..ZERO
-};
-const ZERO: Counters = Counters {
-    misrouted_packets: 0,
-    misrouted_bytes: 0,
-    redirect_failed: 0,
-    mtu_exceeded: 0,
-    owned_here: 0,
-    not_owned: 0,
-    non_ip: 0,
-    skipped: 0,
-    malformed: 0,
+    ..Counters::ZERO
 };
 
 // ---------------------------------------------------------------- tests
@@ -576,7 +556,7 @@ fn redirect_fails_open_on_mtu_and_missing_owner() {
         let before = fx.counters(fx.e1);
         let r = run_ctx(&bpf, &ctx, &f, 1).unwrap();
         assert_eq!(r.return_value, TC_ACT_REDIRECT, "GSO packet redirected");
-        assert_eq!(delta(&fx.counters(fx.e1), &before), misrouted(3000));
+        assert_eq!(fx.counters(fx.e1).since(&before), misrouted(3000));
 
         // Config.debug: the rare paths log through aya-log; the verdicts do not change.
         let mut cfg: Array<_, Config> =
@@ -746,11 +726,8 @@ fn per_packet_cost() {
         ] {
             let before = fx.counters(fx.e1);
             let r = run(&bpf, fx.e1, &f, repeat).unwrap();
-            let moved: u64 = delta(&fx.counters(fx.e1), &before)
-                .values()
-                .iter()
-                .sum::<u64>()
-                - delta(&fx.counters(fx.e1), &before).misrouted_bytes;
+            let moved = fx.counters(fx.e1).since(&before);
+            let moved: u64 = moved.values().iter().sum::<u64>() - moved.misrouted_bytes;
             assert_eq!(moved, repeat as u64, "{name}: every run counted once");
             eprintln!("cost: {name:<28} {:>5} ns/run", r.duration.as_nanos());
             assert!(
