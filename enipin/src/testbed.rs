@@ -104,6 +104,7 @@ impl Netns {
         cmd
     }
 
+    #[cfg(feature = "testing")]
     /// Pings `addr` from inside the namespace: `count` probes, each waiting at most one second.
     /// Returns whether any reply came back.
     pub fn ping(&self, addr: &str, count: u32) -> Result<bool> {
