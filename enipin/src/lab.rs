@@ -5,15 +5,30 @@
 //! [`Topology`] is the reusable network (tests, benchmark); [`scenario::run`] the steps and their
 //! [`Report`]; [`snapshot`] the before/after dumps.
 
+// Public with the `testing` feature: the tests and the benchmark build on the lab's network,
+// steps and dumps. The `lab` command needs only `run`.
+#[cfg(feature = "testing")]
 pub mod scenario;
+#[cfg(not(feature = "testing"))]
+mod scenario;
+#[cfg(feature = "testing")]
 pub mod snapshot;
+#[cfg(not(feature = "testing"))]
+mod snapshot;
+#[cfg(feature = "testing")]
 pub mod topology;
+#[cfg(not(feature = "testing"))]
+mod topology;
 
 use std::{process::ExitCode, sync::atomic::Ordering};
 
 use anyhow::{Context as _, Result};
 pub use scenario::{Options, Report, Step};
+#[cfg(feature = "testing")]
 pub use snapshot::Snapshot;
+#[cfg(not(feature = "testing"))]
+use topology::Spec;
+#[cfg(feature = "testing")]
 pub use topology::{Drops, EniDrops, EniSpec, Spec, Topology};
 
 /// Everything the lab, the tests and the benchmark need: root and the commands they run (each

@@ -19,5 +19,10 @@ pub mod plan;
 pub mod render;
 pub mod state;
 pub mod sysctl;
+/// Public with the `testing` feature: for the lab, which lives in this crate, and for
+/// enipin-tests; not part of enipin's API otherwise.
+#[cfg(feature = "testing")]
 pub mod testbed;
+#[cfg(not(feature = "testing"))]
+mod testbed;
 pub mod watch;

@@ -11,6 +11,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::config::Paths;
+
 /// A unique, short name: `<prefix><pid-hex><counter>`. Interface names must fit in 15 bytes, so
 /// namespaces (not interfaces) carry the unique part.
 pub fn unique(prefix: &str) -> String {
@@ -92,25 +94,60 @@ impl Netns {
         self.sh(&format!("sysctl -qw {key}={value}")).map(|_| ())
     }
 
+    /// `ping -n -q -c COUNT -W 1 -i 0.2 ARGS...` inside the namespace, not yet run: at most
+    /// `count` probes 0.2 s apart, each waiting one second for its reply. The one place the
+    /// lab, the tests and the benchmark spell ping's options.
+    pub fn ping_command(&self, args: &[&str], count: u32) -> Command {
+        let mut cmd = self.command("ping");
+        cmd.args(["-n", "-q", "-c", &count.to_string(), "-W", "1", "-i", "0.2"])
+            .args(args);
+        cmd
+    }
+
+    #[cfg(feature = "testing")]
     /// Pings `addr` from inside the namespace: `count` probes, each waiting at most one second.
     /// Returns whether any reply came back.
     pub fn ping(&self, addr: &str, count: u32) -> Result<bool> {
         let out = self
-            .command("ping")
-            .args([
-                "-n",
-                "-q",
-                "-c",
-                &count.to_string(),
-                "-W",
-                "1",
-                "-i",
-                "0.2",
-                addr,
-            ])
+            .ping_command(&[addr], count)
             .output()
             .context("spawning ping (cargo xtask setup installs iputils-ping)")?;
         Ok(out.status.success())
+    }
+
+    /// `ping ARGS` (e.g. `["-6", "-I", src, dst]`) from inside the namespace, `count` probes:
+    /// (sent, received), from ping's summary line.
+    #[cfg(feature = "testing")]
+    pub fn pings(&self, args: &[&str], count: u32) -> Result<(u32, u32)> {
+        let out = self
+            .ping_command(args, count)
+            .output()
+            .context("spawning ping (cargo xtask setup installs iputils-ping)")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.contains("transmitted"))
+            .with_context(|| {
+                format!(
+                    "no ping summary: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?;
+        let nums: Vec<u32> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        Ok((nums[0], nums[1]))
+    }
+
+    /// A veth pair with both ends inside this namespace, both up (the program's "ENIs" when it
+    /// is test-run, not attached).
+    #[cfg(feature = "testing")]
+    pub fn veth_pair(&self, a_if: &str, b_if: &str) -> Result<()> {
+        self.ip(&["link", "add", a_if, "type", "veth", "peer", "name", b_if])?;
+        self.ip(&["link", "set", a_if, "up"])?;
+        self.ip(&["link", "set", b_if, "up"])?;
+        Ok(())
     }
 
     /// The interface's ifindex inside this namespace.
@@ -255,4 +292,49 @@ impl Drop for TempDir {
             let _ = std::fs::remove_dir_all(&self.path);
         }
     }
+}
+
+/// One run's own pin directory (a private bpffs) and state directory: what enipin is told with
+/// `--pin-dir` and `--state-dir`, so no run shares the machine's /sys/fs/bpf/enipin and
+/// /run/enipin, or another run's state file and lock. Both removed when dropped.
+#[derive(Debug)]
+pub struct Dirs {
+    pub pins: PinDir,
+    pub state: TempDir,
+}
+
+impl Dirs {
+    /// Pins under `/run/enipin-test/<unique(prefix)>`, state in `<tmp>/<unique(prefix)>state-...`.
+    pub fn new(prefix: &str) -> Result<Self> {
+        Ok(Self {
+            pins: PinDir::new(prefix)?,
+            state: TempDir::new(&format!("{prefix}state-"))?,
+        })
+    }
+
+    /// Both, as the library takes them.
+    pub fn paths(&self) -> Paths {
+        Paths {
+            pin_dir: self.pins.path().to_owned(),
+            state_dir: self.state.path().to_owned(),
+        }
+    }
+
+    /// Leave both in place when dropped (`enipin lab --keep`).
+    pub fn keep(&mut self) {
+        self.pins.keep();
+        self.state.keep();
+    }
+}
+
+/// `BIN --netns NS --pin-dir P --state-dir S ARGS...`, not yet run: the enipin binary inside a
+/// namespace of the harness, on directories of its own. The one place the lab, the tests and the
+/// benchmark spell enipin's command line.
+pub fn enipin_command(bin: &Path, ns: &str, paths: &Paths, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--netns").arg(ns);
+    cmd.arg("--pin-dir").arg(&paths.pin_dir);
+    cmd.arg("--state-dir").arg(&paths.state_dir);
+    cmd.args(args);
+    cmd
 }

@@ -1,28 +1,32 @@
 //! Harness for enipin's privileged integration tests: throwaway namespaces (re-exported from
 //! `enipin::testbed`), the seed topology (`enipin::lab::Topology`), the CLI run inside a namespace
 //! with its own pin and state directories ([`Enipin`]), dumps for before/after comparisons, code
-//! run on a thread inside a namespace ([`in_ns`]) and pings that count replies ([`ping`]).
+//! run on a thread inside a namespace ([`in_ns`]), veth beds for test-runs ([`VethBed`]) and the
+//! one BPF_PROG_TEST_RUN wrapper ([`test_run()`], with the `TC_ACT_*` verdicts).
 //! Every test network is `Topology` (`Spec` varies it): add what a test needs there, not here.
 //!
 //! Tests never skip: [`require`] panics with what is missing (root, bpffs, ip, tc, nft, ping, the
 //! enipin binary), so CI fails loudly instead of passing vacuously.
 
+pub mod bed;
 pub mod bench;
 pub mod frames;
+pub mod test_run;
 
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
 };
 
-use anyhow::{Context as _, Result};
+pub use bed::VethBed;
 pub use enipin::{
     lab::{
         self, Drops, EniSpec, Snapshot, Spec, Topology,
         snapshot::{pins, routes, rules, sysctls, tc, tcx_programs},
     },
-    testbed::{self, Netns, PinDir, TempDir, sh, unique, veth},
+    testbed::{self, Dirs, Netns, PinDir, TempDir, sh, unique, veth},
 };
+pub use test_run::{TC_ACT_REDIRECT, TC_ACT_UNSPEC, test_run, test_run_ctx};
 
 /// `<workspace>/target/debug/enipin`, the binary `cargo xtask test` builds before the suite
 /// (`$ENIPIN_BIN` if set: the benchmark drives the release build).
@@ -60,32 +64,6 @@ pub fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
     })
-}
-
-/// `ping ARGS` from `ns` (e.g. `["-6", "-I", src, dst]`), `count` probes at most one second
-/// each: (sent, received).
-pub fn ping(ns: &Netns, args: &[&str], count: u32) -> Result<(u32, u32)> {
-    let out = ns
-        .command("ping")
-        .args(["-n", "-q", "-c", &count.to_string(), "-W", "1", "-i", "0.2"])
-        .args(args)
-        .output()
-        .context("spawning ping")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("transmitted"))
-        .with_context(|| {
-            format!(
-                "no ping summary: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })?;
-    let nums: Vec<u32> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    Ok((nums[0], nums[1]))
 }
 
 /// Panics unless everything a namespace test needs is here. Never skip: a skipped privileged
@@ -157,12 +135,7 @@ impl Enipin {
 
     /// `enipin --netns NS --pin-dir P --state-dir S ARGS...`, not yet run.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("--netns").arg(&self.ns_name);
-        cmd.arg("--pin-dir").arg(self.pins.path());
-        cmd.arg("--state-dir").arg(self.state.path());
-        cmd.args(args);
-        cmd
+        testbed::enipin_command(&self.bin, &self.ns_name, &self.paths(), args)
     }
 
     /// Runs the CLI and returns its output, successful or not.

@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use enipin_tests::{EniSpec, Enipin, Snapshot, Spec, Topology, ping, require};
+use enipin_tests::{EniSpec, Enipin, Snapshot, Spec, Topology, require};
 
 /// The lab with ENIs `eth<i>` whose addresses are `enis[i]` = (IPv4 host numbers, IPv6 host
 /// numbers) in 198.18.0.0/24 and 2001:db8::/64 (first = primary; added in ENI order, so the main
@@ -56,7 +56,7 @@ fn table(t: &Topology, eni: usize) -> u32 {
 
 /// Pings `dst` from the host with source address `src`: whether a reply came back.
 fn ping_from(t: &Topology, src: &str, dst: &str) -> bool {
-    ping(t.host(), &["-I", src, dst], 2).unwrap().1 > 0
+    t.host().pings(&["-I", src, dst], 2).unwrap().1 > 0
 }
 
 #[test]
@@ -328,16 +328,10 @@ fn three_enis_secondaries_ipv6_and_foreign_rules() {
 fn bad_input_gives_a_clear_error_and_changes_nothing() {
     let (t, enipin) = topo(&[(&[10], &[]), (&[11], &[]), (&[], &[])]);
     // An interface alone in its subnet (its veth peer has no address).
-    t.host()
-        .ip(&[
-            "link", "add", "solo0", "type", "veth", "peer", "name", "solo1",
-        ])
-        .unwrap();
+    t.host().veth_pair("solo0", "solo1").unwrap();
     t.host()
         .ip(&["addr", "add", "198.18.1.9/24", "dev", "solo0"])
         .unwrap();
-    t.host().ip(&["link", "set", "solo0", "up"]).unwrap();
-    t.host().ip(&["link", "set", "solo1", "up"]).unwrap();
     // An interface that is down (with an address in the ENIs' subnet).
     t.host()
         .ip(&[

@@ -24,7 +24,7 @@ use enipin::{
     model::{IfAddr, ManagedInterface},
 };
 use enipin_ebpf::Counters;
-use enipin_tests::{Enipin, Netns, PinDir, TempDir, Topology, in_ns, ping};
+use enipin_tests::{Enipin, Netns, PinDir, TempDir, Topology, in_ns};
 
 /// The lab's ENIs (`Spec::default()`): the primary, and the secondary whose replies the main
 /// table sends out of the primary.
@@ -105,7 +105,7 @@ impl Lab {
 
     /// Pings `addr` from the peer: (sent, received).
     fn ping(&self, addr: &str, count: u32) -> Result<(u32, u32)> {
-        ping(self.topo.peer(), &[addr], count)
+        self.topo.peer().pings(&[addr], count)
     }
 
     /// Frames the vpc's source check dropped so far, all ENIs and reasons.
@@ -760,10 +760,10 @@ fn ipv6_from_a_secondary_address_is_redirected() {
     // Resolve the peer on eth0 first (from eth0's own address), so no probe of the check below sits
     // in the neighbour queue and leaves after the attach.
     assert_eq!(
-        ping(lab.host(), &["-6", "-I", IP6_1, PEER6], 1).unwrap(),
+        lab.host().pings(&["-6", "-I", IP6_1, PEER6], 1).unwrap(),
         (1, 1)
     );
-    let (_, got) = ping(lab.host(), &from2, 2).unwrap();
+    let (_, got) = lab.host().pings(&from2, 2).unwrap();
     assert_eq!(
         got, 0,
         "without enipin, packets from 2001:db8::11 leave by eth0 and are dropped"
@@ -773,7 +773,7 @@ fn ipv6_from_a_secondary_address_is_redirected() {
     });
     let n = 4;
     let dropped = lab.dropped().unwrap();
-    assert_eq!(ping(lab.host(), &from2, n).unwrap(), (n, n));
+    assert_eq!(lab.host().pings(&from2, n).unwrap(), (n, n));
     assert_eq!(
         lab.dropped().unwrap(),
         dropped,
@@ -782,7 +782,7 @@ fn ipv6_from_a_secondary_address_is_redirected() {
     // Forget the peer on eth0: the next ping resolves it again, through the attached program.
     lab.host().ip(&["-6", "neigh", "flush", "dev", E1]).unwrap();
     assert_eq!(
-        ping(lab.host(), &["-6", "-I", IP6_1, PEER6], n).unwrap(),
+        lab.host().pings(&["-6", "-I", IP6_1, PEER6], n).unwrap(),
         (n, n)
     );
     in_ns(lab.host(), || {

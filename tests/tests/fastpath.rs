@@ -6,20 +6,14 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use aya::{
-    maps::{HashMap, Map, MapData},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
-};
+use aya::maps::{HashMap, Map, MapData};
 use enipin::{
     config::{Config, Paths},
     ebpf,
     model::{IfAddr, ManagedInterface},
 };
 use enipin_ebpf::{BUCKET_V4, Bucket, Counters, Owner, PROGRAM, bucket_index, maps, words};
-use enipin_tests::{Netns, PinDir, frames, in_ns, require};
-
-const TC_ACT_UNSPEC: u32 = -1i32 as u32;
-const TC_ACT_REDIRECT: u32 = 7;
+use enipin_tests::{TC_ACT_REDIRECT, TC_ACT_UNSPEC, VethBed, frames, in_ns, require, test_run};
 const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 
 fn addr(last: u8) -> IfAddr {
@@ -56,52 +50,24 @@ fn run(paths: &Paths, ifindex: u32, src: Ipv4Addr) -> (u32, Counters) {
     };
     let before = count();
     let bpf = ebpf::load(&paths.pin_dir).unwrap();
-    let prog: &SchedClassifier = bpf.program(PROGRAM).unwrap().try_into().unwrap();
     let frame = frames::ipv4_udp(frames::MAC_B, src, PEER, &[], 18);
-    let ctx = frames::skb_ctx(ifindex);
-    let mut out = vec![0u8; frame.len() + 256];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(&frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::new()
-        })
-        .unwrap();
+    let r = test_run(&bpf, PROGRAM, ifindex, &frame, 1).unwrap();
     (r.return_value, count().since(&before))
 }
 
 /// A namespace with a veth pair e0/e1 (both "ENIs" here) and a private pin directory.
 struct Bed {
-    ns: Netns,
+    veth: VethBed,
     e0: u32,
     e1: u32,
-    /// Held for its Drop: unmounts and removes the pin directory.
-    _pins: PinDir,
-    paths: Paths,
 }
 
 impl Bed {
     fn new(prefix: &str) -> Self {
         require();
-        let ns = Netns::new(&format!("{prefix}-")).unwrap();
-        ns.ip(&["link", "add", "e0", "type", "veth", "peer", "name", "e1"])
-            .unwrap();
-        ns.ip(&["link", "set", "e0", "up"]).unwrap();
-        ns.ip(&["link", "set", "e1", "up"]).unwrap();
-        let (e0, e1) = (ns.ifindex("e0").unwrap(), ns.ifindex("e1").unwrap());
-        let pins = PinDir::new(&format!("{prefix}-pin-")).unwrap();
-        let paths = Paths {
-            pin_dir: pins.path().to_owned(),
-            state_dir: std::env::temp_dir(),
-        };
-        Self {
-            ns,
-            e0,
-            e1,
-            _pins: pins,
-            paths,
-        }
+        let veth = VethBed::new(&format!("{prefix}-"), &[("e0", "e1")]).unwrap();
+        let (e0, e1) = (veth.ifindex("e0").unwrap(), veth.ifindex("e1").unwrap());
+        Self { veth, e0, e1 }
     }
 }
 
@@ -115,7 +81,7 @@ fn apply(paths: &Paths, managed: &[ManagedInterface]) {
 #[test]
 fn fast_path_follows_the_owner_maps() {
     let bed = Bed::new("enipin-fast");
-    let (ns, e0, e1, paths) = (&bed.ns, bed.e0, bed.e1, &bed.paths);
+    let (ns, e0, e1, paths) = (&bed.veth.ns, bed.e0, bed.e1, &bed.veth.paths);
     let apply = |managed: &[ManagedInterface]| apply(paths, managed);
     let ip = |last| Ipv4Addr::new(198, 18, 0, last);
     let here = |(ret, c): (u32, Counters)| ret == TC_ACT_UNSPEC && c.owned_here == 1;
@@ -160,7 +126,7 @@ fn fast_path_follows_the_owner_maps() {
 #[test]
 fn owner_table_spills_to_the_owner_map_and_is_swapped_whole() {
     let bed = Bed::new("enipin-table");
-    let (ns, e0, e1, paths) = (&bed.ns, bed.e0, bed.e1, &bed.paths);
+    let (ns, e0, e1, paths) = (&bed.veth.ns, bed.e0, bed.e1, &bed.veth.paths);
     let apply = |managed: &[ManagedInterface]| apply(paths, managed);
     let table = || {
         ebpf::owner_table::<4, BUCKET_V4>(paths, maps::TABLE_V4)
@@ -261,7 +227,7 @@ fn derived_maps_out_of_step_are_planned_and_rebuilt() {
     use aya::maps::{Array, ArrayOfMaps};
     use enipin_ebpf::{LOCAL_V4, Local};
     let bed = Bed::new("enipin-resync");
-    let (ns, e0, e1, paths) = (&bed.ns, bed.e0, bed.e1, &bed.paths);
+    let (ns, e0, e1, paths) = (&bed.veth.ns, bed.e0, bed.e1, &bed.veth.paths);
     let managed = [
         eni(e0, "e0", vec![addr(10), addr(11)]),
         eni(e1, "e1", vec![addr(50)]),

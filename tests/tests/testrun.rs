@@ -15,21 +15,14 @@ use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+    programs::SchedClassifier,
 };
-use enipin::{
-    config::Paths,
-    ebpf,
-    testbed::{Netns, PinDir},
-};
+use enipin::ebpf;
 use enipin_ebpf::{
     Config, Counters, MODE_ENFORCE, MODE_MONITOR, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT,
     PROGRAM, maps,
 };
-use enipin_tests::{frames, in_ns};
-
-const TC_ACT_UNSPEC: u32 = -1i32 as u32;
-const TC_ACT_REDIRECT: u32 = 7;
+use enipin_tests::{TC_ACT_REDIRECT, TC_ACT_UNSPEC, VethBed, frames, in_ns};
 
 /// The next hop's MAC: the frames' destination.
 const GW_MAC: [u8; 6] = frames::MAC_B;
@@ -100,9 +93,7 @@ fn padded(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
 // ---------------------------------------------------------------- fixture
 
 struct Fx {
-    ns: Netns,
-    pins: PinDir,
-    paths: Paths,
+    bed: VethBed,
     e1: u32,
     e2: u32,
     e3: u32,
@@ -113,34 +104,23 @@ struct Fx {
 impl Fx {
     fn new() -> Result<Self> {
         enipin::lab::preflight()?;
-        let ns = Netns::new("dptr")?;
-        for (e, p) in [("e1", "p1"), ("e2", "p2"), ("e3", "p3")] {
-            ns.ip(&["link", "add", e, "type", "veth", "peer", "name", p])?;
-            ns.ip(&["link", "set", e, "up"])?;
-            ns.ip(&["link", "set", p, "up"])?;
-        }
-        ns.ip(&["link", "set", "e3", "mtu", &E3_MTU.to_string()])?;
-        let pins = PinDir::new("enipin-testrun-")?;
-        std::fs::create_dir(pins.path())?;
-        let paths = Paths {
-            pin_dir: pins.path().to_owned(),
-            state_dir: std::env::temp_dir(),
-        };
+        let bed = VethBed::new("dptr", &[("e1", "p1"), ("e2", "p2"), ("e3", "p3")])?;
+        bed.ns
+            .ip(&["link", "set", "e3", "mtu", &E3_MTU.to_string()])?;
+        bed.create_pin_dir()?;
         Ok(Self {
-            e1: ns.ifindex("e1")?,
-            e2: ns.ifindex("e2")?,
-            e3: ns.ifindex("e3")?,
-            p1: ns.ifindex("p1")?,
-            ns,
-            pins,
-            paths,
+            e1: bed.ifindex("e1")?,
+            e2: bed.ifindex("e2")?,
+            e3: bed.ifindex("e3")?,
+            p1: bed.ifindex("p1")?,
+            bed,
         })
     }
 
     /// Loads the program (not attached) and fills its maps as user space would.
     fn load(&self, mode: u32) -> Result<Ebpf> {
         let mut bpf = EbpfLoader::new()
-            .default_map_pin_directory(self.pins.path())
+            .default_map_pin_directory(&self.bed.paths.pin_dir)
             .load(ebpf::OBJECT)?;
         let prog: &mut SchedClassifier =
             bpf.program_mut(PROGRAM).context("no program")?.try_into()?;
@@ -202,7 +182,7 @@ impl Fx {
     }
 
     fn counters(&self, ifindex: u32) -> Counters {
-        ebpf::counters(&self.paths)
+        ebpf::counters(&self.bed.paths)
             .unwrap()
             .into_iter()
             .find(|(i, _)| *i == ifindex)
@@ -217,26 +197,7 @@ fn run(
     frame: &[u8],
     repeat: u32,
 ) -> Result<aya::programs::TestRunResult> {
-    run_ctx(bpf, &frames::skb_ctx(ifindex), frame, repeat)
-}
-
-/// Test-run with a whole `__sk_buff` as context.
-fn run_ctx(
-    bpf: &Ebpf,
-    ctx: &[u8],
-    frame: &[u8],
-    repeat: u32,
-) -> Result<aya::programs::TestRunResult> {
-    let prog: &SchedClassifier = bpf.program(PROGRAM).unwrap().try_into()?;
-    let mut out = vec![0u8; frame.len() + 256];
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        ctx_in: Some(ctx),
-        repeat,
-        ..TestRunOptions::new()
-    };
-    Ok(prog.test_run(opts)?)
+    enipin_tests::test_run(bpf, PROGRAM, ifindex, frame, repeat)
 }
 
 /// Runs one frame on `ifindex` and asserts the return code and that exactly `want` moved.
@@ -290,7 +251,7 @@ const MALFORMED: Counters = Counters {
 #[test]
 fn every_branch_returns_the_right_verdict_and_counts_it() {
     let fx = Fx::new().unwrap();
-    in_ns(&fx.ns, || {
+    in_ns(&fx.bed.ns, || {
         let bpf = fx.load(MODE_ENFORCE).unwrap();
         let e1 = fx.e1;
         let (u, r) = (TC_ACT_UNSPEC, TC_ACT_REDIRECT);
@@ -492,7 +453,7 @@ fn every_branch_returns_the_right_verdict_and_counts_it() {
 #[test]
 fn redirect_fails_open_on_mtu_and_missing_owner() {
     let fx = Fx::new().unwrap();
-    in_ns(&fx.ns, || {
+    in_ns(&fx.bed.ns, || {
         let mut bpf = fx.load(MODE_ENFORCE).unwrap();
         // bpf_check_mtu compares the frame with the owner's MTU + its 14-byte hard header.
         let fits = E3_MTU as usize + 14;
@@ -554,7 +515,7 @@ fn redirect_fails_open_on_mtu_and_missing_owner() {
         ctx[164..168].copy_from_slice(&3u32.to_ne_bytes()); // gso_segs
         ctx[176..180].copy_from_slice(&1200u32.to_ne_bytes()); // gso_size
         let before = fx.counters(fx.e1);
-        let r = run_ctx(&bpf, &ctx, &f, 1).unwrap();
+        let r = enipin_tests::test_run_ctx(&bpf, PROGRAM, &ctx, &f, 1).unwrap();
         assert_eq!(r.return_value, TC_ACT_REDIRECT, "GSO packet redirected");
         assert_eq!(fx.counters(fx.e1).since(&before), misrouted(3000));
 
@@ -614,7 +575,7 @@ fn redirect_fails_open_on_mtu_and_missing_owner() {
 #[test]
 fn monitor_mode_counts_without_redirecting() {
     let fx = Fx::new().unwrap();
-    in_ns(&fx.ns, || {
+    in_ns(&fx.bed.ns, || {
         let bpf = fx.load(MODE_MONITOR).unwrap();
         for f in [
             ipv4(IP_E2),
@@ -647,7 +608,7 @@ fn monitor_mode_counts_without_redirecting() {
 #[test]
 fn truncated_frames_pass_at_every_length() {
     let fx = Fx::new().unwrap();
-    in_ns(&fx.ns, || {
+    in_ns(&fx.bed.ns, || {
         let bpf = fx.load(MODE_ENFORCE).unwrap();
         let r = TC_ACT_REDIRECT;
         // (name, full frame, the shortest input the kernel's test-run accepts, bytes the program
@@ -714,7 +675,7 @@ fn truncated_frames_pass_at_every_length() {
 #[test]
 fn per_packet_cost() {
     let fx = Fx::new().unwrap();
-    in_ns(&fx.ns, || {
+    in_ns(&fx.bed.ns, || {
         let bpf = fx.load(MODE_ENFORCE).unwrap();
         let repeat = 200_000;
         for (name, f) in [

@@ -409,20 +409,7 @@ fn watch_debug_prints_the_datapaths_log_records() {
     let since = w.mark();
     let _ = topo
         .host()
-        .command("ping")
-        .args([
-            "-n",
-            "-q",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            "-s",
-            "1400",
-            "-I",
-            SECONDARY,
-            "198.18.0.100",
-        ])
+        .ping_command(&["-s", "1400", "-I", SECONDARY, "198.18.0.100"], 1)
         .output()
         .expect("spawning ping");
     let line = w.line(since, &["datapath", "not redirecting", "check_mtu"]);

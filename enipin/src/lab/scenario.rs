@@ -16,9 +16,9 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     snapshot::Snapshot,
-    topology::{DropKind, Drops, Spec, Topology},
+    topology::{DropKind, Drops, EniSpec, Spec, Topology},
 };
-use crate::testbed::{Netns, PinDir, TempDir};
+use crate::testbed::{Dirs, Netns, enipin_command};
 
 /// Set by `enipin lab`'s signal handler: every wait polls it, so Ctrl-C unwinds to the RAII guards.
 pub static CANCELLED: AtomicBool = AtomicBool::new(false);
@@ -203,45 +203,8 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Output> {
 /// Three probes, one second each at most: whether any reply came back.
 fn ping(ns: &Netns, addr: &str) -> Result<bool> {
     check_cancel()?;
-    let mut cmd = ns.command("ping");
-    cmd.args(["-n", "-q", "-c", "3", "-W", "1", "-i", "0.2", addr]);
-    let out = run_bounded(cmd, Duration::from_secs(10))?;
+    let out = run_bounded(ns.ping_command(&[addr], 3), Duration::from_secs(10))?;
     Ok(out.status.success())
-}
-
-/// enipin in the host namespace with the lab's own pin and state directories.
-struct Cli<'a> {
-    bin: &'a PathBuf,
-    ns: &'a Netns,
-    pins: &'a PinDir,
-    state: &'a TempDir,
-}
-
-impl Cli<'_> {
-    fn run(&self, args: &[&str], transcript: &mut String) -> Result<(bool, String)> {
-        check_cancel()?;
-        let mut cmd = Command::new(self.bin);
-        cmd.arg("--netns")
-            .arg(self.ns.name())
-            .arg("--pin-dir")
-            .arg(self.pins.path());
-        cmd.arg("--state-dir").arg(self.state.path()).args(args);
-        let shown = format!("$ enipin --netns {} {}", self.ns.name(), args.join(" "));
-        let out = run_bounded(cmd, Duration::from_secs(30))?;
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        );
-        let _ = write!(transcript, "{shown}\n{stdout}{stderr}");
-        println!("{shown}\n{stdout}{stderr}");
-        let last_err = stderr.lines().last().unwrap_or("").trim().to_string();
-        let summary = if out.status.success() {
-            "exit 0".to_string()
-        } else {
-            format!("{}: {last_err}", out.status)
-        };
-        Ok((out.status.success(), summary))
-    }
 }
 
 /// Compares two snapshots: (identical, summary); differing lines are printed and collected.
@@ -267,13 +230,33 @@ fn replies(ok: bool) -> String {
 /// Runs the scenario. The topology, pin and state directories are dropped (removed) before this
 /// returns unless `opts.keep`; the caller checks [`Report::namespaces`] are gone.
 pub fn run(opts: &Options) -> Result<Report> {
-    if opts.spec.enis.len() < 2 {
+    check_spec(&opts.spec)?;
+    let mut lab = Lab::build(opts)?;
+    lab.announce();
+    lab.r.drops_before = lab.topo.drops()?;
+    let drops = lab.before()?;
+    let snap_before = lab.snapshot()?;
+    lab.attach(&drops)?;
+    lab.view()?;
+    lab.detach(&snap_before)?;
+    lab.ebpf_only(&snap_before)?;
+    lab.r.drops_after = lab.topo.drops()?;
+    if opts.keep {
+        lab.keep()?;
+    }
+    Ok(lab.r)
+}
+
+/// The lab pings a primary and a secondary ENI over IPv4: two ENIs at least, the first and the
+/// last with an IPv4 address.
+fn check_spec(spec: &Spec) -> Result<()> {
+    let enis = &spec.enis;
+    if enis.len() < 2 {
         bail!(
             "the lab needs two ENIs (a primary and a secondary), got {}",
-            opts.spec.enis.len()
+            enis.len()
         );
     }
-    let enis = &opts.spec.enis;
     if let Some(e) = [&enis[0], &enis[enis.len() - 1]]
         .iter()
         .find(|e| e.v4.is_empty())
@@ -283,216 +266,294 @@ pub fn run(opts: &Options) -> Result<Report> {
             e.name
         );
     }
-    let mut topo = Topology::build_with(opts.spec.clone())?;
-    let mut pins = PinDir::new("lab-")?;
-    let mut state = TempDir::new("lab-state-")?;
-    let mut r = Report {
-        namespaces: topo.names().iter().map(|s| s.to_string()).collect(),
-        pin_dir: pins.path().to_path_buf(),
-        state_dir: state.path().to_path_buf(),
-        ..Report::default()
-    };
-    let [host, vpc, peer] = topo.names().map(String::from);
-    println!("lab: namespaces host={host} vpc={vpc} peer={peer}");
-    for e in &topo.spec.enis {
-        let v6: Vec<String> = e.v6.iter().map(|a| a.to_string()).collect();
-        let v4: Vec<String> = e.v4.iter().map(|a| a.to_string()).collect();
-        println!(
-            "lab:   {} {} {} {}",
-            e.name,
-            e.mac,
-            v4.join(","),
-            if topo.spec.ipv6 {
-                v6.join(",")
-            } else {
-                String::new()
-            }
-        );
+    Ok(())
+}
+
+/// What the steps share: the network, enipin's directories, the two ENIs pinged, the report.
+struct Lab<'a> {
+    opts: &'a Options,
+    /// Dropped before the topology, as enipin's pins and state belong inside it.
+    dirs: Dirs,
+    topo: Topology,
+    primary: EniSpec,
+    secondary: EniSpec,
+    /// Their first IPv4 addresses.
+    p4: String,
+    s4: String,
+    r: Report,
+}
+
+impl<'a> Lab<'a> {
+    fn build(opts: &'a Options) -> Result<Self> {
+        let topo = Topology::build_with(opts.spec.clone())?;
+        let dirs = Dirs::new("lab-")?;
+        let r = Report {
+            namespaces: topo.names().iter().map(|s| s.to_string()).collect(),
+            pin_dir: dirs.pins.path().to_path_buf(),
+            state_dir: dirs.state.path().to_path_buf(),
+            ..Report::default()
+        };
+        let enis = &topo.spec.enis;
+        let (primary, secondary) = (enis[0].clone(), enis[enis.len() - 1].clone());
+        Ok(Self {
+            opts,
+            dirs,
+            p4: primary.v4[0].to_string(),
+            s4: secondary.v4[0].to_string(),
+            primary,
+            secondary,
+            topo,
+            r,
+        })
     }
-    let spec = topo.spec.clone();
-    let (primary, secondary) = (&spec.enis[0], &spec.enis[spec.enis.len() - 1]);
-    let (p4, s4) = (primary.v4[0].to_string(), secondary.v4[0].to_string());
 
-    r.drops_before = topo.drops()?;
-    // 1, 2: the seed's observations.
-    let ok = ping(topo.peer(), &p4)?;
-    r.push(
-        1,
-        "ping-primary-before",
-        format!("peer -> {p4} ({}, primary)", primary.name),
-        "replies",
-        ok,
-        replies(ok),
-    );
-    let before = topo.drops()?;
-    let ok2 = ping(topo.peer(), &s4)?;
-    let after = topo.drops()?;
-    // The reply to the secondary leaves by the primary's ENI, with the secondary's source.
-    let grown = after
-        .eni(&primary.name)
-        .ip
-        .saturating_sub(before.eni(&primary.name).ip);
-    r.push(
-        2,
-        "ping-secondary-before",
-        format!("peer -> {s4} ({}, secondary)", secondary.name),
-        "no reply; vpc drops",
-        !ok2 && grown > 0,
-        format!(
-            "{}; vpc dropped {grown} leaving {} with a foreign src IPv4",
-            replies(ok2),
-            primary.name
-        ),
-    );
-
-    // 3: attach, then both addresses (and families) answer.
-    let snap_ifaces = topo.eni_names();
-    let snap_before = Snapshot::take(topo.host(), &snap_ifaces, pins.path())?;
-    let cli = Cli {
-        bin: &opts.bin,
-        ns: topo.host(),
-        pins: &pins,
-        state: &state,
-    };
-    let (ok, res) = cli.run(&["attach"], &mut r.transcript)?;
-    r.push(3, "attach", "enipin attach".into(), "exit 0", ok, res);
-    let mut targets = vec![
-        ("primary", primary, p4.clone()),
-        ("secondary", secondary, s4.clone()),
-    ];
-    if spec.ipv6 {
-        for (role, eni) in [("primary", primary), ("secondary", secondary)] {
-            if let Some(a) = eni.v6.first() {
-                targets.push((role, eni, a.to_string()));
-            }
+    /// The namespaces and every ENI with its MAC and addresses.
+    fn announce(&self) {
+        let [host, vpc, peer] = self.topo.names();
+        println!("lab: namespaces host={host} vpc={vpc} peer={peer}");
+        for e in &self.topo.spec.enis {
+            let v6: Vec<String> = e.v6.iter().map(|a| a.to_string()).collect();
+            let v4: Vec<String> = e.v4.iter().map(|a| a.to_string()).collect();
+            println!(
+                "lab:   {} {} {} {}",
+                e.name,
+                e.mac,
+                v4.join(","),
+                if self.topo.spec.ipv6 {
+                    v6.join(",")
+                } else {
+                    String::new()
+                }
+            );
         }
     }
-    for (role, eni, addr) in targets {
-        let ok = ping(topo.peer(), &addr)?;
-        let v = if addr.contains(':') { "6" } else { "" };
-        let key = format!("ping{v}-{role}-after");
-        r.push(
-            3,
-            &key,
-            format!("peer -> {addr} ({}, {role})", eni.name),
+
+    /// Everything enipin could touch in the host, for the comparisons after detach.
+    fn snapshot(&self) -> Result<Snapshot> {
+        Snapshot::take(
+            self.topo.host(),
+            &self.topo.eni_names(),
+            self.dirs.pins.path(),
+        )
+    }
+
+    /// `enipin ARGS` in the host namespace on the lab's directories, its output added to the
+    /// transcript: (succeeded, summary).
+    fn enipin(&mut self, args: &[&str]) -> Result<(bool, String)> {
+        check_cancel()?;
+        let ns = self.topo.host().name();
+        let cmd = enipin_command(&self.opts.bin, ns, &self.dirs.paths(), args);
+        let shown = format!("$ enipin --netns {ns} {}", args.join(" "));
+        let out = run_bounded(cmd, Duration::from_secs(30))?;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        let _ = write!(self.r.transcript, "{shown}\n{stdout}{stderr}");
+        println!("{shown}\n{stdout}{stderr}");
+        let last_err = stderr.lines().last().unwrap_or("").trim().to_string();
+        let summary = if out.status.success() {
+            "exit 0".to_string()
+        } else {
+            format!("{}: {last_err}", out.status)
+        };
+        Ok((out.status.success(), summary))
+    }
+
+    /// Steps 1 and 2, the seed's observations: the primary answers, the secondary's reply leaves
+    /// by the primary's ENI with the secondary's source and the vpc drops it. Returns the drops
+    /// counted after step 2.
+    fn before(&mut self) -> Result<Drops> {
+        let (primary, secondary) = (&self.primary, &self.secondary);
+        let (p4, s4) = (&self.p4, &self.s4);
+        let ok = ping(self.topo.peer(), p4)?;
+        self.r.push(
+            1,
+            "ping-primary-before",
+            format!("peer -> {p4} ({}, primary)", primary.name),
             "replies",
             ok,
             replies(ok),
         );
+        let before = self.topo.drops()?;
+        let ok2 = ping(self.topo.peer(), s4)?;
+        let after = self.topo.drops()?;
+        let grown = after
+            .eni(&primary.name)
+            .ip
+            .saturating_sub(before.eni(&primary.name).ip);
+        self.r.push(
+            2,
+            "ping-secondary-before",
+            format!("peer -> {s4} ({}, secondary)", secondary.name),
+            "no reply; vpc drops",
+            !ok2 && grown > 0,
+            format!(
+                "{}; vpc dropped {grown} leaving {} with a foreign src IPv4",
+                replies(ok2),
+                primary.name
+            ),
+        );
+        Ok(after)
     }
-    let drops_attached = topo.drops()?;
-    let new_drops: u64 = spec
-        .enis
-        .iter()
-        .map(|e| {
-            drops_attached
-                .eni(&e.name)
-                .ip
-                .saturating_sub(after.eni(&e.name).ip)
-        })
-        .sum();
-    r.push(
-        3,
-        "no-drops-after",
-        "vpc IPv4 source drops while attached".into(),
-        "0 new",
-        new_drops == 0,
-        format!("{new_drops} new"),
-    );
 
-    // 4: enipin's own view.
-    let (ok, res) = cli.run(&["status"], &mut r.transcript)?;
-    r.push(4, "status", "enipin status".into(), "exit 0", ok, res);
-    let (ok, res) = cli.run(&["stats"], &mut r.transcript)?;
-    r.push(4, "stats", "enipin stats".into(), "exit 0", ok, res);
+    /// Step 3: attach, then both addresses (and families) answer, with no new source drops
+    /// since `drops` (counted before).
+    fn attach(&mut self, drops: &Drops) -> Result<()> {
+        let (ok, res) = self.enipin(&["attach"])?;
+        self.r
+            .push(3, "attach", "enipin attach".into(), "exit 0", ok, res);
+        let (primary, secondary) = (&self.primary, &self.secondary);
+        let mut targets = vec![
+            ("primary", primary, self.p4.clone()),
+            ("secondary", secondary, self.s4.clone()),
+        ];
+        if self.topo.spec.ipv6 {
+            for (role, eni) in [("primary", primary), ("secondary", secondary)] {
+                if let Some(a) = eni.v6.first() {
+                    targets.push((role, eni, a.to_string()));
+                }
+            }
+        }
+        for (role, eni, addr) in targets {
+            let ok = ping(self.topo.peer(), &addr)?;
+            let v = if addr.contains(':') { "6" } else { "" };
+            let key = format!("ping{v}-{role}-after");
+            self.r.push(
+                3,
+                &key,
+                format!("peer -> {addr} ({}, {role})", eni.name),
+                "replies",
+                ok,
+                replies(ok),
+            );
+        }
+        let drops_attached = self.topo.drops()?;
+        let new_drops: u64 = self
+            .topo
+            .spec
+            .enis
+            .iter()
+            .map(|e| {
+                drops_attached
+                    .eni(&e.name)
+                    .ip
+                    .saturating_sub(drops.eni(&e.name).ip)
+            })
+            .sum();
+        self.r.push(
+            3,
+            "no-drops-after",
+            "vpc IPv4 source drops while attached".into(),
+            "0 new",
+            new_drops == 0,
+            format!("{new_drops} new"),
+        );
+        Ok(())
+    }
 
-    // 5: detach leaves the host as it was.
-    let (ok, res) = cli.run(&["detach"], &mut r.transcript)?;
-    r.push(5, "detach", "enipin detach".into(), "exit 0", ok, res);
-    let (ok, res) = residue(
-        &snap_before,
-        &Snapshot::take(topo.host(), &snap_ifaces, pins.path())?,
-        &mut r.residue,
-    );
-    r.push(
-        5,
-        "residue",
-        "rules, routes, tc, pins, sysctls vs before".into(),
-        "identical",
-        ok,
-        res,
-    );
+    /// Step 4: enipin's own view.
+    fn view(&mut self) -> Result<()> {
+        let (ok, res) = self.enipin(&["status"])?;
+        self.r
+            .push(4, "status", "enipin status".into(), "exit 0", ok, res);
+        let (ok, res) = self.enipin(&["stats"])?;
+        self.r
+            .push(4, "stats", "enipin stats".into(), "exit 0", ok, res);
+        Ok(())
+    }
 
-    // 5, again with the second line of defence alone: no rules, the TC program redirects the
-    // reply that the main table sends out of the wrong ENI onto its owner.
-    let (ok, res) = cli.run(&["attach", "--no-rules"], &mut r.transcript)?;
-    r.push(
-        5,
-        "attach-ebpf-only",
-        "enipin attach --no-rules (eBPF only)".into(),
-        "exit 0",
-        ok,
-        res,
-    );
-    let before = topo.drops()?;
-    // The datapath's own count of what it fixed: replies leaving the primary with the
-    // secondary's source, redirected. Read from the pinned map (pins are not per namespace).
-    let primary_ifindex = topo.host().ifindex(&primary.name)?;
-    let misrouted = || -> Result<u64> {
-        let paths = crate::config::Paths {
-            pin_dir: pins.path().to_path_buf(),
-            state_dir: state.path().to_path_buf(),
-        };
-        Ok(crate::ebpf::counters(&paths)?
+    /// Step 5: detach leaves the host as `snap_before` found it.
+    fn detach(&mut self, snap_before: &Snapshot) -> Result<()> {
+        let (ok, res) = self.enipin(&["detach"])?;
+        self.r
+            .push(5, "detach", "enipin detach".into(), "exit 0", ok, res);
+        let (ok, res) = residue(snap_before, &self.snapshot()?, &mut self.r.residue);
+        self.r.push(
+            5,
+            "residue",
+            "rules, routes, tc, pins, sysctls vs before".into(),
+            "identical",
+            ok,
+            res,
+        );
+        Ok(())
+    }
+
+    /// Step 5 again with the second line of defence alone: no rules, the TC program redirects
+    /// the reply that the main table sends out of the wrong ENI onto its owner; then detach.
+    fn ebpf_only(&mut self, snap_before: &Snapshot) -> Result<()> {
+        let (ok, res) = self.enipin(&["attach", "--no-rules"])?;
+        self.r.push(
+            5,
+            "attach-ebpf-only",
+            "enipin attach --no-rules (eBPF only)".into(),
+            "exit 0",
+            ok,
+            res,
+        );
+        let primary = &self.primary.name;
+        let before = self.topo.drops()?;
+        let primary_ifindex = self.topo.host().ifindex(primary)?;
+        let fixed_before = self.misrouted(primary_ifindex).unwrap_or(0);
+        let ok = ping(self.topo.peer(), &self.s4)?;
+        let new = self
+            .topo
+            .drops()?
+            .eni(primary)
+            .ip
+            .saturating_sub(before.eni(primary).ip);
+        let fixed = self
+            .misrouted(primary_ifindex)
+            .unwrap_or(0)
+            .saturating_sub(fixed_before);
+        let what = format!(
+            "peer -> {} ({}, redirected by TC)",
+            self.s4, self.secondary.name
+        );
+        self.r.push(
+            5,
+            "ping-secondary-ebpf-only",
+            what,
+            "replies; 0 drops; redirected",
+            ok && new == 0 && fixed > 0,
+            format!(
+                "{}; {new} new drops; {fixed} redirected off {primary}",
+                replies(ok),
+            ),
+        );
+        let (stats_ok, _) = self.enipin(&["stats"])?;
+        let (detach_ok, res) = self.enipin(&["detach"])?;
+        let mut left = Vec::new();
+        let (clean, res2) = residue(snap_before, &self.snapshot()?, &mut left);
+        self.r.residue.extend(left);
+        let res = if detach_ok { res2 } else { res };
+        self.r.push(
+            5,
+            "detach-ebpf-only",
+            "enipin stats; detach; dumps vs before".into(),
+            "identical",
+            stats_ok && detach_ok && clean,
+            res,
+        );
+        Ok(())
+    }
+
+    /// The datapath's own count of what it fixed: replies leaving the primary (`primary_ifindex`)
+    /// with the secondary's source, redirected. Read from the pinned map (pins are not per
+    /// namespace).
+    fn misrouted(&self, primary_ifindex: u32) -> Result<u64> {
+        Ok(crate::ebpf::counters(&self.dirs.paths())?
             .into_iter()
             .find(|(i, _)| *i == primary_ifindex)
             .map_or(0, |(_, c)| c.misrouted_packets))
-    };
-    let fixed_before = misrouted().unwrap_or(0);
-    let ok = ping(topo.peer(), &s4)?;
-    let new = topo
-        .drops()?
-        .eni(&primary.name)
-        .ip
-        .saturating_sub(before.eni(&primary.name).ip);
-    let fixed = misrouted().unwrap_or(0).saturating_sub(fixed_before);
-    let what = format!("peer -> {s4} ({}, redirected by TC)", secondary.name);
-    r.push(
-        5,
-        "ping-secondary-ebpf-only",
-        what,
-        "replies; 0 drops; redirected",
-        ok && new == 0 && fixed > 0,
-        format!(
-            "{}; {new} new drops; {fixed} redirected off {}",
-            replies(ok),
-            primary.name
-        ),
-    );
-    let (stats_ok, _) = cli.run(&["stats"], &mut r.transcript)?;
-    let (detach_ok, res) = cli.run(&["detach"], &mut r.transcript)?;
-    let mut left = Vec::new();
-    let (clean, res2) = residue(
-        &snap_before,
-        &Snapshot::take(topo.host(), &snap_ifaces, pins.path())?,
-        &mut left,
-    );
-    r.residue.extend(left);
-    let res = if detach_ok { res2 } else { res };
-    r.push(
-        5,
-        "detach-ebpf-only",
-        "enipin stats; detach; dumps vs before".into(),
-        "identical",
-        stats_ok && detach_ok && clean,
-        res,
-    );
-    r.drops_after = topo.drops()?;
+    }
 
-    if opts.keep {
-        // Leave enipin attached for exploration.
-        let (ok, res) = cli.run(&["attach"], &mut r.transcript)?;
-        r.push(
+    /// Step 6 of a kept lab: enipin attached again, everything left in place for exploration,
+    /// and how to remove it.
+    fn keep(&mut self) -> Result<()> {
+        let (ok, res) = self.enipin(&["attach"])?;
+        self.r.push(
             6,
             "reattach",
             "enipin attach (kept lab)".into(),
@@ -500,9 +561,10 @@ pub fn run(opts: &Options) -> Result<Report> {
             ok,
             res,
         );
-        topo.keep();
-        pins.keep();
-        state.keep();
+        self.topo.keep();
+        self.dirs.keep();
+        let [host, vpc, peer] = self.topo.names();
+        let (pins, state) = (&self.dirs.pins, &self.dirs.state);
         let p = format!(
             "--pin-dir {} --state-dir {}",
             pins.path().display(),
@@ -515,11 +577,11 @@ pub fn run(opts: &Options) -> Result<Report> {
              Remove it:\n  {} --netns {host} {p} detach\n  ip netns delete {host}; ip netns delete {vpc}; \
              ip netns delete {peer}\n  umount {}; rmdir {}; rm -rf {}",
             super::topology::NFT_TABLE,
-            opts.bin.display(),
+            self.opts.bin.display(),
             pins.mount().display(),
             pins.mount().display(),
             state.path().display()
         );
+        Ok(())
     }
-    Ok(r)
 }

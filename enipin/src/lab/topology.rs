@@ -132,6 +132,7 @@ pub struct Topology {
 }
 
 impl Topology {
+    #[cfg(feature = "testing")]
     /// The seed's network ([`Spec::default`]).
     pub fn build() -> Result<Self> {
         Self::build_with(Spec::default())
@@ -152,6 +153,7 @@ impl Topology {
     pub fn host(&self) -> &Netns {
         &self.host
     }
+    #[cfg(feature = "testing")]
     pub fn vpc(&self) -> &Netns {
         &self.vpc
     }
@@ -340,6 +342,7 @@ impl Topology {
         Ok(drops)
     }
 
+    #[cfg(feature = "testing")]
     /// Echo replies (IPv4, IPv6) the vpc let through from `eni`: they passed its source checks,
     /// so they left by that ENI with its MAC and one of its addresses.
     pub fn echo_replies(&self, eni: &str) -> Result<(u64, u64)> {

@@ -18,15 +18,14 @@
 use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     os::fd::AsRawFd as _,
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
 use enipin::{
-    config::Paths,
     lab::Topology,
-    testbed::{Netns, PinDir, TempDir},
+    testbed::{self, Dirs, Netns, PinDir},
 };
 
 use super::{KillOnDrop, Row, Target, median};
@@ -49,7 +48,7 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
     let peer = topo.spec.peer_v4;
     // Neighbours resolved before anything is measured; the primary works without enipin.
     ensure!(
-        topo.host().ping_from(peer, src_ok)?,
+        ping_from(topo.host(), peer, src_ok)?,
         "the bench network does not pass {src_ok} -> {peer}"
     );
     let mut rows = Vec::new();
@@ -77,15 +76,11 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
                 none.push(measure(src_ok)?);
                 noop.push(with_noop(&topo, || measure(src_ok))?);
             }
-            let pins = PinDir::new("ebd-pin")?;
-            let state = TempDir::new("ebd-st")?;
+            let dirs = Dirs::new("ebd-")?;
             let enipin = |args: &[&str]| -> Result<()> {
-                let mut cmd = Command::new(crate::enipin_bin());
-                cmd.arg("--netns")
-                    .arg(topo.host().name())
-                    .arg("--pin-dir")
-                    .arg(pins.path());
-                cmd.arg("--state-dir").arg(state.path()).args(args);
+                let bin = crate::enipin_bin();
+                let mut cmd =
+                    testbed::enipin_command(&bin, topo.host().name(), &dirs.paths(), args);
                 super::run_measured(&mut cmd)?.ok().map(drop)
             };
             enipin(&["attach", "--no-rules"])?;
@@ -93,15 +88,15 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
                 // The secondary's traffic works only through the redirect (and its neighbours
                 // get resolved here, not during the measurement).
                 ensure!(
-                    topo.host().ping_from(peer, src_mis)?,
+                    ping_from(topo.host(), peer, src_mis)?,
                     "{src_mis} -> {peer} fails with the program attached"
                 );
                 let correct = || measure(src_ok);
                 let fixed = || -> Result<f64> {
                     let drops = ip_drops(&topo)?;
-                    let before = misrouted(&pins)?;
+                    let before = misrouted(&dirs)?;
                     let r = measure(src_mis)?;
-                    let after = misrouted(&pins)?;
+                    let after = misrouted(&dirs)?;
                     ensure!(
                         after.1 == before.1,
                         "{} redirects failed during the run",
@@ -227,38 +222,20 @@ fn ip_drops(topo: &Topology) -> Result<u64> {
 }
 
 /// (misrouted packets, failed redirects) summed over the interfaces.
-fn misrouted(pins: &PinDir) -> Result<(u64, u64)> {
-    let paths = Paths {
-        pin_dir: pins.path().to_owned(),
-        state_dir: std::env::temp_dir(),
-    };
-    let all = enipin::ebpf::counters(&paths)?;
+fn misrouted(dirs: &Dirs) -> Result<(u64, u64)> {
+    let all = enipin::ebpf::counters(&dirs.paths())?;
     Ok(all.iter().fold((0, 0), |(m, f), (_, c)| {
         (m + c.misrouted_packets, f + c.redirect_failed)
     }))
 }
 
-trait PingFrom {
-    fn ping_from(&self, dst: Ipv4Addr, src: Ipv4Addr) -> Result<bool>;
-}
-
-impl PingFrom for Netns {
-    fn ping_from(&self, dst: Ipv4Addr, src: Ipv4Addr) -> Result<bool> {
-        let out = self
-            .command("ping")
-            .args([
-                "-c",
-                "1",
-                "-W",
-                "1",
-                "-I",
-                &src.to_string(),
-                &dst.to_string(),
-            ])
-            .output()
-            .context("running ping")?;
-        Ok(out.status.success())
-    }
+/// One ping from `src` to `dst`: whether it was answered.
+fn ping_from(ns: &Netns, dst: Ipv4Addr, src: Ipv4Addr) -> Result<bool> {
+    let out = ns
+        .ping_command(&["-I", &src.to_string(), &dst.to_string()], 1)
+        .output()
+        .context("running ping")?;
+    Ok(out.status.success())
 }
 
 /// One iperf3 TCP flow from `src` in the host to the peer, `secs` long: bits/s received.

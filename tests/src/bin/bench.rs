@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use enipin_tests::bench::{self, Row, Target};
-use enipin_tests::testbed::{Netns, PinDir, TempDir, veth};
+use enipin_tests::testbed::{self, Dirs, Netns, TempDir, veth};
 
 struct Args {
     quick: bool,
@@ -88,14 +88,14 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn enipin(ns: &Netns, pins: &PinDir, state: &TempDir, args: &[&str]) -> Result<bench::Run> {
-    let mut cmd = Command::new(enipin_tests::enipin_bin());
-    cmd.arg("--netns")
-        .arg(ns.name())
-        .arg("--pin-dir")
-        .arg(pins.path());
-    cmd.arg("--state-dir").arg(state.path()).args(args);
-    bench::run_measured(&mut cmd)
+fn enipin(ns: &Netns, dirs: &Dirs, args: &[&str]) -> Result<bench::Run> {
+    let bin = enipin_tests::enipin_bin();
+    bench::run_measured(&mut testbed::enipin_command(
+        &bin,
+        ns.name(),
+        &dirs.paths(),
+        args,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -194,15 +194,14 @@ fn control(quick: bool, rounds: usize) -> Result<Vec<Row>> {
             host.sh(&seed_script(&layout, add))?;
             acc.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        let pins = PinDir::new("ec-pin")?;
-        let state = TempDir::new("ec-st")?;
-        let a = enipin(&host, &pins, &state, &["attach", "--no-ebpf"])?.ok()?;
+        let dirs = Dirs::new("ec-")?;
+        let a = enipin(&host, &dirs, &["attach", "--no-ebpf"])?.ok()?;
         installed(enipin_rules)?;
-        let d = enipin(&host, &pins, &state, &["detach"])?.ok()?;
+        let d = enipin(&host, &dirs, &["detach"])?.ok()?;
         installed(0)?;
-        let f = enipin(&host, &pins, &state, &["attach"])?.ok()?;
+        let f = enipin(&host, &dirs, &["attach"])?.ok()?;
         installed(enipin_rules)?;
-        let d2 = enipin(&host, &pins, &state, &["detach"])?.ok()?;
+        let d2 = enipin(&host, &dirs, &["detach"])?.ok()?;
         attach.push(a.wall_ms);
         detach.push(d.wall_ms);
         attach_full.push(f.wall_ms);

@@ -1,0 +1,52 @@
+//! The one BPF_PROG_TEST_RUN wrapper: the classifier (or the empty one beside it) run on a frame
+//! with a `__sk_buff` context, and the TC verdicts it returns.
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, TestRunResult},
+};
+
+use crate::frames;
+
+/// `TC_ACT_UNSPEC` (include/uapi/linux/pkt_cls.h): the classifier's "no verdict, carry on" (-1).
+pub const TC_ACT_UNSPEC: u32 = -1i32 as u32;
+/// `TC_ACT_REDIRECT`: what `bpf_redirect` returns when the redirect is set up.
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// Runs the loaded program `prog` of `bpf` `repeat` times on `frame` as if it left by `ifindex`
+/// (resolved in the calling thread's namespace: run inside the test namespace, `in_ns`).
+pub fn test_run(
+    bpf: &Ebpf,
+    prog: &str,
+    ifindex: u32,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<TestRunResult> {
+    test_run_ctx(bpf, prog, &frames::skb_ctx(ifindex), frame, repeat)
+}
+
+/// [`test_run`] with a whole `__sk_buff` as context (GSO fields, ...).
+pub fn test_run_ctx(
+    bpf: &Ebpf,
+    prog: &str,
+    ctx: &[u8],
+    frame: &[u8],
+    repeat: u32,
+) -> Result<TestRunResult> {
+    let p: &SchedClassifier = bpf
+        .program(prog)
+        .with_context(|| format!("no program {prog}"))?
+        .try_into()?;
+    // The frame as the program leaves it, with 256 bytes to spare.
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(ctx),
+        repeat,
+        ..TestRunOptions::new()
+    };
+    p.test_run(opts)
+        .with_context(|| format!("test-run of {prog}"))
+}
