@@ -1,4 +1,7 @@
-use std::{ffi::CStr, fs, io, path::Path};
+//! Attachment at egress: a TCX link where the kernel has it, else a netlink (clsact) filter;
+//! finding, checking and removing what is recorded under the pin directory.
+
+use std::{ffi::CStr, fs, io, path::Path, sync::OnceLock};
 
 use anyhow::{Context as _, Result};
 use aya::programs::{
@@ -8,7 +11,7 @@ use aya::programs::{
 };
 use enipin_ebpf::Owner;
 
-use crate::config::Paths;
+use crate::config::{Attach, Paths};
 
 pub(super) const LINK_PREFIX: &str = "link-";
 pub(super) const NETLINK_PREFIX: &str = "nl-";
@@ -49,6 +52,13 @@ impl Attachment {
         SchedClassifierLink::attached(self.ifindex, parent, prio, handle.into(), None).ok()
     }
 
+    pub(super) fn kind(&self) -> AttachKind {
+        match self.netlink {
+            Some(_) => AttachKind::Netlink,
+            None => AttachKind::Tcx,
+        }
+    }
+
     /// Whether it still runs on its interface: a TCX link goes defunct when its interface goes.
     pub(super) fn alive(&self, pin_dir: &Path) -> bool {
         match self.netlink {
@@ -87,6 +97,7 @@ pub(super) fn link_alive(path: &Path, ifindex: u32) -> bool {
     }
 }
 
+/// The name of interface `ifindex`, `None` when there is none (gone, or never was).
 pub fn ifname(ifindex: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
@@ -102,43 +113,83 @@ pub fn ifname(ifindex: u32) -> Option<String> {
     )
 }
 
+/// The owner's interface name for plan lines (`ifindex 7` once the interface is gone).
 pub(super) fn owner_name(o: &Owner) -> String {
     ifname(o.ifindex).unwrap_or_else(|| format!("ifindex {}", o.ifindex))
 }
 
-/// Attaches at egress with TCX (appended last, so programs attached earlier still run first) and
-/// pins the link; on kernels without TCX, through a clsact qdisc (reused if present). Returns the
-/// pin's file name.
-pub(super) fn attach_one(
-    prog: &mut SchedClassifier,
-    ifindex: u32,
-    pin_dir: &Path,
-) -> Result<String> {
-    let tcx = TcAttach::Tcx {
-        attach_type: TcAttachType::Egress,
-        order: LinkOrder::default(),
-    };
-    if FORCE_NETLINK.with(|f| f.get()) {
-        return attach_netlink(prog, ifindex, pin_dir);
+/// How an attachment hooks into egress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachKind {
+    /// A TCX link (kernels >= 6.6), pinned as `link-<ifindex>`.
+    Tcx,
+    /// A filter in the clsact qdisc, recorded as `nl-<ifindex>-<priority>-<handle>/`.
+    Netlink,
+}
+
+impl std::fmt::Display for AttachKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcx => "tcx",
+            Self::Netlink => "netlink",
+        })
     }
-    match prog.attach(ifindex, tcx) {
-        Ok(id) => {
-            let link = prog.take_link(id)?;
-            let link = FdLink::try_from(link)?;
-            let name = format!("{LINK_PREFIX}{ifindex}");
-            link.pin(pin_dir.join(&name))?;
-            Ok(name)
-        }
+}
+
+/// What `choice` means on this kernel: `Auto` is TCX where the kernel has it.
+pub(super) fn resolve(choice: Attach) -> Result<AttachKind> {
+    Ok(match choice {
+        Attach::Tcx => AttachKind::Tcx,
+        Attach::Netlink => AttachKind::Netlink,
+        Attach::Auto if have_tcx()? => AttachKind::Tcx,
+        Attach::Auto => AttachKind::Netlink,
+    })
+}
+
+/// Whether the kernel has TCX (>= 6.6), asked once per process. Like cilium/ebpf's `haveTCX`
+/// feature probe, on loopback (ifindex 1 in every namespace), but a query rather than an attach:
+/// TCX links and TCX queries came in the same release, and a query changes nothing.
+fn have_tcx() -> Result<bool> {
+    static HAVE: OnceLock<bool> = OnceLock::new();
+    if let Some(have) = HAVE.get() {
+        return Ok(*have);
+    }
+    let have = match SchedClassifier::query_tcx(1, TcAttachType::Ingress) {
+        Ok(_) => true,
         Err(ProgramError::SyscallError(e))
             if matches!(
                 e.io_error.raw_os_error(),
                 Some(libc::EINVAL | libc::EOPNOTSUPP)
             ) =>
         {
-            attach_netlink(prog, ifindex, pin_dir)
+            false
         }
-        Err(e) => Err(e.into()),
+        Err(e) => return Err(e).context("probing the kernel for TCX (a query on loopback)"),
+    };
+    Ok(*HAVE.get_or_init(|| have))
+}
+
+/// Attaches at egress, `how`, and records the attachment under `pin_dir`: a TCX link is appended
+/// last (programs attached earlier still run first) and pinned. Returns the pin's file name.
+pub(super) fn attach_one(
+    prog: &mut SchedClassifier,
+    ifindex: u32,
+    pin_dir: &Path,
+    how: AttachKind,
+) -> Result<String> {
+    if how == AttachKind::Netlink {
+        return attach_netlink(prog, ifindex, pin_dir);
     }
+    let tcx = TcAttach::Tcx {
+        attach_type: TcAttachType::Egress,
+        order: LinkOrder::default(),
+    };
+    let id = prog.attach(ifindex, tcx)?;
+    let link = FdLink::try_from(prog.take_link(id)?)?;
+    let name = format!("{LINK_PREFIX}{ifindex}");
+    link.pin(pin_dir.join(&name))?;
+    Ok(name)
 }
 
 /// Kernels without TCX (< 6.6): a direct-action filter in the clsact qdisc (reused when it
@@ -173,17 +224,7 @@ pub(super) fn attach_netlink(
     Ok(name)
 }
 
-thread_local! {
-    static FORCE_NETLINK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Attach through netlink (clsact) even where TCX exists, on the calling thread: how tests cover
-/// the path kernels < 6.6 take.
-#[doc(hidden)]
-pub fn force_netlink_on_this_thread(on: bool) {
-    FORCE_NETLINK.with(|f| f.set(on));
-}
-
+/// Removes the attachment recorded as `pin`: exactly enipin's link or filter.
 pub(super) fn remove_attachment(pin_dir: &Path, pin: &str) -> Result<()> {
     let path = pin_dir.join(pin);
     let a = Attachment::parse(pin).with_context(|| format!("{}: not enipin's", path.display()))?;

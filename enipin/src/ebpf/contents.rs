@@ -1,3 +1,6 @@
+//! The owner, prefix, counter and config maps' contents: the state enipin wants, the state it
+//! finds pinned, and the writes from one to the other (also the rollback's).
+
 use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{Result, anyhow};
@@ -15,7 +18,7 @@ use crate::{
     model::ManagedInterface,
 };
 
-use super::*;
+use super::{derived::sync_derived, pins::Pins, program::OBJECT};
 
 #[derive(Debug)]
 pub(super) struct MapDiff<K, V> {
@@ -103,77 +106,88 @@ pub(super) fn desired(managed: &[ManagedInterface], cfg: &Config) -> State {
     s
 }
 
-/// What is pinned (the rollback's "before" and "now").
-pub(super) fn installed(paths: &Paths) -> Result<State> {
-    installed_with(paths, &stale_maps(paths)?)
-}
-
-/// What is pinned, reading a map of another layout (`stale`) as absent.
-pub(super) fn installed_with(
-    paths: &Paths,
-    stale: &BTreeMap<&'static str, String>,
-) -> Result<State> {
-    let pinned_map = |paths: &Paths, name: &str| pinned_current(paths, stale, name);
+/// What is pinned (the rollback's "before" and "now"); a map of another layout reads as absent.
+pub(super) fn installed(pins: &Pins) -> Result<State> {
     let mut s = State::default();
-    if let Some(map) = pinned_map(paths, maps::OWNERS_V4)? {
+    if let Some(map) = pins.map(maps::OWNERS_V4)? {
         for kv in HashMap::<_, [u8; 4], Owner>::try_from(map)?.iter() {
             let (k, v) = kv?;
             s.v4.insert(k, v);
         }
     }
-    if let Some(map) = pinned_map(paths, maps::OWNERS_V6)? {
+    if let Some(map) = pins.map(maps::OWNERS_V6)? {
         for kv in HashMap::<_, [u8; 16], Owner>::try_from(map)?.iter() {
             let (k, v) = kv?;
             s.v6.insert(k, v);
         }
     }
-    if let Some(map) = pinned_map(paths, maps::PREFIXES_V4)? {
+    if let Some(map) = pins.map(maps::PREFIXES_V4)? {
         for kv in LpmTrie::<_, [u8; 4], Owner>::try_from(map)?.iter() {
             let (k, v) = kv?;
             s.p4.insert((k.data(), k.prefix_len() as u8), v);
         }
     }
-    if let Some(map) = pinned_map(paths, maps::PREFIXES_V6)? {
+    if let Some(map) = pins.map(maps::PREFIXES_V6)? {
         for kv in LpmTrie::<_, [u8; 16], Owner>::try_from(map)?.iter() {
             let (k, v) = kv?;
             s.p6.insert((k.data(), k.prefix_len() as u8), v);
         }
     }
-    if let Some(map) = pinned_map(paths, maps::COUNTERS)? {
+    if let Some(map) = pins.map(maps::COUNTERS)? {
         for k in PerCpuHashMap::<_, u32, Counters>::try_from(map)?.keys() {
             s.counters.insert(k?, ());
         }
     }
-    if let Some(map) = pinned_map(paths, maps::CONFIG)? {
+    if let Some(map) = pins.map(maps::CONFIG)? {
         s.config = Some(Array::<_, enipin_ebpf::Config>::try_from(map)?.get(&0, 0)?);
     }
     Ok(s)
 }
 
+/// The map entries to write to go from one [`State`] to another.
+#[derive(Debug, Default)]
+pub(super) struct MapWrites {
+    pub(super) v4: MapDiff<[u8; 4], Owner>,
+    pub(super) v6: MapDiff<[u8; 16], Owner>,
+    pub(super) p4: MapDiff<([u8; 4], u8), Owner>,
+    pub(super) p6: MapDiff<([u8; 16], u8), Owner>,
+    pub(super) counters: MapDiff<u32, ()>,
+    /// The config entry to write, when it changes.
+    pub(super) config: Option<enipin_ebpf::Config>,
+}
+
+impl MapWrites {
+    pub(super) fn between(now: &State, want: &State) -> Self {
+        Self {
+            v4: MapDiff::new(&now.v4, &want.v4),
+            v6: MapDiff::new(&now.v6, &want.v6),
+            p4: MapDiff::new(&now.p4, &want.p4),
+            p6: MapDiff::new(&now.p6, &want.p6),
+            counters: MapDiff::new(&now.counters, &want.counters),
+            config: want.config.filter(|_| now.config != want.config),
+        }
+    }
+}
+
 /// Writes the map entries back to `before` (used on rollback).
 pub(super) fn restore(paths: &Paths, before: &State) -> Result<()> {
-    let now = installed(paths)?;
-    let d = Diff {
-        v4: MapDiff::new(&now.v4, &before.v4),
-        v6: MapDiff::new(&now.v6, &before.v6),
-        p4: MapDiff::new(&now.p4, &before.p4),
-        p6: MapDiff::new(&now.p6, &before.p6),
-        counters: MapDiff::new(&now.counters, &before.counters),
-        config: before.config,
-        ..Diff::default()
-    };
+    let now = installed(&Pins::open(paths)?)?;
+    let mut w = MapWrites::between(&now, before);
+    w.config = before.config;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&paths.pin_dir)
         .load(OBJECT)?;
-    write_maps(&mut ebpf, &d)
+    write_maps(&mut ebpf, &w)
 }
 
+/// The object's map `name`.
 pub(super) fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
     ebpf.map_mut(name)
         .ok_or_else(|| anyhow!("map {name} missing from the object"))
 }
 
-pub(super) fn write_maps(ebpf: &mut Ebpf, d: &Diff) -> Result<()> {
+/// Writes `d` into the object's maps (pinned), then derives the fast-path arrays and owner tables.
+pub(super) fn write_maps(ebpf: &mut Ebpf, d: &MapWrites) -> Result<()> {
     let mut m: HashMap<_, [u8; 4], Owner> = HashMap::try_from(map(ebpf, maps::OWNERS_V4)?)?;
     for (k, v) in &d.v4.set {
         m.insert(k, v, 0)?;

@@ -1,3 +1,6 @@
+//! The maps the program reads instead of the owner maps, derived from them by user space: the
+//! fast-path arrays and the owner tables (and the check that they are in step).
+
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, anyhow};
@@ -7,9 +10,7 @@ use aya::{
 };
 use enipin_ebpf::{Bucket, FAST_SLOTS, Local, Owner, TABLE_BUCKETS, bucket_index, maps, words};
 
-use crate::config::Paths;
-
-use super::*;
+use super::{contents::map, pins::Pins};
 
 /// Derives what the program reads instead of the owner maps, from the owner maps as they now are:
 /// - the fast-path arrays (each interface's first own addresses, sorted), writing only the slots
@@ -87,49 +88,72 @@ pub(super) fn local<const N: usize, const K: usize>(
 /// The derived maps (fast-path arrays, owner tables) that are out of step with the pinned owner
 /// maps, which can only happen when an earlier enipin stopped between the two (killed, or the
 /// machine lost power); a plan then lists them, and applying it rebuilds them.
-pub(super) fn derived_out_of_step(
-    paths: &Paths,
-    stale: &BTreeMap<&'static str, String>,
-) -> Result<Vec<&'static str>> {
+pub(super) fn out_of_step(pins: &Pins) -> Result<Vec<&'static str>> {
     fn check<const N: usize, const KL: usize, const KT: usize>(
-        paths: &Paths,
-        stale: &BTreeMap<&'static str, String>,
+        pins: &Pins,
         (owners, locals, table_name): (&str, &'static str, &'static str),
         out: &mut Vec<&'static str>,
     ) -> Result<()> {
-        let Some(m) = pinned_current(paths, stale, owners)? else {
+        let Some(m) = pins.map(owners)? else {
             return Ok(());
         };
         let owned = owned::<N>(&m)?;
-        if let Some(m) = pinned_current(paths, stale, locals)? {
+        if let Some(m) = pins.map(locals)? {
             let array: Array<_, Local<N, KL>> = Array::try_from(m)?;
             let have = array.iter().collect::<Result<Vec<_>, _>>()?;
             if have != local::<N, KL>(&owned) {
                 out.push(locals);
             }
         }
-        if !stale.contains_key(table_name) {
-            let have = owner_table::<N, KT>(paths, table_name)?.map(|(_, b)| b);
-            if have.is_some_and(|have| have != table::<N, KT>(&owned)) {
-                out.push(table_name);
-            }
+        let have = read_table::<N, KT>(pins, table_name)?;
+        if have.is_some_and(|have| have.buckets != table::<N, KT>(&owned)) {
+            out.push(table_name);
         }
         Ok(())
     }
     let mut out = Vec::new();
     check::<4, { enipin_ebpf::LOCAL_V4 }, { enipin_ebpf::BUCKET_V4 }>(
-        paths,
-        stale,
+        pins,
         (maps::OWNERS_V4, maps::LOCAL_V4, maps::TABLE_V4),
         &mut out,
     )?;
     check::<16, { enipin_ebpf::LOCAL_V6 }, { enipin_ebpf::BUCKET_V6 }>(
-        paths,
-        stale,
+        pins,
         (maps::OWNERS_V6, maps::LOCAL_V6, maps::TABLE_V6),
         &mut out,
     )?;
     Ok(out)
+}
+
+/// An owner table as the program sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerTable<const N: usize, const K: usize> {
+    /// The inner array's map id: a new one after every change.
+    pub map_id: u32,
+    pub buckets: Vec<Bucket<N, K>>,
+}
+
+/// The owner table `name` (`maps::TABLE_V4` or `TABLE_V6`); `None` when nothing (of this
+/// layout) is pinned or no table has been swapped in yet.
+pub(super) fn read_table<const N: usize, const K: usize>(
+    pins: &Pins,
+    name: &str,
+) -> Result<Option<OwnerTable<N, K>>> {
+    let Some(map) = pins.map(name)? else {
+        return Ok(None);
+    };
+    let outer: ArrayOfMaps<_, MapData> = ArrayOfMaps::try_from(map)?;
+    let inner = match outer.get(&0, 0) {
+        Ok(inner) => inner,
+        Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {name}")),
+    };
+    let map_id = inner.info()?.id();
+    let array: Array<_, Bucket<N, K>> = Array::try_from(Map::Array(inner))?;
+    let buckets = (0..TABLE_BUCKETS)
+        .map(|i| array.get(&i, 0))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(OwnerTable { map_id, buckets }))
 }
 
 /// The owner table for `owned`: each address in the bucket [`bucket_index`] names, in address

@@ -11,6 +11,18 @@
 //!   on kernels without TCX (< 6.6), which cannot be pinned; priority and handle identify exactly
 //!   enipin's filter for an in-place replace or removal.
 
+//!
+//! Modules, each depending only on those above it:
+//! - `program`: the embedded object, loading it, this build's tag, the bpffs check;
+//! - `pins`: what is pinned, opened once, with the layout check against
+//!   [`enipin_ebpf::layout::MAPS`];
+//! - `derived`: the fast-path arrays and owner tables derived from the owner maps;
+//! - `contents`: the owner/prefix/counter/config maps: desired, installed, written, restored;
+//! - `attach`: TCX or netlink, chosen by one probe; finding and removing attachments;
+//! - `plan`: the typed [`Change`]s of an [`EbpfPlan`];
+//! - `apply`: carrying a plan out, all or nothing; detaching everything;
+//! - `observe`: attachments, counters, owner tables, for `status`, `stats`, `metrics`.
+
 mod apply;
 mod attach;
 mod contents;
@@ -20,16 +32,11 @@ mod pins;
 mod plan;
 mod program;
 
-use attach::*;
-use contents::*;
-use derived::*;
-use pins::*;
-use plan::*;
-use program::*;
-
 pub use apply::{apply, detach};
-pub use attach::{force_netlink_on_this_thread, ifname};
-pub use derived::sync_derived;
-pub use observe::{TableSummary, attached, counters, owner_table, table_summary};
-pub use plan::{EbpfPlan, plan};
+pub use attach::{AttachKind, ifname};
+pub use derived::{OwnerTable, sync_derived};
+pub use observe::{
+    Attached, OwnerTables, TableSummary, attached, counters, owner_table, table_summary,
+};
+pub use plan::{Change, EbpfPlan, plan};
 pub use program::{OBJECT, load, program_id};

@@ -1,29 +1,39 @@
+//! What is in the kernel now, for `status`, `stats` and `metrics`: attachments, counters, owner
+//! tables.
+
 use std::collections::BTreeMap;
 
-use anyhow::{Context as _, Result, bail};
-use aya::maps::{Array, ArrayOfMaps, Map, MapData, PerCpuArray, PerCpuHashMap};
-use enipin_ebpf::{Bucket, Counters, FAST_SLOTS, TABLE_BUCKETS, maps};
+use anyhow::{Result, bail};
+use aya::maps::{PerCpuArray, PerCpuHashMap};
+use enipin_ebpf::{Counters, FAST_SLOTS, maps};
+use serde::Serialize;
 
 use crate::config::Paths;
 
-use super::*;
+use super::{
+    attach::{AttachKind, attachments, ifname},
+    derived::{OwnerTable, read_table},
+    pins::Pins,
+};
 
-/// What is attached now: (ifindex, interface name, attach kind "tcx"/"netlink"), or empty.
-pub fn attached(paths: &Paths) -> Result<Vec<(u32, String, String)>> {
+/// A live attachment of the program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Attached {
+    pub ifindex: u32,
+    /// The interface's name (`?` if it went between reading the pins and asking its name).
+    pub name: String,
+    pub kind: AttachKind,
+}
+
+/// What is attached now (attachments whose interface is gone are left out), or empty.
+pub fn attached(paths: &Paths) -> Result<Vec<Attached>> {
     Ok(attachments(paths)?
         .into_iter()
         .filter(|a| a.alive(&paths.pin_dir))
-        .map(|a| {
-            let kind = if a.netlink.is_some() {
-                "netlink"
-            } else {
-                "tcx"
-            };
-            (
-                a.ifindex,
-                ifname(a.ifindex).unwrap_or_else(|| "?".into()),
-                kind.to_owned(),
-            )
+        .map(|a| Attached {
+            ifindex: a.ifindex,
+            name: ifname(a.ifindex).unwrap_or_else(|| "?".into()),
+            kind: a.kind(),
         })
         .collect())
 }
@@ -31,8 +41,9 @@ pub fn attached(paths: &Paths) -> Result<Vec<(u32, String, String)>> {
 /// Counters per interface (ifindex; 0 is the "unknown interface" slot), summed over CPUs.
 /// Nothing pinned: an error saying so (not an empty list, which would read as "no traffic").
 pub fn counters(paths: &Paths) -> Result<Vec<(u32, Counters)>> {
-    let stale = stale_maps(paths)?;
-    if let Some((name, why)) = stale
+    let pins = Pins::open(paths)?;
+    if let Some((name, why)) = pins
+        .other_layout()
         .iter()
         .find(|(n, _)| [maps::COUNTERS, maps::COUNTERS_FAST].contains(n))
     {
@@ -42,7 +53,7 @@ pub fn counters(paths: &Paths) -> Result<Vec<(u32, Counters)>> {
             paths.pin_dir.display()
         );
     }
-    let Some(map) = pinned_map(paths, maps::COUNTERS)? else {
+    let Some(map) = pins.map(maps::COUNTERS)? else {
         bail!(
             "no datapath counters under {} (run `enipin attach` first, or pass --pin-dir)",
             paths.pin_dir.display()
@@ -50,7 +61,8 @@ pub fn counters(paths: &Paths) -> Result<Vec<(u32, Counters)>> {
     };
     let m: PerCpuHashMap<_, u32, Counters> = PerCpuHashMap::try_from(map)?;
     // The program counts in the fast array for small ifindexes, in the hash for the rest.
-    let fast = pinned_map(paths, maps::COUNTERS_FAST)?
+    let fast = pins
+        .map(maps::COUNTERS_FAST)?
         .map(PerCpuArray::<_, Counters>::try_from)
         .transpose()?;
     let mut out: BTreeMap<u32, Counters> = BTreeMap::new();
@@ -71,62 +83,50 @@ pub fn counters(paths: &Paths) -> Result<Vec<(u32, Counters)>> {
     Ok(out.into_iter().collect())
 }
 
-/// The owner table `name` (`maps::TABLE_V4` or `TABLE_V6`) as the program sees it: the inner
-/// array's map id (a new one after every change) and its buckets. `None` when nothing is pinned
-/// or no table has been swapped in yet.
+/// The owner table `name` (`maps::TABLE_V4` or `TABLE_V6`) as the program sees it. `None` when
+/// nothing (of this build's layout) is pinned or no table has been swapped in yet.
 pub fn owner_table<const N: usize, const K: usize>(
     paths: &Paths,
     name: &str,
-) -> Result<Option<(u32, Vec<Bucket<N, K>>)>> {
-    let Some(map) = pinned_map(paths, name)? else {
-        return Ok(None);
-    };
-    let outer: ArrayOfMaps<_, MapData> = ArrayOfMaps::try_from(map)?;
-    let inner = match outer.get(&0, 0) {
-        Ok(inner) => inner,
-        Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {name}")),
-    };
-    let id = inner.info()?.id();
-    let array: Array<_, Bucket<N, K>> = Array::try_from(Map::Array(inner))?;
-    let buckets = (0..TABLE_BUCKETS)
-        .map(|i| array.get(&i, 0))
-        .collect::<Result<_, _>>()?;
-    Ok(Some((id, buckets)))
+) -> Result<Option<OwnerTable<N, K>>> {
+    read_table(&Pins::open(paths)?, name)
 }
 
 /// What an owner table holds: addresses in their buckets, and buckets that spilled (their extra
 /// addresses are looked up in the owner hash map, about 10 ns more per packet).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TableSummary {
     pub addresses: usize,
     pub spilled_buckets: usize,
 }
 
-/// [`TableSummary`] of both families' tables (`None`: no table installed).
-pub fn table_summary(paths: &Paths) -> Result<[Option<TableSummary>; 2]> {
-    fn summary<const N: usize, const K: usize>(
-        paths: &Paths,
-        name: &str,
-    ) -> Result<Option<TableSummary>> {
-        Ok(
-            owner_table::<N, K>(paths, name)?.map(|(_, buckets)| TableSummary {
-                addresses: buckets
-                    .iter()
-                    .map(|b| b.ifindex.iter().filter(|i| **i != 0).count())
-                    .sum(),
-                spilled_buckets: buckets.iter().filter(|b| b.spill != 0).count(),
-            }),
-        )
+impl<const N: usize, const K: usize> From<&OwnerTable<N, K>> for TableSummary {
+    fn from(t: &OwnerTable<N, K>) -> Self {
+        Self {
+            addresses: t
+                .buckets
+                .iter()
+                .map(|b| b.ifindex.iter().filter(|i| **i != 0).count())
+                .sum(),
+            spilled_buckets: t.buckets.iter().filter(|b| b.spill != 0).count(),
+        }
     }
-    let stale = stale_maps(paths)?;
-    let v4 = match stale.contains_key(maps::TABLE_V4) {
-        true => None,
-        false => summary::<4, { enipin_ebpf::BUCKET_V4 }>(paths, maps::TABLE_V4)?,
-    };
-    let v6 = match stale.contains_key(maps::TABLE_V6) {
-        true => None,
-        false => summary::<16, { enipin_ebpf::BUCKET_V6 }>(paths, maps::TABLE_V6)?,
-    };
-    Ok([v4, v6])
+}
+
+/// Both families' owner tables, summed up (`None`: no table installed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OwnerTables {
+    pub ipv4: Option<TableSummary>,
+    pub ipv6: Option<TableSummary>,
+}
+
+/// [`OwnerTables`] as pinned.
+pub fn table_summary(paths: &Paths) -> Result<OwnerTables> {
+    let pins = Pins::open(paths)?;
+    let v4 = read_table::<4, { enipin_ebpf::BUCKET_V4 }>(&pins, maps::TABLE_V4)?;
+    let v6 = read_table::<16, { enipin_ebpf::BUCKET_V6 }>(&pins, maps::TABLE_V6)?;
+    Ok(OwnerTables {
+        ipv4: v4.as_ref().map(TableSummary::from),
+        ipv6: v6.as_ref().map(TableSummary::from),
+    })
 }

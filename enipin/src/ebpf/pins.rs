@@ -1,3 +1,6 @@
+//! The pin directory: what this build finds pinned there, opened once per plan or apply, with
+//! the check that each map has this build's layout ([`enipin_ebpf::layout::MAPS`]).
+
 use std::{
     collections::BTreeMap,
     fs,
@@ -5,169 +8,106 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{ArrayOfMaps, Map, MapData, MapInfo, MapType};
-use enipin_ebpf::{Bucket, Counters, FAST_SLOTS, Owner, TABLE_BUCKETS, maps};
+use aya::maps::{ArrayOfMaps, Map, MapData, MapInfo};
+use enipin_ebpf::layout::{Kind, Layout, MAPS};
 
 use crate::config::Paths;
 
-pub(super) fn pinned_map(paths: &Paths, name: &str) -> Result<Option<Map>> {
-    let path = paths.pin_dir.join(name);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    Ok(Some(Map::from_map_data(data)?))
+/// The pins under a pin directory, as found when opened.
+#[derive(Debug)]
+pub(super) struct Pins {
+    dir: PathBuf,
+    /// Pinned maps whose layout is not this build's (pinned by another enipin version), with
+    /// what differs. The program cannot load against them; `attach` replaces them (their content
+    /// is derived from the desired state, counters excepted) and swaps the new program in.
+    other_layout: BTreeMap<&'static str, String>,
 }
 
-/// The layout this build's program expects of each pinned map: type, key and value size, capacity.
-/// Sizes come from the shared `#[repr(C)]` types, so a change there changes this too.
-pub(super) fn layouts() -> [(&'static str, MapType, usize, usize, u32); 11] {
-    use enipin_ebpf::{LocalV4, LocalV6, MAX_INTERFACES, MAX_OWNERS};
-    use std::mem::size_of;
-    let lpm = |n: usize| size_of::<u32>() + n; // prefix length, then the address
-    [
-        (
-            maps::OWNERS_V4,
-            MapType::Hash,
-            4,
-            size_of::<Owner>(),
-            MAX_OWNERS,
-        ),
-        (
-            maps::OWNERS_V6,
-            MapType::Hash,
-            16,
-            size_of::<Owner>(),
-            MAX_OWNERS,
-        ),
-        (
-            maps::PREFIXES_V4,
-            MapType::LpmTrie,
-            lpm(4),
-            size_of::<Owner>(),
-            MAX_OWNERS,
-        ),
-        (
-            maps::PREFIXES_V6,
-            MapType::LpmTrie,
-            lpm(16),
-            size_of::<Owner>(),
-            MAX_OWNERS,
-        ),
-        (
-            maps::COUNTERS,
-            MapType::PerCpuHash,
-            4,
-            size_of::<Counters>(),
-            MAX_INTERFACES,
-        ),
-        (
-            maps::COUNTERS_FAST,
-            MapType::PerCpuArray,
-            4,
-            size_of::<Counters>(),
-            FAST_SLOTS,
-        ),
-        (
-            maps::LOCAL_V4,
-            MapType::Array,
-            4,
-            size_of::<LocalV4>(),
-            FAST_SLOTS,
-        ),
-        (
-            maps::LOCAL_V6,
-            MapType::Array,
-            4,
-            size_of::<LocalV6>(),
-            FAST_SLOTS,
-        ),
-        (maps::TABLE_V4, MapType::ArrayOfMaps, 4, 4, 1),
-        (maps::TABLE_V6, MapType::ArrayOfMaps, 4, 4, 1),
-        (
-            maps::CONFIG,
-            MapType::Array,
-            4,
-            size_of::<enipin_ebpf::Config>(),
-            1,
-        ),
-    ]
-}
-
-/// Pinned maps whose layout is not what this build expects (pinned by another enipin version),
-/// with what differs. The program cannot load against them; `attach` replaces them (their
-/// content is derived from the desired state, counters excepted) and swaps the new program in.
-pub(super) fn stale_maps(paths: &Paths) -> Result<BTreeMap<&'static str, String>> {
-    let mut out = BTreeMap::new();
-    for (name, ty, key, value, max) in layouts() {
-        let path = paths.pin_dir.join(name);
-        if !path.exists() {
-            continue;
+impl Pins {
+    /// Reads the pin directory (absent: nothing pinned) and checks every pinned map's layout.
+    pub(super) fn open(paths: &Paths) -> Result<Self> {
+        let dir = paths.pin_dir.clone();
+        let mut other_layout = BTreeMap::new();
+        for l in &MAPS {
+            let path = dir.join(l.name);
+            if path.exists()
+                && let Some(why) = layout_differs(&path, l)?
+            {
+                other_layout.insert(l.name, why);
+            }
         }
-        let info =
-            MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
-        let have = (
-            info.map_type().ok(),
-            info.key_size(),
-            info.value_size(),
+        Ok(Self { dir, other_layout })
+    }
+
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Maps pinned with another layout, with what differs (`value size 8 -> 12 bytes`).
+    pub(super) fn other_layout(&self) -> &BTreeMap<&'static str, String> {
+        &self.other_layout
+    }
+
+    /// The pinned map `name`; `None` when nothing is pinned under that name or the pinned map has
+    /// another layout (it counts as absent: this build replaces it).
+    pub(super) fn map(&self, name: &str) -> Result<Option<Map>> {
+        let path = self.dir.join(name);
+        if self.other_layout.contains_key(name) || !path.exists() {
+            return Ok(None);
+        }
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Some(Map::from_map_data(data)?))
+    }
+}
+
+/// What differs between the map pinned at `path` and this build's layout `want`, if anything.
+fn layout_differs(path: &Path, want: &Layout) -> Result<Option<String>> {
+    let info = MapInfo::from_pin(path).with_context(|| format!("reading {}", path.display()))?;
+    let ty = info.map_type().ok();
+    let mut what = Vec::new();
+    if ty.map(|t| t as u32) != Some(want.kind as u32) {
+        what.push(format!("type {ty:?} -> {:?}", want.kind));
+    }
+    for (field, h, w) in [
+        ("key size", info.key_size(), want.key_size),
+        ("value size", info.value_size(), want.value_size),
+    ] {
+        if h != w {
+            what.push(format!("{field} {h} -> {w} bytes"));
+        }
+    }
+    if info.max_entries() != want.max_entries {
+        what.push(format!(
+            "capacity {} -> {}",
             info.max_entries(),
-        );
-        let want = (Some(ty), key as u32, value as u32, max);
-        if have != want {
-            let mut what = Vec::new();
-            if have.0 != want.0 {
-                what.push(format!("type {:?} -> {ty:?}", have.0));
-            }
-            for (field, h, w) in [("key size", have.1, want.1), ("value size", have.2, want.2)] {
-                if h != w {
-                    what.push(format!("{field} {h} -> {w} bytes"));
-                }
-            }
-            if have.3 != want.3 {
-                what.push(format!("capacity {} -> {max}", have.3));
-            }
-            out.insert(name, what.join(", "));
-            continue;
-        }
-        // An owner table's inner array must have this build's bucket size as well.
-        if ty == MapType::ArrayOfMaps {
-            let outer: ArrayOfMaps<_, MapData> =
-                ArrayOfMaps::try_from(Map::from_map_data(MapData::from_pin(&path)?)?)?;
-            let bucket = if name == maps::TABLE_V4 {
-                std::mem::size_of::<Bucket<4, { enipin_ebpf::BUCKET_V4 }>>()
-            } else {
-                std::mem::size_of::<Bucket<16, { enipin_ebpf::BUCKET_V6 }>>()
-            };
-            if let Ok(inner) = outer.get(&0, 0) {
-                let i = inner.info()?;
-                if (i.value_size(), i.max_entries()) != (bucket as u32, TABLE_BUCKETS) {
-                    out.insert(
-                        name,
-                        format!(
-                            "buckets {} x {} bytes -> {TABLE_BUCKETS} x {bucket}",
-                            i.max_entries(),
-                            i.value_size()
-                        ),
-                    );
-                }
-            }
-        }
+            want.max_entries
+        ));
     }
-    Ok(out)
-}
-
-/// `pinned_map`, except that a map of another layout counts as absent.
-pub(super) fn pinned_current(
-    paths: &Paths,
-    stale: &BTreeMap<&'static str, String>,
-    name: &str,
-) -> Result<Option<Map>> {
-    if stale.contains_key(name) {
+    if !what.is_empty() {
+        return Ok(Some(what.join(", ")));
+    }
+    // An owner table's inner array must have this build's bucket size as well.
+    let (Kind::ArrayOfMaps, Some((bucket, buckets))) = (want.kind, want.inner) else {
+        return Ok(None);
+    };
+    let outer: ArrayOfMaps<_, MapData> =
+        ArrayOfMaps::try_from(Map::from_map_data(MapData::from_pin(path)?)?)?;
+    let Ok(inner) = outer.get(&0, 0) else {
+        return Ok(None); // no table swapped in yet
+    };
+    let i = inner.info()?;
+    if (i.value_size(), i.max_entries()) == (bucket, buckets) {
         return Ok(None);
     }
-    pinned_map(paths, name)
+    Ok(Some(format!(
+        "buckets {} x {} bytes -> {buckets} x {bucket}",
+        i.max_entries(),
+        i.value_size()
+    )))
 }
 
+/// Removes every pin left under `pin_dir`, then the directory. Returns one line per removal.
 pub(super) fn remove_pins(pin_dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let Ok(entries) = fs::read_dir(pin_dir) else {

@@ -1,6 +1,11 @@
+//! The datapath's plan: what must change under the pin directory to match the desired state, as
+//! typed changes that [`super::apply`] carries out and that print as enipin's diff lines.
+
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, Ipv6Addr},
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
 };
 
 use anyhow::{Context as _, Result};
@@ -12,195 +17,284 @@ use crate::{
     model::ManagedInterface,
 };
 
-use super::*;
+use super::{
+    attach::{Attachment, attachments, owner_name},
+    contents::{MapDiff, MapWrites, desired, installed},
+    derived::out_of_step,
+    pins::Pins,
+    program::{PROG_PIN, our_tag},
+};
 
 /// What the datapath must change to match the desired state, diffed with what is pinned.
 #[derive(Debug, Default)]
 pub struct EbpfPlan {
-    /// Human-readable lines, one per change (`+ attach enipin_egress to eth1 (tcx)`, ...).
-    pub changes: Vec<String>,
-    pub(super) diff: Diff,
+    /// In the order they print and apply.
+    pub changes: Vec<Change>,
 }
 
 impl EbpfPlan {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
     }
+
+    /// One line per change, as printed (`+ attach enipin_egress to eth1 egress (ifindex 3)`).
+    pub fn lines(&self) -> Vec<String> {
+        self.changes.iter().map(ToString::to_string).collect()
+    }
 }
 
-/// The structured form of [`EbpfPlan::changes`].
-#[derive(Debug, Default)]
-pub(super) struct Diff {
-    pub(super) program: ProgramChange,
-    /// Interfaces to attach to (ifindex, name).
-    pub(super) attach: Vec<(u32, String)>,
-    /// Pins of attachments to remove (stale or no longer managed), by file name.
-    pub(super) detach: Vec<String>,
-    pub(super) v4: MapDiff<[u8; 4], Owner>,
-    pub(super) v6: MapDiff<[u8; 16], Owner>,
-    pub(super) p4: MapDiff<([u8; 4], u8), Owner>,
-    pub(super) p6: MapDiff<([u8; 16], u8), Owner>,
-    pub(super) counters: MapDiff<u32, ()>,
-    pub(super) config: Option<enipin_ebpf::Config>,
-    /// Pinned maps of another layout, to unpin before loading (see [`stale_maps`]).
-    pub(super) recreate: Vec<&'static str>,
-    /// Derived maps to rebuild from the owner maps (see [`derived_out_of_step`]); every apply
-    /// that writes maps does, this only makes the plan non-empty.
-    pub(super) resync: bool,
-    /// Nothing must remain: detach everything and remove the pin directory.
-    pub(super) remove_all: bool,
-}
-
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(super) enum ProgramChange {
-    #[default]
-    Keep,
-    /// Nothing pinned yet.
-    Load,
-    /// A different program is pinned: swap it atomically on every link.
+/// One change to the datapath.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A map pinned by another enipin version with another layout: unpinned, created anew.
+    RecreateMap {
+        name: &'static str,
+        why: String,
+    },
+    /// A derived map out of step with the owner maps: rebuilt from them.
+    Rebuild {
+        name: &'static str,
+    },
+    /// Nothing pinned yet: load the program and pin it.
+    Load {
+        pin_dir: PathBuf,
+    },
+    /// Another build's program is pinned: swap this one in atomically on every link.
     Replace,
+    /// Remove an attachment (stale, or of an interface no longer managed).
+    Detach {
+        ifindex: u32,
+        pin: String,
+    },
+    /// Attach to an interface's egress.
+    Attach {
+        ifindex: u32,
+        name: String,
+    },
+    /// An address (exact) and its owner; `name` is the owner's interface name.
+    SetOwner {
+        addr: IpAddr,
+        owner: Owner,
+        name: String,
+    },
+    RemoveOwner {
+        addr: IpAddr,
+    },
+    /// A delegated prefix and its owner.
+    SetPrefix {
+        addr: IpAddr,
+        len: u8,
+        owner: Owner,
+        name: String,
+    },
+    RemovePrefix {
+        addr: IpAddr,
+        len: u8,
+    },
+    /// An interface's counters start (at zero) or go.
+    AddCounters {
+        ifindex: u32,
+    },
+    RemoveCounters {
+        ifindex: u32,
+    },
+    /// The program's config entry.
+    Config(enipin_ebpf::Config),
+    /// Nothing is managed: every pin goes, and the directory.
+    RemovePins {
+        dir: PathBuf,
+    },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::RecreateMap { name, why } => {
+                let reset = if [maps::COUNTERS, maps::COUNTERS_FAST].contains(name) {
+                    "; its counters start again from zero"
+                } else {
+                    ""
+                };
+                write!(
+                    f,
+                    "~ recreate map {name} (pinned by another enipin version: {why}{reset})"
+                )
+            }
+            Self::Rebuild { name } => write!(
+                f,
+                "~ rebuild {name} (out of step with the owner maps: an earlier run was interrupted)"
+            ),
+            Self::Load { pin_dir } => {
+                write!(f, "+ load {PROGRAM}, pinned under {}", pin_dir.display())
+            }
+            Self::Replace => write!(f, "~ replace {PROGRAM} (new build)"),
+            Self::Detach { ifindex, pin } => {
+                write!(f, "- detach {PROGRAM} from ifindex {ifindex} ({pin})")
+            }
+            Self::Attach { ifindex, name } => {
+                write!(f, "+ attach {PROGRAM} to {name} egress (ifindex {ifindex})")
+            }
+            Self::SetOwner { addr, name, .. } => write!(f, "+ owner {addr} -> {name}"),
+            Self::RemoveOwner { addr } => write!(f, "- owner {addr}"),
+            Self::SetPrefix {
+                addr, len, name, ..
+            } => write!(f, "+ prefix {addr}/{len} -> {name}"),
+            Self::RemovePrefix { addr, len } => write!(f, "- prefix {addr}/{len}"),
+            Self::AddCounters { ifindex } => write!(f, "+ counters for ifindex {ifindex}"),
+            Self::RemoveCounters { ifindex } => write!(f, "- counters for ifindex {ifindex}"),
+            Self::Config(c) => {
+                let mode = if c.mode == MODE_ENFORCE {
+                    "enforce"
+                } else {
+                    "monitor"
+                };
+                let prefixes = match c.prefixes & (PREFIXES_V4_PRESENT | PREFIXES_V6_PRESENT) {
+                    0 => "none",
+                    PREFIXES_V4_PRESENT => "v4",
+                    PREFIXES_V6_PRESENT => "v6",
+                    _ => "v4+v6",
+                };
+                write!(
+                    f,
+                    "~ config mode={mode} debug={} prefixes={prefixes}",
+                    c.debug
+                )
+            }
+            Self::RemovePins { dir } => write!(f, "- remove pins under {}", dir.display()),
+        }
+    }
 }
 
 /// Computes the datapath changes for `managed` (empty `managed`: remove everything).
 pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result<EbpfPlan> {
-    let mut plan = EbpfPlan::default();
     let found = attachments(paths)?;
+    let mut changes = Vec::new();
     if managed.is_empty() {
-        plan.diff.remove_all = true;
-        for a in &found {
-            plan.changes.push(format!(
-                "- detach {PROGRAM} from ifindex {} ({})",
-                a.ifindex, a.pin
-            ));
-        }
+        changes.extend(found.iter().map(detach));
         if paths.pin_dir.exists() {
-            plan.changes
-                .push(format!("- remove pins under {}", paths.pin_dir.display()));
+            changes.push(Change::RemovePins {
+                dir: paths.pin_dir.clone(),
+            });
         }
-        return Ok(plan);
+        return Ok(EbpfPlan { changes });
     }
-    let want = desired(managed, cfg);
-    let stale = stale_maps(paths)?;
-    let have = installed_with(paths, &stale)?;
-    let d = &mut plan.diff;
-    for (name, why) in &stale {
-        let reset = if [maps::COUNTERS, maps::COUNTERS_FAST].contains(name) {
-            "; its counters start again from zero"
-        } else {
-            ""
-        };
-        plan.changes.push(format!(
-            "~ recreate map {name} (pinned by another enipin version: {why}{reset})"
-        ));
-        d.recreate.push(name);
+    let pins = Pins::open(paths)?;
+    for (name, why) in pins.other_layout() {
+        changes.push(Change::RecreateMap {
+            name,
+            why: why.clone(),
+        });
     }
-    for name in derived_out_of_step(paths, &stale)? {
-        plan.changes.push(format!(
-            "~ rebuild {name} (out of step with the owner maps: an earlier run was interrupted)"
-        ));
-        d.resync = true;
-    }
-    let prog_pin = paths.pin_dir.join(PROG_PIN);
-    d.program = if !prog_pin.exists() {
-        ProgramChange::Load
-    } else if !stale.is_empty() {
-        // Maps of another layout: a program of another build, which this one replaces.
-        ProgramChange::Replace
-    } else {
-        // Same program? Compare tags (the kernel's hash of the instructions, map fds masked).
-        let old = ProgramInfo::from_pin(&prog_pin)
-            .with_context(|| format!("reading {}", prog_pin.display()))?
-            .tag();
-        if old == our_tag(&paths.pin_dir)? {
-            ProgramChange::Keep
-        } else {
-            ProgramChange::Replace
-        }
-    };
-    match d.program {
-        ProgramChange::Load => plan.changes.push(format!(
-            "+ load {PROGRAM}, pinned under {}",
-            paths.pin_dir.display()
-        )),
-        ProgramChange::Replace => plan
-            .changes
-            .push(format!("~ replace {PROGRAM} (new build)")),
-        ProgramChange::Keep => {}
-    }
-    let wanted: BTreeSet<u32> = managed.iter().map(|m| m.ifindex).collect();
-    let mut alive = BTreeSet::new();
-    for a in &found {
-        let ok = wanted.contains(&a.ifindex) && a.alive(&paths.pin_dir);
-        if ok {
-            alive.insert(a.ifindex);
-        } else {
-            plan.changes.push(format!(
-                "- detach {PROGRAM} from ifindex {} ({})",
-                a.ifindex, a.pin
-            ));
-            d.detach.push(a.pin.clone());
-        }
-    }
-    for m in managed.iter().filter(|m| !alive.contains(&m.ifindex)) {
-        plan.changes.push(format!(
-            "+ attach {PROGRAM} to {} egress (ifindex {})",
-            m.name, m.ifindex
-        ));
-        d.attach.push((m.ifindex, m.name.clone()));
-    }
-    d.v4 = MapDiff::new(&have.v4, &want.v4);
-    d.v6 = MapDiff::new(&have.v6, &want.v6);
-    d.p4 = MapDiff::new(&have.p4, &want.p4);
-    d.p6 = MapDiff::new(&have.p6, &want.p6);
-    d.counters = MapDiff::new(&have.counters, &want.counters);
-    let out = &mut plan.changes;
-    describe(out, "owner", &d.v4, |k| Ipv4Addr::from(*k).to_string());
-    describe(out, "owner", &d.v6, |k| Ipv6Addr::from(*k).to_string());
-    describe(out, "prefix", &d.p4, |(k, l)| {
-        format!("{}/{l}", Ipv4Addr::from(*k))
-    });
-    describe(out, "prefix", &d.p6, |(k, l)| {
-        format!("{}/{l}", Ipv6Addr::from(*k))
-    });
-    for (k, ()) in &d.counters.set {
-        plan.changes.push(format!("+ counters for ifindex {k}"));
-    }
-    for k in &d.counters.remove {
-        plan.changes.push(format!("- counters for ifindex {k}"));
-    }
-    if have.config != want.config {
-        let c = want.config.unwrap_or_default();
-        let mode = if c.mode == MODE_ENFORCE {
-            "enforce"
-        } else {
-            "monitor"
-        };
-        let prefixes = match c.prefixes & (PREFIXES_V4_PRESENT | PREFIXES_V6_PRESENT) {
-            0 => "none",
-            PREFIXES_V4_PRESENT => "v4",
-            PREFIXES_V6_PRESENT => "v6",
-            _ => "v4+v6",
-        };
-        plan.changes.push(format!(
-            "~ config mode={mode} debug={} prefixes={prefixes}",
-            c.debug
-        ));
-        d.config = want.config;
-    }
-    Ok(plan)
+    changes.extend(
+        out_of_step(&pins)?
+            .into_iter()
+            .map(|name| Change::Rebuild { name }),
+    );
+    changes.extend(program_change(&pins)?);
+    changes.extend(attachment_changes(managed, &found, paths));
+    let writes = MapWrites::between(&installed(&pins)?, &desired(managed, cfg));
+    changes.extend(map_changes(&writes));
+    Ok(EbpfPlan { changes })
 }
 
-/// One plan line per owner-map change: `+ owner 198.18.0.2 -> eth1`, `- prefix 198.18.1.16/28`.
-pub(super) fn describe<K>(
-    out: &mut Vec<String>,
-    what: &str,
-    d: &MapDiff<K, Owner>,
-    key: impl Fn(&K) -> String,
-) {
-    for (k, o) in &d.set {
-        out.push(format!("+ {what} {} -> {}", key(k), owner_name(o)));
+/// Load when nothing is pinned; replace when another build's program is.
+fn program_change(pins: &Pins) -> Result<Option<Change>> {
+    let prog_pin = pins.dir().join(PROG_PIN);
+    if !prog_pin.exists() {
+        return Ok(Some(Change::Load {
+            pin_dir: pins.dir().to_owned(),
+        }));
+    }
+    if !pins.other_layout().is_empty() {
+        // Maps of another layout: a program of another build, which this one replaces.
+        return Ok(Some(Change::Replace));
+    }
+    // Same program? Compare tags (the kernel's hash of the instructions, map fds masked).
+    let old = ProgramInfo::from_pin(&prog_pin)
+        .with_context(|| format!("reading {}", prog_pin.display()))?
+        .tag();
+    Ok((old != our_tag(pins.dir())?).then_some(Change::Replace))
+}
+
+/// Detach what is stale or no longer managed, attach where nothing live is.
+fn attachment_changes(
+    managed: &[ManagedInterface],
+    found: &[Attachment],
+    paths: &Paths,
+) -> Vec<Change> {
+    let wanted: BTreeSet<u32> = managed.iter().map(|m| m.ifindex).collect();
+    let mut alive = BTreeSet::new();
+    let mut out = Vec::new();
+    for a in found {
+        if wanted.contains(&a.ifindex) && a.alive(&paths.pin_dir) {
+            alive.insert(a.ifindex);
+        } else {
+            out.push(detach(a));
+        }
+    }
+    out.extend(
+        managed
+            .iter()
+            .filter(|m| !alive.contains(&m.ifindex))
+            .map(|m| Change::Attach {
+                ifindex: m.ifindex,
+                name: m.name.clone(),
+            }),
+    );
+    out
+}
+
+fn detach(a: &Attachment) -> Change {
+    Change::Detach {
+        ifindex: a.ifindex,
+        pin: a.pin.clone(),
+    }
+}
+
+/// The map writes as changes: owners, prefixes (each family: set, then removed), counters, config.
+fn map_changes(w: &MapWrites) -> Vec<Change> {
+    let mut out = Vec::new();
+    owners(&mut out, &w.v4, |k| Ipv4Addr::from(*k).into());
+    owners(&mut out, &w.v6, |k| Ipv6Addr::from(*k).into());
+    prefixes(&mut out, &w.p4, |(k, l)| (Ipv4Addr::from(*k).into(), *l));
+    prefixes(&mut out, &w.p6, |(k, l)| (Ipv6Addr::from(*k).into(), *l));
+    for (ifindex, ()) in &w.counters.set {
+        out.push(Change::AddCounters { ifindex: *ifindex });
+    }
+    for ifindex in &w.counters.remove {
+        out.push(Change::RemoveCounters { ifindex: *ifindex });
+    }
+    out.extend(w.config.map(Change::Config));
+    out
+}
+
+fn owners<K>(out: &mut Vec<Change>, d: &MapDiff<K, Owner>, addr: impl Fn(&K) -> IpAddr) {
+    for (k, owner) in &d.set {
+        out.push(Change::SetOwner {
+            addr: addr(k),
+            owner: *owner,
+            name: owner_name(owner),
+        });
+    }
+    out.extend(
+        d.remove
+            .iter()
+            .map(|k| Change::RemoveOwner { addr: addr(k) }),
+    );
+}
+
+fn prefixes<K>(out: &mut Vec<Change>, d: &MapDiff<K, Owner>, net: impl Fn(&K) -> (IpAddr, u8)) {
+    for (k, owner) in &d.set {
+        let (addr, len) = net(k);
+        out.push(Change::SetPrefix {
+            addr,
+            len,
+            owner: *owner,
+            name: owner_name(owner),
+        });
     }
     for k in &d.remove {
-        out.push(format!("- {what} {}", key(k)));
+        let (addr, len) = net(k);
+        out.push(Change::RemovePrefix { addr, len });
     }
 }

@@ -1,3 +1,5 @@
+//! The program: the embedded object, loading it, this build's tag, the bpffs check.
+
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -12,11 +14,12 @@ use crate::config::Paths;
 /// The eBPF object, built by build.rs with the pinned nightly and bpf-linker.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enipin"));
 
+/// The classifier's pin under the pin directory.
 pub(super) const PROG_PIN: &str = "prog";
 
 /// Loads the object and its classifier [`PROGRAM`] (not attached); maps are created under (or
 /// reused from) `pin_dir`, which must exist. Public for the benchmark, which test-runs the program
-/// on the maps [`apply`] filled.
+/// on the maps [`super::apply`] filled.
 pub fn load(pin_dir: &Path) -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
@@ -37,6 +40,7 @@ pub fn load(pin_dir: &Path) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
+/// The object's classifier [`PROGRAM`].
 pub(super) fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
     Ok(ebpf
         .program_mut(PROGRAM)
@@ -44,10 +48,10 @@ pub(super) fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
         .try_into()?)
 }
 
-pub(super) const BPFFS_MAGIC: i64 = 0xcafe_4a11;
-pub(super) const SYS_FS_BPF: &str = "/sys/fs/bpf";
+const BPFFS_MAGIC: i64 = 0xcafe_4a11;
+const SYS_FS_BPF: &str = "/sys/fs/bpf";
 
-pub(super) fn is_bpffs(dir: &Path) -> Result<bool> {
+fn is_bpffs(dir: &Path) -> Result<bool> {
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
     // SAFETY: an all-zero statfs is valid; statfs fills it.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
@@ -100,4 +104,37 @@ pub fn program_id(paths: &Paths) -> Result<Option<u32>> {
     }
     let info = ProgramInfo::from_pin(&pin).with_context(|| format!("reading {}", pin.display()))?;
     Ok(Some(info.id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OBJECT;
+    use enipin_ebpf::layout::MAPS;
+
+    /// The object as built declares every map exactly as the shared table says (no root needed:
+    /// the ELF is parsed, nothing is loaded).
+    #[test]
+    fn object_maps_match_the_layout_table() {
+        let obj = aya_obj::Object::parse(OBJECT).expect("parsing the embedded object");
+        for l in &MAPS {
+            let m = obj
+                .maps
+                .get(l.name)
+                .unwrap_or_else(|| panic!("{} missing from the object", l.name));
+            let have = (m.map_type(), m.key_size(), m.value_size(), m.max_entries());
+            let want = (l.kind as u32, l.key_size, l.value_size, l.max_entries);
+            assert_eq!(have, want, "{}: (type, key, value, entries)", l.name);
+            let inner = m.inner().map(|i| (i.value_size(), i.max_entries()));
+            assert_eq!(inner, l.inner, "{}: inner (value, entries)", l.name);
+        }
+        let mut names: Vec<_> = obj
+            .maps
+            .keys()
+            .filter(|n| n.starts_with("ENIPIN_"))
+            .collect();
+        names.sort();
+        let mut table: Vec<_> = MAPS.iter().map(|l| l.name).collect();
+        table.sort();
+        assert_eq!(names, table, "every map of the object is in the table");
+    }
 }
