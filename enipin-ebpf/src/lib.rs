@@ -306,3 +306,119 @@ shared! {
     LocalV4 => 8 + 4 * LOCAL_V4,
     LocalV6 => 8 + 16 * LOCAL_V6,
 }
+
+/// The pinned maps' names and layouts, in one table: user space checks what is pinned against it
+/// (a map pinned by another enipin version with another layout is replaced on attach), and a test
+/// checks the built object against it. Sizes come from the shared `#[repr(C)]` types above.
+pub mod layout {
+    use super::{
+        BUCKET_V4, BUCKET_V6, Bucket, Config, Counters, FAST_SLOTS, LocalV4, LocalV6,
+        MAX_INTERFACES, MAX_OWNERS, Owner, TABLE_BUCKETS, maps,
+    };
+    use core::mem::size_of;
+
+    /// A map type, by its kernel number (`enum bpf_map_type`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[repr(u32)]
+    pub enum Kind {
+        Hash = 1,
+        Array = 2,
+        PerCpuHash = 5,
+        PerCpuArray = 6,
+        LpmTrie = 11,
+        ArrayOfMaps = 12,
+    }
+
+    /// One pinned map as the program declares it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Layout {
+        pub name: &'static str,
+        pub kind: Kind,
+        /// Bytes.
+        pub key_size: u32,
+        /// Bytes.
+        pub value_size: u32,
+        pub max_entries: u32,
+        /// A map of maps' inner array: (value size in bytes, entries).
+        pub inner: Option<(u32, u32)>,
+    }
+
+    const fn size<T>() -> u32 {
+        size_of::<T>() as u32
+    }
+
+    /// An LPM trie key: the prefix length (u32), then `n` address bytes.
+    const fn lpm(n: u32) -> u32 {
+        size::<u32>() + n
+    }
+
+    const fn map(name: &'static str, kind: Kind, key: u32, value: u32, max: u32) -> Layout {
+        Layout {
+            name,
+            kind,
+            key_size: key,
+            value_size: value,
+            max_entries: max,
+            inner: None,
+        }
+    }
+
+    /// An owner table: one slot (a 4-byte map id) holding an array of `TABLE_BUCKETS` buckets.
+    const fn table(name: &'static str, bucket: u32) -> Layout {
+        Layout {
+            inner: Some((bucket, TABLE_BUCKETS)),
+            ..map(name, Kind::ArrayOfMaps, 4, 4, 1)
+        }
+    }
+
+    /// Every map of the object, pinned by name under the pin directory.
+    pub const MAPS: [Layout; 11] = [
+        map(maps::OWNERS_V4, Kind::Hash, 4, size::<Owner>(), MAX_OWNERS),
+        map(maps::OWNERS_V6, Kind::Hash, 16, size::<Owner>(), MAX_OWNERS),
+        map(
+            maps::PREFIXES_V4,
+            Kind::LpmTrie,
+            lpm(4),
+            size::<Owner>(),
+            MAX_OWNERS,
+        ),
+        map(
+            maps::PREFIXES_V6,
+            Kind::LpmTrie,
+            lpm(16),
+            size::<Owner>(),
+            MAX_OWNERS,
+        ),
+        map(
+            maps::COUNTERS,
+            Kind::PerCpuHash,
+            4,
+            size::<Counters>(),
+            MAX_INTERFACES,
+        ),
+        map(
+            maps::COUNTERS_FAST,
+            Kind::PerCpuArray,
+            4,
+            size::<Counters>(),
+            FAST_SLOTS,
+        ),
+        map(
+            maps::LOCAL_V4,
+            Kind::Array,
+            4,
+            size::<LocalV4>(),
+            FAST_SLOTS,
+        ),
+        map(
+            maps::LOCAL_V6,
+            Kind::Array,
+            4,
+            size::<LocalV6>(),
+            FAST_SLOTS,
+        ),
+        table(maps::TABLE_V4, size::<Bucket<4, BUCKET_V4>>()),
+        table(maps::TABLE_V6, size::<Bucket<16, BUCKET_V6>>()),
+        map(maps::CONFIG, Kind::Array, 4, size::<Config>(), 1),
+    ];
+}

@@ -439,7 +439,7 @@ pub async fn status(paths: &Paths, json: bool) -> Result<()> {
             ebpf::table_summary(paths).context("reading the owner tables")?,
         )
     } else {
-        (Vec::new(), [None, None])
+        (Vec::new(), Default::default())
     };
     if json {
         let v = serde_json::json!({
@@ -451,8 +451,8 @@ pub async fn status(paths: &Paths, json: bool) -> Result<()> {
             }).collect::<Vec<_>>(),
             "rules": rules,
             "routes": routes,
-            "datapath": attached.iter().map(|(ix, name, kind)| serde_json::json!({"ifindex": ix, "name": name, "kind": kind})).collect::<Vec<_>>(),
-            "owner_tables": {"ipv4": tables[0], "ipv6": tables[1]},
+            "datapath": attached,
+            "owner_tables": tables,
             "drift": drift.changes,
             "sysctls_saved": st.as_ref().map(|s| &s.sysctls),
         });
@@ -479,10 +479,10 @@ pub async fn status(paths: &Paths, json: bool) -> Result<()> {
     if attached.is_empty() {
         println!("datapath: not attached");
     }
-    for (ix, name, kind) in &attached {
-        println!("datapath: {name} (ifindex {ix}) {kind}");
+    for a in &attached {
+        println!("datapath: {} (ifindex {}) {}", a.name, a.ifindex, a.kind);
     }
-    for (family, t) in ["IPv4", "IPv6"].iter().zip(&tables) {
+    for (family, t) in [("IPv4", tables.ipv4), ("IPv6", tables.ipv6)] {
         if let Some(t) = t {
             println!(
                 "owner table {family}: {} address(es), {} bucket(s) spilled to the owner map",

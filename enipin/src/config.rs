@@ -27,6 +27,18 @@ pub enum Mode {
     Monitor,
 }
 
+/// How the datapath hooks into egress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Attach {
+    /// TCX where the kernel has it (>= 6.6, probed once), else a netlink clsact filter.
+    #[default]
+    Auto,
+    Tcx,
+    /// A clsact filter even where TCX exists: how tests cover what kernels < 6.6 take.
+    Netlink,
+}
+
 /// Where enipin keeps what the kernel cannot tell back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Paths {
@@ -52,6 +64,9 @@ pub struct Config {
     pub sysctls: bool,
     pub mode: Mode,
     pub debug: bool,
+    /// State files written before this field existed read as `Auto`.
+    #[serde(default)]
+    pub attach: Attach,
 }
 
 impl Default for Config {
@@ -67,6 +82,7 @@ impl Default for Config {
             sysctls: true,
             mode: Mode::Enforce,
             debug: false,
+            attach: Attach::Auto,
         }
     }
 }

@@ -19,8 +19,8 @@ use std::{collections::BTreeSet, net::IpAddr};
 use anyhow::{Result, bail};
 use aya::programs::{SchedClassifier, TcAttachType};
 use enipin::{
-    config::{Config, Mode, Paths},
-    ebpf,
+    config::{Attach, Config, Mode, Paths},
+    ebpf::{self, AttachKind},
     model::{IfAddr, ManagedInterface},
 };
 use enipin_ebpf::Counters;
@@ -127,8 +127,28 @@ fn cfg(mode: Mode) -> Config {
 }
 
 fn attach(managed: &[ManagedInterface], mode: Mode, paths: &Paths) -> Result<()> {
-    let plan = ebpf::plan(managed, &cfg(mode), paths)?;
-    ebpf::apply(plan, managed, &cfg(mode), paths)
+    attach_with(managed, &cfg(mode), paths)
+}
+
+fn attach_with(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result<()> {
+    let plan = ebpf::plan(managed, cfg, paths)?;
+    ebpf::apply(plan, managed, cfg, paths)
+}
+
+/// The netlink (clsact) path even where TCX exists: what kernels < 6.6 take.
+fn netlink(mode: Mode) -> Config {
+    Config {
+        attach: Attach::Netlink,
+        ..cfg(mode)
+    }
+}
+
+fn attached(ifindex: u32, name: &str, kind: AttachKind) -> ebpf::Attached {
+    ebpf::Attached {
+        ifindex,
+        name: name.into(),
+        kind,
+    }
 }
 
 fn counters(paths: &Paths, ifindex: u32) -> Counters {
@@ -207,7 +227,10 @@ fn redirect_makes_the_secondary_address_reachable_and_coexists() {
         let kinds: Vec<_> = ebpf::attached(&pe).unwrap();
         assert_eq!(
             kinds,
-            vec![(e1, E1.into(), "tcx".into()), (e2, E2.into(), "tcx".into())]
+            vec![
+                attached(e1, E1, AttachKind::Tcx),
+                attached(e2, E2, AttachKind::Tcx)
+            ]
         );
     });
 
@@ -309,13 +332,13 @@ fn second_attach_adopts_what_is_pinned() {
     in_ns(lab.host(), || {
         let first = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert!(
-            first.changes.iter().any(|c| c.starts_with("+ load")),
+            first.lines().iter().any(|c| c.starts_with("+ load")),
             "{:?}",
-            first.changes
+            first.lines()
         );
         assert_eq!(
             first
-                .changes
+                .lines()
                 .iter()
                 .filter(|c| c.starts_with("+ attach"))
                 .count(),
@@ -329,7 +352,7 @@ fn second_attach_adopts_what_is_pinned() {
         assert!(
             again.is_empty(),
             "second attach with no change: {:?}",
-            again.changes
+            again.lines()
         );
         ebpf::apply(again, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert_eq!(tcx_progs(e1), prog, "same program, same link");
@@ -350,7 +373,7 @@ fn second_attach_adopts_what_is_pinned() {
         });
         let plan = ebpf::plan(&more, &cfg(Mode::Enforce), &paths).unwrap();
         assert_eq!(
-            plan.changes,
+            plan.lines(),
             vec![
                 format!("+ owner 198.18.0.3 -> {E2}"),
                 format!("+ owner 2001:db8::3 -> {E2}"),
@@ -368,7 +391,7 @@ fn second_attach_adopts_what_is_pinned() {
         // Mode switch: the config entry only.
         let plan = ebpf::plan(&more, &cfg(Mode::Monitor), &paths).unwrap();
         assert_eq!(
-            plan.changes,
+            plan.lines(),
             vec!["~ config mode=monitor debug=0 prefixes=v4".to_string()]
         );
         ebpf::apply(plan, &more, &cfg(Mode::Monitor), &paths).unwrap();
@@ -376,24 +399,24 @@ fn second_attach_adopts_what_is_pinned() {
 
         // Back to the original set: the extra entries go, and the prefix lookup with them.
         let plan = ebpf::plan(&lab.managed, &cfg(Mode::Monitor), &paths).unwrap();
-        assert_eq!(plan.changes.len(), 4, "{:?}", plan.changes);
+        assert_eq!(plan.lines().len(), 4, "{:?}", plan.lines());
         assert_eq!(
-            plan.changes[3],
+            plan.lines()[3],
             "~ config mode=monitor debug=0 prefixes=none"
         );
         assert!(
-            plan.changes[..3].iter().all(|c| c.starts_with("- ")),
+            plan.lines()[..3].iter().all(|c| c.starts_with("- ")),
             "{:?}",
-            plan.changes
+            plan.lines()
         );
         ebpf::apply(plan, &lab.managed, &cfg(Mode::Monitor), &paths).unwrap();
 
         // Managing only eth0 detaches eth1 (and drops its counters).
         let plan = ebpf::plan(&lab.managed[..1], &cfg(Mode::Monitor), &paths).unwrap();
         assert!(
-            plan.changes.iter().any(|c| c.starts_with("- detach")),
+            plan.lines().iter().any(|c| c.starts_with("- detach")),
             "{:?}",
-            plan.changes
+            plan.lines()
         );
         ebpf::apply(plan, &lab.managed[..1], &cfg(Mode::Monitor), &paths).unwrap();
         assert!(tcx_progs(lab.managed[1].ifindex).is_empty());
@@ -451,7 +474,7 @@ fn a_different_pinned_program_is_replaced_atomically() {
 
         let plan = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert_eq!(
-            plan.changes,
+            plan.lines(),
             vec![format!("~ replace {} (new build)", enipin_ebpf::PROGRAM)]
         );
         ebpf::apply(plan, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
@@ -527,13 +550,13 @@ fn maps_of_another_layout_are_recreated_on_attach() {
             ghost.clone(),
         ];
         let plan = ebpf::plan(&with_ghost, &cfg(Mode::Enforce), &paths).unwrap();
-        assert!(plan.changes.contains(&recreate), "{:?}", plan.changes);
+        assert!(plan.lines().contains(&recreate), "{:?}", plan.lines());
         assert!(ebpf::apply(plan, &with_ghost, &cfg(Mode::Enforce), &paths).is_err());
         assert_eq!(MapInfo::from_pin(&cfg_pin).unwrap().id(), old_id);
 
         let plan = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert_eq!(
-            plan.changes,
+            plan.lines(),
             vec![
                 recreate.clone(),
                 format!("~ replace {} (new build)", enipin_ebpf::PROGRAM),
@@ -591,7 +614,7 @@ fn a_failed_apply_is_rolled_back() {
         assert!(
             after.is_empty(),
             "state changed by a failed apply: {:?}",
-            after.changes
+            after.lines()
         );
         assert_eq!((tcx_progs(e1), tcx_progs(e2)), progs);
         ebpf::detach(&paths).unwrap();
@@ -726,22 +749,22 @@ fn a_vanished_interface_leaves_a_stale_link_that_the_next_attach_removes() {
         // The ENI is detached from the instance: the interface disappears, its link goes defunct.
         lab.host().ip(&["link", "del", E2]).unwrap();
         let attached = ebpf::attached(&paths).unwrap();
-        assert_eq!(attached, vec![(e1, E1.to_string(), "tcx".to_string())]);
+        assert_eq!(attached, vec![self::attached(e1, E1, AttachKind::Tcx)]);
         let plan = ebpf::plan(&lab.managed[..1], &cfg(Mode::Enforce), &paths).unwrap();
         let stale = format!(
             "- detach {} from ifindex {e2} (link-{e2})",
             enipin_ebpf::PROGRAM
         );
-        assert!(plan.changes.contains(&stale), "{:?}", plan.changes);
+        assert!(plan.lines().contains(&stale), "{:?}", plan.lines());
         assert!(
-            plan.changes.contains(&format!("- owner {IP2}")),
+            plan.lines().contains(&format!("- owner {IP2}")),
             "{:?}",
-            plan.changes
+            plan.lines()
         );
         ebpf::apply(plan, &lab.managed[..1], &cfg(Mode::Enforce), &paths).unwrap();
         assert!(!paths.pin_dir.join(format!("link-{e2}")).exists());
         let again = ebpf::plan(&lab.managed[..1], &cfg(Mode::Enforce), &paths).unwrap();
-        assert!(again.is_empty(), "{:?}", again.changes);
+        assert!(again.is_empty(), "{:?}", again.lines());
         ebpf::detach(&paths).unwrap();
         assert!(tcx_progs(e1).is_empty());
     });
@@ -795,7 +818,7 @@ fn ipv6_from_a_secondary_address_is_redirected() {
 }
 
 /// Kernels without TCX (< 6.6, e.g. Amazon Linux 2023's 6.1) take the clsact path: forced here on
-/// the loaders' thread. Another agent's filter on the same hook (a second enforcer copy in monitor
+/// the `attach` choice. Another agent's filter on the same hook (a second enforcer copy in monitor
 /// mode, with its own pins: same program name, so removal by name would take it too) keeps running
 /// and survives enipin's detach, as does the qdisc.
 #[test]
@@ -820,15 +843,14 @@ fn netlink_fallback_coexists_with_foreign_filters() {
     };
     assert_eq!(lab.ping(IP1, 1).unwrap(), (1, 1));
     in_ns(lab.host(), || {
-        ebpf::force_netlink_on_this_thread(true);
-        attach(&lab.managed, Mode::Monitor, &po).unwrap();
-        attach(&lab.managed, Mode::Enforce, &paths).unwrap();
+        attach_with(&lab.managed, &netlink(Mode::Monitor), &po).unwrap();
+        attach_with(&lab.managed, &netlink(Mode::Enforce), &paths).unwrap();
         let kinds = ebpf::attached(&paths).unwrap();
         assert_eq!(
             kinds,
             vec![
-                (e1, E1.into(), "netlink".into()),
-                (e2, E2.into(), "netlink".into())
+                attached(e1, E1, AttachKind::Netlink),
+                attached(e2, E2, AttachKind::Netlink)
             ]
         );
         assert!(
@@ -836,7 +858,7 @@ fn netlink_fallback_coexists_with_foreign_filters() {
             "no TCX link on the forced netlink path"
         );
         let again = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
-        assert!(again.is_empty(), "{:?}", again.changes);
+        assert!(again.is_empty(), "{:?}", again.lines());
 
         // An older build's program in enipin's filters: replaced in place (same priority and
         // handle), never a second filter.
@@ -862,7 +884,7 @@ fn netlink_fallback_coexists_with_foreign_filters() {
         });
         let plan = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert_eq!(
-            plan.changes,
+            plan.lines(),
             vec![format!("~ replace {} (new build)", enipin_ebpf::PROGRAM)]
         );
         ebpf::apply(plan, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();

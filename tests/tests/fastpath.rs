@@ -154,7 +154,10 @@ fn owner_table_spills_to_the_owner_map_and_is_swapped_whole() {
             eni(e0, "e0", same.iter().map(ifaddr).collect()),
             eni(e1, "e1", vec![ifaddr(&lone)]),
         ]);
-        let (id, buckets) = table();
+        let ebpf::OwnerTable {
+            map_id: id,
+            buckets,
+        } = table();
         let b: &Bucket<4, BUCKET_V4> = &buckets[bucket as usize];
         assert_eq!(
             b.spill,
@@ -180,14 +183,17 @@ fn owner_table_spills_to_the_owner_map_and_is_swapped_whole() {
             eni(e0, "e0", same.iter().map(ifaddr).collect()),
             eni(e1, "e1", vec![ifaddr(&lone)]),
         ]);
-        assert_eq!(table().0, id, "an unchanged table was rebuilt");
+        assert_eq!(table().map_id, id, "an unchanged table was rebuilt");
 
         // The lone address moves to e0: a new table (a new inner map) is swapped in.
         apply(&[
             eni(e0, "e0", same.iter().chain([&lone]).map(ifaddr).collect()),
             eni(e1, "e1", vec![ifaddr(&Ipv4Addr::new(198, 19, 0, 60))]),
         ]);
-        let (id2, buckets) = table();
+        let ebpf::OwnerTable {
+            map_id: id2,
+            buckets,
+        } = table();
         assert_ne!(id2, id, "a changed table was edited in place");
         let lb = &buckets[bucket_index(words(&lone.octets())) as usize];
         let at = lb.addrs.iter().position(|a| *a == lone.octets()).unwrap();
@@ -239,7 +245,7 @@ fn derived_maps_out_of_step_are_planned_and_rebuilt() {
         apply(paths, &managed);
         let cfg = Config::default();
         assert!(ebpf::plan(&managed, &cfg, paths).unwrap().is_empty());
-        let (_, good) = ebpf::owner_table::<4, BUCKET_V4>(paths, maps::TABLE_V4)
+        let good = ebpf::owner_table::<4, BUCKET_V4>(paths, maps::TABLE_V4)
             .unwrap()
             .unwrap();
 
@@ -258,7 +264,7 @@ fn derived_maps_out_of_step_are_planned_and_rebuilt() {
 
         let plan = ebpf::plan(&managed, &cfg, paths).unwrap();
         assert_eq!(
-            plan.changes,
+            plan.lines(),
             vec![
                 format!(
                     "~ rebuild {} (out of step with the owner maps: an earlier run was interrupted)",
@@ -272,10 +278,10 @@ fn derived_maps_out_of_step_are_planned_and_rebuilt() {
         );
         ebpf::apply(plan, &managed, &cfg, paths).unwrap();
         assert!(ebpf::plan(&managed, &cfg, paths).unwrap().is_empty());
-        let (_, now) = ebpf::owner_table::<4, BUCKET_V4>(paths, maps::TABLE_V4)
+        let now = ebpf::owner_table::<4, BUCKET_V4>(paths, maps::TABLE_V4)
             .unwrap()
             .unwrap();
-        assert!(now == good, "the rebuilt table differs");
+        assert!(now.buckets == good.buckets, "the rebuilt table differs");
         let (ret, c) = run(paths, e1, Ipv4Addr::new(198, 18, 0, 11));
         assert!(ret == TC_ACT_REDIRECT && c.misrouted_packets == 1);
         let (ret, c) = run(paths, e0, Ipv4Addr::new(198, 18, 0, 11));

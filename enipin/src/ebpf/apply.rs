@@ -1,0 +1,250 @@
+//! Carrying out an [`EbpfPlan`], all or nothing, and detaching everything.
+
+use std::{fs, path::PathBuf};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    maps::MapData,
+    programs::{
+        SchedClassifier,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    },
+};
+use enipin_ebpf::PROGRAM;
+
+use crate::{
+    config::{Config, Paths},
+    model::ManagedInterface,
+};
+
+use super::{
+    attach::{AttachKind, attach_one, attachments, ifname, remove_attachment, resolve},
+    contents::{MapWrites, State, installed, restore, write_maps},
+    pins::{Pins, remove_pins},
+    plan::{Change, EbpfPlan},
+    program::{PROG_PIN, classifier, ensure_bpffs, load},
+};
+
+/// Carries out a plan, all or nothing: on failure what this call did is undone (new links and
+/// pins removed, map entries restored), and the error also names whatever could not be undone.
+pub fn apply(
+    plan: EbpfPlan,
+    managed: &[ManagedInterface],
+    cfg: &Config,
+    paths: &Paths,
+) -> Result<()> {
+    let _ = managed; // the plan carries the changes; kept for the appliers' common shape
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let steps = Steps::from(plan);
+    if steps.remove_all {
+        detach(paths)?;
+        return Ok(());
+    }
+    ensure_bpffs(&paths.pin_dir)?;
+    let how = resolve(cfg.attach)?;
+    let created_dir = !paths.pin_dir.exists();
+    fs::create_dir_all(&paths.pin_dir)
+        .with_context(|| format!("creating {}", paths.pin_dir.display()))?;
+    let mut undo = Undo {
+        created_dir,
+        before: installed(&Pins::open(paths)?)?,
+        attached: Vec::new(),
+        unpinned: Vec::new(),
+    };
+    let Err(e) = carry_out(&steps, how, paths, &mut undo) else {
+        return Ok(());
+    };
+    let left = undo.run(paths);
+    if left.is_empty() {
+        return Err(e);
+    }
+    Err(e.context(format!("the rollback could not undo: {}", left.join("; "))))
+}
+
+/// The plan's changes sorted by what carries them out.
+#[derive(Debug, Default)]
+struct Steps {
+    load: bool,
+    replace: bool,
+    /// Interfaces to attach to (ifindex, name).
+    attach: Vec<(u32, String)>,
+    /// Pins of attachments to remove, by file name.
+    detach: Vec<String>,
+    /// Pinned maps of another layout, to unpin before loading.
+    recreate: Vec<&'static str>,
+    /// Derived maps out of step need nothing of their own: every write of the maps rebuilds them.
+    maps: MapWrites,
+    /// Nothing must remain: detach everything and remove the pin directory.
+    remove_all: bool,
+}
+
+impl From<EbpfPlan> for Steps {
+    fn from(plan: EbpfPlan) -> Self {
+        let mut s = Self::default();
+        let m = &mut s.maps;
+        for c in plan.changes {
+            match c {
+                Change::RecreateMap { name, .. } => s.recreate.push(name),
+                Change::Rebuild { .. } => {}
+                Change::Load { .. } => s.load = true,
+                Change::Replace => s.replace = true,
+                Change::Detach { pin, .. } => s.detach.push(pin),
+                Change::Attach { ifindex, name } => s.attach.push((ifindex, name)),
+                Change::SetOwner { addr, owner, .. } => match addr {
+                    std::net::IpAddr::V4(a) => m.v4.set.push((a.octets(), owner)),
+                    std::net::IpAddr::V6(a) => m.v6.set.push((a.octets(), owner)),
+                },
+                Change::RemoveOwner { addr } => match addr {
+                    std::net::IpAddr::V4(a) => m.v4.remove.push(a.octets()),
+                    std::net::IpAddr::V6(a) => m.v6.remove.push(a.octets()),
+                },
+                Change::SetPrefix {
+                    addr, len, owner, ..
+                } => match addr {
+                    std::net::IpAddr::V4(a) => m.p4.set.push(((a.octets(), len), owner)),
+                    std::net::IpAddr::V6(a) => m.p6.set.push(((a.octets(), len), owner)),
+                },
+                Change::RemovePrefix { addr, len } => match addr {
+                    std::net::IpAddr::V4(a) => m.p4.remove.push((a.octets(), len)),
+                    std::net::IpAddr::V6(a) => m.p6.remove.push((a.octets(), len)),
+                },
+                Change::AddCounters { ifindex } => m.counters.set.push((ifindex, ())),
+                Change::RemoveCounters { ifindex } => m.counters.remove.push(ifindex),
+                Change::Config(c) => m.config = Some(c),
+                Change::RemovePins { .. } => s.remove_all = true,
+            }
+        }
+        s
+    }
+}
+
+/// The steps in order, recording in `undo` what a rollback must revert.
+fn carry_out(s: &Steps, how: AttachKind, paths: &Paths, undo: &mut Undo) -> Result<()> {
+    // Maps of another build's layout: unpin them (the running program keeps them until its links
+    // are swapped to the new program below) and keep them open to pin back on failure.
+    for name in &s.recreate {
+        let path = paths.pin_dir.join(name);
+        let old =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+        undo.unpinned.push((path, old));
+    }
+    let mut ebpf = load(&paths.pin_dir)?;
+    write_maps(&mut ebpf, &s.maps)?;
+    let prog_pin = paths.pin_dir.join(PROG_PIN);
+    let prog = classifier(&mut ebpf)?;
+    if s.replace {
+        swap_links(prog, s, paths)?;
+        let _ = fs::remove_file(&prog_pin);
+    }
+    if s.load || s.replace {
+        prog.pin(&prog_pin)
+            .with_context(|| format!("pinning {}", prog_pin.display()))?;
+    }
+    let prog = if s.load || s.replace {
+        prog
+    } else {
+        &mut SchedClassifier::from_pin(&prog_pin)?
+    };
+    for (ifindex, name) in &s.attach {
+        let pin = attach_one(prog, *ifindex, &paths.pin_dir, how)
+            .with_context(|| format!("attaching {PROGRAM} to {name} egress"))?;
+        undo.attached.push(pin);
+    }
+    for pin in &s.detach {
+        remove_attachment(&paths.pin_dir, pin)?;
+    }
+    Ok(())
+}
+
+/// Swaps every live link (those the plan keeps) atomically to `prog` before it becomes the
+/// pinned program.
+fn swap_links(prog: &mut SchedClassifier, s: &Steps, paths: &Paths) -> Result<()> {
+    for a in attachments(paths)?
+        .iter()
+        .filter(|a| !s.detach.contains(&a.pin))
+    {
+        let path = paths.pin_dir.join(&a.pin);
+        let link = match a.nl_link() {
+            // Netlink: the filter is replaced in place (same priority and handle).
+            Some(link) => link,
+            None => SchedClassifierLink::try_from(FdLink::from(PinnedLink::from_pin(&path)?))?,
+        };
+        let id = prog
+            .attach_to_link(link)
+            .with_context(|| format!("updating {}", path.display()))?;
+        // A pinned TCX link stays when its fd closes; a netlink filter would be deleted when its
+        // link is dropped, so that one is forgotten.
+        let link = prog.take_link(id)?;
+        if a.netlink.is_some() {
+            std::mem::forget(link);
+        }
+    }
+    Ok(())
+}
+
+/// What a failed [`apply`] must revert.
+struct Undo {
+    /// The pin directory did not exist: remove it whole.
+    created_dir: bool,
+    /// The map entries before.
+    before: State,
+    /// Attachments made, by pin name.
+    attached: Vec<String>,
+    /// Maps of another layout that were unpinned: pinned back in place of their replacements.
+    unpinned: Vec<(PathBuf, MapData)>,
+}
+
+impl Undo {
+    /// Reverts; returns what could not be reverted, one line each (empty: all of it was).
+    fn run(self, paths: &Paths) -> Vec<String> {
+        let mut left = Vec::new();
+        let mut note = |what: String, r: Result<()>| {
+            if let Err(e) = r {
+                left.push(format!("{what}: {e:#}"));
+            }
+        };
+        for pin in &self.attached {
+            note(
+                format!("removing {pin}"),
+                remove_attachment(&paths.pin_dir, pin),
+            );
+        }
+        if self.created_dir {
+            let r = remove_pins(&paths.pin_dir).map(drop);
+            note(format!("removing {}", paths.pin_dir.display()), r);
+            return left;
+        }
+        note(
+            "restoring the map entries".into(),
+            restore(paths, &self.before),
+        );
+        for (path, old) in self.unpinned {
+            let _ = fs::remove_file(&path); // its replacement, if one was pinned
+            let r = old.pin(&path).map_err(|e| anyhow!(e));
+            note(format!("pinning back {}", path.display()), r);
+        }
+        left
+    }
+}
+
+/// Detaches every link under the pin directory and removes the pins. A second call is a no-op.
+/// Returns one line per removed object.
+pub fn detach(paths: &Paths) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for a in attachments(paths)? {
+        remove_attachment(&paths.pin_dir, &a.pin)?;
+        let name = ifname(a.ifindex).unwrap_or_else(|| "?".into());
+        out.push(format!(
+            "- detach {PROGRAM} from {name} (ifindex {})",
+            a.ifindex
+        ));
+    }
+    if paths.pin_dir.exists() {
+        out.extend(remove_pins(&paths.pin_dir)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,250 @@
+//! Attachment at egress: a TCX link where the kernel has it, else a netlink (clsact) filter;
+//! finding, checking and removing what is recorded under the pin directory.
+
+use std::{ffi::CStr, fs, io, path::Path, sync::OnceLock};
+
+use anyhow::{Context as _, Result};
+use aya::programs::{
+    LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+    links::{FdLink, PinnedLink},
+    tc::{self, SchedClassifierLink, TcAttach},
+};
+use enipin_ebpf::Owner;
+
+use crate::config::{Attach, Paths};
+
+pub(super) const LINK_PREFIX: &str = "link-";
+pub(super) const NETLINK_PREFIX: &str = "nl-";
+
+/// An attachment found under the pin directory.
+#[derive(Debug)]
+pub(super) struct Attachment {
+    pub(super) ifindex: u32,
+    /// File name under the pin directory (`link-3`, `nl-3-49152-1`).
+    pub(super) pin: String,
+    /// A netlink filter's (priority, handle); `None` for a TCX link.
+    pub(super) netlink: Option<(u16, u32)>,
+}
+
+impl Attachment {
+    pub(super) fn parse(name: &str) -> Option<Self> {
+        if let Some(i) = name.strip_prefix(LINK_PREFIX) {
+            let ifindex = i.parse().ok()?;
+            return Some(Self {
+                ifindex,
+                pin: name.into(),
+                netlink: None,
+            });
+        }
+        let mut parts = name.strip_prefix(NETLINK_PREFIX)?.split('-');
+        let (ifindex, prio, handle) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(Self {
+            ifindex: ifindex.parse().ok()?,
+            pin: name.into(),
+            netlink: Some((prio.parse().ok()?, handle.parse().ok()?)),
+        })
+    }
+
+    /// The netlink filter as an aya link (detaching it removes exactly this filter).
+    pub(super) fn nl_link(&self) -> Option<SchedClassifierLink> {
+        let (prio, handle) = self.netlink?;
+        let parent = TcAttachType::Egress.into();
+        SchedClassifierLink::attached(self.ifindex, parent, prio, handle.into(), None).ok()
+    }
+
+    pub(super) fn kind(&self) -> AttachKind {
+        match self.netlink {
+            Some(_) => AttachKind::Netlink,
+            None => AttachKind::Tcx,
+        }
+    }
+
+    /// Whether it still runs on its interface: a TCX link goes defunct when its interface goes.
+    pub(super) fn alive(&self, pin_dir: &Path) -> bool {
+        match self.netlink {
+            Some(_) => ifname(self.ifindex).is_some(),
+            None => link_alive(&pin_dir.join(&self.pin), self.ifindex),
+        }
+    }
+}
+
+pub(super) fn attachments(paths: &Paths) -> Result<Vec<Attachment>> {
+    let entries = match fs::read_dir(&paths.pin_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", paths.pin_dir.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        out.extend(Attachment::parse(&entry?.file_name().to_string_lossy()));
+    }
+    out.sort_by_key(|a| a.ifindex);
+    Ok(out)
+}
+
+/// Whether a pinned TCX link still runs our program on its interface (the interface may be gone,
+/// leaving a defunct link behind).
+pub(super) fn link_alive(path: &Path, ifindex: u32) -> bool {
+    let Ok(link) = PinnedLink::from_pin(path) else {
+        return false;
+    };
+    let Ok(info) = FdLink::from(link).info() else {
+        return false;
+    };
+    match SchedClassifier::query_tcx(ifindex, TcAttachType::Egress) {
+        Ok((_, progs)) => progs.iter().any(|p| p.id() == info.program_id()),
+        Err(_) => false,
+    }
+}
+
+/// The name of interface `ifindex`, `None` when there is none (gone, or never was).
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    Some(
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// The owner's interface name for plan lines (`ifindex 7` once the interface is gone).
+pub(super) fn owner_name(o: &Owner) -> String {
+    ifname(o.ifindex).unwrap_or_else(|| format!("ifindex {}", o.ifindex))
+}
+
+/// How an attachment hooks into egress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachKind {
+    /// A TCX link (kernels >= 6.6), pinned as `link-<ifindex>`.
+    Tcx,
+    /// A filter in the clsact qdisc, recorded as `nl-<ifindex>-<priority>-<handle>/`.
+    Netlink,
+}
+
+impl std::fmt::Display for AttachKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcx => "tcx",
+            Self::Netlink => "netlink",
+        })
+    }
+}
+
+/// What `choice` means on this kernel: `Auto` is TCX where the kernel has it.
+pub(super) fn resolve(choice: Attach) -> Result<AttachKind> {
+    Ok(match choice {
+        Attach::Tcx => AttachKind::Tcx,
+        Attach::Netlink => AttachKind::Netlink,
+        Attach::Auto if have_tcx()? => AttachKind::Tcx,
+        Attach::Auto => AttachKind::Netlink,
+    })
+}
+
+/// Whether the kernel has TCX (>= 6.6), asked once per process. Like cilium/ebpf's `haveTCX`
+/// feature probe, on loopback (ifindex 1 in every namespace), but a query rather than an attach:
+/// TCX links and TCX queries came in the same release, and a query changes nothing.
+fn have_tcx() -> Result<bool> {
+    static HAVE: OnceLock<bool> = OnceLock::new();
+    if let Some(have) = HAVE.get() {
+        return Ok(*have);
+    }
+    let have = match SchedClassifier::query_tcx(1, TcAttachType::Ingress) {
+        Ok(_) => true,
+        Err(ProgramError::SyscallError(e))
+            if matches!(
+                e.io_error.raw_os_error(),
+                Some(libc::EINVAL | libc::EOPNOTSUPP)
+            ) =>
+        {
+            false
+        }
+        Err(e) => return Err(e).context("probing the kernel for TCX (a query on loopback)"),
+    };
+    Ok(*HAVE.get_or_init(|| have))
+}
+
+/// Attaches at egress, `how`, and records the attachment under `pin_dir`: a TCX link is appended
+/// last (programs attached earlier still run first) and pinned. Returns the pin's file name.
+pub(super) fn attach_one(
+    prog: &mut SchedClassifier,
+    ifindex: u32,
+    pin_dir: &Path,
+    how: AttachKind,
+) -> Result<String> {
+    if how == AttachKind::Netlink {
+        return attach_netlink(prog, ifindex, pin_dir);
+    }
+    let tcx = TcAttach::Tcx {
+        attach_type: TcAttachType::Egress,
+        order: LinkOrder::default(),
+    };
+    let id = prog.attach(ifindex, tcx)?;
+    let link = FdLink::try_from(prog.take_link(id)?)?;
+    let name = format!("{LINK_PREFIX}{ifindex}");
+    link.pin(pin_dir.join(&name))?;
+    Ok(name)
+}
+
+/// Kernels without TCX (< 6.6): a direct-action filter in the clsact qdisc (reused when it
+/// exists: other agents' filters stay), kept alive by forgetting the link and recorded by its
+/// priority and handle.
+pub(super) fn attach_netlink(
+    prog: &mut SchedClassifier,
+    ifindex: u32,
+    pin_dir: &Path,
+) -> Result<String> {
+    match tc::qdisc_add_clsact(ifindex) {
+        Ok(()) => {}
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(e).context("adding a clsact qdisc"),
+    }
+    let nl = TcAttach::Netlink {
+        parent: TcAttachType::Egress.into(),
+        options: Default::default(),
+    };
+    let id = prog.attach(ifindex, nl)?;
+    let link = prog.take_link(id)?;
+    let name = format!(
+        "{NETLINK_PREFIX}{ifindex}-{}-{}",
+        link.priority()?,
+        u32::from(link.handle()?)
+    );
+    if let Err(e) = fs::create_dir(pin_dir.join(&name)) {
+        drop(link); // detaches the filter again: nothing unrecorded stays behind
+        return Err(e).with_context(|| format!("recording {name}"));
+    }
+    std::mem::forget(link);
+    Ok(name)
+}
+
+/// Removes the attachment recorded as `pin`: exactly enipin's link or filter.
+pub(super) fn remove_attachment(pin_dir: &Path, pin: &str) -> Result<()> {
+    let path = pin_dir.join(pin);
+    let a = Attachment::parse(pin).with_context(|| format!("{}: not enipin's", path.display()))?;
+    if let Some(link) = a.nl_link() {
+        // Exactly our filter (priority + handle); the qdisc and others' filters stay.
+        use aya::programs::links::Link as _;
+        match link.detach() {
+            Ok(()) => {}
+            // Already gone (with its interface, or removed by hand): nothing left to undo.
+            Err(e) if ifname(a.ifindex).is_none() => log::debug!("{pin}: {e}"),
+            Err(ProgramError::NetlinkError(e)) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e).with_context(|| format!("removing the filter of {pin}")),
+        }
+        fs::remove_dir(&path)?;
+    } else {
+        // Unpinning drops the last reference: the kernel detaches the link.
+        match PinnedLink::from_pin(&path) {
+            Ok(link) => drop(link.unpin()?),
+            Err(_) => fs::remove_file(&path)?,
+        }
+    }
+    Ok(())
+}

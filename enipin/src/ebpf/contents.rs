@@ -1,0 +1,252 @@
+//! The owner, prefix, counter and config maps' contents: the state enipin wants, the state it
+//! finds pinned, and the writes from one to the other (also the rollback's).
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use anyhow::{Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, Map, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+};
+use enipin_ebpf::{
+    Counters, FAST_SLOTS, MODE_ENFORCE, MODE_MONITOR, Owner, PREFIXES_V4_PRESENT,
+    PREFIXES_V6_PRESENT, maps,
+};
+
+use crate::{
+    config::{Config, Mode, Paths},
+    model::ManagedInterface,
+};
+
+use super::{derived::sync_derived, pins::Pins, program::OBJECT};
+
+#[derive(Debug)]
+pub(super) struct MapDiff<K, V> {
+    pub(super) set: Vec<(K, V)>,
+    pub(super) remove: Vec<K>,
+}
+
+impl<K, V> Default for MapDiff<K, V> {
+    fn default() -> Self {
+        Self {
+            set: Vec::new(),
+            remove: Vec::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone, V: PartialEq + Clone> MapDiff<K, V> {
+    pub(super) fn new(installed: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> Self {
+        Self {
+            set: desired
+                .iter()
+                .filter(|(k, v)| installed.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            remove: installed
+                .keys()
+                .filter(|k| !desired.contains_key(*k))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// The datapath state enipin wants, or finds pinned.
+#[derive(Debug, Default)]
+pub(super) struct State {
+    pub(super) v4: BTreeMap<[u8; 4], Owner>,
+    pub(super) v6: BTreeMap<[u8; 16], Owner>,
+    pub(super) p4: BTreeMap<([u8; 4], u8), Owner>,
+    pub(super) p6: BTreeMap<([u8; 16], u8), Owner>,
+    pub(super) counters: BTreeMap<u32, ()>,
+    pub(super) config: Option<enipin_ebpf::Config>,
+}
+
+pub(super) fn desired(managed: &[ManagedInterface], cfg: &Config) -> State {
+    let mut s = State::default();
+    s.counters.insert(0, ());
+    for m in managed {
+        let owner = Owner {
+            ifindex: m.ifindex,
+            mtu: m.mtu,
+        };
+        s.counters.insert(m.ifindex, ());
+        for a in &m.addrs {
+            match a.addr {
+                IpAddr::V4(ip) => s.v4.insert(ip.octets(), owner),
+                IpAddr::V6(ip) => s.v6.insert(ip.octets(), owner),
+            };
+        }
+        for p in &m.prefixes {
+            match p.addr {
+                IpAddr::V4(ip) => s.p4.insert((ip.octets(), p.prefix_len), owner),
+                IpAddr::V6(ip) => s.p6.insert((ip.octets(), p.prefix_len), owner),
+            };
+        }
+    }
+    let mode = match cfg.mode {
+        Mode::Enforce => MODE_ENFORCE,
+        Mode::Monitor => MODE_MONITOR,
+    };
+    let prefixes = if s.p4.is_empty() {
+        0
+    } else {
+        PREFIXES_V4_PRESENT
+    } | if s.p6.is_empty() {
+        0
+    } else {
+        PREFIXES_V6_PRESENT
+    };
+    s.config = Some(enipin_ebpf::Config {
+        mode,
+        debug: cfg.debug.into(),
+        prefixes,
+    });
+    s
+}
+
+/// What is pinned (the rollback's "before" and "now"); a map of another layout reads as absent.
+pub(super) fn installed(pins: &Pins) -> Result<State> {
+    let mut s = State::default();
+    if let Some(map) = pins.map(maps::OWNERS_V4)? {
+        for kv in HashMap::<_, [u8; 4], Owner>::try_from(map)?.iter() {
+            let (k, v) = kv?;
+            s.v4.insert(k, v);
+        }
+    }
+    if let Some(map) = pins.map(maps::OWNERS_V6)? {
+        for kv in HashMap::<_, [u8; 16], Owner>::try_from(map)?.iter() {
+            let (k, v) = kv?;
+            s.v6.insert(k, v);
+        }
+    }
+    if let Some(map) = pins.map(maps::PREFIXES_V4)? {
+        for kv in LpmTrie::<_, [u8; 4], Owner>::try_from(map)?.iter() {
+            let (k, v) = kv?;
+            s.p4.insert((k.data(), k.prefix_len() as u8), v);
+        }
+    }
+    if let Some(map) = pins.map(maps::PREFIXES_V6)? {
+        for kv in LpmTrie::<_, [u8; 16], Owner>::try_from(map)?.iter() {
+            let (k, v) = kv?;
+            s.p6.insert((k.data(), k.prefix_len() as u8), v);
+        }
+    }
+    if let Some(map) = pins.map(maps::COUNTERS)? {
+        for k in PerCpuHashMap::<_, u32, Counters>::try_from(map)?.keys() {
+            s.counters.insert(k?, ());
+        }
+    }
+    if let Some(map) = pins.map(maps::CONFIG)? {
+        s.config = Some(Array::<_, enipin_ebpf::Config>::try_from(map)?.get(&0, 0)?);
+    }
+    Ok(s)
+}
+
+/// The map entries to write to go from one [`State`] to another.
+#[derive(Debug, Default)]
+pub(super) struct MapWrites {
+    pub(super) v4: MapDiff<[u8; 4], Owner>,
+    pub(super) v6: MapDiff<[u8; 16], Owner>,
+    pub(super) p4: MapDiff<([u8; 4], u8), Owner>,
+    pub(super) p6: MapDiff<([u8; 16], u8), Owner>,
+    pub(super) counters: MapDiff<u32, ()>,
+    /// The config entry to write, when it changes.
+    pub(super) config: Option<enipin_ebpf::Config>,
+}
+
+impl MapWrites {
+    pub(super) fn between(now: &State, want: &State) -> Self {
+        Self {
+            v4: MapDiff::new(&now.v4, &want.v4),
+            v6: MapDiff::new(&now.v6, &want.v6),
+            p4: MapDiff::new(&now.p4, &want.p4),
+            p6: MapDiff::new(&now.p6, &want.p6),
+            counters: MapDiff::new(&now.counters, &want.counters),
+            config: want.config.filter(|_| now.config != want.config),
+        }
+    }
+}
+
+/// Writes the map entries back to `before` (used on rollback).
+pub(super) fn restore(paths: &Paths, before: &State) -> Result<()> {
+    let now = installed(&Pins::open(paths)?)?;
+    let mut w = MapWrites::between(&now, before);
+    w.config = before.config;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&paths.pin_dir)
+        .load(OBJECT)?;
+    write_maps(&mut ebpf, &w)
+}
+
+/// The object's map `name`.
+pub(super) fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))
+}
+
+/// Writes `d` into the object's maps (pinned), then derives the fast-path arrays and owner tables.
+pub(super) fn write_maps(ebpf: &mut Ebpf, d: &MapWrites) -> Result<()> {
+    let mut m: HashMap<_, [u8; 4], Owner> = HashMap::try_from(map(ebpf, maps::OWNERS_V4)?)?;
+    for (k, v) in &d.v4.set {
+        m.insert(k, v, 0)?;
+    }
+    for k in &d.v4.remove {
+        m.remove(k)?;
+    }
+    let mut m: HashMap<_, [u8; 16], Owner> = HashMap::try_from(map(ebpf, maps::OWNERS_V6)?)?;
+    for (k, v) in &d.v6.set {
+        m.insert(k, v, 0)?;
+    }
+    for k in &d.v6.remove {
+        m.remove(k)?;
+    }
+    sync_derived(ebpf)?;
+    let mut m: LpmTrie<_, [u8; 4], Owner> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V4)?)?;
+    for ((k, l), v) in &d.p4.set {
+        m.insert(&Key::new((*l).into(), *k), v, 0)?;
+    }
+    for (k, l) in &d.p4.remove {
+        m.remove(&Key::new((*l).into(), *k))?;
+    }
+    let mut m: LpmTrie<_, [u8; 16], Owner> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V6)?)?;
+    for ((k, l), v) in &d.p6.set {
+        m.insert(&Key::new((*l).into(), *k), v, 0)?;
+    }
+    for (k, l) in &d.p6.remove {
+        m.remove(&Key::new((*l).into(), *k))?;
+    }
+    let mut m: PerCpuHashMap<_, u32, Counters> =
+        PerCpuHashMap::try_from(map(ebpf, maps::COUNTERS)?)?;
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(what, e)| anyhow!("{what}: {e}"))?
+        .get() as usize;
+    let zero = || PerCpuValues::try_from(vec![Counters::default(); cpus]);
+    // An interface's fast slot starts at zero when it becomes managed and is zeroed when it stops
+    // being managed, so a later interface with the same ifindex starts clean.
+    let mut fresh = Vec::new();
+    for (k, ()) in &d.counters.set {
+        // BPF_NOEXIST: never reset counters that are already there.
+        match m.insert(k, zero()?, 1 /* BPF_NOEXIST */) {
+            Ok(()) => fresh.push(*k),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for k in &d.counters.remove {
+        m.remove(k)?;
+        fresh.push(*k);
+    }
+    let mut fast: PerCpuArray<_, Counters> =
+        PerCpuArray::try_from(map(ebpf, maps::COUNTERS_FAST)?)?;
+    for k in fresh.into_iter().filter(|k| *k < FAST_SLOTS) {
+        fast.set(k, zero()?, 0)?;
+    }
+    if let Some(c) = &d.config {
+        let mut m: Array<_, enipin_ebpf::Config> = Array::try_from(map(ebpf, maps::CONFIG)?)?;
+        m.set(0, c, 0)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! The TC egress enforcer's loader: load, pin, attach, fill the owner maps, read the counters.
+//! It is the second applier of the one desired state (the first is [`crate::apply`]).
+//!
+//! Everything enipin puts in the kernel for the datapath lives under the pin directory, so the
+//! enforcement outlives the `enipin attach` process and a later run finds it again:
+//! - the maps, pinned by name (`ENIPIN_OWN4`, ..., see [`enipin_ebpf::maps`]): counters and owners
+//!   survive a program reload;
+//! - `prog`: the classifier;
+//! - `link-<ifindex>`: one TCX link per managed interface (kernels >= 6.6);
+//! - `nl-<ifindex>-<priority>-<handle>/`: an empty directory marking a netlink (clsact) filter
+//!   on kernels without TCX (< 6.6), which cannot be pinned; priority and handle identify exactly
+//!   enipin's filter for an in-place replace or removal.
+
+//!
+//! Modules, each depending only on those above it:
+//! - `program`: the embedded object, loading it, this build's tag, the bpffs check;
+//! - `pins`: what is pinned, opened once, with the layout check against
+//!   [`enipin_ebpf::layout::MAPS`];
+//! - `derived`: the fast-path arrays and owner tables derived from the owner maps;
+//! - `contents`: the owner/prefix/counter/config maps: desired, installed, written, restored;
+//! - `attach`: TCX or netlink, chosen by one probe; finding and removing attachments;
+//! - `plan`: the typed [`Change`]s of an [`EbpfPlan`];
+//! - `apply`: carrying a plan out, all or nothing; detaching everything;
+//! - `observe`: attachments, counters, owner tables, for `status`, `stats`, `metrics`.
+
+mod apply;
+mod attach;
+mod contents;
+mod derived;
+mod observe;
+mod pins;
+mod plan;
+mod program;
+
+pub use apply::{apply, detach};
+pub use attach::{AttachKind, ifname};
+pub use derived::{OwnerTable, sync_derived};
+pub use observe::{
+    Attached, OwnerTables, TableSummary, attached, counters, owner_table, table_summary,
+};
+pub use plan::{Change, EbpfPlan, plan};
+pub use program::{OBJECT, load, program_id};

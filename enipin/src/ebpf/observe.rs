@@ -1,0 +1,135 @@
+//! What is in the kernel now, for `status`, `stats` and `metrics`: attachments, counters, owner
+//! tables.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use aya::maps::{PerCpuArray, PerCpuHashMap};
+use enipin_ebpf::{Counters, FAST_SLOTS, maps};
+use serde::Serialize;
+
+use crate::config::Paths;
+
+use super::{
+    attach::{AttachKind, attachments, ifname},
+    derived::{OwnerTable, read_table},
+    pins::Pins,
+};
+
+/// A live attachment of the program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Attached {
+    pub ifindex: u32,
+    /// The interface's name (`?` if it went between reading the pins and asking its name).
+    pub name: String,
+    pub kind: AttachKind,
+}
+
+/// What is attached now (attachments whose interface is gone are left out), or empty.
+pub fn attached(paths: &Paths) -> Result<Vec<Attached>> {
+    Ok(attachments(paths)?
+        .into_iter()
+        .filter(|a| a.alive(&paths.pin_dir))
+        .map(|a| Attached {
+            ifindex: a.ifindex,
+            name: ifname(a.ifindex).unwrap_or_else(|| "?".into()),
+            kind: a.kind(),
+        })
+        .collect())
+}
+
+/// Counters per interface (ifindex; 0 is the "unknown interface" slot), summed over CPUs.
+/// Nothing pinned: an error saying so (not an empty list, which would read as "no traffic").
+pub fn counters(paths: &Paths) -> Result<Vec<(u32, Counters)>> {
+    let pins = Pins::open(paths)?;
+    if let Some((name, why)) = pins
+        .other_layout()
+        .iter()
+        .find(|(n, _)| [maps::COUNTERS, maps::COUNTERS_FAST].contains(n))
+    {
+        bail!(
+            "the counters under {} were pinned by another enipin version ({name}: {why}); \
+             `enipin attach` with this version upgrades the datapath",
+            paths.pin_dir.display()
+        );
+    }
+    let Some(map) = pins.map(maps::COUNTERS)? else {
+        bail!(
+            "no datapath counters under {} (run `enipin attach` first, or pass --pin-dir)",
+            paths.pin_dir.display()
+        );
+    };
+    let m: PerCpuHashMap<_, u32, Counters> = PerCpuHashMap::try_from(map)?;
+    // The program counts in the fast array for small ifindexes, in the hash for the rest.
+    let fast = pins
+        .map(maps::COUNTERS_FAST)?
+        .map(PerCpuArray::<_, Counters>::try_from)
+        .transpose()?;
+    let mut out: BTreeMap<u32, Counters> = BTreeMap::new();
+    for kv in m.iter() {
+        let (k, per_cpu) = kv?;
+        let sum = out.entry(k).or_default();
+        per_cpu.iter().for_each(|c| sum.add(c));
+    }
+    if let Some(fast) = fast {
+        for (k, per_cpu) in (0..FAST_SLOTS).zip(fast.iter()) {
+            let per_cpu = per_cpu?;
+            // A slot of an interface that is not (or no longer) managed is "unknown" (0).
+            let key = if out.contains_key(&k) { k } else { 0 };
+            let sum = out.entry(key).or_default();
+            per_cpu.iter().for_each(|c| sum.add(c));
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// The owner table `name` (`maps::TABLE_V4` or `TABLE_V6`) as the program sees it. `None` when
+/// nothing (of this build's layout) is pinned or no table has been swapped in yet.
+pub fn owner_table<const N: usize, const K: usize>(
+    paths: &Paths,
+    name: &str,
+) -> Result<Option<OwnerTable<N, K>>>
+where
+    enipin_ebpf::Bucket<N, K>: aya::Pod,
+{
+    read_table(&Pins::open(paths)?, name)
+}
+
+/// What an owner table holds: addresses in their buckets, and buckets that spilled (their extra
+/// addresses are looked up in the owner hash map, about 10 ns more per packet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TableSummary {
+    pub addresses: usize,
+    pub spilled_buckets: usize,
+}
+
+impl<const N: usize, const K: usize> From<&OwnerTable<N, K>> for TableSummary {
+    fn from(t: &OwnerTable<N, K>) -> Self {
+        Self {
+            addresses: t
+                .buckets
+                .iter()
+                .map(|b| b.ifindex.iter().filter(|i| **i != 0).count())
+                .sum(),
+            spilled_buckets: t.buckets.iter().filter(|b| b.spill != 0).count(),
+        }
+    }
+}
+
+/// Both families' owner tables, summed up (`None`: no table installed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OwnerTables {
+    pub ipv4: Option<TableSummary>,
+    pub ipv6: Option<TableSummary>,
+}
+
+/// [`OwnerTables`] as pinned.
+pub fn table_summary(paths: &Paths) -> Result<OwnerTables> {
+    let pins = Pins::open(paths)?;
+    let v4 = read_table::<4, { enipin_ebpf::BUCKET_V4 }>(&pins, maps::TABLE_V4)?;
+    let v6 = read_table::<16, { enipin_ebpf::BUCKET_V6 }>(&pins, maps::TABLE_V6)?;
+    Ok(OwnerTables {
+        ipv4: v4.as_ref().map(TableSummary::from),
+        ipv6: v6.as_ref().map(TableSummary::from),
+    })
+}

@@ -1,0 +1,300 @@
+//! The datapath's plan: what must change under the pin directory to match the desired state, as
+//! typed changes that [`super::apply`] carries out and that print as enipin's diff lines.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, Result};
+use aya::programs::ProgramInfo;
+use enipin_ebpf::{MODE_ENFORCE, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, PROGRAM, maps};
+
+use crate::{
+    config::{Config, Paths},
+    model::ManagedInterface,
+};
+
+use super::{
+    attach::{Attachment, attachments, owner_name},
+    contents::{MapDiff, MapWrites, desired, installed},
+    derived::out_of_step,
+    pins::Pins,
+    program::{PROG_PIN, our_tag},
+};
+
+/// What the datapath must change to match the desired state, diffed with what is pinned.
+#[derive(Debug, Default)]
+pub struct EbpfPlan {
+    /// In the order they print and apply.
+    pub changes: Vec<Change>,
+}
+
+impl EbpfPlan {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// One line per change, as printed (`+ attach enipin_egress to eth1 egress (ifindex 3)`).
+    pub fn lines(&self) -> Vec<String> {
+        self.changes.iter().map(ToString::to_string).collect()
+    }
+}
+
+/// One change to the datapath.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A map pinned by another enipin version with another layout: unpinned, created anew.
+    RecreateMap {
+        name: &'static str,
+        why: String,
+    },
+    /// A derived map out of step with the owner maps: rebuilt from them.
+    Rebuild {
+        name: &'static str,
+    },
+    /// Nothing pinned yet: load the program and pin it.
+    Load {
+        pin_dir: PathBuf,
+    },
+    /// Another build's program is pinned: swap this one in atomically on every link.
+    Replace,
+    /// Remove an attachment (stale, or of an interface no longer managed).
+    Detach {
+        ifindex: u32,
+        pin: String,
+    },
+    /// Attach to an interface's egress.
+    Attach {
+        ifindex: u32,
+        name: String,
+    },
+    /// An address (exact) and its owner; `name` is the owner's interface name.
+    SetOwner {
+        addr: IpAddr,
+        owner: Owner,
+        name: String,
+    },
+    RemoveOwner {
+        addr: IpAddr,
+    },
+    /// A delegated prefix and its owner.
+    SetPrefix {
+        addr: IpAddr,
+        len: u8,
+        owner: Owner,
+        name: String,
+    },
+    RemovePrefix {
+        addr: IpAddr,
+        len: u8,
+    },
+    /// An interface's counters start (at zero) or go.
+    AddCounters {
+        ifindex: u32,
+    },
+    RemoveCounters {
+        ifindex: u32,
+    },
+    /// The program's config entry.
+    Config(enipin_ebpf::Config),
+    /// Nothing is managed: every pin goes, and the directory.
+    RemovePins {
+        dir: PathBuf,
+    },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::RecreateMap { name, why } => {
+                let reset = if [maps::COUNTERS, maps::COUNTERS_FAST].contains(name) {
+                    "; its counters start again from zero"
+                } else {
+                    ""
+                };
+                write!(
+                    f,
+                    "~ recreate map {name} (pinned by another enipin version: {why}{reset})"
+                )
+            }
+            Self::Rebuild { name } => write!(
+                f,
+                "~ rebuild {name} (out of step with the owner maps: an earlier run was interrupted)"
+            ),
+            Self::Load { pin_dir } => {
+                write!(f, "+ load {PROGRAM}, pinned under {}", pin_dir.display())
+            }
+            Self::Replace => write!(f, "~ replace {PROGRAM} (new build)"),
+            Self::Detach { ifindex, pin } => {
+                write!(f, "- detach {PROGRAM} from ifindex {ifindex} ({pin})")
+            }
+            Self::Attach { ifindex, name } => {
+                write!(f, "+ attach {PROGRAM} to {name} egress (ifindex {ifindex})")
+            }
+            Self::SetOwner { addr, name, .. } => write!(f, "+ owner {addr} -> {name}"),
+            Self::RemoveOwner { addr } => write!(f, "- owner {addr}"),
+            Self::SetPrefix {
+                addr, len, name, ..
+            } => write!(f, "+ prefix {addr}/{len} -> {name}"),
+            Self::RemovePrefix { addr, len } => write!(f, "- prefix {addr}/{len}"),
+            Self::AddCounters { ifindex } => write!(f, "+ counters for ifindex {ifindex}"),
+            Self::RemoveCounters { ifindex } => write!(f, "- counters for ifindex {ifindex}"),
+            Self::Config(c) => {
+                let mode = if c.mode == MODE_ENFORCE {
+                    "enforce"
+                } else {
+                    "monitor"
+                };
+                let prefixes = match c.prefixes & (PREFIXES_V4_PRESENT | PREFIXES_V6_PRESENT) {
+                    0 => "none",
+                    PREFIXES_V4_PRESENT => "v4",
+                    PREFIXES_V6_PRESENT => "v6",
+                    _ => "v4+v6",
+                };
+                write!(
+                    f,
+                    "~ config mode={mode} debug={} prefixes={prefixes}",
+                    c.debug
+                )
+            }
+            Self::RemovePins { dir } => write!(f, "- remove pins under {}", dir.display()),
+        }
+    }
+}
+
+/// Computes the datapath changes for `managed` (empty `managed`: remove everything).
+pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result<EbpfPlan> {
+    let found = attachments(paths)?;
+    let mut changes = Vec::new();
+    if managed.is_empty() {
+        changes.extend(found.iter().map(detach));
+        if paths.pin_dir.exists() {
+            changes.push(Change::RemovePins {
+                dir: paths.pin_dir.clone(),
+            });
+        }
+        return Ok(EbpfPlan { changes });
+    }
+    let pins = Pins::open(paths)?;
+    for (name, why) in pins.other_layout() {
+        changes.push(Change::RecreateMap {
+            name,
+            why: why.clone(),
+        });
+    }
+    changes.extend(
+        out_of_step(&pins)?
+            .into_iter()
+            .map(|name| Change::Rebuild { name }),
+    );
+    changes.extend(program_change(&pins)?);
+    changes.extend(attachment_changes(managed, &found, paths));
+    let writes = MapWrites::between(&installed(&pins)?, &desired(managed, cfg));
+    changes.extend(map_changes(&writes));
+    Ok(EbpfPlan { changes })
+}
+
+/// Load when nothing is pinned; replace when another build's program is.
+fn program_change(pins: &Pins) -> Result<Option<Change>> {
+    let prog_pin = pins.dir().join(PROG_PIN);
+    if !prog_pin.exists() {
+        return Ok(Some(Change::Load {
+            pin_dir: pins.dir().to_owned(),
+        }));
+    }
+    if !pins.other_layout().is_empty() {
+        // Maps of another layout: a program of another build, which this one replaces.
+        return Ok(Some(Change::Replace));
+    }
+    // Same program? Compare tags (the kernel's hash of the instructions, map fds masked).
+    let old = ProgramInfo::from_pin(&prog_pin)
+        .with_context(|| format!("reading {}", prog_pin.display()))?
+        .tag();
+    Ok((old != our_tag(pins.dir())?).then_some(Change::Replace))
+}
+
+/// Detach what is stale or no longer managed, attach where nothing live is.
+fn attachment_changes(
+    managed: &[ManagedInterface],
+    found: &[Attachment],
+    paths: &Paths,
+) -> Vec<Change> {
+    let wanted: BTreeSet<u32> = managed.iter().map(|m| m.ifindex).collect();
+    let mut alive = BTreeSet::new();
+    let mut out = Vec::new();
+    for a in found {
+        if wanted.contains(&a.ifindex) && a.alive(&paths.pin_dir) {
+            alive.insert(a.ifindex);
+        } else {
+            out.push(detach(a));
+        }
+    }
+    out.extend(
+        managed
+            .iter()
+            .filter(|m| !alive.contains(&m.ifindex))
+            .map(|m| Change::Attach {
+                ifindex: m.ifindex,
+                name: m.name.clone(),
+            }),
+    );
+    out
+}
+
+fn detach(a: &Attachment) -> Change {
+    Change::Detach {
+        ifindex: a.ifindex,
+        pin: a.pin.clone(),
+    }
+}
+
+/// The map writes as changes: owners, prefixes (each family: set, then removed), counters, config.
+fn map_changes(w: &MapWrites) -> Vec<Change> {
+    let mut out = Vec::new();
+    owners(&mut out, &w.v4, |k| Ipv4Addr::from(*k).into());
+    owners(&mut out, &w.v6, |k| Ipv6Addr::from(*k).into());
+    prefixes(&mut out, &w.p4, |(k, l)| (Ipv4Addr::from(*k).into(), *l));
+    prefixes(&mut out, &w.p6, |(k, l)| (Ipv6Addr::from(*k).into(), *l));
+    for (ifindex, ()) in &w.counters.set {
+        out.push(Change::AddCounters { ifindex: *ifindex });
+    }
+    for ifindex in &w.counters.remove {
+        out.push(Change::RemoveCounters { ifindex: *ifindex });
+    }
+    out.extend(w.config.map(Change::Config));
+    out
+}
+
+fn owners<K>(out: &mut Vec<Change>, d: &MapDiff<K, Owner>, addr: impl Fn(&K) -> IpAddr) {
+    for (k, owner) in &d.set {
+        out.push(Change::SetOwner {
+            addr: addr(k),
+            owner: *owner,
+            name: owner_name(owner),
+        });
+    }
+    out.extend(
+        d.remove
+            .iter()
+            .map(|k| Change::RemoveOwner { addr: addr(k) }),
+    );
+}
+
+fn prefixes<K>(out: &mut Vec<Change>, d: &MapDiff<K, Owner>, net: impl Fn(&K) -> (IpAddr, u8)) {
+    for (k, owner) in &d.set {
+        let (addr, len) = net(k);
+        out.push(Change::SetPrefix {
+            addr,
+            len,
+            owner: *owner,
+            name: owner_name(owner),
+        });
+    }
+    for k in &d.remove {
+        let (addr, len) = net(k);
+        out.push(Change::RemovePrefix { addr, len });
+    }
+}
