@@ -33,16 +33,8 @@ fn gateway_text(g: &Option<Gateway>) -> String {
 /// `prefix` starts every line: "# " turns the summary into comments in `--format ip` output.
 fn print_managed(managed: &[ManagedInterface], prefix: &str) {
     for m in managed {
-        let addrs: Vec<_> = m
-            .addrs
-            .iter()
-            .map(|a| format!("{}/{}", a.addr, a.prefix_len))
-            .collect();
-        let prefixes: Vec<_> = m
-            .prefixes
-            .iter()
-            .map(|p| format!("{}/{}", p.addr, p.prefix_len))
-            .collect();
+        let addrs: Vec<_> = m.addrs.iter().map(ToString::to_string).collect();
+        let prefixes: Vec<_> = m.prefixes.iter().map(ToString::to_string).collect();
         println!(
             "{prefix}interface {} ({}, ifindex {}) table {}: {}{}",
             m.name,
@@ -296,7 +288,9 @@ pub async fn reconcile(cfg: &Config, paths: &Paths) -> Result<Reconciled> {
     let previous = state::load(paths)?;
     let nl = Netlink::connect()?;
     let d = discover::discover(&nl).await?;
-    let (selection, left_out) = plan::select_named(&d, cfg, plan::Named::Present)?;
+    let chosen = plan::choose(&d, cfg);
+    let (selection, refused) = plan::select_named(&d, cfg, chosen)?;
+    let left_out = refused.iter().map(ToString::to_string).collect();
     let (managed, idle) = match selection {
         Selection::Managed(m) => (m, None),
         Selection::NothingToDo(why) => (Vec::new(), Some(why)),

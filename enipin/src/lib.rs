@@ -16,6 +16,7 @@ pub mod netlink;
 pub mod netns;
 pub mod plan;
 pub mod render;
+pub mod route;
 pub mod state;
 pub mod sysctl;
 pub mod testbed;

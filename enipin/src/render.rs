@@ -10,7 +10,8 @@ use crate::{
     apply,
     config::Config,
     model::{ManagedInterface, fmt_mac},
-    plan::{self, Route, Rule},
+    plan,
+    route::{Route, Rule, table_name},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -44,14 +45,6 @@ fn split<'a>(
         .collect();
     let t = routes.iter().filter(|r| r.table == m.table).collect();
     (r, t)
-}
-
-fn table_name(t: u32) -> String {
-    if t == 254 {
-        "main".into()
-    } else {
-        t.to_string()
-    }
 }
 
 pub fn render_to_string(managed: &[ManagedInterface], cfg: &Config, format: Format) -> String {
@@ -88,13 +81,13 @@ pub fn render_to_string(managed: &[ManagedInterface], cfg: &Config, format: Form
                     "# addresses as configured now; use DHCP=yes instead if {name} gets them by DHCP"
                 );
                 for a in &m.addrs {
-                    let _ = writeln!(o, "Address={}/{}", a.addr, a.prefix_len);
+                    let _ = writeln!(o, "Address={a}");
                 }
                 for r in &rules {
                     let _ = writeln!(o, "\n[RoutingPolicyRule]");
                     match r.from {
-                        Some((a, l)) => {
-                            let _ = writeln!(o, "From={a}/{l}");
+                        Some(from) => {
+                            let _ = writeln!(o, "From={from}");
                         }
                         None => {
                             let _ = writeln!(o, "Family={}", if r.v6 { "ipv6" } else { "ipv4" });
@@ -107,8 +100,8 @@ pub fn render_to_string(managed: &[ManagedInterface], cfg: &Config, format: Form
                 }
                 for r in &routes {
                     let _ = writeln!(o, "\n[Route]");
-                    if r.dst.1 != 0 {
-                        let _ = writeln!(o, "Destination={}/{}", r.dst.0, r.dst.1);
+                    if r.dst.prefix_len != 0 {
+                        let _ = writeln!(o, "Destination={}", r.dst);
                     }
                     if let Some(g) = r.gateway {
                         let _ = writeln!(o, "Gateway={g}");
@@ -136,14 +129,14 @@ pub fn render_to_string(managed: &[ManagedInterface], cfg: &Config, format: Form
                 );
                 let _ = writeln!(o, "      addresses:");
                 for a in &m.addrs {
-                    let _ = writeln!(o, "        - \"{}/{}\"", a.addr, a.prefix_len);
+                    let _ = writeln!(o, "        - \"{a}\"");
                 }
                 let _ = writeln!(o, "      routes:");
                 for r in &routes {
-                    let to = if r.dst.1 == 0 {
+                    let to = if r.dst.prefix_len == 0 {
                         "default".to_owned()
                     } else {
-                        format!("\"{}/{}\"", r.dst.0, r.dst.1)
+                        format!("\"{}\"", r.dst)
                     };
                     let _ = writeln!(o, "        - to: {to}");
                     if let Some(g) = r.gateway {
@@ -161,19 +154,22 @@ pub fn render_to_string(managed: &[ManagedInterface], cfg: &Config, format: Form
                 // <subnet>", which selects exactly the table's subnet route.
                 let _ = writeln!(o, "      routing-policy:");
                 for r in rules.iter().filter(|r| r.from.is_some()) {
-                    let (a, l) = r.from.expect("from");
+                    let from = r.from.expect("from");
                     if r.suppress_prefixlen.is_some() {
-                        for t in routes.iter().filter(|t| t.dst.1 != 0 && t.v6() == r.v6) {
+                        for t in routes
+                            .iter()
+                            .filter(|t| t.dst.prefix_len != 0 && t.v6() == r.v6)
+                        {
                             let _ = writeln!(
                                 o,
-                                "        - from: \"{a}/{l}\"\n          to: \"{}/{}\"\n          table: {}\n          priority: {}",
-                                t.dst.0, t.dst.1, r.table, r.priority
+                                "        - from: \"{from}\"\n          to: \"{}\"\n          table: {}\n          priority: {}",
+                                t.dst, r.table, r.priority
                             );
                         }
                     } else {
                         let _ = writeln!(
                             o,
-                            "        - from: \"{a}/{l}\"\n          table: {}\n          priority: {}",
+                            "        - from: \"{from}\"\n          table: {}\n          priority: {}",
                             r.table, r.priority
                         );
                     }
@@ -195,8 +191,8 @@ pub fn render_to_string(managed: &[ManagedInterface], cfg: &Config, format: Form
                     let fam = if v6 { "ipv6" } else { "ipv4" };
                     for r in rules.iter().filter(|r| r.v6 == v6) {
                         let mut s = format!("priority {}", r.priority);
-                        if let Some((a, l)) = r.from {
-                            let _ = write!(s, " from {a}/{l}");
+                        if let Some(from) = r.from {
+                            let _ = write!(s, " from {from}");
                         }
                         let _ = write!(s, " table {}", r.table);
                         if let Some(l) = r.suppress_prefixlen {
@@ -208,7 +204,7 @@ pub fn render_to_string(managed: &[ManagedInterface], cfg: &Config, format: Form
                         );
                     }
                     for r in routes.iter().filter(|r| r.v6() == v6) {
-                        let mut s = format!("{}/{}", r.dst.0, r.dst.1);
+                        let mut s = r.dst.to_string();
                         if let Some(g) = r.gateway {
                             let _ = write!(s, " {g}");
                         }

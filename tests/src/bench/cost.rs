@@ -25,7 +25,7 @@ use aya::{
 use enipin::{
     config::{Config, Paths},
     ebpf,
-    model::{IfAddr, ManagedInterface},
+    model::{Cidr, ManagedInterface},
     testbed::{Netns, PinDir},
 };
 use enipin_ebpf::{Counters, NOOP_PROGRAM, PROGRAM};
@@ -181,11 +181,11 @@ impl Fixture {
                 let addrs = mine
                     .flat_map(|k| {
                         [
-                            IfAddr {
+                            Cidr {
                                 addr: IpAddr::V4(v4(k)),
                                 prefix_len: 16,
                             },
-                            IfAddr {
+                            Cidr {
                                 addr: IpAddr::V6(v6(k)),
                                 prefix_len: 64,
                             },
