@@ -203,7 +203,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             format,
         } => {
             let cfg = layers.apply(sel.into_config());
-            enipin::apply::attach(&cfg, &paths, dry_run, format).await?;
+            enipin::commands::attach(&cfg, &paths, dry_run, format).await?;
         }
         Command::Watch {
             sel,
@@ -214,8 +214,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let pacing = enipin::watch::Pacing::new(std::time::Duration::from_secs(interval));
             enipin::watch::watch(&cfg, &paths, pacing).await?;
         }
-        Command::Detach => enipin::apply::detach(&paths).await?,
-        Command::Status { json } => enipin::apply::status(&paths, json).await?,
+        Command::Detach => enipin::commands::detach(&paths).await?,
+        Command::Status { json } => enipin::commands::status(&paths, json).await?,
         Command::Stats { json } => enipin::metrics::stats(&paths, json).await?,
         Command::Metrics { listen } => enipin::metrics::metrics(&paths, listen).await?,
         Command::Render { sel, format } => {

@@ -1,0 +1,211 @@
+//! `enipin status`: one report of what is managed, installed and attached, and the drift from
+//! the desired state; printed as text or as JSON from the same struct.
+
+use std::{collections::BTreeMap, fmt};
+
+use anyhow::{Context as _, Result};
+use serde::{Serialize, Serializer};
+
+use super::ManagedText;
+use crate::{
+    apply,
+    config::Paths,
+    ebpf::{self, TableSummary},
+    model::{Cidr, Gateway, ManagedInterface, fmt_mac},
+    plan::{Change, DiffFormat, Selection},
+    route::{Route, Rule},
+    snapshot::{Named, Snapshot},
+    state,
+};
+
+/// Everything `status` says.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    /// A state file exists: enipin attached and has not detached since.
+    pub attached: bool,
+    /// The interfaces the last attach's options select now.
+    #[serde(serialize_with = "managed_json")]
+    pub managed: Vec<ManagedInterface>,
+    /// enipin's rules and routes as installed.
+    pub rules: Vec<Rule>,
+    pub routes: Vec<Route>,
+    pub datapath: Vec<DatapathAttachment>,
+    pub owner_tables: OwnerTables,
+    /// The changes that would reach the desired state.
+    pub drift: Vec<Change>,
+    /// sysctl key → the value before enipin changed it (`None`: no state file).
+    pub sysctls_saved: Option<BTreeMap<String, String>>,
+}
+
+/// The datapath program attached to one interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DatapathAttachment {
+    pub ifindex: u32,
+    pub name: String,
+    /// `tcx` or `netlink`.
+    pub kind: String,
+}
+
+/// Both families' owner tables (`None`: not installed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OwnerTables {
+    pub ipv4: Option<TableSummary>,
+    pub ipv6: Option<TableSummary>,
+}
+
+pub async fn status(paths: &Paths, json: bool) -> Result<()> {
+    let report = StatusReport::gather(paths).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+impl StatusReport {
+    /// Reads the state file, the namespace and the pinned datapath; changes nothing.
+    pub async fn gather(paths: &Paths) -> Result<Self> {
+        let st = state::load(paths)?;
+        let cfg = st
+            .as_ref()
+            .and_then(|s| s.config.clone())
+            .unwrap_or_default();
+        let s = Snapshot::select(&cfg, Named::Strict).await?;
+        let d = &s.snapshot.discovery;
+        let managed = match s.selection {
+            Selection::Managed(m) => m,
+            Selection::NothingToDo(_) => Vec::new(),
+        };
+        let (rules, routes) = crate::plan::installed(d);
+        let drift = apply::compute(d, &managed, &cfg)?.changes;
+        let (datapath, owner_tables) = datapath(paths)?;
+        Ok(Self {
+            attached: st.is_some(),
+            managed,
+            rules,
+            routes,
+            datapath,
+            owner_tables,
+            drift,
+            sysctls_saved: st.map(|s| s.sysctls),
+        })
+    }
+}
+
+/// The datapath's attachments and owner tables, when anything is pinned.
+fn datapath(paths: &Paths) -> Result<(Vec<DatapathAttachment>, OwnerTables)> {
+    if !paths.pin_dir.exists() {
+        return Ok((Vec::new(), OwnerTables::default()));
+    }
+    let attached = ebpf::attached(paths)
+        .context("reading the datapath attachment")?
+        .into_iter()
+        .map(|(ifindex, name, kind)| DatapathAttachment {
+            ifindex,
+            name,
+            kind,
+        })
+        .collect();
+    let [ipv4, ipv6] = ebpf::table_summary(paths).context("reading the owner tables")?;
+    Ok((attached, OwnerTables { ipv4, ipv6 }))
+}
+
+impl fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = if self.attached {
+            "attached"
+        } else {
+            "not attached (no state file)"
+        };
+        writeln!(f, "state: {state}")?;
+        write!(
+            f,
+            "{}",
+            ManagedText {
+                managed: &self.managed,
+                prefix: ""
+            }
+        )?;
+        writeln!(f, "rules ({}):", self.rules.len())?;
+        for r in &self.rules {
+            writeln!(f, "  {}{}", if r.v6 { "-6 " } else { "" }, r.ip_args())?;
+        }
+        writeln!(f, "routes ({}):", self.routes.len())?;
+        for r in &self.routes {
+            writeln!(f, "  {}{}", if r.v6() { "-6 " } else { "" }, r.ip_args())?;
+        }
+        self.fmt_datapath(f)?;
+        self.fmt_drift(f)
+    }
+}
+
+impl StatusReport {
+    fn fmt_datapath(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.datapath.is_empty() {
+            writeln!(f, "datapath: not attached")?;
+        }
+        for a in &self.datapath {
+            writeln!(f, "datapath: {} (ifindex {}) {}", a.name, a.ifindex, a.kind)?;
+        }
+        let tables = [self.owner_tables.ipv4, self.owner_tables.ipv6];
+        for (family, t) in ["IPv4", "IPv6"].iter().zip(tables) {
+            if let Some(t) = t {
+                writeln!(
+                    f,
+                    "owner table {family}: {} address(es), {} bucket(s) spilled to the owner map",
+                    t.addresses, t.spilled_buckets
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fmt_drift(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.drift.is_empty() {
+            return writeln!(f, "drift: none");
+        }
+        let what = if self.attached {
+            "drift"
+        } else {
+            "not attached; attach would make"
+        };
+        writeln!(
+            f,
+            "{what} ({} change(s) to reach the desired state):",
+            self.drift.len()
+        )?;
+        for c in &self.drift {
+            writeln!(f, "  {}", c.render(DiffFormat::Text))?;
+        }
+        Ok(())
+    }
+}
+
+/// A managed interface in `status --json`: as in the state file, but the MAC as text.
+#[derive(Serialize)]
+struct InterfaceJson<'a> {
+    ifindex: u32,
+    name: &'a str,
+    mac: String,
+    mtu: u32,
+    table: u32,
+    addrs: &'a [Cidr],
+    prefixes: &'a [Cidr],
+    gateway_v4: Option<Gateway>,
+    gateway_v6: Option<Gateway>,
+}
+
+fn managed_json<S: Serializer>(managed: &[ManagedInterface], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(managed.iter().map(|m| InterfaceJson {
+        ifindex: m.ifindex,
+        name: &m.name,
+        mac: fmt_mac(&m.mac),
+        mtu: m.mtu,
+        table: m.table,
+        addrs: &m.addrs,
+        prefixes: &m.prefixes,
+        gateway_v4: m.gateway_v4,
+        gateway_v6: m.gateway_v6,
+    }))
+}
