@@ -209,3 +209,115 @@ fn managed_json<S: Serializer>(managed: &[ManagedInterface], s: S) -> Result<S::
         gateway_v6: m.gateway_v6,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{model::GatewaySource, route::V6_METRIC};
+
+    fn report() -> StatusReport {
+        let m = ManagedInterface {
+            ifindex: 3,
+            name: "eth1".into(),
+            mac: [2, 0, 0, 0, 0, 0x11],
+            mtu: 1500,
+            table: 20003,
+            addrs: vec!["198.18.0.11/24".parse().unwrap()],
+            prefixes: vec!["198.18.0.64/28".parse().unwrap()],
+            gateway_v4: Some(Gateway {
+                addr: "198.18.0.1".parse().unwrap(),
+                source: GatewaySource::SubnetFirstHost,
+            }),
+            gateway_v6: None,
+        };
+        let rule = Rule {
+            v6: false,
+            priority: 20002,
+            from: Some("198.18.0.11/32".parse().unwrap()),
+            table: 20003,
+            suppress_prefixlen: None,
+        };
+        let route = Route {
+            table: 20003,
+            dst: Cidr::any(true),
+            gateway: Some("2001:db8::1".parse().unwrap()),
+            oif: 3,
+            dev: "eth1".into(),
+            src: None,
+            scope_link: false,
+            metric: V6_METRIC,
+        };
+        StatusReport {
+            attached: true,
+            managed: vec![m],
+            rules: vec![rule.clone()],
+            routes: vec![route],
+            datapath: vec![DatapathAttachment {
+                ifindex: 3,
+                name: "eth1".into(),
+                kind: "tcx".into(),
+            }],
+            owner_tables: OwnerTables {
+                ipv4: Some(TableSummary {
+                    addresses: 1,
+                    spilled_buckets: 0,
+                }),
+                ipv6: None,
+            },
+            drift: vec![Change::AddRule(rule)],
+            sysctls_saved: Some(BTreeMap::new()),
+        }
+    }
+
+    #[test]
+    fn text() {
+        assert_eq!(
+            report().to_string(),
+            "state: attached
+interface eth1 (02:00:00:00:00:11, ifindex 3) table 20003: 198.18.0.11/24 prefixes 198.18.0.64/28
+  gateway ipv4: 198.18.0.1 (from the subnet's first host)
+rules (1):
+  from 198.18.0.11/32 lookup 20003 pref 20002 proto 229
+routes (1):
+  -6 default via 2001:db8::1 dev eth1 table 20003 proto 229
+datapath: eth1 (ifindex 3) tcx
+owner table IPv4: 1 address(es), 0 bucket(s) spilled to the owner map
+drift (1 change(s) to reach the desired state):
+  + rule from 198.18.0.11/32 lookup 20003 pref 20002 proto 229
+"
+        );
+    }
+
+    #[test]
+    fn json_keys_and_shapes() {
+        let v = serde_json::to_value(report()).unwrap();
+        let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [
+                "attached",
+                "datapath",
+                "drift",
+                "managed",
+                "owner_tables",
+                "routes",
+                "rules",
+                "sysctls_saved"
+            ]
+        );
+        assert_eq!(v["managed"][0]["mac"], "02:00:00:00:00:11");
+        assert_eq!(
+            v["managed"][0]["addrs"][0],
+            serde_json::json!({"addr": "198.18.0.11", "prefix_len": 24})
+        );
+        assert_eq!(v["managed"][0]["gateway_v4"]["source"], "subnet-first-host");
+        assert_eq!(
+            v["rules"][0]["from"],
+            serde_json::json!(["198.18.0.11", 32])
+        );
+        assert_eq!(v["datapath"][0]["kind"], "tcx");
+        assert_eq!(v["owner_tables"]["ipv4"]["addresses"], 1);
+        assert_eq!(v["owner_tables"]["ipv6"], serde_json::Value::Null);
+        assert_eq!(v["drift"][0]["op"], "add-rule");
+    }
+}
