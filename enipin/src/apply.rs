@@ -1,70 +1,26 @@
-//! Carries a plan out: the commands `attach`, `detach`, `status`.
+//! Carries a plan out: the journal of the rules, routes and sysctls applier, and the commit of
+//! both appliers (this one, then [`ebpf`]).
 //!
 //! Every run applies only the difference between desired and installed, and keeps a journal of
 //! the inverse of each step it took: if a step fails, the journal is replayed backwards, so a
-//! failed attach leaves the namespace as it found it.
+//! failed attach leaves the namespace as it found it. The commands built on it are in
+//! [`crate::commands`].
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::Result;
 
 use crate::{
     config::{Config, Paths},
-    discover::{self, Discovery},
+    discover::Discovery,
     ebpf,
-    model::{Gateway, GatewaySource, ManagedInterface, fmt_mac},
+    model::ManagedInterface,
     netlink::Netlink,
     plan::{self, Change, DiffFormat, Plan, Selection},
+    snapshot::{Named, Snapshot},
     state, sysctl,
 };
 
-fn gateway_text(g: &Option<Gateway>) -> String {
-    match g {
-        None => "none (subnet route only)".to_owned(),
-        Some(g) => {
-            let src = match g.source {
-                GatewaySource::MainTable => "main table's default route",
-                GatewaySource::SubnetFirstHost => "subnet's first host",
-                GatewaySource::Configured => "--gateway",
-            };
-            format!("{} (from the {src})", g.addr)
-        }
-    }
-}
-
-/// `prefix` starts every line: "# " turns the summary into comments in `--format ip` output.
-fn print_managed(managed: &[ManagedInterface], prefix: &str) {
-    for m in managed {
-        let addrs: Vec<_> = m
-            .addrs
-            .iter()
-            .map(|a| format!("{}/{}", a.addr, a.prefix_len))
-            .collect();
-        let prefixes: Vec<_> = m
-            .prefixes
-            .iter()
-            .map(|p| format!("{}/{}", p.addr, p.prefix_len))
-            .collect();
-        println!(
-            "{prefix}interface {} ({}, ifindex {}) table {}: {}{}",
-            m.name,
-            fmt_mac(&m.mac),
-            m.ifindex,
-            m.table,
-            addrs.join(" "),
-            if prefixes.is_empty() {
-                String::new()
-            } else {
-                format!(" prefixes {}", prefixes.join(" "))
-            }
-        );
-        println!("{prefix}  gateway ipv4: {}", gateway_text(&m.gateway_v4));
-        if m.addrs.iter().any(|a| a.addr.is_ipv6()) {
-            println!("{prefix}  gateway ipv6: {}", gateway_text(&m.gateway_v6));
-        }
-    }
-}
-
 /// Desired vs installed rules, routes and sysctls for `managed`.
-fn compute(d: &Discovery, managed: &[ManagedInterface], cfg: &Config) -> Result<Plan> {
+pub(crate) fn compute(d: &Discovery, managed: &[ManagedInterface], cfg: &Config) -> Result<Plan> {
     if !cfg.rules {
         return Ok(Plan::default());
     }
@@ -107,7 +63,7 @@ const IN_FLIGHT: usize = 64;
 /// Runs `changes` in order, netlink requests [`IN_FLIGHT`] at a time (a sysctl waits for every
 /// request before it and is written alone). Returns each change's result, in order: all of them,
 /// or, with `stop_on_error`, those of the batches up to and including the first failure.
-async fn run_batched<'a>(
+pub(crate) async fn run_batched<'a>(
     nl: &Netlink,
     changes: &'a [Change],
     stop_on_error: bool,
@@ -184,21 +140,21 @@ async fn rollback(nl: &Netlink, journal: Vec<Change>) -> String {
 }
 
 /// The difference between the desired state and the namespace now, for both appliers.
-struct Pending {
+pub(crate) struct Pending {
     /// The state file as found (restored if applying fails).
-    previous: Option<state::State>,
-    managed: Vec<ManagedInterface>,
-    plan: Plan,
-    ebpf: Option<ebpf::EbpfPlan>,
+    pub(crate) previous: Option<state::State>,
+    pub(crate) managed: Vec<ManagedInterface>,
+    pub(crate) plan: Plan,
+    pub(crate) ebpf: Option<ebpf::EbpfPlan>,
 }
 
 impl Pending {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.plan.is_empty() && self.ebpf.as_ref().is_none_or(|p| p.is_empty())
     }
 
     /// Every change in enipin's diff format: rules, routes, sysctls, then the datapath.
-    fn lines(&self, format: DiffFormat) -> Vec<String> {
+    pub(crate) fn lines(&self, format: DiffFormat) -> Vec<String> {
         let comment = if format == DiffFormat::Ip { "# " } else { "" };
         let rules = self.plan.changes.iter().map(|c| c.render(format));
         let datapath = self
@@ -212,7 +168,7 @@ impl Pending {
 
 /// Plans both appliers for `managed` against discovery `d`. Any failure to read what is
 /// installed is an error, never an empty plan.
-fn pending(
+pub(crate) fn pending(
     d: &Discovery,
     managed: Vec<ManagedInterface>,
     previous: Option<state::State>,
@@ -238,7 +194,7 @@ fn pending(
 
 /// Carries a plan out, all or nothing: the state file first, then rules/routes/sysctls, then the
 /// datapath; on failure everything this call did is undone and the state file restored.
-async fn commit(nl: &Netlink, p: Pending, cfg: &Config, paths: &Paths) -> Result<()> {
+pub(crate) async fn commit(nl: &Netlink, p: Pending, cfg: &Config, paths: &Paths) -> Result<()> {
     // The state goes first: the sysctl values we are about to replace must survive a crash.
     let mut st = p.previous.clone().unwrap_or_default();
     for c in &p.plan.changes {
@@ -294,227 +250,21 @@ pub struct Reconciled {
 /// and changes nothing.
 pub async fn reconcile(cfg: &Config, paths: &Paths) -> Result<Reconciled> {
     let previous = state::load(paths)?;
-    let nl = Netlink::connect()?;
-    let d = discover::discover(&nl).await?;
-    let (selection, left_out) = plan::select_named(&d, cfg, plan::Named::Present)?;
-    let (managed, idle) = match selection {
+    let s = Snapshot::select(cfg, Named::Present).await?;
+    let left_out = s.refused.iter().map(ToString::to_string).collect();
+    let (managed, idle) = match s.selection {
         Selection::Managed(m) => (m, None),
         Selection::NothingToDo(why) => (Vec::new(), Some(why)),
     };
-    let p = pending(&d, managed, previous, cfg, paths)?;
+    let (nl, d) = (&s.snapshot.nl, &s.snapshot.discovery);
+    let p = pending(d, managed, previous, cfg, paths)?;
     let changes = p.lines(DiffFormat::Text);
     let managed = p.managed.clone();
-    commit(&nl, p, cfg, paths).await?;
+    commit(nl, p, cfg, paths).await?;
     Ok(Reconciled {
         managed,
         changes,
         idle,
         left_out,
     })
-}
-
-pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffFormat) -> Result<()> {
-    // Two changers at once would each diff against a state the other is changing.
-    let _lock = if dry_run {
-        None
-    } else {
-        Some(state::lock(paths)?)
-    };
-    // A corrupt state file stops us before anything changes.
-    let previous = state::load(paths)?;
-    let nl = Netlink::connect()?;
-    let d = discover::discover(&nl).await?;
-    let managed = match plan::select(&d, cfg)? {
-        Selection::Managed(m) => m,
-        Selection::NothingToDo(why) => {
-            println!("nothing to do: {why}");
-            let (rules, routes) = plan::installed(&d);
-            if !rules.is_empty() || !routes.is_empty() {
-                println!(
-                    "note: {} rules and {} routes of an earlier attach are still installed; `enipin detach` removes them",
-                    rules.len(),
-                    routes.len()
-                );
-            }
-            return Ok(());
-        }
-    };
-    let p = pending(&d, managed, previous, cfg, paths)?;
-    print_managed(&p.managed, if format == DiffFormat::Ip { "# " } else { "" });
-    let lines = p.lines(format);
-    lines.iter().for_each(|l| println!("{l}"));
-    if dry_run {
-        println!(
-            "dry run: {} change(s) planned, nothing changed",
-            lines.len()
-        );
-        return Ok(());
-    }
-    let (n_changes, n_managed) = (lines.len(), p.managed.len());
-    if p.is_empty() {
-        println!(
-            "nothing to do: {} rules, {} routes already installed",
-            p.plan.rules_in_place, p.plan.routes_in_place
-        );
-    }
-    let empty = p.is_empty();
-    commit(&nl, p, cfg, paths).await.context("attach failed")?;
-    if !empty {
-        println!("attached: {n_changes} change(s) applied to {n_managed} interface(s)");
-    }
-    Ok(())
-}
-
-pub async fn detach(paths: &Paths) -> Result<()> {
-    let _lock = state::lock(paths)?;
-    let st = state::load(paths)?;
-    let nl = Netlink::connect()?;
-    let d = discover::discover(&nl).await?;
-    let (rules, routes) = plan::installed(&d);
-    let mut changes: Vec<Change> = rules.into_iter().map(Change::DelRule).collect();
-    changes.extend(routes.into_iter().map(Change::DelRoute));
-    for (key, old) in st.iter().flat_map(|s| &s.sysctls) {
-        // An interface that is gone took its sysctls with it.
-        if let Ok(now) = sysctl::read(key)
-            && &now != old
-        {
-            changes.push(Change::Sysctl {
-                key: key.clone(),
-                old: now,
-                new: old.clone(),
-            });
-        }
-    }
-    let pinned = paths.pin_dir.exists();
-    if changes.is_empty() && st.is_none() && !pinned {
-        println!("nothing to do: enipin has nothing installed");
-        return Ok(());
-    }
-    // Detach removes what it can and reports the rest: a half-removed state is worse to keep.
-    let mut failed = Vec::new();
-    let mut n_changes = changes.len();
-    for (c, r) in run_batched(&nl, &changes, false).await {
-        println!("{}", c.render(DiffFormat::Text));
-        if let Err(e) = r {
-            failed.push(format!("{e:#}"));
-        }
-    }
-    if pinned {
-        match ebpf::detach(paths) {
-            Ok(lines) => {
-                n_changes += lines.len();
-                lines.iter().for_each(|l| println!("{l}"));
-            }
-            Err(e) => failed.push(format!("{e:#}")),
-        }
-    }
-    if !failed.is_empty() {
-        return Err(anyhow!(
-            "detach left some things in place (state file kept): {}",
-            failed.join("; ")
-        ));
-    }
-    state::remove(paths)?;
-    println!("detached: {n_changes} change(s)");
-    Ok(())
-}
-
-pub async fn status(paths: &Paths, json: bool) -> Result<()> {
-    let st = state::load(paths)?;
-    let cfg = st
-        .as_ref()
-        .and_then(|s| s.config.clone())
-        .unwrap_or_default();
-    let nl = Netlink::connect()?;
-    let d = discover::discover(&nl).await?;
-    let managed = match plan::select(&d, &cfg)? {
-        Selection::Managed(m) => m,
-        Selection::NothingToDo(_) => Vec::new(),
-    };
-    let (rules, routes) = plan::installed(&d);
-    let drift = compute(&d, &managed, &cfg)?;
-    let (attached, tables) = if paths.pin_dir.exists() {
-        (
-            ebpf::attached(paths).context("reading the datapath attachment")?,
-            ebpf::table_summary(paths).context("reading the owner tables")?,
-        )
-    } else {
-        (Vec::new(), Default::default())
-    };
-    if json {
-        let v = serde_json::json!({
-            "attached": st.is_some(),
-            "managed": managed.iter().map(|m| {
-                let mut v = serde_json::to_value(m).expect("serialisable");
-                v["mac"] = fmt_mac(&m.mac).into();
-                v
-            }).collect::<Vec<_>>(),
-            "rules": rules,
-            "routes": routes,
-            "datapath": attached,
-            "owner_tables": tables,
-            "drift": drift.changes,
-            "sysctls_saved": st.as_ref().map(|s| &s.sysctls),
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    println!(
-        "state: {}",
-        if st.is_some() {
-            "attached"
-        } else {
-            "not attached (no state file)"
-        }
-    );
-    print_managed(&managed, "");
-    println!("rules ({}):", rules.len());
-    for r in &rules {
-        println!("  {}{}", if r.v6 { "-6 " } else { "" }, r.ip_args());
-    }
-    println!("routes ({}):", routes.len());
-    for r in &routes {
-        println!("  {}{}", if r.v6() { "-6 " } else { "" }, r.ip_args());
-    }
-    if attached.is_empty() {
-        println!("datapath: not attached");
-    }
-    for a in &attached {
-        println!("datapath: {} (ifindex {}) {}", a.name, a.ifindex, a.kind);
-    }
-    for (family, t) in [("IPv4", tables.ipv4), ("IPv6", tables.ipv6)] {
-        if let Some(t) = t {
-            println!(
-                "owner table {family}: {} address(es), {} bucket(s) spilled to the owner map",
-                t.addresses, t.spilled_buckets
-            );
-        }
-    }
-    if drift.is_empty() {
-        println!("drift: none");
-    } else {
-        let what = if st.is_some() {
-            "drift"
-        } else {
-            "not attached; attach would make"
-        };
-        println!(
-            "{what} ({} change(s) to reach the desired state):",
-            drift.changes.len()
-        );
-        for c in &drift.changes {
-            println!("  {}", c.render(DiffFormat::Text));
-        }
-    }
-    Ok(())
-}
-
-/// The state [`status`] and [`render`](crate::render) share: discovery + selection.
-pub async fn managed_now(cfg: &Config) -> Result<Vec<ManagedInterface>> {
-    let nl = Netlink::connect()?;
-    let d = discover::discover(&nl).await?;
-    match plan::select(&d, cfg)? {
-        Selection::Managed(m) => Ok(m),
-        Selection::NothingToDo(why) => Err(anyhow!("nothing to render: {why}")),
-    }
 }

@@ -1,10 +1,10 @@
 //! What the operator asked for: the command-line options that shape the desired state.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{net::IpAddr, path::PathBuf, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Prefix;
+use crate::model::Cidr;
 
 /// Default first policy-routing table. Clear of amazon-ec2-net-utils (10000 + 100*card + device),
 /// the VPC CNI (device+1, 10000+), nm-cloud-setup (30200+), cloud-init (100+) and Cilium (10+n,
@@ -57,8 +57,9 @@ pub struct Config {
     pub gateway: Option<IpAddr>,
     pub table_base: u32,
     pub priority: u32,
-    /// Prefixes delegated to interfaces: (interface name or MAC, prefix).
-    pub prefixes: Vec<(String, Prefix)>,
+    /// Prefixes delegated to interfaces: (interface name or MAC, prefix). A pair, not a
+    /// [`DelegatedPrefix`]: the state file has always held `[name, {addr, prefix_len}]`.
+    pub prefixes: Vec<(String, Cidr)>,
     pub rules: bool,
     pub ebpf: bool,
     pub sysctls: bool,
@@ -84,5 +85,82 @@ impl Default for Config {
             debug: false,
             attach: Attach::Auto,
         }
+    }
+}
+
+/// `--prefix IFACE=CIDR`: a prefix delegated to an interface (an IPv4 /28 or IPv6 /80 delegated
+/// by EC2, say), named by interface name or MAC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DelegatedPrefix {
+    pub iface: String,
+    pub prefix: Cidr,
+}
+
+impl FromStr for DelegatedPrefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (iface, cidr) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected IFACE=CIDR, e.g. eth1=198.18.0.64/28"))?;
+        if iface.is_empty() {
+            return Err(format!(
+                "{s:?}: expected IFACE=CIDR, no interface before `=`"
+            ));
+        }
+        let prefix: Cidr = cidr.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        if prefix.network() != prefix {
+            return Err(format!(
+                "{s:?}: {} has host bits set for /{} (network is {})",
+                prefix.addr,
+                prefix.prefix_len,
+                prefix.network().addr
+            ));
+        }
+        Ok(Self {
+            iface: iface.to_owned(),
+            prefix,
+        })
+    }
+}
+
+impl From<DelegatedPrefix> for (String, Cidr) {
+    fn from(p: DelegatedPrefix) -> Self {
+        (p.iface, p.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_arg() {
+        let p: DelegatedPrefix = "eth1=198.18.0.64/28".parse().unwrap();
+        assert_eq!(p.iface, "eth1");
+        assert_eq!(p.prefix, "198.18.0.64/28".parse().unwrap());
+        assert!("eth1=198.18.0.65/28".parse::<DelegatedPrefix>().is_err());
+        assert!("198.18.0.64/28".parse::<DelegatedPrefix>().is_err());
+        assert!("=198.18.0.64/28".parse::<DelegatedPrefix>().is_err());
+        assert!("eth1=198.18.0.64/33".parse::<DelegatedPrefix>().is_err());
+        assert!("eth1=2001:db8:1::/80".parse::<DelegatedPrefix>().is_ok());
+    }
+
+    /// A state file written before the CIDR type still loads: the same JSON shape.
+    #[test]
+    fn config_of_an_earlier_version_loads() {
+        let json = r#"{"interfaces":["eth1"],"gateway":null,"table_base":20000,"priority":20000,
+            "prefixes":[["eth1",{"addr":"198.18.0.64","prefix_len":28}]],"rules":true,
+            "ebpf":true,"sysctls":true,"mode":"enforce","debug":false}"#;
+        let cfg: Config = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            cfg.prefixes,
+            [("eth1".to_owned(), "198.18.0.64/28".parse().unwrap())]
+        );
+        let back = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(json).unwrap()
+        );
     }
 }

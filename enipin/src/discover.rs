@@ -9,13 +9,12 @@ use netlink_packet_route::{
     AddressFamily,
     address::{AddressAttribute, AddressFlags, AddressScope},
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType},
-    route::{RouteAttribute, RouteHeader, RouteMessage},
-    rule::RuleMessage,
 };
 
 use crate::{
-    model::{IfAddr, Interface, MacAddr},
+    model::{Cidr, Interface, MacAddr},
     netlink::{self, Netlink},
+    route::{InstalledRoute, InstalledRule, MAIN_TABLE},
 };
 
 /// A snapshot of the namespace.
@@ -24,8 +23,10 @@ pub struct Discovery {
     pub interfaces: Vec<Interface>,
     /// Default routes of the main table: (ifindex, gateway).
     pub defaults: Vec<(u32, IpAddr)>,
-    pub rules: Vec<RuleMessage>,
-    pub routes: Vec<RouteMessage>,
+    /// Every rule of both families, anyone's.
+    pub rules: Vec<InstalledRule>,
+    /// Every route of both families in every table, anyone's, with its device named.
+    pub routes: Vec<InstalledRoute>,
 }
 
 impl Discovery {
@@ -104,7 +105,7 @@ pub async fn discover(nl: &Netlink) -> Result<Discovery> {
                 continue;
             }
         }
-        iface.addrs.push(IfAddr {
+        iface.addrs.push(Cidr {
             addr: ip,
             prefix_len: msg.header.prefix_len,
         });
@@ -119,21 +120,28 @@ pub async fn discover(nl: &Netlink) -> Result<Discovery> {
         });
     }
 
-    let routes = nl.routes().await?;
-    let defaults = routes
+    let routes: Vec<InstalledRoute> = nl
+        .routes()
+        .await?
         .iter()
-        .filter(|r| netlink::route_table(r) == u32::from(RouteHeader::RT_TABLE_MAIN))
-        .filter(|r| r.header.destination_prefix_length == 0)
-        .filter_map(|r| {
-            let rt = netlink::route_from_message(r);
-            let has_gw = r
-                .attributes
+        .map(|m| {
+            let mut r = netlink::decode_route(m);
+            let oif = r.route.oif;
+            r.route.dev = interfaces
                 .iter()
-                .any(|a| matches!(a, RouteAttribute::Gateway(_)));
-            (has_gw && rt.oif != 0).then(|| (rt.oif, rt.gateway.expect("gateway")))
+                .find(|i| i.ifindex == oif)
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| format!("if{oif}"));
+            r
         })
         .collect();
-    let rules = nl.rules().await?;
+    let defaults = routes
+        .iter()
+        .map(|r| &r.route)
+        .filter(|r| r.table == MAIN_TABLE && r.dst.prefix_len == 0 && r.oif != 0)
+        .filter_map(|r| Some((r.oif, r.gateway?)))
+        .collect();
+    let rules = nl.rules().await?.iter().map(netlink::decode_rule).collect();
     Ok(Discovery {
         interfaces,
         defaults,

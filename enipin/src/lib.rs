@@ -3,9 +3,11 @@
 //! One model for every change: [`discover`] reads the kernel's state over netlink, [`plan`] turns
 //! it and the [`config::Config`] into one desired state and diffs it with what is installed,
 //! [`apply`] carries the difference out (rolling back on failure), and [`ebpf`] is the second
-//! applier, for the TC egress enforcer.
+//! applier, for the TC egress enforcer. [`snapshot`] is the connect + discover + select every
+//! command starts with; [`commands`] are `attach`, `detach` and `status`.
 
 pub mod apply;
+pub mod commands;
 pub mod config;
 pub mod discover;
 pub mod ebpf;
@@ -17,6 +19,8 @@ pub mod netlink;
 pub mod netns;
 pub mod plan;
 pub mod render;
+pub mod route;
+pub mod snapshot;
 pub mod state;
 pub mod sysctl;
 /// Public with the `testing` feature: for the lab, which lives in this crate, and for

@@ -2,7 +2,7 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use enipin::config::{self, Config, Mode, Paths};
+use enipin::config::{self, Config, DelegatedPrefix, Mode, Paths};
 
 /// Pins every reply to the network interface (ENI) that owns its source address.
 #[derive(Parser, Debug)]
@@ -38,8 +38,8 @@ struct Selection {
     #[arg(long, default_value_t = config::DEFAULT_PRIORITY)]
     priority: u32,
     /// A prefix delegated to an interface, IFACE=CIDR (repeatable).
-    #[arg(long = "prefix")]
-    prefixes: Vec<String>,
+    #[arg(long = "prefix", value_name = "IFACE=CIDR")]
+    prefixes: Vec<DelegatedPrefix>,
 }
 
 /// Which layers `attach` and `watch` install, and how the datapath behaves.
@@ -142,20 +142,15 @@ enum Command {
 }
 
 impl Selection {
-    fn into_config(self) -> Result<Config> {
-        let prefixes = self
-            .prefixes
-            .iter()
-            .map(|p| enipin::plan::parse_prefix_arg(p))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Config {
+    fn into_config(self) -> Config {
+        Config {
             interfaces: self.interfaces,
             gateway: self.gateway,
             table_base: self.table_base,
             priority: self.priority,
-            prefixes,
+            prefixes: self.prefixes.into_iter().map(Into::into).collect(),
             ..Config::default()
-        })
+        }
     }
 }
 
@@ -207,24 +202,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
             format,
         } => {
-            let cfg = layers.apply(sel.into_config()?);
-            enipin::apply::attach(&cfg, &paths, dry_run, format).await?;
+            let cfg = layers.apply(sel.into_config());
+            enipin::commands::attach(&cfg, &paths, dry_run, format).await?;
         }
         Command::Watch {
             sel,
             layers,
             interval,
         } => {
-            let cfg = layers.apply(sel.into_config()?);
+            let cfg = layers.apply(sel.into_config());
             let pacing = enipin::watch::Pacing::new(std::time::Duration::from_secs(interval));
             enipin::watch::watch(&cfg, &paths, pacing).await?;
         }
-        Command::Detach => enipin::apply::detach(&paths).await?,
-        Command::Status { json } => enipin::apply::status(&paths, json).await?,
+        Command::Detach => enipin::commands::detach(&paths).await?,
+        Command::Status { json } => enipin::commands::status(&paths, json).await?,
         Command::Stats { json } => enipin::metrics::stats(&paths, json).await?,
         Command::Metrics { listen } => enipin::metrics::metrics(&paths, listen).await?,
         Command::Render { sel, format } => {
-            let cfg = sel.into_config()?;
+            let cfg = sel.into_config();
             enipin::render::render(&cfg, format).await?;
         }
         Command::Lab { keep } => return enipin::lab::run(keep).await,

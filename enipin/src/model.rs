@@ -1,7 +1,11 @@
 //! The vocabulary every module shares: what an interface is, which addresses it owns, and the
 //! desired state enipin computes from them.
 
-use std::net::IpAddr;
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,19 +23,100 @@ pub fn fmt_mac(mac: &MacAddr) -> String {
         .join(":")
 }
 
-/// An address on an interface, with the prefix length of its subnet.
+/// An address with a prefix length: an interface's address with its subnet (`198.18.0.10/24`),
+/// a delegated prefix (EC2 prefix delegation: an IPv4 /28, an IPv6 /80; every address inside it
+/// belongs to the interface), a rule's source or a route's destination.
+///
+/// Serialised as `{"addr": .., "prefix_len": ..}`, the shape the state file has always had.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct IfAddr {
+pub struct Cidr {
     pub addr: IpAddr,
     pub prefix_len: u8,
 }
 
-/// A prefix delegated to an interface (EC2 prefix delegation: an IPv4 /28, an IPv6 /80): every
-/// address inside it belongs to the interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Prefix {
-    pub addr: IpAddr,
-    pub prefix_len: u8,
+impl Cidr {
+    /// `addr/32` or `addr/128`: the address alone.
+    pub fn host(addr: IpAddr) -> Self {
+        Self {
+            addr,
+            prefix_len: host_len(&addr),
+        }
+    }
+
+    /// The family's default route destination, `0.0.0.0/0` or `::/0`.
+    pub fn any(v6: bool) -> Self {
+        let addr = if v6 {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        Self {
+            addr,
+            prefix_len: 0,
+        }
+    }
+
+    /// The prefix length of a single address of this family: 32 or 128.
+    pub fn host_len(&self) -> u8 {
+        host_len(&self.addr)
+    }
+
+    pub fn is_ipv6(&self) -> bool {
+        self.addr.is_ipv6()
+    }
+
+    /// Same address and length with the host bits cleared (`198.18.0.0/24` for `198.18.0.77/24`).
+    pub fn network(&self) -> Self {
+        let len = u32::from(self.prefix_len);
+        let addr = match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - len.min(32)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - len.min(128)).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+            }
+        };
+        Self {
+            addr,
+            prefix_len: self.prefix_len,
+        }
+    }
+}
+
+fn host_len(addr: &IpAddr) -> u8 {
+    if addr.is_ipv4() { 32 } else { 128 }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// `ADDR/LEN`, host bits allowed (an interface's address keeps them); LEN at most 32 or 128.
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} has no /LEN"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IP address"))?;
+        let prefix_len: u8 = len
+            .parse()
+            .map_err(|_| format!("{len:?} is not a prefix length"))?;
+        if prefix_len > host_len(&addr) {
+            return Err(format!(
+                "{s:?} has a prefix length above {}",
+                host_len(&addr)
+            ));
+        }
+        Ok(Self { addr, prefix_len })
+    }
 }
 
 /// How a gateway was found: the issue asks enipin to say which.
@@ -63,7 +148,7 @@ pub struct Interface {
     /// Ethernet (ARPHRD_ETHER) and not a bridge/bond/vlan master etc.
     pub ethernet: bool,
     /// Primary and secondary IPv4, global IPv6: link-local and deprecated-tentative excluded.
-    pub addrs: Vec<IfAddr>,
+    pub addrs: Vec<Cidr>,
 }
 
 /// An interface enipin manages, with everything the appliers need.
@@ -75,9 +160,49 @@ pub struct ManagedInterface {
     pub mtu: u32,
     /// The policy routing table of this interface (IPv4 and IPv6 share the number).
     pub table: u32,
-    pub addrs: Vec<IfAddr>,
+    pub addrs: Vec<Cidr>,
     /// Delegated prefixes (`--prefix IFACE=CIDR`): owned for the datapath, routed like addresses.
-    pub prefixes: Vec<Prefix>,
+    pub prefixes: Vec<Cidr>,
     pub gateway_v4: Option<Gateway>,
     pub gateway_v6: Option<Gateway>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn networks_and_text() {
+        assert_eq!(cidr("198.18.0.77/24").network(), cidr("198.18.0.0/24"));
+        assert_eq!(cidr("2001:db8::5/64").network(), cidr("2001:db8::/64"));
+        assert_eq!(cidr("198.18.0.77/0").network(), Cidr::any(false));
+        assert_eq!(cidr("2001:db8::5/128").network(), cidr("2001:db8::5/128"));
+        assert_eq!(
+            Cidr::host("198.18.0.9".parse().unwrap()),
+            cidr("198.18.0.9/32")
+        );
+        assert_eq!(cidr("2001:db8::5/64").host_len(), 128);
+        assert_eq!(cidr("198.18.0.64/28").to_string(), "198.18.0.64/28");
+        assert!("198.18.0.64".parse::<Cidr>().is_err());
+        assert!("198.18.0.64/33".parse::<Cidr>().is_err());
+        assert!("2001:db8::/129".parse::<Cidr>().is_err());
+        assert!("eth1/24".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn serialised_as_the_state_file_has_it() {
+        let json = r#"{"addr":"198.18.0.10","prefix_len":24}"#;
+        assert_eq!(
+            serde_json::to_string(&cidr("198.18.0.10/24")).unwrap(),
+            json
+        );
+        assert_eq!(
+            serde_json::from_str::<Cidr>(json).unwrap(),
+            cidr("198.18.0.10/24")
+        );
+    }
 }

@@ -18,8 +18,8 @@ use netlink_packet_route::{
 use rtnetlink::Handle;
 
 use crate::{
-    model::RTPROT_ENIPIN,
-    plan::{Route, Rule},
+    model::{Cidr, RTPROT_ENIPIN},
+    route::{InstalledRoute, InstalledRule, Route, Rule},
 };
 
 const EPERM: i32 = 1;
@@ -160,9 +160,9 @@ fn rule_message(rule: &Rule) -> RuleMessage {
     // The table goes in FRA_TABLE (32 bits); the header's 8-bit field stays unspecified.
     m.attributes.push(RuleAttribute::Table(rule.table));
     m.attributes.push(RuleAttribute::Priority(rule.priority));
-    if let Some((addr, len)) = rule.from {
-        m.header.src_len = len;
-        m.attributes.push(RuleAttribute::Source(addr));
+    if let Some(from) = rule.from {
+        m.header.src_len = from.prefix_len;
+        m.attributes.push(RuleAttribute::Source(from.addr));
     }
     if let Some(len) = rule.suppress_prefixlen {
         m.attributes.push(RuleAttribute::SuppressPrefixLen(len));
@@ -174,7 +174,10 @@ fn rule_message(rule: &Rule) -> RuleMessage {
 
 fn route_message(route: &Route) -> RouteMessage {
     let mut m = RouteMessage::default();
-    let (dst, len) = route.dst;
+    let Cidr {
+        addr: dst,
+        prefix_len: len,
+    } = route.dst;
     m.header.address_family = family(&dst);
     m.header.destination_prefix_length = len;
     m.header.table = if route.table < 256 {
@@ -209,7 +212,7 @@ fn route_message(route: &Route) -> RouteMessage {
     m
 }
 
-pub fn rule_protocol(m: &RuleMessage) -> u8 {
+fn rule_protocol(m: &RuleMessage) -> u8 {
     m.attributes
         .iter()
         .find_map(|a| {
@@ -222,7 +225,7 @@ pub fn rule_protocol(m: &RuleMessage) -> u8 {
         .unwrap_or(0)
 }
 
-pub fn rule_table(m: &RuleMessage) -> u32 {
+fn rule_table(m: &RuleMessage) -> u32 {
     m.attributes
         .iter()
         .find_map(|a| {
@@ -235,7 +238,7 @@ pub fn rule_table(m: &RuleMessage) -> u32 {
         .unwrap_or(m.header.table as u32)
 }
 
-pub fn rule_priority(m: &RuleMessage) -> u32 {
+fn rule_priority(m: &RuleMessage) -> u32 {
     m.attributes
         .iter()
         .find_map(|a| {
@@ -248,29 +251,37 @@ pub fn rule_priority(m: &RuleMessage) -> u32 {
         .unwrap_or(0)
 }
 
-/// The parts of a dumped rule enipin models (it only ever creates "from X lookup T" and
-/// "lookup main suppress_prefixlength 0").
-pub fn rule_from_message(m: &RuleMessage) -> Rule {
+/// A dumped (or announced) rule in enipin's terms: the parts it models (it only ever creates
+/// "from X lookup T" and "lookup main suppress_prefixlength 0") and its protocol.
+pub fn decode_rule(m: &RuleMessage) -> InstalledRule {
     let mut from = None;
     let mut suppress_prefixlen = None;
     for a in &m.attributes {
         match a {
-            RuleAttribute::Source(ip) => from = Some((*ip, m.header.src_len)),
+            RuleAttribute::Source(ip) => {
+                from = Some(Cidr {
+                    addr: *ip,
+                    prefix_len: m.header.src_len,
+                })
+            }
             // The kernel reports "not set" as -1.
             RuleAttribute::SuppressPrefixLen(l) if *l != u32::MAX => suppress_prefixlen = Some(*l),
             _ => {}
         }
     }
-    Rule {
-        v6: m.header.family == AddressFamily::Inet6,
-        priority: rule_priority(m),
-        from,
-        table: rule_table(m),
-        suppress_prefixlen,
+    InstalledRule {
+        protocol: rule_protocol(m),
+        rule: Rule {
+            v6: m.header.family == AddressFamily::Inet6,
+            priority: rule_priority(m),
+            from,
+            table: rule_table(m),
+            suppress_prefixlen,
+        },
     }
 }
 
-pub fn route_table(m: &RouteMessage) -> u32 {
+fn route_table(m: &RouteMessage) -> u32 {
     m.attributes
         .iter()
         .find_map(|a| {
@@ -283,10 +294,6 @@ pub fn route_table(m: &RouteMessage) -> u32 {
         .unwrap_or(m.header.table as u32)
 }
 
-pub fn route_protocol(m: &RouteMessage) -> u8 {
-    u8::from(m.header.protocol)
-}
-
 fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
@@ -295,17 +302,17 @@ fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-/// A dumped route in enipin's terms; `dev` is filled in by the caller (it knows the links).
-pub fn route_from_message(m: &RouteMessage) -> Route {
+/// A dumped (or announced) route in enipin's terms, with its protocol; `dev` is left empty for
+/// the caller, which knows the links.
+pub fn decode_route(m: &RouteMessage) -> InstalledRoute {
     let v6 = m.header.address_family == AddressFamily::Inet6;
-    let unspecified: IpAddr = if v6 {
-        "::".parse().unwrap()
-    } else {
-        "0.0.0.0".parse().unwrap()
-    };
+    let unspecified = Cidr::any(v6).addr;
     let mut r = Route {
         table: route_table(m),
-        dst: (unspecified, m.header.destination_prefix_length),
+        dst: Cidr {
+            addr: unspecified,
+            prefix_len: m.header.destination_prefix_length,
+        },
         gateway: None,
         oif: 0,
         dev: String::new(),
@@ -315,7 +322,7 @@ pub fn route_from_message(m: &RouteMessage) -> Route {
     };
     for a in &m.attributes {
         match a {
-            RouteAttribute::Destination(d) => r.dst.0 = ip_of(d).unwrap_or(unspecified),
+            RouteAttribute::Destination(d) => r.dst.addr = ip_of(d).unwrap_or(unspecified),
             RouteAttribute::Gateway(g) => r.gateway = ip_of(g),
             RouteAttribute::Oif(i) => r.oif = *i,
             RouteAttribute::PrefSource(s) => r.src = ip_of(s),
@@ -323,5 +330,8 @@ pub fn route_from_message(m: &RouteMessage) -> Route {
             _ => {}
         }
     }
-    r
+    InstalledRoute {
+        protocol: u8::from(m.header.protocol),
+        route: r,
+    }
 }

@@ -15,8 +15,8 @@
 
 use std::{
     collections::BTreeSet,
-    fmt::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    fmt,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -25,10 +25,8 @@ use serde::Serialize;
 use crate::{
     config::Config,
     discover::Discovery,
-    model::{
-        Gateway, GatewaySource, IfAddr, Interface, ManagedInterface, Prefix, RTPROT_ENIPIN, fmt_mac,
-    },
-    netlink,
+    model::{Cidr, Gateway, GatewaySource, Interface, ManagedInterface, RTPROT_ENIPIN, fmt_mac},
+    route::{MAIN_TABLE, Route, Rule, V6_METRIC},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -37,83 +35,6 @@ pub enum DiffFormat {
     Text,
     /// The equivalent iproute2 / sysctl commands.
     Ip,
-}
-
-const MAIN_TABLE: u32 = 254;
-/// The kernel's default metric of IPv6 routes: a dumped v6 route always carries it.
-const V6_METRIC: u32 = 1024;
-
-/// A policy rule as enipin creates them (action: lookup `table`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct Rule {
-    pub v6: bool,
-    pub priority: u32,
-    pub from: Option<(IpAddr, u8)>,
-    pub table: u32,
-    pub suppress_prefixlen: Option<u32>,
-}
-
-impl Rule {
-    /// `from 198.18.0.10/32 lookup 20003 suppress_prefixlength 0 pref 20000 proto 229`
-    pub fn ip_args(&self) -> String {
-        let mut s = String::new();
-        if let Some((a, l)) = self.from {
-            let _ = write!(s, "from {a}/{l} ");
-        }
-        let table = if self.table == MAIN_TABLE {
-            "main".to_owned()
-        } else {
-            self.table.to_string()
-        };
-        let _ = write!(s, "lookup {table} ");
-        if let Some(l) = self.suppress_prefixlen {
-            let _ = write!(s, "suppress_prefixlength {l} ");
-        }
-        let _ = write!(s, "pref {} proto {RTPROT_ENIPIN}", self.priority);
-        s
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct Route {
-    pub table: u32,
-    pub dst: (IpAddr, u8),
-    pub gateway: Option<IpAddr>,
-    pub oif: u32,
-    pub dev: String,
-    pub src: Option<IpAddr>,
-    pub scope_link: bool,
-    pub metric: u32,
-}
-
-impl Route {
-    pub fn v6(&self) -> bool {
-        self.dst.0.is_ipv6()
-    }
-
-    /// `198.18.0.0/24 dev eth0 scope link src 198.18.0.10 table 20003 proto 229`
-    pub fn ip_args(&self) -> String {
-        let mut s = if self.dst.1 == 0 {
-            "default".to_owned()
-        } else {
-            format!("{}/{}", self.dst.0, self.dst.1)
-        };
-        if let Some(gw) = self.gateway {
-            let _ = write!(s, " via {gw}");
-        }
-        let _ = write!(s, " dev {}", self.dev);
-        if self.scope_link {
-            s.push_str(" scope link");
-        }
-        if let Some(src) = self.src {
-            let _ = write!(s, " src {src}");
-        }
-        if self.metric != 0 && !(self.v6() && self.metric == V6_METRIC) {
-            let _ = write!(s, " metric {}", self.metric);
-        }
-        let _ = write!(s, " table {} proto {RTPROT_ENIPIN}", self.table);
-        s
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -197,124 +118,177 @@ impl Plan {
 }
 
 /// The managed interfaces, or why there is nothing to manage.
+#[derive(Debug)]
 pub enum Selection {
     Managed(Vec<ManagedInterface>),
     NothingToDo(String),
 }
 
-/// The network of `addr/len`.
-pub fn network(addr: IpAddr, len: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let mask = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(len.min(32)))
-            };
-            IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
-        }
-        IpAddr::V6(a) => {
-            let mask = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(len.min(128)))
-            };
-            IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+/// An interface named in `--interfaces` that cannot be managed now. `attach` makes it an error
+/// (it must not quietly manage less than the operator named); `enipin watch` a note, leaving it
+/// out while an ENI is detached and taking it back when it returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No interface of this name or MAC; `known` lists what there is, as `name (mac)`.
+    Unknown {
+        selector: String,
+        known: Vec<String>,
+    },
+    Down {
+        selector: String,
+        name: String,
+    },
+    NoAddress {
+        selector: String,
+        name: String,
+    },
+}
+
+impl Refusal {
+    /// The `--interfaces` entry refused.
+    pub fn selector(&self) -> &str {
+        match self {
+            Refusal::Unknown { selector, .. }
+            | Refusal::Down { selector, .. }
+            | Refusal::NoAddress { selector, .. } => selector,
         }
     }
 }
 
-fn same_subnet(a: &IfAddr, b: &IfAddr) -> bool {
-    a.prefix_len == b.prefix_len
-        && a.addr.is_ipv4() == b.addr.is_ipv4()
-        && network(a.addr, a.prefix_len) == network(b.addr, b.prefix_len)
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Unknown { selector, known } => write!(
+                f,
+                "unknown interface {selector:?}: not a name or MAC of this namespace (have: {})",
+                known.join(", ")
+            ),
+            Refusal::Down { name, .. } => write!(
+                f,
+                "interface {name} is down: bring it up (ip link set {name} up) or leave it out of --interfaces"
+            ),
+            Refusal::NoAddress { name, .. } => write!(
+                f,
+                "interface {name} has no IPv4 or global IPv6 address: nothing to pin to it"
+            ),
+        }
+    }
 }
 
-fn host_len(addr: &IpAddr) -> u8 {
-    if addr.is_ipv4() { 32 } else { 128 }
-}
+impl std::error::Error for Refusal {}
 
 /// `--interfaces` entries match a name or a MAC (any case).
 fn matches(iface: &Interface, sel: &str) -> bool {
     iface.name == sel || fmt_mac(&iface.mac).eq_ignore_ascii_case(sel)
 }
 
-/// Chooses the managed interfaces and everything the appliers need about them.
-pub fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
-    select_named(d, cfg, Named::Strict).map(|(s, _)| s)
+/// The first step of a selection: the candidate interfaces, and the named ones refused.
+pub struct Chosen<'d> {
+    pub interfaces: Vec<&'d Interface>,
+    pub refused: Vec<Refusal>,
 }
 
-/// What a selection does with an interface named in `--interfaces` that is missing, down or
-/// without an address.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Named {
-    /// An error: `attach` must not quietly manage less than the operator named.
-    Strict,
-    /// Left out, with a note: `enipin watch` keeps managing the rest while an ENI is detached
-    /// (and takes it back when it returns) instead of freezing on the error.
-    Present,
-}
-
-/// [`select`], and the notes on named interfaces left out (always empty with `Named::Strict`).
-pub fn select_named(d: &Discovery, cfg: &Config, named: Named) -> Result<(Selection, Vec<String>)> {
-    let mut notes = Vec::new();
-    let mut left_out: Vec<&str> = Vec::new();
-    // Strict: the error; Present: the note, and the next selector.
-    macro_rules! refuse {
-        ($sel:expr, $($fmt:tt)+) => {{
-            let msg = format!($($fmt)+);
-            if named == Named::Strict {
-                bail!(msg);
-            }
-            notes.push(msg);
-            left_out.push($sel);
-            continue;
-        }};
-    }
-    // Which interfaces: the named ones, else every up Ethernet one with addresses.
-    let mut chosen: Vec<&Interface> = Vec::new();
+/// Which interfaces: the named ones (refusing those missing, down or without an address), else
+/// every up Ethernet one with addresses.
+pub fn choose<'d>(d: &'d Discovery, cfg: &Config) -> Chosen<'d> {
+    let mut chosen = Chosen {
+        interfaces: Vec::new(),
+        refused: Vec::new(),
+    };
     if cfg.interfaces.is_empty() {
-        chosen.extend(
+        chosen.interfaces.extend(
             d.interfaces
                 .iter()
                 .filter(|i| i.ethernet && i.up && !i.addrs.is_empty()),
         );
-    } else {
-        for sel in &cfg.interfaces {
-            let Some(iface) = d.interfaces.iter().find(|i| matches(i, sel)) else {
-                let known: Vec<_> = d
-                    .interfaces
-                    .iter()
-                    .map(|i| format!("{} ({})", i.name, fmt_mac(&i.mac)))
-                    .collect();
-                refuse!(
-                    sel,
-                    "unknown interface {sel:?}: not a name or MAC of this namespace (have: {})",
-                    known.join(", ")
-                );
-            };
-            if !iface.up {
-                refuse!(
-                    sel,
-                    "interface {} is down: bring it up (ip link set {} up) or leave it out of --interfaces",
-                    iface.name,
-                    iface.name
-                );
+        return chosen;
+    }
+    for sel in &cfg.interfaces {
+        match named(d, sel) {
+            Ok(iface) => {
+                if !chosen.interfaces.iter().any(|c| c.ifindex == iface.ifindex) {
+                    chosen.interfaces.push(iface);
+                }
             }
-            if iface.addrs.is_empty() {
-                refuse!(
-                    sel,
-                    "interface {} has no IPv4 or global IPv6 address: nothing to pin to it",
-                    iface.name
-                );
-            }
-            if !chosen.iter().any(|c| c.ifindex == iface.ifindex) {
-                chosen.push(iface);
-            }
+            Err(r) => chosen.refused.push(r),
         }
     }
+    chosen
+}
 
-    // One address on two interfaces: no way to say which one owns it.
+/// The interface `sel` names, if it can be managed.
+fn named<'d>(d: &'d Discovery, sel: &str) -> Result<&'d Interface, Refusal> {
+    let selector = sel.to_owned();
+    let Some(iface) = d.interfaces.iter().find(|i| matches(i, sel)) else {
+        let known = d
+            .interfaces
+            .iter()
+            .map(|i| format!("{} ({})", i.name, fmt_mac(&i.mac)))
+            .collect();
+        return Err(Refusal::Unknown { selector, known });
+    };
+    let name = iface.name.clone();
+    if !iface.up {
+        return Err(Refusal::Down { selector, name });
+    }
+    if iface.addrs.is_empty() {
+        return Err(Refusal::NoAddress { selector, name });
+    }
+    Ok(iface)
+}
+
+/// Chooses the managed interfaces and everything the appliers need about them; any refusal is
+/// an error (what `attach` needs).
+pub fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
+    let chosen = choose(d, cfg);
+    if let Some(r) = chosen.refused.first() {
+        return Err(r.clone().into());
+    }
+    select_named(d, cfg, chosen).map(|(s, _)| s)
+}
+
+/// The rest of a selection after [`choose`], with the refused interfaces left out: returns
+/// them for the caller to report. Errors are what no selection can fix: one address on two
+/// interfaces, a `--prefix` on an unmanaged interface, numbers out of range.
+pub fn select_named(
+    d: &Discovery,
+    cfg: &Config,
+    chosen: Chosen<'_>,
+) -> Result<(Selection, Vec<Refusal>)> {
+    let Chosen {
+        interfaces,
+        refused,
+    } = chosen;
+    check_one_owner(d, &interfaces)?;
+    let chosen = needing_pins(d, cfg, interfaces);
+    if chosen.is_empty() || !chosen.iter().any(|i| shares_subnet(d, i)) {
+        let names: Vec<_> = chosen.iter().map(|i| i.name.as_str()).collect();
+        let why = format!(
+            "no interface shares a subnet with another one{}: replies already leave by the right interface",
+            if names.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", names.join(", "))
+            }
+        );
+        return Ok((Selection::NothingToDo(why), refused));
+    }
+    check_prefixes(cfg, &chosen, &refused)?;
+    cfg.priority.checked_add(2).with_context(|| {
+        format!(
+            "--priority {} is too large (P+2 must fit 32 bits)",
+            cfg.priority
+        )
+    })?;
+    let managed = chosen
+        .into_iter()
+        .map(|i| manage(d, cfg, i))
+        .collect::<Result<_>>()?;
+    Ok((Selection::Managed(managed), refused))
+}
+
+/// One address on two interfaces: no way to say which one owns it.
+fn check_one_owner(d: &Discovery, chosen: &[&Interface]) -> Result<()> {
     for (n, a) in d.interfaces.iter().enumerate() {
         for b in &d.interfaces[n + 1..] {
             if !chosen
@@ -337,121 +311,107 @@ pub fn select_named(d: &Discovery, cfg: &Config, named: Named) -> Result<(Select
             }
         }
     }
+    Ok(())
+}
 
-    // Only interfaces that share a subnet with another one need pinning: alone in its subnet, an
-    // interface's replies already leave by it.
-    let peers = d.interfaces.iter().filter(|i| i.ethernet && i.up);
-    let peers: Vec<&Interface> = peers.collect();
-    let shares = |i: &Interface| {
-        peers.iter().any(|p| {
-            p.ifindex != i.ifindex
-                && p.addrs
-                    .iter()
-                    .any(|b| i.addrs.iter().any(|a| same_subnet(a, b)))
+/// Whether `i` shares a subnet with another up Ethernet interface. Alone in its subnet, an
+/// interface's replies already leave by it.
+fn shares_subnet(d: &Discovery, i: &Interface) -> bool {
+    d.interfaces
+        .iter()
+        .filter(|p| p.ethernet && p.up && p.ifindex != i.ifindex)
+        .any(|p| {
+            p.addrs
+                .iter()
+                .any(|b| i.addrs.iter().any(|a| a.network() == b.network()))
         })
-    };
-    let chosen: Vec<&Interface> = if cfg.interfaces.is_empty() {
-        chosen.into_iter().filter(|i| shares(i)).collect()
+}
+
+/// Only interfaces that share a subnet need pinning; named ones are kept as named.
+fn needing_pins<'d>(d: &Discovery, cfg: &Config, chosen: Vec<&'d Interface>) -> Vec<&'d Interface> {
+    if cfg.interfaces.is_empty() {
+        chosen.into_iter().filter(|i| shares_subnet(d, i)).collect()
     } else {
         chosen
-    };
-    if chosen.is_empty() || !chosen.iter().any(|i| shares(i)) {
-        let names: Vec<_> = chosen.iter().map(|i| i.name.as_str()).collect();
-        return Ok((
-            Selection::NothingToDo(format!(
-                "no interface shares a subnet with another one{}: replies already leave by the right interface",
-                if names.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", names.join(", "))
-                }
-            )),
-            notes,
-        ));
     }
+}
 
-    // Prefixes name managed interfaces.
+/// Prefixes name managed interfaces (or refused ones, which are said so already).
+fn check_prefixes(cfg: &Config, chosen: &[&Interface], refused: &[Refusal]) -> Result<()> {
     for (sel, p) in &cfg.prefixes {
-        if !chosen.iter().any(|i| matches(i, sel)) {
-            if left_out.contains(&sel.as_str()) {
-                continue; // its interface is left out, and said so
-            }
-            bail!(
-                "--prefix {sel}={}/{}: {sel} is not a managed interface",
-                p.addr,
-                p.prefix_len
-            );
+        let managed = chosen.iter().any(|i| matches(i, sel));
+        let left_out = refused.iter().any(|r| r.selector() == sel);
+        if !managed && !left_out {
+            bail!("--prefix {sel}={p}: {sel} is not a managed interface");
         }
     }
-    cfg.priority.checked_add(2).with_context(|| {
-        format!(
-            "--priority {} is too large (P+2 must fit 32 bits)",
-            cfg.priority
-        )
-    })?;
+    Ok(())
+}
 
-    let mut managed = Vec::new();
-    for i in chosen {
-        let table = cfg
-            .table_base
-            .checked_add(i.ifindex)
-            .filter(|t| !matches!(t, 0 | 253..=255))
-            .with_context(|| {
-                format!(
-                    "--table-base {} + ifindex {} of {} gives no usable table (overflow, 0 or 253-255 are reserved): choose another --table-base",
-                    cfg.table_base, i.ifindex, i.name
-                )
-            })?;
-        let gw = |v6: bool| -> Option<Gateway> {
-            if let Some(g) = cfg.gateway.filter(|g| g.is_ipv6() == v6) {
-                return Some(Gateway {
-                    addr: g,
-                    source: GatewaySource::Configured,
-                });
-            }
-            if let Some((_, g)) = d
-                .defaults
-                .iter()
-                .find(|(ix, g)| *ix == i.ifindex && g.is_ipv6() == v6)
-            {
-                return Some(Gateway {
-                    addr: *g,
-                    source: GatewaySource::MainTable,
-                });
-            }
-            if v6 {
-                return None; // IPv6: the router advertises itself; without one, subnet route only.
-            }
-            let a = i
-                .addrs
-                .iter()
-                .find(|a| a.addr.is_ipv4() && a.prefix_len <= 30)?;
-            let IpAddr::V4(net) = network(a.addr, a.prefix_len) else {
-                unreachable!()
-            };
-            Some(Gateway {
-                addr: IpAddr::V4(Ipv4Addr::from(u32::from(net) + 1)),
-                source: GatewaySource::SubnetFirstHost,
-            })
-        };
-        managed.push(ManagedInterface {
-            ifindex: i.ifindex,
-            name: i.name.clone(),
-            mac: i.mac,
-            mtu: i.mtu,
-            table,
-            addrs: i.addrs.clone(),
-            prefixes: cfg
-                .prefixes
-                .iter()
-                .filter(|(s, _)| matches(i, s))
-                .map(|(_, p)| *p)
-                .collect(),
-            gateway_v4: gw(false),
-            gateway_v6: gw(true),
+/// Everything the appliers need about one managed interface.
+fn manage(d: &Discovery, cfg: &Config, i: &Interface) -> Result<ManagedInterface> {
+    let table = cfg
+        .table_base
+        .checked_add(i.ifindex)
+        .filter(|t| !matches!(t, 0 | 253..=255))
+        .with_context(|| {
+            format!(
+                "--table-base {} + ifindex {} of {} gives no usable table (overflow, 0 or 253-255 are reserved): choose another --table-base",
+                cfg.table_base, i.ifindex, i.name
+            )
+        })?;
+    Ok(ManagedInterface {
+        ifindex: i.ifindex,
+        name: i.name.clone(),
+        mac: i.mac,
+        mtu: i.mtu,
+        table,
+        addrs: i.addrs.clone(),
+        prefixes: cfg
+            .prefixes
+            .iter()
+            .filter(|(s, _)| matches(i, s))
+            .map(|(_, p)| *p)
+            .collect(),
+        gateway_v4: gateway(d, cfg, i, false),
+        gateway_v6: gateway(d, cfg, i, true),
+    })
+}
+
+/// `--gateway`, else the main table's default route through `i`, else (IPv4) the subnet's
+/// first host.
+fn gateway(d: &Discovery, cfg: &Config, i: &Interface, v6: bool) -> Option<Gateway> {
+    if let Some(g) = cfg.gateway.filter(|g| g.is_ipv6() == v6) {
+        return Some(Gateway {
+            addr: g,
+            source: GatewaySource::Configured,
         });
     }
-    Ok((Selection::Managed(managed), notes))
+    if let Some((_, g)) = d
+        .defaults
+        .iter()
+        .find(|(ix, g)| *ix == i.ifindex && g.is_ipv6() == v6)
+    {
+        return Some(Gateway {
+            addr: *g,
+            source: GatewaySource::MainTable,
+        });
+    }
+    if v6 {
+        return None; // IPv6: the router advertises itself; without one, subnet route only.
+    }
+    // A /31 or /32 has no first host to spare.
+    let a = i
+        .addrs
+        .iter()
+        .find(|a| a.addr.is_ipv4() && a.prefix_len <= 30)?;
+    let IpAddr::V4(net) = a.network().addr else {
+        unreachable!("an IPv4 address has an IPv4 network")
+    };
+    Some(Gateway {
+        addr: IpAddr::V4(Ipv4Addr::from(u32::from(net) + 1)),
+        source: GatewaySource::SubnetFirstHost,
+    })
 }
 
 /// The rules and routes the managed interfaces need (see the module doc for the layout).
@@ -461,33 +421,33 @@ pub fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>, Vec<Ro
     let mut routes = Vec::new();
     let mut families = BTreeSet::new();
     for m in managed {
-        let sources = m.addrs.iter().map(|a| (a.addr, host_len(&a.addr))).chain(
-            m.prefixes
-                .iter()
-                .map(|p| (network(p.addr, p.prefix_len), p.prefix_len)),
-        );
-        for (addr, len) in sources {
-            let v6 = addr.is_ipv6();
+        let sources = m
+            .addrs
+            .iter()
+            .map(|a| Cidr::host(a.addr))
+            .chain(m.prefixes.iter().map(Cidr::network));
+        for from in sources {
+            let v6 = from.is_ipv6();
             families.insert(v6);
             rules.push(Rule {
                 v6,
                 priority: p,
-                from: Some((addr, len)),
+                from: Some(from),
                 table: m.table,
                 suppress_prefixlen: Some(0),
             });
             rules.push(Rule {
                 v6,
                 priority: p + 2,
-                from: Some((addr, len)),
+                from: Some(from),
                 table: m.table,
                 suppress_prefixlen: None,
             });
         }
         let mut subnets = BTreeSet::new();
         for a in &m.addrs {
-            let net = (network(a.addr, a.prefix_len), a.prefix_len);
-            if a.prefix_len == host_len(&a.addr) || !subnets.insert(net) {
+            let net = a.network();
+            if a.prefix_len == a.host_len() || !subnets.insert(net) {
                 continue; // a host address has no subnet; the first address of a subnet is its src
             }
             let v6 = a.addr.is_ipv6();
@@ -507,14 +467,9 @@ pub fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>, Vec<Ro
             if !m.addrs.iter().any(|a| a.addr.is_ipv6() == v6) {
                 continue; // no source of this family on the interface
             }
-            let any: IpAddr = if v6 {
-                Ipv6Addr::UNSPECIFIED.into()
-            } else {
-                Ipv4Addr::UNSPECIFIED.into()
-            };
             routes.push(Route {
                 table: m.table,
-                dst: (any, 0),
+                dst: Cidr::any(v6),
                 gateway: Some(gw.addr),
                 oif: m.ifindex,
                 dev: m.name.clone(),
@@ -542,21 +497,14 @@ pub fn installed(d: &Discovery) -> (Vec<Rule>, Vec<Route>) {
     let rules = d
         .rules
         .iter()
-        .filter(|r| netlink::rule_protocol(r) == RTPROT_ENIPIN)
-        .map(netlink::rule_from_message)
+        .filter(|r| r.is_enipin())
+        .map(|r| r.rule.clone())
         .collect();
     let routes = d
         .routes
         .iter()
-        .filter(|r| netlink::route_protocol(r) == RTPROT_ENIPIN)
-        .map(|r| {
-            let mut rt = netlink::route_from_message(r);
-            rt.dev = d
-                .by_index(rt.oif)
-                .map(|i| i.name.clone())
-                .unwrap_or_else(|| format!("if{}", rt.oif));
-            rt
-        })
+        .filter(|r| r.is_enipin())
+        .map(|r| r.route.clone())
         .collect();
     (rules, routes)
 }
@@ -566,40 +514,30 @@ pub fn installed(d: &Discovery) -> (Vec<Rule>, Vec<Route>) {
 pub fn check_conflicts(d: &Discovery, managed: &[ManagedInterface], cfg: &Config) -> Result<()> {
     let tables: BTreeSet<u32> = managed.iter().map(|m| m.table).collect();
     let prios = cfg.priority..=cfg.priority + 2;
-    for r in d
-        .rules
-        .iter()
-        .filter(|r| netlink::rule_protocol(r) != RTPROT_ENIPIN)
-    {
-        let (prio, table) = (netlink::rule_priority(r), netlink::rule_table(r));
+    for r in d.rules.iter().filter(|r| !r.is_enipin()) {
+        let (prio, table) = (r.rule.priority, r.rule.table);
         if prios.contains(&prio) || tables.contains(&table) {
-            let rule = netlink::rule_from_message(r);
             bail!(
                 "rule `{}` (protocol {}) is not enipin's but uses priority {prio} / table {table}, which enipin \
                  needs (priorities {}-{}, tables {:?}); nothing was changed. Choose another --priority or --table-base",
-                rule.ip_args()
+                r.rule
+                    .ip_args()
                     .replace(&format!(" proto {RTPROT_ENIPIN}"), ""),
-                netlink::rule_protocol(r),
+                r.protocol,
                 cfg.priority,
                 cfg.priority + 2,
                 tables
             );
         }
     }
-    for r in d
-        .routes
-        .iter()
-        .filter(|r| netlink::route_protocol(r) != RTPROT_ENIPIN)
-    {
-        let table = netlink::route_table(r);
+    for r in d.routes.iter().filter(|r| !r.is_enipin()) {
+        let table = r.route.table;
         if tables.contains(&table) {
-            let rt = netlink::route_from_message(r);
             bail!(
-                "table {table} holds a route that is not enipin's ({}/{} protocol {}); nothing was changed. \
+                "table {table} holds a route that is not enipin's ({} protocol {}); nothing was changed. \
                  Choose another --table-base",
-                rt.dst.0,
-                rt.dst.1,
-                netlink::route_protocol(r)
+                r.route.dst,
+                r.protocol
             );
         }
     }
@@ -656,55 +594,10 @@ pub fn diff(
     plan
 }
 
-/// Parses `IFACE=CIDR` from `--prefix` (an IPv4 /28 or IPv6 /80 delegated by EC2, say).
-pub fn parse_prefix_arg(s: &str) -> Result<(String, Prefix)> {
-    let (iface, cidr) = s.split_once('=').with_context(|| {
-        format!("--prefix {s:?}: expected IFACE=CIDR, e.g. eth1=198.18.0.64/28")
-    })?;
-    let (addr, len) = cidr
-        .split_once('/')
-        .with_context(|| format!("--prefix {s:?}: {cidr:?} has no /LEN"))?;
-    let addr: IpAddr = addr
-        .parse()
-        .with_context(|| format!("--prefix {s:?}: {addr:?} is not an IP address"))?;
-    let prefix_len: u8 = len
-        .parse()
-        .with_context(|| format!("--prefix {s:?}: {len:?} is not a prefix length"))?;
-    if iface.is_empty() || prefix_len > host_len(&addr) {
-        bail!(
-            "--prefix {s:?}: expected IFACE=CIDR with a prefix length of at most {}",
-            host_len(&addr)
-        );
-    }
-    if network(addr, prefix_len) != addr {
-        bail!(
-            "--prefix {s:?}: {addr} has host bits set for /{prefix_len} (network is {})",
-            network(addr, prefix_len)
-        );
-    }
-    Ok((iface.to_owned(), Prefix { addr, prefix_len }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_arg() {
-        let (i, p) = parse_prefix_arg("eth1=198.18.0.64/28").unwrap();
-        assert_eq!(i, "eth1");
-        assert_eq!(
-            p,
-            Prefix {
-                addr: "198.18.0.64".parse().unwrap(),
-                prefix_len: 28
-            }
-        );
-        assert!(parse_prefix_arg("eth1=198.18.0.65/28").is_err());
-        assert!(parse_prefix_arg("198.18.0.64/28").is_err());
-        assert!(parse_prefix_arg("eth1=198.18.0.64/33").is_err());
-        assert!(parse_prefix_arg("eth1=2001:db8:1::/80").is_ok());
-    }
+    use crate::route::{InstalledRoute, InstalledRule};
 
     fn eni(ifindex: u32, addrs: &[&str]) -> ManagedInterface {
         ManagedInterface {
@@ -713,16 +606,7 @@ mod tests {
             mac: [2, 0, 0, 0, 0, ifindex as u8],
             mtu: 1500,
             table: 20000 + ifindex,
-            addrs: addrs
-                .iter()
-                .map(|a| {
-                    let (a, l) = a.split_once('/').unwrap();
-                    IfAddr {
-                        addr: a.parse().unwrap(),
-                        prefix_len: l.parse().unwrap(),
-                    }
-                })
-                .collect(),
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             prefixes: Vec::new(),
             gateway_v4: Some(Gateway {
                 addr: "198.18.0.1".parse().unwrap(),
@@ -823,15 +707,273 @@ mod tests {
         );
     }
 
+    fn iface(ifindex: u32, addrs: &[&str]) -> Interface {
+        Interface {
+            ifindex,
+            name: format!("eth{ifindex}"),
+            mac: [2, 0, 0, 0, 0, ifindex as u8],
+            mtu: 1500,
+            up: true,
+            ethernet: true,
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
+    /// lo, eth1 and eth2 in one subnet, eth3 alone in another, eth4 down in the first one,
+    /// eth5 without addresses; the main table's default route leaves by eth1.
+    fn namespace() -> Discovery {
+        let mut lo = iface(0, &["127.0.0.1/8"]);
+        (lo.name, lo.ethernet) = ("lo".into(), false);
+        let mut down = iface(4, &["198.18.0.14/24"]);
+        down.up = false;
+        Discovery {
+            interfaces: vec![
+                lo,
+                iface(1, &["198.18.0.10/24", "2001:db8::10/64"]),
+                iface(2, &["198.18.0.11/24"]),
+                iface(3, &["198.18.1.9/24"]),
+                down,
+                iface(5, &[]),
+            ],
+            defaults: vec![
+                (1, "198.18.0.254".parse().unwrap()),
+                (1, "2001:db8::1".parse().unwrap()),
+            ],
+            rules: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    fn managed(s: Selection) -> Vec<ManagedInterface> {
+        match s {
+            Selection::Managed(m) => m,
+            Selection::NothingToDo(why) => panic!("nothing to do: {why}"),
+        }
+    }
+
+    fn named_cfg(names: &[&str]) -> Config {
+        Config {
+            interfaces: names.iter().map(|n| n.to_string()).collect(),
+            ..Config::default()
+        }
+    }
+
     #[test]
-    fn networks() {
+    fn selects_the_interfaces_sharing_a_subnet_with_their_gateways() {
+        let d = namespace();
+        let m = managed(select(&d, &Config::default()).unwrap());
+        let names: Vec<_> = m.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["eth1", "eth2"]);
+        assert_eq!((m[0].table, m[1].table), (20001, 20002));
+        let gw = |g: Option<Gateway>| g.map(|g| (g.addr.to_string(), g.source));
         assert_eq!(
-            network("198.18.0.77".parse().unwrap(), 24),
-            "198.18.0.0".parse::<IpAddr>().unwrap()
+            gw(m[0].gateway_v4),
+            Some(("198.18.0.254".into(), GatewaySource::MainTable))
         );
         assert_eq!(
-            network("2001:db8::5".parse().unwrap(), 64),
-            "2001:db8::".parse::<IpAddr>().unwrap()
+            gw(m[0].gateway_v6),
+            Some(("2001:db8::1".into(), GatewaySource::MainTable))
         );
+        assert_eq!(
+            gw(m[1].gateway_v4),
+            Some(("198.18.0.1".into(), GatewaySource::SubnetFirstHost))
+        );
+        assert_eq!(gw(m[1].gateway_v6), None);
+
+        let cfg = Config {
+            gateway: Some("198.18.0.2".parse().unwrap()),
+            ..Config::default()
+        };
+        let m = managed(select(&d, &cfg).unwrap());
+        assert_eq!(
+            gw(m[1].gateway_v4),
+            Some(("198.18.0.2".into(), GatewaySource::Configured))
+        );
+    }
+
+    #[test]
+    fn alone_in_its_subnet_is_nothing_to_do() {
+        let d = namespace();
+        let Selection::NothingToDo(why) = select(&d, &named_cfg(&["eth3"])).unwrap() else {
+            panic!("eth3 is alone in its subnet");
+        };
+        assert_eq!(
+            why,
+            "no interface shares a subnet with another one (eth3): replies already leave by the right interface"
+        );
+    }
+
+    #[test]
+    fn named_interfaces_by_name_or_mac_and_refusals() {
+        let d = namespace();
+        let m = managed(select(&d, &named_cfg(&["02:00:00:00:00:02", "eth1", "eth2"])).unwrap());
+        let names: Vec<_> = m.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["eth2", "eth1"], "in the order named, once each");
+
+        let cfg = Config {
+            prefixes: vec![
+                ("eth1".into(), "198.18.0.64/28".parse().unwrap()),
+                ("eth4".into(), "198.18.0.80/28".parse().unwrap()),
+            ],
+            ..named_cfg(&["eth1", "eth7", "eth4", "eth5", "eth2"])
+        };
+        let chosen = choose(&d, &cfg);
+        assert_eq!(
+            chosen.refused,
+            [
+                Refusal::Unknown {
+                    selector: "eth7".into(),
+                    known: (0..6)
+                        .map(|i| {
+                            let name = if i == 0 {
+                                "lo".into()
+                            } else {
+                                format!("eth{i}")
+                            };
+                            format!("{name} (02:00:00:00:00:0{i})")
+                        })
+                        .collect(),
+                },
+                Refusal::Down {
+                    selector: "eth4".into(),
+                    name: "eth4".into()
+                },
+                Refusal::NoAddress {
+                    selector: "eth5".into(),
+                    name: "eth5".into()
+                },
+            ]
+        );
+        let e = select(&d, &cfg).unwrap_err().to_string();
+        assert!(
+            e.starts_with("unknown interface \"eth7\": not a name or MAC"),
+            "{e}"
+        );
+        assert_eq!(
+            chosen.refused[1].to_string(),
+            "interface eth4 is down: bring it up (ip link set eth4 up) or leave it out of --interfaces"
+        );
+        assert_eq!(
+            chosen.refused[2].to_string(),
+            "interface eth5 has no IPv4 or global IPv6 address: nothing to pin to it"
+        );
+
+        // Left out, not an error; the prefix of a left-out interface waits for it.
+        let (selection, refused) = select_named(&d, &cfg, chosen).unwrap();
+        assert_eq!(refused.len(), 3);
+        let m = managed(selection);
+        let names: Vec<_> = m.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["eth1", "eth2"]);
+        assert_eq!(m[0].prefixes, ["198.18.0.64/28".parse().unwrap()]);
+        assert!(m[1].prefixes.is_empty());
+    }
+
+    #[test]
+    fn selection_errors() {
+        let mut d = namespace();
+        let cfg = Config {
+            prefixes: vec![("eth3".into(), "198.18.1.64/28".parse().unwrap())],
+            ..Config::default()
+        };
+        let e = select(&d, &cfg).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "--prefix eth3=198.18.1.64/28: eth3 is not a managed interface"
+        );
+        let cfg = Config {
+            priority: u32::MAX - 1,
+            ..Config::default()
+        };
+        assert!(select(&d, &cfg).is_err());
+        let cfg = Config {
+            table_base: 253,
+            ..Config::default()
+        };
+        let e = select(&d, &cfg).unwrap_err().to_string();
+        assert!(e.starts_with("--table-base 253 + ifindex 1 of eth1"), "{e}");
+
+        d.interfaces[3]
+            .addrs
+            .push("198.18.0.11/24".parse().unwrap());
+        let e = select(&d, &Config::default()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "address 198.18.0.11 is on both eth2 and eth3: an address must belong to one interface; remove one"
+        );
+    }
+
+    fn foreign_rule(priority: u32, table: u32) -> InstalledRule {
+        InstalledRule {
+            protocol: 4, // RTPROT_STATIC
+            rule: Rule {
+                v6: false,
+                priority,
+                from: None,
+                table,
+                suppress_prefixlen: None,
+            },
+        }
+    }
+
+    #[test]
+    fn conflicts_with_other_tools_rules_and_routes() {
+        let mut d = namespace();
+        let cfg = Config::default();
+        let m = managed(select(&d, &cfg).unwrap());
+        let (rules, routes) = desired(&m, &cfg);
+        // enipin's own rules and routes, and others' elsewhere, are no conflict.
+        d.rules.extend(rules.iter().map(|r| InstalledRule {
+            protocol: RTPROT_ENIPIN,
+            rule: r.clone(),
+        }));
+        d.rules.push(foreign_rule(32766, MAIN_TABLE));
+        d.routes.extend(routes.iter().map(|r| InstalledRoute {
+            protocol: RTPROT_ENIPIN,
+            route: r.clone(),
+        }));
+        check_conflicts(&d, &m, &cfg).unwrap();
+        assert_eq!(installed(&d), (rules.clone(), routes.clone()));
+
+        d.rules.push(foreign_rule(20001, 100));
+        let e = check_conflicts(&d, &m, &cfg).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "rule `lookup 100 pref 20001` (protocol 4) is not enipin's but uses priority 20001 / table 100, \
+             which enipin needs (priorities 20000-20002, tables {20001, 20002}); nothing was changed. \
+             Choose another --priority or --table-base"
+        );
+        d.rules.pop();
+        d.rules.push(foreign_rule(300, 20002));
+        assert!(check_conflicts(&d, &m, &cfg).is_err());
+        d.rules.pop();
+
+        let mut theirs = routes[0].clone();
+        theirs.dst = "198.18.9.0/24".parse().unwrap();
+        d.routes.push(InstalledRoute {
+            protocol: 4,
+            route: theirs,
+        });
+        let e = check_conflicts(&d, &m, &cfg).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "table 20001 holds a route that is not enipin's (198.18.9.0/24 protocol 4); nothing was changed. \
+             Choose another --table-base"
+        );
+        assert_eq!(installed(&d), (rules, routes), "only enipin's");
+    }
+
+    #[test]
+    fn prefixes_are_sources_like_addresses() {
+        let mut m = eni(2, &["198.18.0.10/24", "198.18.0.20/32"]);
+        m.prefixes.push("198.18.0.64/28".parse().unwrap());
+        let (rules, routes) = desired(&[m], &Config::default());
+        let from: Vec<String> = rules
+            .iter()
+            .filter(|r| r.priority == 20000)
+            .map(|r| r.from.unwrap().to_string())
+            .collect();
+        assert_eq!(from, ["198.18.0.10/32", "198.18.0.20/32", "198.18.0.64/28"]);
+        // The /32 has no subnet route; the delegated prefix needs none (the subnet's covers it).
+        assert_eq!(routes.len(), 2, "{routes:?}");
     }
 }

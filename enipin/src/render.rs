@@ -4,13 +4,14 @@
 
 use std::fmt::Write as _;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use crate::{
-    apply,
     config::Config,
     model::{ManagedInterface, fmt_mac},
-    plan::{self, Route, Rule},
+    plan::{self, Selection},
+    route::{Route, Rule, table_name},
+    snapshot::{Named, Snapshot},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -22,7 +23,10 @@ pub enum Format {
 }
 
 pub async fn render(cfg: &Config, format: Format) -> Result<()> {
-    let managed = apply::managed_now(cfg).await?;
+    let managed = match Snapshot::select(cfg, Named::Strict).await?.selection {
+        Selection::Managed(m) => m,
+        Selection::NothingToDo(why) => bail!("nothing to render: {why}"),
+    };
     print!("{}", render_to_string(&managed, cfg, format));
     Ok(())
 }
@@ -46,184 +50,203 @@ fn split<'a>(
     (r, t)
 }
 
-fn table_name(t: u32) -> String {
-    if t == 254 {
-        "main".into()
-    } else {
-        t.to_string()
-    }
-}
-
+/// The desired state for `managed` in `format`, one interface after another.
 pub fn render_to_string(managed: &[ManagedInterface], cfg: &Config, format: Format) -> String {
     let (rules, routes) = plan::desired(managed, cfg);
     let mut o = String::new();
     for (n, m) in managed.iter().enumerate() {
         let (rules, routes) = split(m, n == 0, &rules, &routes);
-        let name = &m.name;
         match format {
-            Format::NetworkScripts => {
-                for v6 in [false, true] {
-                    let six = if v6 { "6" } else { "" };
-                    let rs: Vec<_> = rules.iter().filter(|r| r.v6 == v6).collect();
-                    if !rs.is_empty() {
-                        let _ = writeln!(o, "# /etc/sysconfig/network-scripts/rule{six}-{name}");
-                        rs.iter().for_each(|r| {
-                            let _ = writeln!(o, "{}", strip_proto(r.ip_args()));
-                        });
-                    }
-                    let ts: Vec<_> = routes.iter().filter(|r| r.v6() == v6).collect();
-                    if !ts.is_empty() {
-                        let _ = writeln!(o, "# /etc/sysconfig/network-scripts/route{six}-{name}");
-                        ts.iter().for_each(|r| {
-                            let _ = writeln!(o, "{}", strip_proto(r.ip_args()));
-                        });
-                    }
-                }
-            }
-            Format::Networkd => {
-                let _ = writeln!(o, "# /etc/systemd/network/70-enipin-{name}.network");
-                let _ = writeln!(o, "[Match]\nMACAddress={}\n\n[Network]", fmt_mac(&m.mac));
-                let _ = writeln!(
-                    o,
-                    "# addresses as configured now; use DHCP=yes instead if {name} gets them by DHCP"
-                );
-                for a in &m.addrs {
-                    let _ = writeln!(o, "Address={}/{}", a.addr, a.prefix_len);
-                }
-                for r in &rules {
-                    let _ = writeln!(o, "\n[RoutingPolicyRule]");
-                    match r.from {
-                        Some((a, l)) => {
-                            let _ = writeln!(o, "From={a}/{l}");
-                        }
-                        None => {
-                            let _ = writeln!(o, "Family={}", if r.v6 { "ipv6" } else { "ipv4" });
-                        }
-                    }
-                    let _ = writeln!(o, "Table={}\nPriority={}", table_name(r.table), r.priority);
-                    if let Some(l) = r.suppress_prefixlen {
-                        let _ = writeln!(o, "SuppressPrefixLength={l}");
-                    }
-                }
-                for r in &routes {
-                    let _ = writeln!(o, "\n[Route]");
-                    if r.dst.1 != 0 {
-                        let _ = writeln!(o, "Destination={}/{}", r.dst.0, r.dst.1);
-                    }
-                    if let Some(g) = r.gateway {
-                        let _ = writeln!(o, "Gateway={g}");
-                    }
-                    if r.scope_link {
-                        let _ = writeln!(o, "Scope=link");
-                    }
-                    if let Some(s) = r.src {
-                        let _ = writeln!(o, "PreferredSource={s}");
-                    }
-                    let _ = writeln!(o, "Table={}", r.table);
-                }
-            }
-            Format::Netplan => {
-                if n == 0 {
-                    let _ = writeln!(
-                        o,
-                        "# /etc/netplan/70-enipin.yaml\nnetwork:\n  version: 2\n  ethernets:"
-                    );
-                }
-                let _ = writeln!(
-                    o,
-                    "    {name}:\n      match:\n        macaddress: \"{}\"\n      set-name: {name}",
-                    fmt_mac(&m.mac)
-                );
-                let _ = writeln!(o, "      addresses:");
-                for a in &m.addrs {
-                    let _ = writeln!(o, "        - \"{}/{}\"", a.addr, a.prefix_len);
-                }
-                let _ = writeln!(o, "      routes:");
-                for r in &routes {
-                    let to = if r.dst.1 == 0 {
-                        "default".to_owned()
-                    } else {
-                        format!("\"{}/{}\"", r.dst.0, r.dst.1)
-                    };
-                    let _ = writeln!(o, "        - to: {to}");
-                    if let Some(g) = r.gateway {
-                        let _ = writeln!(o, "          via: \"{g}\"");
-                    }
-                    if r.scope_link {
-                        let _ = writeln!(o, "          scope: link");
-                    }
-                    if let Some(s) = r.src {
-                        let _ = writeln!(o, "          from: \"{s}\"");
-                    }
-                    let _ = writeln!(o, "          table: {}", r.table);
-                }
-                // netplan has no suppress_prefixlength: the first layer becomes "from <addr> to
-                // <subnet>", which selects exactly the table's subnet route.
-                let _ = writeln!(o, "      routing-policy:");
-                for r in rules.iter().filter(|r| r.from.is_some()) {
-                    let (a, l) = r.from.expect("from");
-                    if r.suppress_prefixlen.is_some() {
-                        for t in routes.iter().filter(|t| t.dst.1 != 0 && t.v6() == r.v6) {
-                            let _ = writeln!(
-                                o,
-                                "        - from: \"{a}/{l}\"\n          to: \"{}/{}\"\n          table: {}\n          priority: {}",
-                                t.dst.0, t.dst.1, r.table, r.priority
-                            );
-                        }
-                    } else {
-                        let _ = writeln!(
-                            o,
-                            "        - from: \"{a}/{l}\"\n          table: {}\n          priority: {}",
-                            r.table, r.priority
-                        );
-                    }
-                }
-                if n == managed.len() - 1 {
-                    for r in rules_main(managed, cfg) {
-                        let _ = writeln!(
-                            o,
-                            "# netplan cannot express: ip{} rule add {}",
-                            if r.v6 { " -6" } else { "" },
-                            strip_proto(r.ip_args())
-                        );
-                    }
-                }
-            }
-            Format::Nmcli => {
-                let con = format!("\"$(nmcli -g GENERAL.CONNECTION device show {name})\"");
-                for v6 in [false, true] {
-                    let fam = if v6 { "ipv6" } else { "ipv4" };
-                    for r in rules.iter().filter(|r| r.v6 == v6) {
-                        let mut s = format!("priority {}", r.priority);
-                        if let Some((a, l)) = r.from {
-                            let _ = write!(s, " from {a}/{l}");
-                        }
-                        let _ = write!(s, " table {}", r.table);
-                        if let Some(l) = r.suppress_prefixlen {
-                            let _ = write!(s, " suppress_prefixlength {l}");
-                        }
-                        let _ = writeln!(
-                            o,
-                            "nmcli connection modify {con} +{fam}.routing-rules \"{s}\""
-                        );
-                    }
-                    for r in routes.iter().filter(|r| r.v6() == v6) {
-                        let mut s = format!("{}/{}", r.dst.0, r.dst.1);
-                        if let Some(g) = r.gateway {
-                            let _ = write!(s, " {g}");
-                        }
-                        let _ = write!(s, " table={}", r.table);
-                        if let Some(src) = r.src {
-                            let _ = write!(s, " src={src}");
-                        }
-                        let _ = writeln!(o, "nmcli connection modify {con} +{fam}.routes \"{s}\"");
-                    }
-                }
-                let _ = writeln!(o, "nmcli device reapply {name}");
-            }
+            Format::NetworkScripts => network_scripts(&mut o, m, rules, routes),
+            Format::Networkd => networkd(&mut o, m, rules, routes),
+            Format::Netplan => netplan(&mut o, m, rules, routes, n, managed, cfg),
+            Format::Nmcli => nmcli(&mut o, m, rules, routes),
         }
     }
     o
+}
+
+/// RHEL-style `rule-IFACE` / `route-IFACE` files (iproute2 arguments, one per line).
+fn network_scripts(o: &mut String, m: &ManagedInterface, rules: Vec<&Rule>, routes: Vec<&Route>) {
+    let name = &m.name;
+    for v6 in [false, true] {
+        let six = if v6 { "6" } else { "" };
+        let rs: Vec<_> = rules.iter().filter(|r| r.v6 == v6).collect();
+        if !rs.is_empty() {
+            let _ = writeln!(o, "# /etc/sysconfig/network-scripts/rule{six}-{name}");
+            rs.iter().for_each(|r| {
+                let _ = writeln!(o, "{}", strip_proto(r.ip_args()));
+            });
+        }
+        let ts: Vec<_> = routes.iter().filter(|r| r.v6() == v6).collect();
+        if !ts.is_empty() {
+            let _ = writeln!(o, "# /etc/sysconfig/network-scripts/route{six}-{name}");
+            ts.iter().for_each(|r| {
+                let _ = writeln!(o, "{}", strip_proto(r.ip_args()));
+            });
+        }
+    }
+}
+
+/// A systemd-networkd `.network` file per interface.
+fn networkd(o: &mut String, m: &ManagedInterface, rules: Vec<&Rule>, routes: Vec<&Route>) {
+    let name = &m.name;
+    let _ = writeln!(o, "# /etc/systemd/network/70-enipin-{name}.network");
+    let _ = writeln!(o, "[Match]\nMACAddress={}\n\n[Network]", fmt_mac(&m.mac));
+    let _ = writeln!(
+        o,
+        "# addresses as configured now; use DHCP=yes instead if {name} gets them by DHCP"
+    );
+    for a in &m.addrs {
+        let _ = writeln!(o, "Address={a}");
+    }
+    for r in &rules {
+        let _ = writeln!(o, "\n[RoutingPolicyRule]");
+        match r.from {
+            Some(from) => {
+                let _ = writeln!(o, "From={from}");
+            }
+            None => {
+                let _ = writeln!(o, "Family={}", if r.v6 { "ipv6" } else { "ipv4" });
+            }
+        }
+        let _ = writeln!(o, "Table={}\nPriority={}", table_name(r.table), r.priority);
+        if let Some(l) = r.suppress_prefixlen {
+            let _ = writeln!(o, "SuppressPrefixLength={l}");
+        }
+    }
+    for r in &routes {
+        let _ = writeln!(o, "\n[Route]");
+        if r.dst.prefix_len != 0 {
+            let _ = writeln!(o, "Destination={}", r.dst);
+        }
+        if let Some(g) = r.gateway {
+            let _ = writeln!(o, "Gateway={g}");
+        }
+        if r.scope_link {
+            let _ = writeln!(o, "Scope=link");
+        }
+        if let Some(s) = r.src {
+            let _ = writeln!(o, "PreferredSource={s}");
+        }
+        let _ = writeln!(o, "Table={}", r.table);
+    }
+}
+
+/// One netplan file; the `lookup main` rules it cannot express become comments after the last interface.
+fn netplan(
+    o: &mut String,
+    m: &ManagedInterface,
+    rules: Vec<&Rule>,
+    routes: Vec<&Route>,
+    n: usize,
+    managed: &[ManagedInterface],
+    cfg: &Config,
+) {
+    let name = &m.name;
+    if n == 0 {
+        let _ = writeln!(
+            o,
+            "# /etc/netplan/70-enipin.yaml\nnetwork:\n  version: 2\n  ethernets:"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "    {name}:\n      match:\n        macaddress: \"{}\"\n      set-name: {name}",
+        fmt_mac(&m.mac)
+    );
+    let _ = writeln!(o, "      addresses:");
+    for a in &m.addrs {
+        let _ = writeln!(o, "        - \"{a}\"");
+    }
+    let _ = writeln!(o, "      routes:");
+    for r in &routes {
+        let to = if r.dst.prefix_len == 0 {
+            "default".to_owned()
+        } else {
+            format!("\"{}\"", r.dst)
+        };
+        let _ = writeln!(o, "        - to: {to}");
+        if let Some(g) = r.gateway {
+            let _ = writeln!(o, "          via: \"{g}\"");
+        }
+        if r.scope_link {
+            let _ = writeln!(o, "          scope: link");
+        }
+        if let Some(s) = r.src {
+            let _ = writeln!(o, "          from: \"{s}\"");
+        }
+        let _ = writeln!(o, "          table: {}", r.table);
+    }
+    // netplan has no suppress_prefixlength: the first layer becomes "from <addr> to
+    // <subnet>", which selects exactly the table's subnet route.
+    let _ = writeln!(o, "      routing-policy:");
+    for r in rules.iter().filter(|r| r.from.is_some()) {
+        let from = r.from.expect("from");
+        if r.suppress_prefixlen.is_some() {
+            for t in routes
+                .iter()
+                .filter(|t| t.dst.prefix_len != 0 && t.v6() == r.v6)
+            {
+                let _ = writeln!(
+                    o,
+                    "        - from: \"{from}\"\n          to: \"{}\"\n          table: {}\n          priority: {}",
+                    t.dst, r.table, r.priority
+                );
+            }
+        } else {
+            let _ = writeln!(
+                o,
+                "        - from: \"{from}\"\n          table: {}\n          priority: {}",
+                r.table, r.priority
+            );
+        }
+    }
+    if n == managed.len() - 1 {
+        for r in rules_main(managed, cfg) {
+            let _ = writeln!(
+                o,
+                "# netplan cannot express: ip{} rule add {}",
+                if r.v6 { " -6" } else { "" },
+                strip_proto(r.ip_args())
+            );
+        }
+    }
+}
+
+/// nmcli commands that add the rules and routes to the interface's connection.
+fn nmcli(o: &mut String, m: &ManagedInterface, rules: Vec<&Rule>, routes: Vec<&Route>) {
+    let name = &m.name;
+    let con = format!("\"$(nmcli -g GENERAL.CONNECTION device show {name})\"");
+    for v6 in [false, true] {
+        let fam = if v6 { "ipv6" } else { "ipv4" };
+        for r in rules.iter().filter(|r| r.v6 == v6) {
+            let mut s = format!("priority {}", r.priority);
+            if let Some(from) = r.from {
+                let _ = write!(s, " from {from}");
+            }
+            let _ = write!(s, " table {}", r.table);
+            if let Some(l) = r.suppress_prefixlen {
+                let _ = write!(s, " suppress_prefixlength {l}");
+            }
+            let _ = writeln!(
+                o,
+                "nmcli connection modify {con} +{fam}.routing-rules \"{s}\""
+            );
+        }
+        for r in routes.iter().filter(|r| r.v6() == v6) {
+            let mut s = r.dst.to_string();
+            if let Some(g) = r.gateway {
+                let _ = write!(s, " {g}");
+            }
+            let _ = write!(s, " table={}", r.table);
+            if let Some(src) = r.src {
+                let _ = write!(s, " src={src}");
+            }
+            let _ = writeln!(o, "nmcli connection modify {con} +{fam}.routes \"{s}\"");
+        }
+    }
+    let _ = writeln!(o, "nmcli device reapply {name}");
 }
 
 fn rules_main(managed: &[ManagedInterface], cfg: &Config) -> Vec<Rule> {

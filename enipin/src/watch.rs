@@ -30,9 +30,7 @@ use tokio::{
 use crate::{
     apply::{self, Reconciled},
     config::{Config, Paths},
-    ebpf,
-    model::RTPROT_ENIPIN,
-    netlink, state,
+    ebpf, netlink, state,
 };
 
 /// How the watcher paces itself.
@@ -144,11 +142,12 @@ fn describe(msg: &NetlinkMessage<RouteNetlinkMessage>) -> Option<(u8, String)> {
         }
         M::NewRule(r) | M::DelRule(r) => {
             let new = matches!(m, M::NewRule(_));
-            let proto = netlink::rule_protocol(r);
-            if new && proto == RTPROT_ENIPIN {
+            let r = netlink::decode_rule(r);
+            if new && r.is_enipin() {
                 return None;
             }
-            let rule = netlink::rule_from_message(r).ip_args();
+            let proto = r.protocol;
+            let rule = r.rule.ip_args();
             let rule = rule
                 .rsplit_once(" proto ")
                 .map_or(rule.as_str(), |(a, _)| a);
@@ -156,19 +155,14 @@ fn describe(msg: &NetlinkMessage<RouteNetlinkMessage>) -> Option<(u8, String)> {
         }
         M::NewRoute(r) | M::DelRoute(r) => {
             let new = matches!(m, M::NewRoute(_));
-            if new && netlink::route_protocol(r) == RTPROT_ENIPIN {
+            let r = netlink::decode_route(r);
+            if new && r.is_enipin() {
                 return None;
             }
-            let rt = netlink::route_from_message(r);
+            let rt = r.route;
             (
                 2,
-                format!(
-                    "route {} `{}/{} table {}`",
-                    verb(new),
-                    rt.dst.0,
-                    rt.dst.1,
-                    rt.table
-                ),
+                format!("route {} `{} table {}`", verb(new), rt.dst, rt.table),
             )
         }
         _ => (3, "netlink event".to_owned()),

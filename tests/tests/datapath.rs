@@ -21,7 +21,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use enipin::{
     config::{Attach, Config, Mode, Paths},
     ebpf::{self, AttachKind},
-    model::{IfAddr, ManagedInterface},
+    model::{Cidr, ManagedInterface},
 };
 use enipin_ebpf::Counters;
 use enipin_tests::{Enipin, Netns, PinDir, TempDir, Topology, in_ns};
@@ -70,11 +70,11 @@ impl Lab {
                     mtu: 1500,
                     table: 0,
                     addrs: vec![
-                        IfAddr {
+                        Cidr {
                             addr: ip.parse()?,
                             prefix_len: 24,
                         },
-                        IfAddr {
+                        Cidr {
                             addr: ip6.parse()?,
                             prefix_len: 64,
                         },
@@ -359,15 +359,15 @@ fn second_attach_adopts_what_is_pinned() {
 
         // A new address on eth1 and a delegated prefix: map updates only.
         let mut more = lab.managed.clone();
-        more[1].addrs.push(IfAddr {
+        more[1].addrs.push(Cidr {
             addr: "198.18.0.3".parse().unwrap(),
             prefix_len: 24,
         });
-        more[1].prefixes.push(enipin::model::Prefix {
+        more[1].prefixes.push(enipin::model::Cidr {
             addr: "198.18.1.16".parse().unwrap(),
             prefix_len: 28,
         });
-        more[1].addrs.push(IfAddr {
+        more[1].addrs.push(Cidr {
             addr: "2001:db8::3".parse::<IpAddr>().unwrap(),
             prefix_len: 64,
         });
@@ -585,7 +585,7 @@ fn a_failed_apply_is_rolled_back() {
     let mut ghost = lab.managed[1].clone();
     ghost.ifindex = 999_999;
     ghost.name = "ghost".into();
-    ghost.addrs = vec![IfAddr {
+    ghost.addrs = vec![Cidr {
         addr: "198.18.0.9".parse().unwrap(),
         prefix_len: 24,
     }];

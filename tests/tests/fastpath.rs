@@ -10,20 +10,20 @@ use aya::maps::{HashMap, Map, MapData};
 use enipin::{
     config::{Config, Paths},
     ebpf,
-    model::{IfAddr, ManagedInterface},
+    model::{Cidr, ManagedInterface},
 };
 use enipin_ebpf::{BUCKET_V4, Bucket, Counters, Owner, PROGRAM, bucket_index, maps, words};
 use enipin_tests::{TC_ACT_REDIRECT, TC_ACT_UNSPEC, VethBed, frames, in_ns, require, test_run};
 const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 
-fn addr(last: u8) -> IfAddr {
-    IfAddr {
+fn addr(last: u8) -> Cidr {
+    Cidr {
         addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)),
         prefix_len: 24,
     }
 }
 
-fn eni(ifindex: u32, name: &str, addrs: Vec<IfAddr>) -> ManagedInterface {
+fn eni(ifindex: u32, name: &str, addrs: Vec<Cidr>) -> ManagedInterface {
     ManagedInterface {
         ifindex,
         name: name.into(),
@@ -143,7 +143,7 @@ fn owner_table_spills_to_the_owner_map_and_is_swapped_whole() {
         .filter(|a| bucket_index(words(&a.octets())) == bucket)
         .take(BUCKET_V4 + 3)
         .collect();
-    let ifaddr = |a: &Ipv4Addr| IfAddr {
+    let ifaddr = |a: &Ipv4Addr| Cidr {
         addr: IpAddr::V4(*a),
         prefix_len: 16,
     };

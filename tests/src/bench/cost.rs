@@ -22,7 +22,7 @@ use aya::{Ebpf, programs::SchedClassifier};
 use enipin::{
     config::{Config, Paths},
     ebpf,
-    model::{IfAddr, ManagedInterface},
+    model::{Cidr, ManagedInterface},
     testbed::{Dirs, Netns},
 };
 use enipin_ebpf::{Counters, NOOP_PROGRAM, PROGRAM};
@@ -173,11 +173,11 @@ impl Fixture {
                 let addrs = mine
                     .flat_map(|k| {
                         [
-                            IfAddr {
+                            Cidr {
                                 addr: IpAddr::V4(v4(k)),
                                 prefix_len: 16,
                             },
-                            IfAddr {
+                            Cidr {
                                 addr: IpAddr::V6(v6(k)),
                                 prefix_len: 64,
                             },

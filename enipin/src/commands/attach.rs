@@ -1,0 +1,78 @@
+//! `enipin attach`: plan both appliers, print the plan, apply it (or not, with `--dry-run`).
+
+use anyhow::{Context as _, Result};
+
+use super::ManagedText;
+use crate::{
+    apply,
+    config::{Config, Paths},
+    discover::Discovery,
+    plan::{self, DiffFormat, Selection},
+    snapshot::{Named, Snapshot},
+    state,
+};
+
+pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffFormat) -> Result<()> {
+    // Two changers at once would each diff against a state the other is changing.
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(state::lock(paths)?)
+    };
+    // A corrupt state file stops us before anything changes.
+    let previous = state::load(paths)?;
+    let s = Snapshot::select(cfg, Named::Strict).await?;
+    let (nl, d) = (&s.snapshot.nl, &s.snapshot.discovery);
+    let managed = match s.selection {
+        Selection::Managed(m) => m,
+        Selection::NothingToDo(why) => {
+            print_nothing_to_do(d, &why);
+            return Ok(());
+        }
+    };
+    let p = apply::pending(d, managed, previous, cfg, paths)?;
+    let comment = if format == DiffFormat::Ip { "# " } else { "" };
+    print!(
+        "{}",
+        ManagedText {
+            managed: &p.managed,
+            prefix: comment
+        }
+    );
+    let lines = p.lines(format);
+    lines.iter().for_each(|l| println!("{l}"));
+    if dry_run {
+        println!(
+            "dry run: {} change(s) planned, nothing changed",
+            lines.len()
+        );
+        return Ok(());
+    }
+    let (n_changes, n_managed, empty) = (lines.len(), p.managed.len(), p.is_empty());
+    if empty {
+        println!(
+            "nothing to do: {} rules, {} routes already installed",
+            p.plan.rules_in_place, p.plan.routes_in_place
+        );
+    }
+    apply::commit(nl, p, cfg, paths)
+        .await
+        .context("attach failed")?;
+    if !empty {
+        println!("attached: {n_changes} change(s) applied to {n_managed} interface(s)");
+    }
+    Ok(())
+}
+
+/// Nothing to manage: says why, and what an earlier attach left installed.
+fn print_nothing_to_do(d: &Discovery, why: &str) {
+    println!("nothing to do: {why}");
+    let (rules, routes) = plan::installed(d);
+    if !rules.is_empty() || !routes.is_empty() {
+        println!(
+            "note: {} rules and {} routes of an earlier attach are still installed; `enipin detach` removes them",
+            rules.len(),
+            routes.len()
+        );
+    }
+}

@@ -1,0 +1,300 @@
+//! `enipin status`: one report of what is managed, installed and attached, and the drift from
+//! the desired state; printed as text or as JSON from the same struct.
+
+use std::{collections::BTreeMap, fmt};
+
+use anyhow::{Context as _, Result};
+use serde::{Serialize, Serializer};
+
+use super::ManagedText;
+use crate::{
+    apply,
+    config::Paths,
+    ebpf::{self, Attached, OwnerTables},
+    model::{Cidr, Gateway, ManagedInterface, fmt_mac},
+    plan::{Change, DiffFormat, Selection},
+    route::{Route, Rule},
+    snapshot::{Named, Snapshot},
+    state,
+};
+
+/// Everything `status` says.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    /// A state file exists: enipin attached and has not detached since.
+    pub attached: bool,
+    /// The interfaces the last attach's options select now.
+    #[serde(serialize_with = "managed_json")]
+    pub managed: Vec<ManagedInterface>,
+    /// enipin's rules and routes as installed.
+    pub rules: Vec<Rule>,
+    pub routes: Vec<Route>,
+    pub datapath: Vec<Attached>,
+    pub owner_tables: OwnerTables,
+    /// The changes that would reach the desired state.
+    pub drift: Vec<Change>,
+    /// sysctl key → the value before enipin changed it (`None`: no state file).
+    pub sysctls_saved: Option<BTreeMap<String, String>>,
+}
+
+pub async fn status(paths: &Paths, json: bool) -> Result<()> {
+    let report = StatusReport::gather(paths).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+impl StatusReport {
+    /// Reads the state file, the namespace and the pinned datapath; changes nothing.
+    pub async fn gather(paths: &Paths) -> Result<Self> {
+        let st = state::load(paths)?;
+        let cfg = st
+            .as_ref()
+            .and_then(|s| s.config.clone())
+            .unwrap_or_default();
+        let s = Snapshot::select(&cfg, Named::Strict).await?;
+        let d = &s.snapshot.discovery;
+        let managed = match s.selection {
+            Selection::Managed(m) => m,
+            Selection::NothingToDo(_) => Vec::new(),
+        };
+        let (rules, routes) = crate::plan::installed(d);
+        let drift = apply::compute(d, &managed, &cfg)?.changes;
+        let (datapath, owner_tables) = datapath(paths)?;
+        Ok(Self {
+            attached: st.is_some(),
+            managed,
+            rules,
+            routes,
+            datapath,
+            owner_tables,
+            drift,
+            sysctls_saved: st.map(|s| s.sysctls),
+        })
+    }
+}
+
+/// The datapath's attachments and owner tables, when anything is pinned.
+fn datapath(paths: &Paths) -> Result<(Vec<Attached>, OwnerTables)> {
+    if !paths.pin_dir.exists() {
+        return Ok((Vec::new(), OwnerTables::default()));
+    }
+    Ok((
+        ebpf::attached(paths).context("reading the datapath attachment")?,
+        ebpf::table_summary(paths).context("reading the owner tables")?,
+    ))
+}
+
+impl fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = if self.attached {
+            "attached"
+        } else {
+            "not attached (no state file)"
+        };
+        writeln!(f, "state: {state}")?;
+        write!(
+            f,
+            "{}",
+            ManagedText {
+                managed: &self.managed,
+                prefix: ""
+            }
+        )?;
+        writeln!(f, "rules ({}):", self.rules.len())?;
+        for r in &self.rules {
+            writeln!(f, "  {}{}", if r.v6 { "-6 " } else { "" }, r.ip_args())?;
+        }
+        writeln!(f, "routes ({}):", self.routes.len())?;
+        for r in &self.routes {
+            writeln!(f, "  {}{}", if r.v6() { "-6 " } else { "" }, r.ip_args())?;
+        }
+        self.fmt_datapath(f)?;
+        self.fmt_drift(f)
+    }
+}
+
+impl StatusReport {
+    fn fmt_datapath(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.datapath.is_empty() {
+            writeln!(f, "datapath: not attached")?;
+        }
+        for a in &self.datapath {
+            writeln!(f, "datapath: {} (ifindex {}) {}", a.name, a.ifindex, a.kind)?;
+        }
+        let tables = [self.owner_tables.ipv4, self.owner_tables.ipv6];
+        for (family, t) in ["IPv4", "IPv6"].iter().zip(tables) {
+            if let Some(t) = t {
+                writeln!(
+                    f,
+                    "owner table {family}: {} address(es), {} bucket(s) spilled to the owner map",
+                    t.addresses, t.spilled_buckets
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fmt_drift(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.drift.is_empty() {
+            return writeln!(f, "drift: none");
+        }
+        let what = if self.attached {
+            "drift"
+        } else {
+            "not attached; attach would make"
+        };
+        writeln!(
+            f,
+            "{what} ({} change(s) to reach the desired state):",
+            self.drift.len()
+        )?;
+        for c in &self.drift {
+            writeln!(f, "  {}", c.render(DiffFormat::Text))?;
+        }
+        Ok(())
+    }
+}
+
+/// A managed interface in `status --json`: as in the state file, but the MAC as text.
+#[derive(Serialize)]
+struct InterfaceJson<'a> {
+    ifindex: u32,
+    name: &'a str,
+    mac: String,
+    mtu: u32,
+    table: u32,
+    addrs: &'a [Cidr],
+    prefixes: &'a [Cidr],
+    gateway_v4: Option<Gateway>,
+    gateway_v6: Option<Gateway>,
+}
+
+fn managed_json<S: Serializer>(managed: &[ManagedInterface], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(managed.iter().map(|m| InterfaceJson {
+        ifindex: m.ifindex,
+        name: &m.name,
+        mac: fmt_mac(&m.mac),
+        mtu: m.mtu,
+        table: m.table,
+        addrs: &m.addrs,
+        prefixes: &m.prefixes,
+        gateway_v4: m.gateway_v4,
+        gateway_v6: m.gateway_v6,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{model::GatewaySource, route::V6_METRIC};
+
+    fn report() -> StatusReport {
+        let m = ManagedInterface {
+            ifindex: 3,
+            name: "eth1".into(),
+            mac: [2, 0, 0, 0, 0, 0x11],
+            mtu: 1500,
+            table: 20003,
+            addrs: vec!["198.18.0.11/24".parse().unwrap()],
+            prefixes: vec!["198.18.0.64/28".parse().unwrap()],
+            gateway_v4: Some(Gateway {
+                addr: "198.18.0.1".parse().unwrap(),
+                source: GatewaySource::SubnetFirstHost,
+            }),
+            gateway_v6: None,
+        };
+        let rule = Rule {
+            v6: false,
+            priority: 20002,
+            from: Some("198.18.0.11/32".parse().unwrap()),
+            table: 20003,
+            suppress_prefixlen: None,
+        };
+        let route = Route {
+            table: 20003,
+            dst: Cidr::any(true),
+            gateway: Some("2001:db8::1".parse().unwrap()),
+            oif: 3,
+            dev: "eth1".into(),
+            src: None,
+            scope_link: false,
+            metric: V6_METRIC,
+        };
+        StatusReport {
+            attached: true,
+            managed: vec![m],
+            rules: vec![rule.clone()],
+            routes: vec![route],
+            datapath: vec![Attached {
+                ifindex: 3,
+                name: "eth1".into(),
+                kind: ebpf::AttachKind::Tcx,
+            }],
+            owner_tables: OwnerTables {
+                ipv4: Some(ebpf::TableSummary {
+                    addresses: 1,
+                    spilled_buckets: 0,
+                }),
+                ipv6: None,
+            },
+            drift: vec![Change::AddRule(rule)],
+            sysctls_saved: Some(BTreeMap::new()),
+        }
+    }
+
+    #[test]
+    fn text() {
+        assert_eq!(
+            report().to_string(),
+            "state: attached
+interface eth1 (02:00:00:00:00:11, ifindex 3) table 20003: 198.18.0.11/24 prefixes 198.18.0.64/28
+  gateway ipv4: 198.18.0.1 (from the subnet's first host)
+rules (1):
+  from 198.18.0.11/32 lookup 20003 pref 20002 proto 229
+routes (1):
+  -6 default via 2001:db8::1 dev eth1 table 20003 proto 229
+datapath: eth1 (ifindex 3) tcx
+owner table IPv4: 1 address(es), 0 bucket(s) spilled to the owner map
+drift (1 change(s) to reach the desired state):
+  + rule from 198.18.0.11/32 lookup 20003 pref 20002 proto 229
+"
+        );
+    }
+
+    #[test]
+    fn json_keys_and_shapes() {
+        let v = serde_json::to_value(report()).unwrap();
+        let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [
+                "attached",
+                "datapath",
+                "drift",
+                "managed",
+                "owner_tables",
+                "routes",
+                "rules",
+                "sysctls_saved"
+            ]
+        );
+        assert_eq!(v["managed"][0]["mac"], "02:00:00:00:00:11");
+        assert_eq!(
+            v["managed"][0]["addrs"][0],
+            serde_json::json!({"addr": "198.18.0.11", "prefix_len": 24})
+        );
+        assert_eq!(v["managed"][0]["gateway_v4"]["source"], "subnet-first-host");
+        assert_eq!(
+            v["rules"][0]["from"],
+            serde_json::json!(["198.18.0.11", 32])
+        );
+        assert_eq!(v["datapath"][0]["kind"], "tcx");
+        assert_eq!(v["owner_tables"]["ipv4"]["addresses"], 1);
+        assert_eq!(v["owner_tables"]["ipv6"], serde_json::Value::Null);
+        assert_eq!(v["drift"][0]["op"], "add-rule");
+    }
+}
