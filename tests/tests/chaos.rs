@@ -314,3 +314,214 @@ fn a_tcp_stream_to_the_secondary_survives_attach_noop_upgrade_and_reattach() {
     assert_eq!(sent, got, "bytes lost on the stream");
     e.ok(&["detach"]);
 }
+
+// ------------------------------------------------ the datapath under random and truncated frames
+
+mod frames_fuzz {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use enipin::{
+        config::Config,
+        ebpf,
+        model::{Cidr, ManagedInterface},
+    };
+    use enipin_ebpf::{Counters, PROGRAM};
+    use enipin_tests::{TC_ACT_REDIRECT, TC_ACT_UNSPEC, VethBed, frames, in_ns, require, test_run};
+
+    const RUNS: u32 = 1_000_000;
+    const A4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    const B4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    /// b's delegated /28 (an LPM lookup) and an address inside it.
+    const B_PFX4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 16);
+    const IN_B_PFX4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 20);
+    const A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+    const B6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+    const PEER4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
+    const PEER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x200);
+
+    fn managed(ifindex: u32, name: &str, v4: Ipv4Addr, v6: Ipv6Addr) -> ManagedInterface {
+        let cidr = |addr, prefix_len| Cidr { addr, prefix_len };
+        ManagedInterface {
+            ifindex,
+            name: name.into(),
+            mac: [2, 0, 0, 0, 0, ifindex as u8],
+            mtu: 1500,
+            table: 20000 + ifindex,
+            addrs: vec![cidr(IpAddr::V4(v4), 24), cidr(IpAddr::V6(v6), 64)],
+            prefixes: Vec::new(),
+            gateway_v4: None,
+            gateway_v6: None,
+        }
+    }
+
+    /// The managed interface that owns the frame's source, read at the fixed offsets of an
+    /// untagged IPv4 / IPv6 header (None: not IP, or no owner).
+    fn owner_of(frame: &[u8], a: u32, b: u32) -> Option<u32> {
+        let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+        let src: IpAddr = match ethertype {
+            0x0800 if frame.len() >= 34 => {
+                IpAddr::V4(<[u8; 4]>::try_from(&frame[26..30]).unwrap().into())
+            }
+            0x86dd if frame.len() >= 54 => {
+                IpAddr::V6(<[u8; 16]>::try_from(&frame[22..38]).unwrap().into())
+            }
+            _ => return None,
+        };
+        match src {
+            IpAddr::V4(s) if s == A4 => Some(a),
+            IpAddr::V4(s) if s == B4 || (u32::from(s) & !0xf) == u32::from(B_PFX4) => Some(b),
+            IpAddr::V6(s) if s == A6 => Some(a),
+            IpAddr::V6(s) if s == B6 => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The shortest frame test-run accepts: the kernel refuses (EINVAL) an IPv4 or IPv6 frame
+    /// shorter than its fixed header, before any program runs.
+    fn min_len(f: &[u8]) -> usize {
+        match f[12..14] {
+            [0x08, 0x00] => 14 + 20,
+            [0x86, 0xdd] => 14 + 40,
+            _ => 14,
+        }
+    }
+
+    /// One frame: a well-formed one from a random source, then (most of the time) truncated,
+    /// flipped in a few random bytes, or replaced by noise. Returns it and whether it is pristine.
+    fn frame(rng: &mut fastrand::Rng) -> (Vec<u8>, bool) {
+        let (mut f, pristine) = raw_frame(rng);
+        if f.len() < min_len(&f) {
+            f.resize(min_len(&f), 0);
+        }
+        (f, pristine)
+    }
+
+    fn raw_frame(rng: &mut fastrand::Rng) -> (Vec<u8>, bool) {
+        let v4 = [A4, B4, IN_B_PFX4, PEER4][rng.usize(..4)];
+        let v6 = [A6, B6, PEER6][rng.usize(..3)];
+        let mut f = match rng.u8(..6) {
+            0 | 1 => frames::ipv4_udp(frames::MAC_B, v4, PEER4, &[], rng.usize(0..64)),
+            2 | 3 => frames::ipv6_udp(frames::MAC_B, v6, PEER6, rng.usize(0..64)),
+            4 => frames::arp(v4, PEER4),
+            _ => frames::vlan_ipv4(frames::MAC_B, v4, PEER4),
+        };
+        match rng.u8(..4) {
+            0 => (f, true),
+            // Truncated anywhere test-run accepts (past the fixed headers; the IPv4 options,
+            // the transport header and the payload can all be cut).
+            1 => {
+                f.truncate(rng.usize(min_len(&f)..=f.len()));
+                (f, false)
+            }
+            2 => {
+                for _ in 0..rng.usize(1..4) {
+                    let i = rng.usize(..f.len());
+                    f[i] = rng.u8(..);
+                }
+                (f, false)
+            }
+            _ => {
+                let n = rng.usize(14..160);
+                let mut noise: Vec<u8> = (0..n).map(|_| rng.u8(..)).collect();
+                // Half the noise claims to be IP, to get past the ethertype.
+                if rng.bool() {
+                    noise[12..14].copy_from_slice(&[[0x08, 0x00], [0x86, 0xdd]][rng.usize(..2)]);
+                }
+                (noise, false)
+            }
+        }
+    }
+
+    /// The counters that classify a packet: exactly one moves per run.
+    fn classified(c: &Counters) -> u64 {
+        c.owned_here + c.not_owned + c.non_ip + c.skipped + c.malformed + c.misrouted_packets
+    }
+
+    fn total(paths: &enipin::config::Paths) -> u64 {
+        ebpf::counters(paths)
+            .unwrap()
+            .iter()
+            .map(|(_, c)| classified(c))
+            .sum()
+    }
+
+    #[test]
+    fn a_million_random_and_truncated_frames_never_drop_and_redirect_only_to_the_owner() {
+        require();
+        let seed = super::seed("frames");
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let bed = VethBed::new("chaos-frames-", &[("a0", "a1"), ("b0", "b1")]).unwrap();
+        let (a, b, unmanaged) = (
+            bed.ifindex("a0").unwrap(),
+            bed.ifindex("b0").unwrap(),
+            bed.ifindex("a1").unwrap(),
+        );
+        // No IPv6 on the bed's links: their own neighbour discovery would pass the attached
+        // program and move the counters that must add up to the test-runs.
+        for ifname in ["a0", "a1", "b0", "b1"] {
+            bed.ns
+                .sysctl(&format!("net.ipv6.conf.{ifname}.disable_ipv6"), "1")
+                .unwrap();
+        }
+        let mut mb = managed(b, "b0", B4, B6);
+        mb.prefixes.push(Cidr {
+            addr: IpAddr::V4(B_PFX4),
+            prefix_len: 28,
+        });
+        let managed = [managed(a, "a0", A4, A6), mb];
+        let cfg = Config::default();
+        let paths = bed.paths.clone();
+        in_ns(&bed.ns, || {
+            let plan = ebpf::plan(&managed, &cfg, &paths).unwrap();
+            ebpf::apply(plan, &managed, &cfg, &paths).unwrap();
+            let bpf = ebpf::load(&paths.pin_dir).unwrap();
+            let before = total(&paths);
+            let (mut redirected, mut pristine_redirects) = (0u64, 0u64);
+            let started = std::time::Instant::now();
+            for run in 0..RUNS {
+                let (f, pristine) = frame(&mut rng);
+                let on = [a, b, unmanaged][rng.usize(..3)];
+                let ctx = || format!("seed {seed} run {run} on ifindex {on}: {f:02x?}");
+                let r = match test_run(&bpf, PROGRAM, on, &f, 1) {
+                    Ok(r) => r.return_value,
+                    Err(e) => panic!("{e:#}: {}", ctx()),
+                };
+                assert!(
+                    r == TC_ACT_UNSPEC || r == TC_ACT_REDIRECT,
+                    "verdict {r} (a drop?) for {}",
+                    ctx()
+                );
+                let owner = owner_of(&f, a, b);
+                // The program runs only where it is attached; test-run also runs it as if on an
+                // unmanaged interface (counted in slot 0), where any owner's source is misrouted.
+                let misrouted = owner.is_some_and(|o| o != on);
+                if r == TC_ACT_REDIRECT {
+                    redirected += 1;
+                    assert!(misrouted, "redirected, but not another's source: {}", ctx());
+                }
+                // Untagged, unicast and whole: a source of the other interface must be moved.
+                let untagged_ip = matches!(f[12..14], [0x08, 0x00] | [0x86, 0xdd]);
+                if pristine && untagged_ip && misrouted {
+                    pristine_redirects += 1;
+                    assert_eq!(r, TC_ACT_REDIRECT, "not redirected: {}", ctx());
+                }
+            }
+            let counted = total(&paths) - before;
+            eprintln!(
+                "frames: {RUNS} runs in {:.1} s, {redirected} redirected ({pristine_redirects} \
+                 well-formed misrouted), 0 drops, {counted} classified",
+                started.elapsed().as_secs_f64()
+            );
+            assert_eq!(
+                counted,
+                u64::from(RUNS),
+                "counters do not add up to the runs"
+            );
+            assert!(
+                pristine_redirects > 1000,
+                "the fuzz hardly reached the redirect"
+            );
+            ebpf::detach(&paths).unwrap();
+        });
+    }
+}
