@@ -198,8 +198,10 @@ pub(crate) async fn commit(nl: &Netlink, p: Pending, cfg: &Config, paths: &Paths
     // The state goes first: the sysctl values we are about to replace must survive a crash.
     let mut st = p.previous.clone().unwrap_or_default();
     for c in &p.plan.changes {
-        if let Change::Sysctl { key, old, .. } = c {
-            st.sysctls.entry(key.clone()).or_insert_with(|| old.clone());
+        if let Change::Sysctl { key, old, .. } = c
+            && let Some(m) = p.managed.iter().find(|m| m.name == key.ifname())
+        {
+            st.remember(m, key.knob(), old);
         }
     }
     st.config = Some(cfg.clone());

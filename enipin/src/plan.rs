@@ -27,6 +27,7 @@ use crate::{
     discover::Discovery,
     model::{Cidr, Gateway, GatewaySource, Interface, ManagedInterface, RTPROT_ENIPIN, fmt_mac},
     route::{MAIN_TABLE, Route, Rule, V6_METRIC},
+    sysctl,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -45,7 +46,7 @@ pub enum Change {
     AddRoute(Route),
     DelRoute(Route),
     Sysctl {
-        key: String,
+        key: sysctl::Key,
         old: String,
         new: String,
     },
@@ -552,7 +553,7 @@ pub fn diff(
     want_routes: &[Route],
     have_rules: &[Rule],
     have_routes: &[Route],
-    sysctls: Vec<(String, String, String)>,
+    sysctls: Vec<(sysctl::Key, String, String)>,
 ) -> Plan {
     let mut plan = Plan::default();
     let c = &mut plan.changes;
@@ -659,12 +660,13 @@ mod tests {
     fn diff_applies_only_the_difference_in_a_safe_order() {
         let m = [eni(2, &["198.18.0.10/24"]), eni(3, &["198.18.0.11/24"])];
         let (rules, routes) = desired(&m, &Config::default());
+        let key = sysctl::Key::new("eth3", sysctl::Knob::ArpIgnore).unwrap();
         let plan = diff(
             &rules,
             &routes,
             &rules,
             &routes,
-            vec![("k".into(), "1".into(), "1".into())],
+            vec![(key.clone(), "1".into(), "1".into())],
         );
         assert!(plan.is_empty());
         assert_eq!((plan.rules_in_place, plan.routes_in_place), (5, 4));
@@ -677,7 +679,7 @@ mod tests {
             &routes,
             &have_rules,
             &routes[..1],
-            vec![("k".into(), "0".into(), "1".into())],
+            vec![(key.clone(), "0".into(), "1".into())],
         );
         let kinds: Vec<&str> = plan
             .changes
@@ -700,7 +702,7 @@ mod tests {
         assert_eq!(
             plan.changes[8].inverse(),
             Change::Sysctl {
-                key: "k".into(),
+                key,
                 old: "1".into(),
                 new: "0".into()
             }

@@ -1,15 +1,27 @@
 //! What the kernel cannot tell back: the sysctl values enipin replaced, the options of the last
 //! attach and the interfaces it managed. One JSON file under the state directory, replaced
 //! atomically (write a temporary file, then rename) so a crash never leaves half a file.
+//!
+//! The file is read back as untrusted input: it must be root's (the caller's) and writable by no
+//! one else, in a directory kept 0700, and every field is checked before anything acts on it (a
+//! sysctl it names can only be one attach sets; see [`sysctl::Key`]).
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    io::Read as _,
+    os::unix::fs::{
+        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+    },
+    path::PathBuf,
+};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Config, Paths},
-    model::ManagedInterface,
+    model::{Interface, MacAddr, ManagedInterface, fmt_mac},
+    sysctl::{self, Key, Knob},
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -17,39 +29,258 @@ pub struct State {
     /// The options of the last attach (`status` computes drift against them).
     pub config: Option<Config>,
     pub managed: Vec<ManagedInterface>,
-    /// sysctl key → the value it had before enipin first changed it.
-    pub sysctls: BTreeMap<String, String>,
+    /// The values the sysctls had before enipin first changed them.
+    #[serde(deserialize_with = "saved_sysctls")]
+    pub sysctls: Vec<SavedSysctl>,
+}
+
+/// One sysctl value enipin replaced, kept by the interface's ifindex and MAC (names change: `ip
+/// link set eth1 name x`), restored under whatever name the interface has then.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSysctl {
+    /// `None` only for an entry of a state file from before ifindexes were kept whose interface
+    /// was no longer managed: found by `ifname` then.
+    pub ifindex: Option<u32>,
+    pub mac: Option<MacAddr>,
+    /// The interface's name when the value was saved.
+    pub ifname: String,
+    pub knob: Knob,
+    pub old: String,
+}
+
+impl SavedSysctl {
+    pub fn new(m: &ManagedInterface, knob: Knob, old: &str) -> Self {
+        Self {
+            ifindex: Some(m.ifindex),
+            mac: Some(m.mac),
+            ifname: m.name.clone(),
+            knob,
+            old: old.to_owned(),
+        }
+    }
+
+    /// Saved for interface `m` (same ifindex and MAC).
+    pub fn is_of(&self, m: &ManagedInterface) -> bool {
+        self.ifindex == Some(m.ifindex) && self.mac == Some(m.mac)
+    }
+
+    /// The interface this value belongs to now, if it still exists: the same ifindex and MAC
+    /// (an ENI detached and attached again is a new device whose sysctls started afresh).
+    pub fn find<'a>(&self, interfaces: &'a [Interface]) -> Option<&'a Interface> {
+        match (self.ifindex, self.mac) {
+            (Some(i), Some(mac)) => interfaces.iter().find(|x| x.ifindex == i && x.mac == mac),
+            _ => interfaces.iter().find(|x| x.name == self.ifname),
+        }
+    }
+
+    /// The key as saved (under the name the interface had then).
+    pub fn saved_key(&self) -> String {
+        format!("net.ipv4.conf.{}.{}", self.ifname, self.knob.name())
+    }
+
+    fn check(&self) -> Result<()> {
+        Key::new(&self.ifname, self.knob)?;
+        sysctl::check_value(&self.old).with_context(|| self.saved_key())?;
+        if self.ifindex == Some(0) {
+            bail!("{}: ifindex 0 is no interface", self.saved_key());
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    /// sysctl key (as saved) → the value before enipin changed it, for `status`.
+    pub fn sysctls_by_key(&self) -> BTreeMap<String, String> {
+        self.sysctls
+            .iter()
+            .map(|s| (s.saved_key(), s.old.clone()))
+            .collect()
+    }
+
+    /// Records `old` as `m`'s value of `knob` unless one is recorded already (the first value
+    /// enipin replaced is the one to restore).
+    pub fn remember(&mut self, m: &ManagedInterface, knob: Knob, old: &str) {
+        if !self.sysctls.iter().any(|s| s.knob == knob && s.is_of(m)) {
+            self.sysctls.push(SavedSysctl::new(m, knob, old));
+        }
+    }
+
+    /// Entries of an earlier state file (kept by name) take the ifindex and MAC of the managed
+    /// interface of that name, as the file recorded it.
+    fn adopt_names(&mut self) {
+        for s in self.sysctls.iter_mut().filter(|s| s.ifindex.is_none()) {
+            if let Some(m) = self.managed.iter().find(|m| m.name == s.ifname) {
+                (s.ifindex, s.mac) = (Some(m.ifindex), Some(m.mac));
+            }
+        }
+    }
+
+    /// Every field something acts on, checked: an error names the field and the value.
+    fn check(&self) -> Result<()> {
+        for s in &self.sysctls {
+            s.check()?;
+        }
+        for m in &self.managed {
+            Key::new(&m.name, Knob::RpFilter)
+                .map(|_| ())
+                .and_then(|()| match m.ifindex {
+                    0 => bail!("ifindex 0 is no interface"),
+                    _ => Ok(()),
+                })
+                .with_context(|| format!("managed interface {} ({})", m.name, fmt_mac(&m.mac)))?;
+        }
+        Ok(())
+    }
+}
+
+/// `sysctls` as written: a list of [`SavedSysctl`], or, before ifindexes were kept, a map of key
+/// (`net.ipv4.conf.eth1.arp_ignore`) → old value, each key parsed as strictly as attach makes them
+/// (the ifindex and MAC are filled in by [`State::adopt_names`]).
+fn saved_sysctls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SavedSysctl>, D::Error> {
+    use serde::de::Error as _;
+    // Through a Value rather than an untagged enum: its errors name the field that is wrong.
+    let custom = |e: &dyn std::fmt::Display| D::Error::custom(format!("sysctls: {e:#}"));
+    match serde_json::Value::deserialize(d)? {
+        v @ serde_json::Value::Array(_) => serde_json::from_value(v).map_err(|e| custom(&e)),
+        v => serde_json::from_value::<BTreeMap<String, String>>(v)
+            .map_err(|e| custom(&e))?
+            .into_iter()
+            .map(|(key, old)| {
+                let k = Key::parse(&key).map_err(|e| custom(&format!("{e:#}")))?;
+                Ok(SavedSysctl {
+                    ifindex: None,
+                    mac: None,
+                    ifname: k.ifname().to_owned(),
+                    knob: k.knob(),
+                    old,
+                })
+            })
+            .collect(),
+    }
 }
 
 pub fn file(paths: &Paths) -> PathBuf {
     paths.state_dir.join("state.json")
 }
 
-/// The saved state, or `None` when there is none.
+/// The saved state, or `None` when there is none. Refused, changing nothing, when the file is
+/// not a regular file of the caller's (root's), is writable by others, or says anything attach
+/// could not have written.
 pub fn load(paths: &Paths) -> Result<Option<State>> {
     let f = file(paths);
-    let text = match std::fs::read_to_string(&f) {
-        Ok(t) => t,
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&f)
+    {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading state file {}", f.display())),
+        Err(e) => return Err(e).with_context(|| format!("opening state file {}", f.display())),
     };
-    let state = serde_json::from_str(&text).with_context(|| {
+    // The descriptor's metadata, not the path's: what is checked is what is read.
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading state file {}", f.display()))?;
+    check_owner(&meta, &f)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .with_context(|| format!("reading state file {}", f.display()))?;
+    let refuse = || {
         format!(
-            "state file {} is corrupt; nothing was changed. Inspect it, restore the sysctls it \
-             lists by hand if needed, then remove it and run the command again",
+            "state file {} is corrupt or was not written by enipin; nothing was changed. Inspect \
+             it, restore the sysctls it lists by hand if needed, then remove it and run the \
+             command again",
             f.display()
         )
-    })?;
+    };
+    let mut state: State = serde_json::from_str(&text).with_context(refuse)?;
+    state.check().with_context(refuse)?;
+    state.adopt_names();
     Ok(Some(state))
+}
+
+/// A regular file of the caller's that no one else may write.
+fn check_owner(meta: &std::fs::Metadata, path: &std::path::Path) -> Result<()> {
+    let what = "state file";
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_file() {
+        bail!(
+            "{what} {} is not a regular file; remove it and run the command again",
+            path.display()
+        );
+    }
+    if meta.uid() != me {
+        bail!(
+            "{what} {} belongs to uid {}, not {me}; refusing to trust it. Check who wrote it, then \
+             `chown {me} {}` or remove it",
+            path.display(),
+            meta.uid(),
+            path.display()
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        bail!(
+            "{what} {} is writable by group or others (mode {:o}); refusing to trust it. Check \
+             who changed it, then `chmod go-w {}`",
+            path.display(),
+            meta.mode() & 0o7777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Creates the state directory 0700 (and makes an existing one 0700): nothing but root reads or
+/// replaces the state file.
+fn create_dir(paths: &Paths) -> Result<()> {
+    let d = &paths.state_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(d)
+        .with_context(|| format!("creating state directory {}", d.display()))?;
+    let meta = std::fs::symlink_metadata(d)
+        .with_context(|| format!("reading state directory {}", d.display()))?;
+    if !meta.is_dir() {
+        bail!(
+            "state directory {} is not a directory; choose another --state-dir",
+            d.display()
+        );
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        bail!(
+            "state directory {} belongs to uid {}, not {me}; choose another --state-dir or \
+             `chown {me}` it",
+            d.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making state directory {} mode 0700", d.display()))?;
+    }
+    Ok(())
 }
 
 pub fn save(paths: &Paths, state: &State) -> Result<()> {
     let f = file(paths);
-    std::fs::create_dir_all(&paths.state_dir)
-        .with_context(|| format!("creating state directory {}", paths.state_dir.display()))?;
+    create_dir(paths)?;
     let tmp = f.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(state).context("serialising the state")?;
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    // 0600 whatever the umask: load refuses a file others can write.
+    let _ = std::fs::remove_file(&tmp);
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    std::io::Write::write_all(&mut out, text.as_bytes())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(out);
     std::fs::rename(&tmp, &f)
         .with_context(|| format!("renaming {} to {}", tmp.display(), f.display()))
 }
@@ -66,8 +297,7 @@ pub fn restore(paths: &Paths, previous: Option<&State>) -> Result<()> {
 /// detach at a time per state directory.
 pub fn lock(paths: &Paths) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd as _;
-    std::fs::create_dir_all(&paths.state_dir)
-        .with_context(|| format!("creating state directory {}", paths.state_dir.display()))?;
+    create_dir(paths)?;
     let path = paths.state_dir.join("lock");
     let file =
         std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
@@ -89,5 +319,150 @@ pub fn remove(paths: &Paths) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("removing {}", f.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eni(ifindex: u32, name: &str) -> ManagedInterface {
+        ManagedInterface {
+            ifindex,
+            name: name.into(),
+            mac: [2, 0, 0, 0, 0, ifindex as u8],
+            mtu: 1500,
+            table: 20000 + ifindex,
+            addrs: Vec::new(),
+            prefixes: Vec::new(),
+            gateway_v4: None,
+            gateway_v6: None,
+        }
+    }
+
+    fn iface(m: &ManagedInterface, name: &str) -> Interface {
+        Interface {
+            ifindex: m.ifindex,
+            name: name.into(),
+            mac: m.mac,
+            mtu: m.mtu,
+            up: true,
+            ethernet: true,
+            addrs: Vec::new(),
+        }
+    }
+
+    fn temp_paths(tag: &str) -> Paths {
+        let dir =
+            std::env::temp_dir().join(format!("enipin-state-unit-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Paths {
+            pin_dir: dir.join("pins"),
+            state_dir: dir,
+        }
+    }
+
+    fn write_raw(paths: &Paths, text: &str) {
+        create_dir(paths).unwrap();
+        std::fs::write(file(paths), text).unwrap();
+        std::fs::set_permissions(file(paths), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// The previous version's file: `sysctls` a map by name. It loads, each entry taking the
+    /// ifindex and MAC of the managed interface of its name.
+    #[test]
+    fn a_state_file_of_the_previous_version_loads() {
+        let paths = temp_paths("legacy");
+        let managed = serde_json::to_string(&[eni(3, "eth1")]).unwrap();
+        write_raw(
+            &paths,
+            &format!(
+                r#"{{"config":null,"managed":{managed},"sysctls":{{
+                    "net.ipv4.conf.eth1.arp_ignore":"0","net.ipv4.conf.gone.rp_filter":"1"}}}}"#
+            ),
+        );
+        let st = load(&paths).unwrap().unwrap();
+        assert_eq!(
+            st.sysctls,
+            [
+                SavedSysctl::new(&eni(3, "eth1"), Knob::ArpIgnore, "0"),
+                SavedSysctl {
+                    ifindex: None,
+                    mac: None,
+                    ifname: "gone".into(),
+                    knob: Knob::RpFilter,
+                    old: "1".into()
+                },
+            ]
+        );
+        // Saved again in the new shape, it reads back the same.
+        save(&paths, &st).unwrap();
+        assert_eq!(load(&paths).unwrap().unwrap(), st);
+        let mode = std::fs::metadata(file(&paths)).unwrap().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&paths.state_dir).unwrap().mode() & 0o777,
+            0o700
+        );
+        std::fs::remove_dir_all(&paths.state_dir).unwrap();
+    }
+
+    #[test]
+    fn keys_and_values_attach_could_not_have_written_are_refused() {
+        let paths = temp_paths("hostile");
+        for (sysctls, named) in [
+            (r#"{"/etc/passwd":"0"}"#, "/etc/passwd"),
+            (r#"{"net.ipv4.conf.eth1.arp_ignore":"1\nx"}"#, "arp_ignore"),
+            (r#"{"net.ipv4.conf.all.rp_filter":"0"}"#, "all"),
+            (
+                r#"[{"ifindex":3,"mac":null,"ifname":"../../x","knob":"rp_filter","old":"0"}]"#,
+                "../../x",
+            ),
+            (
+                r#"[{"ifindex":3,"mac":null,"ifname":"eth1","knob":"forwarding","old":"0"}]"#,
+                "forwarding",
+            ),
+        ] {
+            write_raw(
+                &paths,
+                &format!(r#"{{"config":null,"managed":[],"sysctls":{sysctls}}}"#),
+            );
+            let err = format!("{:#}", load(&paths).unwrap_err());
+            assert!(err.contains(named), "{sysctls}: {err}");
+        }
+        let mut bad = eni(3, "eth1");
+        bad.name = "a/b".into();
+        let managed = serde_json::to_string(&[bad]).unwrap();
+        write_raw(
+            &paths,
+            &format!(r#"{{"config":null,"managed":{managed},"sysctls":[]}}"#),
+        );
+        assert!(format!("{:#}", load(&paths).unwrap_err()).contains("a/b"));
+
+        write_raw(&paths, r#"{"config":null,"managed":[],"sysctls":[]}"#);
+        assert!(load(&paths).unwrap().is_some());
+        std::fs::set_permissions(file(&paths), std::fs::Permissions::from_mode(0o620)).unwrap();
+        assert!(format!("{:#}", load(&paths).unwrap_err()).contains("writable"));
+        std::fs::remove_dir_all(&paths.state_dir).unwrap();
+    }
+
+    /// Kept by ifindex and MAC: found again after a rename, not on another device that took the
+    /// name, and recorded once however often attach runs.
+    #[test]
+    fn saved_values_follow_the_interface_not_its_name() {
+        let eth1 = eni(3, "eth1");
+        let mut st = State::default();
+        st.remember(&eth1, Knob::ArpIgnore, "0");
+        // A later attach after a rename sees enipin's own value: not the one to restore.
+        st.remember(&eni(3, "ren1"), Knob::ArpIgnore, "1");
+        assert_eq!(st.sysctls.len(), 1);
+        let saved = &st.sysctls[0];
+        let now = [iface(&eth1, "ren1"), iface(&eni(4, "eth1"), "eth1")];
+        assert_eq!(saved.find(&now).map(|i| i.name.as_str()), Some("ren1"));
+        assert_eq!(saved.find(&now[1..]), None);
+        assert_eq!(
+            st.sysctls_by_key(),
+            [("net.ipv4.conf.eth1.arp_ignore".to_owned(), "0".to_owned())].into()
+        );
     }
 }

@@ -50,20 +50,27 @@ pub async fn detach(paths: &Paths) -> Result<()> {
     Ok(())
 }
 
-/// enipin's rules and routes, then the sysctls back to the values the state file saved.
+/// enipin's rules and routes, then the sysctls back to the values the state file saved, each on
+/// the interface it was saved for (same ifindex and MAC) under the name that interface has now.
 fn removals(s: &Snapshot, st: Option<&state::State>) -> Vec<Change> {
     let (rules, routes) = plan::installed(&s.discovery);
     let mut changes: Vec<Change> = rules.into_iter().map(Change::DelRule).collect();
     changes.extend(routes.into_iter().map(Change::DelRoute));
-    for (key, old) in st.iter().flat_map(|s| &s.sysctls) {
+    for saved in st.iter().flat_map(|s| &s.sysctls) {
         // An interface that is gone took its sysctls with it.
-        if let Ok(now) = sysctl::read(key)
-            && &now != old
+        let Some(iface) = saved.find(&s.discovery.interfaces) else {
+            continue;
+        };
+        let Ok(key) = sysctl::Key::new(&iface.name, saved.knob) else {
+            continue;
+        };
+        if let Ok(now) = sysctl::read(&key)
+            && now != saved.old
         {
             changes.push(Change::Sysctl {
-                key: key.clone(),
+                key,
                 old: now,
-                new: old.clone(),
+                new: saved.old.clone(),
             });
         }
     }

@@ -72,7 +72,7 @@ impl StatusReport {
             datapath,
             owner_tables,
             drift,
-            sysctls_saved: st.map(|s| s.sysctls),
+            sysctls_saved: st.map(|s| s.sysctls_by_key()),
         })
     }
 }

@@ -1,0 +1,316 @@
+//! enipin run as an unlucky or hostile operator runs it: defects found that way, one test each
+//! (each failed before its fix). Everything in throwaway namespaces; pin dirs on private bpffs.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use enipin_tests::{
+    Enipin, PinDir, Snapshot, TempDir, Topology, enipin_bin, require, tcx_programs,
+};
+
+const IFACES: [&str; 2] = ["eth0", "eth1"];
+const SECONDARY: &str = "198.18.0.11";
+
+fn lab() -> (Topology, Enipin) {
+    require();
+    let topo = Topology::build().expect("topology");
+    let e = Enipin::in_ns(topo.host());
+    (topo, e)
+}
+
+fn progs_on(topo: &Topology, ifname: &str) -> Vec<String> {
+    tcx_programs(topo.host(), ifname)
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, p)| p)
+        .collect()
+}
+
+fn status(e: &Enipin) -> (bool, String) {
+    let out = e.cmd(&["status"]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// 10.1: a missing datapath is drift, and `status` exits non-zero on drift.
+#[test]
+fn status_reports_a_missing_datapath_as_drift_and_exits_non_zero() {
+    let (topo, e) = lab();
+    e.ok(&["attach"]);
+    let (ok, text) = status(&e);
+    assert!(ok && text.contains("drift: none"), "{text}");
+    let eth1 = topo.host().ifindex("eth1").unwrap();
+    // Unpinning the only reference to a TCX link detaches it.
+    std::fs::remove_file(e.pins.path().join(format!("link-{eth1}"))).unwrap();
+    let (ok, text) = status(&e);
+    assert!(!ok, "status exited 0 with eth1's datapath gone:\n{text}");
+    assert!(!text.contains("drift: none"), "{text}");
+    assert!(
+        text.contains("eth1"),
+        "the drift names no interface:\n{text}"
+    );
+    let json = e.cmd(&["status", "--json"]);
+    assert!(!json.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(
+        v["drift"].as_array().is_some_and(|d| !d.is_empty()),
+        "--json drift is empty: {v}"
+    );
+    // The whole pin dir gone: drift on both.
+    std::fs::remove_dir_all(e.pins.path()).unwrap();
+    let (ok, text) = status(&e);
+    assert!(
+        !ok && text.contains("eth0") && text.contains("eth1"),
+        "{text}"
+    );
+    e.ok(&["attach"]);
+    let (ok, text) = status(&e);
+    assert!(ok && text.contains("drift: none"), "{text}");
+    e.ok(&["detach"]);
+}
+
+/// `enipin --netns NS --pin-dir PINS --state-dir STATE ARGS`.
+fn run_with(ns: &str, pins: &Path, state: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(enipin_bin())
+        .arg("--netns")
+        .arg(ns)
+        .arg("--pin-dir")
+        .arg(pins)
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// 10.2: two namespaces given the same pin dir never touch each other's datapath.
+#[test]
+fn two_namespaces_with_one_pin_dir_leave_each_other_alone() {
+    require();
+    let a = Topology::build().expect("topology a");
+    let b = Topology::build().expect("topology b");
+    let pins = PinDir::new("enipin-shared-").unwrap();
+    let (sa, sb) = (
+        TempDir::new("enipin-sa-").unwrap(),
+        TempDir::new("enipin-sb-").unwrap(),
+    );
+    let run = |t: &Topology, s: &TempDir, args: &[&str]| {
+        run_with(t.host().name(), pins.path(), s.path(), args)
+    };
+    // eBPF only: the secondary answers a's peer only while a's datapath is there.
+    let out = run(&a, &sa, &["attach", "--no-rules"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(a.peer().ping(SECONDARY, 2).unwrap());
+    // b either gets a datapath of its own or a clear refusal; a's stays either way.
+    let _ = run(&b, &sb, &["attach", "--no-rules"]);
+    let _ = run(&b, &sb, &["detach"]);
+    assert!(
+        a.peer().ping(SECONDARY, 2).unwrap(),
+        "b's attach/detach removed a's datapath"
+    );
+    assert!(
+        !progs_on(&a, "eth1").is_empty(),
+        "a's program is gone from eth1"
+    );
+    let st = run(&a, &sa, &["status"]);
+    assert!(st.status.success(), "{st:?}");
+    let out = run(&a, &sa, &["detach"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(progs_on(&a, "eth1").is_empty());
+}
+
+/// 10.3: the state file names only sysctls attach could have set; anything else is refused and
+/// nothing is written. The state directory is 0700; a state file others can write is refused.
+#[test]
+fn a_state_file_cannot_make_detach_write_anywhere() {
+    let (_topo, e) = lab();
+    e.ok(&["attach", "--no-ebpf"]);
+    let mode = std::fs::metadata(e.state.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "state dir mode {mode:o}");
+
+    let victim = TempDir::new("enipin-victim-").unwrap();
+    let target = victim.path().join("file");
+    std::fs::write(&target, "untouched").unwrap();
+    let file = e.state_file();
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    state["sysctls"] = serde_json::json!({ target.to_str().unwrap(): "pwned" });
+    std::fs::write(&file, serde_json::to_string(&state).unwrap()).unwrap();
+    let err = e.fails(&["detach"]);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+    assert!(
+        err.contains(target.to_str().unwrap()),
+        "the error names no key: {err}"
+    );
+
+    // Writable by others: refused, whatever it says.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let err = e.fails(&["status"]);
+    assert!(err.contains("writable"), "{err}");
+}
+
+/// 10.4: renaming an interface between attach and detach leaks none of its sysctls.
+#[test]
+fn a_renamed_interface_gets_its_sysctls_back() {
+    let (topo, e) = lab();
+    let h = topo.host();
+    let before = Snapshot::take(h, &IFACES, e.pins.path()).unwrap();
+    e.ok(&["attach", "--no-ebpf"]);
+    let rename = |from: &str, to: &str| {
+        h.ip(&["link", "set", from, "down"]).unwrap();
+        h.ip(&["link", "set", from, "name", to]).unwrap();
+        h.ip(&["link", "set", to, "up"]).unwrap();
+    };
+    rename("eth1", "ren1");
+    e.ok(&["detach"]);
+    rename("ren1", "eth1");
+    // Routes through eth1 went with the link down: compare what enipin sets, the sysctls.
+    let after = Snapshot::take(h, &IFACES, e.pins.path()).unwrap();
+    let leaked: Vec<String> = before
+        .diff(&after)
+        .into_iter()
+        .filter(|l| l.contains("arp_") || l.contains("rp_filter"))
+        .collect();
+    assert_eq!(
+        leaked,
+        Vec::<String>::new(),
+        "sysctls leaked across the rename"
+    );
+}
+
+/// 10.5: loopback is never managed (its program would redirect local traffic), nor an interface
+/// that shares no subnet with another managed one.
+#[test]
+fn loopback_and_lonely_interfaces_are_refused() {
+    let (topo, e) = lab();
+    let before = Snapshot::take(topo.host(), &IFACES, e.pins.path()).unwrap();
+    let err = e.fails(&["attach", "--interfaces", "lo,eth1"]);
+    assert!(err.contains("lo") && err.contains("loopback"), "{err}");
+    let h = topo.host();
+    h.ip(&[
+        "link", "add", "solo0", "type", "veth", "peer", "name", "solo1",
+    ])
+    .unwrap();
+    h.ip(&["addr", "add", "198.18.1.9/24", "dev", "solo0"])
+        .unwrap();
+    h.ip(&["link", "set", "solo0", "up"]).unwrap();
+    h.ip(&["link", "set", "solo1", "up"]).unwrap();
+    let err = e.fails(&["attach", "--interfaces", "eth0,eth1,solo0"]);
+    assert!(err.contains("solo0") && err.contains("subnet"), "{err}");
+    let after = Snapshot::take(topo.host(), &IFACES, e.pins.path()).unwrap();
+    assert_eq!(before.diff(&after), Vec::<String>::new());
+}
+
+/// 10.6: a pin dir that is not on a bpffs is refused before any rule is added.
+#[test]
+fn a_pin_dir_off_bpffs_is_refused_before_any_change() {
+    let (topo, e) = lab();
+    let not_bpffs = TempDir::new("enipin-notbpffs-").unwrap();
+    let rules_before = topo.host().ip(&["rule"]).unwrap();
+    let mut monitor = topo
+        .host()
+        .command("ip")
+        .args(["-o", "monitor", "rule"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = run_with(
+        topo.host().name(),
+        not_bpffs.path(),
+        e.state.path(),
+        &["attach"],
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = monitor.kill();
+    let events = monitor.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bpffs"),
+        "{out:?}"
+    );
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        events.trim().is_empty(),
+        "rules were added and removed:\n{events}"
+    );
+    assert_eq!(topo.host().ip(&["rule"]).unwrap(), rules_before);
+}
+
+/// 10.8: detach with the wrong --pin-dir still removes what this namespace's attach pinned, or
+/// fails; it never reports success with programs left on the links.
+#[test]
+fn detach_with_the_wrong_pin_dir_removes_the_datapath_or_fails() {
+    let (topo, e) = lab();
+    e.ok(&["attach"]);
+    let wrong = PinDir::new("enipin-wrong-").unwrap();
+    let out = run_with(
+        topo.host().name(),
+        wrong.path(),
+        e.state.path(),
+        &["detach"],
+    );
+    let left = progs_on(&topo, "eth0").len() + progs_on(&topo, "eth1").len();
+    assert!(
+        !out.status.success() || left == 0,
+        "detach reported success with {left} program(s) still attached: {out:?}"
+    );
+    let _ = e.cmd(&["detach"]);
+    assert_eq!(
+        progs_on(&topo, "eth0").len() + progs_on(&topo, "eth1").len(),
+        0
+    );
+}
+
+/// 10.9: watch restores a removed link pin and a reverted sysctl within about a second, not at
+/// its 30 s periodic pass.
+#[test]
+fn watch_restores_a_removed_datapath_and_a_reverted_sysctl_within_a_second() {
+    let (topo, e) = lab();
+    let mut watch = e
+        .command(&["watch"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let eth1 = topo.host().ifindex("eth1").unwrap();
+    let pin = e.pins.path().join(format!("link-{eth1}"));
+    let settle = Instant::now();
+    while !pin.exists() && settle.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::remove_file(&pin).unwrap();
+    topo.host()
+        .sysctl("net.ipv4.conf.eth1.arp_ignore", "0")
+        .unwrap();
+    let t = Instant::now();
+    let arp_ignore = || {
+        topo.host()
+            .sh("cat /proc/sys/net/ipv4/conf/eth1/arp_ignore")
+            .unwrap()
+    };
+    while t.elapsed() < Duration::from_secs(3)
+        && !(pin.exists() && !progs_on(&topo, "eth1").is_empty() && arp_ignore().trim() == "1")
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = t.elapsed();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    eprintln!("datapath and sysctl restored after {took:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "not restored within 1.5 s ({took:?})"
+    );
+    e.ok(&["detach"]);
+}
