@@ -21,7 +21,7 @@ use crate::{
 use super::{
     attach::{AttachKind, attach_one, attachments, ifname, remove_attachment, resolve},
     contents::{MapWrites, State, installed, restore, write_maps},
-    owner::claim,
+    owner::{claim, owner},
     pins::{Pins, remove_pins},
     plan::{Change, EbpfPlan},
     program::{PROG_PIN, classifier, ensure_bpffs, load},
@@ -44,6 +44,8 @@ pub fn apply(
         detach(paths)?;
         return Ok(());
     }
+    // Checked by the plan already; again here, as the plan may be older than the directory.
+    owner(&paths.pin_dir)?;
     ensure_bpffs(&paths.pin_dir)?;
     let how = resolve(cfg.attach)?;
     let created_dir = !paths.pin_dir.exists();
