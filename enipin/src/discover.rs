@@ -45,6 +45,7 @@ pub async fn discover(nl: &Netlink) -> Result<Discovery> {
             mtu: 0,
             up: link.header.flags.contains(LinkFlags::Up),
             ethernet: link.header.link_layer_type == LinkLayerType::Ether,
+            loopback: link.header.flags.contains(LinkFlags::Loopback),
             addrs: Vec::new(),
         };
         for attr in &link.attributes {
@@ -68,7 +69,7 @@ pub async fn discover(nl: &Netlink) -> Result<Discovery> {
                 _ => {}
             }
         }
-        if link.header.flags.contains(LinkFlags::Loopback) {
+        if iface.loopback {
             iface.ethernet = false;
         }
         interfaces.push(iface);

@@ -147,6 +147,8 @@ pub struct Interface {
     pub up: bool,
     /// Ethernet (ARPHRD_ETHER) and not a bridge/bond/vlan master etc.
     pub ethernet: bool,
+    /// The loopback (IFF_LOOPBACK): never managed, named or not.
+    pub loopback: bool,
     /// Primary and secondary IPv4, global IPv6: link-local and deprecated-tentative excluded.
     pub addrs: Vec<Cidr>,
 }

@@ -23,10 +23,12 @@ pub fn enter(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// An identifier of the current network namespace (its inode), to key per-namespace state.
+/// An identifier of the calling thread's network namespace (its inode), to key per-namespace
+/// state. The thread's, not the process's: setns moves only the calling thread (the tests enter
+/// namespaces on threads of their own).
 pub fn current_id() -> Result<u64> {
     use std::os::unix::fs::MetadataExt as _;
-    Ok(std::fs::metadata("/proc/self/ns/net")
-        .context("reading /proc/self/ns/net")?
+    Ok(std::fs::metadata("/proc/thread-self/ns/net")
+        .context("reading /proc/thread-self/ns/net")?
         .ino())
 }

@@ -143,6 +143,23 @@ pub enum Refusal {
         selector: String,
         name: String,
     },
+    /// The loopback: a program on it would send the host's traffic to its own addresses out of
+    /// the interface owning them.
+    Loopback {
+        selector: String,
+        name: String,
+    },
+    /// Not an Ethernet interface (bridge, bond, VLAN, tunnel, ...): not an ENI.
+    NotEthernet {
+        selector: String,
+        name: String,
+    },
+    /// Shares no subnet with another interface while other named ones do: its replies already
+    /// leave by it, and its program would only redirect onto the others.
+    Lonely {
+        selector: String,
+        name: String,
+    },
 }
 
 impl Refusal {
@@ -151,7 +168,10 @@ impl Refusal {
         match self {
             Refusal::Unknown { selector, .. }
             | Refusal::Down { selector, .. }
-            | Refusal::NoAddress { selector, .. } => selector,
+            | Refusal::NoAddress { selector, .. }
+            | Refusal::Loopback { selector, .. }
+            | Refusal::NotEthernet { selector, .. }
+            | Refusal::Lonely { selector, .. } => selector,
         }
     }
 }
@@ -172,6 +192,22 @@ impl fmt::Display for Refusal {
                 f,
                 "interface {name} has no IPv4 or global IPv6 address: nothing to pin to it"
             ),
+            Refusal::Loopback { name, .. } => write!(
+                f,
+                "interface {name} is the loopback: enipin never manages it (its program would send \
+                 the host's traffic to its own addresses out of another interface); leave it out \
+                 of --interfaces"
+            ),
+            Refusal::NotEthernet { name, .. } => write!(
+                f,
+                "interface {name} is not an Ethernet interface (a bridge, bond, VLAN or tunnel is \
+                 not an ENI): leave it out of --interfaces"
+            ),
+            Refusal::Lonely { name, .. } => write!(
+                f,
+                "interface {name} shares no subnet with another interface: its replies already \
+                 leave by it; leave it out of --interfaces"
+            ),
         }
     }
 }
@@ -189,8 +225,9 @@ pub struct Chosen<'d> {
     pub refused: Vec<Refusal>,
 }
 
-/// Which interfaces: the named ones (refusing those missing, down or without an address), else
-/// every up Ethernet one with addresses.
+/// Which interfaces: the named ones (refusing those missing, loopback, not Ethernet, down, without
+/// an address, or alone in their subnets while others are not), else every up Ethernet one with
+/// addresses.
 pub fn choose<'d>(d: &'d Discovery, cfg: &Config) -> Chosen<'d> {
     let mut chosen = Chosen {
         interfaces: Vec::new(),
@@ -214,6 +251,27 @@ pub fn choose<'d>(d: &'d Discovery, cfg: &Config) -> Chosen<'d> {
             Err(r) => chosen.refused.push(r),
         }
     }
+    // Alone in its subnet: refused when others are managed; when none shares a subnet, there is
+    // nothing to do at all (a selection, not an error).
+    if chosen.interfaces.iter().any(|i| shares_subnet(d, i)) {
+        let (keep, lonely): (Vec<_>, Vec<_>) = chosen
+            .interfaces
+            .into_iter()
+            .partition(|i| shares_subnet(d, i));
+        chosen.interfaces = keep;
+        chosen.refused.extend(lonely.into_iter().map(|i| {
+            let selector = cfg
+                .interfaces
+                .iter()
+                .find(|s| matches(i, s))
+                .cloned()
+                .unwrap_or_else(|| i.name.clone());
+            Refusal::Lonely {
+                selector,
+                name: i.name.clone(),
+            }
+        }));
+    }
     chosen
 }
 
@@ -229,6 +287,12 @@ fn named<'d>(d: &'d Discovery, sel: &str) -> Result<&'d Interface, Refusal> {
         return Err(Refusal::Unknown { selector, known });
     };
     let name = iface.name.clone();
+    if iface.loopback {
+        return Err(Refusal::Loopback { selector, name });
+    }
+    if !iface.ethernet {
+        return Err(Refusal::NotEthernet { selector, name });
+    }
     if !iface.up {
         return Err(Refusal::Down { selector, name });
     }
@@ -717,6 +781,7 @@ mod tests {
             mtu: 1500,
             up: true,
             ethernet: true,
+            loopback: false,
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
         }
     }
@@ -725,7 +790,7 @@ mod tests {
     /// eth5 without addresses; the main table's default route leaves by eth1.
     fn namespace() -> Discovery {
         let mut lo = iface(0, &["127.0.0.1/8"]);
-        (lo.name, lo.ethernet) = ("lo".into(), false);
+        (lo.name, lo.ethernet, lo.loopback) = ("lo".into(), false, true);
         let mut down = iface(4, &["198.18.0.14/24"]);
         down.up = false;
         Discovery {
@@ -868,6 +933,43 @@ mod tests {
         assert_eq!(names, ["eth1", "eth2"]);
         assert_eq!(m[0].prefixes, ["198.18.0.64/28".parse().unwrap()]);
         assert!(m[1].prefixes.is_empty());
+    }
+
+    /// Loopback and interfaces alone in their subnet (beside others that are not) are refused,
+    /// named: never managed (unnamed, they are never chosen).
+    #[test]
+    fn loopback_and_lonely_interfaces_are_refused() {
+        let d = namespace();
+        let e = select(&d, &named_cfg(&["lo", "eth1"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("interface lo is the loopback: enipin never manages it"),
+            "{e}"
+        );
+        let chosen = choose(&d, &named_cfg(&["eth1", "eth2", "eth3"]));
+        assert_eq!(
+            chosen.refused,
+            [Refusal::Lonely {
+                selector: "eth3".into(),
+                name: "eth3".into()
+            }]
+        );
+        let e = select(&d, &named_cfg(&["eth1", "eth2", "eth3"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("eth3 shares no subnet"), "{e}");
+        // Left out by `watch`, the others managed.
+        let (selection, refused) = select_named(&d, &Config::default(), chosen).unwrap();
+        assert_eq!(refused.len(), 1);
+        let names: Vec<_> = managed(selection).into_iter().map(|m| m.name).collect();
+        assert_eq!(names, ["eth1", "eth2"]);
+        let mut bridge = namespace();
+        bridge.interfaces[2].ethernet = false;
+        let e = select(&bridge, &named_cfg(&["eth1", "eth2"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("eth2 is not an Ethernet interface"), "{e}");
     }
 
     #[test]

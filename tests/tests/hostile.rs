@@ -125,6 +125,62 @@ fn two_namespaces_with_one_pin_dir_leave_each_other_alone() {
     assert!(progs_on(&a, "eth1").is_empty());
 }
 
+/// 10.2, upgrading: a pin dir laid out by an enipin that did not mark it (no `netns-<inode>/`)
+/// is adopted by its own namespace with the links left in place, and refused by another one.
+#[test]
+fn an_unmarked_pin_dir_is_adopted_by_its_namespace_only() {
+    require();
+    let a = Topology::build().expect("topology a");
+    let b = Topology::build().expect("topology b");
+    let pins = PinDir::new("enipin-unmarked-").unwrap();
+    let (sa, sb) = (
+        TempDir::new("enipin-sa-").unwrap(),
+        TempDir::new("enipin-sb-").unwrap(),
+    );
+    let run = |t: &Topology, s: &TempDir, args: &[&str]| {
+        run_with(t.host().name(), pins.path(), s.path(), args)
+    };
+    let out = run(&a, &sa, &["attach", "--no-rules"]);
+    assert!(out.status.success(), "{out:?}");
+    let unmark = || {
+        for entry in std::fs::read_dir(pins.path()).unwrap() {
+            let p = entry.unwrap().path();
+            if p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("netns-")
+            {
+                std::fs::remove_dir(&p).unwrap();
+            }
+        }
+    };
+    unmark();
+    let link = progs_on(&a, "eth1");
+    let out = run(&b, &sb, &["attach", "--no-rules"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("another network namespace"),
+        "{out:?}"
+    );
+    assert_eq!(progs_on(&a, "eth1"), link, "b's attach touched a's link");
+    let out = run(&a, &sa, &["attach", "--no-rules"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("+ mark the pin directory"), "{text}");
+    assert!(
+        !text.contains("attach enipin"),
+        "the links were replaced:\n{text}"
+    );
+    assert_eq!(progs_on(&a, "eth1"), link);
+    assert!(a.peer().ping(SECONDARY, 2).unwrap());
+    // Marked now: b is refused by the mark itself.
+    let out = run(&b, &sb, &["attach", "--no-rules"]);
+    assert!(!out.status.success(), "{out:?}");
+    let out = run(&a, &sa, &["detach"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!pins.path().exists(), "pin dir left behind");
+}
+
 /// 10.3: the state file names only sysctls attach could have set; anything else is refused and
 /// nothing is written. The state directory is 0700; a state file others can write is refused.
 #[test]
@@ -195,15 +251,24 @@ fn loopback_and_lonely_interfaces_are_refused() {
     let before = Snapshot::take(topo.host(), &IFACES, e.pins.path()).unwrap();
     let err = e.fails(&["attach", "--interfaces", "lo,eth1"]);
     assert!(err.contains("lo") && err.contains("loopback"), "{err}");
+    let after = Snapshot::take(topo.host(), &IFACES, e.pins.path()).unwrap();
+    assert_eq!(before.diff(&after), Vec::<String>::new());
     let h = topo.host();
     h.ip(&[
         "link", "add", "solo0", "type", "veth", "peer", "name", "solo1",
     ])
     .unwrap();
+    // No IPv6: its link-local routes would come some time after the link is up, in the diff.
+    for dev in ["solo0", "solo1"] {
+        h.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "1")
+            .unwrap();
+    }
     h.ip(&["addr", "add", "198.18.1.9/24", "dev", "solo0"])
         .unwrap();
     h.ip(&["link", "set", "solo0", "up"]).unwrap();
     h.ip(&["link", "set", "solo1", "up"]).unwrap();
+    // solo0's own routes are the kernel's, not enipin's: compare from here.
+    let before = Snapshot::take(topo.host(), &IFACES, e.pins.path()).unwrap();
     let err = e.fails(&["attach", "--interfaces", "eth0,eth1,solo0"]);
     assert!(err.contains("solo0") && err.contains("subnet"), "{err}");
     let after = Snapshot::take(topo.host(), &IFACES, e.pins.path()).unwrap();

@@ -21,6 +21,7 @@ use crate::{
 use super::{
     attach::{AttachKind, attach_one, attachments, ifname, remove_attachment, resolve},
     contents::{MapWrites, State, installed, restore, write_maps},
+    owner::{claim, owner},
     pins::{Pins, remove_pins},
     plan::{Change, EbpfPlan},
     program::{PROG_PIN, classifier, ensure_bpffs, load},
@@ -43,11 +44,21 @@ pub fn apply(
         detach(paths)?;
         return Ok(());
     }
+    // Checked by the plan already; again here, as the plan may be older than the directory.
+    owner(&paths.pin_dir)?;
     ensure_bpffs(&paths.pin_dir)?;
     let how = resolve(cfg.attach)?;
     let created_dir = !paths.pin_dir.exists();
     fs::create_dir_all(&paths.pin_dir)
         .with_context(|| format!("creating {}", paths.pin_dir.display()))?;
+    // Ours before anything is pinned in it (a new directory, or one an earlier enipin left
+    // unmarked, which the plan checked runs nothing elsewhere).
+    if let Err(e) = claim(&paths.pin_dir) {
+        if created_dir {
+            let _ = fs::remove_dir(&paths.pin_dir);
+        }
+        return Err(e);
+    }
     let mut undo = Undo {
         created_dir,
         before: installed(&Pins::open(paths)?)?,
@@ -115,6 +126,7 @@ impl From<EbpfPlan> for Steps {
                 Change::RemoveCounters { ifindex } => m.counters.remove.push(ifindex),
                 Change::Config(c) => m.config = Some(c),
                 Change::RemovePins { .. } => s.remove_all = true,
+                Change::Claim { .. } => {} // every apply claims the directory
             }
         }
         s

@@ -11,9 +11,10 @@ use aya::programs::{
 };
 use enipin_ebpf::Owner;
 
+use super::owner::owner;
 use crate::config::{Attach, Paths};
 
-pub(super) const LINK_PREFIX: &str = "link-";
+pub(super) use super::program::LINK_PREFIX;
 pub(super) const NETLINK_PREFIX: &str = "nl-";
 
 /// An attachment found under the pin directory.
@@ -68,7 +69,10 @@ impl Attachment {
     }
 }
 
+/// The attachments recorded under the pin directory; an error when it is another network
+/// namespace's ([`super::owner`]): nothing of another namespace is ever read back as ours.
 pub(super) fn attachments(paths: &Paths) -> Result<Vec<Attachment>> {
+    owner(&paths.pin_dir)?;
     let entries = match fs::read_dir(&paths.pin_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -9,11 +9,14 @@
 //! - `link-<ifindex>`: one TCX link per managed interface (kernels >= 6.6);
 //! - `nl-<ifindex>-<priority>-<handle>/`: an empty directory marking a netlink (clsact) filter
 //!   on kernels without TCX (< 6.6), which cannot be pinned; priority and handle identify exactly
-//!   enipin's filter for an in-place replace or removal.
+//!   enipin's filter for an in-place replace or removal;
+//! - `netns-<inode>/`: an empty directory marking the network namespace the pins belong to.
 
 //!
 //! Modules, each depending only on those above it:
 //! - `program`: the embedded object, loading it, this build's tag, the bpffs check;
+//! - `owner`: which network namespace a pin directory belongs to (`netns-<inode>`); another's
+//!   is refused;
 //! - `pins`: what is pinned, opened once, with the layout check against
 //!   [`enipin_ebpf::layout::MAPS`];
 //! - `derived`: the fast-path arrays and owner tables derived from the owner maps;
@@ -28,6 +31,7 @@ mod attach;
 mod contents;
 mod derived;
 mod observe;
+mod owner;
 mod pins;
 mod plan;
 mod program;

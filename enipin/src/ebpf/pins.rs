@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{ArrayOfMaps, Map, MapData, MapInfo};
 use enipin_ebpf::layout::{Kind, Layout, MAPS};
 
+use super::owner::is_mark;
 use crate::config::Paths;
 
 /// The pins under a pin directory, as found when opened.
@@ -25,6 +26,9 @@ pub(super) struct Pins {
 
 impl Pins {
     /// Reads the pin directory (absent: nothing pinned) and checks every pinned map's layout.
+    /// Whose it is is left to the callers that change it or read its attachments as this
+    /// namespace's ([`super::owner`]): counters may be read from anywhere (the benchmark reads
+    /// them from outside the namespace it measures).
     pub(super) fn open(paths: &Paths) -> Result<Self> {
         let dir = paths.pin_dir.clone();
         let mut other_layout = BTreeMap::new();
@@ -107,17 +111,25 @@ fn layout_differs(path: &Path, want: &Layout) -> Result<Option<String>> {
     )))
 }
 
-/// Removes every pin left under `pin_dir`, then the directory. Returns one line per removal.
+/// Removes every pin left under `pin_dir`, then the namespace mark, then the directory. Returns
+/// one line per removal. The mark goes last: interrupted before, the directory stays this
+/// namespace's.
 pub(super) fn remove_pins(pin_dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let Ok(entries) = fs::read_dir(pin_dir) else {
         return Ok(out);
     };
     let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    names.sort();
+    let mark = |p: &PathBuf| p.file_name().is_some_and(|n| is_mark(&n.to_string_lossy()));
+    names.sort_by_key(|p| (mark(p), p.clone()));
     for p in names {
-        fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-        out.push(format!("- unpin {}", p.display()));
+        if mark(&p) {
+            fs::remove_dir(&p).with_context(|| format!("removing {}", p.display()))?;
+            out.push(format!("- remove {}", p.display()));
+        } else {
+            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            out.push(format!("- unpin {}", p.display()));
+        }
     }
     fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
     out.push(format!("- remove {}", pin_dir.display()));

@@ -18,11 +18,12 @@ use crate::{
 };
 
 use super::{
-    attach::{Attachment, attachments, owner_name},
+    attach::{Attachment, attachments, owner_name, resolve},
     contents::{MapDiff, MapWrites, desired, installed},
     derived::out_of_step,
+    owner::{Ownership, our_mark, owner},
     pins::Pins,
-    program::{PROG_PIN, our_tag},
+    program::{PROG_PIN, ensure_bpffs, our_tag},
 };
 
 /// What the datapath must change to match the desired state, diffed with what is pinned.
@@ -104,6 +105,11 @@ pub enum Change {
     RemovePins {
         dir: PathBuf,
     },
+    /// A pin directory an earlier enipin left unmarked, running nothing in another namespace:
+    /// marked as this namespace's (`mark` is the directory that says so).
+    Claim {
+        mark: PathBuf,
+    },
 }
 
 impl fmt::Display for Change {
@@ -161,12 +167,20 @@ impl fmt::Display for Change {
                 )
             }
             Self::RemovePins { dir } => write!(f, "- remove pins under {}", dir.display()),
+            Self::Claim { mark } => write!(
+                f,
+                "+ mark the pin directory as this network namespace's: {}",
+                mark.display()
+            ),
         }
     }
 }
 
-/// Computes the datapath changes for `managed` (empty `managed`: remove everything).
+/// Computes the datapath changes for `managed` (empty `managed`: remove everything). Every
+/// precondition of [`super::apply`] is checked here, before the first change of either applier:
+/// the pin directory is this namespace's, on a bpffs, and the attach method is known.
 pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result<EbpfPlan> {
+    let owner = owner(&paths.pin_dir)?;
     let found = attachments(paths)?;
     let mut changes = Vec::new();
     if managed.is_empty() {
@@ -177,6 +191,13 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
             });
         }
         return Ok(EbpfPlan { changes });
+    }
+    ensure_bpffs(&paths.pin_dir)?;
+    resolve(cfg.attach)?;
+    if owner == Ownership::Unmarked {
+        changes.push(Change::Claim {
+            mark: our_mark(&paths.pin_dir)?,
+        });
     }
     let pins = Pins::open(paths)?;
     for (name, why) in pins.other_layout() {

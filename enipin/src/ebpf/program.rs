@@ -16,6 +16,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// The classifier's pin under the pin directory.
 pub(super) const PROG_PIN: &str = "prog";
+/// A TCX link's pin is this followed by its ifindex (`link-3`).
+pub(super) const LINK_PREFIX: &str = "link-";
 
 /// Loads the object and its classifier [`PROGRAM`] (not attached); maps are created under (or
 /// reused from) `pin_dir`, which must exist. Public for the benchmark, which test-runs the program
