@@ -348,6 +348,7 @@ mod tests {
             mtu: m.mtu,
             up: true,
             ethernet: true,
+            loopback: false,
             addrs: Vec::new(),
         }
     }
