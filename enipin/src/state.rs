@@ -19,6 +19,10 @@ pub struct State {
     pub managed: Vec<ManagedInterface>,
     /// sysctl key → the value it had before enipin first changed it.
     pub sysctls: BTreeMap<String, String>,
+    /// The pin directory the datapath was attached under (`detach` removes it there whatever
+    /// `--pin-dir` says). State files written before this field existed read as `None`.
+    #[serde(default)]
+    pub pin_dir: Option<PathBuf>,
 }
 
 pub fn file(paths: &Paths) -> PathBuf {

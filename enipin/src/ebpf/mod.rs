@@ -36,7 +36,8 @@ pub use apply::{apply, detach};
 pub use attach::{AttachKind, ifname};
 pub use derived::{OwnerTable, sync_derived};
 pub use observe::{
-    Attached, OwnerTables, TableSummary, attached, counters, owner_table, table_summary,
+    Attached, OwnerTables, Running, TableSummary, attached, counters, owner_table,
+    running_at_egress, table_summary,
 };
 pub use plan::{Change, EbpfPlan, plan};
 pub use program::{OBJECT, load, program_id};
