@@ -8,15 +8,16 @@ use aya::{
     maps::{PerCpuArray, PerCpuHashMap},
     programs::{ProgramError, SchedClassifier, TcAttachType},
 };
-use enipin_ebpf::{Counters, FAST_SLOTS, PROGRAM, maps};
+use enipin_ebpf::{Counters, FAST_SLOTS, PROGRAM, layout::MAPS, maps};
 use serde::Serialize;
 
-use crate::config::Paths;
+use crate::{config::Paths, model::ManagedInterface};
 
 use super::{
     attach::{AttachKind, attachments, ifname},
     derived::{OwnerTable, read_table},
     pins::Pins,
+    program::PROG_PIN,
 };
 
 /// A live attachment of the program.
@@ -39,6 +40,37 @@ pub fn attached(paths: &Paths) -> Result<Vec<Attached>> {
             kind: a.kind(),
         })
         .collect())
+}
+
+/// What of the datapath of `managed` is missing under the pin directory, one note each: the
+/// directory, the program's pin, a map's pin, an interface's live attachment. Cheap enough for
+/// `enipin watch` to ask every 250 ms (a few stats, and per interface one open and one TCX
+/// query), unlike a plan, which reads every map.
+pub fn missing(managed: &[ManagedInterface], paths: &Paths) -> Result<Vec<String>> {
+    let dir = &paths.pin_dir;
+    if managed.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !dir.exists() {
+        return Ok(vec![format!("pin dir {}", dir.display())]);
+    }
+    let mut out: Vec<String> = std::iter::once(PROG_PIN)
+        .chain(MAPS.iter().map(|l| l.name))
+        .filter(|name| !dir.join(name).exists())
+        .map(|name| format!("pin {name}"))
+        .collect();
+    let live: Vec<u32> = attachments(paths)?
+        .into_iter()
+        .filter(|a| a.alive(dir))
+        .map(|a| a.ifindex)
+        .collect();
+    out.extend(
+        managed
+            .iter()
+            .filter(|m| !live.contains(&m.ifindex))
+            .map(|m| format!("{PROGRAM}'s link on {}", m.name)),
+    );
+    Ok(out)
 }
 
 /// An enipin program the kernel runs at an interface's egress (TCX), whoever pinned its link.
