@@ -206,6 +206,9 @@ pub(crate) async fn commit(nl: &Netlink, p: Pending, cfg: &Config, paths: &Paths
     }
     st.config = Some(cfg.clone());
     st.managed = p.managed.clone();
+    if cfg.ebpf {
+        st.pin_dir = Some(paths.pin_dir.clone());
+    }
     if p.previous.as_ref() != Some(&st) {
         state::save(paths, &st)?;
     }

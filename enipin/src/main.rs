@@ -110,6 +110,11 @@ enum Command {
     /// Remove exactly what enipin added and restore the sysctls it changed.
     Detach,
     /// Managed interfaces, addresses, tables, rules, attachment, and drift from the desired state.
+    ///
+    /// Drift is anything `enipin attach` would change: a missing rule, route or sysctl, and a
+    /// missing datapath link, program, map or owner entry. Exit status: 0 when attached without
+    /// drift (or not attached at all: no state file, nothing desired), 1 when attached with drift
+    /// or when the state could not be read, so a health check can run it.
     Status {
         #[arg(long)]
         json: bool,
@@ -215,7 +220,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             enipin::watch::watch(&cfg, &paths, pacing).await?;
         }
         Command::Detach => enipin::commands::detach(&paths).await?,
-        Command::Status { json } => enipin::commands::status(&paths, json).await?,
+        Command::Status { json } => {
+            if !enipin::commands::status(&paths, json).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Stats { json } => enipin::metrics::stats(&paths, json).await?,
         Command::Metrics { listen } => enipin::metrics::metrics(&paths, listen).await?,
         Command::Render { sel, format } => {

@@ -32,6 +32,10 @@ pub struct State {
     /// The values the sysctls had before enipin first changed them.
     #[serde(deserialize_with = "saved_sysctls")]
     pub sysctls: Vec<SavedSysctl>,
+    /// The pin directory the datapath was attached under (`detach` removes it there whatever
+    /// `--pin-dir` says). State files written before this field existed read as `None`.
+    #[serde(default)]
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// One sysctl value enipin replaced, kept by the interface's ifindex and MAC (names change: `ip

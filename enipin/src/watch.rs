@@ -11,6 +11,13 @@
 //! A reconcile that fails (discovery, a conflict, a step) changes nothing, is logged, and is
 //! retried with exponential backoff: an error is never read as "nothing to manage".
 //!
+//! What sends no netlink event is checked every `check` (250 ms): the datapath's pins and links
+//! ([`ebpf::missing`]) and the managed interfaces' sysctls. Anything missing or reverted starts
+//! a reconcile at once, so a removed link pin or pin directory, or a sysctl set back by another
+//! tool, is restored within about 300 ms instead of at the next periodic pass. Between
+//! reconciles the watcher holds its TCX links open ([`ebpf::HeldLinks`]): a removed pin does not
+//! detach the link, and is pinned back before the reconcile.
+//!
 //! SIGHUP asks for a full reconcile. SIGTERM / SIGINT stop the watcher between reconciles and
 //! leave the state installed, as `attach` does; `enipin detach` removes it.
 
@@ -30,7 +37,9 @@ use tokio::{
 use crate::{
     apply::{self, Reconciled},
     config::{Config, Paths},
-    ebpf, netlink, state,
+    ebpf,
+    model::ManagedInterface,
+    netlink, state, sysctl,
 };
 
 /// How the watcher paces itself.
@@ -45,6 +54,8 @@ pub struct Pacing {
     /// First retry delay after a failed reconcile; doubles up to `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
+    /// Between the cheap checks of what sends no event (datapath pins and links, sysctls).
+    pub check: Duration,
 }
 
 impl Pacing {
@@ -55,6 +66,9 @@ impl Pacing {
             max_delay: Duration::from_secs(2),
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
+            // Restored within a second (check + reconcile, about 50 ms); each check costs a few
+            // stats, a TCX query per managed interface and three sysctl reads per interface.
+            check: Duration::from_millis(250),
         }
     }
 }
@@ -319,6 +333,27 @@ fn report(
     idle.clone_from(&r.idle);
 }
 
+/// What of the desired state for `managed` is gone without a netlink event: datapath pins and
+/// links, sysctls set back. Empty when all is in place (or cannot be told: the reconcile reports
+/// errors, the check does not).
+fn missing(cfg: &Config, paths: &Paths, managed: &[ManagedInterface]) -> Vec<String> {
+    let mut out = Vec::new();
+    if cfg.ebpf {
+        out.extend(ebpf::missing(managed, paths).unwrap_or_default());
+    }
+    if cfg.rules && cfg.sysctls {
+        for m in managed {
+            let want = sysctl::desired(&m.name).unwrap_or_default();
+            out.extend(
+                want.into_iter()
+                    .filter(|(key, v)| sysctl::read(key).is_ok_and(|now| now != *v))
+                    .map(|(key, v)| format!("{key} != {v}")),
+            );
+        }
+    }
+    out
+}
+
 /// Runs until SIGTERM or SIGINT; the state stays installed when it returns.
 pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
     // One changer per state directory: attach and detach refuse to run beside the watcher.
@@ -345,6 +380,13 @@ pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
     // Why nothing is managed, as last reported.
     let mut idle: Option<String> = None;
     let mut left_out: Vec<String> = Vec::new();
+    // What the last successful reconcile manages, for the cheap check, and its links held open.
+    let mut managed: Vec<ManagedInterface> = Vec::new();
+    let mut held = ebpf::HeldLinks::default();
+    // Held links whose pins are gone for good, kept until a reconcile has attached anew.
+    let mut orphans = ebpf::HeldLinks::default();
+    let mut check = tokio::time::interval(pacing.check);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     println!(
         "watching (interval {}s); SIGTERM/SIGINT stop the watcher and leave the state installed",
         pacing.interval.as_secs()
@@ -380,14 +422,34 @@ pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
                 due = Some((now + pacing.debounce).min(start + pacing.max_delay));
             }
             () = drain(&mut logger) => {}
+            _ = check.tick(), if due.is_none() => {
+                let gone = missing(cfg, paths, &managed);
+                if !gone.is_empty() {
+                    why.add(Some((0, format!("gone without an event: {}", gone.join(", ")))));
+                    due = Some(Instant::now());
+                }
+            }
             () = sleep_until(deadline.into()) => {
                 if due.is_none() {
                     why.add(Some((0, "periodic check".to_owned())));
                 }
                 let started = Instant::now();
-                match apply::reconcile(cfg, paths).await {
-                    Ok(r) => {
+                // The reconcile must be able to detach or replace links: let go of them first
+                // (those that lost their pin for good keep enforcing until it attached anew).
+                let (repinned, lost) = std::mem::take(&mut held).repin(paths);
+                orphans.extend(lost);
+                let result = apply::reconcile(cfg, paths).await;
+                if cfg.ebpf {
+                    held = ebpf::HeldLinks::hold(paths);
+                }
+                if result.is_ok() {
+                    orphans = ebpf::HeldLinks::default();
+                }
+                match result {
+                    Ok(mut r) => {
+                        r.changes.splice(0..0, repinned);
                         report(&r, &why, started.elapsed(), &mut idle, &mut left_out);
+                        managed.clone_from(&r.managed);
                         if failures > 0 {
                             println!("reconcile succeeded after {failures} failed attempt(s)");
                         }

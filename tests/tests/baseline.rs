@@ -169,11 +169,14 @@ fn seed_ping_fails_before_and_works_after_attach() {
         "subnet-first-host"
     );
 
-    // Drift: someone deletes one of our rules; status says so, attach puts it back.
+    // Drift: someone deletes one of our rules; status says so (and exits 1, for health
+    // checks), attach puts it back.
     t.host()
         .ip(&["rule", "del", "pref", "20002", "from", "198.18.0.11"])
         .unwrap();
-    let status = enipin.ok(&["status"]);
+    let out = enipin.cmd(&["status"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let status = String::from_utf8_lossy(&out.stdout);
     assert!(
         status.contains("drift (1 change(s)") && status.contains("+ rule from 198.18.0.11/32"),
         "{status}"

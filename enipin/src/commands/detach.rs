@@ -1,6 +1,7 @@
 //! `enipin detach`: remove exactly what enipin added and restore the sysctls it changed.
 
 use anyhow::{Result, anyhow};
+use enipin_ebpf::PROGRAM;
 
 use crate::{
     apply,
@@ -16,8 +17,10 @@ pub async fn detach(paths: &Paths) -> Result<()> {
     let st = state::load(paths)?;
     let s = Snapshot::take().await?;
     let changes = removals(&s, st.as_ref());
-    let pinned = paths.pin_dir.exists();
-    if changes.is_empty() && st.is_none() && !pinned {
+    let pins = pins_of(paths, st.as_ref());
+    let pinned = pins.pin_dir.exists();
+    let running = ebpf::running_at_egress()?;
+    if changes.is_empty() && st.is_none() && !pinned && running.is_empty() {
         println!("nothing to do: enipin has nothing installed");
         return Ok(());
     }
@@ -31,7 +34,7 @@ pub async fn detach(paths: &Paths) -> Result<()> {
         }
     }
     if pinned {
-        match ebpf::detach(paths) {
+        match ebpf::detach(&pins) {
             Ok(lines) => {
                 n_changes += lines.len();
                 lines.iter().for_each(|l| println!("{l}"));
@@ -39,6 +42,7 @@ pub async fn detach(paths: &Paths) -> Result<()> {
             Err(e) => failed.push(format!("{e:#}")),
         }
     }
+    failed.extend(left_running(&pins)?);
     if !failed.is_empty() {
         return Err(anyhow!(
             "detach left some things in place (state file kept): {}",
@@ -48,6 +52,45 @@ pub async fn detach(paths: &Paths) -> Result<()> {
     state::remove(paths)?;
     println!("detached: {n_changes} change(s)");
     Ok(())
+}
+
+/// The paths to detach the datapath from: the pin directory the state file recorded (where the
+/// attach pinned it), whatever `--pin-dir` says; `--pin-dir` without a record.
+fn pins_of(paths: &Paths, st: Option<&state::State>) -> Paths {
+    let Some(recorded) = st.and_then(|s| s.pin_dir.as_ref()) else {
+        return paths.clone();
+    };
+    if *recorded != paths.pin_dir {
+        println!(
+            "note: the datapath was attached under {}, not --pin-dir {}: detaching it there",
+            recorded.display(),
+            paths.pin_dir.display()
+        );
+    }
+    Paths {
+        pin_dir: recorded.clone(),
+        state_dir: paths.state_dir.clone(),
+    }
+}
+
+/// enipin programs the kernel still runs at egress after the pins are gone: their links are
+/// pinned elsewhere (another pin dir in this namespace) or held open by a process.
+fn left_running(pins: &Paths) -> Result<Vec<String>> {
+    Ok(ebpf::running_at_egress()?
+        .into_iter()
+        .map(|r| {
+            format!(
+                "{PROGRAM} still runs at {} egress (ifindex {}, program id {}): its link is not \
+                 under {}. Run `enipin detach --pin-dir DIR` with the pin dir of the attach that \
+                 put it there (`bpftool link show` lists the link and its pins), or stop the \
+                 process that holds it",
+                r.name,
+                r.ifindex,
+                r.program_id,
+                pins.pin_dir.display()
+            )
+        })
+        .collect())
 }
 
 /// enipin's rules and routes, then the sysctls back to the values the state file saved, each on

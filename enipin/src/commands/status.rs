@@ -31,20 +31,71 @@ pub struct StatusReport {
     pub routes: Vec<Route>,
     pub datapath: Vec<Attached>,
     pub owner_tables: OwnerTables,
-    /// The changes that would reach the desired state.
-    pub drift: Vec<Change>,
+    /// The changes that would reach the desired state: rules, routes and sysctls, then the
+    /// datapath (a missing link, program, map or owner entry is drift too).
+    pub drift: Vec<Drift>,
     /// sysctl key → the value before enipin changed it (`None`: no state file).
     pub sysctls_saved: Option<BTreeMap<String, String>>,
 }
 
-pub async fn status(paths: &Paths, json: bool) -> Result<()> {
+/// One change between the namespace and the desired state.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Drift {
+    /// A rule, route or sysctl (`{"op": "add-rule", ...}`).
+    Routing(Change),
+    /// A datapath change (`{"op": "datapath", "change": "+ attach ..."}`).
+    Datapath(DatapathDrift),
+}
+
+/// A datapath change in `status --json`: the plan line, and the interface it is about.
+#[derive(Debug, Serialize)]
+pub struct DatapathDrift {
+    op: &'static str,
+    /// The interface the change is about, when it is about one.
+    ifindex: Option<u32>,
+    change: String,
+}
+
+impl From<ebpf::Change> for Drift {
+    fn from(c: ebpf::Change) -> Self {
+        use ebpf::Change as C;
+        let ifindex = match &c {
+            C::Attach { ifindex, .. }
+            | C::Detach { ifindex, .. }
+            | C::AddCounters { ifindex }
+            | C::RemoveCounters { ifindex } => Some(*ifindex),
+            C::SetOwner { owner, .. } | C::SetPrefix { owner, .. } => Some(owner.ifindex),
+            _ => None,
+        };
+        Self::Datapath(DatapathDrift {
+            op: "datapath",
+            ifindex,
+            change: c.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for Drift {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Routing(c) => f.write_str(&c.render(DiffFormat::Text)),
+            Self::Datapath(d) => f.write_str(&d.change),
+        }
+    }
+}
+
+/// Prints the report; returns whether the namespace is healthy: `false` when enipin is attached
+/// (a state file exists) and the installed state drifted from the desired one, which `main`
+/// turns into exit status 1 for health checks. Without a state file nothing is desired yet.
+pub async fn status(paths: &Paths, json: bool) -> Result<bool> {
     let report = StatusReport::gather(paths).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{report}");
     }
-    Ok(())
+    Ok(!report.drifted())
 }
 
 impl StatusReport {
@@ -62,7 +113,15 @@ impl StatusReport {
             Selection::NothingToDo(_) => Vec::new(),
         };
         let (rules, routes) = crate::plan::installed(d);
-        let drift = apply::compute(d, &managed, &cfg)?.changes;
+        let mut drift: Vec<Drift> = apply::compute(d, &managed, &cfg)?
+            .changes
+            .into_iter()
+            .map(Drift::Routing)
+            .collect();
+        if cfg.ebpf {
+            let plan = ebpf::plan(&managed, &cfg, paths).context("planning the datapath")?;
+            drift.extend(plan.changes.into_iter().map(Drift::from));
+        }
         let (datapath, owner_tables) = datapath(paths)?;
         Ok(Self {
             attached: st.is_some(),
@@ -118,6 +177,11 @@ impl fmt::Display for StatusReport {
 }
 
 impl StatusReport {
+    /// Attached, and something differs from the desired state.
+    pub fn drifted(&self) -> bool {
+        self.attached && !self.drift.is_empty()
+    }
+
     fn fmt_datapath(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.datapath.is_empty() {
             writeln!(f, "datapath: not attached")?;
@@ -153,7 +217,7 @@ impl StatusReport {
             self.drift.len()
         )?;
         for c in &self.drift {
-            writeln!(f, "  {}", c.render(DiffFormat::Text))?;
+            writeln!(f, "  {c}")?;
         }
         Ok(())
     }
@@ -241,7 +305,13 @@ mod tests {
                 }),
                 ipv6: None,
             },
-            drift: vec![Change::AddRule(rule)],
+            drift: vec![
+                Drift::Routing(Change::AddRule(rule)),
+                Drift::from(ebpf::Change::Attach {
+                    ifindex: 4,
+                    name: "eth2".into(),
+                }),
+            ],
             sysctls_saved: Some(BTreeMap::new()),
         }
     }
@@ -259,8 +329,9 @@ routes (1):
   -6 default via 2001:db8::1 dev eth1 table 20003 proto 229
 datapath: eth1 (ifindex 3) tcx
 owner table IPv4: 1 address(es), 0 bucket(s) spilled to the owner map
-drift (1 change(s) to reach the desired state):
+drift (2 change(s) to reach the desired state):
   + rule from 198.18.0.11/32 lookup 20003 pref 20002 proto 229
+  + attach enipin_egress to eth2 egress (ifindex 4)
 "
         );
     }
@@ -296,5 +367,13 @@ drift (1 change(s) to reach the desired state):
         assert_eq!(v["owner_tables"]["ipv4"]["addresses"], 1);
         assert_eq!(v["owner_tables"]["ipv6"], serde_json::Value::Null);
         assert_eq!(v["drift"][0]["op"], "add-rule");
+        assert_eq!(
+            v["drift"][1],
+            serde_json::json!({
+                "op": "datapath",
+                "ifindex": 4,
+                "change": "+ attach enipin_egress to eth2 egress (ifindex 4)"
+            })
+        );
     }
 }

@@ -24,12 +24,15 @@
 //! - `attach`: TCX or netlink, chosen by one probe; finding and removing attachments;
 //! - `plan`: the typed [`Change`]s of an [`EbpfPlan`];
 //! - `apply`: carrying a plan out, all or nothing; detaching everything;
-//! - `observe`: attachments, counters, owner tables, for `status`, `stats`, `metrics`.
+//! - `observe`: attachments, counters, owner tables, for `status`, `stats`, `metrics`; what is
+//!   missing, for `watch`'s cheap check; what the kernel runs, for `detach`'s;
+//! - `held`: the links `watch` holds open so that a removed pin does not detach them.
 
 mod apply;
 mod attach;
 mod contents;
 mod derived;
+mod held;
 mod observe;
 mod owner;
 mod pins;
@@ -39,8 +42,10 @@ mod program;
 pub use apply::{apply, detach};
 pub use attach::{AttachKind, ifname};
 pub use derived::{OwnerTable, sync_derived};
+pub use held::HeldLinks;
 pub use observe::{
-    Attached, OwnerTables, TableSummary, attached, counters, owner_table, table_summary,
+    Attached, OwnerTables, Running, TableSummary, attached, counters, missing, owner_table,
+    running_at_egress, table_summary,
 };
 pub use plan::{Change, EbpfPlan, plan};
 pub use program::{OBJECT, load, program_id};

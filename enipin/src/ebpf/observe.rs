@@ -3,17 +3,21 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Result, bail};
-use aya::maps::{PerCpuArray, PerCpuHashMap};
-use enipin_ebpf::{Counters, FAST_SLOTS, maps};
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    maps::{PerCpuArray, PerCpuHashMap},
+    programs::{ProgramError, SchedClassifier, TcAttachType},
+};
+use enipin_ebpf::{Counters, FAST_SLOTS, PROGRAM, layout::MAPS, maps};
 use serde::Serialize;
 
-use crate::config::Paths;
+use crate::{config::Paths, model::ManagedInterface};
 
 use super::{
     attach::{AttachKind, attachments, ifname},
     derived::{OwnerTable, read_table},
     pins::Pins,
+    program::PROG_PIN,
 };
 
 /// A live attachment of the program.
@@ -36,6 +40,101 @@ pub fn attached(paths: &Paths) -> Result<Vec<Attached>> {
             kind: a.kind(),
         })
         .collect())
+}
+
+/// What of the datapath of `managed` is missing under the pin directory, one note each: the
+/// directory, the program's pin, a map's pin, an interface's live attachment. Cheap enough for
+/// `enipin watch` to ask every 250 ms (a few stats, and per interface one open and one TCX
+/// query), unlike a plan, which reads every map.
+pub fn missing(managed: &[ManagedInterface], paths: &Paths) -> Result<Vec<String>> {
+    let dir = &paths.pin_dir;
+    if managed.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !dir.exists() {
+        return Ok(vec![format!("pin dir {}", dir.display())]);
+    }
+    let mut out: Vec<String> = std::iter::once(PROG_PIN)
+        .chain(MAPS.iter().map(|l| l.name))
+        .filter(|name| !dir.join(name).exists())
+        .map(|name| format!("pin {name}"))
+        .collect();
+    let live: Vec<u32> = attachments(paths)?
+        .into_iter()
+        .filter(|a| a.alive(dir))
+        .map(|a| a.ifindex)
+        .collect();
+    out.extend(
+        managed
+            .iter()
+            .filter(|m| !live.contains(&m.ifindex))
+            .map(|m| format!("{PROGRAM}'s link on {}", m.name)),
+    );
+    Ok(out)
+}
+
+/// An enipin program the kernel runs at an interface's egress (TCX), whoever pinned its link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Running {
+    pub ifindex: u32,
+    pub name: String,
+    pub program_id: u32,
+}
+
+/// Every program named [`PROGRAM`] at a TCX egress of this namespace, asked of the kernel (not
+/// of a pin directory): what `detach` checks it left nothing behind with. Empty on kernels
+/// without TCX (< 6.6), whose netlink filters are found only through their pin-dir records.
+pub fn running_at_egress() -> Result<Vec<Running>> {
+    let mut out = Vec::new();
+    for (ifindex, name) in interfaces() {
+        let progs = match SchedClassifier::query_tcx(ifindex, TcAttachType::Egress) {
+            Ok((_, progs)) => progs,
+            Err(ProgramError::SyscallError(e))
+                if matches!(
+                    e.io_error.raw_os_error(),
+                    // No TCX, or the interface went while we asked.
+                    Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENODEV)
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("asking the kernel for {name}'s programs"));
+            }
+        };
+        out.extend(
+            progs
+                .iter()
+                .filter(|p| p.name_as_str() == Some(PROGRAM))
+                .map(|p| Running {
+                    ifindex,
+                    name: name.clone(),
+                    program_id: p.id(),
+                }),
+        );
+    }
+    Ok(out)
+}
+
+/// The namespace's interfaces (ifindex, name).
+fn interfaces() -> Vec<(u32, String)> {
+    // SAFETY: if_nameindex returns an array ended by a zero entry (or NULL), freed below.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    // SAFETY: every entry up to the terminating zero one is valid, with a NUL-terminated name.
+    unsafe {
+        let mut p = list;
+        while (*p).if_index != 0 {
+            let name = std::ffi::CStr::from_ptr((*p).if_name).to_string_lossy();
+            out.push(((*p).if_index, name.into_owned()));
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out
 }
 
 /// Counters per interface (ifindex; 0 is the "unknown interface" slot), summed over CPUs.
