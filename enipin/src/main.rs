@@ -1,7 +1,7 @@
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use enipin::config::{self, Config, DelegatedPrefix, Mode, Paths};
 
 /// Pins every reply to the network interface (ENI) that owns its source address.
@@ -144,6 +144,12 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Shell completions on stdout (the packages install them).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Man pages, section 8 (enipin is in sbin): enipin.8 and one per command, written into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 impl Selection {
@@ -232,6 +238,32 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             enipin::render::render(&cfg, format).await?;
         }
         Command::Lab { keep } => return enipin::lab::run(keep).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "enipin", &mut std::io::stdout());
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            let mut cmd = Cli::command();
+            // Propagates the global flags into every command's page.
+            cmd.build();
+            man_pages(&cmd, &dir)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One page per command; after `build()` each command's display name is `enipin-<command>`.
+fn man_pages(cmd: &clap::Command, dir: &std::path::Path) -> Result<()> {
+    let name = cmd.get_display_name().unwrap_or(cmd.get_name());
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone())
+        .section("8")
+        .render(&mut page)?;
+    std::fs::write(dir.join(format!("{name}.8")), page)?;
+    for sub in cmd.get_subcommands() {
+        if !sub.is_hide_set() && sub.get_name() != "help" {
+            man_pages(sub, dir)?;
+        }
+    }
+    Ok(())
 }

@@ -354,6 +354,15 @@ fn missing(cfg: &Config, paths: &Paths, managed: &[ManagedInterface]) -> Vec<Str
     out
 }
 
+/// Tells systemd (`Type=notify`) that the first reconcile succeeded, so units ordered after
+/// enipin (`network-online.target`) start with its state in place. Nothing outside systemd
+/// (no `$NOTIFY_SOCKET`).
+fn notify_ready() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        eprintln!("enipin watch: telling systemd READY=1 failed: {e}");
+    }
+}
+
 /// Runs until SIGTERM or SIGINT; the state stays installed when it returns.
 pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
     // One changer per state directory: attach and detach refuse to run beside the watcher.
@@ -377,6 +386,7 @@ pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
     // No reconcile before this (backoff after a failure).
     let mut hold = now;
     let mut failures = 0u32;
+    let mut ready = false;
     // Why nothing is managed, as last reported.
     let mut idle: Option<String> = None;
     let mut left_out: Vec<String> = Vec::new();
@@ -454,6 +464,10 @@ pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
                             println!("reconcile succeeded after {failures} failed attempt(s)");
                         }
                         failures = 0;
+                        if !ready {
+                            ready = true;
+                            notify_ready();
+                        }
                         why = Reasons::default();
                         due = None;
                     }

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's own installer and task runner. Every task that builds
 //! enipin runs `setup` first, so the README's commands work on a fresh machine.
 
+mod dist;
 mod setup;
 
 use std::{
@@ -15,7 +16,9 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
   setup            install the eBPF toolchain, bpf-linker and the Debian packages (idempotent)
   lab [--keep]     build enipin and run the seed scenario in throwaway namespaces
-  test             setup, then the whole test suite (unit, eBPF test-run, namespaces, lab)
+  test             setup, dist, then the whole test suite (unit, eBPF test-run, namespaces,
+                   lab, the artifacts installed and run)
+  dist             static binary tarball, .deb, .rpm and OCI image into target/dist/
   bench [--quick]  the benchmark: datapath cost, throughput ratios, control plane; writes bench/
 ";
 
@@ -26,6 +29,7 @@ fn main() -> ExitCode {
         Some("lab") => lab(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("dist") => setup::run().and_then(|_| dist::run_dist()),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(())
@@ -93,6 +97,8 @@ fn test(args: &[String]) -> Result<()> {
     require_root("the test suite")?;
     setup::run()?;
     let started = std::time::Instant::now();
+    // The artifacts tests/tests/packaging.rs installs and runs.
+    dist::run_dist()?;
     // The binary the integration tests drive (same package set as the test build), then the suite.
     run(cargo().args(["build"]))?;
     let (passed, failed, status) = test_and_count(cargo().args(["test"]).args(args))?;

@@ -36,7 +36,24 @@ const PACKAGES: &[(&str, &str)] = &[
     // testbed's Netns::sysctl and the lab set namespace sysctls with it.
     ("sysctl", "procps"),
     ("iperf3", "iperf3"),
+    // `cargo xtask dist` and the packaging tests: the image, the container run, the packages'
+    // contents, the unit's verification, the capability set, the manifests' validator.
+    ("buildah", "buildah"),
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("rpm2cpio", "rpm"),
+    ("cpio", "cpio"),
+    ("dpkg-deb", "dpkg"),
+    ("systemd-analyze", "systemd"),
+    ("setpriv", "util-linux"),
+    ("file", "file"),
 ];
+/// The static binary's target (no libc on the host needed: the tarball, the packages, the image).
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+/// Cargo subcommands that build the .deb and the .rpm: (crate, version), into .tools/bin.
+const CARGO_TOOLS: &[(&str, &str)] = &[("cargo-deb", "3.8.0"), ("cargo-generate-rpm", "0.21.1")];
+/// Validates the Kubernetes manifests against schemas shipped in the package (offline).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 pub fn tools_dir() -> PathBuf {
     root().join(".tools")
@@ -53,6 +70,9 @@ pub fn run() -> Result<()> {
     step("Debian packages", packages)?;
     step("eBPF toolchain", nightly)?;
     step("bpf-linker", bpf_linker)?;
+    step("musl target", musl_target)?;
+    step("cargo-deb and cargo-generate-rpm", cargo_tools)?;
+    step("kubernetes-validate", kubernetes_validate)?;
     eprintln!("setup: ready in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -78,7 +98,11 @@ fn packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    apt_install(&missing)
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    eprintln!("setup: installing Debian packages: {}", packages.join(" "));
     let apt = |args: &[&str]| -> Result<()> {
         let status = Command::new("apt-get")
             .args(args)
@@ -92,8 +116,76 @@ fn packages() -> Result<()> {
     };
     apt(&["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    args.extend(&missing);
+    args.extend(packages);
     apt(&args)
+}
+
+/// The user-space toolchain (rust-toolchain.toml) with the musl standard library.
+fn musl_target() -> Result<()> {
+    let installed = Command::new("rustup")
+        .current_dir(root())
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("running rustup")?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == MUSL_TARGET)
+    {
+        return Ok(());
+    }
+    crate::run(
+        Command::new("rustup")
+            .current_dir(root())
+            .args(["target", "add", MUSL_TARGET]),
+    )
+}
+
+fn cargo_tools() -> Result<()> {
+    for (name, version) in CARGO_TOOLS {
+        let bin = tools_dir().join("bin").join(name);
+        // `cargo deb --version` prints "cargo-deb 3.8.0"; cargo-generate-rpm likewise.
+        if let Ok(out) = Command::new(&bin).arg("--version").output()
+            && String::from_utf8_lossy(&out.stdout).contains(version)
+        {
+            continue;
+        }
+        eprintln!("setup: building {name} {version} (about a minute)");
+        crate::run(
+            Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .current_dir(root())
+                .args(["install", name, "--version", version, "--locked", "--root"])
+                .arg(tools_dir()),
+        )?;
+    }
+    Ok(())
+}
+
+/// `.tools/venv/bin/kubernetes-validate`: the system's Python 3 in a venv of its own (not the
+/// system's pip, not whatever python3 comes first on PATH).
+pub fn kubernetes_validate_bin() -> PathBuf {
+    tools_dir().join("venv/bin/kubernetes-validate")
+}
+
+fn kubernetes_validate() -> Result<()> {
+    if Command::new(kubernetes_validate_bin())
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    let python = "/usr/bin/python3";
+    let venv = tools_dir().join("venv");
+    // Debian's python3 makes a venv only with python3-venv (ensurepip) installed.
+    let has_venv = Command::new(python)
+        .args(["-c", "import ensurepip, venv"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_venv {
+        apt_install(&["python3", "python3-venv", "python3-pip"])?;
+    }
+    crate::run(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
+    crate::run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE]))
 }
 
 fn nightly() -> Result<()> {
