@@ -38,17 +38,17 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
 ];
 
-pub fn tools_dir() -> PathBuf {
+pub(crate) fn tools_dir() -> PathBuf {
     root().join(".tools")
 }
 
-pub fn path_with_tools() -> OsString {
+pub(crate) fn path_with_tools() -> OsString {
     let mut paths = vec![tools_dir().join("bin")];
     paths.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
     env::join_paths(paths).expect("PATH entries contain no separator")
 }
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     let started = Instant::now();
     step("Debian packages", packages)?;
     step("eBPF toolchain", nightly)?;
