@@ -33,10 +33,20 @@ mod plan;
 mod program;
 
 pub use apply::{apply, detach};
-pub use attach::{AttachKind, ifname};
+#[cfg(any(test, feature = "testing"))]
+pub use attach::AttachKind;
+pub(crate) use attach::ifname;
+#[cfg(feature = "testing")]
 pub use derived::{OwnerTable, sync_derived};
-pub use observe::{
-    Attached, OwnerTables, TableSummary, attached, counters, owner_table, table_summary,
-};
-pub use plan::{Change, EbpfPlan, plan};
-pub use program::{OBJECT, load, program_id};
+#[cfg(test)]
+pub(crate) use observe::TableSummary;
+#[cfg(feature = "testing")]
+pub use observe::owner_table;
+pub use observe::{Attached, attached, counters};
+pub(crate) use observe::{OwnerTables, table_summary};
+#[cfg(feature = "testing")]
+pub use plan::Change;
+pub use plan::{EbpfPlan, plan};
+pub(crate) use program::program_id;
+#[cfg(feature = "testing")]
+pub use program::{OBJECT, load};

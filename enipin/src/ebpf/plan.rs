@@ -29,7 +29,7 @@ use super::{
 #[derive(Debug, Default)]
 pub struct EbpfPlan {
     /// In the order they print and apply.
-    pub changes: Vec<Change>,
+    pub(crate) changes: Vec<Change>,
 }
 
 impl EbpfPlan {
@@ -38,6 +38,7 @@ impl EbpfPlan {
     }
 
     /// One line per change, as printed (`+ attach enipin_egress to eth1 egress (ifindex 3)`).
+    #[cfg(feature = "testing")]
     pub fn lines(&self) -> Vec<String> {
         self.changes.iter().map(ToString::to_string).collect()
     }
