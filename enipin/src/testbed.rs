@@ -66,7 +66,7 @@ impl Netns {
     }
 
     /// Leave the namespace in place when dropped (`enipin lab --keep`).
-    pub fn keep(&mut self) {
+    pub(crate) fn keep(&mut self) {
         self.keep = true;
     }
 
@@ -240,11 +240,11 @@ impl PinDir {
     }
 
     /// The bpffs mount point (the parent of `path()`).
-    pub fn mount(&self) -> &Path {
+    pub(crate) fn mount(&self) -> &Path {
         &self.mount
     }
 
-    pub fn keep(&mut self) {
+    pub(crate) fn keep(&mut self) {
         self.keep = true;
     }
 }
@@ -281,7 +281,7 @@ impl TempDir {
         &self.path
     }
 
-    pub fn keep(&mut self) {
+    pub(crate) fn keep(&mut self) {
         self.keep = true;
     }
 }
@@ -300,7 +300,7 @@ impl Drop for TempDir {
 #[derive(Debug)]
 pub struct Dirs {
     pub pins: PinDir,
-    pub state: TempDir,
+    pub(crate) state: TempDir,
 }
 
 impl Dirs {
@@ -321,7 +321,7 @@ impl Dirs {
     }
 
     /// Leave both in place when dropped (`enipin lab --keep`).
-    pub fn keep(&mut self) {
+    pub(crate) fn keep(&mut self) {
         self.pins.keep();
         self.state.keep();
     }

@@ -21,11 +21,11 @@ use super::{
 use crate::testbed::{Dirs, Netns, enipin_command};
 
 /// Set by `enipin lab`'s signal handler: every wait polls it, so Ctrl-C unwinds to the RAII guards.
-pub static CANCELLED: AtomicBool = AtomicBool::new(false);
+pub(crate) static CANCELLED: AtomicBool = AtomicBool::new(false);
 
 /// Returned (wrapped in anyhow) when [`CANCELLED`] stopped the scenario.
 #[derive(Debug)]
-pub struct Interrupted;
+pub(crate) struct Interrupted;
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("interrupted")
@@ -48,22 +48,22 @@ pub struct Step {
     /// Stable key for tests: `ping-primary-before`, `attach`, `residue`, ...
     pub key: String,
     /// Step number of the scenario (1-6).
-    pub num: u8,
+    pub(crate) num: u8,
     pub what: String,
-    pub expected: String,
-    pub result: String,
+    pub(crate) expected: String,
+    pub(crate) result: String,
     pub ok: bool,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Report {
     pub steps: Vec<Step>,
-    pub drops_before: Drops,
+    pub(crate) drops_before: Drops,
     pub drops_after: Drops,
     /// Namespaces host, vpc, peer.
     pub namespaces: Vec<String>,
     pub pin_dir: PathBuf,
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// Lines that differ between the dumps before attach and after detach.
     pub residue: Vec<String>,
     /// Output of the commands enipin ran, for the reader.
@@ -229,7 +229,7 @@ fn replies(ok: bool) -> String {
 
 /// Runs the scenario. The topology, pin and state directories are dropped (removed) before this
 /// returns unless `opts.keep`; the caller checks [`Report::namespaces`] are gone.
-pub fn run(opts: &Options) -> Result<Report> {
+pub(crate) fn run(opts: &Options) -> Result<Report> {
     check_spec(&opts.spec)?;
     let mut lab = Lab::build(opts)?;
     lab.announce();

@@ -27,7 +27,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::testbed::{Netns, veth};
 
 /// nftables table (bridge family) in `vpc` holding the source checks and their counters.
-pub const NFT_TABLE: &str = "enipin_lab";
+pub(crate) const NFT_TABLE: &str = "enipin_lab";
 
 /// One ENI: its name in `host`, its MAC, and every address the cloud lets it send from (the
 /// first of each family is the primary; the others are secondary private IPs). An ENI without
@@ -169,7 +169,7 @@ impl Topology {
     }
 
     /// Leave the namespaces in place when dropped.
-    pub fn keep(&mut self) {
+    pub(crate) fn keep(&mut self) {
         self.host.keep();
         self.vpc.keep();
         self.peer.keep();
@@ -289,7 +289,7 @@ impl Topology {
     /// The vpc's source checks: per ENI port, drop frames whose source MAC, ARP sender or source
     /// IP is not the ENI's. Link-local IPv6 and the unspecified sources (DAD, ARP probes) pass,
     /// as in a VPC; they carry no routed traffic. Then count the echo replies that passed.
-    pub fn nft_ruleset(&self) -> String {
+    pub(crate) fn nft_ruleset(&self) -> String {
         let mut counters = String::new();
         let mut rules = String::new();
         for (i, eni) in self.spec.enis.iter().enumerate() {
@@ -386,7 +386,7 @@ fn join(items: impl Iterator<Item = String>) -> String {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropKind {
+pub(crate) enum DropKind {
     /// Ethernet source MAC not the ENI's.
     Mac,
     /// ARP sender MAC or IP not the ENI's.
@@ -398,8 +398,8 @@ pub enum DropKind {
 }
 
 impl DropKind {
-    pub const ALL: [DropKind; 4] = [Self::Mac, Self::Arp, Self::Ip, Self::Ip6];
-    pub fn suffix(self) -> &'static str {
+    pub(crate) const ALL: [DropKind; 4] = [Self::Mac, Self::Arp, Self::Ip, Self::Ip6];
+    pub(crate) fn suffix(self) -> &'static str {
         match self {
             Self::Mac => "mac",
             Self::Arp => "arp",
@@ -415,14 +415,14 @@ pub struct EniDrops {
     pub mac: u64,
     pub arp: u64,
     pub ip: u64,
-    pub ip6: u64,
+    pub(crate) ip6: u64,
 }
 
 impl EniDrops {
     pub fn total(&self) -> u64 {
         self.mac + self.arp + self.ip + self.ip6
     }
-    pub fn get(&self, kind: DropKind) -> u64 {
+    pub(crate) fn get(&self, kind: DropKind) -> u64 {
         match kind {
             DropKind::Mac => self.mac,
             DropKind::Arp => self.arp,
