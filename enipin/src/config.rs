@@ -92,8 +92,8 @@ impl Default for Config {
 /// by EC2, say), named by interface name or MAC.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DelegatedPrefix {
-    pub iface: String,
-    pub prefix: Cidr,
+    pub(crate) iface: String,
+    pub(crate) prefix: Cidr,
 }
 
 impl FromStr for DelegatedPrefix {

@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 /// enipin's routing protocol number (`proto 229` in `ip rule` / `ip route`). Every rule and route
 /// enipin installs carries it, so enipin finds exactly its own objects and never anyone else's.
 /// Unassigned in iproute2's rt_protos and by the other tools in ../shared/notes/prior-art.md.
-pub const RTPROT_ENIPIN: u8 = 229;
+pub(crate) const RTPROT_ENIPIN: u8 = 229;
 
-pub type MacAddr = [u8; 6];
+pub(crate) type MacAddr = [u8; 6];
 
-pub fn fmt_mac(mac: &MacAddr) -> String {
+pub(crate) fn fmt_mac(mac: &MacAddr) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
@@ -133,13 +133,13 @@ pub enum GatewaySource {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gateway {
-    pub addr: IpAddr,
-    pub source: GatewaySource,
+    pub(crate) addr: IpAddr,
+    pub(crate) source: GatewaySource,
 }
 
 /// One interface as discovered over netlink.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Interface {
+pub(crate) struct Interface {
     pub ifindex: u32,
     pub name: String,
     pub mac: MacAddr,

@@ -22,11 +22,3 @@ pub fn enter(name: &str) -> Result<()> {
     }
     Ok(())
 }
-
-/// An identifier of the current network namespace (its inode), to key per-namespace state.
-pub fn current_id() -> Result<u64> {
-    use std::os::unix::fs::MetadataExt as _;
-    Ok(std::fs::metadata("/proc/self/ns/net")
-        .context("reading /proc/self/ns/net")?
-        .ino())
-}

@@ -39,7 +39,7 @@ pub enum DiffFormat {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "op")]
-pub enum Change {
+pub(crate) enum Change {
     AddRule(Rule),
     DelRule(Rule),
     AddRoute(Route),
@@ -53,7 +53,7 @@ pub enum Change {
 
 impl Change {
     /// What undoes this change (the rollback journal holds these).
-    pub fn inverse(&self) -> Change {
+    pub(crate) fn inverse(&self) -> Change {
         match self {
             Change::AddRule(r) => Change::DelRule(r.clone()),
             Change::DelRule(r) => Change::AddRule(r.clone()),
@@ -67,7 +67,7 @@ impl Change {
         }
     }
 
-    pub fn render(&self, format: DiffFormat) -> String {
+    pub(crate) fn render(&self, format: DiffFormat) -> String {
         let six = |v6: bool| if v6 { " -6" } else { "" };
         match (format, self) {
             (DiffFormat::Text, Change::AddRule(r)) => {
@@ -104,7 +104,7 @@ impl Change {
 
 /// The ordered changes that turn the installed state into the desired one.
 #[derive(Debug, Default, Serialize)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub changes: Vec<Change>,
     /// Desired rules / routes already in place.
     pub rules_in_place: usize,
@@ -112,14 +112,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.changes.is_empty()
     }
 }
 
 /// The managed interfaces, or why there is nothing to manage.
 #[derive(Debug)]
-pub enum Selection {
+pub(crate) enum Selection {
     Managed(Vec<ManagedInterface>),
     NothingToDo(String),
 }
@@ -128,7 +128,7 @@ pub enum Selection {
 /// (it must not quietly manage less than the operator named); `enipin watch` a note, leaving it
 /// out while an ENI is detached and taking it back when it returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// No interface of this name or MAC; `known` lists what there is, as `name (mac)`.
     Unknown {
         selector: String,
@@ -146,7 +146,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The `--interfaces` entry refused.
-    pub fn selector(&self) -> &str {
+    pub(crate) fn selector(&self) -> &str {
         match self {
             Refusal::Unknown { selector, .. }
             | Refusal::Down { selector, .. }
@@ -183,14 +183,14 @@ fn matches(iface: &Interface, sel: &str) -> bool {
 }
 
 /// The first step of a selection: the candidate interfaces, and the named ones refused.
-pub struct Chosen<'d> {
+pub(crate) struct Chosen<'d> {
     pub interfaces: Vec<&'d Interface>,
     pub refused: Vec<Refusal>,
 }
 
 /// Which interfaces: the named ones (refusing those missing, down or without an address), else
 /// every up Ethernet one with addresses.
-pub fn choose<'d>(d: &'d Discovery, cfg: &Config) -> Chosen<'d> {
+pub(crate) fn choose<'d>(d: &'d Discovery, cfg: &Config) -> Chosen<'d> {
     let mut chosen = Chosen {
         interfaces: Vec::new(),
         refused: Vec::new(),
@@ -239,7 +239,7 @@ fn named<'d>(d: &'d Discovery, sel: &str) -> Result<&'d Interface, Refusal> {
 
 /// Chooses the managed interfaces and everything the appliers need about them; any refusal is
 /// an error (what `attach` needs).
-pub fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
+pub(crate) fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
     let chosen = choose(d, cfg);
     if let Some(r) = chosen.refused.first() {
         return Err(r.clone().into());
@@ -250,7 +250,7 @@ pub fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
 /// The rest of a selection after [`choose`], with the refused interfaces left out: returns
 /// them for the caller to report. Errors are what no selection can fix: one address on two
 /// interfaces, a `--prefix` on an unmanaged interface, numbers out of range.
-pub fn select_named(
+pub(crate) fn select_named(
     d: &Discovery,
     cfg: &Config,
     chosen: Chosen<'_>,
@@ -415,7 +415,7 @@ fn gateway(d: &Discovery, cfg: &Config, i: &Interface, v6: bool) -> Option<Gatew
 }
 
 /// The rules and routes the managed interfaces need (see the module doc for the layout).
-pub fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>, Vec<Route>) {
+pub(crate) fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>, Vec<Route>) {
     let p = cfg.priority;
     let mut rules = Vec::new();
     let mut routes = Vec::new();
@@ -493,7 +493,7 @@ pub fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>, Vec<Ro
 }
 
 /// enipin's rules and routes as installed now (protocol 229 only).
-pub fn installed(d: &Discovery) -> (Vec<Rule>, Vec<Route>) {
+pub(crate) fn installed(d: &Discovery) -> (Vec<Rule>, Vec<Route>) {
     let rules = d
         .rules
         .iter()
@@ -511,7 +511,11 @@ pub fn installed(d: &Discovery) -> (Vec<Rule>, Vec<Route>) {
 
 /// Someone else's rules at our priorities or pointing at our tables, or their routes in our
 /// tables: enipin would change their meaning, so it refuses before changing anything.
-pub fn check_conflicts(d: &Discovery, managed: &[ManagedInterface], cfg: &Config) -> Result<()> {
+pub(crate) fn check_conflicts(
+    d: &Discovery,
+    managed: &[ManagedInterface],
+    cfg: &Config,
+) -> Result<()> {
     let tables: BTreeSet<u32> = managed.iter().map(|m| m.table).collect();
     let prios = cfg.priority..=cfg.priority + 2;
     for r in d.rules.iter().filter(|r| !r.is_enipin()) {
@@ -547,7 +551,7 @@ pub fn check_conflicts(d: &Discovery, managed: &[ManagedInterface], cfg: &Config
 /// Desired vs installed, ordered so that no moment is worse than before: stale rules go first
 /// (they point at tables about to change), then stale routes, then new routes (tables are
 /// complete before a rule points at them), then new rules, then sysctls.
-pub fn diff(
+pub(crate) fn diff(
     want_rules: &[Rule],
     want_routes: &[Route],
     have_rules: &[Rule],

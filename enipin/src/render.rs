@@ -51,7 +51,11 @@ fn split<'a>(
 }
 
 /// The desired state for `managed` in `format`, one interface after another.
-pub fn render_to_string(managed: &[ManagedInterface], cfg: &Config, format: Format) -> String {
+pub(crate) fn render_to_string(
+    managed: &[ManagedInterface],
+    cfg: &Config,
+    format: Format,
+) -> String {
     let (rules, routes) = plan::desired(managed, cfg);
     let mut o = String::new();
     for (n, m) in managed.iter().enumerate() {

@@ -13,7 +13,7 @@ use crate::{
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct State {
+pub(crate) struct State {
     /// The options of the last attach (`status` computes drift against them).
     pub config: Option<Config>,
     pub managed: Vec<ManagedInterface>,
@@ -26,7 +26,7 @@ pub fn file(paths: &Paths) -> PathBuf {
 }
 
 /// The saved state, or `None` when there is none.
-pub fn load(paths: &Paths) -> Result<Option<State>> {
+pub(crate) fn load(paths: &Paths) -> Result<Option<State>> {
     let f = file(paths);
     let text = match std::fs::read_to_string(&f) {
         Ok(t) => t,
@@ -43,7 +43,7 @@ pub fn load(paths: &Paths) -> Result<Option<State>> {
     Ok(Some(state))
 }
 
-pub fn save(paths: &Paths, state: &State) -> Result<()> {
+pub(crate) fn save(paths: &Paths, state: &State) -> Result<()> {
     let f = file(paths);
     std::fs::create_dir_all(&paths.state_dir)
         .with_context(|| format!("creating state directory {}", paths.state_dir.display()))?;
@@ -55,7 +55,7 @@ pub fn save(paths: &Paths, state: &State) -> Result<()> {
 }
 
 /// Puts back what `load` returned before a change (None: no file).
-pub fn restore(paths: &Paths, previous: Option<&State>) -> Result<()> {
+pub(crate) fn restore(paths: &Paths, previous: Option<&State>) -> Result<()> {
     match previous {
         Some(s) => save(paths, s),
         None => remove(paths),
@@ -64,7 +64,7 @@ pub fn restore(paths: &Paths, previous: Option<&State>) -> Result<()> {
 
 /// An exclusive lock on the state directory for the life of the returned file: one attach or
 /// detach at a time per state directory.
-pub fn lock(paths: &Paths) -> Result<std::fs::File> {
+pub(crate) fn lock(paths: &Paths) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd as _;
     std::fs::create_dir_all(&paths.state_dir)
         .with_context(|| format!("creating state directory {}", paths.state_dir.display()))?;
@@ -83,7 +83,7 @@ pub fn lock(paths: &Paths) -> Result<std::fs::File> {
     Ok(file)
 }
 
-pub fn remove(paths: &Paths) -> Result<()> {
+pub(crate) fn remove(paths: &Paths) -> Result<()> {
     let f = file(paths);
     match std::fs::remove_file(&f) {
         Ok(()) => Ok(()),

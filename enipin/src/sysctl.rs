@@ -10,11 +10,11 @@ fn path(key: &str) -> PathBuf {
     PathBuf::from("/proc/sys").join(key.replace('.', "/"))
 }
 
-pub fn key(ifname: &str, name: &str) -> String {
+pub(crate) fn key(ifname: &str, name: &str) -> String {
     format!("net.ipv4.conf.{ifname}.{name}")
 }
 
-pub fn read(key: &str) -> Result<String> {
+pub(crate) fn read(key: &str) -> Result<String> {
     let p = path(key);
     Ok(std::fs::read_to_string(&p)
         .with_context(|| format!("reading {}", p.display()))?
@@ -22,7 +22,7 @@ pub fn read(key: &str) -> Result<String> {
         .to_owned())
 }
 
-pub fn write(key: &str, value: &str) -> Result<()> {
+pub(crate) fn write(key: &str, value: &str) -> Result<()> {
     let p = path(key);
     std::fs::write(&p, value).with_context(|| format!("writing {value} to {}", p.display()))
 }
@@ -33,7 +33,7 @@ pub fn write(key: &str, value: &str) -> Result<()> {
 ///   against spoofing from nowhere. 0 and 2 are left alone.
 /// - arp_ignore=1, arp_announce=2: against ARP flux, each ENI answers and announces only its own
 ///   addresses, so the VPC learns the right MAC for every address.
-pub fn desired(ifname: &str) -> Result<Vec<(String, String)>> {
+pub(crate) fn desired(ifname: &str) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     let all: u32 = read("net.ipv4.conf.all.rp_filter")?.parse().unwrap_or(0);
     let rp_key = key(ifname, "rp_filter");
