@@ -61,6 +61,7 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Its name under /run/netns (for `ip netns exec`, `--netns`).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -235,6 +236,7 @@ impl PinDir {
         })
     }
 
+    /// The pin directory inside the mount: what `--pin-dir` gets.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -271,12 +273,14 @@ pub struct TempDir {
 }
 
 impl TempDir {
+    /// A new empty directory under the system's temporary directory.
     pub fn new(prefix: &str) -> Result<Self> {
         let path = std::env::temp_dir().join(unique(prefix));
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(Self { path, keep: false })
     }
 
+    /// Where it is.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -299,6 +303,7 @@ impl Drop for TempDir {
 /// /run/enipin, or another run's state file and lock. Both removed when dropped.
 #[derive(Debug)]
 pub struct Dirs {
+    /// The pin directory, on its own bpffs.
     pub pins: PinDir,
     pub(crate) state: TempDir,
 }

@@ -33,12 +33,14 @@ impl std::fmt::Display for Interrupted {
 }
 impl std::error::Error for Interrupted {}
 
+/// How to run the scenario.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// The enipin binary to drive (`enipin lab` passes its own executable).
     pub bin: PathBuf,
     /// Leave namespaces, pins and state in place, with enipin attached again at the end.
     pub keep: bool,
+    /// The network to run it on (`Spec::default()`: the seed's).
     pub spec: Spec,
 }
 
@@ -49,19 +51,25 @@ pub struct Step {
     pub key: String,
     /// Step number of the scenario (1-6).
     pub(crate) num: u8,
+    /// What the step does, as the table prints it.
     pub what: String,
     pub(crate) expected: String,
     pub(crate) result: String,
+    /// The result is the expected one.
     pub ok: bool,
 }
 
+/// What a run of the scenario did and found.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
+    /// In the order they ran.
     pub steps: Vec<Step>,
     pub(crate) drops_before: Drops,
+    /// The vpc's drop counters with enipin attached.
     pub drops_after: Drops,
     /// Namespaces host, vpc, peer.
     pub namespaces: Vec<String>,
+    /// The run's own bpffs directory.
     pub pin_dir: PathBuf,
     pub(crate) state_dir: PathBuf,
     /// Lines that differ between the dumps before attach and after detach.
@@ -71,10 +79,12 @@ pub struct Report {
 }
 
 impl Report {
+    /// Every step ran and was ok.
     pub fn passed(&self) -> bool {
         !self.steps.is_empty() && self.steps.iter().all(|s| s.ok)
     }
 
+    /// The step with this [`Step::key`].
     pub fn step(&self, key: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.key == key)
     }
