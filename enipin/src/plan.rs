@@ -29,6 +29,7 @@ use crate::{
     route::{MAIN_TABLE, Route, Rule, V6_METRIC},
 };
 
+/// How a plan prints (`attach --format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DiffFormat {
     /// enipin's own diff (+ add, - remove).

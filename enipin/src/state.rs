@@ -21,6 +21,7 @@ pub(crate) struct State {
     pub sysctls: BTreeMap<String, String>,
 }
 
+/// The state file's path under `paths.state_dir`.
 pub fn file(paths: &Paths) -> PathBuf {
     paths.state_dir.join("state.json")
 }

@@ -48,6 +48,7 @@ pub struct Pacing {
 }
 
 impl Pacing {
+    /// Reconciles at least every `interval`; the debounce and backoff are fixed.
     pub fn new(interval: Duration) -> Self {
         Self {
             interval,

@@ -37,6 +37,7 @@ pub(crate) struct StatusReport {
     pub sysctls_saved: Option<BTreeMap<String, String>>,
 }
 
+/// Prints what enipin has installed and what it manages, as text or (`json`) one JSON object.
 pub async fn status(paths: &Paths, json: bool) -> Result<()> {
     let report = StatusReport::gather(paths).await?;
     if json {

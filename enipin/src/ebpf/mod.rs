@@ -19,7 +19,7 @@
 //! - `derived`: the fast-path arrays and owner tables derived from the owner maps;
 //! - `contents`: the owner/prefix/counter/config maps: desired, installed, written, restored;
 //! - `attach`: TCX or netlink, chosen by one probe; finding and removing attachments;
-//! - `plan`: the typed [`Change`]s of an [`EbpfPlan`];
+//! - `plan`: the typed `Change`s of an [`EbpfPlan`];
 //! - `apply`: carrying a plan out, all or nothing; detaching everything;
 //! - `observe`: attachments, counters, owner tables, for `status`, `stats`, `metrics`.
 
@@ -44,8 +44,6 @@ pub(crate) use observe::TableSummary;
 pub use observe::owner_table;
 pub use observe::{Attached, attached, counters};
 pub(crate) use observe::{OwnerTables, table_summary};
-#[cfg(feature = "testing")]
-pub use plan::Change;
 pub use plan::{EbpfPlan, plan};
 pub(crate) use program::program_id;
 #[cfg(feature = "testing")]

@@ -19,9 +19,11 @@ use super::{
 /// A live attachment of the program.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Attached {
+    /// The interface's index.
     pub ifindex: u32,
     /// The interface's name (`?` if it went between reading the pins and asking its name).
     pub name: String,
+    /// TCX link or netlink filter.
     pub kind: AttachKind,
 }
 

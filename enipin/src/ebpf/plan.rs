@@ -33,6 +33,7 @@ pub struct EbpfPlan {
 }
 
 impl EbpfPlan {
+    /// The datapath already matches: nothing to do.
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
     }
@@ -46,7 +47,7 @@ impl EbpfPlan {
 
 /// One change to the datapath.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// A map pinned by another enipin version with another layout: unpinned, created anew.
     RecreateMap {
         name: &'static str,
