@@ -1,3 +1,5 @@
+//! Rebuilds the eBPF program when bpf-linker changes.
+
 use which::which;
 
 /// Rebuild the program when bpf-linker changes (a new LLVM can change the object).

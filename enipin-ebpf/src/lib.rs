@@ -52,15 +52,17 @@ pub const FAST_SLOTS: u32 = 256;
 /// Capacity of the counter map: one entry per managed interface plus the "unknown" slot 0.
 pub const MAX_INTERFACES: u32 = 256;
 
-/// How many of an interface's own addresses the fast path holds, per family.
+/// How many of an interface's own IPv4 addresses the fast path holds.
 pub const LOCAL_V4: usize = 8;
+/// How many of an interface's own IPv6 addresses the fast path holds.
 pub const LOCAL_V6: usize = 4;
 
 /// Buckets in an owner table (`maps::TABLE_V4`/`TABLE_V6`); a power of two.
 pub const TABLE_BUCKETS: u32 = 1024;
 const _: () = assert!(TABLE_BUCKETS.is_power_of_two());
-/// Addresses per bucket: a bucket that would hold more sets `spill`.
+/// IPv4 addresses per bucket: a bucket that would hold more sets `spill`.
 pub const BUCKET_V4: usize = 8;
+/// IPv6 addresses per bucket: a bucket that would hold more sets `spill`.
 pub const BUCKET_V6: usize = 4;
 
 /// Address lengths the shared address functions take: 4 (IPv4) or 16 (IPv6). A function generic
@@ -70,6 +72,7 @@ pub const BUCKET_V6: usize = 4;
 pub struct AddrLen<const N: usize>;
 
 impl<const N: usize> AddrLen<N> {
+    /// Evaluating it fails to compile unless `N` is 4 or 16.
     pub const OK: () = assert!(
         N == 4 || N == 16,
         "an address is 4 (IPv4) or 16 (IPv6) bytes"
@@ -88,8 +91,11 @@ pub struct Bucket<const N: usize, const K: usize> {
     /// Non-zero: more addresses hash here than fit; the rest are only in the owner hash map,
     /// which the program then consults on a miss.
     pub spill: u32,
+    /// Always 0: puts `addrs` at offset 8.
     pub _pad: u32,
+    /// The addresses, network byte order; those after the first `ifindex` of 0 are unused.
     pub addrs: [[u8; N]; K],
+    /// The owner of `addrs[i]`; 0 ends the list.
     pub ifindex: [u32; K],
 }
 
@@ -104,7 +110,9 @@ impl<const N: usize, const K: usize> Default for Bucket<N, K> {
     }
 }
 
+/// A bucket of `maps::TABLE_V4`'s tables.
 pub type BucketV4 = Bucket<4, BUCKET_V4>;
+/// A bucket of `maps::TABLE_V6`'s tables.
 pub type BucketV6 = Bucket<16, BUCKET_V6>;
 
 /// An address as two native-endian words (the second 0 for IPv4): how the program compares
@@ -142,8 +150,11 @@ pub fn bucket_index((a, b): (u64, u64)) -> u32 {
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Local<const N: usize, const K: usize> {
+    /// How many of `addrs` are valid.
     pub n: u32,
+    /// Always 0: puts `addrs` at offset 8.
     pub _pad: u32,
+    /// The addresses, network byte order.
     pub addrs: [[u8; N]; K],
 }
 
@@ -157,7 +168,9 @@ impl<const N: usize, const K: usize> Default for Local<N, K> {
     }
 }
 
+/// An interface's IPv4 addresses in the fast-path array.
 pub type LocalV4 = Local<4, LOCAL_V4>;
+/// An interface's IPv6 addresses in the fast-path array.
 pub type LocalV6 = Local<16, LOCAL_V6>;
 
 // The program reads the addresses as aligned words (IPv6: 8 bytes) from offset 8.
@@ -179,10 +192,12 @@ pub struct Owner {
     pub mtu: u32,
 }
 
-/// `Config::mode` values.
+/// `Config::mode`: redirect misrouted packets onto their owner.
 pub const MODE_ENFORCE: u32 = 0;
+/// `Config::mode`: only count misrouted packets.
 pub const MODE_MONITOR: u32 = 1;
 
+/// The program's settings, written by user space into `maps::CONFIG` (one entry).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -195,15 +210,18 @@ pub struct Config {
     pub prefixes: u32,
 }
 
-/// `Config::prefixes` bits.
+/// `Config::prefixes` bit: `maps::PREFIXES_V4` has entries.
 pub const PREFIXES_V4_PRESENT: u32 = 1;
+/// `Config::prefixes` bit: `maps::PREFIXES_V6` has entries.
 pub const PREFIXES_V6_PRESENT: u32 = 2;
 
 /// One counter's name and help text, for printing: the name is the field's, the key in `enipin
 /// stats --json`, and the Prometheus metric `enipin_<name>_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Counter {
+    /// The field's name (`redirected`, ...).
     pub name: &'static str,
+    /// One sentence for `enipin stats` and the metric's HELP line.
     pub help: &'static str,
 }
 
@@ -262,6 +280,7 @@ macro_rules! counters {
 counters! {
     /// Source owned by another managed interface (redirected in enforce mode, counted in monitor).
     misrouted_packets: "Packets whose source belongs to another managed interface",
+    /// The bytes of the `misrouted_packets` (their length at the hook, L2 header included).
     misrouted_bytes: "Bytes of packets whose source belongs to another managed interface",
     /// `bpf_redirect_neigh` refused; the packet passed unchanged.
     redirect_failed: "Misrouted packets the redirect failed for (passed unchanged)",
@@ -321,23 +340,32 @@ pub mod layout {
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     #[repr(u32)]
     pub enum Kind {
+        /// `BPF_MAP_TYPE_HASH`.
         Hash = 1,
+        /// `BPF_MAP_TYPE_ARRAY`.
         Array = 2,
+        /// `BPF_MAP_TYPE_PERCPU_HASH`.
         PerCpuHash = 5,
+        /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
         PerCpuArray = 6,
+        /// `BPF_MAP_TYPE_LPM_TRIE`.
         LpmTrie = 11,
+        /// `BPF_MAP_TYPE_ARRAY_OF_MAPS`.
         ArrayOfMaps = 12,
     }
 
     /// One pinned map as the program declares it.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Layout {
+        /// The map's name in the object and its pin's file name.
         pub name: &'static str,
+        /// The map's type.
         pub kind: Kind,
         /// Bytes.
         pub key_size: u32,
         /// Bytes.
         pub value_size: u32,
+        /// Capacity.
         pub max_entries: u32,
         /// A map of maps' inner array: (value size in bytes, entries).
         pub inner: Option<(u32, u32)>,

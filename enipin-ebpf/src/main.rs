@@ -79,7 +79,7 @@ enum Verdict {
 }
 
 #[classifier]
-pub fn enipin_egress(ctx: TcContext) -> i32 {
+fn enipin_egress(ctx: TcContext) -> i32 {
     // SAFETY: the context of a classifier is an `__sk_buff`; these fields are readable.
     let (ifindex, vlan_present) = unsafe {
         let skb = ctx.as_ptr() as *const __sk_buff;
@@ -413,7 +413,7 @@ fn bump(counters: Option<*mut Counters>, f: impl FnOnce(&mut Counters)) {
 /// program on the same hook), and pin in place of `enipin_egress` to stand for an older build.
 /// Never attached by enipin itself.
 #[classifier]
-pub fn enipin_noop(_ctx: TcContext) -> i32 {
+fn enipin_noop(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 

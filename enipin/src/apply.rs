@@ -234,7 +234,7 @@ pub(crate) async fn commit(nl: &Netlink, p: Pending, cfg: &Config, paths: &Paths
 
 /// What one [`reconcile`] found and did.
 #[derive(Debug, Default)]
-pub struct Reconciled {
+pub(crate) struct Reconciled {
     /// The interfaces managed now (empty: nothing to manage).
     pub managed: Vec<ManagedInterface>,
     /// The changes applied, in enipin's diff format, in order; empty when nothing changed.
@@ -253,7 +253,7 @@ pub struct Reconciled {
 /// subnet was detached, its last address removed) is a desired state too: enipin's own rules,
 /// routes and datapath go (sysctls stay recorded for `detach`). A failed discovery is an error
 /// and changes nothing.
-pub async fn reconcile(cfg: &Config, paths: &Paths) -> Result<Reconciled> {
+pub(crate) async fn reconcile(cfg: &Config, paths: &Paths) -> Result<Reconciled> {
     let previous = state::load(paths)?;
     let s = Snapshot::select(cfg, Named::Present).await?;
     let left_out = s.refused.iter().map(ToString::to_string).collect();

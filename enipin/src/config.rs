@@ -8,17 +8,20 @@ use crate::model::Cidr;
 
 /// Default first policy-routing table. Clear of amazon-ec2-net-utils (10000 + 100*card + device),
 /// the VPC CNI (device+1, 10000+), nm-cloud-setup (30200+), cloud-init (100+) and Cilium (10+n,
-/// 300+); never 0 or 253-255 (see ../shared/notes/prior-art.md).
+/// 300+); never 0 or 253-255.
 pub const DEFAULT_TABLE_BASE: u32 = 20000;
 /// Default first rule priority: clear of the VPC CNI (<= 1536, 32765), nm-cloud-setup (30200+),
 /// Cilium (< 112) and the kernel's 0, 32766, 32767.
 pub const DEFAULT_PRIORITY: u32 = 20000;
 
+/// Default `--pin-dir`: enipin's directory on the machine's bpffs.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/enipin";
+/// Default `--state-dir`: under /run, which a reboot empties, as it drops what enipin installed.
 pub const DEFAULT_STATE_DIR: &str = "/run/enipin";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
+/// What the datapath does with a misrouted packet (`--mode`).
 pub enum Mode {
     /// Redirect misrouted packets onto the interface that owns their source, and count them.
     #[default]
@@ -34,6 +37,7 @@ pub enum Attach {
     /// TCX where the kernel has it (>= 6.6, probed once), else a netlink clsact filter.
     #[default]
     Auto,
+    /// A TCX link, without probing: attaching fails where the kernel has no TCX.
     Tcx,
     /// A clsact filter even where TCX exists: how tests cover what kernels < 6.6 take.
     Netlink,
@@ -48,6 +52,8 @@ pub struct Paths {
     pub state_dir: PathBuf,
 }
 
+/// What `attach` and `watch` install, from the command line; saved in the state file, so `watch`
+/// and a later `detach` know what the last attach asked for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
     /// Interfaces to manage, by name or MAC; empty: every Ethernet interface that is up and
@@ -55,15 +61,22 @@ pub struct Config {
     pub interfaces: Vec<String>,
     /// Gateway override for every managed interface.
     pub gateway: Option<IpAddr>,
+    /// The first managed interface's routing table; the next ones count up from it.
     pub table_base: u32,
+    /// The first rule priority; enipin's rules count up from it.
     pub priority: u32,
     /// Prefixes delegated to interfaces: (interface name or MAC, prefix). A pair, not a
     /// [`DelegatedPrefix`]: the state file has always held `[name, {addr, prefix_len}]`.
     pub prefixes: Vec<(String, Cidr)>,
+    /// Install the policy rules and routes (`--no-rules` clears it).
     pub rules: bool,
+    /// Install the datapath (`--no-ebpf` clears it).
     pub ebpf: bool,
+    /// Set the per-interface sysctls the rules need (`--no-rules` clears it too).
     pub sysctls: bool,
+    /// The datapath's mode.
     pub mode: Mode,
+    /// Log the datapath's rare events through aya-log (`--debug`).
     pub debug: bool,
     /// State files written before this field existed read as `Auto`.
     #[serde(default)]
@@ -92,8 +105,8 @@ impl Default for Config {
 /// by EC2, say), named by interface name or MAC.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DelegatedPrefix {
-    pub iface: String,
-    pub prefix: Cidr,
+    pub(crate) iface: String,
+    pub(crate) prefix: Cidr,
 }
 
 impl FromStr for DelegatedPrefix {

@@ -19,7 +19,7 @@ use crate::{
 
 /// A snapshot of the namespace.
 #[derive(Debug)]
-pub struct Discovery {
+pub(crate) struct Discovery {
     pub interfaces: Vec<Interface>,
     /// Default routes of the main table: (ifindex, gateway).
     pub defaults: Vec<(u32, IpAddr)>,
@@ -29,13 +29,7 @@ pub struct Discovery {
     pub routes: Vec<InstalledRoute>,
 }
 
-impl Discovery {
-    pub fn by_index(&self, ifindex: u32) -> Option<&Interface> {
-        self.interfaces.iter().find(|i| i.ifindex == ifindex)
-    }
-}
-
-pub async fn discover(nl: &Netlink) -> Result<Discovery> {
+pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
     let mut interfaces = Vec::new();
     for link in nl.links().await? {
         let mut iface = Interface {

@@ -16,7 +16,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 /// What a handler answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reply {
+pub(crate) struct Reply {
     /// HTTP status.
     pub status: StatusCode,
     /// `Content-Type` header.
@@ -27,7 +27,7 @@ pub struct Reply {
 
 impl Reply {
     /// A `text/plain` reply.
-    pub fn text(status: StatusCode, body: impl Into<String>) -> Self {
+    pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Self {
         Self {
             status,
             content_type: "text/plain; charset=utf-8",
@@ -38,7 +38,7 @@ impl Reply {
 
 /// Bounds on what clients can hold.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Connections served at once; further clients wait in the listen backlog. A Prometheus
     /// server holds one keep-alive connection per target, so 64 leaves room for curl and
     /// health checkers while bounding memory and descriptors.
@@ -60,7 +60,7 @@ impl Default for Limits {
 }
 
 /// Binds `addr`, warning when it is reachable from other hosts.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     if !addr.ip().is_loopback() {
         eprintln!(
             "enipin: warning: serving on {addr}, which is not a loopback address: anyone who can \
@@ -76,7 +76,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 /// Serves `handler` on `listener` until the task is dropped. Per-connection errors end that
 /// connection only; an accept error (EMFILE under many idle clients, ECONNABORTED) is logged once
 /// per run of errors and retried after a pause, never the end of the server.
-pub async fn serve<H>(listener: TcpListener, limits: Limits, handler: H) -> Infallible
+pub(crate) async fn serve<H>(listener: TcpListener, limits: Limits, handler: H) -> Infallible
 where
     H: Fn(&Method, &str) -> Reply + Send + Sync + 'static,
 {
@@ -135,7 +135,11 @@ fn response(reply: Reply) -> Response<Full<Bytes>> {
 }
 
 /// The one route of `enipin metrics --listen`: `GET /metrics`.
-pub fn route_metrics(method: &Method, path: &str, body: impl FnOnce() -> Result<String>) -> Reply {
+pub(crate) fn route_metrics(
+    method: &Method,
+    path: &str,
+    body: impl FnOnce() -> Result<String>,
+) -> Reply {
     if method != Method::GET && method != Method::HEAD {
         return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }

@@ -10,20 +10,26 @@
 #[cfg(feature = "testing")]
 pub mod scenario;
 #[cfg(not(feature = "testing"))]
+#[allow(unreachable_pub)] // its `pub` items are for enipin-tests and the benchmark
 mod scenario;
 #[cfg(feature = "testing")]
 pub mod snapshot;
 #[cfg(not(feature = "testing"))]
+#[allow(unreachable_pub)] // its `pub` items are for enipin-tests and the benchmark
 mod snapshot;
 #[cfg(feature = "testing")]
 pub mod topology;
 #[cfg(not(feature = "testing"))]
+#[allow(unreachable_pub)] // its `pub` items are for enipin-tests and the benchmark
 mod topology;
 
 use std::{process::ExitCode, sync::atomic::Ordering};
 
 use anyhow::{Context as _, Result};
+#[cfg(feature = "testing")]
 pub use scenario::{Options, Report, Step};
+#[cfg(not(feature = "testing"))]
+use scenario::{Options, Report, Step};
 #[cfg(feature = "testing")]
 pub use snapshot::Snapshot;
 #[cfg(not(feature = "testing"))]

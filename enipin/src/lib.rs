@@ -6,27 +6,40 @@
 //! applier, for the TC egress enforcer. [`snapshot`] is the connect + discover + select every
 //! command starts with; [`commands`] are `attach`, `detach` and `status`.
 
-pub mod apply;
+mod apply;
 pub mod commands;
 pub mod config;
-pub mod discover;
+mod discover;
+#[cfg(feature = "testing")]
 pub mod ebpf;
-pub mod http;
+#[cfg(not(feature = "testing"))]
+#[allow(unreachable_pub)] // its `pub` items are for enipin-tests
+mod ebpf;
+mod http;
 pub mod lab;
 pub mod metrics;
+#[cfg(feature = "testing")]
 pub mod model;
-pub mod netlink;
+#[cfg(not(feature = "testing"))]
+#[allow(unreachable_pub)] // its `pub` items are for enipin-tests
+mod model;
+mod netlink;
 pub mod netns;
 pub mod plan;
 pub mod render;
-pub mod route;
-pub mod snapshot;
+mod route;
+mod snapshot;
+#[cfg(feature = "testing")]
 pub mod state;
-pub mod sysctl;
+#[cfg(not(feature = "testing"))]
+#[allow(unreachable_pub)] // its `pub` items are for enipin-tests
+mod state;
+mod sysctl;
 /// Public with the `testing` feature: for the lab, which lives in this crate, and for
 /// enipin-tests; not part of enipin's API otherwise.
 #[cfg(feature = "testing")]
 pub mod testbed;
 #[cfg(not(feature = "testing"))]
+#[allow(unreachable_pub)] // its `pub` items are for enipin-tests
 mod testbed;
 pub mod watch;

@@ -1,3 +1,5 @@
+//! The `enipin` command line: parses the arguments into a [`Config`] and runs one command.
+
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Result;

@@ -24,6 +24,7 @@ fn rows(paths: &Paths) -> Result<Vec<Row>> {
         .collect())
 }
 
+/// `enipin stats`: the datapath's counters per interface, as a table or (`json`) JSON.
 pub async fn stats(paths: &Paths, json: bool) -> Result<()> {
     let rows = rows(paths)?;
     if json {
@@ -86,6 +87,8 @@ fn prometheus(rows: &[Row]) -> String {
     out
 }
 
+/// `enipin metrics`: the counters in Prometheus text format, printed once, or served on
+/// `GET /metrics` at `listen` until killed.
 pub async fn metrics(paths: &Paths, listen: Option<std::net::SocketAddr>) -> Result<()> {
     let Some(addr) = listen else {
         print!("{}", exposition(paths)?);

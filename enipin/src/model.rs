@@ -11,12 +11,13 @@ use serde::{Deserialize, Serialize};
 
 /// enipin's routing protocol number (`proto 229` in `ip rule` / `ip route`). Every rule and route
 /// enipin installs carries it, so enipin finds exactly its own objects and never anyone else's.
-/// Unassigned in iproute2's rt_protos and by the other tools in ../shared/notes/prior-art.md.
-pub const RTPROT_ENIPIN: u8 = 229;
+/// Unassigned in iproute2's rt_protos, and used by none of the tools that
+/// `config::DEFAULT_TABLE_BASE` lists.
+pub(crate) const RTPROT_ENIPIN: u8 = 229;
 
-pub type MacAddr = [u8; 6];
+pub(crate) type MacAddr = [u8; 6];
 
-pub fn fmt_mac(mac: &MacAddr) -> String {
+pub(crate) fn fmt_mac(mac: &MacAddr) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
@@ -30,7 +31,9 @@ pub fn fmt_mac(mac: &MacAddr) -> String {
 /// Serialised as `{"addr": .., "prefix_len": ..}`, the shape the state file has always had.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Cidr {
+    /// The address; host bits may be set (an interface address keeps its own).
     pub addr: IpAddr,
+    /// 0-32 for IPv4, 0-128 for IPv6.
     pub prefix_len: u8,
 }
 
@@ -61,6 +64,7 @@ impl Cidr {
         host_len(&self.addr)
     }
 
+    /// The family, for code that handles the two apart.
     pub fn is_ipv6(&self) -> bool {
         self.addr.is_ipv6()
     }
@@ -131,15 +135,16 @@ pub enum GatewaySource {
     Configured,
 }
 
+/// The next hop of an interface's default route in its own table, and where it came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gateway {
-    pub addr: IpAddr,
-    pub source: GatewaySource,
+    pub(crate) addr: IpAddr,
+    pub(crate) source: GatewaySource,
 }
 
 /// One interface as discovered over netlink.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Interface {
+pub(crate) struct Interface {
     pub ifindex: u32,
     pub name: String,
     pub mac: MacAddr,
@@ -156,16 +161,23 @@ pub struct Interface {
 /// An interface enipin manages, with everything the appliers need.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManagedInterface {
+    /// The kernel's index: what the datapath and the maps key on.
     pub ifindex: u32,
+    /// The interface's name when selected.
     pub name: String,
+    /// Its MAC: the identity that survives a rename.
     pub mac: MacAddr,
+    /// Its MTU (L3): the datapath checks redirected packets against it.
     pub mtu: u32,
     /// The policy routing table of this interface (IPv4 and IPv6 share the number).
     pub table: u32,
+    /// Its own addresses with their subnets: each gets a rule to `table` and an owner entry.
     pub addrs: Vec<Cidr>,
     /// Delegated prefixes (`--prefix IFACE=CIDR`): owned for the datapath, routed like addresses.
     pub prefixes: Vec<Cidr>,
+    /// IPv4 default route's gateway in `table`; `None`: only the subnet route.
     pub gateway_v4: Option<Gateway>,
+    /// IPv6 default route's gateway in `table`; `None`: only the subnet route.
     pub gateway_v6: Option<Gateway>,
 }
 

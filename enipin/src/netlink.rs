@@ -36,20 +36,20 @@ fn nl_error(e: rtnetlink::Error, what: &str) -> anyhow::Error {
 }
 
 /// An rtnetlink connection to the current network namespace (the one `--netns` entered).
-pub struct Netlink {
+pub(crate) struct Netlink {
     handle: Handle,
 }
 
 impl Netlink {
     /// Opens the socket; its connection task runs on the current tokio runtime.
-    pub fn connect() -> Result<Self> {
+    pub(crate) fn connect() -> Result<Self> {
         let (conn, handle, _) =
             rtnetlink::new_connection().context("opening an rtnetlink socket")?;
         tokio::spawn(conn);
         Ok(Self { handle })
     }
 
-    pub async fn links(&self) -> Result<Vec<LinkMessage>> {
+    pub(crate) async fn links(&self) -> Result<Vec<LinkMessage>> {
         self.handle
             .link()
             .get()
@@ -59,7 +59,7 @@ impl Netlink {
             .map_err(|e| nl_error(e, "dumping links"))
     }
 
-    pub async fn addresses(&self) -> Result<Vec<AddressMessage>> {
+    pub(crate) async fn addresses(&self) -> Result<Vec<AddressMessage>> {
         self.handle
             .address()
             .get()
@@ -70,7 +70,7 @@ impl Netlink {
     }
 
     /// Every route of both families in every table.
-    pub async fn routes(&self) -> Result<Vec<RouteMessage>> {
+    pub(crate) async fn routes(&self) -> Result<Vec<RouteMessage>> {
         let mut all = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut msg = RouteMessage::default();
@@ -89,7 +89,7 @@ impl Netlink {
     }
 
     /// Every rule of both families.
-    pub async fn rules(&self) -> Result<Vec<RuleMessage>> {
+    pub(crate) async fn rules(&self) -> Result<Vec<RuleMessage>> {
         let mut all = Vec::new();
         for v in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
             let mut rules: Vec<RuleMessage> = self
@@ -105,7 +105,7 @@ impl Netlink {
         Ok(all)
     }
 
-    pub async fn add_rule(&self, rule: &Rule) -> Result<()> {
+    pub(crate) async fn add_rule(&self, rule: &Rule) -> Result<()> {
         let mut req = self.handle.rule().add();
         *req.message_mut() = rule_message(rule);
         req.execute()
@@ -113,7 +113,7 @@ impl Netlink {
             .map_err(|e| nl_error(e, &format!("adding rule `{}`", rule.ip_args())))
     }
 
-    pub async fn del_rule(&self, rule: &Rule) -> Result<()> {
+    pub(crate) async fn del_rule(&self, rule: &Rule) -> Result<()> {
         self.handle
             .rule()
             .del(rule_message(rule))
@@ -122,7 +122,7 @@ impl Netlink {
             .map_err(|e| nl_error(e, &format!("deleting rule `{}`", rule.ip_args())))
     }
 
-    pub async fn add_route(&self, route: &Route) -> Result<()> {
+    pub(crate) async fn add_route(&self, route: &Route) -> Result<()> {
         self.handle
             .route()
             .add(route_message(route))
@@ -131,7 +131,7 @@ impl Netlink {
             .map_err(|e| nl_error(e, &format!("adding route `{}`", route.ip_args())))
     }
 
-    pub async fn del_route(&self, route: &Route) -> Result<()> {
+    pub(crate) async fn del_route(&self, route: &Route) -> Result<()> {
         self.handle
             .route()
             .del(route_message(route))
@@ -253,7 +253,7 @@ fn rule_priority(m: &RuleMessage) -> u32 {
 
 /// A dumped (or announced) rule in enipin's terms: the parts it models (it only ever creates
 /// "from X lookup T" and "lookup main suppress_prefixlength 0") and its protocol.
-pub fn decode_rule(m: &RuleMessage) -> InstalledRule {
+pub(crate) fn decode_rule(m: &RuleMessage) -> InstalledRule {
     let mut from = None;
     let mut suppress_prefixlen = None;
     for a in &m.attributes {
@@ -304,7 +304,7 @@ fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
 
 /// A dumped (or announced) route in enipin's terms, with its protocol; `dev` is left empty for
 /// the caller, which knows the links.
-pub fn decode_route(m: &RouteMessage) -> InstalledRoute {
+pub(crate) fn decode_route(m: &RouteMessage) -> InstalledRoute {
     let v6 = m.header.address_family == AddressFamily::Inet6;
     let unspecified = Cidr::any(v6).addr;
     let mut r = Route {

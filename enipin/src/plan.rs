@@ -30,6 +30,7 @@ use crate::{
     sysctl,
 };
 
+/// How a plan prints (`attach --format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DiffFormat {
     /// enipin's own diff (+ add, - remove).
@@ -40,7 +41,7 @@ pub enum DiffFormat {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "op")]
-pub enum Change {
+pub(crate) enum Change {
     AddRule(Rule),
     DelRule(Rule),
     AddRoute(Route),
@@ -54,7 +55,7 @@ pub enum Change {
 
 impl Change {
     /// What undoes this change (the rollback journal holds these).
-    pub fn inverse(&self) -> Change {
+    pub(crate) fn inverse(&self) -> Change {
         match self {
             Change::AddRule(r) => Change::DelRule(r.clone()),
             Change::DelRule(r) => Change::AddRule(r.clone()),
@@ -68,7 +69,7 @@ impl Change {
         }
     }
 
-    pub fn render(&self, format: DiffFormat) -> String {
+    pub(crate) fn render(&self, format: DiffFormat) -> String {
         let six = |v6: bool| if v6 { " -6" } else { "" };
         match (format, self) {
             (DiffFormat::Text, Change::AddRule(r)) => {
@@ -105,7 +106,7 @@ impl Change {
 
 /// The ordered changes that turn the installed state into the desired one.
 #[derive(Debug, Default, Serialize)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub changes: Vec<Change>,
     /// Desired rules / routes already in place.
     pub rules_in_place: usize,
@@ -113,14 +114,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.changes.is_empty()
     }
 }
 
 /// The managed interfaces, or why there is nothing to manage.
 #[derive(Debug)]
-pub enum Selection {
+pub(crate) enum Selection {
     Managed(Vec<ManagedInterface>),
     NothingToDo(String),
 }
@@ -129,7 +130,7 @@ pub enum Selection {
 /// (it must not quietly manage less than the operator named); `enipin watch` a note, leaving it
 /// out while an ENI is detached and taking it back when it returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// No interface of this name or MAC; `known` lists what there is, as `name (mac)`.
     Unknown {
         selector: String,
@@ -164,7 +165,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The `--interfaces` entry refused.
-    pub fn selector(&self) -> &str {
+    pub(crate) fn selector(&self) -> &str {
         match self {
             Refusal::Unknown { selector, .. }
             | Refusal::Down { selector, .. }
@@ -220,7 +221,7 @@ fn matches(iface: &Interface, sel: &str) -> bool {
 }
 
 /// The first step of a selection: the candidate interfaces, and the named ones refused.
-pub struct Chosen<'d> {
+pub(crate) struct Chosen<'d> {
     pub interfaces: Vec<&'d Interface>,
     pub refused: Vec<Refusal>,
 }
@@ -304,7 +305,7 @@ fn named<'d>(d: &'d Discovery, sel: &str) -> Result<&'d Interface, Refusal> {
 
 /// Chooses the managed interfaces and everything the appliers need about them; any refusal is
 /// an error (what `attach` needs).
-pub fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
+pub(crate) fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
     let chosen = choose(d, cfg);
     if let Some(r) = chosen.refused.first() {
         return Err(r.clone().into());
@@ -315,7 +316,7 @@ pub fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
 /// The rest of a selection after [`choose`], with the refused interfaces left out: returns
 /// them for the caller to report. Errors are what no selection can fix: one address on two
 /// interfaces, a `--prefix` on an unmanaged interface, numbers out of range.
-pub fn select_named(
+pub(crate) fn select_named(
     d: &Discovery,
     cfg: &Config,
     chosen: Chosen<'_>,
@@ -480,7 +481,7 @@ fn gateway(d: &Discovery, cfg: &Config, i: &Interface, v6: bool) -> Option<Gatew
 }
 
 /// The rules and routes the managed interfaces need (see the module doc for the layout).
-pub fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>, Vec<Route>) {
+pub(crate) fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>, Vec<Route>) {
     let p = cfg.priority;
     let mut rules = Vec::new();
     let mut routes = Vec::new();
@@ -558,7 +559,7 @@ pub fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>, Vec<Ro
 }
 
 /// enipin's rules and routes as installed now (protocol 229 only).
-pub fn installed(d: &Discovery) -> (Vec<Rule>, Vec<Route>) {
+pub(crate) fn installed(d: &Discovery) -> (Vec<Rule>, Vec<Route>) {
     let rules = d
         .rules
         .iter()
@@ -576,7 +577,11 @@ pub fn installed(d: &Discovery) -> (Vec<Rule>, Vec<Route>) {
 
 /// Someone else's rules at our priorities or pointing at our tables, or their routes in our
 /// tables: enipin would change their meaning, so it refuses before changing anything.
-pub fn check_conflicts(d: &Discovery, managed: &[ManagedInterface], cfg: &Config) -> Result<()> {
+pub(crate) fn check_conflicts(
+    d: &Discovery,
+    managed: &[ManagedInterface],
+    cfg: &Config,
+) -> Result<()> {
     let tables: BTreeSet<u32> = managed.iter().map(|m| m.table).collect();
     let prios = cfg.priority..=cfg.priority + 2;
     for r in d.rules.iter().filter(|r| !r.is_enipin()) {
@@ -612,7 +617,7 @@ pub fn check_conflicts(d: &Discovery, managed: &[ManagedInterface], cfg: &Config
 /// Desired vs installed, ordered so that no moment is worse than before: stale rules go first
 /// (they point at tables about to change), then stale routes, then new routes (tables are
 /// complete before a rule points at them), then new rules, then sysctls.
-pub fn diff(
+pub(crate) fn diff(
     want_rules: &[Rule],
     want_routes: &[Route],
     have_rules: &[Rule],

@@ -14,14 +14,20 @@ use crate::{
     snapshot::{Named, Snapshot},
 };
 
+/// Which network manager's configuration `enipin render` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// RHEL-style `rule-IFACE` / `route-IFACE` files.
     NetworkScripts,
+    /// A systemd-networkd `.network` file per interface.
     Networkd,
+    /// One netplan file.
     Netplan,
+    /// nmcli commands for each interface's connection.
     Nmcli,
 }
 
+/// Prints the desired rules and routes of the selected interfaces in `format`; changes nothing.
 pub async fn render(cfg: &Config, format: Format) -> Result<()> {
     let managed = match Snapshot::select(cfg, Named::Strict).await?.selection {
         Selection::Managed(m) => m,
@@ -51,7 +57,11 @@ fn split<'a>(
 }
 
 /// The desired state for `managed` in `format`, one interface after another.
-pub fn render_to_string(managed: &[ManagedInterface], cfg: &Config, format: Format) -> String {
+pub(crate) fn render_to_string(
+    managed: &[ManagedInterface],
+    cfg: &Config,
+    format: Format,
+) -> String {
     let (rules, routes) = plan::desired(managed, cfg);
     let mut o = String::new();
     for (n, m) in managed.iter().enumerate() {

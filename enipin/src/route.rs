@@ -11,12 +11,12 @@ use serde::{Serialize, Serializer};
 use crate::model::{Cidr, RTPROT_ENIPIN};
 
 /// The kernel's main routing table (`RT_TABLE_MAIN`).
-pub const MAIN_TABLE: u32 = 254;
+pub(crate) const MAIN_TABLE: u32 = 254;
 /// The kernel's default metric of IPv6 routes: a dumped v6 route always carries it.
-pub const V6_METRIC: u32 = 1024;
+pub(crate) const V6_METRIC: u32 = 1024;
 
 /// A table as iproute2 prints it: `main` for 254, else the number.
-pub fn table_name(table: u32) -> String {
+pub(crate) fn table_name(table: u32) -> String {
     if table == MAIN_TABLE {
         "main".to_owned()
     } else {
@@ -26,7 +26,7 @@ pub fn table_name(table: u32) -> String {
 
 /// A policy rule as enipin creates them (action: lookup `table`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct Rule {
+pub(crate) struct Rule {
     pub v6: bool,
     pub priority: u32,
     /// `status --json` has always written this as `[addr, len]`.
@@ -38,7 +38,7 @@ pub struct Rule {
 
 impl Rule {
     /// `from 198.18.0.10/32 lookup 20003 suppress_prefixlength 0 pref 20000 proto 229`
-    pub fn ip_args(&self) -> String {
+    pub(crate) fn ip_args(&self) -> String {
         let mut s = String::new();
         if let Some(from) = self.from {
             let _ = write!(s, "from {from} ");
@@ -53,7 +53,7 @@ impl Rule {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct Route {
+pub(crate) struct Route {
     pub table: u32,
     /// `status --json` has always written this as `[addr, len]`.
     #[serde(serialize_with = "pair")]
@@ -67,12 +67,12 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn v6(&self) -> bool {
+    pub(crate) fn v6(&self) -> bool {
         self.dst.is_ipv6()
     }
 
     /// `198.18.0.0/24 dev eth0 scope link src 198.18.0.10 table 20003 proto 229`
-    pub fn ip_args(&self) -> String {
+    pub(crate) fn ip_args(&self) -> String {
         let mut s = if self.dst.prefix_len == 0 {
             "default".to_owned()
         } else {
@@ -98,28 +98,28 @@ impl Route {
 
 /// A rule as the kernel has it, with the protocol that says whose it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InstalledRule {
+pub(crate) struct InstalledRule {
     pub protocol: u8,
     pub rule: Rule,
 }
 
 /// A route as the kernel has it (its `dev` named), with the protocol that says whose it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InstalledRoute {
+pub(crate) struct InstalledRoute {
     pub protocol: u8,
     pub route: Route,
 }
 
 impl InstalledRule {
     /// Installed by enipin (protocol [`RTPROT_ENIPIN`]).
-    pub fn is_enipin(&self) -> bool {
+    pub(crate) fn is_enipin(&self) -> bool {
         self.protocol == RTPROT_ENIPIN
     }
 }
 
 impl InstalledRoute {
     /// Installed by enipin (protocol [`RTPROT_ENIPIN`]).
-    pub fn is_enipin(&self) -> bool {
+    pub(crate) fn is_enipin(&self) -> bool {
         self.protocol == RTPROT_ENIPIN
     }
 }

@@ -13,7 +13,7 @@ use crate::{
 /// What a selection does with an interface named in `--interfaces` that is missing, down or
 /// without an address ([`Refusal`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Named {
+pub(crate) enum Named {
     /// An error: `attach` must not quietly manage less than the operator named.
     Strict,
     /// Left out, with a note: `enipin watch` keeps managing the rest while an ENI is detached
@@ -23,13 +23,13 @@ pub enum Named {
 
 /// The connection the discovery was read over (the appliers change the namespace through it)
 /// and the discovery.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub nl: Netlink,
     pub discovery: Discovery,
 }
 
 /// A [`Snapshot`] and the selection made from it.
-pub struct Selected {
+pub(crate) struct Selected {
     pub snapshot: Snapshot,
     pub selection: Selection,
     /// Named interfaces left out (always empty with [`Named::Strict`]).
@@ -38,14 +38,14 @@ pub struct Selected {
 
 impl Snapshot {
     /// Connects to the current namespace and reads it.
-    pub async fn take() -> Result<Self> {
+    pub(crate) async fn take() -> Result<Self> {
         let nl = Netlink::connect()?;
         let discovery = discover::discover(&nl).await?;
         Ok(Self { nl, discovery })
     }
 
     /// Takes a snapshot and selects the managed interfaces for `cfg`.
-    pub async fn select(cfg: &Config, named: Named) -> Result<Selected> {
+    pub(crate) async fn select(cfg: &Config, named: Named) -> Result<Selected> {
         let snapshot = Self::take().await?;
         let d = &snapshot.discovery;
         let (selection, refused) = match named {

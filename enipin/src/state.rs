@@ -25,7 +25,7 @@ use crate::{
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct State {
+pub(crate) struct State {
     /// The options of the last attach (`status` computes drift against them).
     pub config: Option<Config>,
     pub managed: Vec<ManagedInterface>,
@@ -163,6 +163,7 @@ fn saved_sysctls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SavedSysc
     }
 }
 
+/// The state file's path under `paths.state_dir`.
 pub fn file(paths: &Paths) -> PathBuf {
     paths.state_dir.join("state.json")
 }
@@ -290,7 +291,7 @@ pub fn save(paths: &Paths, state: &State) -> Result<()> {
 }
 
 /// Puts back what `load` returned before a change (None: no file).
-pub fn restore(paths: &Paths, previous: Option<&State>) -> Result<()> {
+pub(crate) fn restore(paths: &Paths, previous: Option<&State>) -> Result<()> {
     match previous {
         Some(s) => save(paths, s),
         None => remove(paths),
@@ -299,7 +300,7 @@ pub fn restore(paths: &Paths, previous: Option<&State>) -> Result<()> {
 
 /// An exclusive lock on the state directory for the life of the returned file: one attach or
 /// detach at a time per state directory.
-pub fn lock(paths: &Paths) -> Result<std::fs::File> {
+pub(crate) fn lock(paths: &Paths) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd as _;
     create_dir(paths)?;
     let path = paths.state_dir.join("lock");
@@ -317,7 +318,7 @@ pub fn lock(paths: &Paths) -> Result<std::fs::File> {
     Ok(file)
 }
 
-pub fn remove(paths: &Paths) -> Result<()> {
+pub(crate) fn remove(paths: &Paths) -> Result<()> {
     let f = file(paths);
     match std::fs::remove_file(&f) {
         Ok(()) => Ok(()),

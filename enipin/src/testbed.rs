@@ -61,12 +61,13 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Its name under /run/netns (for `ip netns exec`, `--netns`).
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Leave the namespace in place when dropped (`enipin lab --keep`).
-    pub fn keep(&mut self) {
+    pub(crate) fn keep(&mut self) {
         self.keep = true;
     }
 
@@ -235,16 +236,17 @@ impl PinDir {
         })
     }
 
+    /// The pin directory inside the mount: what `--pin-dir` gets.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// The bpffs mount point (the parent of `path()`).
-    pub fn mount(&self) -> &Path {
+    pub(crate) fn mount(&self) -> &Path {
         &self.mount
     }
 
-    pub fn keep(&mut self) {
+    pub(crate) fn keep(&mut self) {
         self.keep = true;
     }
 }
@@ -271,17 +273,19 @@ pub struct TempDir {
 }
 
 impl TempDir {
+    /// A new empty directory under the system's temporary directory.
     pub fn new(prefix: &str) -> Result<Self> {
         let path = std::env::temp_dir().join(unique(prefix));
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(Self { path, keep: false })
     }
 
+    /// Where it is.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn keep(&mut self) {
+    pub(crate) fn keep(&mut self) {
         self.keep = true;
     }
 }
@@ -299,8 +303,9 @@ impl Drop for TempDir {
 /// /run/enipin, or another run's state file and lock. Both removed when dropped.
 #[derive(Debug)]
 pub struct Dirs {
+    /// The pin directory, on its own bpffs.
     pub pins: PinDir,
-    pub state: TempDir,
+    pub(crate) state: TempDir,
 }
 
 impl Dirs {
@@ -321,7 +326,7 @@ impl Dirs {
     }
 
     /// Leave both in place when dropped (`enipin lab --keep`).
-    pub fn keep(&mut self) {
+    pub(crate) fn keep(&mut self) {
         self.pins.keep();
         self.state.keep();
     }

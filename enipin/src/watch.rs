@@ -46,11 +46,11 @@ use crate::{
 #[derive(Clone, Copy, Debug)]
 pub struct Pacing {
     /// Reconcile anyway this long after the last one (a safety net for missed events).
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// Quiet period after an event before reconciling: one reconcile per burst.
-    pub debounce: Duration,
+    pub(crate) debounce: Duration,
     /// Upper bound on the wait for a quiet period under a constant stream of events.
-    pub max_delay: Duration,
+    pub(crate) max_delay: Duration,
     /// First retry delay after a failed reconcile; doubles up to `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
@@ -59,6 +59,7 @@ pub struct Pacing {
 }
 
 impl Pacing {
+    /// Reconciles at least every `interval`; the debounce and backoff are fixed.
     pub fn new(interval: Duration) -> Self {
         Self {
             interval,

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     }
 }
 
-pub fn root() -> PathBuf {
+fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask/ has a parent")
@@ -56,14 +56,14 @@ pub fn root() -> PathBuf {
 }
 
 /// `cargo` with the project's tools directory first on PATH.
-pub fn cargo() -> Command {
+fn cargo() -> Command {
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root())
         .env("PATH", setup::path_with_tools());
     cmd
 }
 
-pub fn run(cmd: &mut Command) -> Result<()> {
+fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");

@@ -55,17 +55,17 @@ const CARGO_TOOLS: &[(&str, &str)] = &[("cargo-deb", "3.8.0"), ("cargo-generate-
 /// Validates the Kubernetes manifests against schemas shipped in the package (offline).
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
-pub fn tools_dir() -> PathBuf {
+pub(crate) fn tools_dir() -> PathBuf {
     root().join(".tools")
 }
 
-pub fn path_with_tools() -> OsString {
+pub(crate) fn path_with_tools() -> OsString {
     let mut paths = vec![tools_dir().join("bin")];
     paths.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
     env::join_paths(paths).expect("PATH entries contain no separator")
 }
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     let started = Instant::now();
     step("Debian packages", packages)?;
     step("eBPF toolchain", nightly)?;

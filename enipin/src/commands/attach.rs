@@ -12,6 +12,8 @@ use crate::{
     state,
 };
 
+/// Plans rules, routes, sysctls and the datapath for the selected interfaces, prints the plan
+/// in `format`, and unless `dry_run` applies it all or nothing and saves the state.
 pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffFormat) -> Result<()> {
     // Two changers at once would each diff against a state the other is changing.
     let _lock = if dry_run {

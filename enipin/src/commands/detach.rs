@@ -12,6 +12,7 @@ use crate::{
     state, sysctl,
 };
 
+/// Removes enipin's rules, routes and datapath, restores the saved sysctls, removes the state.
 pub async fn detach(paths: &Paths) -> Result<()> {
     let _lock = state::lock(paths)?;
     let st = state::load(paths)?;

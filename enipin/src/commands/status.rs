@@ -20,7 +20,7 @@ use crate::{
 
 /// Everything `status` says.
 #[derive(Debug, Serialize)]
-pub struct StatusReport {
+pub(crate) struct StatusReport {
     /// A state file exists: enipin attached and has not detached since.
     pub attached: bool,
     /// The interfaces the last attach's options select now.
@@ -100,7 +100,7 @@ pub async fn status(paths: &Paths, json: bool) -> Result<bool> {
 
 impl StatusReport {
     /// Reads the state file, the namespace and the pinned datapath; changes nothing.
-    pub async fn gather(paths: &Paths) -> Result<Self> {
+    pub(crate) async fn gather(paths: &Paths) -> Result<Self> {
         let st = state::load(paths)?;
         let cfg = st
             .as_ref()

@@ -102,7 +102,7 @@ pub(super) fn link_alive(path: &Path, ifindex: u32) -> bool {
 }
 
 /// The name of interface `ifindex`, `None` when there is none (gone, or never was).
-pub fn ifname(ifindex: u32) -> Option<String> {
+pub(crate) fn ifname(ifindex: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
     let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };

@@ -137,6 +137,7 @@ pub(super) fn out_of_step(pins: &Pins) -> Result<Vec<&'static str>> {
 pub struct OwnerTable<const N: usize, const K: usize> {
     /// The inner array's map id: a new one after every change.
     pub map_id: u32,
+    /// Every bucket, in index order ([`enipin_ebpf::bucket_index`]).
     pub buckets: Vec<Bucket<N, K>>,
 }
 

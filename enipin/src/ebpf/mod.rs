@@ -22,7 +22,7 @@
 //! - `derived`: the fast-path arrays and owner tables derived from the owner maps;
 //! - `contents`: the owner/prefix/counter/config maps: desired, installed, written, restored;
 //! - `attach`: TCX or netlink, chosen by one probe; finding and removing attachments;
-//! - `plan`: the typed [`Change`]s of an [`EbpfPlan`];
+//! - `plan`: the typed `Change`s of an [`EbpfPlan`];
 //! - `apply`: carrying a plan out, all or nothing; detaching everything;
 //! - `observe`: attachments, counters, owner tables, for `status`, `stats`, `metrics`; what is
 //!   missing, for `watch`'s cheap check; what the kernel runs, for `detach`'s;
@@ -40,7 +40,10 @@ mod plan;
 mod program;
 
 pub use apply::{apply, detach};
-pub use attach::{AttachKind, ifname};
+#[cfg(any(test, feature = "testing"))]
+pub use attach::AttachKind;
+pub(crate) use attach::ifname;
+#[cfg(feature = "testing")]
 pub use derived::{OwnerTable, sync_derived};
 pub use held::HeldLinks;
 pub use observe::{

@@ -23,9 +23,11 @@ use super::{
 /// A live attachment of the program.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Attached {
+    /// The interface's index.
     pub ifindex: u32,
     /// The interface's name (`?` if it went between reading the pins and asking its name).
     pub name: String,
+    /// TCX link or netlink filter.
     pub kind: AttachKind,
 }
 
@@ -184,6 +186,7 @@ pub fn counters(paths: &Paths) -> Result<Vec<(u32, Counters)>> {
 
 /// The owner table `name` (`maps::TABLE_V4` or `TABLE_V6`) as the program sees it. `None` when
 /// nothing (of this build's layout) is pinned or no table has been swapped in yet.
+#[cfg(feature = "testing")]
 pub fn owner_table<const N: usize, const K: usize>(
     paths: &Paths,
     name: &str,
@@ -197,7 +200,7 @@ where
 /// What an owner table holds: addresses in their buckets, and buckets that spilled (their extra
 /// addresses are looked up in the owner hash map, about 10 ns more per packet).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct TableSummary {
+pub(crate) struct TableSummary {
     pub addresses: usize,
     pub spilled_buckets: usize,
 }
@@ -217,13 +220,13 @@ impl<const N: usize, const K: usize> From<&OwnerTable<N, K>> for TableSummary {
 
 /// Both families' owner tables, summed up (`None`: no table installed).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct OwnerTables {
+pub(crate) struct OwnerTables {
     pub ipv4: Option<TableSummary>,
     pub ipv6: Option<TableSummary>,
 }
 
 /// [`OwnerTables`] as pinned.
-pub fn table_summary(paths: &Paths) -> Result<OwnerTables> {
+pub(crate) fn table_summary(paths: &Paths) -> Result<OwnerTables> {
     let pins = Pins::open(paths)?;
     let v4 = read_table::<4, { enipin_ebpf::BUCKET_V4 }>(&pins, maps::TABLE_V4)?;
     let v6 = read_table::<16, { enipin_ebpf::BUCKET_V6 }>(&pins, maps::TABLE_V6)?;

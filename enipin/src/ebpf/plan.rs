@@ -30,15 +30,17 @@ use super::{
 #[derive(Debug, Default)]
 pub struct EbpfPlan {
     /// In the order they print and apply.
-    pub changes: Vec<Change>,
+    pub(crate) changes: Vec<Change>,
 }
 
 impl EbpfPlan {
+    /// The datapath already matches: nothing to do.
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
     }
 
     /// One line per change, as printed (`+ attach enipin_egress to eth1 egress (ifindex 3)`).
+    #[cfg(feature = "testing")]
     pub fn lines(&self) -> Vec<String> {
         self.changes.iter().map(ToString::to_string).collect()
     }
@@ -46,7 +48,7 @@ impl EbpfPlan {
 
 /// One change to the datapath.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// A map pinned by another enipin version with another layout: unpinned, created anew.
     RecreateMap {
         name: &'static str,

@@ -99,7 +99,7 @@ pub(super) fn our_tag(pin_dir: &Path) -> Result<u64> {
 
 /// The id of the pinned classifier, `None` when nothing is pinned (for `enipin watch --debug`,
 /// which reads its aya-log records).
-pub fn program_id(paths: &Paths) -> Result<Option<u32>> {
+pub(crate) fn program_id(paths: &Paths) -> Result<Option<u32>> {
     let pin = paths.pin_dir.join(PROG_PIN);
     if !pin.exists() {
         return Ok(None);

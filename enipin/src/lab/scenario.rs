@@ -21,11 +21,11 @@ use super::{
 use crate::testbed::{Dirs, Netns, enipin_command};
 
 /// Set by `enipin lab`'s signal handler: every wait polls it, so Ctrl-C unwinds to the RAII guards.
-pub static CANCELLED: AtomicBool = AtomicBool::new(false);
+pub(crate) static CANCELLED: AtomicBool = AtomicBool::new(false);
 
 /// Returned (wrapped in anyhow) when [`CANCELLED`] stopped the scenario.
 #[derive(Debug)]
-pub struct Interrupted;
+pub(crate) struct Interrupted;
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("interrupted")
@@ -33,12 +33,14 @@ impl std::fmt::Display for Interrupted {
 }
 impl std::error::Error for Interrupted {}
 
+/// How to run the scenario.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// The enipin binary to drive (`enipin lab` passes its own executable).
     pub bin: PathBuf,
     /// Leave namespaces, pins and state in place, with enipin attached again at the end.
     pub keep: bool,
+    /// The network to run it on (`Spec::default()`: the seed's).
     pub spec: Spec,
 }
 
@@ -48,22 +50,28 @@ pub struct Step {
     /// Stable key for tests: `ping-primary-before`, `attach`, `residue`, ...
     pub key: String,
     /// Step number of the scenario (1-6).
-    pub num: u8,
+    pub(crate) num: u8,
+    /// What the step does, as the table prints it.
     pub what: String,
-    pub expected: String,
-    pub result: String,
+    pub(crate) expected: String,
+    pub(crate) result: String,
+    /// The result is the expected one.
     pub ok: bool,
 }
 
+/// What a run of the scenario did and found.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
+    /// In the order they ran.
     pub steps: Vec<Step>,
-    pub drops_before: Drops,
+    pub(crate) drops_before: Drops,
+    /// The vpc's drop counters with enipin attached.
     pub drops_after: Drops,
     /// Namespaces host, vpc, peer.
     pub namespaces: Vec<String>,
+    /// The run's own bpffs directory.
     pub pin_dir: PathBuf,
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// Lines that differ between the dumps before attach and after detach.
     pub residue: Vec<String>,
     /// Output of the commands enipin ran, for the reader.
@@ -71,10 +79,12 @@ pub struct Report {
 }
 
 impl Report {
+    /// Every step ran and was ok.
     pub fn passed(&self) -> bool {
         !self.steps.is_empty() && self.steps.iter().all(|s| s.ok)
     }
 
+    /// The step with this [`Step::key`].
     pub fn step(&self, key: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.key == key)
     }
@@ -229,7 +239,7 @@ fn replies(ok: bool) -> String {
 
 /// Runs the scenario. The topology, pin and state directories are dropped (removed) before this
 /// returns unless `opts.keep`; the caller checks [`Report::namespaces`] are gone.
-pub fn run(opts: &Options) -> Result<Report> {
+pub(crate) fn run(opts: &Options) -> Result<Report> {
     check_spec(&opts.spec)?;
     let mut lab = Lab::build(opts)?;
     lab.announce();

@@ -96,10 +96,12 @@ pub fn pins(dir: &Path) -> Result<Vec<String>> {
 /// pins under a directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
+    /// Section name (`rules`, `routes`, `sysctls <iface>`, `tc <iface>`, ...) → its dump.
     pub sections: BTreeMap<String, String>,
 }
 
 impl Snapshot {
+    /// Dumps `ns` and the interfaces `ifaces` in it, and the pins under `pin_dir`.
     pub fn take(ns: &Netns, ifaces: &[&str], pin_dir: &Path) -> Result<Self> {
         let mut sections = BTreeMap::new();
         sections.insert("rules".to_string(), rules(ns)?);

@@ -27,16 +27,20 @@ use anyhow::{Context as _, Result, bail};
 use crate::testbed::{Netns, veth};
 
 /// nftables table (bridge family) in `vpc` holding the source checks and their counters.
-pub const NFT_TABLE: &str = "enipin_lab";
+pub(crate) const NFT_TABLE: &str = "enipin_lab";
 
 /// One ENI: its name in `host`, its MAC, and every address the cloud lets it send from (the
 /// first of each family is the primary; the others are secondary private IPs). An ENI without
 /// addresses of a family may send none of that family.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EniSpec {
+    /// Interface name in `host`.
     pub name: String,
+    /// `aa:bb:...`: the only source MAC the vpc accepts from this ENI.
     pub mac: String,
+    /// IPv4 addresses, the primary first.
     pub v4: Vec<Ipv4Addr>,
+    /// IPv6 addresses, the primary first.
     pub v6: Vec<Ipv6Addr>,
 }
 
@@ -66,12 +70,19 @@ impl EniSpec {
 /// The whole network. [`Spec::default`] is the seed: two ENIs in 198.18.0.0/24, one address each.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spec {
+    /// The ENIs, all in the one subnet; the first is the primary.
     pub enis: Vec<EniSpec>,
+    /// The subnet's IPv4 prefix length.
     pub prefix_len_v4: u8,
+    /// The subnet's IPv6 prefix length.
     pub prefix_len_v6: u8,
+    /// The vpc's IPv4 address on the subnet, the ENIs' gateway.
     pub gateway_v4: Ipv4Addr,
+    /// The vpc's IPv6 address on the subnet.
     pub gateway_v6: Ipv6Addr,
+    /// The peer's IPv4 address (in the subnet, behind the vpc): what the ENIs talk to.
     pub peer_v4: Ipv4Addr,
+    /// The peer's IPv6 address.
     pub peer_v6: Ipv6Addr,
     /// Configure the IPv6 addresses too (2001:db8::/64).
     pub ipv6: bool,
@@ -124,6 +135,7 @@ impl Spec {
 /// The three namespaces, removed when dropped (unless [`Topology::keep`]).
 #[derive(Debug)]
 pub struct Topology {
+    /// What was built.
     pub spec: Spec,
     // Dropped in this order; each deletion also removes the veth ends inside.
     host: Netns,
@@ -138,6 +150,7 @@ impl Topology {
         Self::build_with(Spec::default())
     }
 
+    /// The network `spec` describes, after checking its addresses are all lab addresses.
     pub fn build_with(spec: Spec) -> Result<Self> {
         spec.check()?;
         let topo = Self {
@@ -150,13 +163,16 @@ impl Topology {
         Ok(topo)
     }
 
+    /// The namespace with the ENIs, where enipin runs.
     pub fn host(&self) -> &Netns {
         &self.host
     }
+    /// The namespace that forwards and drops what the cloud would drop.
     #[cfg(feature = "testing")]
     pub fn vpc(&self) -> &Netns {
         &self.vpc
     }
+    /// The namespace of the peer, on the vpc's bridge.
     pub fn peer(&self) -> &Netns {
         &self.peer
     }
@@ -164,12 +180,13 @@ impl Topology {
     pub fn names(&self) -> [&str; 3] {
         [self.host.name(), self.vpc.name(), self.peer.name()]
     }
+    /// The ENIs' names in `host`, in [`Spec::enis`] order.
     pub fn eni_names(&self) -> Vec<&str> {
         self.spec.enis.iter().map(|e| e.name.as_str()).collect()
     }
 
     /// Leave the namespaces in place when dropped.
-    pub fn keep(&mut self) {
+    pub(crate) fn keep(&mut self) {
         self.host.keep();
         self.vpc.keep();
         self.peer.keep();
@@ -289,7 +306,7 @@ impl Topology {
     /// The vpc's source checks: per ENI port, drop frames whose source MAC, ARP sender or source
     /// IP is not the ENI's. Link-local IPv6 and the unspecified sources (DAD, ARP probes) pass,
     /// as in a VPC; they carry no routed traffic. Then count the echo replies that passed.
-    pub fn nft_ruleset(&self) -> String {
+    pub(crate) fn nft_ruleset(&self) -> String {
         let mut counters = String::new();
         let mut rules = String::new();
         for (i, eni) in self.spec.enis.iter().enumerate() {
@@ -386,7 +403,7 @@ fn join(items: impl Iterator<Item = String>) -> String {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropKind {
+pub(crate) enum DropKind {
     /// Ethernet source MAC not the ENI's.
     Mac,
     /// ARP sender MAC or IP not the ENI's.
@@ -398,8 +415,8 @@ pub enum DropKind {
 }
 
 impl DropKind {
-    pub const ALL: [DropKind; 4] = [Self::Mac, Self::Arp, Self::Ip, Self::Ip6];
-    pub fn suffix(self) -> &'static str {
+    pub(crate) const ALL: [DropKind; 4] = [Self::Mac, Self::Arp, Self::Ip, Self::Ip6];
+    pub(crate) fn suffix(self) -> &'static str {
         match self {
             Self::Mac => "mac",
             Self::Arp => "arp",
@@ -412,17 +429,21 @@ impl DropKind {
 /// Packets the vpc dropped from one ENI, by reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EniDrops {
+    /// Ethernet source MAC not the ENI's.
     pub mac: u64,
+    /// ARP sender MAC or IP not the ENI's.
     pub arp: u64,
+    /// IPv4 source not one of the ENI's addresses.
     pub ip: u64,
-    pub ip6: u64,
+    pub(crate) ip6: u64,
 }
 
 impl EniDrops {
+    /// Every drop, of every kind.
     pub fn total(&self) -> u64 {
         self.mac + self.arp + self.ip + self.ip6
     }
-    pub fn get(&self, kind: DropKind) -> u64 {
+    pub(crate) fn get(&self, kind: DropKind) -> u64 {
         match kind {
             DropKind::Mac => self.mac,
             DropKind::Arp => self.arp,
@@ -440,12 +461,15 @@ impl EniDrops {
     }
 }
 
+/// The vpc's drop counters, per ENI.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Drops {
+    /// ENI name → its drops.
     pub by_eni: BTreeMap<String, EniDrops>,
 }
 
 impl Drops {
+    /// One ENI's drops (zero for an ENI never seen).
     pub fn eni(&self, name: &str) -> EniDrops {
         self.by_eni.get(name).copied().unwrap_or_default()
     }
