@@ -229,7 +229,7 @@ pub(crate) struct Chosen<'d> {
 /// Which interfaces: the named ones (refusing those missing, loopback, not Ethernet, down, without
 /// an address, or alone in their subnets while others are not), else every up Ethernet one with
 /// addresses.
-pub fn choose<'d>(d: &'d Discovery, cfg: &Config) -> Chosen<'d> {
+pub(crate) fn choose<'d>(d: &'d Discovery, cfg: &Config) -> Chosen<'d> {
     let mut chosen = Chosen {
         interfaces: Vec::new(),
         refused: Vec::new(),

@@ -41,19 +41,19 @@ pub(crate) struct State {
 /// One sysctl value enipin replaced, kept by the interface's ifindex and MAC (names change: `ip
 /// link set eth1 name x`), restored under whatever name the interface has then.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedSysctl {
+pub(crate) struct SavedSysctl {
     /// `None` only for an entry of a state file from before ifindexes were kept whose interface
     /// was no longer managed: found by `ifname` then.
-    pub ifindex: Option<u32>,
-    pub mac: Option<MacAddr>,
+    pub(crate) ifindex: Option<u32>,
+    pub(crate) mac: Option<MacAddr>,
     /// The interface's name when the value was saved.
-    pub ifname: String,
-    pub knob: Knob,
-    pub old: String,
+    pub(crate) ifname: String,
+    pub(crate) knob: Knob,
+    pub(crate) old: String,
 }
 
 impl SavedSysctl {
-    pub fn new(m: &ManagedInterface, knob: Knob, old: &str) -> Self {
+    pub(crate) fn new(m: &ManagedInterface, knob: Knob, old: &str) -> Self {
         Self {
             ifindex: Some(m.ifindex),
             mac: Some(m.mac),
@@ -64,13 +64,13 @@ impl SavedSysctl {
     }
 
     /// Saved for interface `m` (same ifindex and MAC).
-    pub fn is_of(&self, m: &ManagedInterface) -> bool {
+    pub(crate) fn is_of(&self, m: &ManagedInterface) -> bool {
         self.ifindex == Some(m.ifindex) && self.mac == Some(m.mac)
     }
 
     /// The interface this value belongs to now, if it still exists: the same ifindex and MAC
     /// (an ENI detached and attached again is a new device whose sysctls started afresh).
-    pub fn find<'a>(&self, interfaces: &'a [Interface]) -> Option<&'a Interface> {
+    pub(crate) fn find<'a>(&self, interfaces: &'a [Interface]) -> Option<&'a Interface> {
         match (self.ifindex, self.mac) {
             (Some(i), Some(mac)) => interfaces.iter().find(|x| x.ifindex == i && x.mac == mac),
             _ => interfaces.iter().find(|x| x.name == self.ifname),
@@ -78,7 +78,7 @@ impl SavedSysctl {
     }
 
     /// The key as saved (under the name the interface had then).
-    pub fn saved_key(&self) -> String {
+    pub(crate) fn saved_key(&self) -> String {
         format!("net.ipv4.conf.{}.{}", self.ifname, self.knob.name())
     }
 
@@ -94,7 +94,7 @@ impl SavedSysctl {
 
 impl State {
     /// sysctl key (as saved) → the value before enipin changed it, for `status`.
-    pub fn sysctls_by_key(&self) -> BTreeMap<String, String> {
+    pub(crate) fn sysctls_by_key(&self) -> BTreeMap<String, String> {
         self.sysctls
             .iter()
             .map(|s| (s.saved_key(), s.old.clone()))
@@ -103,7 +103,7 @@ impl State {
 
     /// Records `old` as `m`'s value of `knob` unless one is recorded already (the first value
     /// enipin replaced is the one to restore).
-    pub fn remember(&mut self, m: &ManagedInterface, knob: Knob, old: &str) {
+    pub(crate) fn remember(&mut self, m: &ManagedInterface, knob: Knob, old: &str) {
         if !self.sysctls.iter().any(|s| s.knob == knob && s.is_of(m)) {
             self.sysctls.push(SavedSysctl::new(m, knob, old));
         }
@@ -171,7 +171,7 @@ pub fn file(paths: &Paths) -> PathBuf {
 /// The saved state, or `None` when there is none. Refused, changing nothing, when the file is
 /// not a regular file of the caller's (root's), is writable by others, or says anything attach
 /// could not have written.
-pub fn load(paths: &Paths) -> Result<Option<State>> {
+pub(crate) fn load(paths: &Paths) -> Result<Option<State>> {
     let f = file(paths);
     let mut file = match std::fs::OpenOptions::new()
         .read(true)
@@ -270,7 +270,7 @@ fn create_dir(paths: &Paths) -> Result<()> {
     Ok(())
 }
 
-pub fn save(paths: &Paths, state: &State) -> Result<()> {
+pub(crate) fn save(paths: &Paths, state: &State) -> Result<()> {
     let f = file(paths);
     create_dir(paths)?;
     let tmp = f.with_extension("json.tmp");

@@ -12,17 +12,17 @@ use serde::{Deserialize, Serialize, Serializer};
 /// The only sysctls enipin ever changes, all under `net.ipv4.conf.<interface>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Knob {
+pub(crate) enum Knob {
     RpFilter,
     ArpIgnore,
     ArpAnnounce,
 }
 
 impl Knob {
-    pub const ALL: [Knob; 3] = [Knob::RpFilter, Knob::ArpIgnore, Knob::ArpAnnounce];
+    pub(crate) const ALL: [Knob; 3] = [Knob::RpFilter, Knob::ArpIgnore, Knob::ArpAnnounce];
 
     /// The name in /proc/sys (and in the `serde` form).
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Knob::RpFilter => "rp_filter",
             Knob::ArpIgnore => "arp_ignore",
@@ -34,7 +34,7 @@ impl Knob {
 /// `net.ipv4.conf.<ifname>.<knob>`, `ifname` a valid interface name: the path it names is always
 /// `/proc/sys/net/ipv4/conf/<ifname>/<knob>`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Key {
+pub(crate) struct Key {
     ifname: String,
     knob: Knob,
 }
@@ -42,7 +42,7 @@ pub struct Key {
 const PREFIX: &str = "net.ipv4.conf.";
 
 impl Key {
-    pub fn new(ifname: &str, knob: Knob) -> Result<Self> {
+    pub(crate) fn new(ifname: &str, knob: Knob) -> Result<Self> {
         check_ifname(ifname)
             .with_context(|| format!("sysctl key {PREFIX}{ifname}.{}", knob.name()))?;
         Ok(Self {
@@ -53,7 +53,7 @@ impl Key {
 
     /// `net.ipv4.conf.eth1.rp_filter` (the state file's keys before they were kept by ifindex).
     /// Interface names may hold dots (`eth0.100`): the knob is the last component.
-    pub fn parse(key: &str) -> Result<Self> {
+    pub(crate) fn parse(key: &str) -> Result<Self> {
         let refuse = || {
             anyhow::anyhow!(
                 "sysctl key {key:?} is not one enipin sets (only {PREFIX}<interface>.{{{}}})",
@@ -69,11 +69,11 @@ impl Key {
         Self::new(ifname, knob).map_err(|e| refuse().context(format!("{e:#}")))
     }
 
-    pub fn ifname(&self) -> &str {
+    pub(crate) fn ifname(&self) -> &str {
         &self.ifname
     }
 
-    pub fn knob(&self) -> Knob {
+    pub(crate) fn knob(&self) -> Knob {
         self.knob
     }
 
@@ -116,7 +116,7 @@ fn check_ifname(name: &str) -> Result<()> {
 }
 
 /// A sysctl value enipin writes back: an integer (the knobs are all `proc_dointvec`).
-pub fn check_value(value: &str) -> Result<()> {
+pub(crate) fn check_value(value: &str) -> Result<()> {
     value
         .parse::<i32>()
         .map(|_| ())
@@ -130,11 +130,11 @@ fn read_path(p: &std::path::Path) -> Result<String> {
         .to_owned())
 }
 
-pub fn read(key: &Key) -> Result<String> {
+pub(crate) fn read(key: &Key) -> Result<String> {
     read_path(&key.path())
 }
 
-pub fn write(key: &Key, value: &str) -> Result<()> {
+pub(crate) fn write(key: &Key, value: &str) -> Result<()> {
     check_value(value).with_context(|| format!("refusing to write {key}"))?;
     let p = key.path();
     std::fs::write(&p, value).with_context(|| format!("writing {value} to {}", p.display()))
@@ -146,7 +146,7 @@ pub fn write(key: &Key, value: &str) -> Result<()> {
 ///   against spoofing from nowhere. 0 and 2 are left alone.
 /// - arp_ignore=1, arp_announce=2: against ARP flux, each ENI answers and announces only its own
 ///   addresses, so the VPC learns the right MAC for every address.
-pub fn desired(ifname: &str) -> Result<Vec<(Key, String)>> {
+pub(crate) fn desired(ifname: &str) -> Result<Vec<(Key, String)>> {
     let mut out = Vec::new();
     let all: u32 = read_path("/proc/sys/net/ipv4/conf/all/rp_filter".as_ref())?
         .parse()

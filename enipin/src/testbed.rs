@@ -242,7 +242,7 @@ impl PinDir {
     }
 
     /// The bpffs mount point (the parent of `path()`).
-    pub(crate) fn mount(&self) -> &Path {
+    pub fn mount(&self) -> &Path {
         &self.mount
     }
 

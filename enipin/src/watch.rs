@@ -53,6 +53,7 @@ pub struct Pacing {
     pub(crate) max_delay: Duration,
     /// First retry delay after a failed reconcile; doubles up to `max_backoff`.
     pub backoff: Duration,
+    /// The longest retry delay after failed reconciles.
     pub max_backoff: Duration,
     /// Between the cheap checks of what sends no event (datapath pins and links, sysctls).
     pub check: Duration,

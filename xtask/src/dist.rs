@@ -20,14 +20,14 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cargo, root, run, setup};
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub fn dist_dir() -> PathBuf {
+pub(crate) fn dist_dir() -> PathBuf {
     root().join("target/dist")
 }
 
 /// The artifacts' file names, in the order they are built.
-pub fn artifacts() -> [String; 4] {
+pub(crate) fn artifacts() -> [String; 4] {
     let m = setup::MUSL_TARGET;
     [
         format!("enipin-{VERSION}-{m}.tar.gz"),
@@ -37,7 +37,7 @@ pub fn artifacts() -> [String; 4] {
     ]
 }
 
-pub fn run_dist() -> Result<()> {
+pub(crate) fn run_dist() -> Result<()> {
     let started = std::time::Instant::now();
     let dist = dist_dir();
     let stage = dist.join("stage");

@@ -49,7 +49,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("file", "file"),
 ];
 /// The static binary's target (no libc on the host needed: the tarball, the packages, the image).
-pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+pub(crate) const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 /// Cargo subcommands that build the .deb and the .rpm: (crate, version), into .tools/bin.
 const CARGO_TOOLS: &[(&str, &str)] = &[("cargo-deb", "3.8.0"), ("cargo-generate-rpm", "0.21.1")];
 /// Validates the Kubernetes manifests against schemas shipped in the package (offline).
@@ -162,7 +162,7 @@ fn cargo_tools() -> Result<()> {
 
 /// `.tools/venv/bin/kubernetes-validate`: the system's Python 3 in a venv of its own (not the
 /// system's pip, not whatever python3 comes first on PATH).
-pub fn kubernetes_validate_bin() -> PathBuf {
+pub(crate) fn kubernetes_validate_bin() -> PathBuf {
     tools_dir().join("venv/bin/kubernetes-validate")
 }
 

@@ -10,7 +10,7 @@ use std::fmt;
 
 pub use attach::attach;
 pub use detach::detach;
-pub use status::{DatapathDrift, Drift, StatusReport, status};
+pub use status::status;
 
 use crate::model::{Gateway, GatewaySource, ManagedInterface, fmt_mac};
 

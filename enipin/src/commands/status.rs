@@ -41,7 +41,7 @@ pub(crate) struct StatusReport {
 /// One change between the namespace and the desired state.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
-pub enum Drift {
+pub(crate) enum Drift {
     /// A rule, route or sysctl (`{"op": "add-rule", ...}`).
     Routing(Change),
     /// A datapath change (`{"op": "datapath", "change": "+ attach ..."}`).
@@ -50,7 +50,7 @@ pub enum Drift {
 
 /// A datapath change in `status --json`: the plan line, and the interface it is about.
 #[derive(Debug, Serialize)]
-pub struct DatapathDrift {
+pub(crate) struct DatapathDrift {
     op: &'static str,
     /// The interface the change is about, when it is about one.
     ifindex: Option<u32>,
@@ -178,7 +178,7 @@ impl fmt::Display for StatusReport {
 
 impl StatusReport {
     /// Attached, and something differs from the desired state.
-    pub fn drifted(&self) -> bool {
+    pub(crate) fn drifted(&self) -> bool {
         self.attached && !self.drift.is_empty()
     }
 

@@ -17,14 +17,14 @@ use super::{attach::attachments, program::PROG_PIN};
 
 /// Open descriptors of the pinned TCX links, with the pin each came from.
 #[derive(Debug, Default)]
-pub struct HeldLinks {
+pub(crate) struct HeldLinks {
     links: Vec<(PathBuf, FdLink)>,
 }
 
 impl HeldLinks {
     /// Opens every live TCX link pinned under the pin directory (netlink filters have no
     /// descriptor to hold). A link that cannot be opened is not held: the check still sees it.
-    pub fn hold(paths: &Paths) -> Self {
+    pub(crate) fn hold(paths: &Paths) -> Self {
         let links = attachments(paths)
             .unwrap_or_default()
             .into_iter()
@@ -44,7 +44,7 @@ impl HeldLinks {
     /// be pinned back (their program's pin or the whole directory went too): the caller keeps
     /// them, still enforcing with the old program and maps, until a reconcile has attached a
     /// complete datapath anew, then drops them (the kernel detaches them then).
-    pub fn repin(self, paths: &Paths) -> (Vec<String>, Self) {
+    pub(crate) fn repin(self, paths: &Paths) -> (Vec<String>, Self) {
         let prog = ProgramInfo::from_pin(paths.pin_dir.join(PROG_PIN))
             .ok()
             .map(|p| p.id());
@@ -70,7 +70,7 @@ impl HeldLinks {
     }
 
     /// Adds `other`'s links to these.
-    pub fn extend(&mut self, other: Self) {
+    pub(crate) fn extend(&mut self, other: Self) {
         self.links.extend(other.links);
     }
 }

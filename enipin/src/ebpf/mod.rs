@@ -45,10 +45,15 @@ pub use attach::AttachKind;
 pub(crate) use attach::ifname;
 #[cfg(feature = "testing")]
 pub use derived::{OwnerTable, sync_derived};
-pub use held::HeldLinks;
-pub use observe::{
-    Attached, OwnerTables, Running, TableSummary, attached, counters, missing, owner_table,
-    running_at_egress, table_summary,
-};
-pub use plan::{Change, EbpfPlan, plan};
-pub use program::{OBJECT, load, program_id};
+pub(crate) use held::HeldLinks;
+#[cfg(test)]
+pub(crate) use observe::TableSummary;
+#[cfg(feature = "testing")]
+pub use observe::owner_table;
+pub use observe::{Attached, attached, counters};
+pub(crate) use observe::{OwnerTables, missing, running_at_egress, table_summary};
+pub(crate) use plan::Change;
+pub use plan::{EbpfPlan, plan};
+pub(crate) use program::program_id;
+#[cfg(feature = "testing")]
+pub use program::{OBJECT, load};

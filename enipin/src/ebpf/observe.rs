@@ -48,7 +48,7 @@ pub fn attached(paths: &Paths) -> Result<Vec<Attached>> {
 /// directory, the program's pin, a map's pin, an interface's live attachment. Cheap enough for
 /// `enipin watch` to ask every 250 ms (a few stats, and per interface one open and one TCX
 /// query), unlike a plan, which reads every map.
-pub fn missing(managed: &[ManagedInterface], paths: &Paths) -> Result<Vec<String>> {
+pub(crate) fn missing(managed: &[ManagedInterface], paths: &Paths) -> Result<Vec<String>> {
     let dir = &paths.pin_dir;
     if managed.is_empty() {
         return Ok(Vec::new());
@@ -77,7 +77,7 @@ pub fn missing(managed: &[ManagedInterface], paths: &Paths) -> Result<Vec<String
 
 /// An enipin program the kernel runs at an interface's egress (TCX), whoever pinned its link.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Running {
+pub(crate) struct Running {
     pub ifindex: u32,
     pub name: String,
     pub program_id: u32,
@@ -86,7 +86,7 @@ pub struct Running {
 /// Every program named [`PROGRAM`] at a TCX egress of this namespace, asked of the kernel (not
 /// of a pin directory): what `detach` checks it left nothing behind with. Empty on kernels
 /// without TCX (< 6.6), whose netlink filters are found only through their pin-dir records.
-pub fn running_at_egress() -> Result<Vec<Running>> {
+pub(crate) fn running_at_egress() -> Result<Vec<Running>> {
     let mut out = Vec::new();
     for (ifindex, name) in interfaces() {
         let progs = match SchedClassifier::query_tcx(ifindex, TcAttachType::Egress) {
