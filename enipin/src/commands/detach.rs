@@ -55,12 +55,18 @@ pub async fn detach(paths: &Paths) -> Result<()> {
     Ok(())
 }
 
-/// The paths to detach the datapath from: the pin directory the state file recorded (where the
-/// attach pinned it), whatever `--pin-dir` says; `--pin-dir` without a record.
+/// The paths to detach the datapath from: `--pin-dir` when it holds pins; otherwise the pin
+/// directory the state file recorded, when that holds them (an operator who passed the wrong
+/// `--pin-dir`). `--pin-dir` comes first because the recorded path is the attach's view of the
+/// filesystem: a container that attached with the host's bpffs mounted at `/sys/fs/bpf` recorded
+/// a path that, on the host, names another directory.
 fn pins_of(paths: &Paths, st: Option<&state::State>) -> Paths {
     let Some(recorded) = st.and_then(|s| s.pin_dir.as_ref()) else {
         return paths.clone();
     };
+    if paths.pin_dir.exists() || !recorded.exists() {
+        return paths.clone();
+    }
     if *recorded != paths.pin_dir {
         println!(
             "note: the datapath was attached under {}, not --pin-dir {}: detaching it there",
