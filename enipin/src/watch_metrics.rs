@@ -299,3 +299,110 @@ impl Telemetry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without the datapath: nothing here loads a program or reads a pin.
+    fn telemetry() -> Arc<Telemetry> {
+        let cfg = Config {
+            ebpf: false,
+            ..Config::default()
+        };
+        let paths = Paths {
+            pin_dir: "/nonexistent/enipin-pins".into(),
+            state_dir: "/nonexistent/enipin-state".into(),
+        };
+        Telemetry::new(&cfg, &paths).unwrap()
+    }
+
+    fn reconciled(changes: usize, drift: &[((&'static str, bool), u64)]) -> Reconciled {
+        Reconciled {
+            changes: vec!["+ rule".to_owned(); changes],
+            drift: drift.iter().copied().collect(),
+            ..Reconciled::default()
+        }
+    }
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn health_follows_the_last_reconcile() {
+        let t = telemetry();
+        let r = t.health();
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.body, "no reconcile yet\n");
+        t.failed(
+            &anyhow::anyhow!("discovering links\nnetlink: EPERM"),
+            Duration::from_millis(3),
+        );
+        let r = t.health();
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            r.body,
+            "the last reconcile failed: discovering links netlink: EPERM\n"
+        );
+        assert_eq!(r.body.lines().count(), 1);
+        t.succeeded(&reconciled(0, &[]), 0, Duration::from_millis(2));
+        let r = t.health();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+
+    #[test]
+    fn restores_count_only_what_was_missing_under_an_unchanged_desired_state() {
+        let t = telemetry();
+        // The first success installs everything: drift, but no restore.
+        t.succeeded(&reconciled(6, &[(("rule", true), 6)]), 0, Duration::ZERO);
+        // Someone deleted a rule, reverted a sysctl and removed a link pin (pinned back).
+        let r = reconciled(2, &[(("rule", true), 1), (("sysctl", true), 1)]);
+        t.succeeded(&r, 1, Duration::ZERO);
+        t.succeeded(&reconciled(0, &[]), 0, Duration::ZERO);
+        let text = t.exposition().unwrap();
+        for (series, want) in [
+            ("enipin_restored_total{kind=\"rule\"}", 1.0),
+            ("enipin_restored_total{kind=\"sysctl\"}", 1.0),
+            ("enipin_restored_total{kind=\"datapath_link\"}", 1.0),
+            ("enipin_restored_total{kind=\"route\"}", 0.0),
+            ("enipin_reconciles_total{result=\"changed\"}", 2.0),
+            ("enipin_reconciles_total{result=\"unchanged\"}", 1.0),
+            ("enipin_reconciles_total{result=\"failed\"}", 0.0),
+            ("enipin_reconcile_duration_seconds_count", 3.0),
+            // The last reconcile found nothing out of place.
+            ("enipin_drift_objects{kind=\"rule\",state=\"missing\"}", 0.0),
+            ("enipin_managed_interfaces", 0.0),
+        ] {
+            assert_eq!(value(&text, series), Some(want), "{series} in\n{text}");
+        }
+        let build = format!(
+            "enipin_build_info{{program_tag=\"none\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{build} in\n{text}");
+        assert!(value(&text, "enipin_last_success_timestamp_seconds") > Some(1.7e9));
+    }
+
+    #[test]
+    fn the_endpoint_routes_metrics_and_health_and_refuses_the_rest() {
+        let t = telemetry();
+        assert_eq!(
+            t.route(&Method::GET, "/healthz").status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let m = t.route(&Method::GET, "/metrics");
+        assert_eq!(m.status, StatusCode::OK);
+        assert!(
+            m.body.contains("# TYPE enipin_reconciles_total counter\n"),
+            "{}",
+            m.body
+        );
+        assert_eq!(t.route(&Method::GET, "/").status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            t.route(&Method::POST, "/healthz").status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+}

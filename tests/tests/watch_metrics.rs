@@ -136,6 +136,36 @@ fn watch_serves_linted_metrics_and_health_that_follows_the_datapath() {
         healthy().then_some(())
     });
     eprintln!("503 seen while the pin was gone: {saw_503}");
+
+    // Someone deletes one of enipin's rules: put back, and counted as a restored rule.
+    let rule = topo
+        .host()
+        .ip(&["rule", "show", "from", "198.18.0.11"])
+        .unwrap();
+    let pref = rule
+        .lines()
+        .find_map(|l| l.split(':').next()?.trim().parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("no rule from 198.18.0.11:\n{rule}"));
+    topo.host()
+        .ip(&[
+            "rule",
+            "del",
+            "from",
+            "198.18.0.11",
+            "pref",
+            &pref.to_string(),
+        ])
+        .unwrap();
+    until("a restored rule counted", Duration::from_secs(5), || {
+        let text = get(&topo, addr, "/metrics").1;
+        (sample(&text, "enipin_restored_total{kind=\"rule\"}") >= Some(1.0)).then_some(())
+    });
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("");
+    eprintln!("watch's peak RSS (2 interfaces): {hwm}");
     // SAFETY: plain syscall on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
