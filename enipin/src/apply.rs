@@ -232,6 +232,30 @@ pub(crate) async fn commit(nl: &Netlink, p: Pending, cfg: &Config, paths: &Paths
     Ok(())
 }
 
+/// Objects a reconcile found out of place, by (kind, missing): `rule`, `route`, `sysctl`,
+/// `datapath_link`, `datapath_program`, `datapath_map`; missing (added back) or extra (removed).
+pub(crate) type Drift = std::collections::BTreeMap<(&'static str, bool), u64>;
+
+fn drift(p: &Pending) -> Drift {
+    let rules = p.plan.changes.iter().map(|c| match c {
+        Change::AddRule(_) => ("rule", true),
+        Change::DelRule(_) => ("rule", false),
+        Change::AddRoute(_) => ("route", true),
+        Change::DelRoute(_) => ("route", false),
+        Change::Sysctl { .. } => ("sysctl", true),
+    });
+    let datapath = p
+        .ebpf
+        .iter()
+        .flat_map(|e| &e.changes)
+        .filter_map(|c| c.drift());
+    let mut out = Drift::new();
+    for key in rules.chain(datapath) {
+        *out.entry(key).or_default() += 1;
+    }
+    out
+}
+
 /// What one [`reconcile`] found and did.
 #[derive(Debug, Default)]
 pub(crate) struct Reconciled {
@@ -244,6 +268,8 @@ pub(crate) struct Reconciled {
     /// Interfaces named in `--interfaces` that are left out for now (missing, down, no address),
     /// one note each.
     pub left_out: Vec<String>,
+    /// What the plan found out of place before applying it.
+    pub drift: Drift,
 }
 
 /// One pass of the same plan/apply `attach` does, for a caller that holds the state lock
@@ -264,6 +290,7 @@ pub(crate) async fn reconcile(cfg: &Config, paths: &Paths) -> Result<Reconciled>
     let (nl, d) = (&s.snapshot.nl, &s.snapshot.discovery);
     let p = pending(d, managed, previous, cfg, paths)?;
     let changes = p.lines(DiffFormat::Text);
+    let drift = drift(&p);
     let managed = p.managed.clone();
     commit(nl, p, cfg, paths).await?;
     Ok(Reconciled {
@@ -271,5 +298,6 @@ pub(crate) async fn reconcile(cfg: &Config, paths: &Paths) -> Result<Reconciled>
         changes,
         idle,
         left_out,
+        drift,
     })
 }

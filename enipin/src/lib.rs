@@ -43,3 +43,4 @@ pub mod testbed;
 #[allow(unreachable_pub)] // its `pub` items are for enipin-tests
 mod testbed;
 pub mod watch;
+mod watch_metrics;

@@ -108,6 +108,10 @@ enum Command {
         /// Seconds between reconciles when no event arrives (a safety net for missed events).
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
         interval: u64,
+        /// Serve GET /metrics (datapath and control plane) and GET /healthz on this address;
+        /// `none` serves nothing. A non-loopback address is allowed, with a warning.
+        #[arg(long, default_value = "127.0.0.1:9717", value_parser = parse_listen)]
+        metrics_listen: Listen,
     },
     /// Remove exactly what enipin added and restore the sysctls it changed.
     Detach,
@@ -152,6 +156,19 @@ enum Command {
     /// Man pages, section 8 (enipin is in sbin): enipin.8 and one per command, written into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },
+}
+
+/// `--metrics-listen`: an address, or `none`.
+#[derive(Clone, Debug)]
+struct Listen(Option<std::net::SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "none" {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|e| format!("{e}: an address and port such as 127.0.0.1:9717, or `none`"))
 }
 
 impl Selection {
@@ -222,10 +239,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             sel,
             layers,
             interval,
+            metrics_listen,
         } => {
             let cfg = layers.apply(sel.into_config());
             let pacing = enipin::watch::Pacing::new(std::time::Duration::from_secs(interval));
-            enipin::watch::watch(&cfg, &paths, pacing).await?;
+            enipin::watch::watch(&cfg, &paths, pacing, metrics_listen.0).await?;
         }
         Command::Detach => enipin::commands::detach(&paths).await?,
         Command::Status { json } => {

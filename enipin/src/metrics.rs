@@ -3,14 +3,18 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 use enipin_ebpf::{Counter, Counters};
+use prometheus::{
+    TextEncoder,
+    proto::{self, LabelPair, Metric, MetricFamily, MetricType},
+};
 
 use crate::{config::Paths, ebpf, http};
 
 /// One interface's counters: its ifindex, its name ("unknown" for slot 0, "?" when the ifindex
 /// no longer exists in this namespace) and the counters summed over CPUs.
-type Row = (u32, String, Counters);
+pub(crate) type Row = (u32, String, Counters);
 
-fn rows(paths: &Paths) -> Result<Vec<Row>> {
+pub(crate) fn rows(paths: &Paths) -> Result<Vec<Row>> {
     Ok(ebpf::counters(paths)?
         .into_iter()
         .map(|(i, c)| {
@@ -67,24 +71,54 @@ fn stats_table(rows: &[Row]) -> String {
 
 /// The Prometheus text exposition of the counters.
 pub fn exposition(paths: &Paths) -> Result<String> {
-    Ok(prometheus(&rows(paths)?))
+    encode(&datapath(&rows(paths)?))
 }
 
-/// A metric `enipin_<name>_total` per counter, a sample per interface.
-fn prometheus(rows: &[Row]) -> String {
-    let mut out = String::new();
-    for (n, Counter { name, help }) in Counters::LIST.iter().enumerate() {
-        let _ = writeln!(out, "# HELP enipin_{name}_total {help}.");
-        let _ = writeln!(out, "# TYPE enipin_{name}_total counter");
-        for (i, ifname, c) in rows {
-            let _ = writeln!(
-                out,
-                "enipin_{name}_total{{interface=\"{ifname}\",ifindex=\"{i}\"}} {}",
-                c.values()[n]
+/// The families in Prometheus text format (0.0.4), encoded by the library.
+pub(crate) fn encode(families: &[MetricFamily]) -> Result<String> {
+    Ok(TextEncoder::new().encode_to_string(families)?)
+}
+
+/// A counter `enipin_<name>_total` per datapath counter, a sample per interface. Built per
+/// scrape as constant families (the values live in the pinned maps, not in this process), with
+/// the labels in the order users have always read them (`interface`, then `ifindex`; the crate's
+/// own vectors sort them).
+pub(crate) fn datapath(rows: &[Row]) -> Vec<MetricFamily> {
+    Counters::LIST
+        .iter()
+        .enumerate()
+        .map(|(n, Counter { name, help })| {
+            let mut f = MetricFamily::default();
+            f.set_name(format!("enipin_{name}_total"));
+            f.set_help(format!("{help}."));
+            f.set_field_type(MetricType::COUNTER);
+            f.set_metric(
+                rows.iter()
+                    .map(|(i, ifname, c)| {
+                        let mut v = proto::Counter::default();
+                        // Exact up to 2^53 packets or bytes.
+                        v.set_value(c.values()[n] as f64);
+                        let mut m = Metric::default();
+                        m.set_label(vec![
+                            label("interface", ifname),
+                            label("ifindex", &i.to_string()),
+                        ]);
+                        m.set_counter(v);
+                        m
+                    })
+                    .collect(),
             );
-        }
-    }
-    out
+            f
+        })
+        .collect()
+}
+
+/// One label of a constant family.
+pub(crate) fn label(name: &str, value: &str) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.to_owned());
+    l.set_value(value.to_owned());
+    l
 }
 
 /// `enipin metrics`: the counters in Prometheus text format, printed once, or served on
@@ -193,7 +227,7 @@ mod tests {
             (7, "eth1".to_owned(), numbered()),
             (0, "unknown".to_owned(), Counters::ZERO),
         ];
-        let text = prometheus(&rows);
+        let text = encode(&datapath(&rows)).unwrap();
         assert!(text.contains(
             "# HELP enipin_misrouted_packets_total \
              Packets whose source belongs to another managed interface.\n\

@@ -21,7 +21,11 @@
 //! SIGHUP asks for a full reconcile. SIGTERM / SIGINT stop the watcher between reconciles and
 //! leave the state installed, as `attach` does; `enipin detach` removes it.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use futures::{StreamExt as _, channel::mpsc::UnboundedReceiver};
@@ -37,9 +41,10 @@ use tokio::{
 use crate::{
     apply::{self, Reconciled},
     config::{Config, Paths},
-    ebpf,
+    ebpf, http,
     model::ManagedInterface,
     netlink, state, sysctl,
+    watch_metrics::Telemetry,
 };
 
 /// How the watcher paces itself.
@@ -365,10 +370,36 @@ fn notify_ready() {
     }
 }
 
-/// Runs until SIGTERM or SIGINT; the state stays installed when it returns.
-pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
+/// Binds `listen` (before anything is changed: a taken port is an error at start) and serves
+/// the watcher's `/metrics` and `/healthz` on it.
+async fn serve_metrics(listen: Option<SocketAddr>, telemetry: &Arc<Telemetry>) -> Result<()> {
+    let Some(addr) = listen else { return Ok(()) };
+    let listener = http::bind(addr).await?;
+    println!(
+        "serving GET /metrics and GET /healthz on http://{}",
+        listener.local_addr()?
+    );
+    let t = Arc::clone(telemetry);
+    tokio::spawn(http::serve(
+        listener,
+        http::Limits::default(),
+        move |m, p| t.route(m, p),
+    ));
+    Ok(())
+}
+
+/// Runs until SIGTERM or SIGINT; the state stays installed when it returns. `listen`: where to
+/// serve metrics and health (`None`: nowhere).
+pub async fn watch(
+    cfg: &Config,
+    paths: &Paths,
+    pacing: Pacing,
+    listen: Option<SocketAddr>,
+) -> Result<()> {
     // One changer per state directory: attach and detach refuse to run beside the watcher.
     let _lock = state::lock(paths)?;
+    let telemetry = Telemetry::new(cfg, paths)?;
+    serve_metrics(listen, &telemetry).await?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // SIGHUP's default action ends the process (exit 129): a terminal closing or an operator's
@@ -459,6 +490,7 @@ pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
                 }
                 match result {
                     Ok(mut r) => {
+                        telemetry.succeeded(&r, repinned.len(), started.elapsed());
                         r.changes.splice(0..0, repinned);
                         report(&r, &why, started.elapsed(), &mut idle, &mut left_out);
                         managed.clone_from(&r.managed);
@@ -474,6 +506,7 @@ pub async fn watch(cfg: &Config, paths: &Paths, pacing: Pacing) -> Result<()> {
                         due = None;
                     }
                     Err(e) => {
+                        telemetry.failed(&e, started.elapsed());
                         failures += 1;
                         let delay = pacing.backoff.saturating_mul(1 << (failures - 1).min(16)).min(pacing.max_backoff);
                         eprintln!(

@@ -47,6 +47,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     ("setpriv", "util-linux"),
     ("file", "file"),
+    // `promtool check metrics` lints watch's /metrics in tests/tests/watch_metrics.rs.
+    ("promtool", "prometheus"),
 ];
 /// The static binary's target (no libc on the host needed: the tarball, the packages, the image).
 pub(crate) const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";

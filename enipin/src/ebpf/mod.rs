@@ -54,6 +54,6 @@ pub use observe::{Attached, attached, counters};
 pub(crate) use observe::{OwnerTables, missing, running_at_egress, table_summary};
 pub(crate) use plan::Change;
 pub use plan::{EbpfPlan, plan};
-pub(crate) use program::program_id;
 #[cfg(feature = "testing")]
 pub use program::{OBJECT, load};
+pub(crate) use program::{our_tag, program_id};

@@ -114,6 +114,29 @@ pub(crate) enum Change {
     },
 }
 
+impl Change {
+    /// What this change says about drift: the kind of object and whether it was missing (else
+    /// extra). `None` for what is no drift (a new build replacing the program, a claim).
+    pub(crate) fn drift(&self) -> Option<(&'static str, bool)> {
+        Some(match self {
+            Self::Attach { .. } => ("datapath_link", true),
+            Self::Detach { .. } => ("datapath_link", false),
+            Self::Load { .. } => ("datapath_program", true),
+            Self::RemovePins { .. } => ("datapath_program", false),
+            Self::RemoveOwner { .. } | Self::RemovePrefix { .. } | Self::RemoveCounters { .. } => {
+                ("datapath_map", false)
+            }
+            Self::RecreateMap { .. }
+            | Self::Rebuild { .. }
+            | Self::SetOwner { .. }
+            | Self::SetPrefix { .. }
+            | Self::AddCounters { .. }
+            | Self::Config(_) => ("datapath_map", true),
+            Self::Replace | Self::Claim { .. } => return None,
+        })
+    }
+}
+
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -87,7 +87,7 @@ pub(super) fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
 
 /// The tag of this binary's program. Finding it takes a load (a verifier run, 10-80 ms here), so
 /// it is done once per process: `enipin watch` plans on every reconcile.
-pub(super) fn our_tag(pin_dir: &Path) -> Result<u64> {
+pub(crate) fn our_tag(pin_dir: &Path) -> Result<u64> {
     static TAG: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     if let Some(tag) = TAG.get() {
         return Ok(*tag);
