@@ -502,6 +502,8 @@ fn kubernetes_manifests_validate_offline() {
         "prometheus.io/scrape",
         "livenessProbe",
         "readinessProbe",
+        "path: /healthz",
+        "--metrics-listen",
     ] {
         assert!(ds.contains(needed), "the DaemonSet has no {needed}");
     }
