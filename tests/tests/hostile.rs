@@ -89,61 +89,81 @@ fn run_with(ns: &str, pins: &Path, state: &Path, args: &[&str]) -> std::process:
         .unwrap()
 }
 
+/// Two lab topologies whose enipins share one pin dir, each with a state dir of its own.
+struct TwoLabs {
+    a: Topology,
+    b: Topology,
+    pins: PinDir,
+    state_a: TempDir,
+    state_b: TempDir,
+}
+
+impl TwoLabs {
+    fn new(pins: &str) -> Self {
+        require();
+        Self {
+            a: Topology::build().expect("topology a"),
+            b: Topology::build().expect("topology b"),
+            pins: PinDir::new(pins).unwrap(),
+            state_a: TempDir::new("enipin-sa-").unwrap(),
+            state_b: TempDir::new("enipin-sb-").unwrap(),
+        }
+    }
+
+    fn run_a(&self, args: &[&str]) -> std::process::Output {
+        run_with(
+            self.a.host().name(),
+            self.pins.path(),
+            self.state_a.path(),
+            args,
+        )
+    }
+
+    fn run_b(&self, args: &[&str]) -> std::process::Output {
+        run_with(
+            self.b.host().name(),
+            self.pins.path(),
+            self.state_b.path(),
+            args,
+        )
+    }
+}
+
 /// 10.2: two namespaces given the same pin dir never touch each other's datapath.
 #[test]
 fn two_namespaces_with_one_pin_dir_leave_each_other_alone() {
-    require();
-    let a = Topology::build().expect("topology a");
-    let b = Topology::build().expect("topology b");
-    let pins = PinDir::new("enipin-shared-").unwrap();
-    let (sa, sb) = (
-        TempDir::new("enipin-sa-").unwrap(),
-        TempDir::new("enipin-sb-").unwrap(),
-    );
-    let run = |t: &Topology, s: &TempDir, args: &[&str]| {
-        run_with(t.host().name(), pins.path(), s.path(), args)
-    };
+    let t = TwoLabs::new("enipin-shared-");
     // eBPF only: the secondary answers a's peer only while a's datapath is there.
-    let out = run(&a, &sa, &["attach", "--no-rules"]);
+    let out = t.run_a(&["attach", "--no-rules"]);
     assert!(out.status.success(), "{out:?}");
-    assert!(a.peer().ping(SECONDARY, 2).unwrap());
+    assert!(t.a.peer().ping(SECONDARY, 2).unwrap());
     // b either gets a datapath of its own or a clear refusal; a's stays either way.
-    let _ = run(&b, &sb, &["attach", "--no-rules"]);
-    let _ = run(&b, &sb, &["detach"]);
+    let _ = t.run_b(&["attach", "--no-rules"]);
+    let _ = t.run_b(&["detach"]);
     assert!(
-        a.peer().ping(SECONDARY, 2).unwrap(),
+        t.a.peer().ping(SECONDARY, 2).unwrap(),
         "b's attach/detach removed a's datapath"
     );
     assert!(
-        !progs_on(&a, "eth1").is_empty(),
+        !progs_on(&t.a, "eth1").is_empty(),
         "a's program is gone from eth1"
     );
-    let st = run(&a, &sa, &["status"]);
+    let st = t.run_a(&["status"]);
     assert!(st.status.success(), "{st:?}");
-    let out = run(&a, &sa, &["detach"]);
+    let out = t.run_a(&["detach"]);
     assert!(out.status.success(), "{out:?}");
-    assert!(progs_on(&a, "eth1").is_empty());
+    assert!(progs_on(&t.a, "eth1").is_empty());
 }
 
 /// 10.2, upgrading: a pin dir laid out by an enipin that did not mark it (no `netns-<inode>/`)
 /// is adopted by its own namespace with the links left in place, and refused by another one.
 #[test]
 fn an_unmarked_pin_dir_is_adopted_by_its_namespace_only() {
-    require();
-    let a = Topology::build().expect("topology a");
-    let b = Topology::build().expect("topology b");
-    let pins = PinDir::new("enipin-unmarked-").unwrap();
-    let (sa, sb) = (
-        TempDir::new("enipin-sa-").unwrap(),
-        TempDir::new("enipin-sb-").unwrap(),
-    );
-    let run = |t: &Topology, s: &TempDir, args: &[&str]| {
-        run_with(t.host().name(), pins.path(), s.path(), args)
-    };
-    let out = run(&a, &sa, &["attach", "--no-rules"]);
+    let t = TwoLabs::new("enipin-unmarked-");
+    let out = t.run_a(&["attach", "--no-rules"]);
     assert!(out.status.success(), "{out:?}");
     let unmark = || {
-        for entry in std::fs::read_dir(pins.path()).unwrap() {
+        for entry in std::fs::read_dir(t.pins.path()).unwrap() {
             let p = entry.unwrap().path();
             if p.file_name()
                 .unwrap()
@@ -155,15 +175,15 @@ fn an_unmarked_pin_dir_is_adopted_by_its_namespace_only() {
         }
     };
     unmark();
-    let link = progs_on(&a, "eth1");
-    let out = run(&b, &sb, &["attach", "--no-rules"]);
+    let link = progs_on(&t.a, "eth1");
+    let out = t.run_b(&["attach", "--no-rules"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("another network namespace"),
         "{out:?}"
     );
-    assert_eq!(progs_on(&a, "eth1"), link, "b's attach touched a's link");
-    let out = run(&a, &sa, &["attach", "--no-rules"]);
+    assert_eq!(progs_on(&t.a, "eth1"), link, "b's attach touched a's link");
+    let out = t.run_a(&["attach", "--no-rules"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(text.contains("+ mark the pin directory"), "{text}");
@@ -171,14 +191,14 @@ fn an_unmarked_pin_dir_is_adopted_by_its_namespace_only() {
         !text.contains("attach enipin"),
         "the links were replaced:\n{text}"
     );
-    assert_eq!(progs_on(&a, "eth1"), link);
-    assert!(a.peer().ping(SECONDARY, 2).unwrap());
+    assert_eq!(progs_on(&t.a, "eth1"), link);
+    assert!(t.a.peer().ping(SECONDARY, 2).unwrap());
     // Marked now: b is refused by the mark itself.
-    let out = run(&b, &sb, &["attach", "--no-rules"]);
+    let out = t.run_b(&["attach", "--no-rules"]);
     assert!(!out.status.success(), "{out:?}");
-    let out = run(&a, &sa, &["detach"]);
+    let out = t.run_a(&["detach"]);
     assert!(out.status.success(), "{out:?}");
-    assert!(!pins.path().exists(), "pin dir left behind");
+    assert!(!t.pins.path().exists(), "pin dir left behind");
 }
 
 /// 10.3: the state file names only sysctls attach could have set; anything else is refused and
