@@ -399,3 +399,24 @@ fn watch_restores_a_removed_datapath_and_a_reverted_sysctl_within_a_second() {
     );
     e.ok(&["detach"]);
 }
+
+/// `status` only reads: with a map's pin gone it reports the drift and pins nothing (its plan
+/// used to load the program against the pin dir for its tag, which re-created the missing map).
+#[test]
+fn status_with_a_map_pin_gone_reports_it_and_pins_nothing() {
+    let (_topo, e) = lab();
+    e.ok(&["attach"]);
+    let cfg_pin = e.pins.path().join(enipin_ebpf::maps::CONFIG);
+    std::fs::remove_file(&cfg_pin).unwrap();
+    let (ok, text) = status(&e);
+    assert!(
+        !ok,
+        "status exited 0 with {} unpinned:\n{text}",
+        cfg_pin.display()
+    );
+    assert!(!cfg_pin.exists(), "status pinned {}", cfg_pin.display());
+    e.ok(&["attach"]);
+    let (ok, text) = status(&e);
+    assert!(ok && text.contains("drift: none"), "{text}");
+    e.ok(&["detach"]);
+}

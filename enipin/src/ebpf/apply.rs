@@ -101,7 +101,7 @@ impl From<EbpfPlan> for Steps {
                 Change::RecreateMap { name, .. } => s.recreate.push(name),
                 Change::Rebuild { .. } => {}
                 Change::Load { .. } => s.load = true,
-                Change::Replace => s.replace = true,
+                Change::Replace { .. } => s.replace = true,
                 Change::Detach { pin, .. } => s.detach.push(pin),
                 Change::Attach { ifindex, name } => s.attach.push((ifindex, name)),
                 Change::SetOwner { addr, owner, .. } => match addr {

@@ -62,8 +62,11 @@ pub(crate) enum Change {
     Load {
         pin_dir: PathBuf,
     },
-    /// Another build's program is pinned: swap this one in atomically on every link.
-    Replace,
+    /// Swap this build's program in atomically on every link: another build's is pinned, or the
+    /// pinned one reads maps that are no longer the pinned ones (`why` says which).
+    Replace {
+        why: &'static str,
+    },
     /// Remove an attachment (stale, or of an interface no longer managed).
     Detach {
         ifindex: u32,
@@ -132,7 +135,7 @@ impl Change {
             | Self::SetPrefix { .. }
             | Self::AddCounters { .. }
             | Self::Config(_) => ("datapath_map", true),
-            Self::Replace | Self::Claim { .. } => return None,
+            Self::Replace { .. } | Self::Claim { .. } => return None,
         })
     }
 }
@@ -158,7 +161,7 @@ impl fmt::Display for Change {
             Self::Load { pin_dir } => {
                 write!(f, "+ load {PROGRAM}, pinned under {}", pin_dir.display())
             }
-            Self::Replace => write!(f, "~ replace {PROGRAM} (new build)"),
+            Self::Replace { why } => write!(f, "~ replace {PROGRAM} ({why})"),
             Self::Detach { ifindex, pin } => {
                 write!(f, "- detach {PROGRAM} from ifindex {ifindex} ({pin})")
             }
@@ -253,13 +256,52 @@ fn program_change(pins: &Pins) -> Result<Option<Change>> {
     }
     if !pins.other_layout().is_empty() {
         // Maps of another layout: a program of another build, which this one replaces.
-        return Ok(Some(Change::Replace));
+        return Ok(Some(Change::Replace { why: NEW_BUILD }));
+    }
+    let old = ProgramInfo::from_pin(&prog_pin)
+        .with_context(|| format!("reading {}", prog_pin.display()))?;
+    // A map pin gone (removed by hand, a run cut short) or pinned anew: the pinned program still
+    // reads the map it was loaded with, so writes to the pin would never reach it; a program
+    // loaded against the pins as they are is the fix. A missing pin is checked before the tag,
+    // whose load would pin the missing map itself (and `status` must change nothing).
+    let maps = pinned_map_ids(pins.dir())?;
+    if maps.is_none() {
+        return Ok(Some(Change::Replace {
+            why: "a map's pin is gone",
+        }));
     }
     // Same program? Compare tags (the kernel's hash of the instructions, map fds masked).
-    let old = ProgramInfo::from_pin(&prog_pin)
-        .with_context(|| format!("reading {}", prog_pin.display()))?
-        .tag();
-    Ok((old != our_tag(pins.dir())?).then_some(Change::Replace))
+    if old.tag() != our_tag(pins.dir())? {
+        return Ok(Some(Change::Replace { why: NEW_BUILD }));
+    }
+    let used: BTreeSet<u32> = old
+        .map_ids()
+        .context("reading the pinned program's maps")?
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    Ok(
+        (!maps.unwrap_or_default().is_subset(&used)).then_some(Change::Replace {
+            why: "it reads maps that are no longer pinned",
+        }),
+    )
+}
+
+const NEW_BUILD: &str = "new build";
+
+/// The ids of the layout table's maps as pinned; `None` when one of them is not pinned.
+fn pinned_map_ids(dir: &std::path::Path) -> Result<Option<BTreeSet<u32>>> {
+    let mut ids = BTreeSet::new();
+    for layout in &enipin_ebpf::layout::MAPS {
+        let pin = dir.join(layout.name);
+        if !pin.exists() {
+            return Ok(None);
+        }
+        let info = aya::maps::MapInfo::from_pin(&pin)
+            .with_context(|| format!("reading {}", pin.display()))?;
+        ids.insert(info.id());
+    }
+    Ok(Some(ids))
 }
 
 /// Detach what is stale or no longer managed, attach where nothing live is.
