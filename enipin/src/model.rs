@@ -181,6 +181,25 @@ pub struct ManagedInterface {
     pub gateway_v6: Option<Gateway>,
 }
 
+#[cfg(any(test, feature = "testing"))]
+impl ManagedInterface {
+    /// A fixture for tests and the benchmark: MAC `02:00:00:00:00:<ifindex>`, MTU 1500, table
+    /// 20000 + ifindex, no prefixes, no gateways.
+    pub fn fixture(ifindex: u32, name: &str, addrs: Vec<Cidr>) -> Self {
+        Self {
+            ifindex,
+            name: name.into(),
+            mac: [2, 0, 0, 0, 0, ifindex as u8],
+            mtu: 1500,
+            table: 20000 + ifindex,
+            addrs,
+            prefixes: Vec::new(),
+            gateway_v4: None,
+            gateway_v6: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -332,17 +332,7 @@ mod tests {
     use super::*;
 
     fn eni(ifindex: u32, name: &str) -> ManagedInterface {
-        ManagedInterface {
-            ifindex,
-            name: name.into(),
-            mac: [2, 0, 0, 0, 0, ifindex as u8],
-            mtu: 1500,
-            table: 20000 + ifindex,
-            addrs: Vec::new(),
-            prefixes: Vec::new(),
-            gateway_v4: None,
-            gateway_v6: None,
-        }
+        ManagedInterface::fixture(ifindex, name, Vec::new())
     }
 
     fn iface(m: &ManagedInterface, name: &str) -> Interface {

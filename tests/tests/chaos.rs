@@ -341,17 +341,8 @@ mod frames_fuzz {
 
     fn managed(ifindex: u32, name: &str, v4: Ipv4Addr, v6: Ipv6Addr) -> ManagedInterface {
         let cidr = |addr, prefix_len| Cidr { addr, prefix_len };
-        ManagedInterface {
-            ifindex,
-            name: name.into(),
-            mac: [2, 0, 0, 0, 0, ifindex as u8],
-            mtu: 1500,
-            table: 20000 + ifindex,
-            addrs: vec![cidr(IpAddr::V4(v4), 24), cidr(IpAddr::V6(v6), 64)],
-            prefixes: Vec::new(),
-            gateway_v4: None,
-            gateway_v6: None,
-        }
+        let addrs = vec![cidr(IpAddr::V4(v4), 24), cidr(IpAddr::V6(v6), 64)];
+        ManagedInterface::fixture(ifindex, name, addrs)
     }
 
     /// The managed interface that owns the frame's source, read at the fixed offsets of an

@@ -24,17 +24,7 @@ fn addr(last: u8) -> Cidr {
 }
 
 fn eni(ifindex: u32, name: &str, addrs: Vec<Cidr>) -> ManagedInterface {
-    ManagedInterface {
-        ifindex,
-        name: name.into(),
-        mac: [2, 0, 0, 0, 0, ifindex as u8],
-        mtu: 1500,
-        table: 20000 + ifindex,
-        addrs,
-        prefixes: Vec::new(),
-        gateway_v4: None,
-        gateway_v6: None,
-    }
+    ManagedInterface::fixture(ifindex, name, addrs)
 }
 
 /// Runs the pinned program once on a UDP frame from `src` leaving by `ifindex`: its return code
