@@ -1,6 +1,11 @@
 //! What the operator asked for: the command-line options that shape the desired state.
 
-use std::{net::IpAddr, path::PathBuf, str::FromStr};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +23,14 @@ pub const DEFAULT_PRIORITY: u32 = 20000;
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/enipin";
 /// Default `--state-dir`: under /run, which a reboot empties, as it drops what enipin installed.
 pub const DEFAULT_STATE_DIR: &str = "/run/enipin";
+/// Default `--interval` of `watch`, in seconds: a safety net for missed events only (every
+/// event reconciles at once), so it can be long.
+pub const DEFAULT_INTERVAL: u64 = 30;
+/// Default `--metrics-listen` of `watch`: loopback only, 9717 as in the DaemonSet's probes.
+pub const DEFAULT_LISTEN: Listen = Listen(Some(SocketAddr::new(
+    IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    9717,
+)));
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -101,9 +114,53 @@ impl Default for Config {
     }
 }
 
+/// Where `watch` serves `/metrics` and `/healthz` (`--metrics-listen`, `metrics.listen`): an
+/// address, or `none` (nothing served).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "none" {
+            return Ok(Self(None));
+        }
+        s.parse().map(|a| Self(Some(a))).map_err(|e| {
+            format!("{s:?}: {e}: an address and port such as 127.0.0.1:9717, or `none`")
+        })
+    }
+}
+
+impl TryFrom<String> for Listen {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str("none"),
+        }
+    }
+}
+
+impl From<Listen> for String {
+    fn from(l: Listen) -> Self {
+        l.to_string()
+    }
+}
+
 /// `--prefix IFACE=CIDR`: a prefix delegated to an interface (an IPv4 /28 or IPv6 /80 delegated
-/// by EC2, say), named by interface name or MAC.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// by EC2, say), named by interface name or MAC. In the config file, the same `IFACE=CIDR`
+/// string.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct DelegatedPrefix {
     pub(crate) iface: String,
     pub(crate) prefix: Cidr,
@@ -134,6 +191,20 @@ impl FromStr for DelegatedPrefix {
             iface: iface.to_owned(),
             prefix,
         })
+    }
+}
+
+impl TryFrom<String> for DelegatedPrefix {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<DelegatedPrefix> for String {
+    fn from(p: DelegatedPrefix) -> Self {
+        format!("{}={}", p.iface, p.prefix)
     }
 }
 

@@ -4,11 +4,13 @@
 //! it and the [`config::Config`] into one desired state and diffs it with what is installed,
 //! [`apply`] carries the difference out (rolling back on failure), and [`ebpf`] is the second
 //! applier, for the TC egress enforcer. [`snapshot`] is the connect + discover + select every
-//! command starts with; [`commands`] are `attach`, `detach` and `status`.
+//! command starts with; [`commands`] are `attach`, `detach` and `status`. [`settings`] lays the
+//! command line over the [`config_file`] over the defaults into that `Config`.
 
 mod apply;
 pub mod commands;
 pub mod config;
+pub mod config_file;
 mod discover;
 #[cfg(feature = "testing")]
 pub mod ebpf;
@@ -28,6 +30,7 @@ pub mod netns;
 pub mod plan;
 pub mod render;
 mod route;
+pub mod settings;
 mod snapshot;
 #[cfg(feature = "testing")]
 pub mod state;

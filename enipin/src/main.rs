@@ -1,10 +1,15 @@
-//! The `enipin` command line: parses the arguments into a [`Config`] and runs one command.
+//! The `enipin` command line: parses the arguments, lays them over the config file into the
+//! [`Settings`] of the command, and runs it.
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
-use clap::{CommandFactory as _, Parser, Subcommand};
-use enipin::config::{self, Config, DelegatedPrefix, Mode, Paths};
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use enipin::{
+    config::{self, DelegatedPrefix, Listen, Mode, Paths},
+    config_file::ConfigPath,
+    settings::{Entry, Given, Loader, Settings, Source},
+};
 
 /// Pins every reply to the network interface (ENI) that owns its source address.
 #[derive(Parser, Debug)]
@@ -19,59 +24,94 @@ struct Cli {
     /// Directory of enipin's state file.
     #[arg(long, global = true, env = "ENIPIN_STATE_DIR", default_value = config::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// The config file of attach, watch, render and `config check`; flags override it. Default:
+    /// /etc/enipin/enipin.toml if it exists (missing: built-in defaults); a file named here must
+    /// exist.
+    #[arg(long, global = true, env = "ENIPIN_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Every flag that stands for a config file key is an `Option` (or a flag that is set or not):
+/// one not given leaves the key to the file, then to the default.
 #[derive(clap::Args, Debug, Clone)]
 struct Selection {
     /// Interfaces to manage, by name or MAC (comma-separated). Default: every Ethernet interface
-    /// that is up and shares a subnet with another one.
+    /// that is up and shares a subnet with another one. [file: select.interfaces]
     #[arg(long, value_delimiter = ',')]
-    interfaces: Vec<String>,
+    interfaces: Option<Vec<String>>,
     /// Gateway for every managed interface (default: the main table's default route through the
-    /// interface, else the subnet's first host).
+    /// interface, else the subnet's first host). [file: select.gateway]
     #[arg(long)]
     gateway: Option<IpAddr>,
-    /// First policy routing table number.
-    #[arg(long, default_value_t = config::DEFAULT_TABLE_BASE)]
-    table_base: u32,
-    /// First rule priority.
-    #[arg(long, default_value_t = config::DEFAULT_PRIORITY)]
-    priority: u32,
-    /// A prefix delegated to an interface, IFACE=CIDR (repeatable).
+    /// First policy routing table number (default 20000). [file: select.table-base]
+    #[arg(long)]
+    table_base: Option<u32>,
+    /// First rule priority (default 20000). [file: select.priority]
+    #[arg(long)]
+    priority: Option<u32>,
+    /// A prefix delegated to an interface, IFACE=CIDR (repeatable). [file: select.prefixes]
     #[arg(long = "prefix", value_name = "IFACE=CIDR")]
-    prefixes: Vec<DelegatedPrefix>,
+    prefixes: Option<Vec<DelegatedPrefix>>,
+}
+
+impl Selection {
+    fn give(self, g: &mut Given) {
+        g.interfaces = self.interfaces;
+        g.gateway = self.gateway;
+        g.table_base = self.table_base;
+        g.priority = self.priority;
+        g.prefixes = self.prefixes;
+    }
 }
 
 /// Which layers `attach` and `watch` install, and how the datapath behaves.
 #[derive(clap::Args, Debug, Clone)]
 struct Layers {
-    /// Leave policy rules, routes and sysctls alone (eBPF only).
+    /// Leave policy rules, routes and sysctls alone (eBPF only). [file: layers.rules = false]
     #[arg(long)]
     no_rules: bool,
-    /// Leave the datapath alone (rules only).
+    /// Leave the datapath alone (rules only). [file: layers.ebpf = false]
     #[arg(long)]
     no_ebpf: bool,
-    /// enforce: redirect misrouted packets; monitor: only count them.
-    #[arg(long, value_enum, default_value_t = Mode::Enforce)]
-    mode: Mode,
+    /// enforce (the default): redirect misrouted packets; monitor: only count them. [file:
+    /// datapath.mode]
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
     /// Log rare datapath events (redirect failures, MTU) through aya-log; `watch` prints them on
-    /// stderr.
+    /// stderr. [file: datapath.debug]
     #[arg(long)]
     debug: bool,
 }
 
 impl Layers {
-    fn apply(self, cfg: Config) -> Config {
-        Config {
-            rules: !self.no_rules,
-            sysctls: !self.no_rules,
-            ebpf: !self.no_ebpf,
-            mode: self.mode,
-            debug: self.debug,
-            ..cfg
-        }
+    fn give(self, g: &mut Given) {
+        g.rules = self.no_rules.then_some(false);
+        g.ebpf = self.no_ebpf.then_some(false);
+        g.mode = self.mode;
+        g.debug = self.debug.then_some(true);
+    }
+}
+
+/// `watch`'s own settings.
+#[derive(clap::Args, Debug, Clone)]
+struct WatchFlags {
+    /// Seconds between reconciles when no event arrives (a safety net for missed events; default
+    /// 30). [file: watch.interval]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    interval: Option<u64>,
+    /// Serve GET /metrics (datapath and control plane) and GET /healthz on this address;
+    /// `none` serves nothing (default 127.0.0.1:9717). A non-loopback address is allowed, with a
+    /// warning. [file: metrics.listen]
+    #[arg(long)]
+    metrics_listen: Option<Listen>,
+}
+
+impl WatchFlags {
+    fn give(self, g: &mut Given) {
+        g.interval = self.interval;
+        g.listen = self.metrics_listen;
     }
 }
 
@@ -105,13 +145,8 @@ enum Command {
         sel: Selection,
         #[command(flatten)]
         layers: Layers,
-        /// Seconds between reconciles when no event arrives (a safety net for missed events).
-        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
-        interval: u64,
-        /// Serve GET /metrics (datapath and control plane) and GET /healthz on this address;
-        /// `none` serves nothing. A non-loopback address is allowed, with a warning.
-        #[arg(long, default_value = "127.0.0.1:9717", value_parser = parse_listen)]
-        metrics_listen: Listen,
+        #[command(flatten)]
+        watch: WatchFlags,
     },
     /// Remove exactly what enipin added and restore the sysctls it changed.
     Detach,
@@ -143,6 +178,11 @@ enum Command {
         #[arg(long, value_enum)]
         format: enipin::render::Format,
     },
+    /// The config file: `enipin config check`.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Run the seed scenario in throwaway namespaces: two ENIs in one subnet behind a "VPC" that
     /// drops packets whose source IP or MAC is not the ENI's, before and after enipin.
     Lab {
@@ -158,34 +198,26 @@ enum Command {
     Man { dir: PathBuf },
 }
 
-/// `--metrics-listen`: an address, or `none`.
-#[derive(Clone, Debug)]
-struct Listen(Option<std::net::SocketAddr>);
-
-fn parse_listen(s: &str) -> Result<Listen, String> {
-    if s == "none" {
-        return Ok(Listen(None));
-    }
-    s.parse()
-        .map(|a| Listen(Some(a)))
-        .map_err(|e| format!("{e}: an address and port such as 127.0.0.1:9717, or `none`"))
-}
-
-impl Selection {
-    fn into_config(self) -> Config {
-        Config {
-            interfaces: self.interfaces,
-            gateway: self.gateway,
-            table_base: self.table_base,
-            priority: self.priority,
-            prefixes: self.prefixes.into_iter().map(Into::into).collect(),
-            ..Config::default()
-        }
-    }
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Validate the config file and print the effective settings, one line per key with where
+    /// it came from (default, file:LINE, env, flag). Exit 1 with the error on a bad file. Takes
+    /// the flags of attach and watch, to show what they override.
+    Check {
+        #[command(flatten)]
+        sel: Selection,
+        #[command(flatten)]
+        layers: Layers,
+        #[command(flatten)]
+        watch: WatchFlags,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // `enipin status | head` should end quietly, as other Unix tools do, not panic on EPIPE. Not
     // the lab: killed by SIGPIPE it could not remove its namespaces; a failed print unwinds
     // through their guards instead.
@@ -211,7 +243,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(run(cli)) {
+    match rt.block_on(run(cli, &matches)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("enipin: {e:#}");
@@ -220,11 +252,17 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
+async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
+    let globals = globals(&cli, matches);
     let paths = Paths {
         pin_dir: cli.pin_dir,
         state_dir: cli.state_dir,
     };
+    let loader = |given| Loader {
+        path: ConfigPath::new(cli.config.clone()),
+        given,
+    };
+    let mut given = Given::default();
     match cli.command {
         Command::Attach {
             sel,
@@ -232,18 +270,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
             format,
         } => {
-            let cfg = layers.apply(sel.into_config());
-            enipin::commands::attach(&cfg, &paths, dry_run, format).await?;
+            sel.give(&mut given);
+            layers.give(&mut given);
+            let s = loader(given).load()?;
+            enipin::commands::attach(&s.config, &paths, dry_run, format).await?;
         }
-        Command::Watch {
-            sel,
-            layers,
-            interval,
-            metrics_listen,
-        } => {
-            let cfg = layers.apply(sel.into_config());
-            let pacing = enipin::watch::Pacing::new(std::time::Duration::from_secs(interval));
-            enipin::watch::watch(&cfg, &paths, pacing, metrics_listen.0).await?;
+        Command::Watch { sel, layers, watch } => {
+            sel.give(&mut given);
+            layers.give(&mut given);
+            watch.give(&mut given);
+            let loader = loader(given);
+            let s = loader.load()?;
+            let pacing = enipin::watch::Pacing::new(std::time::Duration::from_secs(s.interval));
+            enipin::watch::watch(s, &loader, &paths, pacing).await?;
         }
         Command::Detach => enipin::commands::detach(&paths).await?,
         Command::Status { json } => {
@@ -254,8 +293,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Stats { json } => enipin::metrics::stats(&paths, json).await?,
         Command::Metrics { listen } => enipin::metrics::metrics(&paths, listen).await?,
         Command::Render { sel, format } => {
-            let cfg = sel.into_config();
-            enipin::render::render(&cfg, format).await?;
+            sel.give(&mut given);
+            let s = loader(given).load()?;
+            enipin::render::render(&s.config, format).await?;
+        }
+        Command::Config {
+            action:
+                ConfigAction::Check {
+                    sel,
+                    layers,
+                    watch,
+                    json,
+                },
+        } => {
+            sel.give(&mut given);
+            layers.give(&mut given);
+            watch.give(&mut given);
+            let mut s = loader(given).load()?;
+            s.entries.extend(globals);
+            config_check(&s, json)?;
         }
         Command::Lab { keep } => return enipin::lab::run(keep).await,
         Command::Completions { shell } => {
@@ -270,6 +326,43 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `config check`: the settings, then the global flags that are not in the file.
+fn config_check(s: &Settings, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s.json())?);
+    } else {
+        print!("{s}");
+    }
+    Ok(())
+}
+
+/// `--pin-dir`, `--state-dir`, `--netns` for `config check`: flags or environment only.
+fn globals(cli: &Cli, m: &ArgMatches) -> Vec<Entry> {
+    let source = |id: &str, var: &'static str| match m.value_source(id) {
+        Some(clap::parser::ValueSource::CommandLine) => Source::Flag,
+        Some(clap::parser::ValueSource::EnvVariable) => Source::Env(var),
+        _ => Source::Default,
+    };
+    let path = |p: &PathBuf| serde_json::Value::from(p.display().to_string());
+    vec![
+        Entry {
+            key: "pin-dir",
+            value: path(&cli.pin_dir),
+            source: source("pin_dir", "ENIPIN_PIN_DIR"),
+        },
+        Entry {
+            key: "state-dir",
+            value: path(&cli.state_dir),
+            source: source("state_dir", "ENIPIN_STATE_DIR"),
+        },
+        Entry {
+            key: "netns",
+            value: cli.netns.clone().into(),
+            source: source("netns", "ENIPIN_NETNS"),
+        },
+    ]
 }
 
 /// One page per command; after `build()` each command's display name is `enipin-<command>`.

@@ -18,7 +18,9 @@
 //! reconciles the watcher holds its TCX links open ([`ebpf::HeldLinks`]): a removed pin does not
 //! detach the link, and is pinned back before the reconcile.
 //!
-//! SIGHUP asks for a full reconcile. SIGTERM / SIGINT stop the watcher between reconciles and
+//! SIGHUP reads the config file again (the same path, the same flags over it) and asks for a
+//! full reconcile: what the new settings select is installed through the same plan, what they
+//! no longer select is removed. A bad file is logged and the running settings kept. SIGTERM / SIGINT stop the watcher between reconciles and
 //! leave the state installed, as `attach` does; `enipin detach` removes it.
 
 use std::{
@@ -43,7 +45,9 @@ use crate::{
     config::{Config, Paths},
     ebpf, http,
     model::ManagedInterface,
-    netlink, state, sysctl,
+    netlink,
+    settings::{Loader, Settings},
+    state, sysctl,
     watch_metrics::Telemetry,
 };
 
@@ -388,18 +392,45 @@ async fn serve_metrics(listen: Option<SocketAddr>, telemetry: &Arc<Telemetry>) -
     Ok(())
 }
 
-/// Runs until SIGTERM or SIGINT; the state stays installed when it returns. `listen`: where to
-/// serve metrics and health (`None`: nowhere).
+/// SIGHUP: the settings `reload` loads now, or `None` (logged) when the file is bad. Logs what
+/// changed; a new metrics address waits for a restart (the server keeps its socket).
+fn reload(reload: &Loader, running: &Settings) -> Option<Settings> {
+    let file = reload.path.path.display();
+    let new = match reload.load() {
+        Ok(new) => new,
+        Err(e) => {
+            eprintln!("enipin watch: SIGHUP: {e:#}; keeping the running configuration");
+            return None;
+        }
+    };
+    let changes = new.changes_from(running);
+    if changes.is_empty() {
+        println!("SIGHUP: read {file}: no setting changed");
+    } else {
+        println!("SIGHUP: read {file}: {}", changes.join(", "));
+    }
+    if new.listen != running.listen {
+        println!(
+            "SIGHUP: metrics.listen {} takes effect when the watcher restarts; still serving on {}",
+            new.listen, running.listen
+        );
+    }
+    Some(new)
+}
+
+/// Runs until SIGTERM or SIGINT; the state stays installed when it returns. `settings.listen`:
+/// where to serve metrics and health; `loader` reads them again on SIGHUP.
 pub async fn watch(
-    cfg: &Config,
+    mut settings: Settings,
+    loader: &Loader,
     paths: &Paths,
-    pacing: Pacing,
-    listen: Option<SocketAddr>,
+    mut pacing: Pacing,
 ) -> Result<()> {
+    let mut cfg: Config = settings.config.clone();
     // One changer per state directory: attach and detach refuse to run beside the watcher.
     let _lock = state::lock(paths)?;
-    let telemetry = Telemetry::new(cfg, paths)?;
-    serve_metrics(listen, &telemetry).await?;
+    let telemetry = Telemetry::new(&cfg, paths)?;
+    serve_metrics(settings.listen.0, &telemetry).await?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // SIGHUP's default action ends the process (exit 129): a terminal closing or an operator's
@@ -446,6 +477,15 @@ pub async fn watch(
                 return Ok(());
             }
             _ = hup.recv() => {
+                if let Some(new) = reload(loader, &settings) {
+                    cfg = new.config.clone();
+                    pacing.interval = Duration::from_secs(new.interval);
+                    telemetry.set_ebpf(cfg.ebpf);
+                    if !(cfg.debug && cfg.ebpf) {
+                        logger = None;
+                    }
+                    settings = new;
+                }
                 println!("SIGHUP: reconciling now (SIGHUP never stops the watcher)");
                 why.add(Some((0, "SIGHUP".to_owned())));
                 due = Some(Instant::now());
@@ -466,7 +506,7 @@ pub async fn watch(
             }
             () = drain(&mut logger) => {}
             _ = check.tick(), if due.is_none() => {
-                let gone = missing(cfg, paths, &managed);
+                let gone = missing(&cfg, paths, &managed);
                 if !gone.is_empty() {
                     why.add(Some((0, format!("gone without an event: {}", gone.join(", ")))));
                     due = Some(Instant::now());
@@ -481,7 +521,7 @@ pub async fn watch(
                 // (those that lost their pin for good keep enforcing until it attached anew).
                 let (repinned, lost) = std::mem::take(&mut held).repin(paths);
                 orphans.extend(lost);
-                let result = apply::reconcile(cfg, paths).await;
+                let result = apply::reconcile(&cfg, paths).await;
                 if cfg.ebpf {
                     held = ebpf::HeldLinks::hold(paths);
                 }

@@ -7,7 +7,10 @@
 //! check the loop runs every 250 ms ([`ebpf::missing`]).
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -48,7 +51,7 @@ pub(crate) struct Telemetry {
     interfaces: IntGauge,
     addresses: IntGauge,
     build: IntGaugeVec,
-    ebpf: bool,
+    ebpf: AtomicBool,
     paths: Paths,
     last: Mutex<Last>,
 }
@@ -142,10 +145,15 @@ impl Telemetry {
             interfaces,
             addresses,
             build,
-            ebpf: cfg.ebpf,
+            ebpf: AtomicBool::new(cfg.ebpf),
             paths: paths.clone(),
             last: Mutex::new(Last::default()),
         }))
+    }
+
+    /// Whether the datapath is expected from now on (a SIGHUP reloaded `layers.ebpf`).
+    pub(crate) fn set_ebpf(&self, on: bool) {
+        self.ebpf.store(on, Ordering::Relaxed);
     }
 
     /// Records a successful reconcile. `repinned`: link pins put back before it.
@@ -185,7 +193,7 @@ impl Telemetry {
             .unwrap_or_default();
         self.last_success.set(now.as_secs_f64());
         // The tag is known once a plan has run (it takes a load, done once per process).
-        let tag = if self.ebpf {
+        let tag = if self.ebpf.load(Ordering::Relaxed) {
             ebpf::our_tag(&self.paths.pin_dir)
                 .map_or_else(|_| "unknown".to_owned(), |t| format!("{t:016x}"))
         } else {
@@ -209,7 +217,7 @@ impl Telemetry {
 
     /// What of the datapath is missing for the interfaces managed at the last success.
     fn datapath_missing(&self, managed: &[ManagedInterface]) -> Vec<String> {
-        if !self.ebpf {
+        if !self.ebpf.load(Ordering::Relaxed) {
             return Vec::new();
         }
         ebpf::missing(managed, &self.paths).unwrap_or_else(|e| vec![format!("{e:#}")])
@@ -250,7 +258,7 @@ impl Telemetry {
             .managed
             .clone();
         let mut families = self.registry.gather();
-        if self.ebpf {
+        if self.ebpf.load(Ordering::Relaxed) {
             // Nothing pinned (nothing to manage yet) is no error: no datapath series.
             if let Ok(rows) = metrics::rows(&self.paths) {
                 families.extend(metrics::datapath(&rows));
