@@ -607,3 +607,109 @@ fn watch_takes_sighup_as_a_reconcile_not_an_exit() {
     );
     e.ok(&["detach"]);
 }
+
+/// enipin's rules (proto 229) for `addr`, by priority.
+fn own_prefs(topo: &Topology, addr: &str) -> Vec<String> {
+    let mut prefs: Vec<_> = rules_with(topo, &format!("from {addr} lookup"))
+        .into_iter()
+        .filter(|l| l.contains("proto 229"))
+        .filter_map(|l| l.split(':').next().map(str::to_owned))
+        .collect();
+    prefs.sort();
+    prefs
+}
+
+/// SIGHUP re-reads `--config`: dropping eth2 from the selection removes its rules, a new
+/// priority moves the others, through the same plan; a broken file is logged and the running
+/// configuration kept (a deleted rule comes back at the priority still in force).
+#[test]
+fn sighup_reloads_the_config_file_and_a_bad_one_keeps_the_running_configuration() {
+    let topo = topology();
+    add_eth2(&topo);
+    let e = Enipin::in_ns(topo.host());
+    let dir = enipin_tests::TempDir::new("enipin-config-").unwrap();
+    let file = dir.path().join("enipin.toml");
+    let write = |text: &str| std::fs::write(&file, text).unwrap();
+    write("[select]\ninterfaces = [\"eth0\", \"eth1\", \"eth2\"]\n");
+    let mut w = Watcher::start(
+        &e,
+        &["--config", file.to_str().unwrap(), "--interval", "60"],
+    );
+    w.line(0, &["reconciled after start", "+ rule from 198.18.0.12/32"]);
+    assert_eq!(own_prefs(&topo, SECONDARY), ["20000", "20002"]);
+    assert_eq!(own_prefs(&topo, "198.18.0.12"), ["20000", "20002"]);
+
+    // 1. eth2 leaves the selection and the priority moves.
+    write("[select]\ninterfaces = [\"eth0\", \"eth1\"]\npriority = 30000\n");
+    let since = w.mark();
+    // SAFETY: plain syscall on our own child's pid.
+    unsafe { libc::kill(w.child.id() as i32, libc::SIGHUP) };
+    w.line(
+        since,
+        &[
+            "SIGHUP: read",
+            "select.interfaces [\"eth0\",\"eth1\",\"eth2\"] -> [\"eth0\",\"eth1\"]",
+            "select.priority 20000 -> 30000",
+        ],
+    );
+    let line = w.line(
+        since,
+        &["reconciled after SIGHUP", "- rule from 198.18.0.12/32"],
+    );
+    assert!(line.contains("managing eth0, eth1"), "{line}");
+    assert!(own_prefs(&topo, "198.18.0.12").is_empty(), "{}", w.log());
+    assert_eq!(
+        own_prefs(&topo, SECONDARY),
+        ["30000", "30002"],
+        "{}",
+        w.log()
+    );
+    assert!(
+        !rules(topo.host())
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("2000") && l.contains("proto 229")),
+        "rules left at the old priority:\n{}",
+        rules(topo.host()).unwrap()
+    );
+
+    // 2. A broken file: logged, the watcher keeps running on what it had.
+    write("[select]\ninterfaces = [\"eth0\", \"eth1\"]\npriority = \"high\"\n");
+    let since = w.mark();
+    // SAFETY: as above.
+    unsafe { libc::kill(w.child.id() as i32, libc::SIGHUP) };
+    let line = w.line(since, &["SIGHUP", "keeping the running configuration"]);
+    assert!(
+        line.contains(&format!(
+            "{}:3:12: select.priority: invalid type",
+            file.display()
+        )),
+        "{line}"
+    );
+    w.line(since, &["SIGHUP: reconciling now"]);
+    let victim = rules_with(&topo, &format!("from {SECONDARY} lookup"))
+        .into_iter()
+        .find(|l| l.starts_with("30002:") && l.contains("proto 229"))
+        .unwrap();
+    let table = victim
+        .split_whitespace()
+        .skip_while(|w| *w != "lookup")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    topo.host()
+        .ip(&[
+            "rule", "del", "from", SECONDARY, "pref", "30002", "table", &table,
+        ])
+        .unwrap();
+    eventually(
+        "the rule back at the priority in force",
+        || (own_prefs(&topo, SECONDARY) == ["30000", "30002"]).then_some(()),
+        || w.log(),
+    );
+    assert!(own_prefs(&topo, "198.18.0.12").is_empty(), "{}", w.log());
+    assert_eq!(w.child.try_wait().unwrap(), None, "exited:\n{}", w.log());
+    let (st, _) = w.signal(libc::SIGTERM, Duration::from_secs(2));
+    assert!(st.success(), "exit {st}:\n{}", w.log());
+    e.ok(&["detach"]);
+}
