@@ -450,4 +450,18 @@ mod tests {
             (DEFAULT_INTERVAL, DEFAULT_LISTEN)
         );
     }
+
+    /// The ConfigMap the DaemonSet mounts at /etc/enipin holds a file that parses.
+    #[test]
+    fn the_kubernetes_configmap_holds_a_valid_file() {
+        let yaml = include_str!("../../deploy/kubernetes/configmap.yaml");
+        let (_, block) = yaml.split_once("  enipin.toml: |\n").unwrap();
+        let text: String = block
+            .lines()
+            .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+            .collect();
+        assert!(text.contains("[select]"), "{text}");
+        let s = settings(&text, Given::default());
+        assert_eq!(s.config, Config::default());
+    }
 }
