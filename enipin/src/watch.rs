@@ -20,8 +20,10 @@
 //!
 //! SIGHUP reads the config file again (the same path, the same flags over it) and asks for a
 //! full reconcile: what the new settings select is installed through the same plan, what they
-//! no longer select is removed. A bad file is logged and the running settings kept. SIGTERM / SIGINT stop the watcher between reconciles and
-//! leave the state installed, as `attach` does; `enipin detach` removes it.
+//! no longer select is removed. A bad file is logged and the running settings kept.
+//!
+//! SIGTERM / SIGINT stop the watcher between reconciles and leave the state installed, as
+//! `attach` does; `enipin detach` removes it.
 
 use std::{
     net::SocketAddr,
