@@ -433,6 +433,15 @@ pub async fn watch(
     let _lock = state::lock(paths)?;
     let telemetry = Telemetry::new(&cfg, paths)?;
     serve_metrics(settings.listen.0, &telemetry).await?;
+    let found = if settings.found {
+        ""
+    } else {
+        " (not found: built-in defaults)"
+    };
+    println!(
+        "config file {}{found}; SIGHUP reads it again",
+        settings.file.display()
+    );
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // SIGHUP's default action ends the process (exit 129): a terminal closing or an operator's

@@ -635,6 +635,14 @@ fn sighup_reloads_the_config_file_and_a_bad_one_keeps_the_running_configuration(
         &e,
         &["--config", file.to_str().unwrap(), "--interval", "60"],
     );
+    w.line(
+        0,
+        &[
+            "config file ",
+            file.to_str().unwrap(),
+            "; SIGHUP reads it again",
+        ],
+    );
     w.line(0, &["reconciled after start", "+ rule from 198.18.0.12/32"]);
     assert_eq!(own_prefs(&topo, SECONDARY), ["20000", "20002"]);
     assert_eq!(own_prefs(&topo, "198.18.0.12"), ["20000", "20002"]);
