@@ -47,7 +47,9 @@ pub(crate) struct Telemetry {
     drift: IntGaugeVec,
     interfaces: IntGauge,
     addresses: IntGauge,
+    rules_installed: IntGauge,
     build: IntGaugeVec,
+    rules: bool,
     ebpf: bool,
     paths: Paths,
     last: Mutex<Last>,
@@ -107,6 +109,13 @@ impl Telemetry {
             "enipin_managed_addresses",
             "Addresses and delegated prefixes on the managed interfaces.",
         )?;
+        // The alert on misrouted packets needs it: with rules installed, the datapath should have
+        // nothing left to redirect, so any misrouted packet means something bypassed the rules.
+        let rules_installed = IntGauge::new(
+            "enipin_rules_installed",
+            "1 when enipin's policy rules and routes are installed (0: --no-rules, or nothing to \
+             manage).",
+        )?;
         let build = IntGaugeVec::new(
             Opts::new(
                 "enipin_build_info",
@@ -131,6 +140,7 @@ impl Telemetry {
         registry.register(Box::new(drift.clone()))?;
         registry.register(Box::new(interfaces.clone()))?;
         registry.register(Box::new(addresses.clone()))?;
+        registry.register(Box::new(rules_installed.clone()))?;
         registry.register(Box::new(build.clone()))?;
         Ok(Arc::new(Self {
             registry,
@@ -141,7 +151,9 @@ impl Telemetry {
             drift,
             interfaces,
             addresses,
+            rules_installed,
             build,
+            rules: cfg.rules,
             ebpf: cfg.ebpf,
             paths: paths.clone(),
             last: Mutex::new(Last::default()),
@@ -180,6 +192,8 @@ impl Telemetry {
             .map(|m| m.addrs.len() + m.prefixes.len())
             .sum();
         self.addresses.set(addrs as i64);
+        self.rules_installed
+            .set(i64::from(self.rules && !r.managed.is_empty()));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -383,6 +397,35 @@ mod tests {
         );
         assert!(text.contains(&build), "{build} in\n{text}");
         assert!(value(&text, "enipin_last_success_timestamp_seconds") > Some(1.7e9));
+    }
+
+    #[test]
+    fn rules_installed_follows_the_rules_layer_and_what_is_managed() {
+        let installed = |rules: bool, managed: usize| {
+            let cfg = Config {
+                ebpf: false,
+                rules,
+                ..Config::default()
+            };
+            let paths = Paths {
+                pin_dir: "/nonexistent/enipin-pins".into(),
+                state_dir: "/nonexistent/enipin-state".into(),
+            };
+            let t = Telemetry::new(&cfg, &paths).unwrap();
+            let before = value(&t.exposition().unwrap(), "enipin_rules_installed");
+            assert_eq!(before, Some(0.0), "nothing installed before a reconcile");
+            let r = Reconciled {
+                managed: (1..=managed as u32)
+                    .map(|i| ManagedInterface::fixture(i, &format!("eth{i}"), Vec::new()))
+                    .collect(),
+                ..Reconciled::default()
+            };
+            t.succeeded(&r, 0, Duration::ZERO);
+            value(&t.exposition().unwrap(), "enipin_rules_installed")
+        };
+        assert_eq!(installed(true, 2), Some(1.0));
+        assert_eq!(installed(true, 0), Some(0.0), "nothing to manage");
+        assert_eq!(installed(false, 2), Some(0.0), "--no-rules");
     }
 
     #[test]
