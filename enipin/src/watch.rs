@@ -491,7 +491,7 @@ pub async fn watch(
                 if let Some(new) = reload(loader, &settings) {
                     cfg = new.config.clone();
                     pacing.interval = Duration::from_secs(new.interval);
-                    telemetry.set_ebpf(cfg.ebpf);
+                    telemetry.set_layers(&cfg);
                     if !(cfg.debug && cfg.ebpf) {
                         logger = None;
                     }

@@ -50,7 +50,9 @@ pub(crate) struct Telemetry {
     drift: IntGaugeVec,
     interfaces: IntGauge,
     addresses: IntGauge,
+    rules_installed: IntGauge,
     build: IntGaugeVec,
+    rules: AtomicBool,
     ebpf: AtomicBool,
     paths: Paths,
     last: Mutex<Last>,
@@ -110,6 +112,13 @@ impl Telemetry {
             "enipin_managed_addresses",
             "Addresses and delegated prefixes on the managed interfaces.",
         )?;
+        // The alert on misrouted packets needs it: with rules installed, the datapath should have
+        // nothing left to redirect, so any misrouted packet means something bypassed the rules.
+        let rules_installed = IntGauge::new(
+            "enipin_rules_installed",
+            "1 when enipin's policy rules and routes are installed (0: --no-rules, or nothing to \
+             manage).",
+        )?;
         let build = IntGaugeVec::new(
             Opts::new(
                 "enipin_build_info",
@@ -134,6 +143,7 @@ impl Telemetry {
         registry.register(Box::new(drift.clone()))?;
         registry.register(Box::new(interfaces.clone()))?;
         registry.register(Box::new(addresses.clone()))?;
+        registry.register(Box::new(rules_installed.clone()))?;
         registry.register(Box::new(build.clone()))?;
         Ok(Arc::new(Self {
             registry,
@@ -144,16 +154,19 @@ impl Telemetry {
             drift,
             interfaces,
             addresses,
+            rules_installed,
             build,
+            rules: AtomicBool::new(cfg.rules),
             ebpf: AtomicBool::new(cfg.ebpf),
             paths: paths.clone(),
             last: Mutex::new(Last::default()),
         }))
     }
 
-    /// Whether the datapath is expected from now on (a SIGHUP reloaded `layers.ebpf`).
-    pub(crate) fn set_ebpf(&self, on: bool) {
-        self.ebpf.store(on, Ordering::Relaxed);
+    /// Which layers are expected from now on (a SIGHUP reloaded `layers.rules`/`layers.ebpf`).
+    pub(crate) fn set_layers(&self, cfg: &Config) {
+        self.rules.store(cfg.rules, Ordering::Relaxed);
+        self.ebpf.store(cfg.ebpf, Ordering::Relaxed);
     }
 
     /// Records a successful reconcile. `repinned`: link pins put back before it.
@@ -188,6 +201,9 @@ impl Telemetry {
             .map(|m| m.addrs.len() + m.prefixes.len())
             .sum();
         self.addresses.set(addrs as i64);
+        self.rules_installed.set(i64::from(
+            self.rules.load(Ordering::Relaxed) && !r.managed.is_empty(),
+        ));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -391,6 +407,35 @@ mod tests {
         );
         assert!(text.contains(&build), "{build} in\n{text}");
         assert!(value(&text, "enipin_last_success_timestamp_seconds") > Some(1.7e9));
+    }
+
+    #[test]
+    fn rules_installed_follows_the_rules_layer_and_what_is_managed() {
+        let installed = |rules: bool, managed: usize| {
+            let cfg = Config {
+                ebpf: false,
+                rules,
+                ..Config::default()
+            };
+            let paths = Paths {
+                pin_dir: "/nonexistent/enipin-pins".into(),
+                state_dir: "/nonexistent/enipin-state".into(),
+            };
+            let t = Telemetry::new(&cfg, &paths).unwrap();
+            let before = value(&t.exposition().unwrap(), "enipin_rules_installed");
+            assert_eq!(before, Some(0.0), "nothing installed before a reconcile");
+            let r = Reconciled {
+                managed: (1..=managed as u32)
+                    .map(|i| ManagedInterface::fixture(i, &format!("eth{i}"), Vec::new()))
+                    .collect(),
+                ..Reconciled::default()
+            };
+            t.succeeded(&r, 0, Duration::ZERO);
+            value(&t.exposition().unwrap(), "enipin_rules_installed")
+        };
+        assert_eq!(installed(true, 2), Some(1.0));
+        assert_eq!(installed(true, 0), Some(0.0), "nothing to manage");
+        assert_eq!(installed(false, 2), Some(0.0), "--no-rules");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 pub mod bed;
 pub mod bench;
 pub mod frames;
+pub mod http_client;
 pub mod test_run;
 
 use std::{

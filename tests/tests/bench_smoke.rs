@@ -37,10 +37,11 @@ fn quick_bench_writes_every_section() {
         serde_json::from_str(&json).expect("results-quick.json parses");
     let count = |section: &str| rows.iter().filter(|r| r["section"] == section).count();
     // cost: the floor, its spread + 7 cases x 3 sizes; datapath: 4 cases x 2 protocols;
-    // control: 9 rows.
+    // control: 9 rows; watch: peak RSS, scrape time, exposition size.
     assert_eq!(count("cost"), 2 + 7 * 3, "{json}");
     assert_eq!(count("datapath"), 8, "{json}");
     assert_eq!(count("control"), 9, "{json}");
+    assert_eq!(count("watch"), 3, "{json}");
     for r in &rows {
         let v = r["value"].as_f64().unwrap_or(f64::NAN);
         assert!(

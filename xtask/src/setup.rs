@@ -47,8 +47,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     ("setpriv", "util-linux"),
     ("file", "file"),
-    // `promtool check metrics` lints watch's /metrics in tests/tests/watch_metrics.rs.
+    // `promtool check metrics` lints watch's /metrics in tests/tests/watch_metrics.rs;
+    // `promtool check|test rules` checks deploy/prometheus/, and the server itself scrapes watch
+    // in tests/tests/prometheus.rs. One package ships both commands.
     ("promtool", "prometheus"),
+    ("prometheus", "prometheus"),
 ];
 /// The static binary's target (no libc on the host needed: the tarball, the packages, the image).
 pub(crate) const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
@@ -92,7 +95,7 @@ fn have(cmd: &str) -> bool {
 }
 
 fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    let mut missing: Vec<&str> = PACKAGES
         .iter()
         .filter(|(cmd, _)| !have(cmd))
         .map(|(_, pkg)| *pkg)
@@ -100,7 +103,22 @@ fn packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    apt_install(&missing)
+    // Commands of one package sit next to each other in PACKAGES.
+    missing.dedup();
+    apt_install(&missing)?;
+    // A package that no longer ships the command (renamed, split) fails here, not in a test.
+    let still: Vec<String> = PACKAGES
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(cmd, pkg)| format!("{cmd} (package {pkg})"))
+        .collect();
+    if !still.is_empty() {
+        bail!(
+            "installed, but still not on PATH: {} (check the packages' contents with `dpkg -L`)",
+            still.join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn apt_install(packages: &[&str]) -> Result<()> {

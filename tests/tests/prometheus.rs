@@ -1,0 +1,440 @@
+//! A real Prometheus server (Debian's `prometheus`) scrapes `enipin watch` inside the lab's host
+//! namespace every second, with deploy/prometheus/enipin-rules.yml loaded, and the tests read
+//! its query API: misrouted packets of an eBPF-only run are there within two scrape intervals,
+//! a rule deleted by hand is there as a restore, and the server evaluates the alert rules on
+//! what it scraped. `/healthz` turns 503 while the datapath is removed and 200 once watch put
+//! it back. The rule files themselves pass `promtool check rules` and `promtool test rules`.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use enipin_tests::{
+    Enipin, Netns, TempDir, Topology,
+    http_client::{self, get_with},
+    in_ns, require,
+};
+use serde_json::Value;
+
+/// Prometheus scrapes and evaluates the rules this often.
+const SCRAPE: Duration = Duration::from_secs(1);
+/// Where watch serves its metrics inside the namespace (its default port; the namespace is ours).
+const WATCH: &str = "127.0.0.1:9717";
+/// Where Prometheus serves its API inside the namespace.
+const PROMETHEUS: &str = "127.0.0.1:9090";
+/// eth1's address in the lab: sent by eth0 when no rule says otherwise.
+const SECONDARY: &str = "198.18.0.11";
+const PEER: &str = "198.18.0.100";
+
+fn rules_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus")
+}
+
+/// Polls `f` every 20 ms until it gives a value; panics with `what` and `log()` after `limit`.
+fn until<T>(
+    what: &str,
+    limit: Duration,
+    log: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t.elapsed() < limit, "no {what} within {limit:?}\n{}", log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `prometheus` in a namespace, its config and TSDB in a temporary directory; killed, and the
+/// directory removed, when dropped (a failing test included).
+struct Prometheus<'a> {
+    child: Child,
+    ns: &'a Netns,
+    dir: TempDir,
+}
+
+impl<'a> Prometheus<'a> {
+    /// Starts it scraping `WATCH` and waits until it is ready (bounded).
+    fn start(ns: &'a Netns) -> Self {
+        let version = Command::new("prometheus").arg("--version").output();
+        assert!(
+            version.is_ok_and(|o| o.status.success()),
+            "the prometheus server is missing: `cargo xtask setup` installs Debian's prometheus \
+             package (/usr/bin/prometheus)"
+        );
+        let dir = TempDir::new("enipin-prometheus-").expect("a temporary directory");
+        let config = format!(
+            "global:\n  scrape_interval: {s}s\n  scrape_timeout: {s}s\n  evaluation_interval: {s}s\n\
+             rule_files:\n  - {rules}\n\
+             scrape_configs:\n  - job_name: enipin\n    static_configs:\n      - targets: ['{WATCH}']\n",
+            s = SCRAPE.as_secs(),
+            rules = rules_dir().join("enipin-rules.yml").display(),
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        // `ip netns exec` execs prometheus: the child is the server itself, killed by pid.
+        let child = ns
+            .command("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={PROMETHEUS}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning prometheus");
+        let p = Self { child, ns, dir };
+        in_ns(ns, || {
+            let agent = http_client::agent();
+            let url = format!("http://{PROMETHEUS}/-/ready");
+            until(
+                "ready Prometheus",
+                Duration::from_secs(20),
+                || p.log(),
+                || get_with(&agent, &url).ok().filter(|(s, _)| *s == 200),
+            )
+        });
+        p
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// `GET /api/v1/<path>?<params>` from inside the namespace: the `data` of a success.
+    fn api(&self, path: &str, params: &[(&str, &str)]) -> Value {
+        let url = format!("http://{PROMETHEUS}/api/v1/{path}");
+        let body = in_ns(self.ns, || {
+            let mut req = http_client::agent().get(&url);
+            for (k, v) in params {
+                req = req.query(*k, *v);
+            }
+            let mut resp = req.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+            resp.body_mut().read_to_string().unwrap()
+        });
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(v["status"], "success", "{path} {params:?}: {body}");
+        v["data"].clone()
+    }
+
+    /// An instant query: each series' labels and value.
+    fn query(&self, q: &str) -> Vec<(Value, f64)> {
+        let data = self.api("query", &[("query", q)]);
+        data["result"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{q}: {data}"))
+            .iter()
+            .map(|s| {
+                let v = s["value"][1].as_str().and_then(|v| v.parse().ok());
+                (s["metric"].clone(), v.unwrap_or(f64::NAN))
+            })
+            .collect()
+    }
+
+    /// The value of a query that selects one series, `None` while it selects none.
+    fn value(&self, q: &str) -> Option<f64> {
+        let r = self.query(q);
+        assert!(r.len() <= 1, "{q} selects more than one series: {r:?}");
+        r.first().map(|(_, v)| *v)
+    }
+}
+
+impl Drop for Prometheus<'_> {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("prometheus' log:\n{}", self.log());
+        }
+    }
+}
+
+/// `enipin watch --metrics-listen WATCH`, its output kept; SIGTERM and reaped when dropped
+/// (the state stays installed, and goes with the namespace).
+struct Watch {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Watch {
+    fn start(e: &Enipin, args: &[&str]) -> Self {
+        let mut child = e
+            .command(&[&["watch", "--metrics-listen", WATCH], args].concat())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning enipin watch");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+        let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+        for pipe in [out, err] {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let w = Self { child, lines };
+        until(
+            "watch's first reconcile",
+            Duration::from_secs(10),
+            || w.log(),
+            || w.log().contains("reconciled after start").then_some(()),
+        );
+        w
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, and the exit (bounded).
+    fn stop(&mut self) {
+        // SAFETY: plain syscall on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "watch ignores SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: as in stop().
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("watch's log:\n{}", self.log());
+        }
+    }
+}
+
+/// Waits (bounded) until Prometheus has scraped watch and evaluated the rules once; checks the
+/// server loaded every alert of enipin-rules.yml and evaluates them without error.
+fn scraping(p: &Prometheus) {
+    until(
+        "a successful scrape",
+        20 * SCRAPE,
+        || p.log(),
+        || (p.value(r#"up{job="enipin"}"#) == Some(1.0)).then_some(()),
+    );
+    let alerts = until(
+        "evaluated rules",
+        10 * SCRAPE,
+        || p.log(),
+        || {
+            let groups = p.api("rules", &[("type", "alert")]);
+            let rules = groups["groups"][0]["rules"].as_array()?.clone();
+            rules
+                .iter()
+                .all(|r| r["health"] == "ok" && r["lastEvaluation"] != "0001-01-01T00:00:00Z")
+                .then_some(rules)
+        },
+    );
+    let mut names: Vec<&str> = alerts.iter().filter_map(|r| r["name"].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "EnipinDatapathMissing",
+            "EnipinMisroutedDespiteRules",
+            "EnipinReconcilesFailing",
+            "EnipinWatcherDown"
+        ]
+    );
+}
+
+#[test]
+fn misrouted_packets_of_an_ebpf_only_run_are_in_prometheus_within_two_scrapes() {
+    require();
+    let topo = Topology::build().expect("topology");
+    let e = Enipin::in_ns(topo.host());
+    let mut watch = Watch::start(&e, &["--no-rules", "--interval", "60"]);
+    let p = Prometheus::start(topo.host());
+    scraping(&p);
+    let eth0 = r#"enipin_misrouted_packets_total{job="enipin",interface="eth0"}"#;
+    assert_eq!(p.value(eth0), Some(0.0));
+    assert_eq!(p.value("enipin_rules_installed"), Some(0.0), "--no-rules");
+
+    // Without rules, a packet from eth1's address leaves by eth0 (the main table's first
+    // route), and the datapath redirects it. Prime eth0's neighbour entry for the peer from
+    // eth0's own address (an ARP request from eth1's address would be dropped by the vpc).
+    assert!(
+        topo.host().ping(PEER, 1).unwrap(),
+        "the peer does not answer"
+    );
+    let n = 5;
+    let (sent, received) = topo.host().pings(&["-I", SECONDARY, PEER], n).unwrap();
+    let sent_at = Instant::now();
+    assert_eq!(
+        (sent, received),
+        (n, n),
+        "the datapath fixes what it counts"
+    );
+    let seen = until(
+        "the misrouted packets in Prometheus",
+        10 * SCRAPE,
+        || format!("{}\n{}", e.ok(&["stats"]), p.log()),
+        || (p.value(eth0) == Some(f64::from(n))).then(|| sent_at.elapsed()),
+    );
+    eprintln!("{n} misrouted packets in Prometheus {seen:?} after the last was sent");
+    assert!(seen <= 2 * SCRAPE, "seen after {seen:?}");
+    assert_eq!(
+        p.value(r#"enipin_misrouted_packets_total{job="enipin",interface="eth1"}"#),
+        Some(0.0)
+    );
+    // With --no-rules, redirecting is the datapath's job: no alert for it.
+    assert!(p.query("ALERTS").is_empty(), "{:?}", p.query("ALERTS"));
+
+    // The watcher stops: its target is down at the next scrape, and the alert is pending
+    // (it fires after its `for`, a minute).
+    watch.stop();
+    until(
+        "the watcher-down alert pending",
+        10 * SCRAPE,
+        || p.log(),
+        || {
+            let pending = r#"ALERTS{alertname="EnipinWatcherDown",alertstate="pending"}"#;
+            (p.value(pending) == Some(1.0)).then_some(())
+        },
+    );
+    assert_eq!(p.value(r#"up{job="enipin"}"#), Some(0.0));
+    e.ok(&["detach"]);
+}
+
+#[test]
+fn a_rule_deleted_by_hand_is_a_restore_in_prometheus_and_healthz_follows_the_datapath() {
+    require();
+    let topo = Topology::build().expect("topology");
+    let e = Enipin::in_ns(topo.host());
+    let watch = Watch::start(&e, &["--interval", "60"]);
+    let p = Prometheus::start(topo.host());
+    scraping(&p);
+    assert_eq!(p.value("enipin_rules_installed"), Some(1.0));
+    let restored = |kind: &str| p.value(&format!(r#"enipin_restored_total{{kind="{kind}"}}"#));
+    assert_eq!(restored("rule"), Some(0.0));
+
+    // Someone deletes the rule for eth1's address: watch puts it back, and Prometheus has it
+    // as a restored rule.
+    let rule = topo
+        .host()
+        .ip(&["rule", "show", "from", SECONDARY])
+        .unwrap();
+    let pref = rule
+        .lines()
+        .find_map(|l| l.split(':').next()?.trim().parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("no rule from {SECONDARY}:\n{rule}"));
+    let pref = pref.to_string();
+    let deleted_at = Instant::now();
+    topo.host()
+        .ip(&["rule", "del", "from", SECONDARY, "pref", &pref])
+        .unwrap();
+    let seen = until(
+        "a restored rule in Prometheus",
+        10 * SCRAPE,
+        || watch.log(),
+        || (restored("rule") >= Some(1.0)).then(|| deleted_at.elapsed()),
+    );
+    eprintln!("the restore in Prometheus {seen:?} after the rule was deleted");
+    let back = topo.host().ip(&["rule", "show", "pref", &pref]).unwrap();
+    assert!(back.contains(SECONDARY), "not restored: {back}");
+
+    // Someone removes eth1's link pin: /healthz is 503 (naming it) until watch pins it back
+    // (its check runs every 250 ms), then 200; the restore reaches Prometheus.
+    let healthz = format!("http://{WATCH}/healthz");
+    let eth1 = topo.host().ifindex("eth1").unwrap();
+    let pin = e.pins.path().join(format!("link-{eth1}"));
+    let statuses = in_ns(topo.host(), || {
+        let agent = http_client::agent();
+        let (status, body) = get_with(&agent, &healthz).unwrap();
+        assert_eq!(status, 200, "{body}");
+        // The repair can beat the first poll (a check due right after the removal): try again.
+        for _ in 0..3 {
+            std::fs::remove_file(&pin).unwrap();
+            let t = Instant::now();
+            let mut seen = Vec::new();
+            while t.elapsed() < Duration::from_secs(3) {
+                let (status, body) = get_with(&agent, &healthz).unwrap();
+                if seen.last().is_none_or(|(s, _, _)| *s != status) {
+                    seen.push((status, body, t.elapsed()));
+                }
+                if status == 200 && seen.len() > 1 {
+                    break;
+                }
+            }
+            if seen.len() > 1 {
+                return seen;
+            }
+        }
+        panic!("no 503 seen in three removals of {}", pin.display());
+    });
+    eprintln!("/healthz after the link pin was removed: {statuses:?}");
+    let (status, body, _) = &statuses[0];
+    assert_eq!(*status, 503);
+    assert!(
+        body.starts_with("datapath missing:") && body.contains("link on eth1"),
+        "{body}"
+    );
+    let (status, _, after) = statuses.last().unwrap();
+    assert_eq!(*status, 200, "{statuses:?}");
+    assert!(*after < Duration::from_secs(1), "{statuses:?}");
+    assert!(pin.exists(), "pinned back");
+    until(
+        "a restored link in Prometheus",
+        10 * SCRAPE,
+        || watch.log(),
+        || (restored("datapath_link") >= Some(1.0)).then_some(()),
+    );
+    drop(watch);
+    e.ok(&["detach"]);
+}
+
+/// `promtool check rules` and `promtool test rules`: the alert rules parse, and each fires
+/// when it should and not when it should not (deploy/prometheus/enipin-rules.test.yml).
+#[test]
+fn the_alert_rules_pass_promtool_check_and_test() {
+    for args in [
+        ["check", "rules", "enipin-rules.yml"],
+        ["test", "rules", "enipin-rules.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(rules_dir())
+            .output()
+            .expect(
+                "running promtool (Debian's prometheus package: cargo xtask setup installs it)",
+            );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool {}:\n{text}", args.join(" "));
+        assert!(
+            text.contains("SUCCESS"),
+            "promtool {}:\n{text}",
+            args.join(" ")
+        );
+    }
+}
