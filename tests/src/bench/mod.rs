@@ -18,6 +18,8 @@ pub enum Target {
     None,
     /// value / baseline must be at least this.
     RatioAtLeast(f64),
+    /// value / baseline must be at most this (lower is better: a time against its floor).
+    RatioAtMost(f64),
     /// value must be at most this.
     AtMost(f64),
     /// value - baseline must be at most this.
@@ -104,6 +106,7 @@ impl Row {
         match self.target {
             Target::None => None,
             Target::RatioAtLeast(t) => self.ratio.map(|r| r >= t),
+            Target::RatioAtMost(t) => self.ratio.map(|r| r <= t),
             Target::AtMost(t) => Some(self.value <= t),
             Target::DeltaAtMost(t) => self.baseline.map(|b| self.value - b <= t),
         }
@@ -113,6 +116,7 @@ impl Row {
         match self.target {
             Target::None => String::new(),
             Target::RatioAtLeast(t) => format!(">= {t}x"),
+            Target::RatioAtMost(t) => format!("<= {t}x"),
             Target::AtMost(t) => format!("<= {t} {}", self.unit),
             Target::DeltaAtMost(t) => format!("<= floor + {t} {}", self.unit),
         }
@@ -208,6 +212,21 @@ pub fn json(rows: &[Row]) -> Result<String> {
         })
         .collect();
     Ok(serde_json::to_string_pretty(&v)?)
+}
+
+/// Loads `enipin_noop` (`r0 = -1; exit`) from enipin's object, its (unused) maps pinned under
+/// `pin_dir`, a private bpffs: the empty classifier the datapath and attach floors are measured
+/// with. Call it inside the namespace it will be attached in.
+pub fn noop(pin_dir: &std::path::Path) -> Result<aya::Ebpf> {
+    let mut bpf = aya::EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(enipin::ebpf::OBJECT)?;
+    let prog: &mut aya::programs::SchedClassifier = bpf
+        .program_mut(enipin_ebpf::NOOP_PROGRAM)
+        .context("no noop program")?
+        .try_into()?;
+    prog.load()?;
+    Ok(bpf)
 }
 
 /// A finished child: its output, wall time and peak resident set size.
