@@ -214,6 +214,18 @@ pub fn json(rows: &[Row]) -> Result<String> {
     Ok(serde_json::to_string_pretty(&v)?)
 }
 
+/// This thread's CPU time (ns): the kernel work it does in its own context (syscalls, and the
+/// softirqs its transmits raise) counts, time it waits or is preempted does not.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec pointer for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Loads `enipin_noop` (`r0 = -1; exit`) from enipin's object, its (unused) maps pinned under
 /// `pin_dir`, a private bpffs: the empty classifier the datapath and attach floors are measured
 /// with. Call it inside the namespace it will be attached in.
