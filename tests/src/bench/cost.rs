@@ -27,7 +27,7 @@ use enipin::{
 };
 use enipin_ebpf::{Counters, NOOP_PROGRAM, PROGRAM};
 
-use super::{Row, median};
+use super::{Row, median, thread_cpu_ns};
 use crate::{
     frames, in_ns,
     test_run::{TC_ACT_REDIRECT, TC_ACT_UNSPEC},
@@ -292,16 +292,6 @@ fn test_run(bpf: &Ebpf, prog: &str, c: &Case, repeat: u32) -> Result<f64> {
         r.return_value as i32
     );
     Ok(ns)
-}
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec pointer for the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Keeps the measuring thread on one CPU (caches stay warm, no migration mid-run).

@@ -58,13 +58,14 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
         } else {
             ("TCP, 1 flow", "Gbit/s", 1e-9)
         };
-        let measure = |src: Ipv4Addr| -> Result<f64> {
-            Ok(scale
-                * if udp {
-                    udp_rate(&topo, src, secs)?
-                } else {
-                    tcp_rate(&topo, src, secs)?
-                })
+        // (rate, the sender thread's CPU time per frame: UDP only, NaN for TCP).
+        let measure = |src: Ipv4Addr| -> Result<(f64, f64)> {
+            Ok(if udp {
+                let (rate, cpu) = udp_rate(&topo, src, secs)?;
+                (scale * rate, cpu)
+            } else {
+                (scale * tcp_rate(&topo, src, secs)?, f64::NAN)
+            })
         };
         let (mut none, mut noop, mut attached, mut redirected) = (vec![], vec![], vec![], vec![]);
         measure(src_ok)?; // warm-up
@@ -84,7 +85,7 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
                 super::run_measured(&mut cmd)?.ok().map(drop)
             };
             enipin(&["attach", "--no-rules"])?;
-            let measured = (|| -> Result<(f64, f64)> {
+            let measured = (|| -> Result<((f64, f64), (f64, f64))> {
                 // The secondary's traffic works only through the redirect (and its neighbours
                 // get resolved here, not during the measurement).
                 ensure!(
@@ -92,7 +93,7 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
                     "{src_mis} -> {peer} fails with the program attached"
                 );
                 let correct = || measure(src_ok);
-                let fixed = || -> Result<f64> {
+                let fixed = || -> Result<(f64, f64)> {
                     let drops = ip_drops(&topo)?;
                     let before = misrouted(&dirs)?;
                     let r = measure(src_mis)?;
@@ -133,12 +134,19 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
         let per_round = |x: &[f64], base: &[f64]| {
             median(&x.iter().zip(base).map(|(x, b)| x / b).collect::<Vec<_>>())
         };
+        let split = |v: Vec<(f64, f64)>| -> (Vec<f64>, Vec<f64>) { v.into_iter().unzip() };
+        let (none, none_cpu) = split(none);
+        let (noop, noop_cpu) = split(noop);
+        let (attached, attached_cpu) = split(attached);
+        let (redirected, redirected_cpu) = split(redirected);
         let (r_attached, r_redirected) = (
             per_round(&attached, &none),
             per_round(&redirected, &attached),
         );
         let r_noop = per_round(&noop, &none);
+        let r_over_noop = per_round(&attached, &noop);
         let (none, attached, redirected) = (median(&none), median(&attached), median(&redirected));
+        let noop = median(&noop);
         rows.push(Row::value(
             "datapath",
             &format!("{metric}: no program"),
@@ -152,7 +160,7 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
                 &format!(
                     "{metric}: empty classifier attached (the TCX hook's own cost, vs no program)"
                 ),
-                median(&noop),
+                noop,
                 none,
                 unit,
                 Target::None,
@@ -169,6 +177,18 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
                 Target::RatioAtLeast(0.98),
             )
         });
+        // enipin's own cost apart from the hook's: against the empty classifier on the same hook.
+        rows.push(Row {
+            ratio: Some(r_over_noop),
+            ..Row::ratio(
+                "datapath",
+                &format!("{metric}: program attached, correct route (vs empty classifier)"),
+                attached,
+                noop,
+                unit,
+                Target::RatioAtLeast(0.99),
+            )
+        });
         rows.push(Row {
             ratio: Some(r_redirected),
             ..Row::ratio(
@@ -180,6 +200,42 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
                 Target::RatioAtLeast(0.95),
             )
         });
+        if udp {
+            // The same cases as CPU time per frame, lower is better: the sender's thread runs the
+            // whole path of a frame (UDP, TC egress, veth, bridge, nft, the peer's receive) in
+            // its own context and softirqs, charged to it on a kernel without
+            // CONFIG_IRQ_TIME_ACCOUNTING (this one). Unlike a rate, it does not fall when other
+            // work takes the CPUs from the sender (it still rises some with cache contention).
+            for (case, x, base) in [
+                (
+                    "empty classifier attached vs no program",
+                    &noop_cpu,
+                    &none_cpu,
+                ),
+                (
+                    "program attached, correct route, vs empty classifier",
+                    &attached_cpu,
+                    &noop_cpu,
+                ),
+                (
+                    "misrouted, fixed by the redirect, vs correct route",
+                    &redirected_cpu,
+                    &attached_cpu,
+                ),
+            ] {
+                rows.push(Row {
+                    ratio: Some(per_round(x, base)),
+                    ..Row::ratio(
+                        "datapath",
+                        &format!("{metric}: sender CPU per frame, {case} (lower is better)"),
+                        median(x),
+                        median(base),
+                        "ns",
+                        Target::None,
+                    )
+                });
+            }
+        }
     }
     Ok(rows)
 }
@@ -196,14 +252,11 @@ fn with_noop<T>(topo: &Topology, f: impl FnOnce() -> Result<T>) -> Result<T> {
         .collect::<Result<_>>()?;
     let bpf = in_ns(topo.host(), || -> Result<_> {
         // Its maps (unused) are pinned in a private bpffs, never under /sys/fs/bpf.
-        let mut bpf = aya::EbpfLoader::new()
-            .default_map_pin_directory(pins.path())
-            .load(enipin::ebpf::OBJECT)?;
+        let mut bpf = super::noop(pins.path())?;
         let prog: &mut aya::programs::SchedClassifier = bpf
             .program_mut(enipin_ebpf::NOOP_PROGRAM)
             .context("no noop program")?
             .try_into()?;
-        prog.load()?;
         for &ifindex in &ifindexes {
             prog.attach(ifindex, aya::programs::TcAttachType::Egress)?;
         }
@@ -289,8 +342,8 @@ fn tcp_rate(topo: &Topology, src: Ipv4Addr, secs: f64) -> Result<f64> {
 }
 
 /// 64-byte UDP frames from `src` in the host to the peer for `secs`, `BATCH` per sendmmsg:
-/// frames/s the peer's interface received.
-fn udp_rate(topo: &Topology, src: Ipv4Addr, secs: f64) -> Result<f64> {
+/// frames/s the peer's interface received, and the sending thread's CPU time per frame sent (ns).
+fn udp_rate(topo: &Topology, src: Ipv4Addr, secs: f64) -> Result<(f64, f64)> {
     let dst = SocketAddrV4::new(
         topo.spec.peer_v4,
         9 + (std::process::id() % 1000) as u16 + 1000,
@@ -304,6 +357,7 @@ fn udp_rate(topo: &Topology, src: Ipv4Addr, secs: f64) -> Result<f64> {
         sock.connect(dst)?;
         let before = rx(topo.peer())?;
         let started = Instant::now();
+        let cpu = super::thread_cpu_ns();
         let mut n = 0u64;
         let payload = [0u8; UDP_PAYLOAD];
         let mut iov: Vec<libc::iovec> = (0..BATCH)
@@ -334,17 +388,18 @@ fn udp_rate(topo: &Topology, src: Ipv4Addr, secs: f64) -> Result<f64> {
             }
         }
         let took = started.elapsed().as_secs_f64();
+        let cpu = (super::thread_cpu_ns() - cpu) as f64 / n.max(1) as f64;
         // Let the last batches drain through the bridge before counting.
         std::thread::sleep(Duration::from_millis(50));
-        Ok((n, rx(topo.peer())? - before, took))
+        Ok((n, rx(topo.peer())? - before, took, cpu))
     })?;
     drop(sink);
-    let (n, received, took) = sent;
+    let (n, received, took, cpu) = sent;
     ensure!(
         received > 0 && n > 0,
         "no UDP frame from {src} reached the peer"
     );
-    Ok(received as f64 / took)
+    Ok((received as f64 / took, cpu))
 }
 
 /// Received packets of `dev` in `ns` (netlink statistics through `ip -s -j`).

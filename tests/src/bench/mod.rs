@@ -19,6 +19,8 @@ pub enum Target {
     None,
     /// value / baseline must be at least this.
     RatioAtLeast(f64),
+    /// value / baseline must be at most this (lower is better: a time against its floor).
+    RatioAtMost(f64),
     /// value must be at most this.
     AtMost(f64),
     /// value - baseline must be at most this.
@@ -105,6 +107,7 @@ impl Row {
         match self.target {
             Target::None => None,
             Target::RatioAtLeast(t) => self.ratio.map(|r| r >= t),
+            Target::RatioAtMost(t) => self.ratio.map(|r| r <= t),
             Target::AtMost(t) => Some(self.value <= t),
             Target::DeltaAtMost(t) => self.baseline.map(|b| self.value - b <= t),
         }
@@ -114,6 +117,7 @@ impl Row {
         match self.target {
             Target::None => String::new(),
             Target::RatioAtLeast(t) => format!(">= {t}x"),
+            Target::RatioAtMost(t) => format!("<= {t}x"),
             Target::AtMost(t) => format!("<= {t} {}", self.unit),
             Target::DeltaAtMost(t) => format!("<= floor + {t} {}", self.unit),
         }
@@ -209,6 +213,33 @@ pub fn json(rows: &[Row]) -> Result<String> {
         })
         .collect();
     Ok(serde_json::to_string_pretty(&v)?)
+}
+
+/// This thread's CPU time (ns): the kernel work it does in its own context (syscalls, and the
+/// softirqs its transmits raise) counts, time it waits or is preempted does not.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec pointer for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Loads `enipin_noop` (`r0 = -1; exit`) from enipin's object, its (unused) maps pinned under
+/// `pin_dir`, a private bpffs: the empty classifier the datapath and attach floors are measured
+/// with. Call it inside the namespace it will be attached in.
+pub fn noop(pin_dir: &std::path::Path) -> Result<aya::Ebpf> {
+    let mut bpf = aya::EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(enipin::ebpf::OBJECT)?;
+    let prog: &mut aya::programs::SchedClassifier = bpf
+        .program_mut(enipin_ebpf::NOOP_PROGRAM)
+        .context("no noop program")?
+        .try_into()?;
+    prog.load()?;
+    Ok(bpf)
 }
 
 /// A finished child: its output, wall time and peak resident set size.

@@ -168,6 +168,48 @@ fn seed_script(layout: &[(String, Vec<String>)], add: bool) -> String {
     s
 }
 
+/// The kernel's floor for attaching: `enipin_noop` attached to every interface's egress, with
+/// TCX and with netlink (a clsact qdisc and a filter each, as enipin's netlink path does), in ms.
+/// Only the attach calls are timed: the program is loaded before, and everything is removed after
+/// (the links with the program, the qdiscs with `tc`), so each round starts from bare interfaces.
+fn bare_attach(host: &Netns, layout: &Layout, ifindexes: &[u32]) -> Result<(f64, f64)> {
+    use aya::programs::{SchedClassifier, TcAttachType, tc};
+    let pins = testbed::PinDir::new("ec-noop")?;
+    std::fs::create_dir(pins.path())?;
+    let timed = |netlink: bool| -> Result<f64> {
+        enipin_tests::in_ns(host, || -> Result<f64> {
+            let mut bpf = bench::noop(pins.path())?;
+            let prog: &mut SchedClassifier = bpf
+                .program_mut(enipin_ebpf::NOOP_PROGRAM)
+                .context("no noop program")?
+                .try_into()?;
+            let t = Instant::now();
+            for &ifindex in ifindexes {
+                if netlink {
+                    tc::qdisc_add_clsact(ifindex)?;
+                    let parent = TcAttachType::Egress.into();
+                    let options = Default::default();
+                    prog.attach(ifindex, tc::TcAttach::Netlink { parent, options })?;
+                } else {
+                    let attach_type = TcAttachType::Egress;
+                    let order = Default::default();
+                    prog.attach(ifindex, tc::TcAttach::Tcx { attach_type, order })?;
+                }
+            }
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+            // Dropping the program detaches every link.
+        })
+    };
+    let tcx = timed(false)?;
+    let netlink = timed(true);
+    for (name, _) in layout {
+        host.sh(&format!(
+            "tc qdisc del dev {name} clsact 2>/dev/null || true"
+        ))?;
+    }
+    Ok((tcx, netlink?))
+}
+
 fn control(quick: bool, rounds: usize) -> Result<Vec<Row>> {
     let (n, m) = if quick { (3, 4) } else { (15, 50) };
     let (host, _sw, layout) = fleet(n, m)?;
@@ -184,6 +226,10 @@ fn control(quick: bool, rounds: usize) -> Result<Vec<Row>> {
         ensure!(got == want, "enipin installed {got} rules, expected {want}");
         Ok(())
     };
+    let ifindexes: Vec<u32> = layout
+        .iter()
+        .map(|(name, _)| host.ifindex(name))
+        .collect::<Result<_>>()?;
     let (
         mut loop_add,
         mut loop_del,
@@ -193,7 +239,11 @@ fn control(quick: bool, rounds: usize) -> Result<Vec<Row>> {
         mut detach_full,
         mut rss,
     ) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut tcx, mut netlink) = (vec![], vec![]);
     for _ in 0..rounds {
+        let (t, n) = bare_attach(&host, &layout, &ifindexes)?;
+        tcx.push(t);
+        netlink.push(n);
         for (add, acc) in [(true, &mut loop_add), (false, &mut loop_del)] {
             let t = Instant::now();
             host.sh(&seed_script(&layout, add))?;
@@ -226,6 +276,13 @@ fn control(quick: bool, rounds: usize) -> Result<Vec<Row>> {
     let (la, ld) = (med(&loop_add), med(&loop_del));
     let (a, d) = (med(&attach), med(&detach));
     let (f, fd) = (med(&attach_full), med(&detach_full));
+    // The floor of an attach with the datapath, per round: what installs the rules alone, plus
+    // what the kernel takes to attach an empty program to every interface. enipin's attach adds
+    // loading its program, filling its maps and pinning.
+    let floor: Vec<f64> = attach.iter().zip(&tcx).map(|(a, t)| a + t).collect();
+    let per_round =
+        |x: &[f64], base: &[f64]| med(&x.iter().zip(base).map(|(x, b)| x / b).collect::<Vec<_>>());
+    let (over_floor, nl_over_tcx) = (per_round(&attach_full, &floor), per_round(&netlink, &tcx));
     Ok(vec![
         Row::value(
             "control",
@@ -254,6 +311,37 @@ fn control(quick: bool, rounds: usize) -> Result<Vec<Row>> {
             "ms",
             Target::AtMost(100.0),
         ),
+        Row::value(
+            "control",
+            &format!("kernel floor: bare TCX attach of an empty classifier to {n} interfaces"),
+            med(&tcx),
+            "ms",
+        ),
+        Row {
+            ratio: Some(nl_over_tcx),
+            ..Row::ratio(
+                "control",
+                &format!(
+                    "bare netlink attach (clsact qdisc + filter) of the same to {n} interfaces \
+                     (vs TCX)"
+                ),
+                med(&netlink),
+                med(&tcx),
+                "ms",
+                Target::None,
+            )
+        },
+        Row {
+            ratio: Some(over_floor),
+            ..Row::ratio(
+                "control",
+                "enipin attach, rules + eBPF (vs its floor: attach --no-ebpf + bare TCX attach)",
+                f,
+                med(&floor),
+                "ms",
+                Target::RatioAtMost(1.10),
+            )
+        },
         Row::value(
             "control",
             &format!("seed's ip loop, delete ({theirs})"),
