@@ -10,6 +10,7 @@ mod apply;
 pub mod commands;
 pub mod config;
 mod discover;
+pub mod doctor;
 #[cfg(feature = "testing")]
 pub mod ebpf;
 #[cfg(not(feature = "testing"))]
