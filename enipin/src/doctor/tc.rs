@@ -109,6 +109,17 @@ async fn filters(nl: &Netlink, ifindex: u32, egress: bool) -> Result<Vec<Filter>
             out.push(f);
         }
     }
+    // The name a loader gave the filter is its own choice (`tc ... object-pinned` says
+    // `prog:[*fsobj]`): the kernel's name of the program is the one to show.
+    if out.iter().any(|f| f.id.is_some()) {
+        for info in aya::programs::loaded_programs().flatten() {
+            for f in out.iter_mut().filter(|f| f.id == Some(info.id())) {
+                if let Some(n) = info.name_as_str().filter(|n| !n.is_empty()) {
+                    f.name = n.to_owned();
+                }
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -193,25 +204,28 @@ pub(super) fn check(h: &Hooks) -> Vec<Finding> {
     }
     for f in clsact.iter().filter(|f| !is_enipin(&f.name)) {
         let order = match (ours_tcx, ours_filter) {
-            (_, Some(p)) if f.priority < p => "runs before enipin's filter: any verdict but \
-                 TC_ACT_UNSPEC (pass on) ends the chain before enipin sees the packet"
-                .to_owned(),
-            (_, Some(_)) => {
-                "runs after enipin's filter: packets enipin redirects never reach it".to_owned()
+            (_, Some(p)) if f.priority < p => {
+                "it runs before enipin's filter: any verdict but TC_ACT_UNSPEC (pass on) ends \
+                 the chain before enipin sees the packet"
             }
-            (Some(_), None) => "runs after the TCX programs, enipin's included: packets enipin \
-                 redirects never reach it"
-                .to_owned(),
-            (None, None) => "enipin's TCX link (or, without TCX, its filter appended after this \
-                 one) runs first: packets enipin redirects never reach it"
-                .to_owned(),
+            (_, Some(_)) => {
+                "it runs after enipin's filter: packets enipin redirects never reach it"
+            }
+            (Some(_), None) => {
+                "it runs after the TCX programs, enipin's included: packets enipin redirects \
+                 never reach it"
+            }
+            (None, None) => {
+                "enipin's TCX link will run before it (without TCX, enipin's filter goes after \
+                 it): packets enipin redirects never reach it"
+            }
         };
         out.push(
             Finding::new(
                 check.clone(),
                 Severity::Warning,
                 format!(
-                    "filter {} at {}'s clsact egress {order}",
+                    "filter {} at {}'s clsact egress: {order}",
                     filter_text(f),
                     h.iface
                 ),
