@@ -36,7 +36,7 @@ fn doctor(e: &Enipin, root: &Path, args: &[&str]) -> (bool, String) {
 }
 
 /// The finding line(s) of `check` with their fix lines.
-fn finding<'a>(text: &'a str, check: &str) -> Vec<String> {
+fn finding(text: &str, check: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut open = false;
     for l in text.lines() {
