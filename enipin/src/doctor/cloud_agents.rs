@@ -9,7 +9,7 @@ use std::{collections::BTreeSet, ops::RangeInclusive, path::Path};
 
 use serde_norway::Value;
 
-use super::{Finding, Severity, host, names, rules::RuleView};
+use super::{Finding, Severity, host, rules::RuleView};
 use crate::{config::Config, discover::Discovery, model::ManagedInterface};
 
 /// nm-cloud-setup: 30200 + i and 30400 + i for rules and tables, 30350 for its `lookup main`.
@@ -257,7 +257,7 @@ pub(super) fn check(
                 Severity::Warning
             },
             format!(
-                "nm-cloud-setup {}{}; its rules route {}{}: it re-applies its policy routing \
+                "nm-cloud-setup {}{}; {}{}: it re-applies its policy routing \
                  every 5 minutes (nm-cloud-setup.timer) and has deleted other agents' rules \
                  (amazon-eks-ami#1136)",
                 if nm_active {
@@ -272,7 +272,11 @@ pub(super) fn check(
                 a.nm_running
                     .map(|p| format!(", NetworkManager runs (pid {p})"))
                     .unwrap_or_default(),
-                list(&nm_ifaces),
+                if nm_rules.is_empty() {
+                    "no rule of its numbers is installed yet".to_owned()
+                } else {
+                    format!("its rules route {}", list(&nm_ifaces))
+                },
                 if prios.is_empty() {
                     String::new()
                 } else {
@@ -435,7 +439,12 @@ pub(super) fn check(
                     } else if shared.is_empty() {
                         String::new()
                     } else {
-                        format!("; {} are enipin's too, and `netplan apply` deletes the rules it did not write", names(managed))
+                        format!(
+                            "; {} {} enipin's too, and `netplan apply` deletes the rules it did \
+                             not write",
+                            shared.join(", "),
+                            if shared.len() == 1 { "is" } else { "are" }
+                        )
                     }
                 ),
             )

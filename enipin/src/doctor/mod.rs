@@ -35,7 +35,6 @@ use serde::Serialize;
 
 use crate::{
     config::{Config, Paths},
-    model::ManagedInterface,
     netns,
     plan::{self, Selection},
     snapshot::Snapshot,
@@ -250,15 +249,6 @@ pub async fn examine(cfg: &Config, paths: &Paths, root: &Root) -> Result<Report>
     findings.extend(kernel::check(&kernel::read(&paths.pin_dir)));
     findings.extend(macs::check(&d.interfaces, cfg));
     Ok(Report { findings })
-}
-
-/// The managed interfaces' names, for meanings (`eth0, eth1`).
-fn names(managed: &[ManagedInterface]) -> String {
-    managed
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]
