@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod config_file;
 mod discover;
+pub mod doctor;
 #[cfg(feature = "testing")]
 pub mod ebpf;
 #[cfg(not(feature = "testing"))]

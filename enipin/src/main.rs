@@ -171,6 +171,23 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Find what on this host will fight enipin, before it does: systemd-networkd deleting
+    /// foreign rules, cloud agents managing the same interfaces, others' rules at enipin's
+    /// priorities or tables, strict rp_filter now or from sysctl.d at the next boot, other TC
+    /// programs on the interfaces, missing kernel features, interfaces sharing a MAC.
+    ///
+    /// Only reads; changes nothing. One line per finding (ok / warning / conflict) with what it
+    /// means and the fix. Exit status 1 when there is a conflict.
+    Doctor {
+        #[command(flatten)]
+        sel: Selection,
+        #[arg(long)]
+        json: bool,
+        /// Read configuration files (networkd.conf, netplan, sysctl.d, unit files) and /proc's
+        /// processes under DIR instead of / (a copy of a host's /etc, or a test's scratch root).
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+    },
     /// Print the desired state as persistent distro network configuration.
     Render {
         #[command(flatten)]
@@ -292,6 +309,14 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
         }
         Command::Stats { json } => enipin::metrics::stats(&paths, json).await?,
         Command::Metrics { listen } => enipin::metrics::metrics(&paths, listen).await?,
+        Command::Doctor { sel, json, root } => {
+            sel.give(&mut given);
+            let s = loader(given).load()?;
+            let root = enipin::doctor::Root::new(root);
+            if !enipin::doctor::doctor(&s.config, &paths, &root, json).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Render { sel, format } => {
             sel.give(&mut given);
             let s = loader(given).load()?;

@@ -14,6 +14,7 @@ use netlink_packet_route::{
         RouteType,
     },
     rule::{RuleAction, RuleAttribute, RuleMessage},
+    tc::TcMessage,
 };
 use rtnetlink::Handle;
 
@@ -103,6 +104,16 @@ impl Netlink {
             all.append(&mut rules);
         }
         Ok(all)
+    }
+
+    /// The TC filters at an interface's clsact `egress` (or ingress) hook, for `doctor`.
+    pub(crate) async fn filters(&self, ifindex: u32, egress: bool) -> Result<Vec<TcMessage>> {
+        let req = self.handle.traffic_filter(ifindex as i32).get();
+        let req = if egress { req.egress() } else { req.ingress() };
+        req.execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_error(e, "dumping TC filters"))
     }
 
     pub(crate) async fn add_rule(&self, rule: &Rule) -> Result<()> {

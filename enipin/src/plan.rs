@@ -161,6 +161,12 @@ pub(crate) enum Refusal {
         selector: String,
         name: String,
     },
+    /// A MAC several interfaces share (an Azure VF shares its NIC's), none or more than one of
+    /// them carrying addresses: no way to tell which is meant.
+    AmbiguousMac {
+        selector: String,
+        names: Vec<String>,
+    },
 }
 
 impl Refusal {
@@ -172,7 +178,8 @@ impl Refusal {
             | Refusal::NoAddress { selector, .. }
             | Refusal::Loopback { selector, .. }
             | Refusal::NotEthernet { selector, .. }
-            | Refusal::Lonely { selector, .. } => selector,
+            | Refusal::Lonely { selector, .. }
+            | Refusal::AmbiguousMac { selector, .. } => selector,
         }
     }
 }
@@ -208,6 +215,12 @@ impl fmt::Display for Refusal {
                 f,
                 "interface {name} shares no subnet with another interface: its replies already \
                  leave by it; leave it out of --interfaces"
+            ),
+            Refusal::AmbiguousMac { selector, names } => write!(
+                f,
+                "MAC {selector} is shared by {} and not exactly one of them has an address: \
+                 name the interface in --interfaces instead",
+                names.join(", ")
             ),
         }
     }
@@ -276,16 +289,52 @@ pub(crate) fn choose<'d>(d: &'d Discovery, cfg: &Config) -> Chosen<'d> {
     chosen
 }
 
+/// The interface a MAC (any case) names.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum MacPick<'d> {
+    None,
+    One(&'d Interface),
+    /// Several share it, and none or more than one of them carries addresses.
+    Ambiguous(Vec<&'d Interface>),
+}
+
+/// Accelerated-networking VFs (Azure) share their NIC's MAC and carry no address: of the
+/// interfaces sharing `mac`, the one that carries addresses is the ENI.
+pub(crate) fn pick_by_mac<'d>(interfaces: &'d [Interface], mac: &str) -> MacPick<'d> {
+    let same: Vec<&Interface> = interfaces
+        .iter()
+        .filter(|i| fmt_mac(&i.mac).eq_ignore_ascii_case(mac))
+        .collect();
+    let with_addrs: Vec<&Interface> = same
+        .iter()
+        .copied()
+        .filter(|i| !i.addrs.is_empty())
+        .collect();
+    match (same.as_slice(), with_addrs.as_slice()) {
+        ([], _) => MacPick::None,
+        ([one], _) | (_, [one]) => MacPick::One(one),
+        _ => MacPick::Ambiguous(same),
+    }
+}
+
 /// The interface `sel` names, if it can be managed.
 fn named<'d>(d: &'d Discovery, sel: &str) -> Result<&'d Interface, Refusal> {
     let selector = sel.to_owned();
-    let Some(iface) = d.interfaces.iter().find(|i| matches(i, sel)) else {
-        let known = d
-            .interfaces
-            .iter()
-            .map(|i| format!("{} ({})", i.name, fmt_mac(&i.mac)))
-            .collect();
-        return Err(Refusal::Unknown { selector, known });
+    let by_name = d.interfaces.iter().find(|i| i.name == sel);
+    let iface = match by_name.map_or_else(|| pick_by_mac(&d.interfaces, sel), MacPick::One) {
+        MacPick::One(i) => i,
+        MacPick::Ambiguous(all) => {
+            let names = all.iter().map(|i| i.name.clone()).collect();
+            return Err(Refusal::AmbiguousMac { selector, names });
+        }
+        MacPick::None => {
+            let known = d
+                .interfaces
+                .iter()
+                .map(|i| format!("{} ({})", i.name, fmt_mac(&i.mac)))
+                .collect();
+            return Err(Refusal::Unknown { selector, known });
+        }
     };
     let name = iface.name.clone();
     if iface.loopback {
@@ -873,6 +922,29 @@ mod tests {
             why,
             "no interface shares a subnet with another one (eth3): replies already leave by the right interface"
         );
+    }
+
+    /// An Azure VF shares its NIC's MAC and comes first here: a selection by MAC used to take
+    /// it (the first match) and refuse it for having no address.
+    #[test]
+    fn a_mac_shared_with_a_vf_names_the_interface_with_the_addresses() {
+        let mut d = namespace();
+        let mut vf = iface(2, &[]);
+        (vf.ifindex, vf.name) = (9, "enP1s1".into());
+        d.interfaces.insert(1, vf);
+        let m =
+            managed(select(&d, &named_cfg(&["02:00:00:00:00:01", "02:00:00:00:00:02"])).unwrap());
+        let names: Vec<_> = m.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["eth1", "eth2"]);
+        // Both carrying addresses: ambiguous, refused.
+        d.interfaces[1].addrs = vec!["198.18.7.1/24".parse().unwrap()];
+        let err = select(&d, &named_cfg(&["02:00:00:00:00:02", "eth1"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "MAC 02:00:00:00:00:02 is shared by enP1s1, eth2 and not exactly one of them has an \
+             address: name the interface in --interfaces instead"
+        );
+        assert!(select(&d, &named_cfg(&["eth2", "eth1"])).is_ok());
     }
 
     #[test]

@@ -19,7 +19,8 @@ use crate::{
 pub enum Format {
     /// RHEL-style `rule-IFACE` / `route-IFACE` files.
     NetworkScripts,
-    /// A systemd-networkd `.network` file per interface.
+    /// A systemd-networkd `.network` file per interface, after the networkd.conf drop-in that
+    /// keeps networkd from deleting rules and routes it did not create.
     Networkd,
     /// One netplan file.
     Netplan,
@@ -64,6 +65,11 @@ pub(crate) fn render_to_string(
 ) -> String {
     let (rules, routes) = plan::desired(managed, cfg);
     let mut o = String::new();
+    if format == Format::Networkd {
+        // Without it networkd deletes the rules and routes it did not create (`enipin doctor`).
+        o += crate::doctor::NETWORKD_DROP_IN;
+        o += "\n";
+    }
     for (n, m) in managed.iter().enumerate() {
         let (rules, routes) = split(m, n == 0, &rules, &routes);
         match format {

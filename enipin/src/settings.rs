@@ -1,4 +1,4 @@
-//! The effective settings of `attach`, `watch`, `render` and `config check`: the built-in
+//! The effective settings of `attach`, `watch`, `render`, `doctor` and `config check`: the built-in
 //! default, overridden by the config file ([`crate::config_file`]), overridden by the command
 //! line's flags, key by key, each value with where it came from. `watch` loads them again on
 //! SIGHUP with the same flags, so a flag still wins over the reloaded file.

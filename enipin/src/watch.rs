@@ -447,6 +447,7 @@ pub async fn watch(
     // SIGHUP's default action ends the process (exit 129): a terminal closing or an operator's
     // `systemctl reload` must not stop enforcement. It asks for a full reconcile instead.
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    crate::doctor::warn_conflicts(&cfg, paths).await;
     // Subscribe before the first reconcile: nothing that happens after it goes unseen.
     let mut events = subscribe()?;
     let mut logger: Option<Logger> = None;

@@ -32,6 +32,7 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
             return Ok(());
         }
     };
+    crate::doctor::warn_conflicts(cfg, paths).await;
     let p = apply::pending(d, managed, previous, cfg, paths)?;
     let comment = if format == DiffFormat::Ip { "# " } else { "" };
     print!(

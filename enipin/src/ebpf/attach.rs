@@ -154,7 +154,7 @@ pub(super) fn resolve(choice: Attach) -> Result<AttachKind> {
 /// Whether the kernel has TCX (>= 6.6), asked once per process. Like cilium/ebpf's `haveTCX`
 /// feature probe, on loopback (ifindex 1 in every namespace), but a query rather than an attach:
 /// TCX links and TCX queries came in the same release, and a query changes nothing.
-fn have_tcx() -> Result<bool> {
+pub(crate) fn have_tcx() -> Result<bool> {
     static HAVE: OnceLock<bool> = OnceLock::new();
     if let Some(have) = HAVE.get() {
         return Ok(*have);

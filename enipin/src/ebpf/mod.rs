@@ -42,7 +42,7 @@ mod program;
 pub use apply::{apply, detach};
 #[cfg(any(test, feature = "testing"))]
 pub use attach::AttachKind;
-pub(crate) use attach::ifname;
+pub(crate) use attach::{have_tcx, ifname};
 #[cfg(feature = "testing")]
 pub use derived::{OwnerTable, sync_derived};
 pub(crate) use held::HeldLinks;
@@ -56,4 +56,4 @@ pub(crate) use plan::Change;
 pub use plan::{EbpfPlan, plan};
 #[cfg(feature = "testing")]
 pub use program::{OBJECT, load};
-pub(crate) use program::{our_tag, program_id};
+pub(crate) use program::{ensure_bpffs, our_tag, program_id};

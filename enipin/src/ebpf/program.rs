@@ -68,7 +68,7 @@ fn is_bpffs(dir: &Path) -> Result<bool> {
 /// Pins only outlive this process on a bpffs: refuse to start otherwise, before anything changes.
 /// enipin does not mount one itself: under `ip netns exec` (a private mount namespace with a
 /// fresh /sys) such a mount, and every pin in it, would vanish when enipin exits.
-pub(super) fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+pub(crate) fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     let existing = pin_dir
         .ancestors()
         .find(|p| p.is_dir())

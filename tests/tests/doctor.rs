@@ -1,0 +1,643 @@
+//! `enipin doctor`: every check built in a throwaway namespace (rules, TC programs, sysctls,
+//! shared MACs) or in a scratch root (networkd.conf, netplan, sysctl.d, unit files, processes),
+//! read back from the CLI with its fix; a clean lab host reports no conflict; `attach` and
+//! `watch` print the conflicts once as warnings.
+
+use std::{
+    ffi::CString,
+    io::Read as _,
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use enipin_tests::{Enipin, PinDir, TempDir, Topology, in_ns, require};
+
+fn lab() -> (Topology, Enipin) {
+    require();
+    let topo = Topology::build().expect("topology");
+    let e = Enipin::in_ns(topo.host());
+    (topo, e)
+}
+
+/// `enipin doctor --root ROOT ARGS`: (exit 0, stdout).
+fn doctor(e: &Enipin, root: &Path, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["doctor", "--root", root.to_str().unwrap()];
+    all.extend(args);
+    let out = e.cmd(&all);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.stderr.is_empty(),
+        "doctor wrote on stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The finding line(s) of `check` with their fix lines.
+fn finding(text: &str, check: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut open = false;
+    for l in text.lines() {
+        if l.starts_with(' ') {
+            if open {
+                let last = out.last_mut().unwrap();
+                last.push('\n');
+                last.push_str(l.trim());
+            }
+            continue;
+        }
+        let head = l.split_once(": ").map(|(h, _)| h).unwrap_or(l);
+        open = head
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+            == check;
+        if open {
+            out.push(l.to_owned());
+        }
+    }
+    out
+}
+
+fn conflicts(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| l.starts_with("conflict")).collect()
+}
+
+fn write(root: &Path, path: &str, text: &str) {
+    let p = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn link(root: &Path, path: &str, target: &str) {
+    let p = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(target, p).unwrap();
+}
+
+#[test]
+fn a_clean_lab_host_reports_no_conflict() {
+    let (_topo, e) = lab();
+    let root = TempDir::new("enipin-root-").unwrap();
+    let (ok, text) = doctor(&e, root.path(), &[]);
+    assert!(ok, "{text}");
+    assert_eq!(conflicts(&text), Vec::<&str>::new(), "{text}");
+    assert!(text.ends_with("0 conflict(s)\n"), "{text}");
+    for check in [
+        "kernel tcx",
+        "kernel bpf_redirect_neigh",
+        "kernel bpf_check_mtu",
+        "kernel bpffs",
+    ] {
+        let f = finding(&text, check);
+        assert!(f.len() == 1 && f[0].starts_with("ok "), "{check}: {text}");
+    }
+    // Once attached, what attach sets reads as set, and enipin's own program is no stranger.
+    e.ok(&["attach"]);
+    let (ok, text) = doctor(&e, root.path(), &["--json"]);
+    assert!(ok, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let findings = v["findings"].as_array().unwrap();
+    assert!(
+        findings.iter().all(|f| f["severity"] == "ok"),
+        "after attach: {text}"
+    );
+    assert!(
+        findings.iter().any(|f| f["check"] == "tc eth1"
+            && f["meaning"]
+                .as_str()
+                .unwrap()
+                .contains("enipin's is attached")),
+        "{text}"
+    );
+    e.ok(&["detach"]);
+}
+
+#[test]
+fn a_pin_dir_off_bpffs_is_a_conflict() {
+    let (topo, e) = lab();
+    let root = TempDir::new("enipin-root-").unwrap();
+    let not_bpffs = TempDir::new("enipin-notbpffs-").unwrap();
+    let out = std::process::Command::new(enipin_tests::enipin_bin())
+        .args(["--netns", topo.host().name(), "--pin-dir"])
+        .arg(not_bpffs.path())
+        .args(["doctor", "--root"])
+        .arg(root.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    let f = finding(&text, "kernel bpffs");
+    assert!(
+        f[0].starts_with("conflict") && f[0].contains("not on a bpffs"),
+        "{text}"
+    );
+    assert!(f[0].contains("fix: mount -t bpf bpf /sys/fs/bpf"), "{text}");
+    drop(e);
+}
+
+/// Someone's rule at enipin's priority (attach refuses), and one above enipin's sending a
+/// managed address's replies out of the wrong interface (attach goes on, warning once).
+#[test]
+fn foreign_rules_are_conflicts_and_attach_warns_of_them_once() {
+    let (topo, e) = lab();
+    let h = topo.host();
+    let root = TempDir::new("enipin-root-").unwrap();
+    h.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.0.1",
+        "dev",
+        "eth0",
+        "table",
+        "10001",
+    ])
+    .unwrap();
+    h.ip(&[
+        "rule",
+        "add",
+        "priority",
+        "10001",
+        "from",
+        "198.18.0.11",
+        "lookup",
+        "10001",
+    ])
+    .unwrap();
+    let (ok, text) = doctor(&e, root.path(), &[]);
+    assert!(!ok, "{text}");
+    let f = finding(&text, "rules");
+    assert_eq!(f.len(), 1, "{text}");
+    assert!(
+        f[0].starts_with("conflict")
+            && f[0].contains("sends replies from 198.18.0.11 out of eth0, not eth1"),
+        "{text}"
+    );
+    assert!(
+        f[0].contains(
+            "fix: remove it (`ip rule del priority 10001 from 198.18.0.11/32 lookup 10001`)"
+        ),
+        "{text}"
+    );
+    let agents = finding(&text, "agents");
+    assert!(
+        agents[0].contains("amazon-ec2-net-utils or SUSE cloud-netconfig"),
+        "{text}"
+    );
+
+    let out = e.cmd(&["attach"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "attach refused: {err}");
+    assert_eq!(err.matches("warning: rules: ").count(), 1, "{err}");
+    assert!(err.contains("out of eth0, not eth1"), "{err}");
+    e.ok(&["detach"]);
+
+    h.ip(&[
+        "rule",
+        "add",
+        "priority",
+        "20001",
+        "from",
+        "198.18.5.0/24",
+        "lookup",
+        "100",
+    ])
+    .unwrap();
+    let (_, text) = doctor(&e, root.path(), &[]);
+    let f = finding(&text, "rules");
+    let at = f
+        .iter()
+        .find(|l| l.contains("priority 20001"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        at.starts_with("conflict") && at.contains("one of enipin's 20000-20002"),
+        "{text}"
+    );
+    assert!(
+        at.contains("fix: `enipin attach --priority 21000`"),
+        "{text}"
+    );
+    let err = e.fails(&["attach"]);
+    assert!(err.contains("priority 20001"), "{err}");
+    e.ok(&["attach", "--priority", "21000"]);
+    e.ok(&["detach"]);
+}
+
+#[test]
+fn watch_prints_the_conflicts_once_at_start() {
+    let (topo, e) = lab();
+    let h = topo.host();
+    h.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.0.1",
+        "dev",
+        "eth0",
+        "table",
+        "10001",
+    ])
+    .unwrap();
+    h.ip(&[
+        "rule",
+        "add",
+        "priority",
+        "10001",
+        "from",
+        "198.18.0.11",
+        "lookup",
+        "10001",
+    ])
+    .unwrap();
+    let mut watch = e
+        .command(&["watch", "--metrics-listen", "none"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let eth1 = h.ifindex("eth1").unwrap();
+    let pin = e.pins.path().join(format!("link-{eth1}"));
+    let t = Instant::now();
+    while !pin.exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A few reconciles' worth: a removed rule of enipin's makes it reconcile again.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = h.ip(&["rule", "del", "priority", "20002", "from", "198.18.0.11"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    let _ = watch.kill();
+    let mut err = String::new();
+    watch
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let _ = watch.wait();
+    assert!(pin.exists(), "watch never attached: {err}");
+    assert_eq!(err.matches("warning: rules: ").count(), 1, "{err}");
+    e.ok(&["detach"]);
+}
+
+/// A two-instruction classifier named `name` that passes everything on (`r0 = -1`, TCX_NEXT;
+/// TC_ACT_UNSPEC for a clsact filter), pinned at `path`: another agent's program.
+fn pin_foreign_program(path: &Path, name: &str) {
+    #[repr(C)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+    }
+    const _: () = assert!(std::mem::size_of::<ProgLoad>() == 64);
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const _: () = assert!(std::mem::size_of::<ObjPin>() == 16);
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    // mov64 r0, -1; exit
+    let insns: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = c"GPL";
+    let mut prog_name = [0u8; 16];
+    prog_name[..name.len()].copy_from_slice(name.as_bytes());
+    let attr = ProgLoad {
+        prog_type: BPF_PROG_TYPE_SCHED_CLS,
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name,
+    };
+    // SAFETY: BPF_PROG_LOAD reads `attr` (size given) and the instructions and license it
+    // points to, all alive for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr,
+            std::mem::size_of::<ProgLoad>(),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "loading {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let pin = ObjPin {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        file_flags: 0,
+    };
+    // SAFETY: BPF_OBJ_PIN reads `pin` and the NUL-terminated path.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &pin,
+            std::mem::size_of::<ObjPin>(),
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: the fd is ours; the pin keeps the program.
+    unsafe { libc::close(fd as i32) };
+    assert_eq!(rc, 0, "pinning {name}: {err}");
+}
+
+#[test]
+fn another_agents_tc_programs_are_named_in_their_order_and_survive_enipin() {
+    use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttach};
+    let (topo, e) = lab();
+    let h = topo.host();
+    let root = TempDir::new("enipin-root-").unwrap();
+    let theirs = PinDir::new("enipin-agent-").unwrap();
+    std::fs::create_dir_all(theirs.path()).unwrap();
+    let prog = theirs.path().join("prog");
+    pin_foreign_program(&prog, "other_agent");
+    let eth1 = h.ifindex("eth1").unwrap();
+    let link_pin = theirs.path().join("link");
+    in_ns(h, || {
+        let mut p = SchedClassifier::from_pin(&prog).unwrap();
+        let tcx = TcAttach::Tcx {
+            attach_type: TcAttachType::Egress,
+            order: LinkOrder::first(),
+        };
+        let id = p.attach(eth1, tcx).unwrap();
+        FdLink::try_from(p.take_link(id).unwrap())
+            .unwrap()
+            .pin(&link_pin)
+            .unwrap();
+    });
+    h.sh(&format!(
+        "tc qdisc add dev eth1 clsact && tc filter add dev eth1 egress prio 7 bpf object-pinned {} da",
+        prog.display()
+    ))
+    .unwrap();
+
+    let (_, text) = doctor(&e, root.path(), &[]);
+    let f = finding(&text, "tc eth1");
+    assert!(
+        f.iter().any(|l| l.starts_with("warning")
+            && l.contains("other_agent (id ")
+            && l.contains("enipin attaches after it")),
+        "{text}"
+    );
+    e.ok(&["attach"]);
+    let (ok, text) = doctor(&e, root.path(), &[]);
+    assert!(ok, "{text}");
+    let f = finding(&text, "tc eth1");
+    assert!(
+        f.iter()
+            .any(|l| l.contains("runs before enipin at eth1's TCX egress")),
+        "{text}"
+    );
+    assert!(
+        f.iter().any(|l| l.contains("filter other_agent (id ")
+            && l.contains("priority 7) at eth1's clsact egress: it runs after the TCX programs")),
+        "{text}"
+    );
+    assert!(
+        f.iter()
+            .all(|l| l.contains("fix: its owner makes it pass on")),
+        "{text}"
+    );
+    assert!(finding(&text, "tc eth0")[0].starts_with("ok"), "{text}");
+    e.ok(&["detach"]);
+    let (_, text) = doctor(&e, root.path(), &[]);
+    assert_eq!(
+        finding(&text, "tc eth1").len(),
+        2,
+        "enipin's detach touched the other agent's program or filter:\n{text}"
+    );
+}
+
+#[test]
+fn strict_rp_filter_now_and_from_sysctl_d_at_the_next_boot() {
+    let (topo, e) = lab();
+    let root = TempDir::new("enipin-root-").unwrap();
+    topo.host()
+        .sysctl("net.ipv4.conf.all.rp_filter", "1")
+        .unwrap();
+    topo.host()
+        .sysctl("net.ipv4.conf.eth1.rp_filter", "0")
+        .unwrap();
+    let (ok, text) = doctor(&e, root.path(), &[]);
+    assert!(ok, "strict now is attach's to fix, not a conflict:\n{text}");
+    let f = finding(&text, "sysctl eth1 rp_filter");
+    assert!(
+        f[0].starts_with("warning") && f[0].contains("1 now") && f[0].contains("strict"),
+        "{text}"
+    );
+    assert!(
+        f[0].contains("`enipin attach` sets net.ipv4.conf.eth1.rp_filter=2"),
+        "{text}"
+    );
+
+    write(
+        root.path(),
+        "/usr/lib/sysctl.d/50-default.conf",
+        "-net.ipv4.conf.*.rp_filter = 2\n",
+    );
+    write(
+        root.path(),
+        "/etc/sysctl.d/60-cis.conf",
+        "net.ipv4.conf.*.rp_filter = 1\n",
+    );
+    let (ok, text) = doctor(&e, root.path(), &[]);
+    assert!(!ok, "{text}");
+    let f = finding(&text, "sysctl eth1 rp_filter");
+    assert!(
+        f[0].starts_with("conflict") && f[0].contains("60-cis.conf:1"),
+        "{text}"
+    );
+    assert!(f[0].ends_with("net.ipv4.conf.eth1.rp_filter = 2"), "{text}");
+    // The fix, for both interfaces: nothing strict at boot any more.
+    write(
+        root.path(),
+        "/etc/sysctl.d/zz-enipin.conf",
+        "net.ipv4.conf.eth0.rp_filter = 2\nnet.ipv4.conf.eth1.rp_filter = 2\n",
+    );
+    let (ok, text) = doctor(&e, root.path(), &[]);
+    assert!(ok, "{text}");
+    assert!(
+        finding(&text, "sysctl eth1 rp_filter")[0].contains("zz-enipin.conf:2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn interfaces_sharing_a_mac_select_the_one_with_addresses_or_refuse() {
+    let (topo, e) = lab();
+    let h = topo.host();
+    let root = TempDir::new("enipin-root-").unwrap();
+    let (mac0, mac1) = (&topo.spec.enis[0].mac, &topo.spec.enis[1].mac);
+    // An accelerated-networking VF: eth1's MAC, no address, created after eth1.
+    h.ip(&["link", "add", "vf1", "type", "veth", "peer", "name", "vf1p"])
+        .unwrap();
+    h.ip(&["link", "set", "vf1", "address", mac1]).unwrap();
+    h.ip(&["link", "set", "vf1", "up"]).unwrap();
+    let (ok, text) = doctor(&e, root.path(), &[]);
+    assert!(ok, "{text}");
+    let f = finding(&text, &format!("macs {mac1}"));
+    assert!(
+        f[0].starts_with("ok") && f[0].contains("eth1, vf1 share") && f[0].contains("picks eth1"),
+        "{text}"
+    );
+    let sel = format!("{mac0},{mac1}");
+    let out = e.ok(&["attach", "--dry-run", "--interfaces", &sel]);
+    assert!(out.contains("interface eth1 ("), "{out}");
+    // Both with addresses: ambiguous, refused, and doctor says so.
+    h.ip(&["addr", "add", "198.18.3.1/24", "dev", "vf1"])
+        .unwrap();
+    let (ok, text) = doctor(&e, root.path(), &["--interfaces", &sel]);
+    assert!(!ok, "{text}");
+    let f = finding(&text, &format!("macs {mac1}"));
+    assert!(
+        f[0].starts_with("conflict") && f[0].contains("fix: select by name: --interfaces eth1,vf1"),
+        "{text}"
+    );
+    let err = e.fails(&["attach", "--dry-run", "--interfaces", &sel]);
+    assert!(
+        err.contains("not exactly one of them has an address"),
+        "{err}"
+    );
+}
+
+/// networkd running in the namespace (a process there), nm-cloud-setup, amazon-ec2-net-utils,
+/// cloud-init's netplan and cloud-netconfig, all from files of a scratch root.
+#[test]
+fn networkd_and_cloud_agents_from_a_scratch_root_with_their_fixes() {
+    let (topo, e) = lab();
+    let root = TempDir::new("enipin-root-").unwrap();
+    let r = root.path();
+    let ns = std::fs::metadata(format!("/run/netns/{}", topo.host().name()))
+        .unwrap()
+        .ino();
+    write(r, "/proc/4242/comm", "systemd-network\n");
+    link(r, "/proc/4242/ns/net", &format!("net:[{ns}]"));
+    write(
+        r,
+        "/etc/systemd/networkd.conf",
+        "[Network]\n#ManageForeignRoutes=yes\n",
+    );
+    let (ok, text) = doctor(&e, r, &[]);
+    assert!(!ok, "{text}");
+    for key in ["ManageForeignRoutingPolicyRules", "ManageForeignRoutes"] {
+        let f = finding(&text, &format!("networkd {key}"));
+        assert!(
+            f[0].starts_with("conflict") && f[0].contains("pid 4242"),
+            "{text}"
+        );
+        assert!(
+            f[0].contains(&format!("{key}=yes (networkd's default)")),
+            "{text}"
+        );
+        assert!(
+            f[0].contains("fix: /etc/systemd/networkd.conf.d/99-enipin.conf:\n[Network]\nManageForeignRoutingPolicyRules=no\nManageForeignRoutes=no"),
+            "{text}"
+        );
+    }
+    // The drop-in as `render --format networkd` prints it, installed: networkd is no threat.
+    let render = e.ok(&["render", "--format", "networkd"]);
+    let drop_in: String = render
+        .split("\n\n")
+        .next()
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write(r, "/etc/systemd/networkd.conf.d/99-enipin.conf", &drop_in);
+    let (ok, text) = doctor(&e, r, &[]);
+    assert!(ok, "{text}");
+    assert!(
+        finding(&text, "networkd ManageForeignRoutes")[0].contains("=no (from "),
+        "{text}"
+    );
+
+    let timer = "/usr/lib/systemd/system/nm-cloud-setup.timer";
+    write(r, timer, "[Timer]\n");
+    link(
+        r,
+        "/etc/systemd/system/timers.target.wants/nm-cloud-setup.timer",
+        timer,
+    );
+    write(
+        r,
+        "/etc/systemd/system/nm-cloud-setup.service.d/10-ec2.conf",
+        "[Service]\nEnvironment=NM_CLOUD_SETUP_EC2=yes\n",
+    );
+    let template = "/usr/lib/systemd/system/policy-routes@.service";
+    write(r, template, "[Service]\n");
+    link(
+        r,
+        "/etc/systemd/system/multi-user.target.wants/policy-routes@eth1.service",
+        template,
+    );
+    write(
+        r,
+        "/etc/netplan/50-cloud-init.yaml",
+        "network:\n  version: 2\n  ethernets:\n    eth1:\n      dhcp4: true\n      routing-policy:\n        - from: 198.18.0.11\n          table: 101\n          priority: 100\n",
+    );
+    write(
+        r,
+        "/usr/lib/systemd/system/cloud-netconfig.timer",
+        "[Timer]\n",
+    );
+    write(r, "/etc/sysconfig/network/ifcfg-eth0", "BOOTPROTO='dhcp'\n");
+    let (ok, text) = doctor(&e, r, &[]);
+    assert!(!ok, "{text}");
+    let nm = finding(&text, "agents nm-cloud-setup");
+    assert!(
+        nm[0].starts_with("conflict")
+            && nm[0].contains("is enabled (nm-cloud-setup.timer) for EC2"),
+        "{text}"
+    );
+    assert!(
+        nm[0].contains(
+            "fix: one owner of the policy: `systemctl disable --now nm-cloud-setup.timer"
+        ),
+        "{text}"
+    );
+    let ec2 = finding(&text, "agents amazon-ec2-net-utils");
+    assert!(
+        ec2[0].starts_with("warning")
+            && ec2[0].contains("manages eth1")
+            && ec2[0].contains("two owners"),
+        "{text}"
+    );
+    let np = finding(&text, "agents netplan");
+    assert!(
+        np[0].starts_with("warning") && np[0].contains("(cloud-init's) gives eth1 a routing-policy (tables {101}); priorities 100 sit above enipin's"),
+        "{text}"
+    );
+    let suse = finding(&text, "agents suse-cloud-netconfig");
+    assert!(
+        suse[0].starts_with("warning") && suse[0].contains("manages eth0"),
+        "{text}"
+    );
+}
