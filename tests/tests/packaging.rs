@@ -82,6 +82,7 @@ fn tarball_holds_a_static_binary_whose_lab_passes_with_an_empty_environment() {
         "man/enipin.8.gz",
         "man/enipin-watch.8.gz",
         "man/enipin-attach.8.gz",
+        "enipin-rules.yml",
     ] {
         assert!(top.join(file).is_file(), "the tarball has no {file}");
     }
@@ -113,6 +114,7 @@ const INSTALLED: &[&str] = &[
     "usr/share/fish/vendor_completions.d/enipin.fish",
     "usr/share/man/man8/enipin.8.gz",
     "usr/share/man/man8/enipin-watch.8.gz",
+    "usr/share/enipin/prometheus/enipin-rules.yml",
 ];
 
 fn assert_installed(root: &Path, extra: &[&str]) {

@@ -107,6 +107,11 @@ fn stage_files(bin: &Path, stage: &Path) -> Result<()> {
     copy(root().join("packaging/enipin.toml"), "enipin.toml")?;
     copy(root().join("LICENSE-MIT"), "LICENSE-MIT")?;
     copy(root().join("LICENSE-APACHE"), "LICENSE-APACHE")?;
+    // The alert rules, for the operator's Prometheus (README: "Alert rules").
+    copy(
+        root().join("deploy/prometheus/enipin-rules.yml"),
+        "enipin-rules.yml",
+    )?;
     let staged = stage.join("enipin");
     let completions = stage.join("completions");
     fs::create_dir_all(&completions)?;
