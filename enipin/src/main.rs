@@ -19,6 +19,17 @@ struct Cli {
     /// Directory of enipin's state file.
     #[arg(long, global = true, env = "ENIPIN_STATE_DIR", default_value = config::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Log lines on stderr: text, json (one object a line), or journal (`<N>` syslog priority
+    /// prefixes, no timestamps); auto is journal when stderr is systemd's journal stream, else
+    /// text. RUST_LOG filters them (default: info).
+    #[arg(
+        long,
+        global = true,
+        env = "ENIPIN_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: enipin::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -186,6 +197,7 @@ impl Selection {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    enipin::logging::init(cli.log_format);
     // `enipin status | head` should end quietly, as other Unix tools do, not panic on EPIPE. Not
     // the lab: killed by SIGPIPE it could not remove its namespaces; a failed print unwinds
     // through their guards instead.

@@ -3,6 +3,7 @@
 
 pub mod cost;
 pub mod datapath;
+pub mod reaction;
 
 use std::{
     os::unix::process::ExitStatusExt as _,

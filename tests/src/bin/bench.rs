@@ -9,7 +9,9 @@
 //! 2. datapath in namespaces: TCP throughput and 64-byte UDP packet rate, no program vs program on
 //!    correctly routed traffic vs misrouted traffic fixed by the redirect;
 //! 3. control plane: `enipin attach`/`detach` for 15 interfaces x 50 addresses against the seed's
-//!    method (a shell loop of `ip rule add` / `ip route add`), and enipin's peak RSS.
+//!    method (a shell loop of `ip rule add` / `ip route add`), and enipin's peak RSS;
+//! 4. watch: how fast `enipin watch` restores a deleted rule or route and manages a new address,
+//!    and what a burst of 400 addresses costs (`bench::reaction`).
 
 use std::{
     path::{Path, PathBuf},
@@ -44,10 +46,10 @@ fn parse_args() -> Result<Args> {
             }
             "--rounds" => args.rounds = it.next().context("--rounds N")?.parse()?,
             "--out" => args.out = it.next().context("--out DIR")?.into(),
-            "--only" => args.only = Some(it.next().context("--only cost|datapath|control")?),
+            "--only" => args.only = Some(it.next().context("--only cost|datapath|control|watch")?),
             "-h" | "--help" => {
                 println!(
-                    "enipin-bench [--quick] [--rounds N] [--out DIR] [--only cost|datapath|control]"
+                    "enipin-bench [--quick] [--rounds N] [--out DIR] [--only cost|datapath|control|watch]"
                 );
                 std::process::exit(0);
             }
@@ -73,6 +75,11 @@ fn main() -> Result<()> {
     }
     if want("control") {
         rows.extend(control(args.quick, args.rounds).context("control plane")?);
+    }
+    if want("watch") {
+        rows.extend(
+            bench::reaction::run(args.quick, args.rounds).context("watch's reaction times")?,
+        );
     }
     let md = bench::markdown(&rows, args.quick, started.elapsed(), &load_before);
     print!("{md}");
