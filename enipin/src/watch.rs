@@ -4,9 +4,15 @@
 //! "foreign" rules, nm-cloud-setup wiped the VPC CNI's), ENIs and secondary addresses come and go
 //! at runtime. The watcher subscribes to rtnetlink's link, address, rule and route groups in its
 //! namespace, and on the first event of a burst (then once more for the rest of it: see
-//! [`crate::watch_pace`]), or every `--interval` as a safety net, runs the same plan/apply as `enipin attach` ([`apply::reconcile`]): discover, diff, apply only
-//! the difference. Every event triggers a full re-read of the kernel's state, so a lost event (a
-//! socket overrun) costs nothing but a resync.
+//! [`crate::watch_pace`]), or every `--interval` as a safety net, runs the same plan/apply as
+//! `enipin attach` ([`apply::reconcile`]): discover, diff, apply only the difference. Every
+//! reconcile re-reads the kernel's state, so a lost event (a socket overrun) costs nothing but a
+//! resync. The kernel announces enipin's own changes too: a rule or route it added or just
+//! removed needs no reconcile ([`crate::watch_report::describe`]), so a restore is one
+//! reconcile, not one and then another that finds nothing to do.
+//!
+//! Each reconcile that changed something is one log line ([`crate::watch_report`]): why, how
+//! long, counts by kind and a few of the changes.
 //!
 //! A reconcile that fails (discovery, a conflict, a step) changes nothing, is logged, and is
 //! retried with exponential backoff: an error is never read as "nothing to manage".
