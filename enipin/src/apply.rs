@@ -265,9 +265,9 @@ pub(crate) struct Reconciled {
     pub changes: Vec<String>,
     /// Why nothing is managed, when nothing is.
     pub idle: Option<String>,
-    /// Interfaces named in `--interfaces` that are left out for now (missing, down, no address),
-    /// one note each.
-    pub left_out: Vec<String>,
+    /// Interfaces named in `--interfaces` that are left out for now (missing, down, no address):
+    /// the name or MAC as named, and a note.
+    pub left_out: Vec<(String, String)>,
     /// What the plan found out of place before applying it.
     pub drift: Drift,
 }
@@ -282,7 +282,11 @@ pub(crate) struct Reconciled {
 pub(crate) async fn reconcile(cfg: &Config, paths: &Paths) -> Result<Reconciled> {
     let previous = state::load(paths)?;
     let s = Snapshot::select(cfg, Named::Present).await?;
-    let left_out = s.refused.iter().map(ToString::to_string).collect();
+    let left_out = s
+        .refused
+        .iter()
+        .map(|r| (r.selector().to_owned(), r.to_string()))
+        .collect();
     let (managed, idle) = match s.selection {
         Selection::Managed(m) => (m, None),
         Selection::NothingToDo(why) => (Vec::new(), Some(why)),

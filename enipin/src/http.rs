@@ -62,8 +62,8 @@ impl Default for Limits {
 /// Binds `addr`, warning when it is reachable from other hosts.
 pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     if !addr.ip().is_loopback() {
-        eprintln!(
-            "enipin: warning: serving on {addr}, which is not a loopback address: anyone who can \
+        tracing::warn!(
+            "serving on {addr}, which is not a loopback address: anyone who can \
              reach it can read enipin's metrics. Prefer 127.0.0.1 (a local agent scrapes it), or \
              firewall the port"
         );
@@ -92,7 +92,7 @@ where
             Ok((stream, _)) => stream,
             Err(e) => {
                 if failing == 0 {
-                    eprintln!("enipin: accepting a connection failed: {e}; retrying every 100 ms");
+                    tracing::warn!("accepting a connection failed: {e}; retrying every 100 ms");
                 }
                 failing += 1;
                 // EMFILE stays until a connection closes: a pause instead of a busy loop.
@@ -101,7 +101,7 @@ where
             }
         };
         if failing > 0 {
-            eprintln!("enipin: accepting connections again after {failing} failed accepts");
+            tracing::info!("accepting connections again after {failing} failed accepts");
             failing = 0;
         }
         let handler = Arc::clone(&handler);

@@ -20,6 +20,7 @@ pub mod ebpf;
 mod ebpf;
 mod http;
 pub mod lab;
+pub mod logging;
 pub mod metrics;
 #[cfg(feature = "testing")]
 pub mod model;
@@ -48,3 +49,5 @@ pub mod testbed;
 mod testbed;
 pub mod watch;
 mod watch_metrics;
+mod watch_pace;
+mod watch_report;

@@ -29,6 +29,17 @@ struct Cli {
     /// exist.
     #[arg(long, global = true, env = "ENIPIN_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Log lines on stderr: text, json (one object a line), or journal (`<N>` syslog priority
+    /// prefixes, no timestamps); auto is journal when stderr is systemd's journal stream, else
+    /// text. RUST_LOG filters them (default: info).
+    #[arg(
+        long,
+        global = true,
+        env = "ENIPIN_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: enipin::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -235,6 +246,7 @@ enum ConfigAction {
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    enipin::logging::init(cli.log_format);
     // `enipin status | head` should end quietly, as other Unix tools do, not panic on EPIPE. Not
     // the lab: killed by SIGPIPE it could not remove its namespaces; a failed print unwinds
     // through their guards instead.

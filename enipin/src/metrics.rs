@@ -131,8 +131,8 @@ pub async fn metrics(paths: &Paths, listen: Option<std::net::SocketAddr>) -> Res
     // Fail now, not at the first scrape, when nothing is pinned.
     exposition(paths)?;
     let listener = http::bind(addr).await?;
-    eprintln!(
-        "enipin: serving GET /metrics on http://{}/metrics",
+    tracing::info!(
+        "serving GET /metrics on http://{}/metrics",
         listener.local_addr()?
     );
     let paths = paths.clone();

@@ -3,10 +3,16 @@
 //! Other tools remove rules they did not create (systemd-networkd and `netplan apply` drop
 //! "foreign" rules, nm-cloud-setup wiped the VPC CNI's), ENIs and secondary addresses come and go
 //! at runtime. The watcher subscribes to rtnetlink's link, address, rule and route groups in its
-//! namespace, and after every burst of events (debounced), or every `--interval` as a safety net,
-//! runs the same plan/apply as `enipin attach` ([`apply::reconcile`]): discover, diff, apply only
-//! the difference. Every event triggers a full re-read of the kernel's state, so a lost event (a
-//! socket overrun) costs nothing but a resync.
+//! namespace, and on the first event of a burst (then once more for the rest of it: see
+//! [`crate::watch_pace`]), or every `--interval` as a safety net, runs the same plan/apply as
+//! `enipin attach` ([`apply::reconcile`]): discover, diff, apply only the difference. Every
+//! reconcile re-reads the kernel's state, so a lost event (a socket overrun) costs nothing but a
+//! resync. The kernel announces enipin's own changes too: a rule or route it added or just
+//! removed needs no reconcile ([`crate::watch_report::describe`]), so a restore is one
+//! reconcile, not one and then another that finds nothing to do.
+//!
+//! Each reconcile that changed something is one log line ([`crate::watch_report`]): why, how
+//! long, counts by kind and a few of the changes.
 //!
 //! A reconcile that fails (discovery, a conflict, a step) changes nothing, is logged, and is
 //! retried with exponential backoff: an error is never read as "nothing to manage".
@@ -35,22 +41,25 @@ use anyhow::{Context as _, Result};
 use futures::{StreamExt as _, channel::mpsc::UnboundedReceiver};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::MulticastGroup;
-use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+use rtnetlink::packet_core::NetlinkMessage;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
     time::sleep_until,
 };
 
+use tracing::{debug, error, info, warn};
+
 use crate::{
     apply::{self, Reconciled},
     config::{Config, Paths},
     ebpf, http,
     model::ManagedInterface,
-    netlink,
     settings::{Loader, Settings},
     state, sysctl,
     watch_metrics::Telemetry,
+    watch_pace::Edges,
+    watch_report::{OwnRemovals, Reasons, changed_line, describe},
 };
 
 /// How the watcher paces itself.
@@ -58,9 +67,10 @@ use crate::{
 pub struct Pacing {
     /// Reconcile anyway this long after the last one (a safety net for missed events).
     pub(crate) interval: Duration,
-    /// Quiet period after an event before reconciling: one reconcile per burst.
+    /// The quiet period that makes the first event of a burst reconcile at once (none since the
+    /// last reconcile ended), and the one the follow-up for the rest of a burst waits for.
     pub(crate) debounce: Duration,
-    /// Upper bound on the wait for a quiet period under a constant stream of events.
+    /// Upper bound on the follow-up's wait for a quiet period under a constant stream of events.
     pub(crate) max_delay: Duration,
     /// First retry delay after a failed reconcile; doubles up to `max_backoff`.
     pub backoff: Duration,
@@ -71,11 +81,12 @@ pub struct Pacing {
 }
 
 impl Pacing {
-    /// Reconciles at least every `interval`; the debounce and backoff are fixed.
+    /// Reconciles at least every `interval`; the quiet period and backoff are fixed.
     pub fn new(interval: Duration) -> Self {
         Self {
             interval,
-            debounce: Duration::from_millis(200),
+            // 400 addresses from one `ip -batch` are announced within a few ms of each other.
+            debounce: Duration::from_millis(10),
             max_delay: Duration::from_secs(2),
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
@@ -107,134 +118,8 @@ fn subscribe() -> Result<Events> {
     Ok(events)
 }
 
-fn ifname(ifindex: u32) -> String {
-    ebpf::ifname(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"))
-}
-
-/// One event in words, for the log line of the reconcile it caused, with a rank: lower ranks
-/// come first in the line. `None` for the echo of enipin's own work (a rule or route with its
-/// protocol added): it still triggers a reconcile, which then finds nothing to do.
-fn describe(msg: &NetlinkMessage<RouteNetlinkMessage>) -> Option<(u8, String)> {
-    use RouteNetlinkMessage as M;
-    use netlink_packet_route::address::AddressAttribute as A;
-    let verb = |new: bool| if new { "added" } else { "deleted" };
-    let m = match &msg.payload {
-        NetlinkPayload::InnerMessage(m) => m,
-        NetlinkPayload::Overrun(_) => {
-            return Some((0, "event buffer overrun (full resync)".to_owned()));
-        }
-        _ => return Some((3, "netlink event".to_owned())),
-    };
-    Some(match m {
-        M::NewLink(l) | M::DelLink(l) => {
-            let what = if matches!(m, M::DelLink(_)) {
-                "removed"
-            } else {
-                "changed"
-            };
-            // The message names the link: it may be gone by now.
-            let name = l.attributes.iter().find_map(|a| match a {
-                netlink_packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            });
-            (
-                0,
-                format!(
-                    "link {} {what}",
-                    name.unwrap_or_else(|| ifname(l.header.index))
-                ),
-            )
-        }
-        M::NewAddress(a) | M::DelAddress(a) => {
-            let ip = a.attributes.iter().find_map(|x| match x {
-                A::Local(ip) | A::Address(ip) => Some(ip.to_string()),
-                _ => None,
-            });
-            // IPv4 addresses carry their interface's name (the label).
-            let dev = a.attributes.iter().find_map(|x| match x {
-                A::Label(l) => Some(l.split(':').next().unwrap_or(l).to_owned()),
-                _ => None,
-            });
-            let on = if matches!(m, M::NewAddress(_)) {
-                "added on"
-            } else {
-                "deleted from"
-            };
-            let ip = ip.unwrap_or_else(|| "?".to_owned());
-            let dev = dev.unwrap_or_else(|| ifname(a.header.index));
-            (
-                0,
-                format!("address {ip}/{} {on} {dev}", a.header.prefix_len),
-            )
-        }
-        M::NewRule(r) | M::DelRule(r) => {
-            let new = matches!(m, M::NewRule(_));
-            let r = netlink::decode_rule(r);
-            if new && r.is_enipin() {
-                return None;
-            }
-            let proto = r.protocol;
-            let rule = r.rule.ip_args();
-            let rule = rule
-                .rsplit_once(" proto ")
-                .map_or(rule.as_str(), |(a, _)| a);
-            (1, format!("rule {} `{rule} proto {proto}`", verb(new)))
-        }
-        M::NewRoute(r) | M::DelRoute(r) => {
-            let new = matches!(m, M::NewRoute(_));
-            let r = netlink::decode_route(r);
-            if new && r.is_enipin() {
-                return None;
-            }
-            let rt = r.route;
-            (
-                2,
-                format!("route {} `{} table {}`", verb(new), rt.dst, rt.table),
-            )
-        }
-        _ => (3, "netlink event".to_owned()),
-    })
-}
-
-/// Why a reconcile is due: distinct event descriptions, most telling first (links and addresses,
-/// then rules, then routes), in arrival order within a rank.
-#[derive(Default)]
-struct Reasons {
-    seen: Vec<(u8, String)>,
-    /// Events that were enipin's own echo.
-    echoes: usize,
-}
-
-impl Reasons {
-    fn add(&mut self, why: Option<(u8, String)>) {
-        match why {
-            Some(w) if !self.seen.contains(&w) => self.seen.push(w),
-            Some(_) => {}
-            None => self.echoes += 1,
-        }
-    }
-
-    fn text(&self) -> String {
-        const SHOWN: usize = 3;
-        if self.seen.is_empty() {
-            return format!("{} netlink event(s)", self.echoes);
-        }
-        let mut sorted: Vec<_> = self.seen.iter().collect();
-        sorted.sort_by_key(|(rank, _)| *rank);
-        let mut s = sorted
-            .iter()
-            .take(SHOWN)
-            .map(|(_, w)| w.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        if sorted.len() > SHOWN {
-            s += &format!(" and {} more", sorted.len() - SHOWN);
-        }
-        s
-    }
-}
-
-/// Prints the datapath's aya-log records (`--debug`) on stderr.
+/// Passes the datapath's aya-log records (`--debug`) on as events of the `datapath` target, at
+/// their own level.
 struct DatapathLog;
 
 impl log::Log for DatapathLog {
@@ -242,7 +127,14 @@ impl log::Log for DatapathLog {
         true
     }
     fn log(&self, record: &log::Record) {
-        eprintln!("datapath {}: {}", record.level(), record.args());
+        let args = record.args();
+        match record.level() {
+            log::Level::Error => error!(target: "datapath", "datapath: {args}"),
+            log::Level::Warn => warn!(target: "datapath", "datapath: {args}"),
+            log::Level::Info => info!(target: "datapath", "datapath: {args}"),
+            log::Level::Debug => debug!(target: "datapath", "datapath: {args}"),
+            log::Level::Trace => tracing::trace!(target: "datapath", "datapath: {args}"),
+        }
     }
     fn flush(&self) {}
 }
@@ -258,7 +150,7 @@ fn follow_program(logger: &mut Option<Logger>, paths: &Paths) {
     let id = match ebpf::program_id(paths) {
         Ok(id) => id,
         Err(e) => {
-            eprintln!("enipin watch: --debug: {e:#}");
+            warn!("--debug: {e:#}");
             return;
         }
     };
@@ -281,10 +173,10 @@ fn follow_program(logger: &mut Option<Logger>, paths: &Paths) {
         });
     match opened {
         Ok(fd) => {
-            println!("reading the datapath's log (program id {prog_id})");
+            info!("reading the datapath's log (program id {prog_id})");
             *logger = Some(Logger { prog_id, fd });
         }
-        Err(e) => eprintln!("enipin watch: --debug: {e:#}"),
+        Err(e) => warn!("--debug: {e:#}"),
     }
 }
 
@@ -299,7 +191,7 @@ async fn drain(logger: &mut Option<Logger>) {
             guard.clear_ready();
         }
         Err(e) => {
-            eprintln!("enipin watch: reading the datapath's log: {e}");
+            warn!("reading the datapath's log: {e}");
             *logger = None;
         }
     }
@@ -312,33 +204,29 @@ fn report(
     why: &Reasons,
     took: Duration,
     idle: &mut Option<String>,
-    left_out: &mut Vec<String>,
+    left_out: &mut Vec<(String, String)>,
 ) {
     // A named interface that went away (an ENI detached) or came back: said once, not per pass.
+    // Coming back, an ENI goes through "unknown", "down" and "no address" within tens of ms
+    // (link created, set up, addressed), each seen by a prompt reconcile: a new reason for an
+    // interface already left out is only a debug line.
     if r.left_out != *left_out {
-        for note in r.left_out.iter().filter(|n| !left_out.contains(n)) {
-            println!("left out until it is back: {note}");
+        for (sel, note) in r.left_out.iter().filter(|n| !left_out.contains(n)) {
+            if left_out.iter().any(|(s, _)| s == sel) {
+                debug!("still left out: {note}");
+            } else {
+                info!("left out until it is back: {note}");
+            }
         }
         if r.left_out.is_empty() {
-            println!("every interface named in --interfaces is back");
+            info!("every interface named in --interfaces is back");
         }
         left_out.clone_from(&r.left_out);
     }
     if !r.changes.is_empty() {
-        let names: Vec<_> = r.managed.iter().map(|m| m.name.as_str()).collect();
-        let scope = match &r.idle {
-            Some(why) => format!("nothing to manage ({why}): removed enipin's state"),
-            None => format!("managing {}", names.join(", ")),
-        };
-        println!(
-            "reconciled after {} in {} ms: {} change(s), {scope}: {}",
-            why.text(),
-            took.as_millis(),
-            r.changes.len(),
-            r.changes.join("; ")
-        );
+        info!("{}", changed_line(r, why, took.as_millis()));
     } else if r.idle.is_some() && r.idle != *idle {
-        println!(
+        info!(
             "nothing to manage: {}",
             r.idle.as_deref().unwrap_or_default()
         );
@@ -372,7 +260,7 @@ fn missing(cfg: &Config, paths: &Paths, managed: &[ManagedInterface]) -> Vec<Str
 /// (no `$NOTIFY_SOCKET`).
 fn notify_ready() {
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        eprintln!("enipin watch: telling systemd READY=1 failed: {e}");
+        warn!("telling systemd READY=1 failed: {e}");
     }
 }
 
@@ -381,7 +269,7 @@ fn notify_ready() {
 async fn serve_metrics(listen: Option<SocketAddr>, telemetry: &Arc<Telemetry>) -> Result<()> {
     let Some(addr) = listen else { return Ok(()) };
     let listener = http::bind(addr).await?;
-    println!(
+    info!(
         "serving GET /metrics and GET /healthz on http://{}",
         listener.local_addr()?
     );
@@ -401,18 +289,18 @@ fn reload(reload: &Loader, running: &Settings) -> Option<Settings> {
     let new = match reload.load() {
         Ok(new) => new,
         Err(e) => {
-            eprintln!("enipin watch: SIGHUP: {e:#}; keeping the running configuration");
+            error!("SIGHUP: {e:#}; keeping the running configuration");
             return None;
         }
     };
     let changes = new.changes_from(running);
     if changes.is_empty() {
-        println!("SIGHUP: read {file}: no setting changed");
+        info!("SIGHUP: read {file}: no setting changed");
     } else {
-        println!("SIGHUP: read {file}: {}", changes.join(", "));
+        info!("SIGHUP: read {file}: {}", changes.join(", "));
     }
     if new.listen != running.listen {
-        println!(
+        warn!(
             "SIGHUP: metrics.listen {} takes effect when the watcher restarts; still serving on {}",
             new.listen, running.listen
         );
@@ -438,7 +326,7 @@ pub async fn watch(
     } else {
         " (not found: built-in defaults)"
     };
-    println!(
+    info!(
         "config file {}{found}; SIGHUP reads it again",
         settings.file.display()
     );
@@ -455,9 +343,11 @@ pub async fn watch(
     let mut why = Reasons::default();
     why.add(Some((0, "start".to_owned())));
     let now = Instant::now();
-    // When the next reconcile is due because of events (None: only the periodic one).
-    let mut due = Some(now);
-    let mut burst_start: Option<Instant> = None;
+    // The events (and signals, checks) not reconciled yet: the first reconcile is due at once.
+    let mut edges = Edges::default();
+    edges.event(now);
+    // The rules and routes the last reconcile removed, whose announcements are no news.
+    let mut own = OwnRemovals::default();
     let mut periodic = now + pacing.interval;
     // No reconcile before this (backoff after a failure).
     let mut hold = now;
@@ -465,7 +355,7 @@ pub async fn watch(
     let mut ready = false;
     // Why nothing is managed, as last reported.
     let mut idle: Option<String> = None;
-    let mut left_out: Vec<String> = Vec::new();
+    let mut left_out: Vec<(String, String)> = Vec::new();
     // What the last successful reconcile manages, for the cheap check, and its links held open.
     let mut managed: Vec<ManagedInterface> = Vec::new();
     let mut held = ebpf::HeldLinks::default();
@@ -473,19 +363,20 @@ pub async fn watch(
     let mut orphans = ebpf::HeldLinks::default();
     let mut check = tokio::time::interval(pacing.check);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    println!(
+    info!(
         "watching (interval {}s); SIGTERM/SIGINT stop the watcher and leave the state installed",
         pacing.interval.as_secs()
     );
     loop {
+        let due = edges.due(pacing.debounce, pacing.max_delay);
         let deadline = due.unwrap_or(periodic).min(periodic).max(hold);
         tokio::select! {
             _ = term.recv() => {
-                println!("SIGTERM: stopped watching; enipin's state stays installed (`enipin detach` removes it)");
+                info!("SIGTERM: stopped watching; enipin's state stays installed (`enipin detach` removes it)");
                 return Ok(());
             }
             _ = int.recv() => {
-                println!("SIGINT: stopped watching; enipin's state stays installed (`enipin detach` removes it)");
+                info!("SIGINT: stopped watching; enipin's state stays installed (`enipin detach` removes it)");
                 return Ok(());
             }
             _ = hup.recv() => {
@@ -498,30 +389,34 @@ pub async fn watch(
                     }
                     settings = new;
                 }
-                println!("SIGHUP: reconciling now (SIGHUP never stops the watcher)");
+                info!("SIGHUP: reconciling now (SIGHUP never stops the watcher)");
                 why.add(Some((0, "SIGHUP".to_owned())));
-                due = Some(Instant::now());
+                edges.event(Instant::now());
             }
             ev = events.next() => {
                 let now = Instant::now();
-                match ev {
-                    Some((msg, _)) => why.add(describe(&msg)),
+                let described = match ev {
+                    Some((msg, _)) => describe(&msg, &mut own),
                     None => {
                         // The kernel closed the socket: take a new one, then resync.
-                        eprintln!("enipin watch: the netlink event socket closed; subscribing again");
+                        warn!("the netlink event socket closed; subscribing again");
                         events = subscribe()?;
-                        why.add(Some((0, "event socket reopened (full resync)".to_owned())));
+                        Some((0, "event socket reopened (full resync)".to_owned()))
                     }
+                };
+                // An echo of enipin's own change needs no reconcile: a reconcile after one
+                // would find nothing to do, and its own echoes would start the next.
+                if described.is_some() {
+                    edges.event(now);
                 }
-                let start = *burst_start.get_or_insert(now);
-                due = Some((now + pacing.debounce).min(start + pacing.max_delay));
+                why.add(described);
             }
             () = drain(&mut logger) => {}
-            _ = check.tick(), if due.is_none() => {
+            _ = check.tick(), if !edges.is_pending() => {
                 let gone = missing(&cfg, paths, &managed);
                 if !gone.is_empty() {
                     why.add(Some((0, format!("gone without an event: {}", gone.join(", ")))));
-                    due = Some(Instant::now());
+                    edges.event(Instant::now());
                 }
             }
             () = sleep_until(deadline.into()) => {
@@ -545,9 +440,10 @@ pub async fn watch(
                         telemetry.succeeded(&r, repinned.len(), started.elapsed());
                         r.changes.splice(0..0, repinned);
                         report(&r, &why, started.elapsed(), &mut idle, &mut left_out);
+                        own.expect(&r.changes);
                         managed.clone_from(&r.managed);
                         if failures > 0 {
-                            println!("reconcile succeeded after {failures} failed attempt(s)");
+                            info!("reconcile succeeded after {failures} failed attempt(s)");
                         }
                         failures = 0;
                         if !ready {
@@ -555,64 +451,27 @@ pub async fn watch(
                             notify_ready();
                         }
                         why = Reasons::default();
-                        due = None;
+                        edges.reconciled(started, Instant::now());
                     }
                     Err(e) => {
                         telemetry.failed(&e, started.elapsed());
                         failures += 1;
                         let delay = pacing.backoff.saturating_mul(1 << (failures - 1).min(16)).min(pacing.max_backoff);
-                        eprintln!(
-                            "enipin watch: reconcile after {} failed (attempt {failures}, retrying in {}s); \
+                        error!(
+                            "reconcile after {} failed (attempt {failures}, retrying in {}s); \
                              the installed state is left as it was: {e:#}",
                             why.text(),
                             delay.as_secs_f32()
                         );
                         hold = Instant::now() + delay;
-                        due = Some(hold);
+                        edges.failed(Instant::now());
                     }
                 }
-                burst_start = None;
                 periodic = Instant::now() + pacing.interval;
                 if cfg.debug && cfg.ebpf {
                     follow_program(&mut logger, paths);
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reasons_put_links_and_addresses_first_and_count_echoes() {
-        let mut r = Reasons::default();
-        assert_eq!(r.text(), "0 netlink event(s)");
-        r.add(None);
-        assert_eq!(r.text(), "1 netlink event(s)");
-        r.add(Some((
-            2,
-            "route deleted `198.18.0.0/24 table 20003`".into(),
-        )));
-        r.add(Some((
-            1,
-            "rule deleted `from 198.18.0.11/32 lookup 20003 pref 20002 proto 229`".into(),
-        )));
-        r.add(Some((0, "link eth1 removed".into())));
-        r.add(Some((0, "link eth1 removed".into())));
-        assert_eq!(
-            r.text(),
-            "link eth1 removed, rule deleted `from 198.18.0.11/32 lookup 20003 pref 20002 proto 229`, \
-             route deleted `198.18.0.0/24 table 20003`"
-        );
-        r.add(Some((0, "address 198.18.0.21/24 deleted from eth1".into())));
-        assert!(
-            r.text()
-                .starts_with("link eth1 removed, address 198.18.0.21/24"),
-            "{}",
-            r.text()
-        );
-        assert!(r.text().ends_with(" and 1 more"), "{}", r.text());
     }
 }

@@ -193,7 +193,7 @@ fn foreign_rules_are_conflicts_and_attach_warns_of_them_once() {
     let out = e.cmd(&["attach"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "attach refused: {err}");
-    assert_eq!(err.matches("warning: rules: ").count(), 1, "{err}");
+    assert_eq!(err.matches("WARN doctor: rules: ").count(), 1, "{err}");
     assert!(err.contains("out of eth0, not eth1"), "{err}");
     e.ok(&["detach"]);
 
@@ -281,7 +281,7 @@ fn watch_prints_the_conflicts_once_at_start() {
         .unwrap();
     let _ = watch.wait();
     assert!(pin.exists(), "watch never attached: {err}");
-    assert_eq!(err.matches("warning: rules: ").count(), 1, "{err}");
+    assert_eq!(err.matches("WARN doctor: rules: ").count(), 1, "{err}");
     e.ok(&["detach"]);
 }
 

@@ -123,7 +123,7 @@ fn metrics_server_warns_when_it_listens_beyond_loopback() {
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("warning") && l.contains("not a loopback address")),
+            .any(|l| l.contains("WARN") && l.contains("not a loopback address")),
         "no warning for 0.0.0.0: {lines:?}"
     );
     enipin.ok(&["detach"]);

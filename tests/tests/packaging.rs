@@ -461,7 +461,13 @@ fn image_runs_watch_under_podman_and_enforcement_outlives_the_container() {
         Duration::from_secs(20),
         || topo.peer().ping(SECONDARY, 1).unwrap(),
     );
-    let logs = ok(podman().args(["logs", &ctr.name]));
+    // watch logs on stderr, which `podman logs` passes on as its own stderr.
+    let logs = out(podman().args(["logs", &ctr.name]));
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
+    );
     assert!(
         logs.contains("watching"),
         "the image's default command is not watch:\n{logs}"

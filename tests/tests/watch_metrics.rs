@@ -72,20 +72,22 @@ fn watch_serves_linted_metrics_and_health_that_follows_the_datapath() {
     let e = Enipin::in_ns(topo.host());
     let mut child = e
         .command(&["watch", "--metrics-listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
+    // The banner is a log line: on stderr, after its timestamp and level.
+    let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(l);
         }
     });
     let addr: SocketAddr = until("metrics banner", Duration::from_secs(10), || {
         let l = rx.recv_timeout(Duration::from_millis(50)).ok()?;
-        l.strip_prefix("serving GET /metrics and GET /healthz on http://")?
+        l.split_once("serving GET /metrics and GET /healthz on http://")?
+            .1
             .parse()
             .ok()
     });

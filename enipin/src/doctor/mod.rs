@@ -184,15 +184,15 @@ pub(crate) async fn warn_conflicts(cfg: &Config, paths: &Paths) {
                     .fix
                     .as_deref()
                     .map(|f| format!(" (fix: {})", f.replace('\n', " / ")));
-                eprintln!(
-                    "warning: {}: {}{}",
+                tracing::warn!(
+                    "doctor: {}: {}{}",
                     c.check,
                     c.meaning,
                     fix.unwrap_or_default()
                 );
             }
         }
-        Err(e) => eprintln!("warning: `enipin doctor`'s checks failed: {e:#}"),
+        Err(e) => tracing::warn!("`enipin doctor`'s checks failed: {e:#}"),
     }
 }
 

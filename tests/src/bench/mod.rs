@@ -4,6 +4,7 @@
 pub mod cost;
 pub mod datapath;
 pub mod footprint;
+pub mod reaction;
 
 use std::{
     os::unix::process::ExitStatusExt as _,

@@ -12,6 +12,8 @@
 //!    method (a shell loop of `ip rule add` / `ip route add`), and enipin's peak RSS;
 //! 4. watch: `enipin watch`'s peak RSS while it serves its metrics on the same fleet, and the
 //!    time of one scrape (`bench::footprint`).
+//! 4. watch: how fast `enipin watch` restores a deleted rule or route and manages a new address,
+//!    and what a burst of 400 addresses costs (`bench::reaction`).
 
 use std::{
     path::{Path, PathBuf},
@@ -78,6 +80,9 @@ fn main() -> Result<()> {
     }
     if want("watch") {
         rows.extend(watch_footprint(args.quick, args.rounds).context("watch's footprint")?);
+        rows.extend(
+            bench::reaction::run(args.quick, args.rounds).context("watch's reaction times")?,
+        );
     }
     let md = bench::markdown(&rows, args.quick, started.elapsed(), &load_before);
     print!("{md}");
