@@ -43,6 +43,17 @@ pub enum Attach {
     Netlink,
 }
 
+/// Where addresses and delegated prefixes come from besides netlink (`--metadata`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetadataSource {
+    /// Netlink alone: what the interfaces have is what enipin manages.
+    #[default]
+    None,
+    /// EC2's instance metadata service (IMDSv2): each ENI's secondary addresses and prefixes.
+    Aws,
+}
+
 /// Where enipin keeps what the kernel cannot tell back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Paths {
@@ -81,6 +92,15 @@ pub struct Config {
     /// State files written before this field existed read as `Auto`.
     #[serde(default)]
     pub attach: Attach,
+    /// Secondary addresses and delegated prefixes from the cloud's metadata too.
+    #[serde(default)]
+    pub metadata: MetadataSource,
+    /// The metadata service's base URL (`None`: the cloud's own, with its fallbacks).
+    #[serde(default)]
+    pub metadata_endpoint: Option<String>,
+    /// Add the addresses metadata assigns that an interface lacks (and remove them again).
+    #[serde(default)]
+    pub configure_addresses: bool,
 }
 
 impl Default for Config {
@@ -97,6 +117,9 @@ impl Default for Config {
             mode: Mode::Enforce,
             debug: false,
             attach: Attach::Auto,
+            metadata: MetadataSource::None,
+            metadata_endpoint: None,
+            configure_addresses: false,
         }
     }
 }
@@ -172,8 +195,24 @@ mod tests {
         );
         let mut back = serde_json::to_value(&cfg).unwrap();
         // Fields added since default, and are the only difference.
-        let added = back.as_object_mut().unwrap().remove("attach");
-        assert_eq!(added, Some("auto".into()));
+        let fields = back.as_object_mut().unwrap();
+        let added: Vec<_> = [
+            "attach",
+            "metadata",
+            "metadata_endpoint",
+            "configure_addresses",
+        ]
+        .map(|k| fields.remove(k).unwrap())
+        .into();
+        assert_eq!(
+            added,
+            [
+                "auto".into(),
+                "none".into(),
+                serde_json::Value::Null,
+                false.into()
+            ]
+        );
         assert_eq!(
             back,
             serde_json::from_str::<serde_json::Value>(json).unwrap()

@@ -6,6 +6,7 @@
 //! applier, for the TC egress enforcer. [`snapshot`] is the connect + discover + select every
 //! command starts with; [`commands`] are `attach`, `detach` and `status`.
 
+mod address;
 mod apply;
 pub mod commands;
 pub mod config;
@@ -17,6 +18,11 @@ pub mod ebpf;
 mod ebpf;
 mod http;
 pub mod lab;
+#[cfg(feature = "testing")]
+pub mod metadata;
+#[cfg(not(feature = "testing"))]
+#[allow(unreachable_pub)] // its `pub` items are for enipin-tests
+mod metadata;
 pub mod metrics;
 #[cfg(feature = "testing")]
 pub mod model;

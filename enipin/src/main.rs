@@ -4,7 +4,7 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use clap::{CommandFactory as _, Parser, Subcommand};
-use enipin::config::{self, Config, DelegatedPrefix, Mode, Paths};
+use enipin::config::{self, Config, DelegatedPrefix, MetadataSource, Mode, Paths};
 
 /// Pins every reply to the network interface (ENI) that owns its source address.
 #[derive(Parser, Debug)]
@@ -62,6 +62,34 @@ struct Layers {
     debug: bool,
 }
 
+/// Addresses and prefixes from the cloud's metadata (`attach` and `watch`).
+#[derive(clap::Args, Debug, Clone)]
+struct Metadata {
+    /// Also manage the secondary addresses and delegated prefixes the cloud's metadata assigns
+    /// each ENI (aws: IMDSv2). Off by default: netlink alone.
+    #[arg(long, value_enum, default_value_t = MetadataSource::None)]
+    metadata: MetadataSource,
+    /// The metadata service's base URL (default: aws's http://169.254.169.254, then
+    /// http://[fd00:ec2::254]).
+    #[arg(long, value_name = "URL")]
+    metadata_endpoint: Option<String>,
+    /// Add the addresses metadata assigns that an interface lacks (marked as enipin's), and
+    /// remove them when metadata stops listing them and on detach. Needs --metadata.
+    #[arg(long, requires = "metadata")]
+    configure_addresses: bool,
+}
+
+impl Metadata {
+    fn apply(self, cfg: Config) -> Config {
+        Config {
+            metadata: self.metadata,
+            metadata_endpoint: self.metadata_endpoint,
+            configure_addresses: self.configure_addresses,
+            ..cfg
+        }
+    }
+}
+
 impl Layers {
     fn apply(self, cfg: Config) -> Config {
         Config {
@@ -83,6 +111,8 @@ enum Command {
         sel: Selection,
         #[command(flatten)]
         layers: Layers,
+        #[command(flatten)]
+        metadata: Metadata,
         /// Print what would change, change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -105,9 +135,14 @@ enum Command {
         sel: Selection,
         #[command(flatten)]
         layers: Layers,
+        #[command(flatten)]
+        metadata: Metadata,
         /// Seconds between reconciles when no event arrives (a safety net for missed events).
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
         interval: u64,
+        /// With --metadata: seconds between metadata lookups (the service sends no event).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        metadata_interval: u64,
         /// Serve GET /metrics (datapath and control plane) and GET /healthz on this address;
         /// `none` serves nothing. A non-loopback address is allowed, with a warning.
         #[arg(long, default_value = "127.0.0.1:9717", value_parser = parse_listen)]
@@ -229,20 +264,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Attach {
             sel,
             layers,
+            metadata,
             dry_run,
             format,
         } => {
-            let cfg = layers.apply(sel.into_config());
+            let cfg = metadata.apply(layers.apply(sel.into_config()));
             enipin::commands::attach(&cfg, &paths, dry_run, format).await?;
         }
         Command::Watch {
             sel,
             layers,
+            metadata,
             interval,
+            metadata_interval,
             metrics_listen,
         } => {
-            let cfg = layers.apply(sel.into_config());
-            let pacing = enipin::watch::Pacing::new(std::time::Duration::from_secs(interval));
+            let cfg = metadata.apply(layers.apply(sel.into_config()));
+            let mut pacing = enipin::watch::Pacing::new(std::time::Duration::from_secs(interval));
+            pacing.metadata = std::time::Duration::from_secs(metadata_interval);
             enipin::watch::watch(&cfg, &paths, pacing, metrics_listen.0).await?;
         }
         Command::Detach => enipin::commands::detach(&paths).await?,

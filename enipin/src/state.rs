@@ -345,6 +345,8 @@ mod tests {
             ethernet: true,
             loopback: false,
             addrs: Vec::new(),
+            ours: Vec::new(),
+            meta: None,
         }
     }
 

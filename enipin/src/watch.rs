@@ -18,6 +18,10 @@
 //! reconciles the watcher holds its TCX links open ([`ebpf::HeldLinks`]): a removed pin does not
 //! detach the link, and is pinned back before the reconcile.
 //!
+//! With `--metadata`, every reconcile also asks the metadata service (at least every
+//! [`Pacing::metadata`], as it sends no event); an ENI whose metadata is unknown keeps its last
+//! known metadata for as long as the service fails ([`Tracker`]).
+//!
 //! SIGHUP asks for a full reconcile. SIGTERM / SIGINT stop the watcher between reconciles and
 //! leave the state installed, as `attach` does; `enipin detach` removes it.
 
@@ -42,6 +46,7 @@ use crate::{
     apply::{self, Reconciled},
     config::{Config, Paths},
     ebpf, http,
+    metadata::Tracker,
     model::ManagedInterface,
     netlink, state, sysctl,
     watch_metrics::Telemetry,
@@ -62,6 +67,9 @@ pub struct Pacing {
     pub max_backoff: Duration,
     /// Between the cheap checks of what sends no event (datapath pins and links, sysctls).
     pub check: Duration,
+    /// With `--metadata`: a reconcile (and so a metadata lookup) at least this often, since the
+    /// metadata service sends no event.
+    pub metadata: Duration,
 }
 
 impl Pacing {
@@ -76,6 +84,7 @@ impl Pacing {
             // Restored within a second (check + reconcile, about 50 ms); each check costs a few
             // stats, a TCX query per managed interface and three sysctl reads per interface.
             check: Duration::from_millis(250),
+            metadata: Duration::from_secs(10),
         }
     }
 }
@@ -324,8 +333,13 @@ fn report(
             Some(why) => format!("nothing to manage ({why}): removed enipin's state"),
             None => format!("managing {}", names.join(", ")),
         };
+        let metadata = r
+            .metadata
+            .as_ref()
+            .map(|v| format!(" ({} metadata request(s))", v.requests))
+            .unwrap_or_default();
         println!(
-            "reconciled after {} in {} ms: {} change(s), {scope}: {}",
+            "reconciled after {} in {} ms{metadata}: {} change(s), {scope}: {}",
             why.text(),
             took.as_millis(),
             r.changes.len(),
@@ -428,6 +442,11 @@ pub async fn watch(
     let mut held = ebpf::HeldLinks::default();
     // Held links whose pins are gone for good, kept until a reconcile has attached anew.
     let mut orphans = ebpf::HeldLinks::default();
+    // The metadata client, its token and every ENI's last known metadata, across reconciles.
+    let mut tracker = Tracker::new(cfg);
+    let mut metadata_poll =
+        tokio::time::interval_at((Instant::now() + pacing.metadata).into(), pacing.metadata);
+    metadata_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check = tokio::time::interval(pacing.check);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     println!(
@@ -465,6 +484,10 @@ pub async fn watch(
                 due = Some((now + pacing.debounce).min(start + pacing.max_delay));
             }
             () = drain(&mut logger) => {}
+            _ = metadata_poll.tick(), if tracker.is_some() && due.is_none() => {
+                why.add(Some((0, "metadata refresh".to_owned())));
+                due = Some(Instant::now());
+            }
             _ = check.tick(), if due.is_none() => {
                 let gone = missing(cfg, paths, &managed);
                 if !gone.is_empty() {
@@ -481,7 +504,7 @@ pub async fn watch(
                 // (those that lost their pin for good keep enforcing until it attached anew).
                 let (repinned, lost) = std::mem::take(&mut held).repin(paths);
                 orphans.extend(lost);
-                let result = apply::reconcile(cfg, paths).await;
+                let result = apply::reconcile(cfg, paths, tracker.as_mut()).await;
                 if cfg.ebpf {
                     held = ebpf::HeldLinks::hold(paths);
                 }

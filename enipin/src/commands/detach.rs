@@ -4,7 +4,7 @@ use anyhow::{Result, anyhow};
 use enipin_ebpf::PROGRAM;
 
 use crate::{
-    apply,
+    address, apply,
     config::Paths,
     ebpf,
     plan::{self, Change, DiffFormat},
@@ -106,6 +106,8 @@ fn removals(s: &Snapshot, st: Option<&state::State>) -> Vec<Change> {
     let (rules, routes) = plan::installed(&s.discovery);
     let mut changes: Vec<Change> = rules.into_iter().map(Change::DelRule).collect();
     changes.extend(routes.into_iter().map(Change::DelRoute));
+    // The addresses `--configure-addresses` added, found by their protocol.
+    changes.extend(address::ours(&s.discovery));
     for saved in st.iter().flat_map(|s| &s.sysctls) {
         // An interface that is gone took its sysctls with it.
         let Some(iface) = saved.find(&s.discovery.interfaces) else {
