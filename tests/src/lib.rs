@@ -2,7 +2,8 @@
 //! `enipin::testbed`), the seed topology (`enipin::lab::Topology`), the CLI run inside a namespace
 //! with its own pin and state directories ([`Enipin`]), dumps for before/after comparisons, code
 //! run on a thread inside a namespace ([`in_ns`]), veth beds for test-runs ([`VethBed`]) and the
-//! one BPF_PROG_TEST_RUN wrapper ([`test_run()`], with the `TC_ACT_*` verdicts).
+//! one BPF_PROG_TEST_RUN wrapper ([`test_run()`], with the `TC_ACT_*` verdicts), and a metadata
+//! server with faults to inject ([`imds`]).
 //! Every test network is `Topology` (`Spec` varies it): add what a test needs there, not here.
 //!
 //! Tests never skip: [`require`] panics with what is missing (root, bpffs, ip, tc, nft, ping, the
@@ -15,6 +16,7 @@
 pub mod bed;
 pub mod bench;
 pub mod frames;
+pub mod imds;
 pub mod test_run;
 
 use std::{

@@ -7,7 +7,7 @@
 //! unknown, never empty.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
@@ -321,16 +321,6 @@ fn parse_mac(s: &str) -> Result<MacAddr, String> {
     bytes
         .try_into()
         .map_err(|_| format!("{s:?} is not a MAC address"))
-}
-
-impl EniMetadata {
-    /// Every address the ENI is assigned, IPv4 then IPv6.
-    pub(crate) fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.ipv4s
-            .iter()
-            .map(|a| IpAddr::V4(*a))
-            .chain(self.ipv6s.iter().map(|a| IpAddr::V6(*a)))
-    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub(crate) mod transport;
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
@@ -51,6 +51,16 @@ pub struct EniMetadata {
     pub prefixes: Vec<Cidr>,
     /// The subnet's IPv4 block and IPv6 blocks.
     pub subnets: Vec<Cidr>,
+}
+
+impl EniMetadata {
+    /// Every address the ENI is assigned, IPv4 then IPv6.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ipv4s
+            .iter()
+            .map(|a| IpAddr::V4(*a))
+            .chain(self.ipv6s.iter().map(|a| IpAddr::V6(*a)))
+    }
 }
 
 /// One ENI's lookup.
@@ -178,7 +188,11 @@ impl Tracker {
         let start = self.source.sent();
         let now = Instant::now();
         let mut view = View::default();
-        if !self.listing.waiting(now) {
+        // The listing is needed only for ENIs that are not backing off (or for a new one).
+        let due = wanted
+            .iter()
+            .any(|m| !self.enis.get(m).is_some_and(|b| b.waiting(now)));
+        if !self.listing.waiting(now) && (due || self.macs.is_none()) {
             match self.source.macs().await {
                 Ok(m) => {
                     let ended = self.listing.succeeded();
@@ -190,7 +204,7 @@ impl Tracker {
                     self.macs = Some(m);
                 }
                 Err(e) => {
-                    if self.listing.failed(now, e.clone()) {
+                    if self.listing.failed(Instant::now(), e.clone()) {
                         eprintln!(
                             "enipin: metadata unknown ({e}); keeping every ENI's last known \
                              metadata and retrying with backoff (said once until it answers)"
@@ -230,7 +244,12 @@ impl Tracker {
                     view.known.insert(*mac, m);
                 }
                 Lookup::Unknown(e) => {
-                    if self.enis.entry(*mac).or_default().failed(now, e.clone()) {
+                    if self
+                        .enis
+                        .entry(*mac)
+                        .or_default()
+                        .failed(Instant::now(), e.clone())
+                    {
                         eprintln!(
                             "enipin: metadata of {} unknown ({e}); keeping its last known \
                              metadata and retrying with backoff (said once until it answers)",
