@@ -185,10 +185,10 @@ impl Imds {
             .collect()
     }
 
-    /// The most requests served in any one-second window.
-    pub fn peak_per_second(&self) -> usize {
+    /// The most requests served in any one-second window, from the `since`-th request on.
+    pub fn peak_per_second(&self, since: usize) -> usize {
         let s = self.shared.lock().unwrap();
-        let times: Vec<Instant> = s.log.iter().map(|(t, _)| *t).collect();
+        let times: Vec<Instant> = s.log.iter().skip(since).map(|(t, _)| *t).collect();
         (0..times.len())
             .map(|i| {
                 times[i..]
