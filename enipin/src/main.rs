@@ -184,6 +184,10 @@ enum Command {
         /// Leave the namespaces in place and print how to enter them.
         #[arg(long)]
         keep: bool,
+        /// The metadata scenario: the secondary ENI's second address exists only in a metadata
+        /// server (IMDSv2, in the lab); `attach --metadata aws --configure-addresses` adds it.
+        #[arg(long)]
+        metadata: bool,
     },
     /// Shell completions on stdout (the packages install them).
     #[command(hide = true)]
@@ -296,7 +300,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = sel.into_config();
             enipin::render::render(&cfg, format).await?;
         }
-        Command::Lab { keep } => return enipin::lab::run(keep).await,
+        Command::Lab { keep, metadata } => return enipin::lab::run(keep, metadata).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "enipin", &mut std::io::stdout());
         }

@@ -16,7 +16,6 @@
 pub mod bed;
 pub mod bench;
 pub mod frames;
-pub mod imds;
 pub mod test_run;
 
 use std::{
@@ -27,7 +26,7 @@ use std::{
 pub use bed::VethBed;
 pub use enipin::{
     lab::{
-        self, Drops, EniSpec, Snapshot, Spec, Topology,
+        self, Drops, EniSpec, Snapshot, Spec, Topology, imds,
         snapshot::{pins, routes, rules, sysctls, tc, tcx_programs},
     },
     testbed::{self, Dirs, Netns, PinDir, TempDir, sh, unique, veth},

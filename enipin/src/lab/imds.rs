@@ -1,4 +1,4 @@
-//! A metadata server for the tests: IMDSv2 (token `PUT`, token-checked `GET`s, the ENI keys
+//! A metadata server for the lab and the tests: IMDSv2 (token `PUT`, token-checked `GET`s, the ENI keys
 //! under `/latest/meta-data/network/interfaces/macs/`) over a real TCP socket, served by hyper on
 //! a thread that entered a test namespace, at [`ADDR`] on that namespace's loopback (so the
 //! client in the namespace reaches it without any packet leaving it). Never 169.254.169.254.
@@ -24,7 +24,7 @@ use hyper::{Method, Request, Response, StatusCode, server::conn::http1, service:
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::Netns;
+use crate::testbed::Netns;
 
 /// The server's address, on the namespace's loopback: inside 198.18.0.0/15, clear of the lab's
 /// subnets (198.18.0.0/24, 198.18.1.0/24).
@@ -33,6 +33,7 @@ pub const ADDR: &str = "198.19.169.254";
 /// A fault every request meets until cleared.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Fault {
+    /// Every request is answered as IMDSv2 would.
     #[default]
     None,
     /// Every request answers this status (500: the service failing).
@@ -46,7 +47,9 @@ pub enum Fault {
 /// One ENI: MAC (`02:..`) and its keys (`local-ipv4s` → "198.18.0.11\n198.18.0.21").
 #[derive(Clone, Debug, Default)]
 pub struct FakeEni {
+    /// `02:...`, as the service lists it.
     pub mac: String,
+    /// Key (`local-ipv4s`) → body.
     pub keys: BTreeMap<String, String>,
 }
 
@@ -104,7 +107,7 @@ impl Imds {
         let s = Arc::clone(&shared);
         let thread = std::thread::spawn(move || {
             let run = || -> Result<()> {
-                enipin::netns::enter(&name)?;
+                crate::netns::enter(&name)?;
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
@@ -150,6 +153,7 @@ impl Imds {
         self.shared.lock().unwrap().enis.push(eni);
     }
 
+    /// Every request meets `f` from now on (`Fault::None` clears it).
     pub fn fault(&self, f: Fault) {
         self.shared.lock().unwrap().fault = f;
     }
