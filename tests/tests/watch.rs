@@ -714,7 +714,8 @@ fn watch_with_metadata_survives_every_outage_and_follows_secondary_addresses() {
 
     // Every fault for about two metadata lookups: nothing removed, EXTRA keeps answering.
     type Fault = enipin_tests::imds::Fault;
-    let faults: [(&str, &dyn Fn(&Imds), &dyn Fn(&Imds)); 5] = [
+    type Act<'a> = &'a dyn Fn(&Imds);
+    let faults: [(&str, Act, Act); 5] = [
         ("500", &|i| i.fault(Fault::Status(500)), &|i| {
             i.fault(Fault::None)
         }),
@@ -848,5 +849,57 @@ fn watch_with_metadata_survives_every_outage_and_follows_secondary_addresses() {
         before.diff(&after),
         Vec::<String>::new(),
         "detach left residue"
+    );
+}
+
+/// `attach --metadata` while the service fails changes nothing and says what to do; once it
+/// answers, attach adds what metadata lists, and detach removes exactly that: not an address
+/// someone else added, not one metadata lists that was there before.
+#[test]
+fn attach_with_unknown_metadata_changes_nothing_and_detach_removes_only_what_it_added() {
+    let (topo, imds) = metadata_topology();
+    let e = Enipin::in_ns(topo.host());
+    topo.host()
+        .ip(&["addr", "add", "198.18.0.30/32", "dev", "eth1"])
+        .unwrap();
+    let before = Snapshot::take(topo.host(), &["eth0", "eth1"], e.pins.path()).unwrap();
+    let url = imds.url();
+    let attach = [
+        "attach",
+        "--metadata",
+        "aws",
+        "--metadata-endpoint",
+        &url,
+        "--configure-addresses",
+    ];
+    imds.fault(enipin_tests::imds::Fault::Status(500));
+    let err = e.fails(&attach);
+    assert!(
+        err.contains("is unknown (") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(err.contains("attach without --metadata"), "{err}");
+    assert!(!e.state_file().exists(), "a failed attach wrote its state");
+    let after = Snapshot::take(topo.host(), &["eth0", "eth1"], e.pins.path()).unwrap();
+    assert_eq!(before.diff(&after), Vec::<String>::new());
+
+    imds.fault(enipin_tests::imds::Fault::None);
+    let out = e.ok(&attach);
+    assert!(out.contains("+ address 198.18.0.21/32 dev eth1"), "{out}");
+    assert!(!out.contains("+ address 198.18.0.11"), "{out}");
+    assert!(on_eth1(&topo, EXTRA));
+    assert!(topo.peer().ping(EXTRA, 3).unwrap());
+    let out = e.ok(&["detach"]);
+    assert!(out.contains("- address 198.18.0.21/32 dev eth1"), "{out}");
+    assert_eq!(out.matches("- address").count(), 1, "{out}");
+    let after = Snapshot::take(topo.host(), &["eth0", "eth1"], e.pins.path()).unwrap();
+    assert_eq!(
+        before.diff(&after),
+        Vec::<String>::new(),
+        "detach left residue"
+    );
+    assert!(
+        eth1_v4(&topo).contains("198.18.0.30/32"),
+        "detach removed a foreign address"
     );
 }
