@@ -239,6 +239,7 @@ fn lab_metadata_adds_the_address_only_metadata_lists_and_detach_removes_it() {
         "status",
         "detach",
         "residue",
+        "metadata-address-removed",
         "cleanup",
     ] {
         let s = report

@@ -420,7 +420,19 @@ impl<'a> Lab<'a> {
         let (ok, res) = self.enipin(&["status"])?;
         self.r
             .push(4, "status", "enipin status".into(), "exit 0", ok, res);
-        self.detach(snap_before)
+        self.detach(snap_before)?;
+        // The dumps compare rules, routes, tc, pins and sysctls: the address is checked here.
+        let left = self.topo.host().ip(&["-4", "addr", "show", "dev", &name])?;
+        let gone = !left.contains(&format!("inet {m}/"));
+        self.r.push(
+            5,
+            "metadata-address-removed",
+            format!("{m} on {name} after detach"),
+            "gone",
+            gone,
+            if gone { "gone" } else { "still there" }.into(),
+        );
+        Ok(())
     }
 
     /// The namespaces and every ENI with its MAC and addresses.
