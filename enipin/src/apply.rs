@@ -219,6 +219,7 @@ pub(crate) async fn commit(nl: &Netlink, p: Pending, cfg: &Config, paths: &Paths
             st.remember(m, key.knob(), old);
         }
     }
+    st.record_addresses(&p.plan.changes, &p.managed);
     st.config = Some(cfg.clone());
     st.managed = p.managed.clone();
     if cfg.ebpf {
@@ -305,7 +306,7 @@ pub(crate) async fn reconcile(
     metadata: Option<&mut Tracker>,
 ) -> Result<Reconciled> {
     let previous = state::load(paths)?;
-    let (s, view) = Snapshot::select_with(cfg, Named::Present, metadata).await?;
+    let (s, view) = Snapshot::select_with(cfg, Named::Present, metadata, previous.as_ref()).await?;
     let left_out = s.refused.iter().map(ToString::to_string).collect();
     let (managed, idle) = match s.selection {
         Selection::Managed(m) => (m, None),

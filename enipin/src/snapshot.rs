@@ -9,6 +9,7 @@ use crate::{
     metadata::{self, Tracker, View},
     netlink::Netlink,
     plan::{self, Refusal, Selection},
+    state::State,
 };
 
 /// What a selection does with an interface named in `--interfaces` that is missing, down or
@@ -47,17 +48,24 @@ impl Snapshot {
 
     /// Takes a snapshot and selects the managed interfaces for `cfg`.
     pub(crate) async fn select(cfg: &Config, named: Named) -> Result<Selected> {
-        Self::select_with(cfg, named, None).await.map(|(s, _)| s)
+        Self::select_with(cfg, named, None, None)
+            .await
+            .map(|(s, _)| s)
     }
 
     /// [`Snapshot::select`], with the addresses and prefixes `metadata` knows of the candidate
-    /// interfaces merged in first; returns the metadata's view too (`None` without it).
+    /// interfaces merged in first (the addresses `state` records as enipin's marked so first);
+    /// returns the metadata's view too (`None` without it).
     pub(crate) async fn select_with(
         cfg: &Config,
         named: Named,
         metadata: Option<&mut Tracker>,
+        state: Option<&State>,
     ) -> Result<(Selected, Option<View>)> {
         let mut snapshot = Self::take().await?;
+        if let Some(st) = state {
+            st.mark_addresses(&mut snapshot.discovery);
+        }
         let view = match metadata {
             Some(t) => {
                 let macs = plan::candidate_macs(&snapshot.discovery, cfg);

@@ -26,7 +26,8 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
     // A corrupt state file stops us before anything changes.
     let previous = state::load(paths)?;
     let mut tracker = Tracker::new(cfg);
-    let (s, view) = Snapshot::select_with(cfg, Named::Strict, tracker.as_mut()).await?;
+    let (s, view) =
+        Snapshot::select_with(cfg, Named::Strict, tracker.as_mut(), previous.as_ref()).await?;
     if let Some((mac, why)) = view.as_ref().and_then(|v| v.unknown.iter().next()) {
         bail!(
             "the metadata of ENI {} is unknown ({why}); nothing was changed. Check that the \

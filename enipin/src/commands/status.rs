@@ -132,7 +132,8 @@ impl StatusReport {
             .and_then(|s| s.config.clone())
             .unwrap_or_default();
         let mut tracker = Tracker::new(&cfg);
-        let (s, view) = Snapshot::select_with(&cfg, Named::Strict, tracker.as_mut()).await?;
+        let (s, view) =
+            Snapshot::select_with(&cfg, Named::Strict, tracker.as_mut(), st.as_ref()).await?;
         let d = &s.snapshot.discovery;
         let managed = match s.selection {
             Selection::Managed(m) => m,
