@@ -167,6 +167,22 @@ fn a_refused_connection_keeps_the_last_known_metadata() {
     // The kept connection is closed first ("connection closed before message completed"), then
     // connections are refused.
     outage(|i| i.refuse(true), |i| i.refuse(false), "connection");
+    let ns = Netns::new("md-").unwrap();
+    let imds = server(&ns);
+    let refused = with_client(&ns, &imds, async |t| {
+        t.refresh(&MACS).await;
+        imds.refuse(true);
+        t.refresh(&MACS).await;
+        tokio::time::sleep(AFTER_BACKOFF).await;
+        t.refresh(&MACS).await
+    });
+    let why = refused.unknown.get(&MACS[1]).cloned().unwrap_or_default();
+    assert!(why.contains("Connection refused"), "{refused:?}");
+    assert_eq!(
+        addrs(&refused).len(),
+        3,
+        "the last known metadata stands in"
+    );
 }
 
 #[test]

@@ -109,8 +109,8 @@ impl Source {
 struct Backoff {
     failures: u32,
     until: Option<Instant>,
-    /// The failure being backed off, said once when it started.
-    reason: String,
+    /// The latest failure (what a view reports; the first one is logged when it happens).
+    last: String,
 }
 
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
@@ -129,11 +129,8 @@ impl Backoff {
             .min(BACKOFF_MAX);
         let delay = full / 2 + full.mul_f64(fastrand::f64() / 2.0);
         self.until = Some(now + delay);
-        let first = self.failures == 1;
-        if first {
-            self.reason = reason;
-        }
-        first
+        self.last = reason;
+        self.failures == 1
     }
 
     /// Records a success; returns the failures it ends (0: there was no outage).
@@ -216,7 +213,7 @@ impl Tracker {
         }
         let Some((listed, primary)) = self.macs.clone() else {
             for mac in wanted {
-                self.stand_in(&mut view, *mac, &self.listing.reason.clone());
+                self.stand_in(&mut view, *mac, &self.listing.last.clone());
             }
             view.requests = self.source.sent() - start;
             return view;
@@ -227,7 +224,7 @@ impl Tracker {
             }
             let backoff = self.enis.entry(*mac).or_default();
             if backoff.waiting(now) {
-                let why = backoff.reason.clone();
+                let why = backoff.last.clone();
                 self.stand_in(&mut view, *mac, &why);
                 continue;
             }
@@ -292,10 +289,7 @@ mod tests {
             );
             assert!(b.waiting(now));
         }
-        assert_eq!(
-            b.reason, "fault 0",
-            "the outage's first failure is the one said"
-        );
+        assert_eq!(b.last, "fault 9", "the latest failure is the one reported");
         assert_eq!(b.succeeded(), 10);
         assert!(!b.waiting(now));
         assert_eq!(b.succeeded(), 0);
