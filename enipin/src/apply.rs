@@ -9,9 +9,11 @@
 use anyhow::Result;
 
 use crate::{
+    address,
     config::{Config, Paths},
     discover::Discovery,
     ebpf,
+    metadata::{Tracker, View},
     model::ManagedInterface,
     netlink::Netlink,
     plan::{self, Change, DiffFormat, Plan, Selection},
@@ -21,6 +23,17 @@ use crate::{
 
 /// Desired vs installed rules, routes and sysctls for `managed`.
 pub(crate) fn compute(d: &Discovery, managed: &[ManagedInterface], cfg: &Config) -> Result<Plan> {
+    let mut plan = routing(d, managed, cfg)?;
+    // Addresses first (a rule may name one) and removals last (after their rules).
+    if cfg.configure_addresses {
+        let (adds, dels) = address::changes(d, managed);
+        plan.changes.splice(0..0, adds);
+        plan.changes.extend(dels);
+    }
+    Ok(plan)
+}
+
+fn routing(d: &Discovery, managed: &[ManagedInterface], cfg: &Config) -> Result<Plan> {
     if !cfg.rules {
         return Ok(Plan::default());
     }
@@ -50,6 +63,8 @@ async fn step(nl: &Netlink, c: &Change) -> Result<()> {
         Change::DelRule(r) => nl.del_rule(r).await,
         Change::AddRoute(r) => nl.add_route(r).await,
         Change::DelRoute(r) => nl.del_route(r).await,
+        Change::AddAddress(a) => nl.add_address(a).await,
+        Change::DelAddress(a) => nl.del_address(a).await,
         Change::Sysctl { key, new, .. } => sysctl::write(key, new),
     }
 }
@@ -204,6 +219,7 @@ pub(crate) async fn commit(nl: &Netlink, p: Pending, cfg: &Config, paths: &Paths
             st.remember(m, key.knob(), old);
         }
     }
+    st.record_addresses(&p.plan.changes, &p.managed);
     st.config = Some(cfg.clone());
     st.managed = p.managed.clone();
     if cfg.ebpf {
@@ -242,6 +258,8 @@ fn drift(p: &Pending) -> Drift {
         Change::DelRule(_) => ("rule", false),
         Change::AddRoute(_) => ("route", true),
         Change::DelRoute(_) => ("route", false),
+        Change::AddAddress(_) => ("address", true),
+        Change::DelAddress(_) => ("address", false),
         Change::Sysctl { .. } => ("sysctl", true),
     });
     let datapath = p
@@ -270,6 +288,8 @@ pub(crate) struct Reconciled {
     pub left_out: Vec<(String, String)>,
     /// What the plan found out of place before applying it.
     pub drift: Drift,
+    /// What metadata said this pass (`None` without `--metadata`).
+    pub metadata: Option<View>,
 }
 
 /// One pass of the same plan/apply `attach` does, for a caller that holds the state lock
@@ -278,10 +298,15 @@ pub(crate) struct Reconciled {
 /// Unlike `attach`, a successful discovery that selects nothing (the last interface sharing a
 /// subnet was detached, its last address removed) is a desired state too: enipin's own rules,
 /// routes and datapath go (sysctls stay recorded for `detach`). A failed discovery is an error
-/// and changes nothing.
-pub(crate) async fn reconcile(cfg: &Config, paths: &Paths) -> Result<Reconciled> {
+/// and changes nothing. With `metadata`, an ENI whose metadata is unknown keeps its last known
+/// metadata (the tracker's), so a failing service removes nothing.
+pub(crate) async fn reconcile(
+    cfg: &Config,
+    paths: &Paths,
+    metadata: Option<&mut Tracker>,
+) -> Result<Reconciled> {
     let previous = state::load(paths)?;
-    let s = Snapshot::select(cfg, Named::Present).await?;
+    let (s, view) = Snapshot::select_with(cfg, Named::Present, metadata, previous.as_ref()).await?;
     let left_out = s
         .refused
         .iter()
@@ -303,5 +328,6 @@ pub(crate) async fn reconcile(cfg: &Config, paths: &Paths) -> Result<Reconciled>
         idle,
         left_out,
         drift,
+        metadata: view,
     })
 }

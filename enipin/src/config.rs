@@ -26,6 +26,9 @@ pub const DEFAULT_STATE_DIR: &str = "/run/enipin";
 /// Default `--interval` of `watch`, in seconds: a safety net for missed events only (every
 /// event reconciles at once), so it can be long.
 pub const DEFAULT_INTERVAL: u64 = 30;
+/// Default `watch --metadata-interval` / `metadata.interval`, seconds: a lookup of every ENI's
+/// metadata at least this often (the service sends no event): 9 requests per ENI and 2 more each time.
+pub const DEFAULT_METADATA_INTERVAL: u64 = 10;
 /// Default `--metrics-listen` of `watch`: loopback only, 9717 as in the DaemonSet's probes.
 pub const DEFAULT_LISTEN: Listen = Listen(Some(SocketAddr::new(
     IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
@@ -54,6 +57,17 @@ pub enum Attach {
     Tcx,
     /// A clsact filter even where TCX exists: how tests cover what kernels < 6.6 take.
     Netlink,
+}
+
+/// Where addresses and delegated prefixes come from besides netlink (`--metadata`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetadataSource {
+    /// Netlink alone: what the interfaces have is what enipin manages.
+    #[default]
+    None,
+    /// EC2's instance metadata service (IMDSv2): each ENI's secondary addresses and prefixes.
+    Aws,
 }
 
 /// Where enipin keeps what the kernel cannot tell back.
@@ -94,6 +108,15 @@ pub struct Config {
     /// State files written before this field existed read as `Auto`.
     #[serde(default)]
     pub attach: Attach,
+    /// Secondary addresses and delegated prefixes from the cloud's metadata too.
+    #[serde(default)]
+    pub metadata: MetadataSource,
+    /// The metadata service's base URL (`None`: the cloud's own, with its fallbacks).
+    #[serde(default)]
+    pub metadata_endpoint: Option<String>,
+    /// Add the addresses metadata assigns that an interface lacks (and remove them again).
+    #[serde(default)]
+    pub configure_addresses: bool,
 }
 
 impl Default for Config {
@@ -110,6 +133,9 @@ impl Default for Config {
             mode: Mode::Enforce,
             debug: false,
             attach: Attach::Auto,
+            metadata: MetadataSource::None,
+            metadata_endpoint: None,
+            configure_addresses: false,
         }
     }
 }
@@ -243,8 +269,24 @@ mod tests {
         );
         let mut back = serde_json::to_value(&cfg).unwrap();
         // Fields added since default, and are the only difference.
-        let added = back.as_object_mut().unwrap().remove("attach");
-        assert_eq!(added, Some("auto".into()));
+        let fields = back.as_object_mut().unwrap();
+        let added: Vec<_> = [
+            "attach",
+            "metadata",
+            "metadata_endpoint",
+            "configure_addresses",
+        ]
+        .map(|k| fields.remove(k).unwrap())
+        .into();
+        assert_eq!(
+            added,
+            [
+                "auto".into(),
+                "none".into(),
+                serde_json::Value::Null,
+                false.into()
+            ]
+        );
         assert_eq!(
             back,
             serde_json::from_str::<serde_json::Value>(json).unwrap()

@@ -15,7 +15,7 @@ use toml::{
     de::{DeTable, DeValue},
 };
 
-use crate::config::{Attach, DelegatedPrefix, Listen, Mode};
+use crate::config::{Attach, DelegatedPrefix, Listen, MetadataSource, Mode};
 
 /// Where enipin looks when neither `--config` nor `$ENIPIN_CONFIG` names a file.
 pub const DEFAULT_CONFIG: &str = "/etc/enipin/enipin.toml";
@@ -32,6 +32,7 @@ pub(crate) struct File {
     pub(crate) datapath: Datapath,
     pub(crate) watch: Watch,
     pub(crate) metrics: Metrics,
+    pub(crate) metadata: Metadata,
 }
 
 /// `[select]`: which interfaces, and the numbers of their tables and rules.
@@ -74,6 +75,16 @@ pub(crate) struct Watch {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Metrics {
     pub(crate) listen: Key<Listen>,
+}
+
+/// `[metadata]`: secondary addresses and delegated prefixes from the cloud's metadata service.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct Metadata {
+    pub(crate) source: Key<MetadataSource>,
+    pub(crate) endpoint: Key<String>,
+    pub(crate) configure_addresses: Key<bool>,
+    pub(crate) interval: Key<NonZeroU64>,
 }
 
 /// Which file to read: the default one may be missing (built-in defaults), one named by

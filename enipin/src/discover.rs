@@ -1,4 +1,4 @@
-//! What the kernel has now, read over netlink (the source of truth, never a metadata service):
+//! What the kernel has now, read over netlink (the source of truth; metadata only adds to it):
 //! interfaces with their addresses, the main table's default routes, and every rule and route.
 //! An error reading any of it is an error, never an empty list.
 
@@ -12,7 +12,7 @@ use netlink_packet_route::{
 };
 
 use crate::{
-    model::{Cidr, Interface, MacAddr},
+    model::{Cidr, Interface, MacAddr, RTPROT_ENIPIN},
     netlink::{self, Netlink},
     route::{InstalledRoute, InstalledRule, MAIN_TABLE},
 };
@@ -41,6 +41,8 @@ pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
             ethernet: link.header.link_layer_type == LinkLayerType::Ether,
             loopback: link.header.flags.contains(LinkFlags::Loopback),
             addrs: Vec::new(),
+            ours: Vec::new(),
+            meta: None,
         };
         for attr in &link.attributes {
             match attr {
@@ -80,11 +82,13 @@ pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
         let mut addr = None;
         let mut local = None;
         let mut flags = AddressFlags::from_bits_retain(u32::from(msg.header.flags.bits()));
+        let mut protocol = 0;
         for a in &msg.attributes {
             match a {
                 AddressAttribute::Address(ip) => addr = Some(*ip),
                 AddressAttribute::Local(ip) => local = Some(*ip),
                 AddressAttribute::Flags(f) => flags = *f,
+                AddressAttribute::Protocol(p) => protocol = u8::from(*p),
                 _ => {}
             }
         }
@@ -92,6 +96,13 @@ pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
         let Some(ip) = (if v6 { addr } else { local.or(addr) }) else {
             continue;
         };
+        let cidr = Cidr {
+            addr: ip,
+            prefix_len: msg.header.prefix_len,
+        };
+        if protocol == RTPROT_ENIPIN {
+            iface.ours.push(cidr);
+        }
         if v6 {
             // Global addresses only, and not ones still in (or failed) DAD or deprecated.
             let unusable =
@@ -100,10 +111,7 @@ pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
                 continue;
             }
         }
-        iface.addrs.push(Cidr {
-            addr: ip,
-            prefix_len: msg.header.prefix_len,
-        });
+        iface.addrs.push(cidr);
     }
 
     // IPv4 comes in the kernel's order (primary first); IPv6 has no primary and is dumped newest

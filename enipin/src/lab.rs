@@ -7,6 +7,7 @@
 
 // Public with the `testing` feature: the tests and the benchmark build on the lab's network,
 // steps and dumps. The `lab` command needs only `run`.
+pub mod imds;
 #[cfg(feature = "testing")]
 pub mod scenario;
 #[cfg(not(feature = "testing"))]
@@ -104,9 +105,9 @@ pub fn leftovers(report: &Report) -> Result<Vec<String>> {
     Ok(left)
 }
 
-/// `enipin lab [--keep]`: prints the steps as they run, then the table; the last line is PASS or
+/// `enipin lab [--keep] [--metadata]`: prints the steps as they run, then the table; the last line is PASS or
 /// FAIL. Ctrl-C (or SIGTERM) stops the scenario at the next poll and still removes everything.
-pub async fn run(keep: bool) -> Result<ExitCode> {
+pub async fn run(keep: bool, metadata: bool) -> Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
     if let Err(e) = preflight() {
         println!("lab: {e:#}\nFAIL");
@@ -117,6 +118,7 @@ pub async fn run(keep: bool) -> Result<ExitCode> {
         bin,
         keep,
         spec: Spec::default(),
+        metadata,
     };
     let started = std::time::Instant::now();
     // Handlers first: a Ctrl-C between namespace creation and them would skip the cleanup.

@@ -7,6 +7,7 @@
 //! command starts with; [`commands`] are `attach`, `detach` and `status`. [`settings`] lays the
 //! command line over the [`config_file`] over the defaults into that `Config`.
 
+mod address;
 mod apply;
 pub mod commands;
 pub mod config;
@@ -21,6 +22,11 @@ mod ebpf;
 mod http;
 pub mod lab;
 pub mod logging;
+#[cfg(feature = "testing")]
+pub mod metadata;
+#[cfg(not(feature = "testing"))]
+#[allow(unreachable_pub)] // its `pub` items are for enipin-tests
+mod metadata;
 pub mod metrics;
 #[cfg(feature = "testing")]
 pub mod model;

@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 use anyhow::Result;
 use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use enipin::{
-    config::{self, DelegatedPrefix, Listen, Mode, Paths},
+    config::{self, DelegatedPrefix, Listen, MetadataSource, Mode, Paths},
     config_file::ConfigPath,
     settings::{Entry, Given, Loader, Settings, Source},
 };
@@ -96,6 +96,32 @@ struct Layers {
     debug: bool,
 }
 
+/// Addresses and prefixes from the cloud's metadata (`attach` and `watch`).
+#[derive(clap::Args, Debug, Clone)]
+struct Metadata {
+    /// Also manage the secondary addresses and delegated prefixes the cloud's metadata assigns
+    /// each ENI (aws: IMDSv2). Default none: netlink alone. [file: metadata.source]
+    #[arg(long, value_enum)]
+    metadata: Option<MetadataSource>,
+    /// The metadata service's base URL (default: aws's http://169.254.169.254, then
+    /// http://[fd00:ec2::254]). [file: metadata.endpoint]
+    #[arg(long, value_name = "URL")]
+    metadata_endpoint: Option<String>,
+    /// Add the addresses metadata assigns that an interface lacks (marked as enipin's), and
+    /// remove them when metadata stops listing them and on detach. Needs a metadata source.
+    /// [file: metadata.configure-addresses]
+    #[arg(long)]
+    configure_addresses: bool,
+}
+
+impl Metadata {
+    fn give(self, g: &mut Given) {
+        g.metadata = self.metadata;
+        g.metadata_endpoint = self.metadata_endpoint;
+        g.configure_addresses = self.configure_addresses.then_some(true);
+    }
+}
+
 impl Layers {
     fn give(self, g: &mut Given) {
         g.rules = self.no_rules.then_some(false);
@@ -117,12 +143,17 @@ struct WatchFlags {
     /// warning. [file: metrics.listen]
     #[arg(long)]
     metrics_listen: Option<Listen>,
+    /// With a metadata source: seconds between metadata lookups, since the service sends no
+    /// event (default 10). [file: metadata.interval]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    metadata_interval: Option<u64>,
 }
 
 impl WatchFlags {
     fn give(self, g: &mut Given) {
         g.interval = self.interval;
         g.listen = self.metrics_listen;
+        g.metadata_interval = self.metadata_interval;
     }
 }
 
@@ -134,6 +165,8 @@ enum Command {
         sel: Selection,
         #[command(flatten)]
         layers: Layers,
+        #[command(flatten)]
+        metadata: Metadata,
         /// Print what would change, change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -158,6 +191,8 @@ enum Command {
         layers: Layers,
         #[command(flatten)]
         watch: WatchFlags,
+        #[command(flatten)]
+        metadata: Metadata,
     },
     /// Remove exactly what enipin added and restore the sysctls it changed.
     Detach,
@@ -217,6 +252,10 @@ enum Command {
         /// Leave the namespaces in place and print how to enter them.
         #[arg(long)]
         keep: bool,
+        /// The metadata scenario: the secondary ENI's second address exists only in a metadata
+        /// server (IMDSv2, in the lab); `attach --metadata aws --configure-addresses` adds it.
+        #[arg(long)]
+        metadata: bool,
     },
     /// Shell completions on stdout (the packages install them).
     #[command(hide = true)]
@@ -236,6 +275,8 @@ enum ConfigAction {
         sel: Selection,
         #[command(flatten)]
         layers: Layers,
+        #[command(flatten)]
+        metadata: Metadata,
         #[command(flatten)]
         watch: WatchFlags,
         #[arg(long)]
@@ -296,21 +337,30 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
         Command::Attach {
             sel,
             layers,
+            metadata,
             dry_run,
             format,
         } => {
             sel.give(&mut given);
             layers.give(&mut given);
+            metadata.give(&mut given);
             let s = loader(given).load()?;
             enipin::commands::attach(&s.config, &paths, dry_run, format).await?;
         }
-        Command::Watch { sel, layers, watch } => {
+        Command::Watch {
+            sel,
+            layers,
+            metadata,
+            watch,
+        } => {
             sel.give(&mut given);
             layers.give(&mut given);
+            metadata.give(&mut given);
             watch.give(&mut given);
             let loader = loader(given);
             let s = loader.load()?;
-            let pacing = enipin::watch::Pacing::new(std::time::Duration::from_secs(s.interval));
+            let mut pacing = enipin::watch::Pacing::new(std::time::Duration::from_secs(s.interval));
+            pacing.metadata = std::time::Duration::from_secs(s.metadata_interval);
             enipin::watch::watch(s, &loader, &paths, pacing).await?;
         }
         Command::Detach => enipin::commands::detach(&paths).await?,
@@ -339,18 +389,20 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
                 ConfigAction::Check {
                     sel,
                     layers,
+                    metadata,
                     watch,
                     json,
                 },
         } => {
             sel.give(&mut given);
             layers.give(&mut given);
+            metadata.give(&mut given);
             watch.give(&mut given);
             let mut s = loader(given).load()?;
             s.entries.extend(globals);
             config_check(&s, json)?;
         }
-        Command::Lab { keep } => return enipin::lab::run(keep).await,
+        Command::Lab { keep, metadata } => return enipin::lab::run(keep, metadata).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "enipin", &mut std::io::stdout());
         }

@@ -155,7 +155,57 @@ pub(crate) struct Interface {
     /// The loopback (IFF_LOOPBACK): never managed, named or not.
     pub loopback: bool,
     /// Primary and secondary IPv4, global IPv6: link-local and deprecated-tentative excluded.
+    /// With metadata, also the addresses metadata lists that netlink lacks (host length).
     pub addrs: Vec<Cidr>,
+    /// Addresses carrying enipin's protocol (`IFA_PROTO` [`RTPROT_ENIPIN`]): those
+    /// `--configure-addresses` added, whatever their flags.
+    #[serde(default)]
+    pub ours: Vec<Cidr>,
+    /// What the cloud's metadata says of it (`None`: nothing known, or no `--metadata`).
+    #[serde(default)]
+    pub meta: Option<FromMetadata>,
+}
+
+/// What metadata adds to one interface ([`crate::metadata::merge`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FromMetadata {
+    /// Every address metadata lists for the ENI.
+    pub addrs: Vec<IpAddr>,
+    /// Its delegated prefixes.
+    pub prefixes: Vec<Cidr>,
+    /// Listed, but not on the interface (added to `addrs` as host addresses).
+    pub missing: Vec<IpAddr>,
+    /// Addresses enipin added that metadata no longer lists (left out of `addrs`).
+    pub retired: Vec<Cidr>,
+    /// Why the lookup failed now, when the last known metadata stands in.
+    pub unknown: Option<String>,
+}
+
+/// Where an address or prefix of a managed interface comes from (`status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// On the interface, and metadata does not list it (or is off).
+    Netlink,
+    /// Listed by metadata only (not on the interface).
+    Metadata,
+    /// On the interface and listed by metadata.
+    Both,
+    /// `--prefix` (a prefix).
+    Option,
+    /// `--prefix` and metadata (a prefix).
+    OptionAndMetadata,
+}
+
+impl Interface {
+    /// Where `addr` of this interface comes from.
+    pub(crate) fn origin(&self, addr: IpAddr) -> Origin {
+        match &self.meta {
+            Some(m) if m.missing.contains(&addr) => Origin::Metadata,
+            Some(m) if m.addrs.contains(&addr) => Origin::Both,
+            _ => Origin::Netlink,
+        }
+    }
 }
 
 /// An interface enipin manages, with everything the appliers need.

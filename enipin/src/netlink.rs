@@ -1,5 +1,5 @@
 //! The one rtnetlink connection: dumps of links, addresses, routes and rules, and the add/delete
-//! of enipin's own rules and routes. Everything goes over netlink, nothing shells out to `ip`.
+//! of enipin's own rules, routes and addresses. Everything goes over netlink, nothing shells out to `ip`.
 
 use std::net::IpAddr;
 
@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, anyhow};
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     AddressFamily,
-    address::AddressMessage,
+    address::{AddressAttribute, AddressFlags, AddressMessage, AddressProtocol},
     link::LinkMessage,
     route::{
         RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
@@ -19,6 +19,7 @@ use netlink_packet_route::{
 use rtnetlink::Handle;
 
 use crate::{
+    address::Address,
     model::{Cidr, RTPROT_ENIPIN},
     route::{InstalledRoute, InstalledRule, Route, Rule},
 };
@@ -114,6 +115,45 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(|e| nl_error(e, "dumping TC filters"))
+    }
+
+    /// Adds `a` with enipin's protocol, `noprefixroute` (and `nodad` for IPv6).
+    pub(crate) async fn add_address(&self, a: &Address) -> Result<()> {
+        let mut req = self
+            .handle
+            .address()
+            .add(a.ifindex, a.cidr.addr, a.cidr.prefix_len);
+        let m = req.message_mut();
+        let mut flags = AddressFlags::Noprefixroute;
+        if a.cidr.is_ipv6() {
+            flags |= AddressFlags::Nodad;
+        }
+        m.attributes.push(AddressAttribute::Flags(flags));
+        m.attributes
+            .push(AddressAttribute::Protocol(AddressProtocol::from(
+                RTPROT_ENIPIN,
+            )));
+        req.execute()
+            .await
+            .map_err(|e| nl_error(e, &format!("adding address `{}`", a.ip_args())))
+    }
+
+    pub(crate) async fn del_address(&self, a: &Address) -> Result<()> {
+        let mut m = AddressMessage::default();
+        m.header.family = family(&a.cidr.addr);
+        m.header.prefix_len = a.cidr.prefix_len;
+        m.header.index = a.ifindex;
+        m.attributes.push(AddressAttribute::Local(a.cidr.addr));
+        m.attributes.push(AddressAttribute::Address(a.cidr.addr));
+        if a.cidr.is_ipv6() {
+            m.attributes.remove(0); // IPv6 has no IFA_LOCAL
+        }
+        self.handle
+            .address()
+            .del(m)
+            .execute()
+            .await
+            .map_err(|e| nl_error(e, &format!("deleting address `{}`", a.ip_args())))
     }
 
     pub(crate) async fn add_rule(&self, rule: &Rule) -> Result<()> {

@@ -23,6 +23,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use crate::{
+    address::Address,
     config::Config,
     discover::Discovery,
     model::{Cidr, Gateway, GatewaySource, Interface, ManagedInterface, RTPROT_ENIPIN, fmt_mac},
@@ -46,6 +47,8 @@ pub(crate) enum Change {
     DelRule(Rule),
     AddRoute(Route),
     DelRoute(Route),
+    AddAddress(Address),
+    DelAddress(Address),
     Sysctl {
         key: sysctl::Key,
         old: String,
@@ -61,6 +64,8 @@ impl Change {
             Change::DelRule(r) => Change::AddRule(r.clone()),
             Change::AddRoute(r) => Change::DelRoute(r.clone()),
             Change::DelRoute(r) => Change::AddRoute(r.clone()),
+            Change::AddAddress(a) => Change::DelAddress(a.clone()),
+            Change::DelAddress(a) => Change::AddAddress(a.clone()),
             Change::Sysctl { key, old, new } => Change::Sysctl {
                 key: key.clone(),
                 old: new.clone(),
@@ -84,6 +89,10 @@ impl Change {
             (DiffFormat::Text, Change::DelRoute(r)) => {
                 format!("- route{} {}", six(r.v6()), r.ip_args())
             }
+            (DiffFormat::Text, Change::AddAddress(a)) => format!("+ address {}", a.ip_args()),
+            (DiffFormat::Text, Change::DelAddress(a)) => format!("- address {}", a.ip_args()),
+            (DiffFormat::Ip, Change::AddAddress(a)) => format!("ip address add {}", a.ip_args()),
+            (DiffFormat::Ip, Change::DelAddress(a)) => format!("ip address del {}", a.ip_args()),
             (DiffFormat::Text, Change::Sysctl { key, old, new }) => {
                 format!("~ sysctl {key}: {old} -> {new}")
             }
@@ -317,6 +326,17 @@ pub(crate) fn pick_by_mac<'d>(interfaces: &'d [Interface], mac: &str) -> MacPick
     }
 }
 
+/// The MACs metadata is asked about: the up Ethernet interfaces `--interfaces` names (all of them
+/// when it names none), addresses or not (an ENI's addresses may be in metadata only).
+pub(crate) fn candidate_macs(d: &Discovery, cfg: &Config) -> Vec<crate::model::MacAddr> {
+    d.interfaces
+        .iter()
+        .filter(|i| i.ethernet && i.up)
+        .filter(|i| cfg.interfaces.is_empty() || cfg.interfaces.iter().any(|s| matches(i, s)))
+        .map(|i| i.mac)
+        .collect()
+}
+
 /// The interface `sel` names, if it can be managed.
 fn named<'d>(d: &'d Discovery, sel: &str) -> Result<&'d Interface, Refusal> {
     let selector = sel.to_owned();
@@ -482,15 +502,26 @@ fn manage(d: &Discovery, cfg: &Config, i: &Interface) -> Result<ManagedInterface
         mtu: i.mtu,
         table,
         addrs: i.addrs.clone(),
-        prefixes: cfg
-            .prefixes
-            .iter()
-            .filter(|(s, _)| matches(i, s))
-            .map(|(_, p)| *p)
-            .collect(),
+        prefixes: prefixes(cfg, i),
         gateway_v4: gateway(d, cfg, i, false),
         gateway_v6: gateway(d, cfg, i, true),
     })
+}
+
+/// `--prefix` for `i`, then what metadata delegates to it (once each).
+fn prefixes(cfg: &Config, i: &Interface) -> Vec<Cidr> {
+    let mut out: Vec<Cidr> = cfg
+        .prefixes
+        .iter()
+        .filter(|(s, _)| matches(i, s))
+        .map(|(_, p)| *p)
+        .collect();
+    for p in i.meta.iter().flat_map(|m| &m.prefixes) {
+        if !out.contains(p) {
+            out.push(*p);
+        }
+    }
+    out
 }
 
 /// `--gateway`, else the main table's default route through `i`, else (IPv4) the subnet's
@@ -808,6 +839,7 @@ mod tests {
                 Change::AddRoute(_) => "+route",
                 Change::AddRule(_) => "+rule",
                 Change::Sysctl { .. } => "sysctl",
+                Change::AddAddress(_) | Change::DelAddress(_) => "address",
             })
             .collect();
         assert_eq!(
@@ -837,6 +869,8 @@ mod tests {
             ethernet: true,
             loopback: false,
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            ours: Vec::new(),
+            meta: None,
         }
     }
 

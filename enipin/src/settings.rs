@@ -9,13 +9,16 @@
 
 use std::{fmt, net::IpAddr, path::PathBuf};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use serde::Serialize;
 use serde_json::Value;
 use toml::Spanned;
 
 use crate::{
-    config::{Attach, Config, DEFAULT_INTERVAL, DEFAULT_LISTEN, DelegatedPrefix, Listen, Mode},
+    config::{
+        Attach, Config, DEFAULT_INTERVAL, DEFAULT_LISTEN, DEFAULT_METADATA_INTERVAL,
+        DelegatedPrefix, Listen, MetadataSource, Mode,
+    },
     config_file::{self, ConfigPath, File, Key},
 };
 
@@ -85,6 +88,14 @@ pub struct Given {
     pub interval: Option<u64>,
     /// `--metrics-listen`.
     pub listen: Option<Listen>,
+    /// `--metadata`.
+    pub metadata: Option<MetadataSource>,
+    /// `--metadata-endpoint`.
+    pub metadata_endpoint: Option<String>,
+    /// `--configure-addresses`.
+    pub configure_addresses: Option<bool>,
+    /// `--metadata-interval`, seconds (at least 1).
+    pub metadata_interval: Option<u64>,
 }
 
 /// The effective settings, and where each came from.
@@ -96,6 +107,8 @@ pub struct Settings {
     pub interval: u64,
     /// Where `watch` serves metrics and health.
     pub listen: Listen,
+    /// `watch`'s period between metadata lookups, seconds.
+    pub metadata_interval: u64,
     /// The config file.
     pub file: PathBuf,
     /// Whether it exists (only the default file may not).
@@ -122,6 +135,14 @@ impl Loader {
         let (text, parsed) = loaded.map_or_else(Default::default, |l| (l.text, l.file));
         let mut s = merge(parsed, &text, self.given.clone());
         (s.file, s.found) = (self.path.path.clone(), found);
+        let c = &s.config;
+        if c.configure_addresses && c.metadata == MetadataSource::None {
+            bail!(
+                "metadata.configure-addresses (--configure-addresses) adds the addresses a \
+                 metadata source assigns, and none is set: add --metadata aws (metadata.source \
+                 = \"aws\"), or drop it"
+            );
+        }
         Ok(s)
     }
 }
@@ -212,6 +233,30 @@ fn merge(file: File, text: &str, given: Given) -> Settings {
         file.metrics.listen,
         g.listen,
     );
+    let m = file.metadata;
+    let metadata = p.pick("metadata.source", d.metadata, m.source, g.metadata);
+    let metadata_endpoint = p.pick(
+        "metadata.endpoint",
+        None,
+        optional(m.endpoint),
+        g.metadata_endpoint.map(Some),
+    );
+    let configure_addresses = p.pick(
+        "metadata.configure-addresses",
+        d.configure_addresses,
+        m.configure_addresses,
+        g.configure_addresses,
+    );
+    let metadata_interval = m.interval.map(|i| {
+        let span = i.span();
+        Spanned::new(span, i.into_inner().get())
+    });
+    let metadata_interval = p.pick(
+        "metadata.interval",
+        DEFAULT_METADATA_INTERVAL,
+        metadata_interval,
+        g.metadata_interval,
+    );
     Settings {
         config: Config {
             interfaces,
@@ -226,9 +271,13 @@ fn merge(file: File, text: &str, given: Given) -> Settings {
             mode,
             debug,
             attach,
+            metadata,
+            metadata_endpoint,
+            configure_addresses,
         },
         interval,
         listen,
+        metadata_interval,
         file: PathBuf::new(),
         found: false,
         entries: p.entries,
@@ -381,6 +430,10 @@ mod tests {
             &["datapath.attach", "=", "\"netlink\"", "#", "file:5"],
             &["watch.interval", "=", "30", "#", "default"],
             &["metrics.listen", "=", "\"127.0.0.1:9717\"", "#", "default"],
+            &["metadata.source", "=", "\"none\"", "#", "default"],
+            &["metadata.endpoint", "unset", "#", "default"],
+            &["metadata.configure-addresses", "=", "false", "#", "default"],
+            &["metadata.interval", "=", "10", "#", "default"],
         ];
         assert_eq!(lines, want, "{shown}");
         assert!(
@@ -405,8 +458,8 @@ mod tests {
     }
 
     /// The shipped example documents every key with its default: uncommenting every
-    /// `# key = value` line sets every key from the file, to the default (gateway, unset by
-    /// default, shows an example address).
+    /// `# key = value` line sets every key from the file, to the default (gateway and
+    /// metadata.endpoint, unset by default, show an example).
     #[test]
     fn the_shipped_example_parses_and_documents_every_key_with_its_default() {
         let example = include_str!("../../packaging/enipin.toml");
@@ -441,14 +494,56 @@ mod tests {
         );
         let want = Config {
             gateway: all.config.gateway,
+            metadata_endpoint: all.config.metadata_endpoint.clone(),
             ..Config::default()
         };
         assert!(all.config.gateway.is_some());
+        assert!(all.config.metadata_endpoint.is_some());
         assert_eq!(all.config, want);
         assert_eq!(
-            (all.interval, all.listen),
-            (DEFAULT_INTERVAL, DEFAULT_LISTEN)
+            (all.interval, all.listen, all.metadata_interval),
+            (DEFAULT_INTERVAL, DEFAULT_LISTEN, DEFAULT_METADATA_INTERVAL)
         );
+    }
+
+    /// The metadata keys: from the file, a flag over them, and configure-addresses without a
+    /// source refused by name.
+    #[test]
+    fn metadata_keys_come_from_the_file_and_flags_and_need_a_source_to_add_addresses() {
+        let text = "[metadata]\nsource = \"aws\"\nendpoint = \"http://198.18.9.9\"\n\
+                    configure-addresses = true\ninterval = 3\n";
+        let s = settings(text, Given::default());
+        assert_eq!(s.config.metadata, MetadataSource::Aws);
+        assert_eq!(
+            s.config.metadata_endpoint.as_deref(),
+            Some("http://198.18.9.9")
+        );
+        assert!(s.config.configure_addresses);
+        assert_eq!(s.metadata_interval, 3);
+        assert_eq!(source(&s, "metadata.source"), Source::File { line: 2 });
+        let flagged = settings(
+            text,
+            Given {
+                metadata_interval: Some(7),
+                ..Given::default()
+            },
+        );
+        assert_eq!(flagged.metadata_interval, 7);
+        assert_eq!(source(&flagged, "metadata.interval"), Source::Flag);
+        assert!(config_file::parse("[metadata]\nsource = \"gcp\"\n").is_err());
+
+        let dir = std::env::temp_dir().join(format!("enipin-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("enipin.toml");
+        std::fs::write(&file, "[metadata]\nconfigure-addresses = true\n").unwrap();
+        let loader = Loader {
+            path: ConfigPath::new(Some(file)),
+            given: Given::default(),
+        };
+        let err = loader.load().unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("metadata.configure-addresses"), "{err}");
+        assert!(err.contains("--metadata aws"), "{err}");
     }
 
     /// The ConfigMap the DaemonSet mounts at /etc/enipin holds a file that parses.

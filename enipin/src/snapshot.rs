@@ -6,8 +6,10 @@ use anyhow::Result;
 use crate::{
     config::Config,
     discover::{self, Discovery},
+    metadata::{self, Tracker, View},
     netlink::Netlink,
     plan::{self, Refusal, Selection},
+    state::State,
 };
 
 /// What a selection does with an interface named in `--interfaces` that is missing, down or
@@ -46,7 +48,37 @@ impl Snapshot {
 
     /// Takes a snapshot and selects the managed interfaces for `cfg`.
     pub(crate) async fn select(cfg: &Config, named: Named) -> Result<Selected> {
-        let snapshot = Self::take().await?;
+        Self::select_with(cfg, named, None, None)
+            .await
+            .map(|(s, _)| s)
+    }
+
+    /// [`Snapshot::select`], with the addresses and prefixes `metadata` knows of the candidate
+    /// interfaces merged in first (the addresses `state` records as enipin's marked so first);
+    /// returns the metadata's view too (`None` without it).
+    pub(crate) async fn select_with(
+        cfg: &Config,
+        named: Named,
+        metadata: Option<&mut Tracker>,
+        state: Option<&State>,
+    ) -> Result<(Selected, Option<View>)> {
+        let mut snapshot = Self::take().await?;
+        if let Some(st) = state {
+            st.mark_addresses(&mut snapshot.discovery);
+        }
+        let view = match metadata {
+            Some(t) => {
+                let macs = plan::candidate_macs(&snapshot.discovery, cfg);
+                let view = t.refresh(&macs).await;
+                metadata::merge(&mut snapshot.discovery, &view, cfg.configure_addresses);
+                Some(view)
+            }
+            None => None,
+        };
+        Ok((Self::select_from(snapshot, cfg, named)?, view))
+    }
+
+    fn select_from(snapshot: Self, cfg: &Config, named: Named) -> Result<Selected> {
         let d = &snapshot.discovery;
         let (selection, refused) = match named {
             // The first refusal is the error.

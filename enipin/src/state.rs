@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Config, Paths},
-    model::{Interface, MacAddr, ManagedInterface, fmt_mac},
+    discover::Discovery,
+    model::{Cidr, Interface, MacAddr, ManagedInterface, fmt_mac},
+    plan::Change,
     sysctl::{self, Key, Knob},
 };
 
@@ -36,6 +38,61 @@ pub(crate) struct State {
     /// `--pin-dir` says). State files written before this field existed read as `None`.
     #[serde(default)]
     pub pin_dir: Option<PathBuf>,
+    /// The addresses `--configure-addresses` added: how enipin knows its own where the kernel
+    /// keeps no address protocol (`IFA_PROTO`, before 5.18). Absent in earlier state files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<AddedAddress>,
+}
+
+/// An address enipin added, on the interface of this ifindex and MAC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AddedAddress {
+    pub(crate) ifindex: u32,
+    pub(crate) mac: MacAddr,
+    pub(crate) cidr: Cidr,
+}
+
+impl State {
+    /// Records the addresses `changes` add and forgets those they remove.
+    pub(crate) fn record_addresses(&mut self, changes: &[Change], managed: &[ManagedInterface]) {
+        for c in changes {
+            match c {
+                Change::AddAddress(a) => {
+                    let Some(m) = managed.iter().find(|m| m.ifindex == a.ifindex) else {
+                        continue;
+                    };
+                    let rec = AddedAddress {
+                        ifindex: a.ifindex,
+                        mac: m.mac,
+                        cidr: a.cidr,
+                    };
+                    if !self.addresses.contains(&rec) {
+                        self.addresses.push(rec);
+                    }
+                }
+                Change::DelAddress(a) => self
+                    .addresses
+                    .retain(|r| !(r.ifindex == a.ifindex && r.cidr == a.cidr)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Marks the recorded addresses still on their interface (same ifindex and MAC) as enipin's
+    /// in `d`, beside those the kernel says are (`IFA_PROTO`).
+    pub(crate) fn mark_addresses(&self, d: &mut Discovery) {
+        for r in &self.addresses {
+            if let Some(i) = d
+                .interfaces
+                .iter_mut()
+                .find(|i| i.ifindex == r.ifindex && i.mac == r.mac)
+                && let Some(c) = i.addrs.iter().find(|c| c.addr == r.cidr.addr).copied()
+                && !i.ours.iter().any(|o| o.addr == c.addr)
+            {
+                i.ours.push(c);
+            }
+        }
+    }
 }
 
 /// One sysctl value enipin replaced, kept by the interface's ifindex and MAC (names change: `ip
@@ -345,6 +402,8 @@ mod tests {
             ethernet: true,
             loopback: false,
             addrs: Vec::new(),
+            ours: Vec::new(),
+            meta: None,
         }
     }
 
@@ -460,5 +519,45 @@ mod tests {
             st.sysctls_by_key(),
             [("net.ipv4.conf.eth1.arp_ignore".to_owned(), "0".to_owned())].into()
         );
+    }
+
+    /// Where the kernel keeps no address protocol, the state file says which addresses are
+    /// enipin's: recorded on add, forgotten on delete, marked only on the same interface.
+    #[test]
+    fn added_addresses_are_recorded_and_marked_on_their_interface_only() {
+        use crate::address::Address;
+        let m = eni(3, "eth1");
+        let a = Address {
+            ifindex: 3,
+            dev: "eth1".into(),
+            cidr: "198.18.0.21/32".parse().unwrap(),
+        };
+        let mut st = State::default();
+        st.record_addresses(&[Change::AddAddress(a.clone())], std::slice::from_ref(&m));
+        st.record_addresses(&[Change::AddAddress(a.clone())], std::slice::from_ref(&m));
+        assert_eq!(st.addresses.len(), 1);
+        let mut with = iface(&m, "eth1");
+        with.addrs.push(a.cidr);
+        let mut other = iface(&eni(4, "eth2"), "eth2");
+        other.addrs.push(a.cidr);
+        let mut d = Discovery {
+            interfaces: vec![with, other],
+            defaults: Vec::new(),
+            rules: Vec::new(),
+            routes: Vec::new(),
+        };
+        st.mark_addresses(&mut d);
+        assert_eq!(d.interfaces[0].ours, [a.cidr]);
+        assert!(
+            d.interfaces[1].ours.is_empty(),
+            "another interface's address"
+        );
+        st.mark_addresses(&mut d);
+        assert_eq!(d.interfaces[0].ours.len(), 1, "marked once");
+        st.record_addresses(&[Change::DelAddress(a)], &[m]);
+        assert!(st.addresses.is_empty());
+        // Earlier state files have no `addresses`, and an empty list is not written.
+        let json = serde_json::to_value(&st).unwrap();
+        assert!(json.get("addresses").is_none(), "{json}");
     }
 }

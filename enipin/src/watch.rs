@@ -28,6 +28,10 @@
 //! full reconcile: what the new settings select is installed through the same plan, what they
 //! no longer select is removed. A bad file is logged and the running settings kept.
 //!
+//! With `--metadata`, every reconcile also asks the metadata service (at least every
+//! [`Pacing::metadata`], as it sends no event); an ENI whose metadata is unknown keeps its last
+//! known metadata for as long as the service fails ([`Tracker`]).
+//!
 //! SIGTERM / SIGINT stop the watcher between reconciles and leave the state installed, as
 //! `attach` does; `enipin detach` removes it.
 
@@ -54,6 +58,7 @@ use crate::{
     apply::{self, Reconciled},
     config::{Config, Paths},
     ebpf, http,
+    metadata::Tracker,
     model::ManagedInterface,
     settings::{Loader, Settings},
     state, sysctl,
@@ -78,6 +83,9 @@ pub struct Pacing {
     pub max_backoff: Duration,
     /// Between the cheap checks of what sends no event (datapath pins and links, sysctls).
     pub check: Duration,
+    /// With `--metadata`: a reconcile (and so a metadata lookup) at least this often, since the
+    /// metadata service sends no event.
+    pub metadata: Duration,
 }
 
 impl Pacing {
@@ -93,6 +101,7 @@ impl Pacing {
             // Restored within a second (check + reconcile, about 50 ms); each check costs a few
             // stats, a TCX query per managed interface and three sysctl reads per interface.
             check: Duration::from_millis(250),
+            metadata: Duration::from_secs(crate::config::DEFAULT_METADATA_INTERVAL),
         }
     }
 }
@@ -282,6 +291,13 @@ async fn serve_metrics(listen: Option<SocketAddr>, telemetry: &Arc<Telemetry>) -
     Ok(())
 }
 
+/// The metadata lookups' ticker: the first one a period from now (start reconciles at once).
+fn metadata_interval(period: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval_at((Instant::now() + period).into(), period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
+
 /// SIGHUP: the settings `reload` loads now, or `None` (logged) when the file is bad. Logs what
 /// changed; a new metrics address waits for a restart (the server keeps its socket).
 fn reload(reload: &Loader, running: &Settings) -> Option<Settings> {
@@ -361,6 +377,9 @@ pub async fn watch(
     let mut held = ebpf::HeldLinks::default();
     // Held links whose pins are gone for good, kept until a reconcile has attached anew.
     let mut orphans = ebpf::HeldLinks::default();
+    // The metadata client, its token and every ENI's last known metadata, across reconciles.
+    let mut tracker = Tracker::new(&cfg);
+    let mut metadata_poll = metadata_interval(pacing.metadata);
     let mut check = tokio::time::interval(pacing.check);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
@@ -381,8 +400,18 @@ pub async fn watch(
             }
             _ = hup.recv() => {
                 if let Some(new) = reload(loader, &settings) {
+                    // Another service or endpoint starts afresh; the same one keeps what it
+                    // knows (an ENI's last known metadata survives a reload during an outage).
+                    let service = |c: &Config| (c.metadata, c.metadata_endpoint.clone());
+                    if service(&new.config) != service(&cfg) {
+                        tracker = Tracker::new(&new.config);
+                    }
                     cfg = new.config.clone();
                     pacing.interval = Duration::from_secs(new.interval);
+                    if pacing.metadata.as_secs() != new.metadata_interval {
+                        pacing.metadata = Duration::from_secs(new.metadata_interval);
+                        metadata_poll = metadata_interval(pacing.metadata);
+                    }
                     telemetry.set_layers(&cfg);
                     if !(cfg.debug && cfg.ebpf) {
                         logger = None;
@@ -412,6 +441,10 @@ pub async fn watch(
                 why.add(described);
             }
             () = drain(&mut logger) => {}
+            _ = metadata_poll.tick(), if tracker.is_some() && !edges.is_pending() => {
+                why.add(Some((0, "metadata refresh".to_owned())));
+                edges.event(Instant::now());
+            }
             _ = check.tick(), if !edges.is_pending() => {
                 let gone = missing(&cfg, paths, &managed);
                 if !gone.is_empty() {
@@ -428,7 +461,7 @@ pub async fn watch(
                 // (those that lost their pin for good keep enforcing until it attached anew).
                 let (repinned, lost) = std::mem::take(&mut held).repin(paths);
                 orphans.extend(lost);
-                let result = apply::reconcile(&cfg, paths).await;
+                let result = apply::reconcile(&cfg, paths, tracker.as_mut()).await;
                 if cfg.ebpf {
                     held = ebpf::HeldLinks::hold(paths);
                 }

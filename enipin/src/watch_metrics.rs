@@ -31,8 +31,9 @@ use crate::{
 };
 
 /// Kinds of restored and drifted objects, so that every series exists from the first scrape.
-const KINDS: [&str; 6] = [
+const KINDS: [&str; 7] = [
     "rule",
+    "address",
     "route",
     "sysctl",
     "datapath_link",

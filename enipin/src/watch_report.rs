@@ -172,6 +172,7 @@ fn capped(items: &[&str], n: usize, sep: &str) -> String {
 /// The kind of a change in enipin's diff format (`+ rule ...`, `- owner ...`), by its noun.
 fn kind(change: &str) -> &'static str {
     match change.split_whitespace().nth(1).unwrap_or_default() {
+        "address" => "addresses",
         "rule" => "rules",
         "route" => "routes",
         "sysctl" => "sysctls",
@@ -186,11 +187,22 @@ fn kind(change: &str) -> &'static str {
     }
 }
 
-/// Kinds in the order a line shows examples of them: what steers replies first (rules, then the
-/// datapath's links), then what follows from them.
-const RANKED: [&str; 11] = [
-    "rules", "links", "routes", "owners", "prefixes", "sysctls", "program", "pins", "counters",
-    "config", "maps",
+/// Kinds in the order a line shows examples of them: the addresses `--configure-addresses` adds
+/// or removes (rare, and the host's own), then what steers replies (rules, then the datapath's
+/// links), then what follows from them.
+const RANKED: [&str; 12] = [
+    "addresses",
+    "rules",
+    "links",
+    "routes",
+    "owners",
+    "prefixes",
+    "sysctls",
+    "program",
+    "pins",
+    "counters",
+    "config",
+    "maps",
 ];
 
 /// Examples shown per kind, and the bytes of examples after which no more are shown: two rules
@@ -265,8 +277,13 @@ pub(crate) fn changed_line(r: &Reconciled, why: &Reasons, took_ms: u128) -> Stri
         Some(why) => format!("nothing to manage ({why}): removed enipin's state"),
         None => format!("managing {}", capped(&names, 4, ", ")),
     };
+    let metadata = r
+        .metadata
+        .as_ref()
+        .map(|v| format!(" ({} metadata request(s))", v.requests))
+        .unwrap_or_default();
     format!(
-        "reconciled after {} in {took_ms} ms: {} change(s) ({}), {scope}: {}",
+        "reconciled after {} in {took_ms} ms{metadata}: {} change(s) ({}), {scope}: {}",
         why.text(),
         r.changes.len(),
         counts(&r.changes),

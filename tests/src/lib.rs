@@ -2,7 +2,8 @@
 //! `enipin::testbed`), the seed topology (`enipin::lab::Topology`), the CLI run inside a namespace
 //! with its own pin and state directories ([`Enipin`]), dumps for before/after comparisons, code
 //! run on a thread inside a namespace ([`in_ns`]), veth beds for test-runs ([`VethBed`]) and the
-//! one BPF_PROG_TEST_RUN wrapper ([`test_run()`], with the `TC_ACT_*` verdicts).
+//! one BPF_PROG_TEST_RUN wrapper ([`test_run()`], with the `TC_ACT_*` verdicts), and a metadata
+//! server with faults to inject ([`imds`]).
 //! Every test network is `Topology` (`Spec` varies it): add what a test needs there, not here.
 //!
 //! Tests never skip: [`require`] panics with what is missing (root, bpffs, ip, tc, nft, ping, the
@@ -26,7 +27,7 @@ use std::{
 pub use bed::VethBed;
 pub use enipin::{
     lab::{
-        self, Drops, EniSpec, Snapshot, Spec, Topology,
+        self, Drops, EniSpec, Snapshot, Spec, Topology, imds,
         snapshot::{pins, routes, rules, sysctls, tc, tcx_programs},
     },
     testbed::{self, Dirs, Netns, PinDir, TempDir, sh, unique, veth},

@@ -20,6 +20,7 @@ fn lab_reproduces_the_drop_fixes_it_and_leaves_nothing() {
         bin: enipin_bin(),
         keep: false,
         spec: Spec::default(),
+        metadata: false,
     };
     let report = lab::run_checked(&opts).expect("the lab ran");
     let table = report.table();
@@ -214,4 +215,53 @@ fn harness_runs_the_cli_and_dumps_are_stable() {
         !netns_list().contains(&name),
         "namespace {name} left behind"
     );
+}
+
+/// `enipin lab --metadata`: the secondary ENI's address that only metadata lists does not
+/// answer before; after `attach --metadata aws --configure-addresses` it does; after detach
+/// nothing is left.
+#[test]
+fn lab_metadata_adds_the_address_only_metadata_lists_and_detach_removes_it() {
+    require();
+    let opts = lab::Options {
+        bin: enipin_bin(),
+        keep: false,
+        spec: Spec::default(),
+        metadata: true,
+    };
+    let report = lab::run_checked(&opts).expect("the lab ran");
+    let table = report.table();
+    for key in [
+        "ping-metadata-before",
+        "attach",
+        "ping-metadata-after",
+        "ping-secondary-after",
+        "status",
+        "detach",
+        "residue",
+        "metadata-address-removed",
+        "cleanup",
+    ] {
+        let s = report
+            .step(key)
+            .unwrap_or_else(|| panic!("no step {key}:\n{table}"));
+        assert!(s.ok, "step {key} failed:\n{table}\n{}", report.transcript);
+    }
+    assert!(report.passed(), "{table}");
+    assert!(
+        report
+            .transcript
+            .contains("+ address 198.18.0.21/32 dev eth1"),
+        "{}",
+        report.transcript
+    );
+    assert!(
+        report
+            .transcript
+            .contains("eth1 198.18.0.21/32: netlink, metadata"),
+        "status does not show the address's sources:\n{}",
+        report.transcript
+    );
+    assert!(report.residue.is_empty(), "{}", report.residue.join("\n"));
+    assert_eq!(lab::leftovers(&report).unwrap(), Vec::<String>::new());
 }

@@ -14,7 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enipin_tests::{Enipin, Snapshot, Spec, Topology, rules};
+use enipin_tests::{
+    Enipin, Snapshot, Spec, Topology,
+    imds::{FakeEni, Imds},
+    rules,
+};
 
 const DEADLINE: Duration = Duration::from_secs(5);
 const SECONDARY: &str = "198.18.0.11";
@@ -899,5 +903,297 @@ fn watch_writes_json_lines_that_parse() {
             .iter()
             .all(|o| o["level"] != "DEBUG" && o["level"] != "TRACE"),
         "RUST_LOG let debug lines through: {objects:#?}"
+    );
+}
+
+/// Added in metadata while the watcher runs; allowed for eth1 by the vpc, absent from the host.
+const NEW: &str = "198.18.0.22";
+const ETH0_MAC: &str = "02:e0:00:00:00:10";
+const ETH1_MAC: &str = "02:e0:00:00:00:11";
+
+/// The seed topology with EXTRA and NEW allowed on eth1 by the vpc and absent from the host,
+/// and a metadata server in the host namespace listing EXTRA (not NEW) for eth1.
+fn metadata_topology() -> (Topology, Imds) {
+    let mut spec = Spec::default();
+    spec.enis[1].v4.push(EXTRA.parse::<Ipv4Addr>().unwrap());
+    spec.enis[1].v4.push(NEW.parse::<Ipv4Addr>().unwrap());
+    let topo = Topology::build_with(spec).expect("building the lab topology");
+    for a in [EXTRA, NEW] {
+        topo.host()
+            .ip(&["addr", "del", &format!("{a}/24"), "dev", "eth1"])
+            .unwrap();
+    }
+    let imds = Imds::start(
+        topo.host(),
+        vec![
+            FakeEni::new(ETH0_MAC, 0, &["198.18.0.10"], "198.18.0.0/24"),
+            FakeEni::new(ETH1_MAC, 1, &[SECONDARY, EXTRA], "198.18.0.0/24"),
+        ],
+    )
+    .expect("starting the metadata server");
+    (topo, imds)
+}
+
+/// eth1's addresses as `ip -4 addr` shows them.
+fn eth1_v4(topo: &Topology) -> String {
+    topo.host()
+        .ip(&["-4", "addr", "show", "dev", "eth1"])
+        .unwrap()
+}
+
+fn on_eth1(topo: &Topology, addr: &str) -> bool {
+    eth1_v4(topo).contains(&format!("inet {addr}/32"))
+}
+
+/// `watch --metadata aws --configure-addresses` through every fault the metadata server has:
+/// during each outage nothing is removed and the addresses metadata added keep answering; an
+/// address added in metadata answers within a reconcile; one removed from metadata is removed
+/// from the host; the request rate stays under the budget; detach leaves nothing.
+#[test]
+fn watch_with_metadata_survives_every_outage_and_follows_secondary_addresses() {
+    let (topo, imds) = metadata_topology();
+    let e = Enipin::in_ns(topo.host());
+    let before = Snapshot::take(topo.host(), &["eth0", "eth1"], e.pins.path()).unwrap();
+    assert!(
+        !topo.peer().ping(EXTRA, 2).unwrap(),
+        "{EXTRA} answers before enipin added it"
+    );
+    let url = imds.url();
+    let w = Watcher::start(
+        &e,
+        &[
+            "--interval",
+            "60",
+            "--metadata",
+            "aws",
+            "--metadata-endpoint",
+            &url,
+            "--configure-addresses",
+            "--metadata-interval",
+            "1",
+        ],
+    );
+    w.line(
+        0,
+        &[
+            "reconciled after start",
+            "+ address 198.18.0.21/32 dev eth1",
+        ],
+    );
+    eventually("EXTRA's rules", || own_rules(&topo, EXTRA), || w.log());
+    assert!(on_eth1(&topo, EXTRA), "{}", eth1_v4(&topo));
+    assert!(
+        topo.peer().ping(EXTRA, 3).unwrap(),
+        "the address metadata added does not answer:\n{}",
+        w.log()
+    );
+    let status = e.ok(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let source = |addr: &str| {
+        v["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["cidr"]["addr"] == addr)
+            .map(|s| s["source"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(source(EXTRA).as_deref(), Some("both"), "{status}");
+    assert_eq!(
+        source("2001:db8::11").as_deref(),
+        Some("netlink"),
+        "{status}"
+    );
+    // From here on only the watcher asks (status is another client, with a budget of its own).
+    let watcher_only = imds.requests();
+
+    // Every fault for about two metadata lookups: nothing removed, EXTRA keeps answering.
+    type Fault = enipin_tests::imds::Fault;
+    type Act<'a> = &'a dyn Fn(&Imds);
+    let faults: [(&str, Act, Act); 5] = [
+        ("500", &|i| i.fault(Fault::Status(500)), &|i| {
+            i.fault(Fault::None)
+        }),
+        (
+            "slow",
+            &|i| i.fault(Fault::Slow(Duration::from_millis(1500))),
+            &|i| i.fault(Fault::None),
+        ),
+        ("refused", &|i| i.refuse(true), &|i| i.refuse(false)),
+        ("garbage", &|i| i.fault(Fault::Garbage), &|i| {
+            i.fault(Fault::None)
+        }),
+        ("expired token", &|i| i.expire_tokens(), &|_| {}),
+    ];
+    // Were a failure read as "no addresses", EXTRA would go. Each outage is said once, and its
+    // end once; the next fault starts after the watcher is back from its backoff.
+    for (name, start, end) in faults {
+        let since = w.mark();
+        start(&imds);
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(on_eth1(&topo, EXTRA), "{name}: EXTRA removed:\n{}", w.log());
+        assert!(
+            own_rules(&topo, EXTRA).is_some(),
+            "{name}: EXTRA's rules removed"
+        );
+        assert!(
+            topo.peer().ping(EXTRA, 2).unwrap(),
+            "{name}: EXTRA stopped answering:\n{}",
+            w.log()
+        );
+        end(&imds);
+        if name == "expired token" {
+            // Renewed on the 401: no outage at all.
+            std::thread::sleep(Duration::from_millis(1500));
+            assert!(imds.tokens_granted() >= 2, "{}", w.log());
+        } else {
+            w.line(since, &["metadata", "unknown", "keeping"]);
+            let back = Instant::now();
+            while !w.lines.lock().unwrap()[since..]
+                .iter()
+                .any(|l| l.contains("answers again") || l.contains("known again"))
+            {
+                assert!(
+                    back.elapsed() < Duration::from_secs(10),
+                    "{name}: no recovery:\n{}",
+                    w.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let log = w.lines.lock().unwrap()[since..].to_vec();
+        if name == "expired token" {
+            assert!(
+                log.iter().all(|l| !l.contains("unknown (")),
+                "a 401 made metadata unknown: {log:?}"
+            );
+        }
+        assert!(
+            log.iter()
+                .all(|l| !l.contains("- address") && !l.contains("- rule")),
+            "{name}: something was removed: {log:?}"
+        );
+    }
+
+    // A secondary address added in metadata answers within a reconcile of the next lookup.
+    let since = w.mark();
+    let shown = Instant::now();
+    imds.set(
+        ETH1_MAC,
+        "local-ipv4s",
+        Some(&format!("{SECONDARY}\n{EXTRA}\n{NEW}")),
+    );
+    eventually(
+        "NEW on eth1",
+        || on_eth1(&topo, NEW).then_some(()),
+        || w.log(),
+    );
+    let mut answered = None;
+    while shown.elapsed() < Duration::from_secs(5) {
+        if topo.peer().pings(&["-c", "1", NEW], 1).unwrap().1 == 1 {
+            answered = Some(shown.elapsed());
+            break;
+        }
+    }
+    let answered = answered.unwrap_or_else(|| panic!("{NEW} never answered:\n{}", w.log()));
+    w.line(since, &["+ address 198.18.0.22/32 dev eth1"]);
+    eprintln!("a secondary address added in metadata answered {answered:?} after it was listed");
+    assert!(answered < Duration::from_secs(3), "{answered:?}");
+
+    // Removed from metadata: enipin removes the address it added, and its rules.
+    let since = w.mark();
+    imds.set(
+        ETH1_MAC,
+        "local-ipv4s",
+        Some(&format!("{SECONDARY}\n{EXTRA}")),
+    );
+    eventually(
+        "NEW's removal",
+        || (!on_eth1(&topo, NEW)).then_some(()),
+        || w.log(),
+    );
+    eventually(
+        "NEW's rules removed",
+        || {
+            rules_with(&topo, &format!("from {NEW} lookup"))
+                .is_empty()
+                .then_some(())
+        },
+        || w.log(),
+    );
+    w.line(since, &["- address 198.18.0.22/32 dev eth1"]);
+    assert!(on_eth1(&topo, EXTRA) && own_rules(&topo, SECONDARY).is_some());
+
+    // The budget: 20 requests/s at most (a burst of 20 on top), whatever the watcher did.
+    let peak = imds.peak_per_second(watcher_only);
+    eprintln!(
+        "{} metadata requests, at most {peak} in one second",
+        imds.requests()
+    );
+    assert!(peak <= 40, "{peak} requests in one second");
+
+    drop(w);
+    e.ok(&["detach"]);
+    assert!(
+        !on_eth1(&topo, EXTRA),
+        "detach left EXTRA:\n{}",
+        eth1_v4(&topo)
+    );
+    let after = Snapshot::take(topo.host(), &["eth0", "eth1"], e.pins.path()).unwrap();
+    assert_eq!(
+        before.diff(&after),
+        Vec::<String>::new(),
+        "detach left residue"
+    );
+}
+
+/// `attach --metadata` while the service fails changes nothing and says what to do; once it
+/// answers, attach adds what metadata lists, and detach removes exactly that: not an address
+/// someone else added, not one metadata lists that was there before.
+#[test]
+fn attach_with_unknown_metadata_changes_nothing_and_detach_removes_only_what_it_added() {
+    let (topo, imds) = metadata_topology();
+    let e = Enipin::in_ns(topo.host());
+    topo.host()
+        .ip(&["addr", "add", "198.18.0.30/32", "dev", "eth1"])
+        .unwrap();
+    let before = Snapshot::take(topo.host(), &["eth0", "eth1"], e.pins.path()).unwrap();
+    let url = imds.url();
+    let attach = [
+        "attach",
+        "--metadata",
+        "aws",
+        "--metadata-endpoint",
+        &url,
+        "--configure-addresses",
+    ];
+    imds.fault(enipin_tests::imds::Fault::Status(500));
+    let err = e.fails(&attach);
+    assert!(
+        err.contains("is unknown (") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(err.contains("attach without --metadata"), "{err}");
+    assert!(!e.state_file().exists(), "a failed attach wrote its state");
+    let after = Snapshot::take(topo.host(), &["eth0", "eth1"], e.pins.path()).unwrap();
+    assert_eq!(before.diff(&after), Vec::<String>::new());
+
+    imds.fault(enipin_tests::imds::Fault::None);
+    let out = e.ok(&attach);
+    assert!(out.contains("+ address 198.18.0.21/32 dev eth1"), "{out}");
+    assert!(!out.contains("+ address 198.18.0.11"), "{out}");
+    assert!(on_eth1(&topo, EXTRA));
+    assert!(topo.peer().ping(EXTRA, 3).unwrap());
+    let out = e.ok(&["detach"]);
+    assert!(out.contains("- address 198.18.0.21/32 dev eth1"), "{out}");
+    assert_eq!(out.matches("- address").count(), 1, "{out}");
+    let after = Snapshot::take(topo.host(), &["eth0", "eth1"], e.pins.path()).unwrap();
+    assert_eq!(
+        before.diff(&after),
+        Vec::<String>::new(),
+        "detach left residue"
+    );
+    assert!(
+        eth1_v4(&topo).contains("198.18.0.30/32"),
+        "detach removed a foreign address"
     );
 }

@@ -1,12 +1,14 @@
 //! `enipin attach`: plan both appliers, print the plan, apply it (or not, with `--dry-run`).
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use super::ManagedText;
 use crate::{
     apply,
     config::{Config, Paths},
     discover::Discovery,
+    metadata::Tracker,
+    model::fmt_mac,
     plan::{self, DiffFormat, Selection},
     snapshot::{Named, Snapshot},
     state,
@@ -23,7 +25,18 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
     };
     // A corrupt state file stops us before anything changes.
     let previous = state::load(paths)?;
-    let s = Snapshot::select(cfg, Named::Strict).await?;
+    let mut tracker = Tracker::new(cfg);
+    let (s, view) =
+        Snapshot::select_with(cfg, Named::Strict, tracker.as_mut(), previous.as_ref()).await?;
+    if let Some((mac, why)) = view.as_ref().and_then(|v| v.unknown.iter().next()) {
+        bail!(
+            "the metadata of ENI {} is unknown ({why}); nothing was changed. Check that the \
+             metadata service answers (--metadata-endpoint) and attach again, or attach without \
+             --metadata to manage what the interfaces have (`enipin watch --metadata` keeps \
+             retrying instead)",
+            fmt_mac(mac)
+        );
+    }
     let (nl, d) = (&s.snapshot.nl, &s.snapshot.discovery);
     let managed = match s.selection {
         Selection::Managed(m) => m,

@@ -4,7 +4,7 @@ use anyhow::{Result, anyhow};
 use enipin_ebpf::PROGRAM;
 
 use crate::{
-    apply,
+    address, apply,
     config::Paths,
     ebpf,
     plan::{self, Change, DiffFormat},
@@ -16,7 +16,10 @@ use crate::{
 pub async fn detach(paths: &Paths) -> Result<()> {
     let _lock = state::lock(paths)?;
     let st = state::load(paths)?;
-    let s = Snapshot::take().await?;
+    let mut s = Snapshot::take().await?;
+    if let Some(st) = &st {
+        st.mark_addresses(&mut s.discovery);
+    }
     let changes = removals(&s, st.as_ref());
     let pins = pins_of(paths, st.as_ref());
     let pinned = pins.pin_dir.exists();
@@ -106,6 +109,8 @@ fn removals(s: &Snapshot, st: Option<&state::State>) -> Vec<Change> {
     let (rules, routes) = plan::installed(&s.discovery);
     let mut changes: Vec<Change> = rules.into_iter().map(Change::DelRule).collect();
     changes.extend(routes.into_iter().map(Change::DelRoute));
+    // The addresses `--configure-addresses` added, found by their protocol (or the state file).
+    changes.extend(address::ours(&s.discovery));
     for saved in st.iter().flat_map(|s| &s.sysctls) {
         // An interface that is gone took its sysctls with it.
         let Some(iface) = saved.find(&s.discovery.interfaces) else {

@@ -9,9 +9,11 @@ use serde::{Serialize, Serializer};
 use super::ManagedText;
 use crate::{
     apply,
-    config::Paths,
+    config::{Config, Paths},
+    discover::Discovery,
     ebpf::{self, Attached, OwnerTables},
-    model::{Cidr, Gateway, ManagedInterface, fmt_mac},
+    metadata::Tracker,
+    model::{Cidr, Gateway, ManagedInterface, Origin, fmt_mac},
     plan::{Change, DiffFormat, Selection},
     route::{Route, Rule},
     snapshot::{Named, Snapshot},
@@ -36,6 +38,29 @@ pub(crate) struct StatusReport {
     pub drift: Vec<Drift>,
     /// sysctl key → the value before enipin changed it (`None`: no state file).
     pub sysctls_saved: Option<BTreeMap<String, String>>,
+    /// Where each managed address and prefix comes from: netlink, metadata or both.
+    pub sources: Vec<Source>,
+    /// What the metadata service said (`None`: attached without `--metadata`).
+    pub metadata: Option<MetadataStatus>,
+}
+
+/// One managed address or prefix and where it comes from.
+#[derive(Debug, Serialize)]
+pub(crate) struct Source {
+    pub(crate) interface: String,
+    /// An address (with the length the desired state gives it) or a delegated prefix.
+    pub(crate) cidr: Cidr,
+    pub(crate) prefix: bool,
+    pub(crate) source: Origin,
+}
+
+/// The metadata lookup `status` made.
+#[derive(Debug, Serialize)]
+pub(crate) struct MetadataStatus {
+    /// MAC → why its metadata is unknown now.
+    pub(crate) unknown: BTreeMap<String, String>,
+    /// Requests the lookup sent.
+    pub(crate) requests: u64,
 }
 
 /// One change between the namespace and the desired state.
@@ -106,12 +131,23 @@ impl StatusReport {
             .as_ref()
             .and_then(|s| s.config.clone())
             .unwrap_or_default();
-        let s = Snapshot::select(&cfg, Named::Strict).await?;
+        let mut tracker = Tracker::new(&cfg);
+        let (s, view) =
+            Snapshot::select_with(&cfg, Named::Strict, tracker.as_mut(), st.as_ref()).await?;
         let d = &s.snapshot.discovery;
         let managed = match s.selection {
             Selection::Managed(m) => m,
             Selection::NothingToDo(_) => Vec::new(),
         };
+        let sources = sources(d, &managed, &cfg);
+        let metadata = view.map(|v| MetadataStatus {
+            unknown: v
+                .unknown
+                .iter()
+                .map(|(mac, why)| (fmt_mac(mac), why.clone()))
+                .collect(),
+            requests: v.requests,
+        });
         let (rules, routes) = crate::plan::installed(d);
         let mut drift: Vec<Drift> = apply::compute(d, &managed, &cfg)?
             .changes
@@ -132,8 +168,45 @@ impl StatusReport {
             owner_tables,
             drift,
             sysctls_saved: st.map(|s| s.sysctls_by_key()),
+            sources,
+            metadata,
         })
     }
+}
+
+/// Where each managed address and prefix comes from.
+fn sources(d: &Discovery, managed: &[ManagedInterface], cfg: &Config) -> Vec<Source> {
+    let mut out = Vec::new();
+    for m in managed {
+        let Some(i) = d.interfaces.iter().find(|i| i.ifindex == m.ifindex) else {
+            continue;
+        };
+        for a in &m.addrs {
+            out.push(Source {
+                interface: m.name.clone(),
+                cidr: *a,
+                prefix: false,
+                source: i.origin(a.addr),
+            });
+        }
+        for p in &m.prefixes {
+            let option = cfg.prefixes.iter().any(|(sel, q)| {
+                q == p && (*sel == i.name || sel.eq_ignore_ascii_case(&fmt_mac(&i.mac)))
+            });
+            let meta = i.meta.as_ref().is_some_and(|x| x.prefixes.contains(p));
+            out.push(Source {
+                interface: m.name.clone(),
+                cidr: *p,
+                prefix: true,
+                source: match (option, meta) {
+                    (true, true) => Origin::OptionAndMetadata,
+                    (false, true) => Origin::Metadata,
+                    _ => Origin::Option,
+                },
+            });
+        }
+    }
+    out
 }
 
 /// The datapath's attachments and owner tables, when anything is pinned.
@@ -172,6 +245,7 @@ impl fmt::Display for StatusReport {
             writeln!(f, "  {}{}", if r.v6() { "-6 " } else { "" }, r.ip_args())?;
         }
         self.fmt_datapath(f)?;
+        self.fmt_metadata(f)?;
         self.fmt_drift(f)
     }
 }
@@ -198,6 +272,29 @@ impl StatusReport {
                     t.addresses, t.spilled_buckets
                 )?;
             }
+        }
+        Ok(())
+    }
+
+    /// With `--metadata`: where each address and prefix comes from, and what is unknown.
+    fn fmt_metadata(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(m) = &self.metadata else {
+            return Ok(());
+        };
+        writeln!(f, "sources ({} metadata request(s)):", m.requests)?;
+        for s in &self.sources {
+            let what = if s.prefix { "prefix " } else { "" };
+            let from = match s.source {
+                Origin::Netlink => "netlink",
+                Origin::Metadata => "metadata",
+                Origin::Both => "netlink, metadata",
+                Origin::Option => "--prefix",
+                Origin::OptionAndMetadata => "--prefix, metadata",
+            };
+            writeln!(f, "  {} {what}{}: {from}", s.interface, s.cidr)?;
+        }
+        for (mac, why) in &m.unknown {
+            writeln!(f, "  metadata of {mac} unknown: {why}")?;
         }
         Ok(())
     }
@@ -313,6 +410,13 @@ mod tests {
                 }),
             ],
             sysctls_saved: Some(BTreeMap::new()),
+            sources: vec![Source {
+                interface: "eth1".into(),
+                cidr: "198.18.0.11/24".parse().unwrap(),
+                prefix: false,
+                source: Origin::Netlink,
+            }],
+            metadata: None,
         }
     }
 
@@ -347,9 +451,11 @@ drift (2 change(s) to reach the desired state):
                 "datapath",
                 "drift",
                 "managed",
+                "metadata",
                 "owner_tables",
                 "routes",
                 "rules",
+                "sources",
                 "sysctls_saved"
             ]
         );

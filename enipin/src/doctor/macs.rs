@@ -66,6 +66,8 @@ mod tests {
             ethernet: true,
             loopback: false,
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            ours: Vec::new(),
+            meta: None,
         }
     }
 

@@ -409,6 +409,8 @@ pub(super) mod tests {
             ethernet: true,
             loopback: false,
             addrs: vec![a.parse().unwrap()],
+            ours: Vec::new(),
+            meta: None,
         };
         let d = Discovery {
             interfaces: vec![iface(2, "198.18.0.10/24"), iface(3, "198.18.0.11/24")],

@@ -15,6 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
+    imds::{FakeEni, Imds},
     snapshot::Snapshot,
     topology::{DropKind, Drops, EniSpec, Spec, Topology},
 };
@@ -42,7 +43,14 @@ pub struct Options {
     pub keep: bool,
     /// The network to run it on (`Spec::default()`: the seed's).
     pub spec: Spec,
+    /// The metadata scenario (`enipin lab --metadata`): the secondary ENI has one more address,
+    /// [`METADATA_ADDR`], that only the cloud's metadata lists; `attach --metadata aws
+    /// --configure-addresses` adds it.
+    pub metadata: bool,
 }
+
+/// The secondary ENI's address that exists only in the lab's metadata.
+pub const METADATA_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 21);
 
 /// One row of the lab's table.
 #[derive(Clone, Debug)]
@@ -246,15 +254,49 @@ pub(crate) fn run(opts: &Options) -> Result<Report> {
     lab.r.drops_before = lab.topo.drops()?;
     let drops = lab.before()?;
     let snap_before = lab.snapshot()?;
-    lab.attach(&drops)?;
-    lab.view()?;
-    lab.detach(&snap_before)?;
-    lab.ebpf_only(&snap_before)?;
+    if lab.imds.is_some() {
+        lab.metadata(&snap_before)?;
+    } else {
+        lab.attach(&drops)?;
+        lab.view()?;
+        lab.detach(&snap_before)?;
+        lab.ebpf_only(&snap_before)?;
+    }
     lab.r.drops_after = lab.topo.drops()?;
     if opts.keep {
         lab.keep()?;
     }
     Ok(lab.r)
+}
+
+/// The lab's metadata server in the host namespace: every ENI with its IPv4 addresses (the
+/// metadata-only one included), the first the primary, and the address removed from the host.
+fn metadata_server(topo: &Topology) -> Result<Imds> {
+    let spec = &topo.spec;
+    let enis = spec
+        .enis
+        .iter()
+        .enumerate()
+        .map(|(n, e)| {
+            let v4: Vec<String> = e.v4.iter().map(ToString::to_string).collect();
+            let v4: Vec<&str> = v4.iter().map(String::as_str).collect();
+            let subnet = crate::model::Cidr {
+                addr: e.v4.first().copied().unwrap_or(spec.gateway_v4).into(),
+                prefix_len: spec.prefix_len_v4,
+            }
+            .network();
+            FakeEni::new(&e.mac, n as u32, &v4, &subnet.to_string())
+        })
+        .collect();
+    let name = &spec.enis[spec.enis.len() - 1].name;
+    topo.host().ip(&[
+        "addr",
+        "del",
+        &format!("{METADATA_ADDR}/{}", spec.prefix_len_v4),
+        "dev",
+        name,
+    ])?;
+    Imds::start(topo.host(), enis)
 }
 
 /// The lab pings a primary and a secondary ENI over IPv4: two ENIs at least, the first and the
@@ -282,6 +324,8 @@ fn check_spec(spec: &Spec) -> Result<()> {
 /// What the steps share: the network, enipin's directories, the two ENIs pinged, the report.
 struct Lab<'a> {
     opts: &'a Options,
+    /// The metadata server of `--metadata` (in the host namespace, on its loopback).
+    imds: Option<Imds>,
     /// Dropped before the topology, as enipin's pins and state belong inside it.
     dirs: Dirs,
     topo: Topology,
@@ -295,7 +339,18 @@ struct Lab<'a> {
 
 impl<'a> Lab<'a> {
     fn build(opts: &'a Options) -> Result<Self> {
-        let topo = Topology::build_with(opts.spec.clone())?;
+        let mut spec = opts.spec.clone();
+        if opts.metadata
+            && let Some(e) = spec.enis.last_mut()
+        {
+            e.v4.push(METADATA_ADDR);
+        }
+        let topo = Topology::build_with(spec)?;
+        let imds = if opts.metadata {
+            Some(metadata_server(&topo)?)
+        } else {
+            None
+        };
         let dirs = Dirs::new("lab-")?;
         let r = Report {
             namespaces: topo.names().iter().map(|s| s.to_string()).collect(),
@@ -307,6 +362,7 @@ impl<'a> Lab<'a> {
         let (primary, secondary) = (enis[0].clone(), enis[enis.len() - 1].clone());
         Ok(Self {
             opts,
+            imds,
             dirs,
             p4: primary.v4[0].to_string(),
             s4: secondary.v4[0].to_string(),
@@ -317,10 +373,79 @@ impl<'a> Lab<'a> {
         })
     }
 
+    /// `--metadata`: attach with the metadata's address added, which answers then (and did not
+    /// before); detach removes it with the rest.
+    fn metadata(&mut self, snap_before: &Snapshot) -> Result<()> {
+        let (m, name) = (METADATA_ADDR.to_string(), self.secondary.name.clone());
+        let ok = ping(self.topo.peer(), &m)?;
+        self.r.push(
+            3,
+            "ping-metadata-before",
+            format!("peer -> {m} ({name}, in metadata only)"),
+            "no reply",
+            !ok,
+            replies(ok),
+        );
+        let url = self.imds.as_ref().map(Imds::url).unwrap_or_default();
+        let (ok, res) = self.enipin(&[
+            "attach",
+            "--metadata",
+            "aws",
+            "--metadata-endpoint",
+            &url,
+            "--configure-addresses",
+        ])?;
+        self.r.push(
+            3,
+            "attach",
+            "enipin attach --metadata aws --configure-addresses".into(),
+            "exit 0",
+            ok,
+            res,
+        );
+        for (key, addr, what) in [
+            ("ping-metadata-after", m.clone(), "added from metadata"),
+            ("ping-secondary-after", self.s4.clone(), "secondary"),
+        ] {
+            let ok = ping(self.topo.peer(), &addr)?;
+            self.r.push(
+                3,
+                key,
+                format!("peer -> {addr} ({name}, {what})"),
+                "replies",
+                ok,
+                replies(ok),
+            );
+        }
+        let (ok, res) = self.enipin(&["status"])?;
+        self.r
+            .push(4, "status", "enipin status".into(), "exit 0", ok, res);
+        self.detach(snap_before)?;
+        // The dumps compare rules, routes, tc, pins and sysctls: the address is checked here.
+        let left = self.topo.host().ip(&["-4", "addr", "show", "dev", &name])?;
+        let gone = !left.contains(&format!("inet {m}/"));
+        self.r.push(
+            5,
+            "metadata-address-removed",
+            format!("{m} on {name} after detach"),
+            "gone",
+            gone,
+            if gone { "gone" } else { "still there" }.into(),
+        );
+        Ok(())
+    }
+
     /// The namespaces and every ENI with its MAC and addresses.
     fn announce(&self) {
         let [host, vpc, peer] = self.topo.names();
         println!("lab: namespaces host={host} vpc={vpc} peer={peer}");
+        if let Some(imds) = &self.imds {
+            println!(
+                "lab: metadata server at {} lists {METADATA_ADDR} for {}, which the host lacks",
+                imds.url(),
+                self.secondary.name
+            );
+        }
         for e in &self.topo.spec.enis {
             let v6: Vec<String> = e.v6.iter().map(|a| a.to_string()).collect();
             let v4: Vec<String> = e.v4.iter().map(|a| a.to_string()).collect();
