@@ -16,7 +16,9 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{__sk_buff, TC_ACT_REDIRECT, TC_ACT_UNSPEC},
+    bindings::{
+        __sk_buff, TC_ACT_REDIRECT, TC_ACT_UNSPEC, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
+    },
     btf_maps::{self, ArrayOfMaps},
     helpers::generated::{bpf_check_mtu, bpf_redirect_neigh},
     macros::{btf_map, classifier, map},
@@ -25,7 +27,8 @@ use aya_ebpf::{
 };
 use enipin_ebpf::{
     AddrLen, Bucket, Config, Counters, FAST_SLOTS, Local, LocalV4, LocalV6, MAX_INTERFACES,
-    MAX_OWNERS, MODE_ENFORCE, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, TABLE_BUCKETS,
+    MAX_OWNERS, MODE_ENFORCE, NEXT_HOP_GATEWAY_V4, NEXT_HOP_GATEWAY_V6, NEXT_HOP_SUBNET_V4,
+    NEXT_HOP_SUBNET_V6, NextHop, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, TABLE_BUCKETS,
     bucket_index,
 };
 
@@ -55,6 +58,8 @@ static TABLE_V4: Table<4, { enipin_ebpf::BUCKET_V4 }> = ArrayOfMaps::new();
 static TABLE_V6: Table<16, { enipin_ebpf::BUCKET_V6 }> = ArrayOfMaps::new();
 #[map(name = "ENIPIN_CFG")]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
+#[map(name = "ENIPIN_NH")]
+static NEXT_HOPS: Array<NextHop> = Array::pinned(FAST_SLOTS, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -64,6 +69,8 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_ICMPV6: u8 = 58;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 
 /// Which counter a packet bumps.
 #[derive(Clone, Copy)]
@@ -151,8 +158,19 @@ fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: u32, debug:
         }
         return TC_ACT_UNSPEC;
     }
-    // SAFETY: no neighbour parameters (NULL, 0): the kernel looks the next hop up itself.
-    let rc = unsafe { bpf_redirect_neigh(owner, core::ptr::null_mut(), 0, 0) };
+    let rc = match next_hop(ctx, owner) {
+        // SAFETY: a stack value of the helper's parameter type, its size given.
+        Some(mut nh) => unsafe {
+            bpf_redirect_neigh(
+                owner,
+                &mut nh,
+                core::mem::size_of::<bpf_redir_neigh>() as i32,
+                0,
+            )
+        },
+        // SAFETY: no neighbour parameters (NULL, 0): the kernel looks the next hop up itself.
+        None => unsafe { bpf_redirect_neigh(owner, core::ptr::null_mut(), 0, 0) },
+    };
     if rc == TC_ACT_REDIRECT as i64 {
         return TC_ACT_REDIRECT;
     }
@@ -161,6 +179,76 @@ fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: u32, debug:
         aya_log_ebpf::warn!(ctx, "enipin: redirect to ifindex {} failed: {}", owner, rc);
     }
     TC_ACT_UNSPEC
+}
+
+/// The next hop of a packet redirected onto `owner`, when user space wrote the owner's entry
+/// (enipin's rules route the owner) for the packet's family: the destination if it is on the
+/// owner's subnet, else the owner's gateway. `None`: the kernel looks the route up (the full
+/// lookup), as for an owner whose routing is not enipin's or is more than one subnet and a
+/// gateway.
+#[inline(always)]
+fn next_hop(ctx: &TcContext, owner: u32) -> Option<bpf_redir_neigh> {
+    let hop = (owner < FAST_SLOTS)
+        .then(|| NEXT_HOPS.get(owner))
+        .flatten()?;
+    if hop.flags == 0 {
+        return None;
+    }
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let l3 = data + ETH_HLEN;
+    // `classify` parsed these headers already; the verifier wants the bounds checked again.
+    if l3 + IPV4_MIN_HLEN > end {
+        return None;
+    }
+    // SAFETY: bounds checked just above.
+    let eth = unsafe { &*(data as *const [u8; ETH_HLEN]) };
+    let (family, words) = if u16::from_be_bytes([eth[12], eth[13]]) == ETH_P_IP {
+        // SAFETY: the 20-byte header is in bounds (checked above); the destination is at 16.
+        let dst = unsafe { packet_u32(l3 + 16) } as u32;
+        let v4 = &hop.v4;
+        let (net, mask) = (word4(&v4.net), word4(&v4.mask));
+        let nh = if hop.flags & NEXT_HOP_SUBNET_V4 != 0 && dst & mask == net {
+            dst
+        } else if hop.flags & NEXT_HOP_GATEWAY_V4 != 0 {
+            word4(&v4.gateway)
+        } else {
+            return None;
+        };
+        // All 16 bytes of the union written: with the IPv6 path sharing the stores, LLVM would
+        // otherwise store whatever a register holds (a pointer, which the verifier refuses).
+        (AF_INET, [nh, 0, 0, 0])
+    } else {
+        if l3 + IPV6_HLEN > end {
+            return None;
+        }
+        // SAFETY: the 40-byte header is in bounds (checked above); the destination is at 24.
+        let dst = unsafe { (packet_u64(l3 + 24), packet_u64(l3 + 32)) };
+        let v6 = &hop.v6;
+        let (net, mask) = (slot_words(&v6.net), slot_words(&v6.mask));
+        let on_subnet = dst.0 & mask.0 == net.0 && dst.1 & mask.1 == net.1;
+        let (a, b) = if hop.flags & NEXT_HOP_SUBNET_V6 != 0 && on_subnet {
+            dst
+        } else if hop.flags & NEXT_HOP_GATEWAY_V6 != 0 {
+            slot_words(&v6.gateway)
+        } else {
+            return None;
+        };
+        // Native-endian words of network-order bytes, reinterpreted: every byte stays in place.
+        // SAFETY: two u64 and four u32 are the same 16 bytes, any pattern valid.
+        (AF_INET6, unsafe {
+            core::mem::transmute::<[u64; 2], [u32; 4]>([a, b])
+        })
+    };
+    Some(bpf_redir_neigh {
+        nh_family: family,
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: words },
+    })
+}
+
+/// A 4-byte address of a map value as the native-endian word the packet loads give.
+#[inline(always)]
+fn word4(a: &[u8; 4]) -> u32 {
+    slot_words(a).0 as u32
 }
 
 /// Parses the headers with direct packet access (every read bounds-checked against data_end).
