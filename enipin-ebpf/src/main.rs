@@ -17,19 +17,20 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        __sk_buff, TC_ACT_REDIRECT, TC_ACT_UNSPEC, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
+        __sk_buff, BPF_FIB_LOOKUP_DIRECT, BPF_FIB_LOOKUP_OUTPUT, BPF_FIB_LOOKUP_TBID,
+        TC_ACT_REDIRECT, TC_ACT_UNSPEC, bpf_fib_lookup, bpf_redir_neigh,
+        bpf_redir_neigh__bindgen_ty_1,
     },
     btf_maps::{self, ArrayOfMaps},
-    helpers::generated::{bpf_check_mtu, bpf_redirect_neigh},
+    helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
     macros::{btf_map, classifier, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::TcContext,
 };
 use enipin_ebpf::{
     AddrLen, Bucket, Config, Counters, FAST_SLOTS, Local, LocalV4, LocalV6, MAX_INTERFACES,
-    MAX_OWNERS, MODE_ENFORCE, NEXT_HOP_GATEWAY_V4, NEXT_HOP_GATEWAY_V6, NEXT_HOP_SUBNET_V4,
-    NEXT_HOP_SUBNET_V6, NextHop, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, TABLE_BUCKETS,
-    bucket_index,
+    MAX_OWNERS, MODE_ENFORCE, NextHop, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT,
+    TABLE_BUCKETS, bucket_index,
 };
 
 // Map names must equal `enipin_ebpf::maps::*` (the `#[map]` name is the symbol name).
@@ -182,16 +183,19 @@ fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: u32, debug:
 }
 
 /// The next hop of a packet redirected onto `owner`, when user space wrote the owner's entry
-/// (enipin's rules route the owner) for the packet's family: the destination if it is on the
-/// owner's subnet, else the owner's gateway. `None`: the kernel looks the route up (the full
-/// lookup), as for an owner whose routing is not enipin's or is more than one subnet and a
-/// gateway.
+/// (enipin's rules route the owner): the destination looked up in the owner's table alone (no
+/// policy rules; the table holds the owner's subnet routes and its default route), with its
+/// neighbour resolved. `None`: the kernel looks the route up itself (the full lookup), as for an
+/// owner whose routing is not enipin's, a kernel without `BPF_FIB_LOOKUP_TBID` (< 6.8), or a
+/// next hop whose neighbour is not resolved yet. That last case matters: handed a next hop,
+/// `bpf_redirect_neigh` keeps the packet's old route, and a packet that waits for the neighbour
+/// is later sent through that route's neighbour, the wrong interface's MAC on the owner.
 #[inline(always)]
 fn next_hop(ctx: &TcContext, owner: u32) -> Option<bpf_redir_neigh> {
-    let hop = (owner < FAST_SLOTS)
+    let hop: &NextHop = (owner < FAST_SLOTS)
         .then(|| NEXT_HOPS.get(owner))
         .flatten()?;
-    if hop.flags == 0 {
+    if hop.table == 0 {
         return None;
     }
     let (data, end) = (ctx.data(), ctx.data_end());
@@ -200,55 +204,51 @@ fn next_hop(ctx: &TcContext, owner: u32) -> Option<bpf_redir_neigh> {
     if l3 + IPV4_MIN_HLEN > end {
         return None;
     }
+    // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers).
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.ifindex = owner;
+    p.__bindgen_anon_5.tbid = hop.table;
     // SAFETY: bounds checked just above.
     let eth = unsafe { &*(data as *const [u8; ETH_HLEN]) };
-    let (family, words) = if u16::from_be_bytes([eth[12], eth[13]]) == ETH_P_IP {
-        // SAFETY: the 20-byte header is in bounds (checked above); the destination is at 16.
-        let dst = unsafe { packet_u32(l3 + 16) } as u32;
-        let v4 = &hop.v4;
-        let (net, mask) = (word4(&v4.net), word4(&v4.mask));
-        let nh = if hop.flags & NEXT_HOP_SUBNET_V4 != 0 && dst & mask == net {
-            dst
-        } else if hop.flags & NEXT_HOP_GATEWAY_V4 != 0 {
-            word4(&v4.gateway)
-        } else {
-            return None;
-        };
-        // All 16 bytes of the union written: with the IPv6 path sharing the stores, LLVM would
-        // otherwise store whatever a register holds (a pointer, which the verifier refuses).
-        (AF_INET, [nh, 0, 0, 0])
+    if u16::from_be_bytes([eth[12], eth[13]]) == ETH_P_IP {
+        p.family = AF_INET as u8;
+        // SAFETY: the 20-byte header is in bounds (checked above).
+        unsafe {
+            p.__bindgen_anon_3.ipv4_src = packet_u32(l3 + 12) as u32;
+            p.__bindgen_anon_4.ipv4_dst = packet_u32(l3 + 16) as u32;
+        }
     } else {
         if l3 + IPV6_HLEN > end {
             return None;
         }
-        // SAFETY: the 40-byte header is in bounds (checked above); the destination is at 24.
-        let dst = unsafe { (packet_u64(l3 + 24), packet_u64(l3 + 32)) };
-        let v6 = &hop.v6;
-        let (net, mask) = (slot_words(&v6.net), slot_words(&v6.mask));
-        let on_subnet = dst.0 & mask.0 == net.0 && dst.1 & mask.1 == net.1;
-        let (a, b) = if hop.flags & NEXT_HOP_SUBNET_V6 != 0 && on_subnet {
-            dst
-        } else if hop.flags & NEXT_HOP_GATEWAY_V6 != 0 {
-            slot_words(&v6.gateway)
-        } else {
-            return None;
-        };
-        // Native-endian words of network-order bytes, reinterpreted: every byte stays in place.
-        // SAFETY: two u64 and four u32 are the same 16 bytes, any pattern valid.
-        (AF_INET6, unsafe {
-            core::mem::transmute::<[u64; 2], [u32; 4]>([a, b])
-        })
-    };
+        p.family = AF_INET6 as u8;
+        // SAFETY: the 40-byte header is in bounds (checked above); two u64 and four u32 are the
+        // same 16 bytes.
+        unsafe {
+            let src = [packet_u64(l3 + 8), packet_u64(l3 + 16)];
+            let dst = [packet_u64(l3 + 24), packet_u64(l3 + 32)];
+            p.__bindgen_anon_3.ipv6_src = core::mem::transmute::<[u64; 2], [u32; 4]>(src);
+            p.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<[u64; 2], [u32; 4]>(dst);
+        }
+    }
+    // OUTPUT: the lookup is for a packet leaving by `owner` (its routes only); tot_len 0 skips
+    // the MTU check, done already. Success means a unicast route and a resolved neighbour.
+    let flags = BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_OUTPUT | BPF_FIB_LOOKUP_TBID;
+    let size = core::mem::size_of::<bpf_fib_lookup>() as i32;
+    // SAFETY: our context and a stack value of the helper's parameter type, its size given.
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size, flags) };
+    if rc != 0 || p.ifindex != owner {
+        return None;
+    }
+    // On success the destination field holds the next hop (the gateway, or the destination
+    // itself), in the family `family` says (an IPv4 route may have an IPv6 gateway).
     Some(bpf_redir_neigh {
-        nh_family: family,
-        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: words },
+        nh_family: u32::from(p.family),
+        // SAFETY: the union's 16 bytes, zeroed above, then written by us or the kernel.
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+            ipv6_nh: unsafe { p.__bindgen_anon_4.ipv6_dst },
+        },
     })
-}
-
-/// A 4-byte address of a map value as the native-endian word the packet loads give.
-#[inline(always)]
-fn word4(a: &[u8; 4]) -> u32 {
-    slot_words(a).0 as u32
 }
 
 /// Parses the headers with direct packet access (every read bounds-checked against data_end).

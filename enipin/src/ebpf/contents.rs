@@ -18,7 +18,7 @@ use crate::{
     model::ManagedInterface,
 };
 
-use super::{derived::sync_derived, next_hop::next_hop, pins::Pins, program::OBJECT};
+use super::{derived::sync_derived, pins::Pins, program::OBJECT};
 
 #[derive(Debug)]
 pub(super) struct MapDiff<K, V> {
@@ -74,12 +74,12 @@ pub(super) fn desired(managed: &[ManagedInterface], cfg: &Config) -> State {
             mtu: m.mtu,
         };
         s.counters.insert(m.ifindex, ());
-        // Only while enipin's rules route the owner is its next hop what `next_hop` says; with
-        // `--no-rules` the owner's routing is someone else's (the main table, another agent), so
-        // the program keeps asking the kernel's full route lookup. An ifindex past the array
-        // (FAST_SLOTS) has no slot: the full lookup too.
-        if let Some(hop) = next_hop(m).filter(|_| cfg.rules && m.ifindex < FAST_SLOTS) {
-            s.next_hops.insert(m.ifindex, hop);
+        // Only while enipin's rules route the owner is its table what decides a redirected
+        // packet's next hop; with `--no-rules` the owner's routing is someone else's (the main
+        // table, another agent), so the program keeps the kernel's full route lookup. An ifindex
+        // past the array (FAST_SLOTS) has no slot, and table 0 names no table: the full lookup.
+        if cfg.rules && m.ifindex < FAST_SLOTS && m.table != 0 {
+            s.next_hops.insert(m.ifindex, NextHop { table: m.table });
         }
         for a in &m.addrs {
             match a.addr {
@@ -151,7 +151,7 @@ pub(super) fn installed(pins: &Pins) -> Result<State> {
         let array = Array::<_, NextHop>::try_from(map)?;
         for (ifindex, hop) in (0..).zip(array.iter()) {
             let hop = hop?;
-            if hop.flags != 0 {
+            if hop.table != 0 {
                 s.next_hops.insert(ifindex, hop);
             }
         }

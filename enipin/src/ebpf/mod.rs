@@ -20,7 +20,6 @@
 //! - `pins`: what is pinned, opened once, with the layout check against
 //!   [`enipin_ebpf::layout::MAPS`];
 //! - `derived`: the fast-path arrays and owner tables derived from the owner maps;
-//! - `next_hop`: an owner's next hop as enipin's own table routes it (the redirect's shortcut);
 //! - `contents`: the owner/prefix/counter/config maps: desired, installed, written, restored;
 //! - `attach`: TCX or netlink, chosen by one probe; finding and removing attachments;
 //! - `plan`: the typed `Change`s of an [`EbpfPlan`];
@@ -34,7 +33,6 @@ mod attach;
 mod contents;
 mod derived;
 mod held;
-mod next_hop;
 mod observe;
 mod owner;
 mod pins;

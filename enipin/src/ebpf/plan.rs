@@ -23,7 +23,6 @@ use super::{
     attach::{Attachment, attachments, ifname, owner_name, resolve},
     contents::{MapDiff, MapWrites, desired, installed},
     derived::out_of_step,
-    next_hop::Shown,
     owner::{Ownership, our_mark, owner},
     pins::Pins,
     program::{PROG_PIN, ensure_bpffs, our_tag},
@@ -107,7 +106,7 @@ pub(crate) enum Change {
     RemoveCounters {
         ifindex: u32,
     },
-    /// A redirect onto `ifindex` is handed this next hop (enipin's rules route the owner).
+    /// A redirect onto `ifindex` finds its next hop in this table (enipin's rules route the owner).
     SetNextHop {
         ifindex: u32,
         hop: NextHop,
@@ -191,9 +190,11 @@ impl fmt::Display for Change {
             Self::RemovePrefix { addr, len } => write!(f, "- prefix {addr}/{len}"),
             Self::AddCounters { ifindex } => write!(f, "+ counters for ifindex {ifindex}"),
             Self::RemoveCounters { ifindex } => write!(f, "- counters for ifindex {ifindex}"),
-            Self::SetNextHop { hop, name, .. } => {
-                write!(f, "+ next hop onto {name}: {}", Shown(hop))
-            }
+            Self::SetNextHop { hop, name, .. } => write!(
+                f,
+                "+ next hop onto {name} from table {} (redirects skip the full route lookup)",
+                hop.table
+            ),
             Self::RemoveNextHop { ifindex } => write!(
                 f,
                 "- next hop onto ifindex {ifindex} (redirects look the route up again)"
