@@ -16,17 +16,21 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{__sk_buff, TC_ACT_REDIRECT, TC_ACT_UNSPEC},
+    bindings::{
+        __sk_buff, BPF_FIB_LOOKUP_DIRECT, BPF_FIB_LOOKUP_OUTPUT, BPF_FIB_LOOKUP_TBID,
+        TC_ACT_REDIRECT, TC_ACT_UNSPEC, bpf_fib_lookup, bpf_redir_neigh,
+        bpf_redir_neigh__bindgen_ty_1,
+    },
     btf_maps::{self, ArrayOfMaps},
-    helpers::generated::{bpf_check_mtu, bpf_redirect_neigh},
+    helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
     macros::{btf_map, classifier, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::TcContext,
 };
 use enipin_ebpf::{
     AddrLen, Bucket, Config, Counters, FAST_SLOTS, Local, LocalV4, LocalV6, MAX_INTERFACES,
-    MAX_OWNERS, MODE_ENFORCE, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, TABLE_BUCKETS,
-    bucket_index,
+    MAX_OWNERS, MODE_ENFORCE, NextHop, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT,
+    TABLE_BUCKETS, bucket_index,
 };
 
 // Map names must equal `enipin_ebpf::maps::*` (the `#[map]` name is the symbol name).
@@ -55,6 +59,8 @@ static TABLE_V4: Table<4, { enipin_ebpf::BUCKET_V4 }> = ArrayOfMaps::new();
 static TABLE_V6: Table<16, { enipin_ebpf::BUCKET_V6 }> = ArrayOfMaps::new();
 #[map(name = "ENIPIN_CFG")]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
+#[map(name = "ENIPIN_NH")]
+static NEXT_HOPS: Array<NextHop> = Array::pinned(FAST_SLOTS, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -64,6 +70,8 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_ICMPV6: u8 = 58;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 
 /// Which counter a packet bumps.
 #[derive(Clone, Copy)]
@@ -151,8 +159,19 @@ fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: u32, debug:
         }
         return TC_ACT_UNSPEC;
     }
-    // SAFETY: no neighbour parameters (NULL, 0): the kernel looks the next hop up itself.
-    let rc = unsafe { bpf_redirect_neigh(owner, core::ptr::null_mut(), 0, 0) };
+    let rc = match next_hop(ctx, owner) {
+        // SAFETY: a stack value of the helper's parameter type, its size given.
+        Some(mut nh) => unsafe {
+            bpf_redirect_neigh(
+                owner,
+                &mut nh,
+                core::mem::size_of::<bpf_redir_neigh>() as i32,
+                0,
+            )
+        },
+        // SAFETY: no neighbour parameters (NULL, 0): the kernel looks the next hop up itself.
+        None => unsafe { bpf_redirect_neigh(owner, core::ptr::null_mut(), 0, 0) },
+    };
     if rc == TC_ACT_REDIRECT as i64 {
         return TC_ACT_REDIRECT;
     }
@@ -161,6 +180,75 @@ fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: u32, debug:
         aya_log_ebpf::warn!(ctx, "enipin: redirect to ifindex {} failed: {}", owner, rc);
     }
     TC_ACT_UNSPEC
+}
+
+/// The next hop of a packet redirected onto `owner`, when user space wrote the owner's entry
+/// (enipin's rules route the owner): the destination looked up in the owner's table alone (no
+/// policy rules; the table holds the owner's subnet routes and its default route), with its
+/// neighbour resolved. `None`: the kernel looks the route up itself (the full lookup), as for an
+/// owner whose routing is not enipin's, a kernel without `BPF_FIB_LOOKUP_TBID` (< 6.8), or a
+/// next hop whose neighbour is not resolved yet. That last case matters: handed a next hop,
+/// `bpf_redirect_neigh` keeps the packet's old route, and a packet that waits for the neighbour
+/// is later sent through that route's neighbour, the wrong interface's MAC on the owner.
+#[inline(always)]
+fn next_hop(ctx: &TcContext, owner: u32) -> Option<bpf_redir_neigh> {
+    let hop: &NextHop = (owner < FAST_SLOTS)
+        .then(|| NEXT_HOPS.get(owner))
+        .flatten()?;
+    if hop.table == 0 {
+        return None;
+    }
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let l3 = data + ETH_HLEN;
+    // `classify` parsed these headers already; the verifier wants the bounds checked again.
+    if l3 + IPV4_MIN_HLEN > end {
+        return None;
+    }
+    // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers).
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.ifindex = owner;
+    p.__bindgen_anon_5.tbid = hop.table;
+    // SAFETY: bounds checked just above.
+    let eth = unsafe { &*(data as *const [u8; ETH_HLEN]) };
+    if u16::from_be_bytes([eth[12], eth[13]]) == ETH_P_IP {
+        p.family = AF_INET as u8;
+        // SAFETY: the 20-byte header is in bounds (checked above).
+        unsafe {
+            p.__bindgen_anon_3.ipv4_src = packet_u32(l3 + 12) as u32;
+            p.__bindgen_anon_4.ipv4_dst = packet_u32(l3 + 16) as u32;
+        }
+    } else {
+        if l3 + IPV6_HLEN > end {
+            return None;
+        }
+        p.family = AF_INET6 as u8;
+        // SAFETY: the 40-byte header is in bounds (checked above); two u64 and four u32 are the
+        // same 16 bytes.
+        unsafe {
+            let src = [packet_u64(l3 + 8), packet_u64(l3 + 16)];
+            let dst = [packet_u64(l3 + 24), packet_u64(l3 + 32)];
+            p.__bindgen_anon_3.ipv6_src = core::mem::transmute::<[u64; 2], [u32; 4]>(src);
+            p.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<[u64; 2], [u32; 4]>(dst);
+        }
+    }
+    // OUTPUT: the lookup is for a packet leaving by `owner` (its routes only); tot_len 0 skips
+    // the MTU check, done already. Success means a unicast route and a resolved neighbour.
+    let flags = BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_OUTPUT | BPF_FIB_LOOKUP_TBID;
+    let size = core::mem::size_of::<bpf_fib_lookup>() as i32;
+    // SAFETY: our context and a stack value of the helper's parameter type, its size given.
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size, flags) };
+    if rc != 0 || p.ifindex != owner {
+        return None;
+    }
+    // On success the destination field holds the next hop (the gateway, or the destination
+    // itself), in the family `family` says (an IPv4 route may have an IPv6 gateway).
+    Some(bpf_redir_neigh {
+        nh_family: u32::from(p.family),
+        // SAFETY: the union's 16 bytes, zeroed above, then written by us or the kernel.
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+            ipv6_nh: unsafe { p.__bindgen_anon_4.ipv6_dst },
+        },
+    })
 }
 
 /// Parses the headers with direct packet access (every read bounds-checked against data_end).

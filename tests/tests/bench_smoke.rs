@@ -37,11 +37,12 @@ fn quick_bench_writes_every_section() {
         serde_json::from_str(&json).expect("results-quick.json parses");
     let count = |section: &str| rows.iter().filter(|r| r["section"] == section).count();
     // cost: the floor, its spread + 7 cases x 3 sizes; datapath: 5 rows x 2 protocols
-    // + 3 UDP CPU-per-frame rows; control: 12 rows (3 of them the attach floors);
+    // + 3 UDP CPU-per-frame rows + 2 UDP rows with the rules installed (the redirect's next hop
+    // from the owner's table: rate, CPU per frame); control: 12 rows (3 of them the attach floors);
     // watch: peak RSS, scrape time, exposition size; reaction: rule and route restored and a
     // new address (median, p99, max each), reconciles per restore, the 400-address burst (2).
     assert_eq!(count("cost"), 2 + 7 * 3, "{json}");
-    assert_eq!(count("datapath"), 5 * 2 + 3, "{json}");
+    assert_eq!(count("datapath"), 5 * 2 + 3 + 2, "{json}");
     assert_eq!(count("control"), 12, "{json}");
     assert_eq!(count("watch"), 3 + 3 * 3 + 1 + 2, "{json}");
     for r in &rows {

@@ -938,3 +938,119 @@ fn netlink_fallback_coexists_with_foreign_filters() {
     in_ns(lab.host(), || ebpf::detach(&po).unwrap());
     assert_eq!((ours(E1), ours(E2)), (0, 0));
 }
+
+/// With enipin's rules routing the owner (`rules` on, the owner's table known), a redirect takes
+/// its next hop from the owner's table: here (the rules layer itself is not installed) a table
+/// written by hand, whose default route goes through the peer, which holds the off-subnet
+/// address itself. A reply from that address shows the frame reached the peer's MAC: the
+/// kernel's full lookup would send it by the main table's default route through eth1, to
+/// 198.18.0.1 (the vpc, with no route there). A next hop whose neighbour is not resolved yet takes
+/// the full lookup, which queues the packet correctly. With `--no-rules` the entry goes.
+#[test]
+fn with_rules_the_redirect_takes_its_next_hop_from_the_owners_table() {
+    const OFF_SUBNET: &str = "198.19.0.7";
+    let lab = Lab::new().unwrap();
+    let pins = PinDir::new("enipin-dp-nh-").unwrap();
+    let paths = lab.paths(&pins);
+    let (e1, e2) = (lab.managed[0].ifindex, lab.managed[1].ifindex);
+    let peer = lab.topo.spec.peer_v4.to_string();
+    let (host, peer_ns) = (lab.host(), lab.topo.peer());
+    peer_ns
+        .ip(&["addr", "add", &format!("{OFF_SUBNET}/32"), "dev", "eth0"])
+        .unwrap();
+    let table = (20000 + e2).to_string();
+    for route in [
+        vec!["route", "add", "198.18.0.0/24", "dev", E2, "src", IP2],
+        vec!["route", "add", "default", "via", &peer, "dev", E2],
+        vec!["-6", "route", "add", "2001:db8::/64", "dev", E2],
+    ] {
+        host.ip(&[route, vec!["table", &table]].concat()).unwrap();
+    }
+    // bpf_fib_lookup answers only for an interface that forwards (it is made for routers); a
+    // host running DNAT'd containers does (Docker turns forwarding on).
+    for family in ["ipv4", "ipv6"] {
+        host.sysctl(&format!("net.{family}.conf.{E2}.forwarding"), "1")
+            .unwrap();
+    }
+    let mut managed = lab.managed.clone();
+    managed[1].table = 20000 + e2;
+    let rules = cfg(Mode::Enforce);
+    assert!(rules.rules, "the default installs the rules");
+    let off_subnet = |n| peer_ns.pings(&["-I", OFF_SUBNET, IP2], n).unwrap();
+    // Resolve the peer on eth0 first (from eth0's own address).
+    assert_eq!(lab.ping(IP1, 1).unwrap(), (1, 1));
+    in_ns(host, || {
+        let plan = ebpf::plan(&managed, &rules, &paths).unwrap();
+        let hops: Vec<String> = plan
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("next hop"))
+            .collect();
+        assert_eq!(
+            hops,
+            [format!(
+                "+ next hop onto {E2} from table {table} (redirects skip the full route lookup)"
+            )]
+        );
+        ebpf::apply(plan, &managed, &rules, &paths).unwrap();
+    });
+    let n = 3;
+    // The table's gateway resolved on eth1, as the owner's own traffic through it would: until
+    // then the program cannot hand it over (see the neighbour case below).
+    assert_eq!(host.pings(&["-I", IP2, &peer], 1).unwrap(), (1, 1));
+    let dropped = lab.dropped().unwrap();
+    let before = in_ns(host, || counters(&paths, e1));
+    assert_eq!(
+        off_subnet(n),
+        (n, n),
+        "off the subnet the frame reaches the table's gateway (the peer's MAC)"
+    );
+    assert_eq!(lab.ping(IP2, n).unwrap(), (n, n), "on the subnet too");
+    // Neighbours not resolved on the owner (but on eth0): the first packets take the full
+    // lookup and wait for the neighbour on eth1, then leave with eth1's MAC.
+    for (flags, from, to) in [(["-4"], IP2, peer.as_str()), (["-6"], IP6_2, PEER6)] {
+        host.ip(&[&flags[..], &["neigh", "flush", "dev", E2]].concat())
+            .unwrap();
+        assert_eq!(
+            host.pings(&[flags[0], "-I", from, to], n).unwrap(),
+            (n, n),
+            "{from} -> {to} with the neighbour unresolved"
+        );
+    }
+    assert_eq!(
+        lab.dropped().unwrap(),
+        dropped,
+        "nothing misrouted reaches the vpc"
+    );
+    in_ns(host, || {
+        let c = counters(&paths, e1).since(&before);
+        assert_eq!(c.misrouted_packets, 4 * n as u64, "{c:?}");
+        assert_eq!(c.redirect_failed + c.mtu_exceeded, 0, "{c:?}");
+
+        // --no-rules: someone else routes the owner, so its entry goes.
+        let no_rules = Config {
+            rules: false,
+            ..cfg(Mode::Enforce)
+        };
+        let plan = ebpf::plan(&managed, &no_rules, &paths).unwrap();
+        assert_eq!(
+            plan.lines(),
+            [format!(
+                "- next hop onto ifindex {e2} (redirects look the route up again)"
+            )]
+        );
+        ebpf::apply(plan, &managed, &no_rules, &paths).unwrap();
+        assert!(ebpf::plan(&managed, &no_rules, &paths).unwrap().is_empty());
+    });
+    assert_eq!(
+        off_subnet(2),
+        (2, 0),
+        "the full lookup does not use the table"
+    );
+    assert_eq!(
+        lab.ping(IP2, n).unwrap(),
+        (n, n),
+        "on the subnet it still works"
+    );
+    in_ns(host, || ebpf::detach(&paths).unwrap());
+}

@@ -124,6 +124,8 @@ impl From<EbpfPlan> for Steps {
                 },
                 Change::AddCounters { ifindex } => m.counters.set.push((ifindex, ())),
                 Change::RemoveCounters { ifindex } => m.counters.remove.push(ifindex),
+                Change::SetNextHop { ifindex, hop, .. } => m.next_hops.set.push((ifindex, hop)),
+                Change::RemoveNextHop { ifindex } => m.next_hops.remove.push(ifindex),
                 Change::Config(c) => m.config = Some(c),
                 Change::RemovePins { .. } => s.remove_all = true,
                 Change::Claim { .. } => {} // every apply claims the directory

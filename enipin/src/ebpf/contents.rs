@@ -9,7 +9,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
 };
 use enipin_ebpf::{
-    Counters, FAST_SLOTS, MODE_ENFORCE, MODE_MONITOR, Owner, PREFIXES_V4_PRESENT,
+    Counters, FAST_SLOTS, MODE_ENFORCE, MODE_MONITOR, NextHop, Owner, PREFIXES_V4_PRESENT,
     PREFIXES_V6_PRESENT, maps,
 };
 
@@ -60,6 +60,8 @@ pub(super) struct State {
     pub(super) p4: BTreeMap<([u8; 4], u8), Owner>,
     pub(super) p6: BTreeMap<([u8; 16], u8), Owner>,
     pub(super) counters: BTreeMap<u32, ()>,
+    /// Owner ifindex -> its next hop (`maps::NEXT_HOPS`'s non-empty slots).
+    pub(super) next_hops: BTreeMap<u32, NextHop>,
     pub(super) config: Option<enipin_ebpf::Config>,
 }
 
@@ -72,6 +74,13 @@ pub(super) fn desired(managed: &[ManagedInterface], cfg: &Config) -> State {
             mtu: m.mtu,
         };
         s.counters.insert(m.ifindex, ());
+        // Only while enipin's rules route the owner is its table what decides a redirected
+        // packet's next hop; with `--no-rules` the owner's routing is someone else's (the main
+        // table, another agent), so the program keeps the kernel's full route lookup. An ifindex
+        // past the array (FAST_SLOTS) has no slot, and table 0 names no table: the full lookup.
+        if cfg.rules && m.ifindex < FAST_SLOTS && m.table != 0 {
+            s.next_hops.insert(m.ifindex, NextHop { table: m.table });
+        }
         for a in &m.addrs {
             match a.addr {
                 IpAddr::V4(ip) => s.v4.insert(ip.octets(), owner),
@@ -138,6 +147,15 @@ pub(super) fn installed(pins: &Pins) -> Result<State> {
             s.counters.insert(k?, ());
         }
     }
+    if let Some(map) = pins.map(maps::NEXT_HOPS)? {
+        let array = Array::<_, NextHop>::try_from(map)?;
+        for (ifindex, hop) in (0..).zip(array.iter()) {
+            let hop = hop?;
+            if hop.table != 0 {
+                s.next_hops.insert(ifindex, hop);
+            }
+        }
+    }
     if let Some(map) = pins.map(maps::CONFIG)? {
         s.config = Some(Array::<_, enipin_ebpf::Config>::try_from(map)?.get(&0, 0)?);
     }
@@ -152,6 +170,7 @@ pub(super) struct MapWrites {
     pub(super) p4: MapDiff<([u8; 4], u8), Owner>,
     pub(super) p6: MapDiff<([u8; 16], u8), Owner>,
     pub(super) counters: MapDiff<u32, ()>,
+    pub(super) next_hops: MapDiff<u32, NextHop>,
     /// The config entry to write, when it changes.
     pub(super) config: Option<enipin_ebpf::Config>,
 }
@@ -164,6 +183,7 @@ impl MapWrites {
             p4: MapDiff::new(&now.p4, &want.p4),
             p6: MapDiff::new(&now.p6, &want.p6),
             counters: MapDiff::new(&now.counters, &want.counters),
+            next_hops: MapDiff::new(&now.next_hops, &want.next_hops),
             config: want.config.filter(|_| now.config != want.config),
         }
     }
@@ -243,6 +263,14 @@ pub(super) fn write_maps(ebpf: &mut Ebpf, d: &MapWrites) -> Result<()> {
         PerCpuArray::try_from(map(ebpf, maps::COUNTERS_FAST)?)?;
     for k in fresh.into_iter().filter(|k| *k < FAST_SLOTS) {
         fast.set(k, zero()?, 0)?;
+    }
+    let mut m: Array<_, NextHop> = Array::try_from(map(ebpf, maps::NEXT_HOPS)?)?;
+    for (k, v) in &d.next_hops.set {
+        m.set(*k, v, 0)?;
+    }
+    for k in &d.next_hops.remove {
+        // An empty slot: the program takes the full lookup for this owner again.
+        m.set(*k, &NextHop::default(), 0)?;
     }
     if let Some(c) = &d.config {
         let mut m: Array<_, enipin_ebpf::Config> = Array::try_from(map(ebpf, maps::CONFIG)?)?;

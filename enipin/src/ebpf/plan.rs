@@ -10,7 +10,9 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::programs::ProgramInfo;
-use enipin_ebpf::{MODE_ENFORCE, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, PROGRAM, maps};
+use enipin_ebpf::{
+    MODE_ENFORCE, NextHop, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, PROGRAM, maps,
+};
 
 use crate::{
     config::{Config, Paths},
@@ -18,7 +20,7 @@ use crate::{
 };
 
 use super::{
-    attach::{Attachment, attachments, owner_name, resolve},
+    attach::{Attachment, attachments, ifname, owner_name, resolve},
     contents::{MapDiff, MapWrites, desired, installed},
     derived::out_of_step,
     owner::{Ownership, our_mark, owner},
@@ -104,6 +106,16 @@ pub(crate) enum Change {
     RemoveCounters {
         ifindex: u32,
     },
+    /// A redirect onto `ifindex` finds its next hop in this table (enipin's rules route the owner).
+    SetNextHop {
+        ifindex: u32,
+        hop: NextHop,
+        name: String,
+    },
+    /// A redirect onto `ifindex` goes back to the kernel's full route lookup.
+    RemoveNextHop {
+        ifindex: u32,
+    },
     /// The program's config entry.
     Config(enipin_ebpf::Config),
     /// Nothing is managed: every pin goes, and the directory.
@@ -126,14 +138,16 @@ impl Change {
             Self::Detach { .. } => ("datapath_link", false),
             Self::Load { .. } => ("datapath_program", true),
             Self::RemovePins { .. } => ("datapath_program", false),
-            Self::RemoveOwner { .. } | Self::RemovePrefix { .. } | Self::RemoveCounters { .. } => {
-                ("datapath_map", false)
-            }
+            Self::RemoveOwner { .. }
+            | Self::RemovePrefix { .. }
+            | Self::RemoveCounters { .. }
+            | Self::RemoveNextHop { .. } => ("datapath_map", false),
             Self::RecreateMap { .. }
             | Self::Rebuild { .. }
             | Self::SetOwner { .. }
             | Self::SetPrefix { .. }
             | Self::AddCounters { .. }
+            | Self::SetNextHop { .. }
             | Self::Config(_) => ("datapath_map", true),
             Self::Replace { .. } | Self::Claim { .. } => return None,
         })
@@ -176,6 +190,15 @@ impl fmt::Display for Change {
             Self::RemovePrefix { addr, len } => write!(f, "- prefix {addr}/{len}"),
             Self::AddCounters { ifindex } => write!(f, "+ counters for ifindex {ifindex}"),
             Self::RemoveCounters { ifindex } => write!(f, "- counters for ifindex {ifindex}"),
+            Self::SetNextHop { hop, name, .. } => write!(
+                f,
+                "+ next hop onto {name} from table {} (redirects skip the full route lookup)",
+                hop.table
+            ),
+            Self::RemoveNextHop { ifindex } => write!(
+                f,
+                "- next hop onto ifindex {ifindex} (redirects look the route up again)"
+            ),
             Self::Config(c) => {
                 let mode = if c.mode == MODE_ENFORCE {
                     "enforce"
@@ -351,6 +374,16 @@ fn map_changes(w: &MapWrites) -> Vec<Change> {
     }
     for ifindex in &w.counters.remove {
         out.push(Change::RemoveCounters { ifindex: *ifindex });
+    }
+    for (ifindex, hop) in &w.next_hops.set {
+        out.push(Change::SetNextHop {
+            ifindex: *ifindex,
+            hop: *hop,
+            name: ifname(*ifindex).unwrap_or_else(|| format!("ifindex {ifindex}")),
+        });
+    }
+    for ifindex in &w.next_hops.remove {
+        out.push(Change::RemoveNextHop { ifindex: *ifindex });
     }
     out.extend(w.config.map(Change::Config));
     out
