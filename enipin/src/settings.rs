@@ -7,7 +7,7 @@
 //! are not in the file: every command needs them, also those that never read the file
 //! (`detach`, `status`), and they must agree with `watch` on them.
 
-use std::{fmt, net::IpAddr, path::PathBuf};
+use std::{fmt, net::IpAddr, num::NonZeroU64, path::PathBuf};
 
 use anyhow::{Result, bail};
 use serde::Serialize;
@@ -180,6 +180,14 @@ impl Picks<'_> {
     }
 }
 
+/// A period in seconds: the file's type refuses 0, the settings hold plain seconds.
+fn seconds(key: Key<NonZeroU64>) -> Key<u64> {
+    key.map(|k| {
+        let span = k.span();
+        Spanned::new(span, k.into_inner().get())
+    })
+}
+
 /// A key whose default is "unset".
 fn optional<T>(key: Key<T>) -> Key<Option<T>> {
     key.map(|k| {
@@ -222,11 +230,12 @@ fn merge(file: File, text: &str, given: Given) -> Settings {
     let debug = p.pick("datapath.debug", d.debug, dp.debug, g.debug);
     // No flag: how tests reach the clsact path on a TCX kernel, and a way out of a broken TCX.
     let attach: Attach = p.pick("datapath.attach", d.attach, dp.attach, None);
-    let interval = file.watch.interval.map(|i| {
-        let span = i.span();
-        Spanned::new(span, i.into_inner().get())
-    });
-    let interval = p.pick("watch.interval", DEFAULT_INTERVAL, interval, g.interval);
+    let interval = p.pick(
+        "watch.interval",
+        DEFAULT_INTERVAL,
+        seconds(file.watch.interval),
+        g.interval,
+    );
     let listen = p.pick(
         "metrics.listen",
         DEFAULT_LISTEN,
@@ -247,14 +256,10 @@ fn merge(file: File, text: &str, given: Given) -> Settings {
         m.configure_addresses,
         g.configure_addresses,
     );
-    let metadata_interval = m.interval.map(|i| {
-        let span = i.span();
-        Spanned::new(span, i.into_inner().get())
-    });
     let metadata_interval = p.pick(
         "metadata.interval",
         DEFAULT_METADATA_INTERVAL,
-        metadata_interval,
+        seconds(m.interval),
         g.metadata_interval,
     );
     Settings {
