@@ -198,6 +198,24 @@ pub enum Origin {
 }
 
 impl Interface {
+    /// A test interface: `eth{ifindex}`, MAC 02:00:00:00:00:{ifindex}, up Ethernet, MTU 1500,
+    /// with `addrs` (CIDRs) as netlink shows them; tests change the fields they need.
+    #[cfg(test)]
+    pub(crate) fn fixture(ifindex: u32, addrs: &[&str]) -> Self {
+        Self {
+            ifindex,
+            name: format!("eth{ifindex}"),
+            mac: [2, 0, 0, 0, 0, ifindex as u8],
+            mtu: 1500,
+            up: true,
+            ethernet: true,
+            loopback: false,
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            ours: Vec::new(),
+            meta: None,
+        }
+    }
+
     /// Where `addr` of this interface comes from.
     pub(crate) fn origin(&self, addr: IpAddr) -> Origin {
         match &self.meta {

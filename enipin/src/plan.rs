@@ -860,18 +860,7 @@ mod tests {
     }
 
     fn iface(ifindex: u32, addrs: &[&str]) -> Interface {
-        Interface {
-            ifindex,
-            name: format!("eth{ifindex}"),
-            mac: [2, 0, 0, 0, 0, ifindex as u8],
-            mtu: 1500,
-            up: true,
-            ethernet: true,
-            loopback: false,
-            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
-            ours: Vec::new(),
-            meta: None,
-        }
+        Interface::fixture(ifindex, addrs)
     }
 
     /// lo, eth1 and eth2 in one subnet, eth3 alone in another, eth4 down in the first one,

@@ -58,16 +58,9 @@ mod tests {
 
     fn iface(ifindex: u32, name: &str, mac: u8, addrs: &[&str]) -> Interface {
         Interface {
-            ifindex,
             name: name.into(),
             mac: [2, 0, 0, 0, 0, mac],
-            mtu: 1500,
-            up: true,
-            ethernet: true,
-            loopback: false,
-            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
-            ours: Vec::new(),
-            meta: None,
+            ..Interface::fixture(ifindex, addrs)
         }
     }
 

@@ -401,16 +401,8 @@ pub(super) mod tests {
 
     pub(crate) fn lab() -> (Discovery, Vec<ManagedInterface>) {
         let iface = |ifindex: u32, a: &str| Interface {
-            ifindex,
             name: format!("eth{}", ifindex - 2),
-            mac: [2, 0, 0, 0, 0, ifindex as u8],
-            mtu: 1500,
-            up: true,
-            ethernet: true,
-            loopback: false,
-            addrs: vec![a.parse().unwrap()],
-            ours: Vec::new(),
-            meta: None,
+            ..Interface::fixture(ifindex, &[a])
         };
         let d = Discovery {
             interfaces: vec![iface(2, "198.18.0.10/24"), iface(3, "198.18.0.11/24")],
