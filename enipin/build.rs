@@ -37,6 +37,11 @@ fn main() -> anyhow::Result<()> {
         tools_bin.join("bpf-linker").display()
     );
 
+    // The workspace's release profile has whole-program LTO for the host binaries; the eBPF
+    // object keeps the profile it was measured with (bpf-linker links its crate graph whole
+    // anyway), so the inner cargo gets the default back. Its codegen-units = 1 is per package.
+    // SAFETY: as above.
+    unsafe { env::set_var("CARGO_PROFILE_RELEASE_LTO", "false") };
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path")?;
     aya_build::build_ebpf(
         [aya_build::Package {
