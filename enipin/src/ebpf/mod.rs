@@ -24,12 +24,14 @@
 //! - `attach`: TCX or netlink, chosen by one probe; finding and removing attachments;
 //! - `plan`: the typed `Change`s of an [`EbpfPlan`];
 //! - `apply`: carrying a plan out, all or nothing; detaching everything;
+//! - `batch`: a whole per-CPU array in one syscall;
 //! - `observe`: attachments, counters, owner tables, for `status`, `stats`, `metrics`; what is
 //!   missing, for `watch`'s cheap check; what the kernel runs, for `detach`'s;
 //! - `held`: the links `watch` holds open so that a removed pin does not detach them.
 
 mod apply;
 mod attach;
+mod batch;
 mod contents;
 mod derived;
 mod held;

@@ -1,11 +1,11 @@
 //! What is in the kernel now, for `status`, `stats` and `metrics`: attachments, counters, owner
 //! tables.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, os::fd::AsFd as _};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{IterableMap as _, MapData, PerCpuArray, PerCpuHashMap},
     programs::{ProgramError, SchedClassifier, TcAttachType},
 };
 use enipin_ebpf::{Counters, FAST_SLOTS, PROGRAM, layout::MAPS, maps};
@@ -15,6 +15,7 @@ use crate::{config::Paths, model::ManagedInterface};
 
 use super::{
     attach::{AttachKind, attachments, ifname},
+    batch,
     derived::{OwnerTable, read_table},
     pins::Pins,
     program::PROG_PIN,
@@ -173,8 +174,7 @@ pub fn counters(paths: &Paths) -> Result<Vec<(u32, Counters)>> {
         per_cpu.iter().for_each(|c| sum.add(c));
     }
     if let Some(fast) = fast {
-        for (k, per_cpu) in (0..FAST_SLOTS).zip(fast.iter()) {
-            let per_cpu = per_cpu?;
+        for (k, per_cpu) in (0..FAST_SLOTS).zip(fast_slots(&fast)?) {
             // A slot of an interface that is not (or no longer) managed is "unknown" (0).
             let key = if out.contains_key(&k) { k } else { 0 };
             let sum = out.entry(key).or_default();
@@ -182,6 +182,23 @@ pub fn counters(paths: &Paths) -> Result<Vec<(u32, Counters)>> {
         }
     }
     Ok(out.into_iter().collect())
+}
+
+/// Every slot of the fast counter array, each per CPU: one batch lookup, or one lookup per slot
+/// where the kernel has no batch operation for arrays.
+fn fast_slots(fast: &PerCpuArray<MapData, Counters>) -> Result<Vec<Vec<Counters>>> {
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(path, e)| anyhow!("reading {path}: {e}"))?
+        .get() as usize;
+    let fd = fast.map().fd().as_fd();
+    if let Some(all) = batch::per_cpu_array(fd, FAST_SLOTS, cpus)
+        .with_context(|| format!("reading {}", maps::COUNTERS_FAST))?
+    {
+        return Ok(all);
+    }
+    fast.iter()
+        .map(|per_cpu| Ok(per_cpu?.iter().copied().collect()))
+        .collect()
 }
 
 /// The owner table `name` (`maps::TABLE_V4` or `TABLE_V6`) as the program sees it. `None` when
