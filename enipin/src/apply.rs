@@ -1,5 +1,5 @@
 //! Carries a plan out: the journal of the rules, routes and sysctls applier, and the commit of
-//! both appliers (this one, then [`ebpf`]).
+//! both appliers (this one, while [`ebpf`] prepares, then the datapath's links).
 //!
 //! Every run applies only the difference between desired and installed, and keeps a journal of
 //! the inverse of each step it took: if a step fails, the journal is replayed backwards, so a
@@ -207,8 +207,9 @@ pub(crate) fn pending(
     })
 }
 
-/// Carries a plan out, all or nothing: the state file first, then rules/routes/sysctls, then the
-/// datapath; on failure everything this call did is undone and the state file restored.
+/// Carries a plan out, all or nothing: the state file first, then rules/routes/sysctls while the
+/// datapath is prepared, then the datapath's links; on failure everything this call did is undone
+/// and the state file restored.
 pub(crate) async fn commit(nl: &Netlink, p: Pending, cfg: &Config, paths: &Paths) -> Result<()> {
     // The state goes first: the sysctl values we are about to replace must survive a crash.
     let mut st = p.previous.clone().unwrap_or_default();
@@ -231,21 +232,63 @@ pub(crate) async fn commit(nl: &Netlink, p: Pending, cfg: &Config, paths: &Paths
     if p.is_empty() {
         return Ok(());
     }
-    let journal = match execute(nl, &p.plan.changes).await {
+    // The datapath is prepared (program loaded and verified, maps filled) on a thread of its own
+    // while the rules' batch runs: see `ebpf::Prepared` for why only that part can overlap.
+    let prepared = p
+        .ebpf
+        .filter(|e| !e.is_empty())
+        .map(|ep| prepare_aside(ep, cfg, paths));
+    let t = std::time::Instant::now();
+    let rules = execute(nl, &p.plan.changes).await;
+    log::debug!(
+        "rules: {} change(s) applied in {:.1} ms",
+        p.plan.changes.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let prepared = match prepared {
+        Some(rx) => Some(
+            rx.await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("preparing the datapath panicked"))),
+        ),
+        None => None,
+    };
+    let journal = match rules {
         Ok(j) => j,
         Err(e) => {
+            // The rules were rolled back by `execute`; what was prepared goes too (a failed
+            // preparation undid itself).
+            let e = match prepared.map(|r| r.and_then(ebpf::Prepared::abandon)) {
+                Some(Err(left)) => e.context(format!("{left:#}")),
+                _ => e,
+            };
             state::restore(paths, p.previous.as_ref())?;
             return Err(e.context("nothing changed"));
         }
     };
-    if let Some(ep) = p.ebpf.filter(|e| !e.is_empty())
-        && let Err(e) = ebpf::apply(ep, &p.managed, cfg, paths)
-    {
+    if let Some(Err(e)) = prepared.map(|r| r.and_then(ebpf::Prepared::finish)) {
         let undone = rollback(nl, journal).await;
         state::restore(paths, p.previous.as_ref())?;
         return Err(e.context(format!("attaching the datapath failed; {undone}")));
     }
     Ok(())
+}
+
+/// Runs [`ebpf::prepare`] on a new thread, started from this one so that it is in the same
+/// network namespace (threads inherit the namespace of the thread that starts them). Should the
+/// receiver be gone (the commit was cancelled), the thread undoes what it prepared itself.
+fn prepare_aside(
+    plan: ebpf::EbpfPlan,
+    cfg: &Config,
+    paths: &Paths,
+) -> futures::channel::oneshot::Receiver<Result<ebpf::Prepared>> {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    let (cfg, paths) = (cfg.clone(), paths.clone());
+    std::thread::spawn(move || {
+        if let Err(Ok(unused)) = tx.send(ebpf::prepare(plan, &cfg, &paths)) {
+            let _ = unused.abandon();
+        }
+    });
+    rx
 }
 
 /// Objects a reconcile found out of place, by (kind, missing): `rule`, `route`, `sysctl`,

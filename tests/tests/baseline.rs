@@ -444,6 +444,11 @@ fn bad_input_gives_a_clear_error_and_changes_nothing() {
     let e = enipin.fails(&["attach", "--no-ebpf", "--gateway", "198.19.0.1"]);
     assert!(e.contains("failed") && e.contains("rolled back the"), "{e}");
     unchanged("a failed step");
+    // The same with the datapath, which is prepared (program loaded, maps pinned and filled)
+    // while the rules run: when they fail, what was prepared goes too.
+    let e = enipin.fails(&["attach", "--gateway", "198.19.0.1"]);
+    assert!(e.contains("failed") && e.contains("rolled back the"), "{e}");
+    unchanged("a failed step with the datapath prepared");
 
     // Without CAP_NET_ADMIN.
     let cli = enipin.command(&["attach", "--no-ebpf"]);

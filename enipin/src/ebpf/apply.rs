@@ -4,6 +4,7 @@ use std::{fs, path::PathBuf};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
+    Ebpf,
     maps::MapData,
     programs::{
         SchedClassifier,
@@ -21,6 +22,7 @@ use crate::{
 use super::{
     attach::{AttachKind, attach_one, attachments, ifname, remove_attachment, resolve},
     contents::{MapWrites, State, installed, restore, write_maps},
+    derived::TableSwap,
     owner::{claim, owner},
     pins::{Pins, remove_pins},
     plan::{Change, EbpfPlan},
@@ -36,13 +38,47 @@ pub fn apply(
     paths: &Paths,
 ) -> Result<()> {
     let _ = managed; // the plan carries the changes; kept for the appliers' common shape
+    prepare(plan, cfg, paths)?.finish()
+}
+
+/// A plan carried out up to its links: the program loaded and verified, the maps pinned and
+/// written, nothing attached or swapped yet. [`Prepared::finish`] attaches (and detaches);
+/// [`Prepared::abandon`] undoes what [`prepare`] did.
+///
+/// The split lets [`crate::apply::commit`] prepare while the rules' netlink batch runs: loading
+/// and verifying the program and filling 1500 map entries (about 30 ms of CPU for 15 x 50
+/// addresses) touch nothing the rules do, while every TCX attach waits under rtnl, as the
+/// rules' requests do, so only the preparation can overlap them.
+#[must_use = "a prepared datapath must be finished or abandoned"]
+pub struct Prepared(Stage);
+
+enum Stage {
+    /// The plan is empty.
+    Nothing,
+    /// Nothing must remain: [`detach`] when finishing (after the rules went).
+    RemoveAll(Paths),
+    Ready(Box<Ready>),
+}
+
+struct Ready {
+    steps: Steps,
+    how: AttachKind,
+    paths: Paths,
+    ebpf: Ebpf,
+    /// The owner tables, swapped in while the links are attached.
+    tables: TableSwap,
+    undo: Undo,
+}
+
+/// Checks the plan's preconditions again, claims the pin directory, then loads and fills (see
+/// [`Prepared`]). On failure what it did is undone, as [`apply`]'s.
+pub fn prepare(plan: EbpfPlan, cfg: &Config, paths: &Paths) -> Result<Prepared> {
     if plan.is_empty() {
-        return Ok(());
+        return Ok(Prepared(Stage::Nothing));
     }
     let steps = Steps::from(plan);
     if steps.remove_all {
-        detach(paths)?;
-        return Ok(());
+        return Ok(Prepared(Stage::RemoveAll(paths.clone())));
     }
     // Checked by the plan already; again here, as the plan may be older than the directory.
     owner(&paths.pin_dir)?;
@@ -65,14 +101,84 @@ pub fn apply(
         attached: Vec::new(),
         unpinned: Vec::new(),
     };
-    let Err(e) = carry_out(&steps, how, paths, &mut undo) else {
-        return Ok(());
-    };
-    let left = undo.run(paths);
-    if left.is_empty() {
-        return Err(e);
+    match load_and_fill(&steps, paths, &mut undo) {
+        Ok((ebpf, tables)) => Ok(Prepared(Stage::Ready(Box::new(Ready {
+            steps,
+            how,
+            paths: paths.clone(),
+            ebpf,
+            tables,
+            undo,
+        })))),
+        Err(e) => Err(undone(e, undo.run(paths))),
     }
-    Err(e.context(format!("the rollback could not undo: {}", left.join("; "))))
+}
+
+impl Prepared {
+    /// Attaches and detaches as planned; on failure undoes all of it, [`prepare`]'s part too.
+    pub fn finish(self) -> Result<()> {
+        let r = match self.0 {
+            Stage::Nothing => return Ok(()),
+            Stage::RemoveAll(paths) => return detach(&paths).map(drop),
+            Stage::Ready(r) => r,
+        };
+        let Ready {
+            steps,
+            how,
+            paths,
+            mut ebpf,
+            tables,
+            mut undo,
+        } = *r;
+        let t = std::time::Instant::now();
+        // A link attached before the new tables are swapped in is safe: with no table yet (a
+        // first attach) the program finds no bucket and asks the owner maps, written in full by
+        // `prepare`; with an earlier table it sees what the links already attached see until the
+        // swap, as it was before the links and tables overlapped. Whatever is missing from a
+        // table reads as not owned, so the packet passes; none is redirected wrongly.
+        let done = std::thread::scope(|sc| {
+            let swap = sc.spawn(|| tables.run());
+            let linked = link(&mut ebpf, &steps, how, &paths, &mut undo);
+            let swapped = swap
+                .join()
+                .unwrap_or_else(|_| Err(anyhow!("swapping the owner tables panicked")));
+            linked.and(swapped)
+        });
+        log::debug!(
+            "datapath: {} link(s) attached, {} removed, owner tables swapped in {:.1} ms",
+            steps.attach.len(),
+            steps.detach.len(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        match done {
+            Ok(()) => Ok(()),
+            Err(e) => Err(undone(e, undo.run(&paths))),
+        }
+    }
+
+    /// Undoes what [`prepare`] did (the rules failed); an error names what could not be undone.
+    pub fn abandon(self) -> Result<()> {
+        let Stage::Ready(r) = self.0 else {
+            return Ok(());
+        };
+        drop((r.ebpf, r.tables)); // the program and map descriptors: the pins are what stays
+        let left = r.undo.run(&r.paths);
+        if left.is_empty() {
+            return Ok(());
+        }
+        Err(anyhow!(
+            "undoing the prepared datapath failed for: {}",
+            left.join("; ")
+        ))
+    }
+}
+
+/// `e`, naming what the rollback could not undo, if anything.
+fn undone(e: anyhow::Error, left: Vec<String>) -> anyhow::Error {
+    if left.is_empty() {
+        return e;
+    }
+    e.context(format!("the rollback could not undo: {}", left.join("; ")))
 }
 
 /// The plan's changes sorted by what carries them out.
@@ -135,10 +241,11 @@ impl From<EbpfPlan> for Steps {
     }
 }
 
-/// The steps in order, recording in `undo` what a rollback must revert.
-fn carry_out(s: &Steps, how: AttachKind, paths: &Paths, undo: &mut Undo) -> Result<()> {
+/// [`prepare`]'s steps, recording in `undo` what a rollback must revert: the maps of another
+/// layout unpinned, the program loaded (creating and pinning the missing maps), the maps written.
+fn load_and_fill(s: &Steps, paths: &Paths, undo: &mut Undo) -> Result<(Ebpf, TableSwap)> {
     // Maps of another build's layout: unpin them (the running program keeps them until its links
-    // are swapped to the new program below) and keep them open to pin back on failure.
+    // are swapped to the new program in `link`) and keep them open to pin back on failure.
     for name in &s.recreate {
         let path = paths.pin_dir.join(name);
         let old =
@@ -146,10 +253,23 @@ fn carry_out(s: &Steps, how: AttachKind, paths: &Paths, undo: &mut Undo) -> Resu
         fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
         undo.unpinned.push((path, old));
     }
+    let t = std::time::Instant::now();
     let mut ebpf = load(&paths.pin_dir)?;
-    write_maps(&mut ebpf, &s.maps)?;
+    let loaded = t.elapsed();
+    let tables = write_maps(&mut ebpf, &s.maps)?;
+    log::debug!(
+        "datapath: program loaded and verified in {:.1} ms, maps written in {:.1} ms",
+        loaded.as_secs_f64() * 1e3,
+        (t.elapsed() - loaded).as_secs_f64() * 1e3
+    );
+    Ok((ebpf, tables))
+}
+
+/// [`Prepared::finish`]'s steps, in order: the program swapped in and pinned, the links attached
+/// and removed, recording in `undo` what a rollback must revert.
+fn link(ebpf: &mut Ebpf, s: &Steps, how: AttachKind, paths: &Paths, undo: &mut Undo) -> Result<()> {
     let prog_pin = paths.pin_dir.join(PROG_PIN);
-    let prog = classifier(&mut ebpf)?;
+    let prog = classifier(ebpf)?;
     if s.replace {
         swap_links(prog, s, paths)?;
         let _ = fs::remove_file(&prog_pin);

@@ -18,7 +18,7 @@ use crate::{
     model::ManagedInterface,
 };
 
-use super::{derived::sync_derived, pins::Pins, program::OBJECT};
+use super::{derived::TableSwap, pins::Pins, program::OBJECT};
 
 #[derive(Debug)]
 pub(super) struct MapDiff<K, V> {
@@ -197,7 +197,7 @@ pub(super) fn restore(paths: &Paths, before: &State) -> Result<()> {
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&paths.pin_dir)
         .load(OBJECT)?;
-    write_maps(&mut ebpf, &w)
+    write_maps(&mut ebpf, &w)?.run()
 }
 
 /// The object's map `name`.
@@ -206,8 +206,9 @@ pub(super) fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
         .ok_or_else(|| anyhow!("map {name} missing from the object"))
 }
 
-/// Writes `d` into the object's maps (pinned), then derives the fast-path arrays and owner tables.
-pub(super) fn write_maps(ebpf: &mut Ebpf, d: &MapWrites) -> Result<()> {
+/// Writes `d` into the object's maps (pinned) and derives the fast-path arrays from them; returns
+/// the owner tables' swap, which the caller runs (the tables leave `ebpf` with it).
+pub(super) fn write_maps(ebpf: &mut Ebpf, d: &MapWrites) -> Result<TableSwap> {
     let mut m: HashMap<_, [u8; 4], Owner> = HashMap::try_from(map(ebpf, maps::OWNERS_V4)?)?;
     for (k, v) in &d.v4.set {
         m.insert(k, v, 0)?;
@@ -222,7 +223,7 @@ pub(super) fn write_maps(ebpf: &mut Ebpf, d: &MapWrites) -> Result<()> {
     for k in &d.v6.remove {
         m.remove(k)?;
     }
-    sync_derived(ebpf)?;
+    let tables = TableSwap::derive(ebpf)?;
     let mut m: LpmTrie<_, [u8; 4], Owner> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V4)?)?;
     for ((k, l), v) in &d.p4.set {
         m.insert(&Key::new((*l).into(), *k), v, 0)?;
@@ -276,5 +277,5 @@ pub(super) fn write_maps(ebpf: &mut Ebpf, d: &MapWrites) -> Result<()> {
         let mut m: Array<_, enipin_ebpf::Config> = Array::try_from(map(ebpf, maps::CONFIG)?)?;
         m.set(0, c, 0)?;
     }
-    Ok(())
+    Ok(tables)
 }

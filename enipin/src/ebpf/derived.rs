@@ -20,6 +20,29 @@ use super::{contents::map, pins::Pins};
 ///
 /// Public for the tests, which fill the owner maps by hand.
 pub fn sync_derived(ebpf: &mut Ebpf) -> Result<()> {
+    let owned = sync_local(ebpf)?;
+    let (mut t4, mut t6) = (None, None);
+    for (name, m) in ebpf.maps_mut() {
+        match name {
+            maps::TABLE_V4 => t4 = Some(m),
+            maps::TABLE_V6 => t6 = Some(m),
+            _ => {}
+        }
+    }
+    let missing = |name: &str| anyhow!("map {name} missing from the object");
+    let t4 = t4.ok_or_else(|| missing(maps::TABLE_V4))?;
+    let t6 = t6.ok_or_else(|| missing(maps::TABLE_V6))?;
+    swap_tables(t4, t6, &owned)
+}
+
+/// The owner maps' content, read once for everything derived from them.
+pub(super) struct Owned {
+    v4: BTreeMap<[u8; 4], u32>,
+    v6: BTreeMap<[u8; 16], u32>,
+}
+
+/// The fast-path arrays of [`sync_derived`]; returns the owner maps' content for the tables.
+fn sync_local(ebpf: &mut Ebpf) -> Result<Owned> {
     let v4 = owned::<4>(map(ebpf, maps::OWNERS_V4)?)?;
     let v6 = owned::<16>(map(ebpf, maps::OWNERS_V6)?)?;
     /// Writes the slots that differ from [`local`]`(owned)`.
@@ -41,22 +64,48 @@ pub fn sync_derived(ebpf: &mut Ebpf) -> Result<()> {
     }
     write_local::<4, { enipin_ebpf::LOCAL_V4 }>(ebpf, maps::LOCAL_V4, &v4)?;
     write_local::<16, { enipin_ebpf::LOCAL_V6 }>(ebpf, maps::LOCAL_V6, &v6)?;
-    // A map-in-map update returns only after an RCU grace period (about 10 ms here), so that
-    // user space knows no program still reads the old table: swap both families in parallel.
-    let (mut t4, mut t6) = (None, None);
-    for (name, m) in ebpf.maps_mut() {
-        match name {
-            maps::TABLE_V4 => t4 = Some(m),
-            maps::TABLE_V6 => t6 = Some(m),
-            _ => {}
-        }
+    Ok(Owned { v4, v6 })
+}
+
+/// [`sync_derived`] in two steps: the fast-path arrays now ([`TableSwap::derive`]), the owner
+/// tables' swap when [`TableSwap::run`] says, which may be while links are attached. Each swap
+/// returns only after an RCU grace period (8-16 ms here, see [`swap_tables`]), as each TCX
+/// attach does: run together, the waits overlap.
+pub(super) struct TableSwap {
+    t4: Map,
+    t6: Map,
+    owned: Owned,
+}
+
+impl TableSwap {
+    /// Writes the fast-path arrays, and takes the owner tables out of `ebpf` for [`Self::run`].
+    pub(super) fn derive(ebpf: &mut Ebpf) -> Result<Self> {
+        let owned = sync_local(ebpf)?;
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("map {name} missing from the object"))
+        };
+        Ok(Self {
+            t4: take(maps::TABLE_V4)?,
+            t6: take(maps::TABLE_V6)?,
+            owned,
+        })
     }
-    let missing = |name: &str| anyhow!("map {name} missing from the object");
-    let t4 = t4.ok_or_else(|| missing(maps::TABLE_V4))?;
-    let t6 = t6.ok_or_else(|| missing(maps::TABLE_V6))?;
+
+    /// Swaps in the owner tables derived when this was made.
+    pub(super) fn run(mut self) -> Result<()> {
+        swap_tables(&mut self.t4, &mut self.t6, &self.owned)
+    }
+}
+
+/// Both families' owner tables. A map-in-map update returns only after an RCU grace period (about
+/// 10 ms here), so that user space knows no program still reads the old table: both families are
+/// swapped in parallel.
+fn swap_tables(t4: &mut Map, t6: &mut Map, owned: &Owned) -> Result<()> {
+    let (v4, v6) = (&owned.v4, &owned.v6);
     std::thread::scope(|s| {
-        let h4 = s.spawn(|| write_table::<4, { enipin_ebpf::BUCKET_V4 }>(t4, maps::TABLE_V4, &v4));
-        let r6 = write_table::<16, { enipin_ebpf::BUCKET_V6 }>(t6, maps::TABLE_V6, &v6);
+        let h4 = s.spawn(|| write_table::<4, { enipin_ebpf::BUCKET_V4 }>(t4, maps::TABLE_V4, v4));
+        let r6 = write_table::<16, { enipin_ebpf::BUCKET_V6 }>(t6, maps::TABLE_V6, v6);
         h4.join()
             .unwrap_or_else(|_| Err(anyhow!("writing {} panicked", maps::TABLE_V4)))
             .and(r6)

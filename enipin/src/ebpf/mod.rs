@@ -41,7 +41,7 @@ mod pins;
 mod plan;
 mod program;
 
-pub use apply::{apply, detach};
+pub use apply::{Prepared, apply, detach, prepare};
 #[cfg(any(test, feature = "testing"))]
 pub use attach::AttachKind;
 pub(crate) use attach::{have_tcx, ifname};
