@@ -430,7 +430,10 @@ fn local<const N: usize, const K: usize>(
     let n = local.n as usize;
     let mut i = 0;
     while i < K {
-        if i < n && same(slot_words(&local.addrs[i]), src) {
+        // An unused IPv6 slot is all zero, which no source reaching here is (`classify` skipped
+        // the unspecified address), so IPv6 compares every slot without counting; an IPv4 source
+        // may be 0.0.0.0 (DHCP), which must not match an unused slot.
+        if (N == 16 || i < n) && is(&local.addrs[i], src) {
             return true;
         }
         i += 1;
@@ -453,12 +456,20 @@ fn lookup<const N: usize, const K: usize>(
         Some(bucket) => {
             let mut i = 0;
             while i < K {
-                let owner = bucket.ifindex[i];
-                if owner == 0 {
-                    break;
-                }
-                if same(slot_words(&bucket.addrs[i]), w) {
-                    return Verdict::Owned(owner);
+                if N == 16 {
+                    // As in `local`: an unused slot (zero address, owner 0) never matches, so
+                    // the owner is read only for the slot that does.
+                    if is(&bucket.addrs[i], w) {
+                        return Verdict::Owned(bucket.ifindex[i]);
+                    }
+                } else {
+                    let owner = bucket.ifindex[i];
+                    if owner == 0 {
+                        break;
+                    }
+                    if is(&bucket.addrs[i], w) {
+                        return Verdict::Owned(owner);
+                    }
                 }
                 i += 1;
             }
@@ -482,31 +493,29 @@ fn lookup<const N: usize, const K: usize>(
     }
 }
 
-/// An address stored in a `Local` or `Bucket` slot as `enipin_ebpf::words`, with aligned loads. `words`
-/// reads with `read_unaligned`, and behind a map-in-map value pointer LLVM cannot see the
-/// alignment, so it splits each IPv6 word into two 4-byte loads, a shift and an or.
+/// Whether the address in a `Local` or `Bucket` slot is `w` (as `enipin_ebpf::words`), with
+/// aligned loads, the interface identifier first: an interface's IPv6 addresses usually share
+/// their first word (the /64), so comparing that first would rarely decide anything. The loads
+/// are volatile so that the compiler keeps them in this order and the second behind the first
+/// compare: with plain reads it loaded both words up front and compared the prefix first (two
+/// loads, a reload of the source from the stack and two branches for each slot that fails,
+/// instead of one load and one branch). `words` reads with `read_unaligned`, which behind a
+/// map-in-map value pointer LLVM splits into 4-byte loads, a shift and an or.
 #[inline(always)]
-fn slot_words<const N: usize>(a: &[u8; N]) -> (u64, u64) {
+fn is<const N: usize>(a: &[u8; N], w: (u64, u64)) -> bool {
     let () = AddrLen::<N>::OK;
     let p = a.as_ptr();
     // SAFETY: N is 4 or 16 (checked above); `Local` and `Bucket` are `align(8)` with their
     // addresses from offset 8 (asserted in lib.rs), so an IPv4 slot is 4-aligned and an IPv6 slot
-    // 8-aligned.
+    // 8-aligned. A volatile read of map memory is a plain load.
     unsafe {
         if N == 4 {
-            (u64::from(core::ptr::read(p as *const u32)), 0)
+            u64::from(core::ptr::read(p as *const u32)) == w.0
         } else {
             let p = p as *const u64;
-            (core::ptr::read(p), core::ptr::read(p.add(1)))
+            core::ptr::read_volatile(p.add(1)) == w.1 && core::ptr::read_volatile(p) == w.0
         }
     }
-}
-
-/// Address equality, interface identifier first: an interface's IPv6 addresses usually share
-/// their first word (the /64), so comparing that first would rarely decide anything.
-#[inline(always)]
-fn same(a: (u64, u64), b: (u64, u64)) -> bool {
-    a.1 == b.1 && a.0 == b.0
 }
 
 /// The address that `enipin_ebpf::words` read, as the owner maps' key.
