@@ -39,10 +39,11 @@ pub mod maps {
     pub const CONFIG: &str = "ENIPIN_CFG";
     /// `Array<NextHop>` of `FAST_SLOTS` entries indexed by the owner's ifindex: the table that
     /// routes a packet redirected onto that owner, so the program finds its next hop with one
-    /// table lookup and hands it to `bpf_redirect_neigh`, which then skips its own full route
-    /// lookup (the FIB part of the redirect's second pass, about 6 % of a redirected frame with
-    /// perf on the lab). Written only while enipin's rules route the owner; an empty slot
-    /// (`table == 0`) means the full lookup.
+    /// table lookup instead of `bpf_redirect_neigh`'s full route lookup (the FIB part of the
+    /// redirect's second pass, about 6 % of a redirected frame with perf on the lab), and, the
+    /// neighbour resolved, writes the MACs itself and skips the neighbour output too. Written
+    /// only while enipin's rules route the owner; an empty slot (`table == 0`) means the full
+    /// lookup.
     pub const NEXT_HOPS: &str = "ENIPIN_NH";
 }
 

@@ -32,7 +32,7 @@ pub use enipin::{
     },
     testbed::{self, Dirs, Netns, PinDir, TempDir, sh, unique, veth},
 };
-pub use test_run::{TC_ACT_REDIRECT, TC_ACT_UNSPEC, test_run, test_run_ctx};
+pub use test_run::{TC_ACT_REDIRECT, TC_ACT_UNSPEC, test_run, test_run_ctx, test_run_out};
 
 /// `<workspace>/target/debug/enipin`, the binary `cargo xtask test` builds before the suite
 /// (`$ENIPIN_BIN` if set: the benchmark drives the release build).

@@ -34,11 +34,22 @@ pub fn test_run_ctx(
     frame: &[u8],
     repeat: u32,
 ) -> Result<TestRunResult> {
+    test_run_out(bpf, prog, ctx, frame, repeat).map(|(r, _)| r)
+}
+
+/// [`test_run_ctx`], also returning the frame as the program left it (the last run's).
+pub fn test_run_out(
+    bpf: &Ebpf,
+    prog: &str,
+    ctx: &[u8],
+    frame: &[u8],
+    repeat: u32,
+) -> Result<(TestRunResult, Vec<u8>)> {
     let p: &SchedClassifier = bpf
         .program(prog)
         .with_context(|| format!("no program {prog}"))?
         .try_into()?;
-    // The frame as the program leaves it, with 256 bytes to spare.
+    // Room for what the program might add, 256 bytes.
     let mut out = vec![0u8; frame.len() + 256];
     let opts = TestRunOptions {
         data_in: Some(frame),
@@ -47,6 +58,9 @@ pub fn test_run_ctx(
         repeat,
         ..TestRunOptions::new()
     };
-    p.test_run(opts)
-        .with_context(|| format!("test-run of {prog}"))
+    let r = p
+        .test_run(opts)
+        .with_context(|| format!("test-run of {prog}"))?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r, out))
 }

@@ -998,6 +998,19 @@ fn with_rules_the_redirect_takes_its_next_hop_from_the_owners_table() {
     // The table's gateway resolved on eth1, as the owner's own traffic through it would: until
     // then the program cannot hand it over (see the neighbour case below).
     assert_eq!(host.pings(&["-I", IP2, &peer], 1).unwrap(), (1, 1));
+    // The program writes the resolved next hop's MAC itself and sends the frame as it is, past
+    // the neighbour output: a stale entry stays stale (the neighbour output would move it to
+    // DELAY, then probe it).
+    let state = || host.ip(&["neigh", "show", &peer, "dev", E2]).unwrap();
+    host.ip(&["neigh", "change", &peer, "dev", E2, "nud", "stale"])
+        .unwrap();
+    assert!(state().contains("STALE"), "{}", state());
+    assert_eq!(off_subnet(n), (n, n), "through the stale next hop");
+    assert!(
+        state().contains("STALE"),
+        "no neighbour output: {}",
+        state()
+    );
     let dropped = lab.dropped().unwrap();
     let before = in_ns(host, || counters(&paths, e1));
     assert_eq!(

@@ -19,8 +19,8 @@ use aya::{
 };
 use enipin::ebpf;
 use enipin_ebpf::{
-    Config, Counters, MODE_ENFORCE, MODE_MONITOR, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT,
-    PROGRAM, maps,
+    Config, Counters, MODE_ENFORCE, MODE_MONITOR, NextHop, Owner, PREFIXES_V4_PRESENT,
+    PREFIXES_V6_PRESENT, PROGRAM, maps,
 };
 use enipin_tests::{TC_ACT_REDIRECT, TC_ACT_UNSPEC, VethBed, frames, in_ns};
 
@@ -569,6 +569,81 @@ fn redirect_fails_open_on_mtu_and_missing_owner() {
             TC_ACT_REDIRECT,
             misrouted(64),
         );
+    });
+}
+
+/// With the owner's table known (`maps::NEXT_HOPS`, written while enipin's rules route the
+/// owner) and the next hop's neighbour resolved there, the program writes the Ethernet header
+/// itself, the neighbour's MAC as destination and the owner's as source, and redirects the frame
+/// as it is (`bpf_redirect`, no neighbour output). Not resolved yet: the frame leaves the program
+/// untouched, for `bpf_redirect_neigh` to resolve the neighbour first. A redirect either way.
+#[test]
+fn a_resolved_next_hop_is_written_into_the_frame() {
+    const TABLE: u32 = 20_002;
+    const E2_MAC: &str = "02:00:00:00:00:e2";
+    const NH_MAC: &str = "02:00:00:00:00:c8";
+    let mac = |s: &str| -> Vec<u8> {
+        s.split(':')
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    };
+    let fx = Fx::new().unwrap();
+    let ns = &fx.bed.ns;
+    ns.ip(&["link", "set", "e2", "address", E2_MAC]).unwrap();
+    let table = TABLE.to_string();
+    for route in [["-4", "198.18.0.0/24"], ["-6", "2001:db8::/64"]] {
+        ns.ip(&[
+            route[0], "route", "add", route[1], "dev", "e2", "table", &table,
+        ])
+        .unwrap();
+    }
+    // bpf_fib_lookup answers only for an interface that forwards.
+    for family in ["ipv4", "ipv6"] {
+        ns.sysctl(&format!("net.{family}.conf.e2.forwarding"), "1")
+            .unwrap();
+    }
+    in_ns(ns, || {
+        let mut bpf = fx.load(MODE_ENFORCE).unwrap();
+        let mut hops: Array<_, NextHop> =
+            Array::try_from(bpf.map_mut(maps::NEXT_HOPS).unwrap()).unwrap();
+        hops.set(fx.e2, &NextHop { table: TABLE }, 0).unwrap();
+        for (what, frame, peer) in [
+            ("v4", ipv4(IP_E2), PEER.to_string()),
+            ("v6", ipv6(IP6_E2), PEER6.to_string()),
+        ] {
+            let out = |what: &str| {
+                let before = fx.counters(fx.e1);
+                let ctx = frames::skb_ctx(fx.e1);
+                let (r, out) = enipin_tests::test_run_out(&bpf, PROGRAM, &ctx, &frame, 1).unwrap();
+                assert_eq!(r.return_value, TC_ACT_REDIRECT, "{what}: return code");
+                assert_eq!(fx.counters(fx.e1).since(&before), misrouted(frame.len()));
+                out
+            };
+            assert_eq!(
+                out(&format!("{what}, neighbour unresolved")),
+                frame,
+                "{what}: left for bpf_redirect_neigh"
+            );
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &peer,
+                "lladdr",
+                NH_MAC,
+                "dev",
+                "e2",
+                "nud",
+                "reachable",
+            ])
+            .unwrap();
+            let got = out(&format!("{what}, neighbour resolved"));
+            assert_eq!(
+                (&got[..6], &got[6..12]),
+                (&mac(NH_MAC)[..], &mac(E2_MAC)[..]),
+                "{what}: the neighbour's MAC, then the owner's"
+            );
+            assert_eq!(got[12..], frame[12..], "{what}: the rest unchanged");
+        }
     });
 }
 
