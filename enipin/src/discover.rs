@@ -8,7 +8,10 @@ use anyhow::Result;
 use netlink_packet_route::{
     AddressFamily,
     address::{AddressAttribute, AddressFlags, AddressScope},
-    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType},
+    link::{
+        AfSpecInet, AfSpecInet6, AfSpecUnspec, InfoKind, LinkAttribute, LinkFlags, LinkInfo,
+        LinkLayerType,
+    },
 };
 
 use crate::{
@@ -43,11 +46,13 @@ pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
             addrs: Vec::new(),
             ours: Vec::new(),
             meta: None,
+            forwarding: false,
         };
         for attr in &link.attributes {
             match attr {
                 LinkAttribute::IfName(n) => iface.name = n.clone(),
                 LinkAttribute::Mtu(m) => iface.mtu = *m,
+                LinkAttribute::AfSpecUnspec(specs) => iface.forwarding = forwards(specs),
                 LinkAttribute::Address(a) if a.len() == 6 => {
                     iface.mac = <MacAddr>::try_from(a.as_slice()).expect("6 bytes")
                 }
@@ -150,5 +155,18 @@ pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
         defaults,
         rules,
         routes,
+    })
+}
+
+/// Whether the link forwards IPv4 or IPv6, from its per-family device configuration.
+fn forwards(specs: &[AfSpecUnspec]) -> bool {
+    specs.iter().any(|spec| match spec {
+        AfSpecUnspec::Inet(inet) => inet
+            .iter()
+            .any(|a| matches!(a, AfSpecInet::DevConf(c) if c.forwarding != 0)),
+        AfSpecUnspec::Inet6(inet6) => inet6
+            .iter()
+            .any(|a| matches!(a, AfSpecInet6::DevConf(c) if c.forwarding != 0)),
+        _ => false,
     })
 }

@@ -164,6 +164,9 @@ pub(crate) struct Interface {
     /// What the cloud's metadata says of it (`None`: nothing known, or no `--metadata`).
     #[serde(default)]
     pub meta: Option<FromMetadata>,
+    /// IPv4 or IPv6 forwarding is on for it (the link's `IFLA_INET_CONF` / `IFLA_INET6_CONF`).
+    #[serde(default)]
+    pub forwarding: bool,
 }
 
 /// What metadata adds to one interface ([`crate::metadata::merge`]).
@@ -213,6 +216,7 @@ impl Interface {
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             ours: Vec::new(),
             meta: None,
+            forwarding: false,
         }
     }
 
@@ -247,6 +251,11 @@ pub struct ManagedInterface {
     pub gateway_v4: Option<Gateway>,
     /// IPv6 default route's gateway in `table`; `None`: only the subnet route.
     pub gateway_v6: Option<Gateway>,
+    /// It forwards (IPv4 or IPv6): `bpf_fib_lookup` answers only for a device that does (else
+    /// `BPF_FIB_LKUP_RET_FWD_DISABLED`, even for output lookups), so only then does the program
+    /// get a next hop for it.
+    #[serde(default)]
+    pub forwarding: bool,
 }
 
 #[cfg(any(test, feature = "testing"))]
@@ -264,6 +273,7 @@ impl ManagedInterface {
             prefixes: Vec::new(),
             gateway_v4: None,
             gateway_v6: None,
+            forwarding: false,
         }
     }
 }

@@ -505,6 +505,7 @@ fn manage(d: &Discovery, cfg: &Config, i: &Interface) -> Result<ManagedInterface
         prefixes: prefixes(cfg, i),
         gateway_v4: gateway(d, cfg, i, false),
         gateway_v6: gateway(d, cfg, i, true),
+        forwarding: i.forwarding,
     })
 }
 
@@ -763,6 +764,7 @@ mod tests {
                 source: GatewaySource::SubnetFirstHost,
             }),
             gateway_v6: None,
+            forwarding: false,
         }
     }
 

@@ -404,6 +404,7 @@ mod tests {
             addrs: Vec::new(),
             ours: Vec::new(),
             meta: None,
+            forwarding: m.forwarding,
         }
     }
 

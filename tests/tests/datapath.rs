@@ -82,6 +82,7 @@ impl Lab {
                     prefixes: Vec::new(),
                     gateway_v4: None,
                     gateway_v6: None,
+                    forwarding: false,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -967,15 +968,50 @@ fn with_rules_the_redirect_takes_its_next_hop_from_the_owners_table() {
         host.ip(&[route, vec!["table", &table]].concat()).unwrap();
     }
     // bpf_fib_lookup answers only for an interface that forwards (it is made for routers); a
-    // host running DNAT'd containers does (Docker turns forwarding on).
-    for family in ["ipv4", "ipv6"] {
-        host.sysctl(&format!("net.{family}.conf.{E2}.forwarding"), "1")
+    // host running DNAT'd containers does (Docker turns forwarding on). Where the owner does not
+    // forward, the lookup would only cost every redirect before the full one: no next hop. What
+    // `attach` discovers (the link's devconf over netlink) decides it.
+    let enipin = Enipin::in_ns(host);
+    let planned_hops = || {
+        // Another table base: the test wrote its own routes into 20000 + ifindex.
+        let args = ["attach", "--dry-run", "--table-base", "30000"];
+        let out = enipin.command(&args).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("next hop"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    // Off explicitly: a new namespace takes IPv4's defaults from the root namespace's.
+    for (family, dev) in [("ipv4", E1), ("ipv6", E1), ("ipv4", E2), ("ipv6", E2)] {
+        host.sysctl(&format!("net.{family}.conf.{dev}.forwarding"), "0")
             .unwrap();
     }
+    assert_eq!(planned_hops(), Vec::<String>::new(), "nothing forwards");
     let mut managed = lab.managed.clone();
     managed[1].table = 20000 + e2;
     let rules = cfg(Mode::Enforce);
     assert!(rules.rules, "the default installs the rules");
+    in_ns(host, || {
+        let plan = ebpf::plan(&managed, &rules, &paths).unwrap();
+        assert!(
+            !plan.lines().iter().any(|l| l.contains("next hop")),
+            "{:?}",
+            plan.lines()
+        );
+    });
+    for family in ["ipv4", "ipv6"] {
+        host.sysctl(&format!("net.{family}.conf.{E2}.forwarding"), "1")
+            .unwrap();
+    }
+    let dry = planned_hops();
+    assert_eq!(dry.len(), 1, "{dry:?}");
+    assert!(
+        dry[0].starts_with(&format!("+ next hop onto {E2} from table ")),
+        "{dry:?}"
+    );
+    managed[1].forwarding = true;
     let off_subnet = |n| peer_ns.pings(&["-I", OFF_SUBNET, IP2], n).unwrap();
     // Resolve the peer on eth0 first (from eth0's own address).
     assert_eq!(lab.ping(IP1, 1).unwrap(), (1, 1));

@@ -367,6 +367,7 @@ mod tests {
                 source: GatewaySource::SubnetFirstHost,
             }),
             gateway_v6: None,
+            forwarding: false,
         };
         let rule = Rule {
             v6: false,

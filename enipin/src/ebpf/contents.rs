@@ -78,7 +78,13 @@ pub(super) fn desired(managed: &[ManagedInterface], cfg: &Config) -> State {
         // packet's next hop; with `--no-rules` the owner's routing is someone else's (the main
         // table, another agent), so the program keeps the kernel's full route lookup. An ifindex
         // past the array (FAST_SLOTS) has no slot, and table 0 names no table: the full lookup.
-        if cfg.rules && m.ifindex < FAST_SLOTS && m.table != 0 {
+        // An owner that does not forward gets none either: the kernel's lookup refuses it
+        // (FWD_DISABLED), and trying cost every redirect about 100 ns in BPF_PROG_TEST_RUN (a
+        // floor of 29 ns: the bench's "redirect decision" rows, +140-190 against +45-53 ns) only
+        // to fall back to the full lookup anyway. A host that forwards (docker, with its DNAT'd
+        // replies, the redirect's hot case) gets it; a change of forwarding is seen by the next
+        // reconcile, and either way the packet is redirected correctly.
+        if cfg.rules && m.forwarding && m.ifindex < FAST_SLOTS && m.table != 0 {
             s.next_hops.insert(m.ifindex, NextHop { table: m.table });
         }
         for a in &m.addrs {

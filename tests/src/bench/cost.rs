@@ -194,6 +194,9 @@ impl Fixture {
                     prefixes: Vec::new(),
                     gateway_v4: None,
                     gateway_v6: None,
+                    // The next hop's lookup is measured in the datapath section (it needs a
+                    // forwarding owner with its table's routes and neighbours).
+                    forwarding: false,
                 }
             })
             .collect();
