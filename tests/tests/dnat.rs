@@ -134,6 +134,14 @@ fn connmark_routes_the_dnat_reply_out_of_its_owner_without_a_redirect() {
         !again.contains("nft table"),
         "a second attach changed the table: {again}"
     );
+    // Someone deletes the table: status shows the drift (and exits non-zero).
+    host.sh("nft delete table inet enipin").unwrap();
+    let out = enipin.cmd(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && text.contains("+ nft table inet enipin"),
+        "status does not show the missing table: {text}"
+    );
     enipin.ok(&["detach"]);
     assert_eq!(table(host), None, "detach left the nft table");
     assert!(
