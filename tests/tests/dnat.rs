@@ -194,6 +194,74 @@ fn connmark_routes_the_reply_of_a_connection_dnated_to_a_local_address() {
     enipin.ok(&["detach"]);
 }
 
+/// The same for IPv6: the inet table marks both families, and each family has its fwmark rule.
+#[test]
+fn connmark_routes_an_ipv6_dnat_reply_out_of_its_owner() {
+    require();
+    let topo = Topology::build().expect("topology");
+    let host = topo.host();
+    let ctr = Netns::new("dnat6-ctr-").expect("container namespace");
+    veth(
+        host,
+        "ctr0",
+        "02:e0:00:00:02:01",
+        &ctr,
+        "eth0",
+        "02:e0:00:00:02:02",
+    )
+    .expect("veth");
+    host.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        "ctr0",
+        "nodad",
+    ])
+    .unwrap();
+    ctr.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::2/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ])
+    .unwrap();
+    ctr.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"])
+        .unwrap();
+    host.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    host.sh("nft -f - <<'EOF'\n\
+         table ip6 publish {\n\
+           chain pre { type nat hook prerouting priority dstnat; \
+             ip6 daddr 2001:db8::11 icmpv6 type echo-request dnat to 2001:db8:1::2; }\n\
+         }\n\
+         EOF")
+        .expect("nftables DNAT");
+    let enipin = Enipin::in_ns(host);
+    let sel = ["--no-ebpf", "--interfaces", "eth0,eth1"];
+    let ping = || topo.peer().pings(&["-6", "2001:db8::11"], 3).unwrap().1 > 0;
+    enipin.ok(&[&["attach"][..], &sel].concat());
+    assert!(
+        !ping(),
+        "the IPv6 service answered with rules alone: the scenario does not reproduce"
+    );
+    enipin.ok(&[&["attach", "--connmark"][..], &sel].concat());
+    assert!(
+        ping(),
+        "the IPv6 published service is unreachable with connmark"
+    );
+    assert!(
+        host.sh("ip -6 rule show")
+            .unwrap()
+            .contains("fwmark 0x3000000/0xff000000"),
+        "no IPv6 fwmark rule"
+    );
+    enipin.ok(&["detach"]);
+}
+
 /// Someone flushes the ruleset (`nft flush ruleset`, a firewall reload): watch puts the table
 /// back at its next reconcile, and a table edited by hand is replaced as a whole.
 #[test]
