@@ -31,6 +31,7 @@ use crate::{
     connmark::{self as cm, TABLE},
     discover::Discovery,
     model::{Cidr, ManagedInterface},
+    route::MAIN_TABLE,
 };
 
 /// What the checks need from the host.
@@ -129,16 +130,27 @@ struct Target {
     addr: IpAddr,
 }
 
-/// The managed addresses of interfaces that do not carry the main table's default route of
-/// their family: a reply routed by the main table leaves by another interface.
+/// The managed addresses whose replies the main table sends out of another interface: those of
+/// interfaces other than the one of the family's preferred default route (the lowest metric; the
+/// lab and EC2's seed have one per ENI). Without a default route in the family there is no
+/// primary to leave by.
 fn secondaries(d: &Discovery, managed: &[ManagedInterface]) -> Vec<Target> {
+    let primary = |v6: bool| {
+        d.routes
+            .iter()
+            .map(|r| &r.route)
+            .filter(|r| r.table == MAIN_TABLE && r.dst.prefix_len == 0 && r.oif != 0)
+            .filter(|r| r.v6() == v6)
+            .min_by_key(|r| r.metric)
+            .map(|r| r.oif)
+    };
+    let (v4, v6) = (primary(false), primary(true));
     managed
         .iter()
         .flat_map(|m| m.addrs.iter().map(move |a| (m, a.addr)))
         .filter(|(m, a)| {
-            !d.defaults
-                .iter()
-                .any(|(ix, gw)| *ix == m.ifindex && gw.is_ipv6() == a.is_ipv6())
+            let p = if a.is_ipv6() { v6 } else { v4 };
+            p.is_some_and(|p| p != m.ifindex)
         })
         .map(|(m, addr)| Target {
             name: m.name.clone(),
@@ -453,6 +465,7 @@ fn mask(r: &Ruleset, mask: u32) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::{InstalledRoute, Route};
 
     /// `json`: what `nft -j list ruleset` prints.
     fn ruleset(json: &str) -> Ruleset {
@@ -581,8 +594,7 @@ mod tests {
     }
 
     #[test]
-    fn the_primary_s_addresses_are_no_targets() {
-        use std::net::Ipv4Addr;
+    fn the_preferred_default_route_s_interface_is_the_primary() {
         let eth = |ix: u32, a: &str| {
             ManagedInterface::fixture(ix, &format!("eth{ix}"), vec![a.parse().unwrap()])
         };
@@ -590,20 +602,48 @@ mod tests {
             eth(2, "198.18.0.10/24"),
             eth(3, "198.18.0.11/24"),
             eth(4, "2001:db8::4/64"),
+            eth(5, "198.18.0.12/24"),
         ];
-        let d = Discovery {
-            interfaces: Vec::new(),
-            defaults: vec![
-                (2, Ipv4Addr::new(198, 18, 0, 1).into()),
-                (4, Ipv4Addr::new(198, 18, 0, 1).into()),
-            ],
-            rules: Vec::new(),
-            routes: Vec::new(),
+        // One default per ENI as the lab and EC2 have them (eth3's preferred), none for IPv6.
+        let default = |oif: u32, metric: u32| InstalledRoute {
+            protocol: 3,
+            route: Route {
+                table: MAIN_TABLE,
+                dst: "0.0.0.0/0".parse().unwrap(),
+                gateway: Some("198.18.0.1".parse().unwrap()),
+                oif,
+                dev: format!("eth{oif}"),
+                src: None,
+                scope_link: false,
+                metric,
+            },
         };
+        let mut d = discovery();
+        d.routes = vec![default(2, 101), default(3, 100), default(5, 102)];
         assert_eq!(
             secondaries(&d, &managed),
-            [target("eth3", "198.18.0.11"), target("eth4", "2001:db8::4")]
+            [target("eth2", "198.18.0.10"), target("eth5", "198.18.0.12")]
         );
+        // An IPv6 default on eth2: eth4's address leaves by it.
+        d.routes.push(default(2, 1024));
+        d.routes[3].route.dst = "::/0".parse().unwrap();
+        assert_eq!(
+            secondaries(&d, &managed),
+            [
+                target("eth2", "198.18.0.10"),
+                target("eth4", "2001:db8::4"),
+                target("eth5", "198.18.0.12")
+            ]
+        );
+    }
+
+    fn discovery() -> Discovery {
+        Discovery {
+            interfaces: Vec::new(),
+            defaults: Vec::new(),
+            rules: Vec::new(),
+            routes: Vec::new(),
+        }
     }
 
     fn read(nft: Result<(), &str>, ruleset: Option<Result<Ruleset, String>>) -> Read {
@@ -615,12 +655,7 @@ mod tests {
 
     #[test]
     fn connmark_without_nft_is_a_conflict_and_no_nft_without_connmark_is_fine() {
-        let d = Discovery {
-            interfaces: Vec::new(),
-            defaults: Vec::new(),
-            rules: Vec::new(),
-            routes: Vec::new(),
-        };
+        let d = discovery();
         let on = Config {
             connmark: true,
             ..Config::default()
