@@ -216,9 +216,10 @@ struct Hop {
 /// policy rules; the table holds the owner's subnet routes and its default route), with its
 /// neighbour resolved. `None`: the kernel looks the route up itself (the full lookup), as for an
 /// owner whose routing is not enipin's, a family the owner does not forward, a kernel without
-/// `BPF_FIB_LOOKUP_TBID` (< 6.8), or a next hop whose neighbour is not resolved yet. That last case matters: handed a next hop,
-/// `bpf_redirect_neigh` keeps the packet's old route, and a packet that waits for the neighbour
-/// is later sent through that route's neighbour, the wrong interface's MAC on the owner.
+/// `BPF_FIB_LOOKUP_TBID` (< 6.8), or a next hop whose neighbour is not resolved yet. That last
+/// case matters: handed a next hop, `bpf_redirect_neigh` keeps the packet's old route, and a
+/// packet that waits for the neighbour is later sent through that route's neighbour, the wrong
+/// interface's MAC on the owner.
 ///
 /// A resolved neighbour may be stale (the lookup accepts any valid state: reachable, stale,
 /// delay, probe, permanent); a frame sent with its MAC directly does not ask for it to be

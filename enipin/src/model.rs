@@ -199,7 +199,8 @@ impl<'de> Deserialize<'de> for Forwarding {
         }
         Ok(match Stored::deserialize(d)? {
             Stored::PerFamily { v4, v6 } => Self { v4, v6 },
-            Stored::Either(on) => Self { v4: on, v6: on },
+            Stored::Either(true) => Self::BOTH,
+            Stored::Either(false) => Self::default(),
         })
     }
 }
