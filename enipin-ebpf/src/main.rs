@@ -33,8 +33,8 @@ use aya_ebpf::{
 };
 use enipin_ebpf::{
     AddrLen, Bucket, Config, Counters, FAST_SLOTS, Local, LocalV4, LocalV6, MAX_INTERFACES,
-    MAX_OWNERS, MODE_ENFORCE, NextHop, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT,
-    TABLE_BUCKETS, bucket_index,
+    MAX_OWNERS, MODE_ENFORCE, NEXT_HOP_V4, NEXT_HOP_V6, NextHop, Owner, PREFIXES_V4_PRESENT,
+    PREFIXES_V6_PRESENT, TABLE_BUCKETS, bucket_index,
 };
 
 // Map names must equal `enipin_ebpf::maps::*` (the `#[map]` name is the symbol name).
@@ -215,10 +215,11 @@ struct Hop {
 /// (enipin's rules route the owner): the destination looked up in the owner's table alone (no
 /// policy rules; the table holds the owner's subnet routes and its default route), with its
 /// neighbour resolved. `None`: the kernel looks the route up itself (the full lookup), as for an
-/// owner whose routing is not enipin's, a kernel without `BPF_FIB_LOOKUP_TBID` (< 6.8), or a
-/// next hop whose neighbour is not resolved yet. That last case matters: handed a next hop,
-/// `bpf_redirect_neigh` keeps the packet's old route, and a packet that waits for the neighbour
-/// is later sent through that route's neighbour, the wrong interface's MAC on the owner.
+/// owner whose routing is not enipin's, a family the owner does not forward, a kernel without
+/// `BPF_FIB_LOOKUP_TBID` (< 6.8), or a next hop whose neighbour is not resolved yet. That last
+/// case matters: handed a next hop, `bpf_redirect_neigh` keeps the packet's old route, and a
+/// packet that waits for the neighbour is later sent through that route's neighbour, the wrong
+/// interface's MAC on the owner.
 ///
 /// A resolved neighbour may be stale (the lookup accepts any valid state: reachable, stale,
 /// delay, probe, permanent); a frame sent with its MAC directly does not ask for it to be
@@ -240,13 +241,18 @@ fn next_hop(ctx: &TcContext, owner: u32) -> Option<Hop> {
     if l3 + IPV4_MIN_HLEN > end {
         return None;
     }
+    // SAFETY: bounds checked just above.
+    let eth = unsafe { &*(data as *const [u8; ETH_HLEN]) };
+    let v4 = u16::from_be_bytes([eth[12], eth[13]]) == ETH_P_IP;
+    // The lookup answers only for a family the owner forwards (FWD_DISABLED otherwise).
+    if hop.families & if v4 { NEXT_HOP_V4 } else { NEXT_HOP_V6 } == 0 {
+        return None;
+    }
     // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers).
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     p.ifindex = owner;
     p.__bindgen_anon_5.tbid = hop.table;
-    // SAFETY: bounds checked just above.
-    let eth = unsafe { &*(data as *const [u8; ETH_HLEN]) };
-    if u16::from_be_bytes([eth[12], eth[13]]) == ETH_P_IP {
+    if v4 {
         p.family = AF_INET as u8;
         // SAFETY: the 20-byte header is in bounds (checked above).
         unsafe {

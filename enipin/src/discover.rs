@@ -15,7 +15,7 @@ use netlink_packet_route::{
 };
 
 use crate::{
-    model::{Cidr, Interface, MacAddr, RTPROT_ENIPIN},
+    model::{Cidr, Forwarding, Interface, MacAddr, RTPROT_ENIPIN},
     netlink::{self, Netlink},
     route::{InstalledRoute, InstalledRule, MAIN_TABLE},
 };
@@ -46,7 +46,7 @@ pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
             addrs: Vec::new(),
             ours: Vec::new(),
             meta: None,
-            forwarding: false,
+            forwarding: Forwarding::default(),
         };
         for attr in &link.attributes {
             match attr {
@@ -158,15 +158,23 @@ pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
     })
 }
 
-/// Whether the link forwards IPv4 or IPv6, from its per-family device configuration.
-fn forwards(specs: &[AfSpecUnspec]) -> bool {
-    specs.iter().any(|spec| match spec {
-        AfSpecUnspec::Inet(inet) => inet
-            .iter()
-            .any(|a| matches!(a, AfSpecInet::DevConf(c) if c.forwarding != 0)),
-        AfSpecUnspec::Inet6(inet6) => inet6
-            .iter()
-            .any(|a| matches!(a, AfSpecInet6::DevConf(c) if c.forwarding != 0)),
-        _ => false,
-    })
+/// Which families the link forwards, from its per-family device configuration.
+fn forwards(specs: &[AfSpecUnspec]) -> Forwarding {
+    let mut f = Forwarding::default();
+    for spec in specs {
+        match spec {
+            AfSpecUnspec::Inet(inet) => {
+                f.v4 |= inet
+                    .iter()
+                    .any(|a| matches!(a, AfSpecInet::DevConf(c) if c.forwarding != 0))
+            }
+            AfSpecUnspec::Inet6(inet6) => {
+                f.v6 |= inet6
+                    .iter()
+                    .any(|a| matches!(a, AfSpecInet6::DevConf(c) if c.forwarding != 0))
+            }
+            _ => {}
+        }
+    }
+    f
 }

@@ -164,9 +164,45 @@ pub(crate) struct Interface {
     /// What the cloud's metadata says of it (`None`: nothing known, or no `--metadata`).
     #[serde(default)]
     pub meta: Option<FromMetadata>,
-    /// IPv4 or IPv6 forwarding is on for it (the link's `IFLA_INET_CONF` / `IFLA_INET6_CONF`).
+    /// Which families it forwards (the link's `IFLA_INET_CONF` / `IFLA_INET6_CONF`).
     #[serde(default)]
-    pub forwarding: bool,
+    pub forwarding: Forwarding,
+}
+
+/// Which families an interface forwards (its per-family devconf `forwarding`):
+/// `bpf_fib_lookup` answers only for a family the device forwards (else
+/// `BPF_FIB_LKUP_RET_FWD_DISABLED`, even for output lookups), each family on its own
+/// (`net.ipv4.conf.X.forwarding`, `net.ipv6.conf.X.forwarding`).
+///
+/// An older state file has one bool for "IPv4 or IPv6"; it reads as both (what that enipin
+/// planned), and the next discovery says which.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Forwarding {
+    /// `net.ipv4.conf.X.forwarding` is on.
+    pub v4: bool,
+    /// `net.ipv6.conf.X.forwarding` is on.
+    pub v6: bool,
+}
+
+impl Forwarding {
+    /// Both families.
+    pub const BOTH: Self = Self { v4: true, v6: true };
+}
+
+impl<'de> Deserialize<'de> for Forwarding {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            PerFamily { v4: bool, v6: bool },
+            Either(bool),
+        }
+        Ok(match Stored::deserialize(d)? {
+            Stored::PerFamily { v4, v6 } => Self { v4, v6 },
+            Stored::Either(true) => Self::BOTH,
+            Stored::Either(false) => Self::default(),
+        })
+    }
 }
 
 /// What metadata adds to one interface ([`crate::metadata::merge`]).
@@ -216,7 +252,7 @@ impl Interface {
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             ours: Vec::new(),
             meta: None,
-            forwarding: false,
+            forwarding: Forwarding::default(),
         }
     }
 
@@ -251,11 +287,10 @@ pub struct ManagedInterface {
     pub gateway_v4: Option<Gateway>,
     /// IPv6 default route's gateway in `table`; `None`: only the subnet route.
     pub gateway_v6: Option<Gateway>,
-    /// It forwards (IPv4 or IPv6): `bpf_fib_lookup` answers only for a device that does (else
-    /// `BPF_FIB_LKUP_RET_FWD_DISABLED`, even for output lookups), so only then does the program
-    /// get a next hop for it.
+    /// The families it forwards: only for those does the program get a next hop for it
+    /// (see [`Forwarding`]).
     #[serde(default)]
-    pub forwarding: bool,
+    pub forwarding: Forwarding,
 }
 
 #[cfg(any(test, feature = "testing"))]
@@ -273,7 +308,7 @@ impl ManagedInterface {
             prefixes: Vec::new(),
             gateway_v4: None,
             gateway_v6: None,
-            forwarding: false,
+            forwarding: Forwarding::default(),
         }
     }
 }
@@ -315,5 +350,31 @@ mod tests {
             serde_json::from_str::<Cidr>(json).unwrap(),
             cidr("198.18.0.10/24")
         );
+    }
+
+    #[test]
+    fn forwarding_reads_per_family_and_an_older_single_bool() {
+        let read = |s: &str| serde_json::from_str::<Forwarding>(s).unwrap();
+        let v4_only = Forwarding {
+            v4: true,
+            v6: false,
+        };
+        assert_eq!(read(&serde_json::to_string(&v4_only).unwrap()), v4_only);
+        assert_eq!(
+            read(r#"{"v4":false,"v6":true}"#),
+            Forwarding {
+                v4: false,
+                v6: true
+            }
+        );
+        // The older "IPv4 or IPv6": what that enipin planned for both families.
+        assert_eq!(read("true"), Forwarding::BOTH);
+        assert_eq!(read("false"), Forwarding::default());
+        // Older still: no field at all.
+        let mut json =
+            serde_json::to_value(ManagedInterface::fixture(3, "eth1", Vec::new())).unwrap();
+        json.as_object_mut().unwrap().remove("forwarding");
+        let m: ManagedInterface = serde_json::from_value(json).unwrap();
+        assert_eq!(m.forwarding, Forwarding::default());
     }
 }

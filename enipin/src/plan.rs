@@ -819,7 +819,7 @@ mod tests {
                 source: GatewaySource::SubnetFirstHost,
             }),
             gateway_v6: None,
-            forwarding: false,
+            forwarding: Default::default(),
         }
     }
 

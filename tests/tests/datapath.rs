@@ -21,7 +21,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use enipin::{
     config::{Attach, Config, Mode, Paths},
     ebpf::{self, AttachKind},
-    model::{Cidr, ManagedInterface},
+    model::{Cidr, Forwarding, ManagedInterface},
 };
 use enipin_ebpf::Counters;
 use enipin_tests::{Enipin, Netns, PinDir, TempDir, Topology, in_ns};
@@ -82,7 +82,7 @@ impl Lab {
                     prefixes: Vec::new(),
                     gateway_v4: None,
                     gateway_v6: None,
-                    forwarding: false,
+                    forwarding: Forwarding::default(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -1001,17 +1001,27 @@ fn with_rules_the_redirect_takes_its_next_hop_from_the_owners_table() {
             plan.lines()
         );
     });
-    for family in ["ipv4", "ipv6"] {
-        host.sysctl(&format!("net.{family}.conf.{E2}.forwarding"), "1")
-            .unwrap();
-    }
+    // IPv4 only (Docker turns on IPv4 forwarding alone): the IPv6 lookup would be refused, so
+    // the next hop serves IPv4 alone.
+    host.sysctl(&format!("net.ipv4.conf.{E2}.forwarding"), "1")
+        .unwrap();
+    assert_eq!(
+        planned_hops(),
+        [format!(
+            "+ next hop onto {E2} from table {} for IPv4 only (redirects skip the full route \
+             lookup)",
+            30000 + e2
+        )]
+    );
+    host.sysctl(&format!("net.ipv6.conf.{E2}.forwarding"), "1")
+        .unwrap();
     let dry = planned_hops();
     assert_eq!(dry.len(), 1, "{dry:?}");
     assert!(
         dry[0].starts_with(&format!("+ next hop onto {E2} from table ")),
         "{dry:?}"
     );
-    managed[1].forwarding = true;
+    managed[1].forwarding = Forwarding::BOTH;
     let off_subnet = |n| peer_ns.pings(&["-I", OFF_SUBNET, IP2], n).unwrap();
     // Resolve the peer on eth0 first (from eth0's own address).
     assert_eq!(lab.ping(IP1, 1).unwrap(), (1, 1));

@@ -19,8 +19,8 @@ use aya::{
 };
 use enipin::ebpf;
 use enipin_ebpf::{
-    Config, Counters, MODE_ENFORCE, MODE_MONITOR, NextHop, Owner, PREFIXES_V4_PRESENT,
-    PREFIXES_V6_PRESENT, PROGRAM, maps,
+    Config, Counters, MODE_ENFORCE, MODE_MONITOR, NEXT_HOP_V4, NEXT_HOP_V6, NextHop, Owner,
+    PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, PROGRAM, maps,
 };
 use enipin_tests::{TC_ACT_REDIRECT, TC_ACT_UNSPEC, VethBed, frames, in_ns};
 
@@ -606,7 +606,11 @@ fn a_resolved_next_hop_is_written_into_the_frame() {
         let mut bpf = fx.load(MODE_ENFORCE).unwrap();
         let mut hops: Array<_, NextHop> =
             Array::try_from(bpf.map_mut(maps::NEXT_HOPS).unwrap()).unwrap();
-        hops.set(fx.e2, &NextHop { table: TABLE }, 0).unwrap();
+        let both = NextHop {
+            table: TABLE,
+            families: NEXT_HOP_V4 | NEXT_HOP_V6,
+        };
+        hops.set(fx.e2, &both, 0).unwrap();
         for (what, frame, peer) in [
             ("v4", ipv4(IP_E2), PEER.to_string()),
             ("v6", ipv6(IP6_E2), PEER6.to_string()),
@@ -643,6 +647,74 @@ fn a_resolved_next_hop_is_written_into_the_frame() {
                 "{what}: the neighbour's MAC, then the owner's"
             );
             assert_eq!(got[12..], frame[12..], "{what}: the rest unchanged");
+        }
+    });
+}
+
+/// A next hop serves only the families its owner forwards (`NextHop::families`): a redirect of
+/// another family takes the full lookup at once (the frame left for `bpf_redirect_neigh` as it
+/// is), however resolved its neighbour on the owner, instead of a lookup the kernel would refuse
+/// (FWD_DISABLED) where the family does not forward.
+#[test]
+fn a_next_hop_serves_only_the_families_it_names() {
+    const TABLE: u32 = 20_002;
+    let fx = Fx::new().unwrap();
+    let ns = &fx.bed.ns;
+    let table = TABLE.to_string();
+    for route in [["-4", "198.18.0.0/24"], ["-6", "2001:db8::/64"]] {
+        ns.ip(&[
+            route[0], "route", "add", route[1], "dev", "e2", "table", &table,
+        ])
+        .unwrap();
+    }
+    // Both families forward and both neighbours are resolved: only the flags decide.
+    for family in ["ipv4", "ipv6"] {
+        ns.sysctl(&format!("net.{family}.conf.e2.forwarding"), "1")
+            .unwrap();
+    }
+    for peer in [PEER.to_string(), PEER6.to_string()] {
+        ns.ip(&[
+            "neigh",
+            "replace",
+            &peer,
+            "lladdr",
+            "02:00:00:00:00:c8",
+            "dev",
+            "e2",
+            "nud",
+            "reachable",
+        ])
+        .unwrap();
+    }
+    in_ns(ns, || {
+        let mut bpf = fx.load(MODE_ENFORCE).unwrap();
+        for (families, v4, v6) in [
+            (NEXT_HOP_V4, true, false),
+            (NEXT_HOP_V6, false, true),
+            (NEXT_HOP_V4 | NEXT_HOP_V6, true, true),
+        ] {
+            let mut hops: Array<_, NextHop> =
+                Array::try_from(bpf.map_mut(maps::NEXT_HOPS).unwrap()).unwrap();
+            let hop = NextHop {
+                table: TABLE,
+                families,
+            };
+            hops.set(fx.e2, &hop, 0).unwrap();
+            for (what, frame, rewritten) in [("v4", ipv4(IP_E2), v4), ("v6", ipv6(IP6_E2), v6)] {
+                let before = fx.counters(fx.e1);
+                let ctx = frames::skb_ctx(fx.e1);
+                let (r, out) = enipin_tests::test_run_out(&bpf, PROGRAM, &ctx, &frame, 1).unwrap();
+                assert_eq!(
+                    r.return_value, TC_ACT_REDIRECT,
+                    "{what}, families {families}"
+                );
+                assert_eq!(fx.counters(fx.e1).since(&before), misrouted(frame.len()));
+                assert_eq!(
+                    out != frame,
+                    rewritten,
+                    "{what}, families {families}: MACs written from the owner's table"
+                );
+            }
         }
     });
 }

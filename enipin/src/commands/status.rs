@@ -371,7 +371,7 @@ mod tests {
                 source: GatewaySource::SubnetFirstHost,
             }),
             gateway_v6: None,
-            forwarding: false,
+            forwarding: Default::default(),
         };
         let rule = Rule {
             v6: false,

@@ -9,13 +9,13 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
 };
 use enipin_ebpf::{
-    Counters, FAST_SLOTS, MODE_ENFORCE, MODE_MONITOR, NextHop, Owner, PREFIXES_V4_PRESENT,
-    PREFIXES_V6_PRESENT, maps,
+    Counters, FAST_SLOTS, MODE_ENFORCE, MODE_MONITOR, NEXT_HOP_V4, NEXT_HOP_V6, NextHop, Owner,
+    PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, maps,
 };
 
 use crate::{
     config::{Config, Mode, Paths},
-    model::ManagedInterface,
+    model::{Forwarding, ManagedInterface},
 };
 
 use super::{derived::TableSwap, pins::Pins, program::OBJECT};
@@ -78,14 +78,22 @@ pub(super) fn desired(managed: &[ManagedInterface], cfg: &Config) -> State {
         // packet's next hop; with `--no-rules` the owner's routing is someone else's (the main
         // table, another agent), so the program keeps the kernel's full route lookup. An ifindex
         // past the array (FAST_SLOTS) has no slot, and table 0 names no table: the full lookup.
-        // An owner that does not forward gets none either: the kernel's lookup refuses it
-        // (FWD_DISABLED), and trying cost every redirect about 100 ns in BPF_PROG_TEST_RUN (a
-        // floor of 29 ns: the bench's "redirect decision" rows, +140-190 against +45-53 ns) only
-        // to fall back to the full lookup anyway. A host that forwards (docker, with its DNAT'd
-        // replies, the redirect's hot case) gets it; a change of forwarding is seen by the next
-        // reconcile, and either way the packet is redirected correctly.
-        if cfg.rules && m.forwarding && m.ifindex < FAST_SLOTS && m.table != 0 {
-            s.next_hops.insert(m.ifindex, NextHop { table: m.table });
+        // Nor for a family the owner does not forward: the kernel's lookup refuses it
+        // (FWD_DISABLED, per family), and trying cost every redirect about 100 ns in
+        // BPF_PROG_TEST_RUN (a floor of 29 ns: the bench's "redirect decision" rows, +140-190
+        // against +45-53 ns) only to fall back to the full lookup anyway. A host that forwards
+        // (docker, with its DNAT'd replies, the redirect's hot case; often IPv4 only) gets it for
+        // those families; a change of forwarding is seen by the next reconcile, and either way
+        // the packet is redirected correctly.
+        let families = families(m.forwarding);
+        if cfg.rules && families != 0 && m.ifindex < FAST_SLOTS && m.table != 0 {
+            s.next_hops.insert(
+                m.ifindex,
+                NextHop {
+                    table: m.table,
+                    families,
+                },
+            );
         }
         for a in &m.addrs {
             match a.addr {
@@ -119,6 +127,11 @@ pub(super) fn desired(managed: &[ManagedInterface], cfg: &Config) -> State {
         prefixes,
     });
     s
+}
+
+/// `NextHop::families` for an owner that forwards `f`.
+fn families(f: Forwarding) -> u32 {
+    (u32::from(f.v4) * NEXT_HOP_V4) | (u32::from(f.v6) * NEXT_HOP_V6)
 }
 
 /// What is pinned (the rollback's "before" and "now"); a map of another layout reads as absent.
@@ -284,4 +297,47 @@ pub(super) fn write_maps(ebpf: &mut Ebpf, d: &MapWrites) -> Result<TableSwap> {
         m.set(0, c, 0)?;
     }
     Ok(tables)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The next hops `desired` plans for one owner (table 20003) forwarding `f`.
+    fn hops(f: Forwarding, rules: bool) -> Vec<(u32, NextHop)> {
+        let mut m = ManagedInterface::fixture(3, "eth1", Vec::new());
+        m.forwarding = f;
+        let cfg = Config {
+            rules,
+            ..Config::default()
+        };
+        desired(&[m], &cfg).next_hops.into_iter().collect()
+    }
+
+    #[test]
+    fn a_next_hop_only_for_the_families_the_owner_forwards() {
+        let hop = |families| {
+            vec![(
+                3,
+                NextHop {
+                    table: 20003,
+                    families,
+                },
+            )]
+        };
+        assert_eq!(hops(Forwarding::default(), true), []);
+        let v4 = Forwarding {
+            v4: true,
+            v6: false,
+        };
+        assert_eq!(hops(v4, true), hop(NEXT_HOP_V4));
+        let v6 = Forwarding {
+            v4: false,
+            v6: true,
+        };
+        assert_eq!(hops(v6, true), hop(NEXT_HOP_V6));
+        assert_eq!(hops(Forwarding::BOTH, true), hop(NEXT_HOP_V4 | NEXT_HOP_V6));
+        // Without enipin's rules the owner's table decides nothing.
+        assert_eq!(hops(Forwarding::BOTH, false), []);
+    }
 }

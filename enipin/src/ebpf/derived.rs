@@ -335,4 +335,40 @@ mod tests {
         let t = table::<16, { enipin_ebpf::BUCKET_V6 }>(&v6);
         assert_eq!(t.iter().filter(|b| b.spill != 0).count(), 0);
     }
+
+    #[test]
+    fn sequential_ipv6_addresses_in_many_subnets_spread_over_the_buckets() {
+        // 15 ENIs, each in its own /64 (the subnet in the address's eighth byte, as a VPC's /56
+        // numbers them), each with 50 addresses counted up from ::1. Hashing the two words
+        // XORed as they were, the subnet's byte and the identifier's last cancelled into 64
+        // buckets of up to 15 addresses: 513 of the addresses spilled to the owner map, a
+        // hash lookup each.
+        let v6: BTreeMap<[u8; 16], u32> = (0..15u8)
+            .flat_map(|subnet| {
+                (1..=50u8).map(move |host| {
+                    let mut a = [
+                        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, subnet, 0, 0, 0, 0, 0, 0, 0, 0,
+                    ];
+                    a[15] = host;
+                    (a, 2 + u32::from(subnet))
+                })
+            })
+            .collect();
+        assert_eq!(v6.len(), 750);
+        let t = table::<16, { enipin_ebpf::BUCKET_V6 }>(&v6);
+        let used = t.iter().filter(|b| b.ifindex[0] != 0).count();
+        assert_eq!(t.iter().filter(|b| b.spill != 0).count(), 0);
+        assert!(used > 500, "750 addresses in {used} buckets");
+        // One /64 counted up to 750: the identifier's last bytes alone used 256 buckets.
+        let one: BTreeMap<[u8; 16], u32> = (1..=750u16)
+            .map(|host| {
+                let mut a = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                a[14..].copy_from_slice(&host.to_be_bytes());
+                (a, 2)
+            })
+            .collect();
+        let t = table::<16, { enipin_ebpf::BUCKET_V6 }>(&one);
+        let used = t.iter().filter(|b| b.ifindex[0] != 0).count();
+        assert!(used > 500, "750 addresses in {used} buckets");
+    }
 }

@@ -11,7 +11,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::programs::ProgramInfo;
 use enipin_ebpf::{
-    MODE_ENFORCE, NextHop, Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, PROGRAM, maps,
+    MODE_ENFORCE, NEXT_HOP_V4, NEXT_HOP_V6, NextHop, Owner, PREFIXES_V4_PRESENT,
+    PREFIXES_V6_PRESENT, PROGRAM, maps,
 };
 
 use crate::{
@@ -190,11 +191,20 @@ impl fmt::Display for Change {
             Self::RemovePrefix { addr, len } => write!(f, "- prefix {addr}/{len}"),
             Self::AddCounters { ifindex } => write!(f, "+ counters for ifindex {ifindex}"),
             Self::RemoveCounters { ifindex } => write!(f, "- counters for ifindex {ifindex}"),
-            Self::SetNextHop { hop, name, .. } => write!(
-                f,
-                "+ next hop onto {name} from table {} (redirects skip the full route lookup)",
-                hop.table
-            ),
+            Self::SetNextHop { hop, name, .. } => {
+                // Both families (the usual case) unsaid; one alone named.
+                let only = match hop.families {
+                    NEXT_HOP_V4 => " for IPv4 only",
+                    NEXT_HOP_V6 => " for IPv6 only",
+                    _ => "",
+                };
+                write!(
+                    f,
+                    "+ next hop onto {name} from table {}{only} (redirects skip the full route \
+                     lookup)",
+                    hop.table
+                )
+            }
             Self::RemoveNextHop { ifindex } => write!(
                 f,
                 "- next hop onto ifindex {ifindex} (redirects look the route up again)"

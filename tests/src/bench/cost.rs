@@ -22,7 +22,7 @@ use aya::{Ebpf, programs::SchedClassifier};
 use enipin::{
     config::{Config, Paths},
     ebpf,
-    model::{Cidr, ManagedInterface},
+    model::{Cidr, Forwarding, ManagedInterface},
     testbed::{Dirs, Netns},
 };
 use enipin_ebpf::{Counters, NOOP_PROGRAM, PROGRAM};
@@ -196,7 +196,7 @@ impl Fixture {
                     gateway_v6: None,
                     // The next hop's lookup is measured in the datapath section (it needs a
                     // forwarding owner with its table's routes and neighbours).
-                    forwarding: false,
+                    forwarding: Forwarding::default(),
                 }
             })
             .collect();
