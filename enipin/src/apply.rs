@@ -11,6 +11,7 @@ use anyhow::Result;
 use crate::{
     address,
     config::{Config, Paths},
+    connmark::{self, Connmark},
     discover::Discovery,
     ebpf,
     metadata::{Tracker, View},
@@ -66,7 +67,33 @@ async fn step(nl: &Netlink, c: &Change) -> Result<()> {
         Change::AddAddress(a) => nl.add_address(a).await,
         Change::DelAddress(a) => nl.del_address(a).await,
         Change::Sysctl { key, new, .. } => sysctl::write(key, new),
+        Change::Connmark { new, .. } => connmark::apply(new.as_ref()),
     }
+}
+
+/// enipin's nftables table: wanted with `--connmark` (and the rules), read back when wanted or
+/// when the last attach had it (so that turning it off removes it). `None`: nothing to do.
+fn connmark_change(
+    managed: &[ManagedInterface],
+    cfg: &Config,
+    previous: Option<&state::State>,
+) -> Result<Option<Change>> {
+    let was_on = previous
+        .and_then(|s| s.config.as_ref())
+        .is_some_and(|c| c.connmark);
+    let on = cfg.connmark && cfg.rules;
+    if !on && !was_on {
+        return Ok(None);
+    }
+    let new = on
+        .then(|| {
+            let (c, left_out) = Connmark::desired(managed, cfg.connmark_mask);
+            left_out.iter().for_each(|l| log::warn!("connmark: {l}"));
+            c
+        })
+        .filter(|c| !c.marks.is_empty());
+    let old = connmark::installed()?;
+    Ok((old != new).then_some(Change::Connmark { old, new }))
 }
 
 /// Netlink requests in flight at once. The kernel handles a socket's requests one by one in the
@@ -76,7 +103,7 @@ async fn step(nl: &Netlink, c: &Change) -> Result<()> {
 const IN_FLIGHT: usize = 64;
 
 /// Runs `changes` in order, netlink requests [`IN_FLIGHT`] at a time (a sysctl waits for every
-/// request before it and is written alone). Returns each change's result, in order: all of them,
+/// request before it and is written alone, as is the nft table). Returns each change's result, in order: all of them,
 /// or, with `stop_on_error`, those of the batches up to and including the first failure.
 pub(crate) async fn run_batched<'a>(
     nl: &Netlink,
@@ -86,13 +113,13 @@ pub(crate) async fn run_batched<'a>(
     let mut out = Vec::with_capacity(changes.len());
     let mut rest = changes;
     while !rest.is_empty() {
-        let n = match rest[0] {
-            Change::Sysctl { .. } => 1,
-            _ => rest
-                .iter()
+        let n = if rest[0].is_netlink() {
+            rest.iter()
                 .take(IN_FLIGHT)
-                .take_while(|c| !matches!(c, Change::Sysctl { .. }))
-                .count(),
+                .take_while(|c| c.is_netlink())
+                .count()
+        } else {
+            1
         };
         let (batch, tail) = rest.split_at(n);
         rest = tail;
@@ -193,7 +220,9 @@ pub(crate) fn pending(
     if cfg.rules {
         plan::check_conflicts(d, &managed, cfg)?;
     }
-    let plan = compute(d, &managed, cfg)?;
+    let mut plan = compute(d, &managed, cfg)?;
+    plan.changes
+        .extend(connmark_change(&managed, cfg, previous.as_ref())?);
     let ebpf = if cfg.ebpf {
         Some(ebpf::plan(&managed, cfg, paths)?)
     } else {
@@ -291,7 +320,7 @@ fn prepare_aside(
     rx
 }
 
-/// Objects a reconcile found out of place, by (kind, missing): `rule`, `route`, `sysctl`,
+/// Objects a reconcile found out of place, by (kind, missing): `rule`, `route`, `sysctl`, `connmark`,
 /// `datapath_link`, `datapath_program`, `datapath_map`; missing (added back) or extra (removed).
 pub(crate) type Drift = std::collections::BTreeMap<(&'static str, bool), u64>;
 
@@ -304,6 +333,7 @@ fn drift(p: &Pending) -> Drift {
         Change::AddAddress(_) => ("address", true),
         Change::DelAddress(_) => ("address", false),
         Change::Sysctl { .. } => ("sysctl", true),
+        Change::Connmark { new, .. } => ("connmark", new.is_some()),
     });
     let datapath = p
         .ebpf

@@ -19,6 +19,15 @@ pub const DEFAULT_TABLE_BASE: u32 = 20000;
 /// Cilium (< 112) and the kernel's 0, 32766, 32767.
 pub const DEFAULT_PRIORITY: u32 = 20000;
 
+/// Default `--connmark-mask`: bits 24-31 of the packet and conntrack marks, clear of kube-proxy
+/// (0x4000, 0x8000), the VPC CNI (0x80), netavark (0x2000), Cilium (0x0f00), Istio (0x539) and
+/// Tailscale (0xff0000). Calico claims 0xffff0000 by default: choose another mask there.
+pub const DEFAULT_CONNMARK_MASK: u32 = 0xff00_0000;
+
+const fn default_connmark_mask() -> u32 {
+    DEFAULT_CONNMARK_MASK
+}
+
 /// Default `--pin-dir`: enipin's directory on the machine's bpffs.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/enipin";
 /// Default `--state-dir`: under /run, which a reboot empties, as it drops what enipin installed.
@@ -117,6 +126,13 @@ pub struct Config {
     /// Add the addresses metadata assigns that an interface lacks (and remove them again).
     #[serde(default)]
     pub configure_addresses: bool,
+    /// Route the replies of connections that arrived on a managed interface out of it up front
+    /// (nftables conntrack marks and `fwmark` rules): DNAT'd replies then need no redirect.
+    #[serde(default)]
+    pub connmark: bool,
+    /// The bits of the packet and conntrack marks that connmark uses.
+    #[serde(default = "default_connmark_mask")]
+    pub connmark_mask: u32,
 }
 
 impl Default for Config {
@@ -136,6 +152,8 @@ impl Default for Config {
             metadata: MetadataSource::None,
             metadata_endpoint: None,
             configure_addresses: false,
+            connmark: false,
+            connmark_mask: DEFAULT_CONNMARK_MASK,
         }
     }
 }
@@ -275,6 +293,8 @@ mod tests {
             "metadata",
             "metadata_endpoint",
             "configure_addresses",
+            "connmark",
+            "connmark_mask",
         ]
         .map(|k| fields.remove(k).unwrap())
         .into();
@@ -284,7 +304,9 @@ mod tests {
                 "auto".into(),
                 "none".into(),
                 serde_json::Value::Null,
-                false.into()
+                false.into(),
+                false.into(),
+                DEFAULT_CONNMARK_MASK.into(),
             ]
         );
         assert_eq!(

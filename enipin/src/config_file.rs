@@ -46,12 +46,15 @@ pub(crate) struct Select {
     pub(crate) prefixes: Key<Vec<DelegatedPrefix>>,
 }
 
-/// `[layers]`: policy routing (with its sysctls) and the datapath, each on or off.
+/// `[layers]`: policy routing (with its sysctls), connmark and the datapath, each on or off.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Layers {
     pub(crate) rules: Key<bool>,
     pub(crate) ebpf: Key<bool>,
+    pub(crate) connmark: Key<bool>,
+    #[serde(rename = "connmark-mask")]
+    pub(crate) connmark_mask: Key<u32>,
 }
 
 /// `[datapath]`: how the TC egress program behaves and hooks in.

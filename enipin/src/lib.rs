@@ -12,6 +12,7 @@ mod apply;
 pub mod commands;
 pub mod config;
 pub mod config_file;
+mod connmark;
 mod discover;
 pub mod doctor;
 #[cfg(feature = "testing")]

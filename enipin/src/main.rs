@@ -94,6 +94,26 @@ struct Layers {
     /// stderr. [file: datapath.debug]
     #[arg(long)]
     debug: bool,
+    /// Route the replies of connections that arrived on a managed interface out of it up front:
+    /// nftables marks each connection with its interface and the mark's `fwmark` rule picks
+    /// that interface's table, so replies of DNAT'd services (docker -p, NodePorts) need no
+    /// redirect. Needs the nft command. [file: layers.connmark]
+    #[arg(long)]
+    connmark: bool,
+    /// The bits of the packet and conntrack marks connmark uses, contiguous (default
+    /// 0xff000000): an interface's mark is its ifindex shifted into them. [file:
+    /// layers.connmark-mask]
+    #[arg(long, value_name = "MASK", value_parser = parse_mask)]
+    connmark_mask: Option<u32>,
+}
+
+/// `0xff000000` or a decimal number.
+fn parse_mask(s: &str) -> Result<u32, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|e| format!("{s:?} is not a 32-bit number (hex with 0x, or decimal): {e}"))
 }
 
 /// Addresses and prefixes from the cloud's metadata (`attach` and `watch`).
@@ -128,6 +148,8 @@ impl Layers {
         g.ebpf = self.no_ebpf.then_some(false);
         g.mode = self.mode;
         g.debug = self.debug.then_some(true);
+        g.connmark = self.connmark.then_some(true);
+        g.connmark_mask = self.connmark_mask;
     }
 }
 

@@ -21,7 +21,7 @@ use rtnetlink::Handle;
 use crate::{
     address::Address,
     model::{Cidr, RTPROT_ENIPIN},
-    route::{InstalledRoute, InstalledRule, Route, Rule},
+    route::{Fwmark, InstalledRoute, InstalledRule, Route, Rule},
 };
 
 const EPERM: i32 = 1;
@@ -218,6 +218,10 @@ fn rule_message(rule: &Rule) -> RuleMessage {
     if let Some(len) = rule.suppress_prefixlen {
         m.attributes.push(RuleAttribute::SuppressPrefixLen(len));
     }
+    if let Some(f) = rule.fwmark {
+        m.attributes.push(RuleAttribute::FwMark(f.value));
+        m.attributes.push(RuleAttribute::FwMask(f.mask));
+    }
     m.attributes
         .push(RuleAttribute::Protocol(RouteProtocol::from(RTPROT_ENIPIN)));
     m
@@ -307,6 +311,7 @@ fn rule_priority(m: &RuleMessage) -> u32 {
 pub(crate) fn decode_rule(m: &RuleMessage) -> InstalledRule {
     let mut from = None;
     let mut suppress_prefixlen = None;
+    let (mut mark, mut mask) = (None, None);
     for a in &m.attributes {
         match a {
             RuleAttribute::Source(ip) => {
@@ -317,6 +322,8 @@ pub(crate) fn decode_rule(m: &RuleMessage) -> InstalledRule {
             }
             // The kernel reports "not set" as -1.
             RuleAttribute::SuppressPrefixLen(l) if *l != u32::MAX => suppress_prefixlen = Some(*l),
+            RuleAttribute::FwMark(v) => mark = Some(*v),
+            RuleAttribute::FwMask(v) => mask = Some(*v),
             _ => {}
         }
     }
@@ -328,6 +335,11 @@ pub(crate) fn decode_rule(m: &RuleMessage) -> InstalledRule {
             from,
             table: rule_table(m),
             suppress_prefixlen,
+            // The kernel reports a mark without a mask as mask 0xffffffff.
+            fwmark: mark.map(|value| Fwmark {
+                value,
+                mask: mask.unwrap_or(u32::MAX),
+            }),
         },
     }
 }

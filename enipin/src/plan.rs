@@ -25,9 +25,10 @@ use serde::Serialize;
 use crate::{
     address::Address,
     config::Config,
+    connmark::{self, Connmark},
     discover::Discovery,
     model::{Cidr, Gateway, GatewaySource, Interface, ManagedInterface, RTPROT_ENIPIN, fmt_mac},
-    route::{MAIN_TABLE, Route, Rule, V6_METRIC},
+    route::{Fwmark, MAIN_TABLE, Route, Rule, V6_METRIC},
     sysctl,
 };
 
@@ -54,6 +55,11 @@ pub(crate) enum Change {
         old: String,
         new: String,
     },
+    /// enipin's nftables table replaced as a whole (`None`: absent).
+    Connmark {
+        old: Option<Connmark>,
+        new: Option<Connmark>,
+    },
 }
 
 impl Change {
@@ -71,7 +77,16 @@ impl Change {
                 old: new.clone(),
                 new: old.clone(),
             },
+            Change::Connmark { old, new } => Change::Connmark {
+                old: new.clone(),
+                new: old.clone(),
+            },
         }
+    }
+
+    /// A netlink request (batched); the others (sysctls, nft) run alone, in order.
+    pub(crate) fn is_netlink(&self) -> bool {
+        !matches!(self, Change::Sysctl { .. } | Change::Connmark { .. })
     }
 
     pub(crate) fn render(&self, format: DiffFormat) -> String {
@@ -109,6 +124,20 @@ impl Change {
                 format!("ip{} route del {}", six(r.v6()), r.ip_args())
             }
             (DiffFormat::Ip, Change::Sysctl { key, new, .. }) => format!("sysctl -w {key}={new}"),
+            (DiffFormat::Text, Change::Connmark { old, new }) => match (old, new) {
+                (None, Some(n)) => format!("+ {}", n.summary()),
+                (Some(o), None) => format!("- {}", o.summary()),
+                (Some(o), Some(n)) => format!("~ {} -> {}", o.summary(), n.summary()),
+                (None, None) => "= nft: nothing".to_owned(),
+            },
+            (DiffFormat::Ip, Change::Connmark { new, .. }) => {
+                let t = connmark::TABLE;
+                let mut s = format!("nft add table inet {t}; nft delete table inet {t}");
+                if let Some(n) = new {
+                    s.push_str(&format!("\nnft -f - <<'EOF'\n{}\nEOF", n.script()));
+                }
+                s
+            }
         }
     }
 }
@@ -574,22 +603,18 @@ pub(crate) fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>,
             .map(|a| Cidr::host(a.addr))
             .chain(m.prefixes.iter().map(Cidr::network));
         for from in sources {
-            let v6 = from.is_ipv6();
-            families.insert(v6);
-            rules.push(Rule {
-                v6,
-                priority: p,
-                from: Some(from),
-                table: m.table,
-                suppress_prefixlen: Some(0),
-            });
-            rules.push(Rule {
-                v6,
-                priority: p + 2,
-                from: Some(from),
-                table: m.table,
-                suppress_prefixlen: None,
-            });
+            families.insert(from.is_ipv6());
+            rules.extend(pair(p, m.table, from.is_ipv6(), Some(from), None));
+        }
+        // connmark: replies marked with m's mark take m's table, as m's own sources do.
+        let mark = connmark::value(cfg.connmark_mask, m.ifindex).filter(|_| cfg.connmark);
+        for v6 in [false, true] {
+            if let Some(value) = mark
+                && m.addrs.iter().any(|a| a.addr.is_ipv6() == v6)
+            {
+                let mask = cfg.connmark_mask;
+                rules.extend(pair(p, m.table, v6, None, Some(Fwmark { value, mask })));
+            }
         }
         let mut subnets = BTreeSet::new();
         for a in &m.addrs {
@@ -633,10 +658,25 @@ pub(crate) fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>,
             from: None,
             table: MAIN_TABLE,
             suppress_prefixlen: Some(0),
+            fwmark: None,
         });
     }
     rules.sort();
     (rules, routes)
+}
+
+/// The two rules of one source (an address, a prefix, or a connmark mark): at P with
+/// `suppress_prefixlength 0` (the table's subnet routes) and at P+2 (its default route).
+fn pair(p: u32, table: u32, v6: bool, from: Option<Cidr>, fwmark: Option<Fwmark>) -> [Rule; 2] {
+    let rule = |priority, suppress_prefixlen| Rule {
+        v6,
+        priority,
+        from,
+        table,
+        suppress_prefixlen,
+        fwmark,
+    };
+    [rule(p, Some(0)), rule(p + 2, None)]
 }
 
 /// enipin's rules and routes as installed now (protocol 229 only).
@@ -768,6 +808,39 @@ mod tests {
         }
     }
 
+    /// connmark's marks pick the interface's table as its addresses do, in each family it has.
+    #[test]
+    fn connmark_adds_a_fwmark_pair_per_family_of_each_interface() {
+        let m = [
+            eni(2, &["198.18.0.10/24"]),
+            eni(3, &["198.18.0.11/24", "2001:db8::11/64"]),
+        ];
+        let fwmark_rules = |cfg: &Config| -> Vec<String> {
+            let (rules, _) = desired(&m, cfg);
+            rules
+                .iter()
+                .filter(|r| r.fwmark.is_some())
+                .map(|r| format!("{}{}", if r.v6 { "-6 " } else { "" }, r.ip_args()))
+                .collect()
+        };
+        assert!(fwmark_rules(&Config::default()).is_empty());
+        let cfg = Config {
+            connmark: true,
+            ..Config::default()
+        };
+        assert_eq!(
+            fwmark_rules(&cfg),
+            [
+                "fwmark 0x2000000/0xff000000 lookup 20002 suppress_prefixlength 0 pref 20000 proto 229",
+                "fwmark 0x3000000/0xff000000 lookup 20003 suppress_prefixlength 0 pref 20000 proto 229",
+                "fwmark 0x2000000/0xff000000 lookup 20002 pref 20002 proto 229",
+                "fwmark 0x3000000/0xff000000 lookup 20003 pref 20002 proto 229",
+                "-6 fwmark 0x3000000/0xff000000 lookup 20003 suppress_prefixlength 0 pref 20000 proto 229",
+                "-6 fwmark 0x3000000/0xff000000 lookup 20003 pref 20002 proto 229",
+            ]
+        );
+    }
+
     #[test]
     fn layout_three_layers_one_table_per_interface() {
         let m = [
@@ -842,6 +915,7 @@ mod tests {
                 Change::AddRule(_) => "+rule",
                 Change::Sysctl { .. } => "sysctl",
                 Change::AddAddress(_) | Change::DelAddress(_) => "address",
+                Change::Connmark { .. } => "connmark",
             })
             .collect();
         assert_eq!(
@@ -1117,6 +1191,7 @@ mod tests {
                 from: None,
                 table,
                 suppress_prefixlen: None,
+                fwmark: None,
             },
         }
     }

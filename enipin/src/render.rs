@@ -35,6 +35,12 @@ pub async fn render(cfg: &Config, format: Format) -> Result<()> {
         Selection::NothingToDo(why) => bail!("nothing to render: {why}"),
     };
     print!("{}", render_to_string(&managed, cfg, format));
+    if cfg.connmark {
+        eprintln!(
+            "note: connmark (layers.connmark) is not rendered: its nftables table and fwmark rules \
+             are enipin's own; keep `enipin watch` running for them"
+        );
+    }
     Ok(())
 }
 
@@ -63,6 +69,11 @@ pub(crate) fn render_to_string(
     cfg: &Config,
     format: Format,
 ) -> String {
+    // connmark is nftables and enipin's own table: no network configuration tool carries it.
+    let cfg = &Config {
+        connmark: false,
+        ..cfg.clone()
+    };
     let (rules, routes) = plan::desired(managed, cfg);
     let mut o = String::new();
     if format == Format::Networkd {

@@ -34,6 +34,16 @@ pub(crate) struct Rule {
     pub from: Option<Cidr>,
     pub table: u32,
     pub suppress_prefixlen: Option<u32>,
+    /// `fwmark VALUE/MASK` (connmark's rules); absent from `status --json` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fwmark: Option<Fwmark>,
+}
+
+/// A rule's `fwmark VALUE/MASK`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub(crate) struct Fwmark {
+    pub value: u32,
+    pub mask: u32,
 }
 
 impl Rule {
@@ -42,6 +52,9 @@ impl Rule {
         let mut s = String::new();
         if let Some(from) = self.from {
             let _ = write!(s, "from {from} ");
+        }
+        if let Some(Fwmark { value, mask }) = self.fwmark {
+            let _ = write!(s, "fwmark {value:#x}/{mask:#x} ");
         }
         let _ = write!(s, "lookup {} ", table_name(self.table));
         if let Some(l) = self.suppress_prefixlen {
@@ -144,6 +157,7 @@ mod tests {
             from: Some("198.18.0.10/32".parse().unwrap()),
             table: 20002,
             suppress_prefixlen: None,
+            fwmark: None,
         };
         let v = serde_json::to_value(&rule).unwrap();
         assert_eq!(v["from"], serde_json::json!(["198.18.0.10", 32]));

@@ -9,7 +9,7 @@
 
 use std::{fmt, net::IpAddr, num::NonZeroU64, path::PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use serde_json::Value;
 use toml::Spanned;
@@ -80,6 +80,10 @@ pub struct Given {
     pub rules: Option<bool>,
     /// `--no-ebpf`.
     pub ebpf: Option<bool>,
+    /// `--connmark`.
+    pub connmark: Option<bool>,
+    /// `--connmark-mask`.
+    pub connmark_mask: Option<u32>,
     /// `--mode`.
     pub mode: Option<Mode>,
     /// `--debug`.
@@ -136,6 +140,16 @@ impl Loader {
         let mut s = merge(parsed, &text, self.given.clone());
         (s.file, s.found) = (self.path.path.clone(), found);
         let c = &s.config;
+        if c.connmark {
+            crate::connmark::check_mask(c.connmark_mask)
+                .context("layers.connmark-mask (--connmark-mask)")?;
+            if !c.rules {
+                bail!(
+                    "layers.connmark (--connmark) routes replies with fwmark rules, and the rules \
+                     are off (layers.rules = false, --no-rules): turn one of them around"
+                );
+            }
+        }
         if c.configure_addresses && c.metadata == MetadataSource::None {
             bail!(
                 "metadata.configure-addresses (--configure-addresses) adds the addresses a \
@@ -226,6 +240,13 @@ fn merge(file: File, text: &str, given: Given) -> Settings {
     let prefixes = p.pick("select.prefixes", Vec::new(), s.prefixes, g.prefixes);
     let rules = p.pick("layers.rules", d.rules, l.rules, g.rules);
     let ebpf = p.pick("layers.ebpf", d.ebpf, l.ebpf, g.ebpf);
+    let connmark = p.pick("layers.connmark", d.connmark, l.connmark, g.connmark);
+    let connmark_mask = p.pick(
+        "layers.connmark-mask",
+        d.connmark_mask,
+        l.connmark_mask,
+        g.connmark_mask,
+    );
     let mode = p.pick("datapath.mode", d.mode, dp.mode, g.mode);
     let debug = p.pick("datapath.debug", d.debug, dp.debug, g.debug);
     // No flag: how tests reach the clsact path on a TCX kernel, and a way out of a broken TCX.
@@ -279,6 +300,8 @@ fn merge(file: File, text: &str, given: Given) -> Settings {
             metadata,
             metadata_endpoint,
             configure_addresses,
+            connmark,
+            connmark_mask,
         },
         interval,
         listen,
@@ -430,6 +453,8 @@ mod tests {
             ],
             &["layers.rules", "=", "true", "#", "default"],
             &["layers.ebpf", "=", "true", "#", "default"],
+            &["layers.connmark", "=", "false", "#", "default"],
+            &["layers.connmark-mask", "=", "4278190080", "#", "default"],
             &["datapath.mode", "=", "\"enforce\"", "#", "default"],
             &["datapath.debug", "=", "true", "#", "flag"],
             &["datapath.attach", "=", "\"netlink\"", "#", "file:5"],

@@ -2,46 +2,16 @@
 //! the host routes the container's reply while its source is still the container's address, so
 //! `from <eni-ip>` rules never match (moby/moby#35251) and the reply leaves by the primary ENI
 //! with the secondary's address once POSTROUTING has translated it back. Rules alone cannot fix
-//! that; the TC egress redirect, which sees the translated source, does.
+//! that; the TC egress redirect, which sees the translated source, does, and `--connmark` routes
+//! the reply out of its owner in the first place (the connection's mark picks the table).
 
 use enipin_tests::{Enipin, Netns, Spec, Topology, require, veth};
 
 #[test]
 fn dnat_reply_on_the_secondary_address_is_fixed_by_the_datapath_only() {
     require();
-    let topo = Topology::build_with(Spec {
-        ipv6: false,
-        ..Spec::default()
-    })
-    .expect("topology");
+    let (topo, _ctr) = published();
     let host = topo.host();
-
-    // The "container": its own namespace behind a veth, like docker0 without the bridge.
-    let ctr = Netns::new("dnat-ctr-").expect("container namespace");
-    veth(
-        host,
-        "ctr0",
-        "02:e0:00:00:01:01",
-        &ctr,
-        "eth0",
-        "02:e0:00:00:01:02",
-    )
-    .expect("veth");
-    host.ip(&["addr", "add", "198.19.1.1/24", "dev", "ctr0"])
-        .unwrap();
-    ctr.ip(&["addr", "add", "198.19.1.2/24", "dev", "eth0"])
-        .unwrap();
-    ctr.ip(&["route", "add", "default", "via", "198.19.1.1"])
-        .unwrap();
-    host.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    host.sh("nft -f - <<'EOF'\n\
-         table ip publish {\n\
-           chain pre { type nat hook prerouting priority dstnat; \
-             ip daddr 198.18.0.11 icmp type echo-request dnat to 198.19.1.2; }\n\
-         }\n\
-         EOF")
-        .expect("nftables DNAT");
-
     let enipin = Enipin::in_ns(host);
     let sel = ["--interfaces", "eth0,eth1"];
     let drops = || topo.drops().expect("vpc counters").eni("eth0").ip;
@@ -79,6 +49,219 @@ fn dnat_reply_on_the_secondary_address_is_fixed_by_the_datapath_only() {
         "eth0 counted {misrouted} misrouted packets, want >= 3: {stats}"
     );
     enipin.ok(&["detach"]);
+}
+
+/// The lab with a "container" namespace behind a veth (like docker0 without the bridge), and
+/// nftables DNAT of ping to the secondary address (198.18.0.11) onto it.
+fn published() -> (Topology, Netns) {
+    let topo = Topology::build_with(Spec {
+        ipv6: false,
+        ..Spec::default()
+    })
+    .expect("topology");
+    let host = topo.host();
+    let ctr = Netns::new("dnat-ctr-").expect("container namespace");
+    veth(
+        host,
+        "ctr0",
+        "02:e0:00:00:01:01",
+        &ctr,
+        "eth0",
+        "02:e0:00:00:01:02",
+    )
+    .expect("veth");
+    host.ip(&["addr", "add", "198.19.1.1/24", "dev", "ctr0"])
+        .unwrap();
+    ctr.ip(&["addr", "add", "198.19.1.2/24", "dev", "eth0"])
+        .unwrap();
+    ctr.ip(&["route", "add", "default", "via", "198.19.1.1"])
+        .unwrap();
+    host.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    host.sh("nft -f - <<'EOF'\n\
+         table ip publish {\n\
+           chain pre { type nat hook prerouting priority dstnat; \
+             ip daddr 198.18.0.11 icmp type echo-request dnat to 198.19.1.2; }\n\
+         }\n\
+         EOF")
+        .expect("nftables DNAT");
+    (topo, ctr)
+}
+
+/// enipin's nftables table in `ns`, as nft prints it; `None` when there is none.
+fn table(ns: &Netns) -> Option<String> {
+    ns.sh("nft list table inet enipin 2>/dev/null").ok()
+}
+
+/// With connmark the reply is routed out of eth1 in the first place: the rules alone fix the
+/// published service, and with the datapath attached nothing is left for it to redirect.
+#[test]
+fn connmark_routes_the_dnat_reply_out_of_its_owner_without_a_redirect() {
+    require();
+    let (topo, _ctr) = published();
+    let host = topo.host();
+    let enipin = Enipin::in_ns(host);
+    let sel = ["--interfaces", "eth0,eth1", "--connmark"];
+    let drops = || topo.drops().expect("vpc counters").eni("eth0").ip;
+
+    // Rules and connmark, no datapath: what the redirect did before, the routing does now.
+    let plan = enipin.ok(&[&["attach", "--no-ebpf"][..], &sel].concat());
+    assert!(
+        plan.contains("+ nft table inet enipin mask 0xff000000: eth0=0x"),
+        "the plan does not show the nft table: {plan}"
+    );
+    let before = drops();
+    assert!(
+        topo.peer().ping("198.18.0.11", 3).unwrap(),
+        "the published service is unreachable with connmark"
+    );
+    assert_eq!(drops(), before, "the vpc dropped replies leaving eth0");
+    let rules = host.sh("ip rule show").unwrap();
+    let eth1 = host.ip(&["-j", "link", "show", "eth1"]).unwrap();
+    let ifindex = serde_json::from_str::<serde_json::Value>(&eth1).unwrap()[0]["ifindex"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        rules.contains(&format!(
+            "fwmark {:#x}/0xff000000 lookup {}",
+            ifindex << 24,
+            20000 + ifindex
+        )),
+        "no fwmark rule for eth1: {rules}"
+    );
+    // Idempotent: a second attach finds everything in place.
+    let again = enipin.ok(&[&["attach", "--no-ebpf"][..], &sel].concat());
+    assert!(
+        !again.contains("nft table"),
+        "a second attach changed the table: {again}"
+    );
+    enipin.ok(&["detach"]);
+    assert_eq!(table(host), None, "detach left the nft table");
+    assert!(
+        !host.sh("ip rule show").unwrap().contains("fwmark"),
+        "detach left fwmark rules"
+    );
+
+    // With the datapath too: the replies are not misrouted any more, so none is redirected.
+    enipin.ok(&[&["attach"][..], &sel].concat());
+    assert!(
+        topo.peer().ping("198.18.0.11", 3).unwrap(),
+        "the published service is unreachable with connmark and the datapath"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&enipin.ok(&["stats", "--json"])).expect("stats --json");
+    assert_eq!(
+        misrouted_on(&stats, "eth0"),
+        0,
+        "replies were still redirected: {stats}"
+    );
+    enipin.ok(&["detach"]);
+    assert_eq!(table(host), None, "detach left the nft table");
+}
+
+/// Someone flushes the ruleset (`nft flush ruleset`, a firewall reload): watch puts the table
+/// back at its next reconcile, and a table edited by hand is replaced as a whole.
+#[test]
+fn watch_restores_the_connmark_table() {
+    require();
+    let (topo, _ctr) = published();
+    let host = topo.host();
+    let enipin = Enipin::in_ns(host);
+    let mut watch = enipin
+        .command(&[
+            "watch",
+            "--interfaces",
+            "eth0,eth1",
+            "--connmark",
+            "--no-ebpf",
+            "--interval",
+            "1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning enipin watch");
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        let t = std::time::Instant::now();
+        while !f() {
+            assert!(t.elapsed().as_secs() < 20, "{what} within 20 s");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let whole = || table(host).is_some_and(|t| t.matches("return comment").count() == 4);
+    until("watch installs the table", &whole);
+    host.sh("nft delete table inet enipin").unwrap();
+    until("watch restores the deleted table", &whole);
+    host.sh("nft flush chain inet enipin restore").unwrap();
+    until("watch replaces the edited table", &whole);
+    assert!(
+        topo.peer().ping("198.18.0.11", 3).unwrap(),
+        "the published service is unreachable under watch"
+    );
+    // SIGTERM: the watcher exits and leaves everything installed (detach removes it).
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    watch.wait().unwrap();
+    enipin.ok(&["detach"]);
+    assert_eq!(table(host), None, "detach left the nft table");
+}
+
+/// Without nft, `attach --connmark` says what to install and changes nothing; when nft fails
+/// after the rules went in, they are rolled back: never rules without their table.
+#[test]
+fn connmark_without_a_working_nft_changes_nothing() {
+    require();
+    let (topo, _ctr) = published();
+    let host = topo.host();
+    let enipin = Enipin::in_ns(host);
+    let before = host.sh("ip rule show; ip route show table all").unwrap();
+    let attach = |path: &str| {
+        let out = enipin
+            .command(&[
+                "attach",
+                "--no-ebpf",
+                "--interfaces",
+                "eth0,eth1",
+                "--connmark",
+            ])
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "attach succeeded with PATH={path}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = attach("/nonexistent");
+    assert!(
+        err.contains("connmark needs the `nft` command (the nftables package"),
+        "{err}"
+    );
+    // An nft that lists (there is no table) but fails every change.
+    let dir = enipin_tests::TempDir::new("fake-nft-").unwrap();
+    let fake = dir.path().join("nft");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncase \"$*\" in *list*) echo 'Error: No such file or directory' >&2;; \
+         *) echo 'Error: simulated failure' >&2;; esac\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let err = attach(&format!(
+        "{}:/usr/sbin:/usr/bin:/sbin:/bin",
+        dir.path().display()
+    ));
+    assert!(err.contains("Error: simulated failure"), "{err}");
+    assert!(
+        err.contains("nft failed (its message is printed above)"),
+        "{err}"
+    );
+    assert!(err.contains("rolled back"), "{err}");
+    assert_eq!(
+        host.sh("ip rule show; ip route show table all").unwrap(),
+        before,
+        "a failed attach --connmark left rules or routes"
+    );
+    assert!(
+        !enipin.state_file().exists(),
+        "a failed attach left a state file"
+    );
 }
 
 /// `misrouted_packets` of interface `ifname` in `enipin stats --json`.

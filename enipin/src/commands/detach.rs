@@ -6,7 +6,7 @@ use enipin_ebpf::PROGRAM;
 use crate::{
     address, apply,
     config::Paths,
-    ebpf,
+    connmark, ebpf,
     plan::{self, Change, DiffFormat},
     snapshot::Snapshot,
     state, sysctl,
@@ -20,7 +20,8 @@ pub async fn detach(paths: &Paths) -> Result<()> {
     if let Some(st) = &st {
         st.mark_addresses(&mut s.discovery);
     }
-    let changes = removals(&s, st.as_ref());
+    let mut changes = removals(&s, st.as_ref());
+    changes.extend(connmark_removal(st.as_ref())?);
     let pins = pins_of(paths, st.as_ref());
     let pinned = pins.pin_dir.exists();
     let running = ebpf::running_at_egress()?;
@@ -101,6 +102,21 @@ fn left_running(pins: &Paths) -> Result<Vec<String>> {
             )
         })
         .collect())
+}
+
+/// enipin's nftables table, if there is one. Without `nft` there is none to remove, unless the
+/// last attach made one (and nft was uninstalled since): then detach says so.
+fn connmark_removal(st: Option<&state::State>) -> Result<Option<Change>> {
+    let recorded = st
+        .and_then(|s| s.config.as_ref())
+        .is_some_and(|c| c.connmark);
+    if !recorded && connmark::nft_available().is_err() {
+        return Ok(None);
+    }
+    Ok(connmark::installed()?.map(|old| Change::Connmark {
+        old: Some(old),
+        new: None,
+    }))
 }
 
 /// enipin's rules and routes, then the sysctls back to the values the state file saved, each on

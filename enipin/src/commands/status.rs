@@ -375,6 +375,7 @@ mod tests {
             from: Some("198.18.0.11/32".parse().unwrap()),
             table: 20003,
             suppress_prefixlen: None,
+            fwmark: None,
         };
         let route = Route {
             table: 20003,
