@@ -18,8 +18,9 @@
 //! published on the primary's address (its replies leave by eth0 by the main table: the
 //! baseline); published on the secondary's address with plain `attach` (every reply is fixed by
 //! the redirect, with the next hop from the owner's table since the owner forwards); published on
-//! the secondary's address with the attach arguments that route the replies out of their owner up
-//! front. Every case checks the vpc's source check dropped nothing and no redirect failed, and
+//! the secondary's address with `attach --connmark` (nftables puts the connection's mark, the
+//! interface it arrived on, on its replies in prerouting, and a `fwmark` rule routes them out of
+//! their owner up front: nothing left to redirect). Every case checks the vpc's source check dropped nothing and no redirect failed, and
 //! that the misrouted counter grew exactly when the case says its replies are redirected.
 //!
 //! Its own section, not the datapath's: another bed (a forwarding host with a container) and
@@ -84,6 +85,14 @@ const CASES: &[Case] = &[
         what: "published on the secondary's address, `attach`: every reply misrouted, fixed by the redirect",
         target: Target::None,
     },
+    // The connection's mark routes each reply out of its owner before POSTROUTING: no redirect.
+    Case {
+        published_on: 1,
+        attach: &["attach", "--connmark"],
+        redirected: false,
+        what: "published on the secondary's address, `attach --connmark`: replies routed out of their owner by the connection's mark",
+        target: Target::RatioAtLeast(0.95),
+    },
 ];
 
 pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
@@ -134,7 +143,10 @@ fn rows(runs: &[Vec<(f64, f64)>]) -> Vec<Row> {
             ratio: Some(per_round(&rate, &base)),
             ..Row::ratio(
                 SECTION,
-                &format!("{METRIC}: {} (vs published on the primary's)", case.what),
+                &format!(
+                    "{METRIC}: {} (vs published on the primary's address)",
+                    case.what
+                ),
                 median(&rate),
                 median(&base),
                 "kpps",
@@ -146,7 +158,7 @@ fn rows(runs: &[Vec<(f64, f64)>]) -> Vec<Row> {
             ..Row::ratio(
                 SECTION,
                 &format!(
-                    "{METRIC}: sender CPU per frame, {} vs published on the primary's (lower is better)",
+                    "{METRIC}: sender CPU per frame, {} vs published on the primary's address (lower is better)",
                     case.what
                 ),
                 median(&cpu),

@@ -15,7 +15,8 @@
 //! 4. watch: how fast `enipin watch` restores a deleted rule or route and manages a new address,
 //!    and what a burst of 400 addresses costs (`bench::reaction`);
 //! 5. dnat: 64-byte UDP replies of a DNAT'd service, published on the primary's address against
-//!    the secondary's, fixed by the redirect (`bench::dnat`).
+//!    the secondary's, fixed by the redirect or routed out of its owner by `--connmark`
+//!    (`bench::dnat`).
 
 use std::{
     path::{Path, PathBuf},
