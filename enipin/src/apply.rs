@@ -73,7 +73,7 @@ async fn step(nl: &Netlink, c: &Change) -> Result<()> {
 
 /// enipin's nftables table: wanted with `--connmark` (and the rules), read back when wanted or
 /// when the last attach had it (so that turning it off removes it). `None`: nothing to do.
-fn connmark_change(
+pub(crate) fn connmark_change(
     managed: &[ManagedInterface],
     cfg: &Config,
     previous: Option<&state::State>,

@@ -15,6 +15,8 @@
 //!   chain prerouting { type filter hook prerouting priority mangle; policy accept;
 //!     ct state new jump mark_new
 //!     ct direction reply ct mark & MASK != 0 jump restore }
+//!   chain output { type route hook output priority mangle; policy accept;
+//!     ct direction reply ct mark & MASK != 0 jump restore }
 //!   chain mark_new { iif "eth1" ct mark set ct mark & ~MASK | V_eth1 return … }
 //!   chain restore  { ct mark & MASK == V_eth1 meta mark set meta mark & ~MASK | V_eth1 return … }
 //! }
@@ -23,9 +25,13 @@
 //! `V_i` is the interface's ifindex shifted into `MASK` (as its table is `table_base + ifindex`):
 //! stable while the interface exists, so a reconcile never renumbers a live connection. Only the
 //! mask's bits of either mark change (nft's bitwise operations take constants only, hence a rule
-//! per interface rather than one copying the mark). Packets of other connections pass two rules.
-//! Locally answered connections are unaffected: their replies are routed in OUTPUT by their
-//! `from` rules.
+//! per interface rather than one copying the mark). Packets of other connections pass two rules in
+//! prerouting and one in output.
+//! Locally answered connections get the mark in OUTPUT, in a `route` chain, whose mark change
+//! makes the kernel route the packet again: a connection DNAT'd to a local address (kube-proxy
+//! to a host-network pod, `REDIRECT`) has its reply sourced from that address until POSTROUTING,
+//! so its `from` rule would pick the wrong table too. For the others the mark picks the table
+//! their `from` rule picks.
 //!
 //! The table is written and read back with `nft -j` (the nftables package): one transaction
 //! replaces the whole table, so a change is never half-applied. Each per-interface rule carries a
@@ -54,6 +60,8 @@ pub(crate) const TABLE: &str = "enipin";
 /// nftables' `mangle` priority: after conntrack (-200), before DNAT (-100) and routing.
 const PRIORITY: i32 = -150;
 const BASE: &str = "prerouting";
+/// A `route` chain: a mark set there makes the kernel route the packet again.
+const LOCAL: &str = "output";
 const MARK_NEW: &str = "mark_new";
 const RESTORE: &str = "restore";
 
@@ -124,7 +132,9 @@ impl Connmark {
         let (m, keep) = (self.mask, !self.mask);
         let mut s = format!(
             "table inet {TABLE} {{\n  chain {BASE} {{ type filter hook prerouting priority mangle; policy accept;\n    \
-             ct state new jump {MARK_NEW}\n    ct direction reply ct mark & {m:#010x} != 0 jump {RESTORE} }}\n"
+             ct state new jump {MARK_NEW}\n    ct direction reply ct mark & {m:#010x} != 0 jump {RESTORE} }}\n  \
+             chain {LOCAL} {{ type route hook output priority mangle; policy accept;\n    \
+             ct direction reply ct mark & {m:#010x} != 0 jump {RESTORE} }}\n"
         );
         let _ = write!(s, "  chain {MARK_NEW} {{");
         for k in &self.marks {
@@ -237,18 +247,19 @@ fn rule(
     })
 }
 
-fn chain(name: &'static str, base: bool) -> NfListObject<'static> {
+/// A chain; `hook`: a base chain of that type at that hook, at [`PRIORITY`].
+fn chain(name: &'static str, hook: Option<(NfChainType, NfHook)>) -> NfListObject<'static> {
     NfListObject::Chain(Chain {
         family: NfFamily::INet,
         table: Cow::Borrowed(TABLE),
         name: Cow::Borrowed(name),
         newname: None,
         handle: None,
-        _type: base.then_some(NfChainType::Filter),
-        hook: base.then_some(NfHook::Prerouting),
-        prio: base.then_some(PRIORITY),
+        _type: hook.map(|h| h.0),
+        hook: hook.map(|h| h.1),
+        prio: hook.map(|_| PRIORITY),
         dev: None,
-        policy: base.then_some(NfChainPolicy::Accept),
+        policy: hook.map(|_| NfChainPolicy::Accept),
     })
 }
 
@@ -272,9 +283,10 @@ fn transaction(want: Option<&Connmark>) -> Nftables<'static> {
     clear(&mut b);
     if let Some(c) = want {
         b.add(table());
-        for (name, base) in [(BASE, true), (MARK_NEW, false), (RESTORE, false)] {
-            b.add(chain(name, base));
-        }
+        b.add(chain(BASE, Some((NfChainType::Filter, NfHook::Prerouting))));
+        b.add(chain(LOCAL, Some((NfChainType::Route, NfHook::Output))));
+        b.add(chain(MARK_NEW, None));
+        b.add(chain(RESTORE, None));
         let jump = |target: &'static str| {
             Statement::Jump(JumpTarget {
                 target: Cow::Borrowed(target),
@@ -292,19 +304,23 @@ fn transaction(want: Option<&Connmark>) -> Nftables<'static> {
             ],
             format!("enipin new mask {:#010x}", c.mask),
         ));
-        b.add(rule(
-            BASE,
-            vec![
-                is(
-                    ct("direction"),
-                    Operator::EQ,
-                    Expression::String(Cow::Borrowed("reply")),
-                ),
-                is(masked(ct("mark"), c.mask), Operator::NEQ, num(0)),
-                jump(RESTORE),
-            ],
-            format!("enipin reply mask {:#010x}", c.mask),
-        ));
+        let reply = |chain, what| {
+            rule(
+                chain,
+                vec![
+                    is(
+                        ct("direction"),
+                        Operator::EQ,
+                        Expression::String(Cow::Borrowed("reply")),
+                    ),
+                    is(masked(ct("mark"), c.mask), Operator::NEQ, num(0)),
+                    jump(RESTORE),
+                ],
+                format!("enipin {what} mask {:#010x}", c.mask),
+            )
+        };
+        b.add(reply(BASE, "reply"));
+        b.add(reply(LOCAL, "local-reply"));
         for k in &c.marks {
             let iif = Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Iif }));
             b.add(rule(
@@ -417,6 +433,9 @@ fn read_back(objects: &[NfObject<'_>]) -> Connmark {
             format!("enipin reply mask {mask:#010x}"),
         ]
     {
+        return damaged;
+    }
+    if comments(LOCAL) != [format!("enipin local-reply mask {mask:#010x}")] {
         return damaged;
     }
     let new = comments(MARK_NEW);

@@ -7,6 +7,7 @@
 //! | P   | `from <addr> lookup T_i suppress_prefixlength 0` | T_i's subnet route wins for i's own sources: replies to the subnet leave by i |
 //! | P+1 | `lookup main suppress_prefixlength 0` (per family) | specific routes in main (docker, k8s, static) keep winning over our default route (cloud-init#5249) |
 //! | P+2 | `from <addr> lookup T_i` | T_i's default route: everything else from i's sources leaves by i, via i's gateway |
+//! | P-1 | `fwmark V_i/M lookup T_i` (`--connmark` only) | replies of connections that arrived on i leave by i, whatever their source ([`crate::connmark`]) |
 //!
 //! T_i holds the subnet route(s) (`<net> dev ethi scope link src <addr>`) and `default via <gw>
 //! dev ethi`. One table per interface keyed by ifindex keeps the numbering stable while the
@@ -444,6 +445,11 @@ pub(crate) fn select_named(
             cfg.priority
         )
     })?;
+    if cfg.connmark && cfg.priority == 0 {
+        bail!(
+            "--priority 0 leaves no room for connmark's rules at P-1: choose --priority 1 or more"
+        );
+    }
     let managed = chosen
         .into_iter()
         .map(|i| manage(d, cfg, i))
@@ -604,16 +610,25 @@ pub(crate) fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>,
             .chain(m.prefixes.iter().map(Cidr::network));
         for from in sources {
             families.insert(from.is_ipv6());
-            rules.extend(pair(p, m.table, from.is_ipv6(), Some(from), None));
+            rules.extend(pair(p, m.table, from.is_ipv6(), Some(from)));
         }
-        // connmark: replies marked with m's mark take m's table, as m's own sources do.
+        // connmark: replies marked with m's mark take m's table whatever their source, so the
+        // rule comes before the `from` rules: a reply DNAT'd to another interface's address is
+        // sourced from that address until POSTROUTING.
         let mark = connmark::value(cfg.connmark_mask, m.ifindex).filter(|_| cfg.connmark);
         for v6 in [false, true] {
             if let Some(value) = mark
                 && m.addrs.iter().any(|a| a.addr.is_ipv6() == v6)
             {
                 let mask = cfg.connmark_mask;
-                rules.extend(pair(p, m.table, v6, None, Some(Fwmark { value, mask })));
+                rules.push(Rule {
+                    v6,
+                    priority: p - 1,
+                    from: None,
+                    table: m.table,
+                    suppress_prefixlen: None,
+                    fwmark: Some(Fwmark { value, mask }),
+                });
             }
         }
         let mut subnets = BTreeSet::new();
@@ -665,16 +680,16 @@ pub(crate) fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>,
     (rules, routes)
 }
 
-/// The two rules of one source (an address, a prefix, or a connmark mark): at P with
-/// `suppress_prefixlength 0` (the table's subnet routes) and at P+2 (its default route).
-fn pair(p: u32, table: u32, v6: bool, from: Option<Cidr>, fwmark: Option<Fwmark>) -> [Rule; 2] {
+/// The two rules of one source (an address or a prefix): at P with `suppress_prefixlength 0`
+/// (the table's subnet routes) and at P+2 (its default route).
+fn pair(p: u32, table: u32, v6: bool, from: Option<Cidr>) -> [Rule; 2] {
     let rule = |priority, suppress_prefixlen| Rule {
         v6,
         priority,
         from,
         table,
         suppress_prefixlen,
-        fwmark,
+        fwmark: None,
     };
     [rule(p, Some(0)), rule(p + 2, None)]
 }
@@ -704,18 +719,18 @@ pub(crate) fn check_conflicts(
     cfg: &Config,
 ) -> Result<()> {
     let tables: BTreeSet<u32> = managed.iter().map(|m| m.table).collect();
-    let prios = cfg.priority..=cfg.priority + 2;
+    let first = cfg.priority.saturating_sub(u32::from(cfg.connmark));
+    let prios = first..=cfg.priority + 2;
     for r in d.rules.iter().filter(|r| !r.is_enipin()) {
         let (prio, table) = (r.rule.priority, r.rule.table);
         if prios.contains(&prio) || tables.contains(&table) {
             bail!(
                 "rule `{}` (protocol {}) is not enipin's but uses priority {prio} / table {table}, which enipin \
-                 needs (priorities {}-{}, tables {:?}); nothing was changed. Choose another --priority or --table-base",
+                 needs (priorities {first}-{}, tables {:?}); nothing was changed. Choose another --priority or --table-base",
                 r.rule
                     .ip_args()
                     .replace(&format!(" proto {RTPROT_ENIPIN}"), ""),
                 r.protocol,
-                cfg.priority,
                 cfg.priority + 2,
                 tables
             );
@@ -808,9 +823,9 @@ mod tests {
         }
     }
 
-    /// connmark's marks pick the interface's table as its addresses do, in each family it has.
+    /// connmark's marks pick the interface's table, in each family it has, before any `from`.
     #[test]
-    fn connmark_adds_a_fwmark_pair_per_family_of_each_interface() {
+    fn connmark_adds_a_fwmark_rule_per_family_of_each_interface() {
         let m = [
             eni(2, &["198.18.0.10/24"]),
             eni(3, &["198.18.0.11/24", "2001:db8::11/64"]),
@@ -831,12 +846,9 @@ mod tests {
         assert_eq!(
             fwmark_rules(&cfg),
             [
-                "fwmark 0x2000000/0xff000000 lookup 20002 suppress_prefixlength 0 pref 20000 proto 229",
-                "fwmark 0x3000000/0xff000000 lookup 20003 suppress_prefixlength 0 pref 20000 proto 229",
-                "fwmark 0x2000000/0xff000000 lookup 20002 pref 20002 proto 229",
-                "fwmark 0x3000000/0xff000000 lookup 20003 pref 20002 proto 229",
-                "-6 fwmark 0x3000000/0xff000000 lookup 20003 suppress_prefixlength 0 pref 20000 proto 229",
-                "-6 fwmark 0x3000000/0xff000000 lookup 20003 pref 20002 proto 229",
+                "fwmark 0x2000000/0xff000000 lookup 20002 pref 19999 proto 229",
+                "fwmark 0x3000000/0xff000000 lookup 20003 pref 19999 proto 229",
+                "-6 fwmark 0x3000000/0xff000000 lookup 20003 pref 19999 proto 229",
             ]
         );
     }

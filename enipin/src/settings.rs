@@ -352,6 +352,10 @@ impl fmt::Display for Settings {
             .iter()
             .map(|e| match &e.value {
                 Value::Null => format!("{} unset", e.key),
+                // Masks read as bits: TOML takes the hex form back as it is.
+                Value::Number(n) if e.key.ends_with("-mask") => {
+                    format!("{} = {:#010x}", e.key, n.as_u64().unwrap_or_default())
+                }
                 v => format!("{} = {v}", e.key),
             })
             .collect();
@@ -454,7 +458,7 @@ mod tests {
             &["layers.rules", "=", "true", "#", "default"],
             &["layers.ebpf", "=", "true", "#", "default"],
             &["layers.connmark", "=", "false", "#", "default"],
-            &["layers.connmark-mask", "=", "4278190080", "#", "default"],
+            &["layers.connmark-mask", "=", "0xff000000", "#", "default"],
             &["datapath.mode", "=", "\"enforce\"", "#", "default"],
             &["datapath.debug", "=", "true", "#", "flag"],
             &["datapath.attach", "=", "\"netlink\"", "#", "file:5"],
@@ -574,6 +578,51 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(err.contains("metadata.configure-addresses"), "{err}");
         assert!(err.contains("--metadata aws"), "{err}");
+    }
+
+    /// connmark from the file (a hex mask, as TOML writes it) or the flags; a mask that is not one
+    /// run of bits, or connmark without the rules, is refused when loading.
+    #[test]
+    fn connmark_keys_and_what_loading_refuses() {
+        let s = settings(
+            "[layers]\nconnmark = true\nconnmark-mask = 0x00f00000\n",
+            Given::default(),
+        );
+        assert!(s.config.connmark);
+        assert_eq!(s.config.connmark_mask, 0x00f0_0000);
+        assert!(s.to_string().contains("layers.connmark-mask = 0x00f00000"));
+        let dir = std::env::temp_dir().join(format!("enipin-connmark-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("enipin.toml");
+        let load = |text: &str, given: Given| {
+            std::fs::write(&file, text).unwrap();
+            let loader = Loader {
+                path: ConfigPath::new(Some(file.clone())),
+                given,
+            };
+            loader.load().map(drop).map_err(|e| format!("{e:#}"))
+        };
+        let bits = load(
+            "[layers]\nconnmark = true\nconnmark-mask = 0xf0f00000\n",
+            Given::default(),
+        );
+        let no_rules = load(
+            "[layers]\nrules = false\n",
+            Given {
+                connmark: Some(true),
+                ..Given::default()
+            },
+        );
+        let fine = load("[layers]\nconnmark = true\n", Given::default());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let bits = bits.unwrap_err();
+        assert!(
+            bits.contains("layers.connmark-mask (--connmark-mask)"),
+            "{bits}"
+        );
+        assert!(bits.contains("one run of contiguous bits"), "{bits}");
+        assert!(no_rules.unwrap_err().contains("the rules are off"));
+        fine.unwrap();
     }
 
     /// The ConfigMap the DaemonSet mounts at /etc/enipin holds a file that parses.

@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// Kinds of restored and drifted objects, so that every series exists from the first scrape.
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 8] = [
     "rule",
     "address",
     "route",
@@ -39,6 +39,7 @@ const KINDS: [&str; 7] = [
     "datapath_link",
     "datapath_program",
     "datapath_map",
+    "connmark",
 ];
 
 /// The watcher's metrics and what its health depends on; shared with the HTTP server.

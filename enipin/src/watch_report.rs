@@ -182,6 +182,7 @@ fn kind(change: &str) -> &'static str {
         "counters" => "counters",
         "pin" => "pins",
         "config" => "config",
+        "nft" => "connmark",
         "load" | "replace" | "remove" => "program",
         _ => "maps",
     }

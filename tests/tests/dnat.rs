@@ -10,7 +10,7 @@ use enipin_tests::{Enipin, Netns, Spec, Topology, require, veth};
 #[test]
 fn dnat_reply_on_the_secondary_address_is_fixed_by_the_datapath_only() {
     require();
-    let (topo, _ctr) = published();
+    let (topo, _ctr) = published(CONTAINER);
     let host = topo.host();
     let enipin = Enipin::in_ns(host);
     let sel = ["--interfaces", "eth0,eth1"];
@@ -51,9 +51,13 @@ fn dnat_reply_on_the_secondary_address_is_fixed_by_the_datapath_only() {
     enipin.ok(&["detach"]);
 }
 
+/// The container's address.
+const CONTAINER: &str = "198.19.1.2";
+
 /// The lab with a "container" namespace behind a veth (like docker0 without the bridge), and
-/// nftables DNAT of ping to the secondary address (198.18.0.11) onto it.
-fn published() -> (Topology, Netns) {
+/// nftables DNAT of ping to the secondary address (198.18.0.11) onto `to` (the container, or a
+/// local address).
+fn published(to: &str) -> (Topology, Netns) {
     let topo = Topology::build_with(Spec {
         ipv6: false,
         ..Spec::default()
@@ -77,13 +81,15 @@ fn published() -> (Topology, Netns) {
     ctr.ip(&["route", "add", "default", "via", "198.19.1.1"])
         .unwrap();
     host.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    host.sh("nft -f - <<'EOF'\n\
-         table ip publish {\n\
-           chain pre { type nat hook prerouting priority dstnat; \
-             ip daddr 198.18.0.11 icmp type echo-request dnat to 198.19.1.2; }\n\
-         }\n\
-         EOF")
-        .expect("nftables DNAT");
+    host.sh(&format!(
+        "nft -f - <<'EOF'\n\
+         table ip publish {{\n\
+           chain pre {{ type nat hook prerouting priority dstnat; \
+             ip daddr 198.18.0.11 icmp type echo-request dnat to {to}; }}\n\
+         }}\n\
+         EOF"
+    ))
+    .expect("nftables DNAT");
     (topo, ctr)
 }
 
@@ -97,7 +103,7 @@ fn table(ns: &Netns) -> Option<String> {
 #[test]
 fn connmark_routes_the_dnat_reply_out_of_its_owner_without_a_redirect() {
     require();
-    let (topo, _ctr) = published();
+    let (topo, _ctr) = published(CONTAINER);
     let host = topo.host();
     let enipin = Enipin::in_ns(host);
     let sel = ["--interfaces", "eth0,eth1", "--connmark"];
@@ -134,6 +140,14 @@ fn connmark_routes_the_dnat_reply_out_of_its_owner_without_a_redirect() {
         !again.contains("nft table"),
         "a second attach changed the table: {again}"
     );
+    // Someone deletes the table: status shows the drift (and exits non-zero).
+    host.sh("nft delete table inet enipin").unwrap();
+    let out = enipin.cmd(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && text.contains("+ nft table inet enipin"),
+        "status does not show the missing table: {text}"
+    );
     enipin.ok(&["detach"]);
     assert_eq!(table(host), None, "detach left the nft table");
     assert!(
@@ -158,12 +172,102 @@ fn connmark_routes_the_dnat_reply_out_of_its_owner_without_a_redirect() {
     assert_eq!(table(host), None, "detach left the nft table");
 }
 
+/// DNAT to a local address (kube-proxy to a host-network pod, `REDIRECT`): the host answers from
+/// the primary's address, and the reply gets the secondary's only in POSTROUTING. Its `from` rule
+/// picks the primary's table; connmark's OUTPUT chain marks it, and the kernel routes it again.
+#[test]
+fn connmark_routes_the_reply_of_a_connection_dnated_to_a_local_address() {
+    require();
+    let (topo, _ctr) = published("198.18.0.10");
+    let enipin = Enipin::in_ns(topo.host());
+    let sel = ["--no-ebpf", "--interfaces", "eth0,eth1"];
+    enipin.ok(&[&["attach"][..], &sel].concat());
+    assert!(
+        !topo.peer().ping("198.18.0.11", 3).unwrap(),
+        "rules alone fixed a local DNAT: the scenario does not reproduce"
+    );
+    enipin.ok(&[&["attach", "--connmark"][..], &sel].concat());
+    assert!(
+        topo.peer().ping("198.18.0.11", 3).unwrap(),
+        "the reply of a connection DNAT'd to a local address is still dropped with connmark"
+    );
+    enipin.ok(&["detach"]);
+}
+
+/// The same for IPv6: the inet table marks both families, and each family has its fwmark rule.
+#[test]
+fn connmark_routes_an_ipv6_dnat_reply_out_of_its_owner() {
+    require();
+    let topo = Topology::build().expect("topology");
+    let host = topo.host();
+    let ctr = Netns::new("dnat6-ctr-").expect("container namespace");
+    veth(
+        host,
+        "ctr0",
+        "02:e0:00:00:02:01",
+        &ctr,
+        "eth0",
+        "02:e0:00:00:02:02",
+    )
+    .expect("veth");
+    host.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        "ctr0",
+        "nodad",
+    ])
+    .unwrap();
+    ctr.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::2/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ])
+    .unwrap();
+    ctr.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"])
+        .unwrap();
+    host.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    host.sh("nft -f - <<'EOF'\n\
+         table ip6 publish {\n\
+           chain pre { type nat hook prerouting priority dstnat; \
+             ip6 daddr 2001:db8::11 icmpv6 type echo-request dnat to 2001:db8:1::2; }\n\
+         }\n\
+         EOF")
+        .expect("nftables DNAT");
+    let enipin = Enipin::in_ns(host);
+    let sel = ["--no-ebpf", "--interfaces", "eth0,eth1"];
+    let ping = || topo.peer().pings(&["-6", "2001:db8::11"], 3).unwrap().1 > 0;
+    enipin.ok(&[&["attach"][..], &sel].concat());
+    assert!(
+        !ping(),
+        "the IPv6 service answered with rules alone: the scenario does not reproduce"
+    );
+    enipin.ok(&[&["attach", "--connmark"][..], &sel].concat());
+    assert!(
+        ping(),
+        "the IPv6 published service is unreachable with connmark"
+    );
+    assert!(
+        host.sh("ip -6 rule show")
+            .unwrap()
+            .contains("fwmark 0x3000000/0xff000000"),
+        "no IPv6 fwmark rule"
+    );
+    enipin.ok(&["detach"]);
+}
+
 /// Someone flushes the ruleset (`nft flush ruleset`, a firewall reload): watch puts the table
 /// back at its next reconcile, and a table edited by hand is replaced as a whole.
 #[test]
 fn watch_restores_the_connmark_table() {
     require();
-    let (topo, _ctr) = published();
+    let (topo, _ctr) = published(CONTAINER);
     let host = topo.host();
     let enipin = Enipin::in_ns(host);
     let mut watch = enipin
@@ -209,7 +313,7 @@ fn watch_restores_the_connmark_table() {
 #[test]
 fn connmark_without_a_working_nft_changes_nothing() {
     require();
-    let (topo, _ctr) = published();
+    let (topo, _ctr) = published(CONTAINER);
     let host = topo.host();
     let enipin = Enipin::in_ns(host);
     let before = host.sh("ip rule show; ip route show table all").unwrap();

@@ -154,6 +154,10 @@ impl StatusReport {
             .into_iter()
             .map(Drift::Routing)
             .collect();
+        // The nft table runs `nft`: only when the last attach asked for connmark.
+        if cfg.connmark {
+            drift.extend(apply::connmark_change(&managed, &cfg, st.as_ref())?.map(Drift::Routing));
+        }
         if cfg.ebpf {
             let plan = ebpf::plan(&managed, &cfg, paths).context("planning the datapath")?;
             drift.extend(plan.changes.into_iter().map(Drift::from));
