@@ -20,8 +20,9 @@
 //! the redirect, with the next hop from the owner's table since the owner forwards); published on
 //! the secondary's address with `attach --connmark` (nftables puts the connection's mark, the
 //! interface it arrived on, on its replies in prerouting, and a `fwmark` rule routes them out of
-//! their owner up front: nothing left to redirect). Every case checks the vpc's source check dropped nothing and no redirect failed, and
-//! that the misrouted counter grew exactly when the case says its replies are redirected.
+//! their owner up front: nothing left to redirect). Every case checks that the vpc's source check
+//! dropped nothing, that no redirect failed, and that the misrouted counter grew exactly when the
+//! case says its replies are redirected.
 //!
 //! Its own section, not the datapath's: another bed (a forwarding host with a container) and
 //! another sender (forwarded replies, not a local socket), and `--only dnat` measures a change to
