@@ -94,6 +94,13 @@ struct Layers {
     /// stderr. [file: datapath.debug]
     #[arg(long)]
     debug: bool,
+    #[command(flatten)]
+    connmark: Connmark,
+}
+
+/// `--connmark` and its mask (`attach`, `watch`, and `doctor`, which checks them).
+#[derive(clap::Args, Debug, Clone)]
+struct Connmark {
     /// Route the replies of connections that arrived on a managed interface out of it up front:
     /// nftables marks each connection with its interface and the mark's `fwmark` rule picks
     /// that interface's table, so replies of DNAT'd services (docker -p, NodePorts) need no
@@ -105,6 +112,13 @@ struct Layers {
     /// layers.connmark-mask]
     #[arg(long, value_name = "MASK", value_parser = parse_mask)]
     connmark_mask: Option<u32>,
+}
+
+impl Connmark {
+    fn give(self, g: &mut Given) {
+        g.connmark = self.connmark.then_some(true);
+        g.connmark_mask = self.connmark_mask;
+    }
 }
 
 /// `0xff000000` or a decimal number.
@@ -148,8 +162,7 @@ impl Layers {
         g.ebpf = self.no_ebpf.then_some(false);
         g.mode = self.mode;
         g.debug = self.debug.then_some(true);
-        g.connmark = self.connmark.then_some(true);
-        g.connmark_mask = self.connmark_mask;
+        self.connmark.give(g);
     }
 }
 
@@ -249,6 +262,8 @@ enum Command {
     Doctor {
         #[command(flatten)]
         sel: Selection,
+        #[command(flatten)]
+        connmark: Connmark,
         #[arg(long)]
         json: bool,
         /// Read configuration files (networkd.conf, netplan, sysctl.d, unit files) and /proc's
@@ -407,8 +422,14 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
         }
         Command::Stats { json } => enipin::metrics::stats(&paths, json).await?,
         Command::Metrics { listen } => enipin::metrics::metrics(&paths, listen).await?,
-        Command::Doctor { sel, json, root } => {
+        Command::Doctor {
+            sel,
+            connmark,
+            json,
+            root,
+        } => {
             sel.give(&mut given);
+            connmark.give(&mut given);
             let s = loader(given).load()?;
             let root = enipin::doctor::Root::new(root);
             if !enipin::doctor::doctor(&s.config, &paths, &root, json).await? {

@@ -1,7 +1,7 @@
 //! `enipin doctor`: every check built in a throwaway namespace (rules, TC programs, sysctls,
-//! shared MACs) or in a scratch root (networkd.conf, netplan, sysctl.d, unit files, processes),
-//! read back from the CLI with its fix; a clean lab host reports no conflict; `attach` and
-//! `watch` print the conflicts once as warnings.
+//! shared MACs, nftables DNAT and marks) or in a scratch root (networkd.conf, netplan, sysctl.d,
+//! unit files, processes), read back from the CLI with its fix; a clean lab host reports no
+//! conflict; `attach` and `watch` print the conflicts once as warnings.
 
 use std::{
     ffi::CString,
@@ -640,4 +640,146 @@ fn networkd_and_cloud_agents_from_a_scratch_root_with_their_fixes() {
         suse[0].starts_with("warning") && suse[0].contains("manages eth0"),
         "{text}"
     );
+}
+
+/// nftables DNAT to the secondary (by address, and by port only: every address) while connmark
+/// is off: a warning naming the rules, ok once doctor is given `--connmark`; with it, another
+/// rule on the mask's bits is named, and a mask clear of them is ok.
+#[test]
+fn dnat_to_the_secondary_warns_until_connmark_and_other_marks_on_its_mask_are_named() {
+    let (topo, e) = lab();
+    let h = topo.host();
+    let root = TempDir::new("enipin-root-").unwrap();
+    let (ok, text) = doctor(&e, root.path(), &[]);
+    assert!(ok, "{text}");
+    let f = finding(&text, "connmark dnat");
+    assert!(
+        f.len() == 1
+            && f[0].starts_with("ok")
+            && f[0].contains("no nftables DNAT reaches a secondary interface's address"),
+        "{text}"
+    );
+    h.sh("nft -f - <<'EOF'\n\
+         table ip publish {\n\
+           chain pre { type nat hook prerouting priority dstnat;\n\
+             ip daddr 198.18.0.11 tcp dport 80 dnat to 198.19.1.2:8080\n\
+             tcp dport 8080 dnat to 198.19.1.2:80; }\n\
+         }\n\
+         EOF")
+        .expect("nftables DNAT");
+    let (ok, text) = doctor(&e, root.path(), &[]);
+    assert!(ok, "a warning failed doctor: {text}");
+    let f = finding(&text, "connmark dnat");
+    assert_eq!(f.len(), 1, "{text}");
+    assert!(
+        f[0].starts_with("warning") && f[0].contains("2 DNAT rule(s) reach eth1 198.18.0.11: "),
+        "{text}"
+    );
+    assert!(
+        f[0].contains("table ip publish chain pre handle 2 (198.18.0.11)")
+            && f[0].contains("table ip publish chain pre handle 3 (every address)"),
+        "{text}"
+    );
+    assert!(
+        !f[0].contains("eth0"),
+        "the primary's address is no target: {text}"
+    );
+    assert!(
+        f[0].contains("redirected by the datapath, a second transmit per packet")
+            && f[0].contains("fix: turn connmark on (layers.connmark = true / --connmark)"),
+        "{text}"
+    );
+
+    let (ok, text) = doctor(&e, root.path(), &["--connmark"]);
+    assert!(ok, "{text}");
+    for (check, says) in [
+        ("connmark nft", "nft runs"),
+        (
+            "connmark dnat",
+            "DNAT'd replies are routed by connmark (2 DNAT rule(s)",
+        ),
+        (
+            "connmark mask",
+            "no other nftables rule sets or matches bits",
+        ),
+    ] {
+        let f = finding(&text, check);
+        assert!(
+            f.len() == 1 && f[0].starts_with("ok") && f[0].contains(says),
+            "{check}: {text}"
+        );
+    }
+    // kube-proxy's masquerade mark is 0x4000; this one sits in connmark's default mask.
+    h.sh("nft add table ip mangle && \
+          nft 'add chain ip mangle pre { type filter hook prerouting priority mangle; }' && \
+          nft add rule ip mangle pre meta mark set mark or 0x01004000")
+        .expect("nftables mark rule");
+    let (ok, text) = doctor(&e, root.path(), &["--connmark"]);
+    assert!(ok, "{text}");
+    let f = finding(&text, "connmark mask");
+    assert_eq!(f.len(), 1, "{text}");
+    assert!(
+        f[0].starts_with("warning")
+            && f[0].contains(
+                "table ip mangle chain pre handle 2 sets meta mark bits 0x01000000 of connmark's \
+                 mask 0xff000000"
+            )
+            && f[0].contains("fix: choose another --connmark-mask"),
+        "{text}"
+    );
+    let (ok, text) = doctor(
+        &e,
+        root.path(),
+        &["--connmark", "--connmark-mask", "0x00ff0000"],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        finding(&text, "connmark mask")[0].starts_with("ok"),
+        "{text}"
+    );
+}
+
+/// No nft in PATH: with connmark on, a conflict (attach would refuse); off, doctor just says it
+/// could not read nftables DNAT, and passes.
+#[test]
+fn connmark_without_nft_is_a_conflict_and_without_connmark_is_no_failure() {
+    let (_topo, e) = lab();
+    let root = TempDir::new("enipin-root-").unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["doctor", "--root", root.path().to_str().unwrap()];
+        all.extend(args);
+        let out = e
+            .command(&all)
+            .env("PATH", "/nonexistent")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.stderr.is_empty(),
+            "doctor wrote on stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(&["--connmark"]);
+    assert!(!ok, "{text}");
+    let f = finding(&text, "connmark nft");
+    assert!(
+        f.len() == 1
+            && f[0].starts_with("conflict")
+            && f[0].contains("connmark needs the `nft` command")
+            && f[0].contains("fix: install the nftables package"),
+        "{text}"
+    );
+    assert_eq!(conflicts(&text).len(), 1, "{text}");
+    let (ok, text) = run(&[]);
+    assert!(ok, "{text}");
+    let f = finding(&text, "connmark dnat");
+    assert!(
+        f.len() == 1
+            && f[0].starts_with("ok")
+            && f[0].contains("nft is not installed: nftables DNAT could not be read"),
+        "{text}"
+    );
+    assert!(finding(&text, "connmark nft").is_empty(), "{text}");
 }

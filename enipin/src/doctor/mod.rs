@@ -12,11 +12,14 @@
 //! - `sysctl`: `rp_filter` and the ARP knobs now, and at the next boot (sysctl.d);
 //! - `tc`: other programs at the managed interfaces' TCX and clsact hooks, in their order;
 //! - `kernel`: bpffs at the pin directory, TCX, `bpf_redirect_neigh`, `bpf_check_mtu` (probed);
-//! - `macs`: interfaces sharing a MAC, and which one a selection by MAC picks.
+//! - `macs`: interfaces sharing a MAC, and which one a selection by MAC picks;
+//! - `connmark`: `nft` for `--connmark`, nftables DNAT to a secondary's address that connmark
+//!   would route, and other rules using the bits of connmark's mask.
 //!
 //! `host` reads the files as systemd does (precedence, drop-ins, enablement, processes).
 
 mod cloud_agents;
+mod connmark;
 mod host;
 mod kernel;
 mod macs;
@@ -248,6 +251,7 @@ pub async fn examine(cfg: &Config, paths: &Paths, root: &Root) -> Result<Report>
     findings.extend(tc::check_all(&tc::read(&snap.nl, &managed).await?));
     findings.extend(kernel::check(&kernel::read(&paths.pin_dir)));
     findings.extend(macs::check(&d.interfaces, cfg));
+    findings.extend(connmark::check(&connmark::read(), d, &managed, cfg));
     Ok(Report { findings })
 }
 
