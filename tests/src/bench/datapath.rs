@@ -37,7 +37,7 @@ use enipin::{
 use super::{KillOnDrop, Row, Target, median};
 use crate::in_ns;
 
-const UDP_PAYLOAD: usize = 64 - 14 - 20 - 8 - 4; // a 64-byte frame with its FCS
+pub(super) const UDP_PAYLOAD: usize = 64 - 14 - 20 - 8 - 4; // a 64-byte frame with its FCS
 const BATCH: usize = 64;
 
 pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
@@ -339,12 +339,12 @@ fn with_noop<T>(topo: &Topology, f: impl FnOnce() -> Result<T>) -> Result<T> {
 /// IP packets the vpc's source check dropped for a wrong source address or MAC (ARP is left
 /// out: with a stock host's arp_ignore=0, eth0 answers ARP for eth1's address, and that answer
 /// is dropped legitimately).
-fn ip_drops(topo: &Topology) -> Result<u64> {
+pub(super) fn ip_drops(topo: &Topology) -> Result<u64> {
     Ok(topo.drops()?.by_eni.values().map(|d| d.ip + d.mac).sum())
 }
 
 /// (misrouted packets, failed redirects) summed over the interfaces.
-fn misrouted(dirs: &Dirs) -> Result<(u64, u64)> {
+pub(super) fn misrouted(dirs: &Dirs) -> Result<(u64, u64)> {
     let all = enipin::ebpf::counters(&dirs.paths())?;
     Ok(all.iter().fold((0, 0), |(m, f), (_, c)| {
         (m + c.misrouted_packets, f + c.redirect_failed)
@@ -429,39 +429,7 @@ fn udp_rate(topo: &Topology, src: Ipv4Addr, dev: Option<&str>, secs: f64) -> Res
         }
         sock.connect(dst)?;
         let before = rx(topo.peer())?;
-        let started = Instant::now();
-        let cpu = super::thread_cpu_ns();
-        let mut n = 0u64;
-        let payload = [0u8; UDP_PAYLOAD];
-        let mut iov: Vec<libc::iovec> = (0..BATCH)
-            .map(|_| libc::iovec {
-                iov_base: payload.as_ptr() as *mut _,
-                iov_len: payload.len(),
-            })
-            .collect();
-        // SAFETY: zeroed mmsghdr are valid; each then points at one iovec that outlives the calls.
-        let mut msgs: Vec<libc::mmsghdr> =
-            (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
-        for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
-            m.msg_hdr.msg_iov = v;
-            m.msg_hdr.msg_iovlen = 1;
-        }
-        while started.elapsed().as_secs_f64() < secs {
-            // SAFETY: msgs holds BATCH initialised headers on a connected socket.
-            let rc =
-                unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
-            if rc < 0 {
-                let e = std::io::Error::last_os_error();
-                // A full queue on the way (ENOBUFS): the packets are lost, the loop goes on.
-                if e.raw_os_error() != Some(libc::ENOBUFS) {
-                    return Err(e).context("sendmmsg");
-                }
-            } else {
-                n += rc as u64;
-            }
-        }
-        let took = started.elapsed().as_secs_f64();
-        let cpu = (super::thread_cpu_ns() - cpu) as f64 / n.max(1) as f64;
+        let (n, took, cpu) = flood(&sock, secs)?;
         // Let the last batches drain through the bridge before counting.
         std::thread::sleep(Duration::from_millis(50));
         Ok((n, rx(topo.peer())? - before, took, cpu))
@@ -473,6 +441,43 @@ fn udp_rate(topo: &Topology, src: Ipv4Addr, dev: Option<&str>, secs: f64) -> Res
         "no UDP frame from {src} reached the peer"
     );
     Ok((received as f64 / took, cpu))
+}
+
+/// `BATCH` 64-byte frames per `sendmmsg` on the connected `sock` for `secs`: (frames sent, the
+/// seconds it took, the calling thread's CPU time per frame sent in ns).
+pub(super) fn flood(sock: &UdpSocket, secs: f64) -> Result<(u64, f64, f64)> {
+    let started = Instant::now();
+    let cpu = super::thread_cpu_ns();
+    let mut n = 0u64;
+    let payload = [0u8; UDP_PAYLOAD];
+    let mut iov: Vec<libc::iovec> = (0..BATCH)
+        .map(|_| libc::iovec {
+            iov_base: payload.as_ptr() as *mut _,
+            iov_len: payload.len(),
+        })
+        .collect();
+    // SAFETY: zeroed mmsghdr are valid; each then points at one iovec that outlives the calls.
+    let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+        m.msg_hdr.msg_iov = v;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    while started.elapsed().as_secs_f64() < secs {
+        // SAFETY: msgs holds BATCH initialised headers on a connected socket.
+        let rc = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            // A full queue on the way (ENOBUFS): the packets are lost, the loop goes on.
+            if e.raw_os_error() != Some(libc::ENOBUFS) {
+                return Err(e).context("sendmmsg");
+            }
+        } else {
+            n += rc as u64;
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    let cpu = (super::thread_cpu_ns() - cpu) as f64 / n.max(1) as f64;
+    Ok((n, took, cpu))
 }
 
 /// `SO_BINDTODEVICE`: the socket's packets are routed out of `dev` whatever their source.
@@ -494,7 +499,7 @@ fn bind_to_device(sock: &UdpSocket, dev: &str) -> Result<()> {
 }
 
 /// Received packets of `dev` in `ns` (netlink statistics through `ip -s -j`).
-fn rx_packets(ns: &Netns, dev: &str) -> Result<u64> {
+pub(super) fn rx_packets(ns: &Netns, dev: &str) -> Result<u64> {
     let out = ns.ip(&["-s", "-j", "link", "show", dev])?;
     let v: serde_json::Value = serde_json::from_str(&out).context("ip -s -j link")?;
     v[0]["stats64"]["rx"]["packets"]

@@ -3,6 +3,7 @@
 
 pub mod cost;
 pub mod datapath;
+pub mod dnat;
 pub mod footprint;
 pub mod reaction;
 

@@ -13,7 +13,10 @@
 //! 4. watch: `enipin watch`'s peak RSS while it serves its metrics on the same fleet, and the
 //!    time of one scrape (`bench::footprint`).
 //! 4. watch: how fast `enipin watch` restores a deleted rule or route and manages a new address,
-//!    and what a burst of 400 addresses costs (`bench::reaction`).
+//!    and what a burst of 400 addresses costs (`bench::reaction`);
+//! 5. dnat: 64-byte UDP replies of a DNAT'd service, published on the primary's address against
+//!    the secondary's, fixed by the redirect or routed out of its owner by `--connmark`
+//!    (`bench::dnat`).
 
 use std::{
     path::{Path, PathBuf},
@@ -48,10 +51,15 @@ fn parse_args() -> Result<Args> {
             }
             "--rounds" => args.rounds = it.next().context("--rounds N")?.parse()?,
             "--out" => args.out = it.next().context("--out DIR")?.into(),
-            "--only" => args.only = Some(it.next().context("--only cost|datapath|control|watch")?),
+            "--only" => {
+                args.only = Some(
+                    it.next()
+                        .context("--only cost|datapath|control|watch|dnat")?,
+                )
+            }
             "-h" | "--help" => {
                 println!(
-                    "enipin-bench [--quick] [--rounds N] [--out DIR] [--only cost|datapath|control|watch]"
+                    "enipin-bench [--quick] [--rounds N] [--out DIR] [--only cost|datapath|control|watch|dnat]"
                 );
                 std::process::exit(0);
             }
@@ -83,6 +91,9 @@ fn main() -> Result<()> {
         rows.extend(
             bench::reaction::run(args.quick, args.rounds).context("watch's reaction times")?,
         );
+    }
+    if want("dnat") {
+        rows.extend(bench::dnat::run(args.quick, args.rounds).context("DNAT'd replies")?);
     }
     let md = bench::markdown(&rows, args.quick, started.elapsed(), &load_before);
     print!("{md}");
