@@ -14,9 +14,9 @@
 //! table inet enipin {
 //!   chain prerouting { type filter hook prerouting priority mangle; policy accept;
 //!     ct state new jump mark_new
-//!     ct direction reply ct mark & MASK != 0 jump restore }
+//!     ct direction reply ct status dnat ct mark & MASK != 0 jump restore }
 //!   chain output { type route hook output priority mangle; policy accept;
-//!     ct direction reply ct mark & MASK != 0 jump restore }
+//!     ct direction reply ct status dnat ct mark & MASK != 0 jump restore }
 //!   chain mark_new { iif "eth1" ct mark set ct mark & ~MASK | V_eth1 return … }
 //!   chain restore  { ct mark & MASK == V_eth1 meta mark set meta mark & ~MASK | V_eth1 return … }
 //! }
@@ -27,11 +27,14 @@
 //! mask's bits of either mark change (nft's bitwise operations take constants only, hence a rule
 //! per interface rather than one copying the mark). Packets of other connections pass two rules in
 //! prerouting and one in output.
-//! Locally answered connections get the mark in OUTPUT, in a `route` chain, whose mark change
-//! makes the kernel route the packet again: a connection DNAT'd to a local address (kube-proxy
-//! to a host-network pod, `REDIRECT`) has its reply sourced from that address until POSTROUTING,
-//! so its `from` rule would pick the wrong table too. For the others the mark picks the table
-//! their `from` rule picks.
+//!
+//! Only DNAT'd connections' replies are marked (`ct status dnat`): they are the ones no `from`
+//! rule routes right. Replies of connections answered here without DNAT are left alone, which
+//! matters in OUTPUT: there a mark change makes the kernel route the packet again (a `route`
+//! chain), and every reply of every local service would pay a route lookup. A connection
+//! DNAT'd to a local address (kube-proxy to a host-network pod, `REDIRECT`) does need it: its
+//! reply is sourced from that local address until POSTROUTING, so that address's `from` rule
+//! would pick the wrong table.
 //!
 //! The table is written and read back with `nft -j` (the nftables package): one transaction
 //! replaces the whole table, so a change is never half-applied. Each per-interface rule carries a
@@ -132,9 +135,9 @@ impl Connmark {
         let (m, keep) = (self.mask, !self.mask);
         let mut s = format!(
             "table inet {TABLE} {{\n  chain {BASE} {{ type filter hook prerouting priority mangle; policy accept;\n    \
-             ct state new jump {MARK_NEW}\n    ct direction reply ct mark & {m:#010x} != 0 jump {RESTORE} }}\n  \
+             ct state new jump {MARK_NEW}\n    ct direction reply ct status dnat ct mark & {m:#010x} != 0 jump {RESTORE} }}\n  \
              chain {LOCAL} {{ type route hook output priority mangle; policy accept;\n    \
-             ct direction reply ct mark & {m:#010x} != 0 jump {RESTORE} }}\n"
+             ct direction reply ct status dnat ct mark & {m:#010x} != 0 jump {RESTORE} }}\n"
         );
         let _ = write!(s, "  chain {MARK_NEW} {{");
         for k in &self.marks {
@@ -312,6 +315,11 @@ fn transaction(want: Option<&Connmark>) -> Nftables<'static> {
                         ct("direction"),
                         Operator::EQ,
                         Expression::String(Cow::Borrowed("reply")),
+                    ),
+                    is(
+                        ct("status"),
+                        Operator::IN,
+                        Expression::String(Cow::Borrowed("dnat")),
                     ),
                     is(masked(ct("mark"), c.mask), Operator::NEQ, num(0)),
                     jump(RESTORE),

@@ -187,10 +187,39 @@ fn connmark_routes_the_reply_of_a_connection_dnated_to_a_local_address() {
         "rules alone fixed a local DNAT: the scenario does not reproduce"
     );
     enipin.ok(&[&["attach", "--connmark"][..], &sel].concat());
+    // Counts the locally sent packets that leave OUTPUT with a connmark mark on them.
+    let host = topo.host();
+    host.sh("nft -f - <<'EOF'\n\
+         table inet probe {\n\
+           chain out { type filter hook output priority 100; \
+             meta mark & 0xff000000 != 0 counter; }\n\
+         }\n\
+         EOF")
+        .unwrap();
+    let marked = || {
+        let listed = host.sh("nft -j list chain inet probe out").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
+        v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|o| o["rule"]["expr"][1]["counter"]["packets"].as_u64())
+            .unwrap()
+    };
+    assert!(
+        topo.peer().ping("198.18.0.10", 3).unwrap(),
+        "the primary does not answer"
+    );
+    assert_eq!(
+        marked(),
+        0,
+        "replies of a connection answered here without DNAT were marked (each would be routed again)"
+    );
     assert!(
         topo.peer().ping("198.18.0.11", 3).unwrap(),
         "the reply of a connection DNAT'd to a local address is still dropped with connmark"
     );
+    assert!(marked() >= 1, "the local DNAT'd replies were not marked");
     enipin.ok(&["detach"]);
 }
 
