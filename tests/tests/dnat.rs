@@ -366,13 +366,14 @@ fn connmark_without_a_working_nft_changes_nothing() {
         err.contains("connmark needs the `nft` command (the nftables package"),
         "{err}"
     );
-    // An nft that lists (there is no table) but fails every change.
+    // An nft that lists (there is no table) but fails every change. It reads its input first, as
+    // nft does: enipin's write to one that had already exited would fail with EPIPE instead.
     let dir = enipin_tests::TempDir::new("fake-nft-").unwrap();
     let fake = dir.path().join("nft");
     std::fs::write(
         &fake,
         "#!/bin/sh\ncase \"$*\" in *list*) echo 'Error: No such file or directory' >&2;; \
-         *) echo 'Error: simulated failure' >&2;; esac\nexit 1\n",
+         *) cat >/dev/null; echo 'Error: simulated failure' >&2;; esac\nexit 1\n",
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -395,6 +396,38 @@ fn connmark_without_a_working_nft_changes_nothing() {
         !enipin.state_file().exists(),
         "a failed attach left a state file"
     );
+
+    // nft gone after an attach with connmark: detach removes the rules, keeps the state file
+    // and says why; with nft back it removes the table too.
+    enipin.ok(&[
+        "attach",
+        "--no-ebpf",
+        "--interfaces",
+        "eth0,eth1",
+        "--connmark",
+    ]);
+    let out = enipin
+        .command(&["detach"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "detach without nft succeeded");
+    assert!(
+        err.contains("detach left some things in place") && err.contains("the `nft` command"),
+        "{err}"
+    );
+    assert_eq!(
+        host.sh("ip rule show; ip route show table all").unwrap(),
+        before,
+        "detach without nft left rules or routes"
+    );
+    assert!(
+        table(host).is_some(),
+        "detach without nft removed the table"
+    );
+    enipin.ok(&["detach"]);
+    assert_eq!(table(host), None, "detach left the nft table");
 }
 
 /// `misrouted_packets` of interface `ifname` in `enipin stats --json`.

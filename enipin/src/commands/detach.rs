@@ -21,16 +21,20 @@ pub async fn detach(paths: &Paths) -> Result<()> {
         st.mark_addresses(&mut s.discovery);
     }
     let mut changes = removals(&s, st.as_ref());
-    changes.extend(connmark_removal(st.as_ref())?);
+    // Detach removes what it can and reports the rest: a half-removed state is worse to keep.
+    // A table it cannot read (nft uninstalled since the attach) is such a rest.
+    let mut failed = Vec::new();
+    match connmark_removal(st.as_ref()) {
+        Ok(c) => changes.extend(c),
+        Err(e) => failed.push(format!("{e:#}")),
+    }
     let pins = pins_of(paths, st.as_ref());
     let pinned = pins.pin_dir.exists();
     let running = ebpf::running_at_egress()?;
-    if changes.is_empty() && st.is_none() && !pinned && running.is_empty() {
+    if changes.is_empty() && st.is_none() && !pinned && running.is_empty() && failed.is_empty() {
         println!("nothing to do: enipin has nothing installed");
         return Ok(());
     }
-    // Detach removes what it can and reports the rest: a half-removed state is worse to keep.
-    let mut failed = Vec::new();
     let mut n_changes = changes.len();
     for (c, r) in apply::run_batched(&s.nl, &changes, false).await {
         println!("{}", c.render(DiffFormat::Text));
