@@ -130,33 +130,35 @@ impl Connmark {
         (Self { mask, marks }, left_out)
     }
 
-    /// The table in nft's own syntax (`attach --format ip`, `render`).
+    /// The table in nft's own syntax, as `nft -f` takes it (`attach --format ip`); without the
+    /// comments enipin reads back, so a table written from it is replaced at the next attach.
     pub(crate) fn script(&self) -> String {
         let (m, keep) = (self.mask, !self.mask);
+        let reply =
+            format!("ct direction reply ct status dnat ct mark & {m:#010x} != 0 jump {RESTORE}");
         let mut s = format!(
-            "table inet {TABLE} {{\n  chain {BASE} {{ type filter hook prerouting priority mangle; policy accept;\n    \
-             ct state new jump {MARK_NEW}\n    ct direction reply ct status dnat ct mark & {m:#010x} != 0 jump {RESTORE} }}\n  \
-             chain {LOCAL} {{ type route hook output priority mangle; policy accept;\n    \
-             ct direction reply ct status dnat ct mark & {m:#010x} != 0 jump {RESTORE} }}\n"
+            "table inet {TABLE} {{\n\
+             \x20 chain {BASE} {{\n    type filter hook prerouting priority mangle; policy accept;\n    \
+             ct state new jump {MARK_NEW}\n    {reply}\n  }}\n\
+             \x20 chain {LOCAL} {{\n    type route hook output priority mangle; policy accept;\n    {reply}\n  }}\n"
         );
-        let _ = write!(s, "  chain {MARK_NEW} {{");
+        let _ = writeln!(s, "  chain {MARK_NEW} {{");
         for k in &self.marks {
-            let v = k.value;
-            let _ = write!(
+            let (name, v) = (&k.name, k.value);
+            let _ = writeln!(
                 s,
-                "\n    iif \"{}\" ct mark set ct mark & {keep:#010x} | {v:#010x} return",
-                k.name
+                "    iif \"{name}\" ct mark set ct mark & {keep:#010x} | {v:#010x} return"
             );
         }
-        let _ = write!(s, " }}\n  chain {RESTORE} {{");
+        let _ = writeln!(s, "  }}\n  chain {RESTORE} {{");
         for k in &self.marks {
             let v = k.value;
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "\n    ct mark & {m:#010x} == {v:#010x} meta mark set meta mark & {keep:#010x} | {v:#010x} return"
+                "    ct mark & {m:#010x} == {v:#010x} meta mark set meta mark & {keep:#010x} | {v:#010x} return"
             );
         }
-        s.push_str(" }\n}");
+        s.push_str("  }\n}");
         s
     }
 

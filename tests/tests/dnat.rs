@@ -109,8 +109,27 @@ fn connmark_routes_the_dnat_reply_out_of_its_owner_without_a_redirect() {
     let sel = ["--interfaces", "eth0,eth1", "--connmark"];
     let drops = || topo.drops().expect("vpc counters").eni("eth0").ip;
 
+    // The plan's iproute2/nft form: its nft script is what enipin installs, but the comments.
+    let printed = enipin.ok(&[
+        &["attach", "--dry-run", "--format", "ip", "--no-ebpf"][..],
+        &sel,
+    ]
+    .concat());
+    let script = printed
+        .split_once("nft -f - <<'EOF'\n")
+        .and_then(|(_, rest)| rest.split_once("\nEOF"))
+        .map(|(script, _)| script.to_owned())
+        .unwrap_or_else(|| panic!("no nft script in the printed plan: {printed}"));
+    let uncommented = |t: String| -> String {
+        t.lines()
+            .map(|l| l.split(" comment \"").next().unwrap_or(l).trim_end())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
     // Rules and connmark, no datapath: what the redirect did before, the routing does now.
     let plan = enipin.ok(&[&["attach", "--no-ebpf"][..], &sel].concat());
+    let installed = uncommented(table(host).expect("no nft table after attach"));
     assert!(
         plan.contains("+ nft table inet enipin mask 0xff000000: eth0=0x"),
         "the plan does not show the nft table: {plan}"
@@ -154,6 +173,14 @@ fn connmark_routes_the_dnat_reply_out_of_its_owner_without_a_redirect() {
         !host.sh("ip rule show").unwrap().contains("fwmark"),
         "detach left fwmark rules"
     );
+    host.sh(&format!("nft -f - <<'EOF'\n{script}\nEOF"))
+        .expect("the printed nft script");
+    assert_eq!(
+        uncommented(table(host).unwrap()),
+        installed,
+        "the printed nft script is not the table enipin installs"
+    );
+    host.sh("nft delete table inet enipin").unwrap();
 
     // With the datapath too: the replies are not misrouted any more, so none is redirected.
     enipin.ok(&[&["attach"][..], &sel].concat());
