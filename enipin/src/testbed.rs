@@ -172,6 +172,43 @@ impl Drop for Netns {
     }
 }
 
+/// A "container" (a Docker network without its bridge): a new namespace behind a veth `ctr0` of
+/// `host`, `gw` on `ctr0` and `addr` on the container's `eth0`, both `/len` (IPv4 or IPv6, no
+/// DAD), and the container's default route via `gw`. Forwarding on `host` is the caller's.
+#[cfg(feature = "testing")]
+pub fn container(host: &Netns, prefix: &str, gw: &str, addr: &str, len: u8) -> Result<Netns> {
+    let ctr = Netns::new(prefix)?;
+    veth(
+        host,
+        "ctr0",
+        "02:e0:00:00:01:01",
+        &ctr,
+        "eth0",
+        "02:e0:00:00:01:02",
+    )?;
+    let family = if addr.contains(':') { "-6" } else { "-4" };
+    host.ip(&[
+        family,
+        "addr",
+        "add",
+        &format!("{gw}/{len}"),
+        "dev",
+        "ctr0",
+        "nodad",
+    ])?;
+    ctr.ip(&[
+        family,
+        "addr",
+        "add",
+        &format!("{addr}/{len}"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    ctr.ip(&[family, "route", "add", "default", "via", gw])?;
+    Ok(ctr)
+}
+
 /// Creates a veth pair with one end in each namespace, both up, with the given MACs.
 pub fn veth(a: &Netns, a_if: &str, a_mac: &str, b: &Netns, b_if: &str, b_mac: &str) -> Result<()> {
     // Created inside `a` so the caller's namespace never sees either end.

@@ -5,7 +5,7 @@
 //! that; the TC egress redirect, which sees the translated source, does, and `--connmark` routes
 //! the reply out of its owner in the first place (the connection's mark picks the table).
 
-use enipin_tests::{Enipin, Netns, Spec, Topology, require, veth};
+use enipin_tests::{Enipin, Netns, Spec, Topology, require, testbed};
 
 #[test]
 fn dnat_reply_on_the_secondary_address_is_fixed_by_the_datapath_only() {
@@ -64,22 +64,8 @@ fn published(to: &str) -> (Topology, Netns) {
     })
     .expect("topology");
     let host = topo.host();
-    let ctr = Netns::new("dnat-ctr-").expect("container namespace");
-    veth(
-        host,
-        "ctr0",
-        "02:e0:00:00:01:01",
-        &ctr,
-        "eth0",
-        "02:e0:00:00:01:02",
-    )
-    .expect("veth");
-    host.ip(&["addr", "add", "198.19.1.1/24", "dev", "ctr0"])
-        .unwrap();
-    ctr.ip(&["addr", "add", "198.19.1.2/24", "dev", "eth0"])
-        .unwrap();
-    ctr.ip(&["route", "add", "default", "via", "198.19.1.1"])
-        .unwrap();
+    let ctr = testbed::container(host, "dnat-ctr-", "198.19.1.1", CONTAINER, 24)
+        .expect("container namespace");
     host.sysctl("net.ipv4.ip_forward", "1").unwrap();
     host.sh(&format!(
         "nft -f - <<'EOF'\n\
@@ -256,38 +242,8 @@ fn connmark_routes_an_ipv6_dnat_reply_out_of_its_owner() {
     require();
     let topo = Topology::build().expect("topology");
     let host = topo.host();
-    let ctr = Netns::new("dnat6-ctr-").expect("container namespace");
-    veth(
-        host,
-        "ctr0",
-        "02:e0:00:00:02:01",
-        &ctr,
-        "eth0",
-        "02:e0:00:00:02:02",
-    )
-    .expect("veth");
-    host.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:1::1/64",
-        "dev",
-        "ctr0",
-        "nodad",
-    ])
-    .unwrap();
-    ctr.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:1::2/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ])
-    .unwrap();
-    ctr.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"])
-        .unwrap();
+    let _ctr = testbed::container(host, "dnat6-ctr-", "2001:db8:1::1", "2001:db8:1::2", 64)
+        .expect("container namespace");
     host.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
     host.sh("nft -f - <<'EOF'\n\
          table ip6 publish {\n\

@@ -36,7 +36,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use enipin::{
     lab::{Spec, Topology},
-    testbed::{self, Dirs, Netns, veth},
+    testbed::{self, Dirs, Netns},
 };
 
 use super::{
@@ -186,18 +186,7 @@ impl Bed {
             ..Spec::default()
         })?;
         let host = topo.host();
-        let ctr = Netns::new("ebn-ctr-")?;
-        veth(
-            host,
-            "ctr0",
-            "02:e0:00:00:01:01",
-            &ctr,
-            "eth0",
-            "02:e0:00:00:01:02",
-        )?;
-        host.ip(&["addr", "add", &format!("{CTR_GW}/24"), "dev", "ctr0"])?;
-        ctr.ip(&["addr", "add", &format!("{CTR}/24"), "dev", "eth0"])?;
-        ctr.ip(&["route", "add", "default", "via", CTR_GW])?;
+        let ctr = testbed::container(host, "ebn-ctr-", CTR_GW, &CTR.to_string(), 24)?;
         // Forwarding on every interface, as on a Docker host: the owners forward, so a redirect
         // with the rules installed takes its next hop from the owner's table.
         host.sysctl("net.ipv4.ip_forward", "1")?;
