@@ -20,7 +20,8 @@
 //! the redirect, with the next hop from the owner's table since the owner forwards); published on
 //! the secondary's address with `attach --connmark` (nftables puts the connection's mark, the
 //! interface it arrived on, on its replies in prerouting, and a `fwmark` rule routes them out of
-//! their owner up front: nothing left to redirect). Every case checks that the vpc's source check
+//! their owner up front: nothing left to redirect); published on the primary's address with
+//! `attach --connmark` (what the marking costs replies that needed no fix). Every case checks that the vpc's source check
 //! dropped nothing, that no redirect failed, and that the misrouted counter grew exactly when the
 //! case says its replies are redirected.
 //!
@@ -93,6 +94,16 @@ const CASES: &[Case] = &[
         redirected: false,
         what: "published on the secondary's address, `attach --connmark`: replies routed out of their owner by the connection's mark",
         target: Target::RatioAtLeast(0.95),
+    },
+    // What connmark costs a reply that needed no fix: the same service as the baseline, its
+    // replies now marked in prerouting (the base chain, a jump, one rule) and routed by their
+    // `fwmark` rule into the primary's own table.
+    Case {
+        published_on: 0,
+        attach: &["attach", "--connmark"],
+        redirected: false,
+        what: "published on the primary's address, correct route, `attach --connmark`: its replies marked too",
+        target: Target::None,
     },
 ];
 
