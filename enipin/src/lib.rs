@@ -56,5 +56,6 @@ pub mod testbed;
 mod testbed;
 pub mod watch;
 mod watch_metrics;
+mod watch_nft;
 mod watch_pace;
 mod watch_report;

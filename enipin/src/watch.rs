@@ -24,6 +24,9 @@
 //! reconciles the watcher holds its TCX links open ([`ebpf::HeldLinks`]): a removed pin does not
 //! detach the link, and is pinned back before the reconcile.
 //!
+//! With `--connmark`, nf_tables' change notifications for enipin's table start a reconcile too
+//! ([`crate::watch_nft`]): nft sends no rtnetlink event.
+//!
 //! SIGHUP reads the config file again (the same path, the same flags over it) and asks for a
 //! full reconcile: what the new settings select is installed through the same plan, what they
 //! no longer select is removed. A bad file is logged and the running settings kept.
@@ -63,6 +66,7 @@ use crate::{
     settings::{Loader, Settings},
     state, sysctl,
     watch_metrics::Telemetry,
+    watch_nft::NftEvents,
     watch_pace::Edges,
     watch_report::{OwnRemovals, Reasons, changed_line, describe},
 };
@@ -125,6 +129,29 @@ fn subscribe() -> Result<Events> {
     .context("subscribing to rtnetlink link/address/rule/route events")?;
     tokio::spawn(conn);
     Ok(events)
+}
+
+/// nftables' change notifications, when connmark keeps a table (`None` without it, or when the
+/// kernel refuses them: then a changed table waits for the periodic reconcile, as it is said).
+fn nft_events(cfg: &Config) -> Option<NftEvents> {
+    if !cfg.connmark {
+        return None;
+    }
+    NftEvents::subscribe()
+        .map_err(|e| {
+            warn!(
+                "{e:#}; a change to enipin's nftables table is seen at the periodic reconcile only"
+            )
+        })
+        .ok()
+}
+
+/// The next changes to enipin's nftables table; never ready without a subscription.
+async fn next_nft(nft: &mut Option<NftEvents>) -> Result<Vec<&'static str>> {
+    match nft {
+        Some(n) => n.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Passes the datapath's aya-log records (`--debug`) on as events of the `datapath` target, at
@@ -354,6 +381,7 @@ pub async fn watch(
     crate::doctor::warn_conflicts(&cfg, paths).await;
     // Subscribe before the first reconcile: nothing that happens after it goes unseen.
     let mut events = subscribe()?;
+    let mut nft = nft_events(&cfg);
     let mut logger: Option<Logger> = None;
 
     let mut why = Reasons::default();
@@ -407,6 +435,9 @@ pub async fn watch(
                         tracker = Tracker::new(&new.config);
                     }
                     cfg = new.config.clone();
+                    if cfg.connmark != nft.is_some() {
+                        nft = nft_events(&cfg);
+                    }
                     pacing.interval = Duration::from_secs(new.interval);
                     if pacing.metadata.as_secs() != new.metadata_interval {
                         pacing.metadata = Duration::from_secs(new.metadata_interval);
@@ -440,6 +471,17 @@ pub async fn watch(
                 }
                 why.add(described);
             }
+            ev = next_nft(&mut nft) => match ev {
+                Ok(changes) if !changes.is_empty() => {
+                    why.add(Some((0, format!("nftables: {} {}", crate::connmark::TABLE, changes.join(", ")))));
+                    edges.event(Instant::now());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!("{e:#}; a change to enipin's nftables table is now seen at the periodic reconcile only");
+                    nft = None;
+                }
+            },
             () = drain(&mut logger) => {}
             _ = metadata_poll.tick(), if tracker.is_some() && !edges.is_pending() => {
                 why.add(Some((0, "metadata refresh".to_owned())));

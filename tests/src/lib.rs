@@ -81,6 +81,28 @@ pub fn require() {
     enipin_bin();
 }
 
+/// A process started by [`Enipin::spawn`]; SIGKILLed and reaped on drop unless it was stopped.
+#[derive(Debug)]
+pub struct Running(pub std::process::Child);
+
+impl Running {
+    /// SIGTERM, then its exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: a signal to our own child, not yet reaped.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        self.0.wait().expect("waiting for enipin")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// The enipin CLI bound to one namespace, with a pin directory and a state directory of its own
 /// (all removed on drop: namespace last, so a detach in a test's own Drop still finds it).
 #[derive(Debug)]
@@ -142,6 +164,19 @@ impl Enipin {
     /// `enipin --netns NS --pin-dir P --state-dir S ARGS...`, not yet run.
     pub fn command(&self, args: &[&str]) -> Command {
         testbed::enipin_command(&self.bin, &self.ns_name, &self.paths(), args)
+    }
+
+    /// Starts the CLI in the background (`watch`), its output discarded: killed and reaped when
+    /// the returned value drops, so a failing test leaves no watcher behind to write into its
+    /// removed state directory.
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        let child = self
+            .command(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawning enipin");
+        Running(child)
     }
 
     /// Runs the CLI and returns its output, successful or not.
