@@ -14,10 +14,7 @@ use aya::{
 };
 use enipin_ebpf::PROGRAM;
 
-use crate::{
-    config::{Config, Paths},
-    model::ManagedInterface,
-};
+use crate::config::{Config, Paths};
 
 use super::{
     attach::{AttachKind, attach_one, attachments, ifname, remove_attachment, resolve},
@@ -31,9 +28,11 @@ use super::{
 
 /// Carries out a plan, all or nothing: on failure what this call did is undone (new links and
 /// pins removed, map entries restored), and the error also names whatever could not be undone.
+/// The tests' entry; enipin itself prepares first and applies with the rules.
+#[cfg(feature = "testing")]
 pub fn apply(
     plan: EbpfPlan,
-    managed: &[ManagedInterface],
+    managed: &[crate::model::ManagedInterface],
     cfg: &Config,
     paths: &Paths,
 ) -> Result<()> {

@@ -19,6 +19,7 @@ use super::{contents::map, pins::Pins};
 ///   reader never sees a bucket half written (which could pair an address with a wrong owner).
 ///
 /// Public for the tests, which fill the owner maps by hand.
+#[cfg(feature = "testing")]
 pub fn sync_derived(ebpf: &mut Ebpf) -> Result<()> {
     let owned = sync_local(ebpf)?;
     let (mut t4, mut t6) = (None, None);

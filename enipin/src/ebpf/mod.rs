@@ -41,12 +41,16 @@ mod pins;
 mod plan;
 mod program;
 
-pub use apply::{Prepared, apply, detach, prepare};
+#[cfg(feature = "testing")]
+pub use apply::apply;
+pub use apply::{Prepared, detach, prepare};
 #[cfg(any(test, feature = "testing"))]
 pub use attach::AttachKind;
 pub(crate) use attach::{have_tcx, ifname};
 #[cfg(feature = "testing")]
-pub use derived::{OwnerTable, sync_derived};
+pub use derived::OwnerTable;
+#[cfg(feature = "testing")]
+pub use derived::sync_derived;
 pub(crate) use held::HeldLinks;
 #[cfg(test)]
 pub(crate) use observe::TableSummary;
