@@ -247,7 +247,8 @@ impl Machine {
         }
     }
 
-    /// The safety check: PID 1 runs in the lab's namespace, not in this process's.
+    /// The safety check: the container's PID 1 runs in the lab's namespace, not in the test's (the
+    /// machine's).
     fn assert_in_namespace(&self, ns: &str) {
         let ino = |p: &str| {
             std::fs::metadata(p)
@@ -330,6 +331,11 @@ impl Machine {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// A property of enipin.service (`systemctl show -p NAME --value`).
+    fn property(&self, name: &str) -> String {
+        self.read(&["systemctl", "show", "-p", name, "--value", "enipin.service"])
     }
 
     /// enipin.service's journal: systemd's lines about the unit and enipin's own.
@@ -427,34 +433,31 @@ fn the_unit_under_systemd_pins_replies_signals_ready_and_its_stop_leaves_enforce
         "enipin.service",
     ]);
     m.wait_unit(&["active"], Duration::from_secs(30));
+    // READY=1 follows the first successful reconcile: once systemd says active, the rules and
+    // the pins are in place already (checked at once, not waited for).
+    let rules = topo.host().ip(&["rule", "show"]).unwrap();
+    assert!(
+        rules.contains(SECONDARY),
+        "active without the rules:\n{rules}"
+    );
+    assert!(
+        !pins(bpffs.path()).unwrap().is_empty(),
+        "active with nothing pinned under the container's /sys/fs/bpf"
+    );
+    let journal = m.journal();
+    assert!(
+        journal.contains("reconciled after") && journal.contains("managing eth0, eth1"),
+        "no first reconcile in the journal:\n{journal}"
+    );
     eventually(
         "an answer from the secondary",
         Duration::from_secs(20),
         || topo.peer().ping(SECONDARY, 1).unwrap(),
     );
-    let journal = m.journal();
-    let reconciled = journal
-        .find("reconciled after")
-        .unwrap_or_else(|| panic!("no first reconcile in the journal:\n{journal}"));
-    let started = journal
-        .find("Started enipin.service")
-        .unwrap_or_else(|| panic!("systemd never saw the unit started:\n{journal}"));
-    assert!(
-        reconciled < started,
-        "READY=1 came before the first reconcile:\n{journal}"
-    );
-    assert!(journal.contains("managing eth0, eth1"), "{journal}");
 
     // The sandbox is the unit's: exactly its two capabilities, no new privileges, a seccomp
-    // filter; and /sys/fs/bpf writable through ProtectSystem=strict (the pins are there).
-    let pid = m.read(&[
-        "systemctl",
-        "show",
-        "-p",
-        "MainPID",
-        "--value",
-        "enipin.service",
-    ]);
+    // filter (and /sys/fs/bpf writable through ProtectSystem=strict: the pins above).
+    let pid = m.property("MainPID");
     let status = m.ok(&["cat", &format!("/proc/{pid}/status")]);
     for want in [
         format!("CapEff:\t{UNIT_CAPS}"),
@@ -467,28 +470,13 @@ fn the_unit_under_systemd_pins_replies_signals_ready_and_its_stop_leaves_enforce
             "no {want:?} in enipin's status:\n{status}"
         );
     }
-    assert!(
-        !pins(bpffs.path()).unwrap().is_empty(),
-        "nothing pinned under the container's /sys/fs/bpf"
-    );
 
     // A stop leaves the state installed (no ExecStopPost=): watch exits 0 on SIGTERM.
     m.ok(&["systemctl", "stop", "--no-block", "enipin.service"]);
     m.wait_unit(&["inactive"], Duration::from_secs(20));
-    let result = m.read(&[
-        "systemctl",
-        "show",
-        "-p",
-        "Result",
-        "--value",
-        "enipin.service",
-    ]);
-    assert_eq!(result, "success", "{}", m.journal());
-    assert!(
-        m.journal().contains("SIGTERM: stopped watching"),
-        "{}",
-        m.journal()
-    );
+    let journal = m.journal();
+    assert_eq!(m.property("Result"), "success", "{journal}");
+    assert!(journal.contains("SIGTERM: stopped watching"), "{journal}");
     assert!(
         !pins(bpffs.path()).unwrap().is_empty(),
         "no pins left after the unit stopped"
