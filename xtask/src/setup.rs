@@ -45,6 +45,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("cpio", "cpio"),
     ("dpkg-deb", "dpkg"),
     ("systemd-analyze", "systemd"),
+    // tests/tests/systemd.rs boots the machine's systemd in a container to run the unit.
+    ("systemd-nspawn", "systemd-container"),
     ("setpriv", "util-linux"),
     ("file", "file"),
     // `promtool check metrics` lints watch's /metrics in tests/tests/watch_metrics.rs;
