@@ -86,14 +86,22 @@ pub(crate) fn connmark_change(
         return Ok(None);
     }
     let new = on
-        .then(|| {
-            let (c, left_out) = Connmark::desired(managed, cfg.connmark_mask);
-            left_out.iter().for_each(|l| log::warn!("connmark: {l}"));
-            c
-        })
+        .then(|| Connmark::desired(managed, cfg.connmark_mask).0)
         .filter(|c| !c.marks.is_empty());
     let old = connmark::installed()?;
     Ok((old != new).then_some(Change::Connmark { old, new }))
+}
+
+/// The managed interfaces `--connmark` leaves out (their ifindex does not fit the mask): the
+/// caller says them (attach once; watch when the set changes). Empty without connmark.
+pub(crate) fn connmark_left_out(
+    managed: &[ManagedInterface],
+    cfg: &Config,
+) -> Vec<connmark::LeftOut> {
+    if !(cfg.connmark && cfg.rules) {
+        return Vec::new();
+    }
+    Connmark::desired(managed, cfg.connmark_mask).1
 }
 
 /// Netlink requests in flight at once. The kernel handles a socket's requests one by one in the
@@ -363,6 +371,8 @@ pub(crate) struct Reconciled {
     pub drift: Drift,
     /// What metadata said this pass (`None` without `--metadata`).
     pub metadata: Option<View>,
+    /// The managed interfaces `--connmark` leaves out.
+    pub connmark_left_out: Vec<connmark::LeftOut>,
 }
 
 /// One pass of the same plan/apply `attach` does, for a caller that holds the state lock
@@ -396,6 +406,7 @@ pub(crate) async fn reconcile(
     let managed = p.managed.clone();
     commit(nl, p, cfg, paths).await?;
     Ok(Reconciled {
+        connmark_left_out: connmark_left_out(&managed, cfg),
         managed,
         changes,
         idle,

@@ -104,10 +104,68 @@ pub(crate) fn value(mask: u32, ifindex: u32) -> Option<u32> {
     (ifindex != 0 && ifindex <= max).then(|| ifindex << shift)
 }
 
+/// A managed interface whose ifindex does not fit the mask: its DNAT'd replies keep taking the
+/// datapath's redirect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LeftOut {
+    pub name: String,
+    pub ifindex: u32,
+    pub mask: u32,
+}
+
+impl std::fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            name,
+            ifindex,
+            mask,
+        } = self;
+        write!(
+            f,
+            "{name}: ifindex {ifindex} does not fit connmark mask {mask:#010x} (1-{}): its DNAT'd \
+             replies are left to the datapath's redirect; a wider mask takes it",
+            mask >> mask.trailing_zeros()
+        )
+    }
+}
+
+/// What `watch` has said of the interfaces left out: a warning when one joins the set, an info
+/// line when it leaves, nothing while the set stays as it is (the warning came at every
+/// reconcile, every 30 s and after every event, for as long as the interface existed).
+#[derive(Debug, Default)]
+pub(crate) struct LeftOutSaid(Vec<LeftOut>);
+
+impl LeftOutSaid {
+    /// The lines for the set left out `now` (`managed`: what the reconcile manages), each with
+    /// whether it is a warning; empty when the set is the one last said.
+    pub(crate) fn update(
+        &mut self,
+        now: &[LeftOut],
+        managed: &[ManagedInterface],
+    ) -> Vec<(bool, String)> {
+        let joined = now.iter().filter(|l| !self.0.contains(l));
+        let mut out: Vec<(bool, String)> =
+            joined.map(|l| (true, format!("connmark: {l}"))).collect();
+        for l in self.0.iter().filter(|l| !now.contains(l)) {
+            let name = &l.name;
+            let line = if managed.iter().any(|m| m.name == *name) {
+                format!(
+                    "connmark: {name} is no longer left out of mask {:#010x}",
+                    l.mask
+                )
+            } else {
+                format!("connmark: {name} (left out of the mask) is no longer managed")
+            };
+            out.push((false, line));
+        }
+        self.0 = now.to_vec();
+        out
+    }
+}
+
 impl Connmark {
-    /// The table for `managed`, and the interfaces left out (their ifindex does not fit `mask`):
-    /// their DNAT'd replies keep taking the datapath's redirect.
-    pub(crate) fn desired(managed: &[ManagedInterface], mask: u32) -> (Self, Vec<String>) {
+    /// The table for `managed`, and the interfaces left out (their ifindex does not fit `mask`).
+    pub(crate) fn desired(managed: &[ManagedInterface], mask: u32) -> (Self, Vec<LeftOut>) {
         let mut marks = Vec::new();
         let mut left_out = Vec::new();
         for m in managed {
@@ -117,13 +175,11 @@ impl Connmark {
                     name: m.name.clone(),
                     value,
                 }),
-                None => left_out.push(format!(
-                    "{}: ifindex {} does not fit connmark mask {mask:#010x} (1-{}): its DNAT'd \
-                     replies are left to the datapath's redirect; a wider mask takes it",
-                    m.name,
-                    m.ifindex,
-                    mask >> mask.trailing_zeros()
-                )),
+                None => left_out.push(LeftOut {
+                    name: m.name.clone(),
+                    ifindex: m.ifindex,
+                    mask,
+                }),
             }
         }
         marks.sort();
@@ -509,8 +565,49 @@ mod tests {
         );
         assert_eq!(left.len(), 1);
         assert!(
-            left[0].starts_with("eth16: ifindex 16 does not fit"),
+            left[0]
+                .to_string()
+                .starts_with("eth16: ifindex 16 does not fit"),
             "{left:?}"
+        );
+    }
+
+    /// Over reconciles that find the same interfaces left out, each is warned of once; one that
+    /// joins is warned of, one that leaves is an info line.
+    #[test]
+    fn watch_says_each_interface_left_out_once() {
+        // The warnings and the info lines of `n` reconciles of `managed` under `mask`.
+        fn passes(
+            said: &mut LeftOutSaid,
+            n: usize,
+            managed: &[ManagedInterface],
+            mask: u32,
+        ) -> (usize, Vec<String>) {
+            let lines: Vec<_> = (0..n)
+                .flat_map(|_| said.update(&Connmark::desired(managed, mask).1, managed))
+                .collect();
+            let infos = lines.iter().filter(|(w, _)| !w).map(|(_, l)| l.clone());
+            (lines.iter().filter(|(w, _)| *w).count(), infos.collect())
+        }
+        let mut said = LeftOutSaid::default();
+        let (two, three) = ([eni(3), eni(16)], [eni(3), eni(16), eni(17)]);
+        let (warned, infos) = passes(&mut said, 5, &two, 0x0f00_0000);
+        assert_eq!((warned, infos.len()), (1, 0), "eth16, once");
+        let (warned, infos) = passes(&mut said, 3, &three, 0x0f00_0000);
+        assert_eq!((warned, infos.len()), (1, 0), "eth17 joined");
+        assert_eq!(
+            passes(&mut said, 2, &two, 0x0f00_0000),
+            (
+                0,
+                vec!["connmark: eth17 (left out of the mask) is no longer managed".to_owned()]
+            )
+        );
+        assert_eq!(
+            passes(&mut said, 2, &two, 0xff00_0000),
+            (
+                0,
+                vec!["connmark: eth16 is no longer left out of mask 0x0f000000".to_owned()]
+            )
         );
     }
 

@@ -55,6 +55,7 @@ pub mod testbed;
 #[allow(unreachable_pub)] // its `pub` items are for enipin-tests
 mod testbed;
 pub mod watch;
+mod watch_events;
 mod watch_metrics;
 mod watch_nft;
 mod watch_pace;

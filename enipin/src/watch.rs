@@ -2,17 +2,20 @@
 //!
 //! Other tools remove rules they did not create (systemd-networkd and `netplan apply` drop
 //! "foreign" rules, nm-cloud-setup wiped the VPC CNI's), ENIs and secondary addresses come and go
-//! at runtime. The watcher subscribes to rtnetlink's link, address, rule and route groups in its
-//! namespace, and on the first event of a burst (then once more for the rest of it: see
-//! [`crate::watch_pace`]), or every `--interval` as a safety net, runs the same plan/apply as
-//! `enipin attach` ([`apply::reconcile`]): discover, diff, apply only the difference. Every
-//! reconcile re-reads the kernel's state, so a lost event (a socket overrun) costs nothing but a
-//! resync. The kernel announces enipin's own changes too: a rule or route it added or just
-//! removed needs no reconcile ([`crate::watch_report::describe`]), so a restore is one
-//! reconcile, not one and then another that finds nothing to do.
+//! at runtime. The watcher subscribes to rtnetlink's link, address, rule, route and netconf
+//! groups in its namespace ([`crate::watch_events`]: a forwarding change, which decides the
+//! datapath's next hops, sends only a netconf message), and on the first event of a burst (then
+//! once more for the rest of it: see [`crate::watch_pace`]), or every `--interval` as a safety
+//! net, runs the same plan/apply as `enipin attach` ([`apply::reconcile`]): discover, diff, apply
+//! only the difference. Every reconcile re-reads the kernel's state, so a lost event (a socket
+//! overrun) costs nothing but a resync. The kernel announces enipin's own changes too: a rule or
+//! route it added or just removed, an rp_filter it wrote, needs no reconcile
+//! ([`crate::watch_report::describe`]), so a restore is one reconcile, not one and then another
+//! that finds nothing to do.
 //!
 //! Each reconcile that changed something is one log line ([`crate::watch_report`]): why, how
-//! long, counts by kind and a few of the changes.
+//! long, counts by kind and a few of the changes. What stays true across reconciles (an
+//! interface left out, of `--interfaces` or of the connmark mask) is said when it changes.
 //!
 //! A reconcile that fails (discovery, a conflict, a step) changes nothing, is logged, and is
 //! retried with exponential backoff: an error is never read as "nothing to manage".
@@ -45,10 +48,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use futures::{StreamExt as _, channel::mpsc::UnboundedReceiver};
-use netlink_packet_route::RouteNetlinkMessage;
-use rtnetlink::MulticastGroup;
-use rtnetlink::packet_core::NetlinkMessage;
+use futures::StreamExt as _;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -60,11 +60,13 @@ use tracing::{debug, error, info, warn};
 use crate::{
     apply::{self, Reconciled},
     config::{Config, Paths},
+    connmark::LeftOutSaid,
     ebpf, http,
     metadata::Tracker,
     model::ManagedInterface,
     settings::{Loader, Settings},
     state, sysctl,
+    watch_events::subscribe,
     watch_metrics::Telemetry,
     watch_nft::NftEvents,
     watch_pace::Edges,
@@ -108,27 +110,6 @@ impl Pacing {
             metadata: Duration::from_secs(crate::config::DEFAULT_METADATA_INTERVAL),
         }
     }
-}
-
-type Events = UnboundedReceiver<(
-    NetlinkMessage<RouteNetlinkMessage>,
-    rtnetlink::sys::SocketAddr,
-)>;
-
-/// A socket on the multicast groups of everything the desired state is computed from.
-fn subscribe() -> Result<Events> {
-    let (conn, _handle, events) = rtnetlink::new_multicast_connection(&[
-        MulticastGroup::Link,
-        MulticastGroup::Ipv4Ifaddr,
-        MulticastGroup::Ipv6Ifaddr,
-        MulticastGroup::Ipv4Rule,
-        MulticastGroup::Ipv6Rule,
-        MulticastGroup::Ipv4Route,
-        MulticastGroup::Ipv6Route,
-    ])
-    .context("subscribing to rtnetlink link/address/rule/route events")?;
-    tokio::spawn(conn);
-    Ok(events)
 }
 
 /// nftables' change notifications, when connmark keeps a table (`None` without it, or when the
@@ -233,15 +214,32 @@ async fn drain(logger: &mut Option<Logger>) {
     }
 }
 
+/// What the watcher last said of what stays true across reconciles, so it is said once.
+#[derive(Default)]
+struct Said {
+    /// Why nothing is managed.
+    idle: Option<String>,
+    /// The interfaces named in `--interfaces` that are left out.
+    left_out: Vec<(String, String)>,
+    /// The managed interfaces connmark leaves out.
+    connmark: LeftOutSaid,
+}
+
 /// The log line of one reconcile: one line when it changed something, nothing otherwise (but
 /// once when the watcher becomes idle: an operator should see why it manages nothing).
-fn report(
-    r: &Reconciled,
-    why: &Reasons,
-    took: Duration,
-    idle: &mut Option<String>,
-    left_out: &mut Vec<(String, String)>,
-) {
+fn report(r: &Reconciled, why: &Reasons, took: Duration, said: &mut Said) {
+    let Said {
+        idle,
+        left_out,
+        connmark,
+    } = said;
+    for (warning, line) in connmark.update(&r.connmark_left_out, &r.managed) {
+        if warning {
+            warn!("{line}");
+        } else {
+            info!("{line}");
+        }
+    }
     // A named interface that went away (an ENI detached) or came back: said once, not per pass.
     // Coming back, an ENI goes through "unknown", "down" and "no address" within tens of ms
     // (link created, set up, addressed), each seen by a prompt reconcile: a new reason for an
@@ -397,9 +395,7 @@ pub async fn watch(
     let mut hold = now;
     let mut failures = 0u32;
     let mut ready = false;
-    // Why nothing is managed, as last reported.
-    let mut idle: Option<String> = None;
-    let mut left_out: Vec<(String, String)> = Vec::new();
+    let mut said = Said::default();
     // What the last successful reconcile manages, for the cheap check, and its links held open.
     let mut managed: Vec<ManagedInterface> = Vec::new();
     let mut held = ebpf::HeldLinks::default();
@@ -456,7 +452,7 @@ pub async fn watch(
             ev = events.next() => {
                 let now = Instant::now();
                 let described = match ev {
-                    Some((msg, _)) => describe(&msg, &mut own),
+                    Some((msg, _)) => describe(&msg, &mut own, &managed),
                     None => {
                         // The kernel closed the socket: take a new one, then resync.
                         warn!("the netlink event socket closed; subscribing again");
@@ -514,7 +510,7 @@ pub async fn watch(
                     Ok(mut r) => {
                         telemetry.succeeded(&r, repinned.len(), started.elapsed());
                         r.changes.splice(0..0, repinned);
-                        report(&r, &why, started.elapsed(), &mut idle, &mut left_out);
+                        report(&r, &why, started.elapsed(), &mut said);
                         own.expect(&r.changes);
                         managed.clone_from(&r.managed);
                         if failures > 0 {

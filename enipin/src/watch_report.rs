@@ -1,7 +1,7 @@
 //! What `watch` says about a reconcile: why it ran (the events, in words) and what it changed,
 //! as one short line: counts by kind and the first few changes, never every object (after 400
-//! address events the full list was one 36 KB line). Also which events are only the echo of
-//! enipin's own changes, which need no reconcile.
+//! address events the full list was one 36 KB line). Also which events need no reconcile: the
+//! echo of enipin's own changes, and netconf notifications of nothing enipin plans from.
 
 use std::collections::BTreeSet;
 
@@ -10,8 +10,11 @@ use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 
 use crate::{
     apply::Reconciled,
-    ebpf, netlink,
+    ebpf,
+    model::ManagedInterface,
+    netlink,
     plan::{Change, DiffFormat},
+    watch_events::{Event, NETCONFA_IFINDEX_ALL, NetConf, RTM_NEWNETCONF},
 };
 
 fn ifname(ifindex: u32) -> String {
@@ -41,22 +44,61 @@ impl OwnRemovals {
 }
 
 /// One event in words, for the log line of the reconcile it causes, with a rank: lower ranks
-/// come first in the line. `None` for the echo of enipin's own work (a rule or route with its
-/// protocol added, or one it just removed): that needs no reconcile.
+/// come first in the line. `None` for what needs no reconcile: the echo of enipin's own work (a
+/// rule or route with its protocol added, or one it just removed), and a netconf message that
+/// changes nothing planned for `managed` (see [`netconf`]).
 pub(crate) fn describe(
-    msg: &NetlinkMessage<RouteNetlinkMessage>,
+    msg: &NetlinkMessage<Event>,
     own: &mut OwnRemovals,
+    managed: &[ManagedInterface],
 ) -> Option<(u8, String)> {
+    match &msg.payload {
+        NetlinkPayload::InnerMessage(Event::Route(m)) => route(m, own),
+        NetlinkPayload::InnerMessage(Event::NetConf(n)) => netconf(n, managed),
+        NetlinkPayload::Overrun(_) => Some((0, "event buffer overrun (full resync)".to_owned())),
+        _ => Some((3, "netlink event".to_owned())),
+    }
+}
+
+/// A forwarding value other than the one the last reconcile planned from, for a managed
+/// interface or for `all` (which sets every interface's): the owner's next hop depends on it
+/// (the datapath's FIB lookup answers only for a family the device forwards). The kernel
+/// announces every other netconf change too (rp_filter, which enipin's own sysctl writes
+/// change, proxy_arp, `default`, interfaces enipin does not manage): none is planned from.
+/// A value already planned (the reconcile that read it ran before its message was read) is no
+/// news either.
+fn netconf(n: &NetConf, managed: &[ManagedInterface]) -> Option<(u8, String)> {
+    let on = n.forwarding.filter(|_| n.kind == RTM_NEWNETCONF)?;
+    let (family, v6) = match i32::from(n.family) {
+        libc::AF_INET => ("ipv4", false),
+        libc::AF_INET6 => ("ipv6", true),
+        _ => return None,
+    };
+    let planned = |m: &ManagedInterface| {
+        if v6 { m.forwarding.v6 } else { m.forwarding.v4 }
+    };
+    let ifindex = n.ifindex?;
+    let whose = if ifindex == NETCONFA_IFINDEX_ALL {
+        managed.iter().any(|m| planned(m) != on).then_some("all")?
+    } else {
+        let m = managed
+            .iter()
+            .find(|m| i64::from(m.ifindex) == i64::from(ifindex))?;
+        (planned(m) != on).then_some(m.name.as_str())?
+    };
+    Some((
+        0,
+        format!(
+            "net.{family}.conf.{whose}.forwarding set to {}",
+            u8::from(on)
+        ),
+    ))
+}
+
+fn route(m: &RouteNetlinkMessage, own: &mut OwnRemovals) -> Option<(u8, String)> {
     use RouteNetlinkMessage as M;
     use netlink_packet_route::address::AddressAttribute as A;
     let verb = |new: bool| if new { "added" } else { "deleted" };
-    let m = match &msg.payload {
-        NetlinkPayload::InnerMessage(m) => m,
-        NetlinkPayload::Overrun(_) => {
-            return Some((0, "event buffer overrun (full resync)".to_owned()));
-        }
-        _ => return Some((3, "netlink event".to_owned())),
-    };
     Some(match m {
         M::NewLink(l) | M::DelLink(l) => {
             let what = if matches!(m, M::DelLink(_)) {
@@ -295,6 +337,57 @@ pub(crate) fn changed_line(r: &Reconciled, why: &Reasons, took_ms: u128) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtnetlink::packet_core::NetlinkHeader;
+
+    fn netconf_event(family: i32, ifindex: i32, forwarding: Option<bool>) -> NetlinkMessage<Event> {
+        let n = NetConf {
+            kind: RTM_NEWNETCONF,
+            family: family as u8,
+            ifindex: Some(ifindex),
+            forwarding,
+        };
+        NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(Event::NetConf(n)),
+        )
+    }
+
+    /// Only a forwarding value other than the planned one, of a managed interface or of `all`,
+    /// starts a reconcile: rp_filter (which enipin writes itself), `default`, another interface
+    /// and a value already planned do not.
+    #[test]
+    fn a_forwarding_change_of_a_managed_interface_is_a_reason_and_other_netconf_is_not() {
+        let mut eth1 = ManagedInterface::fixture(3, "eth1", Vec::new());
+        eth1.forwarding.v4 = true;
+        let managed = [ManagedInterface::fixture(2, "eth0", Vec::new()), eth1];
+        let own = &mut OwnRemovals::default();
+        let (v4, v6) = (libc::AF_INET, libc::AF_INET6);
+        let mut why =
+            |family, ifindex, fwd| describe(&netconf_event(family, ifindex, fwd), own, &managed);
+        assert_eq!(
+            why(v4, 3, Some(false)),
+            Some((0, "net.ipv4.conf.eth1.forwarding set to 0".to_owned()))
+        );
+        assert_eq!(
+            why(v6, 2, Some(true)),
+            Some((0, "net.ipv6.conf.eth0.forwarding set to 1".to_owned()))
+        );
+        assert_eq!(why(v4, 3, Some(true)), None, "already planned");
+        assert_eq!(why(v4, 3, None), None, "rp_filter, proxy_arp");
+        assert_eq!(why(v4, 7, Some(true)), None, "not managed");
+        assert_eq!(why(v4, -2, Some(true)), None, "default");
+        assert_eq!(
+            why(v4, NETCONFA_IFINDEX_ALL, Some(true)),
+            Some((0, "net.ipv4.conf.all.forwarding set to 1".to_owned())),
+            "eth0 does not forward yet"
+        );
+        assert_eq!(why(v6, NETCONFA_IFINDEX_ALL, Some(false)), None);
+        let mut gone = netconf_event(v4, 3, Some(false));
+        if let NetlinkPayload::InnerMessage(Event::NetConf(n)) = &mut gone.payload {
+            n.kind = crate::watch_events::RTM_DELNETCONF;
+        }
+        assert_eq!(describe(&gone, own, &managed), None, "an interface removed");
+    }
 
     #[test]
     fn reasons_put_links_and_addresses_first_and_count_echoes() {

@@ -15,7 +15,7 @@ use std::{
 };
 
 use enipin_tests::{
-    Enipin, Snapshot, Spec, Topology,
+    Enipin, Snapshot, Spec, Topology, http_client,
     imds::{FakeEni, Imds},
     rules,
 };
@@ -85,6 +85,23 @@ impl Watcher {
         .0
     }
 
+    /// The lines so far that contain `part`.
+    fn count(&self, part: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(part))
+            .count()
+    }
+
+    /// `http://ADDR/metrics` of a watcher started with `--metrics-listen 127.0.0.1:0`.
+    fn metrics_url(&self) -> String {
+        let banner = self.line(0, &["serving GET /metrics and GET /healthz on http://"]);
+        let addr = banner.rsplit_once("http://").unwrap().1;
+        format!("http://{addr}/metrics")
+    }
+
     /// Sends `sig` and waits up to `limit` for the exit.
     fn signal(&mut self, sig: i32, limit: Duration) -> (ExitStatus, Duration) {
         let t = Instant::now();
@@ -132,6 +149,33 @@ fn eventually<T>(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The reconciles the watcher counted (`enipin_reconciles_total`, every result), once the
+/// count has stayed the same for 600 ms (two checks of what sends no event, and every follow-up
+/// of a burst, have run).
+fn reconciles(topo: &Topology, url: &str) -> u64 {
+    let now = || {
+        let (status, text) = http_client::get(topo.host(), url).unwrap();
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .filter(|l| l.starts_with("enipin_reconciles_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let mut last = now();
+    eventually(
+        "a settled reconcile count",
+        || {
+            std::thread::sleep(Duration::from_millis(600));
+            let n = now();
+            let settled = n == last;
+            last = n;
+            settled.then_some(n)
+        },
+        String::new,
+    )
+    .0
 }
 
 /// A third ENI on the same subnet, eth2 with 198.18.0.12 (its vpc port has no source check: only
@@ -1196,4 +1240,206 @@ fn attach_with_unknown_metadata_changes_nothing_and_detach_removes_only_what_it_
         eth1_v4(&topo).contains("198.18.0.30/32"),
         "detach removed a foreign address"
     );
+}
+
+/// The planned next hops of `attach --dry-run` beside the watcher (what the pinned datapath
+/// lacks or has too many of): none while the watcher keeps up.
+fn planned_next_hops(e: &Enipin) -> Vec<String> {
+    let out = e.ok(&["attach", "--dry-run"]);
+    out.lines()
+        .filter(|l| l.contains("next hop"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Neither lab interface forwards, either family (a new namespace takes IPv4's values from the
+/// root namespace's).
+fn forwarding_off(topo: &Topology) {
+    for key in ["all", "eth0", "eth1"].map(|d| format!("net.ipv4.conf.{d}.forwarding")) {
+        topo.host().sysctl(&key, "0").unwrap();
+    }
+    for key in ["eth0", "eth1"].map(|d| format!("net.ipv6.conf.{d}.forwarding")) {
+        topo.host().sysctl(&key, "0").unwrap();
+    }
+}
+
+/// A forwarding change sends no link event, only a netconf message, yet decides the datapath's
+/// next hop for the owner: the watcher reconciles at once (not at its periodic pass, an hour
+/// here), once per change, and the pinned next hops are what `attach` plans.
+#[test]
+fn watch_follows_a_forwarding_change_at_once() {
+    let topo = topology();
+    forwarding_off(&topo);
+    let e = Enipin::in_ns(topo.host());
+    let mut w = Watcher::start(
+        &e,
+        &["--interval", "3600", "--metrics-listen", "127.0.0.1:0"],
+    );
+    w.line(0, &["reconciled after start", "managing eth0, eth1"]);
+    let url = w.metrics_url();
+    let mut count = reconciles(&topo, &url);
+    assert_eq!(planned_next_hops(&e), Vec::<String>::new());
+    let eth1 = topo.host().ifindex("eth1").unwrap();
+    let off = format!("- next hop onto ifindex {eth1}");
+    let steps = [
+        (
+            "net.ipv4.conf.eth1.forwarding",
+            "1",
+            vec!["+ next hop onto eth1 from table", "for IPv4 only"],
+        ),
+        ("net.ipv4.conf.eth1.forwarding", "0", vec![off.as_str()]),
+        // `all` sets every interface's value.
+        (
+            "net.ipv4.conf.all.forwarding",
+            "1",
+            vec!["+ next hop onto eth0", "+ next hop onto eth1"],
+        ),
+    ];
+    for (key, value, changes) in steps {
+        let since = w.mark();
+        let t = Instant::now();
+        topo.host().sysctl(key, value).unwrap();
+        // `all` is the first reason: each interface's own message follows it.
+        let reason = format!("reconciled after {key} set to {value}");
+        let line = w.line(since, &[&[reason.as_str()][..], &changes].concat());
+        eprintln!("{key}={value} followed in {:?}: {line}", t.elapsed());
+        let now = reconciles(&topo, &url);
+        assert!(
+            (count + 1..=count + 2).contains(&now),
+            "{} reconciles for {key}={value}:\n{}",
+            now - count,
+            w.log()
+        );
+        count = now;
+        assert_eq!(planned_next_hops(&e), Vec::<String>::new(), "{key}={value}");
+    }
+    w.signal(libc::SIGTERM, Duration::from_secs(2));
+    forwarding_off(&topo);
+    e.ok(&["detach"]);
+}
+
+/// The kernel announces more than forwarding in netconf messages: rp_filter (which enipin's own
+/// sysctl writes change), proxy_arp, proxy_ndp, `default`'s values. None of them is planned
+/// from, so none starts a reconcile, and enipin's own writes at start start no loop. (arp_*
+/// knobs are announced by no message; they are here to show nothing comes of them either.)
+#[test]
+fn netconf_notifications_of_other_knobs_start_no_reconcile() {
+    let topo = topology();
+    forwarding_off(&topo);
+    let host = topo.host();
+    // rp_filter 1: the watcher's first reconcile writes 2 (loose) on both, announced each.
+    for dev in ["all", "eth0", "eth1"] {
+        host.sysctl(&format!("net.ipv4.conf.{dev}.rp_filter"), "1")
+            .unwrap();
+    }
+    let e = Enipin::in_ns(host);
+    let mut w = Watcher::start(
+        &e,
+        &["--interval", "3600", "--metrics-listen", "127.0.0.1:0"],
+    );
+    w.line(0, &["reconciled after start", "sysctls ~6"]);
+    let url = w.metrics_url();
+    for dev in ["eth0", "eth1"] {
+        let v = host
+            .sh(&format!("sysctl -n net.ipv4.conf.{dev}.rp_filter"))
+            .unwrap();
+        assert_eq!(v.trim(), "2", "{dev}");
+    }
+    assert_eq!(
+        reconciles(&topo, &url),
+        1,
+        "enipin's own writes started more:\n{}",
+        w.log()
+    );
+    let since = w.mark();
+    for (key, values) in [
+        ("net.ipv4.conf.lo.rp_filter", ["2", "0"]),
+        ("net.ipv4.conf.default.rp_filter", ["2", "0"]),
+        ("net.ipv4.conf.eth1.proxy_arp", ["1", "0"]),
+        ("net.ipv4.conf.eth0.ignore_routes_with_linkdown", ["1", "0"]),
+        ("net.ipv6.conf.eth1.proxy_ndp", ["1", "0"]),
+        ("net.ipv4.conf.default.forwarding", ["1", "0"]),
+        ("net.ipv4.conf.eth1.arp_accept", ["1", "0"]),
+        ("net.ipv4.conf.eth1.arp_notify", ["1", "0"]),
+    ] {
+        for v in values {
+            host.sysctl(key, v).unwrap();
+        }
+    }
+    assert_eq!(
+        reconciles(&topo, &url),
+        1,
+        "a netconf message of another knob started a reconcile:\n{}",
+        w.log()
+    );
+    // The messages above were read, not lost: one on the same socket after them is followed,
+    // and it alone is the reason.
+    host.sysctl("net.ipv4.conf.eth1.forwarding", "1").unwrap();
+    let line = w.line(since, &["reconciled after", "next hop onto eth1"]);
+    assert!(
+        line.contains("reconciled after net.ipv4.conf.eth1.forwarding set to 1 in "),
+        "{line}"
+    );
+    assert_eq!(reconciles(&topo, &url), 2, "{}", w.log());
+    w.signal(libc::SIGTERM, Duration::from_secs(2));
+    forwarding_off(&topo);
+    e.ok(&["detach"]);
+}
+
+/// With connmark, an interface whose ifindex does not fit the mask is warned of when it is
+/// first left out, not again at every reconcile; one that joins the set is warned of, one that
+/// leaves it is an info line. (Mask 0x1 fits ifindex 1 alone: lo, never managed.)
+#[test]
+fn watch_warns_of_an_interface_connmark_leaves_out_once() {
+    let topo = topology();
+    let e = Enipin::in_ns(topo.host());
+    let mut w = Watcher::start(
+        &e,
+        &[
+            "--connmark",
+            "--connmark-mask",
+            "0x1",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    w.line(0, &["reconciled after start", "managing eth0, eth1"]);
+    let url = w.metrics_url();
+    let mut count = reconciles(&topo, &url);
+    for _ in 0..3 {
+        // SAFETY: plain syscall on our own child's pid.
+        unsafe { libc::kill(w.child.id() as i32, libc::SIGHUP) };
+        let n = eventually(
+            "a reconcile after SIGHUP",
+            || Some(reconciles(&topo, &url)).filter(|n| *n > count),
+            || w.log(),
+        );
+        count = n.0;
+    }
+    assert!(count >= 4, "{count} reconciles");
+    let warned = |dev: &str| w.count(&format!("connmark: {dev}: ifindex"));
+    assert_eq!((warned("eth0"), warned("eth1")), (1, 1), "{}", w.log());
+    add_eth2(&topo);
+    w.line(
+        0,
+        &[
+            "connmark: eth2: ifindex",
+            "does not fit connmark mask 0x00000001",
+        ],
+    );
+    topo.host().ip(&["link", "del", "eth2"]).unwrap();
+    w.line(
+        0,
+        &["connmark: eth2 (left out of the mask) is no longer managed"],
+    );
+    reconciles(&topo, &url);
+    assert_eq!(
+        (warned("eth0"), warned("eth1"), warned("eth2")),
+        (1, 1, 1),
+        "{}",
+        w.log()
+    );
+    let (st, _) = w.signal(libc::SIGTERM, Duration::from_secs(2));
+    assert!(st.success(), "{}", w.log());
+    e.ok(&["detach"]);
 }

@@ -47,6 +47,9 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
     };
     crate::doctor::warn_conflicts(cfg, paths).await;
     let p = apply::pending(d, managed, previous, cfg, paths)?;
+    for l in apply::connmark_left_out(&p.managed, cfg) {
+        log::warn!("connmark: {l}");
+    }
     let comment = if format == DiffFormat::Ip { "# " } else { "" };
     print!(
         "{}",

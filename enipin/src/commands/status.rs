@@ -157,6 +157,9 @@ impl StatusReport {
         // The nft table runs `nft`: only when the last attach asked for connmark.
         if cfg.connmark {
             drift.extend(apply::connmark_change(&managed, &cfg, st.as_ref())?.map(Drift::Routing));
+            for l in apply::connmark_left_out(&managed, &cfg) {
+                log::warn!("connmark: {l}");
+            }
         }
         if cfg.ebpf {
             let plan = ebpf::plan(&managed, &cfg, paths).context("planning the datapath")?;
