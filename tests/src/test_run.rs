@@ -58,9 +58,37 @@ pub fn test_run_out(
         repeat,
         ..TestRunOptions::new()
     };
-    let r = p
-        .test_run(opts)
-        .with_context(|| format!("test-run of {prog}"))?;
+    let r = {
+        let _quiet = SignalsBlocked::new();
+        p.test_run(opts)
+    }
+    .with_context(|| format!("test-run of {prog}"))?;
     out.truncate(r.data_size_out as usize);
     Ok((r, out))
+}
+
+/// Every signal blocked in the calling thread while this lives. The kernel stops a long repeat
+/// with EINTR when a signal is pending for the running thread (the SIGCHLD of another test's
+/// child, once a handler is installed: tokio's process support), after part of the runs, which
+/// the counters have already seen: with the signals blocked here, the process's signals go to
+/// its other threads, and a test-run always completes its `repeat`.
+struct SignalsBlocked(libc::sigset_t);
+
+impl SignalsBlocked {
+    fn new() -> Self {
+        // SAFETY: sigset_t is plain data, filled by sigfillset; pthread_sigmask on this thread.
+        unsafe {
+            let (mut all, mut old) = (std::mem::zeroed(), std::mem::zeroed());
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            Self(old)
+        }
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved by `new` on the same thread.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
 }
