@@ -363,8 +363,20 @@ pub(crate) fn lock(paths: &Paths) -> Result<std::fs::File> {
     let path = paths.state_dir.join("lock");
     let file =
         std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    // SAFETY: plain syscall on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    // A holder killed a moment ago can keep the lock for a while: the child it was starting
+    // (`nft`) shares the descriptor from fork until its exec closes it. So a held lock is tried
+    // again for up to a second (20 x 50 ms) before it is a refusal.
+    let try_lock = || {
+        // SAFETY: plain syscall on a descriptor we own.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    };
+    let mut tries = 0;
+    while !try_lock() {
+        tries += 1;
+        if tries < 20 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            continue;
+        }
         anyhow::bail!(
             "another enipin attach/detach/watch holds {} ({}); wait for it to finish (stop a running \
              `enipin watch` first)",

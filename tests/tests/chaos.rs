@@ -122,6 +122,34 @@ fn detach_killed_at_random_points_converges() {
     });
 }
 
+/// A killed enipin's lock can outlive it for a moment (the `nft` child it was starting holds the
+/// descriptor until its exec): the next command waits that out instead of refusing (a flake of
+/// the detach trials under load). A lock held longer than a second is still a refusal.
+#[test]
+fn a_lock_released_within_a_second_is_waited_for() {
+    use std::os::fd::AsRawFd as _;
+    require();
+    let topo = Topology::build().expect("topology");
+    let e = Enipin::in_ns(topo.host());
+    let hold = |ms: u64| {
+        let f = std::fs::File::create(e.state.path().join("lock")).unwrap();
+        // SAFETY: plain syscall on a descriptor we own.
+        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            drop(f);
+        })
+    };
+    let held = hold(300);
+    e.ok(&["attach"]);
+    held.join().unwrap();
+    let held = hold(3000);
+    let refused = e.fails(&["detach"]);
+    assert!(refused.contains("holds"), "{refused}");
+    held.join().unwrap();
+    e.ok(&["detach"]);
+}
+
 #[test]
 fn watch_killed_at_random_points_converges() {
     trials("watch", |e, rng| {
