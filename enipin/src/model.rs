@@ -7,6 +7,7 @@ use std::{
     str::FromStr,
 };
 
+use netlink_packet_route::link::InetDevConf;
 use serde::{Deserialize, Serialize};
 
 /// enipin's routing protocol number (`proto 229` in `ip rule` / `ip route`). Every rule and route
@@ -167,6 +168,10 @@ pub(crate) struct Interface {
     /// Which families it forwards (the link's `IFLA_INET_CONF` / `IFLA_INET6_CONF`).
     #[serde(default)]
     pub forwarding: Forwarding,
+    /// Its IPv4 devconf as the link dump has it (`IFLA_INET_CONF`, the values of
+    /// `net.ipv4.conf.<name>.*`; `None`: no IPv4 on the device). Every discovery reads it anew.
+    #[serde(skip)]
+    pub ipv4_conf: Option<InetDevConf>,
 }
 
 /// Which families an interface forwards (its per-family devconf `forwarding`):
@@ -253,6 +258,7 @@ impl Interface {
             ours: Vec::new(),
             meta: None,
             forwarding: Forwarding::default(),
+            ipv4_conf: Some(InetDevConf::default()),
         }
     }
 
