@@ -6,8 +6,9 @@
 //! /proc/sys may stay read-only (as in an unprivileged Kubernetes container, or under systemd's
 //! `ProtectKernelTunables=yes`).
 //!
-//! Unlike a write to /proc/sys, a netlink write of `rp_filter` sends no `RTM_NEWNETCONF`: enipin's
-//! own writes echo nothing; another tool's writes under /proc/sys still do.
+//! What the kernel announces differs from a write under /proc/sys: no `RTM_NEWNETCONF` for
+//! `rp_filter`, but the link's `RTM_NEWLINK` (as for any `RTM_SETLINK` that changes it), which
+//! makes watch reconcile once more and find nothing to do.
 //!
 //! A [`Key`] can only name one of the [`Knob`]s of one interface, and a value written is always an
 //! integer: whatever a state file says, enipin writes nowhere else and nothing else.
