@@ -10,7 +10,7 @@ use futures::TryStreamExt as _;
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressFlags, AddressMessage, AddressProtocol},
-    link::{AfSpecInet, AfSpecUnspec, InetDevConf, LinkAttribute, LinkExtentMask, LinkMessage},
+    link::{AfSpecInet, AfSpecUnspec, LinkAttribute, LinkExtentMask, LinkMessage},
     route::{
         RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
         RouteType,
@@ -26,7 +26,7 @@ use rtnetlink::{
 
 use crate::{
     address::Address,
-    model::{Cidr, RTPROT_ENIPIN},
+    model::{Cidr, Ipv4Conf, RTPROT_ENIPIN},
     route::{Fwmark, InstalledRoute, InstalledRule, Route, Rule},
 };
 
@@ -251,13 +251,17 @@ pub(crate) fn link_blocking(name: &str) -> Result<LinkMessage> {
     }
 }
 
-/// A link's IPv4 devconf (`IFLA_AF_SPEC` / `AF_INET` / `IFLA_INET_CONF`): the values of
-/// `net.ipv4.conf.<name>.*`. `None`: the device has no IPv4 configuration.
-pub(crate) fn ipv4_devconf(attributes: &[LinkAttribute]) -> Option<InetDevConf> {
+/// The knobs enipin sets of a link's IPv4 devconf (`IFLA_AF_SPEC` / `AF_INET` /
+/// `IFLA_INET_CONF`). `None`: the device has no IPv4 configuration.
+pub(crate) fn decode_ipv4_conf(attributes: &[LinkAttribute]) -> Option<Ipv4Conf> {
     attributes.iter().find_map(|a| match a {
         LinkAttribute::AfSpecUnspec(specs) => specs.iter().find_map(|s| match s {
             AfSpecUnspec::Inet(inet) => inet.iter().find_map(|i| match i {
-                AfSpecInet::DevConf(c) => Some(*c),
+                AfSpecInet::DevConf(c) => Some(Ipv4Conf {
+                    rp_filter: c.rp_filter,
+                    arp_ignore: c.arp_ignore,
+                    arp_announce: c.arp_announce,
+                }),
                 _ => None,
             }),
             _ => None,

@@ -16,11 +16,14 @@
 use std::fmt;
 
 use anyhow::{Context as _, Result, bail};
-use netlink_packet_route::link::{AfSpecInet, AfSpecUnspec, InetDevConf, LinkAttribute};
+use netlink_packet_route::link::{AfSpecInet, AfSpecUnspec, LinkAttribute};
 use rtnetlink::packet_core::{DefaultNla, Emitable as _, NLA_F_NESTED, Nla};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::netlink::{self, Netlink};
+use crate::{
+    model::Ipv4Conf,
+    netlink::{self, Netlink},
+};
 
 /// The only sysctls enipin ever changes, all under `net.ipv4.conf.<interface>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -54,7 +57,7 @@ impl Knob {
     }
 
     /// Its value in a link's devconf.
-    pub(crate) fn of(self, conf: &InetDevConf) -> i32 {
+    pub(crate) fn of(self, conf: &Ipv4Conf) -> i32 {
         match self {
             Knob::RpFilter => conf.rp_filter,
             Knob::ArpIgnore => conf.arp_ignore,
@@ -160,9 +163,9 @@ pub(crate) fn all_rp_filter() -> Result<i32> {
 
 /// `ifname`'s devconf now, from a link request of its own: for a caller without a discovery
 /// (watch's check between reconciles).
-fn devconf_now(ifname: &str) -> Result<InetDevConf> {
+fn devconf_now(ifname: &str) -> Result<Ipv4Conf> {
     let link = netlink::link_blocking(ifname)?;
-    netlink::ipv4_devconf(&link.attributes).with_context(|| {
+    netlink::decode_ipv4_conf(&link.attributes).with_context(|| {
         format!("interface {ifname} has no IPv4 configuration (no IFLA_INET_CONF)")
     })
 }
@@ -186,7 +189,7 @@ pub(crate) fn desired(ifname: &str) -> Result<Vec<(Key, String)>> {
 ///   addresses, so the VPC learns the right MAC for every address.
 pub(crate) fn wanted(
     ifname: &str,
-    now: &InetDevConf,
+    now: &Ipv4Conf,
     all_rp_filter: i32,
 ) -> Result<Vec<(Key, String)>> {
     let mut out = Vec::new();
@@ -322,10 +325,9 @@ mod tests {
 
     #[test]
     fn loose_rp_filter_only_where_strict_is_in_effect() {
-        let conf = |rp_filter| {
-            let mut c = InetDevConf::default();
-            c.rp_filter = rp_filter;
-            c
+        let conf = |rp_filter| Ipv4Conf {
+            rp_filter,
+            ..Default::default()
         };
         let knobs = |own, all| -> Vec<String> {
             wanted("eth1", &conf(own), all)
