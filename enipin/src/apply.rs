@@ -40,15 +40,11 @@ fn routing(d: &Discovery, managed: &[ManagedInterface], cfg: &Config) -> Result<
     }
     let (want_rules, want_routes) = plan::desired(managed, cfg);
     let (have_rules, have_routes) = plan::installed(d);
-    let mut sysctls = Vec::new();
-    if cfg.sysctls {
-        for m in managed {
-            for (key, want) in sysctl::desired(&m.name)? {
-                let old = sysctl::read(&key)?;
-                sysctls.push((key, old, want));
-            }
-        }
-    }
+    let sysctls = if cfg.sysctls {
+        sysctls(d, managed)?
+    } else {
+        Vec::new()
+    };
     Ok(plan::diff(
         &want_rules,
         &want_routes,
@@ -56,6 +52,34 @@ fn routing(d: &Discovery, managed: &[ManagedInterface], cfg: &Config) -> Result<
         &have_routes,
         sysctls,
     ))
+}
+
+/// (key, now, wanted) of every managed interface's knobs, now as discovery read them.
+fn sysctls(
+    d: &Discovery,
+    managed: &[ManagedInterface],
+) -> Result<Vec<(sysctl::Key, String, String)>> {
+    let all = sysctl::all_rp_filter()?;
+    let mut out = Vec::new();
+    for m in managed {
+        let conf = d
+            .interfaces
+            .iter()
+            .find(|i| i.ifindex == m.ifindex)
+            .and_then(|i| i.ipv4_conf)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "interface {} has no IPv4 configuration (its link dump has no \
+                     IFLA_INET_CONF: the kernel drops it below MTU 68), so its sysctls cannot be \
+                     read; raise its MTU, or leave it out of --interfaces",
+                    m.name
+                )
+            })?;
+        for (key, want) in sysctl::wanted(&m.name, &conf, all)? {
+            out.push((key.clone(), key.knob().of(&conf).to_string(), want));
+        }
+    }
+    Ok(out)
 }
 
 async fn step(nl: &Netlink, c: &Change) -> Result<()> {
@@ -66,7 +90,9 @@ async fn step(nl: &Netlink, c: &Change) -> Result<()> {
         Change::DelRoute(r) => nl.del_route(r).await,
         Change::AddAddress(a) => nl.add_address(a).await,
         Change::DelAddress(a) => nl.del_address(a).await,
-        Change::Sysctl { key, new, .. } => sysctl::write(key, new),
+        Change::Sysctl { key, new, .. } => {
+            sysctl::write(nl, key.ifname(), &[(key.knob(), new)]).await
+        }
         Change::Connmark { new, .. } => connmark::apply(new.as_ref()),
     }
 }
@@ -110,8 +136,9 @@ pub(crate) fn connmark_left_out(
 /// from about 65 ms to about 30 ms. 64 acks fit easily in the socket's receive buffer.
 const IN_FLIGHT: usize = 64;
 
-/// Runs `changes` in order, netlink requests [`IN_FLIGHT`] at a time (a sysctl waits for every
-/// request before it and is written alone, as is the nft table). Returns each change's result, in order: all of them,
+/// Runs `changes` in order, netlink requests [`IN_FLIGHT`] at a time (the sysctls of one interface
+/// wait for every request before them and go in one request of their own; the nft table goes
+/// alone). Returns each change's result, in order: all of them,
 /// or, with `stop_on_error`, those of the batches up to and including the first failure.
 pub(crate) async fn run_batched<'a>(
     nl: &Netlink,
@@ -126,13 +153,21 @@ pub(crate) async fn run_batched<'a>(
                 .take(IN_FLIGHT)
                 .take_while(|c| c.is_netlink())
                 .count()
+        } else if let Some(ifname) = sysctl_of(&rest[0]) {
+            rest.iter()
+                .take_while(|c| sysctl_of(c) == Some(ifname))
+                .count()
         } else {
             1
         };
         let (batch, tail) = rest.split_at(n);
         rest = tail;
-        // join_all polls in order: the requests reach the connection (and the kernel) in order.
-        let results = futures::future::join_all(batch.iter().map(|c| step(nl, c))).await;
+        let results = if sysctl_of(&batch[0]).is_some() {
+            write_sysctls(nl, batch).await
+        } else {
+            // join_all polls in order: the requests reach the connection (and the kernel) in order.
+            futures::future::join_all(batch.iter().map(|c| step(nl, c))).await
+        };
         let failed = results.iter().any(|r| r.is_err());
         out.extend(batch.iter().zip(results));
         if failed && stop_on_error {
@@ -140,6 +175,34 @@ pub(crate) async fn run_batched<'a>(
         }
     }
     out
+}
+
+/// The interface a sysctl change is for.
+fn sysctl_of(c: &Change) -> Option<&str> {
+    match c {
+        Change::Sysctl { key, .. } => Some(key.ifname()),
+        _ => None,
+    }
+}
+
+/// Sysctl changes of one interface in one request: each gets its result, all the same (the
+/// kernel sets all of them or none).
+async fn write_sysctls(nl: &Netlink, batch: &[Change]) -> Vec<Result<()>> {
+    let knobs: Vec<(sysctl::Knob, &str)> = batch
+        .iter()
+        .filter_map(|c| match c {
+            Change::Sysctl { key, new, .. } => Some((key.knob(), new.as_str())),
+            _ => None,
+        })
+        .collect();
+    let ifname = sysctl_of(&batch[0]).expect("a sysctl batch");
+    match sysctl::write(nl, ifname, &knobs).await {
+        Ok(()) => batch.iter().map(|_| Ok(())).collect(),
+        Err(e) => {
+            let e = format!("{e:#}");
+            batch.iter().map(|_| Err(anyhow::anyhow!("{e}"))).collect()
+        }
+    }
 }
 
 /// Applies `changes` in order; on the first failure undoes what it did and says what failed.

@@ -47,6 +47,7 @@ pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
             ours: Vec::new(),
             meta: None,
             forwarding: Forwarding::default(),
+            ipv4_conf: netlink::decode_ipv4_conf(&link.attributes),
         };
         for attr in &link.attributes {
             match attr {

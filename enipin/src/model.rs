@@ -167,6 +167,19 @@ pub(crate) struct Interface {
     /// Which families it forwards (the link's `IFLA_INET_CONF` / `IFLA_INET6_CONF`).
     #[serde(default)]
     pub forwarding: Forwarding,
+    /// The knobs of its IPv4 devconf enipin sets (`None`: no IPv4 on the device). Every
+    /// discovery reads them anew.
+    #[serde(skip)]
+    pub ipv4_conf: Option<Ipv4Conf>,
+}
+
+/// The values of `net.ipv4.conf.<name>.{rp_filter,arp_ignore,arp_announce}`, as the link's IPv4
+/// devconf (`IFLA_INET_CONF`) has them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Ipv4Conf {
+    pub rp_filter: i32,
+    pub arp_ignore: i32,
+    pub arp_announce: i32,
 }
 
 /// Which families an interface forwards (its per-family devconf `forwarding`):
@@ -253,6 +266,7 @@ impl Interface {
             ours: Vec::new(),
             meta: None,
             forwarding: Forwarding::default(),
+            ipv4_conf: Some(Ipv4Conf::default()),
         }
     }
 

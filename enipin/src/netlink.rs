@@ -1,14 +1,16 @@
-//! The one rtnetlink connection: dumps of links, addresses, routes and rules, and the add/delete
-//! of enipin's own rules, routes and addresses. Everything goes over netlink, nothing shells out to `ip`.
+//! The one rtnetlink connection: dumps of links, addresses, routes and rules, the add/delete
+//! of enipin's own rules, routes and addresses, and the links' sysctls ([`crate::sysctl`]); plus
+//! one blocking link request for a check outside the connection's tasks. Everything goes over
+//! netlink, nothing shells out to `ip`.
 
 use std::net::IpAddr;
 
 use anyhow::{Context as _, Result, anyhow};
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
-    AddressFamily,
+    AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressFlags, AddressMessage, AddressProtocol},
-    link::LinkMessage,
+    link::{AfSpecInet, AfSpecUnspec, LinkAttribute, LinkExtentMask, LinkMessage},
     route::{
         RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
         RouteType,
@@ -16,15 +18,20 @@ use netlink_packet_route::{
     rule::{RuleAction, RuleAttribute, RuleMessage},
     tc::TcMessage,
 };
-use rtnetlink::Handle;
+use rtnetlink::{
+    Handle,
+    packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
+    sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
+};
 
 use crate::{
     address::Address,
-    model::{Cidr, RTPROT_ENIPIN},
+    model::{Cidr, Ipv4Conf, RTPROT_ENIPIN},
     route::{Fwmark, InstalledRoute, InstalledRule, Route, Rule},
 };
 
 const EPERM: i32 = 1;
+const ENODEV: i32 = 19;
 
 /// Turns a netlink error into one that says what failed and, for EPERM, what to do.
 fn nl_error(e: rtnetlink::Error, what: &str) -> anyhow::Error {
@@ -117,6 +124,22 @@ impl Netlink {
             .map_err(|e| nl_error(e, "dumping TC filters"))
     }
 
+    /// Changes `attributes` of the link named `name` (`RTM_SETLINK` by name), nothing else.
+    pub(crate) async fn set_link(&self, name: &str, attributes: Vec<LinkAttribute>) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        m.attributes.extend(attributes);
+        self.handle
+            .link()
+            .set(m)
+            .execute()
+            .await
+            .map_err(|e| match &e {
+                rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == ENODEV => gone(name),
+                _ => nl_error(e, &format!("changing link {name}")),
+            })
+    }
+
     /// Adds `a` with enipin's protocol, `noprefixroute` (and `nodad` for IPv6).
     pub(crate) async fn add_address(&self, a: &Address) -> Result<()> {
         let mut req = self
@@ -190,6 +213,61 @@ impl Netlink {
             .await
             .map_err(|e| nl_error(e, &format!("deleting route `{}`", route.ip_args())))
     }
+}
+
+/// ENODEV: the interface went (or was renamed) since enipin looked.
+fn gone(name: &str) -> anyhow::Error {
+    anyhow!(
+        "no interface is named {name} any more (ENODEV): it was removed or renamed since enipin \
+         looked; run the command again (watch reconciles by itself)"
+    )
+}
+
+/// The link named `name`, from one blocking `RTM_GETLINK` on a socket of its own (in the namespace
+/// of the calling thread, as the connection is), statistics left out.
+pub(crate) fn link_blocking(name: &str) -> Result<LinkMessage> {
+    let what = || format!("asking the kernel for link {name}");
+    let mut sock = Socket::new(NETLINK_ROUTE).with_context(what)?;
+    sock.bind_auto().with_context(what)?;
+    sock.connect(&SocketAddr::new(0, 0)).with_context(what)?;
+    let mut m = LinkMessage::default();
+    m.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    m.attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetLink(m));
+    req.header.flags = NLM_F_REQUEST;
+    req.finalize();
+    let mut buf = vec![0; req.header.length as usize];
+    req.serialize(&mut buf);
+    sock.send(&buf, 0).with_context(what)?;
+    // The kernel answers a request for one link before `send` returns: this never waits.
+    let (reply, _) = sock.recv_from_full().with_context(what)?;
+    let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply).with_context(what)?;
+    match reply.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => Ok(link),
+        NetlinkPayload::Error(e) if e.raw_code().abs() == ENODEV => Err(gone(name)),
+        NetlinkPayload::Error(e) => Err(anyhow!("{}: {}", what(), e.to_io())),
+        other => Err(anyhow!("{}: unexpected reply {other:?}", what())),
+    }
+}
+
+/// The knobs enipin sets of a link's IPv4 devconf (`IFLA_AF_SPEC` / `AF_INET` /
+/// `IFLA_INET_CONF`). `None`: the device has no IPv4 configuration.
+pub(crate) fn decode_ipv4_conf(attributes: &[LinkAttribute]) -> Option<Ipv4Conf> {
+    attributes.iter().find_map(|a| match a {
+        LinkAttribute::AfSpecUnspec(specs) => specs.iter().find_map(|s| match s {
+            AfSpecUnspec::Inet(inet) => inet.iter().find_map(|i| match i {
+                AfSpecInet::DevConf(c) => Some(Ipv4Conf {
+                    rp_filter: c.rp_filter,
+                    arp_ignore: c.arp_ignore,
+                    arp_announce: c.arp_announce,
+                }),
+                _ => None,
+            }),
+            _ => None,
+        }),
+        _ => None,
+    })
 }
 
 fn family(addr: &IpAddr) -> AddressFamily {

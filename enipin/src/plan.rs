@@ -85,7 +85,8 @@ impl Change {
         }
     }
 
-    /// A netlink request (batched); the others (sysctls, nft) run alone, in order.
+    /// A netlink request batched with others in flight; the others run alone, in order (an
+    /// interface's sysctls together, in one netlink request; the nft table).
     pub(crate) fn is_netlink(&self) -> bool {
         !matches!(self, Change::Sysctl { .. } | Change::Connmark { .. })
     }

@@ -417,6 +417,7 @@ mod tests {
             ours: Vec::new(),
             meta: None,
             forwarding: m.forwarding,
+            ipv4_conf: None,
         }
     }
 

@@ -136,12 +136,12 @@ fn removals(s: &Snapshot, st: Option<&state::State>) -> Vec<Change> {
         let Some(iface) = saved.find(&s.discovery.interfaces) else {
             continue;
         };
-        let Ok(key) = sysctl::Key::new(&iface.name, saved.knob) else {
+        let (Ok(key), Some(conf)) = (sysctl::Key::new(&iface.name, saved.knob), iface.ipv4_conf)
+        else {
             continue;
         };
-        if let Ok(now) = sysctl::read(&key)
-            && now != saved.old
-        {
+        let now = saved.knob.of(&conf).to_string();
+        if now != saved.old {
             changes.push(Change::Sysctl {
                 key,
                 old: now,
