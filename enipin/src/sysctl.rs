@@ -170,14 +170,15 @@ fn devconf_now(ifname: &str) -> Result<Ipv4Conf> {
     })
 }
 
-/// The value `key` has now (one link request).
-pub(crate) fn read(key: &Key) -> Result<String> {
-    Ok(key.knob.of(&devconf_now(&key.ifname)?).to_string())
-}
-
-/// [`wanted`] for `ifname` as it is now (one link request and a read of `all`).
-pub(crate) fn desired(ifname: &str) -> Result<Vec<(Key, String)>> {
-    wanted(ifname, &devconf_now(ifname)?, all_rp_filter()?)
+/// The knobs of `ifname` that differ now from what [`wanted`] says, as `key != want`: one link
+/// request and a read of `all` (watch's check runs it for every managed interface every 250 ms).
+pub(crate) fn drifted(ifname: &str) -> Result<Vec<String>> {
+    let now = devconf_now(ifname)?;
+    Ok(wanted(ifname, &now, all_rp_filter()?)?
+        .into_iter()
+        .filter(|(key, want)| key.knob.of(&now).to_string() != *want)
+        .map(|(key, want)| format!("{key} != {want}"))
+        .collect())
 }
 
 /// The values `ifname` should have, as (key, value), given its devconf `now` and

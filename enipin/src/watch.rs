@@ -105,7 +105,8 @@ impl Pacing {
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
             // Restored within a second (check + reconcile, about 50 ms); each check costs a few
-            // stats, a TCX query per managed interface and three sysctl reads per interface.
+            // stats, a TCX query per managed interface and one link request per interface (its
+            // sysctls) and a read of all/rp_filter.
             check: Duration::from_millis(250),
             metadata: Duration::from_secs(crate::config::DEFAULT_METADATA_INTERVAL),
         }
@@ -278,12 +279,7 @@ fn missing(cfg: &Config, paths: &Paths, managed: &[ManagedInterface]) -> Vec<Str
     }
     if cfg.rules && cfg.sysctls {
         for m in managed {
-            let want = sysctl::desired(&m.name).unwrap_or_default();
-            out.extend(
-                want.into_iter()
-                    .filter(|(key, v)| sysctl::read(key).is_ok_and(|now| now != *v))
-                    .map(|(key, v)| format!("{key} != {v}")),
-            );
+            out.extend(sysctl::drifted(&m.name).unwrap_or_default());
         }
     }
     out

@@ -21,7 +21,7 @@ const DIRS: [&str; 5] = [
     "/lib/sysctl.d",
 ];
 
-/// What enipin sets (see [`crate::sysctl::desired`]): loose rp_filter, per-interface ARP.
+/// What enipin sets (see [`crate::sysctl::wanted`]): loose rp_filter, per-interface ARP.
 fn wanted(knob: Knob) -> u32 {
     match knob {
         Knob::RpFilter => 2,
