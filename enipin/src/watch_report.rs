@@ -21,8 +21,9 @@ fn ifname(ifindex: u32) -> String {
     ebpf::ifname(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"))
 }
 
-/// The rules and routes the last reconcile removed, in enipin's diff format: the kernel
-/// announces each removal, and those announcements are not news.
+/// The rules and routes the last reconcile removed, in enipin's diff format, and the links whose
+/// sysctls it wrote (`link eth1`): the kernel announces each removal, and a sysctl written over
+/// netlink (`RTM_SETLINK`) as a changed link; those announcements are not news.
 #[derive(Debug, Default)]
 pub(crate) struct OwnRemovals(BTreeSet<String>);
 
@@ -30,11 +31,24 @@ impl OwnRemovals {
     /// Replaces the set with the removals in `changes` (an older one's echoes have arrived, or
     /// were lost: a stale entry must not hide someone else's later removal of the same object).
     pub(crate) fn expect(&mut self, changes: &[String]) {
+        let link = |c: &String| {
+            let key = c
+                .strip_prefix("~ sysctl net.ipv4.conf.")?
+                .split(':')
+                .next()?;
+            Some(format!("link {}", key.rsplit_once('.')?.0))
+        };
         self.0 = changes
             .iter()
             .filter(|c| c.starts_with("- rule") || c.starts_with("- route"))
             .cloned()
+            .chain(changes.iter().filter_map(link))
             .collect();
+    }
+
+    /// True, once, for the announcement of the link `name` changed by enipin's sysctl write.
+    fn take_link(&mut self, name: &str) -> bool {
+        self.0.remove(&format!("link {name}"))
     }
 
     /// True, once, for the announcement of a removal enipin made.
@@ -111,6 +125,9 @@ fn route(m: &RouteNetlinkMessage, own: &mut OwnRemovals) -> Option<(u8, String)>
                 netlink_packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
                 _ => None,
             });
+            if matches!(m, M::NewLink(_)) && name.as_deref().is_some_and(|n| own.take_link(n)) {
+                return None;
+            }
             (
                 0,
                 format!(
@@ -355,6 +372,34 @@ mod tests {
     /// Only a forwarding value other than the planned one, of a managed interface or of `all`,
     /// starts a reconcile: rp_filter (which enipin writes itself), `default`, another interface
     /// and a value already planned do not.
+    /// A sysctl written over netlink comes back as a changed link: once per link written, no
+    /// reason to reconcile; the next change of that link is one again.
+    #[test]
+    fn the_link_echo_of_enipins_own_sysctl_write_is_no_news() {
+        use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+        let link = |name: &str| {
+            let mut l = LinkMessage::default();
+            l.attributes.push(LinkAttribute::IfName(name.to_owned()));
+            NetlinkMessage::new(
+                NetlinkHeader::default(),
+                NetlinkPayload::InnerMessage(Event::Route(RouteNetlinkMessage::NewLink(l))),
+            )
+        };
+        let mut own = OwnRemovals::default();
+        own.expect(&[
+            "~ sysctl net.ipv4.conf.eth1.arp_ignore: 0 -> 1".to_owned(),
+            "~ sysctl net.ipv4.conf.eth1.arp_announce: 0 -> 2".to_owned(),
+            "~ sysctl net.ipv4.conf.eth0.100.rp_filter: 1 -> 2".to_owned(),
+        ]);
+        assert_eq!(describe(&link("eth1"), &mut own, &[]), None);
+        assert_eq!(describe(&link("eth0.100"), &mut own, &[]), None);
+        assert_eq!(
+            describe(&link("eth1"), &mut own, &[]),
+            Some((0, "link eth1 changed".to_owned()))
+        );
+        assert!(describe(&link("eth2"), &mut own, &[]).is_some());
+    }
+
     #[test]
     fn a_forwarding_change_of_a_managed_interface_is_a_reason_and_other_netconf_is_not() {
         let mut eth1 = ManagedInterface::fixture(3, "eth1", Vec::new());
