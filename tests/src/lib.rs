@@ -17,6 +17,7 @@ pub mod bed;
 pub mod bench;
 pub mod frames;
 pub mod http_client;
+pub mod run;
 pub mod test_run;
 
 use std::{

@@ -8,51 +8,23 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Duration,
 };
 
-use enipin_tests::{Enipin, TempDir, Topology, pins, unique};
+use enipin_tests::{
+    Enipin, TempDir, Topology, pins,
+    run::{artifact, eventually, ok, out, root},
+    unique,
+};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const MUSL: &str = "x86_64-unknown-linux-musl";
 const SECONDARY: &str = "198.18.0.11";
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `target/dist/<name>`, built by `cargo xtask dist`.
-fn artifact(name: &str) -> PathBuf {
-    let path = root().join("target/dist").join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo xtask dist` (`cargo xtask test` runs it first)",
-        path.display()
-    );
-    path
-}
-
+/// The musl tarball `cargo xtask dist` built.
 fn tarball() -> PathBuf {
     artifact(&format!("enipin-{VERSION}-{MUSL}.tar.gz"))
-}
-
-/// Runs `cmd`, panics with its output unless it succeeds, returns stdout.
-fn ok(cmd: &mut Command) -> String {
-    let out = out(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn out(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e} (`cargo xtask setup` installs it)"))
 }
 
 /// The static binary, unpacked from the tarball into `dir`.
@@ -325,14 +297,6 @@ fn capped(e: &Enipin, bin: &Path, caps: &[String], args: &[&str]) -> Command {
     cmd
 }
 
-fn eventually(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < deadline, "no {what} within {deadline:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn the_units_capability_set_is_enough_for_attach_and_watch_and_none_is_spare() {
     let caps = unit_capabilities();
@@ -363,15 +327,21 @@ fn the_units_capability_set_is_enough_for_attach_and_watch_and_none_is_spare() {
         .spawn()
         .expect("spawning enipin watch");
     let rules = || topo.host().ip(&["rule", "show"]).unwrap();
-    eventually("rules from watch", Duration::from_secs(5), || {
-        rules().contains(SECONDARY)
-    });
+    eventually(
+        "rules from watch",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || rules().contains(SECONDARY),
+    );
     topo.host()
         .ip(&["rule", "del", "from", SECONDARY, "pref", "20002"])
         .unwrap();
-    eventually("the deleted rule back", Duration::from_secs(5), || {
-        rules().matches(SECONDARY).count() == 2
-    });
+    eventually(
+        "the deleted rule back",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || rules().matches(SECONDARY).count() == 2,
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
     let done = watch.wait_with_output().unwrap();
@@ -459,6 +429,7 @@ fn image_runs_watch_under_podman_and_enforcement_outlives_the_container() {
     eventually(
         "an answer from the secondary",
         Duration::from_secs(20),
+        Duration::from_millis(100),
         || topo.peer().ping(SECONDARY, 1).unwrap(),
     );
     let pid = ok(podman().args(["inspect", "-f", "{{.State.Pid}}", &ctr.name]));

@@ -15,55 +15,21 @@
 use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use enipin_tests::{PinDir, TempDir, Topology, pins, unique};
+use enipin_tests::{
+    PinDir, TempDir, Topology, pins,
+    run::{artifact, eventually, ok, out},
+    unique,
+};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const SECONDARY: &str = "198.18.0.11";
 /// CAP_NET_ADMIN (12) and CAP_SYS_ADMIN (21): the unit's bounding and ambient set, as the
 /// kernel prints a capability mask in /proc/PID/status.
 const UNIT_CAPS: &str = "0000000000201000";
-
-fn deb() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/dist")
-        .join(format!("enipin_{VERSION}_amd64.deb"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo xtask dist` (`cargo xtask test` runs it first)",
-        path.display()
-    );
-    path
-}
-
-fn out(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e} (`cargo xtask setup` installs it)"))
-}
-
-/// Runs `cmd`, panics with its output unless it succeeds, returns stdout.
-fn ok(cmd: &mut Command) -> String {
-    let out = out(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn eventually(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < deadline, "no {what} within {deadline:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// The cgroup hierarchies nspawn puts the container in: on a hybrid layout (systemd's named v1
 /// hierarchy and the unified one beside the v1 controllers) both, on a pure v2 layout the one.
@@ -421,7 +387,11 @@ fn the_unit_under_systemd_pins_replies_signals_ready_and_its_stop_leaves_enforce
         !topo.peer().ping(SECONDARY, 2).unwrap(),
         "secondary answers before enipin"
     );
-    let mut m = Machine::boot(topo.host().name(), &deb(), bpffs.mount());
+    let mut m = Machine::boot(
+        topo.host().name(),
+        &artifact(&format!("enipin_{VERSION}_amd64.deb")),
+        bpffs.mount(),
+    );
 
     // As an operator would (the package enables nothing itself). Type=notify: the unit stays
     // "activating" until enipin sends READY=1.
@@ -452,6 +422,7 @@ fn the_unit_under_systemd_pins_replies_signals_ready_and_its_stop_leaves_enforce
     eventually(
         "an answer from the secondary",
         Duration::from_secs(20),
+        Duration::from_millis(200),
         || topo.peer().ping(SECONDARY, 1).unwrap(),
     );
 
