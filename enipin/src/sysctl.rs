@@ -3,12 +3,11 @@
 //! /proc/sys/net/ipv4/conf/<if> shows) and written over rtnetlink, one `RTM_SETLINK` per interface
 //! carrying only its knobs (the kernel's `inet_set_link_af`), in the network namespace of the
 //! calling thread. Netlink rather than /proc/sys for least privilege: CAP_NET_ADMIN suffices, and
-//! /proc/sys may stay read-only (as in an unprivileged Kubernetes container, or under systemd's
-//! `ProtectKernelTunables=yes`).
+//! /proc/sys may stay read-only (as in an unprivileged Kubernetes container).
 //!
 //! What the kernel announces differs from a write under /proc/sys: no `RTM_NEWNETCONF` for
 //! `rp_filter`, but the link's `RTM_NEWLINK` (as for any `RTM_SETLINK` that changes it), which
-//! makes watch reconcile once more and find nothing to do.
+//! watch takes as the echo of its own write ([`crate::watch_report`]), not as news.
 //!
 //! A [`Key`] can only name one of the [`Knob`]s of one interface, and a value written is always an
 //! integer: whatever a state file says, enipin writes nowhere else and nothing else.
