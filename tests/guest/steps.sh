@@ -1,8 +1,10 @@
 #!/bin/sh
 # The kernel matrix's steps, run by tests/guest/init inside a QEMU guest (tests/tests/kernels.rs).
 # Each step prints its commands' output, then one line `STEP <name> PASS|FAIL (<seconds> s)`,
-# which the harness parses; the exit status is the number of failed steps. Everything runs in
-# the guest, on enipin's lab addresses (198.18.0.0/15, 2001:db8::/32). Every wait is bounded.
+# which the harness parses; the exit status is the number of failed steps. A step says why it
+# failed on `why: ` lines (the harness quotes them, and enipin's own `enipin: ` error lines).
+# Everything runs in the guest, on enipin's lab addresses (198.18.0.0/15, 2001:db8::/32). Every
+# wait is bounded.
 #
 # Steps: doctor; lab; lab-metadata; keep (a kept lab for the next two); watch (restores a
 # deleted rule and a removed link pin, then detach leaves nothing); chaos (attach killed at
@@ -12,6 +14,12 @@ failed=0
 OUT=/tmp/step.out
 
 now() { cut -d' ' -f1 /proc/uptime; }
+
+# why TEXT: the reason a step fails; returns 1.
+why() {
+	echo "why: $*"
+	return 1
+}
 
 # step NAME FUNCTION: runs FUNCTION and prints its verdict line.
 step() {
@@ -30,7 +38,7 @@ run() {
 
 # The last line of the last run is PASS (enipin lab's verdict).
 last_is_pass() {
-	[ "$(tail -n 1 "$OUT")" = PASS ] || { echo "last line is not PASS"; return 1; }
+	[ "$(tail -n 1 "$OUT")" = PASS ] || { why "the last line is not PASS"; return 1; }
 }
 
 # poll TRIES CMD...: runs CMD every 100 ms until it succeeds, at most TRIES times; the guest
@@ -62,10 +70,17 @@ lab() { run enipin lab && last_is_pass; }
 lab_metadata() { run enipin lab --metadata && last_is_pass; }
 
 # keep: `enipin lab --keep`, then the names it printed (namespaces, pin and state directories,
-# the bpffs mount) in HOST, VPC, PEER, PINS, STATE, MOUNT and the enipin command line in E.
+# the bpffs mount) in HOST, VPC, PEER, PINS, STATE, MOUNT and the enipin command line in E. A
+# lab that failed (its last attach, say) is kept too: watch, chaos and cleanup still run on it.
 keep() {
-	run enipin lab --keep || return 1
-	last_is_pass || return 1
+	run enipin lab --keep
+	code=$?
+	kept_names || { why "no kept lab's names in the lab's output"; return 1; }
+	[ "$code" = 0 ] || { why "enipin lab --keep exited $code"; return 1; }
+	last_is_pass
+}
+
+kept_names() {
 	HOST=$(sed -n 's/^lab: namespaces host=\([^ ]*\) vpc=.*/\1/p' "$OUT")
 	VPC=$(sed -n 's/^lab: namespaces .* vpc=\([^ ]*\) peer=.*/\1/p' "$OUT")
 	PEER=$(sed -n 's/^lab: namespaces .* peer=\([^ ]*\)$/\1/p' "$OUT")
@@ -93,9 +108,8 @@ residue() {
 nothing_left() {
 	left=$(residue 2>&1)
 	[ -z "$left" ] && return 0
-	echo "left behind:"
 	echo "$left"
-	return 1
+	why "left behind: $(echo "$left" | tr '\n' ';')"
 }
 
 # The pin of the TCX link (`link-IFINDEX`) or the netlink filter's record (`nl-IFINDEX-...`).
@@ -122,7 +136,7 @@ ended() { [ ! -e "/proc/$1" ] || [ "$(cut -d' ' -f3 "/proc/$1/stat")" = Z ]; }
 # and its first line is the sign it is ready); a deleted rule and a removed link pin come back;
 # SIGTERM stops it; detach leaves nothing.
 watch() {
-	[ -n "$E" ] || { echo "no kept lab"; return 1; }
+	[ -n "$E" ] || { why "no kept lab"; return 1; }
 	run $E detach || return 1
 	nothing_left || return 1
 	# --interval 1: a pin's removal sends no event, only the periodic reconcile sees it.
@@ -139,19 +153,19 @@ watch() {
 }
 
 watch_checks() {
-	poll 300 watch_started || { echo "no 'reconciled after start' in $waited s"; return 1; }
+	poll 300 watch_started || { why "no 'reconciled after start' in $waited s"; return 1; }
 	prio=$(ip -n "$HOST" rule show | grep ' proto 229' | head -n 1 | cut -d: -f1)
-	[ -n "$prio" ] || { echo "no rule of enipin's (protocol 229) to delete"; return 1; }
+	[ -n "$prio" ] || { why "no rule of enipin's (protocol 229) to delete"; return 1; }
 	echo "\$ ip -n $HOST rule del priority $prio protocol 229"
 	ip -n "$HOST" rule del priority "$prio" protocol 229 || return 1
-	poll 100 has_rule "$prio" || { echo "rule $prio not back in $waited s"; return 1; }
+	poll 100 has_rule "$prio" || { why "rule $prio not back in $waited s"; return 1; }
 	echo "rule $prio is back after $waited s"
 	pin=$(link_pin)
 	[ -n "$pin" ] || { echo "no link pin in $PINS: $(ls "$PINS")"; return 1; }
 	ifindex=$(echo "$pin" | cut -d- -f2)
 	echo "\$ rm $PINS/$pin"
 	rm "$PINS/$pin" || return 1
-	poll 100 has_link_pin "$ifindex" || { echo "no pin for ifindex $ifindex in $waited s"; return 1; }
+	poll 100 has_link_pin "$ifindex" || { why "no pin for ifindex $ifindex in $waited s"; return 1; }
 	echo "pin for ifindex $ifindex is back after $waited s: $(link_pin)"
 }
 
@@ -159,8 +173,8 @@ watch_checks() {
 # whole attach took 0.5-1 s in a 6.12 guest); after each, attach succeeds and detach leaves
 # nothing. Each round says what the killed attach had installed, to show where the kill landed.
 chaos() {
-	[ -n "$E" ] || { echo "no kept lab"; return 1; }
-	nothing_left || { echo "not clean before the first round"; return 1; }
+	[ -n "$E" ] || { why "no kept lab"; return 1; }
+	nothing_left || { why "not clean before the first round"; return 1; }
 	ok=0
 	for ms in 5 20 50 150 300 500; do
 		$E attach >/tmp/killed.out 2>&1 &
@@ -171,8 +185,8 @@ chaos() {
 		echo "attach SIGKILLed after $ms ms (exit status $?); its output:"
 		cat /tmp/killed.out
 		echo "installed when killed: $(residue 2>/dev/null | wc -l) rules, routes, pins and qdiscs"
-		run $E attach || { echo "attach after the kill at $ms ms failed"; ok=1; }
-		run $E detach || { echo "detach after the kill at $ms ms failed"; ok=1; }
+		run $E attach || { why "attach after the kill at $ms ms failed"; ok=1; }
+		run $E detach || { why "detach after the kill at $ms ms failed"; ok=1; }
 		nothing_left || ok=1
 	done
 	return $ok
@@ -180,7 +194,7 @@ chaos() {
 
 # cleanup: what `enipin lab --keep` said to remove.
 cleanup() {
-	[ -n "$HOST" ] || { echo "no kept lab"; return 1; }
+	[ -n "$HOST" ] || { why "no kept lab"; return 1; }
 	ok=0
 	for ns in "$HOST" "$VPC" "$PEER"; do ip netns delete "$ns" || ok=1; done
 	umount "$MOUNT" && rmdir "$MOUNT" && rm -rf "$STATE" || ok=1

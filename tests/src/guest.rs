@@ -33,6 +33,8 @@ const HOST_TOOLS: &[&str] = &["ip", "tc", "nft", "ping", "sysctl", "kmod"];
 const KMOD_NAMES: &[&str] = &["modprobe", "insmod", "rmmod", "lsmod", "depmod", "modinfo"];
 /// The line /init prints after the steps, with their exit status.
 const MARKER: &str = "ENIPIN-GUEST-EXIT ";
+/// Reasons quoted per failed step in the summary.
+const REASONS: usize = 4;
 
 /// One guest at a time: each takes a whole CPU for TCG, and CI has two for the whole suite.
 static ONE_GUEST: Mutex<()> = Mutex::new(());
@@ -82,6 +84,8 @@ pub struct Step {
     pub passed: bool,
     /// The rest of the line (the step's guest time).
     pub detail: String,
+    /// What the step printed about a failure (see `reason`), in order, without repeats.
+    pub reasons: Vec<String>,
 }
 
 /// What a guest printed and how it ended.
@@ -113,11 +117,15 @@ impl Outcome {
         let mut lines: Vec<String> = expected
             .iter()
             .map(|name| match self.steps.iter().find(|s| s.name == *name) {
-                Some(s) => format!(
-                    "  {name:14} {} {}",
-                    if s.passed { "PASS" } else { "FAIL" },
-                    s.detail
-                ),
+                Some(s) if s.passed => format!("  {name:14} PASS {}", s.detail),
+                Some(s) => {
+                    let mut text = format!("  {name:14} FAIL {}", s.detail);
+                    // The first few say what went wrong; the console has the rest.
+                    for r in s.reasons.iter().take(REASONS) {
+                        text.push_str(&format!("\n      {r}"));
+                    }
+                    text
+                }
                 None => format!("  {name:14} did not run"),
             })
             .collect();
@@ -180,9 +188,15 @@ pub fn run(kernel: &Kernel, limit: Duration) -> Outcome {
 fn parse(console: &str) -> (Vec<Step>, Option<i32>) {
     let mut steps = Vec::new();
     let mut exit = None;
+    let mut reasons: Vec<String> = Vec::new();
     for line in console.lines() {
         if let Some(at) = line.find(MARKER) {
             exit = line[at + MARKER.len()..].trim().parse().ok();
+        }
+        if let Some(reason) = reason(line)
+            && !reasons.iter().any(|r| *r == reason)
+        {
+            reasons.push(reason);
         }
         let Some(at) = line.find("STEP ") else {
             continue;
@@ -193,10 +207,25 @@ fn parse(console: &str) -> (Vec<Step>, Option<i32>) {
                 name: name.to_string(),
                 passed: verdict == "PASS",
                 detail: words.next().unwrap_or("").to_string(),
+                reasons: std::mem::take(&mut reasons),
             });
         }
     }
     (steps, exit)
+}
+
+/// A line that says why a step failed: the script's `why: ` lines, enipin's errors (`enipin: `)
+/// and the lab's failed rows (`[3] enipin attach: FAIL ...`), shortened to 300 characters.
+fn reason(line: &str) -> Option<String> {
+    let line = line.trim();
+    let lab_row = line.starts_with('[') && line.contains(']') && line.contains(": FAIL ");
+    if !(line.starts_with("why: ") || line.starts_with("enipin: ") || lab_row) {
+        return None;
+    }
+    Some(match line.char_indices().nth(300) {
+        Some((at, _)) => format!("{}...", &line[..at]),
+        None => line.to_string(),
+    })
 }
 
 /// A running QEMU, killed and reaped when dropped (a failing test leaves no guest behind).
@@ -397,12 +426,24 @@ mod tests {
 
     #[test]
     fn steps_and_marker_are_found_among_kernel_messages() {
-        let console = "guest: 6.1.0\n=== lab\nSTEP lab FAIL (12.0 s)\n\
+        let console = "guest: 6.1.0\n=== lab\nenipin: attach failed: EINVAL\n\
+                       [3] enipin attach: FAIL exit status: 1\n[3] peer -> x: ok replies\n\
+                       enipin: attach failed: EINVAL\nwhy: the last line is not PASS\n\
+                       STEP lab FAIL (12.0 s)\n\
                        [ 3.1] bridge: hello STEP watch PASS (1.0 s)\nENIPIN-GUEST-EXIT 1\n";
         let (steps, exit) = parse(console);
         assert_eq!(exit, Some(1));
         let got: Vec<(&str, bool)> = steps.iter().map(|s| (s.name.as_str(), s.passed)).collect();
         assert_eq!(got, [("lab", false), ("watch", true)]);
         assert_eq!(steps[0].detail, "(12.0 s)");
+        assert_eq!(
+            steps[0].reasons,
+            [
+                "enipin: attach failed: EINVAL",
+                "[3] enipin attach: FAIL exit status: 1",
+                "why: the last line is not PASS"
+            ]
+        );
+        assert!(steps[1].reasons.is_empty());
     }
 }
