@@ -18,7 +18,7 @@
 use std::{
     fs,
     io::Write as _,
-    os::unix::fs::symlink,
+    os::unix::{fs::symlink, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Mutex,
@@ -194,7 +194,7 @@ fn parse(console: &str) -> (Vec<Step>, Option<i32>) {
             exit = line[at + MARKER.len()..].trim().parse().ok();
         }
         if let Some(reason) = reason(line)
-            && !reasons.iter().any(|r| *r == reason)
+            && !reasons.contains(&reason)
         {
             reasons.push(reason);
         }
@@ -254,6 +254,17 @@ impl Guest {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("qemu's log"))
             .stderr(log);
+        // Drop kills QEMU when the test ends or panics; this, when the test process itself is
+        // killed (Ctrl-C, a CI timeout), which runs no Drop.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
                 "spawning qemu-system-x86_64: {e} (`cargo xtask setup` installs qemu-system-x86)"

@@ -18,7 +18,7 @@ usage: cargo xtask <task>
   setup            install the eBPF toolchain, bpf-linker and the Debian packages (idempotent)
   lab [--keep]     build enipin and run the seed scenario in throwaway namespaces
   test             setup, dist, then the whole test suite (unit, eBPF test-run, namespaces,
-                   lab, the artifacts installed and run)
+                   lab, the artifacts installed and run, Debian's kernels in QEMU)
   dist             static binary tarball, .deb, .rpm and OCI image into target/dist/
   bench [--quick]  the benchmark: datapath cost, throughput ratios, control plane; writes bench/
 ";
