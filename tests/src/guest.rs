@@ -9,7 +9,7 @@
 //! `nft`, `ping`, `sysctl` and `kmod` with the shared libraries ldd names, the kernel's module tree
 //! (veth, bridge, nf_tables, cls_bpf load on demand through /sbin/modprobe), enipin, and the
 //! scripts. Two newc archives concatenated: the small one built per run in a temporary
-//! directory, the module tree (72-100 MB) straight from `.tools/kernels/`.
+//! directory, the module tree (36-105 MB) straight from `.tools/kernels/`.
 //!
 //! Why TCG: /dev/kvm on the test machine is PVM, under which Debian's kernels crash or crawl; one
 //! TCG thread, since multi-threaded TCG crashed a guest in `text_poke`. Nothing timed in a guest
@@ -36,7 +36,8 @@ const MARKER: &str = "ENIPIN-GUEST-EXIT ";
 /// Reasons quoted per failed step in the summary.
 const REASONS: usize = 4;
 
-/// One guest at a time: each takes a whole CPU for TCG, and CI has two for the whole suite.
+/// One guest at a time: each keeps a CPU busy (one TCG thread) and CI has two; the lab's pings
+/// wait one second for a reply, which guests starving each other can miss.
 static ONE_GUEST: Mutex<()> = Mutex::new(());
 
 /// A kernel fetched by `cargo xtask setup`.
