@@ -17,7 +17,10 @@ use enipin_ebpf::PROGRAM;
 use crate::config::{Config, Paths};
 
 use super::{
-    attach::{AttachKind, attach_one, attachments, ifname, remove_attachment, resolve},
+    attach::{
+        AttachKind, attach_one, attachments, ifname, remove_attachment, remove_stale_clsact,
+        resolve,
+    },
     contents::{MapWrites, State, installed, restore, write_maps},
     derived::TableSwap,
     owner::{claim, owner},
@@ -377,6 +380,7 @@ pub fn detach(paths: &Paths) -> Result<Vec<String>> {
         ));
     }
     if paths.pin_dir.exists() {
+        remove_stale_clsact(&paths.pin_dir)?;
         out.extend(remove_pins(&paths.pin_dir)?);
     }
     Ok(out)

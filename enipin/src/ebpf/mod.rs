@@ -14,6 +14,7 @@
 
 //!
 //! Modules, each depending only on those above it:
+//! - `features`: what the kernel offers the datapath (`bpf_check_mtu`), probed once;
 //! - `program`: the embedded object, loading it, this build's tag, the bpffs check;
 //! - `owner`: which network namespace a pin directory belongs to (`netns-<inode>`); another's
 //!   is refused;
@@ -34,6 +35,7 @@ mod attach;
 mod batch;
 mod contents;
 mod derived;
+mod features;
 mod held;
 mod observe;
 mod owner;
@@ -51,6 +53,7 @@ pub(crate) use attach::{have_tcx, ifname};
 pub use derived::OwnerTable;
 #[cfg(feature = "testing")]
 pub use derived::sync_derived;
+pub(crate) use features::have_check_mtu;
 pub(crate) use held::HeldLinks;
 #[cfg(test)]
 pub(crate) use observe::TableSummary;
