@@ -2,6 +2,7 @@
 //! enipin runs `setup` first, so the README's commands work on a fresh machine.
 
 mod dist;
+mod kernels;
 mod setup;
 
 use std::{

@@ -54,6 +54,12 @@ const PACKAGES: &[(&str, &str)] = &[
     // in tests/tests/prometheus.rs. One package ships both commands.
     ("promtool", "prometheus"),
     ("prometheus", "prometheus"),
+    // tests/tests/kernels.rs boots Debian's kernels under TCG with an initramfs of busybox, dash
+    // and the tools above; depmod indexes the fetched modules (see kernels.rs).
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("dash", "dash"),
+    ("depmod", "kmod"),
 ];
 /// The static binary's target (no libc on the host needed: the tarball, the packages, the image).
 pub(crate) const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
@@ -80,6 +86,7 @@ pub(crate) fn run() -> Result<()> {
     step("musl target", musl_target)?;
     step("cargo-deb and cargo-generate-rpm", cargo_tools)?;
     step("kubernetes-validate", kubernetes_validate)?;
+    step("kernels of the matrix", crate::kernels::fetch)?;
     eprintln!("setup: ready in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -1,0 +1,197 @@
+#!/bin/sh
+# The kernel matrix's steps, run by tests/guest/init inside a QEMU guest (tests/tests/kernels.rs).
+# Each step prints its commands' output, then one line `STEP <name> PASS|FAIL (<seconds> s)`,
+# which the harness parses; the exit status is the number of failed steps. Everything runs in
+# the guest, on enipin's lab addresses (198.18.0.0/15, 2001:db8::/32). Every wait is bounded.
+#
+# Steps: doctor; lab; lab-metadata; keep (a kept lab for the next two); watch (restores a
+# deleted rule and a removed link pin, then detach leaves nothing); chaos (attach killed at
+# several points, then attach and detach still work and leave nothing); cleanup.
+
+failed=0
+OUT=/tmp/step.out
+
+now() { cut -d' ' -f1 /proc/uptime; }
+
+# step NAME FUNCTION: runs FUNCTION and prints its verdict line.
+step() {
+	echo "=== $1"
+	t0=$(now)
+	if "$2"; then verdict=PASS; else verdict=FAIL; failed=$((failed + 1)); fi
+	echo "STEP $1 $verdict ($(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s)"
+}
+
+# run CMD...: CMD's output on the console and in $OUT; returns CMD's exit status.
+run() {
+	echo "\$ $*"
+	{ "$@" 2>&1; echo $? >/tmp/status; } | tee "$OUT"
+	return "$(cat /tmp/status)"
+}
+
+# The last line of the last run is PASS (enipin lab's verdict).
+last_is_pass() {
+	[ "$(tail -n 1 "$OUT")" = PASS ] || { echo "last line is not PASS"; return 1; }
+}
+
+# poll TRIES CMD...: runs CMD every 100 ms until it succeeds, at most TRIES times; the guest
+# seconds it waited in $waited. (Under TCG a try costs more than its 100 ms: 300 tries took 45 s.)
+poll() {
+	n=$1
+	shift
+	p0=$(now)
+	while [ "$n" -gt 0 ]; do
+		"$@" >/dev/null 2>&1 && break
+		usleep 100000
+		n=$((n - 1))
+	done
+	waited=$(awk -v a="$p0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
+	[ "$n" -gt 0 ]
+}
+
+# doctor: it exits with 0 (no conflict) or 1 (a conflict: the guest is no cloud host) and says
+# something; a panic (101) or a signal fails. Its findings are for the reader, not asserted yet.
+doctor() {
+	run enipin doctor
+	code=$?
+	echo "doctor exited $code"
+	[ -s "$OUT" ] && [ "$code" -le 1 ]
+}
+
+lab() { run enipin lab && last_is_pass; }
+
+lab_metadata() { run enipin lab --metadata && last_is_pass; }
+
+# keep: `enipin lab --keep`, then the names it printed (namespaces, pin and state directories,
+# the bpffs mount) in HOST, VPC, PEER, PINS, STATE, MOUNT and the enipin command line in E.
+keep() {
+	run enipin lab --keep || return 1
+	last_is_pass || return 1
+	HOST=$(sed -n 's/^lab: namespaces host=\([^ ]*\) vpc=.*/\1/p' "$OUT")
+	VPC=$(sed -n 's/^lab: namespaces .* vpc=\([^ ]*\) peer=.*/\1/p' "$OUT")
+	PEER=$(sed -n 's/^lab: namespaces .* peer=\([^ ]*\)$/\1/p' "$OUT")
+	PINS=$(sed -n 's/.* --pin-dir \([^ ]*\) --state-dir [^ ]* detach$/\1/p' "$OUT")
+	STATE=$(sed -n 's/.* --pin-dir [^ ]* --state-dir \([^ ]*\) detach$/\1/p' "$OUT")
+	MOUNT=$(sed -n 's/^ *umount \([^;]*\);.*/\1/p' "$OUT")
+	echo "kept: host=$HOST vpc=$VPC peer=$PEER pins=$PINS state=$STATE mount=$MOUNT"
+	E="enipin --netns $HOST --pin-dir $PINS --state-dir $STATE"
+	[ -n "$HOST" ] && [ -n "$VPC" ] && [ -n "$PEER" ] && [ -n "$PINS" ] && [ -n "$STATE" ] &&
+		[ -n "$MOUNT" ]
+}
+
+# Everything of enipin in the kept lab's host namespace: its rules and routes (protocol 229), its
+# pins, and a clsact qdisc (the lab's veths start without one: any is enipin's). Prints them.
+residue() {
+	for f in -4 -6; do
+		ip -n "$HOST" $f rule show | grep ' proto 229'
+		ip -n "$HOST" $f route show table all protocol 229
+	done
+	# detach removes the pin directory itself (its bpffs mount stays).
+	[ ! -d "$PINS" ] || find "$PINS" -mindepth 1
+	tc -n "$HOST" qdisc show | grep clsact
+}
+
+nothing_left() {
+	left=$(residue 2>&1)
+	[ -z "$left" ] && return 0
+	echo "left behind:"
+	echo "$left"
+	return 1
+}
+
+# The pin of the TCX link (`link-IFINDEX`) or the netlink filter's record (`nl-IFINDEX-...`).
+link_pin() { ls "$PINS" | grep -E '^(link|nl)-[0-9]+' | head -n 1; }
+
+# `ip rule show` takes no protocol selector (it lists every rule): grep enipin's.
+has_rule() { ip -n "$HOST" rule show priority "$1" | grep -q ' proto 229'; }
+
+# has_link_pin IFINDEX: a link or netlink record for that interface is pinned.
+has_link_pin() { ls "$PINS" | grep -qE "^(link-$1\$|nl-$1-)"; }
+
+watch_started() { grep -q 'reconciled after start' /tmp/watch.log; }
+
+# stop PID: SIGTERM, then up to 100 polls for it to end (SIGKILL after). A zombie has ended.
+stop() {
+	kill -TERM "$1" 2>/dev/null
+	poll 100 ended "$1" || { echo "still running $waited s after SIGTERM: SIGKILL"; kill -KILL "$1"; }
+	wait "$1"
+}
+
+ended() { [ ! -e "/proc/$1" ] || [ "$(cut -d' ' -f3 "/proc/$1/stat")" = Z ]; }
+
+# watch: it attaches the kept lab (detached first: a reconcile that changes nothing logs nothing,
+# and its first line is the sign it is ready); a deleted rule and a removed link pin come back;
+# SIGTERM stops it; detach leaves nothing.
+watch() {
+	[ -n "$E" ] || { echo "no kept lab"; return 1; }
+	run $E detach || return 1
+	nothing_left || return 1
+	# --interval 1: a pin's removal sends no event, only the periodic reconcile sees it.
+	$E watch --interval 1 --metrics-listen none >/tmp/watch.log 2>&1 &
+	wpid=$!
+	watch_checks
+	ok=$?
+	stop "$wpid"
+	echo "watch exited $?; its log:"
+	cat /tmp/watch.log
+	run $E detach || ok=1
+	nothing_left || ok=1
+	return $ok
+}
+
+watch_checks() {
+	poll 300 watch_started || { echo "no 'reconciled after start' in $waited s"; return 1; }
+	prio=$(ip -n "$HOST" rule show | grep ' proto 229' | head -n 1 | cut -d: -f1)
+	[ -n "$prio" ] || { echo "no rule of enipin's (protocol 229) to delete"; return 1; }
+	echo "\$ ip -n $HOST rule del priority $prio protocol 229"
+	ip -n "$HOST" rule del priority "$prio" protocol 229 || return 1
+	poll 100 has_rule "$prio" || { echo "rule $prio not back in $waited s"; return 1; }
+	echo "rule $prio is back after $waited s"
+	pin=$(link_pin)
+	[ -n "$pin" ] || { echo "no link pin in $PINS: $(ls "$PINS")"; return 1; }
+	ifindex=$(echo "$pin" | cut -d- -f2)
+	echo "\$ rm $PINS/$pin"
+	rm "$PINS/$pin" || return 1
+	poll 100 has_link_pin "$ifindex" || { echo "no pin for ifindex $ifindex in $waited s"; return 1; }
+	echo "pin for ifindex $ifindex is back after $waited s: $(link_pin)"
+}
+
+# chaos: `enipin attach` SIGKILLed after 5 to 500 ms (TCG's timing moves each point around; a
+# whole attach took 0.5-1 s in a 6.12 guest); after each, attach succeeds and detach leaves
+# nothing. Each round says what the killed attach had installed, to show where the kill landed.
+chaos() {
+	[ -n "$E" ] || { echo "no kept lab"; return 1; }
+	nothing_left || { echo "not clean before the first round"; return 1; }
+	ok=0
+	for ms in 5 20 50 150 300 500; do
+		$E attach >/tmp/killed.out 2>&1 &
+		pid=$!
+		usleep $((ms * 1000))
+		kill -KILL "$pid" 2>/dev/null
+		wait "$pid"
+		echo "attach SIGKILLed after $ms ms (exit status $?); its output:"
+		cat /tmp/killed.out
+		echo "installed when killed: $(residue 2>/dev/null | wc -l) rules, routes, pins and qdiscs"
+		run $E attach || { echo "attach after the kill at $ms ms failed"; ok=1; }
+		run $E detach || { echo "detach after the kill at $ms ms failed"; ok=1; }
+		nothing_left || ok=1
+	done
+	return $ok
+}
+
+# cleanup: what `enipin lab --keep` said to remove.
+cleanup() {
+	[ -n "$HOST" ] || { echo "no kept lab"; return 1; }
+	ok=0
+	for ns in "$HOST" "$VPC" "$PEER"; do ip netns delete "$ns" || ok=1; done
+	umount "$MOUNT" && rmdir "$MOUNT" && rm -rf "$STATE" || ok=1
+	return $ok
+}
+
+step doctor doctor
+step lab lab
+step lab-metadata lab_metadata
+step keep keep
+step watch watch
+step chaos chaos
+step cleanup cleanup
+exit "$failed"

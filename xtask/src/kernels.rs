@@ -1,0 +1,327 @@
+//! The kernels of the test suite's matrix (tests/tests/kernels.rs boots each one in QEMU):
+//! Debian's cloud kernels, fetched with a private apt configuration under `.tools/apt/` (the
+//! machine's own sources are never read nor changed) into `.tools/kernels/<line>/`:
+//!
+//! - `vmlinuz`;
+//! - `lib/modules/<release>/`, depmod'ed (Debian ships no modules.dep; without it nothing
+//!   autoloads veth, bridge, nf_tables or cls_bpf in the guest);
+//! - `package`: `<package> <version> <suite>`, written last: a line with it is complete.
+//!
+//! A line already fetched is not looked at again (a second setup costs no network); remove
+//! `.tools/kernels/` to fetch the newest again. A line that cannot be fetched fails setup: the
+//! matrix must not shrink silently.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::setup::tools_dir;
+
+/// One line of the matrix: the newest `METAPACKAGE` among `suites` whose version starts with
+/// `prefix`.
+struct Line {
+    /// The directory under `.tools/kernels/` and the test's name (`kernel_6_12`).
+    name: &'static str,
+    suites: &'static [&'static str],
+    prefix: &'static str,
+}
+
+/// Debian's cloud flavour (no 9p, no virtiofs, but everything the lab needs as modules). The
+/// metapackage depends on the one image package of its version (signed; it carries the same
+/// modules as the `-unsigned` one): see [`PrivateApt::image_packages`].
+const METAPACKAGE: &str = "linux-image-cloud-amd64";
+
+/// The matrix. Debian has no 6.6-6.8 cloud kernel in any suite (it went from 6.1 to 6.12; the
+/// releases in between exist only in backports as 6.16+), so the TCX line (>= 6.6) starts at 6.12.
+/// `newest`: trixie-backports and sid (7.3.4 and 7.2.13 when this was written). Experimental's
+/// release candidates are left out: an rc that fails would fail enipin's CI for the kernel's sake.
+const LINES: &[Line] = &[
+    Line {
+        name: "5.10",
+        suites: &["bullseye-security"],
+        prefix: "5.10.",
+    },
+    Line {
+        name: "6.1",
+        suites: &["bookworm-security"],
+        prefix: "6.1.",
+    },
+    Line {
+        name: "6.12",
+        suites: &["bookworm-backports", "trixie", "trixie-security"],
+        prefix: "6.12.",
+    },
+    Line {
+        name: "newest",
+        suites: &["trixie-backports", "sid"],
+        prefix: "",
+    },
+];
+
+/// The archive of each suite: the security suites have their own host.
+fn archive(suite: &str) -> &'static str {
+    if suite.ends_with("-security") {
+        "http://security.debian.org/debian-security"
+    } else {
+        "http://deb.debian.org/debian"
+    }
+}
+
+pub(crate) fn kernels_dir() -> PathBuf {
+    tools_dir().join("kernels")
+}
+
+/// The setup step: fetches every line not fetched yet.
+pub(crate) fn fetch() -> Result<()> {
+    let missing: Vec<&Line> = LINES
+        .iter()
+        .filter(|l| !kernels_dir().join(l.name).join("package").is_file())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let apt = PrivateApt::new()?;
+    apt.update()?;
+    for line in missing {
+        fetch_line(&apt, line).with_context(|| format!("kernel line {}", line.name))?;
+    }
+    Ok(())
+}
+
+fn fetch_line(apt: &PrivateApt, line: &Line) -> Result<()> {
+    let (suite, version, image) = newest(apt, line)?;
+    let packages = apt.image_packages(&image, &version)?;
+    eprintln!(
+        "setup: kernel {}: {} {version} from {suite}",
+        line.name,
+        packages.join(" ")
+    );
+    let dest = kernels_dir().join(line.name);
+    let work = kernels_dir().join(format!("{}.partial", line.name));
+    let _ = fs::remove_dir_all(&work);
+    let unpacked = work.join("deb");
+    fs::create_dir_all(&unpacked)?;
+    for deb in apt.download(&packages, &version, &work)? {
+        crate::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+        fs::remove_file(&deb)?;
+    }
+    let release = install_image(&unpacked, &work)?;
+    fs::remove_dir_all(&unpacked)?;
+    crate::run(Command::new("depmod").arg("-b").arg(&work).arg(&release))?;
+    fs::write(work.join("package"), format!("{image} {version} {suite}\n"))?;
+    let _ = fs::remove_dir_all(&dest);
+    fs::rename(&work, &dest).with_context(|| format!("moving {} in place", work.display()))
+}
+
+/// The newest metapackage of the line across its suites: (suite, version, image package).
+fn newest(apt: &PrivateApt, line: &Line) -> Result<(String, String, String)> {
+    let mut best: Option<(String, String, String)> = None;
+    for suite in line.suites {
+        let Some((version, image)) = apt.metapackage(suite)? else {
+            continue;
+        };
+        if !version.starts_with(line.prefix) {
+            continue;
+        }
+        let newer = match &best {
+            None => true,
+            Some((_, v, _)) => version_gt(&version, v)?,
+        };
+        if newer {
+            best = Some((suite.to_string(), version, image));
+        }
+    }
+    best.with_context(|| {
+        format!(
+            "no {METAPACKAGE} {}* in {}",
+            line.prefix,
+            line.suites.join(", ")
+        )
+    })
+}
+
+fn version_gt(a: &str, b: &str) -> Result<bool> {
+    Ok(Command::new("dpkg")
+        .args(["--compare-versions", a, "gt", b])
+        .status()
+        .context("running dpkg --compare-versions")?
+        .success())
+}
+
+/// Moves the kernel (`boot/vmlinuz-*`, or `<modules>/<release>/vmlinuz` in the split packages
+/// of 6.19 and later) and the module tree (`lib/modules`, or merged-/usr `usr/lib/modules`) of
+/// the unpacked packages into `work`; returns the kernel release.
+fn install_image(unpacked: &Path, work: &Path) -> Result<String> {
+    let modules = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|d| unpacked.join(d))
+        .find(|d| d.is_dir())
+        .context("the packages have no lib/modules")?;
+    let release = single_entry(&modules)?;
+    let tree = modules.join(&release);
+    let vmlinuz = [
+        unpacked.join("boot").join(format!("vmlinuz-{release}")),
+        tree.join("vmlinuz"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .with_context(|| format!("the packages have no vmlinuz for {release}"))?;
+    fs::rename(&vmlinuz, work.join("vmlinuz"))?;
+    fs::create_dir_all(work.join("lib/modules"))?;
+    fs::rename(&tree, work.join("lib/modules").join(&release))?;
+    Ok(release)
+}
+
+fn single_entry(dir: &Path) -> Result<String> {
+    let names: Vec<String> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    match names.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => bail!(
+            "expected one kernel release in {}: {names:?}",
+            dir.display()
+        ),
+    }
+}
+
+/// apt-get and apt-cache on a sources list, index and cache of their own under `.tools/apt/`.
+struct PrivateApt {
+    dir: PathBuf,
+}
+
+impl PrivateApt {
+    fn new() -> Result<Self> {
+        let dir = tools_dir().join("apt");
+        fs::create_dir_all(dir.join("lists/partial"))?;
+        fs::create_dir_all(dir.join("cache/archives/partial"))?;
+        let mut suites: Vec<&str> = LINES
+            .iter()
+            .flat_map(|l| l.suites.iter().copied())
+            .collect();
+        suites.sort();
+        suites.dedup();
+        // Packages indexes only: the machine's apt.conf.d may add DEP-11 and Contents targets,
+        // which would triple the download (60 MB instead of 20 for all suites, measured).
+        let list: String = suites
+            .iter()
+            .map(|s| format!("deb [arch=amd64 target=Packages] {} {s} main\n", archive(s)))
+            .collect();
+        fs::write(dir.join("sources.list"), list)?;
+        Ok(Self { dir })
+    }
+
+    /// The options that make apt use nothing of the machine's package state.
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        let d = |sub: &str| self.dir.join(sub).display().to_string();
+        for (key, value) in [
+            ("Dir::Etc::SourceList", d("sources.list")),
+            ("Dir::Etc::SourceParts", "/dev/null".into()),
+            ("Dir::Etc::Preferences", "/dev/null".into()),
+            ("Dir::Etc::PreferencesParts", "/dev/null".into()),
+            ("Dir::State::Lists", d("lists")),
+            ("Dir::State::status", "/dev/null".into()),
+            ("Dir::Cache", d("cache")),
+            // Root downloads into a directory _apt cannot write: say so once, not per file.
+            ("APT::Sandbox::User", "root".into()),
+        ] {
+            cmd.arg("-o").arg(format!("{key}={value}"));
+        }
+        cmd
+    }
+
+    fn update(&self) -> Result<()> {
+        eprintln!("setup: reading Debian's kernel indexes (private apt configuration)");
+        crate::run(self.command("apt-get").args(["-qq", "update"]))
+    }
+
+    /// `METAPACKAGE` in `suite`: (version, the image package it depends on); None if absent.
+    fn metapackage(&self, suite: &str) -> Result<Option<(String, String)>> {
+        let Some(fields) = self.show(&format!("{METAPACKAGE}/{suite}"))? else {
+            return Ok(None);
+        };
+        let version = field(&fields, "Version").context("no Version field")?;
+        let image = depends(&fields)
+            .into_iter()
+            .find(|d| d.starts_with("linux-image-"))
+            .context("the metapackage depends on no linux-image-*")?;
+        Ok(Some((version, image)))
+    }
+
+    /// The image package and the packages of the same kernel it depends on: up to 6.18 the image
+    /// holds everything; from 6.19 it is empty and depends on `linux-binary-<abi>` (vmlinuz),
+    /// `linux-modules-<abi>` and `linux-base-<abi>` (modules.order, modules.builtin).
+    fn image_packages(&self, image: &str, version: &str) -> Result<Vec<String>> {
+        let fields = self
+            .show(&format!("{image}={version}"))?
+            .with_context(|| format!("{image} {version} is not in the index"))?;
+        let abi = image.strip_prefix("linux-image-").unwrap_or(image);
+        let mut packages = vec![image.to_string()];
+        packages.extend(
+            depends(&fields)
+                .into_iter()
+                .filter(|d| d.starts_with("linux-") && d.ends_with(&format!("-{abi}"))),
+        );
+        Ok(packages)
+    }
+
+    /// `apt-cache show` of one version; None if apt knows no such package.
+    fn show(&self, what: &str) -> Result<Option<String>> {
+        let out = self
+            .command("apt-cache")
+            .args(["show", "--no-all-versions", what])
+            .output()
+            .context("running apt-cache")?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+    }
+
+    /// Downloads `package=version` of each package into `dir`; returns the .debs' paths.
+    fn download(&self, packages: &[String], version: &str, dir: &Path) -> Result<Vec<PathBuf>> {
+        let mut cmd = self.command("apt-get");
+        cmd.current_dir(dir).args(["-qq", "download"]);
+        for p in packages {
+            cmd.arg(format!("{p}={version}"));
+        }
+        crate::run(&mut cmd)?;
+        let debs: Vec<PathBuf> = fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+            .collect();
+        if debs.len() != packages.len() {
+            bail!(
+                "apt-get download left {} .debs for {packages:?}",
+                debs.len()
+            );
+        }
+        Ok(debs)
+    }
+}
+
+/// A field of one `apt-cache show` record.
+fn field(record: &str, name: &str) -> Option<String> {
+    record.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(|v| v.trim().to_string())
+    })
+}
+
+/// The package names of Depends, alternatives included ("a (= 1), b | c" gives a, b, c).
+fn depends(record: &str) -> Vec<String> {
+    field(record, "Depends")
+        .unwrap_or_default()
+        .split([',', '|'])
+        .filter_map(|d| d.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
