@@ -316,6 +316,25 @@ pub(crate) fn clsact_filters_blocking(ifindex: u32) -> Result<usize> {
     Ok(n)
 }
 
+/// Whether `ifindex`'s clsact egress hook holds the filter at `priority` with `handle`: a netlink
+/// attachment has no kernel object that outlives its removal (`tc filter del` by another tool
+/// leaves enipin's record behind), so this is how `watch` sees it gone.
+pub(crate) fn clsact_filter_exists(ifindex: u32, priority: u16, handle: u32) -> Result<bool> {
+    let hook = TcHandle {
+        major: TcHandle::CLSACT.major,
+        minor: TcHandle::MIN_EGRESS,
+    };
+    let msg = RouteNetlinkMessage::GetTrafficFilter(clsact_message(ifindex, hook));
+    let filters = request_blocking(msg, NLM_F_DUMP, "dumping the clsact egress filters")?;
+    Ok(filters.iter().any(|m| match m {
+        // tcm_info: the priority in its upper 16 bits, the protocol in the lower.
+        RouteNetlinkMessage::NewTrafficFilter(f) => {
+            (f.header.info >> 16) as u16 == priority && u32::from(f.header.handle) == handle
+        }
+        _ => false,
+    }))
+}
+
 /// Deletes `ifindex`'s clsact qdisc (and with it every filter it holds).
 pub(crate) fn del_clsact_blocking(ifindex: u32) -> Result<()> {
     let mut m = clsact_message(ifindex, TcHandle::CLSACT);

@@ -62,10 +62,20 @@ impl Attachment {
         }
     }
 
-    /// Whether it still runs on its interface: a TCX link goes defunct when its interface goes.
+    /// Whether it still runs on its interface: a TCX link goes defunct when its interface goes; a
+    /// netlink filter goes with its interface, or when another tool deletes it (`tc filter del`,
+    /// a qdisc replaced), which leaves only enipin's record. A dump that fails counts as alive:
+    /// nothing is replaced on a guess.
     pub(super) fn alive(&self, pin_dir: &Path) -> bool {
         match self.netlink {
-            Some(_) => ifname(self.ifindex).is_some(),
+            Some((prio, handle)) => {
+                ifname(self.ifindex).is_some()
+                    && crate::netlink::clsact_filter_exists(self.ifindex, prio, handle)
+                        .unwrap_or_else(|e| {
+                            log::debug!("{}: {e:#}", self.pin);
+                            true
+                        })
+            }
             None => link_alive(&pin_dir.join(&self.pin), self.ifindex),
         }
     }
