@@ -732,6 +732,7 @@ pub(crate) fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>,
                 metric: if v6 { V6_METRIC } else { 0 },
             });
         }
+        routes.extend(beside(managed, m, &subnets));
         for gw in [m.gateway_v4, m.gateway_v6].into_iter().flatten() {
             let v6 = gw.addr.is_ipv6();
             if !m.addrs.iter().any(|a| a.addr.is_ipv6() == v6) {
@@ -761,6 +762,43 @@ pub(crate) fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>,
     }
     rules.sort();
     (rules, routes)
+}
+
+/// The subnets of the other managed interfaces that `m` is not on, through `m`'s gateway, in
+/// `m`'s table. The main table's own route to such a subnet goes out of its ENI, and the rule at
+/// P+1 (`lookup main suppress_prefixlength 0`) would send `m`'s replies to it there, before the
+/// rule at P+2 reaches `m`'s default route: an ENI in a subnet of its own would answer a peer in
+/// the other ENI's subnet by that ENI.
+fn beside(managed: &[ManagedInterface], m: &ManagedInterface, own: &BTreeSet<Cidr>) -> Vec<Route> {
+    let mut seen = BTreeSet::new();
+    let others = managed
+        .iter()
+        .filter(|o| o.ifindex != m.ifindex)
+        .flat_map(|o| &o.addrs)
+        .filter(|a| a.prefix_len < a.host_len())
+        .map(Cidr::network);
+    let mut out = Vec::new();
+    for net in others {
+        let v6 = net.is_ipv6();
+        let gw = if v6 { m.gateway_v6 } else { m.gateway_v4 };
+        let Some(gw) = gw.filter(|_| !own.contains(&net) && seen.insert(net)) else {
+            continue;
+        };
+        if !m.addrs.iter().any(|a| a.is_ipv6() == v6) {
+            continue; // no source of this family on the interface
+        }
+        out.push(Route {
+            table: m.table,
+            dst: net,
+            gateway: Some(gw.addr),
+            oif: m.ifindex,
+            dev: m.name.clone(),
+            src: None,
+            scope_link: false,
+            metric: if v6 { V6_METRIC } else { 0 },
+        });
+    }
+    out
 }
 
 /// The two rules of one source (an address or a prefix): at P with `suppress_prefixlength 0`
@@ -971,6 +1009,40 @@ mod tests {
                 "198.18.0.0/24 dev eth3 scope link src 198.18.0.11 table 20003 proto 229",
                 "2001:db8::/64 dev eth3 src 2001:db8::11 table 20003 proto 229",
                 "default via 198.18.0.1 dev eth3 table 20003 proto 229",
+            ]
+        );
+    }
+
+    /// ENIs in subnets of their own: each table routes the other's subnet by its own gateway,
+    /// or the main table's subnet route (at P+1) would take the reply out of the other ENI.
+    #[test]
+    fn separate_subnets_route_each_other_by_their_own_gateway() {
+        let with_gw = |ix, addr: &str, gw: &str| ManagedInterface {
+            gateway_v4: Some(Gateway {
+                addr: gw.parse().unwrap(),
+                source: GatewaySource::SubnetFirstHost,
+            }),
+            ..eni(ix, &[addr, "198.18.0.99/32"])
+        };
+        let m = [
+            with_gw(2, "198.18.9.10/24", "198.18.9.1"),
+            with_gw(3, "198.18.10.11/24", "198.18.10.1"),
+            with_gw(4, "198.18.10.12/24", "198.18.10.1"),
+        ];
+        let (_, routes) = desired(&m, &Config::default());
+        let text: Vec<String> = routes.iter().map(Route::ip_args).collect();
+        assert_eq!(
+            text,
+            [
+                "198.18.9.0/24 dev eth2 scope link src 198.18.9.10 table 20002 proto 229",
+                "198.18.10.0/24 via 198.18.9.1 dev eth2 table 20002 proto 229",
+                "default via 198.18.9.1 dev eth2 table 20002 proto 229",
+                "198.18.10.0/24 dev eth3 scope link src 198.18.10.11 table 20003 proto 229",
+                "198.18.9.0/24 via 198.18.10.1 dev eth3 table 20003 proto 229",
+                "default via 198.18.10.1 dev eth3 table 20003 proto 229",
+                "198.18.10.0/24 dev eth4 scope link src 198.18.10.12 table 20004 proto 229",
+                "198.18.9.0/24 via 198.18.10.1 dev eth4 table 20004 proto 229",
+                "default via 198.18.10.1 dev eth4 table 20004 proto 229",
             ]
         );
     }
