@@ -622,7 +622,7 @@ fn prefixes(cfg: &Config, i: &Interface) -> Vec<Cidr> {
 }
 
 /// `i`'s gateway in one family: `--gateway` when it is on one of `i`'s subnets (or an IPv6
-/// link-local router), else the main table's default route through `i`, else one through
+/// link-local router, or on no interface's subnet), else the main table's default route through `i`, else one through
 /// another interface whose gateway is on `i`'s subnet (ENIs sharing a subnet share its router),
 /// else (IPv4) the subnet's first host, which is the VPC's router. An ENI in a subnet of its own
 /// gets its own subnet's router, never another subnet's.
@@ -634,9 +634,17 @@ fn gateway(d: &Discovery, cfg: &Config, i: &Interface, v6: bool) -> Option<Gatew
     };
     let link_local = |g: &IpAddr| matches!(g, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80);
     let found = |addr, source| Some(Gateway { addr, source });
+    // A --gateway on no interface's subnet is the operator's word for every interface (a
+    // router reached by an on-link route of their own), as before subnets were told apart.
+    let on_none = |g: &IpAddr| {
+        !d.interfaces
+            .iter()
+            .flat_map(|p| &p.addrs)
+            .any(|a| a.is_ipv6() == g.is_ipv6() && a.prefix_len < a.host_len() && within(a, *g))
+    };
     if let Some(g) = cfg
         .gateway
-        .filter(|g| g.is_ipv6() == v6 && (on_link(g) || link_local(g)))
+        .filter(|g| g.is_ipv6() == v6 && (on_link(g) || link_local(g) || on_none(g)))
     {
         return found(g, GatewaySource::Configured);
     }
