@@ -54,7 +54,12 @@ doctor() {
 	run enipin doctor
 	code=$?
 	echo "doctor exited $code"
-	[ -s "$OUT" ] && [ "$code" -le 1 ]
+	[ -s "$OUT" ] && [ "$code" -le 1 ] || return 1
+	# Every kernel of the matrix runs the datapath: each of doctor's kernel checks answers `ok`
+	# and names the path taken (a probe that fails is a warning, a missing piece a conflict).
+	for check in bpffs attach redirect "mtu check" "owner tables" "next hop"; do
+		grep -q "^ok  *kernel $check: " "$OUT" || { echo "kernel $check is not ok"; return 1; }
+	done
 }
 
 lab() { run enipin lab && last_is_pass; }

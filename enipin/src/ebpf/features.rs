@@ -186,7 +186,20 @@ mod sys {
         btf_size: u32,
         btf_log_size: u32,
         btf_log_level: u32,
+        /// Zero, and explicit: the kernel refuses (EINVAL) an attribute whose bytes past the
+        /// fields it knows are not zero, and newer kernels know fields here (`btf_log_true_size`,
+        /// 6.4). Left as implicit padding it held whatever the stack did: 5.10 refused the probe
+        /// in a debug build.
+        _zero: u32,
     }
+    // Every attribute is its fields' sizes, no implicit padding (see `BtfLoad::_zero`).
+    const _: () = {
+        assert!(size_of::<MapCreate>() == 11 * 4 + 16);
+        assert!(size_of::<BtfLoad>() == 2 * 8 + 4 * 4);
+        assert!(size_of::<MapUpdate>() == 2 * 4 + 3 * 8);
+        assert!(size_of::<ProgLoad>() == 4 * 4 + 3 * 8);
+        assert!(size_of::<TestRun>() == 6 * 4 + 2 * 8);
+    };
 
     #[repr(C)]
     #[derive(Default)]
