@@ -49,6 +49,9 @@ pub mod maps {
 
 /// The classifier's function name in the object.
 pub const PROGRAM: &str = "enipin_egress";
+/// The program's read-only global that says whether the kernel has `bpf_check_mtu` (5.12+), set
+/// by user space at load time from a probe: without it the program checks the owner's MTU itself.
+pub const HAVE_CHECK_MTU: &str = "ENIPIN_HAVE_CHECK_MTU";
 /// A pass-everything classifier in the same object, for tests (never attached by enipin).
 pub const NOOP_PROGRAM: &str = "enipin_noop";
 
@@ -117,6 +120,22 @@ impl<const N: usize, const K: usize> Default for Bucket<N, K> {
         }
     }
 }
+
+/// A bucket as the owner tables' BTF declares it: [`BucketV4`]'s bytes as plain words, not a
+/// struct. Kernels 5.15 to 6.1 swap an inner map in only if its BTF agrees with the template's
+/// (`bpf_map_meta_equal` compares `timer_off`: -ENOENT for a struct value without a timer,
+/// -EINVAL for any other value type or no BTF), and the tables user space creates have no BTF:
+/// with a struct value type, every swap failed there with EINVAL (6.1.192 in QEMU). 6.2 dropped
+/// the check; 5.10 never had it. The program reads a bucket through a cast.
+pub type BucketWordsV4 = [u64; core::mem::size_of::<BucketV4>() / 8];
+/// [`BucketV6`] as plain words, as [`BucketWordsV4`].
+pub type BucketWordsV6 = [u64; core::mem::size_of::<BucketV6>() / 8];
+const _: () = {
+    use core::mem::{align_of, size_of};
+    assert!(size_of::<BucketWordsV4>() == size_of::<BucketV4>());
+    assert!(size_of::<BucketWordsV6>() == size_of::<BucketV6>());
+    assert!(align_of::<BucketV4>() == 8 && align_of::<BucketWordsV4>() == 8);
+};
 
 /// A bucket of `maps::TABLE_V4`'s tables.
 pub type BucketV4 = Bucket<4, BUCKET_V4>;
@@ -201,8 +220,9 @@ const _: () = {
 pub struct Owner {
     /// Owner's ifindex: misrouted packets are redirected there.
     pub ifindex: u32,
-    /// Owner's MTU (L3) when enipin attached, for user space and logs. A redirect skips the
-    /// stack's MTU check, so the program checks the owner's live MTU with `bpf_check_mtu`.
+    /// Owner's MTU (L3) as of the last reconcile. A redirect skips the stack's MTU check, so the
+    /// program checks the owner's live MTU with `bpf_check_mtu`, or, on a kernel without the
+    /// helper (< 5.12), the packet's length against this.
     pub mtu: u32,
 }
 

@@ -32,9 +32,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use enipin_ebpf::{
-    AddrLen, Bucket, Config, Counters, FAST_SLOTS, Local, LocalV4, LocalV6, MAX_INTERFACES,
-    MAX_OWNERS, MODE_ENFORCE, NEXT_HOP_V4, NEXT_HOP_V6, NextHop, Owner, PREFIXES_V4_PRESENT,
-    PREFIXES_V6_PRESENT, TABLE_BUCKETS, bucket_index,
+    AddrLen, Bucket, BucketWordsV4, BucketWordsV6, Config, Counters, FAST_SLOTS, Local, LocalV4,
+    LocalV6, MAX_INTERFACES, MAX_OWNERS, MODE_ENFORCE, NEXT_HOP_V4, NEXT_HOP_V6, NextHop, Owner,
+    PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, TABLE_BUCKETS, bucket_index,
 };
 
 // Map names must equal `enipin_ebpf::maps::*` (the `#[map]` name is the symbol name).
@@ -54,17 +54,26 @@ static COUNTERS_FAST: PerCpuArray<Counters> = PerCpuArray::pinned(FAST_SLOTS, 0)
 static LOCAL_V4: Array<LocalV4> = Array::pinned(FAST_SLOTS, 0);
 #[map(name = "ENIPIN_LOC6")]
 static LOCAL_V6: Array<LocalV6> = Array::pinned(FAST_SLOTS, 0);
-/// An owner table: an array of buckets, swapped whole by user space (see `maps::TABLE_V4`).
-type Table<const N: usize, const K: usize> =
-    ArrayOfMaps<btf_maps::Array<Bucket<N, K>, { TABLE_BUCKETS as usize }>, 1>;
+/// An owner table: an array of buckets, swapped whole by user space (see `maps::TABLE_V4`). Its
+/// BTF value type is `W`, the bucket as plain words (`enipin_ebpf::BucketWordsV4`): see there why
+/// not the `Bucket` struct.
+type Table<W> = ArrayOfMaps<btf_maps::Array<W, { TABLE_BUCKETS as usize }>, 1>;
 #[btf_map(name = "ENIPIN_TAB4", pin_by_name)]
-static TABLE_V4: Table<4, { enipin_ebpf::BUCKET_V4 }> = ArrayOfMaps::new();
+static TABLE_V4: Table<BucketWordsV4> = ArrayOfMaps::new();
 #[btf_map(name = "ENIPIN_TAB6", pin_by_name)]
-static TABLE_V6: Table<16, { enipin_ebpf::BUCKET_V6 }> = ArrayOfMaps::new();
+static TABLE_V6: Table<BucketWordsV6> = ArrayOfMaps::new();
 #[map(name = "ENIPIN_CFG")]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
 #[map(name = "ENIPIN_NH")]
 static NEXT_HOPS: Array<NextHop> = Array::pinned(FAST_SLOTS, 0);
+
+/// Non-zero: the kernel has `bpf_check_mtu` (5.12+). User space sets it at load time from a probe
+/// (`EbpfLoader::override_global`, name in `enipin_ebpf::HAVE_CHECK_MTU`); it lives in `.rodata`,
+/// which aya freezes, so the verifier reads it as a constant and never visits the branch not
+/// taken: on 5.10 and 5.11 the call to the helper they lack is removed as dead code instead of
+/// refused (`invalid func unknown#163`), as libbpf-based tools guard optional helpers.
+#[unsafe(no_mangle)]
+static ENIPIN_HAVE_CHECK_MTU: u32 = 1;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -72,10 +81,13 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
+const ENODEV: i32 = 19;
 
 /// Which counter a packet bumps.
 #[derive(Clone, Copy)]
@@ -143,8 +155,14 @@ fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: u32, debug:
     // the wrong interface rather than drop it (fail open), and count it. The stack already
     // checked it against this interface's MTU, so it is only the owner's smaller MTU that fails.
     let mut mtu_len: u32 = 0;
-    // SAFETY: plain helper call on our context and a stack variable.
-    let rc = unsafe { bpf_check_mtu(ctx.as_ptr(), owner, &mut mtu_len, 0, 0) };
+    // SAFETY: a static of the object; volatile, so that the compiler keeps the load (its value is
+    // the one user space wrote before loading, not the initializer).
+    let rc = if unsafe { core::ptr::read_volatile(&ENIPIN_HAVE_CHECK_MTU) } != 0 {
+        // SAFETY: plain helper call on our context and a stack variable.
+        unsafe { bpf_check_mtu(ctx.as_ptr(), owner, &mut mtu_len, 0, 0) }
+    } else {
+        fits_owner_mtu(ctx, owner, &mut mtu_len)
+    };
     if rc != 0 {
         if rc > 0 {
             bump(counters, |c| c.mtu_exceeded += 1);
@@ -201,6 +219,123 @@ fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: u32, debug:
         aya_log_ebpf::warn!(ctx, "enipin: redirect to ifindex {} failed: {}", owner, rc);
     }
     TC_ACT_UNSPEC
+}
+
+/// `bpf_check_mtu`'s answer on a kernel without it (5.10, 5.11): 0 when the packet fits the MTU
+/// user space recorded for the owner of its source (`Owner::mtu`, kept current by every
+/// reconcile), 1 (too big, counted as `mtu_exceeded`) when it does not, or when it cannot be
+/// told. A GSO packet is checked by the size of the segments the owner will cut it into (its
+/// network and transport headers plus `gso_size`); one of another transport, or behind IPv6
+/// extension headers, is redirected unchecked, as the helper (flags 0) redirects every GSO packet.
+/// `mtu_len` gets the MTU compared against.
+#[inline(always)]
+fn fits_owner_mtu(ctx: &TcContext, owner: u32, mtu_len: &mut u32) -> i64 {
+    // bpf_check_mtu fails for an owner that is gone; bpf_redirect_neigh would not (it only
+    // records the target) and the stack would drop the packet when the redirect finds no device.
+    if !owner_exists(ctx, owner) {
+        return -(ENODEV as i64);
+    }
+    let Some(mtu) = owner_mtu(ctx) else {
+        return 1;
+    };
+    *mtu_len = mtu;
+    // SAFETY: the context of a classifier is an `__sk_buff`; gso_size is readable (5.7+).
+    let gso_size = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).gso_size };
+    let len = if gso_size == 0 {
+        ctx.len().saturating_sub(ETH_HLEN as u32)
+    } else {
+        match segment_headers(ctx) {
+            Some(headers) => headers + gso_size,
+            None => return 0,
+        }
+    };
+    i64::from(len > mtu)
+}
+
+/// Whether interface `owner` exists, asked of `bpf_fib_lookup` (4.18+), whose first step on
+/// either family is to find the device: -ENODEV when there is none. Whatever else it answers
+/// (forwarding off, no route) says the device is there.
+#[inline(always)]
+fn owner_exists(ctx: &TcContext, owner: u32) -> bool {
+    // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers).
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET as u8;
+    p.ifindex = owner;
+    let flags = BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_OUTPUT;
+    let size = core::mem::size_of::<bpf_fib_lookup>() as i32;
+    // SAFETY: our context and a stack value of the helper's parameter type, its size given.
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size, flags) };
+    rc != -(ENODEV as i64)
+}
+
+/// The MTU user space recorded for the owner of this packet's source (the exact owner map, then
+/// the delegated prefixes): `None` when there is none (0: not known).
+#[inline(always)]
+fn owner_mtu(ctx: &TcContext) -> Option<u32> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let l3 = data + ETH_HLEN;
+    if l3 + IPV4_MIN_HLEN > end {
+        return None;
+    }
+    // SAFETY: bounds checked just above.
+    let eth = unsafe { &*(data as *const [u8; ETH_HLEN]) };
+    let owner = if u16::from_be_bytes([eth[12], eth[13]]) == ETH_P_IP {
+        // SAFETY: the 20-byte header is in bounds (checked above).
+        let src = bytes::<4>((unsafe { packet_u32(l3 + 12) }, 0));
+        owner_of(&OWNERS_V4, &PREFIXES_V4, &src)?
+    } else {
+        if l3 + IPV6_HLEN > end {
+            return None;
+        }
+        // SAFETY: the 40-byte header is in bounds (checked above).
+        let src = bytes::<16>(unsafe { (packet_u64(l3 + 8), packet_u64(l3 + 16)) });
+        owner_of(&OWNERS_V6, &PREFIXES_V6, &src)?
+    };
+    (owner.mtu != 0).then_some(owner.mtu)
+}
+
+#[inline(always)]
+fn owner_of<const N: usize>(
+    exact: &HashMap<[u8; N], Owner>,
+    prefixes: &LpmTrie<[u8; N], Owner>,
+    src: &[u8; N],
+) -> Option<Owner> {
+    // SAFETY: values are plain data written whole by user space.
+    if let Some(owner) = unsafe { exact.get(src) } {
+        return Some(*owner);
+    }
+    prefixes.get(&Key::new(N as u32 * 8, *src)).copied()
+}
+
+/// The bytes of network and transport header each segment of a GSO packet carries: the IPv4
+/// header (with options) or the fixed IPv6 header, then TCP's (data offset) or UDP's 8 bytes.
+/// `None` for anything else.
+#[inline(always)]
+fn segment_headers(ctx: &TcContext) -> Option<u32> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let l3 = data + ETH_HLEN;
+    if l3 + IPV6_HLEN > end {
+        return None;
+    }
+    // SAFETY: bounds checked just above (40 bytes cover either family's fixed header).
+    let ip = unsafe { &*(l3 as *const [u8; IPV6_HLEN]) };
+    let (l3_len, proto) = match ip[0] >> 4 {
+        4 => ((ip[0] & 0x0f) as usize * 4, ip[9]),
+        6 => (IPV6_HLEN, ip[6]),
+        _ => return None,
+    };
+    let l4 = l3 + l3_len;
+    if l4 + 20 > end {
+        return None;
+    }
+    // SAFETY: bounds checked just above (a TCP header's fixed 20 bytes).
+    let tcp = unsafe { &*(l4 as *const [u8; 20]) };
+    let l4_len = match proto {
+        IPPROTO_TCP => (tcp[12] >> 4) as usize * 4,
+        IPPROTO_UDP => 8,
+        _ => return None,
+    };
+    Some((l3_len + l4_len) as u32)
 }
 
 /// A next hop the owner's table resolved: the frame's new Ethernet addresses, and the same hop
@@ -341,7 +476,7 @@ fn classify(ctx: &TcContext, ifindex: u32) -> Verdict {
         if local(&LOCAL_V4, ifindex, src) {
             return Verdict::OwnedHere;
         }
-        return lookup(
+        return lookup::<4, { enipin_ebpf::BUCKET_V4 }, _>(
             &TABLE_V4,
             &OWNERS_V4,
             &PREFIXES_V4,
@@ -379,7 +514,7 @@ fn classify(ctx: &TcContext, ifindex: u32) -> Verdict {
     if local(&LOCAL_V6, ifindex, src) {
         return Verdict::OwnedHere;
     }
-    lookup(
+    lookup::<16, { enipin_ebpf::BUCKET_V6 }, _>(
         &TABLE_V6,
         &OWNERS_V6,
         &PREFIXES_V6,
@@ -451,15 +586,19 @@ fn local<const N: usize, const K: usize>(
 /// the delegated prefixes (longest match). Before user space has filled the table (or if it is
 /// missing) the owner map answers alone.
 #[inline(always)]
-fn lookup<const N: usize, const K: usize>(
-    table: &Table<N, K>,
+fn lookup<const N: usize, const K: usize, W>(
+    table: &Table<W>,
     exact: &HashMap<[u8; N], Owner>,
     prefixes: &LpmTrie<[u8; N], Owner>,
     present: u32,
     w: (u64, u64),
 ) -> Verdict {
+    let () = const { assert!(core::mem::size_of::<W>() == core::mem::size_of::<Bucket<N, K>>()) };
     let spill = match table.get_value(0, &bucket_index(w)) {
-        Some(bucket) => {
+        Some(words) => {
+            // SAFETY: the same size (asserted above) and alignment (8: words of u64, asserted in
+            // lib.rs), and every byte pattern is a valid `Bucket` (plain integers).
+            let bucket = unsafe { &*(words as *const W as *const Bucket<N, K>) };
             let mut i = 0;
             while i < K {
                 if N == 16 {

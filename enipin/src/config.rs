@@ -92,8 +92,8 @@ pub struct Paths {
 /// and a later `detach` know what the last attach asked for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
-    /// Interfaces to manage, by name or MAC; empty: every Ethernet interface that is up and
-    /// shares a subnet with another one.
+    /// Interfaces to manage, by name or MAC; empty: every ENI a reply from which could leave by
+    /// another ENI ([`crate::verdict`]).
     pub interfaces: Vec<String>,
     /// Gateway override for every managed interface.
     pub gateway: Option<IpAddr>,

@@ -43,6 +43,7 @@ pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
             up: link.header.flags.contains(LinkFlags::Up),
             ethernet: link.header.link_layer_type == LinkLayerType::Ether,
             loopback: link.header.flags.contains(LinkFlags::Loopback),
+            master: None,
             addrs: Vec::new(),
             ours: Vec::new(),
             meta: None,
@@ -53,6 +54,7 @@ pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
             match attr {
                 LinkAttribute::IfName(n) => iface.name = n.clone(),
                 LinkAttribute::Mtu(m) => iface.mtu = *m,
+                LinkAttribute::Controller(m) => iface.master = Some(*m),
                 LinkAttribute::AfSpecUnspec(specs) => iface.forwarding = forwards(specs),
                 LinkAttribute::Address(a) if a.len() == 6 => {
                     iface.mac = <MacAddr>::try_from(a.as_slice()).expect("6 bytes")
@@ -178,4 +180,48 @@ fn forwards(specs: &[AfSpecUnspec]) -> Forwarding {
         }
     }
     f
+}
+
+#[cfg(test)]
+impl Discovery {
+    /// A test namespace: `interfaces`, and a main table as the kernel fills it: each up
+    /// interface's subnet routes (IPv4 metric 0, IPv6 256), then `defaults` (IPv4 metric 0, IPv6
+    /// 1024, in order: a later one of a family gets the next metric, as DHCP clients do).
+    pub(crate) fn fixture(interfaces: Vec<Interface>, defaults: Vec<(u32, IpAddr)>) -> Self {
+        use crate::route::Route;
+        let route = |oif: u32, dst: Cidr, gateway: Option<IpAddr>, metric: u32| InstalledRoute {
+            protocol: 2, // RTPROT_KERNEL
+            route: Route {
+                table: MAIN_TABLE,
+                dst,
+                gateway,
+                oif,
+                dev: format!("if{oif}"),
+                src: None,
+                scope_link: false,
+                metric,
+            },
+        };
+        let mut routes = Vec::new();
+        for i in interfaces.iter().filter(|i| i.up) {
+            for a in i.addrs.iter().filter(|a| a.prefix_len < a.host_len()) {
+                let metric = if a.is_ipv6() { 256 } else { 0 };
+                routes.push(route(i.ifindex, a.network(), None, metric));
+            }
+        }
+        for (n, (oif, gw)) in defaults.iter().enumerate() {
+            let base = if gw.is_ipv6() { 1024 } else { 0 };
+            let before = defaults[..n]
+                .iter()
+                .filter(|(_, g)| g.is_ipv6() == gw.is_ipv6());
+            let metric = base + before.count() as u32;
+            routes.push(route(*oif, Cidr::any(gw.is_ipv6()), Some(*gw), metric));
+        }
+        Self {
+            interfaces,
+            defaults,
+            rules: Vec::new(),
+            routes,
+        }
+    }
 }

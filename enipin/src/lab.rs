@@ -105,9 +105,38 @@ pub fn leftovers(report: &Report) -> Result<Vec<String>> {
     Ok(left)
 }
 
-/// `enipin lab [--keep] [--metadata]`: prints the steps as they run, then the table; the last line is PASS or
+/// Where the lab puts the secondary ENI (`enipin lab --subnets`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Subnets {
+    /// In the primary's subnet: the seed.
+    Shared,
+    /// In a subnet of its own (198.18.11.0/24, 2001:db8:b::/64) with its own default routes,
+    /// as DHCP gives each ENI on AL2023: its replies to the peer's subnet still leave by eth0.
+    Split,
+}
+
+impl Subnets {
+    /// The lab's network for this choice.
+    fn spec(self) -> Spec {
+        match self {
+            Subnets::Shared => Spec::default(),
+            Subnets::Split => Spec {
+                enis: vec![
+                    topology::EniSpec::nth(0),
+                    topology::EniSpec {
+                        default_route: true,
+                        ..topology::EniSpec::in_own_subnet(1)
+                    },
+                ],
+                ..Spec::default()
+            },
+        }
+    }
+}
+
+/// `enipin lab [--keep] [--metadata] [--subnets split]`: prints the steps as they run, then the table; the last line is PASS or
 /// FAIL. Ctrl-C (or SIGTERM) stops the scenario at the next poll and still removes everything.
-pub async fn run(keep: bool, metadata: bool) -> Result<ExitCode> {
+pub async fn run(keep: bool, metadata: bool, subnets: Subnets) -> Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
     if let Err(e) = preflight() {
         println!("lab: {e:#}\nFAIL");
@@ -117,7 +146,7 @@ pub async fn run(keep: bool, metadata: bool) -> Result<ExitCode> {
     let opts = Options {
         bin,
         keep,
-        spec: Spec::default(),
+        spec: subnets.spec(),
         metadata,
     };
     let started = std::time::Instant::now();

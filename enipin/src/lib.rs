@@ -54,6 +54,7 @@ pub mod testbed;
 #[cfg(not(feature = "testing"))]
 #[allow(unreachable_pub)] // its `pub` items are for enipin-tests
 mod testbed;
+mod verdict;
 pub mod watch;
 mod watch_events;
 mod watch_metrics;

@@ -48,12 +48,14 @@ struct Cli {
 /// one not given leaves the key to the file, then to the default.
 #[derive(clap::Args, Debug, Clone)]
 struct Selection {
-    /// Interfaces to manage, by name or MAC (comma-separated). Default: every Ethernet interface
-    /// that is up and shares a subnet with another one. [file: select.interfaces]
+    /// Interfaces to manage, by name or MAC (comma-separated), each with the ENIs its replies
+    /// could leave by. Default: every ENI a reply from which could leave by another ENI (main
+    /// table). [file: select.interfaces]
     #[arg(long, value_delimiter = ',')]
     interfaces: Option<Vec<String>>,
-    /// Gateway for every managed interface (default: the main table's default route through the
-    /// interface, else the subnet's first host). [file: select.gateway]
+    /// Gateway of the managed interfaces on its subnet, of every one if on none (default: the
+    /// main table's default route through the interface, else another interface's whose gateway
+    /// is on its subnet, else the subnet's first host). [file: select.gateway]
     #[arg(long)]
     gateway: Option<IpAddr>,
     /// First policy routing table number (default 20000). [file: select.table-base]
@@ -293,6 +295,10 @@ enum Command {
         /// server (IMDSv2, in the lab); `attach --metadata aws --configure-addresses` adds it.
         #[arg(long)]
         metadata: bool,
+        /// Where the secondary ENI is: in the primary's subnet (the seed), or in a subnet of its
+        /// own with a default route of its own (DHCP's on AL2023), the vpc routing between them.
+        #[arg(long, value_enum, default_value = "shared")]
+        subnets: enipin::lab::Subnets,
     },
     /// Shell completions on stdout (the packages install them).
     #[command(hide = true)]
@@ -459,7 +465,11 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
             s.entries.extend(globals);
             config_check(&s, json)?;
         }
-        Command::Lab { keep, metadata } => return enipin::lab::run(keep, metadata).await,
+        Command::Lab {
+            keep,
+            metadata,
+            subnets,
+        } => return enipin::lab::run(keep, metadata, subnets).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "enipin", &mut std::io::stdout());
         }

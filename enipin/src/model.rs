@@ -129,6 +129,9 @@ impl FromStr for Cidr {
 pub enum GatewaySource {
     /// The main table's default route through this interface.
     MainTable,
+    /// The main table's default route through another interface, whose gateway is on this
+    /// interface's subnet too (ENIs sharing a subnet share its router).
+    SameSubnet,
     /// The subnet's first host (network + 1), as in a VPC.
     SubnetFirstHost,
     /// `--gateway`.
@@ -154,6 +157,10 @@ pub(crate) struct Interface {
     pub ethernet: bool,
     /// The loopback (IFF_LOOPBACK): never managed, named or not.
     pub loopback: bool,
+    /// The ifindex of the device it is a port of (`IFLA_MASTER`: a bridge, bond or the NIC an
+    /// Azure VF is enslaved to): such a port is not an ENI of its own.
+    #[serde(default)]
+    pub master: Option<u32>,
     /// Primary and secondary IPv4, global IPv6: link-local and deprecated-tentative excluded.
     /// With metadata, also the addresses metadata lists that netlink lacks (host length).
     pub addrs: Vec<Cidr>,
@@ -262,6 +269,7 @@ impl Interface {
             up: true,
             ethernet: true,
             loopback: false,
+            master: None,
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             ours: Vec::new(),
             meta: None,

@@ -16,11 +16,11 @@ use netlink_packet_route::{
         RouteType,
     },
     rule::{RuleAction, RuleAttribute, RuleMessage},
-    tc::TcMessage,
+    tc::{TcAttribute, TcHandle, TcMessage},
 };
 use rtnetlink::{
     Handle,
-    packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
+    packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
     sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
 };
 
@@ -249,6 +249,102 @@ pub(crate) fn link_blocking(name: &str) -> Result<LinkMessage> {
         NetlinkPayload::Error(e) => Err(anyhow!("{}: {}", what(), e.to_io())),
         other => Err(anyhow!("{}: unexpected reply {other:?}", what())),
     }
+}
+
+/// Sends `msg` on a blocking socket of its own (in the namespace of the calling thread) and
+/// collects the answer: the messages of a dump (`NLM_F_DUMP`) up to its end, or the kernel's
+/// acknowledgement of a change (`NLM_F_ACK`). For the datapath's clsact qdisc, which aya's
+/// synchronous calls manage, outside the connection's tasks.
+fn request_blocking(
+    msg: RouteNetlinkMessage,
+    flags: u16,
+    what: &str,
+) -> Result<Vec<RouteNetlinkMessage>> {
+    let mut sock = Socket::new(NETLINK_ROUTE).context(what.to_owned())?;
+    sock.bind_auto().context(what.to_owned())?;
+    sock.connect(&SocketAddr::new(0, 0))
+        .context(what.to_owned())?;
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = NLM_F_REQUEST | flags;
+    req.finalize();
+    let mut buf = vec![0; req.header.length as usize];
+    req.serialize(&mut buf);
+    sock.send(&buf, 0).context(what.to_owned())?;
+    let mut out = Vec::new();
+    // Bounded: a dump of one interface's filters is a few datagrams; 1000 is far past any.
+    for _ in 0..1000 {
+        let (reply, _) = sock.recv_from_full().context(what.to_owned())?;
+        let mut rest = &reply[..];
+        while !rest.is_empty() {
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)
+                .context(what.to_owned())?;
+            let len = (m.header.length as usize)
+                .next_multiple_of(4)
+                .min(rest.len());
+            rest = &rest[len.max(1)..];
+            match m.payload {
+                NetlinkPayload::InnerMessage(inner) => out.push(inner),
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) if e.code.is_none() => return Ok(out),
+                NetlinkPayload::Error(e) => return Err(anyhow!("{what}: {}", e.to_io())),
+                _ => {}
+            }
+        }
+    }
+    Err(anyhow!("{what}: no end to the kernel's answer"))
+}
+
+/// A message addressing `ifindex`'s clsact qdisc (`parent`: the qdisc itself, or one of its hooks).
+fn clsact_message(ifindex: u32, parent: TcHandle) -> TcMessage {
+    let mut m = TcMessage::default();
+    m.header.index = ifindex as i32;
+    m.header.parent = parent;
+    m
+}
+
+/// How many TC filters `ifindex`'s clsact qdisc holds at its ingress and egress hooks together.
+pub(crate) fn clsact_filters_blocking(ifindex: u32) -> Result<usize> {
+    let mut n = 0;
+    for minor in [TcHandle::MIN_INGRESS, TcHandle::MIN_EGRESS] {
+        let hook = TcHandle {
+            major: TcHandle::CLSACT.major,
+            minor,
+        };
+        let msg = RouteNetlinkMessage::GetTrafficFilter(clsact_message(ifindex, hook));
+        n += request_blocking(msg, NLM_F_DUMP, "dumping the clsact filters")?.len();
+    }
+    Ok(n)
+}
+
+/// Whether `ifindex`'s clsact egress hook holds the filter at `priority` with `handle`: a netlink
+/// attachment has no kernel object that outlives its removal (`tc filter del` by another tool
+/// leaves enipin's record behind), so this is how `watch` sees it gone.
+pub(crate) fn clsact_filter_exists(ifindex: u32, priority: u16, handle: u32) -> Result<bool> {
+    let hook = TcHandle {
+        major: TcHandle::CLSACT.major,
+        minor: TcHandle::MIN_EGRESS,
+    };
+    let msg = RouteNetlinkMessage::GetTrafficFilter(clsact_message(ifindex, hook));
+    let filters = request_blocking(msg, NLM_F_DUMP, "dumping the clsact egress filters")?;
+    Ok(filters.iter().any(|m| match m {
+        // tcm_info: the priority in its upper 16 bits, the protocol in the lower.
+        RouteNetlinkMessage::NewTrafficFilter(f) => {
+            (f.header.info >> 16) as u16 == priority && u32::from(f.header.handle) == handle
+        }
+        _ => false,
+    }))
+}
+
+/// Deletes `ifindex`'s clsact qdisc (and with it every filter it holds).
+pub(crate) fn del_clsact_blocking(ifindex: u32) -> Result<()> {
+    let mut m = clsact_message(ifindex, TcHandle::CLSACT);
+    m.header.handle = TcHandle {
+        major: TcHandle::CLSACT.major,
+        minor: 0,
+    };
+    m.attributes.push(TcAttribute::Kind("clsact".into()));
+    let msg = RouteNetlinkMessage::DelQueueDiscipline(m);
+    request_blocking(msg, NLM_F_ACK, "deleting the clsact qdisc").map(drop)
 }
 
 /// The knobs enipin sets of a link's IPv4 devconf (`IFLA_AF_SPEC` / `AF_INET` /

@@ -31,6 +31,7 @@ use crate::{
     model::{Cidr, Gateway, GatewaySource, Interface, ManagedInterface, RTPROT_ENIPIN, fmt_mac},
     route::{Fwmark, MAIN_TABLE, Route, Rule, V6_METRIC},
     sysctl,
+    verdict::{self, Verdict, Why},
 };
 
 /// How a plan prints (`attach --format`).
@@ -195,11 +196,20 @@ pub(crate) enum Refusal {
         selector: String,
         name: String,
     },
-    /// Shares no subnet with another interface while other named ones do: its replies already
-    /// leave by it, and its program would only redirect onto the others.
+    /// The main table sends replies from each of its addresses out of it, and no managed
+    /// interface's replies leave by it, while other named ones need enipin: its program would
+    /// have nothing to do.
     Lonely {
         selector: String,
         name: String,
+    },
+    /// Its replies of a family leave by the main table's default route out of another
+    /// interface, and no gateway of its own is known to route them out of it.
+    NoGateway {
+        selector: String,
+        name: String,
+        v6: bool,
+        via: String,
     },
     /// A MAC several interfaces share (an Azure VF shares its NIC's), none or more than one of
     /// them carrying addresses: no way to tell which is meant.
@@ -219,6 +229,7 @@ impl Refusal {
             | Refusal::Loopback { selector, .. }
             | Refusal::NotEthernet { selector, .. }
             | Refusal::Lonely { selector, .. }
+            | Refusal::NoGateway { selector, .. }
             | Refusal::AmbiguousMac { selector, .. } => selector,
         }
     }
@@ -253,8 +264,22 @@ impl fmt::Display for Refusal {
             ),
             Refusal::Lonely { name, .. } => write!(
                 f,
-                "interface {name} shares no subnet with another interface: its replies already \
-                 leave by it; leave it out of --interfaces"
+                "interface {name}: the main table sends replies from each of its addresses out of \
+                 it, and no other managed interface's replies leave by it; leave it out of \
+                 --interfaces"
+            ),
+            Refusal::NoGateway { name, v6, via, .. } => write!(
+                f,
+                "interface {name} has no {} gateway enipin can know: its replies beyond its \
+                 subnet follow the main table's default route out of {via}, and {name} has no \
+                 default route of its own{}. Give its router with --gateway (an address on \
+                 {name}'s subnet), or add a default route through {name}",
+                if *v6 { "IPv6" } else { "IPv4" },
+                if *v6 {
+                    " (IPv6 has no first-host router: accept its router advertisements)"
+                } else {
+                    " and its subnet (a /31 or /32) no first host"
+                }
             ),
             Refusal::AmbiguousMac { selector, names } => write!(
                 f,
@@ -273,60 +298,122 @@ fn matches(iface: &Interface, sel: &str) -> bool {
     iface.name == sel || fmt_mac(&iface.mac).eq_ignore_ascii_case(sel)
 }
 
-/// The first step of a selection: the candidate interfaces, and the named ones refused.
+/// The first step of a selection: the candidate interfaces, the named ones refused, and why
+/// each interface is taken or left out.
 pub(crate) struct Chosen<'d> {
     pub interfaces: Vec<&'d Interface>,
     pub refused: Vec<Refusal>,
+    /// One per interface considered ([`verdict`]): what `attach` prints first.
+    pub verdicts: Vec<Verdict>,
 }
 
-/// Which interfaces: the named ones (refusing those missing, loopback, not Ethernet, down, without
-/// an address, or alone in their subnets while others are not), else every up Ethernet one with
-/// addresses.
+/// Which interfaces ([`verdict`]): without `--interfaces`, every candidate ENI a reply from
+/// which could leave by another one, and those it could leave by. With it, the named ones
+/// (refusing those missing, loopback, not Ethernet, down or without an address) whose replies
+/// could leave by another ENI, with those ENIs; a named one whose replies all leave by it and
+/// that carries no one else's is refused when others are managed (else there is nothing to do).
 pub(crate) fn choose<'d>(d: &'d Discovery, cfg: &Config) -> Chosen<'d> {
-    let mut chosen = Chosen {
-        interfaces: Vec::new(),
-        refused: Vec::new(),
-    };
     if cfg.interfaces.is_empty() {
-        chosen.interfaces.extend(
-            d.interfaces
-                .iter()
-                .filter(|i| i.ethernet && i.up && !i.addrs.is_empty()),
-        );
-        return chosen;
+        let verdicts = verdict::by_default(d, cfg);
+        let (interfaces, refused) = routable(d, cfg, taken(d, &verdicts), Vec::new());
+        return Chosen {
+            interfaces,
+            refused,
+            verdicts,
+        };
     }
+    let mut pool: Vec<&Interface> = Vec::new();
+    let mut refused = Vec::new();
     for sel in &cfg.interfaces {
         match named(d, sel) {
-            Ok(iface) => {
-                if !chosen.interfaces.iter().any(|c| c.ifindex == iface.ifindex) {
-                    chosen.interfaces.push(iface);
-                }
-            }
-            Err(r) => chosen.refused.push(r),
+            Ok(iface) if pool.iter().any(|c| c.ifindex == iface.ifindex) => {}
+            Ok(iface) => pool.push(iface),
+            Err(r) => refused.push(r),
         }
     }
-    // Alone in its subnet: refused when others are managed; when none shares a subnet, there is
-    // nothing to do at all (a selection, not an error).
-    if chosen.interfaces.iter().any(|i| shares_subnet(d, i)) {
-        let (keep, lonely): (Vec<_>, Vec<_>) = chosen
-            .interfaces
-            .into_iter()
-            .partition(|i| shares_subnet(d, i));
-        chosen.interfaces = keep;
-        chosen.refused.extend(lonely.into_iter().map(|i| {
-            let selector = cfg
-                .interfaces
-                .iter()
-                .find(|s| matches(i, s))
-                .cloned()
-                .unwrap_or_else(|| i.name.clone());
-            Refusal::Lonely {
-                selector,
-                name: i.name.clone(),
-            }
-        }));
+    let mut candidates: Vec<&Interface> = d
+        .interfaces
+        .iter()
+        .filter(|i| verdict::exclusion(d, cfg, i).is_none())
+        .collect();
+    for p in &pool {
+        if !candidates.iter().any(|c| c.ifindex == p.ifindex) {
+            candidates.push(p);
+        }
     }
-    chosen
+    let verdicts = verdict::judge(d, &pool, &candidates);
+    let (interfaces, mut refused) = routable(d, cfg, taken(d, &verdicts), refused);
+    if !interfaces.is_empty() {
+        refused.extend(
+            verdicts
+                .iter()
+                .filter(|v| v.why == Why::RepliesStay)
+                .map(|v| Refusal::Lonely {
+                    selector: selector_of(cfg, d, v.ifindex),
+                    name: v.name.clone(),
+                }),
+        );
+    }
+    Chosen {
+        interfaces,
+        refused,
+        verdicts,
+    }
+}
+
+/// The interfaces of `taken` that have a gateway in every family whose default route in the main
+/// table leaves by another interface; the others are refused (added to `refused`): their table
+/// could not route what their rules send to it.
+fn routable<'d>(
+    d: &Discovery,
+    cfg: &Config,
+    taken: Vec<&'d Interface>,
+    mut refused: Vec<Refusal>,
+) -> (Vec<&'d Interface>, Vec<Refusal>) {
+    let mut keep = Vec::new();
+    for i in taken {
+        let lacking = [false, true].into_iter().find_map(|v6| {
+            let has = i.addrs.iter().any(|a| a.is_ipv6() == v6);
+            let via = verdict::default_exit(d, v6)
+                .into_iter()
+                .find(|ix| *ix != i.ifindex)?;
+            (has && gateway(d, cfg, i, v6).is_none()).then_some((v6, via))
+        });
+        match lacking {
+            None => keep.push(i),
+            Some((v6, via)) => refused.push(Refusal::NoGateway {
+                selector: selector_of(cfg, d, i.ifindex),
+                name: i.name.clone(),
+                v6,
+                via: d
+                    .interfaces
+                    .iter()
+                    .find(|p| p.ifindex == via)
+                    .map_or_else(|| format!("if{via}"), |p| p.name.clone()),
+            }),
+        }
+    }
+    (keep, refused)
+}
+
+/// The interfaces the verdicts take, in their order.
+fn taken<'d>(d: &'d Discovery, verdicts: &[Verdict]) -> Vec<&'d Interface> {
+    verdicts
+        .iter()
+        .filter(|v| v.taken())
+        .filter_map(|v| d.interfaces.iter().find(|i| i.ifindex == v.ifindex))
+        .collect()
+}
+
+/// The `--interfaces` entry that named interface `ifindex`.
+fn selector_of(cfg: &Config, d: &Discovery, ifindex: u32) -> String {
+    let i = d.interfaces.iter().find(|i| i.ifindex == ifindex);
+    cfg.interfaces
+        .iter()
+        .find(|s| i.is_some_and(|i| matches(i, s)))
+        .cloned()
+        .or_else(|| i.map(|i| i.name.clone()))
+        .unwrap_or_default()
 }
 
 /// The interface a MAC (any case) names.
@@ -405,6 +492,7 @@ fn named<'d>(d: &'d Discovery, sel: &str) -> Result<&'d Interface, Refusal> {
 
 /// Chooses the managed interfaces and everything the appliers need about them; any refusal is
 /// an error (what `attach` needs).
+#[cfg(test)]
 pub(crate) fn select(d: &Discovery, cfg: &Config) -> Result<Selection> {
     let chosen = choose(d, cfg);
     if let Some(r) = chosen.refused.first() {
@@ -422,22 +510,16 @@ pub(crate) fn select_named(
     chosen: Chosen<'_>,
 ) -> Result<(Selection, Vec<Refusal>)> {
     let Chosen {
-        interfaces,
+        interfaces: chosen,
         refused,
+        verdicts,
     } = chosen;
-    check_one_owner(d, &interfaces)?;
-    let chosen = needing_pins(d, cfg, interfaces);
-    if chosen.is_empty() || !chosen.iter().any(|i| shares_subnet(d, i)) {
-        let names: Vec<_> = chosen.iter().map(|i| i.name.as_str()).collect();
-        let why = format!(
-            "no interface shares a subnet with another one{}: replies already leave by the right interface",
-            if names.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", names.join(", "))
-            }
-        );
-        return Ok((Selection::NothingToDo(why), refused));
+    check_one_owner(d, &chosen)?;
+    if chosen.is_empty() {
+        return Ok((
+            Selection::NothingToDo(verdict::nothing_to_do(&verdicts)),
+            refused,
+        ));
     }
     check_prefixes(cfg, &chosen, &refused)?;
     cfg.priority.checked_add(2).with_context(|| {
@@ -483,28 +565,6 @@ fn check_one_owner(d: &Discovery, chosen: &[&Interface]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Whether `i` shares a subnet with another up Ethernet interface. Alone in its subnet, an
-/// interface's replies already leave by it.
-fn shares_subnet(d: &Discovery, i: &Interface) -> bool {
-    d.interfaces
-        .iter()
-        .filter(|p| p.ethernet && p.up && p.ifindex != i.ifindex)
-        .any(|p| {
-            p.addrs
-                .iter()
-                .any(|b| i.addrs.iter().any(|a| a.network() == b.network()))
-        })
-}
-
-/// Only interfaces that share a subnet need pinning; named ones are kept as named.
-fn needing_pins<'d>(d: &Discovery, cfg: &Config, chosen: Vec<&'d Interface>) -> Vec<&'d Interface> {
-    if cfg.interfaces.is_empty() {
-        chosen.into_iter().filter(|i| shares_subnet(d, i)).collect()
-    } else {
-        chosen
-    }
 }
 
 /// Prefixes name managed interfaces (or refused ones, which are said so already).
@@ -561,24 +621,44 @@ fn prefixes(cfg: &Config, i: &Interface) -> Vec<Cidr> {
     out
 }
 
-/// `--gateway`, else the main table's default route through `i`, else (IPv4) the subnet's
-/// first host.
+/// `i`'s gateway in one family: `--gateway` when it is on one of `i`'s subnets (or an IPv6
+/// link-local router, or on no interface's subnet), else the main table's default route through `i`, else one through
+/// another interface whose gateway is on `i`'s subnet (ENIs sharing a subnet share its router),
+/// else (IPv4) the subnet's first host, which is the VPC's router. An ENI in a subnet of its own
+/// gets its own subnet's router, never another subnet's.
 fn gateway(d: &Discovery, cfg: &Config, i: &Interface, v6: bool) -> Option<Gateway> {
-    if let Some(g) = cfg.gateway.filter(|g| g.is_ipv6() == v6) {
-        return Some(Gateway {
-            addr: g,
-            source: GatewaySource::Configured,
-        });
+    let on_link = |g: &IpAddr| {
+        i.addrs
+            .iter()
+            .any(|a| a.is_ipv6() == g.is_ipv6() && a.prefix_len < a.host_len() && within(a, *g))
+    };
+    let link_local = |g: &IpAddr| matches!(g, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80);
+    let found = |addr, source| Some(Gateway { addr, source });
+    // A --gateway on no interface's subnet is the operator's word for every interface (a
+    // router reached by an on-link route of their own), as before subnets were told apart.
+    let on_none = |g: &IpAddr| {
+        !d.interfaces
+            .iter()
+            .flat_map(|p| &p.addrs)
+            .any(|a| a.is_ipv6() == g.is_ipv6() && a.prefix_len < a.host_len() && within(a, *g))
+    };
+    if let Some(g) = cfg
+        .gateway
+        .filter(|g| g.is_ipv6() == v6 && (on_link(g) || link_local(g) || on_none(g)))
+    {
+        return found(g, GatewaySource::Configured);
     }
+    let family = |(_, g): &&(u32, IpAddr)| g.is_ipv6() == v6;
     if let Some((_, g)) = d
         .defaults
         .iter()
-        .find(|(ix, g)| *ix == i.ifindex && g.is_ipv6() == v6)
+        .filter(family)
+        .find(|(ix, _)| *ix == i.ifindex)
     {
-        return Some(Gateway {
-            addr: *g,
-            source: GatewaySource::MainTable,
-        });
+        return found(*g, GatewaySource::MainTable);
+    }
+    if let Some((_, g)) = d.defaults.iter().filter(family).find(|(_, g)| on_link(g)) {
+        return found(*g, GatewaySource::SameSubnet);
     }
     if v6 {
         return None; // IPv6: the router advertises itself; without one, subnet route only.
@@ -591,10 +671,20 @@ fn gateway(d: &Discovery, cfg: &Config, i: &Interface, v6: bool) -> Option<Gatew
     let IpAddr::V4(net) = a.network().addr else {
         unreachable!("an IPv4 address has an IPv4 network")
     };
-    Some(Gateway {
-        addr: IpAddr::V4(Ipv4Addr::from(u32::from(net) + 1)),
-        source: GatewaySource::SubnetFirstHost,
-    })
+    found(
+        IpAddr::V4(Ipv4Addr::from(u32::from(net) + 1)),
+        GatewaySource::SubnetFirstHost,
+    )
+}
+
+/// Whether `g` is inside `a`'s subnet.
+fn within(a: &Cidr, g: IpAddr) -> bool {
+    Cidr {
+        addr: g,
+        prefix_len: a.prefix_len,
+    }
+    .network()
+        == a.network()
 }
 
 /// The rules and routes the managed interfaces need (see the module doc for the layout).
@@ -650,6 +740,7 @@ pub(crate) fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>,
                 metric: if v6 { V6_METRIC } else { 0 },
             });
         }
+        routes.extend(beside(managed, m, &subnets));
         for gw in [m.gateway_v4, m.gateway_v6].into_iter().flatten() {
             let v6 = gw.addr.is_ipv6();
             if !m.addrs.iter().any(|a| a.addr.is_ipv6() == v6) {
@@ -679,6 +770,43 @@ pub(crate) fn desired(managed: &[ManagedInterface], cfg: &Config) -> (Vec<Rule>,
     }
     rules.sort();
     (rules, routes)
+}
+
+/// The subnets of the other managed interfaces that `m` is not on, through `m`'s gateway, in
+/// `m`'s table. The main table's own route to such a subnet goes out of its ENI, and the rule at
+/// P+1 (`lookup main suppress_prefixlength 0`) would send `m`'s replies to it there, before the
+/// rule at P+2 reaches `m`'s default route: an ENI in a subnet of its own would answer a peer in
+/// the other ENI's subnet by that ENI.
+fn beside(managed: &[ManagedInterface], m: &ManagedInterface, own: &BTreeSet<Cidr>) -> Vec<Route> {
+    let mut seen = BTreeSet::new();
+    let others = managed
+        .iter()
+        .filter(|o| o.ifindex != m.ifindex)
+        .flat_map(|o| &o.addrs)
+        .filter(|a| a.prefix_len < a.host_len())
+        .map(Cidr::network);
+    let mut out = Vec::new();
+    for net in others {
+        let v6 = net.is_ipv6();
+        let gw = if v6 { m.gateway_v6 } else { m.gateway_v4 };
+        let Some(gw) = gw.filter(|_| !own.contains(&net) && seen.insert(net)) else {
+            continue;
+        };
+        if !m.addrs.iter().any(|a| a.is_ipv6() == v6) {
+            continue; // no source of this family on the interface
+        }
+        out.push(Route {
+            table: m.table,
+            dst: net,
+            gateway: Some(gw.addr),
+            oif: m.ifindex,
+            dev: m.name.clone(),
+            src: None,
+            scope_link: false,
+            metric: if v6 { V6_METRIC } else { 0 },
+        });
+    }
+    out
 }
 
 /// The two rules of one source (an address or a prefix): at P with `suppress_prefixlength 0`
@@ -893,6 +1021,40 @@ mod tests {
         );
     }
 
+    /// ENIs in subnets of their own: each table routes the other's subnet by its own gateway,
+    /// or the main table's subnet route (at P+1) would take the reply out of the other ENI.
+    #[test]
+    fn separate_subnets_route_each_other_by_their_own_gateway() {
+        let with_gw = |ix, addr: &str, gw: &str| ManagedInterface {
+            gateway_v4: Some(Gateway {
+                addr: gw.parse().unwrap(),
+                source: GatewaySource::SubnetFirstHost,
+            }),
+            ..eni(ix, &[addr, "198.18.0.99/32"])
+        };
+        let m = [
+            with_gw(2, "198.18.9.10/24", "198.18.9.1"),
+            with_gw(3, "198.18.10.11/24", "198.18.10.1"),
+            with_gw(4, "198.18.10.12/24", "198.18.10.1"),
+        ];
+        let (_, routes) = desired(&m, &Config::default());
+        let text: Vec<String> = routes.iter().map(Route::ip_args).collect();
+        assert_eq!(
+            text,
+            [
+                "198.18.9.0/24 dev eth2 scope link src 198.18.9.10 table 20002 proto 229",
+                "198.18.10.0/24 via 198.18.9.1 dev eth2 table 20002 proto 229",
+                "default via 198.18.9.1 dev eth2 table 20002 proto 229",
+                "198.18.10.0/24 dev eth3 scope link src 198.18.10.11 table 20003 proto 229",
+                "198.18.9.0/24 via 198.18.10.1 dev eth3 table 20003 proto 229",
+                "default via 198.18.10.1 dev eth3 table 20003 proto 229",
+                "198.18.10.0/24 dev eth4 scope link src 198.18.10.12 table 20004 proto 229",
+                "198.18.9.0/24 via 198.18.10.1 dev eth4 table 20004 proto 229",
+                "default via 198.18.10.1 dev eth4 table 20004 proto 229",
+            ]
+        );
+    }
+
     #[test]
     fn diff_applies_only_the_difference_in_a_safe_order() {
         let m = [eni(2, &["198.18.0.10/24"]), eni(3, &["198.18.0.11/24"])];
@@ -953,14 +1115,14 @@ mod tests {
     }
 
     /// lo, eth1 and eth2 in one subnet, eth3 alone in another, eth4 down in the first one,
-    /// eth5 without addresses; the main table's default route leaves by eth1.
+    /// eth5 without addresses; the main table's default routes leave by eth1.
     fn namespace() -> Discovery {
         let mut lo = iface(0, &["127.0.0.1/8"]);
         (lo.name, lo.ethernet, lo.loopback) = ("lo".into(), false, true);
         let mut down = iface(4, &["198.18.0.14/24"]);
         down.up = false;
-        Discovery {
-            interfaces: vec![
+        Discovery::fixture(
+            vec![
                 lo,
                 iface(1, &["198.18.0.10/24", "2001:db8::10/64"]),
                 iface(2, &["198.18.0.11/24"]),
@@ -968,13 +1130,11 @@ mod tests {
                 down,
                 iface(5, &[]),
             ],
-            defaults: vec![
+            vec![
                 (1, "198.18.0.254".parse().unwrap()),
                 (1, "2001:db8::1".parse().unwrap()),
             ],
-            rules: Vec::new(),
-            routes: Vec::new(),
-        }
+        )
     }
 
     fn managed(s: Selection) -> Vec<ManagedInterface> {
@@ -984,6 +1144,10 @@ mod tests {
         }
     }
 
+    fn names(m: &[ManagedInterface]) -> Vec<&str> {
+        m.iter().map(|m| m.name.as_str()).collect()
+    }
+
     fn named_cfg(names: &[&str]) -> Config {
         Config {
             interfaces: names.iter().map(|n| n.to_string()).collect(),
@@ -991,14 +1155,31 @@ mod tests {
         }
     }
 
+    fn gw(g: Option<Gateway>) -> Option<(String, GatewaySource)> {
+        g.map(|g| (g.addr.to_string(), g.source))
+    }
+
+    /// eth1 and eth2 share a subnet; eth3 is alone in its own, its replies beyond it leaving by
+    /// eth1's default route (issue 23: it used to be left out, "nothing to do").
     #[test]
-    fn selects_the_interfaces_sharing_a_subnet_with_their_gateways() {
+    fn selects_every_eni_whose_replies_could_leave_by_another_with_its_own_gateway() {
         let d = namespace();
+        let chosen = choose(&d, &Config::default());
+        let text: Vec<String> = chosen.verdicts.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "lo: left out: the loopback",
+                "eth1: managed: a reply from 198.18.0.10 to 198.18.0.0/24 leaves by eth2 (main table)",
+                "eth2: managed: a reply from 198.18.0.11 to 0.0.0.0/0 (the default route) leaves by eth1 (main table)",
+                "eth3: managed: a reply from 198.18.1.9 to 0.0.0.0/0 (the default route) leaves by eth1 (main table)",
+                "eth4: left out: down",
+                "eth5: left out: no IPv4 or global IPv6 address of its own",
+            ]
+        );
         let m = managed(select(&d, &Config::default()).unwrap());
-        let names: Vec<_> = m.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["eth1", "eth2"]);
-        assert_eq!((m[0].table, m[1].table), (20001, 20002));
-        let gw = |g: Option<Gateway>| g.map(|g| (g.addr.to_string(), g.source));
+        assert_eq!(names(&m), ["eth1", "eth2", "eth3"]);
+        assert_eq!((m[0].table, m[1].table, m[2].table), (20001, 20002, 20003));
         assert_eq!(
             gw(m[0].gateway_v4),
             Some(("198.18.0.254".into(), GatewaySource::MainTable))
@@ -1007,33 +1188,145 @@ mod tests {
             gw(m[0].gateway_v6),
             Some(("2001:db8::1".into(), GatewaySource::MainTable))
         );
+        // eth2 shares eth1's subnet and so its router; eth3's subnet has a router of its own.
         assert_eq!(
             gw(m[1].gateway_v4),
-            Some(("198.18.0.1".into(), GatewaySource::SubnetFirstHost))
+            Some(("198.18.0.254".into(), GatewaySource::SameSubnet))
         );
         assert_eq!(gw(m[1].gateway_v6), None);
+        assert_eq!(
+            gw(m[2].gateway_v4),
+            Some(("198.18.1.1".into(), GatewaySource::SubnetFirstHost))
+        );
 
+        // --gateway is a router of the subnets it is on, not of eth3's.
         let cfg = Config {
             gateway: Some("198.18.0.2".parse().unwrap()),
             ..Config::default()
         };
         let m = managed(select(&d, &cfg).unwrap());
+        let configured = Some(("198.18.0.2".into(), GatewaySource::Configured));
         assert_eq!(
-            gw(m[1].gateway_v4),
-            Some(("198.18.0.2".into(), GatewaySource::Configured))
+            (gw(m[0].gateway_v4), gw(m[1].gateway_v4)),
+            (configured.clone(), configured)
+        );
+        assert_eq!(
+            gw(m[2].gateway_v4),
+            Some(("198.18.1.1".into(), GatewaySource::SubnetFirstHost))
         );
     }
 
+    /// Each ENI with a default route of its own at its own metric, as DHCP gives them on AL2023
+    /// (512 + device number): the lowest wins for everyone's replies, so all are managed, each
+    /// routed by its own gateway.
     #[test]
-    fn alone_in_its_subnet_is_nothing_to_do() {
-        let d = namespace();
-        let Selection::NothingToDo(why) = select(&d, &named_cfg(&["eth3"])).unwrap() else {
-            panic!("eth3 is alone in its subnet");
+    fn enis_each_with_a_default_route_in_subnets_of_their_own() {
+        let d = Discovery::fixture(
+            vec![
+                iface(2, &["198.18.9.10/24"]),
+                iface(3, &["198.18.10.11/24", "2001:db8:a::11/64"]),
+            ],
+            vec![
+                (2, "198.18.9.1".parse().unwrap()),
+                (3, "198.18.10.1".parse().unwrap()),
+                (3, "2001:db8:a::1".parse().unwrap()),
+            ],
+        );
+        let m = managed(select(&d, &Config::default()).unwrap());
+        assert_eq!(names(&m), ["eth2", "eth3"]);
+        assert_eq!(
+            gw(m[1].gateway_v4),
+            Some(("198.18.10.1".into(), GatewaySource::MainTable))
+        );
+        assert_eq!(
+            gw(m[1].gateway_v6),
+            Some(("2001:db8:a::1".into(), GatewaySource::MainTable))
+        );
+        // eth2 is managed for its replies to eth3's subnet, which leave by eth3.
+        let chosen = choose(&d, &Config::default());
+        assert_eq!(
+            chosen.verdicts[0].why,
+            Why::LeavesBy {
+                from: "198.18.9.10".parse().unwrap(),
+                dst: "198.18.10.0/24".parse().unwrap(),
+                via: "eth3".into()
+            }
+        );
+    }
+
+    /// "Nothing to do" only when the lookup says every reply leaves by its owner: one ENI
+    /// beside container plumbing, or ENIs that share no family.
+    #[test]
+    fn nothing_to_do_is_said_by_the_route_lookup() {
+        let mut docker0 = iface(3, &["198.18.100.1/24"]);
+        (docker0.name, docker0.ethernet) = ("docker0".into(), false);
+        let mut port = iface(4, &[]);
+        (port.name, port.master) = ("veth1a2b3c".into(), Some(3));
+        let mut pod = iface(5, &["198.18.0.10/32"]);
+        pod.name = "eni0123456789a".into();
+        let d = Discovery::fixture(
+            vec![iface(2, &["198.18.0.10/24"]), docker0, port, pod],
+            vec![(2, "198.18.0.1".parse().unwrap())],
+        );
+        let chosen = choose(&d, &Config::default());
+        let text: Vec<String> = chosen.verdicts.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "eth2: left out: the main table sends replies from each of its addresses out of it",
+                "docker0: left out: not an Ethernet interface (a bridge, bond, VLAN or tunnel)",
+                "veth1a2b3c: left out: no IPv4 or global IPv6 address of its own",
+                "eni0123456789a: left out: container plumbing (named eni*); name it in --interfaces to manage it",
+            ]
+        );
+        let Selection::NothingToDo(why) = select(&d, &Config::default()).unwrap() else {
+            panic!("one ENI beside container plumbing");
         };
         assert_eq!(
             why,
-            "no interface shares a subnet with another one (eth3): replies already leave by the right interface"
+            "the main table sends every reply from eth2 out of the interface owning its source: \
+             replies already leave by the right interface"
         );
+        let mut d = d;
+        d.interfaces[2].addrs = vec!["198.18.101.2/24".parse().unwrap()];
+        let v = verdict::by_default(&d, &Config::default());
+        assert_eq!(
+            v[2].to_string(),
+            "veth1a2b3c: left out: a port of docker0, not an ENI of its own"
+        );
+
+        // Two ENIs, one IPv4 only, one IPv6 only, no default route: no reply can leave by the
+        // other.
+        let d = Discovery::fixture(
+            vec![
+                iface(2, &["198.18.0.10/24"]),
+                iface(3, &["2001:db8::11/64"]),
+            ],
+            Vec::new(),
+        );
+        assert!(matches!(
+            select(&d, &Config::default()).unwrap(),
+            Selection::NothingToDo(_)
+        ));
+    }
+
+    /// Named alone in its subnet, eth3 is managed with the ENIs its replies leave by (it used
+    /// to be "nothing to do").
+    #[test]
+    fn a_named_interface_in_its_own_subnet_brings_the_others_its_replies_leave_by() {
+        let d = namespace();
+        let chosen = choose(&d, &named_cfg(&["eth3"]));
+        let text: Vec<String> = chosen.verdicts.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "eth3: managed: a reply from 198.18.1.9 to 0.0.0.0/0 (the default route) leaves by eth1 (main table)",
+                "eth1: managed: replies of eth3 leave by it; its program sends them back",
+                "eth2: managed: replies of eth3 leave by it; its program sends them back",
+            ]
+        );
+        let m = managed(select(&d, &named_cfg(&["eth3"])).unwrap());
+        assert_eq!(names(&m), ["eth3", "eth1", "eth2"]);
     }
 
     /// An Azure VF shares its NIC's MAC and comes first here: a selection by MAC used to take
@@ -1046,8 +1339,7 @@ mod tests {
         d.interfaces.insert(1, vf);
         let m =
             managed(select(&d, &named_cfg(&["02:00:00:00:00:01", "02:00:00:00:00:02"])).unwrap());
-        let names: Vec<_> = m.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["eth1", "eth2"]);
+        assert_eq!(names(&m), ["eth1", "eth2", "eth3"]);
         // Both carrying addresses: ambiguous, refused.
         d.interfaces[1].addrs = vec!["198.18.7.1/24".parse().unwrap()];
         let err = select(&d, &named_cfg(&["02:00:00:00:00:02", "eth1"])).unwrap_err();
@@ -1063,8 +1355,11 @@ mod tests {
     fn named_interfaces_by_name_or_mac_and_refusals() {
         let d = namespace();
         let m = managed(select(&d, &named_cfg(&["02:00:00:00:00:02", "eth1", "eth2"])).unwrap());
-        let names: Vec<_> = m.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["eth2", "eth1"], "in the order named, once each");
+        assert_eq!(
+            names(&m),
+            ["eth2", "eth1", "eth3"],
+            "in the order named, once each, then eth3 that eth1's replies to its subnet leave by"
+        );
 
         let cfg = Config {
             prefixes: vec![
@@ -1118,14 +1413,13 @@ mod tests {
         let (selection, refused) = select_named(&d, &cfg, chosen).unwrap();
         assert_eq!(refused.len(), 3);
         let m = managed(selection);
-        let names: Vec<_> = m.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["eth1", "eth2"]);
+        assert_eq!(names(&m), ["eth1", "eth2", "eth3"]);
         assert_eq!(m[0].prefixes, ["198.18.0.64/28".parse().unwrap()]);
         assert!(m[1].prefixes.is_empty());
     }
 
-    /// Loopback and interfaces alone in their subnet (beside others that are not) are refused,
-    /// named: never managed (unnamed, they are never chosen).
+    /// Loopback, and a named interface whose replies all leave by it and that carries no one
+    /// else's (beside others that need enipin), are refused, named.
     #[test]
     fn loopback_and_lonely_interfaces_are_refused() {
         let d = namespace();
@@ -1135,6 +1429,15 @@ mod tests {
         assert!(
             e.starts_with("interface lo is the loopback: enipin never manages it"),
             "{e}"
+        );
+        // eth3 IPv6 only, in a /64 of its own with its own default route: no other ENI has IPv6.
+        let d = Discovery::fixture(
+            vec![
+                iface(1, &["198.18.0.10/24"]),
+                iface(2, &["198.18.0.11/24"]),
+                iface(3, &["2001:db8:3::9/64"]),
+            ],
+            vec![(3, "2001:db8:3::1".parse().unwrap())],
         );
         let chosen = choose(&d, &named_cfg(&["eth1", "eth2", "eth3"]));
         assert_eq!(
@@ -1147,12 +1450,14 @@ mod tests {
         let e = select(&d, &named_cfg(&["eth1", "eth2", "eth3"]))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("eth3 shares no subnet"), "{e}");
+        assert!(
+            e.contains("sends replies from each of its addresses out of it"),
+            "{e}"
+        );
         // Left out by `watch`, the others managed.
         let (selection, refused) = select_named(&d, &Config::default(), chosen).unwrap();
         assert_eq!(refused.len(), 1);
-        let names: Vec<_> = managed(selection).into_iter().map(|m| m.name).collect();
-        assert_eq!(names, ["eth1", "eth2"]);
+        assert_eq!(names(&managed(selection)), ["eth1", "eth2"]);
         let mut bridge = namespace();
         bridge.interfaces[2].ethernet = false;
         let e = select(&bridge, &named_cfg(&["eth1", "eth2"]))
@@ -1161,17 +1466,55 @@ mod tests {
         assert!(e.contains("eth2 is not an Ethernet interface"), "{e}");
     }
 
+    /// An IPv6 reply beyond the subnet would leave by another ENI's default route and no IPv6
+    /// router of its own is known: refused with the fix, not managed half-way.
+    #[test]
+    fn no_gateway_of_its_own_is_refused_with_the_fix() {
+        let d = Discovery::fixture(
+            vec![
+                iface(2, &["198.18.9.10/24", "2001:db8:9::10/64"]),
+                iface(3, &["198.18.10.11/24", "2001:db8:a::11/64"]),
+            ],
+            vec![
+                (2, "198.18.9.1".parse().unwrap()),
+                (2, "2001:db8:9::1".parse().unwrap()),
+            ],
+        );
+        let e = select(&d, &Config::default()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "interface eth3 has no IPv6 gateway enipin can know: its replies beyond its subnet \
+             follow the main table's default route out of eth2, and eth3 has no default route of \
+             its own (IPv6 has no first-host router: accept its router advertisements). Give its \
+             router with --gateway (an address on eth3's subnet), or add a default route through \
+             eth3"
+        );
+        let cfg = Config {
+            gateway: Some("2001:db8:a::1".parse().unwrap()),
+            ..Config::default()
+        };
+        let m = managed(select(&d, &cfg).unwrap());
+        assert_eq!(
+            gw(m[1].gateway_v6),
+            Some(("2001:db8:a::1".into(), GatewaySource::Configured))
+        );
+        assert_eq!(
+            gw(m[1].gateway_v4),
+            Some(("198.18.10.1".into(), GatewaySource::SubnetFirstHost))
+        );
+    }
+
     #[test]
     fn selection_errors() {
         let mut d = namespace();
         let cfg = Config {
-            prefixes: vec![("eth3".into(), "198.18.1.64/28".parse().unwrap())],
+            prefixes: vec![("eth4".into(), "198.18.0.64/28".parse().unwrap())],
             ..Config::default()
         };
         let e = select(&d, &cfg).unwrap_err().to_string();
         assert_eq!(
             e,
-            "--prefix eth3=198.18.1.64/28: eth3 is not a managed interface"
+            "--prefix eth4=198.18.0.64/28: eth4 is not a managed interface"
         );
         let cfg = Config {
             priority: u32::MAX - 1,
@@ -1233,7 +1576,7 @@ mod tests {
         assert_eq!(
             e,
             "rule `lookup 100 pref 20001` (protocol 4) is not enipin's but uses priority 20001 / table 100, \
-             which enipin needs (priorities 20000-20002, tables {20001, 20002}); nothing was changed. \
+             which enipin needs (priorities 20000-20002, tables {20001, 20002, 20003}); nothing was changed. \
              Choose another --priority or --table-base"
         );
         d.rules.pop();

@@ -10,6 +10,7 @@ use crate::{
     netlink::Netlink,
     plan::{self, Refusal, Selection},
     state::State,
+    verdict::Verdict,
 };
 
 /// What a selection does with an interface named in `--interfaces` that is missing, down or
@@ -36,6 +37,8 @@ pub(crate) struct Selected {
     pub selection: Selection,
     /// Named interfaces left out (always empty with [`Named::Strict`]).
     pub refused: Vec<Refusal>,
+    /// Why each interface considered is taken or left out.
+    pub verdicts: Vec<Verdict>,
 }
 
 impl Snapshot {
@@ -80,15 +83,18 @@ impl Snapshot {
 
     fn select_from(snapshot: Self, cfg: &Config, named: Named) -> Result<Selected> {
         let d = &snapshot.discovery;
-        let (selection, refused) = match named {
+        let chosen = plan::choose(d, cfg);
+        let verdicts = chosen.verdicts.clone();
+        if let (Named::Strict, Some(r)) = (named, chosen.refused.first()) {
             // The first refusal is the error.
-            Named::Strict => (plan::select(d, cfg)?, Vec::new()),
-            Named::Present => plan::select_named(d, cfg, plan::choose(d, cfg))?,
-        };
+            return Err(r.clone().into());
+        }
+        let (selection, refused) = plan::select_named(d, cfg, chosen)?;
         Ok(Selected {
             snapshot,
             selection,
             refused,
+            verdicts,
         })
     }
 }

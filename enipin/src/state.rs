@@ -413,6 +413,7 @@ mod tests {
             up: true,
             ethernet: true,
             loopback: false,
+            master: None,
             addrs: Vec::new(),
             ours: Vec::new(),
             meta: None,

@@ -172,15 +172,17 @@ impl Drop for Netns {
     }
 }
 
-/// A "container" (a Docker network without its bridge): a new namespace behind a veth `ctr0` of
-/// `host`, `gw` on `ctr0` and `addr` on the container's `eth0`, both `/len` (IPv4 or IPv6, no
-/// DAD), and the container's default route via `gw`. Forwarding on `host` is the caller's.
+/// A "container" (a Docker network without its bridge): a new namespace behind a veth `vethctr0`
+/// of `host`, named as container runtimes name their host-side veths (`veth*`: never an ENI, so
+/// enipin's selection leaves it out, as it does Docker's), `gw` on `vethctr0` and `addr` on the
+/// container's `eth0`, both `/len` (IPv4 or IPv6, no DAD), and the container's default route via
+/// `gw`. Forwarding on `host` is the caller's.
 #[cfg(feature = "testing")]
 pub fn container(host: &Netns, prefix: &str, gw: &str, addr: &str, len: u8) -> Result<Netns> {
     let ctr = Netns::new(prefix)?;
     veth(
         host,
-        "ctr0",
+        "vethctr0",
         "02:e0:00:00:01:01",
         &ctr,
         "eth0",
@@ -193,7 +195,7 @@ pub fn container(host: &Netns, prefix: &str, gw: &str, addr: &str, len: u8) -> R
         "add",
         &format!("{gw}/{len}"),
         "dev",
-        "ctr0",
+        "vethctr0",
         "nodad",
     ])?;
     ctr.ip(&[

@@ -63,7 +63,12 @@ doctor() {
 	run enipin doctor
 	code=$?
 	echo "doctor exited $code"
-	[ -s "$OUT" ] && [ "$code" -le 1 ]
+	[ -s "$OUT" ] && [ "$code" -le 1 ] || return 1
+	# Every kernel of the matrix runs the datapath: each of doctor's kernel checks answers `ok`
+	# and names the path taken (a probe that fails is a warning, a missing piece a conflict).
+	for check in bpffs attach redirect "mtu check" "owner tables" "next hop"; do
+		grep -q "^ok  *kernel $check: " "$OUT" || { why "kernel $check is not ok"; return 1; }
+	done
 }
 
 lab() { run enipin lab && last_is_pass; }
@@ -173,11 +178,36 @@ watch_checks() {
 	pin=$(link_pin)
 	[ -n "$pin" ] || { why "no link pin in $PINS: $(ls "$PINS" | tr '\n' ' ')"; return 1; }
 	ifindex=$(echo "$pin" | cut -d- -f2)
-	echo "\$ rm $PINS/$pin"
-	rm "$PINS/$pin" || { why "could not remove $PINS/$pin"; return 1; }
+	case $pin in
+	nl-*) filter_comes_back "$pin" ;;
+	*) pin_comes_back "$pin" ;;
+	esac
+}
+
+# pin_comes_back link-IFINDEX: the TCX link's pin removed (watch holds the link open) is pinned
+# again.
+pin_comes_back() {
+	echo "\$ rm $PINS/$1"
+	rm "$PINS/$1" || { why "could not remove $PINS/$1"; return 1; }
 	poll 100 has_link_pin "$ifindex" || { why "no pin for ifindex $ifindex in $waited s"; return 1; }
 	echo "pin for ifindex $ifindex is back after $waited s: $(link_pin)"
 }
+
+# filter_comes_back nl-IFINDEX-PRIORITY-HANDLE: no TCX (< 6.6), so what another tool can take is
+# the clsact filter itself (`tc filter del`), leaving enipin's record: watch attaches a new one.
+filter_comes_back() {
+	prio=$(echo "$1" | cut -d- -f3)
+	handle=$(echo "$1" | cut -d- -f4)
+	dev=$(ip -n "$HOST" -o link show | awk -F': ' -v i="$ifindex" '$1 == i { sub(/@.*/, "", $2); print $2 }')
+	echo "\$ tc -n $HOST filter del dev $dev egress pref $prio handle $handle bpf"
+	tc -n "$HOST" filter del dev "$dev" egress pref "$prio" handle "$handle" bpf ||
+		{ why "could not delete the filter on $dev"; return 1; }
+	has_filter "$dev" && { why "enipin's filter still on $dev"; return 1; }
+	poll 100 has_filter "$dev" || { why "no filter of enipin's on $dev in $waited s"; return 1; }
+	echo "filter on $dev is back after $waited s: $(link_pin)"
+}
+
+has_filter() { tc -n "$HOST" filter show dev "$1" egress | grep -q enipin_egress; }
 
 # chaos: `enipin attach` SIGKILLed at several points; after each, attach succeeds and detach
 # leaves nothing. Each round says what the killed attach had installed, to show where the kill

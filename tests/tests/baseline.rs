@@ -366,12 +366,18 @@ fn bad_input_gives_a_clear_error_and_changes_nothing() {
     assert!(e.contains("interface down0 is down"), "{e}");
     unchanged("interface down");
 
-    let out = enipin.ok(&["attach", "--no-ebpf", "--interfaces", "solo0"]);
+    // Alone in its subnet, solo0's replies to the ENIs' subnet leave by them: managed with them
+    // (it used to be "nothing to do").
+    let out = enipin.ok(&["attach", "--no-ebpf", "--interfaces", "solo0", "--dry-run"]);
     assert!(
-        out.contains("nothing to do: no interface shares a subnet"),
+        out.starts_with(
+            "solo0: managed: a reply from 198.18.1.9 to 198.18.0.0/24 leaves by eth0 (main table)\n\
+             eth0: managed: replies of solo0 leave by it; its program sends them back\n\
+             eth1: managed: replies of solo0 leave by it; its program sends them back\n"
+        ),
         "{out}"
     );
-    unchanged("only one interface in the subnet");
+    unchanged("a dry run for an interface alone in its subnet");
 
     // Someone else's rule at our priority, then pointing at our table, then a route in it.
     t.host()
@@ -683,15 +689,20 @@ fn selection_by_mac_prefixes_and_gateway_sources() {
         "{out}"
     );
     assert!(
-        out.contains("gateway ipv4: 198.18.0.1 (from the subnet's first host)"),
+        out.contains(
+            "gateway ipv4: 198.18.0.1 (from the default route of another interface on its subnet)"
+        ),
         "{out}"
     );
     assert!(
         out.contains("gateway ipv6: 2001:db8::1 (from the main table's default route)"),
         "{out}"
     );
+    // eth1's IPv6 router is on eth0's subnet too: eth0's replies beyond it leave by eth0.
     assert!(
-        out.contains("gateway ipv6: none (subnet route only)"),
+        out.contains(
+            "gateway ipv6: 2001:db8::1 (from the default route of another interface on its subnet)"
+        ),
         "{out}"
     );
     assert!(
@@ -717,9 +728,9 @@ fn selection_by_mac_prefixes_and_gateway_sources() {
     let m = &json["managed"];
     assert_eq!(m[0]["name"], "eth0");
     assert_eq!(m[0]["gateway_v4"]["source"], "main-table");
-    assert_eq!(m[0]["gateway_v6"], serde_json::Value::Null);
+    assert_eq!(m[0]["gateway_v6"]["source"], "same-subnet");
     assert_eq!(m[1]["mac"], t.spec.enis[1].mac.as_str());
-    assert_eq!(m[1]["gateway_v4"]["source"], "subnet-first-host");
+    assert_eq!(m[1]["gateway_v4"]["source"], "same-subnet");
     assert_eq!(m[1]["gateway_v6"]["source"], "main-table");
     assert_eq!(json["drift"].as_array().unwrap().len(), 0);
     let table6 = t

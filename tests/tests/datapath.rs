@@ -938,6 +938,22 @@ fn netlink_fallback_coexists_with_foreign_filters() {
     );
     in_ns(lab.host(), || ebpf::detach(&po).unwrap());
     assert_eq!((ours(E1), ours(E2)), (0, 0));
+    // The copy that added the qdiscs (the first to attach) removed them with its last filter:
+    // nothing of either is left. Before, every detach left the qdisc enipin had added.
+    let qdisc = |dev: &str| lab.host().sh(&format!("tc qdisc show dev {dev}")).unwrap();
+    assert!(!qdisc(E1).contains("clsact"), "{}", qdisc(E1));
+    assert!(!qdisc(E2).contains("clsact"), "{}", qdisc(E2));
+
+    // A qdisc enipin added that another agent's filter uses by the time enipin detaches: kept.
+    in_ns(lab.host(), || {
+        attach_with(&lab.managed, &netlink(Mode::Enforce), &paths).unwrap();
+        attach_with(&lab.managed, &netlink(Mode::Monitor), &po).unwrap();
+        ebpf::detach(&paths).unwrap();
+        assert!(!paths.pin_dir.exists());
+    });
+    assert_eq!((ours(E1), ours(E2)), (1, 1), "{}", filters(E1));
+    assert!(qdisc(E1).contains("clsact"), "the other's filter keeps it");
+    in_ns(lab.host(), || ebpf::detach(&po).unwrap());
 }
 
 /// With enipin's rules routing the owner (`rules` on, the owner's table known), a redirect takes

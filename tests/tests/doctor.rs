@@ -87,9 +87,11 @@ fn a_clean_lab_host_reports_no_conflict() {
     assert_eq!(conflicts(&text), Vec::<&str>::new(), "{text}");
     assert!(text.ends_with("0 conflict(s)\n"), "{text}");
     for check in [
-        "kernel tcx",
-        "kernel bpf_redirect_neigh",
-        "kernel bpf_check_mtu",
+        "kernel attach",
+        "kernel redirect",
+        "kernel mtu check",
+        "kernel owner tables",
+        "kernel next hop",
         "kernel bpffs",
     ] {
         let f = finding(&text, check);

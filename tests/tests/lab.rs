@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use enipin_tests::{Spec, Topology, enipin_bin, lab, require, sh};
+use enipin_tests::{EniSpec, Spec, Topology, enipin_bin, lab, require, sh};
 
 fn netns_list() -> String {
     sh("ip netns list").expect("ip netns list")
@@ -264,4 +264,37 @@ fn lab_metadata_adds_the_address_only_metadata_lists_and_detach_removes_it() {
     );
     assert!(report.residue.is_empty(), "{}", report.residue.join("\n"));
     assert_eq!(lab::leftovers(&report).unwrap(), Vec::<String>::new());
+}
+
+/// `enipin lab --subnets split`'s network: the secondary ENI in a subnet of its own, with a
+/// default route of its own. Its reply still left by eth0 before (issue 23); every step passes.
+#[test]
+fn lab_split_subnets_reproduces_the_drop_and_fixes_it() {
+    require();
+    let spec = Spec {
+        enis: vec![
+            EniSpec::nth(0),
+            EniSpec {
+                default_route: true,
+                ..EniSpec::in_own_subnet(1)
+            },
+        ],
+        ..Spec::default()
+    };
+    let opts = lab::Options {
+        bin: enipin_bin(),
+        keep: false,
+        spec,
+        metadata: false,
+    };
+    let report = lab::run_checked(&opts).expect("the lab ran");
+    let table = report.table();
+    assert!(report.passed(), "{table}");
+    for key in [
+        "ping-secondary-before",
+        "ping-secondary-after",
+        "ping6-secondary-after",
+    ] {
+        assert!(report.step(key).is_some_and(|s| s.ok), "{key}:\n{table}");
+    }
 }

@@ -119,8 +119,16 @@ impl Fx {
 
     /// Loads the program (not attached) and fills its maps as user space would.
     fn load(&self, mode: u32) -> Result<Ebpf> {
+        self.load_with(mode, true)
+    }
+
+    /// [`Fx::load`], with the program's `bpf_check_mtu` path (`true`: kernels >= 5.12) or the
+    /// one it takes on kernels without the helper (its own MTU check).
+    fn load_with(&self, mode: u32, have_check_mtu: bool) -> Result<Ebpf> {
+        let have = u32::from(have_check_mtu);
         let mut bpf = EbpfLoader::new()
             .default_map_pin_directory(&self.bed.paths.pin_dir)
+            .override_global(enipin_ebpf::HAVE_CHECK_MTU, &have, true)
             .load(ebpf::OBJECT)?;
         let prog: &mut SchedClassifier =
             bpf.program_mut(PROGRAM).context("no program")?.try_into()?;
@@ -452,9 +460,39 @@ fn every_branch_returns_the_right_verdict_and_counts_it() {
 
 #[test]
 fn redirect_fails_open_on_mtu_and_missing_owner() {
+    mtu_and_missing_owner(true);
+}
+
+/// The same promises on kernels without `bpf_check_mtu` (5.10, 5.11): the program compares the
+/// frame with the owner's recorded MTU itself. Before, the program called the helper
+/// unconditionally and 5.10's verifier refused it (`invalid func unknown#163`).
+#[test]
+fn redirect_fails_open_on_mtu_without_the_check_mtu_helper() {
+    mtu_and_missing_owner(false);
+    // A GSO packet whose segments (20 + 8 + 1300 bytes) exceed e3's 1280: counted and passed
+    // unchanged by the program's own check (the helper, flags 0, passes every GSO packet).
     let fx = Fx::new().unwrap();
     in_ns(&fx.bed.ns, || {
-        let mut bpf = fx.load(MODE_ENFORCE).unwrap();
+        let bpf = fx.load_with(MODE_ENFORCE, false).unwrap();
+        let f = ipv4_to(GW_MAC, IP_E3, 5, 3000);
+        let mut ctx = frames::skb_ctx(fx.e1);
+        ctx[164..168].copy_from_slice(&3u32.to_ne_bytes()); // gso_segs
+        ctx[176..180].copy_from_slice(&1300u32.to_ne_bytes()); // gso_size
+        let before = fx.counters(fx.e1);
+        let r = enipin_tests::test_run_ctx(&bpf, PROGRAM, &ctx, &f, 1).unwrap();
+        assert_eq!(r.return_value, TC_ACT_UNSPEC, "segments too big: passed");
+        let want = Counters {
+            mtu_exceeded: 1,
+            ..misrouted(3000)
+        };
+        assert_eq!(fx.counters(fx.e1).since(&before), want);
+    });
+}
+
+fn mtu_and_missing_owner(have_check_mtu: bool) {
+    let fx = Fx::new().unwrap();
+    in_ns(&fx.bed.ns, || {
+        let mut bpf = fx.load_with(MODE_ENFORCE, have_check_mtu).unwrap();
         // bpf_check_mtu compares the frame with the owner's MTU + its 14-byte hard header.
         let fits = E3_MTU as usize + 14;
         let f = ipv4_to(GW_MAC, IP_E3, 5, fits);

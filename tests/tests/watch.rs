@@ -568,6 +568,57 @@ fn watch_adopts_an_eni_attached_at_runtime() {
     assert!(topo.peer().ping(SECONDARY, 3).unwrap(), "{}", w.log());
 }
 
+/// Kernels without TCX (< 6.6) take a clsact filter, which another tool can delete without a
+/// trace (`tc filter del`, a qdisc replaced): watch sees the filter gone, attaches a new one and
+/// records it; detach then leaves no filter and no qdisc. Before, watch took the record for the
+/// filter and left the interface without enforcement.
+#[test]
+fn watch_puts_back_a_deleted_netlink_filter() {
+    let topo = topology();
+    let e = Enipin::in_ns(topo.host());
+    let dir = enipin_tests::TempDir::new("enipin-config-").unwrap();
+    let file = dir.path().join("enipin.toml");
+    std::fs::write(&file, "[datapath]\nattach = \"netlink\"\n").unwrap();
+    let w = Watcher::start(&e, &["--config", file.to_str().unwrap(), "--interval", "1"]);
+    w.line(0, &["reconciled after start", "links +2"]);
+    let filter = |dev: &str| {
+        topo.host()
+            .sh(&format!("tc filter show dev {dev} egress"))
+            .unwrap()
+            .lines()
+            .find(|l| l.contains(enipin_ebpf::PROGRAM))
+            .map(str::to_owned)
+    };
+    let line = filter("eth1").expect("enipin's filter on eth1");
+    // `filter protocol all pref 49152 bpf chain 0 handle 0x1 enipin_egress ...`
+    let word = |key: &str| {
+        let mut words = line.split_whitespace().skip_while(|w| *w != key);
+        words.nth(1).unwrap().to_owned()
+    };
+    let (pref, handle) = (word("pref"), word("handle"));
+    let since = w.mark();
+    topo.host()
+        .sh(&format!(
+            "tc filter del dev eth1 egress pref {pref} handle {handle} bpf"
+        ))
+        .unwrap();
+    assert_eq!(filter("eth1"), None, "deleted");
+    let (_, took) = eventually(
+        "enipin's filter back on eth1",
+        || filter("eth1"),
+        || w.log(),
+    );
+    w.line(since, &["+ attach enipin_egress to eth1"]);
+    eprintln!("filter back after {took:?}");
+    assert!(topo.peer().ping(SECONDARY, 3).unwrap(), "{}", w.log());
+    drop(w);
+    e.ok(&["detach"]);
+    for dev in ["eth0", "eth1"] {
+        let qdiscs = topo.host().sh(&format!("tc qdisc show dev {dev}")).unwrap();
+        assert!(!qdiscs.contains("clsact"), "{dev}: {qdiscs}");
+    }
+}
+
 /// An ENI named in `--interfaces` that is detached does not freeze the watcher: it is left out
 /// (its state removed, said once), the others keep being reconciled, and it is taken back when it
 /// returns.

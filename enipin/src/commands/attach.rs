@@ -38,6 +38,11 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
         );
     }
     let (nl, d) = (&s.snapshot.nl, &s.snapshot.discovery);
+    let comment = if format == DiffFormat::Ip { "# " } else { "" };
+    // First, why each interface is managed or not: the selection is the first thing to check.
+    for v in &s.verdicts {
+        println!("{comment}{v}");
+    }
     let managed = match s.selection {
         Selection::Managed(m) => m,
         Selection::NothingToDo(why) => {
@@ -50,7 +55,6 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
     for l in apply::connmark_left_out(&p.managed, cfg) {
         log::warn!("connmark: {l}");
     }
-    let comment = if format == DiffFormat::Ip { "# " } else { "" };
     print!(
         "{}",
         ManagedText {

@@ -56,6 +56,7 @@ fn gateway_text(g: &Option<Gateway>) -> String {
         Some(g) => {
             let src = match g.source {
                 GatewaySource::MainTable => "main table's default route",
+                GatewaySource::SameSubnet => "default route of another interface on its subnet",
                 GatewaySource::SubnetFirstHost => "subnet's first host",
                 GatewaySource::Configured => "--gateway",
             };

@@ -1,17 +1,15 @@
-//! What enipin needs of the kernel, probed rather than guessed from the version: a bpffs at the
-//! pin directory, TCX links (a query on loopback, the probe `attach` uses), and the helpers the
-//! program calls, `bpf_redirect_neigh` (5.10) and `bpf_check_mtu` (5.12), each by loading a
-//! two-instruction classifier that calls it (aya's `is_helper_supported`, as libbpf probes).
+//! What enipin needs of the kernel, and which path the datapath takes on this one, each probed
+//! rather than guessed from the version (distribution kernels carry backports): a bpffs at the
+//! pin directory, TCX (a query on loopback, the probe `attach` uses), the helpers the program
+//! calls (`bpf_redirect_neigh`, 5.10; `bpf_check_mtu`, 5.12, else the program's own check), the
+//! owner tables' map-in-map swap (refused for a struct-typed template by 5.15-6.1) and
+//! `BPF_FIB_LOOKUP_TBID` (6.8, else the kernel's full route lookup). The probes are
+//! `ebpf::features`'.
 
 use std::path::Path;
 
-use aya::{
-    programs::ProgramType,
-    sys::{BpfHelper, is_helper_supported},
-};
-
 use super::{Finding, Severity};
-use crate::ebpf;
+use crate::ebpf::{self, TableSwap};
 
 /// What was probed; `Err` holds why a probe could not answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,24 +18,22 @@ pub(super) struct Kernel {
     pub bpffs: Result<(), String>,
     pub pin_dir: String,
     pub tcx: Result<bool, String>,
-    /// (helper name, supported)
-    pub helpers: Vec<(&'static str, Result<bool, String>)>,
+    pub redirect_neigh: Result<bool, String>,
+    pub check_mtu: bool,
+    pub table_swap: Result<TableSwap, String>,
+    pub fib_tbid: Result<bool, String>,
 }
 
 pub(super) fn read(pin_dir: &Path) -> Kernel {
-    let helper =
-        |h| is_helper_supported(ProgramType::SchedClassifier, h).map_err(|e| format!("{e}"));
+    let text = |e: std::io::Error| e.to_string();
     Kernel {
         bpffs: ebpf::ensure_bpffs(pin_dir).map_err(|e| format!("{e:#}")),
         pin_dir: pin_dir.display().to_string(),
         tcx: ebpf::have_tcx().map_err(|e| format!("{e:#}")),
-        helpers: vec![
-            (
-                "bpf_redirect_neigh",
-                helper(BpfHelper::BPF_FUNC_redirect_neigh),
-            ),
-            ("bpf_check_mtu", helper(BpfHelper::BPF_FUNC_check_mtu)),
-        ],
+        redirect_neigh: ebpf::have_redirect_neigh().map_err(text),
+        check_mtu: ebpf::have_check_mtu(),
+        table_swap: ebpf::table_swap().map_err(text),
+        fib_tbid: ebpf::have_fib_tbid().map_err(text),
     }
 }
 
@@ -54,46 +50,119 @@ pub(super) fn check(k: &Kernel) -> Vec<Finding> {
             "mount -t bpf bpf /sys/fs/bpf (systemd does at boot), or pass --pin-dir on a bpffs",
         ),
     }];
-    out.push(match &k.tcx {
+    out.push(attach(&k.tcx));
+    out.push(redirect(&k.redirect_neigh));
+    out.push(Finding::ok(
+        "kernel mtu check",
+        if k.check_mtu {
+            "bpf_check_mtu against the owner's live MTU (probed)".into()
+        } else {
+            "the program's own, against the owner's MTU as of the last reconcile (no \
+             bpf_check_mtu before 5.12)"
+                .into()
+        },
+    ));
+    out.push(owner_tables(&k.table_swap));
+    out.push(next_hop(&k.fib_tbid));
+    out
+}
+
+fn attach(tcx: &Result<bool, String>) -> Finding {
+    match tcx {
         Ok(true) => Finding::ok(
-            "kernel tcx",
-            "the kernel has TCX: enipin attaches TCX links, ordered and owned".into(),
+            "kernel attach",
+            "TCX links (probed): ordered and owned, pinned under the pin directory".into(),
         ),
-        Ok(false) => Finding::new(
-            "kernel tcx",
-            Severity::Warning,
-            "no TCX (kernel < 6.6): enipin attaches a netlink clsact filter, which others can \
-             replace or delete without a trace"
+        Ok(false) => Finding::ok(
+            "kernel attach",
+            "netlink clsact (no TCX before 6.6): another tool can replace or delete enipin's \
+             filter without a trace (watch puts it back); a qdisc enipin added goes with its \
+             last filter"
                 .into(),
-        )
-        .fix("a kernel >= 6.6 gives TCX links"),
+        ),
         Err(e) => Finding::new(
-            "kernel tcx",
+            "kernel attach",
             Severity::Warning,
             format!("TCX probe failed: {e}"),
         ),
-    });
-    for (name, r) in &k.helpers {
-        let check = format!("kernel {name}");
-        out.push(match r {
-            Ok(true) => Finding::ok(
-                check,
-                format!("{name} is available to TC programs (probed)"),
-            ),
-            Ok(false) => Finding::new(
-                check,
-                Severity::Conflict,
-                format!("the kernel's verifier does not know {name}: enipin's program cannot load"),
-            )
-            .fix("a kernel >= 5.12, or `enipin attach --no-ebpf` (rules only)"),
-            Err(e) => Finding::new(
-                check,
-                Severity::Warning,
-                format!("probing {name} failed: {e}"),
-            ),
-        });
     }
-    out
+}
+
+fn redirect(neigh: &Result<bool, String>) -> Finding {
+    match neigh {
+        Ok(true) => Finding::ok(
+            "kernel redirect",
+            "bpf_redirect_neigh is available to TC programs (probed)".into(),
+        ),
+        Ok(false) => Finding::new(
+            "kernel redirect",
+            Severity::Conflict,
+            "the kernel's verifier does not know bpf_redirect_neigh: enipin's program cannot \
+             load"
+                .into(),
+        )
+        .fix("a kernel >= 5.10, or `enipin attach --no-ebpf` (rules only)"),
+        Err(e) => Finding::new(
+            "kernel redirect",
+            Severity::Warning,
+            format!("probing bpf_redirect_neigh failed: {e}"),
+        ),
+    }
+}
+
+fn owner_tables(swap: &Result<TableSwap, String>) -> Finding {
+    match swap {
+        Ok(TableSwap {
+            words: true,
+            structs,
+        }) => Finding::ok(
+            "kernel owner tables",
+            format!(
+                "swap accepted (probed){}",
+                if *structs {
+                    ""
+                } else {
+                    "; this kernel refuses it into a struct-typed template (5.15-6.1), which is \
+                     why enipin's are typed as words"
+                }
+            ),
+        ),
+        Ok(TableSwap { words: false, .. }) => Finding::new(
+            "kernel owner tables",
+            Severity::Conflict,
+            "the kernel refuses to swap a new owner table in: `attach` with the datapath fails \
+             and rolls back"
+                .into(),
+        )
+        .fix("`enipin attach --no-ebpf` (rules only), and report the kernel version"),
+        Err(e) => Finding::new(
+            "kernel owner tables",
+            Severity::Warning,
+            format!("probing the owner tables' swap failed: {e}"),
+        ),
+    }
+}
+
+fn next_hop(tbid: &Result<bool, String>) -> Finding {
+    match tbid {
+        Ok(true) => Finding::ok(
+            "kernel next hop",
+            "a redirect looks its next hop up in the owner's table (BPF_FIB_LOOKUP_TBID, \
+             probed)"
+                .into(),
+        ),
+        Ok(false) => Finding::ok(
+            "kernel next hop",
+            "a redirect takes the kernel's full route lookup (no BPF_FIB_LOOKUP_TBID before \
+             6.8): the same next hop, one lookup more per redirected packet"
+                .into(),
+        ),
+        Err(e) => Finding::new(
+            "kernel next hop",
+            Severity::Warning,
+            format!("probing BPF_FIB_LOOKUP_TBID failed: {e}"),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -101,27 +170,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn missing_helpers_and_bpffs_are_conflicts() {
+    fn missing_pieces_are_conflicts_and_older_paths_are_named() {
         let k = Kernel {
             bpffs: Err("/tmp/x is not on a bpffs".into()),
             pin_dir: "/tmp/x".into(),
             tcx: Ok(false),
-            helpers: vec![
-                ("bpf_check_mtu", Ok(false)),
-                ("bpf_redirect_neigh", Ok(true)),
-            ],
+            redirect_neigh: Ok(false),
+            check_mtu: false,
+            table_swap: Ok(TableSwap {
+                words: true,
+                structs: false,
+            }),
+            fib_tbid: Ok(false),
         };
         let f = check(&k);
-        let sev: Vec<_> = f.iter().map(|f| f.severity).collect();
+        let sev: Vec<_> = f.iter().map(|f| (f.check.as_str(), f.severity)).collect();
         assert_eq!(
             sev,
             [
-                Severity::Conflict,
-                Severity::Warning,
-                Severity::Conflict,
-                Severity::Ok
+                ("kernel bpffs", Severity::Conflict),
+                ("kernel attach", Severity::Ok),
+                ("kernel redirect", Severity::Conflict),
+                ("kernel mtu check", Severity::Ok),
+                ("kernel owner tables", Severity::Ok),
+                ("kernel next hop", Severity::Ok),
             ]
         );
-        assert!(f[2].meaning.contains("bpf_check_mtu"));
+        assert!(
+            f[1].meaning
+                .starts_with("netlink clsact (no TCX before 6.6)")
+        );
+        assert!(f[3].meaning.contains("no bpf_check_mtu before 5.12"));
+        assert!(
+            f[4].meaning
+                .contains("refuses it into a struct-typed template")
+        );
+        assert!(f[5].meaning.contains("no BPF_FIB_LOOKUP_TBID before 6.8"));
+        let refused = Kernel {
+            table_swap: Ok(TableSwap {
+                words: false,
+                structs: false,
+            }),
+            ..k
+        };
+        assert_eq!(check(&refused)[4].severity, Severity::Conflict);
     }
 }

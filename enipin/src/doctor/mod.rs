@@ -11,7 +11,8 @@
 //!   addresses, the tables 0 and 253-255, systemd's metadata-service rules;
 //! - `sysctl`: `rp_filter` and the ARP knobs now, and at the next boot (sysctl.d);
 //! - `tc`: other programs at the managed interfaces' TCX and clsact hooks, in their order;
-//! - `kernel`: bpffs at the pin directory, TCX, `bpf_redirect_neigh`, `bpf_check_mtu` (probed);
+//! - `kernel`: bpffs at the pin directory, and the datapath's path on this kernel (probed): attach
+//!   (TCX or clsact), `bpf_redirect_neigh`, the MTU check, the owner tables' swap, the next hop;
 //! - `macs`: interfaces sharing a MAC, and which one a selection by MAC picks;
 //! - `connmark`: `nft` for `--connmark`, nftables DNAT to a secondary's address that connmark
 //!   would route, and other rules using the bits of connmark's mask.

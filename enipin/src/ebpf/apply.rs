@@ -17,7 +17,10 @@ use enipin_ebpf::PROGRAM;
 use crate::config::{Config, Paths};
 
 use super::{
-    attach::{AttachKind, attach_one, attachments, ifname, remove_attachment, resolve},
+    attach::{
+        AttachKind, Attachment, attach_one, attachments, ifname, remove_attachment,
+        remove_stale_clsact, resolve,
+    },
     contents::{MapWrites, State, installed, restore, write_maps},
     derived::TableSwap,
     owner::{claim, owner},
@@ -282,12 +285,23 @@ fn link(ebpf: &mut Ebpf, s: &Steps, how: AttachKind, paths: &Paths, undo: &mut U
     } else {
         &mut SchedClassifier::from_pin(&prog_pin)?
     };
+    // Attach first, detach after, so that enforcement never pauses; except for a netlink record
+    // of an interface attached again, whose filter is gone (the plan attaches only where nothing
+    // runs): it goes first, since the new filter may take the same priority and handle, and with
+    // them the record's name.
+    let (dead, stale): (Vec<&String>, Vec<&String>) = s.detach.iter().partition(|pin| {
+        Attachment::parse(pin)
+            .is_some_and(|a| a.netlink.is_some() && s.attach.iter().any(|(i, _)| *i == a.ifindex))
+    });
+    for pin in dead {
+        remove_attachment(&paths.pin_dir, pin)?;
+    }
     for (ifindex, name) in &s.attach {
         let pin = attach_one(prog, *ifindex, &paths.pin_dir, how)
             .with_context(|| format!("attaching {PROGRAM} to {name} egress"))?;
         undo.attached.push(pin);
     }
-    for pin in &s.detach {
+    for pin in stale {
         remove_attachment(&paths.pin_dir, pin)?;
     }
     Ok(())
@@ -377,6 +391,7 @@ pub fn detach(paths: &Paths) -> Result<Vec<String>> {
         ));
     }
     if paths.pin_dir.exists() {
+        remove_stale_clsact(&paths.pin_dir)?;
         out.extend(remove_pins(&paths.pin_dir)?);
     }
     Ok(out)

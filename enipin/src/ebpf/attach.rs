@@ -16,6 +16,8 @@ use crate::config::{Attach, Paths};
 
 pub(super) use super::program::LINK_PREFIX;
 pub(super) const NETLINK_PREFIX: &str = "nl-";
+/// `clsact-<ifindex>/`: an empty directory marking a clsact qdisc enipin added (< 6.6).
+pub(super) const CLSACT_PREFIX: &str = "clsact-";
 
 /// An attachment found under the pin directory.
 #[derive(Debug)]
@@ -60,10 +62,20 @@ impl Attachment {
         }
     }
 
-    /// Whether it still runs on its interface: a TCX link goes defunct when its interface goes.
+    /// Whether it still runs on its interface: a TCX link goes defunct when its interface goes; a
+    /// netlink filter goes with its interface, or when another tool deletes it (`tc filter del`,
+    /// a qdisc replaced), which leaves only enipin's record. A dump that fails counts as alive:
+    /// nothing is replaced on a guess.
     pub(super) fn alive(&self, pin_dir: &Path) -> bool {
         match self.netlink {
-            Some(_) => ifname(self.ifindex).is_some(),
+            Some((prio, handle)) => {
+                ifname(self.ifindex).is_some()
+                    && crate::netlink::clsact_filter_exists(self.ifindex, prio, handle)
+                        .unwrap_or_else(|e| {
+                            log::debug!("{}: {e:#}", self.pin);
+                            true
+                        })
+            }
             None => link_alive(&pin_dir.join(&self.pin), self.ifindex),
         }
     }
@@ -205,7 +217,9 @@ pub(super) fn attach_netlink(
     pin_dir: &Path,
 ) -> Result<String> {
     match tc::qdisc_add_clsact(ifindex) {
-        Ok(()) => {}
+        // Ours: recorded, so that removing the last filter removes it too (see `remove_clsact`).
+        Ok(()) => record_clsact(pin_dir, ifindex)?,
+        // Someone's, or ours from an earlier attach (recorded then): kept as it is.
         Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
         Err(e) => return Err(e).context("adding a clsact qdisc"),
     }
@@ -213,7 +227,16 @@ pub(super) fn attach_netlink(
         parent: TcAttachType::Egress.into(),
         options: Default::default(),
     };
-    let id = prog.attach(ifindex, nl)?;
+    let id = match prog.attach(ifindex, nl) {
+        Ok(id) => id,
+        Err(e) => {
+            // Nothing of ours on it: a qdisc enipin just added goes again.
+            if let Err(undo) = remove_clsact(pin_dir, ifindex) {
+                log::warn!("{undo:#}");
+            }
+            return Err(e.into());
+        }
+    };
     let link = prog.take_link(id)?;
     let name = format!(
         "{NETLINK_PREFIX}{ifindex}-{}-{}",
@@ -226,6 +249,69 @@ pub(super) fn attach_netlink(
     }
     std::mem::forget(link);
     Ok(name)
+}
+
+/// The marker of a clsact qdisc enipin added (`clsact-<ifindex>/`), beside the filter's.
+fn clsact_marker(pin_dir: &Path, ifindex: u32) -> std::path::PathBuf {
+    pin_dir.join(format!("{CLSACT_PREFIX}{ifindex}"))
+}
+
+/// Records that enipin added the clsact qdisc of `ifindex`; should that fail, the qdisc goes
+/// again (it holds nothing yet), so nothing unrecorded stays behind.
+fn record_clsact(pin_dir: &Path, ifindex: u32) -> Result<()> {
+    let marker = clsact_marker(pin_dir, ifindex);
+    match fs::create_dir(&marker) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => {
+            if let Err(undo) = crate::netlink::del_clsact_blocking(ifindex) {
+                log::warn!("removing the clsact qdisc of ifindex {ifindex} again: {undo:#}");
+            }
+            Err(e).with_context(|| format!("recording {}", marker.display()))
+        }
+    }
+}
+
+/// After enipin's filter left `ifindex`: removes the clsact qdisc if enipin added it (its marker)
+/// and it holds no other filter at either hook; one that others use stays, no longer ours. On
+/// kernels < 6.6 this is what leaves a detached interface as enipin found it.
+fn remove_clsact(pin_dir: &Path, ifindex: u32) -> Result<()> {
+    let marker = clsact_marker(pin_dir, ifindex);
+    if !marker.exists() {
+        return Ok(());
+    }
+    if ifname(ifindex).is_some() {
+        let others = crate::netlink::clsact_filters_blocking(ifindex)
+            .with_context(|| format!("listing the clsact filters of ifindex {ifindex}"))?;
+        if others == 0 {
+            crate::netlink::del_clsact_blocking(ifindex)
+                .with_context(|| format!("removing the clsact qdisc of ifindex {ifindex}"))?;
+        } else {
+            log::info!(
+                "keeping the clsact qdisc of {}: {others} other filter(s) use it",
+                owner_name(&Owner { ifindex, mtu: 0 })
+            );
+        }
+    }
+    fs::remove_dir(&marker).with_context(|| format!("removing {}", marker.display()))
+}
+
+/// The clsact qdiscs enipin added whose filter record is gone (an attach killed between the two):
+/// removed as [`remove_clsact`] does, so that detach leaves nothing.
+pub(super) fn remove_stale_clsact(pin_dir: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(pin_dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(ifindex) = name
+            .strip_prefix(CLSACT_PREFIX)
+            .and_then(|i| i.parse().ok())
+        {
+            remove_clsact(pin_dir, ifindex)?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes the attachment recorded as `pin`: exactly enipin's link or filter.
@@ -243,6 +329,7 @@ pub(super) fn remove_attachment(pin_dir: &Path, pin: &str) -> Result<()> {
             Err(e) => return Err(e).with_context(|| format!("removing the filter of {pin}")),
         }
         fs::remove_dir(&path)?;
+        remove_clsact(pin_dir, a.ifindex)?;
     } else {
         // Unpinning drops the last reference: the kernel detaches the link.
         match PinnedLink::from_pin(&path) {

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{Result, anyhow};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap, LpmTrie, Map, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
 };
 use enipin_ebpf::{
@@ -18,7 +18,11 @@ use crate::{
     model::{Forwarding, ManagedInterface},
 };
 
-use super::{derived::TableSwap, pins::Pins, program::OBJECT};
+use super::{
+    derived::TableSwap,
+    pins::Pins,
+    program::{OBJECT, loader},
+};
 
 #[derive(Debug)]
 pub(super) struct MapDiff<K, V> {
@@ -213,9 +217,7 @@ pub(super) fn restore(paths: &Paths, before: &State) -> Result<()> {
     let now = installed(&Pins::open(paths)?)?;
     let mut w = MapWrites::between(&now, before);
     w.config = before.config;
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(&paths.pin_dir)
-        .load(OBJECT)?;
+    let mut ebpf = loader(&paths.pin_dir).load(OBJECT)?;
     write_maps(&mut ebpf, &w)?.run()
 }
 

@@ -14,6 +14,8 @@
 
 //!
 //! Modules, each depending only on those above it:
+//! - `features`: what the kernel offers the datapath (`bpf_check_mtu`, the owner tables' swap,
+//!   `BPF_FIB_LOOKUP_TBID`), probed;
 //! - `program`: the embedded object, loading it, this build's tag, the bpffs check;
 //! - `owner`: which network namespace a pin directory belongs to (`netns-<inode>`); another's
 //!   is refused;
@@ -34,6 +36,7 @@ mod attach;
 mod batch;
 mod contents;
 mod derived;
+mod features;
 mod held;
 mod observe;
 mod owner;
@@ -51,6 +54,9 @@ pub(crate) use attach::{have_tcx, ifname};
 pub use derived::OwnerTable;
 #[cfg(feature = "testing")]
 pub use derived::sync_derived;
+pub(crate) use features::{
+    TableSwap, have_check_mtu, have_fib_tbid, have_redirect_neigh, table_swap,
+};
 pub(crate) use held::HeldLinks;
 #[cfg(test)]
 pub(crate) use observe::TableSummary;

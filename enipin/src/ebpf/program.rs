@@ -7,7 +7,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{ProgramInfo, SchedClassifier},
 };
-use enipin_ebpf::PROGRAM;
+use enipin_ebpf::{HAVE_CHECK_MTU, PROGRAM};
 
 use crate::config::Paths;
 
@@ -23,16 +23,13 @@ pub(super) const LINK_PREFIX: &str = "link-";
 /// reused from) `pin_dir`, which must exist. Public for the benchmark, which test-runs the program
 /// on the maps [`super::apply`] filled.
 pub fn load(pin_dir: &Path) -> Result<Ebpf> {
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(pin_dir)
-        .load(OBJECT)
-        .with_context(|| {
-            format!(
-                "loading the eBPF object with the maps pinned under {} (pins from another enipin \
+    let mut ebpf = loader(pin_dir).load(OBJECT).with_context(|| {
+        format!(
+            "loading the eBPF object with the maps pinned under {} (pins from another enipin \
                  version? run `enipin detach` first)",
-                pin_dir.display()
-            )
-        })?;
+            pin_dir.display()
+        )
+    })?;
     let prog: &mut SchedClassifier = ebpf
         .program_mut(PROGRAM)
         .ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?
@@ -40,6 +37,19 @@ pub fn load(pin_dir: &Path) -> Result<Ebpf> {
     prog.load()
         .context("loading the classifier (see the verifier log above)")?;
     Ok(ebpf)
+}
+
+/// The object's loader: maps pinned under `pin_dir`, and the program's read-only globals set from
+/// this kernel's probes (`bpf_check_mtu`).
+pub(super) fn loader(pin_dir: &Path) -> EbpfLoader<'_> {
+    // A u32 (not a bool) so that every byte pattern of the global is valid on both sides.
+    static HAVE: [u32; 2] = [0, 1];
+    let have = &HAVE[usize::from(super::features::have_check_mtu())];
+    let mut loader = EbpfLoader::new();
+    loader
+        .default_map_pin_directory(pin_dir)
+        .override_global(HAVE_CHECK_MTU, have, true);
+    loader
 }
 
 /// The object's classifier [`PROGRAM`].

@@ -403,6 +403,11 @@ impl<'a> Lab<'a> {
             ok,
             res,
         );
+        // The "before" ping left the peer a failed neighbour entry for the address, which it
+        // retries only on its own timer: on a slow kernel (QEMU, 0.6-1.0 s from that ping to
+        // the address appearing) the entry could stay FAILED through the three probes below.
+        // Asked afresh, the address answers at once.
+        self.topo.peer().ip(&["neigh", "flush", "to", &m])?;
         for (key, addr, what) in [
             ("ping-metadata-after", m.clone(), "added from metadata"),
             ("ping-secondary-after", self.s4.clone(), "secondary"),

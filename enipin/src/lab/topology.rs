@@ -42,6 +42,8 @@ pub struct EniSpec {
     pub v4: Vec<Ipv4Addr>,
     /// IPv6 addresses, the primary first.
     pub v6: Vec<Ipv6Addr>,
+    /// With [`Spec::default_routes`], a default route of its own through its subnet's router.
+    pub default_route: bool,
 }
 
 impl EniSpec {
@@ -63,6 +65,20 @@ impl EniSpec {
                 0,
                 0x10 + u16::from(i),
             )],
+            default_route: true,
+        }
+    }
+
+    /// ENI `i` of [`EniSpec::nth`] in a subnet of its own: 198.18.<10+i>.<10+i>/24 and
+    /// 2001:db8:<10+i>::<10+i>/64 (hexadecimal), no default route of its own: the issue-23
+    /// host's eth1 beside an eth0 holding the only default route.
+    pub fn in_own_subnet(i: u8) -> Self {
+        let n = u16::from(10 + i);
+        Self {
+            v4: vec![Ipv4Addr::new(198, 18, 10 + i, 10 + i)],
+            v6: vec![Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, n)],
+            default_route: false,
+            ..Self::nth(i)
         }
     }
 }
@@ -70,7 +86,8 @@ impl EniSpec {
 /// The whole network. [`Spec::default`] is the seed: two ENIs in 198.18.0.0/24, one address each.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spec {
-    /// The ENIs, all in the one subnet; the first is the primary.
+    /// The ENIs; the first is the primary. Each is in the subnet its addresses are in (at the
+    /// prefix lengths below), and the vpc routes between the subnets by the first host of each.
     pub enis: Vec<EniSpec>,
     /// The subnet's IPv4 prefix length.
     pub prefix_len_v4: u8,
@@ -86,8 +103,9 @@ pub struct Spec {
     pub peer_v6: Ipv6Addr,
     /// Configure the IPv6 addresses too (2001:db8::/64).
     pub ipv6: bool,
-    /// Give `host` one default route per ENI through the gateway, as in the seed's `route -n`
-    /// (metric 100 + index; only on ENIs with an address of the family). Without them the main
+    /// Give `host` one default route per ENI through its subnet's router (the gateway in the
+    /// peer's subnet), as in the seed's `route -n` (metric 100 + index; only on ENIs with an
+    /// address of the family and [`EniSpec::default_route`]). Without them the main
     /// table holds the subnet routes alone, and enipin takes the subnet's first host as gateway.
     pub default_routes: bool,
 }
@@ -281,17 +299,20 @@ impl Topology {
                 }
             }
         }
-        // The seed's `route -n`: one default route per ENI, through the same gateway.
-        for (i, eni) in s.enis.iter().enumerate().filter(|_| s.default_routes) {
+        self.route_between_subnets()?;
+        // The seed's `route -n`: one default route per ENI, through its subnet's router.
+        let with_route = |e: &&EniSpec| s.default_routes && e.default_route;
+        for (i, eni) in s.enis.iter().enumerate().filter(|(_, e)| with_route(e)) {
             let metric = (100 + i).to_string();
-            let gw4 = s.gateway_v4.to_string();
+            let (gw4, gw6) = self.routers(eni);
+            let gw4 = gw4.to_string();
             if !eni.v4.is_empty() {
                 host.ip(&[
                     "route", "add", "default", "via", &gw4, "dev", &eni.name, "metric", &metric,
                 ])?;
             }
             if s.ipv6 && !eni.v6.is_empty() {
-                let gw6 = s.gateway_v6.to_string();
+                let gw6 = gw6.to_string();
                 host.ip(&[
                     "-6", "route", "add", "default", "via", &gw6, "dev", &eni.name, "metric",
                     &metric,
@@ -300,6 +321,70 @@ impl Topology {
         }
         vpc.sh(&format!("nft -f - <<'EOF'\n{}EOF", self.nft_ruleset()))
             .context("loading the vpc's source checks (cargo xtask setup installs nftables)")?;
+        Ok(())
+    }
+
+    /// The first host of `eni`'s subnets (its primary addresses' networks): the vpc's address
+    /// there, the ENI's router. The seed's one subnet gives the seed's gateways.
+    fn routers(&self, eni: &EniSpec) -> (Ipv4Addr, Ipv6Addr) {
+        let s = &self.spec;
+        let v4 = eni.v4.first().map_or(s.gateway_v4, |a| {
+            let mask = u32::MAX << (32 - u32::from(s.prefix_len_v4));
+            Ipv4Addr::from((u32::from(*a) & mask) + 1)
+        });
+        let v6 = eni.v6.first().map_or(s.gateway_v6, |a| {
+            let mask = u128::MAX << (128 - u32::from(s.prefix_len_v6));
+            Ipv6Addr::from((u128::from(*a) & mask) + 1)
+        });
+        (v4, v6)
+    }
+
+    /// ENIs outside the peer's subnet: the vpc takes the first host of each of their subnets and
+    /// routes between them, the peer reaches them through the gateway, and the peer answers ARP
+    /// only from its own subnet (arp_ignore 2), as a VPC's hosts are reached across subnets only
+    /// through the router: a reply sent straight onto the wire from another subnet's ENI gets
+    /// no answer, as in the cloud.
+    fn route_between_subnets(&self) -> Result<()> {
+        let (vpc, peer, s) = (&self.vpc, &self.peer, &self.spec);
+        let mut added = Vec::new();
+        for eni in &s.enis {
+            let (v4, v6) = self.routers(eni);
+            if v4 != s.gateway_v4 && !eni.v4.is_empty() && !added.contains(&v4.to_string()) {
+                let a = format!("{v4}/{}", s.prefix_len_v4);
+                vpc.ip(&["addr", "add", &a, "dev", "br0"])?;
+                added.push(v4.to_string());
+            }
+            if s.ipv6
+                && v6 != s.gateway_v6
+                && !eni.v6.is_empty()
+                && !added.contains(&v6.to_string())
+            {
+                let a = format!("{v6}/{}", s.prefix_len_v6);
+                vpc.ip(&["-6", "addr", "add", &a, "dev", "br0", "nodad"])?;
+                added.push(v6.to_string());
+            }
+        }
+        if added.is_empty() {
+            return Ok(());
+        }
+        vpc.sysctl("net.ipv4.ip_forward", "1")?;
+        vpc.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        // Routed back out of br0: no ICMP redirect to the peer, which would then skip the router.
+        for scope in ["all", "br0"] {
+            vpc.sysctl(&format!("net.ipv4.conf.{scope}.send_redirects"), "0")?;
+        }
+        peer.ip(&["route", "add", "default", "via", &s.gateway_v4.to_string()])?;
+        if s.ipv6 {
+            peer.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &s.gateway_v6.to_string(),
+            ])?;
+        }
+        peer.sysctl("net.ipv4.conf.all.arp_ignore", "2")?;
         Ok(())
     }
 

@@ -65,12 +65,7 @@ mod tests {
         let mut eth2 = iface(2, &["198.18.0.11/24", "198.18.0.23/32"]);
         // 198.18.0.23 was added by enipin (IFA_PROTO 229) and metadata no longer lists it.
         eth2.ours.push("198.18.0.23/32".parse().unwrap());
-        Discovery {
-            interfaces: vec![iface(1, &["198.18.0.10/24"]), eth2],
-            defaults: Vec::new(),
-            rules: Vec::new(),
-            routes: Vec::new(),
-        }
+        Discovery::fixture(vec![iface(1, &["198.18.0.10/24"]), eth2], Vec::new())
     }
 
     fn view() -> View {

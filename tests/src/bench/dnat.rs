@@ -5,7 +5,7 @@
 //! only then does the TC egress program see a misrouted frame.
 //!
 //! The bed is the lab's seed network (`enipin::lab::Topology`, IPv4) plus a "container": its own
-//! namespace behind a veth from the host (ctr0 198.19.1.1 / eth0 198.19.1.2), the host
+//! namespace behind a veth from the host (vethctr0 198.19.1.1 / eth0 198.19.1.2), the host
 //! forwarding, and nftables DNAT of UDP port [`PORT`] on both ENIs' addresses to it. One
 //! measurement: the peer sends one datagram to `<address>:PORT` (conntrack's entry, DNAT'd to
 //! the container), then the container floods 64-byte frames from its port back to the peer's

@@ -1,0 +1,220 @@
+//! Issue 23: ENIs in subnets of their own. The lab's host has eth0 in the peer's subnet
+//! (198.18.0.10/24, 2001:db8::10/64, the only default routes) and eth1 in another one
+//! (198.18.11.11/24, 2001:db8:b::b/64), behind the vpc that routes between the two and drops what
+//! leaves an ENI with another's source. The peer's ping to eth1 got no reply, and `attach` said
+//! "nothing to do".
+
+use enipin_tests::{EniSpec, Enipin, Snapshot, Spec, Topology, require};
+
+/// The issue's host: eth0 in the peer's subnet with the default routes, eth1 in its own.
+fn split() -> (Topology, Enipin) {
+    require();
+    let spec = Spec {
+        enis: vec![EniSpec::nth(0), EniSpec::in_own_subnet(1)],
+        ..Spec::default()
+    };
+    let t = Topology::build_with(spec).expect("topology");
+    let e = Enipin::in_ns(t.host());
+    (t, e)
+}
+
+fn dump(t: &Topology, e: &Enipin) -> Snapshot {
+    Snapshot::take(t.host(), &t.eni_names(), e.pins.path()).expect("dumping the host")
+}
+
+/// Every ENI address of the spec, IPv4 then IPv6.
+fn addresses(t: &Topology) -> Vec<String> {
+    let enis = &t.spec.enis;
+    let v4 = enis.iter().flat_map(|e| &e.v4).map(ToString::to_string);
+    let v6 = enis.iter().flat_map(|e| &e.v6).map(ToString::to_string);
+    v4.chain(v6).collect()
+}
+
+/// How many of 3 probes from the peer to `addr` got a reply.
+fn replies(t: &Topology, addr: &str) -> u32 {
+    t.peer().pings(&[addr], 3).unwrap().1
+}
+
+/// Attach with `args`, then every address answers 3 of 3 with no new source drop; detach
+/// leaves the host as `before`.
+fn every_address_answers(t: &Topology, e: &Enipin, args: &[&str], before: &Snapshot) {
+    let out = e.ok(args);
+    assert!(out.contains("attached"), "{args:?}: {out}");
+    t.peer().ip(&["neigh", "flush", "all"]).unwrap();
+    let drops = t.drops().unwrap().total();
+    for a in addresses(t) {
+        assert_eq!(replies(t, &a), 3, "{args:?}: {a} must answer\n{out}");
+    }
+    assert_eq!(
+        t.drops().unwrap().total(),
+        drops,
+        "{args:?}: the vpc dropped replies"
+    );
+    e.ok(&["detach"]);
+    let now = dump(t, e);
+    assert!(
+        now == *before,
+        "{args:?}: detach left\n{}",
+        before.diff(&now).join("\n")
+    );
+}
+
+#[test]
+fn an_eni_in_its_own_subnet_answers_after_attach() {
+    let (t, e) = split();
+    assert_eq!(replies(&t, "198.18.0.10"), 3, "eth0 answers before attach");
+    let drops = t.drops().unwrap().eni("eth0").ip;
+    assert_eq!(
+        replies(&t, "198.18.11.11"),
+        0,
+        "eth1's reply leaves by eth0 before attach"
+    );
+    assert!(
+        t.drops().unwrap().eni("eth0").ip > drops,
+        "and the vpc drops it"
+    );
+    let before = dump(&t, &e);
+
+    // eth1 has no IPv6 default route and IPv6 no first-host router: refused with the fix.
+    let err = e.fails(&["attach", "--dry-run"]);
+    assert!(
+        err.contains("interface eth1 has no IPv6 gateway enipin can know")
+            && err.contains("--gateway"),
+        "{err}"
+    );
+    let dry = e.ok(&["attach", "--dry-run", "--gateway", "2001:db8:b::1"]);
+    let first: Vec<&str> = dry.lines().take(3).collect();
+    assert_eq!(
+        first,
+        [
+            "lo: left out: the loopback",
+            "eth0: managed: a reply from 198.18.0.10 to 198.18.11.0/24 leaves by eth1 (main table)",
+            "eth1: managed: a reply from 198.18.11.11 to 0.0.0.0/0 (the default route) leaves by eth0 (main table)",
+        ],
+        "{dry}"
+    );
+    assert!(
+        dry.contains("gateway ipv4: 198.18.11.1 (from the subnet's first host)"),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("gateway ipv6: 2001:db8:b::1 (from the --gateway)"),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("+ route 198.18.0.0/24 via 198.18.11.1 dev eth1"),
+        "{dry}"
+    );
+
+    // Rules only, then rules and program. The program alone (--no-rules) sends a redirected
+    // reply to the peer's subnet without a route of eth1's to it (no table): not yet.
+    let gw = ["--gateway", "2001:db8:b::1"];
+    for mode in [&["--no-ebpf"][..], &[]] {
+        let args: Vec<&str> = ["attach"].iter().chain(mode).chain(&gw).copied().collect();
+        every_address_answers(&t, &e, &args, &before);
+    }
+}
+
+/// `--interfaces eth1` manages eth1 with eth0, which its replies leave by: never "nothing to do".
+#[test]
+fn a_named_eni_in_its_own_subnet_is_managed_with_the_one_its_replies_leave_by() {
+    let (t, e) = split();
+    let before = dump(&t, &e);
+    let out = e.ok(&[
+        "attach",
+        "--interfaces",
+        "eth1",
+        "--gateway",
+        "2001:db8:b::1",
+    ]);
+    assert!(
+        out.starts_with(
+            "eth1: managed: a reply from 198.18.11.11 to 0.0.0.0/0 (the default route) leaves by eth0 (main table)\n\
+             eth0: managed: replies of eth1 leave by it; its program sends them back\n"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("nothing to do"), "{out}");
+    t.peer().ip(&["neigh", "flush", "all"]).unwrap();
+    assert_eq!(replies(&t, "198.18.11.11"), 3, "{out}");
+    assert_eq!(replies(&t, "2001:db8:b::b"), 3, "{out}");
+    let status = e.ok(&["status"]);
+    assert!(
+        status.contains("eth1") && status.contains("eth0"),
+        "{status}"
+    );
+    e.ok(&["detach"]);
+    assert!(dump(&t, &e) == before, "detach left something");
+}
+
+/// Three ENIs: eth0 and eth1 share the peer's subnet, eth2 is in its own; each has a default
+/// route of its own (DHCP's, one metric each): every address answers with rules and program.
+#[test]
+fn three_enis_mixing_shared_and_separate_subnets() {
+    require();
+    let spec = Spec {
+        enis: vec![
+            EniSpec::nth(0),
+            EniSpec::nth(1),
+            EniSpec {
+                default_route: true,
+                ..EniSpec::in_own_subnet(2)
+            },
+        ],
+        ..Spec::default()
+    };
+    let t = Topology::build_with(spec).expect("topology");
+    let e = Enipin::in_ns(t.host());
+    assert_eq!(
+        replies(&t, "198.18.12.12"),
+        0,
+        "eth2's reply leaves by eth0 before attach"
+    );
+    let before = dump(&t, &e);
+    every_address_answers(&t, &e, &["attach"], &before);
+}
+
+/// A docker0-like bridge with a container's veth port, and a VPC CNI pod veth, beside one ENI:
+/// nothing selected, and attach says why for each.
+#[test]
+fn container_plumbing_beside_one_eni_is_left_out() {
+    require();
+    let spec = Spec {
+        enis: vec![EniSpec::nth(0), EniSpec::nth(1)],
+        ..Spec::default()
+    };
+    let t = Topology::build_with(spec).expect("topology");
+    let h = t.host();
+    // One ENI: eth1 taken down to the container's side of things would still be an ENI; remove
+    // its address instead so eth0 is the only candidate.
+    h.ip(&["addr", "flush", "dev", "eth1"]).unwrap();
+    h.ip(&["link", "add", "docker0", "type", "bridge"]).unwrap();
+    h.ip(&["link", "set", "docker0", "up"]).unwrap();
+    h.ip(&["addr", "add", "198.18.100.1/24", "dev", "docker0"])
+        .unwrap();
+    h.veth_pair("vethc0ffee", "vethpeer").unwrap();
+    h.ip(&["link", "set", "vethc0ffee", "master", "docker0"])
+        .unwrap();
+    h.ip(&["addr", "add", "198.18.100.2/24", "dev", "vethpeer"])
+        .unwrap();
+    h.veth_pair("eni0a1b2c3d4e", "podside").unwrap();
+    h.ip(&["addr", "add", "198.18.101.1/32", "dev", "eni0a1b2c3d4e"])
+        .unwrap();
+    let e = Enipin::in_ns(h);
+    let before = dump(&t, &e);
+    let out = e.ok(&["attach"]);
+    for line in [
+        "eth0: left out: the main table sends replies from each of its addresses out of it",
+        "eth1: left out: no IPv4 or global IPv6 address of its own",
+        "docker0: left out: not an Ethernet interface (a bridge, bond, VLAN or tunnel)",
+        "vethc0ffee: left out: no IPv4 or global IPv6 address of its own",
+        "eni0a1b2c3d4e: left out: container plumbing (named eni*); name it in --interfaces to manage it",
+    ] {
+        assert!(out.contains(line), "missing {line:?}:\n{out}");
+    }
+    assert!(
+        out.contains("nothing to do: the main table sends every reply from eth0 out of the interface owning its source"),
+        "{out}"
+    );
+    assert!(dump(&t, &e) == before, "nothing to do changed something");
+}
