@@ -310,8 +310,11 @@ pub(crate) struct Chosen<'d> {
 /// Which interfaces ([`verdict`]): without `--interfaces`, every candidate ENI a reply from
 /// which could leave by another one, and those it could leave by. With it, the named ones
 /// (refusing those missing, loopback, not Ethernet, down or without an address) whose replies
-/// could leave by another ENI, with those ENIs; a named one whose replies all leave by it and
-/// that carries no one else's is refused when others are managed (else there is nothing to do).
+/// could leave by another ENI; one named interface alone comes with the ENIs its replies could
+/// leave by (their programs send them back), while two or more are the set the operator chose:
+/// nothing unnamed is added (each named one's rules hold its replies), so that dropping an ENI
+/// from the list unmanages it. A named one whose replies all leave by it and that carries no one
+/// else's is refused when others are managed (else there is nothing to do).
 pub(crate) fn choose<'d>(d: &'d Discovery, cfg: &Config) -> Chosen<'d> {
     if cfg.interfaces.is_empty() {
         let verdicts = verdict::by_default(d, cfg);
@@ -341,7 +344,7 @@ pub(crate) fn choose<'d>(d: &'d Discovery, cfg: &Config) -> Chosen<'d> {
             candidates.push(p);
         }
     }
-    let verdicts = verdict::judge(d, &pool, &candidates);
+    let verdicts = verdict::judge(d, &pool, &candidates, pool.len() == 1);
     let (interfaces, mut refused) = routable(d, cfg, taken(d, &verdicts), refused);
     if !interfaces.is_empty() {
         refused.extend(
@@ -1339,7 +1342,7 @@ mod tests {
         d.interfaces.insert(1, vf);
         let m =
             managed(select(&d, &named_cfg(&["02:00:00:00:00:01", "02:00:00:00:00:02"])).unwrap());
-        assert_eq!(names(&m), ["eth1", "eth2", "eth3"]);
+        assert_eq!(names(&m), ["eth1", "eth2"]);
         // Both carrying addresses: ambiguous, refused.
         d.interfaces[1].addrs = vec!["198.18.7.1/24".parse().unwrap()];
         let err = select(&d, &named_cfg(&["02:00:00:00:00:02", "eth1"])).unwrap_err();
@@ -1357,8 +1360,9 @@ mod tests {
         let m = managed(select(&d, &named_cfg(&["02:00:00:00:00:02", "eth1", "eth2"])).unwrap());
         assert_eq!(
             names(&m),
-            ["eth2", "eth1", "eth3"],
-            "in the order named, once each, then eth3 that eth1's replies to its subnet leave by"
+            ["eth2", "eth1"],
+            "in the order named, once each; eth3, which eth1's replies to its subnet could leave \
+             by, is not named: two named interfaces are the set the operator chose"
         );
 
         let cfg = Config {
@@ -1413,7 +1417,7 @@ mod tests {
         let (selection, refused) = select_named(&d, &cfg, chosen).unwrap();
         assert_eq!(refused.len(), 3);
         let m = managed(selection);
-        assert_eq!(names(&m), ["eth1", "eth2", "eth3"]);
+        assert_eq!(names(&m), ["eth1", "eth2"]);
         assert_eq!(m[0].prefixes, ["198.18.0.64/28".parse().unwrap()]);
         assert!(m[1].prefixes.is_empty());
     }

@@ -223,10 +223,15 @@ fn leaks(d: &Discovery, candidates: &[&Interface]) -> BTreeMap<u32, Vec<(IpAddr,
 }
 
 /// The verdicts on `pool` (the interfaces the selection starts from, in order): each managed
-/// one, with every candidate its replies may leave by (even outside `pool`: its program is what
-/// sends them back), and each other one of `pool` with the reason it is left out. `candidates`
-/// are the ENIs the route lookup considers.
-pub(crate) fn judge(d: &Discovery, pool: &[&Interface], candidates: &[&Interface]) -> Vec<Verdict> {
+/// one, with every candidate its replies may leave by (outside `pool` too when `beyond`: its
+/// program is what sends them back), and each other one of `pool` with the reason it is left
+/// out. `candidates` are the ENIs the route lookup considers.
+pub(crate) fn judge(
+    d: &Discovery,
+    pool: &[&Interface],
+    candidates: &[&Interface],
+    beyond: bool,
+) -> Vec<Verdict> {
     let leaks = leaks(d, candidates);
     let name = |ix: u32| {
         d.interfaces
@@ -266,6 +271,7 @@ pub(crate) fn judge(d: &Discovery, pool: &[&Interface], candidates: &[&Interface
         match verdicts.iter_mut().find(|v| v.ifindex == via) {
             Some(v) if v.taken() => {}
             Some(v) => v.why = Why::Carries { of },
+            None if !beyond => {}
             None => verdicts.push(Verdict {
                 ifindex: via,
                 name: name(via),
@@ -283,7 +289,7 @@ pub(crate) fn by_default(d: &Discovery, cfg: &Config) -> Vec<Verdict> {
         .iter()
         .filter(|i| exclusion(d, cfg, i).is_none())
         .collect();
-    let judged = judge(d, &candidates, &candidates);
+    let judged = judge(d, &candidates, &candidates, true);
     d.interfaces
         .iter()
         .map(|i| match judged.iter().find(|v| v.ifindex == i.ifindex) {
