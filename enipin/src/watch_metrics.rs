@@ -28,6 +28,7 @@ use crate::{
     http::Reply,
     metrics,
     model::ManagedInterface,
+    objects::{self, InPlace},
 };
 
 /// Kinds of restored and drifted objects, so that every series exists from the first scrape.
@@ -66,6 +67,8 @@ struct Last {
     /// `None` before the first reconcile; `Some(Err)` holds its error in one line.
     result: Option<Result<(), String>>,
     managed: Vec<ManagedInterface>,
+    /// What the last success left in place: what a later pass puts back of it is a restore.
+    in_place: InPlace,
 }
 
 impl Telemetry {
@@ -81,8 +84,8 @@ impl Telemetry {
         let restored = IntCounterVec::new(
             Opts::new(
                 "enipin_restored_total",
-                "Objects put back after someone else removed or changed them, by kind (the \
-                 managed interfaces and addresses unchanged since the last success).",
+                "Objects put back after someone else removed or changed them, by kind: those \
+                 the last successful reconcile left in place.",
             ),
             &["kind"],
         )?;
@@ -181,17 +184,16 @@ impl Telemetry {
         };
         self.reconciles.with_label_values(&[result]).inc();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        // Same interfaces and addresses as at the last success: the desired state is the same,
-        // so whatever was missing had been removed by someone else.
-        let same = matches!(last.result, Some(Ok(()))) && last.managed == r.managed;
         for kind in KINDS {
             for (state, missing) in [("missing", true), ("extra", false)] {
                 let n = r.drift.get(&(kind, missing)).copied().unwrap_or(0);
                 self.drift.with_label_values(&[kind, state]).set(n as i64);
-                if same && missing && n > 0 {
-                    self.restored.with_label_values(&[kind]).inc_by(n);
-                }
             }
+        }
+        // What was in place at the last success and is put back now was removed by someone
+        // else, whatever else changed in the same pass (a gateway's source, an address).
+        for o in objects::restored(&last.in_place, &r.added) {
+            self.restored.with_label_values(&[o.kind()]).inc();
         }
         self.restored
             .with_label_values(&["datapath_link"])
@@ -223,6 +225,7 @@ impl Telemetry {
             .set(1);
         last.result = Some(Ok(()));
         last.managed.clone_from(&r.managed);
+        last.in_place.clone_from(&r.in_place);
     }
 
     /// Records a failed reconcile (the installed state was left as it was).
