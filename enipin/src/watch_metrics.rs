@@ -332,6 +332,7 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{apply::Drift, objects::Object, sysctl};
 
     /// Without the datapath: nothing here loads a program or reads a pin.
     fn telemetry() -> Arc<Telemetry> {
@@ -381,15 +382,48 @@ mod tests {
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
 
+    fn rule(priority: u32) -> Object {
+        Object::Rule(crate::route::Rule {
+            v6: false,
+            priority,
+            from: None,
+            table: 20002,
+            suppress_prefixlen: None,
+            fwmark: None,
+        })
+    }
+
+    /// A pass that put `added` in place and left `in_place`, with its drift.
+    fn pass(added: &[Object], in_place: &[Object]) -> Reconciled {
+        let mut drift = Drift::new();
+        for o in added {
+            *drift.entry((o.kind(), true)).or_default() += 1;
+        }
+        Reconciled {
+            changes: vec!["+ something".to_owned(); added.len()],
+            drift,
+            added: added.to_vec(),
+            in_place: in_place.iter().cloned().collect(),
+            ..Reconciled::default()
+        }
+    }
+
     #[test]
-    fn restores_count_only_what_was_missing_under_an_unchanged_desired_state() {
+    fn restores_count_what_was_put_back_of_what_was_in_place() {
         let t = telemetry();
+        let rp = Object::Sysctl(sysctl::Key::new("eth1", sysctl::Knob::RpFilter).unwrap());
+        let before = [rule(20000), rule(20002), rp.clone()];
         // The first success installs everything: drift, but no restore.
-        t.succeeded(&reconciled(6, &[(("rule", true), 6)]), 0, Duration::ZERO);
-        // Someone deleted a rule, reverted a sysctl and removed a link pin (pinned back).
-        let r = reconciled(2, &[(("rule", true), 1), (("sysctl", true), 1)]);
-        t.succeeded(&r, 1, Duration::ZERO);
-        t.succeeded(&reconciled(0, &[]), 0, Duration::ZERO);
+        t.succeeded(&pass(&before, &before), 0, Duration::ZERO);
+        // Someone deleted a rule, reverted a sysctl and removed a link pin (pinned back); a rule
+        // new in this pass (an address added, a gateway's source changed) is no restore.
+        let now = [rule(20000), rule(20002), rule(20004), rp.clone()];
+        t.succeeded(
+            &pass(&[rule(20002), rule(20004), rp], &now),
+            1,
+            Duration::ZERO,
+        );
+        t.succeeded(&pass(&[], &now), 0, Duration::ZERO);
         let text = t.exposition().unwrap();
         for (series, want) in [
             ("enipin_restored_total{kind=\"rule\"}", 1.0),
