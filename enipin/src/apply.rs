@@ -17,9 +17,11 @@ use crate::{
     metadata::{Tracker, View},
     model::ManagedInterface,
     netlink::Netlink,
+    objects::{InPlace, Object},
     plan::{self, Change, DiffFormat, Plan, Selection},
     snapshot::{Named, Snapshot},
     state, sysctl,
+    watch_grace::Grace,
 };
 
 /// Desired vs installed rules, routes and sysctls for `managed`.
@@ -35,11 +37,13 @@ pub(crate) fn compute(d: &Discovery, managed: &[ManagedInterface], cfg: &Config)
 }
 
 fn routing(d: &Discovery, managed: &[ManagedInterface], cfg: &Config) -> Result<Plan> {
+    let (have_rules, have_routes) = plan::installed(d);
     if !cfg.rules {
-        return Ok(Plan::default());
+        // The layer is off: what it installed goes (`layers.rules = false` + SIGHUP, `attach
+        // --no-rules` after a full attach); the sysctls stay recorded for `detach`.
+        return Ok(plan::diff(&[], &[], &have_rules, &have_routes, Vec::new()));
     }
     let (want_rules, want_routes) = plan::desired(managed, cfg);
-    let (have_rules, have_routes) = plan::installed(d);
     let sysctls = if cfg.sysctls {
         sysctls(d, managed)?
     } else {
@@ -259,6 +263,8 @@ pub(crate) struct Pending {
     pub(crate) managed: Vec<ManagedInterface>,
     pub(crate) plan: Plan,
     pub(crate) ebpf: Option<ebpf::EbpfPlan>,
+    /// Why the rules layer planned nothing ([`OnConflict::DatapathAlone`]).
+    pub(crate) rules_refused: Option<anyhow::Error>,
 }
 
 impl Pending {
@@ -279,6 +285,44 @@ impl Pending {
     }
 }
 
+/// What someone else's rule at enipin's priorities (or in its tables) does to a plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OnConflict {
+    /// Refuse all of it (`attach`: all or nothing, the operator sees the error).
+    Refuse,
+    /// Plan the datapath alone, which needs no rule priority: the rules layer is refused
+    /// ([`Pending::rules_refused`]) and left as it is (`watch`).
+    DatapathAlone,
+}
+
+/// The rules layer refused a pass (a conflict) while the datapath was applied on its own.
+#[derive(Debug)]
+pub(crate) struct RulesRefused(pub(crate) anyhow::Error);
+
+impl std::fmt::Display for RulesRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for RulesRefused {}
+
+/// The datapath's plan: for `managed` with the layer on; with it off, the removal of whatever
+/// is still pinned (the layer switched off); `None` when there is nothing of it.
+pub(crate) fn datapath(
+    managed: &[ManagedInterface],
+    cfg: &Config,
+    paths: &Paths,
+) -> Result<Option<ebpf::EbpfPlan>> {
+    if cfg.ebpf {
+        return ebpf::plan(managed, cfg, paths).map(Some);
+    }
+    if !paths.pin_dir.exists() {
+        return Ok(None);
+    }
+    ebpf::plan(&[], cfg, paths).map(Some)
+}
+
 /// Plans both appliers for `managed` against discovery `d`. Any failure to read what is
 /// installed is an error, never an empty plan.
 pub(crate) fn pending(
@@ -287,23 +331,29 @@ pub(crate) fn pending(
     previous: Option<state::State>,
     cfg: &Config,
     paths: &Paths,
+    on_conflict: OnConflict,
 ) -> Result<Pending> {
-    if cfg.rules {
-        plan::check_conflicts(d, &managed, cfg)?;
-    }
-    let mut plan = compute(d, &managed, cfg)?;
-    plan.changes
-        .extend(connmark_change(&managed, cfg, previous.as_ref())?);
-    let ebpf = if cfg.ebpf {
-        Some(ebpf::plan(&managed, cfg, paths)?)
-    } else {
-        None
+    let conflict = match cfg.rules {
+        true => plan::check_conflicts(d, &managed, cfg).err(),
+        false => None,
     };
+    let (plan, rules_refused) = match (conflict, on_conflict) {
+        (Some(e), OnConflict::Refuse) => return Err(e),
+        (Some(e), OnConflict::DatapathAlone) => (Plan::default(), Some(e)),
+        (None, _) => {
+            let mut plan = compute(d, &managed, cfg)?;
+            plan.changes
+                .extend(connmark_change(&managed, cfg, previous.as_ref())?);
+            (plan, None)
+        }
+    };
+    let ebpf = datapath(&managed, cfg, paths)?;
     Ok(Pending {
         previous,
         managed,
         plan,
         ebpf,
+        rules_refused,
     })
 }
 
@@ -418,6 +468,42 @@ fn drift(p: &Pending) -> Drift {
     out
 }
 
+/// What the desired state for `p` has in place once `p` is applied.
+fn in_place(p: &Pending, cfg: &Config) -> InPlace {
+    let mut out = InPlace::new();
+    if cfg.rules {
+        let (rules, routes) = plan::desired(&p.managed, cfg);
+        out.extend(rules.into_iter().map(Object::Rule));
+        out.extend(routes.into_iter().map(Object::Route));
+        out.extend(p.plan.sysctls.iter().cloned().map(Object::Sysctl));
+        if cfg.connmark && !p.managed.is_empty() {
+            out.insert(Object::Connmark);
+        }
+    }
+    if cfg.configure_addresses {
+        let addrs = p
+            .managed
+            .iter()
+            .flat_map(|m| m.addrs.iter().map(|a| (m.ifindex, a.addr)));
+        out.extend(addrs.map(|(ix, a)| Object::Address(ix, a)));
+    }
+    if cfg.ebpf {
+        out.extend(ebpf::objects(&p.managed, cfg));
+    }
+    out
+}
+
+/// What `p` puts in place, by identity.
+fn added(p: &Pending) -> Vec<Object> {
+    let rules = p.plan.changes.iter().filter_map(Change::puts);
+    let datapath = p
+        .ebpf
+        .iter()
+        .flat_map(|e| &e.changes)
+        .filter_map(|c| c.puts());
+    rules.chain(datapath).collect()
+}
+
 /// What one [`reconcile`] found and did.
 #[derive(Debug, Default)]
 pub(crate) struct Reconciled {
@@ -432,10 +518,17 @@ pub(crate) struct Reconciled {
     pub left_out: Vec<(String, String)>,
     /// What the plan found out of place before applying it.
     pub drift: Drift,
+    /// What is in place after it: the next pass counts what it puts back of these as restored.
+    pub in_place: InPlace,
+    /// What it put in place, by identity.
+    pub added: Vec<Object>,
     /// What metadata said this pass (`None` without `--metadata`).
     pub metadata: Option<View>,
     /// The managed interfaces `--connmark` leaves out.
     pub connmark_left_out: Vec<connmark::LeftOut>,
+    /// The managed interfaces without an address in their grace ([`Grace`]): what was managed
+    /// stayed managed.
+    pub blinking: Vec<String>,
 }
 
 /// One pass of the same plan/apply `attach` does, for a caller that holds the state lock
@@ -445,14 +538,23 @@ pub(crate) struct Reconciled {
 /// subnet was detached, its last address removed) is a desired state too: enipin's own rules,
 /// routes and datapath go (sysctls stay recorded for `detach`). A failed discovery is an error
 /// and changes nothing. With `metadata`, an ENI whose metadata is unknown keeps its last known
-/// metadata (the tracker's), so a failing service removes nothing.
+/// metadata (the tracker's), so a failing service removes nothing. An interface that lost its
+/// addresses but is still there holds the last selection for `grace`'s period ([`Grace`]).
 pub(crate) async fn reconcile(
     cfg: &Config,
     paths: &Paths,
     metadata: Option<&mut Tracker>,
+    grace: &mut Grace,
 ) -> Result<Reconciled> {
     let previous = state::load(paths)?;
-    let (s, view) = Snapshot::select_with(cfg, Named::Present, metadata, previous.as_ref()).await?;
+    let (s, view) = Snapshot::select_with(
+        cfg,
+        Named::Present,
+        metadata,
+        previous.as_ref(),
+        Some(grace),
+    )
+    .await?;
     let left_out = s
         .refused
         .iter()
@@ -463,11 +565,16 @@ pub(crate) async fn reconcile(
         Selection::NothingToDo(why) => (Vec::new(), Some(why)),
     };
     let (nl, d) = (&s.snapshot.nl, &s.snapshot.discovery);
-    let p = pending(d, managed, previous, cfg, paths)?;
+    let mut p = pending(d, managed, previous, cfg, paths, OnConflict::DatapathAlone)?;
+    let refused = p.rules_refused.take();
     let changes = p.lines(DiffFormat::Text);
     let drift = drift(&p);
+    let (in_place, added) = (in_place(&p, cfg), added(&p));
     let managed = p.managed.clone();
     commit(nl, p, cfg, paths).await?;
+    if let Some(e) = refused {
+        return Err(RulesRefused(e).into());
+    }
     Ok(Reconciled {
         connmark_left_out: connmark_left_out(&managed, cfg),
         managed,
@@ -475,6 +582,9 @@ pub(crate) async fn reconcile(
         idle,
         left_out,
         drift,
+        in_place,
+        added,
         metadata: view,
+        blinking: s.held.blinking,
     })
 }

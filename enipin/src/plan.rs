@@ -29,6 +29,7 @@ use crate::{
     connmark::{self, Connmark},
     discover::Discovery,
     model::{Cidr, Gateway, GatewaySource, Interface, ManagedInterface, RTPROT_ENIPIN, fmt_mac},
+    objects::Object,
     route::{Fwmark, MAIN_TABLE, Route, Rule, V6_METRIC},
     sysctl,
     verdict::{self, Verdict, Why},
@@ -65,6 +66,21 @@ pub(crate) enum Change {
 }
 
 impl Change {
+    /// The object this change puts in place (`None`: a removal).
+    pub(crate) fn puts(&self) -> Option<Object> {
+        match self {
+            Change::AddRule(r) => Some(Object::Rule(r.clone())),
+            Change::AddRoute(r) => Some(Object::Route(r.clone())),
+            Change::AddAddress(a) => Some(Object::Address(a.ifindex, a.cidr.addr)),
+            Change::Sysctl { key, .. } => Some(Object::Sysctl(key.clone())),
+            Change::Connmark { new: Some(_), .. } => Some(Object::Connmark),
+            Change::DelRule(_)
+            | Change::DelRoute(_)
+            | Change::DelAddress(_)
+            | Change::Connmark { new: None, .. } => None,
+        }
+    }
+
     /// What undoes this change (the rollback journal holds these).
     pub(crate) fn inverse(&self) -> Change {
         match self {
@@ -152,6 +168,9 @@ pub(crate) struct Plan {
     /// Desired rules / routes already in place.
     pub rules_in_place: usize,
     pub routes_in_place: usize,
+    /// Every sysctl wanted, set already or not.
+    #[serde(skip)]
+    pub sysctls: Vec<sysctl::Key>,
 }
 
 impl Plan {
@@ -361,6 +380,21 @@ pub(crate) fn choose<'d>(d: &'d Discovery, cfg: &Config) -> Chosen<'d> {
         interfaces,
         refused,
         verdicts,
+    }
+}
+
+/// Keeps the interfaces of `keep` (by ifindex) chosen whatever their verdicts, and drops the
+/// refusals of them: while an address blinks ([`crate::watch_grace`]), what was managed stays
+/// managed.
+pub(crate) fn hold<'d>(d: &'d Discovery, chosen: &mut Chosen<'d>, keep: &[u32]) {
+    for ix in keep {
+        let Some(i) = d.interfaces.iter().find(|i| i.ifindex == *ix) else {
+            continue;
+        };
+        if !chosen.interfaces.iter().any(|c| c.ifindex == *ix) {
+            chosen.interfaces.push(i);
+        }
+        chosen.refused.retain(|r| !matches(i, r.selector()));
     }
 }
 
@@ -892,7 +926,10 @@ pub(crate) fn diff(
     have_routes: &[Route],
     sysctls: Vec<(sysctl::Key, String, String)>,
 ) -> Plan {
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        sysctls: sysctls.iter().map(|(key, ..)| key.clone()).collect(),
+        ..Plan::default()
+    };
     let c = &mut plan.changes;
     c.extend(
         have_rules

@@ -1,6 +1,8 @@
 //! What the namespace has now and what enipin would manage in it: the connect + discover +
 //! select every command starts with, in one place.
 
+use std::time::Instant;
+
 use anyhow::Result;
 
 use crate::{
@@ -11,6 +13,7 @@ use crate::{
     plan::{self, Refusal, Selection},
     state::State,
     verdict::Verdict,
+    watch_grace::{Grace, Held},
 };
 
 /// What a selection does with an interface named in `--interfaces` that is missing, down or
@@ -39,6 +42,8 @@ pub(crate) struct Selected {
     pub refused: Vec<Refusal>,
     /// Why each interface considered is taken or left out.
     pub verdicts: Vec<Verdict>,
+    /// What a blinking address kept managed (always empty without a [`Grace`]).
+    pub held: Held,
 }
 
 impl Snapshot {
@@ -51,19 +56,21 @@ impl Snapshot {
 
     /// Takes a snapshot and selects the managed interfaces for `cfg`.
     pub(crate) async fn select(cfg: &Config, named: Named) -> Result<Selected> {
-        Self::select_with(cfg, named, None, None)
+        Self::select_with(cfg, named, None, None, None)
             .await
             .map(|(s, _)| s)
     }
 
     /// [`Snapshot::select`], with the addresses and prefixes `metadata` knows of the candidate
     /// interfaces merged in first (the addresses `state` records as enipin's marked so first);
-    /// returns the metadata's view too (`None` without it).
+    /// returns the metadata's view too (`None` without it). With `grace` (the watcher's), an
+    /// interface of `state` that blinks keeps what `state` manages selected.
     pub(crate) async fn select_with(
         cfg: &Config,
         named: Named,
         metadata: Option<&mut Tracker>,
         state: Option<&State>,
+        grace: Option<&mut Grace>,
     ) -> Result<(Selected, Option<View>)> {
         let mut snapshot = Self::take().await?;
         if let Some(st) = state {
@@ -78,12 +85,17 @@ impl Snapshot {
             }
             None => None,
         };
-        Ok((Self::select_from(snapshot, cfg, named)?, view))
+        let held = match (grace, state) {
+            (Some(g), Some(st)) => g.hold(&snapshot.discovery, &st.managed, Instant::now()),
+            _ => Held::default(),
+        };
+        Ok((Self::select_from(snapshot, cfg, named, held)?, view))
     }
 
-    fn select_from(snapshot: Self, cfg: &Config, named: Named) -> Result<Selected> {
+    fn select_from(snapshot: Self, cfg: &Config, named: Named, held: Held) -> Result<Selected> {
         let d = &snapshot.discovery;
-        let chosen = plan::choose(d, cfg);
+        let mut chosen = plan::choose(d, cfg);
+        plan::hold(d, &mut chosen, &held.keep);
         let verdicts = chosen.verdicts.clone();
         if let (Named::Strict, Some(r)) = (named, chosen.refused.first()) {
             // The first refusal is the error.
@@ -95,6 +107,7 @@ impl Snapshot {
             selection,
             refused,
             verdicts,
+            held,
         })
     }
 }

@@ -67,6 +67,7 @@ use crate::{
     settings::{Loader, Settings},
     state, sysctl,
     watch_events::subscribe,
+    watch_grace::Grace,
     watch_metrics::Telemetry,
     watch_nft::NftEvents,
     watch_pace::Edges,
@@ -224,6 +225,8 @@ struct Said {
     left_out: Vec<(String, String)>,
     /// The managed interfaces connmark leaves out.
     connmark: LeftOutSaid,
+    /// The interfaces without an address whose grace holds the selection.
+    blinking: Vec<String>,
 }
 
 /// The log line of one reconcile: one line when it changed something, nothing otherwise (but
@@ -233,7 +236,12 @@ fn report(r: &Reconciled, why: &Reasons, took: Duration, said: &mut Said) {
         idle,
         left_out,
         connmark,
+        blinking,
     } = said;
+    if r.blinking != *blinking {
+        say_blinking(&r.blinking, blinking);
+        blinking.clone_from(&r.blinking);
+    }
     for (warning, line) in connmark.update(&r.connmark_left_out, &r.managed) {
         if warning {
             warn!("{line}");
@@ -267,6 +275,21 @@ fn report(r: &Reconciled, why: &Reasons, took: Duration, said: &mut Said) {
         );
     }
     idle.clone_from(&r.idle);
+}
+
+/// Says when interfaces start or stop holding the selection without an address (`was`: the
+/// last pass's).
+fn say_blinking(now: &[String], was: &[String]) {
+    let secs = crate::watch_grace::GRACE.as_secs_f32();
+    for name in now.iter().filter(|n| !was.contains(n)) {
+        info!(
+            "{name} has no address: everything managed stays for up to {secs}s (an address \
+             removed and added back, as networkd's reconfigure does, changes nothing else)"
+        );
+    }
+    if now.is_empty() {
+        info!("no managed interface is without an address any more (or its grace is over)");
+    }
 }
 
 /// What of the desired state for `managed` is gone without a netlink event: datapath pins and
@@ -400,6 +423,8 @@ pub async fn watch(
     // The metadata client, its token and every ENI's last known metadata, across reconciles.
     let mut tracker = Tracker::new(&cfg);
     let mut metadata_poll = metadata_interval(pacing.metadata);
+    // Interfaces seen without an address, and since when: they hold the selection a while.
+    let mut grace = Grace::default();
     let mut check = tokio::time::interval(pacing.check);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
@@ -408,7 +433,13 @@ pub async fn watch(
     );
     loop {
         let due = edges.due(pacing.debounce, pacing.max_delay);
-        let deadline = due.unwrap_or(periodic).min(periodic).max(hold);
+        // A grace that ends sends no event: the pass that ends it is due then.
+        let grace_end = grace.deadline(Instant::now());
+        let deadline = due
+            .unwrap_or(periodic)
+            .min(periodic)
+            .min(grace_end.unwrap_or(periodic))
+            .max(hold);
         tokio::select! {
             _ = term.recv() => {
                 info!("SIGTERM: stopped watching; enipin's state stays installed (`enipin detach` removes it)");
@@ -487,7 +518,9 @@ pub async fn watch(
                 }
             }
             () = sleep_until(deadline.into()) => {
-                if due.is_none() {
+                if grace_end.is_some_and(|end| end <= Instant::now()) {
+                    why.add(Some((0, "an address's grace is over".to_owned())));
+                } else if due.is_none() {
                     why.add(Some((0, "periodic check".to_owned())));
                 }
                 let started = Instant::now();
@@ -495,7 +528,7 @@ pub async fn watch(
                 // (those that lost their pin for good keep enforcing until it attached anew).
                 let (repinned, lost) = std::mem::take(&mut held).repin(paths);
                 orphans.extend(lost);
-                let result = apply::reconcile(&cfg, paths, tracker.as_mut()).await;
+                let result = apply::reconcile(&cfg, paths, tracker.as_mut(), &mut grace).await;
                 if cfg.ebpf {
                     held = ebpf::HeldLinks::hold(paths);
                 }
@@ -524,9 +557,15 @@ pub async fn watch(
                         telemetry.failed(&e, started.elapsed());
                         failures += 1;
                         let delay = pacing.backoff.saturating_mul(1 << (failures - 1).min(16)).min(pacing.max_backoff);
+                        // A refused rules layer did not stop the datapath (it needs no priority).
+                        let left = if e.downcast_ref::<apply::RulesRefused>().is_some() {
+                            "the datapath is in place; the rules layer refused and is left as it was"
+                        } else {
+                            "the installed state is left as it was"
+                        };
                         error!(
                             "reconcile after {} failed (attempt {failures}, retrying in {}s); \
-                             the installed state is left as it was: {e:#}",
+                             {left}: {e:#}",
                             why.text(),
                             delay.as_secs_f32()
                         );

@@ -28,6 +28,7 @@ use crate::{
     http::Reply,
     metrics,
     model::ManagedInterface,
+    objects::{self, InPlace},
 };
 
 /// Kinds of restored and drifted objects, so that every series exists from the first scrape.
@@ -66,6 +67,8 @@ struct Last {
     /// `None` before the first reconcile; `Some(Err)` holds its error in one line.
     result: Option<Result<(), String>>,
     managed: Vec<ManagedInterface>,
+    /// What the last success left in place: what a later pass puts back of it is a restore.
+    in_place: InPlace,
 }
 
 impl Telemetry {
@@ -81,8 +84,8 @@ impl Telemetry {
         let restored = IntCounterVec::new(
             Opts::new(
                 "enipin_restored_total",
-                "Objects put back after someone else removed or changed them, by kind (the \
-                 managed interfaces and addresses unchanged since the last success).",
+                "Objects put back after someone else removed or changed them, by kind: those \
+                 the last successful reconcile left in place.",
             ),
             &["kind"],
         )?;
@@ -181,17 +184,16 @@ impl Telemetry {
         };
         self.reconciles.with_label_values(&[result]).inc();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        // Same interfaces and addresses as at the last success: the desired state is the same,
-        // so whatever was missing had been removed by someone else.
-        let same = matches!(last.result, Some(Ok(()))) && last.managed == r.managed;
         for kind in KINDS {
             for (state, missing) in [("missing", true), ("extra", false)] {
                 let n = r.drift.get(&(kind, missing)).copied().unwrap_or(0);
                 self.drift.with_label_values(&[kind, state]).set(n as i64);
-                if same && missing && n > 0 {
-                    self.restored.with_label_values(&[kind]).inc_by(n);
-                }
             }
+        }
+        // What was in place at the last success and is put back now was removed by someone
+        // else, whatever else changed in the same pass (a gateway's source, an address).
+        for o in objects::restored(&last.in_place, &r.added) {
+            self.restored.with_label_values(&[o.kind()]).inc();
         }
         self.restored
             .with_label_values(&["datapath_link"])
@@ -223,6 +225,7 @@ impl Telemetry {
             .set(1);
         last.result = Some(Ok(()));
         last.managed.clone_from(&r.managed);
+        last.in_place.clone_from(&r.in_place);
     }
 
     /// Records a failed reconcile (the installed state was left as it was).
@@ -329,6 +332,7 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{apply::Drift, objects::Object, sysctl};
 
     /// Without the datapath: nothing here loads a program or reads a pin.
     fn telemetry() -> Arc<Telemetry> {
@@ -378,15 +382,48 @@ mod tests {
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
 
+    fn rule(priority: u32) -> Object {
+        Object::Rule(crate::route::Rule {
+            v6: false,
+            priority,
+            from: None,
+            table: 20002,
+            suppress_prefixlen: None,
+            fwmark: None,
+        })
+    }
+
+    /// A pass that put `added` in place and left `in_place`, with its drift.
+    fn pass(added: &[Object], in_place: &[Object]) -> Reconciled {
+        let mut drift = Drift::new();
+        for o in added {
+            *drift.entry((o.kind(), true)).or_default() += 1;
+        }
+        Reconciled {
+            changes: vec!["+ something".to_owned(); added.len()],
+            drift,
+            added: added.to_vec(),
+            in_place: in_place.iter().cloned().collect(),
+            ..Reconciled::default()
+        }
+    }
+
     #[test]
-    fn restores_count_only_what_was_missing_under_an_unchanged_desired_state() {
+    fn restores_count_what_was_put_back_of_what_was_in_place() {
         let t = telemetry();
+        let rp = Object::Sysctl(sysctl::Key::new("eth1", sysctl::Knob::RpFilter).unwrap());
+        let before = [rule(20000), rule(20002), rp.clone()];
         // The first success installs everything: drift, but no restore.
-        t.succeeded(&reconciled(6, &[(("rule", true), 6)]), 0, Duration::ZERO);
-        // Someone deleted a rule, reverted a sysctl and removed a link pin (pinned back).
-        let r = reconciled(2, &[(("rule", true), 1), (("sysctl", true), 1)]);
-        t.succeeded(&r, 1, Duration::ZERO);
-        t.succeeded(&reconciled(0, &[]), 0, Duration::ZERO);
+        t.succeeded(&pass(&before, &before), 0, Duration::ZERO);
+        // Someone deleted a rule, reverted a sysctl and removed a link pin (pinned back); a rule
+        // new in this pass (an address added, a gateway's source changed) is no restore.
+        let now = [rule(20000), rule(20002), rule(20004), rp.clone()];
+        t.succeeded(
+            &pass(&[rule(20002), rule(20004), rp], &now),
+            1,
+            Duration::ZERO,
+        );
+        t.succeeded(&pass(&[], &now), 0, Duration::ZERO);
         let text = t.exposition().unwrap();
         for (series, want) in [
             ("enipin_restored_total{kind=\"rule\"}", 1.0),

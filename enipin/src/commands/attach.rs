@@ -26,8 +26,14 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
     // A corrupt state file stops us before anything changes.
     let previous = state::load(paths)?;
     let mut tracker = Tracker::new(cfg);
-    let (s, view) =
-        Snapshot::select_with(cfg, Named::Strict, tracker.as_mut(), previous.as_ref()).await?;
+    let (s, view) = Snapshot::select_with(
+        cfg,
+        Named::Strict,
+        tracker.as_mut(),
+        previous.as_ref(),
+        None,
+    )
+    .await?;
     if let Some((mac, why)) = view.as_ref().and_then(|v| v.unknown.iter().next()) {
         bail!(
             "the metadata of ENI {} is unknown ({why}); nothing was changed. Check that the \
@@ -51,7 +57,7 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
         }
     };
     crate::doctor::warn_conflicts(cfg, paths).await;
-    let p = apply::pending(d, managed, previous, cfg, paths)?;
+    let p = apply::pending(d, managed, previous, cfg, paths, apply::OnConflict::Refuse)?;
     for l in apply::connmark_left_out(&p.managed, cfg) {
         log::warn!("connmark: {l}");
     }

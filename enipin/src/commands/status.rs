@@ -133,7 +133,7 @@ impl StatusReport {
             .unwrap_or_default();
         let mut tracker = Tracker::new(&cfg);
         let (s, view) =
-            Snapshot::select_with(&cfg, Named::Strict, tracker.as_mut(), st.as_ref()).await?;
+            Snapshot::select_with(&cfg, Named::Strict, tracker.as_mut(), st.as_ref(), None).await?;
         let d = &s.snapshot.discovery;
         let managed = match s.selection {
             Selection::Managed(m) => m,
@@ -161,8 +161,10 @@ impl StatusReport {
                 log::warn!("connmark: {l}");
             }
         }
-        if cfg.ebpf {
-            let plan = ebpf::plan(&managed, &cfg, paths).context("planning the datapath")?;
+        // With the layer off, what is still pinned is drift too (it goes at the next attach).
+        if let Some(plan) =
+            apply::datapath(&managed, &cfg, paths).context("planning the datapath")?
+        {
             drift.extend(plan.changes.into_iter().map(Drift::from));
         }
         let (datapath, owner_tables) = datapath(paths)?;

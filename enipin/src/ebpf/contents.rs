@@ -1,7 +1,10 @@
 //! The owner, prefix, counter and config maps' contents: the state enipin wants, the state it
 //! finds pinned, and the writes from one to the other (also the rollback's).
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Result, anyhow};
 use aya::{
@@ -16,6 +19,7 @@ use enipin_ebpf::{
 use crate::{
     config::{Config, Mode, Paths},
     model::{Forwarding, ManagedInterface},
+    objects::MapEntry,
 };
 
 use super::{
@@ -131,6 +135,32 @@ pub(super) fn desired(managed: &[ManagedInterface], cfg: &Config) -> State {
         prefixes,
     });
     s
+}
+
+impl State {
+    /// Every entry, by identity.
+    pub(super) fn entries(&self) -> Vec<MapEntry> {
+        let v4 = self
+            .v4
+            .keys()
+            .map(|k| MapEntry::Owner(Ipv4Addr::from(*k).into()));
+        let v6 = self
+            .v6
+            .keys()
+            .map(|k| MapEntry::Owner(Ipv6Addr::from(*k).into()));
+        let p4 = (self.p4.keys()).map(|(k, l)| MapEntry::Prefix(Ipv4Addr::from(*k).into(), *l));
+        let p6 = (self.p6.keys()).map(|(k, l)| MapEntry::Prefix(Ipv6Addr::from(*k).into(), *l));
+        let counters = self.counters.keys().map(|i| MapEntry::Counters(*i));
+        let hops = self.next_hops.keys().map(|i| MapEntry::NextHop(*i));
+        let config = self.config.map(|_| MapEntry::Config);
+        v4.chain(v6)
+            .chain(p4)
+            .chain(p6)
+            .chain(counters)
+            .chain(hops)
+            .chain(config)
+            .collect()
+    }
 }
 
 /// `NextHop::families` for an owner that forwards `f`.

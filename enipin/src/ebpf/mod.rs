@@ -65,6 +65,7 @@ pub use observe::owner_table;
 pub use observe::{Attached, attached, counters};
 pub(crate) use observe::{OwnerTables, missing, running_at_egress, table_summary};
 pub(crate) use plan::Change;
+pub(crate) use plan::objects;
 pub use plan::{EbpfPlan, plan};
 #[cfg(feature = "testing")]
 pub use program::{OBJECT, load};

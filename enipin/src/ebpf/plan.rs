@@ -18,6 +18,7 @@ use enipin_ebpf::{
 use crate::{
     config::{Config, Paths},
     model::ManagedInterface,
+    objects::{MapEntry, Object},
 };
 
 use super::{
@@ -131,6 +132,22 @@ pub(crate) enum Change {
 }
 
 impl Change {
+    /// The object this change puts in place (`None`: a removal, or nothing of the desired state
+    /// by identity: a new build, a rebuilt or recreated map, a claim).
+    pub(crate) fn puts(&self) -> Option<Object> {
+        let entry = |e| Some(Object::DatapathMap(e));
+        match self {
+            Self::Load { .. } => Some(Object::DatapathProgram),
+            Self::Attach { ifindex, .. } => Some(Object::DatapathLink(*ifindex)),
+            Self::SetOwner { addr, .. } => entry(MapEntry::Owner(*addr)),
+            Self::SetPrefix { addr, len, .. } => entry(MapEntry::Prefix(*addr, *len)),
+            Self::AddCounters { ifindex } => entry(MapEntry::Counters(*ifindex)),
+            Self::SetNextHop { ifindex, .. } => entry(MapEntry::NextHop(*ifindex)),
+            Self::Config(_) => entry(MapEntry::Config),
+            _ => None,
+        }
+    }
+
     /// What this change says about drift: the kind of object and whether it was missing (else
     /// extra). `None` for what is no drift (a new build replacing the program, a claim).
     pub(crate) fn drift(&self) -> Option<(&'static str, bool)> {
@@ -277,6 +294,19 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
     let writes = MapWrites::between(&installed(&pins)?, &desired(managed, cfg));
     changes.extend(map_changes(&writes));
     Ok(EbpfPlan { changes })
+}
+
+/// What the datapath has in place for `managed` once a plan for them is applied.
+pub(crate) fn objects(managed: &[ManagedInterface], cfg: &Config) -> Vec<Object> {
+    if managed.is_empty() {
+        return Vec::new();
+    }
+    let links = managed.iter().map(|m| Object::DatapathLink(m.ifindex));
+    let entries = desired(managed, cfg).entries().into_iter();
+    std::iter::once(Object::DatapathProgram)
+        .chain(links)
+        .chain(entries.map(Object::DatapathMap))
+        .collect()
 }
 
 /// Load when nothing is pinned; replace when another build's program is.
