@@ -263,10 +263,12 @@ fn a_renamed_interface_gets_its_sysctls_back() {
     );
 }
 
-/// 10.5: loopback is never managed (its program would redirect local traffic), nor an interface
-/// that shares no subnet with another managed one.
+/// 10.5: loopback is never managed (its program would redirect local traffic). An interface in
+/// a subnet of its own, named beside eth0 and eth1, used to be refused as "sharing no subnet":
+/// its replies beyond its subnet follow the main table's default route out of eth0, so it is
+/// managed (issue 23), and detach leaves nothing of it.
 #[test]
-fn loopback_and_lonely_interfaces_are_refused() {
+fn loopback_is_refused_and_an_eni_in_its_own_subnet_is_managed() {
     let (topo, e) = lab();
     let before = Snapshot::take(topo.host(), &IFACES, e.pins.path()).unwrap();
     let err = e.fails(&["attach", "--interfaces", "lo,eth1"]);
@@ -289,8 +291,12 @@ fn loopback_and_lonely_interfaces_are_refused() {
     h.ip(&["link", "set", "solo1", "up"]).unwrap();
     // solo0's own routes are the kernel's, not enipin's: compare from here.
     let before = Snapshot::take(topo.host(), &IFACES, e.pins.path()).unwrap();
-    let err = e.fails(&["attach", "--interfaces", "eth0,eth1,solo0"]);
-    assert!(err.contains("solo0") && err.contains("subnet"), "{err}");
+    let out = e.ok(&["attach", "--interfaces", "eth0,eth1,solo0"]);
+    assert!(
+        out.contains("solo0: managed: a reply from 198.18.1.9 to 0.0.0.0/0 (the default route) leaves by eth0"),
+        "{out}"
+    );
+    e.ok(&["detach"]);
     let after = Snapshot::take(topo.host(), &IFACES, e.pins.path()).unwrap();
     assert_eq!(before.diff(&after), Vec::<String>::new());
 }
