@@ -3,7 +3,7 @@
 //! promises, and `doctor` names the path taken.
 //!
 //! Two probes have no library call (aya has none), so they go through the `bpf` syscall here:
-//! a map-in-map swap, and a test-run of a ten-instruction classifier.
+//! a map-in-map swap, and a test-run of an 18-instruction classifier.
 
 use std::{
     io,
