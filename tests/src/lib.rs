@@ -118,6 +118,12 @@ pub struct Enipin {
 }
 
 impl Enipin {
+    /// Everything enipin could touch in `t`'s host namespace: rules, routes, sysctls, the ENIs'
+    /// TC state and this runner's pins (the before/after of a test).
+    pub fn dump(&self, t: &Topology) -> Snapshot {
+        Snapshot::take(t.host(), &t.eni_names(), self.pins.path()).expect("dumping the host")
+    }
+
     /// Takes ownership of `ns` (deleted with the returned value).
     pub fn new(ns: Netns) -> Self {
         let mut e = Self::named(ns.name());

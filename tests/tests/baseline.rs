@@ -38,12 +38,6 @@ fn topo(enis: &[(&[u8], &[u8])]) -> (Topology, Enipin) {
     (t, e)
 }
 
-/// Everything enipin could touch in the host namespace: rules, routes, sysctls, the ENIs' TC
-/// state, enipin's pins.
-fn dump(t: &Topology, e: &Enipin) -> Snapshot {
-    Snapshot::take(t.host(), &t.eni_names(), e.pins.path()).expect("dumping the host")
-}
-
 /// Panics, naming `what` and the lines that differ, unless `now` is exactly `before`.
 fn assert_same(before: &Snapshot, now: &Snapshot, what: &str) {
     assert!(now == before, "{what}:\n{}", before.diff(now).join("\n"));
@@ -76,7 +70,7 @@ fn seed_ping_fails_before_and_works_after_attach() {
         !t.peer().ping("198.18.0.11", 3).unwrap(),
         "the secondary ENI must NOT answer before attach (replies leave by eth0)"
     );
-    let before = dump(&t, &enipin);
+    let before = enipin.dump(&t);
 
     // --dry-run in both formats changes nothing.
     let dry = enipin.ok(&["attach", "--no-ebpf", "--dry-run"]);
@@ -102,7 +96,7 @@ fn seed_ping_fails_before_and_works_after_attach() {
         dry_ip.contains("sysctl -w net.ipv4.conf.eth1.arp_ignore=1"),
         "{dry_ip}"
     );
-    assert_same(&before, &dump(&t, &enipin), "--dry-run changed something");
+    assert_same(&before, &enipin.dump(&t), "--dry-run changed something");
     assert!(!enipin.state_file().exists());
 
     let started = Instant::now();
@@ -190,7 +184,7 @@ fn seed_ping_fails_before_and_works_after_attach() {
     assert!(out.contains("detached"), "{out}");
     assert_same(
         &before,
-        &dump(&t, &enipin),
+        &enipin.dump(&t),
         "detach did not restore the namespace",
     );
     assert!(!enipin.state_file().exists());
@@ -252,7 +246,7 @@ fn three_enis_secondaries_ipv6_and_foreign_rules() {
             "{a} must not answer before attach"
         );
     }
-    let before = dump(&t, &enipin);
+    let before = enipin.dump(&t);
 
     let started = Instant::now();
     let out = enipin.ok(&["attach", "--no-ebpf"]);
@@ -315,7 +309,7 @@ fn three_enis_secondaries_ipv6_and_foreign_rules() {
     eprintln!("detach of 3 interfaces: {:?}", started.elapsed());
     assert_same(
         &before,
-        &dump(&t, &enipin),
+        &enipin.dump(&t),
         "detach did not restore the namespace",
     );
     assert!(
@@ -344,11 +338,11 @@ fn bad_input_gives_a_clear_error_and_changes_nothing() {
     t.host()
         .ip(&["addr", "add", "198.18.0.99/24", "dev", "down0"])
         .unwrap();
-    let before = dump(&t, &enipin);
+    let before = enipin.dump(&t);
     let unchanged = |what: &str| {
         assert_same(
             &before,
-            &dump(&t, &enipin),
+            &enipin.dump(&t),
             &format!("{what} changed the namespace"),
         );
         assert!(!enipin.state_file().exists(), "{what} left a state file");
@@ -392,7 +386,7 @@ fn bad_input_gives_a_clear_error_and_changes_nothing() {
             "20001",
         ])
         .unwrap();
-    let before_conflict = dump(&t, &enipin);
+    let before_conflict = enipin.dump(&t);
     let e = enipin.fails(&["attach", "--no-ebpf"]);
     assert!(
         e.contains("uses priority 20001") && e.contains("--priority"),
@@ -400,7 +394,7 @@ fn bad_input_gives_a_clear_error_and_changes_nothing() {
     );
     assert_same(
         &before_conflict,
-        &dump(&t, &enipin),
+        &enipin.dump(&t),
         "the refused attach (priority taken) changed the namespace",
     );
     t.host().ip(&["rule", "del", "pref", "20001"]).unwrap();
@@ -493,7 +487,7 @@ fn bad_input_gives_a_clear_error_and_changes_nothing() {
     t.host()
         .ip(&["addr", "add", "198.18.0.10/24", "dev", "eth1"])
         .unwrap();
-    let before_dup = dump(&t, &enipin);
+    let before_dup = enipin.dump(&t);
     let e = enipin.fails(&["attach", "--no-ebpf"]);
     assert!(
         e.contains("address 198.18.0.10 is on both eth0 and eth1"),
@@ -501,7 +495,7 @@ fn bad_input_gives_a_clear_error_and_changes_nothing() {
     );
     assert_same(
         &before_dup,
-        &dump(&t, &enipin),
+        &enipin.dump(&t),
         "the refused attach (one address on two interfaces) changed the namespace",
     );
 }
@@ -510,7 +504,7 @@ fn bad_input_gives_a_clear_error_and_changes_nothing() {
 fn render_every_format_pairs_addresses_with_their_interface() {
     let (t, enipin) = topo(&[(&[10], &[0x10]), (&[11, 21], &[])]);
     let (t0, t1) = (table(&t, 0), table(&t, 1));
-    let before = dump(&t, &enipin);
+    let before = enipin.dump(&t);
     let sections = |out: &str, marker: &str| -> Vec<(String, String)> {
         // (header line containing `marker`, body up to the next header)
         let mut v: Vec<(String, String)> = Vec::new();
@@ -634,7 +628,7 @@ fn render_every_format_pairs_addresses_with_their_interface() {
     assert!(eth1.iter().all(|l| !l.contains("198.18.0.10")), "{out}");
     assert!(out.contains(&format!("device show eth0)\" +ipv6.routing-rules \"priority 20002 from 2001:db8::10/128 table {t0}\"")), "{out}");
     assert!(out.contains("nmcli device reapply eth1"), "{out}");
-    assert_same(&before, &dump(&t, &enipin), "render changed something");
+    assert_same(&before, &enipin.dump(&t), "render changed something");
 }
 
 #[test]
@@ -673,7 +667,7 @@ fn selection_by_mac_prefixes_and_gateway_sources() {
         !ping_from(&t, "198.18.0.11", "198.18.200.1"),
         "eth1's source must not get out by eth0's default route"
     );
-    let before = dump(&t, &enipin);
+    let before = enipin.dump(&t);
 
     let eth0_and_mac1 = format!("eth0,{}", t.spec.enis[1].mac);
     let out = enipin.ok(&[
@@ -771,7 +765,7 @@ fn selection_by_mac_prefixes_and_gateway_sources() {
     enipin.ok(&["detach"]);
     assert_same(
         &before,
-        &dump(&t, &enipin),
+        &enipin.dump(&t),
         "detach did not restore the namespace",
     );
 }
@@ -783,7 +777,7 @@ fn scale_eight_enis_eight_addresses_each() {
         .collect();
     let spec: Vec<(&[u8], &[u8])> = hosts.iter().map(|h| (h.as_slice(), &[][..])).collect();
     let (t, enipin) = topo(&spec);
-    let before = dump(&t, &enipin);
+    let before = enipin.dump(&t);
     let started = Instant::now();
     enipin.ok(&["attach", "--no-ebpf"]);
     let attach = started.elapsed();
@@ -805,7 +799,7 @@ fn scale_eight_enis_eight_addresses_each() {
     );
     assert_same(
         &before,
-        &dump(&t, &enipin),
+        &enipin.dump(&t),
         "detach did not restore the namespace",
     );
 }

@@ -18,10 +18,6 @@ fn split() -> (Topology, Enipin) {
     (t, e)
 }
 
-fn dump(t: &Topology, e: &Enipin) -> Snapshot {
-    Snapshot::take(t.host(), &t.eni_names(), e.pins.path()).expect("dumping the host")
-}
-
 /// Every ENI address of the spec, IPv4 then IPv6.
 fn addresses(t: &Topology) -> Vec<String> {
     let enis = &t.spec.enis;
@@ -51,7 +47,7 @@ fn every_address_answers(t: &Topology, e: &Enipin, args: &[&str], before: &Snaps
         "{args:?}: the vpc dropped replies"
     );
     e.ok(&["detach"]);
-    let now = dump(t, e);
+    let now = e.dump(t);
     assert!(
         now == *before,
         "{args:?}: detach left\n{}",
@@ -73,7 +69,7 @@ fn an_eni_in_its_own_subnet_answers_after_attach() {
         t.drops().unwrap().eni("eth0").ip > drops,
         "and the vpc drops it"
     );
-    let before = dump(&t, &e);
+    let before = e.dump(&t);
 
     // eth1 has no IPv6 default route and IPv6 no first-host router: refused with the fix.
     let err = e.fails(&["attach", "--dry-run"]);
@@ -119,7 +115,7 @@ fn an_eni_in_its_own_subnet_answers_after_attach() {
 #[test]
 fn a_named_eni_in_its_own_subnet_is_managed_with_the_one_its_replies_leave_by() {
     let (t, e) = split();
-    let before = dump(&t, &e);
+    let before = e.dump(&t);
     let out = e.ok(&[
         "attach",
         "--interfaces",
@@ -144,7 +140,7 @@ fn a_named_eni_in_its_own_subnet_is_managed_with_the_one_its_replies_leave_by() 
         "{status}"
     );
     e.ok(&["detach"]);
-    assert!(dump(&t, &e) == before, "detach left something");
+    assert!(e.dump(&t) == before, "detach left something");
 }
 
 /// Three ENIs: eth0 and eth1 share the peer's subnet, eth2 is in its own; each has a default
@@ -170,7 +166,7 @@ fn three_enis_mixing_shared_and_separate_subnets() {
         0,
         "eth2's reply leaves by eth0 before attach"
     );
-    let before = dump(&t, &e);
+    let before = e.dump(&t);
     every_address_answers(&t, &e, &["attach"], &before);
 }
 
@@ -201,7 +197,7 @@ fn container_plumbing_beside_one_eni_is_left_out() {
     h.ip(&["addr", "add", "198.18.101.1/32", "dev", "eni0a1b2c3d4e"])
         .unwrap();
     let e = Enipin::in_ns(h);
-    let before = dump(&t, &e);
+    let before = e.dump(&t);
     let out = e.ok(&["attach"]);
     for line in [
         "eth0: left out: the main table sends replies from each of its addresses out of it",
@@ -216,5 +212,5 @@ fn container_plumbing_beside_one_eni_is_left_out() {
         out.contains("nothing to do: the main table sends every reply from eth0 out of the interface owning its source"),
         "{out}"
     );
-    assert!(dump(&t, &e) == before, "nothing to do changed something");
+    assert!(e.dump(&t) == before, "nothing to do changed something");
 }
