@@ -286,7 +286,9 @@ fn request_blocking(
                 NetlinkPayload::InnerMessage(inner) => out.push(inner),
                 NetlinkPayload::Done(_) => return Ok(out),
                 NetlinkPayload::Error(e) if e.code.is_none() => return Ok(out),
-                NetlinkPayload::Error(e) => return Err(anyhow!("{what}: {}", e.to_io())),
+                NetlinkPayload::Error(e) => {
+                    return Err(anyhow::Error::new(e.to_io()).context(what.to_owned()));
+                }
                 _ => {}
             }
         }

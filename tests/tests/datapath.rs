@@ -956,6 +956,31 @@ fn netlink_fallback_coexists_with_foreign_filters() {
     in_ns(lab.host(), || ebpf::detach(&po).unwrap());
 }
 
+/// An attach killed between recording a clsact qdisc as enipin's and adding it leaves a record
+/// without a qdisc (the record goes first since a kill 500 ms into an attach in a 5.10 guest
+/// landed between the two, leaving the qdisc unrecorded for good); a qdisc deleted by hand does
+/// the same. Detach then removes the record and leaves nothing.
+#[test]
+fn a_clsact_record_without_its_qdisc_detaches_cleanly() {
+    let lab = Lab::new().unwrap();
+    let pins = PinDir::new("enipin-dp-nlr-").unwrap();
+    let paths = lab.paths(&pins);
+    in_ns(lab.host(), || {
+        attach_with(&lab.managed, &netlink(Mode::Enforce), &paths).unwrap()
+    });
+    let e1 = lab.managed[0].ifindex;
+    assert!(paths.pin_dir.join(format!("clsact-{e1}")).is_dir());
+    lab.host()
+        .sh(&format!("tc qdisc del dev {E1} clsact"))
+        .unwrap();
+    in_ns(lab.host(), || ebpf::detach(&paths).unwrap());
+    assert!(!paths.pin_dir.exists());
+    for dev in [E1, E2] {
+        let q = lab.host().sh(&format!("tc qdisc show dev {dev}")).unwrap();
+        assert!(!q.contains("clsact"), "{dev}: {q}");
+    }
+}
+
 /// With enipin's rules routing the owner (`rules` on, the owner's table known), a redirect takes
 /// its next hop from the owner's table: here (the rules layer itself is not installed) a table
 /// written by hand, whose default route goes through the peer, which holds the off-subnet

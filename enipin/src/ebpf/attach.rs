@@ -216,13 +216,7 @@ pub(super) fn attach_netlink(
     ifindex: u32,
     pin_dir: &Path,
 ) -> Result<String> {
-    match tc::qdisc_add_clsact(ifindex) {
-        // Ours: recorded, so that removing the last filter removes it too (see `remove_clsact`).
-        Ok(()) => record_clsact(pin_dir, ifindex)?,
-        // Someone's, or ours from an earlier attach (recorded then): kept as it is.
-        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-        Err(e) => return Err(e).context("adding a clsact qdisc"),
-    }
+    add_clsact(pin_dir, ifindex)?;
     let nl = TcAttach::Netlink {
         parent: TcAttachType::Egress.into(),
         options: Default::default(),
@@ -256,18 +250,32 @@ fn clsact_marker(pin_dir: &Path, ifindex: u32) -> std::path::PathBuf {
     pin_dir.join(format!("{CLSACT_PREFIX}{ifindex}"))
 }
 
-/// Records that enipin added the clsact qdisc of `ifindex`; should that fail, the qdisc goes
-/// again (it holds nothing yet), so nothing unrecorded stays behind.
-fn record_clsact(pin_dir: &Path, ifindex: u32) -> Result<()> {
+/// Adds `ifindex`'s clsact qdisc and records it as enipin's (so that removing the last filter
+/// removes it too, see [`remove_clsact`]), or keeps the one there: someone's, or ours from an
+/// earlier attach (recorded then). The record goes first, as an intent: an attach killed between
+/// the two leaves a record whose qdisc detach removes once empty, never a qdisc of ours
+/// unrecorded (a kill 500 ms into an attach in a 5.10 guest landed between them, and every later
+/// detach left the qdisc).
+fn add_clsact(pin_dir: &Path, ifindex: u32) -> Result<()> {
     let marker = clsact_marker(pin_dir, ifindex);
-    match fs::create_dir(&marker) {
+    let ours_before = marker.exists();
+    if !ours_before {
+        fs::create_dir(&marker).with_context(|| format!("recording {}", marker.display()))?;
+    }
+    let forget = |marker: &Path| {
+        if !ours_before && let Err(e) = fs::remove_dir(marker) {
+            log::warn!("removing {}: {e}", marker.display());
+        }
+    };
+    match tc::qdisc_add_clsact(ifindex) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
+            forget(&marker);
+            Ok(())
+        }
         Err(e) => {
-            if let Err(undo) = crate::netlink::del_clsact_blocking(ifindex) {
-                log::warn!("removing the clsact qdisc of ifindex {ifindex} again: {undo:#}");
-            }
-            Err(e).with_context(|| format!("recording {}", marker.display()))
+            forget(&marker);
+            Err(e).context("adding a clsact qdisc")
         }
     }
 }
@@ -281,12 +289,25 @@ fn remove_clsact(pin_dir: &Path, ifindex: u32) -> Result<()> {
         return Ok(());
     }
     if ifname(ifindex).is_some() {
-        let others = crate::netlink::clsact_filters_blocking(ifindex)
-            .with_context(|| format!("listing the clsact filters of ifindex {ifindex}"))?;
-        if others == 0 {
-            crate::netlink::del_clsact_blocking(ifindex)
-                .with_context(|| format!("removing the clsact qdisc of ifindex {ifindex}"))?;
-        } else {
+        let others = match crate::netlink::clsact_filters_blocking(ifindex) {
+            Ok(n) => Some(n),
+            // No clsact qdisc (an attach killed between its record and the qdisc): none to remove.
+            Err(e) if no_qdisc(&e) => None,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("listing the clsact filters of ifindex {ifindex}"));
+            }
+        };
+        if others == Some(0) {
+            match crate::netlink::del_clsact_blocking(ifindex) {
+                Err(e) if !no_qdisc(&e) => {
+                    return Err(e).with_context(|| {
+                        format!("removing the clsact qdisc of ifindex {ifindex}")
+                    });
+                }
+                _ => {}
+            }
+        } else if let Some(others) = others {
             log::info!(
                 "keeping the clsact qdisc of {}: {others} other filter(s) use it",
                 owner_name(&Owner { ifindex, mtu: 0 })
@@ -314,6 +335,14 @@ pub(super) fn remove_stale_clsact(pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether a netlink error says the interface has no clsact qdisc (the kernel answers a filter
+/// dump or a delete of a missing qdisc with EINVAL or ENOENT; 6.18 dumps nothing instead).
+fn no_qdisc(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<io::Error>()
+        .and_then(io::Error::raw_os_error)
+        .is_some_and(|c| c == libc::EINVAL || c == libc::ENOENT)
+}
+
 /// Removes the attachment recorded as `pin`: exactly enipin's link or filter.
 pub(super) fn remove_attachment(pin_dir: &Path, pin: &str) -> Result<()> {
     let path = pin_dir.join(pin);
@@ -325,7 +354,11 @@ pub(super) fn remove_attachment(pin_dir: &Path, pin: &str) -> Result<()> {
             Ok(()) => {}
             // Already gone (with its interface, or removed by hand): nothing left to undo.
             Err(e) if ifname(a.ifindex).is_none() => log::debug!("{pin}: {e}"),
-            Err(ProgramError::NetlinkError(e)) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            // Or gone with its qdisc (deleted by hand, or never added: an attach killed between
+            // the qdisc's record and the qdisc): the kernel answers EINVAL, "Parent Qdisc doesn't
+            // exist".
+            Err(ProgramError::NetlinkError(e))
+                if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => {}
             Err(e) => return Err(e).with_context(|| format!("removing the filter of {pin}")),
         }
         fs::remove_dir(&path)?;
