@@ -337,6 +337,23 @@ pub(crate) fn clsact_filter_exists(ifindex: u32, priority: u16, handle: u32) -> 
     }))
 }
 
+/// The lowest priority number (the first to run) among `ifindex`'s clsact egress filters.
+pub(crate) fn clsact_first_priority(ifindex: u32) -> Result<Option<u16>> {
+    let hook = TcHandle {
+        major: TcHandle::CLSACT.major,
+        minor: TcHandle::MIN_EGRESS,
+    };
+    let msg = RouteNetlinkMessage::GetTrafficFilter(clsact_message(ifindex, hook));
+    let filters = request_blocking(msg, NLM_F_DUMP, "dumping the clsact egress filters")?;
+    Ok(filters
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewTrafficFilter(f) => Some((f.header.info >> 16) as u16),
+            _ => None,
+        })
+        .min())
+}
+
 /// Deletes `ifindex`'s clsact qdisc (and with it every filter it holds).
 pub(crate) fn del_clsact_blocking(ifindex: u32) -> Result<()> {
     let mut m = clsact_message(ifindex, TcHandle::CLSACT);

@@ -217,14 +217,33 @@ pub(super) fn attach_netlink(
     pin_dir: &Path,
 ) -> Result<String> {
     add_clsact(pin_dir, ifindex)?;
+    // The record goes first, with the priority and handle the filter will have: an attach killed
+    // between the two leaves a record of no filter (dead: the next attach or detach removes it),
+    // never a filter of enipin's that no record names (a kill 800 ms into an attach in a 5.10
+    // guest landed there; detach then counted the orphan as someone else's and kept the qdisc).
+    // The priority is the kernel's own choice for a new filter: 49152 on an empty hook, else one
+    // less than the first filter's, so enipin's runs first; the handle is the kernel's first, 1.
+    let priority = match crate::netlink::clsact_first_priority(ifindex)? {
+        None => 0xC000,
+        Some(first) => first
+            .checked_sub(1)
+            .context("the clsact hook's priority 0 is taken")?,
+    };
+    let name = format!("{NETLINK_PREFIX}{ifindex}-{priority}-1");
+    fs::create_dir(pin_dir.join(&name)).with_context(|| format!("recording {name}"))?;
     let nl = TcAttach::Netlink {
         parent: TcAttachType::Egress.into(),
-        options: Default::default(),
+        options: aya::programs::tc::NlOptions {
+            priority,
+            handle: aya::programs::tc::TcHandle::new(0, 1),
+            ..Default::default()
+        },
     };
     let id = match prog.attach(ifindex, nl) {
         Ok(id) => id,
         Err(e) => {
-            // Nothing of ours on it: a qdisc enipin just added goes again.
+            // Nothing of ours on it: the record, and a qdisc enipin just added, go again.
+            let _ = fs::remove_dir(pin_dir.join(&name));
             if let Err(undo) = remove_clsact(pin_dir, ifindex) {
                 log::warn!("{undo:#}");
             }
@@ -232,15 +251,6 @@ pub(super) fn attach_netlink(
         }
     };
     let link = prog.take_link(id)?;
-    let name = format!(
-        "{NETLINK_PREFIX}{ifindex}-{}-{}",
-        link.priority()?,
-        u32::from(link.handle()?)
-    );
-    if let Err(e) = fs::create_dir(pin_dir.join(&name)) {
-        drop(link); // detaches the filter again: nothing unrecorded stays behind
-        return Err(e).with_context(|| format!("recording {name}"));
-    }
     std::mem::forget(link);
     Ok(name)
 }
