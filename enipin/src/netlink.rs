@@ -318,27 +318,8 @@ pub(crate) fn clsact_filters_blocking(ifindex: u32) -> Result<usize> {
     Ok(n)
 }
 
-/// Whether `ifindex`'s clsact egress hook holds the filter at `priority` with `handle`: a netlink
-/// attachment has no kernel object that outlives its removal (`tc filter del` by another tool
-/// leaves enipin's record behind), so this is how `watch` sees it gone.
-pub(crate) fn clsact_filter_exists(ifindex: u32, priority: u16, handle: u32) -> Result<bool> {
-    let hook = TcHandle {
-        major: TcHandle::CLSACT.major,
-        minor: TcHandle::MIN_EGRESS,
-    };
-    let msg = RouteNetlinkMessage::GetTrafficFilter(clsact_message(ifindex, hook));
-    let filters = request_blocking(msg, NLM_F_DUMP, "dumping the clsact egress filters")?;
-    Ok(filters.iter().any(|m| match m {
-        // tcm_info: the priority in its upper 16 bits, the protocol in the lower.
-        RouteNetlinkMessage::NewTrafficFilter(f) => {
-            (f.header.info >> 16) as u16 == priority && u32::from(f.header.handle) == handle
-        }
-        _ => false,
-    }))
-}
-
-/// The lowest priority number (the first to run) among `ifindex`'s clsact egress filters.
-pub(crate) fn clsact_first_priority(ifindex: u32) -> Result<Option<u16>> {
+/// The filters at `ifindex`'s clsact egress hook, each as (priority, handle).
+fn clsact_egress_filters(ifindex: u32) -> Result<Vec<(u16, u32)>> {
     let hook = TcHandle {
         major: TcHandle::CLSACT.major,
         minor: TcHandle::MIN_EGRESS,
@@ -348,9 +329,27 @@ pub(crate) fn clsact_first_priority(ifindex: u32) -> Result<Option<u16>> {
     Ok(filters
         .iter()
         .filter_map(|m| match m {
-            RouteNetlinkMessage::NewTrafficFilter(f) => Some((f.header.info >> 16) as u16),
+            // tcm_info: the priority in its upper 16 bits, the protocol in the lower.
+            RouteNetlinkMessage::NewTrafficFilter(f) => {
+                Some(((f.header.info >> 16) as u16, u32::from(f.header.handle)))
+            }
             _ => None,
         })
+        .collect())
+}
+
+/// Whether `ifindex`'s clsact egress hook holds the filter at `priority` with `handle`: a netlink
+/// attachment has no kernel object that outlives its removal (`tc filter del` by another tool
+/// leaves enipin's record behind), so this is how `watch` sees it gone.
+pub(crate) fn clsact_filter_exists(ifindex: u32, priority: u16, handle: u32) -> Result<bool> {
+    Ok(clsact_egress_filters(ifindex)?.contains(&(priority, handle)))
+}
+
+/// The lowest priority number (the first to run) among `ifindex`'s clsact egress filters.
+pub(crate) fn clsact_first_priority(ifindex: u32) -> Result<Option<u16>> {
+    Ok(clsact_egress_filters(ifindex)?
+        .into_iter()
+        .map(|(p, _)| p)
         .min())
 }
 
