@@ -644,6 +644,71 @@ fn switching_the_rules_layer_off_removes_exactly_its_objects() {
     assert!(rules_with(&topo, "proto 229").is_empty());
 }
 
+/// The layers switched through the config file and SIGHUP, as an operator moves a running
+/// watcher to eBPF-only and back: each switch removes exactly the layer switched off, keeps the
+/// other running (the program is not reloaded: same id), and `status` agrees (no drift).
+#[test]
+fn sighup_switches_one_layer_off_and_keeps_the_other() {
+    let topo = topology();
+    let e = Enipin::in_ns(topo.host());
+    let dir = enipin_tests::TempDir::new("enipin-config-").unwrap();
+    let file = dir.path().join("enipin.toml");
+    let write = |text: &str| std::fs::write(&file, text).unwrap();
+    write("[layers]\nrules = true\nebpf = true\n");
+    let w = Watcher::start(
+        &e,
+        &["--config", file.to_str().unwrap(), "--interval", "60"],
+    );
+    w.line(0, &["reconciled after start"]);
+    assert!(!rules_with(&topo, "proto 229").is_empty(), "{}", w.log());
+    let id = program_id(&e);
+    let sighup = |text: &str, change: &str| {
+        write(text);
+        let since = w.mark();
+        // SAFETY: plain syscall on our own child's pid.
+        unsafe { libc::kill(w.child.id() as i32, libc::SIGHUP) };
+        w.line(since, &["SIGHUP: read", change]);
+        w.line(since, &["reconciled after SIGHUP"]);
+    };
+    let routes = || {
+        let r = topo
+            .host()
+            .ip(&["route", "show", "table", "all", "proto", "229"]);
+        r.unwrap().trim().to_owned()
+    };
+    let no_drift = |when: &str| {
+        let out = e.cmd(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{when}: status\n{text}\n{}", w.log());
+    };
+
+    // 1. eBPF only: the rules and their routes go, the same program keeps enforcing.
+    sighup(
+        "[layers]\nrules = false\nebpf = true\n",
+        "layers.rules true -> false",
+    );
+    assert!(rules_with(&topo, "proto 229").is_empty(), "{}", w.log());
+    assert_eq!(routes(), "", "{}", w.log());
+    assert_eq!(program_id(&e), id, "the program was reloaded:\n{}", w.log());
+    no_drift("eBPF only");
+    topo.peer().ip(&["neigh", "flush", "all"]).unwrap();
+    assert!(topo.peer().ping(SECONDARY, 3).unwrap(), "{}", w.log());
+
+    // 2. Rules only: the rules come back, the program and its links go.
+    sighup(
+        "[layers]\nrules = true\nebpf = false\n",
+        "layers.ebpf true -> false",
+    );
+    assert!(!rules_with(&topo, "proto 229").is_empty(), "{}", w.log());
+    assert!(!e.pins.path().join("prog").exists(), "{}", w.log());
+    let pinned: Vec<_> = std::fs::read_dir(e.pins.path())
+        .map(|d| d.flatten().map(|f| f.file_name()).collect())
+        .unwrap_or_default();
+    assert!(pinned.is_empty(), "left pinned: {pinned:?}\n{}", w.log());
+    no_drift("rules only");
+    assert!(topo.peer().ping(SECONDARY, 3).unwrap(), "{}", w.log());
+}
+
 #[test]
 fn watch_debug_prints_the_datapaths_log_records() {
     let topo = topology();
