@@ -148,8 +148,13 @@ fn deb_installs_into_a_scratch_root_with_its_conffile_and_starts_nothing() {
         postinst.contains("was-enabled enipin.service"),
         "postinst may enable only a unit the operator had enabled:\n{postinst}"
     );
+    // Removal: stop, then detach (systemd.rs removes the package under a real systemd).
     let prerm = read("enipin.prerm");
-    assert!(prerm.contains("stop enipin.service"), "{prerm}");
+    let (stop, detach) = (
+        prerm.find("stop enipin.service"),
+        prerm.find("/usr/sbin/enipin detach"),
+    );
+    assert!(stop.is_some() && stop < detach, "{prerm}");
 }
 
 #[test]
@@ -201,6 +206,20 @@ fn rpm_installs_into_a_scratch_root_with_a_noreplace_config_and_starts_nothing()
         "{scripts}"
     );
     assert!(scripts.contains("try-restart enipin.service"), "{scripts}");
+    // The last removal ($1 = 0) stops the watcher, then detaches, as the .deb does.
+    let preun = scripts
+        .split("preuninstall scriptlet")
+        .nth(1)
+        .and_then(|s| s.split("postuninstall scriptlet").next())
+        .unwrap_or_default();
+    let (stop, detach) = (
+        preun.find("disable --now enipin.service"),
+        preun.find("/usr/sbin/enipin detach"),
+    );
+    assert!(
+        preun.contains("[ $1 -eq 0 ]") && stop.is_some() && stop < detach,
+        "{preun}"
+    );
     let postinstall = scripts
         .split("preuninstall scriptlet")
         .next()

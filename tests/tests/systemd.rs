@@ -20,7 +20,7 @@ use std::{
 };
 
 use enipin_tests::{
-    PinDir, TempDir, Topology, pins,
+    PinDir, Snapshot, TempDir, Topology, pins,
     run::{artifact, eventually, ok, out},
     unique,
 };
@@ -71,19 +71,33 @@ fn remove_cgroup(dir: &Path) {
 /// systemd takes the boot for a first boot and applies the presets: Debian's enable every unit in
 /// /usr, which started six failing services in a first try and would enable enipin before the
 /// test does.
-fn make_root(root: &Path, pkg: &Path) {
-    for dir in ["usr", "etc/enipin"] {
+fn make_root(root: &Path, usr: &Usr) {
+    for dir in ["usr", "etc"] {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
     for link in ["bin", "sbin", "lib", "lib64"] {
         std::os::unix::fs::symlink(format!("usr/{link}"), root.join(link)).unwrap();
     }
     std::fs::copy("/usr/lib/os-release", root.join("etc/os-release")).unwrap();
-    std::fs::copy(
-        pkg.join("etc/enipin/enipin.toml"),
-        root.join("etc/enipin/enipin.toml"),
-    )
-    .unwrap();
+    match usr {
+        Usr::Package(pkg) => {
+            std::fs::create_dir_all(root.join("etc/enipin")).unwrap();
+            std::fs::copy(
+                pkg.join("etc/enipin/enipin.toml"),
+                root.join("etc/enipin/enipin.toml"),
+            )
+            .unwrap();
+        }
+        // An empty dpkg database: the machine's own packages are not the container's.
+        Usr::Writable(_) => {
+            for dir in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "var/log"] {
+                std::fs::create_dir_all(root.join(dir)).unwrap();
+            }
+            for file in ["status", "available"] {
+                std::fs::write(root.join("var/lib/dpkg").join(file), "").unwrap();
+            }
+        }
+    }
     let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap();
     std::fs::write(
         root.join("etc/machine-id"),
@@ -98,15 +112,23 @@ const JOIN_CGROUPS_THEN_EXEC: &str = r#"while [ "$1" != -- ]; do
 done
 shift; exec "$@""#;
 
-/// systemd-nspawn booting `root` (with the machine's /usr below `pkg`'s) in `/run/netns/NS`, with
-/// `bpffs` at /sys/fs/bpf, started from `cgroups`: nspawn runs the container in the cgroup it
-/// starts in, so everything nspawn and the container's systemd create goes below the test's own.
+/// The container's /usr.
+enum Usr {
+    /// The machine's, read-only, below the package unpacked here: installed without dpkg.
+    Package(PathBuf),
+    /// The machine's, writable through an overlay whose upper layer is here: for dpkg itself.
+    Writable(PathBuf),
+}
+
+/// systemd-nspawn booting `root` (with `usr` as its /usr) in `/run/netns/NS`, with `bpffs` at
+/// /sys/fs/bpf, started from `cgroups`: nspawn runs the container in the cgroup it starts in, so
+/// everything nspawn and the container's systemd create goes below the test's own.
 fn nspawn(
     cgroups: &[PathBuf],
     name: &str,
     ns: &str,
     root: &Path,
-    pkg: &Path,
+    usr: &Usr,
     bpffs: &Path,
 ) -> Command {
     let mut cmd = Command::new("sh");
@@ -120,12 +142,13 @@ fn nspawn(
         .arg(format!("--directory={}", root.display()))
         .arg(format!("--machine={name}"))
         .arg(format!("--network-namespace-path=/run/netns/{ns}"))
-        // The machine's /usr below the package's: /usr/sbin/enipin and the unit where the .deb
-        // puts them, nothing of the machine's /usr writable.
-        .arg(format!(
-            "--overlay-ro=/usr:{}:/usr",
-            pkg.join("usr").display()
-        ))
+        .arg(match usr {
+            // The machine's /usr below the package's: /usr/sbin/enipin and the unit where the
+            // .deb puts them, nothing of the machine's /usr writable.
+            Usr::Package(pkg) => format!("--overlay-ro=/usr:{}:/usr", pkg.join("usr").display()),
+            // The rightmost source is the upper, writable layer: what dpkg writes lands there.
+            Usr::Writable(upper) => format!("--overlay=/usr:{}:/usr", upper.display()),
+        })
         .arg(format!("--bind={}:/sys/fs/bpf", bpffs.display()))
         // What the container lacks that a machine has. nspawn grants CAP_NET_ADMIN only with a
         // namespace it made itself (--private-network), and its seccomp filter answers bpf()
@@ -156,10 +179,35 @@ impl Machine {
     /// Boots the package unpacked from `deb` in `/run/netns/NS` with `bpffs` at /sys/fs/bpf, and
     /// waits (at most 60 s) for the boot to finish.
     fn boot(ns: &str, deb: &Path, bpffs: &Path) -> Self {
+        Self::boot_with(ns, bpffs, |dir| {
+            let pkg = dir.join("pkg");
+            ok(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&pkg));
+            Usr::Package(pkg)
+        })
+    }
+
+    /// Boots a machine without enipin whose /usr dpkg can write, `deb` at /var/tmp/ARTIFACT.
+    fn boot_for_dpkg(ns: &str, deb: &Path, bpffs: &Path) -> Self {
+        let m = Self::boot_with(ns, bpffs, |dir| {
+            let upper = dir.join("usr-upper");
+            std::fs::create_dir(&upper).unwrap();
+            Usr::Writable(upper)
+        });
+        // This machine is a container image whose policy-rc.d forbids every service action
+        // (exit 101: deb-systemd-invoke would neither restart nor stop enipin); a host has none.
+        // Removed in the overlay's upper layer only.
+        m.ok(&["rm", "-f", "/usr/sbin/policy-rc.d"]);
+        let tmp = m.dir.path().join("root/var/tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::copy(deb, tmp.join(deb.file_name().unwrap())).unwrap();
+        m
+    }
+
+    fn boot_with(ns: &str, bpffs: &Path, usr: impl FnOnce(&Path) -> Usr) -> Self {
         let dir = TempDir::new("enipin-nspawn-").unwrap();
-        let (pkg, root) = (dir.path().join("pkg"), dir.path().join("root"));
-        ok(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&pkg));
-        make_root(&root, &pkg);
+        let usr = usr(dir.path());
+        let root = dir.path().join("root");
+        make_root(&root, &usr);
         let name = unique("enipin-sd-");
         let cgroups: Vec<PathBuf> = cgroup_roots().iter().map(|r| r.join(&name)).collect();
         for cg in &cgroups {
@@ -167,7 +215,7 @@ impl Machine {
         }
         let log = dir.path().join("console.log");
         let console = std::fs::File::create(&log).unwrap();
-        let nspawn = nspawn(&cgroups, &name, ns, &root, &pkg, bpffs)
+        let nspawn = nspawn(&cgroups, &name, ns, &root, &usr, bpffs)
             .stdin(Stdio::null())
             .stdout(console.try_clone().unwrap())
             .stderr(console)
@@ -468,6 +516,112 @@ fn the_unit_under_systemd_pins_replies_signals_ready_and_its_stop_leaves_enforce
         Vec::<String>::new(),
         "pins left after detach"
     );
+    let status = m.power_off();
+    assert!(
+        status.success(),
+        "systemd-nspawn: {status}:\n{}",
+        m.console()
+    );
+}
+
+/// `ping -i 0.01` from the peer to the secondary, `count` probes (at most `count / 100 + 2` s):
+/// (sent, received).
+fn ping_every_10ms(topo: &Topology, count: u32) -> Child {
+    let mut cmd = topo.peer().command("ping");
+    cmd.args(["-n", "-q", "-i", "0.01", "-W", "1"])
+        .args(["-c", &count.to_string()])
+        .args(["-w", &(count / 100 + 2).to_string(), SECONDARY])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.spawn().expect("spawning ping")
+}
+
+/// (sent, received) from ping's summary line.
+fn ping_summary(child: Child) -> (u32, u32) {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary:\n{text}"));
+    let n = |i: usize| line.split(", ").nth(i).unwrap().split(' ').next().unwrap();
+    (n(0).parse().unwrap(), n(1).parse().unwrap())
+}
+
+/// The .deb's own life cycle under dpkg and a real systemd: an upgrade (the same package
+/// installed again: `prerm upgrade`, then postinst's try-restart) keeps enforcement with a ping
+/// every 10 ms losing none; removal stops the watcher and detaches, so the lab's host is as it
+/// was before the package came (the rules, routes and sysctls; the container's bpffs empty);
+/// purge removes the config.
+#[test]
+fn removing_the_package_detaches_and_an_upgrade_keeps_enforcement() {
+    enipin_tests::require();
+    let topo = Topology::build().expect("building the lab topology");
+    let bpffs = PinDir::new("enipin-sd-").expect("bpffs for the container's /sys/fs/bpf");
+    let before = Snapshot::take(topo.host(), &topo.eni_names(), bpffs.path()).unwrap();
+    let name = format!("enipin_{VERSION}_amd64.deb");
+    let mut m = Machine::boot_for_dpkg(topo.host().name(), &artifact(&name), bpffs.mount());
+    let deb = format!("/var/tmp/{name}");
+    m.ok(&["dpkg", "-i", &deb]);
+    m.ok(&[
+        "systemctl",
+        "enable",
+        "--now",
+        "--no-block",
+        "enipin.service",
+    ]);
+    m.wait_unit(&["active"], Duration::from_secs(30));
+    eventually(
+        "an answer from the secondary",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || topo.peer().ping(SECONDARY, 1).unwrap(),
+    );
+    let pid = m.property("MainPID");
+
+    // Upgrade: the watcher restarts (a new PID) and the installed state carries over.
+    let mut ping = ping_every_10ms(&topo, 500);
+    std::thread::sleep(Duration::from_millis(500));
+    m.ok(&["dpkg", "-i", &deb]);
+    m.wait_unit(&["active"], Duration::from_secs(30));
+    assert!(
+        ping.try_wait().unwrap().is_none(),
+        "the pings ended before the upgrade did"
+    );
+    let (sent, received) = ping_summary(ping);
+    eprintln!("upgrade: {received} of {sent} pings answered");
+    assert_ne!(m.property("MainPID"), pid, "try-restart restarted nothing");
+    assert_eq!(
+        received,
+        sent,
+        "pings lost across the upgrade:\n{}",
+        m.journal()
+    );
+
+    // Removal: stopped, then detached.
+    let out = m.ok(&["dpkg", "-r", "enipin"]);
+    assert_eq!(
+        m.read(&["systemctl", "is-active", "enipin.service"]),
+        "inactive",
+        "{out}"
+    );
+    let after = Snapshot::take(topo.host(), &topo.eni_names(), bpffs.path()).unwrap();
+    assert!(
+        after == before,
+        "removal left:\n{}\n{out}",
+        before.diff(&after).join("\n")
+    );
+    assert!(
+        !topo.peer().ping(SECONDARY, 2).unwrap(),
+        "the secondary answers after removal"
+    );
+    let root = m.dir.path().join("root");
+    assert!(
+        root.join("etc/enipin/enipin.toml").exists(),
+        "remove took the config"
+    );
+    m.ok(&["dpkg", "-P", "enipin"]);
+    assert!(!root.join("etc/enipin").exists(), "purge left /etc/enipin");
     let status = m.power_off();
     assert!(
         status.success(),
