@@ -3,7 +3,8 @@
 //! private bpffs at /sys/fs/bpf and a /run of its own. The unit is enabled and started as an
 //! operator would; its sandbox must let `enipin watch` pin the secondary's replies, READY=1 must
 //! arrive after the first reconcile, and a stop must leave enforcement installed until
-//! `enipin detach`.
+//! `enipin detach`; the enabled unit enforces again after a reboot with nothing run by hand. The
+//! .deb itself goes through dpkg there too: upgrade, removal, purge.
 //!
 //! The booted systemd never sees the machine's root network namespace: nspawn joins the lab's
 //! namespace before the container's PID 1 exists, and the test checks PID 1's namespace before
@@ -20,7 +21,7 @@ use std::{
 };
 
 use enipin_tests::{
-    PinDir, Snapshot, TempDir, Topology, pins,
+    PinDir, Snapshot, TempDir, Topology, http_client, pins,
     run::{artifact, eventually, ok, out},
     unique,
 };
@@ -163,6 +164,34 @@ fn nspawn(
     cmd
 }
 
+/// systemd-nspawn started on `dir/root` in its cgroups below the test's, its console to `log`:
+/// (nspawn, machine name, cgroups).
+fn spawn(
+    dir: &Path,
+    usr: &Usr,
+    ns: &str,
+    bpffs: &Path,
+    log: &Path,
+) -> (Child, String, Vec<PathBuf>) {
+    let name = unique("enipin-sd-");
+    let cgroups: Vec<PathBuf> = cgroup_roots().iter().map(|r| r.join(&name)).collect();
+    for cg in &cgroups {
+        std::fs::create_dir(cg).unwrap_or_else(|e| panic!("creating {}: {e}", cg.display()));
+    }
+    let console = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let nspawn = nspawn(&cgroups, &name, ns, &dir.join("root"), usr, bpffs)
+        .stdin(Stdio::null())
+        .stdout(console.try_clone().unwrap())
+        .stderr(console)
+        .spawn()
+        .expect("spawning systemd-nspawn (`cargo xtask setup` installs systemd-container)");
+    (nspawn, name, cgroups)
+}
+
 /// A systemd booted by systemd-nspawn in a namespace of the lab. Killed if it is still running,
 /// and its cgroups, nspawn's run directory and its root removed, when dropped.
 struct Machine {
@@ -171,6 +200,7 @@ struct Machine {
     leader: u32,
     cgroups: Vec<PathBuf>,
     log: PathBuf,
+    usr: Usr,
     // Removed after drop() has stopped the container.
     dir: TempDir,
 }
@@ -206,33 +236,43 @@ impl Machine {
     fn boot_with(ns: &str, bpffs: &Path, usr: impl FnOnce(&Path) -> Usr) -> Self {
         let dir = TempDir::new("enipin-nspawn-").unwrap();
         let usr = usr(dir.path());
-        let root = dir.path().join("root");
-        make_root(&root, &usr);
-        let name = unique("enipin-sd-");
-        let cgroups: Vec<PathBuf> = cgroup_roots().iter().map(|r| r.join(&name)).collect();
-        for cg in &cgroups {
-            std::fs::create_dir(cg).unwrap_or_else(|e| panic!("creating {}: {e}", cg.display()));
-        }
+        make_root(&dir.path().join("root"), &usr);
         let log = dir.path().join("console.log");
-        let console = std::fs::File::create(&log).unwrap();
-        let nspawn = nspawn(&cgroups, &name, ns, &root, &usr, bpffs)
-            .stdin(Stdio::null())
-            .stdout(console.try_clone().unwrap())
-            .stderr(console)
-            .spawn()
-            .expect("spawning systemd-nspawn (`cargo xtask setup` installs systemd-container)");
+        let (nspawn, name, cgroups) = spawn(dir.path(), &usr, ns, bpffs, &log);
         let mut m = Self {
             nspawn,
             name,
             leader: 0,
             cgroups,
             log,
+            usr,
             dir,
         };
-        m.leader = m.find_leader();
-        m.assert_in_namespace(ns);
-        m.wait_booted();
+        m.started(ns);
         m
+    }
+
+    /// Powers the machine off and boots its root again in `/run/netns/NS` with `bpffs`: what a
+    /// reboot keeps (the root file system: /etc, the units enabled) and what it does not (the
+    /// kernel's state: the caller gives a fresh namespace and bpffs).
+    fn reboot(&mut self, ns: &str, bpffs: &Path) {
+        let status = self.power_off();
+        assert!(
+            status.success(),
+            "systemd-nspawn: {status}:\n{}",
+            self.console()
+        );
+        self.cleanup();
+        let (nspawn, name, cgroups) = spawn(self.dir.path(), &self.usr, ns, bpffs, &self.log);
+        (self.nspawn, self.name, self.cgroups) = (nspawn, name, cgroups);
+        self.started(ns);
+    }
+
+    /// Waits for the container's PID 1 and its boot, once the safety check has passed.
+    fn started(&mut self, ns: &str) {
+        self.leader = self.find_leader();
+        self.assert_in_namespace(ns);
+        self.wait_booted();
     }
 
     /// The container's PID 1 (a systemd), nspawn's child once the container runs.
@@ -386,8 +426,9 @@ impl Machine {
     }
 }
 
-impl Drop for Machine {
-    fn drop(&mut self) {
+impl Machine {
+    /// Stops the container if it still runs and removes what nspawn leaves behind.
+    fn cleanup(&mut self) {
         if self.nspawn.try_wait().ok().flatten().is_none() {
             // Killing nspawn would orphan the container: SIGKILL to its PID 1 ends every process
             // of its PID namespace, then nspawn exits.
@@ -426,8 +467,15 @@ impl Drop for Machine {
     }
 }
 
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
 #[test]
-fn the_unit_under_systemd_pins_replies_signals_ready_and_its_stop_leaves_enforcement() {
+fn the_unit_under_systemd_pins_replies_signals_ready_its_stop_leaves_enforcement_and_a_reboot_enforces_again()
+ {
     enipin_tests::require();
     let topo = Topology::build().expect("building the lab topology");
     let bpffs = PinDir::new("enipin-sd-").expect("bpffs for the container's /sys/fs/bpf");
@@ -505,6 +553,16 @@ fn the_unit_under_systemd_pins_replies_signals_ready_and_its_stop_leaves_enforce
         "enforcement stopped with the unit"
     );
 
+    let ours = |t: &Topology| -> Vec<String> {
+        let rules = t.host().ip(&["rule", "show"]).unwrap();
+        rules
+            .lines()
+            .filter(|l| l.contains("proto 229"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let first_boot = ours(&topo);
+
     // `systemctl stop enipin && enipin detach` removes it (the unit's own words).
     m.ok(&["enipin", "detach"]);
     assert!(
@@ -516,6 +574,36 @@ fn the_unit_under_systemd_pins_replies_signals_ready_and_its_stop_leaves_enforce
         Vec::<String>::new(),
         "pins left after detach"
     );
+
+    // The seed's last point: it survives a reboot. The unit is enabled; the same root boots
+    // again on a fresh host namespace and bpffs (a reboot keeps the disk, not the kernel's
+    // state), and nothing is run by hand.
+    let topo = Topology::build().expect("building the lab topology again");
+    let bpffs = PinDir::new("enipin-sd-").expect("bpffs for the second boot");
+    let booted = std::time::SystemTime::now();
+    m.reboot(topo.host().name(), bpffs.mount());
+    m.wait_unit(&["active"], Duration::from_secs(30));
+    assert_eq!(ours(&topo), first_boot, "{}", m.journal());
+    eventually(
+        "an answer from the secondary after the reboot",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || topo.peer().ping(SECONDARY, 1).unwrap(),
+    );
+    // The metrics are the new watcher's: its first success after the reboot.
+    let (code, text) = http_client::get(topo.host(), "http://127.0.0.1:9717/metrics").unwrap();
+    assert_eq!(code, 200, "{text}");
+    let last = text
+        .lines()
+        .find_map(|l| l.strip_prefix("enipin_last_success_timestamp_seconds "))
+        .unwrap_or_else(|| panic!("no last success:\n{text}"));
+    let since = booted.duration_since(std::time::UNIX_EPOCH).unwrap();
+    assert!(
+        last.trim().parse::<f64>().unwrap() >= since.as_secs_f64().floor(),
+        "last success {last} is older than the reboot ({since:?})"
+    );
+    m.ok(&["systemctl", "stop", "enipin.service"]);
+    m.ok(&["enipin", "detach"]);
     let status = m.power_off();
     assert!(
         status.success(),
