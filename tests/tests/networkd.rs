@@ -685,11 +685,11 @@ fn beside_a_real_networkd_no_trigger_tears_enforcement_down_and_restores_are_cou
     );
     start_networkd(&m, &topo);
     assert_restart_deletes_a_foreign_rule(&m, &topo);
-    let version = m.read(&["networkctl", "--version"]);
+    let networkd_version = m.read(&["networkctl", "--version"]);
     print(&format!(
         "networkd beside enipin: {}, {PINGS} pings 10 ms apart per address and trigger \
          (cargo test -p enipin-tests --test networkd)",
-        version.lines().next().unwrap_or("?")
+        networkd_version.lines().next().unwrap_or("?")
     ));
 
     m.ok(&["systemctl", "enable", "--now", "--no-block", UNIT]);
