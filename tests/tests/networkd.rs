@@ -596,8 +596,9 @@ fn check(row: &Row, s: &Setup, journal: impl Fn() -> String) {
     if let Some(counted) = row.counted {
         // Every rule networkd deleted is put back and counted; the watcher's own removals
         // (an address gone) are not restores. While every ENI's address is gone at once (a
-        // restart flaps both) the watcher has no address to keep the `lookup main` rules for:
-        // what it adds back after is not counted (1 run in 3: 0 counted, 5 added back).
+        // restart flaps both) a pass likely keeps no rule and changes nothing, and what is added
+        // back after is no restore by the counter's definition (1 run in 4: 0 counted, 5 added
+        // back in one pass).
         let counted = counted as usize;
         let all_flapped = x.flap_ms.iter().all(Option::is_some);
         let least = if all_flapped { 0 } else { x.by_networkd };
