@@ -1,6 +1,13 @@
 //! The desired state as persistent distro network configuration, for hosts that prefer their
 //! network manager to own the rules. Same layout as [`crate::plan`], without `proto 229`: the
 //! distro tool owns what it installs (enipin's attach then reports those rules as conflicts).
+//!
+//! systemd-networkd's is the exception: its files go beside a running enipin, not in its place.
+//! networkd is EC2's usual network manager (Amazon Linux 2023, Ubuntu), and enipin's rules at
+//! its own priorities would conflict with enipin's rules layer (issue 24: doctor counted 9
+//! conflicts). So they carry what networkd owns on such a host (the addresses, the main table's
+//! default routes with their metrics, `KeepConfiguration=static`) and the drop-in that keeps
+//! networkd off enipin's rules and routes; enipin's rules, tables and datapath stay enipin's.
 
 use std::fmt::Write as _;
 
@@ -10,7 +17,7 @@ use crate::{
     config::Config,
     model::{ManagedInterface, fmt_mac},
     plan::{self, Selection},
-    route::{Route, Rule, table_name},
+    route::{InstalledRoute, MAIN_TABLE, Route, Rule},
     snapshot::{Named, Snapshot},
 };
 
@@ -19,8 +26,10 @@ use crate::{
 pub enum Format {
     /// RHEL-style `rule-IFACE` / `route-IFACE` files.
     NetworkScripts,
-    /// A systemd-networkd `.network` file per interface, after the networkd.conf drop-in that
-    /// keeps networkd from deleting rules and routes it did not create.
+    /// systemd-networkd's configuration beside a running enipin: the networkd.conf drop-in that
+    /// keeps networkd from deleting rules and routes it did not create, then a `.network` file
+    /// per interface with its addresses, its main-table default routes and
+    /// `KeepConfiguration=static`. enipin's own rules and tables are left to enipin.
     Networkd,
     /// One netplan file.
     Netplan,
@@ -30,11 +39,13 @@ pub enum Format {
 
 /// Prints the desired rules and routes of the selected interfaces in `format`; changes nothing.
 pub async fn render(cfg: &Config, format: Format) -> Result<()> {
-    let managed = match Snapshot::select(cfg, Named::Strict).await?.selection {
+    let selected = Snapshot::select(cfg, Named::Strict).await?;
+    let managed = match selected.selection {
         Selection::Managed(m) => m,
         Selection::NothingToDo(why) => bail!("nothing to render: {why}"),
     };
-    print!("{}", render_to_string(&managed, cfg, format));
+    let defaults = main_defaults(&selected.snapshot.discovery.routes, &managed);
+    print!("{}", render_to_string(&managed, &defaults, cfg, format));
     if cfg.connmark {
         eprintln!(
             "note: connmark (layers.connmark) is not rendered: its nftables table and fwmark rules \
@@ -43,6 +54,25 @@ pub async fn render(cfg: &Config, format: Format) -> Result<()> {
     }
     Ok(())
 }
+
+/// The main table's default routes through the managed interfaces, as installed now.
+fn main_defaults(routes: &[InstalledRoute], managed: &[ManagedInterface]) -> Vec<Route> {
+    routes
+        .iter()
+        .map(|r| &r.route)
+        .filter(|r| r.table == MAIN_TABLE && r.dst.prefix_len == 0 && r.gateway.is_some())
+        .filter(|r| managed.iter().any(|m| m.ifindex == r.oif))
+        .cloned()
+        .collect()
+}
+
+/// What `--format networkd` is, first in its output.
+const NETWORKD_HEADER: &str = "\
+# systemd-networkd beside a running enipin (`enipin watch`): networkd owns the addresses and the
+# main table's default routes, enipin its rules, its tables and its datapath, which are not here.
+# Install each .network file in place of the interface's current one (networkd applies the first
+# matching file by name). Measured effect of each part with networkd 252: docs/networkd.md.
+";
 
 fn strip_proto(s: String) -> String {
     s.replace(&format!(" proto {}", crate::model::RTPROT_ENIPIN), "")
@@ -63,9 +93,11 @@ fn split<'a>(
     (r, t)
 }
 
-/// The desired state for `managed` in `format`, one interface after another.
+/// The desired state for `managed` in `format`, one interface after another; `defaults` are the
+/// main table's default routes (networkd's files carry them).
 pub(crate) fn render_to_string(
     managed: &[ManagedInterface],
+    defaults: &[Route],
     cfg: &Config,
     format: Format,
 ) -> String {
@@ -78,6 +110,7 @@ pub(crate) fn render_to_string(
     let mut o = String::new();
     if format == Format::Networkd {
         // Without it networkd deletes the rules and routes it did not create (`enipin doctor`).
+        o += NETWORKD_HEADER;
         o += crate::doctor::NETWORKD_DROP_IN;
         o += "\n";
     }
@@ -85,7 +118,7 @@ pub(crate) fn render_to_string(
         let (rules, routes) = split(m, n == 0, &rules, &routes);
         match format {
             Format::NetworkScripts => network_scripts(&mut o, m, rules, routes),
-            Format::Networkd => networkd(&mut o, m, rules, routes),
+            Format::Networkd => networkd(&mut o, m, defaults.iter().filter(|r| r.oif == m.ifindex)),
             Format::Netplan => netplan(&mut o, m, rules, routes, n, managed, cfg),
             Format::Nmcli => nmcli(&mut o, m, rules, routes),
         }
@@ -115,8 +148,9 @@ fn network_scripts(o: &mut String, m: &ManagedInterface, rules: Vec<&Rule>, rout
     }
 }
 
-/// A systemd-networkd `.network` file per interface.
-fn networkd(o: &mut String, m: &ManagedInterface, rules: Vec<&Rule>, routes: Vec<&Route>) {
+/// A systemd-networkd `.network` file for one interface: its addresses, `KeepConfiguration=static`
+/// and its main-table default routes (`defaults`), none of enipin's rules or routes.
+fn networkd<'a>(o: &mut String, m: &ManagedInterface, defaults: impl Iterator<Item = &'a Route>) {
     let name = &m.name;
     let _ = writeln!(o, "# /etc/systemd/network/70-enipin-{name}.network");
     let _ = writeln!(o, "[Match]\nMACAddress={}\n\n[Network]", fmt_mac(&m.mac));
@@ -127,36 +161,17 @@ fn networkd(o: &mut String, m: &ManagedInterface, rules: Vec<&Rule>, routes: Vec
     for a in &m.addrs {
         let _ = writeln!(o, "Address={a}");
     }
-    for r in &rules {
-        let _ = writeln!(o, "\n[RoutingPolicyRule]");
-        match r.from {
-            Some(from) => {
-                let _ = writeln!(o, "From={from}");
-            }
-            None => {
-                let _ = writeln!(o, "Family={}", if r.v6 { "ipv6" } else { "ipv4" });
-            }
-        }
-        let _ = writeln!(o, "Table={}\nPriority={}", table_name(r.table), r.priority);
-        if let Some(l) = r.suppress_prefixlen {
-            let _ = writeln!(o, "SuppressPrefixLength={l}");
-        }
-    }
-    for r in &routes {
-        let _ = writeln!(o, "\n[Route]");
-        if r.dst.prefix_len != 0 {
-            let _ = writeln!(o, "Destination={}", r.dst);
-        }
-        if let Some(g) = r.gateway {
-            let _ = writeln!(o, "Gateway={g}");
-        }
-        if r.scope_link {
-            let _ = writeln!(o, "Scope=link");
-        }
-        if let Some(s) = r.src {
-            let _ = writeln!(o, "PreferredSource={s}");
-        }
-        let _ = writeln!(o, "Table={}", r.table);
+    let _ = writeln!(
+        o,
+        "# a restart or a reload of networkd leaves the addresses and routes in place (a \
+         `networkctl reconfigure {name}` still removes them and adds them back)\n\
+         KeepConfiguration=static"
+    );
+    for r in defaults {
+        let gw = r
+            .gateway
+            .expect("main_defaults keeps routes with a gateway");
+        let _ = writeln!(o, "\n[Route]\nGateway={gw}\nMetric={}", r.metric);
     }
 }
 

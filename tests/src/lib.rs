@@ -3,8 +3,8 @@
 //! with its own pin and state directories ([`Enipin`]), dumps for before/after comparisons, code
 //! run on a thread inside a namespace ([`in_ns`]), veth beds for test-runs ([`VethBed`]) and the
 //! one BPF_PROG_TEST_RUN wrapper ([`test_run()`], with the `TC_ACT_*` verdicts), and a metadata
-//! server with faults to inject ([`imds`]), and QEMU guests booting other kernels for the kernel
-//! matrix ([`guest`]).
+//! server with faults to inject ([`imds`]), a real systemd booted under systemd-nspawn
+//! ([`machine`]), and QEMU guests booting other kernels for the kernel matrix ([`guest`]).
 //! Every test network is `Topology` (`Spec` varies it): add what a test needs there, not here.
 //!
 //! Tests never skip: [`require`] panics with what is missing (root, bpffs, ip, tc, nft, ping, the
@@ -19,6 +19,7 @@ pub mod bench;
 pub mod frames;
 pub mod guest;
 pub mod http_client;
+pub mod machine;
 pub mod run;
 pub mod test_run;
 

@@ -560,27 +560,58 @@ fn render_every_format_pairs_addresses_with_their_interface() {
     );
     assert!(!out.contains("proto 229"), "{out}");
 
+    // networkd's files go beside a running enipin (issue 24): the addresses, the main table's
+    // default routes with their metrics and KeepConfiguration=static; none of enipin's rules or
+    // tables, which would conflict with its rules layer.
+    let main = [
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.0.1",
+        "dev",
+        "eth0",
+        "metric",
+        "100",
+    ];
+    t.host().ip(&main).unwrap();
     let out = enipin.ok(&["render", "--format", "networkd"]);
+    t.host()
+        .ip(&[&["route", "del"][..], &main[2..]].concat())
+        .unwrap();
+    assert!(
+        out.starts_with("# systemd-networkd beside a running enipin"),
+        "{out}"
+    );
+    assert!(out.contains("ManageForeignRoutingPolicyRules=no"), "{out}");
     let s = sections(&out, ".network");
     let eth1 = &s.iter().find(|(h, _)| h.contains("eth1")).unwrap().1;
     assert!(
         eth1.contains(&format!("MACAddress={}", t.spec.enis[1].mac)),
         "{out}"
     );
-    assert!(eth1.contains(&format!("[RoutingPolicyRule]\nFrom=198.18.0.21/32\nTable={t1}\nPriority=20000\nSuppressPrefixLength=0")), "{out}");
     assert!(
-        eth1.contains(&format!("[Route]\nGateway=198.18.0.1\nTable={t1}")),
+        eth1.contains("Address=198.18.0.11/24\nAddress=198.18.0.21/24\n"),
         "{out}"
+    );
+    assert!(eth1.contains("\nKeepConfiguration=static\n"), "{out}");
+    assert!(
+        !eth1.contains("[Route]"),
+        "no default route through eth1: {out}"
     );
     assert!(!eth1.contains("198.18.0.10"), "{out}");
     let eth0 = &s.iter().find(|(h, _)| h.contains("eth0")).unwrap().1;
     assert!(
-        eth0.contains(
-            "[RoutingPolicyRule]\nFamily=ipv4\nTable=main\nPriority=20001\nSuppressPrefixLength=0"
-        ),
+        eth0.contains("[Route]\nGateway=198.18.0.1\nMetric=100\n"),
         "{out}"
     );
-    assert!(eth0.contains(&format!("[Route]\nDestination=198.18.0.0/24\nScope=link\nPreferredSource=198.18.0.10\nTable={t0}")), "{out}");
+    let t0 = t0.to_string();
+    for enipins in ["[RoutingPolicyRule]", "Table=", "Priority=", &t0] {
+        assert!(
+            !out.contains(enipins),
+            "{enipins:?} in networkd's files:\n{out}"
+        );
+    }
 
     let out = enipin.ok(&["render", "--format", "netplan"]);
     let eth1 = out

@@ -644,6 +644,77 @@ fn networkd_and_cloud_agents_from_a_scratch_root_with_their_fixes() {
     );
 }
 
+/// networkd running, with enipin's drop-in, and a `.network` file per lab ENI as netplan writes
+/// them: doctor names the triggers that delete (issue 24: not "every reload"), warns of each
+/// managed link whose file lacks KeepConfiguration=static with a fix listing both halves, and is
+/// content once the file (or a drop-in of it) sets it.
+#[test]
+fn networkd_names_its_triggers_and_checks_the_managed_links_keep_configuration() {
+    let (topo, e) = lab();
+    let root = TempDir::new("enipin-root-").unwrap();
+    let r = root.path();
+    let ns = std::fs::metadata(format!("/run/netns/{}", topo.host().name()))
+        .unwrap()
+        .ino();
+    write(r, "/proc/4243/comm", "systemd-network\n");
+    link(r, "/proc/4243/ns/net", &format!("net:[{ns}]"));
+    let (_, text) = doctor(&e, r, &[]);
+    let rules = &finding(&text, "networkd ManageForeignRoutingPolicyRules")[0];
+    for words in [
+        "at `networkctl reconfigure`",
+        "at a restart (where udev runs)",
+        "`networkctl reload` after a changed .network file",
+        "not at a reload of unchanged files",
+    ] {
+        assert!(rules.contains(words), "{words:?}:\n{text}");
+    }
+    assert!(rules.contains("KeepConfiguration=static"), "{text}");
+
+    write(
+        r,
+        "/etc/systemd/networkd.conf.d/99-enipin.conf",
+        "[Network]\nManageForeignRoutingPolicyRules=no\nManageForeignRoutes=no\n",
+    );
+    for (i, eni) in topo.spec.enis.iter().enumerate() {
+        write(
+            r,
+            &format!("/run/systemd/network/10-netplan-{}.network", eni.name),
+            &format!(
+                "[Match]\nPermanentMACAddress={}\nName={}\n\n[Network]\nAddress=198.18.0.1{i}/24\n",
+                eni.mac, eni.name
+            ),
+        );
+    }
+    let (ok, text) = doctor(&e, r, &[]);
+    assert!(ok, "warnings only:\n{text}");
+    for eni in &topo.spec.enis {
+        let f = finding(&text, &format!("networkd {} KeepConfiguration", eni.name));
+        assert!(
+            f.len() == 1
+                && f[0].starts_with("warning")
+                && f[0].contains(&format!("10-netplan-{}.network configures", eni.name))
+                && f[0].contains("ManageForeignRoutes=no")
+                && f[0].contains("KeepConfiguration=static"),
+            "{text}"
+        );
+    }
+    write(
+        r,
+        "/etc/systemd/network/10-netplan-eth1.network.d/50-enipin.conf",
+        "[Network]\nKeepConfiguration=static\n",
+    );
+    let (_, text) = doctor(&e, r, &[]);
+    let f = finding(&text, "networkd eth1 KeepConfiguration");
+    assert!(
+        f[0].starts_with("ok") && f[0].contains("`networkctl reconfigure eth1` still removes"),
+        "{text}"
+    );
+    assert!(
+        finding(&text, "networkd eth0 KeepConfiguration")[0].starts_with("warning"),
+        "{text}"
+    );
+}
+
 /// nftables DNAT to the secondary (by address, and by port only: every address) while connmark
 /// is off: a warning naming the rules, ok once doctor is given `--connmark`; with it, another
 /// rule on the mask's bits is named, and a mask clear of them is ok.

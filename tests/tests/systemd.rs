@@ -1,7 +1,6 @@
-//! The package's unit run by a real systemd as PID 1: systemd-nspawn boots the machine's own /usr
-//! (read-only, with the .deb's files layered over it) inside the lab's host namespace, with a
-//! private bpffs at /sys/fs/bpf and a /run of its own. The unit is enabled and started as an
-//! operator would; its sandbox must let `enipin watch` pin the secondary's replies, READY=1 must
+//! The package's unit run by a real systemd as PID 1 ([`enipin_tests::machine::Machine`]: the
+//! machine's own /usr booted by systemd-nspawn in the lab's host namespace). The unit is enabled
+//! and started as an operator would; its sandbox must let `enipin watch` pin the secondary's replies, READY=1 must
 //! arrive after the first reconcile, and a stop must leave enforcement installed until
 //! `enipin detach`; the enabled unit enforces again after a reboot with nothing run by hand. The
 //! .deb itself goes through dpkg there too: upgrade, removal, purge.
@@ -14,464 +13,23 @@
 //! missing one fails the test, never a skip).
 
 use std::{
-    os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Child, Stdio},
+    time::Duration,
 };
 
 use enipin_tests::{
-    PinDir, Snapshot, TempDir, Topology, http_client, pins,
-    run::{artifact, eventually, ok, out},
-    unique,
+    PinDir, Snapshot, Topology, http_client,
+    machine::Machine,
+    pins,
+    run::{artifact, eventually},
 };
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const SECONDARY: &str = "198.18.0.11";
+const UNIT: &str = "enipin.service";
 /// CAP_NET_ADMIN (12) and CAP_SYS_ADMIN (21): the unit's bounding and ambient set, as the
 /// kernel prints a capability mask in /proc/PID/status.
 const UNIT_CAPS: &str = "0000000000201000";
-
-/// The cgroup hierarchies nspawn puts the container in: on a hybrid layout (systemd's named v1
-/// hierarchy and the unified one beside the v1 controllers) both, on a pure v2 layout the one.
-fn cgroup_roots() -> Vec<PathBuf> {
-    let hybrid: Vec<PathBuf> = ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"]
-        .iter()
-        .map(PathBuf::from)
-        .filter(|p| p.join("cgroup.procs").is_file())
-        .collect();
-    if !hybrid.is_empty() {
-        return hybrid;
-    }
-    let unified = PathBuf::from("/sys/fs/cgroup");
-    assert!(
-        unified.join("cgroup.procs").is_file(),
-        "no cgroup hierarchy for systemd at /sys/fs/cgroup"
-    );
-    vec![unified]
-}
-
-/// Removes `dir` and the cgroups nspawn and the booted systemd made below it, deepest first (a
-/// cgroup is removed with rmdir once its processes are gone).
-fn remove_cgroup(dir: &Path) {
-    let mut dirs = vec![dir.to_path_buf()];
-    let mut i = 0;
-    while i < dirs.len() {
-        if let Ok(entries) = std::fs::read_dir(&dirs[i]) {
-            dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
-        }
-        i += 1;
-    }
-    for d in dirs.iter().rev() {
-        let _ = std::fs::remove_dir(d);
-    }
-}
-
-/// The container's root: empty but for the usr-merged links, the package's /etc/enipin, an
-/// os-release (nspawn checks for one before /usr is mounted) and a machine id. Without the id
-/// systemd takes the boot for a first boot and applies the presets: Debian's enable every unit in
-/// /usr, which started six failing services in a first try and would enable enipin before the
-/// test does.
-fn make_root(root: &Path, usr: &Usr) {
-    for dir in ["usr", "etc"] {
-        std::fs::create_dir_all(root.join(dir)).unwrap();
-    }
-    for link in ["bin", "sbin", "lib", "lib64"] {
-        std::os::unix::fs::symlink(format!("usr/{link}"), root.join(link)).unwrap();
-    }
-    std::fs::copy("/usr/lib/os-release", root.join("etc/os-release")).unwrap();
-    match usr {
-        Usr::Package(pkg) => {
-            std::fs::create_dir_all(root.join("etc/enipin")).unwrap();
-            std::fs::copy(
-                pkg.join("etc/enipin/enipin.toml"),
-                root.join("etc/enipin/enipin.toml"),
-            )
-            .unwrap();
-        }
-        // An empty dpkg database: the machine's own packages are not the container's.
-        Usr::Writable(_) => {
-            for dir in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "var/log"] {
-                std::fs::create_dir_all(root.join(dir)).unwrap();
-            }
-            for file in ["status", "available"] {
-                std::fs::write(root.join("var/lib/dpkg").join(file), "").unwrap();
-            }
-        }
-    }
-    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap();
-    std::fs::write(
-        root.join("etc/machine-id"),
-        format!("{}\n", uuid.trim().replace('-', "")),
-    )
-    .unwrap();
-}
-
-/// `sh -c` with `CGROUP... -- PROGRAM ARGS...`: moves itself into each cgroup, then execs.
-const JOIN_CGROUPS_THEN_EXEC: &str = r#"while [ "$1" != -- ]; do
-    echo $$ > "$1/cgroup.procs" || exit 1; shift
-done
-shift; exec "$@""#;
-
-/// The container's /usr.
-enum Usr {
-    /// The machine's, read-only, below the package unpacked here: installed without dpkg.
-    Package(PathBuf),
-    /// The machine's, writable through an overlay whose upper layer is here: for dpkg itself.
-    Writable(PathBuf),
-}
-
-/// systemd-nspawn booting `root` (with `usr` as its /usr) in `/run/netns/NS`, with `bpffs` at
-/// /sys/fs/bpf, started from `cgroups`: nspawn runs the container in the cgroup it starts in, so
-/// everything nspawn and the container's systemd create goes below the test's own.
-fn nspawn(
-    cgroups: &[PathBuf],
-    name: &str,
-    ns: &str,
-    root: &Path,
-    usr: &Usr,
-    bpffs: &Path,
-) -> Command {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(JOIN_CGROUPS_THEN_EXEC)
-        .arg("sh")
-        .args(cgroups)
-        .arg("--")
-        .arg("systemd-nspawn")
-        .args(["--quiet", "--register=no", "--keep-unit", "--console=pipe"])
-        .arg(format!("--directory={}", root.display()))
-        .arg(format!("--machine={name}"))
-        .arg(format!("--network-namespace-path=/run/netns/{ns}"))
-        .arg(match usr {
-            // The machine's /usr below the package's: /usr/sbin/enipin and the unit where the
-            // .deb puts them, nothing of the machine's /usr writable.
-            Usr::Package(pkg) => format!("--overlay-ro=/usr:{}:/usr", pkg.join("usr").display()),
-            // The rightmost source is the upper, writable layer: what dpkg writes lands there.
-            Usr::Writable(upper) => format!("--overlay=/usr:{}:/usr", upper.display()),
-        })
-        .arg(format!("--bind={}:/sys/fs/bpf", bpffs.display()))
-        // What the container lacks that a machine has. nspawn grants CAP_NET_ADMIN only with a
-        // namespace it made itself (--private-network), and its seccomp filter answers bpf()
-        // with EPERM: without either, the watcher's first reconcile fails at the TCX probe
-        // (`bpf_prog_query` failed: Operation not permitted) and READY=1 never comes.
-        .args(["--capability=CAP_NET_ADMIN", "--system-call-filter=bpf"])
-        // nspawn mounts /proc/sys read-only, /proc/sys/net too in a namespace it did not make;
-        // "network" leaves /proc/sys/net writable, as on a machine (the interfaces' rp_filter
-        // and arp_* are enipin's to set).
-        .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network")
-        .args(["--boot", "systemd.unit=multi-user.target"]);
-    cmd
-}
-
-/// systemd-nspawn started on `dir/root` in its cgroups below the test's, its console to `log`:
-/// (nspawn, machine name, cgroups).
-fn spawn(
-    dir: &Path,
-    usr: &Usr,
-    ns: &str,
-    bpffs: &Path,
-    log: &Path,
-) -> (Child, String, Vec<PathBuf>) {
-    let name = unique("enipin-sd-");
-    let cgroups: Vec<PathBuf> = cgroup_roots().iter().map(|r| r.join(&name)).collect();
-    for cg in &cgroups {
-        std::fs::create_dir(cg).unwrap_or_else(|e| panic!("creating {}: {e}", cg.display()));
-    }
-    let console = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let nspawn = nspawn(&cgroups, &name, ns, &dir.join("root"), usr, bpffs)
-        .stdin(Stdio::null())
-        .stdout(console.try_clone().unwrap())
-        .stderr(console)
-        .spawn()
-        .expect("spawning systemd-nspawn (`cargo xtask setup` installs systemd-container)");
-    (nspawn, name, cgroups)
-}
-
-/// A systemd booted by systemd-nspawn in a namespace of the lab. Killed if it is still running,
-/// and its cgroups, nspawn's run directory and its root removed, when dropped.
-struct Machine {
-    nspawn: Child,
-    name: String,
-    leader: u32,
-    cgroups: Vec<PathBuf>,
-    log: PathBuf,
-    usr: Usr,
-    // Removed after drop() has stopped the container.
-    dir: TempDir,
-}
-
-impl Machine {
-    /// Boots the package unpacked from `deb` in `/run/netns/NS` with `bpffs` at /sys/fs/bpf, and
-    /// waits (at most 60 s) for the boot to finish.
-    fn boot(ns: &str, deb: &Path, bpffs: &Path) -> Self {
-        Self::boot_with(ns, bpffs, |dir| {
-            let pkg = dir.join("pkg");
-            ok(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&pkg));
-            Usr::Package(pkg)
-        })
-    }
-
-    /// Boots a machine without enipin whose /usr dpkg can write, `deb` at /var/tmp/ARTIFACT.
-    fn boot_for_dpkg(ns: &str, deb: &Path, bpffs: &Path) -> Self {
-        let m = Self::boot_with(ns, bpffs, |dir| {
-            let upper = dir.join("usr-upper");
-            std::fs::create_dir(&upper).unwrap();
-            Usr::Writable(upper)
-        });
-        // This machine is a container image whose policy-rc.d forbids every service action
-        // (exit 101: deb-systemd-invoke would neither restart nor stop enipin); a host has none.
-        // Removed in the overlay's upper layer only.
-        m.ok(&["rm", "-f", "/usr/sbin/policy-rc.d"]);
-        let tmp = m.dir.path().join("root/var/tmp");
-        std::fs::create_dir_all(&tmp).unwrap();
-        std::fs::copy(deb, tmp.join(deb.file_name().unwrap())).unwrap();
-        m
-    }
-
-    fn boot_with(ns: &str, bpffs: &Path, usr: impl FnOnce(&Path) -> Usr) -> Self {
-        let dir = TempDir::new("enipin-nspawn-").unwrap();
-        let usr = usr(dir.path());
-        make_root(&dir.path().join("root"), &usr);
-        let log = dir.path().join("console.log");
-        let (nspawn, name, cgroups) = spawn(dir.path(), &usr, ns, bpffs, &log);
-        let mut m = Self {
-            nspawn,
-            name,
-            leader: 0,
-            cgroups,
-            log,
-            usr,
-            dir,
-        };
-        m.started(ns);
-        m
-    }
-
-    /// Powers the machine off and boots its root again in `/run/netns/NS` with `bpffs`: what a
-    /// reboot keeps (the root file system: /etc, the units enabled) and what it does not (the
-    /// kernel's state: the caller gives a fresh namespace and bpffs).
-    fn reboot(&mut self, ns: &str, bpffs: &Path) {
-        let status = self.power_off();
-        assert!(
-            status.success(),
-            "systemd-nspawn: {status}:\n{}",
-            self.console()
-        );
-        self.cleanup();
-        let (nspawn, name, cgroups) = spawn(self.dir.path(), &self.usr, ns, bpffs, &self.log);
-        (self.nspawn, self.name, self.cgroups) = (nspawn, name, cgroups);
-        self.started(ns);
-    }
-
-    /// Waits for the container's PID 1 and its boot, once the safety check has passed.
-    fn started(&mut self, ns: &str) {
-        self.leader = self.find_leader();
-        self.assert_in_namespace(ns);
-        self.wait_booted();
-    }
-
-    /// The container's PID 1 (a systemd), nspawn's child once the container runs.
-    fn find_leader(&mut self) -> u32 {
-        let pid = self.nspawn.id();
-        let t = Instant::now();
-        loop {
-            if let Some(status) = self.nspawn.try_wait().unwrap() {
-                panic!("systemd-nspawn exited ({status}):\n{}", self.console());
-            }
-            let children =
-                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
-            let leader = children.split_whitespace().find(|c| {
-                std::fs::read_to_string(format!("/proc/{c}/comm"))
-                    .is_ok_and(|s| s.trim() == "systemd")
-            });
-            if let Some(leader) = leader {
-                return leader.parse().unwrap();
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "no systemd under systemd-nspawn within 20 s:\n{}",
-                self.console()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The safety check: the container's PID 1 runs in the lab's namespace, not in the test's (the
-    /// machine's).
-    fn assert_in_namespace(&self, ns: &str) {
-        let ino = |p: &str| {
-            std::fs::metadata(p)
-                .unwrap_or_else(|e| panic!("{p}: {e}"))
-                .ino()
-        };
-        let leader = ino(&format!("/proc/{}/ns/net", self.leader));
-        assert_eq!(
-            leader,
-            ino(&format!("/run/netns/{ns}")),
-            "PID 1 is not in the lab's namespace"
-        );
-        assert_ne!(
-            leader,
-            ino("/proc/self/ns/net"),
-            "PID 1 shares the test's namespace"
-        );
-    }
-
-    /// `ARGS` inside the container (its namespaces, its /run and /usr), as its root.
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--target={}", self.leader))
-            .arg("--all")
-            .args(args)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-        cmd
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        ok(&mut self.command(args))
-    }
-
-    /// Stdout of `ARGS`, trimmed, whether or not it succeeded (`systemctl is-active` exits 3 for
-    /// anything but active).
-    fn read(&self, args: &[&str]) -> String {
-        String::from_utf8_lossy(&out(&mut self.command(args)).stdout)
-            .trim()
-            .to_owned()
-    }
-
-    fn wait_booted(&mut self) {
-        let t = Instant::now();
-        loop {
-            let state = self.read(&["systemctl", "is-system-running"]);
-            // degraded: a unit of the machine's /usr failed; not the test's business.
-            if state == "running" || state == "degraded" {
-                return;
-            }
-            if let Some(status) = self.nspawn.try_wait().unwrap() {
-                panic!(
-                    "the container exited ({status}) while booting:\n{}",
-                    self.console()
-                );
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "the container is {state:?} after 60 s:\n{}",
-                self.console()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// The unit's state (`systemctl is-active`), once it is one of `want` (at most `deadline`);
-    /// panics with the unit's journal otherwise.
-    fn wait_unit(&self, want: &[&str], deadline: Duration) -> String {
-        let t = Instant::now();
-        loop {
-            let state = self.read(&["systemctl", "is-active", "enipin.service"]);
-            if want.contains(&state.as_str()) {
-                return state;
-            }
-            assert!(
-                t.elapsed() < deadline && state != "failed",
-                "enipin.service is {state:?}, not {want:?}, after {:?}:\n{}",
-                t.elapsed(),
-                self.journal()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// A property of enipin.service (`systemctl show -p NAME --value`).
-    fn property(&self, name: &str) -> String {
-        self.read(&["systemctl", "show", "-p", name, "--value", "enipin.service"])
-    }
-
-    /// enipin.service's journal: systemd's lines about the unit and enipin's own.
-    fn journal(&self) -> String {
-        self.read(&[
-            "journalctl",
-            "--no-pager",
-            "-o",
-            "cat",
-            "-u",
-            "enipin.service",
-        ])
-    }
-
-    fn console(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `systemctl poweroff`, then nspawn's exit (at most 30 s): its status.
-    fn power_off(&mut self) -> std::process::ExitStatus {
-        self.ok(&["systemctl", "poweroff", "--no-block"]);
-        let t = Instant::now();
-        loop {
-            if let Some(status) = self.nspawn.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "the container did not power off within 30 s:\n{}",
-                self.console()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Machine {
-    /// Stops the container if it still runs and removes what nspawn leaves behind.
-    fn cleanup(&mut self) {
-        if self.nspawn.try_wait().ok().flatten().is_none() {
-            // Killing nspawn would orphan the container: SIGKILL to its PID 1 ends every process
-            // of its PID namespace, then nspawn exits.
-            if self.leader != 0 {
-                // SAFETY: a signal to the container's PID 1, which this test started.
-                unsafe { libc::kill(self.leader as i32, libc::SIGKILL) };
-            }
-            let t = Instant::now();
-            while self.nspawn.try_wait().ok().flatten().is_none()
-                && t.elapsed() < Duration::from_secs(10)
-            {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.nspawn.kill();
-            let _ = self.nspawn.wait();
-        }
-        for cg in &self.cgroups {
-            remove_cgroup(cg);
-        }
-        // What nspawn leaves when killed (its lock on the root directory, by device and inode)
-        // or when /run is not a tmpfs (it removes nothing recursively on a disk file system:
-        // the propagation directory).
-        let run = Path::new("/run/systemd/nspawn");
-        if let Ok(root) = std::fs::metadata(self.dir.path().join("root")) {
-            let lock = format!("inode-{}:{}", root.dev(), root.ino());
-            let _ = std::fs::remove_file(run.join("locks").join(lock));
-        }
-        for dir in [
-            run.join("propagate").join(&self.name),
-            run.join("propagate"),
-            run.join("locks"),
-            run.to_path_buf(),
-        ] {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
-impl Drop for Machine {
-    fn drop(&mut self) {
-        self.cleanup();
-    }
-}
 
 #[test]
 fn the_unit_under_systemd_pins_replies_signals_ready_its_stop_leaves_enforcement_and_a_reboot_enforces_again()
@@ -498,7 +56,7 @@ fn the_unit_under_systemd_pins_replies_signals_ready_its_stop_leaves_enforcement
         "--no-block",
         "enipin.service",
     ]);
-    m.wait_unit(&["active"], Duration::from_secs(30));
+    m.wait_unit(UNIT, &["active"], Duration::from_secs(30));
     // READY=1 follows the first successful reconcile: once systemd says active, the rules and
     // the pins are in place already (checked at once, not waited for).
     let rules = topo.host().ip(&["rule", "show"]).unwrap();
@@ -510,7 +68,7 @@ fn the_unit_under_systemd_pins_replies_signals_ready_its_stop_leaves_enforcement
         !pins(bpffs.path()).unwrap().is_empty(),
         "active with nothing pinned under the container's /sys/fs/bpf"
     );
-    let journal = m.journal();
+    let journal = m.journal(UNIT);
     assert!(
         journal.contains("reconciled after") && journal.contains("managing eth0, eth1"),
         "no first reconcile in the journal:\n{journal}"
@@ -524,7 +82,7 @@ fn the_unit_under_systemd_pins_replies_signals_ready_its_stop_leaves_enforcement
 
     // The sandbox is the unit's: exactly its two capabilities, no new privileges, a seccomp
     // filter (and /sys/fs/bpf writable through ProtectSystem=strict: the pins above).
-    let pid = m.property("MainPID");
+    let pid = m.property(UNIT, "MainPID");
     let status = m.ok(&["cat", &format!("/proc/{pid}/status")]);
     for want in [
         format!("CapEff:\t{UNIT_CAPS}"),
@@ -540,9 +98,9 @@ fn the_unit_under_systemd_pins_replies_signals_ready_its_stop_leaves_enforcement
 
     // A stop leaves the state installed (no ExecStopPost=): watch exits 0 on SIGTERM.
     m.ok(&["systemctl", "stop", "--no-block", "enipin.service"]);
-    m.wait_unit(&["inactive"], Duration::from_secs(20));
-    let journal = m.journal();
-    assert_eq!(m.property("Result"), "success", "{journal}");
+    m.wait_unit(UNIT, &["inactive"], Duration::from_secs(20));
+    let journal = m.journal(UNIT);
+    assert_eq!(m.property(UNIT, "Result"), "success", "{journal}");
     assert!(journal.contains("SIGTERM: stopped watching"), "{journal}");
     assert!(
         !pins(bpffs.path()).unwrap().is_empty(),
@@ -582,8 +140,8 @@ fn the_unit_under_systemd_pins_replies_signals_ready_its_stop_leaves_enforcement
     let bpffs = PinDir::new("enipin-sd-").expect("bpffs for the second boot");
     let booted = std::time::SystemTime::now();
     m.reboot(topo.host().name(), bpffs.mount());
-    m.wait_unit(&["active"], Duration::from_secs(30));
-    assert_eq!(ours(&topo), first_boot, "{}", m.journal());
+    m.wait_unit(UNIT, &["active"], Duration::from_secs(30));
+    assert_eq!(ours(&topo), first_boot, "{}", m.journal(UNIT));
     eventually(
         "an answer from the secondary after the reboot",
         Duration::from_secs(20),
@@ -602,7 +160,7 @@ fn the_unit_under_systemd_pins_replies_signals_ready_its_stop_leaves_enforcement
         last.trim().parse::<f64>().unwrap() >= since.as_secs_f64().floor(),
         "last success {last} is older than the reboot ({since:?})"
     );
-    m.ok(&["systemctl", "stop", "enipin.service"]);
+    m.ok(&["systemctl", "stop", UNIT]);
     m.ok(&["enipin", "detach"]);
     let status = m.power_off();
     assert!(
@@ -612,8 +170,7 @@ fn the_unit_under_systemd_pins_replies_signals_ready_its_stop_leaves_enforcement
     );
 }
 
-/// `ping -i 0.01` from the peer to the secondary, `count` probes (at most `count / 100 + 2` s):
-/// (sent, received).
+/// `ping -i 0.01` from the peer to the secondary, `count` probes (at most `count / 100 + 2` s).
 fn ping_every_10ms(topo: &Topology, count: u32) -> Child {
     let mut cmd = topo.peer().command("ping");
     cmd.args(["-n", "-q", "-i", "0.01", "-W", "1"])
@@ -651,45 +208,45 @@ fn removing_the_package_detaches_and_an_upgrade_keeps_enforcement() {
     let mut m = Machine::boot_for_dpkg(topo.host().name(), &artifact(&name), bpffs.mount());
     let deb = format!("/var/tmp/{name}");
     m.ok(&["dpkg", "-i", &deb]);
-    m.ok(&[
-        "systemctl",
-        "enable",
-        "--now",
-        "--no-block",
-        "enipin.service",
-    ]);
-    m.wait_unit(&["active"], Duration::from_secs(30));
+    m.ok(&["systemctl", "enable", "--now", "--no-block", UNIT]);
+    m.wait_unit(UNIT, &["active"], Duration::from_secs(30));
     eventually(
         "an answer from the secondary",
         Duration::from_secs(20),
         Duration::from_millis(200),
         || topo.peer().ping(SECONDARY, 1).unwrap(),
     );
-    let pid = m.property("MainPID");
+    let pid = m.property(UNIT, "MainPID");
 
-    // Upgrade: the watcher restarts (a new PID) and the installed state carries over.
-    let mut ping = ping_every_10ms(&topo, 500);
+    // Upgrade: the watcher restarts (a new PID) and the installed state carries over. 1,500
+    // probes: 15 s, around an upgrade of 2 s on an idle machine and more than 6 s with eleven
+    // runnable processes on its 2 CPUs (a fixed count, so ping waits for its last reply).
+    let mut ping = ping_every_10ms(&topo, 1500);
     std::thread::sleep(Duration::from_millis(500));
     m.ok(&["dpkg", "-i", &deb]);
-    m.wait_unit(&["active"], Duration::from_secs(30));
+    m.wait_unit(UNIT, &["active"], Duration::from_secs(30));
     assert!(
         ping.try_wait().unwrap().is_none(),
         "the pings ended before the upgrade did"
     );
     let (sent, received) = ping_summary(ping);
     eprintln!("upgrade: {received} of {sent} pings answered");
-    assert_ne!(m.property("MainPID"), pid, "try-restart restarted nothing");
+    assert_ne!(
+        m.property(UNIT, "MainPID"),
+        pid,
+        "try-restart restarted nothing"
+    );
     assert_eq!(
         received,
         sent,
         "pings lost across the upgrade:\n{}",
-        m.journal()
+        m.journal(UNIT)
     );
 
     // Removal: stopped, then detached.
     let out = m.ok(&["dpkg", "-r", "enipin"]);
     assert_eq!(
-        m.read(&["systemctl", "is-active", "enipin.service"]),
+        m.read(&["systemctl", "is-active", UNIT]),
         "inactive",
         "{out}"
     );
@@ -703,7 +260,7 @@ fn removing_the_package_detaches_and_an_upgrade_keeps_enforcement() {
         !topo.peer().ping(SECONDARY, 2).unwrap(),
         "the secondary answers after removal"
     );
-    let root = m.dir.path().join("root");
+    let root = m.root();
     assert!(
         root.join("etc/enipin/enipin.toml").exists(),
         "remove took the config"

@@ -45,6 +45,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("cpio", "cpio"),
     ("dpkg-deb", "dpkg"),
     ("systemd-analyze", "systemd"),
+    // tests/tests/networkd.rs runs the machine's systemd-networkd (package systemd) in the
+    // container and drives it with networkctl, over the container's dbus.
+    ("networkctl", "systemd"),
+    ("dbus-daemon", "dbus-daemon"),
     // tests/tests/systemd.rs boots the machine's systemd in a container to run the unit.
     ("systemd-nspawn", "systemd-container"),
     ("setpriv", "util-linux"),

@@ -5,6 +5,7 @@
 //! most are unit-tested without root), and a `read` step beside it:
 //! - `networkd`: systemd-networkd running or enabled, and its effective
 //!   `ManageForeignRoutingPolicyRules` / `ManageForeignRoutes` (networkd.conf and drop-ins);
+//!   `networkd_links`: the managed interfaces' `.network` files and their `KeepConfiguration=`;
 //! - `cloud_agents`: nm-cloud-setup, amazon-ec2-net-utils, cloud-init's netplan policy routing,
 //!   SUSE cloud-netconfig: which interfaces each manages, whether its rules sit above enipin's;
 //! - `rules`: anyone's rules at enipin's priorities or tables, rules above enipin's for its
@@ -25,6 +26,7 @@ mod host;
 mod kernel;
 mod macs;
 mod networkd;
+mod networkd_links;
 mod rules;
 mod sysctl;
 mod tc;
@@ -229,11 +231,13 @@ pub async fn examine(cfg: &Config, paths: &Paths, root: &Root) -> Result<Report>
     let boot =
         root.given || host::netns_inode(Path::new("/proc/1/ns/net")).is_none_or(|init| init == ns);
 
+    let ifaces: Vec<_> = managed.iter().map(|m| (m.name.clone(), m.mac)).collect();
     findings.extend(networkd::check(&networkd::read(
         root.path(),
         &procs,
         ns,
         boot,
+        &ifaces,
     )));
     let raw_rules = rules::read(&snap.nl).await?;
     findings.extend(cloud_agents::check(

@@ -1,13 +1,21 @@
-//! systemd-networkd: running in this namespace or enabled at boot, and whether its effective
+//! systemd-networkd: running in this namespace or enabled at boot, whether its effective
 //! `ManageForeignRoutingPolicyRules` / `ManageForeignRoutes` (both `yes` by default) make it
-//! delete enipin's rules and routes whenever it starts, restarts or reloads, and at every
-//! `netplan apply` (systemd/systemd#19106, #22077).
+//! delete enipin's rules and routes, and (`networkd_links`) whether the managed interfaces'
+//! `.network` files keep their addresses at a restart (`KeepConfiguration=static`).
+//!
+//! What deletes, measured with networkd 252 beside enipin (tests/tests/networkd.rs):
+//! `networkctl reconfigure LINK`, a restart (on a host with udev; in a container without it
+//! networkd configures the links before it reads the rules and deletes none), and `networkctl
+//! reload` after a changed `.network` file; a reload with unchanged files deletes nothing. Also
+//! every `netplan apply` (systemd/systemd#19106, #22077).
 
 use std::path::{Path, PathBuf};
 
 use ini::{Ini, ParseOption};
 
-use super::{Finding, Severity, host};
+use crate::model::MacAddr;
+
+use super::{Finding, Severity, host, networkd_links};
 
 /// The drop-in that keeps networkd's hands off rules and routes it did not create. Named to
 /// sort after the usual drop-ins: the last assignment wins.
@@ -55,9 +63,18 @@ pub(super) struct Networkd {
     pub boot_checked: bool,
     /// [`KEYS`], in order.
     pub settings: [Setting; 2],
+    /// The managed interfaces' `.network` files.
+    pub links: Vec<networkd_links::LinkFile>,
 }
 
-pub(super) fn read(root: &Path, procs: &[host::Process], ns: u64, boot: bool) -> Networkd {
+/// What networkd would do here; `ifaces` are the managed interfaces (name, MAC).
+pub(super) fn read(
+    root: &Path,
+    procs: &[host::Process],
+    ns: u64,
+    boot: bool,
+    ifaces: &[(String, MacAddr)],
+) -> Networkd {
     let enabled = boot
         .then(|| host::wanted(root, "systemd-networkd.service"))
         .and_then(|w| w.into_iter().next())
@@ -67,6 +84,7 @@ pub(super) fn read(root: &Path, procs: &[host::Process], ns: u64, boot: bool) ->
         enabled,
         boot_checked: boot,
         settings: settings(root),
+        links: networkd_links::read(root, ifaces),
     }
 }
 
@@ -119,12 +137,22 @@ pub(super) fn systemd_bool(v: &str) -> Option<bool> {
     }
 }
 
-fn fix() -> String {
+/// Both halves: the drop-in (no rule or route of enipin's deleted), and `KeepConfiguration=static`
+/// (no address removed at a restart or a reload).
+pub(super) fn fix() -> String {
     format!(
         "{DROP_IN_PATH}:\n{DROP_IN_BODY}then `systemctl restart systemd-networkd` (networkd reads \
-         networkd.conf only when it starts); `enipin render --format networkd` prints it too"
+         networkd.conf only when it starts);\nand `KeepConfiguration=static` in [Network] of each \
+         managed interface's .network file, then `networkctl reload` (a restart or a reload then \
+         leaves its addresses and routes; `networkctl reconfigure` still removes and adds them \
+         back);\n`enipin render --format networkd` prints both"
     )
 }
+
+/// The triggers, as measured with networkd 252.
+const TRIGGERS: &str = "at `networkctl reconfigure`, at a restart (where udev runs), at \
+    `networkctl reload` after a changed .network file (not at a reload of unchanged files, \
+    networkd 252), and at every `netplan apply` (systemd/systemd#19106, #22077)";
 
 pub(super) fn check(n: &Networkd) -> Vec<Finding> {
     let how = match (n.running, &n.enabled) {
@@ -142,7 +170,8 @@ pub(super) fn check(n: &Networkd) -> Vec<Finding> {
             )];
         }
     };
-    KEYS.iter()
+    let mut out: Vec<Finding> = KEYS
+        .iter()
         .zip(&n.settings)
         .zip(["rules", "routes"])
         .map(|((key, s), what)| {
@@ -157,9 +186,7 @@ pub(super) fn check(n: &Networkd) -> Vec<Finding> {
                     Severity::Conflict,
                     format!(
                         "systemd-networkd {how} with {key}=yes ({from}): it deletes enipin's \
-                         {what} whenever it starts, restarts or reloads, and at every `netplan \
-                         apply` (systemd/systemd#19106, #22077); `enipin watch` puts them back, \
-                         after a gap"
+                         {what} {TRIGGERS}; `enipin watch` puts them back, after a gap"
                     ),
                 )
                 .fix(fix())
@@ -167,13 +194,21 @@ pub(super) fn check(n: &Networkd) -> Vec<Finding> {
                 Finding::ok(
                     check,
                     format!(
-                        "systemd-networkd {how} with {key}=no ({from}): it leaves enipin's {what} \
-                         alone"
+                        "systemd-networkd {how} with {key}=no ({from}): it deletes none of \
+                         enipin's {what} itself{}",
+                        if what == "routes" {
+                            "; an address it removes and adds back still takes enipin's routes \
+                             through its link with it (the kernel's flush): see KeepConfiguration"
+                        } else {
+                            ""
+                        }
                     ),
                 )
             }
         })
-        .collect()
+        .collect();
+    out.extend(networkd_links::check(&n.links));
+    out
 }
 
 #[cfg(test)]
@@ -190,7 +225,13 @@ mod tests {
         } else {
             Vec::new()
         };
-        read(r.path(), &procs, 1, true)
+        read(
+            r.path(),
+            &procs,
+            1,
+            true,
+            &[("eth1".to_owned(), [2, 0, 0, 0, 0, 0x11])],
+        )
     }
 
     #[test]
@@ -201,7 +242,23 @@ mod tests {
         assert_eq!(f.len(), 2);
         assert!(f.iter().all(|f| f.severity == Severity::Conflict), "{f:?}");
         assert!(f[0].meaning.contains("pid 7") && f[0].meaning.contains("default"));
-        assert!(f[0].fix.as_ref().unwrap().contains(DROP_IN_BODY));
+        // The triggers that delete, and the one that does not (issue 24, networkd 252).
+        for words in [
+            "`networkctl reconfigure`",
+            "at a restart (where udev runs)",
+            "reload` after a changed .network file",
+            "not at a reload of unchanged files",
+        ] {
+            assert!(f[0].meaning.contains(words), "{words:?}: {}", f[0].meaning);
+        }
+        assert!(
+            !f[0]
+                .meaning
+                .contains("whenever it starts, restarts or reloads")
+        );
+        let fix = f[0].fix.as_ref().unwrap();
+        assert!(fix.contains(DROP_IN_BODY), "{fix}");
+        assert!(fix.contains("KeepConfiguration=static"), "{fix}");
         // Not running, not enabled: nothing to fear.
         let f = check(&read_at(&r, false));
         assert_eq!(f.len(), 1);
