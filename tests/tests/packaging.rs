@@ -1,7 +1,10 @@
 //! What `cargo xtask dist` ships, installed and run: the static tarball's lab under `env -i`, the
 //! .deb and the .rpm installed into scratch roots (files, conffile, scripts), the unit verified by
 //! systemd-analyze, its capability set driving attach and watch in the lab under setpriv, the
-//! OCI image under podman in the lab's host namespace, and the Kubernetes manifests validated.
+//! OCI image under podman in the lab's host namespace; the deploy recipes: the kustomize
+//! output validated (Kubernetes' schemas and the Prometheus Operator's), the image named once,
+//! the PrometheusRule equal to the alert rules, the cloud-init user-data validated by cloud-init,
+//! and all of them in the tarball.
 //!
 //! `cargo xtask test` runs `cargo xtask dist` first. Every tool these tests call is installed by
 //! `cargo xtask setup`; a missing one fails the test (never a skip).
@@ -76,6 +79,36 @@ fn tarball_holds_a_static_binary_whose_lab_passes_with_an_empty_environment() {
         lab.status,
         String::from_utf8_lossy(&lab.stderr)
     );
+}
+
+/// The tarball carries deploy/kubernetes/ as `kubernetes/` and deploy/cloud-init/ as
+/// `cloud-init/`, file for file, and its overlay builds where it was unpacked (the overlay names
+/// the base by a relative path).
+#[test]
+fn tarball_ships_the_deploy_recipes_as_in_the_tree() {
+    let tmp = TempDir::new("enipin-tar-deploy-").unwrap();
+    let top = unpack_tarball(tmp.path());
+    for (tree, shipped) in [
+        ("deploy/kubernetes", "kubernetes"),
+        ("deploy/cloud-init", "cloud-init"),
+    ] {
+        let tree = root().join(tree);
+        let files = walk(&tree);
+        assert!(!files.is_empty(), "nothing in {}", tree.display());
+        for file in &files {
+            let rel = file.strip_prefix(&tree).unwrap();
+            let there = top.join(shipped).join(rel);
+            assert_eq!(
+                std::fs::read(&there).unwrap_or_else(|e| panic!("{}: {e}", there.display())),
+                std::fs::read(file).unwrap(),
+                "{} differs from the tree",
+                there.display()
+            );
+        }
+        assert_eq!(walk(&top.join(shipped)).len(), files.len(), "{shipped}");
+    }
+    let built = kustomize_build(&top.join("kubernetes/overlays/eks"));
+    assert_eq!(built, kustomize_build(&kube_dir().join("overlays/eks")));
 }
 
 /// Files every package installs.
@@ -499,63 +532,405 @@ fn image_runs_watch_under_podman_and_enforcement_outlives_the_container() {
     e.ok(&["detach"]);
 }
 
+/// deploy/kubernetes/.
+fn kube_dir() -> PathBuf {
+    root().join("deploy/kubernetes")
+}
+
+/// `kustomize build DIR` with the kustomize `cargo xtask setup` unpacks from Debian trixie (the
+/// machine's kubectl, if any, is not the project's).
+fn kustomize_build(dir: &Path) -> String {
+    ok(Command::new(root().join(".tools/bin/kustomize"))
+        .arg("build")
+        .arg(dir))
+}
+
+/// The documents of a `kustomize build` output.
+fn documents(built: &str) -> Vec<serde_norway::Value> {
+    built
+        .split("\n---\n")
+        .map(|d| serde_norway::from_str(d).unwrap_or_else(|e| panic!("{e}:\n{d}")))
+        .collect()
+}
+
+/// The one document of `kind`.
+fn one<'a>(docs: &'a [serde_norway::Value], kind: &str) -> &'a serde_norway::Value {
+    let found: Vec<_> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "{} {kind} documents", found.len());
+    found[0]
+}
+
+fn strings(v: &serde_norway::Value) -> Vec<String> {
+    serde_norway::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v:?}"))
+}
+
+/// The base (deploy/kubernetes/base) and the EKS overlay (the base, the prometheus-operator
+/// component, a nodeSelector), as `kustomize build` writes them, pass `kubernetes-validate
+/// --strict` (Kubernetes 1.37's schemas, shipped in the package: offline). That tool has no
+/// schema for the Prometheus Operator's kinds and only warns about them; PodMonitor and
+/// PrometheusRule are checked instead against the CRDs' OpenAPI schemas as compiled by the npm
+/// package `@kubernetes-models/prometheus-operator` 6.0.0 (types, enums, patterns, required
+/// fields; pinned with integrity hashes in tests/crd/package-lock.json, installed by setup).
+/// Those schemas, like the CRDs, allow unknown fields: the fields enipin relies on are asserted
+/// here by name, and the PrometheusRule's rules by promtool (the test after this one).
 #[test]
-fn kubernetes_manifests_validate_offline() {
-    let dir = root().join("deploy/kubernetes");
-    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|f| f.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    assert!(!files.is_empty(), "no manifests in {}", dir.display());
-    let validate = root().join(".tools/venv/bin/kubernetes-validate");
-    ok(Command::new(&validate).arg("--strict").args(&files));
-    let ds = std::fs::read_to_string(dir.join("daemonset.yaml")).unwrap();
-    for needed in [
-        "hostNetwork: true",
-        "priorityClassName: system-node-critical",
-        "mountPropagation: HostToContainer",
-        "path: /sys/fs/bpf",
-        "path: /run/enipin",
-        "operator: Exists",
-        "prometheus.io/scrape",
-        "livenessProbe",
-        "readinessProbe",
-        "path: /healthz",
-        "--metrics-listen",
+fn kustomize_output_validates_against_kubernetes_and_the_operators_schemas() {
+    let tmp = TempDir::new("enipin-kustomize-").unwrap();
+    for (name, dir, crds) in [
+        ("base", kube_dir().join("base"), 0),
+        ("eks", kube_dir().join("overlays/eks"), 2),
     ] {
-        assert!(ds.contains(needed), "the DaemonSet has no {needed}");
-    }
-    // Unprivileged, with the unit's capabilities and no others.
-    let ds: serde_norway::Value = serde_norway::from_str(&ds).unwrap();
-    let containers = ds["spec"]["template"]["spec"]["containers"]
-        .as_sequence()
-        .unwrap();
-    let caps: Vec<String> = unit_capabilities()
-        .iter()
-        .map(|c| c.to_uppercase())
-        .collect();
-    for c in containers {
-        let sc = &c["securityContext"];
-        let name = &c["name"];
+        let built = kustomize_build(&dir);
+        let file = tmp.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, &built).unwrap();
+        let validate = root().join(".tools/venv/bin/kubernetes-validate");
+        let out = out(Command::new(&validate).arg("--strict").arg(&file));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{name}:\n{text}");
+        let docs = documents(&built);
+        for d in &docs {
+            let kind = d["kind"].as_str().unwrap();
+            let group = d["apiVersion"].as_str().unwrap();
+            if group.starts_with("monitoring.coreos.com/") {
+                assert!(
+                    text.contains(&format!("Couldn't find schema for kind {kind}")),
+                    "{name}: {kind}:\n{text}"
+                );
+            } else {
+                let resource = format!("passed for resource {}/enipin", kind.to_lowercase());
+                assert!(
+                    text.contains(&resource),
+                    "{name}: {kind} not validated:\n{text}"
+                );
+            }
+        }
+        // Every warning is one of the operator's kinds, checked below.
+        for line in text.lines().filter(|l| l.starts_with("WARN")) {
+            assert!(
+                line.contains("kind PodMonitor") || line.contains("kind PrometheusRule"),
+                "{name}: {line}"
+            );
+        }
+        let json = serde_json::to_string(&docs).unwrap();
+        let mut node = Command::new("node")
+            .arg(root().join("tests/crd/validate.mjs"))
+            .arg(root().join(".tools/crd-schemas"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running node (the machine's Node.js; cargo xtask setup needs its npm)");
+        use std::io::Write as _;
+        node.stdin
+            .take()
+            .unwrap()
+            .write_all(json.as_bytes())
+            .unwrap();
+        let res = node.wait_with_output().unwrap();
+        let checked = String::from_utf8_lossy(&res.stdout);
         assert!(
-            sc["privileged"].as_bool() != Some(true),
-            "container {name:?} is privileged"
+            res.status.success(),
+            "{name}: the operator's schemas:\n{checked}{}",
+            String::from_utf8_lossy(&res.stderr)
         );
-        assert_eq!(
-            sc["allowPrivilegeEscalation"].as_bool(),
-            Some(false),
-            "{name:?}"
-        );
-        assert_eq!(
-            serde_norway::from_value::<Vec<String>>(sc["capabilities"]["drop"].clone()).unwrap(),
-            ["ALL"],
-            "{name:?}"
-        );
-        assert_eq!(
-            serde_norway::from_value::<Vec<String>>(sc["capabilities"]["add"].clone()).unwrap(),
-            caps,
-            "{name:?}"
+        assert_eq!(checked.lines().count(), crds, "{name}:\n{checked}");
+    }
+}
+
+/// The operator's schemas catch what they should: a PodMonitor whose interval is no duration
+/// and whose port is a number fails (a validator that passes everything would pass the test
+/// above).
+#[test]
+fn the_operators_schemas_reject_a_bad_podmonitor() {
+    let docs = documents(&kustomize_build(&kube_dir().join("overlays/eks")));
+    let mut pm = one(&docs, "PodMonitor").clone();
+    pm["spec"]["podMetricsEndpoints"][0]["interval"] = "thirty".into();
+    let json = serde_json::to_string(&[pm]).unwrap();
+    let mut node = Command::new("node")
+        .arg(root().join("tests/crd/validate.mjs"))
+        .arg(root().join(".tools/crd-schemas"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running node");
+    use std::io::Write as _;
+    node.stdin
+        .take()
+        .unwrap()
+        .write_all(json.as_bytes())
+        .unwrap();
+    let res = node.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success(), "a bad interval passed");
+    assert!(err.contains("interval must match pattern"), "{err}");
+}
+
+/// The image is named once, in base/kustomization.yaml's `images:`, with the crate's version,
+/// and never resolves to docker.io/library (a bare `enipin` would): the documented
+/// `kustomize edit set image` in the base reaches the overlay's DaemonSet too.
+#[test]
+fn the_image_is_set_in_one_place_and_never_resolves_to_docker_hub() {
+    let image_of = |dir: &Path| -> String {
+        let docs = documents(&kustomize_build(dir));
+        let ds = one(&docs, "DaemonSet");
+        let containers = ds["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .unwrap();
+        assert_eq!(containers.len(), 1);
+        containers[0]["image"].as_str().unwrap().to_owned()
+    };
+    for dir in ["base", "overlays/eks"] {
+        let image = image_of(&kube_dir().join(dir));
+        assert_eq!(image, format!("registry.invalid/enipin:{VERSION}"), "{dir}");
+        // A registry host: its first component has a dot (or a port), else docker.io/library.
+        let host = image.split('/').next().unwrap();
+        assert!(image.contains('/') && host.contains(['.', ':']), "{image}");
+    }
+    let mut names = 0;
+    for entry in walk(&kube_dir()) {
+        let text = std::fs::read_to_string(&entry).unwrap();
+        names += text.matches("registry.invalid/enipin").count();
+        assert!(
+            !text.contains("newTag") || entry.ends_with("base/kustomization.yaml"),
+            "a second image setting in {}",
+            entry.display()
         );
     }
+    // The DaemonSet's placeholder and the `images:` entry (and its comment's example).
+    assert!(names >= 2, "{names}");
+    // The README's and docs/kubernetes.md's recipe, on a copy of the tree.
+    let tmp = TempDir::new("enipin-kustomize-edit-").unwrap();
+    ok(Command::new("cp").arg("-r").arg(kube_dir()).arg(tmp.path()));
+    let copy = tmp.path().join("kubernetes");
+    let mine = format!("registry.example.com/ops/enipin:{VERSION}");
+    ok(Command::new(root().join(".tools/bin/kustomize"))
+        .current_dir(copy.join("base"))
+        .args(["edit", "set", "image"])
+        .arg(format!("registry.invalid/enipin={mine}")));
+    assert_eq!(image_of(&copy.join("base")), mine);
+    assert_eq!(image_of(&copy.join("overlays/eks")), mine);
+}
+
+/// Every file under `dir`, symlinks left out (as `cargo xtask dist` leaves them out).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        if entry.file_type().unwrap().is_symlink() {
+            continue;
+        }
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The PrometheusRule's groups are deploy/prometheus/enipin-rules.yml's, value for value, and
+/// pass `promtool check rules` on their own; the PodMonitor selects the DaemonSet's pods by
+/// their labels in their namespace, on the container's named port; with the component the
+/// prometheus.io annotations are gone (no second scrape), without it they are there.
+#[test]
+fn the_prometheus_operator_component_scrapes_the_daemonset_with_the_same_rules() {
+    let base = documents(&kustomize_build(&kube_dir().join("base")));
+    let eks = documents(&kustomize_build(&kube_dir().join("overlays/eks")));
+    let rules: serde_norway::Value = serde_norway::from_str(
+        &std::fs::read_to_string(root().join("deploy/prometheus/enipin-rules.yml")).unwrap(),
+    )
+    .unwrap();
+    let pr = one(&eks, "PrometheusRule");
+    assert_eq!(
+        pr["spec"]["groups"], rules["groups"],
+        "components/prometheus-operator/prometheusrule.yaml's spec.groups differ from \
+         deploy/prometheus/enipin-rules.yml's groups: copy them over"
+    );
+    let tmp = TempDir::new("enipin-prometheusrule-").unwrap();
+    let extracted = tmp.path().join("groups.yml");
+    std::fs::write(&extracted, serde_norway::to_string(&pr["spec"]).unwrap()).unwrap();
+    let checked = ok(Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&extracted));
+    assert!(checked.contains("SUCCESS"), "{checked}");
+
+    let pm = one(&eks, "PodMonitor");
+    let ds = one(&eks, "DaemonSet");
+    let pod = &ds["spec"]["template"];
+    for (k, v) in pm["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
+        assert_eq!(&pod["metadata"]["labels"][k.as_str().unwrap()], v, "{k:?}");
+    }
+    assert_eq!(
+        strings(&pm["spec"]["namespaceSelector"]["matchNames"]),
+        [ds["metadata"]["namespace"].as_str().unwrap()]
+    );
+    let port = pm["spec"]["podMetricsEndpoints"][0]["port"]
+        .as_str()
+        .unwrap();
+    let ports = pod["spec"]["containers"][0]["ports"].as_sequence().unwrap();
+    assert!(
+        ports.iter().any(|p| p["name"] == port),
+        "no container port named {port}"
+    );
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["path"], "/metrics");
+    let annotations = |d: &serde_norway::Value| -> Vec<String> {
+        d["spec"]["template"]["metadata"]["annotations"]
+            .as_mapping()
+            .map(|m| m.keys().map(|k| k.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    };
+    assert!(
+        annotations(ds)
+            .iter()
+            .all(|a| !a.starts_with("prometheus.io/")),
+        "{:?}",
+        annotations(ds)
+    );
+    assert!(
+        annotations(one(&base, "DaemonSet")).contains(&"prometheus.io/scrape".to_owned()),
+        "the base is scraped by annotation"
+    );
+}
+
+/// The DaemonSet as built: on the host network, the node's bpffs and state directory, every
+/// node, probes on /healthz; unprivileged with the unit's capabilities and no others; and
+/// without connmark (the image has no `nft`): no flag for it, and the ConfigMap keeps it off.
+#[test]
+fn kubernetes_daemonset_is_unprivileged_and_keeps_connmark_off() {
+    for dir in ["base", "overlays/eks"] {
+        let built = kustomize_build(&kube_dir().join(dir));
+        for needed in [
+            "hostNetwork: true",
+            "priorityClassName: system-node-critical",
+            "mountPropagation: HostToContainer",
+            "path: /sys/fs/bpf",
+            "path: /run/enipin",
+            "operator: Exists",
+            "livenessProbe",
+            "readinessProbe",
+            "path: /healthz",
+            "--metrics-listen",
+        ] {
+            assert!(
+                built.contains(needed),
+                "{dir}: the DaemonSet has no {needed}"
+            );
+        }
+        let docs = documents(&built);
+        let ds = one(&docs, "DaemonSet");
+        let containers = ds["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .unwrap();
+        let caps: Vec<String> = unit_capabilities()
+            .iter()
+            .map(|c| c.to_uppercase())
+            .collect();
+        for c in containers {
+            let sc = &c["securityContext"];
+            let name = &c["name"];
+            assert!(
+                sc["privileged"].as_bool() != Some(true),
+                "container {name:?} is privileged"
+            );
+            assert_eq!(
+                sc["allowPrivilegeEscalation"].as_bool(),
+                Some(false),
+                "{name:?}"
+            );
+            assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"], "{name:?}");
+            assert_eq!(strings(&sc["capabilities"]["add"]), caps, "{name:?}");
+            let args = strings(&c["args"]);
+            assert!(
+                args.iter().all(|a| !a.starts_with("--connmark")),
+                "{dir}: {args:?}"
+            );
+        }
+        let config = one(&docs, "ConfigMap")["data"]["enipin.toml"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let config: toml::Table = toml::from_str(&config).unwrap();
+        assert_eq!(
+            config["layers"]["connmark"].as_bool(),
+            Some(false),
+            "{dir}: {config:?}"
+        );
+    }
+}
+
+/// deploy/cloud-init/user-data.yaml passes Debian bookworm's `cloud-init schema --config-file`
+/// (cloud-init 22.4, unpacked by setup), which also rejects a user-data whose `runcmd` is not a
+/// list (so the validator is not one that passes everything); the enipin.toml it writes passes
+/// `enipin config check` of the released binary with its settings read from the file, as written
+/// and after runcmd's edit beside amazon-ec2-net-utils (rules off).
+#[test]
+fn cloud_init_user_data_passes_cloud_init_schema_and_its_config_enipins_check() {
+    let cloud_init = root().join(".tools/bin/cloud-init");
+    let user_data = root().join("deploy/cloud-init/user-data.yaml");
+    let valid = ok(Command::new(&cloud_init)
+        .args(["schema", "--config-file"])
+        .arg(&user_data));
+    assert!(valid.contains("Valid cloud-config"), "{valid}");
+    let tmp = TempDir::new("enipin-cloud-init-").unwrap();
+    let text = std::fs::read_to_string(&user_data).unwrap();
+    let bad = tmp.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        text.replace("runcmd:\n  - - sh", "runcmd: 3\nx:\n  - - sh"),
+    )
+    .unwrap();
+    let res = out(Command::new(&cloud_init)
+        .args(["schema", "--config-file"])
+        .arg(&bad));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        !res.status.success() && err.contains("runcmd"),
+        "{}{err}",
+        String::from_utf8_lossy(&res.stdout)
+    );
+    let doc: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    let file = doc["write_files"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/etc/enipin/enipin.toml")
+        .expect("the user-data writes /etc/enipin/enipin.toml");
+    let content = file["content"].as_str().unwrap();
+    let bin = unpack_tarball(tmp.path()).join("enipin");
+    let check = |content: &str| -> String {
+        let config = tmp.path().join("enipin.toml");
+        std::fs::write(&config, content).unwrap();
+        ok(Command::new(&bin)
+            .arg("--config")
+            .arg(&config)
+            .args(["config", "check"]))
+    };
+    // Each setting says where it came from: the file's line for the ones the user-data sets.
+    let from_file = |checked: &str, setting: &str| {
+        assert!(
+            checked
+                .lines()
+                .any(|l| l.starts_with(setting) && l.contains("# file:")),
+            "no {setting} from the file:\n{checked}"
+        );
+    };
+    let checked = check(content);
+    from_file(&checked, r#"metadata.source = "aws""#);
+    from_file(&checked, r#"metrics.listen = "0.0.0.0:9717""#);
+    from_file(&checked, "layers.rules = true");
+    // runcmd's edit beside amazon-ec2-net-utils (`sed 's/^rules = true$/rules = false/'`).
+    assert!(
+        text.contains(r#"sed -i 's/^rules = true$/rules = false/' /etc/enipin/enipin.toml"#),
+        "the user-data's runcmd no longer turns the rules off as tested here"
+    );
+    assert_eq!(content.matches("\nrules = true\n").count(), 1, "{content}");
+    let checked = check(&content.replace("\nrules = true\n", "\nrules = false\n"));
+    from_file(&checked, "layers.rules = false");
 }

@@ -1,9 +1,10 @@
 //! A real Prometheus server (Debian's `prometheus`) scrapes `enipin watch` inside the lab's host
-//! namespace every second, with deploy/prometheus/enipin-rules.yml loaded, and the tests read
-//! its query API: misrouted packets of an eBPF-only run are there within two scrape intervals,
+//! namespace every second, with deploy/prometheus/enipin-rules.yml loaded, under a static job's
+//! label (`enipin`) or a PodMonitor's (`kube-system/enipin`), and the tests read its query API: misrouted packets of an eBPF-only run are there within two scrape intervals,
 //! a rule deleted by hand is there as a restore, and the server evaluates the alert rules on
 //! what it scraped. `/healthz` turns 503 while the datapath is removed and 200 once watch put
-//! it back. The rule files themselves pass `promtool check rules` and `promtool test rules`.
+//! it back. The rule files themselves pass `promtool check rules` and `promtool test rules`, the
+//! latter under the three job labels a scrape gives (static, PodMonitor, annotations).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -57,11 +58,13 @@ struct Prometheus<'a> {
     child: Child,
     ns: &'a Netns,
     dir: TempDir,
+    /// The scrape job's name, the `job` label of every series scraped.
+    job: &'static str,
 }
 
 impl<'a> Prometheus<'a> {
-    /// Starts it scraping `WATCH` and waits until it is ready (bounded).
-    fn start(ns: &'a Netns) -> Self {
+    /// Starts it scraping `WATCH` as the job `job` and waits until it is ready (bounded).
+    fn start(ns: &'a Netns, job: &'static str) -> Self {
         let version = Command::new("prometheus").arg("--version").output();
         assert!(
             version.is_ok_and(|o| o.status.success()),
@@ -72,7 +75,7 @@ impl<'a> Prometheus<'a> {
         let config = format!(
             "global:\n  scrape_interval: {s}s\n  scrape_timeout: {s}s\n  evaluation_interval: {s}s\n\
              rule_files:\n  - {rules}\n\
-             scrape_configs:\n  - job_name: enipin\n    static_configs:\n      - targets: ['{WATCH}']\n",
+             scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: ['{WATCH}']\n",
             s = SCRAPE.as_secs(),
             rules = rules_dir().join("enipin-rules.yml").display(),
         );
@@ -94,7 +97,12 @@ impl<'a> Prometheus<'a> {
             .stderr(log)
             .spawn()
             .expect("spawning prometheus");
-        let p = Self { child, ns, dir };
+        let p = Self {
+            child,
+            ns,
+            dir,
+            job,
+        };
         in_ns(ns, || {
             let agent = http_client::agent();
             let url = format!("http://{PROMETHEUS}/-/ready");
@@ -237,7 +245,7 @@ fn scraping(p: &Prometheus) {
         "a successful scrape",
         20 * SCRAPE,
         || p.log(),
-        || (p.value(r#"up{job="enipin"}"#) == Some(1.0)).then_some(()),
+        || (p.value(&format!(r#"up{{job="{}"}}"#, p.job)) == Some(1.0)).then_some(()),
     );
     let alerts = until(
         "evaluated rules",
@@ -257,6 +265,7 @@ fn scraping(p: &Prometheus) {
     assert_eq!(
         names,
         [
+            "EnipinAbsent",
             "EnipinDatapathMissing",
             "EnipinMisroutedDespiteRules",
             "EnipinReconcilesFailing",
@@ -271,9 +280,10 @@ fn misrouted_packets_of_an_ebpf_only_run_are_in_prometheus_within_two_scrapes() 
     let topo = Topology::build().expect("topology");
     let e = Enipin::in_ns(topo.host());
     let mut watch = Watch::start(&e, &["--no-rules", "--interval", "60"]);
-    let p = Prometheus::start(topo.host());
+    // A PodMonitor's job label: the watcher-down alert below must not depend on it.
+    let p = Prometheus::start(topo.host(), "kube-system/enipin");
     scraping(&p);
-    let eth0 = r#"enipin_misrouted_packets_total{job="enipin",interface="eth0"}"#;
+    let eth0 = r#"enipin_misrouted_packets_total{job="kube-system/enipin",interface="eth0"}"#;
     assert_eq!(p.value(eth0), Some(0.0));
     assert_eq!(p.value("enipin_rules_installed"), Some(0.0), "--no-rules");
 
@@ -301,7 +311,7 @@ fn misrouted_packets_of_an_ebpf_only_run_are_in_prometheus_within_two_scrapes() 
     eprintln!("{n} misrouted packets in Prometheus {seen:?} after the last was sent");
     assert!(seen <= 2 * SCRAPE, "seen after {seen:?}");
     assert_eq!(
-        p.value(r#"enipin_misrouted_packets_total{job="enipin",interface="eth1"}"#),
+        p.value(r#"enipin_misrouted_packets_total{job="kube-system/enipin",interface="eth1"}"#),
         Some(0.0)
     );
     // With --no-rules, redirecting is the datapath's job: no alert for it.
@@ -319,7 +329,7 @@ fn misrouted_packets_of_an_ebpf_only_run_are_in_prometheus_within_two_scrapes() 
             (p.value(pending) == Some(1.0)).then_some(())
         },
     );
-    assert_eq!(p.value(r#"up{job="enipin"}"#), Some(0.0));
+    assert_eq!(p.value(r#"up{job="kube-system/enipin"}"#), Some(0.0));
     e.ok(&["detach"]);
 }
 
@@ -329,7 +339,7 @@ fn a_rule_deleted_by_hand_is_a_restore_in_prometheus_and_healthz_follows_the_dat
     let topo = Topology::build().expect("topology");
     let e = Enipin::in_ns(topo.host());
     let watch = Watch::start(&e, &["--interval", "60"]);
-    let p = Prometheus::start(topo.host());
+    let p = Prometheus::start(topo.host(), "enipin");
     scraping(&p);
     assert_eq!(p.value("enipin_rules_installed"), Some(1.0));
     let restored = |kind: &str| p.value(&format!(r#"enipin_restored_total{{kind="{kind}"}}"#));
@@ -411,16 +421,16 @@ fn a_rule_deleted_by_hand_is_a_restore_in_prometheus_and_healthz_follows_the_dat
 }
 
 /// `promtool check rules` and `promtool test rules`: the alert rules parse, and each fires
-/// when it should and not when it should not (deploy/prometheus/enipin-rules.test.yml).
+/// when it should and not when it should not (deploy/prometheus/enipin-rules.test.yml), under
+/// the job label of a static scrape (`enipin`, as written), of a PodMonitor
+/// (`kube-system/enipin`) and of annotation scraping (`kubernetes-pods`): the test file is
+/// rewritten for each, beside a copy of the rules.
 #[test]
-fn the_alert_rules_pass_promtool_check_and_test() {
-    for args in [
-        ["check", "rules", "enipin-rules.yml"],
-        ["test", "rules", "enipin-rules.test.yml"],
-    ] {
+fn the_alert_rules_pass_promtool_check_and_test_under_every_job_label() {
+    let promtool = |dir: &Path, args: [&str; 3]| {
         let out = Command::new("promtool")
             .args(args)
-            .current_dir(rules_dir())
+            .current_dir(dir)
             .output()
             .expect(
                 "running promtool (Debian's prometheus package: cargo xtask setup installs it)",
@@ -430,11 +440,34 @@ fn the_alert_rules_pass_promtool_check_and_test() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(out.status.success(), "promtool {}:\n{text}", args.join(" "));
         assert!(
-            text.contains("SUCCESS"),
-            "promtool {}:\n{text}",
-            args.join(" ")
+            out.status.success() && text.contains("SUCCESS"),
+            "promtool {} in {}:\n{text}",
+            args.join(" "),
+            dir.display()
         );
+    };
+    promtool(&rules_dir(), ["check", "rules", "enipin-rules.yml"]);
+    promtool(&rules_dir(), ["test", "rules", "enipin-rules.test.yml"]);
+    let tests = std::fs::read_to_string(rules_dir().join("enipin-rules.test.yml")).unwrap();
+    for job in ["kube-system/enipin", "kubernetes-pods"] {
+        let series = tests.matches(r#"job="enipin""#).count();
+        let expected = tests.matches("job: enipin\n").count();
+        assert!(
+            series > 10 && expected > 5,
+            "{series} series, {expected} alerts"
+        );
+        let rewritten = tests
+            .replace(r#"job="enipin""#, &format!(r#"job="{job}""#))
+            .replace("job: enipin\n", &format!("job: {job}\n"));
+        assert!(!rewritten.contains(r#"job="enipin""#) && !rewritten.contains("job: enipin\n"));
+        let tmp = TempDir::new("enipin-promtool-").unwrap();
+        std::fs::copy(
+            rules_dir().join("enipin-rules.yml"),
+            tmp.path().join("enipin-rules.yml"),
+        )
+        .unwrap();
+        std::fs::write(tmp.path().join("enipin-rules.test.yml"), rewritten).unwrap();
+        promtool(tmp.path(), ["test", "rules", "enipin-rules.test.yml"]);
     }
 }

@@ -1,7 +1,9 @@
 //! `cargo xtask dist`: the four artifacts an operator installs, in `target/dist/`:
 //!
 //! - `enipin-<v>-x86_64-unknown-linux-musl.tar.gz`: the static binary (eBPF object embedded),
-//!   completions, man pages, the unit, the example config, the licences;
+//!   completions, man pages, the unit, the example config, the licences, the alert rules, the
+//!   Kubernetes manifests (`kubernetes/`: deploy/kubernetes/, a kustomize base, its component
+//!   and overlay) and the EC2 user-data (`cloud-init/user-data.yaml`);
 //! - `enipin_<v>_amd64.deb` (cargo-deb) and `enipin-<v>-1.x86_64.rpm` (cargo-generate-rpm),
 //!   from the same staged files (enipin/Cargo.toml's `[package.metadata.*]`);
 //! - `enipin-<v>.oci.tar`: an OCI image FROM scratch (buildah, offline), entrypoint `enipin`,
@@ -112,6 +114,10 @@ fn stage_files(bin: &Path, stage: &Path) -> Result<()> {
         root().join("deploy/prometheus/enipin-rules.yml"),
         "enipin-rules.yml",
     )?;
+    // The deployment recipes (README: "Install"; docs/kubernetes.md, docs/ec2.md), whole: the
+    // overlays name the base by relative path.
+    copy_tree(&root().join("deploy/kubernetes"), &stage.join("kubernetes"))?;
+    copy_tree(&root().join("deploy/cloud-init"), &stage.join("cloud-init"))?;
     let staged = stage.join("enipin");
     let completions = stage.join("completions");
     fs::create_dir_all(&completions)?;
@@ -128,6 +134,27 @@ fn stage_files(bin: &Path, stage: &Path) -> Result<()> {
     // Compressed, as Debian's policy and every man(1) expect; -n: no timestamp inside.
     for page in fs::read_dir(&man)? {
         run(Command::new("gzip").args(["-9", "-n"]).arg(page?.path()))?;
+    }
+    Ok(())
+}
+
+/// Copies the files under `from` into `to`, directories included. Symlinks are left out:
+/// deploy/kubernetes/configmap.yaml links to base/ for a unit test in enipin/src/settings.rs that
+/// still reads the ConfigMap there, and is no manifest of its own.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_symlink() {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &dest)?;
+        } else {
+            fs::copy(entry.path(), &dest)
+                .with_context(|| format!("copying {} to the stage", entry.path().display()))?;
+        }
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! `cargo xtask <task>`: the project's own installer and task runner. Every task that builds
 //! enipin runs `setup` first, so the README's commands work on a fresh machine.
 
+mod apt;
+mod debs;
 mod dist;
 mod kernels;
 mod setup;

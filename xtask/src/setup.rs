@@ -91,6 +91,8 @@ pub(crate) fn run() -> Result<()> {
     step("cargo-deb and cargo-generate-rpm", cargo_tools)?;
     step("kubernetes-validate", kubernetes_validate)?;
     step("kernels of the matrix", crate::kernels::fetch)?;
+    step("kustomize and cloud-init", crate::debs::fetch)?;
+    step("Prometheus Operator CRD schemas", crd_schemas)?;
     eprintln!("setup: ready in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -219,6 +221,38 @@ fn kubernetes_validate() -> Result<()> {
     }
     crate::run(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
     crate::run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE]))
+}
+
+/// `.tools/crd-schemas/`: tests/crd/'s npm project (the PodMonitor and PrometheusRule schemas),
+/// installed with `npm ci` from its lockfile, whose integrity hashes pin every package.
+pub(crate) fn crd_schemas_dir() -> PathBuf {
+    tools_dir().join("crd-schemas")
+}
+
+fn crd_schemas() -> Result<()> {
+    let dir = crd_schemas_dir();
+    let src = root().join("tests/crd");
+    let lock = std::fs::read(src.join("package-lock.json"))?;
+    // The lockfile npm ci leaves beside node_modules, equal to ours: already installed.
+    if std::fs::read(dir.join("node_modules/.package-lock.json")).is_ok()
+        && std::fs::read(dir.join("package-lock.json")).is_ok_and(|l| l == lock)
+    {
+        return Ok(());
+    }
+    if !have("npm") {
+        bail!("npm is not on PATH (Debian's package npm, or the machine's Node.js)");
+    }
+    std::fs::create_dir_all(&dir)?;
+    for file in ["package.json", "package-lock.json"] {
+        std::fs::copy(src.join(file), dir.join(file))?;
+    }
+    crate::run(Command::new("npm").current_dir(&dir).args([
+        "ci",
+        "--ignore-scripts",
+        "--no-audit",
+        "--no-fund",
+        "--silent",
+    ]))
 }
 
 fn nightly() -> Result<()> {
