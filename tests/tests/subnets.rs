@@ -192,8 +192,8 @@ fn three_enis_mixing_shared_and_separate_subnets() {
     // ARP as enipin's sysctls set it (the rules layer's: the program alone leaves them): with a
     // stock arp_announce 0, eth0's reply to 198.18.12.100, which the main table sends out of
     // eth2, first ARPs on eth2 with eth0's address as sender; the vpc drops that as a wrong ARP
-    // sender, and the reply never reaches eth2's program (0 of 3 in this test with the stock
-    // values). The rules route it out of eth0 instead.
+    // sender, and the reply never reaches eth2's program (this test failed there with the
+    // stock values). The rules route it out of eth0 instead.
     for (key, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
         for scope in ["all", "default", "eth0", "eth1", "eth2"] {
             let key = format!("net.ipv4.conf.{scope}.{key}");
