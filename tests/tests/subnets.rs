@@ -4,7 +4,7 @@
 //! leaves an ENI with another's source. The peer's ping to eth1 got no reply, and `attach` said
 //! "nothing to do".
 
-use enipin_tests::{Drops, EniSpec, Enipin, Snapshot, Spec, Topology, require};
+use enipin_tests::{Drops, EniSpec, Enipin, Snapshot, Spec, TempDir, Topology, require};
 
 /// The host: eth0 in the peer's subnet with the default routes, eth1 in its own.
 fn split() -> (Topology, Enipin) {
@@ -257,4 +257,63 @@ fn container_plumbing_beside_one_eni_is_left_out() {
         "{out}"
     );
     assert!(e.dump(&t) == before, "nothing to do changed something");
+}
+
+/// The split host on every surface besides attach: render (each format) carries eth1's route to
+/// eth0's subnet through eth1's own gateway; after attach, doctor finds no conflict of enipin's
+/// own making, status lists both with no drift, stats and metrics have both interfaces.
+#[test]
+fn every_surface_treats_an_eni_in_its_own_subnet_like_any_other() {
+    let (t, e) = split();
+    let gw = ["--gateway", "2001:db8:b::1"];
+    let before = e.dump(&t);
+    for (format, route) in [
+        (
+            "network-scripts",
+            "198.18.0.0/24 via 198.18.11.1 dev eth1 table 20003",
+        ),
+        (
+            "networkd",
+            "Destination=198.18.0.0/24\nGateway=198.18.11.1\nTable=20003",
+        ),
+        ("netplan", "to: \"198.18.0.0/24\""),
+        ("nmcli", "198.18.0.0/24 198.18.11.1 table=20003"),
+    ] {
+        let out = e.ok(&["render", "--format", format, gw[0], gw[1]]);
+        assert!(out.contains(route), "{format}: no {route:?}\n{out}");
+        assert!(
+            out.contains("eth0") && out.contains("eth1"),
+            "{format}\n{out}"
+        );
+    }
+    assert!(e.dump(&t) == before, "render changed something");
+
+    e.ok(&["attach", gw[0], gw[1]]);
+    // A scratch root: the machine's own files are not the lab host's.
+    let root = TempDir::new("enipin-root-").unwrap();
+    let root = root.path().to_str().unwrap();
+    let doctor = e.cmd(&["doctor", "--root", root, gw[0], gw[1]]);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        doctor.status.success() && text.ends_with("0 conflict(s)\n"),
+        "doctor:\n{text}{}",
+        String::from_utf8_lossy(&doctor.stderr)
+    );
+    let status = e.ok(&["status"]);
+    for name in ["eth0", "eth1"] {
+        assert!(status.contains(name), "status lacks {name}:\n{status}");
+    }
+    assert!(status.contains("drift: none"), "{status}");
+    let stats = e.ok(&["stats"]);
+    let metrics = e.ok(&["metrics"]);
+    for name in ["eth0", "eth1"] {
+        assert!(stats.contains(name), "stats lacks {name}:\n{stats}");
+        let series = format!("interface=\"{name}\"");
+        assert!(
+            metrics.contains(&series),
+            "metrics lack {series}:\n{metrics}"
+        );
+    }
+    e.ok(&["detach"]);
+    assert!(e.dump(&t) == before, "detach left something");
 }
