@@ -1572,6 +1572,35 @@ mod tests {
         assert!(e.contains("eth2 is not an Ethernet interface"), "{e}");
     }
 
+    /// The program alone holds 4 networks of a family per interface: one on 5 is refused for
+    /// `--no-rules` with the fix (keep the rules), and managed with them.
+    #[test]
+    fn the_program_alone_refuses_an_interface_on_more_networks_than_it_holds() {
+        let five = [
+            "198.18.1.9/24",
+            "198.18.2.9/24",
+            "198.18.3.9/24",
+            "198.18.4.9/24",
+            "198.18.5.9/24",
+        ];
+        let d = Discovery::fixture(
+            vec![iface(2, &["198.18.9.10/24"]), iface(3, &five)],
+            vec![(2, "198.18.9.1".parse().unwrap())],
+        );
+        let cfg = Config {
+            rules: false,
+            ..Config::default()
+        };
+        let e = select(&d, &cfg).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "interface eth3: it is on 5 IPv4 networks, and the program holds 4 per interface, so \
+             with --no-rules its replies beyond its subnets would not leave through its gateway; \
+             keep the rules layer (attach without --no-rules), or leave eth3 out of --interfaces"
+        );
+        assert_eq!(managed(select(&d, &Config::default()).unwrap()).len(), 2);
+    }
+
     /// An IPv6 reply beyond the subnet would leave by another ENI's default route and no IPv6
     /// router of its own is known: refused with the fix, not managed half-way.
     #[test]

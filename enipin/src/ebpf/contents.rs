@@ -425,6 +425,7 @@ mod tests {
                 NextHop {
                     table: 20003,
                     families,
+                    ..NextHop::default()
                 },
             )]
         };
@@ -442,5 +443,42 @@ mod tests {
         assert_eq!(hops(Forwarding::BOTH, true), hop(NEXT_HOP_V4 | NEXT_HOP_V6));
         // Without enipin's rules the owner's table decides nothing.
         assert_eq!(hops(Forwarding::BOTH, false), []);
+    }
+
+    /// Without rules: the gateways and the networks of the owner's addresses (its /32 left out,
+    /// each network once), as the words the program compares with the packet's destination.
+    #[test]
+    fn without_rules_an_owner_gets_its_gateways_and_networks() {
+        let cidr = |s: &str| s.parse::<Cidr>().unwrap();
+        let addrs = [
+            "198.18.11.11/24",
+            "198.18.11.12/24",
+            "198.18.11.99/32",
+            "2001:db8:b::b/64",
+        ];
+        let mut m = ManagedInterface::fixture(3, "eth1", addrs.map(cidr).to_vec());
+        let gw = |s: &str| crate::model::Gateway {
+            addr: s.parse().unwrap(),
+            source: crate::model::GatewaySource::Configured,
+        };
+        m.gateway_v4 = Some(gw("198.18.11.1"));
+        m.gateway_v6 = Some(gw("2001:db8:b::1"));
+        let cfg = Config {
+            rules: false,
+            ..Config::default()
+        };
+        let hop = desired(&[m], &cfg).next_hops[&3];
+        let w4 = |s: &str| words(&s.parse::<Ipv4Addr>().unwrap().octets()).0 as u32;
+        let w6 = |s: &str| <[u64; 2]>::from(words(&s.parse::<Ipv6Addr>().unwrap().octets()));
+        assert_eq!((hop.table, hop.families), (0, 0));
+        assert_eq!(hop.gateway_v4, w4("198.18.11.1"));
+        assert_eq!(hop.on_link_v4_len, 1);
+        assert_eq!(hop.on_link_v4[0], [w4("198.18.11.0"), w4("255.255.255.0")]);
+        assert_eq!(hop.gateway_v6, w6("2001:db8:b::1"));
+        assert_eq!(hop.on_link_v6_len, 1);
+        assert_eq!(
+            hop.on_link_v6[0],
+            [w6("2001:db8:b::"), w6("ffff:ffff:ffff:ffff::")]
+        );
     }
 }

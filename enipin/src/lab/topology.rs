@@ -19,7 +19,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -400,7 +400,8 @@ impl Topology {
     /// Every address of the peer's: its own, then those of [`Spec::peer_in_each_subnet`] and
     /// [`Spec::peer_beyond`]; IPv4 then IPv6 (without [`Spec::ipv6`], IPv4 alone).
     #[cfg(feature = "testing")]
-    pub fn peer_addresses(&self) -> Vec<IpAddr> {
+    pub fn peer_addresses(&self) -> Vec<std::net::IpAddr> {
+        use std::net::IpAddr;
         let s = &self.spec;
         let (mut v4, mut v6): (Vec<IpAddr>, Vec<IpAddr>) =
             (vec![s.peer_v4.into()], vec![s.peer_v6.into()]);
