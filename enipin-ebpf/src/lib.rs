@@ -41,9 +41,9 @@ pub mod maps {
     /// routes a packet redirected onto that owner, so the program finds its next hop with one
     /// table lookup instead of `bpf_redirect_neigh`'s full route lookup (the FIB part of the
     /// redirect's second pass, about 6 % of a redirected frame with perf on the lab), and, the
-    /// neighbour resolved, writes the MACs itself and skips the neighbour output too. Written
-    /// only while enipin's rules route the owner; an empty slot (`table == 0`) means the full
-    /// lookup.
+    /// neighbour resolved, writes the MACs itself and skips the neighbour output too. Without
+    /// enipin's rules (`--no-rules`) the slot holds the owner's gateways and on-link networks
+    /// instead (`NextHop::gateway_v4`). An empty slot (all zero) means the full lookup.
     pub const NEXT_HOPS: &str = "ENIPIN_NH";
 }
 
@@ -226,23 +226,51 @@ pub struct Owner {
     pub mtu: u32,
 }
 
-/// Where a packet redirected onto its owner learns its next hop: enipin's routing table for the
-/// owner (`T_i` of the rules layer), which the program looks the destination up in directly
-/// (`bpf_fib_lookup` in that one table, no policy rules, no route cache entry) instead of the
-/// kernel's full output route lookup in `bpf_redirect_neigh`.
+/// Where a packet redirected onto its owner learns its next hop, one of two ways:
 ///
-/// Per family: `bpf_fib_lookup` refuses a family the owner does not forward
-/// (`BPF_FIB_LKUP_RET_FWD_DISABLED`), so a redirect of that family takes the full lookup at once
-/// instead of trying first (about 100 ns of test-run time per redirect).
-#[repr(C)]
+/// - With enipin's rules: the owner's routing table (`T_i` of the rules layer), which the program
+///   looks the destination up in directly (`bpf_fib_lookup` in that one table, no policy rules,
+///   no route cache entry) instead of the kernel's full output route lookup in
+///   `bpf_redirect_neigh`. Per family: `bpf_fib_lookup` refuses a family the owner does not
+///   forward (`BPF_FIB_LKUP_RET_FWD_DISABLED`), so a redirect of that family takes the full
+///   lookup at once instead of trying first (about 100 ns of test-run time per redirect).
+/// - Without them (`--no-rules`): the owner's gateways and on-link networks. The full lookup
+///   (`bpf_redirect_neigh` without a next hop, oif = owner) finds no route of the owner's to a
+///   destination off its subnets when the owner has no default route of its own (an ENI in a
+///   subnet of its own, configured statically): IPv4 then takes the destination as on-link and
+///   ARPs for it on the owner, IPv6 takes the other ENI's route and solicits the destination on
+///   the owner; a VPC answers neither. The program hands such a packet's owner gateway to
+///   `bpf_redirect_neigh` as its next hop (5.10+), and a destination on an on-link network to the
+///   full lookup, which finds the owner's subnet route.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHop {
-    /// The owner's table; 0: no entry (the full lookup).
+    /// The owner's table; 0: no table lookup.
     pub table: u32,
     /// `NEXT_HOP_V4` | `NEXT_HOP_V6`: the families the owner forwards, for which the program
     /// looks the next hop up in `table`; another family takes the full lookup.
     pub families: u32,
+    /// The owner's IPv4 gateway as a native-endian word of its network-order bytes (as
+    /// [`words`] reads it); 0: none (the full lookup).
+    pub gateway_v4: u32,
+    /// How many entries of `on_link_v4` are in use.
+    pub on_link_v4_len: u32,
+    /// The owner's IPv4 networks, `[network, mask]` as words like `gateway_v4`: a destination
+    /// `d` with `d & mask == network` is on-link.
+    pub on_link_v4: [[u32; 2]; ON_LINK],
+    /// The owner's IPv6 gateway as two words (as [`words`] reads it); zero: none.
+    pub gateway_v6: [u64; 2],
+    /// How many entries of `on_link_v6` are in use.
+    pub on_link_v6_len: u32,
+    /// Zero: `on_link_v6` starts 8-aligned with no implicit padding.
+    pub _pad: u32,
+    /// The owner's IPv6 networks, `[network, mask]`, each two words.
+    pub on_link_v6: [[[u64; 2]; 2]; ON_LINK],
 }
+
+/// On-link networks per family in a `NextHop`: an ENI is in one subnet (one IPv4 network, one
+/// IPv6 /64); an owner with more than this is refused for `--no-rules`.
+pub const ON_LINK: usize = 4;
 
 /// `NextHop::families` bit: IPv4 redirects look their next hop up in the owner's table.
 pub const NEXT_HOP_V4: u32 = 1;
@@ -381,7 +409,7 @@ shared! {
     BucketV6 => 8 + (16 + 4) * BUCKET_V6,
     LocalV4 => 8 + 4 * LOCAL_V4,
     LocalV6 => 8 + 16 * LOCAL_V6,
-    NextHop => 2 * 4,
+    NextHop => 4 * 4 + 8 * ON_LINK + 16 + 2 * 4 + 32 * ON_LINK,
 }
 
 /// The pinned maps' names and layouts, in one table: user space checks what is pinned against it

@@ -33,8 +33,8 @@ use aya_ebpf::{
 };
 use enipin_ebpf::{
     AddrLen, Bucket, BucketWordsV4, BucketWordsV6, Config, Counters, FAST_SLOTS, Local, LocalV4,
-    LocalV6, MAX_INTERFACES, MAX_OWNERS, MODE_ENFORCE, NEXT_HOP_V4, NEXT_HOP_V6, NextHop, Owner,
-    PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, TABLE_BUCKETS, bucket_index,
+    LocalV6, MAX_INTERFACES, MAX_OWNERS, MODE_ENFORCE, NEXT_HOP_V4, NEXT_HOP_V6, NextHop, ON_LINK,
+    Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, TABLE_BUCKETS, bucket_index,
 };
 
 // Map names must equal `enipin_ebpf::maps::*` (the `#[map]` name is the symbol name).
@@ -182,7 +182,7 @@ fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: u32, debug:
         return TC_ACT_UNSPEC;
     }
     let rc = match next_hop(ctx, owner) {
-        Some(mut hop) => {
+        Route::Resolved(mut hop) => {
             // The lookup resolved the neighbour: write the owner's MAC and the next hop's into
             // the frame and send it out of the owner as it is, which skips the neighbour output
             // and its header cache (about 2.6 % of a redirected frame with perf on the lab).
@@ -198,18 +198,13 @@ fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: u32, debug:
                 unsafe { bpf_redirect(owner, 0) }
             } else {
                 // SAFETY: a stack value of the helper's parameter type, its size given.
-                unsafe {
-                    bpf_redirect_neigh(
-                        owner,
-                        &mut hop.nh,
-                        core::mem::size_of::<bpf_redir_neigh>() as i32,
-                        0,
-                    )
-                }
+                unsafe { redirect_neigh(owner, &mut hop.nh) }
             }
         }
+        // SAFETY: a stack value of the helper's parameter type.
+        Route::Gateway(mut nh) => unsafe { redirect_neigh(owner, &mut nh) },
         // SAFETY: no neighbour parameters (NULL, 0): the kernel looks the next hop up itself.
-        None => unsafe { bpf_redirect_neigh(owner, core::ptr::null_mut(), 0, 0) },
+        Route::Kernel => unsafe { bpf_redirect_neigh(owner, core::ptr::null_mut(), 0, 0) },
     };
     if rc == TC_ACT_REDIRECT as i64 {
         return TC_ACT_REDIRECT;
@@ -219,6 +214,17 @@ fn redirect(ctx: &TcContext, counters: Option<*mut Counters>, owner: u32, debug:
         aya_log_ebpf::warn!(ctx, "enipin: redirect to ifindex {} failed: {}", owner, rc);
     }
     TC_ACT_UNSPEC
+}
+
+/// `bpf_redirect_neigh` onto `owner` through next hop `nh`.
+///
+/// # Safety
+/// A helper call; `nh` is a live value of the helper's parameter type.
+#[inline(always)]
+unsafe fn redirect_neigh(owner: u32, nh: &mut bpf_redir_neigh) -> i64 {
+    let size = core::mem::size_of::<bpf_redir_neigh>() as i32;
+    // SAFETY: as the caller promised.
+    unsafe { bpf_redirect_neigh(owner, nh, size, 0) }
 }
 
 /// `bpf_check_mtu`'s answer on a kernel without it (5.10, 5.11): 0 when the packet fits the MTU
@@ -346,15 +352,99 @@ struct Hop {
     nh: bpf_redir_neigh,
 }
 
-/// The next hop of a packet redirected onto `owner`, when user space wrote the owner's entry
+/// How a packet redirected onto its owner reaches its next hop.
+enum Route {
+    /// The owner's table resolved it (enipin's rules, a family the owner forwards, 6.8+).
+    Resolved(Hop),
+    /// Through the owner's gateway: `--no-rules`, a destination off the owner's networks.
+    Gateway(bpf_redir_neigh),
+    /// The kernel's full route lookup with oif = owner.
+    Kernel,
+}
+
+/// The next hop of a packet redirected onto `owner`, from the owner's `NextHop` entry (see
+/// there): its table or its gateway, else the kernel's full lookup.
+#[inline(always)]
+fn next_hop(ctx: &TcContext, owner: u32) -> Route {
+    let Some(hop) = (owner < FAST_SLOTS).then(|| NEXT_HOPS.get(owner)).flatten() else {
+        return Route::Kernel;
+    };
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let l3 = data + ETH_HLEN;
+    // `classify` parsed these headers already; the verifier wants the bounds checked again.
+    if l3 + IPV4_MIN_HLEN > end {
+        return Route::Kernel;
+    }
+    // SAFETY: bounds checked just above.
+    let eth = unsafe { &*(data as *const [u8; ETH_HLEN]) };
+    let v4 = u16::from_be_bytes([eth[12], eth[13]]) == ETH_P_IP;
+    // The table lookup answers only for a family the owner forwards (FWD_DISABLED otherwise).
+    if hop.table != 0 && hop.families & if v4 { NEXT_HOP_V4 } else { NEXT_HOP_V6 } != 0 {
+        return table_hop(ctx, hop.table, owner, v4).map_or(Route::Kernel, Route::Resolved);
+    }
+    gateway(hop, v4, l3, end).map_or(Route::Kernel, Route::Gateway)
+}
+
+/// The owner's gateway as the next hop of a packet to a destination off every on-link network
+/// of the owner's entry; `None` (the kernel's lookup, which finds the owner's subnet route) for
+/// one on them, or when the entry has no gateway of the packet's family.
+///
+/// Handed a next hop, `bpf_redirect_neigh` keeps the packet's old route: one that waits for the
+/// gateway's neighbour is later sent through that route's neighbour (see `table_hop`). User space
+/// resolves each gateway on its owner before it writes the entry, and the owner's gateway then
+/// stays a valid neighbour (stale at worst, which sends at once) while the redirects use it.
+#[inline(always)]
+fn gateway(hop: &NextHop, v4: bool, l3: usize, end: usize) -> Option<bpf_redir_neigh> {
+    // SAFETY: all-zero is a valid `bpf_redir_neigh` (plain integers).
+    let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+    if v4 {
+        if hop.gateway_v4 == 0 {
+            return None;
+        }
+        // SAFETY: the 20-byte header is in bounds (checked by the caller).
+        let dst = unsafe { packet_u32(l3 + 16) } as u32;
+        let n = hop.on_link_v4_len as usize;
+        let mut i = 0;
+        while i < ON_LINK {
+            let [net, mask] = hop.on_link_v4[i];
+            if i < n && dst & mask == net {
+                return None;
+            }
+            i += 1;
+        }
+        nh.nh_family = AF_INET;
+        nh.__bindgen_anon_1.ipv4_nh = hop.gateway_v4;
+        return Some(nh);
+    }
+    if l3 + IPV6_HLEN > end || hop.gateway_v6 == [0, 0] {
+        return None;
+    }
+    // SAFETY: the 40-byte header is in bounds (checked just above).
+    let dst = unsafe { [packet_u64(l3 + 24), packet_u64(l3 + 32)] };
+    let n = hop.on_link_v6_len as usize;
+    let mut i = 0;
+    while i < ON_LINK {
+        let [net, mask] = hop.on_link_v6[i];
+        if i < n && dst[0] & mask[0] == net[0] && dst[1] & mask[1] == net[1] {
+            return None;
+        }
+        i += 1;
+    }
+    nh.nh_family = AF_INET6;
+    // SAFETY: two u64 and four u32 are the same 16 bytes.
+    nh.__bindgen_anon_1.ipv6_nh =
+        unsafe { core::mem::transmute::<[u64; 2], [u32; 4]>(hop.gateway_v6) };
+    Some(nh)
+}
+
+/// The next hop of a packet redirected onto `owner`, when user space wrote the owner's table
 /// (enipin's rules route the owner): the destination looked up in the owner's table alone (no
 /// policy rules; the table holds the owner's subnet routes and its default route), with its
-/// neighbour resolved. `None`: the kernel looks the route up itself (the full lookup), as for an
-/// owner whose routing is not enipin's, a family the owner does not forward, a kernel without
-/// `BPF_FIB_LOOKUP_TBID` (< 6.8), or a next hop whose neighbour is not resolved yet. That last
-/// case matters: handed a next hop, `bpf_redirect_neigh` keeps the packet's old route, and a
-/// packet that waits for the neighbour is later sent through that route's neighbour, the wrong
-/// interface's MAC on the owner.
+/// neighbour resolved. `None`: the kernel looks the route up itself (the full lookup), as for a
+/// kernel without `BPF_FIB_LOOKUP_TBID` (< 6.8), or a next hop whose neighbour is not resolved
+/// yet. That last case matters: handed a next hop, `bpf_redirect_neigh` keeps the packet's old
+/// route, and a packet that waits for the neighbour is later sent through that route's
+/// neighbour, the wrong interface's MAC on the owner.
 ///
 /// A resolved neighbour may be stale (the lookup accepts any valid state: reachable, stale,
 /// delay, probe, permanent); a frame sent with its MAC directly does not ask for it to be
@@ -363,30 +453,16 @@ struct Hop {
 /// of every off-subnet reply), and the neighbour's own ARP or ND updates the entry; cilium's
 /// redirect takes the lookup's MACs the same way.
 #[inline(always)]
-fn next_hop(ctx: &TcContext, owner: u32) -> Option<Hop> {
-    let hop: &NextHop = (owner < FAST_SLOTS)
-        .then(|| NEXT_HOPS.get(owner))
-        .flatten()?;
-    if hop.table == 0 {
-        return None;
-    }
+fn table_hop(ctx: &TcContext, table: u32, owner: u32, v4: bool) -> Option<Hop> {
     let (data, end) = (ctx.data(), ctx.data_end());
     let l3 = data + ETH_HLEN;
-    // `classify` parsed these headers already; the verifier wants the bounds checked again.
     if l3 + IPV4_MIN_HLEN > end {
-        return None;
-    }
-    // SAFETY: bounds checked just above.
-    let eth = unsafe { &*(data as *const [u8; ETH_HLEN]) };
-    let v4 = u16::from_be_bytes([eth[12], eth[13]]) == ETH_P_IP;
-    // The lookup answers only for a family the owner forwards (FWD_DISABLED otherwise).
-    if hop.families & if v4 { NEXT_HOP_V4 } else { NEXT_HOP_V6 } == 0 {
         return None;
     }
     // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers).
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     p.ifindex = owner;
-    p.__bindgen_anon_5.tbid = hop.table;
+    p.__bindgen_anon_5.tbid = table;
     if v4 {
         p.family = AF_INET as u8;
         // SAFETY: the 20-byte header is in bounds (checked above).

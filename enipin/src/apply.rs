@@ -379,6 +379,11 @@ pub(crate) async fn commit(nl: &Netlink, p: Pending, cfg: &Config, paths: &Paths
     if p.previous.as_ref() != Some(&st) {
         state::save(paths, &st)?;
     }
+    // Without rules the program sends a redirect through its owner's gateway: asked for first,
+    // on every pass, so that one gone from the neighbour table comes back (see `ebpf::resolve`).
+    if cfg.ebpf && !cfg.rules {
+        ebpf::resolve_gateways(nl, &p.managed).await?;
+    }
     if p.is_empty() {
         return Ok(());
     }

@@ -11,6 +11,7 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressFlags, AddressMessage, AddressProtocol},
     link::{AfSpecInet, AfSpecUnspec, LinkAttribute, LinkExtentMask, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
     route::{
         RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
         RouteType,
@@ -194,6 +195,69 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| nl_error(e, &format!("deleting rule `{}`", rule.ip_args())))
+    }
+
+    /// Asks the kernel to resolve neighbour `addr` on `ifindex` (`NTF_USE`, as `ip neigh replace
+    /// ADDR dev DEV use`): it creates the entry if there is none and starts ARP or neighbour
+    /// solicitation, or refreshes a stale one, like a packet sent to it would; an entry of the
+    /// kernel's cache (it ages and goes as any), nothing of enipin's to remove.
+    pub(crate) async fn use_neighbour(&self, ifindex: u32, addr: IpAddr) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(ifindex, addr)
+            .state(NeighbourState::None)
+            .flags(NeighbourFlags::Use)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                nl_error(
+                    e,
+                    &format!("resolving neighbour {addr} on ifindex {ifindex}"),
+                )
+            })
+    }
+
+    /// The neighbour entries of both families with a valid link-layer address (reachable,
+    /// stale, delay, probe, permanent, noarp), as (ifindex, address).
+    pub(crate) async fn valid_neighbours(&self) -> Result<Vec<(u32, IpAddr)>> {
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut dump = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(family)
+                .execute();
+            while let Some(n) = dump
+                .try_next()
+                .await
+                .map_err(|e| nl_error(e, "dumping neighbours"))?
+            {
+                let valid = matches!(
+                    n.header.state,
+                    NeighbourState::Reachable
+                        | NeighbourState::Stale
+                        | NeighbourState::Delay
+                        | NeighbourState::Probe
+                        | NeighbourState::Permanent
+                        | NeighbourState::Noarp
+                );
+                let addr = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                        Some(IpAddr::V4(*a))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                        Some(IpAddr::V6(*a))
+                    }
+                    _ => None,
+                });
+                if let (true, Some(addr)) = (valid, addr) {
+                    out.push((n.header.ifindex, addr));
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub(crate) async fn add_route(&self, route: &Route) -> Result<()> {

@@ -230,6 +230,13 @@ pub(crate) enum Refusal {
         v6: bool,
         via: String,
     },
+    /// `--no-rules`: the program alone cannot send this interface's replies through its
+    /// gateway (see [`ProgramLimit`]).
+    ProgramOnly {
+        selector: String,
+        name: String,
+        limit: ProgramLimit,
+    },
     /// A MAC several interfaces share (an Azure VF shares its NIC's), none or more than one of
     /// them carrying addresses: no way to tell which is meant.
     AmbiguousMac {
@@ -249,6 +256,7 @@ impl Refusal {
             | Refusal::NotEthernet { selector, .. }
             | Refusal::Lonely { selector, .. }
             | Refusal::NoGateway { selector, .. }
+            | Refusal::ProgramOnly { selector, .. }
             | Refusal::AmbiguousMac { selector, .. } => selector,
         }
     }
@@ -300,6 +308,12 @@ impl fmt::Display for Refusal {
                     " and its subnet (a /31 or /32) no first host"
                 }
             ),
+            Refusal::ProgramOnly { name, limit, .. } => write!(
+                f,
+                "interface {name}: {limit}, so with --no-rules its replies beyond its subnets \
+                 would not leave through its gateway; keep the rules layer (attach without \
+                 --no-rules), or leave {name} out of --interfaces"
+            ),
             Refusal::AmbiguousMac { selector, names } => write!(
                 f,
                 "MAC {selector} is shared by {} and not exactly one of them has an address: \
@@ -311,6 +325,51 @@ impl fmt::Display for Refusal {
 }
 
 impl std::error::Error for Refusal {}
+
+/// Why the program alone (`--no-rules`) cannot route an interface's redirected replies: its
+/// gateways and on-link networks live in an array slot of the interface's (`maps::NEXT_HOPS`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ProgramLimit {
+    /// Its ifindex is past the array.
+    Ifindex(u32),
+    /// More networks of a family than a slot holds.
+    Networks { v6: bool, count: usize },
+}
+
+impl fmt::Display for ProgramLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProgramLimit::Ifindex(ix) => write!(
+                f,
+                "its ifindex {ix} is past the program's next-hop array ({} slots)",
+                enipin_ebpf::FAST_SLOTS
+            ),
+            ProgramLimit::Networks { v6, count } => write!(
+                f,
+                "it is on {count} {} networks, and the program holds {} per interface",
+                if *v6 { "IPv6" } else { "IPv4" },
+                enipin_ebpf::ON_LINK
+            ),
+        }
+    }
+}
+
+/// What keeps the program alone from routing `i`'s redirected replies, if anything.
+fn program_limit(i: &Interface) -> Option<ProgramLimit> {
+    if i.ifindex >= enipin_ebpf::FAST_SLOTS {
+        return Some(ProgramLimit::Ifindex(i.ifindex));
+    }
+    [false, true].into_iter().find_map(|v6| {
+        let nets: BTreeSet<Cidr> = (i.addrs.iter())
+            .filter(|a| a.is_ipv6() == v6 && a.prefix_len < a.host_len())
+            .map(Cidr::network)
+            .collect();
+        (nets.len() > enipin_ebpf::ON_LINK).then_some(ProgramLimit::Networks {
+            v6,
+            count: nets.len(),
+        })
+    })
+}
 
 /// `--interfaces` entries match a name or a MAC (any case).
 fn matches(iface: &Interface, sel: &str) -> bool {
@@ -416,9 +475,15 @@ fn routable<'d>(
                 .find(|ix| *ix != i.ifindex)?;
             (has && gateway(d, cfg, i, v6).is_none()).then_some((v6, via))
         });
-        match lacking {
-            None => keep.push(i),
-            Some((v6, via)) => refused.push(Refusal::NoGateway {
+        let limit = (!cfg.rules).then(|| program_limit(i)).flatten();
+        match (lacking, limit) {
+            (None, None) => keep.push(i),
+            (None, Some(limit)) => refused.push(Refusal::ProgramOnly {
+                selector: selector_of(cfg, d, i.ifindex),
+                name: i.name.clone(),
+                limit,
+            }),
+            (Some((v6, via)), _) => refused.push(Refusal::NoGateway {
                 selector: selector_of(cfg, d, i.ifindex),
                 name: i.name.clone(),
                 v6,
@@ -1505,6 +1570,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("eth2 is not an Ethernet interface"), "{e}");
+    }
+
+    /// The program alone holds 4 networks of a family per interface: one on 5 is refused for
+    /// `--no-rules` with the fix (keep the rules), and managed with them.
+    #[test]
+    fn the_program_alone_refuses_an_interface_on_more_networks_than_it_holds() {
+        let five = [
+            "198.18.1.9/24",
+            "198.18.2.9/24",
+            "198.18.3.9/24",
+            "198.18.4.9/24",
+            "198.18.5.9/24",
+        ];
+        let d = Discovery::fixture(
+            vec![iface(2, &["198.18.9.10/24"]), iface(3, &five)],
+            vec![(2, "198.18.9.1".parse().unwrap())],
+        );
+        let cfg = Config {
+            rules: false,
+            ..Config::default()
+        };
+        let e = select(&d, &cfg).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "interface eth3: it is on 5 IPv4 networks, and the program holds 4 per interface, so \
+             with --no-rules its replies beyond its subnets would not leave through its gateway; \
+             keep the rules layer (attach without --no-rules), or leave eth3 out of --interfaces"
+        );
+        assert_eq!(managed(select(&d, &Config::default()).unwrap()).len(), 2);
     }
 
     /// An IPv6 reply beyond the subnet would leave by another ENI's default route and no IPv6

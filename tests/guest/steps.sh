@@ -6,7 +6,7 @@
 # Everything runs in the guest, on enipin's lab addresses (198.18.0.0/15, 2001:db8::/32). Every
 # wait is bounded.
 #
-# Steps: doctor; lab; lab-metadata; keep (a kept lab for the next two); watch (restores a
+# Steps: doctor; lab; lab-metadata; lab-split; keep (a kept lab for the next two); watch (restores a
 # deleted rule and a removed link pin, then detach leaves nothing); chaos (attach killed at
 # several points, then attach and detach still work and leave nothing); cleanup.
 
@@ -74,6 +74,10 @@ doctor() {
 lab() { run enipin lab && last_is_pass; }
 
 lab_metadata() { run enipin lab --metadata && last_is_pass; }
+
+# lab-split: the secondary ENI in a subnet of its own; its eBPF-only step redirects through the
+# ENI's gateway as bpf_redirect_neigh's next hop.
+lab_split() { run enipin lab --subnets split && last_is_pass; }
 
 # keep: `enipin lab --keep`, then the names it printed (namespaces, pin and state directories,
 # the bpffs mount) in HOST, VPC, PEER, PINS, STATE, MOUNT and the enipin command line in E. A
@@ -248,6 +252,7 @@ cleanup() {
 step doctor doctor
 step lab lab
 step lab-metadata lab_metadata
+step lab-split lab_split
 step keep keep
 step watch watch
 step chaos chaos

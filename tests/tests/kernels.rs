@@ -1,6 +1,7 @@
 //! The kernel matrix: each of Debian's cloud kernel lines boots in QEMU (TCG) and runs
 //! tests/guest/steps.sh with the static enipin: doctor, the lab (both layers, IPv4 and IPv6,
-//! nothing left after detach), the metadata lab, watch restoring a deleted rule and a removed
+//! nothing left after detach), the metadata lab, the split-subnet lab (the program alone
+//! redirecting through the secondary ENI's gateway), watch restoring a deleted rule and a removed
 //! link pin, and attach killed at several points. One test per line, so a failure names its
 //! kernel; the lines and where they come from are in xtask/src/kernels.rs.
 //!
@@ -16,6 +17,7 @@ const STEPS: &[&str] = &[
     "doctor",
     "lab",
     "lab-metadata",
+    "lab-split",
     "keep",
     "watch",
     "chaos",

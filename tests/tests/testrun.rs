@@ -647,6 +647,7 @@ fn a_resolved_next_hop_is_written_into_the_frame() {
         let both = NextHop {
             table: TABLE,
             families: NEXT_HOP_V4 | NEXT_HOP_V6,
+            ..NextHop::default()
         };
         hops.set(fx.e2, &both, 0).unwrap();
         for (what, frame, peer) in [
@@ -736,6 +737,7 @@ fn a_next_hop_serves_only_the_families_it_names() {
             let hop = NextHop {
                 table: TABLE,
                 families,
+                ..NextHop::default()
             };
             hops.set(fx.e2, &hop, 0).unwrap();
             for (what, frame, rewritten) in [("v4", ipv4(IP_E2), v4), ("v6", ipv6(IP6_E2), v6)] {

@@ -12,13 +12,13 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
 };
 use enipin_ebpf::{
-    Counters, FAST_SLOTS, MODE_ENFORCE, MODE_MONITOR, NEXT_HOP_V4, NEXT_HOP_V6, NextHop, Owner,
-    PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, maps,
+    Counters, FAST_SLOTS, MODE_ENFORCE, MODE_MONITOR, NEXT_HOP_V4, NEXT_HOP_V6, NextHop, ON_LINK,
+    Owner, PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, maps, words,
 };
 
 use crate::{
     config::{Config, Mode, Paths},
-    model::{Forwarding, ManagedInterface},
+    model::{Cidr, Forwarding, ManagedInterface},
     objects::MapEntry,
 };
 
@@ -100,8 +100,17 @@ pub(super) fn desired(managed: &[ManagedInterface], cfg: &Config) -> State {
                 NextHop {
                     table: m.table,
                     families,
+                    ..NextHop::default()
                 },
             );
+        }
+        // Without the rules, the owner's gateways (`NextHop`'s second way): `plan` refused an
+        // owner past the array or with more on-link networks than the entry holds.
+        if !cfg.rules
+            && m.ifindex < FAST_SLOTS
+            && let Some(hop) = gateways(m)
+        {
+            s.next_hops.insert(m.ifindex, hop);
         }
         for a in &m.addrs {
             match a.addr {
@@ -160,6 +169,68 @@ impl State {
             .chain(hops)
             .chain(config)
             .collect()
+    }
+}
+
+/// The `--no-rules` entry of `m`: its gateways and the networks of its addresses; `None` when it
+/// has no gateway (every destination is then the kernel's lookup).
+pub(crate) fn gateways(m: &ManagedInterface) -> Option<NextHop> {
+    if m.gateway_v4.is_none() && m.gateway_v6.is_none() {
+        return None;
+    }
+    let mut hop = NextHop::default();
+    if let Some(IpAddr::V4(gw)) = m.gateway_v4.map(|g| g.addr) {
+        hop.gateway_v4 = words(&gw.octets()).0 as u32;
+    }
+    if let Some(IpAddr::V6(gw)) = m.gateway_v6.map(|g| g.addr) {
+        let (a, b) = words(&gw.octets());
+        hop.gateway_v6 = [a, b];
+    }
+    for net in on_link(m) {
+        match (net.addr, mask(&net)) {
+            (IpAddr::V4(a), IpAddr::V4(k)) if (hop.on_link_v4_len as usize) < ON_LINK => {
+                let w = |ip: Ipv4Addr| words(&ip.octets()).0 as u32;
+                hop.on_link_v4[hop.on_link_v4_len as usize] = [w(a), w(k)];
+                hop.on_link_v4_len += 1;
+            }
+            (IpAddr::V6(a), IpAddr::V6(k)) if (hop.on_link_v6_len as usize) < ON_LINK => {
+                let w = |ip: Ipv6Addr| <[u64; 2]>::from(words(&ip.octets()));
+                hop.on_link_v6[hop.on_link_v6_len as usize] = [w(a), w(k)];
+                hop.on_link_v6_len += 1;
+            }
+            _ => {}
+        }
+    }
+    Some(hop)
+}
+
+/// The networks of `m`'s addresses (not its /32 or /128 ones), each once: where its subnet routes
+/// reach.
+pub(crate) fn on_link(m: &ManagedInterface) -> Vec<Cidr> {
+    let mut nets: Vec<Cidr> = (m.addrs.iter())
+        .filter(|a| a.prefix_len < a.host_len())
+        .map(Cidr::network)
+        .collect();
+    nets.sort();
+    nets.dedup();
+    nets
+}
+
+/// The netmask of `c` as an address of its family.
+fn mask(c: &Cidr) -> IpAddr {
+    match c.addr {
+        IpAddr::V4(_) => Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(c.prefix_len))
+                .unwrap_or(0),
+        )
+        .into(),
+        IpAddr::V6(_) => Ipv6Addr::from(
+            u128::MAX
+                .checked_shl(128 - u32::from(c.prefix_len))
+                .unwrap_or(0),
+        )
+        .into(),
     }
 }
 
@@ -354,6 +425,7 @@ mod tests {
                 NextHop {
                     table: 20003,
                     families,
+                    ..NextHop::default()
                 },
             )]
         };
@@ -371,5 +443,42 @@ mod tests {
         assert_eq!(hops(Forwarding::BOTH, true), hop(NEXT_HOP_V4 | NEXT_HOP_V6));
         // Without enipin's rules the owner's table decides nothing.
         assert_eq!(hops(Forwarding::BOTH, false), []);
+    }
+
+    /// Without rules: the gateways and the networks of the owner's addresses (its /32 left out,
+    /// each network once), as the words the program compares with the packet's destination.
+    #[test]
+    fn without_rules_an_owner_gets_its_gateways_and_networks() {
+        let cidr = |s: &str| s.parse::<Cidr>().unwrap();
+        let addrs = [
+            "198.18.11.11/24",
+            "198.18.11.12/24",
+            "198.18.11.99/32",
+            "2001:db8:b::b/64",
+        ];
+        let mut m = ManagedInterface::fixture(3, "eth1", addrs.map(cidr).to_vec());
+        let gw = |s: &str| crate::model::Gateway {
+            addr: s.parse().unwrap(),
+            source: crate::model::GatewaySource::Configured,
+        };
+        m.gateway_v4 = Some(gw("198.18.11.1"));
+        m.gateway_v6 = Some(gw("2001:db8:b::1"));
+        let cfg = Config {
+            rules: false,
+            ..Config::default()
+        };
+        let hop = desired(&[m], &cfg).next_hops[&3];
+        let w4 = |s: &str| words(&s.parse::<Ipv4Addr>().unwrap().octets()).0 as u32;
+        let w6 = |s: &str| <[u64; 2]>::from(words(&s.parse::<Ipv6Addr>().unwrap().octets()));
+        assert_eq!((hop.table, hop.families), (0, 0));
+        assert_eq!(hop.gateway_v4, w4("198.18.11.1"));
+        assert_eq!(hop.on_link_v4_len, 1);
+        assert_eq!(hop.on_link_v4[0], [w4("198.18.11.0"), w4("255.255.255.0")]);
+        assert_eq!(hop.gateway_v6, w6("2001:db8:b::1"));
+        assert_eq!(hop.on_link_v6_len, 1);
+        assert_eq!(
+            hop.on_link_v6[0],
+            [w6("2001:db8:b::"), w6("ffff:ffff:ffff:ffff::")]
+        );
     }
 }

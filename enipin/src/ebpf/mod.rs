@@ -29,7 +29,8 @@
 //! - `batch`: a whole per-CPU array in one syscall;
 //! - `observe`: attachments, counters, owner tables, for `status`, `stats`, `metrics`; what is
 //!   missing, for `watch`'s cheap check; what the kernel runs, for `detach`'s;
-//! - `held`: the links `watch` holds open so that a removed pin does not detach them.
+//! - `held`: the links `watch` holds open so that a removed pin does not detach them;
+//! - `resolve`: the owners' gateways asked for before `--no-rules` hands them to the program.
 
 mod apply;
 mod attach;
@@ -43,6 +44,7 @@ mod owner;
 mod pins;
 mod plan;
 mod program;
+mod resolve;
 
 #[cfg(feature = "testing")]
 pub use apply::apply;
@@ -70,3 +72,4 @@ pub use plan::{EbpfPlan, plan};
 #[cfg(feature = "testing")]
 pub use program::{OBJECT, load};
 pub(crate) use program::{ensure_bpffs, our_tag, program_id};
+pub(crate) use resolve::resolve as resolve_gateways;

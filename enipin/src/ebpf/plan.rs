@@ -208,6 +208,13 @@ impl fmt::Display for Change {
             Self::RemovePrefix { addr, len } => write!(f, "- prefix {addr}/{len}"),
             Self::AddCounters { ifindex } => write!(f, "+ counters for ifindex {ifindex}"),
             Self::RemoveCounters { ifindex } => write!(f, "- counters for ifindex {ifindex}"),
+            Self::SetNextHop { hop, name, .. } if hop.table == 0 => write!(
+                f,
+                "+ next hop onto {name} by its gateway {} for destinations off {} (without rules \
+                 the kernel's lookup finds no route of its own there)",
+                gateway_text(hop),
+                on_link_text(hop)
+            ),
             Self::SetNextHop { hop, name, .. } => {
                 // Both families (the usual case) unsaid; one alone named.
                 let only = match hop.families {
@@ -458,4 +465,53 @@ fn prefixes<K>(out: &mut Vec<Change>, d: &MapDiff<K, Owner>, net: impl Fn(&K) ->
         let (addr, len) = net(k);
         out.push(Change::RemovePrefix { addr, len });
     }
+}
+
+/// A `--no-rules` entry's gateways, IPv4 then IPv6 ("none" without either).
+fn gateway_text(hop: &NextHop) -> String {
+    let v4 =
+        (hop.gateway_v4 != 0).then(|| Ipv4Addr::from(hop.gateway_v4.to_ne_bytes()).to_string());
+    let v6 = (hop.gateway_v6 != [0, 0]).then(|| v6_of(hop.gateway_v6).to_string());
+    let all: Vec<String> = v4.into_iter().chain(v6).collect();
+    if all.is_empty() {
+        "none".into()
+    } else {
+        all.join(" and ")
+    }
+}
+
+/// A `--no-rules` entry's on-link networks.
+fn on_link_text(hop: &NextHop) -> String {
+    let v4 = hop.on_link_v4[..hop.on_link_v4_len as usize]
+        .iter()
+        .map(|[net, mask]| {
+            format!(
+                "{}/{}",
+                Ipv4Addr::from(net.to_ne_bytes()),
+                mask.count_ones()
+            )
+        });
+    let v6 = hop.on_link_v6[..hop.on_link_v6_len as usize]
+        .iter()
+        .map(|[net, mask]| {
+            format!(
+                "{}/{}",
+                v6_of(*net),
+                mask[0].count_ones() + mask[1].count_ones()
+            )
+        });
+    let all: Vec<String> = v4.chain(v6).collect();
+    if all.is_empty() {
+        "its subnets".into()
+    } else {
+        all.join(", ")
+    }
+}
+
+/// An IPv6 address from the two words `enipin_ebpf::words` read.
+fn v6_of([a, b]: [u64; 2]) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    o[..8].copy_from_slice(&a.to_ne_bytes());
+    o[8..].copy_from_slice(&b.to_ne_bytes());
+    Ipv6Addr::from(o)
 }

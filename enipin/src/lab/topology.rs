@@ -108,7 +108,18 @@ pub struct Spec {
     /// address of the family and [`EniSpec::default_route`]). Without them the main
     /// table holds the subnet routes alone, and enipin takes the subnet's first host as gateway.
     pub default_routes: bool,
+    /// The peer also has an address in each other ENI subnet: host 100 of it (198.18.12.100,
+    /// 2001:db8:c::100 beside `EniSpec::in_own_subnet(2)`), on the same wire.
+    pub peer_in_each_subnet: bool,
+    /// The peer also has [`BEYOND_V4`] and [`BEYOND_V6`], off every subnet: the vpc routes them
+    /// to the peer, so the host reaches them only through a default route's gateway.
+    pub peer_beyond: bool,
 }
+
+/// The peer's IPv4 address beyond the vpc's router ([`Spec::peer_beyond`]).
+pub const BEYOND_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 99, 100);
+/// The peer's IPv6 address beyond the vpc's router.
+pub const BEYOND_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 0x100);
 
 impl Default for Spec {
     fn default() -> Self {
@@ -122,6 +133,8 @@ impl Default for Spec {
             peer_v6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100),
             ipv6: true,
             default_routes: true,
+            peer_in_each_subnet: false,
+            peer_beyond: false,
         }
     }
 }
@@ -300,6 +313,7 @@ impl Topology {
             }
         }
         self.route_between_subnets()?;
+        self.place_peer()?;
         // The seed's `route -n`: one default route per ENI, through its subnet's router.
         let with_route = |e: &&EniSpec| s.default_routes && e.default_route;
         for (i, eni) in s.enis.iter().enumerate().filter(|(_, e)| with_route(e)) {
@@ -367,12 +381,7 @@ impl Topology {
         if added.is_empty() {
             return Ok(());
         }
-        vpc.sysctl("net.ipv4.ip_forward", "1")?;
-        vpc.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-        // Routed back out of br0: no ICMP redirect to the peer, which would then skip the router.
-        for scope in ["all", "br0"] {
-            vpc.sysctl(&format!("net.ipv4.conf.{scope}.send_redirects"), "0")?;
-        }
+        self.vpc_routes()?;
         peer.ip(&["route", "add", "default", "via", &s.gateway_v4.to_string()])?;
         if s.ipv6 {
             peer.ip(&[
@@ -385,6 +394,91 @@ impl Topology {
             ])?;
         }
         peer.sysctl("net.ipv4.conf.all.arp_ignore", "2")?;
+        Ok(())
+    }
+
+    /// Every address of the peer's: its own, then those of [`Spec::peer_in_each_subnet`] and
+    /// [`Spec::peer_beyond`]; IPv4 then IPv6 (without [`Spec::ipv6`], IPv4 alone).
+    #[cfg(feature = "testing")]
+    pub fn peer_addresses(&self) -> Vec<std::net::IpAddr> {
+        use std::net::IpAddr;
+        let s = &self.spec;
+        let (mut v4, mut v6): (Vec<IpAddr>, Vec<IpAddr>) =
+            (vec![s.peer_v4.into()], vec![s.peer_v6.into()]);
+        if s.peer_in_each_subnet {
+            for (a4, a6) in self.peer_in_subnets() {
+                v4.extend(a4.map(IpAddr::from));
+                v6.extend(a6.map(IpAddr::from));
+            }
+        }
+        if s.peer_beyond {
+            v4.push(BEYOND_V4.into());
+            v6.push(BEYOND_V6.into());
+        }
+        if s.ipv6 {
+            v4.extend(v6);
+        }
+        v4
+    }
+
+    /// Host 100 of each ENI subnet other than the peer's, each once (`None` for a family the ENI
+    /// has no address of).
+    fn peer_in_subnets(&self) -> Vec<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
+        let s = &self.spec;
+        let mut out: Vec<(Option<Ipv4Addr>, Option<Ipv6Addr>)> = Vec::new();
+        for eni in &s.enis {
+            let (r4, r6) = self.routers(eni);
+            let a4 = (r4 != s.gateway_v4 && !eni.v4.is_empty())
+                .then(|| Ipv4Addr::from(u32::from(r4) + 99));
+            let a6 = (r6 != s.gateway_v6 && !eni.v6.is_empty())
+                .then(|| Ipv6Addr::from(u128::from(r6) + 0xff));
+            if (a4.is_some() || a6.is_some()) && !out.contains(&(a4, a6)) {
+                out.push((a4, a6));
+            }
+        }
+        out
+    }
+
+    /// The peer's other addresses ([`Spec::peer_in_each_subnet`], [`Spec::peer_beyond`]).
+    fn place_peer(&self) -> Result<()> {
+        let (vpc, peer, s) = (&self.vpc, &self.peer, &self.spec);
+        if s.peer_in_each_subnet {
+            for (a4, a6) in self.peer_in_subnets() {
+                if let Some(a) = a4 {
+                    let a = format!("{a}/{}", s.prefix_len_v4);
+                    peer.ip(&["addr", "add", &a, "dev", "eth0"])?;
+                }
+                if let (true, Some(a)) = (s.ipv6, a6) {
+                    let a = format!("{a}/{}", s.prefix_len_v6);
+                    peer.ip(&["-6", "addr", "add", &a, "dev", "eth0", "nodad"])?;
+                }
+            }
+        }
+        if !s.peer_beyond {
+            return Ok(());
+        }
+        // On the loopback: no dummy module in the kernel matrix's guests.
+        peer.ip(&["link", "set", "lo", "up"])?;
+        peer.ip(&["addr", "add", &format!("{BEYOND_V4}/32"), "dev", "lo"])?;
+        let (p4, p6) = (s.peer_v4.to_string(), s.peer_v6.to_string());
+        vpc.ip(&["route", "add", &format!("{BEYOND_V4}/32"), "via", &p4])?;
+        if s.ipv6 {
+            let a = format!("{BEYOND_V6}/128");
+            peer.ip(&["-6", "addr", "add", &a, "dev", "lo", "nodad"])?;
+            vpc.ip(&["-6", "route", "add", &a, "via", &p6])?;
+        }
+        self.vpc_routes()
+    }
+
+    /// The vpc forwards, and sends no ICMP redirect for what it routes back out of br0 (the host
+    /// would then skip the router).
+    fn vpc_routes(&self) -> Result<()> {
+        let vpc = &self.vpc;
+        vpc.sysctl("net.ipv4.ip_forward", "1")?;
+        vpc.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        for scope in ["all", "br0"] {
+            vpc.sysctl(&format!("net.ipv4.conf.{scope}.send_redirects"), "0")?;
+        }
         Ok(())
     }
 
