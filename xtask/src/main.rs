@@ -4,6 +4,7 @@
 mod dist;
 mod kernels;
 mod setup;
+mod sysroot;
 
 use std::{
     env,
