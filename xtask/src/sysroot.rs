@@ -30,6 +30,10 @@ const PACKAGES: &[&str] = &[
     "kmod",
 ];
 
+/// Libraries of the closure whose packages' names do not start with `lib` (libelf needs zlib's
+/// libz.so.1; the initramfs's build names any other that goes missing).
+const LIBRARIES_NOT_NAMED_LIB: &[&str] = &["zlib1g"];
+
 pub(crate) fn sysroot_dir() -> PathBuf {
     tools_dir().join(format!("sysroot-{ARCH}"))
 }
@@ -97,7 +101,7 @@ fn library_depends(record: &str) -> Vec<String> {
                 .map(|n| n.trim_end_matches(":any").to_string())
                 .collect::<Vec<_>>()
         })
-        .filter(|n| n.starts_with("lib"))
+        .filter(|n| n.starts_with("lib") || LIBRARIES_NOT_NAMED_LIB.contains(&n.as_str()))
         .collect()
 }
 
@@ -107,10 +111,10 @@ mod tests {
     fn library_depends_takes_first_alternatives_and_libraries_only() {
         let record = "Package: procps\nPre-Depends: init-system-helpers (>= 1.54~)\n\
                       Depends: libc6 (>= 2.34), libproc2-0 (>= 2:4.0.2), libsystemd0 | \
-                      libelogind0, debconf (>= 0.5) | debconf-2.0, libperl:any\n";
+                      libelogind0, debconf (>= 0.5) | debconf-2.0, libperl:any, zlib1g\n";
         assert_eq!(
             super::library_depends(record),
-            ["libc6", "libproc2-0", "libsystemd0", "libperl"]
+            ["libc6", "libproc2-0", "libsystemd0", "libperl", "zlib1g"]
         );
     }
 }
