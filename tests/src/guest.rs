@@ -14,6 +14,11 @@
 //! Why TCG: /dev/kvm on the test machine is PVM, under which Debian's kernels crash or crawl; one
 //! TCG thread, since multi-threaded TCG crashed a guest in `text_poke`. Nothing timed in a guest
 //! means anything: the matrix checks behaviour only.
+//!
+//! An arm64 kernel boots under `qemu-system-aarch64 -M virt` with the aarch64 enipin, and its
+//! userland is Debian's arm64 packages unpacked by `cargo xtask setup` into
+//! `.tools/sysroot-arm64/` (the host's ldd cannot read foreign binaries: `readelf` names each
+//! one's interpreter and NEEDED libraries, found in that tree).
 
 use std::{
     fs,
@@ -40,11 +45,50 @@ const REASONS: usize = 4;
 /// wait one second for a reply, which guests starving each other can miss.
 static ONE_GUEST: Mutex<()> = Mutex::new(());
 
+/// The guest's machine, from its kernel's package.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    /// The static enipin's target.
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-unknown-linux-musl",
+            Arch::Aarch64 => "aarch64-unknown-linux-musl",
+        }
+    }
+
+    /// QEMU and its machine. `pauth-impdef`: TCG computes arm64's pointer authentication with
+    /// QEMU's own cheap hash instead of QARMA, which dominates a `-cpu max` guest's time
+    /// otherwise (QEMU's documentation); the guest's kernel and programs cannot tell.
+    fn qemu(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Arch::X86_64 => ("qemu-system-x86_64", &["-cpu", "max"]),
+            Arch::Aarch64 => (
+                "qemu-system-aarch64",
+                &["-M", "virt", "-cpu", "max,pauth-impdef=on"],
+            ),
+        }
+    }
+
+    /// The serial console's device: the PC's UART, or the virt machine's PL011.
+    fn console(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "ttyS0",
+            Arch::Aarch64 => "ttyAMA0",
+        }
+    }
+}
+
 /// A kernel fetched by `cargo xtask setup`.
 #[derive(Debug)]
 pub struct Kernel {
-    /// The matrix's line: `5.10`, `6.1`, `6.12`, `newest`.
+    /// The matrix's line: `5.10`, `6.1`, `6.12`, `newest`, `6.1-arm64`.
     pub line: String,
+    pub arch: Arch,
     /// `uname -r` in the guest (the directory under lib/modules).
     pub release: String,
     /// `<package> <version> <suite>`, as fetched.
@@ -69,8 +113,14 @@ impl Kernel {
             .and_then(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .unwrap_or_else(|| panic!("no kernel release in {}", modules.display()));
+        // "linux-image-6.1.0-57-cloud-arm64 6.1.192-3 bookworm-security"
+        let arch = match package.split_whitespace().next() {
+            Some(p) if p.ends_with("-arm64") => Arch::Aarch64,
+            _ => Arch::X86_64,
+        };
         Self {
             line: line.to_string(),
+            arch,
             release,
             package: package.trim().to_string(),
             dir,
@@ -139,17 +189,17 @@ impl Outcome {
     }
 }
 
-/// `target/x86_64-unknown-linux-musl/release/enipin`: the binary `cargo xtask test` builds (the
+/// `target/<arch>-unknown-linux-musl/release/enipin`: the binary `cargo xtask test` builds (the
 /// release tarball's) and the only one that runs without the host's libc.
-pub fn static_enipin() -> PathBuf {
+pub fn static_enipin(arch: Arch) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
-    let bin = target.join("x86_64-unknown-linux-musl/release/enipin");
+    let triple = arch.rust_target();
+    let bin = target.join(triple).join("release/enipin");
     assert!(
         bin.is_file(),
-        "{} is missing: `cargo xtask test` builds it, or `cargo build --release --target \
-         x86_64-unknown-linux-musl -p enipin`",
+        "{} is missing: `cargo xtask dist` builds it (`cargo xtask test` runs dist first)",
         bin.display()
     );
     bin
@@ -235,8 +285,10 @@ struct Guest(Child);
 impl Guest {
     fn boot(kernel: &Kernel, initrd: &Path, console: &Path, log: &Path) -> Self {
         let log = fs::File::create(log).expect("creating qemu's log");
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", "tcg,thread=single", "-cpu", "max", "-smp", "2"])
+        let (qemu, machine) = kernel.arch.qemu();
+        let mut cmd = Command::new(qemu);
+        cmd.args(machine)
+            .args(["-accel", "tcg,thread=single", "-smp", "2"])
             .args(["-m", "2048", "-nic", "none", "-display", "none"])
             .args(["-monitor", "none", "-no-reboot"])
             .arg("-serial")
@@ -247,11 +299,13 @@ impl Guest {
             .arg(initrd)
             // panic=-1 with -no-reboot: a panic ends QEMU at once instead of at the deadline.
             // loglevel=5: warnings and worse on the console, not every driver's hello.
-            // random.trust_cpu: 5.10 would otherwise wait for entropy (-cpu max has RDRAND).
-            .args([
-                "-append",
-                "console=ttyS0 panic=-1 loglevel=5 random.trust_cpu=on",
-            ])
+            // random.trust_cpu: 5.10 would otherwise wait for entropy (-cpu max has RDRAND, and
+            // arm64's RNDR).
+            .arg("-append")
+            .arg(format!(
+                "console={} panic=-1 loglevel=5 random.trust_cpu=on",
+                kernel.arch.console()
+            ))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("qemu's log"))
             .stderr(log);
@@ -266,11 +320,9 @@ impl Guest {
                 Ok(())
             });
         }
-        let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!(
-                "spawning qemu-system-x86_64: {e} (`cargo xtask setup` installs qemu-system-x86)"
-            )
-        });
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {qemu}: {e} (`cargo xtask setup` installs it)"));
         Self(child)
     }
 
@@ -299,7 +351,7 @@ impl Drop for Guest {
 /// Writes `out`: the per-run archive from a tree staged under `tmp`, then the kernel's modules.
 fn build_initramfs(kernel: &Kernel, tmp: &Path, out: &Path) {
     let stage = tmp.join("root");
-    stage_tree(&stage);
+    stage_tree(&stage, &Userland::of(kernel.arch));
     let mut file = fs::File::create(out).expect("creating the initramfs");
     cpio(&stage, &walk(&stage, Path::new("")), &mut file);
     cpio(&kernel.dir, &walk(&kernel.dir, Path::new("lib")), &mut file);
@@ -307,7 +359,7 @@ fn build_initramfs(kernel: &Kernel, tmp: &Path, out: &Path) {
 }
 
 /// The guest's root, less the modules.
-fn stage_tree(stage: &Path) {
+fn stage_tree(stage: &Path, userland: &Userland) {
     for dir in [
         "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "tmp", "root",
         "guest",
@@ -317,36 +369,104 @@ fn stage_tree(stage: &Path) {
     let guest_dir = root().join("tests/guest");
     copy(&guest_dir.join("init"), &stage.join("init"));
     copy(&guest_dir.join("steps.sh"), &stage.join("guest/steps.sh"));
-    copy(&static_enipin(), &stage.join("usr/sbin/enipin"));
+    copy(
+        &static_enipin(userland.arch()),
+        &stage.join("usr/sbin/enipin"),
+    );
     fs::write(stage.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("etc/passwd");
     fs::write(stage.join("etc/group"), "root:x:0:\n").expect("etc/group");
     for tool in HOST_TOOLS {
-        copy_with_libs(
-            &host_command(tool),
-            &stage.join("usr/sbin").join(tool),
-            stage,
-        );
+        userland.copy_with_libs(tool, &stage.join("usr/sbin").join(tool), stage);
     }
     for name in KMOD_NAMES {
         symlink("/usr/sbin/kmod", stage.join("sbin").join(name)).expect("linking kmod");
     }
-    copy_with_libs(&host_command("dash"), &stage.join("bin/dash"), stage);
+    userland.copy_with_libs("dash", &stage.join("bin/dash"), stage);
     symlink("dash", stage.join("bin/sh")).expect("linking /bin/sh");
-    busybox(stage);
+    busybox(stage, userland);
 }
 
 /// busybox, and a link in /bin for each of its applets that the tree does not already have from
-/// the host (so `ip` is always iproute2's, `sh` dash, `modprobe` kmod's).
-fn busybox(stage: &Path) {
-    let bin = host_command("busybox");
-    copy_with_libs(&bin, &stage.join("bin/busybox"), stage);
-    let list = crate::run::ok(Command::new(&bin).arg("--list"));
+/// the host (so `ip` is always iproute2's, `sh` dash, `modprobe` kmod's). The applets are the
+/// host's busybox's: a foreign one cannot run here, and both are bookworm's 1.35 build.
+fn busybox(stage: &Path, userland: &Userland) {
+    userland.copy_with_libs("busybox", &stage.join("bin/busybox"), stage);
+    let list = crate::run::ok(Command::new(host_command("busybox")).arg("--list"));
     for applet in list.lines().map(str::trim).filter(|a| !a.is_empty()) {
         let taken = HOST_TOOLS.contains(&applet)
             || KMOD_NAMES.contains(&applet)
             || stage.join("bin").join(applet).exists();
         if !taken {
             symlink("busybox", stage.join("bin").join(applet)).expect("linking an applet");
+        }
+    }
+}
+
+/// Where the guest's commands and their shared libraries come from.
+enum Userland {
+    /// The host's own (an x86_64 guest on the x86_64 test machine); ldd lists the libraries.
+    Host,
+    /// Debian's arm64 packages unpacked by `cargo xtask setup` (xtask/src/sysroot.rs).
+    Sysroot(PathBuf),
+}
+
+/// Where a sysroot's loader finds libraries (Debian's multiarch directories first).
+const LIBRARY_DIRS: &[&str] = &[
+    "lib/aarch64-linux-gnu",
+    "usr/lib/aarch64-linux-gnu",
+    "lib",
+    "usr/lib",
+];
+
+impl Userland {
+    fn of(arch: Arch) -> Self {
+        match arch {
+            Arch::X86_64 => Userland::Host,
+            Arch::Aarch64 => Userland::Sysroot(root().join(".tools/sysroot-arm64")),
+        }
+    }
+
+    fn arch(&self) -> Arch {
+        match self {
+            Userland::Host => Arch::X86_64,
+            Userland::Sysroot(_) => Arch::Aarch64,
+        }
+    }
+
+    /// The command `name`, resolved.
+    fn command(&self, name: &str) -> PathBuf {
+        let Userland::Sysroot(sysroot) = self else {
+            return host_command(name);
+        };
+        ["usr/sbin", "usr/bin", "sbin", "bin"]
+            .iter()
+            .map(|d| in_sysroot(sysroot, &Path::new(d).join(name)))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "`{name}` is not in {}: `cargo xtask setup` unpacks it (remove the directory \
+                     to fetch it again)",
+                    sysroot.display()
+                )
+            })
+    }
+
+    /// Copies the command `name` to `to`, and each shared library it needs to the same path in
+    /// `stage` as on the host or in the sysroot.
+    fn copy_with_libs(&self, name: &str, to: &Path, stage: &Path) {
+        let bin = self.command(name);
+        copy(&bin, to);
+        let libs = match self {
+            Userland::Host => ldd(&bin),
+            Userland::Sysroot(sysroot) => needed_closure(sysroot, &bin),
+        };
+        for (source, in_guest) in libs {
+            let dest = stage.join(in_guest.strip_prefix("/").unwrap_or(&in_guest));
+            if !dest.exists() {
+                fs::create_dir_all(dest.parent().expect("a library's directory"))
+                    .expect("staging a library directory");
+                copy(&source, &dest);
+            }
         }
     }
 }
@@ -361,29 +481,91 @@ fn host_command(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("`{name}` is missing: `cargo xtask setup` installs it"))
 }
 
-/// Copies `bin` to `to` and every shared library ldd lists for it to the same path in `stage`.
-fn copy_with_libs(bin: &Path, to: &Path, stage: &Path) {
-    copy(bin, to);
+/// The shared libraries ldd lists for `bin`: (file, its path in the guest), the same.
+fn ldd(bin: &Path) -> Vec<(PathBuf, PathBuf)> {
     let out = crate::run::out(Command::new("ldd").arg(bin));
     // A static binary: "not a dynamic executable", exit status 1.
     if !out.status.success() {
-        return;
+        return Vec::new();
     }
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
         // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)", "/lib64/ld-linux-x86-64.so.2 (0x...)"
-        let lib = line
-            .split_whitespace()
-            .find(|w| w.starts_with('/'))
-            .map(Path::new);
-        if let Some(lib) = lib {
-            let dest = stage.join(lib.strip_prefix("/").expect("an absolute path"));
-            if !dest.exists() {
-                fs::create_dir_all(dest.parent().expect("a library's directory"))
-                    .expect("staging a library directory");
-                copy(lib, &dest);
+        .filter_map(|line| line.split_whitespace().find(|w| w.starts_with('/')))
+        .map(|lib| (PathBuf::from(lib), PathBuf::from(lib)))
+        .collect()
+}
+
+/// `bin`'s program interpreter and the libraries it needs, transitively, found in `sysroot`:
+/// (file in the sysroot, its path in the guest).
+fn needed_closure(sysroot: &Path, bin: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let mut found: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut todo = vec![bin.to_path_buf()];
+    while let Some(file) = todo.pop() {
+        let (interpreter, needed) = dynamic_section(&file);
+        let mut paths: Vec<PathBuf> = interpreter.into_iter().map(PathBuf::from).collect();
+        for soname in needed {
+            let dir = LIBRARY_DIRS
+                .iter()
+                .find(|d| sysroot.join(d).join(&soname).exists())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{} needs {soname}, which is in no package of {}: add its package to \
+                         xtask/src/sysroot.rs",
+                        file.display(),
+                        sysroot.display()
+                    )
+                });
+            paths.push(Path::new("/").join(dir).join(&soname));
+        }
+        for in_guest in paths {
+            if found.iter().any(|(_, g)| *g == in_guest) {
+                continue;
             }
+            let source = in_sysroot(sysroot, &in_guest);
+            todo.push(source.clone());
+            found.push((source, in_guest));
         }
     }
+    found
+}
+
+/// `path` (relative, or absolute in the guest) in `sysroot`, its symbolic links followed inside
+/// the sysroot: bookworm's `/sbin/ip -> /bin/ip` must not lead to the host's own `/bin/ip`.
+fn in_sysroot(sysroot: &Path, path: &Path) -> PathBuf {
+    let mut rel = path.strip_prefix("/").unwrap_or(path).to_path_buf();
+    // A chain longer than a few links is a loop (the packages have one or two).
+    for _ in 0..8 {
+        let Ok(target) = fs::read_link(sysroot.join(&rel)) else {
+            break;
+        };
+        rel = match target.strip_prefix("/") {
+            Ok(absolute) => absolute.to_path_buf(),
+            Err(_) => rel.parent().unwrap_or(Path::new("")).join(target),
+        };
+    }
+    sysroot.join(rel)
+}
+
+/// readelf's program interpreter and NEEDED entries of `elf` (none for a static binary).
+fn dynamic_section(elf: &Path) -> (Option<String>, Vec<String>) {
+    let text = crate::run::ok(Command::new("readelf").args(["-ldW"]).arg(elf));
+    // "[Requesting program interpreter: /lib/ld-linux-aarch64.so.1]",
+    // " 0x0000000000000001 (NEEDED)  Shared library: [libc.so.6]"
+    let bracketed = |line: &str, after: &str| {
+        line.split_once(after)
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map(|(value, _)| value.trim().to_string())
+    };
+    let interpreter = text
+        .lines()
+        .find_map(|l| bracketed(l, "program interpreter:"));
+    let needed = text
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| bracketed(l, "Shared library: ["))
+        .collect();
+    (interpreter, needed)
 }
 
 fn copy(from: &Path, to: &Path) {

@@ -934,3 +934,130 @@ fn cloud_init_user_data_passes_cloud_init_schema_and_its_config_enipins_check() 
     let checked = check(&content.replace("\nrules = true\n", "\nrules = false\n"));
     from_file(&checked, "layers.rules = false");
 }
+
+/// Each architecture's binaries, as file(1) names their machine.
+const MACHINES: &[(&str, &str, &str, &str)] = &[
+    // (rust target, Debian's and the OCI's arch, RPM's arch, file(1)'s machine)
+    ("x86_64-unknown-linux-musl", "amd64", "x86_64", "x86-64"),
+    (
+        "aarch64-unknown-linux-musl",
+        "arm64",
+        "aarch64",
+        "ARM aarch64",
+    ),
+];
+
+/// `file` on `bin`: a static executable for `machine`.
+fn assert_static_for(bin: &Path, machine: &str) {
+    let file = ok(Command::new("file").arg("-L").arg(bin));
+    assert!(
+        file.contains(machine)
+            && (file.contains("statically linked") || file.contains("static-pie")),
+        "{} is not a static {machine} executable: {file}",
+        bin.display()
+    );
+}
+
+#[test]
+fn every_architecture_has_a_tarball_deb_and_rpm_of_its_own_machine() {
+    for (target, deb_arch, rpm_arch, machine) in MACHINES {
+        let tmp = TempDir::new("enipin-arch-").unwrap();
+        let tarball = artifact(&format!("enipin-{VERSION}-{target}.tar.gz"));
+        ok(Command::new("tar")
+            .arg("-xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(tmp.path()));
+        let top = tmp.path().join(format!("enipin-{VERSION}-{target}"));
+        assert_static_for(&top.join("enipin"), machine);
+        assert!(
+            top.join("man/enipin.8.gz").is_file(),
+            "{target}: no man page"
+        );
+
+        let deb = artifact(&format!("enipin_{VERSION}_{deb_arch}.deb"));
+        let field = ok(Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(&deb)
+            .arg("Architecture"));
+        assert_eq!(field.trim(), *deb_arch, "{}", deb.display());
+        let unpacked = tmp.path().join("deb");
+        ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked));
+        assert_static_for(&unpacked.join("usr/sbin/enipin"), machine);
+
+        let rpm = artifact(&format!("enipin-{VERSION}-1.{rpm_arch}.rpm"));
+        let arch = ok(Command::new("rpm")
+            .args(["-qp", "--qf", "%{ARCH}"])
+            .arg(&rpm));
+        assert_eq!(arch.trim(), *rpm_arch, "{}", rpm.display());
+        let unpacked = tmp.path().join("rpm");
+        std::fs::create_dir_all(&unpacked).unwrap();
+        ok(Command::new("sh")
+            .arg("-c")
+            .arg("rpm2cpio \"$1\" | cpio -idm --quiet")
+            .arg("sh")
+            .arg(&rpm)
+            .current_dir(&unpacked));
+        assert_static_for(&unpacked.join("usr/sbin/enipin"), machine);
+    }
+}
+
+/// A blob of an OCI layout by its digest (`sha256:...`).
+fn blob(layout: &Path, digest: &str) -> PathBuf {
+    layout.join("blobs").join(digest.replacen(':', "/", 1))
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The image is one index of an amd64 and an arm64 image, read from the archive's own JSON: each
+/// manifest's platform, its config's architecture, and the machine of the binary in its layer.
+#[test]
+fn image_is_an_index_of_amd64_and_arm64_images_with_their_own_binaries() {
+    let image = artifact(&format!("enipin-{VERSION}.oci.tar"));
+    let tmp = TempDir::new("enipin-oci-").unwrap();
+    let layout = tmp.path();
+    ok(Command::new("tar")
+        .arg("-xf")
+        .arg(&image)
+        .arg("-C")
+        .arg(layout));
+    let top = json(&layout.join("index.json"));
+    let entry = &top["manifests"][0];
+    assert_eq!(
+        entry["annotations"]["org.opencontainers.image.ref.name"],
+        format!("enipin:{VERSION}"),
+        "{top}"
+    );
+    let index = json(&blob(layout, entry["digest"].as_str().unwrap()));
+    let manifests = index["manifests"].as_array().expect("an image index");
+    let mut archs: Vec<&str> = manifests
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap_or("?"))
+        .collect();
+    archs.sort();
+    assert_eq!(archs, ["amd64", "arm64"], "{index}");
+    for m in manifests {
+        let arch = m["platform"]["architecture"].as_str().unwrap();
+        assert_eq!(m["platform"]["os"], "linux", "{m}");
+        let manifest = json(&blob(layout, m["digest"].as_str().unwrap()));
+        let config = json(&blob(
+            layout,
+            manifest["config"]["digest"].as_str().unwrap(),
+        ));
+        assert_eq!(config["architecture"], arch, "{config}");
+        let machine = MACHINES.iter().find(|(_, a, _, _)| *a == arch).unwrap().3;
+        let files = tmp.path().join(format!("layer-{arch}"));
+        std::fs::create_dir_all(&files).unwrap();
+        for layer in manifest["layers"].as_array().unwrap() {
+            ok(Command::new("tar")
+                .arg("-xf")
+                .arg(blob(layout, layer["digest"].as_str().unwrap()))
+                .arg("-C")
+                .arg(&files));
+        }
+        assert_static_for(&files.join("usr/sbin/enipin"), machine);
+    }
+}

@@ -1,16 +1,19 @@
-//! `cargo xtask dist`: the four artifacts an operator installs, in `target/dist/`:
+//! `cargo xtask dist`: the artifacts an operator installs, for x86_64 and for arm64 (Graviton),
+//! in `target/dist/`:
 //!
-//! - `enipin-<v>-x86_64-unknown-linux-musl.tar.gz`: the static binary (eBPF object embedded),
+//! - `enipin-<v>-<arch>-unknown-linux-musl.tar.gz`: the static binary (eBPF object embedded),
 //!   completions, man pages, the unit, the example config, the licences, the alert rules, the
 //!   Kubernetes manifests (`kubernetes/`: deploy/kubernetes/, a kustomize base, its component
 //!   and overlay) and the EC2 user-data (`cloud-init/user-data.yaml`);
-//! - `enipin_<v>_amd64.deb` (cargo-deb) and `enipin-<v>-1.x86_64.rpm` (cargo-generate-rpm),
-//!   from the same staged files (enipin/Cargo.toml's `[package.metadata.*]`);
-//! - `enipin-<v>.oci.tar`: an OCI image FROM scratch (buildah, offline), entrypoint `enipin`,
-//!   command `watch`.
+//! - `enipin_<v>_<amd64|arm64>.deb` (cargo-deb) and `enipin-<v>-1.<x86_64|aarch64>.rpm`
+//!   (cargo-generate-rpm), from the same staged files (enipin/Cargo.toml's `[package.metadata.*]`);
+//! - `enipin-<v>.oci.tar`: one OCI image index (amd64 and arm64) of images FROM scratch (buildah,
+//!   offline), entrypoint `enipin`, command `watch`.
 //!
 //! Everything is staged first in `target/dist/stage/` (no version in the path, so the package
-//! metadata names fixed paths), and every artifact is rebuilt on each run.
+//! metadata names fixed paths): the x86_64 binary for the x86_64 packages, then the arm64 binary
+//! in its place. Completions and man pages come from the x86_64 binary (the host runs it; they
+//! are text, the same for both). Every artifact is rebuilt on each run.
 
 use std::{
     fs,
@@ -28,15 +31,50 @@ pub(crate) fn dist_dir() -> PathBuf {
     root().join("target/dist")
 }
 
+/// One architecture's names in each ecosystem.
+struct Platform {
+    rust_target: &'static str,
+    /// Debian's and the OCI's (`amd64`, `arm64`).
+    deb_arch: &'static str,
+    /// RPM's (`x86_64`, `aarch64`).
+    rpm_arch: &'static str,
+}
+
+/// The host's (first: its binary writes the completions and man pages) and Graviton's.
+const PLATFORMS: [Platform; 2] = [
+    Platform {
+        rust_target: setup::MUSL_TARGET,
+        deb_arch: "amd64",
+        rpm_arch: "x86_64",
+    },
+    Platform {
+        rust_target: setup::ARM64_TARGET,
+        deb_arch: "arm64",
+        rpm_arch: "aarch64",
+    },
+];
+
+impl Platform {
+    /// The tarball, the .deb and the .rpm.
+    fn artifacts(&self) -> [String; 3] {
+        [
+            format!("enipin-{VERSION}-{}.tar.gz", self.rust_target),
+            format!("enipin_{VERSION}_{}.deb", self.deb_arch),
+            format!("enipin-{VERSION}-1.{}.rpm", self.rpm_arch),
+        ]
+    }
+}
+
+/// The multi-architecture image.
+fn image_name() -> String {
+    format!("enipin-{VERSION}.oci.tar")
+}
+
 /// The artifacts' file names, in the order they are built.
-pub(crate) fn artifacts() -> [String; 4] {
-    let m = setup::MUSL_TARGET;
-    [
-        format!("enipin-{VERSION}-{m}.tar.gz"),
-        format!("enipin_{VERSION}_amd64.deb"),
-        format!("enipin-{VERSION}-1.x86_64.rpm"),
-        format!("enipin-{VERSION}.oci.tar"),
-    ]
+pub(crate) fn artifacts() -> Vec<String> {
+    let mut names: Vec<String> = PLATFORMS.iter().flat_map(|p| p.artifacts()).collect();
+    names.push(image_name());
+    names
 }
 
 pub(crate) fn run_dist() -> Result<()> {
@@ -47,24 +85,23 @@ pub(crate) fn run_dist() -> Result<()> {
         fs::remove_dir_all(&dist).with_context(|| format!("clearing {}", dist.display()))?;
     }
     fs::create_dir_all(&stage)?;
-    let bin = build_static()?;
-    stage_files(&bin, &stage)?;
-    let [tarball, deb, rpm, image] = artifacts();
-    pack_tarball(&stage, &dist.join(&tarball))?;
-    run(cargo()
-        .args([
-            "deb",
-            "-p",
-            "enipin",
-            "--no-build",
-            "--no-strip",
-            "--output",
-        ])
-        .arg(dist.join(&deb)))?;
-    run(cargo()
-        .args(["generate-rpm", "-p", "enipin", "--output"])
-        .arg(dist.join(&rpm)))?;
-    build_image(&stage.join("enipin"), &dist.join(&image))?;
+    let mut bins = Vec::new();
+    for platform in &PLATFORMS {
+        let t = std::time::Instant::now();
+        bins.push(build_static(platform.rust_target)?);
+        eprintln!(
+            "dist: {} built in {:.0} s",
+            platform.rust_target,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    same_ebpf_object(&bins)?;
+    stage_files(&bins[0], &stage)?;
+    for (platform, bin) in PLATFORMS.iter().zip(&bins) {
+        fs::copy(bin, stage.join("enipin"))?;
+        package(platform, &stage, &dist)?;
+    }
+    build_index(&bins, &dist.join(image_name()))?;
     for name in artifacts() {
         let len = fs::metadata(dist.join(&name))?.len();
         eprintln!("dist: {name} {:.1} MiB", len as f64 / 1048576.0);
@@ -73,30 +110,113 @@ pub(crate) fn run_dist() -> Result<()> {
     Ok(())
 }
 
+/// The tarball, the .deb and the .rpm of `platform` from the stage (its binary staged).
+fn package(platform: &Platform, stage: &Path, dist: &Path) -> Result<()> {
+    let [tarball, deb, rpm] = platform.artifacts();
+    pack_tarball(stage, platform.rust_target, &dist.join(&tarball))?;
+    // --target only names the architecture (the binary is staged, not built by cargo-deb).
+    run(cargo()
+        .args(["deb", "-p", "enipin", "--no-build", "--no-strip"])
+        .args(["--target", platform.rust_target, "--output"])
+        .arg(dist.join(&deb)))?;
+    run(cargo()
+        .args(["generate-rpm", "-p", "enipin", "--arch", platform.rpm_arch])
+        .arg("--output")
+        .arg(dist.join(&rpm)))
+}
+
 /// The release build for musl: no libc to find on the host, so one binary runs on every
 /// distribution and in an image with nothing else in it.
-fn build_static() -> Result<PathBuf> {
-    let target = setup::MUSL_TARGET;
+fn build_static(target: &str) -> Result<PathBuf> {
+    let mut cmd = cargo();
     // Symbols stripped from enipin's own binary only (the embedded eBPF object keeps its BTF:
     // it is data inside the binary, built by its own cargo run).
-    run(cargo().args([
-        "build",
-        "--release",
-        "--target",
-        target,
-        "-p",
-        "enipin",
-        "--bin",
-        "enipin",
-        "--config",
-        "profile.release.package.enipin.strip=\"symbols\"",
-    ]))?;
+    cmd.args(["build", "--release", "--target", target])
+        .args(["-p", "enipin", "--bin", "enipin", "--config"])
+        .arg("profile.release.package.enipin.strip=\"symbols\"");
+    if target != setup::MUSL_TARGET {
+        // rustc finds its own rust-lld; the target's self-contained crt objects and libc.a do
+        // the rest (see setup::ARM64_TARGET). The host's cc would link x86_64 objects only.
+        let var = format!(
+            "CARGO_TARGET_{}_LINKER",
+            target.to_uppercase().replace('-', "_")
+        );
+        cmd.env(var, "rust-lld");
+    }
+    run(&mut cmd)?;
     let bin = root().join("target").join(target).join("release/enipin");
     let file = output(Command::new("file").arg(&bin))?;
     if !file.contains("statically linked") && !file.contains("static-pie linked") {
         bail!("{} is not static: {file}", bin.display());
     }
     Ok(bin)
+}
+
+/// The eBPF object embedded in each binary loads the same: its allocated sections (the programs'
+/// instructions, the maps, the read-only data, the licence) are byte for byte equal. The whole
+/// object is not: aya-build passes the target's `bpf_target_arch` to the program's build, which
+/// picks `aya_ebpf_bindings::<arch>`, and that module path is in the BTF and DWARF type names
+/// (`aya_ebpf_bindings::aarch64::bindings::__sk_buff`: 40 bytes more in the arm64 object, the
+/// classifier's instructions the same).
+fn same_ebpf_object(bins: &[PathBuf]) -> Result<()> {
+    let loaded: Vec<Vec<u8>> = bins
+        .iter()
+        .map(|b| {
+            let object = embedded_bpf_object(&fs::read(b)?)?;
+            allocated_sections(&object)
+        })
+        .collect::<Result<_>>()?;
+    if loaded.windows(2).any(|w| w[0] != w[1]) {
+        bail!("the binaries embed eBPF objects whose programs or maps differ");
+    }
+    eprintln!(
+        "dist: the same eBPF programs and maps ({} bytes of allocated sections) in both binaries",
+        loaded[0].len()
+    );
+    Ok(())
+}
+
+/// The contents of `object`'s sections flagged SHF_ALLOC (2), in order: what the loader takes.
+fn allocated_sections(object: &[u8]) -> Result<Vec<u8>> {
+    let word =
+        |at: usize| -> Result<u64> { Ok(u64::from_le_bytes(object[at..at + 8].try_into()?)) };
+    let half = |at: usize| u16::from_le_bytes([object[at], object[at + 1]]) as usize;
+    let (shoff, shentsize, shnum) = (word(40)? as usize, half(58), half(60));
+    let mut out = Vec::new();
+    for i in 0..shnum {
+        let header = shoff + i * shentsize;
+        let (flags, offset, size) = (word(header + 8)?, word(header + 24)?, word(header + 32)?);
+        // SHT_NOBITS (8) has no bytes in the file.
+        let nobits = u32::from_le_bytes(object[header + 4..header + 8].try_into()?) == 8;
+        if flags & 2 != 0 && !nobits {
+            out.extend_from_slice(&object[offset as usize..(offset + size) as usize]);
+        }
+    }
+    Ok(out)
+}
+
+/// The one 64-bit little-endian ELF of machine EM_BPF (247) inside `binary`: from its header to
+/// the end of its section header table (where LLVM puts it, last).
+fn embedded_bpf_object(binary: &[u8]) -> Result<Vec<u8>> {
+    const MAGIC: &[u8] = b"\x7fELF\x02\x01";
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+    let mut found = Vec::new();
+    // Offset 0 is the binary's own header.
+    for at in 1..binary.len().saturating_sub(64) {
+        let elf = &binary[at..];
+        if !elf.starts_with(MAGIC) || u16_at(elf, 18) != 247 {
+            continue;
+        }
+        let shoff = u64::from_le_bytes(elf[40..48].try_into()?) as usize;
+        let end = shoff + u16_at(elf, 60) * u16_at(elf, 58);
+        if end <= elf.len() {
+            found.push(elf[..end].to_vec());
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        n => bail!("{n} embedded eBPF objects, expected 1"),
+    }
 }
 
 fn stage_files(bin: &Path, stage: &Path) -> Result<()> {
@@ -159,8 +279,8 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-fn pack_tarball(stage: &Path, out: &Path) -> Result<()> {
-    let top = format!("enipin-{VERSION}-{}", setup::MUSL_TARGET);
+fn pack_tarball(stage: &Path, rust_target: &str, out: &Path) -> Result<()> {
+    let top = format!("enipin-{VERSION}-{rust_target}");
     run(Command::new("tar")
         .arg("-C")
         .arg(stage.parent().context("the stage has a parent")?)
@@ -171,8 +291,37 @@ fn pack_tarball(stage: &Path, out: &Path) -> Result<()> {
         .arg("stage"))
 }
 
+/// The OCI image index: one image per platform, in buildah's local storage under names of this
+/// run's own (other builds may share the storage), pushed together, then removed.
+fn build_index(bins: &[PathBuf], out: &Path) -> Result<()> {
+    let list = format!("localhost/enipin-dist-{}", std::process::id());
+    let images: Vec<String> = PLATFORMS
+        .iter()
+        .map(|p| format!("{list}-{}", p.deb_arch))
+        .collect();
+    run(Command::new("buildah").args(["manifest", "create", &list]))?;
+    let result = (|| {
+        for ((platform, bin), image) in PLATFORMS.iter().zip(bins).zip(&images) {
+            build_image(platform.deb_arch, bin, image)?;
+            run(Command::new("buildah")
+                .args(["manifest", "add", &list])
+                .arg(format!("containers-storage:{image}")))?;
+        }
+        // The list names its images: they stay in the storage until it is pushed.
+        run(Command::new("buildah")
+            .args(["manifest", "push", "--all", "--quiet", &list])
+            .arg(format!("oci-archive:{}:enipin:{VERSION}", out.display())))
+    })();
+    let _ = Command::new("buildah")
+        .args(["manifest", "rm", &list])
+        .output();
+    let _ = Command::new("buildah").arg("rmi").args(&images).output();
+    result
+}
+
 /// FROM scratch: the static binary is the whole image (no base image to pull: builds offline).
-fn build_image(bin: &Path, out: &Path) -> Result<()> {
+/// Committed to buildah's storage as `name`.
+fn build_image(arch: &str, bin: &Path, name: &str) -> Result<()> {
     let ctr = output(Command::new("buildah").args(["from", "scratch"]))?;
     let ctr = ctr.trim();
     let result = (|| {
@@ -187,6 +336,10 @@ fn build_image(bin: &Path, out: &Path) -> Result<()> {
             .arg("/usr/share/licenses/enipin/"))?;
         run(Command::new("buildah").args([
             "config",
+            "--os",
+            "linux",
+            "--arch",
+            arch,
             "--entrypoint",
             r#"["/usr/sbin/enipin"]"#,
             "--cmd",
@@ -199,9 +352,7 @@ fn build_image(bin: &Path, out: &Path) -> Result<()> {
             "org.opencontainers.image.licenses=MIT OR Apache-2.0",
             ctr,
         ]))?;
-        run(Command::new("buildah")
-            .args(["commit", "--quiet", "--rm", ctr])
-            .arg(format!("oci-archive:{}:enipin:{VERSION}", out.display())))
+        run(Command::new("buildah").args(["commit", "--quiet", "--rm", ctr, name]))
     })();
     if result.is_err() {
         let _ = Command::new("buildah").args(["rm", ctr]).output();

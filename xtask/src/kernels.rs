@@ -21,11 +21,13 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::setup::tools_dir;
 
-/// One line of the matrix: the newest `METAPACKAGE` among `suites` whose version starts with
-/// `prefix`.
+/// One line of the matrix: the newest `linux-image-cloud-<arch>` among `suites` whose version
+/// starts with `prefix`.
 struct Line {
     /// The directory under `.tools/kernels/` and the test's name (`kernel_6_12`).
     name: &'static str,
+    /// Debian's architecture: `amd64`, or `arm64` (booted by qemu-system-aarch64).
+    arch: &'static str,
     suites: &'static [&'static str],
     prefix: &'static str,
 }
@@ -33,32 +35,47 @@ struct Line {
 /// Debian's cloud flavour (no 9p, no virtiofs, but everything the lab needs as modules). The
 /// metapackage depends on the one image package of its version (signed; it carries the same
 /// modules as the `-unsigned` one): see [`PrivateApt::image_packages`].
-const METAPACKAGE: &str = "linux-image-cloud-amd64";
+fn metapackage(arch: &str) -> String {
+    format!("linux-image-cloud-{arch}")
+}
 
 /// The matrix. Debian has no 6.6-6.8 cloud kernel in any suite (it went from 6.1 to 6.12; the
 /// releases in between exist only in backports as 6.16+), so the TCX line (>= 6.6) starts at 6.12.
 /// `newest`: trixie-backports and sid (7.3.4 and 7.2.13 when this was written). Experimental's
 /// release candidates are left out: an rc that fails would fail enipin's CI for the kernel's sake.
+/// `6.1-arm64`: Graviton's kernel line. Amazon Linux 2023's default kernel is 6.1, and so is
+/// Debian 12's cloud image on EC2; one arm64 line, since each costs a TCG guest several times
+/// slower than an x86 one (tests/tests/kernels.rs has the measured times).
 const LINES: &[Line] = &[
     Line {
         name: "5.10",
+        arch: "amd64",
         suites: &["bullseye-security"],
         prefix: "5.10.",
     },
     Line {
         name: "6.1",
+        arch: "amd64",
         suites: &["bookworm-security"],
         prefix: "6.1.",
     },
     Line {
         name: "6.12",
+        arch: "amd64",
         suites: &["bookworm-backports", "trixie", "trixie-security"],
         prefix: "6.12.",
     },
     Line {
         name: "newest",
+        arch: "amd64",
         suites: &["trixie-backports", "sid"],
         prefix: "",
+    },
+    Line {
+        name: "6.1-arm64",
+        arch: "arm64",
+        suites: &["bookworm-security"],
+        prefix: "6.1.",
     },
 ];
 
@@ -81,15 +98,31 @@ pub(crate) fn fetch() -> Result<()> {
         .iter()
         .filter(|l| !kernels_dir().join(l.name).join("package").is_file())
         .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let apt = PrivateApt::new()?;
-    apt.update()?;
-    for line in missing {
-        fetch_line(&apt, line).with_context(|| format!("kernel line {}", line.name))?;
+    let mut archs: Vec<&str> = missing.iter().map(|l| l.arch).collect();
+    archs.dedup();
+    for arch in archs {
+        let apt = PrivateApt::new(arch, &suites(arch))?;
+        apt.update()?;
+        for line in missing.iter().filter(|l| l.arch == arch) {
+            fetch_line(&apt, line).with_context(|| format!("kernel line {}", line.name))?;
+        }
     }
     Ok(())
+}
+
+/// The suites of `arch`'s lines, and of the arm64 guest's userland (one index for both).
+pub(crate) fn suites(arch: &str) -> Vec<&'static str> {
+    let mut suites: Vec<&str> = LINES
+        .iter()
+        .filter(|l| l.arch == arch)
+        .flat_map(|l| l.suites.iter().copied())
+        .collect();
+    if arch == crate::sysroot::ARCH {
+        suites.extend(crate::sysroot::SUITES);
+    }
+    suites.sort();
+    suites.dedup();
+    suites
 }
 
 fn fetch_line(apt: &PrivateApt, line: &Line) -> Result<()> {
@@ -105,7 +138,8 @@ fn fetch_line(apt: &PrivateApt, line: &Line) -> Result<()> {
     let _ = fs::remove_dir_all(&work);
     let unpacked = work.join("deb");
     fs::create_dir_all(&unpacked)?;
-    for deb in apt.download(&packages, &version, &work)? {
+    let specs: Vec<String> = packages.iter().map(|p| format!("{p}={version}")).collect();
+    for deb in apt.download(&specs, &work)? {
         crate::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
         fs::remove_file(&deb)?;
     }
@@ -121,7 +155,7 @@ fn fetch_line(apt: &PrivateApt, line: &Line) -> Result<()> {
 fn newest(apt: &PrivateApt, line: &Line) -> Result<(String, String, String)> {
     let mut best: Option<(String, String, String)> = None;
     for suite in line.suites {
-        let Some((version, image)) = apt.metapackage(suite)? else {
+        let Some((version, image)) = apt.metapackage(line.arch, suite)? else {
             continue;
         };
         if !version.starts_with(line.prefix) {
@@ -137,7 +171,8 @@ fn newest(apt: &PrivateApt, line: &Line) -> Result<(String, String, String)> {
     }
     best.with_context(|| {
         format!(
-            "no {METAPACKAGE} {}* in {}",
+            "no {} {}* in {}",
+            metapackage(line.arch),
             line.prefix,
             line.suites.join(", ")
         )
@@ -190,30 +225,38 @@ fn single_entry(dir: &Path) -> Result<String> {
     }
 }
 
-/// apt-get and apt-cache on a sources list, index and cache of their own under `.tools/apt/`.
-struct PrivateApt {
+/// apt-get and apt-cache on a sources list, index and cache of their own, one per architecture:
+/// `.tools/apt/` (amd64) and `.tools/apt-<arch>/`, whose apt takes `<arch>` for its native
+/// architecture (the machine's dpkg architectures are never changed).
+pub(crate) struct PrivateApt {
     dir: PathBuf,
+    arch: String,
 }
 
 impl PrivateApt {
-    fn new() -> Result<Self> {
-        let dir = tools_dir().join("apt");
+    pub(crate) fn new(arch: &str, suites: &[&str]) -> Result<Self> {
+        let dir = match arch {
+            "amd64" => tools_dir().join("apt"),
+            _ => tools_dir().join(format!("apt-{arch}")),
+        };
         fs::create_dir_all(dir.join("lists/partial"))?;
         fs::create_dir_all(dir.join("cache/archives/partial"))?;
-        let mut suites: Vec<&str> = LINES
-            .iter()
-            .flat_map(|l| l.suites.iter().copied())
-            .collect();
-        suites.sort();
-        suites.dedup();
         // Packages indexes only: the machine's apt.conf.d may add DEP-11 and Contents targets,
         // which would triple the download (60 MB instead of 20 for all suites, measured).
         let list: String = suites
             .iter()
-            .map(|s| format!("deb [arch=amd64 target=Packages] {} {s} main\n", archive(s)))
+            .map(|s| {
+                format!(
+                    "deb [arch={arch} target=Packages] {} {s} main\n",
+                    archive(s)
+                )
+            })
             .collect();
         fs::write(dir.join("sources.list"), list)?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            arch: arch.to_string(),
+        })
     }
 
     /// The options that make apt use nothing of the machine's package state.
@@ -230,20 +273,27 @@ impl PrivateApt {
             ("Dir::Cache", d("cache")),
             // Root downloads into a directory _apt cannot write: say so once, not per file.
             ("APT::Sandbox::User", "root".into()),
+            // Plain names mean this architecture's packages, Depends resolve within it.
+            ("APT::Architecture", self.arch.clone()),
+            ("APT::Architectures", self.arch.clone()),
         ] {
             cmd.arg("-o").arg(format!("{key}={value}"));
         }
         cmd
     }
 
-    fn update(&self) -> Result<()> {
-        eprintln!("setup: reading Debian's kernel indexes (private apt configuration)");
+    pub(crate) fn update(&self) -> Result<()> {
+        eprintln!(
+            "setup: reading Debian's {} indexes (private apt configuration)",
+            self.arch
+        );
         crate::run(self.command("apt-get").args(["-qq", "update"]))
     }
 
-    /// `METAPACKAGE` in `suite`: (version, the image package it depends on); None if absent.
-    fn metapackage(&self, suite: &str) -> Result<Option<(String, String)>> {
-        let Some(fields) = self.show(&format!("{METAPACKAGE}/{suite}"))? else {
+    /// The cloud metapackage in `suite`: (version, the image package it depends on); None if
+    /// absent.
+    fn metapackage(&self, arch: &str, suite: &str) -> Result<Option<(String, String)>> {
+        let Some(fields) = self.show(&format!("{}/{suite}", metapackage(arch)))? else {
             return Ok(None);
         };
         let version = field(&fields, "Version").context("no Version field")?;
@@ -272,7 +322,7 @@ impl PrivateApt {
     }
 
     /// `apt-cache show` of one version; None if apt knows no such package.
-    fn show(&self, what: &str) -> Result<Option<String>> {
+    pub(crate) fn show(&self, what: &str) -> Result<Option<String>> {
         let out = self
             .command("apt-cache")
             .args(["show", "--no-all-versions", what])
@@ -284,13 +334,13 @@ impl PrivateApt {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
     }
 
-    /// Downloads `package=version` of each package into `dir`; returns the .debs' paths.
-    fn download(&self, packages: &[String], version: &str, dir: &Path) -> Result<Vec<PathBuf>> {
+    /// Downloads each package (`name` or `name=version`) into `dir`, which holds no other .deb;
+    /// returns the .debs' paths.
+    pub(crate) fn download(&self, packages: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
         let mut cmd = self.command("apt-get");
-        cmd.current_dir(dir).args(["-qq", "download"]);
-        for p in packages {
-            cmd.arg(format!("{p}={version}"));
-        }
+        cmd.current_dir(dir)
+            .args(["-qq", "download"])
+            .args(packages);
         crate::run(&mut cmd)?;
         let debs: Vec<PathBuf> = fs::read_dir(dir)?
             .filter_map(|e| e.ok())
@@ -308,7 +358,7 @@ impl PrivateApt {
 }
 
 /// A field of one `apt-cache show` record.
-fn field(record: &str, name: &str) -> Option<String> {
+pub(crate) fn field(record: &str, name: &str) -> Option<String> {
     record.lines().find_map(|l| {
         l.strip_prefix(name)
             .and_then(|rest| rest.strip_prefix(':'))
@@ -317,7 +367,7 @@ fn field(record: &str, name: &str) -> Option<String> {
 }
 
 /// The package names of Depends, alternatives included ("a (= 1), b | c" gives a, b, c).
-fn depends(record: &str) -> Vec<String> {
+pub(crate) fn depends(record: &str) -> Vec<String> {
     field(record, "Depends")
         .unwrap_or_default()
         .split([',', '|'])

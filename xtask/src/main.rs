@@ -6,6 +6,7 @@ mod debs;
 mod dist;
 mod kernels;
 mod setup;
+mod sysroot;
 
 use std::{
     env,
@@ -21,7 +22,8 @@ usage: cargo xtask <task>
   lab [--keep]     build enipin and run the seed scenario in throwaway namespaces
   test             setup, dist, then the whole test suite (unit, eBPF test-run, namespaces,
                    lab, the artifacts installed and run, Debian's kernels in QEMU)
-  dist             static binary tarball, .deb, .rpm and OCI image into target/dist/
+  dist             x86_64 and arm64 static tarballs, .debs, .rpms and one OCI image index
+                   (amd64 + arm64) into target/dist/
   bench [--quick]  the benchmark: datapath cost, throughput ratios, control plane; writes bench/
 ";
 

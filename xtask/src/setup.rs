@@ -61,12 +61,20 @@ const PACKAGES: &[(&str, &str)] = &[
     // tests/tests/kernels.rs boots Debian's kernels under TCG with an initramfs of busybox, dash
     // and the tools above; depmod indexes the fetched modules (see kernels.rs).
     ("qemu-system-x86_64", "qemu-system-x86"),
+    // The arm64 line (qemu-system-aarch64 -M virt, TCG): its userland comes from Debian's arm64
+    // packages (xtask/src/sysroot.rs), whose libraries readelf lists (no ldd for foreign ELF).
+    ("qemu-system-aarch64", "qemu-system-arm"),
+    ("readelf", "binutils"),
     ("busybox", "busybox-static"),
     ("dash", "dash"),
     ("depmod", "kmod"),
 ];
 /// The static binary's target (no libc on the host needed: the tarball, the packages, the image).
 pub(crate) const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+/// The same for Graviton. It links with the toolchain's own rust-lld and the target's
+/// self-contained musl objects (crt1.o, libc.a, libunwind.a ship with `rustup target add`): no
+/// C cross compiler, no C dependency in the tree (xtask/src/dist.rs sets the linker).
+pub(crate) const ARM64_TARGET: &str = "aarch64-unknown-linux-musl";
 /// Cargo subcommands that build the .deb and the .rpm: (crate, version), into .tools/bin.
 const CARGO_TOOLS: &[(&str, &str)] = &[("cargo-deb", "3.8.0"), ("cargo-generate-rpm", "0.21.1")];
 /// Validates the Kubernetes manifests against schemas shipped in the package (offline).
@@ -87,10 +95,11 @@ pub(crate) fn run() -> Result<()> {
     step("Debian packages", packages)?;
     step("eBPF toolchain", nightly)?;
     step("bpf-linker", bpf_linker)?;
-    step("musl target", musl_target)?;
+    step("musl targets", musl_targets)?;
     step("cargo-deb and cargo-generate-rpm", cargo_tools)?;
     step("kubernetes-validate", kubernetes_validate)?;
     step("kernels of the matrix", crate::kernels::fetch)?;
+    step("arm64 guest userland", crate::sysroot::fetch)?;
     step("kustomize and cloud-init", crate::debs::fetch)?;
     step("Prometheus Operator CRD schemas", crd_schemas)?;
     eprintln!("setup: ready in {:.1} s", started.elapsed().as_secs_f64());
@@ -155,24 +164,25 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     apt(&args)
 }
 
-/// The user-space toolchain (rust-toolchain.toml) with the musl standard library.
-fn musl_target() -> Result<()> {
+/// The user-space toolchain (rust-toolchain.toml) with the musl standard libraries.
+fn musl_targets() -> Result<()> {
     let installed = Command::new("rustup")
         .current_dir(root())
         .args(["target", "list", "--installed"])
         .output()
         .context("running rustup")?;
-    if String::from_utf8_lossy(&installed.stdout)
-        .lines()
-        .any(|l| l.trim() == MUSL_TARGET)
-    {
-        return Ok(());
+    let installed = String::from_utf8_lossy(&installed.stdout);
+    for target in [MUSL_TARGET, ARM64_TARGET] {
+        if installed.lines().any(|l| l.trim() == target) {
+            continue;
+        }
+        crate::run(
+            Command::new("rustup")
+                .current_dir(root())
+                .args(["target", "add", target]),
+        )?;
     }
-    crate::run(
-        Command::new("rustup")
-            .current_dir(root())
-            .args(["target", "add", MUSL_TARGET]),
-    )
+    Ok(())
 }
 
 fn cargo_tools() -> Result<()> {
