@@ -38,17 +38,18 @@ pub(crate) fn compute(d: &Discovery, managed: &[ManagedInterface], cfg: &Config)
 
 fn routing(d: &Discovery, managed: &[ManagedInterface], cfg: &Config) -> Result<Plan> {
     let (have_rules, have_routes) = plan::installed(d);
-    if !cfg.rules {
-        // The layer is off: what it installed goes (`layers.rules = false` + SIGHUP, `attach
-        // --no-rules` after a full attach); the sysctls stay recorded for `detach`.
-        return Ok(plan::diff(&[], &[], &have_rules, &have_routes, Vec::new()));
-    }
-    let (want_rules, want_routes) = plan::desired(managed, cfg);
+    // The sysctls serve the datapath too (`Config::sysctls`): planned with either layer.
     let sysctls = if cfg.sysctls {
         sysctls(d, managed)?
     } else {
         Vec::new()
     };
+    if !cfg.rules {
+        // The layer is off: what it installed goes (`layers.rules = false` + SIGHUP, `attach
+        // --no-rules` after a full attach).
+        return Ok(plan::diff(&[], &[], &have_rules, &have_routes, sysctls));
+    }
+    let (want_rules, want_routes) = plan::desired(managed, cfg);
     Ok(plan::diff(
         &want_rules,
         &want_routes,

@@ -292,8 +292,11 @@ fn merge(file: File, text: &str, given: Given) -> Settings {
             prefixes: prefixes.into_iter().map(Into::into).collect(),
             rules,
             ebpf,
-            // The sysctls the rules need go with them.
-            sysctls: rules,
+            // The ARP and reverse-path sysctls serve both layers: with the program alone and
+            // stock arp_announce 0, a reply the main table sends out of another ENI first ARPs
+            // there with the owner's address as sender, which the VPC drops, so the reply never
+            // reaches the program (the three-ENI subnets test, with the program alone).
+            sysctls: rules || ebpf,
             mode,
             debug,
             attach,
@@ -400,7 +403,8 @@ mod tests {
         assert_eq!(source(&s, "select.priority"), Source::Flag);
         assert_eq!(s.config.table_base, 20000);
         assert_eq!(source(&s, "select.table-base"), Source::Default);
-        assert!(!s.config.rules && !s.config.sysctls && s.config.ebpf);
+        // The sysctls stay with the datapath: it needs them too.
+        assert!(!s.config.rules && s.config.sysctls && s.config.ebpf);
         assert_eq!(source(&s, "layers.rules"), Source::File { line: 6 });
         assert_eq!(
             (s.interval, source(&s, "watch.interval")),

@@ -300,7 +300,7 @@ fn missing(cfg: &Config, paths: &Paths, managed: &[ManagedInterface]) -> Vec<Str
     if cfg.ebpf {
         out.extend(ebpf::missing(managed, paths).unwrap_or_default());
     }
-    if cfg.rules && cfg.sysctls {
+    if cfg.sysctls {
         for m in managed {
             out.extend(sysctl::drifted(&m.name).unwrap_or_default());
         }
