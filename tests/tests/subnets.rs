@@ -39,6 +39,8 @@ fn every_address_answers(t: &Topology, e: &Enipin, args: &[&str], before: &Snaps
     t.host().ip(&["neigh", "flush", "all"]).unwrap();
     let out = e.ok(args);
     assert!(out.contains("attached"), "{args:?}: {out}");
+    // Attached as planned: status reads back what attach wrote (it exits 1 on drift).
+    e.ok(&["status"]);
     t.peer().ip(&["neigh", "flush", "all"]).unwrap();
     let drops = t.drops().unwrap();
     for src in t.peer_addresses() {

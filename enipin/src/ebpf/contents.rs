@@ -275,7 +275,10 @@ pub(super) fn installed(pins: &Pins) -> Result<State> {
         let array = Array::<_, NextHop>::try_from(map)?;
         for (ifindex, hop) in (0..).zip(array.iter()) {
             let hop = hop?;
-            if hop.table != 0 {
+            // A slot in use has a table (with the rules) or gateways (without): an all-zero one
+            // is empty. Reading only `table` missed every `--no-rules` entry, so status reported
+            // them missing and each reconcile wrote them again.
+            if hop != NextHop::default() {
                 s.next_hops.insert(ifindex, hop);
             }
         }
