@@ -1,7 +1,7 @@
 //! apt-get and apt-cache on a sources list, index and cache of their own under `.tools/`: the
-//! machine's own sources and package state are never read nor changed. The same options as
-//! kernels.rs's configuration for the kernel matrix, for any directory and suites (debs.rs);
-//! kernels.rs can move onto it once the arm64 matrix, which changes that file, has landed.
+//! machine's own sources, package state and dpkg architectures are never read nor changed. One
+//! configuration per use: the kernel matrix's (`.tools/apt/`, `.tools/apt-arm64/`), the arm64
+//! guest's userland (sharing the latter), the deploy recipes' checkers (`.tools/apt-tools/`).
 
 use std::{
     fs,
@@ -20,26 +20,34 @@ fn archive(suite: &str) -> &'static str {
     }
 }
 
+/// apt-get and apt-cache on a sources list, index and cache of their own in a directory, whose
+/// apt takes `arch` for its native architecture.
 pub(crate) struct PrivateApt {
     dir: PathBuf,
+    arch: String,
 }
 
 impl PrivateApt {
-    /// A configuration in `dir` reading `main` of `suites` for amd64.
-    pub(crate) fn new(dir: PathBuf, suites: &[&str]) -> Result<Self> {
+    /// A configuration in `dir` reading `main` of `suites` for `arch`.
+    pub(crate) fn new(dir: PathBuf, arch: &str, suites: &[&str]) -> Result<Self> {
         fs::create_dir_all(dir.join("lists/partial"))?;
         fs::create_dir_all(dir.join("cache/archives/partial"))?;
-        let mut suites = suites.to_vec();
-        suites.sort();
-        suites.dedup();
         // Packages indexes only: the machine's apt.conf.d may add DEP-11 and Contents targets,
         // which would triple the download (60 MB instead of 20 for all suites, measured).
         let list: String = suites
             .iter()
-            .map(|s| format!("deb [arch=amd64 target=Packages] {} {s} main\n", archive(s)))
+            .map(|s| {
+                format!(
+                    "deb [arch={arch} target=Packages] {} {s} main\n",
+                    archive(s)
+                )
+            })
             .collect();
         fs::write(dir.join("sources.list"), list)?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            arch: arch.to_string(),
+        })
     }
 
     /// The options that make apt use nothing of the machine's package state.
@@ -56,6 +64,9 @@ impl PrivateApt {
             ("Dir::Cache", d("cache")),
             // Root downloads into a directory _apt cannot write: say so once, not per file.
             ("APT::Sandbox::User", "root".into()),
+            // Plain names mean this architecture's packages, Depends resolve within it.
+            ("APT::Architecture", self.arch.clone()),
+            ("APT::Architectures", self.arch.clone()),
         ] {
             cmd.arg("-o").arg(format!("{key}={value}"));
         }
@@ -63,7 +74,10 @@ impl PrivateApt {
     }
 
     pub(crate) fn update(&self, what: &str) -> Result<()> {
-        eprintln!("setup: reading Debian's indexes for {what} (private apt configuration)");
+        eprintln!(
+            "setup: reading Debian's {} indexes for {what} (private apt configuration)",
+            self.arch
+        );
         crate::run(self.command("apt-get").args(["-qq", "update"]))
     }
 
@@ -80,18 +94,13 @@ impl PrivateApt {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
     }
 
-    /// Downloads `package=version` of each package into `dir`; returns the .debs' paths.
-    pub(crate) fn download(
-        &self,
-        packages: &[String],
-        version: &str,
-        dir: &Path,
-    ) -> Result<Vec<PathBuf>> {
+    /// Downloads each package (`name` or `name=version`) into `dir`, which holds no other .deb;
+    /// returns the .debs' paths.
+    pub(crate) fn download(&self, packages: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
         let mut cmd = self.command("apt-get");
-        cmd.current_dir(dir).args(["-qq", "download"]);
-        for p in packages {
-            cmd.arg(format!("{p}={version}"));
-        }
+        cmd.current_dir(dir)
+            .args(["-qq", "download"])
+            .args(packages);
         crate::run(&mut cmd)?;
         let debs: Vec<PathBuf> = fs::read_dir(dir)?
             .filter_map(|e| e.ok())
@@ -115,4 +124,14 @@ pub(crate) fn field(record: &str, name: &str) -> Option<String> {
             .and_then(|rest| rest.strip_prefix(':'))
             .map(|v| v.trim().to_string())
     })
+}
+
+/// The package names of Depends, alternatives included ("a (= 1), b | c" gives a, b, c).
+pub(crate) fn depends(record: &str) -> Vec<String> {
+    field(record, "Depends")
+        .unwrap_or_default()
+        .split([',', '|'])
+        .filter_map(|d| d.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
 }

@@ -48,7 +48,7 @@ pub(crate) fn fetch() -> Result<()> {
         .collect();
     if !missing.is_empty() {
         let suites: Vec<&str> = TOOLS.iter().map(|(_, s)| *s).collect();
-        let apt = PrivateApt::new(tools_dir().join("apt-tools"), &suites)?;
+        let apt = PrivateApt::new(tools_dir().join("apt-tools"), "amd64", &suites)?;
         apt.update("kustomize and cloud-init")?;
         for (package, suite) in missing {
             unpack(&apt, package, suite).with_context(|| format!("{package} from {suite}"))?;
@@ -68,7 +68,7 @@ fn unpack(apt: &PrivateApt, package: &str, suite: &str) -> Result<()> {
     let work = debs_dir().join(format!("{package}.partial"));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
-    for deb in apt.download(&[package.to_string()], &version, &work)? {
+    for deb in apt.download(&[format!("{package}={version}")], &work)? {
         crate::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&work))?;
         fs::remove_file(&deb)?;
     }

@@ -19,7 +19,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::setup::tools_dir;
+use crate::{
+    apt::{PrivateApt, depends, field},
+    setup::tools_dir,
+};
 
 /// One line of the matrix: the newest `linux-image-cloud-<arch>` among `suites` whose version
 /// starts with `prefix`.
@@ -34,7 +37,7 @@ struct Line {
 
 /// Debian's cloud flavour (no 9p, no virtiofs, but everything the lab needs as modules). The
 /// metapackage depends on the one image package of its version (signed; it carries the same
-/// modules as the `-unsigned` one): see [`PrivateApt::image_packages`].
+/// modules as the `-unsigned` one): see [`image_packages`].
 fn metapackage(arch: &str) -> String {
     format!("linux-image-cloud-{arch}")
 }
@@ -79,17 +82,18 @@ const LINES: &[Line] = &[
     },
 ];
 
-/// The archive of each suite: the security suites have their own host.
-fn archive(suite: &str) -> &'static str {
-    if suite.ends_with("-security") {
-        "http://security.debian.org/debian-security"
-    } else {
-        "http://deb.debian.org/debian"
-    }
-}
-
 pub(crate) fn kernels_dir() -> PathBuf {
     tools_dir().join("kernels")
+}
+
+/// The private apt of `arch`'s lines and guest userland: `.tools/apt/` (amd64) and
+/// `.tools/apt-<arch>/`, whose index holds every suite of [`suites`].
+pub(crate) fn apt(arch: &str) -> Result<PrivateApt> {
+    let dir = match arch {
+        "amd64" => tools_dir().join("apt"),
+        _ => tools_dir().join(format!("apt-{arch}")),
+    };
+    PrivateApt::new(dir, arch, &suites(arch))
 }
 
 /// The setup step: fetches every line not fetched yet.
@@ -101,8 +105,8 @@ pub(crate) fn fetch() -> Result<()> {
     let mut archs: Vec<&str> = missing.iter().map(|l| l.arch).collect();
     archs.dedup();
     for arch in archs {
-        let apt = PrivateApt::new(arch, &suites(arch))?;
-        apt.update()?;
+        let apt = apt(arch)?;
+        apt.update(&format!("the {arch} kernels"))?;
         for line in missing.iter().filter(|l| l.arch == arch) {
             fetch_line(&apt, line).with_context(|| format!("kernel line {}", line.name))?;
         }
@@ -127,7 +131,7 @@ pub(crate) fn suites(arch: &str) -> Vec<&'static str> {
 
 fn fetch_line(apt: &PrivateApt, line: &Line) -> Result<()> {
     let (suite, version, image) = newest(apt, line)?;
-    let packages = apt.image_packages(&image, &version)?;
+    let packages = image_packages(apt, &image, &version)?;
     eprintln!(
         "setup: kernel {}: {} {version} from {suite}",
         line.name,
@@ -155,7 +159,7 @@ fn fetch_line(apt: &PrivateApt, line: &Line) -> Result<()> {
 fn newest(apt: &PrivateApt, line: &Line) -> Result<(String, String, String)> {
     let mut best: Option<(String, String, String)> = None;
     for suite in line.suites {
-        let Some((version, image)) = apt.metapackage(line.arch, suite)? else {
+        let Some((version, image)) = cloud_metapackage(apt, line.arch, suite)? else {
             continue;
         };
         if !version.starts_with(line.prefix) {
@@ -225,153 +229,37 @@ fn single_entry(dir: &Path) -> Result<String> {
     }
 }
 
-/// apt-get and apt-cache on a sources list, index and cache of their own, one per architecture:
-/// `.tools/apt/` (amd64) and `.tools/apt-<arch>/`, whose apt takes `<arch>` for its native
-/// architecture (the machine's dpkg architectures are never changed).
-pub(crate) struct PrivateApt {
-    dir: PathBuf,
-    arch: String,
+/// The cloud metapackage in `suite`: (version, the image package it depends on); None if
+/// absent.
+fn cloud_metapackage(
+    apt: &PrivateApt,
+    arch: &str,
+    suite: &str,
+) -> Result<Option<(String, String)>> {
+    let Some(fields) = apt.show(&format!("{}/{suite}", metapackage(arch)))? else {
+        return Ok(None);
+    };
+    let version = field(&fields, "Version").context("no Version field")?;
+    let image = depends(&fields)
+        .into_iter()
+        .find(|d| d.starts_with("linux-image-"))
+        .context("the metapackage depends on no linux-image-*")?;
+    Ok(Some((version, image)))
 }
 
-impl PrivateApt {
-    pub(crate) fn new(arch: &str, suites: &[&str]) -> Result<Self> {
-        let dir = match arch {
-            "amd64" => tools_dir().join("apt"),
-            _ => tools_dir().join(format!("apt-{arch}")),
-        };
-        fs::create_dir_all(dir.join("lists/partial"))?;
-        fs::create_dir_all(dir.join("cache/archives/partial"))?;
-        // Packages indexes only: the machine's apt.conf.d may add DEP-11 and Contents targets,
-        // which would triple the download (60 MB instead of 20 for all suites, measured).
-        let list: String = suites
-            .iter()
-            .map(|s| {
-                format!(
-                    "deb [arch={arch} target=Packages] {} {s} main\n",
-                    archive(s)
-                )
-            })
-            .collect();
-        fs::write(dir.join("sources.list"), list)?;
-        Ok(Self {
-            dir,
-            arch: arch.to_string(),
-        })
-    }
-
-    /// The options that make apt use nothing of the machine's package state.
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        let d = |sub: &str| self.dir.join(sub).display().to_string();
-        for (key, value) in [
-            ("Dir::Etc::SourceList", d("sources.list")),
-            ("Dir::Etc::SourceParts", "/dev/null".into()),
-            ("Dir::Etc::Preferences", "/dev/null".into()),
-            ("Dir::Etc::PreferencesParts", "/dev/null".into()),
-            ("Dir::State::Lists", d("lists")),
-            ("Dir::State::status", "/dev/null".into()),
-            ("Dir::Cache", d("cache")),
-            // Root downloads into a directory _apt cannot write: say so once, not per file.
-            ("APT::Sandbox::User", "root".into()),
-            // Plain names mean this architecture's packages, Depends resolve within it.
-            ("APT::Architecture", self.arch.clone()),
-            ("APT::Architectures", self.arch.clone()),
-        ] {
-            cmd.arg("-o").arg(format!("{key}={value}"));
-        }
-        cmd
-    }
-
-    pub(crate) fn update(&self) -> Result<()> {
-        eprintln!(
-            "setup: reading Debian's {} indexes (private apt configuration)",
-            self.arch
-        );
-        crate::run(self.command("apt-get").args(["-qq", "update"]))
-    }
-
-    /// The cloud metapackage in `suite`: (version, the image package it depends on); None if
-    /// absent.
-    fn metapackage(&self, arch: &str, suite: &str) -> Result<Option<(String, String)>> {
-        let Some(fields) = self.show(&format!("{}/{suite}", metapackage(arch)))? else {
-            return Ok(None);
-        };
-        let version = field(&fields, "Version").context("no Version field")?;
-        let image = depends(&fields)
+/// The image package and the packages of the same kernel it depends on: up to 6.18 the image
+/// holds everything; from 6.19 it is empty and depends on `linux-binary-<abi>` (vmlinuz),
+/// `linux-modules-<abi>` and `linux-base-<abi>` (modules.order, modules.builtin).
+fn image_packages(apt: &PrivateApt, image: &str, version: &str) -> Result<Vec<String>> {
+    let fields = apt
+        .show(&format!("{image}={version}"))?
+        .with_context(|| format!("{image} {version} is not in the index"))?;
+    let abi = image.strip_prefix("linux-image-").unwrap_or(image);
+    let mut packages = vec![image.to_string()];
+    packages.extend(
+        depends(&fields)
             .into_iter()
-            .find(|d| d.starts_with("linux-image-"))
-            .context("the metapackage depends on no linux-image-*")?;
-        Ok(Some((version, image)))
-    }
-
-    /// The image package and the packages of the same kernel it depends on: up to 6.18 the image
-    /// holds everything; from 6.19 it is empty and depends on `linux-binary-<abi>` (vmlinuz),
-    /// `linux-modules-<abi>` and `linux-base-<abi>` (modules.order, modules.builtin).
-    fn image_packages(&self, image: &str, version: &str) -> Result<Vec<String>> {
-        let fields = self
-            .show(&format!("{image}={version}"))?
-            .with_context(|| format!("{image} {version} is not in the index"))?;
-        let abi = image.strip_prefix("linux-image-").unwrap_or(image);
-        let mut packages = vec![image.to_string()];
-        packages.extend(
-            depends(&fields)
-                .into_iter()
-                .filter(|d| d.starts_with("linux-") && d.ends_with(&format!("-{abi}"))),
-        );
-        Ok(packages)
-    }
-
-    /// `apt-cache show` of one version; None if apt knows no such package.
-    pub(crate) fn show(&self, what: &str) -> Result<Option<String>> {
-        let out = self
-            .command("apt-cache")
-            .args(["show", "--no-all-versions", what])
-            .output()
-            .context("running apt-cache")?;
-        Ok(out
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
-    }
-
-    /// Downloads each package (`name` or `name=version`) into `dir`, which holds no other .deb;
-    /// returns the .debs' paths.
-    pub(crate) fn download(&self, packages: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
-        let mut cmd = self.command("apt-get");
-        cmd.current_dir(dir)
-            .args(["-qq", "download"])
-            .args(packages);
-        crate::run(&mut cmd)?;
-        let debs: Vec<PathBuf> = fs::read_dir(dir)?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "deb"))
-            .collect();
-        if debs.len() != packages.len() {
-            bail!(
-                "apt-get download left {} .debs for {packages:?}",
-                debs.len()
-            );
-        }
-        Ok(debs)
-    }
-}
-
-/// A field of one `apt-cache show` record.
-pub(crate) fn field(record: &str, name: &str) -> Option<String> {
-    record.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .and_then(|rest| rest.strip_prefix(':'))
-            .map(|v| v.trim().to_string())
-    })
-}
-
-/// The package names of Depends, alternatives included ("a (= 1), b | c" gives a, b, c).
-pub(crate) fn depends(record: &str) -> Vec<String> {
-    field(record, "Depends")
-        .unwrap_or_default()
-        .split([',', '|'])
-        .filter_map(|d| d.split_whitespace().next())
-        .map(str::to_string)
-        .collect()
+            .filter(|d| d.starts_with("linux-") && d.ends_with(&format!("-{abi}"))),
+    );
+    Ok(packages)
 }

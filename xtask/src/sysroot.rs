@@ -12,7 +12,7 @@ use std::{collections::BTreeSet, fs, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use crate::{kernels::PrivateApt, setup::tools_dir};
+use crate::{apt::PrivateApt, setup::tools_dir};
 
 /// Debian's name of the guest's architecture.
 pub(crate) const ARCH: &str = "arm64";
@@ -44,8 +44,8 @@ pub(crate) fn fetch() -> Result<()> {
     if dest.join("packages").is_file() {
         return Ok(());
     }
-    let apt = PrivateApt::new(ARCH, &crate::kernels::suites(ARCH))?;
-    apt.update()?;
+    let apt = crate::kernels::apt(ARCH)?;
+    apt.update(&format!("the {ARCH} guest userland"))?;
     let closure = closure(&apt)?;
     eprintln!("setup: {ARCH} guest userland: {} packages", closure.len());
     let work = tools_dir().join(format!("sysroot-{ARCH}.partial"));
@@ -93,7 +93,7 @@ fn closure(apt: &PrivateApt) -> Result<BTreeSet<String>> {
 fn library_depends(record: &str) -> Vec<String> {
     ["Pre-Depends", "Depends"]
         .iter()
-        .filter_map(|f| crate::kernels::field(record, f))
+        .filter_map(|f| crate::apt::field(record, f))
         .flat_map(|v| {
             v.split(',')
                 .filter_map(|clause| clause.split('|').next())
