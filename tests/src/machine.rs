@@ -261,12 +261,7 @@ impl Machine {
     /// reboot keeps (the root file system: /etc, the units enabled) and what it does not (the
     /// kernel's state: the caller gives a fresh namespace and bpffs).
     pub fn reboot(&mut self, ns: &str, bpffs: &Path) {
-        let status = self.power_off();
-        assert!(
-            status.success(),
-            "systemd-nspawn: {status}:\n{}",
-            self.console()
-        );
+        self.power_off();
         self.cleanup();
         let (nspawn, name, cgroups) = spawn(self.dir.path(), &self.usr, ns, bpffs, &self.log);
         (self.nspawn, self.name, self.cgroups) = (nspawn, name, cgroups);
@@ -417,13 +412,18 @@ impl Machine {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `systemctl poweroff`, then nspawn's exit (at most 30 s): its status.
-    pub fn power_off(&mut self) -> std::process::ExitStatus {
+    /// `systemctl poweroff`, then nspawn's exit (at most 30 s), which must be a success.
+    pub fn power_off(&mut self) {
         self.ok(&["systemctl", "poweroff", "--no-block"]);
         let t = Instant::now();
         loop {
             if let Some(status) = self.nspawn.try_wait().unwrap() {
-                return status;
+                assert!(
+                    status.success(),
+                    "systemd-nspawn: {status}:\n{}",
+                    self.console()
+                );
+                return;
             }
             assert!(
                 t.elapsed() < Duration::from_secs(30),

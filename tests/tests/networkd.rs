@@ -718,12 +718,7 @@ fn beside_a_real_networkd_no_trigger_tears_enforcement_down_and_restores_are_cou
 
     m.ok(&["systemctl", "stop", UNIT]);
     m.ok(&["enipin", "detach"]);
-    let status = m.power_off();
-    assert!(
-        status.success(),
-        "systemd-nspawn: {status}:\n{}",
-        m.console()
-    );
+    m.power_off();
     // Again in one piece: the rows above interleave with other tests' output.
     for row in &rows {
         print(&row.to_string());

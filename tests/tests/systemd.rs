@@ -162,12 +162,7 @@ fn the_unit_under_systemd_pins_replies_signals_ready_its_stop_leaves_enforcement
     );
     m.ok(&["systemctl", "stop", UNIT]);
     m.ok(&["enipin", "detach"]);
-    let status = m.power_off();
-    assert!(
-        status.success(),
-        "systemd-nspawn: {status}:\n{}",
-        m.console()
-    );
+    m.power_off();
 }
 
 /// `ping -i 0.01` from the peer to the secondary, `count` probes (at most `count / 100 + 2` s).
@@ -267,10 +262,5 @@ fn removing_the_package_detaches_and_an_upgrade_keeps_enforcement() {
     );
     m.ok(&["dpkg", "-P", "enipin"]);
     assert!(!root.join("etc/enipin").exists(), "purge left /etc/enipin");
-    let status = m.power_off();
-    assert!(
-        status.success(),
-        "systemd-nspawn: {status}:\n{}",
-        m.console()
-    );
+    m.power_off();
 }
