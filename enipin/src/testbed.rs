@@ -125,20 +125,12 @@ impl Netns {
             .output()
             .context("spawning ping (cargo xtask setup installs iputils-ping)")?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .find(|l| l.contains("transmitted"))
-            .with_context(|| {
-                format!(
-                    "no ping summary: {text}{}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            })?;
-        let nums: Vec<u32> = line
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|s| s.parse().ok())
-            .collect();
-        Ok((nums[0], nums[1]))
+        ping_summary(&text).with_context(|| {
+            format!(
+                "no ping summary: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
     }
 
     /// A veth pair with both ends inside this namespace, both up (the program's "ENIs" when it
@@ -381,4 +373,15 @@ pub fn enipin_command(bin: &Path, ns: &str, paths: &Paths, args: &[&str]) -> Com
     cmd.arg("--state-dir").arg(&paths.state_dir);
     cmd.args(args);
     cmd
+}
+
+/// (sent, received) from ping's summary line in its output (`200 packets transmitted, 198
+/// received, ...`); the one reading of it for the lab, the tests and the benchmark.
+#[cfg(feature = "testing")]
+pub fn ping_summary(stdout: &str) -> Option<(u32, u32)> {
+    let line = stdout.lines().find(|l| l.contains("transmitted"))?;
+    let mut nums = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok());
+    Some((nums.next()?, nums.next()?))
 }

@@ -217,13 +217,9 @@ fn a_watch_killed_and_restarted_under_pings_every_10_ms_loses_none() {
     let _ = watch.kill();
     let _ = watch.wait();
     let text = String::from_utf8_lossy(&out.stdout);
-    let nums: Vec<u32> = text
-        .lines()
-        .find(|l| l.contains("transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary: {text}"))
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|s| s.parse().ok())
-        .collect();
+    let (sent, received) = enipin_tests::testbed::ping_summary(&text)
+        .unwrap_or_else(|| panic!("no ping summary: {text}"));
+    let nums = [sent, received];
     eprintln!(
         "watch killed and restarted {restarts} times: {} of {} pings answered",
         nums[1], nums[0]

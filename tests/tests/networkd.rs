@@ -482,12 +482,9 @@ fn window(m: &Machine, topo: &Topology, trigger: Trigger, s: &Setup, version: u3
 fn received(ping: Child) -> u32 {
     let out = ping.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| {
-            let (_, rest) = l.split_once(" transmitted, ")?;
-            rest.split_once(' ')?.0.parse().ok()
-        })
+    enipin_tests::testbed::ping_summary(&text)
         .unwrap_or_else(|| panic!("no summary from ping:\n{text}"))
+        .1
 }
 
 fn fire(m: &Machine, trigger: Trigger, s: &Setup, version: u32) {

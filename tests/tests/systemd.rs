@@ -180,12 +180,7 @@ fn ping_every_10ms(topo: &Topology, count: u32) -> Child {
 fn ping_summary(child: Child) -> (u32, u32) {
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary:\n{text}"));
-    let n = |i: usize| line.split(", ").nth(i).unwrap().split(' ').next().unwrap();
-    (n(0).parse().unwrap(), n(1).parse().unwrap())
+    enipin_tests::testbed::ping_summary(&text).unwrap_or_else(|| panic!("no ping summary:\n{text}"))
 }
 
 /// The .deb's own life cycle under dpkg and a real systemd: an upgrade (the same package
