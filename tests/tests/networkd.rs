@@ -379,11 +379,12 @@ impl Event {
 #[derive(Clone, Debug)]
 struct Figures {
     /// enipin's rules deleted, by anyone: the watcher itself removes the two rules of an address
-    /// that is gone, and adds them back with it.
+    /// that is gone (and the family's `lookup main` rule when every address is gone at once),
+    /// and adds them back with it.
     deleted_rules: usize,
-    /// Those only networkd deletes: rules of no address that flapped (the `lookup main` ones,
-    /// the other ENI's).
-    by_networkd: usize,
+    /// Those of an ENI whose address stayed: only networkd deletes them, and they were wanted
+    /// throughout, so each must be counted as a restore.
+    of_steady_enis: usize,
     /// How long each ENI's address was gone (`None`: it stayed).
     flap_ms: [Option<f64>; 2],
     /// From the first deletion (an address, enipin's rule or route) to the last of enipin's
@@ -425,9 +426,9 @@ impl Figures {
         });
         Self {
             deleted_rules: deleted.len(),
-            by_networkd: deleted
+            of_steady_enis: deleted
                 .iter()
-                .filter(|from| from.is_none_or(|i| flap_ms[i].is_none()))
+                .filter(|from| from.is_some_and(|i| flap_ms[i].is_none()))
                 .count(),
             flap_ms,
             restore_ms,
@@ -538,11 +539,51 @@ fn settle(m: &Machine, topo: &Topology, baseline: &[String]) {
     }
 }
 
+/// The rules the watcher's passes added and removed, summed over its journal: the `rules +5 -2`
+/// of each `reconciled after ...` line.
+fn watcher_rules(m: &Machine) -> [usize; 2] {
+    let mut sum = [0, 0];
+    let journal = m.journal(UNIT);
+    let counts = journal
+        .lines()
+        .filter(|l| l.contains("reconciled after"))
+        .filter_map(|l| l.split_once(" change(s) (")?.1.split_once(')'))
+        .flat_map(|(counts, _)| counts.split(", "))
+        .filter_map(|kind| kind.strip_prefix("rules "));
+    for n in counts.flat_map(str::split_whitespace) {
+        let (i, n) = match n.split_at(1) {
+            ("+", n) => (0, n),
+            ("-", n) => (1, n),
+            _ => continue,
+        };
+        sum[i] += n
+            .parse::<usize>()
+            .unwrap_or_else(|_| panic!("a count in {journal}"));
+    }
+    sum
+}
+
+/// The rules the watcher removed itself in a window: once its passes have added back every rule
+/// deleted in it (at most 3 s), the rise of its removals.
+fn removed_by_watcher(m: &Machine, before: [usize; 2], deleted: usize) -> usize {
+    let t = Instant::now();
+    loop {
+        let now = watcher_rules(m);
+        if now[0] - before[0] >= deleted || t.elapsed() > Duration::from_secs(3) {
+            return now[1] - before[1];
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// One trigger's outcome, as printed.
 struct Row {
     setup: &'static str,
     trigger: Trigger,
     figures: Figures,
+    /// enipin's rules deleted by networkd: all deleted but those the watcher removed itself
+    /// (from its journal), whose passes say exactly what they did.
+    by_networkd: usize,
     /// `enipin_restored_total{kind="rule"}`'s rise (the watcher's; `None` for attach alone).
     counted: Option<u64>,
 }
@@ -558,7 +599,7 @@ impl fmt::Display for Row {
             self.setup,
             self.trigger.to_string(),
             x.deleted_rules,
-            x.by_networkd,
+            self.by_networkd,
             self.counted.map_or("-".to_owned(), |c| c.to_string()),
             ms(x.flap_ms[0]),
             ms(x.flap_ms[1]),
@@ -580,27 +621,25 @@ fn check(row: &Row, s: &Setup, journal: impl Fn() -> String) {
     let x = &row.figures;
     if s.drop_in {
         assert_eq!(
-            x.by_networkd, 0,
+            row.by_networkd, 0,
             "networkd deleted rules despite the drop-in: {row}"
         );
     } else {
         // The premise: with its defaults networkd 252 deletes every foreign rule on these.
         assert!(
-            x.by_networkd > 0,
+            row.by_networkd > 0,
             "networkd deleted none of enipin's rules: {row}"
         );
     }
     if let Some(counted) = row.counted {
-        // Every rule networkd deleted is put back and counted; the watcher's own removals
-        // (an address gone) are not restores. While every ENI's address is gone at once (a
-        // restart flaps both) a pass likely keeps no rule and changes nothing, and what is added
-        // back after is no restore by the counter's definition (1 run in 4: 0 counted, 5 added
-        // back in one pass).
+        // A restore is a rule put back that was wanted throughout: each networkd deleted of an
+        // ENI whose address stayed must be counted, and nothing the watcher removed itself (an
+        // address gone) may be. A rule networkd deleted while its address was gone too is added
+        // back with the address, which is no restore by the counter's definition (a restart
+        // flaps both addresses: 1 run in 4 counted 0 of 5).
         let counted = counted as usize;
-        let all_flapped = x.flap_ms.iter().all(Option::is_some);
-        let least = if all_flapped { 0 } else { x.by_networkd };
         assert!(
-            (least..=x.deleted_rules).contains(&counted),
+            (x.of_steady_enis..=row.by_networkd).contains(&counted),
             "{row}\n{}",
             journal()
         );
@@ -640,7 +679,7 @@ fn round(
     let mut rows = Vec::new();
     for trigger in TRIGGERS {
         *version += 1;
-        let before = s.watch.then(|| restored_rules(topo));
+        let before = s.watch.then(|| (restored_rules(topo), watcher_rules(m)));
         let figures = window(m, topo, trigger, s, *version);
         if !s.watch {
             // Nothing else puts back what networkd removed: the next trigger starts as before.
@@ -648,10 +687,13 @@ fn round(
             m.ok(&["enipin", "attach"]);
         }
         settle(m, topo, baseline);
-        let counted = before.map(|b| restored_rules(topo) - b);
+        let deleted = figures.deleted_rules;
+        let by_watcher = before.map_or(0, |(_, b)| removed_by_watcher(m, b, deleted));
+        let counted = before.map(|(b, _)| restored_rules(topo) - b);
         let row = Row {
             setup: s.name,
             trigger,
+            by_networkd: deleted.saturating_sub(by_watcher),
             figures,
             counted,
         };
