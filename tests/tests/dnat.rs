@@ -5,7 +5,7 @@
 //! that; the TC egress redirect, which sees the translated source, does, and `--connmark` routes
 //! the reply out of its owner in the first place (the connection's mark picks the table).
 
-use enipin_tests::{Enipin, Netns, Spec, Topology, require, testbed};
+use enipin_tests::{EniSpec, Enipin, Netns, Spec, Topology, require, testbed};
 
 #[test]
 fn dnat_reply_on_the_secondary_address_is_fixed_by_the_datapath_only() {
@@ -58,11 +58,16 @@ const CONTAINER: &str = "198.19.1.2";
 /// nftables DNAT of ping to the secondary address (198.18.0.11) onto `to` (the container, or a
 /// local address).
 fn published(to: &str) -> (Topology, Netns) {
-    let topo = Topology::build_with(Spec {
+    let spec = Spec {
         ipv6: false,
         ..Spec::default()
-    })
-    .expect("topology");
+    };
+    published_on(spec, "198.18.0.11", to)
+}
+
+/// [`published`] on the host of `spec`, ping to `addr` DNAT'd.
+fn published_on(spec: Spec, addr: &str, to: &str) -> (Topology, Netns) {
+    let topo = Topology::build_with(spec).expect("topology");
     let host = topo.host();
     let ctr = testbed::container(host, "dnat-ctr-", "198.19.1.1", CONTAINER, 24)
         .expect("container namespace");
@@ -71,7 +76,7 @@ fn published(to: &str) -> (Topology, Netns) {
         "nft -f - <<'EOF'\n\
          table ip publish {{\n\
            chain pre {{ type nat hook prerouting priority dstnat; \
-             ip daddr 198.18.0.11 icmp type echo-request dnat to {to}; }}\n\
+             ip daddr {addr} icmp type echo-request dnat to {to}; }}\n\
          }}\n\
          EOF"
     ))
@@ -234,6 +239,55 @@ fn connmark_routes_the_reply_of_a_connection_dnated_to_a_local_address() {
     );
     assert!(marked() >= 1, "the local DNAT'd replies were not marked");
     enipin.ok(&["detach"]);
+}
+
+/// Issue 23: connmark and the redirect treat an ENI in a subnet of its own like any other. The
+/// service is published on eth1's address, in eth1's own subnet (198.18.11.11/24); the peer is in
+/// eth0's. Rules alone send the container's reply by the main table out of eth0 (its source is
+/// the container's until POSTROUTING), and the vpc drops it. connmark's mark must pick eth1's
+/// table, whose default route is eth1's own gateway (198.18.11.1), and the program alone must
+/// redirect it onto eth1 through that gateway: eth1's subnet does not hold the peer.
+#[test]
+fn a_dnat_reply_on_an_eni_in_its_own_subnet_leaves_by_it() {
+    require();
+    let spec = Spec {
+        ipv6: false,
+        enis: vec![EniSpec::nth(0), EniSpec::in_own_subnet(1)],
+        ..Spec::default()
+    };
+    let (topo, _ctr) = published_on(spec, "198.18.11.11", CONTAINER);
+    let enipin = Enipin::in_ns(topo.host());
+    let drops = || topo.drops().expect("vpc counters").eni("eth0").ip;
+    let sel = ["--interfaces", "eth0,eth1"];
+
+    enipin.ok(&[&["attach", "--no-ebpf"][..], &sel].concat());
+    let before = drops();
+    assert!(
+        !topo.peer().ping("198.18.11.11", 3).unwrap(),
+        "rules alone answered the published service: the scenario does not reproduce"
+    );
+    assert!(drops() > before, "no reply was dropped leaving eth0");
+    enipin.ok(&["detach"]);
+
+    for mode in [&["--no-ebpf", "--connmark"][..], &["--no-rules"]] {
+        let out = enipin.ok(&[&["attach"][..], mode, &sel].concat());
+        let before = drops();
+        assert!(
+            topo.peer().ping("198.18.11.11", 3).unwrap(),
+            "{mode:?}: the service published on eth1 is unreachable\n{out}"
+        );
+        assert_eq!(
+            drops(),
+            before,
+            "{mode:?}: the vpc dropped replies leaving eth0"
+        );
+        enipin.ok(&["detach"]);
+        assert_eq!(
+            table(topo.host()),
+            None,
+            "{mode:?}: detach left the nft table"
+        );
+    }
 }
 
 /// The same for IPv6: the inet table marks both families, and each family has its fwmark rule.
