@@ -1,65 +1,44 @@
 //! enipin: pins every reply to the network interface (ENI) that owns its source address.
 //!
-//! One model for every change: [`discover`] reads the kernel's state over netlink, [`plan`] turns
-//! it and the [`config::Config`] into one desired state and diffs it with what is installed,
-//! [`apply`] carries the difference out (rolling back on failure), and [`ebpf`] is the second
-//! applier, for the TC egress enforcer. [`snapshot`] is the connect + discover + select every
-//! command starts with; [`commands`] are `attach`, `detach` and `status`. [`settings`] lays the
-//! command line over the [`config_file`] over the defaults into that `Config`.
+//! The crate is built in wings, one per layer; a wing imports only the wings below it (the
+//! `layers` test reads every `use crate::` and holds the code to that):
+//!
+//! | wing | what lives there |
+//! |---|---|
+//! | [`model`] | pure types: interfaces, addresses, rules, routes, sysctl keys, the installed objects |
+//! | [`settings`] | what the operator asked for: defaults, the config file, flags, provenance |
+//! | [`kernel`] | every socket, syscall and subprocess: netlink, sysctls, events, netns |
+//! | [`routing`], [`datapath`] | the selection and the rules layer's plan; the TC egress enforcer |
+//! | [`metadata`] | the cloud's metadata, merged into what the kernel showed |
+//! | [`engine`] | the snapshot every command starts with, the state file, reconcile and commit |
+//! | [`doctor`], [`observe`] | what will fight enipin; HTTP, logging, counter exposition |
+//! | [`commands`], [`daemon`], [`lab`] | attach, detach, status, render; `watch`; the lab and its harness |
+//!
+//! The binary (`main.rs`, the only place clap's parser is run) sits on top.
 
-mod address;
-mod apply;
-pub mod commands;
-pub mod config;
-pub mod config_file;
-mod connmark;
-mod discover;
-pub mod doctor;
-#[cfg(feature = "testing")]
-pub mod ebpf;
-#[cfg(not(feature = "testing"))]
-#[allow(unreachable_pub)] // its `pub` items are for enipin-tests
-mod ebpf;
-mod http;
-pub mod lab;
-pub mod logging;
-#[cfg(feature = "testing")]
-pub mod metadata;
-#[cfg(not(feature = "testing"))]
-#[allow(unreachable_pub)] // its `pub` items are for enipin-tests
-mod metadata;
-pub mod metrics;
-#[cfg(feature = "testing")]
-pub mod model;
-#[cfg(not(feature = "testing"))]
-#[allow(unreachable_pub)] // its `pub` items are for enipin-tests
-mod model;
-mod netlink;
-pub mod netns;
-mod objects;
-pub mod plan;
-pub mod render;
-mod route;
+/// A module the tests and the benchmark (enipin-tests, `testing` feature) reach into: public with
+/// that feature, private to the binary without it.
+macro_rules! testing_pub {
+    ($($name:ident),* $(,)?) => {$(
+        #[cfg(feature = "testing")]
+        pub mod $name;
+        #[cfg(not(feature = "testing"))]
+        #[allow(unreachable_pub)] // its `pub` items are for enipin-tests
+        pub(crate) mod $name;
+    )*};
+}
+
+testing_pub!(model);
+pub mod kernel;
+pub mod routing;
 pub mod settings;
-mod snapshot;
-#[cfg(feature = "testing")]
-pub mod state;
-#[cfg(not(feature = "testing"))]
-#[allow(unreachable_pub)] // its `pub` items are for enipin-tests
-mod state;
-mod sysctl;
-/// Public with the `testing` feature: for the lab, which lives in this crate, and for
-/// enipin-tests; not part of enipin's API otherwise.
-#[cfg(feature = "testing")]
-pub mod testbed;
-#[cfg(not(feature = "testing"))]
-#[allow(unreachable_pub)] // its `pub` items are for enipin-tests
-mod testbed;
-mod verdict;
-pub mod watch;
-mod watch_events;
-mod watch_grace;
-mod watch_metrics;
-mod watch_nft;
-mod watch_pace;
-mod watch_report;
+testing_pub!(datapath, metadata);
+pub mod commands;
+pub mod daemon;
+pub mod doctor;
+pub mod engine;
+pub mod lab;
+pub mod observe;
+
+#[cfg(test)]
+mod layers;

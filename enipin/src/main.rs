@@ -6,8 +6,8 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 use anyhow::Result;
 use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use enipin::{
-    config::{self, DelegatedPrefix, Listen, MetadataSource, Mode, Paths},
-    config_file::ConfigPath,
+    settings::config::{self, DelegatedPrefix, Listen, MetadataSource, Mode, Paths},
+    settings::config_file::ConfigPath,
     settings::{Entry, Given, Loader, Settings, Source},
 };
 
@@ -39,7 +39,7 @@ struct Cli {
         value_enum,
         default_value_t
     )]
-    log_format: enipin::logging::LogFormat,
+    log_format: enipin::observe::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -208,8 +208,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Output of --dry-run: enipin's diff, or the equivalent iproute2 commands.
-        #[arg(long, value_enum, default_value_t = enipin::plan::DiffFormat::Text)]
-        format: enipin::plan::DiffFormat,
+        #[arg(long, value_enum, default_value_t = enipin::routing::plan::DiffFormat::Text)]
+        format: enipin::routing::plan::DiffFormat,
     },
     /// Attach, then keep the desired state installed: re-apply it whenever links, addresses,
     /// rules or routes change (rules removed by another tool, a new ENI or secondary address, a
@@ -278,7 +278,7 @@ enum Command {
         #[command(flatten)]
         sel: Selection,
         #[arg(long, value_enum)]
-        format: enipin::render::Format,
+        format: enipin::commands::render::Format,
     },
     /// The config file: `enipin config check`.
     Config {
@@ -331,7 +331,7 @@ fn main() -> ExitCode {
     one_malloc_arena();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    enipin::logging::init(cli.log_format);
+    enipin::observe::logging::init(cli.log_format);
     // `enipin status | head` should end quietly, as other Unix tools do, not panic on EPIPE. Not
     // the lab: killed by SIGPIPE it could not remove its namespaces; a failed print unwinds
     // through their guards instead.
@@ -341,7 +341,7 @@ fn main() -> ExitCode {
     }
     // Enter the namespace before the runtime starts its threads: they inherit it.
     if let Some(ns) = &cli.netns
-        && let Err(e) = enipin::netns::enter(ns)
+        && let Err(e) = enipin::kernel::netns::enter(ns)
     {
         eprintln!("enipin: {e:#}");
         return ExitCode::from(2);
@@ -416,9 +416,10 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
             watch.give(&mut given);
             let loader = loader(given);
             let s = loader.load()?;
-            let mut pacing = enipin::watch::Pacing::new(std::time::Duration::from_secs(s.interval));
+            let mut pacing =
+                enipin::daemon::Pacing::new(std::time::Duration::from_secs(s.interval));
             pacing.metadata = std::time::Duration::from_secs(s.metadata_interval);
-            enipin::watch::watch(s, &loader, &paths, pacing).await?;
+            enipin::daemon::watch(s, &loader, &paths, pacing).await?;
         }
         Command::Detach => enipin::commands::detach(&paths).await?,
         Command::Status { json } => {
@@ -426,8 +427,8 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Stats { json } => enipin::metrics::stats(&paths, json).await?,
-        Command::Metrics { listen } => enipin::metrics::metrics(&paths, listen).await?,
+        Command::Stats { json } => enipin::observe::metrics::stats(&paths, json).await?,
+        Command::Metrics { listen } => enipin::observe::metrics::metrics(&paths, listen).await?,
         Command::Doctor {
             sel,
             connmark,
@@ -445,7 +446,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
         Command::Render { sel, format } => {
             sel.give(&mut given);
             let s = loader(given).load()?;
-            enipin::render::render(&s.config, format).await?;
+            enipin::commands::render::render(&s.config, format).await?;
         }
         Command::Config {
             action:

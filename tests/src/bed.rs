@@ -4,8 +4,8 @@
 
 use anyhow::Result;
 use enipin::{
-    config::Paths,
-    testbed::{Dirs, Netns},
+    lab::testbed::{Dirs, Netns},
+    settings::config::Paths,
 };
 
 #[derive(Debug)]

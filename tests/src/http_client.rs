@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use enipin::testbed::Netns;
+use enipin::lab::testbed::Netns;
 
 /// A client whose error statuses are answers, not errors (`/healthz` answers 503), and whose
 /// every request ends within 5 s.

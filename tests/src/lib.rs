@@ -1,5 +1,5 @@
 //! Harness for enipin's privileged integration tests: throwaway namespaces (re-exported from
-//! `enipin::testbed`), the seed topology (`enipin::lab::Topology`), the CLI run inside a namespace
+//! `enipin::lab::testbed`), the seed topology (`enipin::lab::Topology`), the CLI run inside a namespace
 //! with its own pin and state directories ([`Enipin`]), dumps for before/after comparisons, code
 //! run on a thread inside a namespace ([`in_ns`]), veth beds for test-runs ([`VethBed`]) and the
 //! one BPF_PROG_TEST_RUN wrapper ([`test_run()`], with the `TC_ACT_*` verdicts), and a metadata
@@ -30,11 +30,11 @@ use std::{
 
 pub use bed::VethBed;
 pub use enipin::{
+    lab::testbed::{self, Dirs, Netns, PinDir, TempDir, sh, unique, veth},
     lab::{
         self, Drops, EniSpec, Snapshot, Spec, Topology, imds,
         snapshot::{pins, routes, rules, sysctls, tc, tcx_programs},
     },
-    testbed::{self, Dirs, Netns, PinDir, TempDir, sh, unique, veth},
 };
 pub use test_run::{TC_ACT_REDIRECT, TC_ACT_UNSPEC, test_run, test_run_ctx, test_run_out};
 
@@ -68,7 +68,7 @@ pub fn enipin_bin() -> PathBuf {
 pub fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
-            enipin::netns::enter(ns.name()).expect("entering the test namespace");
+            enipin::kernel::netns::enter(ns.name()).expect("entering the test namespace");
             f()
         })
         .join()
@@ -157,10 +157,10 @@ impl Enipin {
         &self.ns_name
     }
 
-    /// The pin and state directories, for calling the library (`enipin::ebpf`) on the same
+    /// The pin and state directories, for calling the library (`enipin::datapath`) on the same
     /// attachment as the CLI.
-    pub fn paths(&self) -> enipin::config::Paths {
-        enipin::config::Paths {
+    pub fn paths(&self) -> enipin::settings::config::Paths {
+        enipin::settings::config::Paths {
             pin_dir: self.pins.path().to_owned(),
             state_dir: self.state.path().to_owned(),
         }
@@ -168,7 +168,7 @@ impl Enipin {
 
     /// `<state dir>/state.json`, enipin's record of what it installed.
     pub fn state_file(&self) -> PathBuf {
-        enipin::state::file(&self.paths())
+        enipin::engine::state::file(&self.paths())
     }
 
     /// `enipin --netns NS --pin-dir P --state-dir S ARGS...`, not yet run.

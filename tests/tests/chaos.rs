@@ -241,7 +241,7 @@ impl Stream {
         let (host, peer) = (topo.host().name().to_owned(), topo.peer().name().to_owned());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let server = std::thread::spawn(move || {
-            enipin::netns::enter(&host).expect("entering the host namespace");
+            enipin::kernel::netns::enter(&host).expect("entering the host namespace");
             let listener = TcpListener::bind(addr)?;
             ready_tx.send(()).unwrap();
             let (mut sock, _) = listener.accept()?;
@@ -260,7 +260,7 @@ impl Stream {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let client = std::thread::spawn(move || {
-            enipin::netns::enter(&peer).expect("entering the peer namespace");
+            enipin::kernel::netns::enter(&peer).expect("entering the peer namespace");
             let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
             sock.set_write_timeout(Some(Duration::from_secs(10)))?;
             let chunk = vec![0x5au8; 16 * 1024];
@@ -345,9 +345,9 @@ mod frames_fuzz {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     use enipin::{
-        config::Config,
-        ebpf,
+        datapath,
         model::{Cidr, ManagedInterface},
+        settings::config::Config,
     };
     use enipin_ebpf::{Counters, PROGRAM};
     use enipin_tests::{TC_ACT_REDIRECT, TC_ACT_UNSPEC, VethBed, frames, in_ns, require, test_run};
@@ -452,8 +452,8 @@ mod frames_fuzz {
         c.owned_here + c.not_owned + c.non_ip + c.skipped + c.malformed + c.misrouted_packets
     }
 
-    fn total(paths: &enipin::config::Paths) -> u64 {
-        ebpf::counters(paths)
+    fn total(paths: &enipin::settings::config::Paths) -> u64 {
+        datapath::counters(paths)
             .unwrap()
             .iter()
             .map(|(_, c)| classified(c))
@@ -487,9 +487,9 @@ mod frames_fuzz {
         let cfg = Config::default();
         let paths = bed.paths.clone();
         in_ns(&bed.ns, || {
-            let plan = ebpf::plan(&managed, &cfg, &paths).unwrap();
-            ebpf::apply(plan, &managed, &cfg, &paths).unwrap();
-            let bpf = ebpf::load(&paths.pin_dir).unwrap();
+            let plan = datapath::plan(&managed, &cfg, &paths).unwrap();
+            datapath::apply(plan, &managed, &cfg, &paths).unwrap();
+            let bpf = datapath::load(&paths.pin_dir).unwrap();
             let before = total(&paths);
             let (mut redirected, mut pristine_redirects) = (0u64, 0u64);
             let started = std::time::Instant::now();
@@ -536,7 +536,7 @@ mod frames_fuzz {
                 pristine_redirects > 1000,
                 "the fuzz hardly reached the redirect"
             );
-            ebpf::detach(&paths).unwrap();
+            datapath::detach(&paths).unwrap();
         });
     }
 }

@@ -19,9 +19,9 @@ use std::{collections::BTreeSet, net::IpAddr};
 use anyhow::{Result, bail};
 use aya::programs::{SchedClassifier, TcAttachType};
 use enipin::{
-    config::{Attach, Config, Mode, Paths},
-    ebpf::{self, AttachKind},
+    datapath::{self, AttachKind},
     model::{Cidr, Forwarding, ManagedInterface},
+    settings::config::{Attach, Config, Mode, Paths},
 };
 use enipin_ebpf::Counters;
 use enipin_tests::{Enipin, Netns, PinDir, TempDir, Topology, in_ns};
@@ -132,8 +132,8 @@ fn attach(managed: &[ManagedInterface], mode: Mode, paths: &Paths) -> Result<()>
 }
 
 fn attach_with(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result<()> {
-    let plan = ebpf::plan(managed, cfg, paths)?;
-    ebpf::apply(plan, managed, cfg, paths)
+    let plan = datapath::plan(managed, cfg, paths)?;
+    datapath::apply(plan, managed, cfg, paths)
 }
 
 /// The netlink (clsact) path even where TCX exists: what kernels < 6.6 take.
@@ -144,8 +144,8 @@ fn netlink(mode: Mode) -> Config {
     }
 }
 
-fn attached(ifindex: u32, name: &str, kind: AttachKind) -> ebpf::Attached {
-    ebpf::Attached {
+fn attached(ifindex: u32, name: &str, kind: AttachKind) -> datapath::Attached {
+    datapath::Attached {
         ifindex,
         name: name.into(),
         kind,
@@ -153,7 +153,7 @@ fn attached(ifindex: u32, name: &str, kind: AttachKind) -> ebpf::Attached {
 }
 
 fn counters(paths: &Paths, ifindex: u32) -> Counters {
-    ebpf::counters(paths)
+    datapath::counters(paths)
         .unwrap()
         .into_iter()
         .find(|(i, _)| *i == ifindex)
@@ -177,7 +177,7 @@ fn tcx_progs(ifindex: u32) -> Vec<u32> {
 fn older_build(paths: &Paths, onto_links: impl FnOnce(&mut SchedClassifier)) -> u32 {
     let mut old = aya::EbpfLoader::new()
         .default_map_pin_directory(&paths.pin_dir)
-        .load(ebpf::OBJECT)
+        .load(datapath::OBJECT)
         .unwrap();
     let noop: &mut SchedClassifier = old
         .program_mut(enipin_ebpf::NOOP_PROGRAM)
@@ -225,7 +225,7 @@ fn redirect_makes_the_secondary_address_reachable_and_coexists() {
         attach(&lab.managed, Mode::Enforce, &pe).unwrap();
         attach(&lab.managed, Mode::Monitor, &pa).unwrap();
         assert_eq!(tcx_progs(e1).len(), 3);
-        let kinds: Vec<_> = ebpf::attached(&pe).unwrap();
+        let kinds: Vec<_> = datapath::attached(&pe).unwrap();
         assert_eq!(
             kinds,
             vec![
@@ -282,7 +282,7 @@ fn redirect_makes_the_secondary_address_reachable_and_coexists() {
         assert_eq!(a1.owned_here, n as u64, "after eth0: {a1:?}");
         assert_eq!(a2.owned_here, n as u64, "after eth1: {a2:?}");
 
-        let text = enipin::metrics::exposition(&pe).unwrap();
+        let text = enipin::observe::metrics::exposition(&pe).unwrap();
         let line =
             format!("enipin_misrouted_packets_total{{interface=\"{E1}\",ifindex=\"{e1}\"}} {n}");
         assert!(text.contains(&line), "metrics lack {line}:\n{text}");
@@ -293,18 +293,18 @@ fn redirect_makes_the_secondary_address_reachable_and_coexists() {
 
         // Detach enipin: its links and pins go, the others stay.
         let progs_before: BTreeSet<u32> = tcx_progs(e1).into_iter().collect();
-        let removed = ebpf::detach(&pe).unwrap();
+        let removed = datapath::detach(&pe).unwrap();
         assert!(!removed.is_empty());
         assert!(!pe.pin_dir.exists(), "pin dir removed");
         assert_eq!(tcx_progs(e1).len(), 2, "the other programs stay on eth0");
         assert_eq!(tcx_progs(e2).len(), 2, "the other programs stay on eth1");
         assert!(tcx_progs(e1).iter().all(|p| progs_before.contains(p)));
         assert!(
-            ebpf::detach(&pe).unwrap().is_empty(),
+            datapath::detach(&pe).unwrap().is_empty(),
             "second detach is a no-op"
         );
-        assert!(ebpf::attached(&pe).unwrap().is_empty());
-        assert!(ebpf::counters(&pe).is_err(), "no counters without pins");
+        assert!(datapath::attached(&pe).unwrap().is_empty());
+        assert!(datapath::counters(&pe).is_err(), "no counters without pins");
     });
 
     // Enforcement gone: the replies are dropped again.
@@ -315,8 +315,8 @@ fn redirect_makes_the_secondary_address_reachable_and_coexists() {
     );
 
     in_ns(lab.host(), || {
-        ebpf::detach(&pb).unwrap();
-        ebpf::detach(&pa).unwrap();
+        datapath::detach(&pb).unwrap();
+        datapath::detach(&pa).unwrap();
         assert!(
             tcx_progs(e1).is_empty() && tcx_progs(e2).is_empty(),
             "no links left"
@@ -331,7 +331,7 @@ fn second_attach_adopts_what_is_pinned() {
     let paths = lab.paths(&pins);
     let e1 = lab.managed[0].ifindex;
     in_ns(lab.host(), || {
-        let first = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        let first = datapath::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert!(
             first.lines().iter().any(|c| c.starts_with("+ load")),
             "{:?}",
@@ -345,17 +345,17 @@ fn second_attach_adopts_what_is_pinned() {
                 .count(),
             2
         );
-        ebpf::apply(first, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        datapath::apply(first, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         let prog = tcx_progs(e1);
 
         // The enforcement outlives the loader: nothing of this process holds it now.
-        let again = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        let again = datapath::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert!(
             again.is_empty(),
             "second attach with no change: {:?}",
             again.lines()
         );
-        ebpf::apply(again, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        datapath::apply(again, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert_eq!(tcx_progs(e1), prog, "same program, same link");
 
         // A new address on eth1 and a delegated prefix: map updates only.
@@ -372,7 +372,7 @@ fn second_attach_adopts_what_is_pinned() {
             addr: "2001:db8::3".parse::<IpAddr>().unwrap(),
             prefix_len: 64,
         });
-        let plan = ebpf::plan(&more, &cfg(Mode::Enforce), &paths).unwrap();
+        let plan = datapath::plan(&more, &cfg(Mode::Enforce), &paths).unwrap();
         assert_eq!(
             plan.lines(),
             vec![
@@ -383,23 +383,23 @@ fn second_attach_adopts_what_is_pinned() {
                 "~ config mode=enforce debug=0 prefixes=v4".to_string(),
             ]
         );
-        ebpf::apply(plan, &more, &cfg(Mode::Enforce), &paths).unwrap();
+        datapath::apply(plan, &more, &cfg(Mode::Enforce), &paths).unwrap();
         assert!(
-            ebpf::plan(&more, &cfg(Mode::Enforce), &paths)
+            datapath::plan(&more, &cfg(Mode::Enforce), &paths)
                 .unwrap()
                 .is_empty()
         );
         // Mode switch: the config entry only.
-        let plan = ebpf::plan(&more, &cfg(Mode::Monitor), &paths).unwrap();
+        let plan = datapath::plan(&more, &cfg(Mode::Monitor), &paths).unwrap();
         assert_eq!(
             plan.lines(),
             vec!["~ config mode=monitor debug=0 prefixes=v4".to_string()]
         );
-        ebpf::apply(plan, &more, &cfg(Mode::Monitor), &paths).unwrap();
+        datapath::apply(plan, &more, &cfg(Mode::Monitor), &paths).unwrap();
         assert_eq!(tcx_progs(e1), prog, "still the same program and link");
 
         // Back to the original set: the extra entries go, and the prefix lookup with them.
-        let plan = ebpf::plan(&lab.managed, &cfg(Mode::Monitor), &paths).unwrap();
+        let plan = datapath::plan(&lab.managed, &cfg(Mode::Monitor), &paths).unwrap();
         assert_eq!(plan.lines().len(), 4, "{:?}", plan.lines());
         assert_eq!(
             plan.lines()[3],
@@ -410,27 +410,27 @@ fn second_attach_adopts_what_is_pinned() {
             "{:?}",
             plan.lines()
         );
-        ebpf::apply(plan, &lab.managed, &cfg(Mode::Monitor), &paths).unwrap();
+        datapath::apply(plan, &lab.managed, &cfg(Mode::Monitor), &paths).unwrap();
 
         // Managing only eth0 detaches eth1 (and drops its counters).
-        let plan = ebpf::plan(&lab.managed[..1], &cfg(Mode::Monitor), &paths).unwrap();
+        let plan = datapath::plan(&lab.managed[..1], &cfg(Mode::Monitor), &paths).unwrap();
         assert!(
             plan.lines().iter().any(|c| c.starts_with("- detach")),
             "{:?}",
             plan.lines()
         );
-        ebpf::apply(plan, &lab.managed[..1], &cfg(Mode::Monitor), &paths).unwrap();
+        datapath::apply(plan, &lab.managed[..1], &cfg(Mode::Monitor), &paths).unwrap();
         assert!(tcx_progs(lab.managed[1].ifindex).is_empty());
-        assert_eq!(ebpf::attached(&paths).unwrap().len(), 1);
+        assert_eq!(datapath::attached(&paths).unwrap().len(), 1);
 
         // Detach removes the rest.
-        let removed = ebpf::detach(&paths).unwrap();
+        let removed = datapath::detach(&paths).unwrap();
         assert!(removed.iter().any(|l| l.contains(E1)), "{removed:?}");
         assert!(!paths.pin_dir.exists());
         assert!(tcx_progs(e1).is_empty());
         // Empty desired state: nothing to do, nothing pinned.
         assert!(
-            ebpf::plan(&[], &cfg(Mode::Enforce), &paths)
+            datapath::plan(&[], &cfg(Mode::Enforce), &paths)
                 .unwrap()
                 .is_empty()
         );
@@ -473,12 +473,12 @@ fn a_different_pinned_program_is_replaced_atomically() {
         });
         assert_eq!(tcx_progs(e1), vec![noop_id]);
 
-        let plan = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        let plan = datapath::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert_eq!(
             plan.lines(),
             vec![format!("~ replace {} (new build)", enipin_ebpf::PROGRAM)]
         );
-        ebpf::apply(plan, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        datapath::apply(plan, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         for ifindex in [e1, e2] {
             let progs = SchedClassifier::query_tcx(ifindex, TcAttachType::Egress)
                 .unwrap()
@@ -492,7 +492,7 @@ fn a_different_pinned_program_is_replaced_atomically() {
             "the same links, updated in place"
         );
         settled_and_enforcing(&lab, &paths);
-        ebpf::detach(&paths).unwrap();
+        datapath::detach(&paths).unwrap();
     });
 }
 
@@ -508,7 +508,7 @@ fn settled_and_enforcing(lab: &Lab, paths: &Paths) -> aya::programs::ProgramInfo
         );
     }
     assert!(
-        ebpf::plan(&lab.managed, &cfg(Mode::Enforce), paths)
+        datapath::plan(&lab.managed, &cfg(Mode::Enforce), paths)
             .unwrap()
             .is_empty()
     );
@@ -550,12 +550,12 @@ fn maps_of_another_layout_are_recreated_on_attach() {
             lab.managed[1].clone(),
             ghost.clone(),
         ];
-        let plan = ebpf::plan(&with_ghost, &cfg(Mode::Enforce), &paths).unwrap();
+        let plan = datapath::plan(&with_ghost, &cfg(Mode::Enforce), &paths).unwrap();
         assert!(plan.lines().contains(&recreate), "{:?}", plan.lines());
-        assert!(ebpf::apply(plan, &with_ghost, &cfg(Mode::Enforce), &paths).is_err());
+        assert!(datapath::apply(plan, &with_ghost, &cfg(Mode::Enforce), &paths).is_err());
         assert_eq!(MapInfo::from_pin(&cfg_pin).unwrap().id(), old_id);
 
-        let plan = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        let plan = datapath::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert_eq!(
             plan.lines(),
             vec![
@@ -564,7 +564,7 @@ fn maps_of_another_layout_are_recreated_on_attach() {
                 "~ config mode=enforce debug=0 prefixes=none".to_string(),
             ]
         );
-        ebpf::apply(plan, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        datapath::apply(plan, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         let new = MapInfo::from_pin(&cfg_pin).unwrap();
         assert_eq!(
             new.value_size() as usize,
@@ -573,7 +573,7 @@ fn maps_of_another_layout_are_recreated_on_attach() {
         // The program on the links is the pinned one, and it reads the new map.
         let prog = settled_and_enforcing(&lab, &paths);
         assert!(prog.map_ids().unwrap().unwrap().contains(&new.id()));
-        ebpf::detach(&paths).unwrap();
+        datapath::detach(&paths).unwrap();
     });
 }
 
@@ -597,8 +597,8 @@ fn a_failed_apply_is_rolled_back() {
             lab.managed[1].clone(),
             ghost.clone(),
         ];
-        let plan = ebpf::plan(&with_ghost, &cfg(Mode::Enforce), &paths).unwrap();
-        let err = ebpf::apply(plan, &with_ghost, &cfg(Mode::Enforce), &paths).unwrap_err();
+        let plan = datapath::plan(&with_ghost, &cfg(Mode::Enforce), &paths).unwrap();
+        let err = datapath::apply(plan, &with_ghost, &cfg(Mode::Enforce), &paths).unwrap_err();
         assert!(format!("{err:#}").contains("ghost"), "{err:#}");
         assert!(!paths.pin_dir.exists(), "pin dir left behind");
         assert!(
@@ -609,16 +609,16 @@ fn a_failed_apply_is_rolled_back() {
         // On top of an attachment: the maps are restored, the existing links untouched.
         attach(&lab.managed, Mode::Enforce, &paths).unwrap();
         let progs = (tcx_progs(e1), tcx_progs(e2));
-        let plan = ebpf::plan(&with_ghost, &cfg(Mode::Monitor), &paths).unwrap();
-        assert!(ebpf::apply(plan, &with_ghost, &cfg(Mode::Monitor), &paths).is_err());
-        let after = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        let plan = datapath::plan(&with_ghost, &cfg(Mode::Monitor), &paths).unwrap();
+        assert!(datapath::apply(plan, &with_ghost, &cfg(Mode::Monitor), &paths).is_err());
+        let after = datapath::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert!(
             after.is_empty(),
             "state changed by a failed apply: {:?}",
             after.lines()
         );
         assert_eq!((tcx_progs(e1), tcx_progs(e2)), progs);
-        ebpf::detach(&paths).unwrap();
+        datapath::detach(&paths).unwrap();
     });
 }
 
@@ -736,7 +736,7 @@ fn stats_and_metrics_from_the_cli() {
     let body = body.unwrap_or_else(|| panic!("no listen banner: {banner:?}"));
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     assert!(body.contains(&line), "{body}");
-    in_ns(lab.host(), || ebpf::detach(&paths).unwrap());
+    in_ns(lab.host(), || datapath::detach(&paths).unwrap());
 }
 
 #[test]
@@ -749,9 +749,9 @@ fn a_vanished_interface_leaves_a_stale_link_that_the_next_attach_removes() {
         attach(&lab.managed, Mode::Enforce, &paths).unwrap();
         // The ENI is detached from the instance: the interface disappears, its link goes defunct.
         lab.host().ip(&["link", "del", E2]).unwrap();
-        let attached = ebpf::attached(&paths).unwrap();
+        let attached = datapath::attached(&paths).unwrap();
         assert_eq!(attached, vec![self::attached(e1, E1, AttachKind::Tcx)]);
-        let plan = ebpf::plan(&lab.managed[..1], &cfg(Mode::Enforce), &paths).unwrap();
+        let plan = datapath::plan(&lab.managed[..1], &cfg(Mode::Enforce), &paths).unwrap();
         let stale = format!(
             "- detach {} from ifindex {e2} (link-{e2})",
             enipin_ebpf::PROGRAM
@@ -762,11 +762,11 @@ fn a_vanished_interface_leaves_a_stale_link_that_the_next_attach_removes() {
             "{:?}",
             plan.lines()
         );
-        ebpf::apply(plan, &lab.managed[..1], &cfg(Mode::Enforce), &paths).unwrap();
+        datapath::apply(plan, &lab.managed[..1], &cfg(Mode::Enforce), &paths).unwrap();
         assert!(!paths.pin_dir.join(format!("link-{e2}")).exists());
-        let again = ebpf::plan(&lab.managed[..1], &cfg(Mode::Enforce), &paths).unwrap();
+        let again = datapath::plan(&lab.managed[..1], &cfg(Mode::Enforce), &paths).unwrap();
         assert!(again.is_empty(), "{:?}", again.lines());
-        ebpf::detach(&paths).unwrap();
+        datapath::detach(&paths).unwrap();
         assert!(tcx_progs(e1).is_empty());
     });
 }
@@ -814,7 +814,7 @@ fn ipv6_from_a_secondary_address_is_redirected() {
         assert_eq!(c.misrouted_packets, n as u64, "{c:?}");
         assert_eq!(c.owned_here, n as u64, "{c:?}");
         assert!(c.skipped > 0, "neighbour discovery passed untouched: {c:?}");
-        ebpf::detach(&paths).unwrap();
+        datapath::detach(&paths).unwrap();
     });
 }
 
@@ -846,7 +846,7 @@ fn netlink_fallback_coexists_with_foreign_filters() {
     in_ns(lab.host(), || {
         attach_with(&lab.managed, &netlink(Mode::Monitor), &po).unwrap();
         attach_with(&lab.managed, &netlink(Mode::Enforce), &paths).unwrap();
-        let kinds = ebpf::attached(&paths).unwrap();
+        let kinds = datapath::attached(&paths).unwrap();
         assert_eq!(
             kinds,
             vec![
@@ -858,7 +858,7 @@ fn netlink_fallback_coexists_with_foreign_filters() {
             tcx_progs(e1).is_empty(),
             "no TCX link on the forced netlink path"
         );
-        let again = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        let again = datapath::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert!(again.is_empty(), "{:?}", again.lines());
 
         // An older build's program in enipin's filters: replaced in place (same priority and
@@ -883,12 +883,12 @@ fn netlink_fallback_coexists_with_foreign_filters() {
                 std::mem::forget(noop.take_link(id).unwrap());
             }
         });
-        let plan = ebpf::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        let plan = datapath::plan(&lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
         assert_eq!(
             plan.lines(),
             vec![format!("~ replace {} (new build)", enipin_ebpf::PROGRAM)]
         );
-        ebpf::apply(plan, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
+        datapath::apply(plan, &lab.managed, &cfg(Mode::Enforce), &paths).unwrap();
     });
     assert_eq!((ours(E1), ours(E2)), (2, 2), "{}", filters(E1));
     assert!(
@@ -910,11 +910,11 @@ fn netlink_fallback_coexists_with_foreign_filters() {
             o1.owned_here + o2.owned_here >= n as u64,
             "the other filter runs: {o1:?} {o2:?}"
         );
-        let removed = ebpf::detach(&paths).unwrap();
+        let removed = datapath::detach(&paths).unwrap();
         assert!(removed.iter().any(|l| l.contains(E2)), "{removed:?}");
         assert!(!paths.pin_dir.exists());
         assert_eq!(
-            ebpf::attached(&po).unwrap().len(),
+            datapath::attached(&po).unwrap().len(),
             2,
             "the other filters are still recorded"
         );
@@ -936,7 +936,7 @@ fn netlink_fallback_coexists_with_foreign_filters() {
         got, 0,
         "detached: misrouted again (the monitor copy only counts)"
     );
-    in_ns(lab.host(), || ebpf::detach(&po).unwrap());
+    in_ns(lab.host(), || datapath::detach(&po).unwrap());
     assert_eq!((ours(E1), ours(E2)), (0, 0));
     // The copy that added the qdiscs (the first to attach) removed them with its last filter:
     // nothing of either is left. Before, every detach left the qdisc enipin had added.
@@ -948,12 +948,12 @@ fn netlink_fallback_coexists_with_foreign_filters() {
     in_ns(lab.host(), || {
         attach_with(&lab.managed, &netlink(Mode::Enforce), &paths).unwrap();
         attach_with(&lab.managed, &netlink(Mode::Monitor), &po).unwrap();
-        ebpf::detach(&paths).unwrap();
+        datapath::detach(&paths).unwrap();
         assert!(!paths.pin_dir.exists());
     });
     assert_eq!((ours(E1), ours(E2)), (1, 1), "{}", filters(E1));
     assert!(qdisc(E1).contains("clsact"), "the other's filter keeps it");
-    in_ns(lab.host(), || ebpf::detach(&po).unwrap());
+    in_ns(lab.host(), || datapath::detach(&po).unwrap());
 }
 
 /// An attach killed between recording a clsact qdisc as enipin's and adding it leaves a record
@@ -973,7 +973,7 @@ fn a_clsact_record_without_its_qdisc_detaches_cleanly() {
     lab.host()
         .sh(&format!("tc qdisc del dev {E1} clsact"))
         .unwrap();
-    in_ns(lab.host(), || ebpf::detach(&paths).unwrap());
+    in_ns(lab.host(), || datapath::detach(&paths).unwrap());
     assert!(!paths.pin_dir.exists());
     for dev in [E1, E2] {
         let q = lab.host().sh(&format!("tc qdisc show dev {dev}")).unwrap();
@@ -1035,7 +1035,7 @@ fn with_rules_the_redirect_takes_its_next_hop_from_the_owners_table() {
     let rules = cfg(Mode::Enforce);
     assert!(rules.rules, "the default installs the rules");
     in_ns(host, || {
-        let plan = ebpf::plan(&managed, &rules, &paths).unwrap();
+        let plan = datapath::plan(&managed, &rules, &paths).unwrap();
         assert!(
             !plan.lines().iter().any(|l| l.contains("next hop")),
             "{:?}",
@@ -1067,7 +1067,7 @@ fn with_rules_the_redirect_takes_its_next_hop_from_the_owners_table() {
     // Resolve the peer on eth0 first (from eth0's own address).
     assert_eq!(lab.ping(IP1, 1).unwrap(), (1, 1));
     in_ns(host, || {
-        let plan = ebpf::plan(&managed, &rules, &paths).unwrap();
+        let plan = datapath::plan(&managed, &rules, &paths).unwrap();
         let hops: Vec<String> = plan
             .lines()
             .into_iter()
@@ -1079,7 +1079,7 @@ fn with_rules_the_redirect_takes_its_next_hop_from_the_owners_table() {
                 "+ next hop onto {E2} from table {table} (redirects skip the full route lookup)"
             )]
         );
-        ebpf::apply(plan, &managed, &rules, &paths).unwrap();
+        datapath::apply(plan, &managed, &rules, &paths).unwrap();
     });
     let n = 3;
     // The table's gateway resolved on eth1, as the owner's own traffic through it would: until
@@ -1132,15 +1132,19 @@ fn with_rules_the_redirect_takes_its_next_hop_from_the_owners_table() {
             rules: false,
             ..cfg(Mode::Enforce)
         };
-        let plan = ebpf::plan(&managed, &no_rules, &paths).unwrap();
+        let plan = datapath::plan(&managed, &no_rules, &paths).unwrap();
         assert_eq!(
             plan.lines(),
             [format!(
                 "- next hop onto ifindex {e2} (redirects look the route up again)"
             )]
         );
-        ebpf::apply(plan, &managed, &no_rules, &paths).unwrap();
-        assert!(ebpf::plan(&managed, &no_rules, &paths).unwrap().is_empty());
+        datapath::apply(plan, &managed, &no_rules, &paths).unwrap();
+        assert!(
+            datapath::plan(&managed, &no_rules, &paths)
+                .unwrap()
+                .is_empty()
+        );
     });
     assert_eq!(
         off_subnet(2),
@@ -1152,5 +1156,5 @@ fn with_rules_the_redirect_takes_its_next_hop_from_the_owners_table() {
         (n, n),
         "on the subnet it still works"
     );
-    in_ns(host, || ebpf::detach(&paths).unwrap());
+    in_ns(host, || datapath::detach(&paths).unwrap());
 }

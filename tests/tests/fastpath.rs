@@ -8,9 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use aya::maps::{HashMap, Map, MapData};
 use enipin::{
-    config::{Config, Paths},
-    ebpf,
+    datapath,
     model::{Cidr, ManagedInterface},
+    settings::config::{Config, Paths},
 };
 use enipin_ebpf::{BUCKET_V4, Bucket, Counters, Owner, PROGRAM, bucket_index, maps, words};
 use enipin_tests::{TC_ACT_REDIRECT, TC_ACT_UNSPEC, VethBed, frames, in_ns, require, test_run};
@@ -31,7 +31,7 @@ fn eni(ifindex: u32, name: &str, addrs: Vec<Cidr>) -> ManagedInterface {
 /// and the counters of `ifindex` that moved.
 fn run(paths: &Paths, ifindex: u32, src: Ipv4Addr) -> (u32, Counters) {
     let count = || {
-        ebpf::counters(paths)
+        datapath::counters(paths)
             .unwrap()
             .into_iter()
             .find(|(i, _)| *i == ifindex)
@@ -39,7 +39,7 @@ fn run(paths: &Paths, ifindex: u32, src: Ipv4Addr) -> (u32, Counters) {
             .unwrap_or_default()
     };
     let before = count();
-    let bpf = ebpf::load(&paths.pin_dir).unwrap();
+    let bpf = datapath::load(&paths.pin_dir).unwrap();
     let frame = frames::ipv4_udp(frames::MAC_B, src, PEER, &[], 18);
     let r = test_run(&bpf, PROGRAM, ifindex, &frame, 1).unwrap();
     (r.return_value, count().since(&before))
@@ -64,8 +64,8 @@ impl Bed {
 /// What `enipin attach` does to the datapath for `managed` (the default config).
 fn apply(paths: &Paths, managed: &[ManagedInterface]) {
     let cfg = Config::default();
-    let plan = ebpf::plan(managed, &cfg, paths).unwrap();
-    ebpf::apply(plan, managed, &cfg, paths).unwrap();
+    let plan = datapath::plan(managed, &cfg, paths).unwrap();
+    datapath::apply(plan, managed, &cfg, paths).unwrap();
 }
 
 #[test]
@@ -119,7 +119,7 @@ fn owner_table_spills_to_the_owner_map_and_is_swapped_whole() {
     let (ns, e0, e1, paths) = (&bed.veth.ns, bed.e0, bed.e1, &bed.veth.paths);
     let apply = |managed: &[ManagedInterface]| apply(paths, managed);
     let table = || {
-        ebpf::owner_table::<4, BUCKET_V4>(paths, maps::TABLE_V4)
+        datapath::owner_table::<4, BUCKET_V4>(paths, maps::TABLE_V4)
             .unwrap()
             .expect("no owner table swapped in")
     };
@@ -144,7 +144,7 @@ fn owner_table_spills_to_the_owner_map_and_is_swapped_whole() {
             eni(e0, "e0", same.iter().map(ifaddr).collect()),
             eni(e1, "e1", vec![ifaddr(&lone)]),
         ]);
-        let ebpf::OwnerTable {
+        let datapath::OwnerTable {
             map_id: id,
             buckets,
         } = table();
@@ -180,7 +180,7 @@ fn owner_table_spills_to_the_owner_map_and_is_swapped_whole() {
             eni(e0, "e0", same.iter().chain([&lone]).map(ifaddr).collect()),
             eni(e1, "e1", vec![ifaddr(&Ipv4Addr::new(198, 19, 0, 60))]),
         ]);
-        let ebpf::OwnerTable {
+        let datapath::OwnerTable {
             map_id: id2,
             buckets,
         } = table();
@@ -234,8 +234,8 @@ fn derived_maps_out_of_step_are_planned_and_rebuilt() {
     in_ns(ns, || {
         apply(paths, &managed);
         let cfg = Config::default();
-        assert!(ebpf::plan(&managed, &cfg, paths).unwrap().is_empty());
-        let good = ebpf::owner_table::<4, BUCKET_V4>(paths, maps::TABLE_V4)
+        assert!(datapath::plan(&managed, &cfg, paths).unwrap().is_empty());
+        let good = datapath::owner_table::<4, BUCKET_V4>(paths, maps::TABLE_V4)
             .unwrap()
             .unwrap();
 
@@ -252,7 +252,7 @@ fn derived_maps_out_of_step_are_planned_and_rebuilt() {
         let (ret, c) = run(paths, e1, Ipv4Addr::new(198, 18, 0, 11));
         assert!(ret == TC_ACT_UNSPEC && c.not_owned == 1);
 
-        let plan = ebpf::plan(&managed, &cfg, paths).unwrap();
+        let plan = datapath::plan(&managed, &cfg, paths).unwrap();
         assert_eq!(
             plan.lines(),
             vec![
@@ -266,9 +266,9 @@ fn derived_maps_out_of_step_are_planned_and_rebuilt() {
                 ),
             ]
         );
-        ebpf::apply(plan, &managed, &cfg, paths).unwrap();
-        assert!(ebpf::plan(&managed, &cfg, paths).unwrap().is_empty());
-        let now = ebpf::owner_table::<4, BUCKET_V4>(paths, maps::TABLE_V4)
+        datapath::apply(plan, &managed, &cfg, paths).unwrap();
+        assert!(datapath::plan(&managed, &cfg, paths).unwrap().is_empty());
+        let now = datapath::owner_table::<4, BUCKET_V4>(paths, maps::TABLE_V4)
             .unwrap()
             .unwrap();
         assert!(now.buckets == good.buckets, "the rebuilt table differs");

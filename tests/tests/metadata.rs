@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use enipin::{
-    config::{Config, MetadataSource},
     metadata::{EniMetadata, Tracker, View},
+    settings::config::{Config, MetadataSource},
 };
 use enipin_tests::{
     Netns,

@@ -17,7 +17,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
     programs::SchedClassifier,
 };
-use enipin::ebpf;
+use enipin::datapath;
 use enipin_ebpf::{
     Config, Counters, MODE_ENFORCE, MODE_MONITOR, NEXT_HOP_V4, NEXT_HOP_V6, NextHop, Owner,
     PREFIXES_V4_PRESENT, PREFIXES_V6_PRESENT, PROGRAM, maps,
@@ -129,7 +129,7 @@ impl Fx {
         let mut bpf = EbpfLoader::new()
             .default_map_pin_directory(&self.bed.paths.pin_dir)
             .override_global(enipin_ebpf::HAVE_CHECK_MTU, &have, true)
-            .load(ebpf::OBJECT)?;
+            .load(datapath::OBJECT)?;
         let prog: &mut SchedClassifier =
             bpf.program_mut(PROGRAM).context("no program")?.try_into()?;
         prog.load()?;
@@ -185,12 +185,12 @@ impl Fx {
             0,
         )?;
         // What the applier derives from the owner maps: the fast-path arrays, the owner tables.
-        ebpf::sync_derived(&mut bpf)?;
+        datapath::sync_derived(&mut bpf)?;
         Ok(bpf)
     }
 
     fn counters(&self, ifindex: u32) -> Counters {
-        ebpf::counters(&self.bed.paths)
+        datapath::counters(&self.bed.paths)
             .unwrap()
             .into_iter()
             .find(|(i, _)| *i == ifindex)

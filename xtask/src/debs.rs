@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     apt::{PrivateApt, field},
-    setup::tools_dir,
+    tools::tools_dir,
 };
 
 /// (package, suite).

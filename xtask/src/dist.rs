@@ -258,9 +258,8 @@ fn stage_files(bin: &Path, stage: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copies the files under `from` into `to`, directories included. Symlinks are left out:
-/// deploy/kubernetes/configmap.yaml links to base/ for a unit test in enipin/src/settings.rs that
-/// still reads the ConfigMap there, and is no manifest of its own.
+/// Copies the files under `from` into `to`, directories included. Symlinks are left out: a
+/// manifest shipped is a file of its own, never a link into the tree it came from.
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     fs::create_dir_all(to)?;
     for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {

@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     apt::{PrivateApt, depends, field},
-    setup::tools_dir,
+    tools::tools_dir,
 };
 
 /// One line of the matrix: the newest `linux-image-cloud-<arch>` among `suites` whose version

@@ -7,6 +7,7 @@ mod dist;
 mod kernels;
 mod setup;
 mod sysroot;
+mod tools;
 
 use std::{
     env,
@@ -64,7 +65,7 @@ fn root() -> PathBuf {
 fn cargo() -> Command {
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root())
-        .env("PATH", setup::path_with_tools());
+        .env("PATH", tools::path_with_tools());
     cmd
 }
 
@@ -158,6 +159,6 @@ fn bench(args: &[String]) -> Result<()> {
     let target = root().join("target/release");
     run(Command::new(target.join("enipin-bench"))
         .env("ENIPIN_BIN", target.join("enipin"))
-        .env("PATH", setup::path_with_tools())
+        .env("PATH", tools::path_with_tools())
         .args(args))
 }

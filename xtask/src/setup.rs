@@ -3,7 +3,6 @@
 
 use std::{
     env,
-    ffi::OsString,
     path::PathBuf,
     process::{Command, Stdio},
     time::Instant,
@@ -11,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::root;
+use crate::{root, tools::tools_dir};
 
 /// The nightly that builds the eBPF program: named once, in enipin-ebpf/rust-toolchain.toml
 /// (enipin/build.rs reads the same file).
@@ -80,16 +79,6 @@ const CARGO_TOOLS: &[(&str, &str)] = &[("cargo-deb", "3.8.0"), ("cargo-generate-
 /// Validates the Kubernetes manifests against schemas shipped in the package (offline).
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
-pub(crate) fn tools_dir() -> PathBuf {
-    root().join(".tools")
-}
-
-pub(crate) fn path_with_tools() -> OsString {
-    let mut paths = vec![tools_dir().join("bin")];
-    paths.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
-    env::join_paths(paths).expect("PATH entries contain no separator")
-}
-
 pub(crate) fn run() -> Result<()> {
     let started = Instant::now();
     step("Debian packages", packages)?;
@@ -99,7 +88,9 @@ pub(crate) fn run() -> Result<()> {
     step("cargo-deb and cargo-generate-rpm", cargo_tools)?;
     step("kubernetes-validate", kubernetes_validate)?;
     step("kernels of the matrix", crate::kernels::fetch)?;
-    step("arm64 guest userland", crate::sysroot::fetch)?;
+    step("arm64 guest userland", || {
+        crate::sysroot::fetch(crate::kernels::apt(crate::sysroot::ARCH))
+    })?;
     step("kustomize and cloud-init", crate::debs::fetch)?;
     step("Prometheus Operator CRD schemas", crd_schemas)?;
     eprintln!("setup: ready in {:.1} s", started.elapsed().as_secs_f64());

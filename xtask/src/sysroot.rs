@@ -12,7 +12,7 @@ use std::{collections::BTreeSet, fs, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use crate::{apt::PrivateApt, setup::tools_dir};
+use crate::{apt::PrivateApt, tools::tools_dir};
 
 /// Debian's name of the guest's architecture.
 pub(crate) const ARCH: &str = "arm64";
@@ -38,13 +38,14 @@ pub(crate) fn sysroot_dir() -> PathBuf {
     tools_dir().join(format!("sysroot-{ARCH}"))
 }
 
-/// The setup step: fetches and unpacks the userland unless it is there.
-pub(crate) fn fetch() -> Result<()> {
+/// The setup step: fetches and unpacks the userland unless it is there, from `apt` (the arm64
+/// kernels' index, which holds the userland's suites too).
+pub(crate) fn fetch(apt: Result<PrivateApt>) -> Result<()> {
     let dest = sysroot_dir();
     if dest.join("packages").is_file() {
         return Ok(());
     }
-    let apt = crate::kernels::apt(ARCH)?;
+    let apt = apt?;
     apt.update(&format!("the {ARCH} guest userland"))?;
     let closure = closure(&apt)?;
     eprintln!("setup: {ARCH} guest userland: {} packages", closure.len());

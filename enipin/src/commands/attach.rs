@@ -4,14 +4,14 @@ use anyhow::{Context as _, Result, bail};
 
 use super::ManagedText;
 use crate::{
-    apply,
-    config::{Config, Paths},
-    discover::Discovery,
+    engine::apply,
+    engine::snapshot::{Named, Snapshot},
+    engine::state,
+    kernel::discover::Discovery,
     metadata::Tracker,
     model::fmt_mac,
-    plan::{self, DiffFormat, Selection},
-    snapshot::{Named, Snapshot},
-    state,
+    routing::plan::{self, DiffFormat, Selection},
+    settings::config::{Config, Paths},
 };
 
 /// Plans rules, routes, sysctls and the datapath for the selected interfaces, prints the plan

@@ -4,12 +4,14 @@ use anyhow::{Result, anyhow};
 use enipin_ebpf::PROGRAM;
 
 use crate::{
-    address, apply,
-    config::Paths,
-    connmark, ebpf,
-    plan::{self, Change, DiffFormat},
-    snapshot::Snapshot,
-    state, sysctl,
+    datapath,
+    engine::apply,
+    engine::snapshot::Snapshot,
+    engine::state,
+    kernel::nft,
+    routing::address,
+    routing::plan::{self, Change, DiffFormat},
+    settings::config::Paths,
 };
 
 /// Removes enipin's rules, routes and datapath, restores the saved sysctls, removes the state.
@@ -30,7 +32,7 @@ pub async fn detach(paths: &Paths) -> Result<()> {
     }
     let pins = pins_of(paths, st.as_ref());
     let pinned = pins.pin_dir.exists();
-    let running = ebpf::running_at_egress()?;
+    let running = datapath::running_at_egress()?;
     if changes.is_empty() && st.is_none() && !pinned && running.is_empty() && failed.is_empty() {
         println!("nothing to do: enipin has nothing installed");
         return Ok(());
@@ -43,7 +45,7 @@ pub async fn detach(paths: &Paths) -> Result<()> {
         }
     }
     if pinned {
-        match ebpf::detach(&pins) {
+        match datapath::detach(&pins) {
             Ok(lines) => {
                 n_changes += lines.len();
                 lines.iter().for_each(|l| println!("{l}"));
@@ -91,7 +93,7 @@ fn pins_of(paths: &Paths, st: Option<&state::State>) -> Paths {
 /// enipin programs the kernel still runs at egress after the pins are gone: their links are
 /// pinned elsewhere (another pin dir in this namespace) or held open by a process.
 fn left_running(pins: &Paths) -> Result<Vec<String>> {
-    Ok(ebpf::running_at_egress()?
+    Ok(datapath::running_at_egress()?
         .into_iter()
         .map(|r| {
             format!(
@@ -114,10 +116,10 @@ fn connmark_removal(st: Option<&state::State>) -> Result<Option<Change>> {
     let recorded = st
         .and_then(|s| s.config.as_ref())
         .is_some_and(|c| c.connmark);
-    if !recorded && connmark::nft_available().is_err() {
+    if !recorded && nft::nft_available().is_err() {
         return Ok(None);
     }
-    Ok(connmark::installed()?.map(|old| Change::Connmark {
+    Ok(nft::installed()?.map(|old| Change::Connmark {
         old: Some(old),
         new: None,
     }))
@@ -136,8 +138,10 @@ fn removals(s: &Snapshot, st: Option<&state::State>) -> Vec<Change> {
         let Some(iface) = saved.find(&s.discovery.interfaces) else {
             continue;
         };
-        let (Ok(key), Some(conf)) = (sysctl::Key::new(&iface.name, saved.knob), iface.ipv4_conf)
-        else {
+        let (Ok(key), Some(conf)) = (
+            crate::model::sysctl::Key::new(&iface.name, saved.knob),
+            iface.ipv4_conf,
+        ) else {
             continue;
         };
         let now = saved.knob.of(&conf).to_string();

@@ -1,6 +1,8 @@
 //! The commands that change or report the namespace's state: `attach`, `detach`, `status`. Each
-//! starts from one [`Snapshot`](crate::snapshot::Snapshot) and leaves the changing to
-//! [`crate::apply`] (and [`crate::ebpf`]).
+//! starts from one [`Snapshot`](crate::engine::snapshot::Snapshot) and leaves the changing to
+//! [`crate::engine::apply`] (and [`crate::datapath`]).
+
+pub mod render;
 
 mod attach;
 mod detach;

@@ -8,16 +8,16 @@ use serde::{Serialize, Serializer};
 
 use super::ManagedText;
 use crate::{
-    apply,
-    config::{Config, Paths},
-    discover::Discovery,
-    ebpf::{self, Attached, OwnerTables},
+    datapath::{self, Attached, OwnerTables},
+    engine::apply,
+    engine::snapshot::{Named, Snapshot},
+    engine::state,
+    kernel::discover::Discovery,
     metadata::Tracker,
+    model::route::{Route, Rule},
     model::{Cidr, Gateway, ManagedInterface, Origin, fmt_mac},
-    plan::{Change, DiffFormat, Selection},
-    route::{Route, Rule},
-    snapshot::{Named, Snapshot},
-    state,
+    routing::plan::{Change, DiffFormat, Selection},
+    settings::config::{Config, Paths},
 };
 
 /// Everything `status` says.
@@ -82,9 +82,9 @@ pub(crate) struct DatapathDrift {
     change: String,
 }
 
-impl From<ebpf::Change> for Drift {
-    fn from(c: ebpf::Change) -> Self {
-        use ebpf::Change as C;
+impl From<datapath::Change> for Drift {
+    fn from(c: datapath::Change) -> Self {
+        use datapath::Change as C;
         let ifindex = match &c {
             C::Attach { ifindex, .. }
             | C::Detach { ifindex, .. }
@@ -148,7 +148,7 @@ impl StatusReport {
                 .collect(),
             requests: v.requests,
         });
-        let (rules, routes) = crate::plan::installed(d);
+        let (rules, routes) = crate::routing::plan::installed(d);
         let mut drift: Vec<Drift> = apply::compute(d, &managed, &cfg)?
             .changes
             .into_iter()
@@ -224,8 +224,8 @@ fn datapath(paths: &Paths) -> Result<(Vec<Attached>, OwnerTables)> {
         return Ok((Vec::new(), OwnerTables::default()));
     }
     Ok((
-        ebpf::attached(paths).context("reading the datapath attachment")?,
-        ebpf::table_summary(paths).context("reading the owner tables")?,
+        datapath::attached(paths).context("reading the datapath attachment")?,
+        datapath::table_summary(paths).context("reading the owner tables")?,
     ))
 }
 
@@ -360,7 +360,7 @@ fn managed_json<S: Serializer>(managed: &[ManagedInterface], s: S) -> Result<S::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::GatewaySource, route::V6_METRIC};
+    use crate::{model::GatewaySource, model::route::V6_METRIC};
 
     fn report() -> StatusReport {
         let m = ManagedInterface {
@@ -404,10 +404,10 @@ mod tests {
             datapath: vec![Attached {
                 ifindex: 3,
                 name: "eth1".into(),
-                kind: ebpf::AttachKind::Tcx,
+                kind: datapath::AttachKind::Tcx,
             }],
             owner_tables: OwnerTables {
-                ipv4: Some(ebpf::TableSummary {
+                ipv4: Some(datapath::TableSummary {
                     addresses: 1,
                     spilled_buckets: 0,
                 }),
@@ -415,7 +415,7 @@ mod tests {
             },
             drift: vec![
                 Drift::Routing(Change::AddRule(rule)),
-                Drift::from(ebpf::Change::Attach {
+                Drift::from(datapath::Change::Attach {
                     ifindex: 4,
                     name: "eth2".into(),
                 }),

@@ -10,7 +10,7 @@ use std::{collections::BTreeSet, ops::RangeInclusive, path::Path};
 use serde_norway::Value;
 
 use super::{Finding, Severity, host, rules::RuleView};
-use crate::{config::Config, discover::Discovery, model::ManagedInterface};
+use crate::{kernel::discover::Discovery, model::ManagedInterface, settings::config::Config};
 
 /// nm-cloud-setup: 30200 + i and 30400 + i for rules and tables, 30350 for its `lookup main`.
 const NM_NUMBERS: RangeInclusive<u32> = 30200..=30999;
@@ -96,7 +96,7 @@ fn nm_providers(root: &Path) -> Vec<String> {
             let w = word.trim_start_matches("Environment=");
             if let Some((k, v)) = w.split_once('=')
                 && let Some(p) = k.strip_prefix("NM_CLOUD_SETUP_")
-                && super::networkd::systemd_bool(v) == Some(true)
+                && super::networkd_conf::systemd_bool(v) == Some(true)
             {
                 out.insert(p.to_owned());
             }
@@ -161,7 +161,8 @@ fn suse_ifaces(root: &Path) -> Vec<String> {
                 l.trim()
                     .strip_prefix("CLOUD_NETCONFIG_MANAGE=")
                     .is_some_and(|v| {
-                        super::networkd::systemd_bool(v.trim_matches(['\'', '"'])) == Some(false)
+                        super::networkd_conf::systemd_bool(v.trim_matches(['\'', '"']))
+                            == Some(false)
                     })
             });
             (iface != "lo" && !off).then_some(iface)
@@ -470,7 +471,7 @@ mod tests {
         },
         *,
     };
-    use crate::route::{InstalledRoute, Route};
+    use crate::model::route::{InstalledRoute, Route};
 
     fn route(table: u32, oif: u32) -> InstalledRoute {
         InstalledRoute {

@@ -27,11 +27,11 @@ use nftables::{
 
 use super::{Finding, Severity};
 use crate::{
-    config::Config,
-    connmark::{self as cm, TABLE},
-    discover::Discovery,
+    kernel::discover::Discovery,
+    model::connmark::TABLE,
+    model::route::MAIN_TABLE,
     model::{Cidr, ManagedInterface},
-    route::MAIN_TABLE,
+    settings::config::Config,
 };
 
 /// What the checks need from the host.
@@ -50,7 +50,7 @@ pub(super) struct Ruleset {
 }
 
 pub(super) fn read() -> Read {
-    let nft = cm::nft_available().map_err(|e| format!("{e:#}"));
+    let nft = crate::kernel::nft::nft_available().map_err(|e| format!("{e:#}"));
     let ruleset = nft.is_ok().then(list);
     Read { nft, ruleset }
 }
@@ -465,7 +465,7 @@ fn mask(r: &Ruleset, mask: u32) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::{InstalledRoute, Route};
+    use crate::model::route::{InstalledRoute, Route};
 
     /// `json`: what `nft -j list ruleset` prints.
     fn ruleset(json: &str) -> Ruleset {

@@ -4,12 +4,12 @@
 //! calls (`bpf_redirect_neigh`, 5.10; `bpf_check_mtu`, 5.12, else the program's own check), the
 //! owner tables' map-in-map swap (refused for a struct-typed template by 5.15-6.1) and
 //! `BPF_FIB_LOOKUP_TBID` (6.8, else the kernel's full route lookup). The probes are
-//! `ebpf::features`'.
+//! `datapath::features`'.
 
 use std::path::Path;
 
 use super::{Finding, Severity};
-use crate::ebpf::{self, TableSwap};
+use crate::datapath::{self, TableSwap};
 
 /// What was probed; `Err` holds why a probe could not answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,13 +27,13 @@ pub(super) struct Kernel {
 pub(super) fn read(pin_dir: &Path) -> Kernel {
     let text = |e: std::io::Error| e.to_string();
     Kernel {
-        bpffs: ebpf::ensure_bpffs(pin_dir).map_err(|e| format!("{e:#}")),
+        bpffs: datapath::ensure_bpffs(pin_dir).map_err(|e| format!("{e:#}")),
         pin_dir: pin_dir.display().to_string(),
-        tcx: ebpf::have_tcx().map_err(|e| format!("{e:#}")),
-        redirect_neigh: ebpf::have_redirect_neigh().map_err(text),
-        check_mtu: ebpf::have_check_mtu(),
-        table_swap: ebpf::table_swap().map_err(text),
-        fib_tbid: ebpf::have_fib_tbid().map_err(text),
+        tcx: datapath::have_tcx().map_err(|e| format!("{e:#}")),
+        redirect_neigh: datapath::have_redirect_neigh().map_err(text),
+        check_mtu: datapath::have_check_mtu(),
+        table_swap: datapath::table_swap().map_err(text),
+        fib_tbid: datapath::have_fib_tbid().map_err(text),
     }
 }
 

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use super::{Finding, Severity};
 use crate::{
-    config::Config,
     model::{Interface, fmt_mac},
-    plan::{self, MacPick},
+    routing::plan::{self, MacPick},
+    settings::config::Config,
 };
 
 pub(super) fn check(interfaces: &[Interface], cfg: &Config) -> Vec<Finding> {

@@ -26,6 +26,7 @@ mod host;
 mod kernel;
 mod macs;
 mod networkd;
+mod networkd_conf;
 mod networkd_links;
 mod rules;
 mod sysctl;
@@ -40,13 +41,13 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    config::{Config, Paths},
-    netns,
-    plan::{self, Selection},
-    snapshot::Snapshot,
+    engine::snapshot::Snapshot,
+    kernel::netns,
+    routing::plan::{self, Selection},
+    settings::config::{Config, Paths},
 };
 
-pub(crate) use networkd::DROP_IN as NETWORKD_DROP_IN;
+pub(crate) use networkd_conf::DROP_IN as NETWORKD_DROP_IN;
 
 /// How much a finding matters to enipin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

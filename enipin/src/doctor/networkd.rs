@@ -15,18 +15,11 @@ use ini::{Ini, ParseOption};
 
 use crate::model::MacAddr;
 
-use super::{Finding, Severity, host, networkd_links};
-
-/// The drop-in that keeps networkd's hands off rules and routes it did not create. Named to
-/// sort after the usual drop-ins: the last assignment wins.
-pub(crate) const DROP_IN_PATH: &str = "/etc/systemd/networkd.conf.d/99-enipin.conf";
-/// Its contents.
-pub(crate) const DROP_IN_BODY: &str =
-    "[Network]\nManageForeignRoutingPolicyRules=no\nManageForeignRoutes=no\n";
-/// The drop-in as `render --format networkd` prints it.
-pub(crate) const DROP_IN: &str = "# /etc/systemd/networkd.conf.d/99-enipin.conf: networkd keeps \
-    the rules and routes it did not create (enipin's)\n\
-    [Network]\nManageForeignRoutingPolicyRules=no\nManageForeignRoutes=no\n";
+use super::{
+    Finding, Severity, host,
+    networkd_conf::{fix, systemd_bool},
+    networkd_links,
+};
 
 /// networkd.conf: the first of these, then the drop-ins of the `.d` directories.
 const MAIN: [&str; 4] = [
@@ -128,27 +121,6 @@ fn assignment(text: &str, key: &str) -> Option<bool> {
         .next_back()
 }
 
-/// systemd's `parse_boolean`.
-pub(super) fn systemd_bool(v: &str) -> Option<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "yes" | "y" | "true" | "t" | "on" => Some(true),
-        "0" | "no" | "n" | "false" | "f" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-/// Both halves: the drop-in (no rule or route of enipin's deleted), and `KeepConfiguration=static`
-/// (no address removed at a restart or a reload).
-pub(super) fn fix() -> String {
-    format!(
-        "{DROP_IN_PATH}:\n{DROP_IN_BODY}then `systemctl restart systemd-networkd` (networkd reads \
-         networkd.conf only when it starts);\nand `KeepConfiguration=static` in [Network] of each \
-         managed interface's .network file, then `networkctl reload` (a restart or a reload then \
-         leaves its addresses and routes; `networkctl reconfigure` still removes and adds them \
-         back);\n`enipin render --format networkd` prints both"
-    )
-}
-
 /// The triggers, as measured with networkd 252.
 const TRIGGERS: &str = "at `networkctl reconfigure`, at a restart (where udev runs), at \
     `networkctl reload` after a changed .network file (not at a reload of unchanged files, \
@@ -213,7 +185,10 @@ pub(super) fn check(n: &Networkd) -> Vec<Finding> {
 
 #[cfg(test)]
 mod tests {
-    use super::{super::host::scratch::Root, *};
+    use super::{
+        super::{host::scratch::Root, networkd_conf::DROP_IN_BODY},
+        *,
+    };
 
     fn read_at(r: &Root, running: bool) -> Networkd {
         let procs = if running {

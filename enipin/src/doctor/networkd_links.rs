@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 
 use ini::{Ini, ParseOption};
 
-use super::{Finding, Severity, host, networkd};
+use super::{
+    Finding, Severity, host,
+    networkd_conf::{fix, systemd_bool},
+};
 use crate::model::{MacAddr, fmt_mac};
 
 /// networkd's `.network` directories, highest precedence first.
@@ -41,7 +44,7 @@ impl Keep {
             "static" => Some(Keep::Static),
             "dhcp-on-stop" => Some(Keep::DhcpOnStop),
             "dhcp" => Some(Keep::Dhcp),
-            v => networkd::systemd_bool(v).map(|b| if b { Keep::Yes } else { Keep::No }),
+            v => systemd_bool(v).map(|b| if b { Keep::Yes } else { Keep::No }),
         }
     }
 
@@ -176,7 +179,7 @@ fn check_one(l: &LinkFile) -> Option<Finding> {
                 l.name
             ),
         )
-        .fix(networkd::fix()),
+        .fix(fix()),
     )
 }
 
@@ -228,7 +231,8 @@ mod tests {
         );
         let fix = f[0].fix.as_ref().unwrap();
         assert!(
-            fix.contains(networkd::DROP_IN_BODY) && fix.contains("KeepConfiguration=static"),
+            fix.contains(super::super::networkd_conf::DROP_IN_BODY)
+                && fix.contains("KeepConfiguration=static"),
             "{fix}"
         );
 

@@ -13,11 +13,11 @@ use netlink_packet_route::{
 
 use super::{Finding, Severity};
 use crate::{
-    config::Config,
-    discover::Discovery,
+    kernel::discover::Discovery,
+    kernel::netlink::Netlink,
+    model::route::MAIN_TABLE,
     model::{Cidr, ManagedInterface, RTPROT_ENIPIN},
-    netlink::Netlink,
-    route::MAIN_TABLE,
+    settings::config::Config,
 };
 
 /// systemd's metadata-service rules: fwmark and table 0x7FFF0815, `prohibit 169.254.169.254`.
@@ -366,8 +366,8 @@ fn rule_above(
 pub(super) mod tests {
     use super::*;
     use crate::{
+        model::route::{InstalledRoute, Route},
         model::{Interface, ManagedInterface},
-        route::{InstalledRoute, Route},
     };
 
     pub(crate) fn rule(priority: u32, from: Option<&str>, table: u32, protocol: u8) -> RuleView {

@@ -11,7 +11,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use super::{Finding, Severity, host};
-use crate::{model::ManagedInterface, sysctl::Knob};
+use crate::{model::ManagedInterface, model::sysctl::Knob};
 
 const DIRS: [&str; 5] = [
     "/etc/sysctl.d",
@@ -21,7 +21,7 @@ const DIRS: [&str; 5] = [
     "/lib/sysctl.d",
 ];
 
-/// What enipin sets (see [`crate::sysctl::wanted`]): loose rp_filter, per-interface ARP.
+/// What enipin sets (see [`crate::model::sysctl::wanted`]): loose rp_filter, per-interface ARP.
 fn wanted(knob: Knob) -> u32 {
     match knob {
         Knob::RpFilter => 2,

@@ -9,7 +9,7 @@ use enipin_ebpf::PROGRAM;
 use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
 
 use super::{Finding, Severity};
-use crate::{model::ManagedInterface, netlink::Netlink};
+use crate::{kernel::netlink::Netlink, model::ManagedInterface};
 
 /// A program at a TCX hook, in run order.
 #[derive(Clone, Debug, PartialEq, Eq)]

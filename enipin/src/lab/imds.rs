@@ -24,7 +24,7 @@ use hyper::{Method, Request, Response, StatusCode, server::conn::http1, service:
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::testbed::Netns;
+use crate::lab::testbed::Netns;
 
 /// The server's address, on the namespace's loopback: inside 198.18.0.0/15, clear of the lab's
 /// subnets (198.18.0.0/24, 198.18.1.0/24).
@@ -107,7 +107,7 @@ impl Imds {
         let s = Arc::clone(&shared);
         let thread = std::thread::spawn(move || {
             let run = || -> Result<()> {
-                crate::netns::enter(&name)?;
+                crate::kernel::netns::enter(&name)?;
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;

@@ -19,7 +19,7 @@ use super::{
     snapshot::Snapshot,
     topology::{DropKind, Drops, EniSpec, Spec, Topology},
 };
-use crate::testbed::{Dirs, Netns, enipin_command};
+use crate::lab::testbed::{Dirs, Netns, enipin_command};
 
 /// Set by `enipin lab`'s signal handler: every wait polls it, so Ctrl-C unwinds to the RAII guards.
 pub(crate) static CANCELLED: AtomicBool = AtomicBool::new(false);
@@ -683,7 +683,7 @@ impl<'a> Lab<'a> {
     /// with the secondary's source, redirected. Read from the pinned map (pins are not per
     /// namespace).
     fn misrouted(&self, primary_ifindex: u32) -> Result<u64> {
-        Ok(crate::ebpf::counters(&self.dirs.paths())?
+        Ok(crate::datapath::counters(&self.dirs.paths())?
             .into_iter()
             .find(|(i, _)| *i == primary_ifindex)
             .map_or(0, |(_, c)| c.misrouted_packets))

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context as _, Result};
 
-use crate::testbed::Netns;
+use crate::lab::testbed::Netns;
 
 /// `ip rule` and `ip -6 rule`.
 pub fn rules(ns: &Netns) -> Result<String> {
@@ -52,7 +52,7 @@ pub fn tcx_programs(ns: &Netns, ifname: &str) -> Result<Vec<(&'static str, Vec<S
     let (name, ifname) = (ns.name().to_string(), ifname.to_string());
     // setns only moves the calling thread: query from a thread of its own.
     std::thread::spawn(move || -> Result<_> {
-        crate::netns::enter(&name)?;
+        crate::kernel::netns::enter(&name)?;
         let mut all = Vec::new();
         for (dir, at) in [
             ("ingress", TcAttachType::Ingress),

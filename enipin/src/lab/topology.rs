@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::testbed::{Netns, veth};
+use crate::lab::testbed::{Netns, veth};
 
 /// nftables table (bridge family) in `vpc` holding the source checks and their counters.
 pub(crate) const NFT_TABLE: &str = "enipin_lab";

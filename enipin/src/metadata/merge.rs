@@ -4,7 +4,7 @@
 //! prefixes. Selection and planning then treat them like any other address and prefix.
 
 use crate::{
-    discover::Discovery,
+    kernel::discover::Discovery,
     model::{Cidr, FromMetadata},
 };
 
@@ -50,11 +50,11 @@ pub(crate) fn merge(d: &mut Discovery, view: &View, configure: bool) {
 mod tests {
     use super::*;
     use crate::{
-        address,
-        config::Config,
+        routing::address,
+        settings::config::Config,
         metadata::EniMetadata,
         model::{Interface, Origin},
-        plan::{self, Change, Selection},
+        routing::plan::{self, Change, Selection},
     };
 
     fn iface(ifindex: u32, addrs: &[&str]) -> Interface {

@@ -28,7 +28,7 @@ use std::{
 pub(crate) use merge::merge;
 
 use crate::{
-    config::{Config, MetadataSource},
+    settings::config::{Config, MetadataSource},
     model::{Cidr, MacAddr, fmt_mac},
 };
 

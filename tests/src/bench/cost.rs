@@ -3,7 +3,7 @@
 //! enipin's classifier against the floor: `enipin_noop` from the same object, which compiles to
 //! `r0 = -1; exit` and so measures the test-run loop itself. Both run on the same 64-byte frame
 //! (80 for IPv6, 42 for ARP) with the same `__sk_buff` (its ifindex is the interface the program
-//! "runs on"). The maps are filled by the real applier (`ebpf::plan` + `ebpf::apply`) for 15 veth
+//! "runs on"). The maps are filled by the real applier (`datapath::plan` + `datapath::apply`) for 15 veth
 //! "ENIs" owning 1, 16 or 750 addresses of each family, spread round-robin.
 //!
 //! Timing: the thread's CPU time across one BPF_PROG_TEST_RUN syscall of `repeat` runs, divided by
@@ -20,10 +20,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{Context as _, Result, ensure};
 use aya::{Ebpf, programs::SchedClassifier};
 use enipin::{
-    config::{Config, Paths},
-    ebpf,
+    datapath,
+    lab::testbed::{Dirs, Netns},
     model::{Cidr, Forwarding, ManagedInterface},
-    testbed::{Dirs, Netns},
+    settings::config::{Config, Paths},
 };
 use enipin_ebpf::{Counters, NOOP_PROGRAM, PROGRAM};
 
@@ -100,7 +100,7 @@ pub fn run(quick: bool, rounds: usize) -> Result<Vec<Row>> {
             }
         }
         for f in &fixtures {
-            ebpf::detach(&f.paths)?;
+            datapath::detach(&f.paths)?;
         }
         Ok(fixtures)
     })?;
@@ -200,10 +200,10 @@ impl Fixture {
                 }
             })
             .collect();
-        let plan = ebpf::plan(&managed, &cfg, &paths)?;
-        ebpf::apply(plan, &managed, &cfg, &paths)
+        let plan = datapath::plan(&managed, &cfg, &paths)?;
+        datapath::apply(plan, &managed, &cfg, &paths)
             .context("filling the maps with the real applier")?;
-        let mut bpf = ebpf::load(&paths.pin_dir)?;
+        let mut bpf = datapath::load(&paths.pin_dir)?;
         let noop: &mut SchedClassifier = bpf
             .program_mut(NOOP_PROGRAM)
             .context("no noop program")?
@@ -250,7 +250,7 @@ impl Fixture {
     fn round(&mut self, round: usize, repeat: u32) -> Result<()> {
         for (c, (floor, subject)) in self.cases.iter().zip(&mut self.out) {
             let count = |paths: &Paths| -> Result<u64> {
-                let all = ebpf::counters(paths)?;
+                let all = datapath::counters(paths)?;
                 Ok(all
                     .iter()
                     .find(|(i, _)| *i == c.ifindex)

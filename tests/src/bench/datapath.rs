@@ -31,7 +31,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use enipin::{
     lab::Topology,
-    testbed::{self, Dirs, Netns, PinDir},
+    lab::testbed::{self, Dirs, Netns, PinDir},
 };
 
 use super::{KillOnDrop, Row, Target, median};
@@ -345,7 +345,7 @@ pub(super) fn ip_drops(topo: &Topology) -> Result<u64> {
 
 /// (misrouted packets, failed redirects) summed over the interfaces.
 pub(super) fn misrouted(dirs: &Dirs) -> Result<(u64, u64)> {
-    let all = enipin::ebpf::counters(&dirs.paths())?;
+    let all = enipin::datapath::counters(&dirs.paths())?;
     Ok(all.iter().fold((0, 0), |(m, f), (_, c)| {
         (m + c.misrouted_packets, f + c.redirect_failed)
     }))

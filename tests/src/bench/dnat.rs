@@ -36,8 +36,8 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use enipin::{
+    lab::testbed::{self, Dirs, Netns},
     lab::{Spec, Topology},
-    testbed::{self, Dirs, Netns},
 };
 
 use super::{

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use enipin::testbed::{self, Dirs, Netns};
+use enipin::lab::testbed::{self, Dirs, Netns};
 
 use super::{Row, Target, median};
 use crate::http_client::{agent, get_with};

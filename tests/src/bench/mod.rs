@@ -235,7 +235,7 @@ pub fn thread_cpu_ns() -> u64 {
 pub fn noop(pin_dir: &std::path::Path) -> Result<aya::Ebpf> {
     let mut bpf = aya::EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
-        .load(enipin::ebpf::OBJECT)?;
+        .load(enipin::datapath::OBJECT)?;
     let prog: &mut aya::programs::SchedClassifier = bpf
         .program_mut(enipin_ebpf::NOOP_PROGRAM)
         .context("no noop program")?

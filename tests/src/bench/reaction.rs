@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aya::maps::{HashMap, Map, MapData};
 use enipin::{
     lab::Topology,
-    testbed::{self, Dirs, TempDir},
+    lab::testbed::{self, Dirs, TempDir},
 };
 use enipin_ebpf::{Owner, maps};
 use futures::TryStreamExt as _;

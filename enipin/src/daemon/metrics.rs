@@ -1,0 +1,500 @@
+//! What `enipin watch --metrics-listen` serves: `GET /metrics` (the datapath's counters and the
+//! control plane's) and `GET /healthz`, from the watcher's own process.
+//!
+//! The control-plane metrics live in a registry the watch loop updates after every reconcile;
+//! the datapath's counters and attachments are read per scrape (they live in the kernel). The
+//! health answer is computed per request too: the last reconcile's result, and the same cheap
+//! check the loop runs every 250 ms ([`datapath::missing`]).
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Result;
+use hyper::{Method, StatusCode};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    proto::{self, Metric, MetricFamily, MetricType},
+};
+
+use crate::{
+    datapath,
+    engine::apply::Reconciled,
+    model::ManagedInterface,
+    model::objects::{self, InPlace},
+    observe::http::Reply,
+    observe::metrics,
+    settings::config::{Config, Paths},
+};
+
+/// Kinds of restored and drifted objects, so that every series exists from the first scrape.
+const KINDS: [&str; 8] = [
+    "rule",
+    "address",
+    "route",
+    "sysctl",
+    "datapath_link",
+    "datapath_program",
+    "datapath_map",
+    "connmark",
+];
+
+/// The watcher's metrics and what its health depends on; shared with the HTTP server.
+pub(crate) struct Telemetry {
+    registry: Registry,
+    reconciles: IntCounterVec,
+    restored: IntCounterVec,
+    duration: Histogram,
+    last_success: Gauge,
+    drift: IntGaugeVec,
+    interfaces: IntGauge,
+    addresses: IntGauge,
+    rules_installed: IntGauge,
+    build: IntGaugeVec,
+    rules: AtomicBool,
+    ebpf: AtomicBool,
+    paths: Paths,
+    last: Mutex<Last>,
+}
+
+/// The last reconcile, for `/healthz` and the per-scrape datapath metrics.
+#[derive(Default)]
+struct Last {
+    /// `None` before the first reconcile; `Some(Err)` holds its error in one line.
+    result: Option<Result<(), String>>,
+    managed: Vec<ManagedInterface>,
+    /// What the last success left in place: what a later pass puts back of it is a restore.
+    in_place: InPlace,
+}
+
+impl Telemetry {
+    pub(crate) fn new(cfg: &Config, paths: &Paths) -> Result<Arc<Self>> {
+        let registry = Registry::new();
+        let reconciles = IntCounterVec::new(
+            Opts::new(
+                "enipin_reconciles_total",
+                "Reconciles by result: changed (something was applied), unchanged, failed.",
+            ),
+            &["result"],
+        )?;
+        let restored = IntCounterVec::new(
+            Opts::new(
+                "enipin_restored_total",
+                "Objects put back after someone else removed or changed them, by kind: those \
+                 the last successful reconcile left in place.",
+            ),
+            &["kind"],
+        )?;
+        // 1 ms to about 4 s: a reconcile of 15 x 50 addresses with nothing to do takes ~10 ms.
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "enipin_reconcile_duration_seconds",
+                "Time of one reconcile (discover, plan, apply), failed ones included.",
+            )
+            .buckets(prometheus::exponential_buckets(0.001, 2.0, 13)?),
+        )?;
+        let last_success = Gauge::new(
+            "enipin_last_success_timestamp_seconds",
+            "Unix time of the last successful reconcile (0: none yet).",
+        )?;
+        let drift = IntGaugeVec::new(
+            Opts::new(
+                "enipin_drift_objects",
+                "Objects the last successful reconcile found missing or extra, by kind, before \
+                 it put them right.",
+            ),
+            &["kind", "state"],
+        )?;
+        let interfaces = IntGauge::new(
+            "enipin_managed_interfaces",
+            "Interfaces enipin manages now.",
+        )?;
+        let addresses = IntGauge::new(
+            "enipin_managed_addresses",
+            "Addresses and delegated prefixes on the managed interfaces.",
+        )?;
+        // The alert on misrouted packets needs it: with rules installed, the datapath should have
+        // nothing left to redirect, so any misrouted packet means something bypassed the rules.
+        let rules_installed = IntGauge::new(
+            "enipin_rules_installed",
+            "1 when enipin's policy rules and routes are installed (0: --no-rules, or nothing to \
+             manage).",
+        )?;
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "enipin_build_info",
+                "Always 1: this binary's version and its datapath program's tag (\"none\" \
+                 without the datapath).",
+            ),
+            &["version", "program_tag"],
+        )?;
+        for kind in KINDS {
+            restored.with_label_values(&[kind]);
+            for state in ["missing", "extra"] {
+                drift.with_label_values(&[kind, state]);
+            }
+        }
+        for result in ["changed", "unchanged", "failed"] {
+            reconciles.with_label_values(&[result]);
+        }
+        registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(restored.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(last_success.clone()))?;
+        registry.register(Box::new(drift.clone()))?;
+        registry.register(Box::new(interfaces.clone()))?;
+        registry.register(Box::new(addresses.clone()))?;
+        registry.register(Box::new(rules_installed.clone()))?;
+        registry.register(Box::new(build.clone()))?;
+        Ok(Arc::new(Self {
+            registry,
+            reconciles,
+            restored,
+            duration,
+            last_success,
+            drift,
+            interfaces,
+            addresses,
+            rules_installed,
+            build,
+            rules: AtomicBool::new(cfg.rules),
+            ebpf: AtomicBool::new(cfg.ebpf),
+            paths: paths.clone(),
+            last: Mutex::new(Last::default()),
+        }))
+    }
+
+    /// Which layers are expected from now on (a SIGHUP reloaded `layers.rules`/`layers.ebpf`).
+    pub(crate) fn set_layers(&self, cfg: &Config) {
+        self.rules.store(cfg.rules, Ordering::Relaxed);
+        self.ebpf.store(cfg.ebpf, Ordering::Relaxed);
+    }
+
+    /// Records a successful reconcile. `repinned`: link pins put back before it.
+    pub(crate) fn succeeded(&self, r: &Reconciled, repinned: usize, took: Duration) {
+        self.duration.observe(took.as_secs_f64());
+        let result = if r.changes.is_empty() {
+            "unchanged"
+        } else {
+            "changed"
+        };
+        self.reconciles.with_label_values(&[result]).inc();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        for kind in KINDS {
+            for (state, missing) in [("missing", true), ("extra", false)] {
+                let n = r.drift.get(&(kind, missing)).copied().unwrap_or(0);
+                self.drift.with_label_values(&[kind, state]).set(n as i64);
+            }
+        }
+        // What was in place at the last success and is put back now was removed by someone
+        // else, whatever else changed in the same pass (a gateway's source, an address).
+        for o in objects::restored(&last.in_place, &r.added) {
+            self.restored.with_label_values(&[o.kind()]).inc();
+        }
+        self.restored
+            .with_label_values(&["datapath_link"])
+            .inc_by(repinned as u64);
+        self.interfaces.set(r.managed.len() as i64);
+        let addrs: usize = r
+            .managed
+            .iter()
+            .map(|m| m.addrs.len() + m.prefixes.len())
+            .sum();
+        self.addresses.set(addrs as i64);
+        self.rules_installed.set(i64::from(
+            self.rules.load(Ordering::Relaxed) && !r.managed.is_empty(),
+        ));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_success.set(now.as_secs_f64());
+        // The tag is known once a plan has run (it takes a load, done once per process).
+        let tag = if self.ebpf.load(Ordering::Relaxed) {
+            datapath::our_tag(&self.paths.pin_dir)
+                .map_or_else(|_| "unknown".to_owned(), |t| format!("{t:016x}"))
+        } else {
+            "none".to_owned()
+        };
+        self.build.reset();
+        self.build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), &tag])
+            .set(1);
+        last.result = Some(Ok(()));
+        last.managed.clone_from(&r.managed);
+        last.in_place.clone_from(&r.in_place);
+    }
+
+    /// Records a failed reconcile (the installed state was left as it was).
+    pub(crate) fn failed(&self, e: &anyhow::Error, took: Duration) {
+        self.duration.observe(took.as_secs_f64());
+        self.reconciles.with_label_values(&["failed"]).inc();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.result = Some(Err(format!("{e:#}").replace('\n', " ")));
+    }
+
+    /// What of the datapath is missing for the interfaces managed at the last success.
+    fn datapath_missing(&self, managed: &[ManagedInterface]) -> Vec<String> {
+        if !self.ebpf.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        datapath::missing(managed, &self.paths).unwrap_or_else(|e| vec![format!("{e:#}")])
+    }
+
+    /// `GET /healthz`: 200 when the last reconcile succeeded and the datapath is in place on
+    /// every managed interface, else 503, each with a one-line reason.
+    pub(crate) fn health(&self) -> Reply {
+        let (result, managed) = {
+            let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            (last.result.clone(), last.managed.clone())
+        };
+        let bad = |why: String| Reply::text(StatusCode::SERVICE_UNAVAILABLE, why + "\n");
+        match result {
+            None => bad("no reconcile yet".to_owned()),
+            Some(Err(e)) => bad(format!("the last reconcile failed: {e}")),
+            Some(Ok(())) => {
+                let gone = self.datapath_missing(&managed);
+                if gone.is_empty() {
+                    Reply::text(
+                        StatusCode::OK,
+                        format!("ok: managing {} interface(s)\n", managed.len()),
+                    )
+                } else {
+                    bad(format!("datapath missing: {}", gone.join(", ")))
+                }
+            }
+        }
+    }
+
+    /// `GET /metrics`: the control plane's registry, the datapath's counters (when pinned) and
+    /// whether the datapath is attached on each managed interface.
+    pub(crate) fn exposition(&self) -> Result<String> {
+        let managed = self
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .managed
+            .clone();
+        let mut families = self.registry.gather();
+        if self.ebpf.load(Ordering::Relaxed) {
+            // Nothing pinned (nothing to manage yet) is no error: no datapath series.
+            if let Ok(rows) = metrics::rows(&self.paths) {
+                families.extend(metrics::datapath(&rows));
+            }
+            families.push(self.attached(&managed));
+        }
+        metrics::encode(&families)
+    }
+
+    /// `enipin_datapath_attached{interface}`: 1 when the datapath is in place on it. The check
+    /// per interface runs only when the check of all of them found something missing.
+    fn attached(&self, managed: &[ManagedInterface]) -> MetricFamily {
+        let all_in_place = self.datapath_missing(managed).is_empty();
+        let mut f = MetricFamily::default();
+        f.set_name("enipin_datapath_attached".to_owned());
+        f.set_help(
+            "1 when the datapath is attached and pinned on the managed interface.".to_owned(),
+        );
+        f.set_field_type(MetricType::GAUGE);
+        f.set_metric(
+            managed
+                .iter()
+                .map(|m| {
+                    let up =
+                        all_in_place || self.datapath_missing(std::slice::from_ref(m)).is_empty();
+                    let mut g = proto::Gauge::default();
+                    g.set_value(if up { 1.0 } else { 0.0 });
+                    let mut metric = Metric::default();
+                    metric.set_label(vec![metrics::label("interface", &m.name)]);
+                    metric.set_gauge(g);
+                    metric
+                })
+                .collect(),
+        );
+        f
+    }
+
+    /// The routes of the watcher's endpoint.
+    pub(crate) fn route(&self, method: &Method, path: &str) -> Reply {
+        if method != Method::GET && method != Method::HEAD {
+            return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        }
+        match path {
+            "/healthz" => self.health(),
+            _ => crate::observe::http::route_metrics(method, path, || self.exposition()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{engine::apply::Drift, model::objects::Object, model::sysctl};
+
+    /// Without the datapath: nothing here loads a program or reads a pin.
+    fn telemetry() -> Arc<Telemetry> {
+        let cfg = Config {
+            ebpf: false,
+            ..Config::default()
+        };
+        let paths = Paths {
+            pin_dir: "/nonexistent/enipin-pins".into(),
+            state_dir: "/nonexistent/enipin-state".into(),
+        };
+        Telemetry::new(&cfg, &paths).unwrap()
+    }
+
+    fn reconciled(changes: usize, drift: &[((&'static str, bool), u64)]) -> Reconciled {
+        Reconciled {
+            changes: vec!["+ rule".to_owned(); changes],
+            drift: drift.iter().copied().collect(),
+            ..Reconciled::default()
+        }
+    }
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn health_follows_the_last_reconcile() {
+        let t = telemetry();
+        let r = t.health();
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.body, "no reconcile yet\n");
+        t.failed(
+            &anyhow::anyhow!("discovering links\nnetlink: EPERM"),
+            Duration::from_millis(3),
+        );
+        let r = t.health();
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            r.body,
+            "the last reconcile failed: discovering links netlink: EPERM\n"
+        );
+        assert_eq!(r.body.lines().count(), 1);
+        t.succeeded(&reconciled(0, &[]), 0, Duration::from_millis(2));
+        let r = t.health();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+
+    fn rule(priority: u32) -> Object {
+        Object::Rule(crate::model::route::Rule {
+            v6: false,
+            priority,
+            from: None,
+            table: 20002,
+            suppress_prefixlen: None,
+            fwmark: None,
+        })
+    }
+
+    /// A pass that put `added` in place and left `in_place`, with its drift.
+    fn pass(added: &[Object], in_place: &[Object]) -> Reconciled {
+        let mut drift = Drift::new();
+        for o in added {
+            *drift.entry((o.kind(), true)).or_default() += 1;
+        }
+        Reconciled {
+            changes: vec!["+ something".to_owned(); added.len()],
+            drift,
+            added: added.to_vec(),
+            in_place: in_place.iter().cloned().collect(),
+            ..Reconciled::default()
+        }
+    }
+
+    #[test]
+    fn restores_count_what_was_put_back_of_what_was_in_place() {
+        let t = telemetry();
+        let rp = Object::Sysctl(sysctl::Key::new("eth1", sysctl::Knob::RpFilter).unwrap());
+        let before = [rule(20000), rule(20002), rp.clone()];
+        // The first success installs everything: drift, but no restore.
+        t.succeeded(&pass(&before, &before), 0, Duration::ZERO);
+        // Someone deleted a rule, reverted a sysctl and removed a link pin (pinned back); a rule
+        // new in this pass (an address added, a gateway's source changed) is no restore.
+        let now = [rule(20000), rule(20002), rule(20004), rp.clone()];
+        t.succeeded(
+            &pass(&[rule(20002), rule(20004), rp], &now),
+            1,
+            Duration::ZERO,
+        );
+        t.succeeded(&pass(&[], &now), 0, Duration::ZERO);
+        let text = t.exposition().unwrap();
+        for (series, want) in [
+            ("enipin_restored_total{kind=\"rule\"}", 1.0),
+            ("enipin_restored_total{kind=\"sysctl\"}", 1.0),
+            ("enipin_restored_total{kind=\"datapath_link\"}", 1.0),
+            ("enipin_restored_total{kind=\"route\"}", 0.0),
+            ("enipin_reconciles_total{result=\"changed\"}", 2.0),
+            ("enipin_reconciles_total{result=\"unchanged\"}", 1.0),
+            ("enipin_reconciles_total{result=\"failed\"}", 0.0),
+            ("enipin_reconcile_duration_seconds_count", 3.0),
+            // The last reconcile found nothing out of place.
+            ("enipin_drift_objects{kind=\"rule\",state=\"missing\"}", 0.0),
+            ("enipin_managed_interfaces", 0.0),
+        ] {
+            assert_eq!(value(&text, series), Some(want), "{series} in\n{text}");
+        }
+        let build = format!(
+            "enipin_build_info{{program_tag=\"none\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{build} in\n{text}");
+        assert!(value(&text, "enipin_last_success_timestamp_seconds") > Some(1.7e9));
+    }
+
+    #[test]
+    fn rules_installed_follows_the_rules_layer_and_what_is_managed() {
+        let installed = |rules: bool, managed: usize| {
+            let cfg = Config {
+                ebpf: false,
+                rules,
+                ..Config::default()
+            };
+            let paths = Paths {
+                pin_dir: "/nonexistent/enipin-pins".into(),
+                state_dir: "/nonexistent/enipin-state".into(),
+            };
+            let t = Telemetry::new(&cfg, &paths).unwrap();
+            let before = value(&t.exposition().unwrap(), "enipin_rules_installed");
+            assert_eq!(before, Some(0.0), "nothing installed before a reconcile");
+            let r = Reconciled {
+                managed: (1..=managed as u32)
+                    .map(|i| ManagedInterface::fixture(i, &format!("eth{i}"), Vec::new()))
+                    .collect(),
+                ..Reconciled::default()
+            };
+            t.succeeded(&r, 0, Duration::ZERO);
+            value(&t.exposition().unwrap(), "enipin_rules_installed")
+        };
+        assert_eq!(installed(true, 2), Some(1.0));
+        assert_eq!(installed(true, 0), Some(0.0), "nothing to manage");
+        assert_eq!(installed(false, 2), Some(0.0), "--no-rules");
+    }
+
+    #[test]
+    fn the_endpoint_routes_metrics_and_health_and_refuses_the_rest() {
+        let t = telemetry();
+        assert_eq!(
+            t.route(&Method::GET, "/healthz").status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let m = t.route(&Method::GET, "/metrics");
+        assert_eq!(m.status, StatusCode::OK);
+        assert!(
+            m.body.contains("# TYPE enipin_reconciles_total counter\n"),
+            "{}",
+            m.body
+        );
+        assert_eq!(t.route(&Method::GET, "/").status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            t.route(&Method::POST, "/healthz").status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+}

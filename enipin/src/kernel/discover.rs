@@ -1,0 +1,227 @@
+//! What the kernel has now, read over netlink (the source of truth; metadata only adds to it):
+//! interfaces with their addresses, the main table's default routes, and every rule and route.
+//! An error reading any of it is an error, never an empty list.
+
+use std::net::IpAddr;
+
+use anyhow::Result;
+use netlink_packet_route::{
+    AddressFamily,
+    address::{AddressAttribute, AddressFlags, AddressScope},
+    link::{
+        AfSpecInet, AfSpecInet6, AfSpecUnspec, InfoKind, LinkAttribute, LinkFlags, LinkInfo,
+        LinkLayerType,
+    },
+};
+
+use crate::{
+    kernel::netlink::{self, Netlink},
+    model::route::{InstalledRoute, InstalledRule, MAIN_TABLE},
+    model::{Cidr, Forwarding, Interface, MacAddr, RTPROT_ENIPIN},
+};
+
+/// A snapshot of the namespace.
+#[derive(Debug)]
+pub(crate) struct Discovery {
+    pub interfaces: Vec<Interface>,
+    /// Default routes of the main table: (ifindex, gateway).
+    pub defaults: Vec<(u32, IpAddr)>,
+    /// Every rule of both families, anyone's.
+    pub rules: Vec<InstalledRule>,
+    /// Every route of both families in every table, anyone's, with its device named.
+    pub routes: Vec<InstalledRoute>,
+}
+
+pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
+    let mut interfaces = Vec::new();
+    for link in nl.links().await? {
+        let mut iface = Interface {
+            ifindex: link.header.index,
+            name: String::new(),
+            mac: [0; 6],
+            mtu: 0,
+            up: link.header.flags.contains(LinkFlags::Up),
+            ethernet: link.header.link_layer_type == LinkLayerType::Ether,
+            loopback: link.header.flags.contains(LinkFlags::Loopback),
+            master: None,
+            addrs: Vec::new(),
+            ours: Vec::new(),
+            meta: None,
+            forwarding: Forwarding::default(),
+            ipv4_conf: netlink::decode_ipv4_conf(&link.attributes),
+        };
+        for attr in &link.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => iface.name = n.clone(),
+                LinkAttribute::Mtu(m) => iface.mtu = *m,
+                LinkAttribute::Controller(m) => iface.master = Some(*m),
+                LinkAttribute::AfSpecUnspec(specs) => iface.forwarding = forwards(specs),
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    iface.mac = <MacAddr>::try_from(a.as_slice()).expect("6 bytes")
+                }
+                // Physical NICs have no kind and veths stand in for them in tests; bridges,
+                // bonds, VLANs, tunnels and the like are not ENIs.
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info
+                            && *kind != InfoKind::Veth
+                        {
+                            iface.ethernet = false;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if iface.loopback {
+            iface.ethernet = false;
+        }
+        interfaces.push(iface);
+    }
+
+    for msg in nl.addresses().await? {
+        let Some(iface) = interfaces
+            .iter_mut()
+            .find(|i| i.ifindex == msg.header.index)
+        else {
+            continue;
+        };
+        let v6 = msg.header.family == AddressFamily::Inet6;
+        let mut addr = None;
+        let mut local = None;
+        let mut flags = AddressFlags::from_bits_retain(u32::from(msg.header.flags.bits()));
+        let mut protocol = 0;
+        for a in &msg.attributes {
+            match a {
+                AddressAttribute::Address(ip) => addr = Some(*ip),
+                AddressAttribute::Local(ip) => local = Some(*ip),
+                AddressAttribute::Flags(f) => flags = *f,
+                AddressAttribute::Protocol(p) => protocol = u8::from(*p),
+                _ => {}
+            }
+        }
+        // IPv4: IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on p2p links).
+        let Some(ip) = (if v6 { addr } else { local.or(addr) }) else {
+            continue;
+        };
+        let cidr = Cidr {
+            addr: ip,
+            prefix_len: msg.header.prefix_len,
+        };
+        if protocol == RTPROT_ENIPIN {
+            iface.ours.push(cidr);
+        }
+        if v6 {
+            // Global addresses only, and not ones still in (or failed) DAD or deprecated.
+            let unusable =
+                AddressFlags::Tentative | AddressFlags::Dadfailed | AddressFlags::Deprecated;
+            if msg.header.scope != AddressScope::Universe || flags.intersects(unusable) {
+                continue;
+            }
+        }
+        iface.addrs.push(cidr);
+    }
+
+    // IPv4 comes in the kernel's order (primary first); IPv6 has no primary and is dumped newest
+    // first, so sort it for a stable choice of route source.
+    for iface in &mut interfaces {
+        iface.addrs.sort_by_key(|a| match a.addr {
+            IpAddr::V4(_) => (0, None),
+            IpAddr::V6(v6) => (1, Some(v6)),
+        });
+    }
+
+    let routes: Vec<InstalledRoute> = nl
+        .routes()
+        .await?
+        .iter()
+        .map(|m| {
+            let mut r = netlink::decode_route(m);
+            let oif = r.route.oif;
+            r.route.dev = interfaces
+                .iter()
+                .find(|i| i.ifindex == oif)
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| format!("if{oif}"));
+            r
+        })
+        .collect();
+    let defaults = routes
+        .iter()
+        .map(|r| &r.route)
+        .filter(|r| r.table == MAIN_TABLE && r.dst.prefix_len == 0 && r.oif != 0)
+        .filter_map(|r| Some((r.oif, r.gateway?)))
+        .collect();
+    let rules = nl.rules().await?.iter().map(netlink::decode_rule).collect();
+    Ok(Discovery {
+        interfaces,
+        defaults,
+        rules,
+        routes,
+    })
+}
+
+/// Which families the link forwards, from its per-family device configuration.
+fn forwards(specs: &[AfSpecUnspec]) -> Forwarding {
+    let mut f = Forwarding::default();
+    for spec in specs {
+        match spec {
+            AfSpecUnspec::Inet(inet) => {
+                f.v4 |= inet
+                    .iter()
+                    .any(|a| matches!(a, AfSpecInet::DevConf(c) if c.forwarding != 0))
+            }
+            AfSpecUnspec::Inet6(inet6) => {
+                f.v6 |= inet6
+                    .iter()
+                    .any(|a| matches!(a, AfSpecInet6::DevConf(c) if c.forwarding != 0))
+            }
+            _ => {}
+        }
+    }
+    f
+}
+
+#[cfg(test)]
+impl Discovery {
+    /// A test namespace: `interfaces`, and a main table as the kernel fills it: each up
+    /// interface's subnet routes (IPv4 metric 0, IPv6 256), then `defaults` (IPv4 metric 0, IPv6
+    /// 1024, in order: a later one of a family gets the next metric, as DHCP clients do).
+    pub(crate) fn fixture(interfaces: Vec<Interface>, defaults: Vec<(u32, IpAddr)>) -> Self {
+        use crate::model::route::Route;
+        let route = |oif: u32, dst: Cidr, gateway: Option<IpAddr>, metric: u32| InstalledRoute {
+            protocol: 2, // RTPROT_KERNEL
+            route: Route {
+                table: MAIN_TABLE,
+                dst,
+                gateway,
+                oif,
+                dev: format!("if{oif}"),
+                src: None,
+                scope_link: false,
+                metric,
+            },
+        };
+        let mut routes = Vec::new();
+        for i in interfaces.iter().filter(|i| i.up) {
+            for a in i.addrs.iter().filter(|a| a.prefix_len < a.host_len()) {
+                let metric = if a.is_ipv6() { 256 } else { 0 };
+                routes.push(route(i.ifindex, a.network(), None, metric));
+            }
+        }
+        for (n, (oif, gw)) in defaults.iter().enumerate() {
+            let base = if gw.is_ipv6() { 1024 } else { 0 };
+            let before = defaults[..n]
+                .iter()
+                .filter(|(_, g)| g.is_ipv6() == gw.is_ipv6());
+            let metric = base + before.count() as u32;
+            routes.push(route(*oif, Cidr::any(gw.is_ipv6()), Some(*gw), metric));
+        }
+        Self {
+            interfaces,
+            defaults,
+            rules: Vec::new(),
+            routes,
+        }
+    }
+}

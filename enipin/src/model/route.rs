@@ -1,0 +1,178 @@
+//! The rules and routes enipin installs, in its own terms, and their iproute2 spelling.
+//!
+//! A leaf: it knows the model, not netlink. [`crate::kernel::netlink`] turns these into messages and
+//! back, [`crate::routing::plan`] computes them, and every printed form (diffs, `status`, errors,
+//! `render`) goes through [`Rule::ip_args`] / [`Route::ip_args`].
+
+use std::{fmt::Write as _, net::IpAddr};
+
+use serde::{Serialize, Serializer};
+
+use crate::model::{Cidr, RTPROT_ENIPIN};
+
+/// The kernel's main routing table (`RT_TABLE_MAIN`).
+pub(crate) const MAIN_TABLE: u32 = 254;
+/// The kernel's default metric of IPv6 routes: a dumped v6 route always carries it.
+pub(crate) const V6_METRIC: u32 = 1024;
+
+/// A table as iproute2 prints it: `main` for 254, else the number.
+pub(crate) fn table_name(table: u32) -> String {
+    if table == MAIN_TABLE {
+        "main".to_owned()
+    } else {
+        table.to_string()
+    }
+}
+
+/// A policy rule as enipin creates them (action: lookup `table`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub(crate) struct Rule {
+    pub v6: bool,
+    pub priority: u32,
+    /// `status --json` has always written this as `[addr, len]`.
+    #[serde(serialize_with = "opt_pair")]
+    pub from: Option<Cidr>,
+    pub table: u32,
+    pub suppress_prefixlen: Option<u32>,
+    /// `fwmark VALUE/MASK` (connmark's rules); absent from `status --json` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fwmark: Option<Fwmark>,
+}
+
+/// A rule's `fwmark VALUE/MASK`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub(crate) struct Fwmark {
+    pub value: u32,
+    pub mask: u32,
+}
+
+impl Rule {
+    /// `from 198.18.0.10/32 lookup 20003 suppress_prefixlength 0 pref 20000 proto 229`
+    pub(crate) fn ip_args(&self) -> String {
+        let mut s = String::new();
+        if let Some(from) = self.from {
+            let _ = write!(s, "from {from} ");
+        }
+        if let Some(Fwmark { value, mask }) = self.fwmark {
+            let _ = write!(s, "fwmark {value:#x}/{mask:#x} ");
+        }
+        let _ = write!(s, "lookup {} ", table_name(self.table));
+        if let Some(l) = self.suppress_prefixlen {
+            let _ = write!(s, "suppress_prefixlength {l} ");
+        }
+        let _ = write!(s, "pref {} proto {RTPROT_ENIPIN}", self.priority);
+        s
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub(crate) struct Route {
+    pub table: u32,
+    /// `status --json` has always written this as `[addr, len]`.
+    #[serde(serialize_with = "pair")]
+    pub dst: Cidr,
+    pub gateway: Option<IpAddr>,
+    pub oif: u32,
+    pub dev: String,
+    pub src: Option<IpAddr>,
+    pub scope_link: bool,
+    pub metric: u32,
+}
+
+impl Route {
+    pub(crate) fn v6(&self) -> bool {
+        self.dst.is_ipv6()
+    }
+
+    /// `198.18.0.0/24 dev eth0 scope link src 198.18.0.10 table 20003 proto 229`
+    pub(crate) fn ip_args(&self) -> String {
+        let mut s = if self.dst.prefix_len == 0 {
+            "default".to_owned()
+        } else {
+            self.dst.to_string()
+        };
+        if let Some(gw) = self.gateway {
+            let _ = write!(s, " via {gw}");
+        }
+        let _ = write!(s, " dev {}", self.dev);
+        if self.scope_link {
+            s.push_str(" scope link");
+        }
+        if let Some(src) = self.src {
+            let _ = write!(s, " src {src}");
+        }
+        if self.metric != 0 && !(self.v6() && self.metric == V6_METRIC) {
+            let _ = write!(s, " metric {}", self.metric);
+        }
+        let _ = write!(s, " table {} proto {RTPROT_ENIPIN}", self.table);
+        s
+    }
+}
+
+/// A rule as the kernel has it, with the protocol that says whose it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct InstalledRule {
+    pub protocol: u8,
+    pub rule: Rule,
+}
+
+/// A route as the kernel has it (its `dev` named), with the protocol that says whose it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct InstalledRoute {
+    pub protocol: u8,
+    pub route: Route,
+}
+
+impl InstalledRule {
+    /// Installed by enipin (protocol [`RTPROT_ENIPIN`]).
+    pub(crate) fn is_enipin(&self) -> bool {
+        self.protocol == RTPROT_ENIPIN
+    }
+}
+
+impl InstalledRoute {
+    /// Installed by enipin (protocol [`RTPROT_ENIPIN`]).
+    pub(crate) fn is_enipin(&self) -> bool {
+        self.protocol == RTPROT_ENIPIN
+    }
+}
+
+fn pair<S: Serializer>(c: &Cidr, s: S) -> Result<S::Ok, S::Error> {
+    (c.addr, c.prefix_len).serialize(s)
+}
+
+fn opt_pair<S: Serializer>(c: &Option<Cidr>, s: S) -> Result<S::Ok, S::Error> {
+    c.map(|c| (c.addr, c.prefix_len)).serialize(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_keeps_addr_len_pairs() {
+        let rule = Rule {
+            v6: false,
+            priority: 20000,
+            from: Some("198.18.0.10/32".parse().unwrap()),
+            table: 20002,
+            suppress_prefixlen: None,
+            fwmark: None,
+        };
+        let v = serde_json::to_value(&rule).unwrap();
+        assert_eq!(v["from"], serde_json::json!(["198.18.0.10", 32]));
+        let route = Route {
+            table: 20002,
+            dst: Cidr::any(true),
+            gateway: None,
+            oif: 2,
+            dev: "eth2".into(),
+            src: None,
+            scope_link: false,
+            metric: V6_METRIC,
+        };
+        let v = serde_json::to_value(&route).unwrap();
+        assert_eq!(v["dst"], serde_json::json!(["::", 0]));
+        assert_eq!(route.ip_args(), "default dev eth2 table 20002 proto 229");
+    }
+}
