@@ -332,7 +332,10 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{engine::apply::Drift, model::objects::Object, model::sysctl};
+    use crate::{
+        engine::{applied::Applied, apply::Drift},
+        model::{objects::Object, sysctl},
+    };
 
     /// Without the datapath: nothing here loads a program or reads a pin.
     fn telemetry() -> Arc<Telemetry> {
@@ -349,7 +352,7 @@ mod tests {
 
     fn reconciled(changes: usize, drift: &[((&'static str, bool), u64)]) -> Reconciled {
         Reconciled {
-            changes: vec!["+ rule".to_owned(); changes],
+            changes: vec![Applied::PinBack("/sys/fs/bpf/enipin/link_3".into()); changes],
             drift: drift.iter().copied().collect(),
             ..Reconciled::default()
         }
@@ -400,7 +403,7 @@ mod tests {
             *drift.entry((o.kind(), true)).or_default() += 1;
         }
         Reconciled {
-            changes: vec!["+ something".to_owned(); added.len()],
+            changes: vec![Applied::PinBack("/sys/fs/bpf/enipin/link_3".into()); added.len()],
             drift,
             added: added.to_vec(),
             in_place: in_place.iter().cloned().collect(),

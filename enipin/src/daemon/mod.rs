@@ -66,6 +66,7 @@ use crate::{
     daemon::pace::Edges,
     daemon::report::{OwnRemovals, Reasons, changed_line, describe},
     datapath,
+    engine::applied::Applied,
     engine::apply::{self, Reconciled},
     engine::state,
     kernel::events::subscribe,
@@ -544,7 +545,7 @@ pub async fn watch(
                 match result {
                     Ok(mut r) => {
                         telemetry.succeeded(&r, repinned.len(), started.elapsed());
-                        r.changes.splice(0..0, repinned);
+                        r.changes.splice(0..0, repinned.into_iter().map(Applied::PinBack));
                         report(&r, &why, started.elapsed(), &mut said);
                         own.expect(&r.changes);
                         managed.clone_from(&r.managed);

@@ -10,7 +10,10 @@ use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 
 use crate::{
     datapath,
-    engine::apply::Reconciled,
+    engine::{
+        applied::{Applied, Kind},
+        apply::Reconciled,
+    },
     kernel::events::{Event, NETCONFA_IFINDEX_ALL, NetConf, RTM_NEWNETCONF},
     kernel::netlink,
     model::ManagedInterface,
@@ -30,19 +33,12 @@ pub(crate) struct OwnRemovals(BTreeSet<String>);
 impl OwnRemovals {
     /// Replaces the set with the removals in `changes` (an older one's echoes have arrived, or
     /// were lost: a stale entry must not hide someone else's later removal of the same object).
-    pub(crate) fn expect(&mut self, changes: &[String]) {
-        let link = |c: &String| {
-            let key = c
-                .strip_prefix("~ sysctl net.ipv4.conf.")?
-                .split(':')
-                .next()?;
-            Some(format!("link {}", key.rsplit_once('.')?.0))
-        };
-        self.0 = changes
-            .iter()
-            .filter(|c| c.starts_with("- rule") || c.starts_with("- route"))
-            .cloned()
-            .chain(changes.iter().filter_map(link))
+    pub(crate) fn expect(&mut self, changes: &[Applied]) {
+        let removed = changes.iter().filter_map(Applied::removed_rule_or_route);
+        let links = changes.iter().filter_map(Applied::sysctl_link);
+        self.0 = removed
+            .map(|c| c.render(DiffFormat::Text))
+            .chain(links.map(|name| format!("link {name}")))
             .collect();
     }
 
@@ -229,53 +225,16 @@ fn capped(items: &[&str], n: usize, sep: &str) -> String {
     s
 }
 
-/// The kind of a change in enipin's diff format (`+ rule ...`, `- owner ...`), by its noun.
-fn kind(change: &str) -> &'static str {
-    match change.split_whitespace().nth(1).unwrap_or_default() {
-        "address" => "addresses",
-        "rule" => "rules",
-        "route" => "routes",
-        "sysctl" => "sysctls",
-        "owner" => "owners",
-        "prefix" => "prefixes",
-        "attach" | "detach" => "links",
-        "counters" => "counters",
-        "pin" => "pins",
-        "config" => "config",
-        "nft" => "connmark",
-        "load" | "replace" | "remove" => "program",
-        _ => "maps",
-    }
-}
-
-/// Kinds in the order a line shows examples of them: the addresses `--configure-addresses` adds
-/// or removes (rare, and the host's own), then what steers replies (rules, then the datapath's
-/// links), then what follows from them.
-const RANKED: [&str; 12] = [
-    "addresses",
-    "rules",
-    "links",
-    "routes",
-    "owners",
-    "prefixes",
-    "sysctls",
-    "program",
-    "pins",
-    "counters",
-    "config",
-    "maps",
-];
-
 /// Examples shown per kind, and the bytes of examples after which no more are shown: two rules
 /// of 400 new addresses are about 170 bytes, and the whole line stays under 512.
 const PER_KIND: usize = 2;
 const SAMPLE_BYTES: usize = 160;
 
 /// `rules +800 -2, owners +400`: counts by kind, in the order the kinds first appear.
-fn counts(changes: &[String]) -> String {
-    let mut by_kind: Vec<(&str, [usize; 3])> = Vec::new();
+fn counts(changes: &[Applied]) -> String {
+    let mut by_kind: Vec<(Kind, [usize; 3])> = Vec::new();
     for c in changes {
-        let k = kind(c);
+        let (k, sign) = c.kind();
         let i = match by_kind.iter().position(|(n, _)| *n == k) {
             Some(i) => i,
             None => {
@@ -283,16 +242,11 @@ fn counts(changes: &[String]) -> String {
                 by_kind.len() - 1
             }
         };
-        let sign = match c.as_bytes().first() {
-            Some(b'+') => 0,
-            Some(b'-') => 1,
-            _ => 2,
-        };
-        by_kind[i].1[sign] += 1;
+        by_kind[i].1[sign as usize] += 1;
     }
-    let part = |(k, [add, del, other]): &(&str, [usize; 3])| {
-        let mut s = (*k).to_owned();
-        for (sign, n) in [("+", add), ("-", del), ("~", other)] {
+    let part = |(k, counts): &(Kind, [usize; 3])| {
+        let mut s = k.name().to_owned();
+        for (sign, n) in ["+", "-", "~"].iter().zip(counts) {
             if *n > 0 {
                 s += &format!(" {sign}{n}");
             }
@@ -302,29 +256,30 @@ fn counts(changes: &[String]) -> String {
     by_kind.iter().map(part).collect::<Vec<_>>().join(", ")
 }
 
-/// A few changes: at most [`PER_KIND`] of each kind, kinds in [`RANKED`] order (plan order
+/// A few changes: at most [`PER_KIND`] of each kind, kinds in [`Kind`]'s order (plan order
 /// within a kind), until [`SAMPLE_BYTES`]; then how many are not shown.
-fn sample(changes: &[String]) -> String {
-    let rank = |c: &String| {
-        RANKED
-            .iter()
-            .position(|k| *k == kind(c))
-            .unwrap_or(RANKED.len())
-    };
-    let mut ranked: Vec<&String> = changes.iter().collect();
-    ranked.sort_by_key(|c| rank(c));
-    let mut shown: Vec<&str> = Vec::new();
+fn sample(changes: &[Applied]) -> String {
+    let mut ranked: Vec<(Kind, String)> = changes
+        .iter()
+        .map(|c| (c.kind().0, c.to_string()))
+        .collect();
+    ranked.sort_by_key(|(k, _)| *k);
+    let mut shown: Vec<(Kind, String)> = Vec::new();
     let mut bytes = 0;
-    for c in ranked {
+    for (k, c) in ranked {
         if bytes >= SAMPLE_BYTES {
             break;
         }
-        if shown.iter().filter(|s| kind(s) == kind(c)).count() < PER_KIND {
+        if shown.iter().filter(|(s, _)| *s == k).count() < PER_KIND {
             bytes += c.len() + 2;
-            shown.push(c);
+            shown.push((k, c));
         }
     }
-    let mut s = shown.join("; ");
+    let mut s = shown
+        .iter()
+        .map(|(_, c)| c.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
     if changes.len() > shown.len() {
         s += &format!(" and {} more", changes.len() - shown.len());
     }
@@ -355,6 +310,67 @@ pub(crate) fn changed_line(r: &Reconciled, why: &Reasons, took_ms: u128) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{datapath::Change as DatapathChange, model::sysctl::Knob};
+
+    /// Typed changes as a reconcile returns them.
+    mod fixtures {
+        use crate::{
+            datapath::Change as DatapathChange,
+            engine::applied::Applied,
+            model::{
+                route::{Route, Rule},
+                sysctl::{Key, Knob},
+            },
+            routing::plan::Change,
+        };
+
+        pub(super) fn rule(from: &str, priority: u32) -> Applied {
+            Applied::Rules(Change::AddRule(Rule {
+                v6: false,
+                priority,
+                from: Some(format!("{from}/32").parse().unwrap()),
+                table: 20003,
+                suppress_prefixlen: (priority == 20000).then_some(0),
+                fwmark: None,
+            }))
+        }
+
+        pub(super) fn removed(a: Applied) -> Applied {
+            match a {
+                Applied::Rules(c) => Applied::Rules(c.inverse()),
+                other => other,
+            }
+        }
+
+        pub(super) fn default_route(oif: u32) -> Applied {
+            Applied::Rules(Change::AddRoute(Route {
+                table: 20000 + oif,
+                dst: "0.0.0.0/0".parse().unwrap(),
+                gateway: Some("198.18.0.1".parse().unwrap()),
+                oif,
+                dev: format!("eth{}", oif - 2),
+                src: None,
+                scope_link: false,
+                metric: 0,
+            }))
+        }
+
+        pub(super) fn sysctl(ifname: &str, knob: Knob) -> Applied {
+            Applied::Rules(Change::Sysctl {
+                key: Key::new(ifname, knob).unwrap(),
+                old: "0".into(),
+                new: "1".into(),
+            })
+        }
+
+        pub(super) fn owner(addr: &str, ifindex: u32) -> Applied {
+            Applied::Datapath(DatapathChange::SetOwner {
+                addr: addr.parse().unwrap(),
+                owner: enipin_ebpf::Owner { ifindex, mtu: 1500 },
+                name: format!("eth{}", ifindex - 2),
+            })
+        }
+    }
     use rtnetlink::packet_core::NetlinkHeader;
 
     fn netconf_event(family: i32, ifindex: i32, forwarding: Option<bool>) -> NetlinkMessage<Event> {
@@ -388,9 +404,9 @@ mod tests {
         };
         let mut own = OwnRemovals::default();
         own.expect(&[
-            "~ sysctl net.ipv4.conf.eth1.arp_ignore: 0 -> 1".to_owned(),
-            "~ sysctl net.ipv4.conf.eth1.arp_announce: 0 -> 2".to_owned(),
-            "~ sysctl net.ipv4.conf.eth0.100.rp_filter: 1 -> 2".to_owned(),
+            fixtures::sysctl("eth1", Knob::ArpIgnore),
+            fixtures::sysctl("eth1", Knob::ArpAnnounce),
+            fixtures::sysctl("eth0.100", Knob::RpFilter),
         ]);
         assert_eq!(describe(&link("eth1"), &mut own, &[]), None);
         assert_eq!(describe(&link("eth0.100"), &mut own, &[]), None);
@@ -472,19 +488,14 @@ mod tests {
         let mut changes = Vec::new();
         for i in 0..400 {
             let a = format!("198.18.{}.{}", 1 + i / 200, i % 200);
-            changes.push(format!(
-                "+ rule from {a}/32 lookup 20003 suppress_prefixlength 0 pref 20000 proto 229"
-            ));
-            changes.push(format!(
-                "+ rule from {a}/32 lookup 20003 pref 20002 proto 229"
-            ));
+            changes.push(fixtures::rule(&a, 20000));
+            changes.push(fixtures::rule(&a, 20002));
         }
-        changes.push("- rule from 198.18.0.9/32 lookup 20003 pref 20002 proto 229".into());
+        changes.push(fixtures::removed(fixtures::rule("198.18.0.9", 20002)));
         for i in 0..400 {
-            changes.push(format!(
-                "+ owner 198.18.{}.{} -> eth1",
-                1 + i / 200,
-                i % 200
+            changes.push(fixtures::owner(
+                &format!("198.18.{}.{}", 1 + i / 200, i % 200),
+                3,
             ));
         }
         let r = Reconciled {
@@ -509,27 +520,28 @@ mod tests {
 
     #[test]
     fn a_small_reconcile_shows_rules_and_links_first() {
-        let changes: Vec<String> = [
-            "+ route default via 198.18.0.1 dev eth2 table 20004 proto 229",
-            "+ rule from 198.18.0.12/32 lookup 20004 pref 20002 proto 229",
-            "~ sysctl net.ipv4.conf.eth2.arp_ignore: 0 -> 1",
-            "+ attach enipin_egress to eth2 egress (ifindex 4)",
-            "+ owner 198.18.0.12 -> eth2",
-            "+ counters for ifindex 4",
-        ]
-        .map(String::from)
-        .into();
+        let changes = [
+            fixtures::default_route(4),
+            fixtures::rule("198.18.0.12", 20002),
+            fixtures::sysctl("eth2", Knob::ArpIgnore),
+            Applied::Datapath(DatapathChange::Attach {
+                ifindex: 4,
+                name: "eth2".into(),
+            }),
+            fixtures::owner("198.18.0.12", 4),
+            Applied::Datapath(DatapathChange::AddCounters { ifindex: 4 }),
+        ];
         assert_eq!(
             sample(&changes),
-            "+ rule from 198.18.0.12/32 lookup 20004 pref 20002 proto 229; \
-             + attach enipin_egress to eth2 egress (ifindex 4); \
-             + route default via 198.18.0.1 dev eth2 table 20004 proto 229 and 3 more"
+            format!("{}; {}; {} and 3 more", changes[1], changes[3], changes[0])
         );
         assert_eq!(
             counts(&changes),
             "routes +1, rules +1, sysctls ~1, links +1, owners +1, counters +1"
         );
-        let one = vec!["- owner 198.18.0.12".to_owned()];
+        let one = [Applied::Datapath(DatapathChange::RemoveOwner {
+            addr: "198.18.0.12".parse().unwrap(),
+        })];
         assert_eq!(sample(&one), "- owner 198.18.0.12");
     }
 }

@@ -40,11 +40,11 @@ impl HeldLinks {
 
     /// Lets go of the links whose pins are there (the reconcile may detach or replace them),
     /// pinning back first each one whose pin is gone while its program is still the pinned one (a
-    /// pin removed by hand). Returns one line per link pinned back, and the links that could not
+    /// pin removed by hand). Returns the pins put back, and the links that could not
     /// be pinned back (their program's pin or the whole directory went too): the caller keeps
     /// them, still enforcing with the old program and maps, until a reconcile has attached a
     /// complete datapath anew, then drops them (the kernel detaches them then).
-    pub(crate) fn repin(self, paths: &Paths) -> (Vec<String>, Self) {
+    pub(crate) fn repin(self, paths: &Paths) -> (Vec<PathBuf>, Self) {
         let prog = ProgramInfo::from_pin(paths.pin_dir.join(PROG_PIN))
             .ok()
             .map(|p| p.id());
@@ -62,7 +62,7 @@ impl HeldLinks {
             // FdLink::pin consumes the descriptor; failing, the link goes with it (the reconcile
             // attaches anew).
             match link.pin(&path) {
-                Ok(_pinned) => out.push(format!("~ pin back {}", path.display())),
+                Ok(_pinned) => out.push(path),
                 Err(e) => log::warn!("pinning back {}: {e}", path.display()),
             }
         }

@@ -10,8 +10,11 @@ use anyhow::Result;
 
 use crate::{
     datapath,
-    engine::snapshot::{Named, Snapshot},
     engine::state,
+    engine::{
+        applied::Applied,
+        snapshot::{Named, Snapshot},
+    },
     kernel::discover::Discovery,
     kernel::netlink::Netlink,
     kernel::nft,
@@ -517,8 +520,8 @@ fn added(p: &Pending) -> Vec<Object> {
 pub(crate) struct Reconciled {
     /// The interfaces managed now (empty: nothing to manage).
     pub managed: Vec<ManagedInterface>,
-    /// The changes applied, in enipin's diff format, in order; empty when nothing changed.
-    pub changes: Vec<String>,
+    /// The changes applied, in order; empty when nothing changed.
+    pub changes: Vec<Applied>,
     /// Why nothing is managed, when nothing is.
     pub idle: Option<String>,
     /// Interfaces named in `--interfaces` that are left out for now (missing, down, no address):
@@ -575,7 +578,10 @@ pub(crate) async fn reconcile(
     let (nl, d) = (&s.snapshot.nl, &s.snapshot.discovery);
     let mut p = pending(d, managed, previous, cfg, paths, OnConflict::DatapathAlone)?;
     let refused = p.rules_refused.take();
-    let changes = p.lines(DiffFormat::Text);
+    let datapath = p.ebpf.iter().flat_map(|e| e.changes.iter().cloned());
+    let changes: Vec<Applied> = (p.plan.changes.iter().cloned().map(Applied::Rules))
+        .chain(datapath.map(Applied::Datapath))
+        .collect();
     let drift = drift(&p);
     let (in_place, added) = (in_place(&p, cfg), added(&p));
     let managed = p.managed.clone();
