@@ -17,6 +17,7 @@ use crate::{
     kernel::netlink::Netlink,
     model::route::MAIN_TABLE,
     model::{Cidr, ManagedInterface, RTPROT_ENIPIN},
+    routing::plan,
     settings::config::Config,
 };
 
@@ -137,12 +138,19 @@ fn covers(from: Option<Cidr>, addr: IpAddr) -> bool {
     })
 }
 
-/// The first block of three priorities from `start` up, in steps of 1000, that no rule uses.
-fn free_priority(rules: &[RuleView], start: u32) -> Option<u32> {
+/// The first `--priority` from `cfg`'s up, in steps of 1000, whose block ([`plan::priorities`])
+/// no rule uses.
+fn free_priority(rules: &[RuleView], cfg: &Config) -> Option<std::ops::RangeInclusive<u32>> {
     (1..30)
-        .map(|k| start.saturating_add(k * 1000) % 32000)
-        .filter(|p| *p > 0)
-        .find(|p| !rules.iter().any(|r| (*p..=p + 2).contains(&r.priority)))
+        .map(|k| cfg.priority.saturating_add(k * 1000) % 32000)
+        .filter(|p| *p > 1)
+        .map(|priority| {
+            plan::priorities(&Config {
+                priority,
+                ..cfg.clone()
+            })
+        })
+        .find(|block| !rules.iter().any(|r| block.contains(&r.priority)))
 }
 
 pub(super) fn check(
@@ -153,7 +161,7 @@ pub(super) fn check(
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     let tables: BTreeSet<u32> = managed.iter().map(|m| m.table).collect();
-    let prios = cfg.priority..=cfg.priority.saturating_add(2);
+    let prios = plan::priorities(cfg);
     let foreign: Vec<&RuleView> = rules
         .iter()
         .filter(|r| !r.is_enipin() && !r.is_kernel_default())
@@ -191,8 +199,15 @@ pub(super) fn check(
         }
         clashes += 1;
         let fix = if at_prio {
-            match free_priority(rules, cfg.priority) {
-                Some(p) => format!("`enipin attach --priority {p}` (free: {p}-{})", p + 2),
+            match free_priority(rules, cfg) {
+                Some(b) => {
+                    let p = b.end() - 2;
+                    format!(
+                        "`enipin attach --priority {p}` (free: {}-{})",
+                        b.start(),
+                        b.end()
+                    )
+                }
                 None => "choose another --priority".to_owned(),
             }
         } else {
@@ -438,6 +453,35 @@ pub(super) mod tests {
         let f = check(&rules, &d, &m, &Config::default());
         assert!(f.iter().all(|f| f.severity == Severity::Ok), "{f:?}");
         assert!(f[0].meaning.contains("{20002, 20003}"), "{f:?}");
+    }
+
+    /// With `--connmark`, enipin's fwmark rules sit at P-1, and attach refuses a foreign rule
+    /// there: doctor must say so too, and offer a block whose P-1 is free as well.
+    #[test]
+    fn with_connmark_a_foreign_rule_just_below_enipins_priority_is_a_conflict() {
+        let (d, m) = lab();
+        let mut rules = kernel();
+        rules.push(rule(19999, Some("198.18.5.0/24"), 100, 3));
+        rules.push(rule(20999, None, 100, 3));
+        let cfg = Config {
+            connmark: true,
+            ..Config::default()
+        };
+        let f = check(&rules, &d, &m, &cfg);
+        let c: Vec<_> = f
+            .iter()
+            .filter(|f| f.severity == Severity::Conflict)
+            .collect();
+        assert_eq!(c.len(), 1, "{f:?}");
+        assert!(c[0].meaning.contains("priority 19999"), "{}", c[0].meaning);
+        // 20999 is P-1 of 21000: the next block free from P-1 to P+2 is 22000.
+        assert_eq!(
+            c[0].fix.as_deref(),
+            Some("`enipin attach --priority 22000` (free: 21999-22002)")
+        );
+        // Without connmark, 19999 is no priority of enipin's.
+        let f = check(&rules, &d, &m, &Config::default());
+        assert!(f.iter().all(|f| f.severity != Severity::Conflict), "{f:?}");
     }
 
     #[test]

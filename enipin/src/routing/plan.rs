@@ -942,6 +942,13 @@ pub(crate) fn installed(d: &Discovery) -> (Vec<Rule>, Vec<Route>) {
     (rules, routes)
 }
 
+/// The rule priorities enipin installs at with `cfg` (module doc): P to P+2, and P-1 for
+/// `--connmark`'s fwmark rules. Attach refuses someone else's rule at any of them, and doctor
+/// says so first.
+pub(crate) fn priorities(cfg: &Config) -> std::ops::RangeInclusive<u32> {
+    cfg.priority.saturating_sub(u32::from(cfg.connmark))..=cfg.priority.saturating_add(2)
+}
+
 /// Someone else's rules at our priorities or pointing at our tables, or their routes in our
 /// tables: enipin would change their meaning, so it refuses before changing anything.
 pub(crate) fn check_conflicts(
@@ -950,19 +957,18 @@ pub(crate) fn check_conflicts(
     cfg: &Config,
 ) -> Result<()> {
     let tables: BTreeSet<u32> = managed.iter().map(|m| m.table).collect();
-    let first = cfg.priority.saturating_sub(u32::from(cfg.connmark));
-    let prios = first..=cfg.priority + 2;
+    let prios = priorities(cfg);
+    let (first, last) = (*prios.start(), *prios.end());
     for r in d.rules.iter().filter(|r| !r.is_enipin()) {
         let (prio, table) = (r.rule.priority, r.rule.table);
         if prios.contains(&prio) || tables.contains(&table) {
             bail!(
                 "rule `{}` (protocol {}) is not enipin's but uses priority {prio} / table {table}, which enipin \
-                 needs (priorities {first}-{}, tables {:?}); nothing was changed. Choose another --priority or --table-base",
+                 needs (priorities {first}-{last}, tables {:?}); nothing was changed. Choose another --priority or --table-base",
                 r.rule
                     .ip_args()
                     .replace(&format!(" proto {RTPROT_ENIPIN}"), ""),
                 r.protocol,
-                cfg.priority + 2,
                 tables
             );
         }
