@@ -74,10 +74,6 @@ const NETWORKD_HEADER: &str = "\
 # matching file by name). Measured effect of each part with networkd 252: docs/networkd.md.
 ";
 
-fn strip_proto(s: String) -> String {
-    s.replace(&format!(" proto {}", crate::model::RTPROT_ENIPIN), "")
-}
-
 /// Rules and routes of one interface; the shared `lookup main` rules go with the first one.
 fn split<'a>(
     m: &ManagedInterface,
@@ -135,14 +131,14 @@ fn network_scripts(o: &mut String, m: &ManagedInterface, rules: Vec<&Rule>, rout
         if !rs.is_empty() {
             let _ = writeln!(o, "# /etc/sysconfig/network-scripts/rule{six}-{name}");
             rs.iter().for_each(|r| {
-                let _ = writeln!(o, "{}", strip_proto(r.ip_args()));
+                let _ = writeln!(o, "{}", r.ip_args_bare());
             });
         }
         let ts: Vec<_> = routes.iter().filter(|r| r.v6() == v6).collect();
         if !ts.is_empty() {
             let _ = writeln!(o, "# /etc/sysconfig/network-scripts/route{six}-{name}");
             ts.iter().for_each(|r| {
-                let _ = writeln!(o, "{}", strip_proto(r.ip_args()));
+                let _ = writeln!(o, "{}", r.ip_args_bare());
             });
         }
     }
@@ -250,7 +246,7 @@ fn netplan(
                 o,
                 "# netplan cannot express: ip{} rule add {}",
                 if r.v6 { " -6" } else { "" },
-                strip_proto(r.ip_args())
+                r.ip_args_bare()
             );
         }
     }

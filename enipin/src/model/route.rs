@@ -49,6 +49,15 @@ pub(crate) struct Fwmark {
 impl Rule {
     /// `from 198.18.0.10/32 lookup 20003 suppress_prefixlength 0 pref 20000 proto 229`
     pub(crate) fn ip_args(&self) -> String {
+        self.spell(true)
+    }
+
+    /// [`Self::ip_args`] without `proto 229`: someone else's rule, or one a distro tool owns.
+    pub(crate) fn ip_args_bare(&self) -> String {
+        self.spell(false)
+    }
+
+    fn spell(&self, ours: bool) -> String {
         let mut s = String::new();
         if let Some(from) = self.from {
             let _ = write!(s, "from {from} ");
@@ -60,7 +69,10 @@ impl Rule {
         if let Some(l) = self.suppress_prefixlen {
             let _ = write!(s, "suppress_prefixlength {l} ");
         }
-        let _ = write!(s, "pref {} proto {RTPROT_ENIPIN}", self.priority);
+        let _ = write!(s, "pref {}", self.priority);
+        if ours {
+            let _ = write!(s, " proto {RTPROT_ENIPIN}");
+        }
         s
     }
 }
@@ -86,6 +98,15 @@ impl Route {
 
     /// `198.18.0.0/24 dev eth0 scope link src 198.18.0.10 table 20003 proto 229`
     pub(crate) fn ip_args(&self) -> String {
+        self.spell(true)
+    }
+
+    /// [`Self::ip_args`] without `proto 229`, for a distro tool's configuration.
+    pub(crate) fn ip_args_bare(&self) -> String {
+        self.spell(false)
+    }
+
+    fn spell(&self, ours: bool) -> String {
         let mut s = if self.dst.prefix_len == 0 {
             "default".to_owned()
         } else {
@@ -104,7 +125,10 @@ impl Route {
         if self.metric != 0 && !(self.v6() && self.metric == V6_METRIC) {
             let _ = write!(s, " metric {}", self.metric);
         }
-        let _ = write!(s, " table {} proto {RTPROT_ENIPIN}", self.table);
+        let _ = write!(s, " table {}", self.table);
+        if ours {
+            let _ = write!(s, " proto {RTPROT_ENIPIN}");
+        }
         s
     }
 }

@@ -30,7 +30,7 @@ use crate::{
     model::objects::Object,
     model::route::{Fwmark, MAIN_TABLE, Route, Rule, V6_METRIC},
     model::sysctl,
-    model::{Cidr, Gateway, GatewaySource, Interface, ManagedInterface, RTPROT_ENIPIN, fmt_mac},
+    model::{Cidr, Gateway, GatewaySource, Interface, ManagedInterface, fmt_mac},
     routing::verdict::{self, Verdict, Why},
     settings::config::Config,
 };
@@ -965,9 +965,7 @@ pub(crate) fn check_conflicts(
             bail!(
                 "rule `{}` (protocol {}) is not enipin's but uses priority {prio} / table {table}, which enipin \
                  needs (priorities {first}-{last}, tables {:?}); nothing was changed. Choose another --priority or --table-base",
-                r.rule
-                    .ip_args()
-                    .replace(&format!(" proto {RTPROT_ENIPIN}"), ""),
+                r.rule.ip_args_bare(),
                 r.protocol,
                 tables
             );
@@ -1043,7 +1041,10 @@ pub(crate) fn diff(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::route::{InstalledRoute, InstalledRule};
+    use crate::model::{
+        RTPROT_ENIPIN,
+        route::{InstalledRoute, InstalledRule},
+    };
 
     fn eni(ifindex: u32, addrs: &[&str]) -> ManagedInterface {
         ManagedInterface {
