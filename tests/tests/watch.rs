@@ -596,6 +596,17 @@ fn a_rules_conflict_does_not_take_the_datapath_with_it() {
     let (status, body) = http_client::get(topo.host(), &health).unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("not enipin's"), "{body}");
+    // Counted as the rules layer's failure, not as the whole pass's.
+    let (_, metrics) = http_client::get(topo.host(), &w.metrics_url()).unwrap();
+    let failed = |phase: &str| {
+        let series = format!("enipin_reconcile_failures_total{{phase=\"{phase}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {series}in\n{metrics}"))
+    };
+    assert!(failed("rules") >= 1.0, "{metrics}");
+    assert_eq!(failed("plan") + failed("commit"), 0.0, "{metrics}");
     assert!(topo.peer().ping(SECONDARY, 3).unwrap(), "{}", w.log());
 }
 

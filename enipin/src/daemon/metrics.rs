@@ -23,7 +23,7 @@ use prometheus::{
 
 use crate::{
     datapath,
-    engine::apply::Reconciled,
+    engine::apply::{ReconcileError, Reconciled},
     model::ManagedInterface,
     model::objects::{self, InPlace},
     observe::http::Reply,
@@ -47,6 +47,7 @@ const KINDS: [&str; 8] = [
 pub(crate) struct Telemetry {
     registry: Registry,
     reconciles: IntCounterVec,
+    failures: IntCounterVec,
     restored: IntCounterVec,
     duration: Histogram,
     last_success: Gauge,
@@ -80,6 +81,15 @@ impl Telemetry {
                 "Reconciles by result: changed (something was applied), unchanged, failed.",
             ),
             &["result"],
+        )?;
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "enipin_reconcile_failures_total",
+                "Failed reconciles by the phase that failed: state (reading the state file), \
+                 discover, plan (a conflict, the datapath's plan), commit (rolled back), rules \
+                 (the rules layer refused, the datapath applied alone).",
+            ),
+            &["phase"],
         )?;
         let restored = IntCounterVec::new(
             Opts::new(
@@ -141,7 +151,11 @@ impl Telemetry {
         for result in ["changed", "unchanged", "failed"] {
             reconciles.with_label_values(&[result]);
         }
+        for phase in ReconcileError::PHASES {
+            failures.with_label_values(&[phase]);
+        }
         registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(restored.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(last_success.clone()))?;
@@ -153,6 +167,7 @@ impl Telemetry {
         Ok(Arc::new(Self {
             registry,
             reconciles,
+            failures,
             restored,
             duration,
             last_success,
@@ -229,9 +244,10 @@ impl Telemetry {
     }
 
     /// Records a failed reconcile (the installed state was left as it was).
-    pub(crate) fn failed(&self, e: &anyhow::Error, took: Duration) {
+    pub(crate) fn failed(&self, e: &ReconcileError, took: Duration) {
         self.duration.observe(took.as_secs_f64());
         self.reconciles.with_label_values(&["failed"]).inc();
+        self.failures.with_label_values(&[e.phase()]).inc();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         last.result = Some(Err(format!("{e:#}").replace('\n', " ")));
     }
@@ -370,7 +386,7 @@ mod tests {
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.body, "no reconcile yet\n");
         t.failed(
-            &anyhow::anyhow!("discovering links\nnetlink: EPERM"),
+            &ReconcileError::Discover(anyhow::anyhow!("discovering links\nnetlink: EPERM")),
             Duration::from_millis(3),
         );
         let r = t.health();
@@ -379,6 +395,18 @@ mod tests {
             r.body,
             "the last reconcile failed: discovering links netlink: EPERM\n"
         );
+        // Counted by the phase that failed; every phase's series is there from the start.
+        let text = t.exposition().unwrap();
+        let failures = |phase: &str| {
+            value(
+                &text,
+                &format!("enipin_reconcile_failures_total{{phase=\"{phase}\"}}"),
+            )
+        };
+        assert_eq!(failures("discover"), Some(1.0), "{text}");
+        for phase in ["state", "plan", "commit", "rules"] {
+            assert_eq!(failures(phase), Some(0.0), "{phase} in\n{text}");
+        }
         assert_eq!(r.body.lines().count(), 1);
         t.succeeded(&reconciled(0, &[]), 0, Duration::from_millis(2));
         let r = t.health();

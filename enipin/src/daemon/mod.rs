@@ -565,7 +565,7 @@ pub async fn watch(
                         failures += 1;
                         let delay = pacing.backoff.saturating_mul(1 << (failures - 1).min(16)).min(pacing.max_backoff);
                         // A refused rules layer did not stop the datapath (it needs no priority).
-                        let left = if e.downcast_ref::<apply::RulesRefused>().is_some() {
+                        let left = if matches!(e, apply::ReconcileError::RulesRefused(_)) {
                             "the datapath is in place; the rules layer refused and is left as it was"
                         } else {
                             "the installed state is left as it was"

@@ -301,17 +301,43 @@ pub(crate) enum OnConflict {
     DatapathAlone,
 }
 
-/// The rules layer refused a pass (a conflict) while the datapath was applied on its own.
-#[derive(Debug)]
-pub(crate) struct RulesRefused(pub(crate) anyhow::Error);
-
-impl std::fmt::Display for RulesRefused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.0)
-    }
+/// Why a reconcile failed, by the phase that failed: the watcher counts each
+/// (`enipin_reconcile_failures_total{phase}`) and says what was left in place. Every phase
+/// before [`ReconcileError::Commit`] changed nothing; a failed commit was rolled back.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReconcileError {
+    /// Reading the state file.
+    #[error(transparent)]
+    State(anyhow::Error),
+    /// Discovering the namespace (and its metadata) and selecting from it.
+    #[error(transparent)]
+    Discover(anyhow::Error),
+    /// Planning: a conflict that refuses the whole pass, the datapath's plan.
+    #[error(transparent)]
+    Plan(anyhow::Error),
+    /// Carrying the plan out (rules, datapath, state file).
+    #[error(transparent)]
+    Commit(anyhow::Error),
+    /// The rules layer refused the pass (someone else's rule at enipin's priorities) while the
+    /// datapath, which needs no priority, was applied on its own.
+    #[error(transparent)]
+    RulesRefused(anyhow::Error),
 }
 
-impl std::error::Error for RulesRefused {}
+impl ReconcileError {
+    /// Every phase's label, for series that exist from the first scrape.
+    pub(crate) const PHASES: [&'static str; 5] = ["state", "discover", "plan", "commit", "rules"];
+
+    pub(crate) fn phase(&self) -> &'static str {
+        match self {
+            ReconcileError::State(_) => "state",
+            ReconcileError::Discover(_) => "discover",
+            ReconcileError::Plan(_) => "plan",
+            ReconcileError::Commit(_) => "commit",
+            ReconcileError::RulesRefused(_) => "rules",
+        }
+    }
+}
 
 /// The datapath's plan: for `managed` with the layer on; with it off, the removal of whatever
 /// is still pinned (the layer switched off); `None` when there is nothing of it.
@@ -556,8 +582,8 @@ pub(crate) async fn reconcile(
     paths: &Paths,
     metadata: Option<&mut Tracker>,
     grace: &mut Grace,
-) -> Result<Reconciled> {
-    let previous = state::load(paths)?;
+) -> Result<Reconciled, ReconcileError> {
+    let previous = state::load(paths).map_err(ReconcileError::State)?;
     let (s, view) = Snapshot::select_with(
         cfg,
         Named::Present,
@@ -565,7 +591,8 @@ pub(crate) async fn reconcile(
         previous.as_ref(),
         Some(grace),
     )
-    .await?;
+    .await
+    .map_err(ReconcileError::Discover)?;
     let left_out = s
         .refused
         .iter()
@@ -576,7 +603,8 @@ pub(crate) async fn reconcile(
         Selection::NothingToDo(why) => (Vec::new(), Some(why)),
     };
     let (nl, d) = (&s.snapshot.nl, &s.snapshot.discovery);
-    let mut p = pending(d, managed, previous, cfg, paths, OnConflict::DatapathAlone)?;
+    let mut p = pending(d, managed, previous, cfg, paths, OnConflict::DatapathAlone)
+        .map_err(ReconcileError::Plan)?;
     let refused = p.rules_refused.take();
     let datapath = p.ebpf.iter().flat_map(|e| e.changes.iter().cloned());
     let changes: Vec<Applied> = (p.plan.changes.iter().cloned().map(Applied::Rules))
@@ -585,9 +613,11 @@ pub(crate) async fn reconcile(
     let drift = drift(&p);
     let (in_place, added) = (in_place(&p, cfg), added(&p));
     let managed = p.managed.clone();
-    commit(nl, p, cfg, paths).await?;
+    commit(nl, p, cfg, paths)
+        .await
+        .map_err(ReconcileError::Commit)?;
     if let Some(e) = refused {
-        return Err(RulesRefused(e).into());
+        return Err(ReconcileError::RulesRefused(e));
     }
     Ok(Reconciled {
         connmark_left_out: connmark_left_out(&managed, cfg),

@@ -74,9 +74,17 @@ pub fn exposition(paths: &Paths) -> Result<String> {
     encode(&datapath(&rows(paths)?))
 }
 
-/// The families in Prometheus text format (0.0.4), encoded by the library.
+/// The families in Prometheus text format (0.0.4), encoded by the library, leaving out those
+/// without a sample: the encoder refuses a family with none, and a watcher managing no
+/// interface (nothing to manage yet, or no reconcile succeeded) has no `enipin_datapath_attached`
+/// sample, so its whole /metrics answered an error.
 pub(crate) fn encode(families: &[MetricFamily]) -> Result<String> {
-    Ok(TextEncoder::new().encode_to_string(families)?)
+    let some: Vec<MetricFamily> = families
+        .iter()
+        .filter(|f| !f.get_metric().is_empty())
+        .cloned()
+        .collect();
+    Ok(TextEncoder::new().encode_to_string(&some)?)
 }
 
 /// A counter `enipin_<name>_total` per datapath counter, a sample per interface. Built per
