@@ -7,8 +7,8 @@ use crate::{
     engine::apply,
     engine::snapshot::{Named, Snapshot},
     engine::state,
-    kernel::discover::Discovery,
     metadata::Tracker,
+    model::discovery::Discovery,
     model::fmt_mac,
     routing::plan::{self, DiffFormat, Selection},
     settings::config::{Config, Paths},
@@ -26,7 +26,7 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
     // A corrupt state file stops us before anything changes.
     let previous = state::load(paths)?;
     let mut tracker = Tracker::new(cfg);
-    let (s, view) = Snapshot::select_with(
+    let (mut s, view) = Snapshot::select_with(
         cfg,
         Named::Strict,
         tracker.as_mut(),
@@ -43,6 +43,7 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
             fmt_mac(mac)
         );
     }
+    apply::read_connmark(&mut s.snapshot.discovery, cfg, previous.as_ref())?;
     let (nl, d) = (&s.snapshot.nl, &s.snapshot.discovery);
     let comment = if format == DiffFormat::Ip { "# " } else { "" };
     // First, why each interface is managed or not: the selection is the first thing to check.

@@ -12,8 +12,8 @@ use crate::{
     engine::apply,
     engine::snapshot::{Named, Snapshot},
     engine::state,
-    kernel::discover::Discovery,
     metadata::Tracker,
+    model::discovery::Discovery,
     model::route::{Route, Rule},
     model::{Cidr, Gateway, ManagedInterface, Origin, fmt_mac},
     routing::plan::{Change, DiffFormat, Selection},
@@ -132,8 +132,12 @@ impl StatusReport {
             .and_then(|s| s.config.clone())
             .unwrap_or_default();
         let mut tracker = Tracker::new(&cfg);
-        let (s, view) =
+        let (mut s, view) =
             Snapshot::select_with(&cfg, Named::Strict, tracker.as_mut(), st.as_ref(), None).await?;
+        // The nft table runs `nft`: read only when the last attach asked for connmark.
+        if cfg.connmark {
+            apply::read_connmark(&mut s.snapshot.discovery, &cfg, st.as_ref())?;
+        }
         let d = &s.snapshot.discovery;
         let managed = match s.selection {
             Selection::Managed(m) => m,
@@ -154,9 +158,9 @@ impl StatusReport {
             .into_iter()
             .map(Drift::Routing)
             .collect();
-        // The nft table runs `nft`: only when the last attach asked for connmark.
         if cfg.connmark {
-            drift.extend(apply::connmark_change(&managed, &cfg, st.as_ref())?.map(Drift::Routing));
+            let change = apply::connmark_change(d, &managed, &cfg, st.as_ref())?;
+            drift.extend(change.map(Drift::Routing));
             for l in apply::connmark_left_out(&managed, &cfg) {
                 log::warn!("connmark: {l}");
             }

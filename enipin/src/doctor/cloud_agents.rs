@@ -10,7 +10,7 @@ use std::{collections::BTreeSet, ops::RangeInclusive, path::Path};
 use serde_norway::Value;
 
 use super::{Finding, Severity, host, rules::RuleView};
-use crate::{kernel::discover::Discovery, model::ManagedInterface, settings::config::Config};
+use crate::{model::ManagedInterface, model::discovery::Discovery, settings::config::Config};
 
 /// nm-cloud-setup: 30200 + i and 30400 + i for rules and tables, 30350 for its `lookup main`.
 const NM_NUMBERS: RangeInclusive<u32> = 30200..=30999;

@@ -27,8 +27,8 @@ use nftables::{
 
 use super::{Finding, Severity};
 use crate::{
-    kernel::discover::Discovery,
     model::connmark::TABLE,
+    model::discovery::Discovery,
     model::route::MAIN_TABLE,
     model::{Cidr, ManagedInterface},
     settings::config::Config,
@@ -640,9 +640,7 @@ mod tests {
     fn discovery() -> Discovery {
         Discovery {
             interfaces: Vec::new(),
-            defaults: Vec::new(),
-            rules: Vec::new(),
-            routes: Vec::new(),
+            ..Discovery::default()
         }
     }
 

@@ -13,8 +13,8 @@ use netlink_packet_route::{
 
 use super::{Finding, Severity};
 use crate::{
-    kernel::discover::Discovery,
     kernel::netlink::Netlink,
+    model::discovery::Discovery,
     model::route::MAIN_TABLE,
     model::{Cidr, ManagedInterface, RTPROT_ENIPIN},
     routing::plan,
@@ -421,9 +421,7 @@ pub(super) mod tests {
         };
         let d = Discovery {
             interfaces: vec![iface(2, "198.18.0.10/24"), iface(3, "198.18.0.11/24")],
-            defaults: Vec::new(),
-            rules: Vec::new(),
-            routes: Vec::new(),
+            ..Discovery::default()
         };
         let managed = d
             .interfaces

@@ -15,13 +15,13 @@ use crate::{
         applied::Applied,
         snapshot::{Named, Snapshot},
     },
-    kernel::discover::Discovery,
     kernel::netlink::Netlink,
     kernel::nft,
     kernel::sysctl,
     metadata::{Tracker, View},
     model::ManagedInterface,
     model::connmark::{self, Connmark},
+    model::discovery::Discovery,
     model::objects::{InPlace, Object},
     routing::address,
     routing::grace::Grace,
@@ -69,7 +69,7 @@ fn sysctls(
     d: &Discovery,
     managed: &[ManagedInterface],
 ) -> Result<Vec<(crate::model::sysctl::Key, String, String)>> {
-    let all = sysctl::all_rp_filter()?;
+    let all = d.all_rp_filter.clone().map_err(anyhow::Error::msg)?;
     let mut out = Vec::new();
     for m in managed {
         let conf = d
@@ -107,24 +107,45 @@ async fn step(nl: &Netlink, c: &Change) -> Result<()> {
     }
 }
 
-/// enipin's nftables table: wanted with `--connmark` (and the rules), read back when wanted or
-/// when the last attach had it (so that turning it off removes it). `None`: nothing to do.
+/// Whether enipin's nftables table is planned: wanted with `--connmark` (and the rules), or
+/// installed by the last attach (so that turning it off removes it).
+fn connmark_planned(cfg: &Config, previous: Option<&state::State>) -> bool {
+    let was_on = previous
+        .and_then(|s| s.config.as_ref())
+        .is_some_and(|c| c.connmark);
+    (cfg.connmark && cfg.rules) || was_on
+}
+
+/// Reads enipin's nftables table into `d` (`nft -j`) when it is planned: the one read planning
+/// needs beside discovery's, done before it so that the plan reads nothing itself.
+pub(crate) fn read_connmark(
+    d: &mut Discovery,
+    cfg: &Config,
+    previous: Option<&state::State>,
+) -> Result<()> {
+    if connmark_planned(cfg, previous) {
+        d.nft = Some(nft::installed()?);
+    }
+    Ok(())
+}
+
+/// enipin's nftables table: the change from what [`read_connmark`] read to what is wanted.
+/// `None`: nothing to do.
 pub(crate) fn connmark_change(
+    d: &Discovery,
     managed: &[ManagedInterface],
     cfg: &Config,
     previous: Option<&state::State>,
 ) -> Result<Option<Change>> {
-    let was_on = previous
-        .and_then(|s| s.config.as_ref())
-        .is_some_and(|c| c.connmark);
-    let on = cfg.connmark && cfg.rules;
-    if !on && !was_on {
+    if !connmark_planned(cfg, previous) {
         return Ok(None);
     }
-    let new = on
+    let Some(old) = d.nft.clone() else {
+        anyhow::bail!("enipin's nftables table was not read before planning it");
+    };
+    let new = (cfg.connmark && cfg.rules)
         .then(|| Connmark::desired(managed, cfg.connmark_mask).0)
         .filter(|c| !c.marks.is_empty());
-    let old = nft::installed()?;
     Ok((old != new).then_some(Change::Connmark { old, new }))
 }
 
@@ -375,7 +396,7 @@ pub(crate) fn pending(
         (None, _) => {
             let mut plan = compute(d, &managed, cfg)?;
             plan.changes
-                .extend(connmark_change(&managed, cfg, previous.as_ref())?);
+                .extend(connmark_change(d, &managed, cfg, previous.as_ref())?);
             (plan, None)
         }
     };
@@ -584,7 +605,7 @@ pub(crate) async fn reconcile(
     grace: &mut Grace,
 ) -> Result<Reconciled, ReconcileError> {
     let previous = state::load(paths).map_err(ReconcileError::State)?;
-    let (s, view) = Snapshot::select_with(
+    let (mut s, view) = Snapshot::select_with(
         cfg,
         Named::Present,
         metadata,
@@ -602,6 +623,8 @@ pub(crate) async fn reconcile(
         Selection::Managed(m) => (m, None),
         Selection::NothingToDo(why) => (Vec::new(), Some(why)),
     };
+    read_connmark(&mut s.snapshot.discovery, cfg, previous.as_ref())
+        .map_err(ReconcileError::Discover)?;
     let (nl, d) = (&s.snapshot.nl, &s.snapshot.discovery);
     let mut p = pending(d, managed, previous, cfg, paths, OnConflict::DatapathAlone)
         .map_err(ReconcileError::Plan)?;
@@ -631,4 +654,64 @@ pub(crate) async fn reconcile(
         metadata: view,
         blinking: s.held.blinking,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Interface, sysctl::Knob};
+
+    fn eni(ifindex: u32, addr: &str) -> (Interface, ManagedInterface) {
+        let i = Interface::fixture(ifindex, &[addr]);
+        let m = ManagedInterface::fixture(ifindex, &i.name, i.addrs.clone());
+        (i, m)
+    }
+
+    /// The plan reads nothing of its own: `all.rp_filter` and the nft table come with the
+    /// discovery, so what it plans follows from them alone (no root, no /proc, no `nft`).
+    #[test]
+    fn the_plan_is_a_function_of_the_discovery() {
+        let (i, m) = eni(3, "198.18.0.11/24");
+        let mut d = Discovery::fixture(vec![i], Vec::new());
+        let cfg = Config {
+            connmark: true,
+            ..Config::default()
+        };
+        let rp_filter = |d: &Discovery| {
+            let plan = compute(d, std::slice::from_ref(&m), &cfg).unwrap();
+            plan.changes.into_iter().find_map(|c| match c {
+                Change::Sysctl { key, new, .. } if key.knob() == Knob::RpFilter => Some(new),
+                _ => None,
+            })
+        };
+        d.all_rp_filter = Ok(0);
+        assert_eq!(rp_filter(&d), None, "loose or off: left alone");
+        d.all_rp_filter = Ok(1);
+        assert_eq!(
+            rp_filter(&d).as_deref(),
+            Some("2"),
+            "strict everywhere: loosened"
+        );
+        d.all_rp_filter = Err("reading /proc/sys/net/ipv4/conf/all/rp_filter: EACCES".into());
+        let err = compute(&d, std::slice::from_ref(&m), &cfg).unwrap_err();
+        assert!(format!("{err:#}").contains("EACCES"), "{err:#}");
+
+        assert!(
+            connmark_change(&d, std::slice::from_ref(&m), &cfg, None).is_err(),
+            "planned the table without reading it"
+        );
+        d.nft = Some(None);
+        let change = connmark_change(&d, std::slice::from_ref(&m), &cfg, None).unwrap();
+        assert!(
+            matches!(change, Some(Change::Connmark { old: None, new: Some(ref t) }) if t.marks.len() == 1),
+            "{change:?}"
+        );
+        d.nft = Some(
+            Connmark::desired(std::slice::from_ref(&m), cfg.connmark_mask)
+                .0
+                .into(),
+        );
+        let change = connmark_change(&d, std::slice::from_ref(&m), &cfg, None).unwrap();
+        assert_eq!(change, None, "in place: nothing to do");
+    }
 }

@@ -7,9 +7,10 @@ use anyhow::Result;
 
 use crate::{
     engine::state::State,
-    kernel::discover::{self, Discovery},
+    kernel::discover,
     kernel::netlink::Netlink,
     metadata::{self, Tracker, View},
+    model::discovery::Discovery,
     routing::grace::{Grace, Held},
     routing::plan::{self, Refusal, Selection},
     routing::verdict::Verdict,

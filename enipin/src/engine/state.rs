@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     settings::config::{Config, Paths},
-    kernel::discover::Discovery,
+    model::discovery::Discovery,
     model::{Cidr, Interface, MacAddr, ManagedInterface, fmt_mac},
     routing::plan::Change,
     model::sysctl::{self, Key, Knob},
@@ -557,9 +557,7 @@ mod tests {
         other.addrs.push(a.cidr);
         let mut d = Discovery {
             interfaces: vec![with, other],
-            defaults: Vec::new(),
-            rules: Vec::new(),
-            routes: Vec::new(),
+            ..Discovery::default()
         };
         st.mark_addresses(&mut d);
         assert_eq!(d.interfaces[0].ours, [a.cidr]);

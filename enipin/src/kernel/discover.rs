@@ -15,22 +15,14 @@ use netlink_packet_route::{
 };
 
 use crate::{
-    kernel::netlink::{self, Netlink},
-    model::route::{InstalledRoute, InstalledRule, MAIN_TABLE},
+    kernel::{
+        netlink::{self, Netlink},
+        sysctl,
+    },
+    model::discovery::Discovery,
+    model::route::{InstalledRoute, MAIN_TABLE},
     model::{Cidr, Forwarding, Interface, MacAddr, RTPROT_ENIPIN},
 };
-
-/// A snapshot of the namespace.
-#[derive(Debug)]
-pub(crate) struct Discovery {
-    pub interfaces: Vec<Interface>,
-    /// Default routes of the main table: (ifindex, gateway).
-    pub defaults: Vec<(u32, IpAddr)>,
-    /// Every rule of both families, anyone's.
-    pub rules: Vec<InstalledRule>,
-    /// Every route of both families in every table, anyone's, with its device named.
-    pub routes: Vec<InstalledRoute>,
-}
 
 pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
     let mut interfaces = Vec::new();
@@ -158,6 +150,8 @@ pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
         defaults,
         rules,
         routes,
+        all_rp_filter: sysctl::all_rp_filter().map_err(|e| format!("{e:#}")),
+        nft: None,
     })
 }
 
@@ -180,48 +174,4 @@ fn forwards(specs: &[AfSpecUnspec]) -> Forwarding {
         }
     }
     f
-}
-
-#[cfg(test)]
-impl Discovery {
-    /// A test namespace: `interfaces`, and a main table as the kernel fills it: each up
-    /// interface's subnet routes (IPv4 metric 0, IPv6 256), then `defaults` (IPv4 metric 0, IPv6
-    /// 1024, in order: a later one of a family gets the next metric, as DHCP clients do).
-    pub(crate) fn fixture(interfaces: Vec<Interface>, defaults: Vec<(u32, IpAddr)>) -> Self {
-        use crate::model::route::Route;
-        let route = |oif: u32, dst: Cidr, gateway: Option<IpAddr>, metric: u32| InstalledRoute {
-            protocol: 2, // RTPROT_KERNEL
-            route: Route {
-                table: MAIN_TABLE,
-                dst,
-                gateway,
-                oif,
-                dev: format!("if{oif}"),
-                src: None,
-                scope_link: false,
-                metric,
-            },
-        };
-        let mut routes = Vec::new();
-        for i in interfaces.iter().filter(|i| i.up) {
-            for a in i.addrs.iter().filter(|a| a.prefix_len < a.host_len()) {
-                let metric = if a.is_ipv6() { 256 } else { 0 };
-                routes.push(route(i.ifindex, a.network(), None, metric));
-            }
-        }
-        for (n, (oif, gw)) in defaults.iter().enumerate() {
-            let base = if gw.is_ipv6() { 1024 } else { 0 };
-            let before = defaults[..n]
-                .iter()
-                .filter(|(_, g)| g.is_ipv6() == gw.is_ipv6());
-            let metric = base + before.count() as u32;
-            routes.push(route(*oif, Cidr::any(gw.is_ipv6()), Some(*gw), metric));
-        }
-        Self {
-            interfaces,
-            defaults,
-            rules: Vec::new(),
-            routes,
-        }
-    }
 }

@@ -4,7 +4,7 @@
 //! prefixes. Selection and planning then treat them like any other address and prefix.
 
 use crate::{
-    kernel::discover::Discovery,
+    model::discovery::Discovery,
     model::{Cidr, FromMetadata},
 };
 

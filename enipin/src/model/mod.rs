@@ -3,6 +3,7 @@
 
 pub(crate) mod address;
 pub(crate) mod connmark;
+pub(crate) mod discovery;
 pub(crate) mod objects;
 pub(crate) mod route;
 pub(crate) mod sysctl;

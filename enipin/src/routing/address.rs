@@ -2,7 +2,7 @@
 //! [`crate::model::address`]).
 
 use crate::{
-    kernel::discover::Discovery,
+    model::discovery::Discovery,
     model::{Cidr, ManagedInterface, address::Address},
     routing::plan::Change,
 };

@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{kernel::discover::Discovery, model::ManagedInterface};
+use crate::{model::ManagedInterface, model::discovery::Discovery};
 
 /// How long a blinking interface holds the selection. networkd's flap lasted at most 76 ms in
 /// every measurement; 2 s is 25 times that, and bounds what a real removal of an ENI's last

@@ -24,9 +24,9 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use crate::{
-    kernel::discover::Discovery,
     model::address::Address,
     model::connmark::{self, Connmark},
+    model::discovery::Discovery,
     model::objects::Object,
     model::route::{Fwmark, MAIN_TABLE, Route, Rule, V6_METRIC},
     model::sysctl,

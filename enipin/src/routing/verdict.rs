@@ -18,7 +18,7 @@
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use crate::{
-    kernel::discover::Discovery,
+    model::discovery::Discovery,
     model::route::{MAIN_TABLE, Route},
     model::{Cidr, Interface},
     settings::config::{Config, MetadataSource},
