@@ -10,7 +10,8 @@ use crate::{
     metadata::Tracker,
     model::discovery::Discovery,
     model::fmt_mac,
-    routing::plan::{self, DiffFormat, Selection},
+    routing::plan::{self, DiffFormat},
+    routing::select::Selection,
     settings::config::{Config, Paths},
 };
 

@@ -17,7 +17,8 @@ use crate::{
     engine::snapshot::{Named, Snapshot},
     model::route::{InstalledRoute, MAIN_TABLE, Route, Rule},
     model::{ManagedInterface, fmt_mac},
-    routing::plan::{self, Selection},
+    routing::plan,
+    routing::select::Selection,
     settings::config::Config,
 };
 

@@ -16,7 +16,8 @@ use crate::{
     model::discovery::Discovery,
     model::route::{Route, Rule},
     model::{Cidr, Gateway, ManagedInterface, Origin, fmt_mac},
-    routing::plan::{Change, DiffFormat, Selection},
+    routing::plan::{Change, DiffFormat},
+    routing::select::Selection,
     settings::config::{Config, Paths},
 };
 

@@ -1,5 +1,5 @@
 //! Interfaces that share a MAC: accelerated-networking VFs on Azure share their NIC's. A
-//! selection by MAC picks the one that carries the addresses ([`plan::pick_by_mac`]) and refuses
+//! selection by MAC picks the one that carries the addresses ([`select::pick_by_mac`]) and refuses
 //! when that is ambiguous; this check says which it would pick.
 
 use std::collections::BTreeMap;
@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::{Finding, Severity};
 use crate::{
     model::{Interface, fmt_mac},
-    routing::plan::{self, MacPick},
+    routing::select::{self, MacPick},
     settings::config::Config,
 };
 
@@ -21,7 +21,7 @@ pub(super) fn check(interfaces: &[Interface], cfg: &Config) -> Vec<Finding> {
         let names: Vec<_> = ifaces.iter().map(|i| i.name.as_str()).collect();
         let selected = cfg.interfaces.iter().any(|s| s.eq_ignore_ascii_case(mac));
         let check = format!("macs {mac}");
-        out.push(match plan::pick_by_mac(interfaces, mac) {
+        out.push(match select::pick_by_mac(interfaces, mac) {
             MacPick::One(i) => Finding::ok(
                 check,
                 format!(

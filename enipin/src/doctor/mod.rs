@@ -43,7 +43,7 @@ use serde::Serialize;
 use crate::{
     engine::snapshot::Snapshot,
     kernel::netns,
-    routing::plan::{self, Selection},
+    routing::select::{self, Selection},
     settings::config::{Config, Paths},
 };
 
@@ -208,7 +208,7 @@ pub async fn examine(cfg: &Config, paths: &Paths, root: &Root) -> Result<Report>
     let snap = Snapshot::take().await?;
     let d = &snap.discovery;
     let mut findings = Vec::new();
-    let managed = match plan::select_named(d, cfg, plan::choose(d, cfg)) {
+    let managed = match select::select_named(d, cfg, select::choose(d, cfg)) {
         Ok((Selection::Managed(m), _)) => m,
         Ok((Selection::NothingToDo(why), _)) => {
             findings.push(Finding::ok(

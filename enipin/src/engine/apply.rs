@@ -25,7 +25,8 @@ use crate::{
     model::objects::{InPlace, Object},
     routing::address,
     routing::grace::Grace,
-    routing::plan::{self, Change, DiffFormat, Plan, Selection},
+    routing::plan::{self, Change, DiffFormat, Plan},
+    routing::select::Selection,
     settings::config::{Config, Paths},
 };
 

@@ -12,7 +12,7 @@ use crate::{
     metadata::{self, Tracker, View},
     model::discovery::Discovery,
     routing::grace::{Grace, Held},
-    routing::plan::{self, Refusal, Selection},
+    routing::select::{self, Refusal, Selection},
     routing::verdict::Verdict,
     settings::config::Config,
 };
@@ -79,7 +79,7 @@ impl Snapshot {
         }
         let view = match metadata {
             Some(t) => {
-                let macs = plan::candidate_macs(&snapshot.discovery, cfg);
+                let macs = select::candidate_macs(&snapshot.discovery, cfg);
                 let view = t.refresh(&macs).await;
                 metadata::merge(&mut snapshot.discovery, &view, cfg.configure_addresses);
                 Some(view)
@@ -95,14 +95,14 @@ impl Snapshot {
 
     fn select_from(snapshot: Self, cfg: &Config, named: Named, held: Held) -> Result<Selected> {
         let d = &snapshot.discovery;
-        let mut chosen = plan::choose(d, cfg);
-        plan::hold(d, &mut chosen, &held.keep);
+        let mut chosen = select::choose(d, cfg);
+        select::hold(d, &mut chosen, &held.keep);
         let verdicts = chosen.verdicts.clone();
         if let (Named::Strict, Some(r)) = (named, chosen.refused.first()) {
             // The first refusal is the error.
             return Err(r.clone().into());
         }
-        let (selection, refused) = plan::select_named(d, cfg, chosen)?;
+        let (selection, refused) = select::select_named(d, cfg, chosen)?;
         Ok(Selected {
             snapshot,
             selection,

@@ -54,7 +54,7 @@ mod tests {
         settings::config::Config,
         metadata::EniMetadata,
         model::{Interface, Origin},
-        routing::plan::{self, Change, Selection},
+        routing::plan::{self, Change}, routing::select::{Selection, self},
     };
 
     fn iface(ifindex: u32, addrs: &[&str]) -> Interface {
@@ -107,7 +107,7 @@ mod tests {
             Origin::Netlink
         );
 
-        let Selection::Managed(m) = plan::select(&d, &Config::default()).unwrap() else {
+        let Selection::Managed(m) = select::select(&d, &Config::default()).unwrap() else {
             panic!("eth1 and eth2 share a subnet");
         };
         assert_eq!(m[1].prefixes, ["198.18.0.64/28".parse().unwrap()]);

@@ -5,4 +5,5 @@
 pub(crate) mod address;
 pub(crate) mod grace;
 pub mod plan;
+pub(crate) mod select;
 pub(crate) mod verdict;
