@@ -44,6 +44,7 @@
 mod metrics;
 mod pace;
 mod report;
+mod watcher;
 
 use std::{
     net::SocketAddr,
@@ -61,22 +62,19 @@ use tokio::{
 
 use tracing::{debug, error, info, warn};
 
+use watcher::{Trigger, Watcher};
+
 use crate::{
     daemon::metrics::Telemetry,
-    daemon::pace::Edges,
-    daemon::report::{OwnRemovals, Reasons, changed_line, describe},
+    daemon::report::{Reasons, changed_line},
     datapath,
-    engine::applied::Applied,
-    engine::apply::{self, Reconciled},
+    engine::apply::Reconciled,
     engine::state,
-    kernel::events::subscribe,
     kernel::nft_events::NftEvents,
     kernel::sysctl,
-    metadata::Tracker,
     model::ManagedInterface,
     model::connmark::LeftOutSaid,
     observe::http,
-    routing::grace::Grace,
     settings::config::{Config, Paths},
     settings::{Loader, Settings},
 };
@@ -378,12 +376,12 @@ fn reload(reload: &Loader, running: &Settings) -> Option<Settings> {
 /// Runs until SIGTERM or SIGINT; the state stays installed when it returns. `settings.listen`:
 /// where to serve metrics and health; `loader` reads them again on SIGHUP.
 pub async fn watch(
-    mut settings: Settings,
+    settings: Settings,
     loader: &Loader,
     paths: &Paths,
-    mut pacing: Pacing,
+    pacing: Pacing,
 ) -> Result<()> {
-    let mut cfg: Config = settings.config.clone();
+    let cfg: Config = settings.config.clone();
     // One changer per state directory: attach and detach refuse to run beside the watcher.
     let _lock = state::lock(paths)?;
     let telemetry = Telemetry::new(&cfg, paths)?;
@@ -403,188 +401,29 @@ pub async fn watch(
     // `systemctl reload` must not stop enforcement. It asks for a full reconcile instead.
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     crate::doctor::warn_conflicts(&cfg, paths).await;
-    // Subscribe before the first reconcile: nothing that happens after it goes unseen.
-    let mut events = subscribe()?;
-    let mut nft = nft_events(&cfg);
-    let mut logger: Option<Logger> = None;
-
-    let mut why = Reasons::default();
-    why.add(Some((0, "start".to_owned())));
-    let now = Instant::now();
-    // The events (and signals, checks) not reconciled yet: the first reconcile is due at once.
-    let mut edges = Edges::default();
-    edges.event(now);
-    // The rules and routes the last reconcile removed, whose announcements are no news.
-    let mut own = OwnRemovals::default();
-    let mut periodic = now + pacing.interval;
-    // No reconcile before this (backoff after a failure).
-    let mut hold = now;
-    let mut failures = 0u32;
-    let mut ready = false;
-    let mut said = Said::default();
-    // What the last successful reconcile manages, for the cheap check, and its links held open.
-    let mut managed: Vec<ManagedInterface> = Vec::new();
-    let mut held = datapath::HeldLinks::default();
-    // Held links whose pins are gone for good, kept until a reconcile has attached anew.
-    let mut orphans = datapath::HeldLinks::default();
-    // The metadata client, its token and every ENI's last known metadata, across reconciles.
-    let mut tracker = Tracker::new(&cfg);
-    let mut metadata_poll = metadata_interval(pacing.metadata);
-    // Interfaces seen without an address, and since when: they hold the selection a while.
-    let mut grace = Grace::default();
-    let mut check = tokio::time::interval(pacing.check);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let interval = pacing.interval.as_secs();
+    let mut w = Watcher::new(settings, loader, paths, pacing, telemetry)?;
     info!(
-        "watching (interval {}s); SIGTERM/SIGINT stop the watcher and leave the state installed",
-        pacing.interval.as_secs()
+        "watching (interval {interval}s); SIGTERM/SIGINT stop the watcher and leave the state \
+         installed"
     );
     loop {
-        let due = edges.due(pacing.debounce, pacing.max_delay);
-        // A grace that ends sends no event: the pass that ends it is due then.
-        let grace_end = grace.deadline(Instant::now());
-        let deadline = due
-            .unwrap_or(periodic)
-            .min(periodic)
-            .min(grace_end.unwrap_or(periodic))
-            .max(hold);
-        tokio::select! {
-            _ = term.recv() => {
-                info!("SIGTERM: stopped watching; enipin's state stays installed (`enipin detach` removes it)");
-                return Ok(());
+        let wake = w.wake();
+        let trigger = tokio::select! {
+            _ = term.recv() => Trigger::Stop("SIGTERM"),
+            _ = int.recv() => Trigger::Stop("SIGINT"),
+            _ = hup.recv() => Trigger::Reload,
+            ev = w.events.next() => Trigger::Netlink(ev.map(|(msg, _)| msg)),
+            ev = next_nft(&mut w.nft) => Trigger::Nft(ev),
+            () = drain(&mut w.logger) => continue,
+            _ = w.metadata_poll.tick(), if w.tracker.is_some() && !w.edges.is_pending() => {
+                Trigger::MetadataRefresh
             }
-            _ = int.recv() => {
-                info!("SIGINT: stopped watching; enipin's state stays installed (`enipin detach` removes it)");
-                return Ok(());
-            }
-            _ = hup.recv() => {
-                if let Some(new) = reload(loader, &settings) {
-                    // Another service or endpoint starts afresh; the same one keeps what it
-                    // knows (an ENI's last known metadata survives a reload during an outage).
-                    let service = |c: &Config| (c.metadata, c.metadata_endpoint.clone());
-                    if service(&new.config) != service(&cfg) {
-                        tracker = Tracker::new(&new.config);
-                    }
-                    cfg = new.config.clone();
-                    if cfg.connmark != nft.is_some() {
-                        nft = nft_events(&cfg);
-                    }
-                    pacing.interval = Duration::from_secs(new.interval);
-                    if pacing.metadata.as_secs() != new.metadata_interval {
-                        pacing.metadata = Duration::from_secs(new.metadata_interval);
-                        metadata_poll = metadata_interval(pacing.metadata);
-                    }
-                    telemetry.set_layers(&cfg);
-                    if !(cfg.debug && cfg.ebpf) {
-                        logger = None;
-                    }
-                    settings = new;
-                }
-                info!("SIGHUP: reconciling now (SIGHUP never stops the watcher)");
-                why.add(Some((0, "SIGHUP".to_owned())));
-                edges.event(Instant::now());
-            }
-            ev = events.next() => {
-                let now = Instant::now();
-                let described = match ev {
-                    Some((msg, _)) => describe(&msg, &mut own, &managed),
-                    None => {
-                        // The kernel closed the socket: take a new one, then resync.
-                        warn!("the netlink event socket closed; subscribing again");
-                        events = subscribe()?;
-                        Some((0, "event socket reopened (full resync)".to_owned()))
-                    }
-                };
-                // An echo of enipin's own change needs no reconcile: a reconcile after one
-                // would find nothing to do, and its own echoes would start the next.
-                if described.is_some() {
-                    edges.event(now);
-                }
-                why.add(described);
-            }
-            ev = next_nft(&mut nft) => match ev {
-                Ok(changes) if !changes.is_empty() => {
-                    why.add(Some((0, format!("nftables: {} {}", crate::model::connmark::TABLE, changes.join(", ")))));
-                    edges.event(Instant::now());
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!("{e:#}; a change to enipin's nftables table is now seen at the periodic reconcile only");
-                    nft = None;
-                }
-            },
-            () = drain(&mut logger) => {}
-            _ = metadata_poll.tick(), if tracker.is_some() && !edges.is_pending() => {
-                why.add(Some((0, "metadata refresh".to_owned())));
-                edges.event(Instant::now());
-            }
-            _ = check.tick(), if !edges.is_pending() => {
-                let gone = missing(&cfg, paths, &managed);
-                if !gone.is_empty() {
-                    why.add(Some((0, format!("gone without an event: {}", gone.join(", ")))));
-                    edges.event(Instant::now());
-                }
-            }
-            () = sleep_until(deadline.into()) => {
-                if grace_end.is_some_and(|end| end <= Instant::now()) {
-                    why.add(Some((0, "an address's grace is over".to_owned())));
-                } else if due.is_none() {
-                    why.add(Some((0, "periodic check".to_owned())));
-                }
-                let started = Instant::now();
-                // The reconcile must be able to detach or replace links: let go of them first
-                // (those that lost their pin for good keep enforcing until it attached anew).
-                let (repinned, lost) = std::mem::take(&mut held).repin(paths);
-                orphans.extend(lost);
-                let result = apply::reconcile(&cfg, paths, tracker.as_mut(), &mut grace).await;
-                if cfg.ebpf {
-                    held = datapath::HeldLinks::hold(paths);
-                }
-                if result.is_ok() {
-                    orphans = datapath::HeldLinks::default();
-                }
-                match result {
-                    Ok(mut r) => {
-                        telemetry.succeeded(&r, repinned.len(), started.elapsed());
-                        r.changes.splice(0..0, repinned.into_iter().map(Applied::PinBack));
-                        report(&r, &why, started.elapsed(), &mut said);
-                        own.expect(&r.changes);
-                        managed.clone_from(&r.managed);
-                        if failures > 0 {
-                            info!("reconcile succeeded after {failures} failed attempt(s)");
-                        }
-                        failures = 0;
-                        if !ready {
-                            ready = true;
-                            notify_ready();
-                        }
-                        why = Reasons::default();
-                        edges.reconciled(started, Instant::now());
-                    }
-                    Err(e) => {
-                        telemetry.failed(&e, started.elapsed());
-                        failures += 1;
-                        let delay = pacing.backoff.saturating_mul(1 << (failures - 1).min(16)).min(pacing.max_backoff);
-                        // A refused rules layer did not stop the datapath (it needs no priority).
-                        let left = if matches!(e, apply::ReconcileError::RulesRefused(_)) {
-                            "the datapath is in place; the rules layer refused and is left as it was"
-                        } else {
-                            "the installed state is left as it was"
-                        };
-                        error!(
-                            "reconcile after {} failed (attempt {failures}, retrying in {}s); \
-                             {left}: {e:#}",
-                            why.text(),
-                            delay.as_secs_f32()
-                        );
-                        hold = Instant::now() + delay;
-                        edges.failed(Instant::now());
-                    }
-                }
-                periodic = Instant::now() + pacing.interval;
-                if cfg.debug && cfg.ebpf {
-                    follow_program(&mut logger, paths);
-                }
-            }
+            _ = w.check.tick(), if !w.edges.is_pending() => Trigger::Check,
+            () = sleep_until(wake.at.into()) => Trigger::Due(wake),
+        };
+        if !w.on(trigger).await? {
+            return Ok(());
         }
     }
 }
