@@ -10,7 +10,11 @@ use std::{collections::BTreeSet, ops::RangeInclusive, path::Path};
 use serde_norway::Value;
 
 use super::{Finding, Severity, host, rules::RuleView};
-use crate::{model::ManagedInterface, model::discovery::Discovery, settings::config::Config};
+use crate::{
+    model::{ManagedInterface, discovery::Discovery},
+    routing::plan,
+    settings::config::Config,
+};
 
 /// nm-cloud-setup: 30200 + i and 30400 + i for rules and tables, 30350 for its `lookup main`.
 const NM_NUMBERS: RangeInclusive<u32> = 30200..=30999;
@@ -222,9 +226,42 @@ pub(super) fn check(
     managed: &[ManagedInterface],
     cfg: &Config,
 ) -> Vec<Finding> {
-    let ours: BTreeSet<String> = managed.iter().map(|m| m.name.clone()).collect();
-    let foreign = |range: &RangeInclusive<u32>| -> Vec<&RuleView> {
-        rules
+    let c = Ctx {
+        a,
+        rules,
+        d,
+        managed,
+        cfg,
+        ours: managed.iter().map(|m| m.name.clone()).collect(),
+        boot_note: if a.boot_checked {
+            ""
+        } else {
+            " (units not checked: not the host's namespace; pass --root /)"
+        },
+    };
+    let mut out = vec![nm_cloud_setup(&c)];
+    out.extend(ec2_and_suse(&c));
+    out.extend(netplan_policies(&c));
+    out
+}
+
+/// What each agent's check reads.
+struct Ctx<'a> {
+    a: &'a Agents,
+    rules: &'a [RuleView],
+    d: &'a Discovery,
+    managed: &'a [ManagedInterface],
+    cfg: &'a Config,
+    /// The managed interfaces' names.
+    ours: BTreeSet<String>,
+    /// Said where units could not be checked.
+    boot_note: &'static str,
+}
+
+impl Ctx<'_> {
+    /// Someone else's rules in `range` (enipin's and the metadata service's left out).
+    fn foreign(&self, range: &RangeInclusive<u32>) -> Vec<&RuleView> {
+        self.rules
             .iter()
             .filter(|r| {
                 range.contains(&r.priority)
@@ -232,19 +269,25 @@ pub(super) fn check(
                     && r.protocol != crate::model::RTPROT_ENIPIN
             })
             .collect()
-    };
-    let mut out = Vec::new();
-    let boot_note = if a.boot_checked {
-        ""
-    } else {
-        " (units not checked: not the host's namespace; pass --root /)"
-    };
+    }
+}
 
+/// nm-cloud-setup: enabled for a provider, or its rules left behind.
+fn nm_cloud_setup(c: &Ctx<'_>) -> Finding {
+    let Ctx {
+        a,
+        d,
+        managed,
+        cfg,
+        ours,
+        boot_note,
+        ..
+    } = c;
     // nm-cloud-setup.
-    let nm_rules = foreign(&NM_NUMBERS);
+    let nm_rules = c.foreign(&NM_NUMBERS);
     let nm_ifaces = routed_by(&nm_rules, d);
     let nm_active = !a.nm_cloud_setup.is_empty() && !a.nm_providers.is_empty();
-    out.push(if nm_active || !nm_rules.is_empty() {
+    if nm_active || !nm_rules.is_empty() {
         let prios: Vec<u32> = nm_rules.iter().map(|r| r.priority).collect();
         let above = prios.iter().any(|p| *p < cfg.priority);
         Finding::new(
@@ -303,10 +346,21 @@ pub(super) fn check(
                     .unwrap_or_default()
             ),
         )
-    });
+    }
+}
 
-    // amazon-ec2-net-utils and SUSE cloud-netconfig share the 10000s.
-    let low = foreign(&EC2_NUMBERS);
+/// amazon-ec2-net-utils and SUSE cloud-netconfig, which share the 10000s.
+fn ec2_and_suse(c: &Ctx<'_>) -> Vec<Finding> {
+    let Ctx {
+        a,
+        d,
+        cfg,
+        ours,
+        boot_note,
+        ..
+    } = c;
+    let mut out = Vec::new();
+    let low = c.foreign(&EC2_NUMBERS);
     let owner = match (
         a.ec2_installed || !a.ec2_instances.is_empty(),
         a.suse_installed,
@@ -333,7 +387,7 @@ pub(super) fn check(
         let mut managed_by: BTreeSet<String> = ifaces.iter().cloned().collect();
         managed_by.extend(routed_by(its_rules, d));
         let prios: Vec<u32> = its_rules.iter().map(|r| r.priority).collect();
-        let shared: Vec<_> = managed_by.intersection(&ours).cloned().collect();
+        let shared: Vec<_> = managed_by.intersection(ours).cloned().collect();
         let enabled = if name == "SUSE cloud-netconfig" && a.suse_enabled {
             " and enabled"
         } else if name == "amazon-ec2-net-utils" && !a.ec2_instances.is_empty() {
@@ -386,8 +440,20 @@ pub(super) fn check(
             ),
         ));
     }
+    out
+}
 
-    // netplan (cloud-init writes 50-cloud-init.yaml).
+/// netplan's routing-policy, by file (cloud-init writes 50-cloud-init.yaml).
+fn netplan_policies(c: &Ctx<'_>) -> Vec<Finding> {
+    let Ctx {
+        a,
+        managed,
+        cfg,
+        ours,
+        boot_note,
+        ..
+    } = c;
+    let mut out = Vec::new();
     let mut by_file: Vec<(&str, Vec<&NetplanRule>)> = Vec::new();
     for r in &a.netplan {
         match by_file.iter_mut().find(|(f, _)| *f == r.file) {
@@ -402,7 +468,7 @@ pub(super) fn check(
         ));
     }
     let tables: BTreeSet<u32> = managed.iter().map(|m| m.table).collect();
-    let prio_range = cfg.priority..=cfg.priority.saturating_add(2);
+    let prio_range = plan::priorities(cfg);
     for (file, rs) in by_file {
         let ifaces: BTreeSet<String> = rs.iter().map(|r| r.iface.clone()).collect();
         let clash = rs.iter().any(|r| {
@@ -415,7 +481,7 @@ pub(super) fn check(
         } else {
             ""
         };
-        let shared: Vec<_> = ifaces.intersection(&ours).cloned().collect();
+        let shared: Vec<_> = ifaces.intersection(ours).cloned().collect();
         out.push(
             Finding::new(
                 "agents netplan",
@@ -564,6 +630,33 @@ mod tests {
             .find(|f| f.check == "agents suse-cloud-netconfig")
             .unwrap();
         assert_eq!(suse.severity, Severity::Ok);
+    }
+
+    /// With `--connmark`, a netplan policy at P-1 takes the priority of enipin's fwmark rules.
+    #[test]
+    fn with_connmark_a_netplan_policy_just_below_enipins_priority_clashes() {
+        let r = Root::new("agents-netplan-connmark");
+        r.write(
+            "/etc/netplan/60-x.yaml",
+            "network:\n  ethernets:\n    eth9:\n      routing-policy:\n        - {from: 198.18.9.9, table: 900, priority: 19999}\n",
+        );
+        let (d, m) = lab();
+        let a = read(r.path(), &[], 1, true);
+        let severity = |cfg: &Config| {
+            let f = check(&a, &[], &d, &m, cfg);
+            f.into_iter()
+                .find(|f| f.check == "agents netplan")
+                .map(|f| (f.severity, f.meaning))
+                .unwrap()
+        };
+        let cfg = Config {
+            connmark: true,
+            ..Config::default()
+        };
+        let (sev, meaning) = severity(&cfg);
+        assert_eq!(sev, Severity::Conflict, "{meaning}");
+        assert!(meaning.contains("priorities 19999-20002"), "{meaning}");
+        assert_eq!(severity(&Config::default()).0, Severity::Ok);
     }
 
     #[test]
