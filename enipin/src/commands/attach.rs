@@ -58,7 +58,7 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
             return Ok(());
         }
     };
-    crate::doctor::warn_conflicts(cfg, paths).await;
+    crate::doctor::warn_conflicts(&s.snapshot, cfg, paths).await;
     let p = apply::pending(d, managed, previous, cfg, paths, apply::OnConflict::Refuse)?;
     for l in apply::connmark_left_out(&p.managed, cfg) {
         log::warn!("connmark: {l}");

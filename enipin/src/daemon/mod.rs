@@ -69,7 +69,7 @@ use crate::{
     daemon::report::{Reasons, changed_line},
     datapath,
     engine::apply::Reconciled,
-    engine::state,
+    engine::{snapshot::Snapshot, state},
     kernel::nft_events::NftEvents,
     kernel::sysctl,
     model::ManagedInterface,
@@ -400,7 +400,10 @@ pub async fn watch(
     // SIGHUP's default action ends the process (exit 129): a terminal closing or an operator's
     // `systemctl reload` must not stop enforcement. It asks for a full reconcile instead.
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    crate::doctor::warn_conflicts(&cfg, paths).await;
+    match Snapshot::take().await {
+        Ok(snap) => crate::doctor::warn_conflicts(&snap, &cfg, paths).await,
+        Err(e) => warn!("`enipin doctor`'s checks failed: {e:#}"),
+    }
     let interval = pacing.interval.as_secs();
     let mut w = Watcher::new(settings, loader, paths, pacing, telemetry)?;
     info!(

@@ -182,9 +182,10 @@ pub async fn doctor(cfg: &Config, paths: &Paths, root: &Root, json: bool) -> Res
 }
 
 /// What `attach` and `watch` print before they start: the conflicts doctor would report, once,
-/// as warnings on stderr. They never refuse because of them, nor because doctor failed.
-pub(crate) async fn warn_conflicts(cfg: &Config, paths: &Paths) {
-    match examine(cfg, paths, &Root::new(None)).await {
+/// as warnings on stderr, from the caller's snapshot (no second read of the kernel). They never
+/// refuse because of them, nor because doctor failed.
+pub(crate) async fn warn_conflicts(snap: &Snapshot, cfg: &Config, paths: &Paths) {
+    match examine_with(snap, cfg, paths, &Root::new(None)).await {
         Ok(report) => {
             for c in report.of(Severity::Conflict) {
                 let fix = c
@@ -205,7 +206,11 @@ pub(crate) async fn warn_conflicts(cfg: &Config, paths: &Paths) {
 
 /// Reads the host and runs every check.
 pub async fn examine(cfg: &Config, paths: &Paths, root: &Root) -> Result<Report> {
-    let snap = Snapshot::take().await?;
+    examine_with(&Snapshot::take().await?, cfg, paths, root).await
+}
+
+/// Runs every check on `snap` and what else the host has (files, processes, tc, bpffs).
+async fn examine_with(snap: &Snapshot, cfg: &Config, paths: &Paths, root: &Root) -> Result<Report> {
     let d = &snap.discovery;
     let mut findings = Vec::new();
     let managed = match select::select_named(d, cfg, select::choose(d, cfg)) {
