@@ -159,107 +159,115 @@ pub(super) fn check(
     managed: &[ManagedInterface],
     cfg: &Config,
 ) -> Vec<Finding> {
-    let mut out = Vec::new();
     let tables: BTreeSet<u32> = managed.iter().map(|m| m.table).collect();
-    let prios = plan::priorities(cfg);
     let foreign: Vec<&RuleView> = rules
         .iter()
         .filter(|r| !r.is_enipin() && !r.is_kernel_default())
         .collect();
-    let tables_text = format!("{tables:?}");
-
+    let mut out = Vec::new();
     if !managed.is_empty() {
-        let bad: Vec<_> = tables
-            .iter()
-            .filter(|t| RESERVED_TABLES.contains(t))
-            .collect();
-        out.push(if bad.is_empty() {
-            Finding::ok(
-                "rules tables",
-                format!(
-                    "enipin's tables {tables_text}: none is 0 or 253-255 (default, main, local)"
-                ),
-            )
-        } else {
-            Finding::new(
-                "rules tables",
-                Severity::Conflict,
-                format!("enipin's tables would include {bad:?}, reserved by the kernel"),
-            )
-            .fix("choose another --table-base (default 20000)")
-        });
+        out.push(reserved_tables(&tables));
     }
+    let clashes = clashes(rules, &foreign, d, &tables, cfg);
+    let above = above(&foreign, d, managed, cfg);
+    let quiet = clashes.is_empty() && above.is_empty();
+    out.extend(clashes);
+    out.extend(above);
+    out.extend(imds(&foreign));
+    if quiet {
+        out.push(no_clash(&tables, cfg));
+    }
+    out
+}
 
-    let mut clashes = 0;
-    for r in &foreign {
+/// enipin's tables are none of the kernel's.
+fn reserved_tables(tables: &BTreeSet<u32>) -> Finding {
+    let bad: Vec<_> = tables
+        .iter()
+        .filter(|t| RESERVED_TABLES.contains(t))
+        .collect();
+    if bad.is_empty() {
+        Finding::ok(
+            "rules tables",
+            format!("enipin's tables {tables:?}: none is 0 or 253-255 (default, main, local)"),
+        )
+    } else {
+        Finding::new(
+            "rules tables",
+            Severity::Conflict,
+            format!("enipin's tables would include {bad:?}, reserved by the kernel"),
+        )
+        .fix("choose another --table-base (default 20000)")
+    }
+}
+
+/// Someone else's rules at enipin's priorities or pointing at its tables, and their routes in
+/// its tables: what `attach` refuses.
+fn clashes(
+    rules: &[RuleView],
+    foreign: &[&RuleView],
+    d: &Discovery,
+    tables: &BTreeSet<u32>,
+    cfg: &Config,
+) -> Vec<Finding> {
+    let prios = plan::priorities(cfg);
+    let other_base = format!(
+        "`enipin attach --table-base {}`",
+        cfg.table_base.saturating_add(10000)
+    );
+    let mut out = Vec::new();
+    for r in foreign {
         let at_prio = prios.contains(&r.priority);
         let at_table = r.action == RuleAction::ToTable && tables.contains(&r.table);
         if !(at_prio || at_table) {
             continue;
         }
-        clashes += 1;
-        let fix = if at_prio {
-            match free_priority(rules, cfg) {
-                Some(b) => {
-                    let p = b.end() - 2;
-                    format!(
-                        "`enipin attach --priority {p}` (free: {}-{})",
-                        b.start(),
-                        b.end()
-                    )
-                }
-                None => "choose another --priority".to_owned(),
-            }
-        } else {
-            format!(
-                "`enipin attach --table-base {}`",
-                cfg.table_base.saturating_add(10000)
-            )
-        };
-        out.push(
-            Finding::new(
-                "rules",
-                Severity::Conflict,
-                format!(
-                    "`{}` is not enipin's but uses {}: `enipin attach` refuses to change its meaning",
-                    r.text(),
-                    if at_prio {
-                        format!(
-                            "priority {}, one of enipin's {}-{}",
-                            r.priority,
-                            prios.start(),
-                            prios.end()
-                        )
-                    } else {
-                        format!("table {}, one of enipin's {tables_text}", r.table)
-                    }
+        let (uses, fix) = if at_prio {
+            let (s, e) = (prios.start(), prios.end());
+            let fix = match free_priority(rules, cfg) {
+                Some(b) => format!(
+                    "`enipin attach --priority {}` (free: {}-{})",
+                    b.end() - 2,
+                    b.start(),
+                    b.end()
                 ),
+                None => "choose another --priority".to_owned(),
+            };
+            (
+                format!("priority {}, one of enipin's {s}-{e}", r.priority),
+                fix,
             )
-            .fix(fix),
+        } else {
+            let uses = format!("table {}, one of enipin's {tables:?}", r.table);
+            (uses, other_base.clone())
+        };
+        let meaning = format!(
+            "`{}` is not enipin's but uses {uses}: `enipin attach` refuses to change its meaning",
+            r.text()
         );
+        out.push(Finding::new("rules", Severity::Conflict, meaning).fix(fix));
     }
     for r in d.routes.iter().filter(|r| !r.is_enipin()) {
         if tables.contains(&r.route.table) {
-            clashes += 1;
-            out.push(
-                Finding::new(
-                    "rules",
-                    Severity::Conflict,
-                    format!(
-                        "table {} holds a route that is not enipin's ({} protocol {}): `enipin \
-                         attach` refuses to share the table",
-                        r.route.table, r.route.dst, r.protocol
-                    ),
-                )
-                .fix(format!(
-                    "`enipin attach --table-base {}`",
-                    cfg.table_base.saturating_add(10000)
-                )),
+            let meaning = format!(
+                "table {} holds a route that is not enipin's ({} protocol {}): `enipin attach` \
+                 refuses to share the table",
+                r.route.table, r.route.dst, r.protocol
             );
+            out.push(Finding::new("rules", Severity::Conflict, meaning).fix(other_base.clone()));
         }
     }
+    out
+}
 
-    let mut above = 0;
+/// Someone else's rules above enipin's that catch a managed address's replies first.
+fn above(
+    foreign: &[&RuleView],
+    d: &Discovery,
+    managed: &[ManagedInterface],
+    cfg: &Config,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
     for m in managed {
         for a in &m.addrs {
             for r in foreign.iter().filter(|r| {
@@ -269,41 +277,47 @@ pub(super) fn check(
                     && covers(r.from, a.addr)
                     && !r.is_imds()
             }) {
-                above += 1;
                 out.push(rule_above(r, a.addr, m, d, cfg));
             }
         }
     }
-
-    let imds: Vec<_> = foreign.iter().filter(|r| r.is_imds()).collect();
-    if !imds.is_empty() {
-        let prios: Vec<_> = imds.iter().map(|r| r.priority.to_string()).collect();
-        out.push(Finding::ok(
-            "rules imds",
-            format!(
-                "systemd's metadata-service rules (priorities {}) match only fwmark {IMDS_MARK:#x} \
-                 or traffic to 169.254.169.254: enipin's rules and tables leave them alone",
-                prios.join(", ")
-            ),
-        ));
-    }
-    if clashes == 0 && above == 0 {
-        out.push(Finding::ok(
-            "rules",
-            format!(
-                "no one else's rule at enipin's priorities {}-{}{}, none above enipin's for a \
-                 managed address",
-                prios.start(),
-                prios.end(),
-                if tables.is_empty() {
-                    String::new()
-                } else {
-                    format!(" or tables {tables_text}")
-                }
-            ),
-        ));
-    }
     out
+}
+
+/// systemd's metadata-service rules, said to be harmless.
+fn imds(foreign: &[&RuleView]) -> Option<Finding> {
+    let imds: Vec<_> = foreign.iter().filter(|r| r.is_imds()).collect();
+    if imds.is_empty() {
+        return None;
+    }
+    let prios: Vec<_> = imds.iter().map(|r| r.priority.to_string()).collect();
+    Some(Finding::ok(
+        "rules imds",
+        format!(
+            "systemd's metadata-service rules (priorities {}) match only fwmark {IMDS_MARK:#x} \
+             or traffic to 169.254.169.254: enipin's rules and tables leave them alone",
+            prios.join(", ")
+        ),
+    ))
+}
+
+/// Nothing in enipin's way.
+fn no_clash(tables: &BTreeSet<u32>, cfg: &Config) -> Finding {
+    let prios = plan::priorities(cfg);
+    let tables_text = if tables.is_empty() {
+        String::new()
+    } else {
+        format!(" or tables {tables:?}")
+    };
+    Finding::ok(
+        "rules",
+        format!(
+            "no one else's rule at enipin's priorities {}-{}{tables_text}, none above enipin's \
+             for a managed address",
+            prios.start(),
+            prios.end(),
+        ),
+    )
 }
 
 /// A rule above enipin's for address `addr` of `m`: harmless while its table sends the replies
