@@ -168,42 +168,90 @@ pub(super) fn check(h: &Hooks) -> Vec<Finding> {
         Vec::new()
     });
     let egress = egress.unwrap_or_default();
-    let ours_tcx = egress.iter().position(|p| is_enipin(&p.name));
-    let ours_filter = clsact
-        .iter()
-        .find(|f| is_enipin(&f.name))
-        .map(|f| f.priority);
-    let attached = ours_tcx.is_some() || ours_filter.is_some();
-    for (i, p) in egress
+    let ours = Ours {
+        tcx: egress.iter().position(|p| is_enipin(&p.name)),
+        filter: clsact
+            .iter()
+            .find(|f| is_enipin(&f.name))
+            .map(|f| f.priority),
+    };
+    let others = tcx_others(&h.iface, &egress, ours)
+        .chain(clsact_others(&h.iface, &clsact, ours))
+        .map(|meaning| Finding::new(check.clone(), Severity::Warning, meaning).fix(PASS_ON));
+    out.extend(others);
+    out.extend(ingress(h).map(|meaning| Finding::ok(check.clone(), meaning)));
+    if out.is_empty() {
+        let attached = if ours.attached() {
+            " (enipin's is attached)"
+        } else {
+            ""
+        };
+        let meaning = format!(
+            "no other program at {}'s TCX or clsact hooks{attached}",
+            h.iface
+        );
+        out.push(Finding::ok(check, meaning));
+    }
+    out
+}
+
+/// Where enipin's own program sits at an interface's egress, if it does.
+#[derive(Clone, Copy)]
+struct Ours {
+    /// Its position in the TCX chain.
+    tcx: Option<usize>,
+    /// Its clsact filter's priority.
+    filter: Option<u16>,
+}
+
+impl Ours {
+    fn attached(self) -> bool {
+        self.tcx.is_some() || self.filter.is_some()
+    }
+}
+
+/// Someone else's TCX egress programs, each with where it runs from enipin's.
+fn tcx_others<'a>(
+    iface: &'a str,
+    egress: &'a [Prog],
+    ours: Ours,
+) -> impl Iterator<Item = String> + 'a {
+    let others = egress
         .iter()
         .enumerate()
-        .filter(|(_, p)| !is_enipin(&p.name))
-    {
-        let meaning = match ours_tcx {
-            Some(o) if i < o => format!(
-                "{} runs before enipin at {}'s TCX egress: any verdict but TCX_NEXT ends the \
-                 chain before enipin sees the packet",
-                prog_text(p),
-                h.iface
-            ),
-            Some(_) => format!(
-                "{} runs after enipin at {}'s TCX egress: packets enipin redirects leave by \
-                 another interface without reaching it",
-                prog_text(p),
-                h.iface
-            ),
-            None => format!(
-                "{} is at {}'s TCX egress: enipin attaches after it{} and sees only what it \
-                 passes on (TCX_NEXT)",
-                prog_text(p),
-                h.iface,
-                if attached { "" } else { " (appended last)" }
-            ),
-        };
-        out.push(Finding::new(check.clone(), Severity::Warning, meaning).fix(PASS_ON));
-    }
-    for f in clsact.iter().filter(|f| !is_enipin(&f.name)) {
-        let order = match (ours_tcx, ours_filter) {
+        .filter(|(_, p)| !is_enipin(&p.name));
+    others.map(move |(i, p)| match ours.tcx {
+        Some(o) if i < o => format!(
+            "{} runs before enipin at {iface}'s TCX egress: any verdict but TCX_NEXT ends the \
+             chain before enipin sees the packet",
+            prog_text(p),
+        ),
+        Some(_) => format!(
+            "{} runs after enipin at {iface}'s TCX egress: packets enipin redirects leave by \
+             another interface without reaching it",
+            prog_text(p),
+        ),
+        None => format!(
+            "{} is at {iface}'s TCX egress: enipin attaches after it{} and sees only what it \
+             passes on (TCX_NEXT)",
+            prog_text(p),
+            if ours.attached() {
+                ""
+            } else {
+                " (appended last)"
+            }
+        ),
+    })
+}
+
+/// Someone else's clsact egress filters, each with where it runs from enipin's.
+fn clsact_others<'a>(
+    iface: &'a str,
+    clsact: &'a [Filter],
+    ours: Ours,
+) -> impl Iterator<Item = String> + 'a {
+    clsact.iter().filter(|f| !is_enipin(&f.name)).map(move |f| {
+        let order = match (ours.tcx, ours.filter) {
             (_, Some(p)) if f.priority < p => {
                 "it runs before enipin's filter: any verdict but TC_ACT_UNSPEC (pass on) ends \
                  the chain before enipin sees the packet"
@@ -220,19 +268,15 @@ pub(super) fn check(h: &Hooks) -> Vec<Finding> {
                  it): packets enipin redirects never reach it"
             }
         };
-        out.push(
-            Finding::new(
-                check.clone(),
-                Severity::Warning,
-                format!(
-                    "filter {} at {}'s clsact egress: {order}",
-                    filter_text(f),
-                    h.iface
-                ),
-            )
-            .fix(PASS_ON),
-        );
-    }
+        format!(
+            "filter {} at {iface}'s clsact egress: {order}",
+            filter_text(f)
+        )
+    })
+}
+
+/// What sits at the ingress hooks, which enipin's egress program never meets.
+fn ingress(h: &Hooks) -> Option<String> {
     let mut ingress: Vec<String> = match &h.tcx_ingress {
         Ok(p) => p.iter().flatten().map(prog_text).collect(),
         Err(_) => Vec::new(),
@@ -240,31 +284,13 @@ pub(super) fn check(h: &Hooks) -> Vec<Finding> {
     if let Ok(f) = &h.clsact_ingress {
         ingress.extend(f.iter().map(filter_text));
     }
-    if !ingress.is_empty() {
-        out.push(Finding::ok(
-            check.clone(),
-            format!(
-                "at {}'s ingress: {} (enipin hooks egress only: they do not meet)",
-                h.iface,
-                ingress.join(", ")
-            ),
-        ));
-    }
-    if out.is_empty() {
-        out.push(Finding::ok(
-            check,
-            format!(
-                "no other program at {}'s TCX or clsact hooks{}",
-                h.iface,
-                if attached {
-                    " (enipin's is attached)"
-                } else {
-                    ""
-                }
-            ),
-        ));
-    }
-    out
+    (!ingress.is_empty()).then(|| {
+        format!(
+            "at {}'s ingress: {} (enipin hooks egress only: they do not meet)",
+            h.iface,
+            ingress.join(", ")
+        )
+    })
 }
 
 #[cfg(test)]
