@@ -6,7 +6,7 @@
 //! groups in its namespace ([`crate::kernel::events`]: a forwarding change, which decides the
 //! datapath's next hops, sends only a netconf message), and on the first event of a burst (then
 //! once more for the rest of it: see [`crate::daemon::pace`]), or every `--interval` as a safety
-//! net, runs the same plan/apply as `enipin attach` ([`apply::reconcile`]): discover, diff, apply
+//! net, runs the same plan/apply as `enipin attach` ([`crate::engine::apply::reconcile`]): discover, diff, apply
 //! only the difference. Every reconcile re-reads the kernel's state, so a lost event (a socket
 //! overrun) costs nothing but a resync. The kernel announces enipin's own changes too: a rule or
 //! route it added or just removed, an rp_filter it wrote, needs no reconcile
@@ -36,7 +36,7 @@
 //!
 //! With `--metadata`, every reconcile also asks the metadata service (at least every
 //! [`Pacing::metadata`], as it sends no event); an ENI whose metadata is unknown keeps its last
-//! known metadata for as long as the service fails ([`Tracker`]).
+//! known metadata for as long as the service fails ([`crate::metadata::Tracker`]).
 //!
 //! SIGTERM / SIGINT stop the watcher between reconciles and leave the state installed, as
 //! `attach` does; `enipin detach` removes it.

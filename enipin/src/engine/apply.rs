@@ -1,5 +1,5 @@
 //! Carries a plan out: the journal of the rules, routes and sysctls applier, and the commit of
-//! both appliers (this one, while [`ebpf`] prepares, then the datapath's links).
+//! both appliers (this one, while [`crate::datapath`] prepares, then the datapath's links).
 //!
 //! Every run applies only the difference between desired and installed, and keeps a journal of
 //! the inverse of each step it took: if a step fails, the journal is replayed backwards, so a

@@ -7,7 +7,7 @@
 //!
 //! What the kernel announces differs from a write under /proc/sys: no `RTM_NEWNETCONF` for
 //! `rp_filter`, but the link's `RTM_NEWLINK` (as for any `RTM_SETLINK` that changes it), which
-//! watch takes as the echo of its own write ([`crate::daemon::report`]), not as news.
+//! watch takes as the echo of its own write (`daemon::report`), not as news.
 //!
 //! What may be written, and the values wanted, are [`crate::model::sysctl`]'s.
 
