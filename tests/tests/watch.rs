@@ -753,6 +753,38 @@ fn watch_debug_prints_the_datapaths_log_records() {
     );
 }
 
+/// Issue 26, item 3: a failure's backoff listens to the world. After four failed attempts (a
+/// conflicting rule) the backoff is 8 s; removing the rule is a netlink event, and the retry
+/// comes within a second of the failed attempt instead of when the backoff ends.
+#[test]
+fn a_change_ends_a_failures_backoff() {
+    let topo = topology();
+    let e = Enipin::in_ns(topo.host());
+    let w = Watcher::start(&e, &["--interval", "60"]);
+    w.line(0, &["reconciled after start"]);
+    let since = w.mark();
+    let conflict = ["from", "198.18.0.50", "lookup", "100", "pref", "20000"];
+    topo.host()
+        .ip(&[&["rule", "add"][..], &conflict].concat())
+        .unwrap();
+    for attempt in 1..4 {
+        w.line(since, &[&format!("failed (attempt {attempt}, ")]);
+    }
+    w.line(since, &["failed (attempt 4, retrying in 8s)"]);
+    let t = Instant::now();
+    topo.host()
+        .ip(&[&["rule", "del"][..], &conflict].concat())
+        .unwrap();
+    w.line(since, &["reconcile succeeded after"]);
+    let took = t.elapsed();
+    eprintln!("backoff 8 s: the retry came {took:?} after the conflicting rule was removed");
+    assert!(
+        took < Duration::from_secs(3),
+        "the retry waited out the backoff: {took:?}\n{}",
+        w.log()
+    );
+}
+
 #[test]
 fn a_failing_reconcile_changes_nothing_and_is_retried() {
     let topo = topology();

@@ -38,6 +38,11 @@ use crate::{
     },
 };
 
+/// The soonest retry after a failed attempt when something changed: the backoff's first step. It
+/// bounds the rate of attempts when the failing reconcile's own rollback is what changed (one a
+/// second, as a failure's first retry).
+const RETRY_ON_NEWS: Duration = Duration::from_secs(1);
+
 /// What woke the watcher: one arm of its `select!` each.
 pub(super) enum Trigger {
     /// SIGTERM or SIGINT: stop, leaving the state installed.
@@ -85,6 +90,8 @@ pub(super) struct Watcher<'a> {
     periodic: Instant,
     /// No reconcile before this (backoff after a failure).
     hold: Instant,
+    /// When the last attempt failed (`None` after a success).
+    failed_at: Option<Instant>,
     failures: u32,
     ready: bool,
     said: Said,
@@ -129,6 +136,7 @@ impl<'a> Watcher<'a> {
             own: OwnRemovals::default(),
             periodic: now + pacing.interval,
             hold: now,
+            failed_at: None,
             failures: 0,
             ready: false,
             said: Said::default(),
@@ -192,7 +200,18 @@ impl<'a> Watcher<'a> {
     /// A reason to reconcile, said in the reconcile's line.
     fn wanted(&mut self, why: String) {
         self.why.add(Some((0, why)));
-        self.edges.event(Instant::now());
+        self.news(Instant::now());
+    }
+
+    /// Something changed that a reconcile should see. While a failure's backoff runs, the change
+    /// may have removed its cause: the retry comes [`RETRY_ON_NEWS`] after the failed attempt
+    /// rather than when the backoff ends (after a fourth failure, 8 s; the watch test
+    /// `a_change_ends_a_failures_backoff` measures 1.0 s from the removal of the cause).
+    fn news(&mut self, now: Instant) {
+        self.edges.event(now);
+        if let Some(at) = self.failed_at {
+            self.hold = self.hold.min(at + RETRY_ON_NEWS);
+        }
     }
 
     fn reload(&mut self) {
@@ -235,7 +254,7 @@ impl<'a> Watcher<'a> {
         // An echo of enipin's own change needs no reconcile: a reconcile after one would find
         // nothing to do, and its own echoes would start the next.
         if described.is_some() {
-            self.edges.event(Instant::now());
+            self.news(Instant::now());
         }
         self.why.add(described);
         Ok(())
@@ -303,6 +322,7 @@ impl<'a> Watcher<'a> {
             );
         }
         self.failures = 0;
+        self.failed_at = None;
         if !self.ready {
             self.ready = true;
             notify_ready();
@@ -329,7 +349,9 @@ impl<'a> Watcher<'a> {
             self.failures,
             delay.as_secs_f32()
         );
-        self.hold = Instant::now() + delay;
-        self.edges.failed(Instant::now());
+        let now = Instant::now();
+        self.hold = now + delay;
+        self.failed_at = Some(now);
+        self.edges.failed(now);
     }
 }
