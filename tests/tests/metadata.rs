@@ -254,3 +254,40 @@ fn the_request_rate_stays_under_the_budget() {
     assert!(peak <= 41, "{peak} requests in one second");
     println!("{n} requests in {secs:.2} s, at most {peak} in one second");
 }
+
+/// Issue 26, item 2: an address metadata lists that no ENI can own (the metadata service's own,
+/// one outside the ENI's subnet, the subnet's broadcast address) is left out of what the client
+/// returns, and so of what it keeps for an outage: it was planned, and with
+/// `--configure-addresses` added and routed, and the service's own address made local locked
+/// enipin out of the service for good.
+#[test]
+fn addresses_no_eni_can_own_are_left_out_and_never_kept() {
+    let ns = Netns::new("md-").unwrap();
+    let imds = server(&ns);
+    let url = imds.url();
+    let endpoint = url
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let listed = format!("198.18.0.11\n198.18.0.21\n{endpoint}\n198.18.7.7\n198.18.0.255");
+    imds.set(SECOND, "local-ipv4s", Some(&listed));
+    let (fresh, kept) = with_client(&ns, &imds, async |t| {
+        let fresh = t.refresh(&MACS).await;
+        imds.fault(Fault::Status(500));
+        (fresh, t.refresh(&MACS).await)
+    });
+    assert!(fresh.unknown.is_empty(), "{fresh:?}");
+    assert_eq!(
+        addrs(&fresh),
+        ["198.18.0.11", "198.18.0.21", "2001:db8::11"],
+        "listed: {listed:?}"
+    );
+    assert!(kept.unknown.contains_key(&MACS[1]), "{kept:?}");
+    assert_eq!(
+        addrs(&kept),
+        addrs(&fresh),
+        "the last known is the validated one"
+    );
+}

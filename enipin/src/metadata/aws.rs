@@ -115,6 +115,11 @@ impl Aws {
         }
     }
 
+    /// The endpoints it asks, in order.
+    pub(crate) fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
     /// A valid token: the cached one, or a new one from the first endpoint that gives one
     /// (starting with the one that answered last).
     async fn token(&mut self) -> Result<String, String> {

@@ -17,6 +17,7 @@
 
 pub(crate) mod aws;
 mod merge;
+mod validate;
 pub(crate) mod transport;
 
 use std::{
@@ -155,6 +156,8 @@ pub struct View {
 /// the backoff of what failed.
 pub struct Tracker {
     source: Source,
+    /// The metadata service's addresses: never an ENI's.
+    endpoints: Vec<IpAddr>,
     last: BTreeMap<MacAddr, EniMetadata>,
     /// The listing of ENIs (and the token): when it fails, every ENI is unknown.
     listing: Backoff,
@@ -166,12 +169,17 @@ pub struct Tracker {
 impl Tracker {
     /// The tracker `cfg` asks for (`None` without `--metadata`).
     pub fn new(cfg: &Config) -> Option<Self> {
-        let source = match cfg.metadata {
+        let (source, endpoints) = match cfg.metadata {
             MetadataSource::None => return None,
-            MetadataSource::Aws => Source::Aws(aws::Aws::new(cfg.metadata_endpoint.as_deref())),
+            MetadataSource::Aws => {
+                let aws = aws::Aws::new(cfg.metadata_endpoint.as_deref());
+                let endpoints = validate::endpoint_addrs(aws.endpoints());
+                (Source::Aws(aws), endpoints)
+            }
         };
         Some(Self {
             source,
+            endpoints,
             last: BTreeMap::new(),
             listing: Backoff::default(),
             enis: BTreeMap::new(),
@@ -230,6 +238,16 @@ impl Tracker {
             }
             match self.source.eni(*mac, *mac == primary).await {
                 Lookup::Known(m) => {
+                    let (m, refused) = m.validated(&self.endpoints);
+                    for r in refused {
+                        tracing::warn!(
+                            "metadata lists {} for {}, which no ENI can own ({}): left out, \
+                             never configured",
+                            r.addr,
+                            fmt_mac(mac),
+                            r.why
+                        );
+                    }
                     let ended = self.enis.entry(*mac).or_default().succeeded();
                     if ended > 0 {
                         println!(
