@@ -284,7 +284,9 @@ fn addresses_no_eni_can_own_are_left_out_and_never_kept() {
         ["198.18.0.11", "198.18.0.21", "2001:db8::11"],
         "listed: {listed:?}"
     );
+    assert_eq!(fresh.refused, 3, "{fresh:?}");
     assert!(kept.unknown.contains_key(&MACS[1]), "{kept:?}");
+    assert_eq!(kept.refused, 3, "still said while the last known stands in");
     assert_eq!(
         addrs(&kept),
         addrs(&fresh),

@@ -51,6 +51,7 @@ pub(crate) struct Telemetry {
     restored: IntCounterVec,
     duration: Histogram,
     last_success: Gauge,
+    metadata_refused: IntGauge,
     drift: IntGaugeVec,
     interfaces: IntGauge,
     addresses: IntGauge,
@@ -111,6 +112,11 @@ impl Telemetry {
             "enipin_last_success_timestamp_seconds",
             "Unix time of the last successful reconcile (0: none yet).",
         )?;
+        let metadata_refused = IntGauge::new(
+            "enipin_metadata_refused_entries",
+            "Addresses and prefixes the last metadata lookup listed that no ENI can own (the \
+             service's own, outside the subnet, reserved or special): left out, never configured.",
+        )?;
         let drift = IntGaugeVec::new(
             Opts::new(
                 "enipin_drift_objects",
@@ -159,6 +165,7 @@ impl Telemetry {
         registry.register(Box::new(restored.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(last_success.clone()))?;
+        registry.register(Box::new(metadata_refused.clone()))?;
         registry.register(Box::new(drift.clone()))?;
         registry.register(Box::new(interfaces.clone()))?;
         registry.register(Box::new(addresses.clone()))?;
@@ -171,6 +178,7 @@ impl Telemetry {
             restored,
             duration,
             last_success,
+            metadata_refused,
             drift,
             interfaces,
             addresses,
@@ -214,6 +222,9 @@ impl Telemetry {
             .with_label_values(&["datapath_link"])
             .inc_by(repinned as u64);
         self.interfaces.set(r.managed.len() as i64);
+        if let Some(v) = &r.metadata {
+            self.metadata_refused.set(v.refused as i64);
+        }
         let addrs: usize = r
             .managed
             .iter()
@@ -377,6 +388,24 @@ mod tests {
     fn value(text: &str, series: &str) -> Option<f64> {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// What the last metadata lookup left out is a gauge: 0 until a lookup refuses something.
+    #[test]
+    fn refused_metadata_entries_are_a_gauge() {
+        let t = telemetry();
+        let gauge = |t: &Telemetry| {
+            let text = t.exposition().unwrap();
+            value(&text, "enipin_metadata_refused_entries")
+        };
+        assert_eq!(gauge(&t), Some(0.0));
+        let mut r = reconciled(0, &[]);
+        r.metadata = Some(crate::metadata::View {
+            refused: 2,
+            ..Default::default()
+        });
+        t.succeeded(&r, 0, Duration::ZERO);
+        assert_eq!(gauge(&t), Some(2.0));
     }
 
     #[test]

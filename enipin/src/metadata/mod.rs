@@ -150,6 +150,8 @@ pub struct View {
     pub unknown: BTreeMap<MacAddr, String>,
     /// Requests this pass sent.
     pub requests: u64,
+    /// Entries the last lookup of these ENIs listed that no ENI can own, left out.
+    pub refused: usize,
 }
 
 /// The metadata client across passes: the source, the last known metadata of every ENI, and
@@ -162,6 +164,8 @@ pub struct Tracker {
     /// The listing of ENIs (and the token): when it fails, every ENI is unknown.
     listing: Backoff,
     enis: BTreeMap<MacAddr, Backoff>,
+    /// Per ENI, the entries its last lookup listed that no ENI can own.
+    refused: BTreeMap<MacAddr, usize>,
     /// The instance's MACs and the primary's, as last listed.
     macs: Option<(Vec<MacAddr>, MacAddr)>,
 }
@@ -183,6 +187,7 @@ impl Tracker {
             last: BTreeMap::new(),
             listing: Backoff::default(),
             enis: BTreeMap::new(),
+            refused: BTreeMap::new(),
             macs: None,
         })
     }
@@ -224,6 +229,7 @@ impl Tracker {
                 self.stand_in(&mut view, *mac, &self.listing.last.clone());
             }
             view.requests = self.source.sent() - start;
+            view.refused = wanted.iter().filter_map(|m| self.refused.get(m)).sum();
             return view;
         };
         for mac in wanted {
@@ -239,6 +245,7 @@ impl Tracker {
             match self.source.eni(*mac, *mac == primary).await {
                 Lookup::Known(m) => {
                     let (m, refused) = m.validated(&self.endpoints);
+                    self.refused.insert(*mac, refused.len());
                     for r in refused {
                         tracing::warn!(
                             "metadata lists {} for {}, which no ENI can own ({}): left out, \
@@ -276,6 +283,7 @@ impl Tracker {
             }
         }
         view.requests = self.source.sent() - start;
+        view.refused = wanted.iter().filter_map(|m| self.refused.get(m)).sum();
         view
     }
 
