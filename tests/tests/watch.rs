@@ -215,6 +215,15 @@ fn own_rules(topo: &Topology, addr: &str) -> Option<Vec<String>> {
     (ours.len() == 2).then_some(ours)
 }
 
+/// Adds or deletes (`op`) someone else's rule at enipin's first priority (20000): every
+/// reconcile refuses the rules layer while it is there.
+fn foreign_rule(topo: &Topology, op: &str) {
+    let rule = ["from", "198.18.0.50", "lookup", "100", "pref", "20000"];
+    topo.host()
+        .ip(&[&["rule", op][..], &rule].concat())
+        .unwrap();
+}
+
 #[test]
 fn watch_restores_deleted_rules_and_follows_addresses() {
     let topo = topology();
@@ -571,17 +580,7 @@ fn a_restore_is_counted_whatever_else_changed_in_the_same_pass() {
 #[test]
 fn a_rules_conflict_does_not_take_the_datapath_with_it() {
     let topo = topology();
-    let foreign = [
-        "rule",
-        "add",
-        "from",
-        "198.18.0.50",
-        "lookup",
-        "100",
-        "pref",
-        "20000",
-    ];
-    topo.host().ip(&foreign).unwrap();
+    foreign_rule(&topo, "add");
     let e = Enipin::in_ns(topo.host());
     let w = Watcher::start(&e, &["--interval", "60", "--metrics-listen", "127.0.0.1:0"]);
     let line = w.line(0, &["failed (attempt 1", "not enipin's"]);
@@ -763,18 +762,13 @@ fn a_change_ends_a_failures_backoff() {
     let w = Watcher::start(&e, &["--interval", "60"]);
     w.line(0, &["reconciled after start"]);
     let since = w.mark();
-    let conflict = ["from", "198.18.0.50", "lookup", "100", "pref", "20000"];
-    topo.host()
-        .ip(&[&["rule", "add"][..], &conflict].concat())
-        .unwrap();
+    foreign_rule(&topo, "add");
     for attempt in 1..4 {
         w.line(since, &[&format!("failed (attempt {attempt}, ")]);
     }
     w.line(since, &["failed (attempt 4, retrying in 8s)"]);
     let t = Instant::now();
-    topo.host()
-        .ip(&[&["rule", "del"][..], &conflict].concat())
-        .unwrap();
+    foreign_rule(&topo, "del");
     w.line(since, &["reconcile succeeded after"]);
     let took = t.elapsed();
     eprintln!("backoff 8 s: the retry came {took:?} after the conflicting rule was removed");
@@ -794,18 +788,7 @@ fn a_failing_reconcile_changes_nothing_and_is_retried() {
     let ours = rules_with(&topo, "proto 229");
     let since = w.mark();
     // Someone else's rule at enipin's priority: every reconcile refuses (conflict) until it goes.
-    topo.host()
-        .ip(&[
-            "rule",
-            "add",
-            "from",
-            "198.18.0.50",
-            "lookup",
-            "100",
-            "pref",
-            "20000",
-        ])
-        .unwrap();
+    foreign_rule(&topo, "add");
     w.line(
         since,
         &[
@@ -828,18 +811,7 @@ fn a_failing_reconcile_changes_nothing_and_is_retried() {
     topo.host()
         .ip(&["rule", "del", "from", SECONDARY, "pref", "20002"])
         .unwrap();
-    topo.host()
-        .ip(&[
-            "rule",
-            "del",
-            "from",
-            "198.18.0.50",
-            "lookup",
-            "100",
-            "pref",
-            "20000",
-        ])
-        .unwrap();
+    foreign_rule(&topo, "del");
     w.line(since, &["reconcile succeeded after"]);
     w.line(since, &["+ rule from 198.18.0.11/32", "pref 20002"]);
     assert_eq!(rules_with(&topo, "proto 229"), ours);
@@ -1222,18 +1194,7 @@ fn watch_writes_journal_lines_when_stderr_is_the_journal_stream() {
         log,
     );
     // Someone else's rule at enipin's priority: the reconcile fails, an error.
-    topo.host()
-        .ip(&[
-            "rule",
-            "add",
-            "from",
-            "198.18.0.50",
-            "lookup",
-            "100",
-            "pref",
-            "20000",
-        ])
-        .unwrap();
+    foreign_rule(&topo, "add");
     let (failed, _) = eventually(
         "the failed reconcile's line",
         || lines_with("failed (attempt 1"),

@@ -283,7 +283,6 @@ fn nm_cloud_setup(c: &Ctx<'_>) -> Finding {
         boot_note,
         ..
     } = c;
-    // nm-cloud-setup.
     let nm_rules = c.foreign(&NM_NUMBERS);
     let nm_ifaces = routed_by(&nm_rules, d);
     let nm_active = !a.nm_cloud_setup.is_empty() && !a.nm_providers.is_empty();
