@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use enipin::{
-    metadata::{EniMetadata, Tracker, View},
+    metadata::{EniMetadata, Scope, Tracker, View},
     settings::config::{Config, MetadataSource},
 };
 use enipin_tests::{
@@ -79,7 +79,10 @@ fn every_key_of_every_eni_and_the_token_cached() {
     let ns = Netns::new("md-").unwrap();
     let imds = server(&ns);
     let (v1, v2) = with_client(&ns, &imds, async |t| {
-        (t.refresh(&MACS).await, t.refresh(&MACS).await)
+        (
+            t.refresh(&MACS, Scope::All).await,
+            t.refresh(&MACS, Scope::All).await,
+        )
     });
     assert!(v1.unknown.is_empty(), "{v1:?}");
     let m = second(&v1);
@@ -98,14 +101,48 @@ fn every_key_of_every_eni_and_the_token_cached() {
     assert_eq!(imds.tokens_granted(), 1);
 }
 
+/// What a reconcile that finds a new ENI asks ([`Scope::New`]): nothing while every wanted ENI
+/// was asked about before (what is known stands), then the listing and the new ENI's 9 keys
+/// only, never the others'.
+#[test]
+fn a_new_scope_asks_only_about_enis_never_asked() {
+    let ns = Netns::new("md-").unwrap();
+    let imds = server(&ns);
+    const THIRD: &str = "02:e0:00:00:00:12";
+    let third = [2, 0xe0, 0, 0, 0, 0x12];
+    let (full, same, new) = with_client(&ns, &imds, async |t| {
+        let full = t.refresh(&MACS, Scope::All).await;
+        let same = t.refresh(&MACS, Scope::New).await;
+        imds.add_eni(FakeEni::new(THIRD, 2, &["198.18.0.12"], "198.18.0.0/24"));
+        let new = t.refresh(&[MACS[0], MACS[1], third], Scope::New).await;
+        (full, same, new)
+    });
+    assert_eq!(same.requests, 0, "{:?}", imds.log(0));
+    assert_eq!(same.known, full.known, "what is known stands");
+    assert_eq!(new.requests, 2 + 9, "{:?}", imds.log(0));
+    let asked = imds.log(0).into_iter().skip(full.requests as usize);
+    assert!(
+        asked
+            .filter(|l| l.contains("/macs/02:"))
+            .all(|l| l.contains(THIRD)),
+        "{:?}",
+        imds.log(0)
+    );
+    assert_eq!(new.known.len(), 3, "{new:?}");
+    assert_eq!(
+        new.known[&third].ipv4s,
+        ["198.18.0.12".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+}
+
 #[test]
 fn an_expired_token_is_renewed_on_401_and_nothing_is_unknown() {
     let ns = Netns::new("md-").unwrap();
     let imds = server(&ns);
     let v = with_client(&ns, &imds, async |t| {
-        t.refresh(&MACS).await;
+        t.refresh(&MACS, Scope::All).await;
         imds.expire_tokens();
-        t.refresh(&MACS).await
+        t.refresh(&MACS, Scope::All).await
     });
     assert!(v.unknown.is_empty(), "{v:?}\n{:?}", imds.log(0));
     assert_eq!(imds.tokens_granted(), 2);
@@ -118,13 +155,13 @@ fn outage(fault: impl Fn(&Imds) + Sync, clear: impl Fn(&Imds) + Sync, expect: &s
     let ns = Netns::new("md-").unwrap();
     let imds = server(&ns);
     let (during, held, after) = with_client(&ns, &imds, async |t| {
-        t.refresh(&MACS).await;
+        t.refresh(&MACS, Scope::All).await;
         fault(&imds);
-        let during = t.refresh(&MACS).await;
-        let held = t.refresh(&MACS).await;
+        let during = t.refresh(&MACS, Scope::All).await;
+        let held = t.refresh(&MACS, Scope::All).await;
         clear(&imds);
         tokio::time::sleep(AFTER_BACKOFF).await;
-        (during, held, t.refresh(&MACS).await)
+        (during, held, t.refresh(&MACS, Scope::All).await)
     });
     let why = during
         .unknown
@@ -170,11 +207,11 @@ fn a_refused_connection_keeps_the_last_known_metadata() {
     let ns = Netns::new("md-").unwrap();
     let imds = server(&ns);
     let refused = with_client(&ns, &imds, async |t| {
-        t.refresh(&MACS).await;
+        t.refresh(&MACS, Scope::All).await;
         imds.refuse(true);
-        t.refresh(&MACS).await;
+        t.refresh(&MACS, Scope::All).await;
         tokio::time::sleep(AFTER_BACKOFF).await;
-        t.refresh(&MACS).await
+        t.refresh(&MACS, Scope::All).await
     });
     let why = refused.unknown.get(&MACS[1]).cloned().unwrap_or_default();
     assert!(why.contains("Connection refused"), "{refused:?}");
@@ -203,14 +240,14 @@ fn a_new_eni_is_unknown_until_its_keys_propagate() {
     imds.set(SECOND, "device-number", Some("0"));
     imds.set(SECOND, "local-ipv4s", None);
     let (missing, zero, known) = with_client(&ns, &imds, async |t| {
-        let missing = t.refresh(&MACS).await;
+        let missing = t.refresh(&MACS, Scope::All).await;
         imds.set(SECOND, "local-ipv4s", Some("198.18.0.11"));
         tokio::time::sleep(AFTER_BACKOFF).await;
-        let zero = t.refresh(&MACS).await;
+        let zero = t.refresh(&MACS, Scope::All).await;
         imds.set(SECOND, "device-number", Some("1"));
         // The second failure backs off 1-2 s.
         tokio::time::sleep(Duration::from_millis(2100)).await;
-        (missing, zero, t.refresh(&MACS).await)
+        (missing, zero, t.refresh(&MACS, Scope::All).await)
     });
     let why = |v: &View| v.unknown.get(&MACS[1]).cloned().unwrap_or_default();
     assert!(
@@ -238,7 +275,7 @@ fn the_request_rate_stays_under_the_budget() {
     let t = Instant::now();
     with_client(&ns, &imds, async |tr| {
         while t.elapsed() < Duration::from_millis(1500) {
-            tr.refresh(&MACS).await;
+            tr.refresh(&MACS, Scope::All).await;
         }
     });
     let (n, secs) = (imds.requests(), t.elapsed().as_secs_f64());
@@ -274,9 +311,9 @@ fn addresses_no_eni_can_own_are_left_out_and_never_kept() {
     let listed = format!("198.18.0.11\n198.18.0.21\n{endpoint}\n198.18.7.7\n198.18.0.255");
     imds.set(SECOND, "local-ipv4s", Some(&listed));
     let (fresh, kept) = with_client(&ns, &imds, async |t| {
-        let fresh = t.refresh(&MACS).await;
+        let fresh = t.refresh(&MACS, Scope::All).await;
         imds.fault(Fault::Status(500));
-        (fresh, t.refresh(&MACS).await)
+        (fresh, t.refresh(&MACS, Scope::All).await)
     });
     assert!(fresh.unknown.is_empty(), "{fresh:?}");
     assert_eq!(

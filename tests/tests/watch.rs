@@ -915,12 +915,33 @@ fn watch_leaves_out_a_named_eni_while_it_is_gone() {
     let topo = topology();
     add_eth2(&topo);
     let e = Enipin::in_ns(topo.host());
-    let w = Watcher::start(&e, &["--interfaces", "eth0,eth1,eth2", "--interval", "60"]);
+    let w = Watcher::start(
+        &e,
+        &[
+            "--interfaces",
+            "eth0,eth1,eth2",
+            "--interval",
+            "60",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
     w.line(0, &["reconciled after start", "managing eth0, eth1, eth2"]);
+    let health = w.metrics_url().replace("/metrics", "/healthz");
+    let healthz = || http_client::get(topo.host(), &health).unwrap();
+    assert_eq!(healthz().0, 200, "{}", healthz().1);
 
     let since = w.mark();
     topo.host().ip(&["link", "del", "eth2"]).unwrap();
     w.line(since, &["left out until it is back", "\"eth2\""]);
+    // Not all that was asked for is managed: /healthz says so (before: 200 ok).
+    let (status, body) = healthz();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with("degraded: managing 2 interface(s)"),
+        "{body}"
+    );
+    assert!(body.contains("\"eth2\""), "{body}");
     eventually(
         "removal of eth2's rules",
         || own_rules(&topo, "198.18.0.12").is_none().then_some(()),
@@ -952,6 +973,7 @@ fn watch_leaves_out_a_named_eni_while_it_is_gone() {
         || w.log(),
     );
     w.line(since, &["managing eth0, eth1, eth2"]);
+    assert_eq!(healthz().0, 200, "{}", healthz().1);
     assert!(
         topo.peer().ping("198.18.0.12", 3).unwrap(),
         "eth2's address does not answer:\n{}",
@@ -967,6 +989,205 @@ fn watch_leaves_out_a_named_eni_while_it_is_gone() {
     let distinct: std::collections::BTreeSet<&str> = notes.iter().copied().collect();
     assert_eq!(notes.len(), distinct.len(), "{log}");
     assert!(!notes.is_empty() && notes.len() <= 2, "{log}");
+}
+
+/// A name this namespace never had is a typo (issue 26, item 4): `watch` refuses it at start,
+/// and a reload that brings one in is rejected with the running configuration kept. Before,
+/// `--interfaces eht1` unmanaged everything while `/healthz` said `200 ok: managing 0`.
+#[test]
+fn a_name_never_seen_is_refused_at_start_and_on_reload() {
+    let topo = topology();
+    let e = Enipin::in_ns(topo.host());
+    let err = fails_within(
+        &e,
+        &["watch", "--interfaces", "eth0,eht1", "--interval", "60"],
+        DEADLINE,
+    );
+    assert!(
+        err.contains("never had") && err.contains("\"eht1\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("eth1 (02:e0:00:00:00:11)"),
+        "what there is: {err}"
+    );
+    assert!(
+        rules_with(&topo, "proto 229").is_empty(),
+        "changed something"
+    );
+
+    let dir = enipin_tests::TempDir::new("enipin-config-").unwrap();
+    let file = dir.path().join("enipin.toml");
+    let write = |text: &str| std::fs::write(&file, text).unwrap();
+    write("[select]\ninterfaces = [\"eth0\", \"eth1\"]\n");
+    let w = Watcher::start(
+        &e,
+        &["--config", file.to_str().unwrap(), "--interval", "60"],
+    );
+    w.line(0, &["reconciled after start", "managing eth0, eth1"]);
+    write("[select]\ninterfaces = [\"eht1\"]\n");
+    let since = w.mark();
+    // SAFETY: plain syscall on our own child's pid.
+    unsafe { libc::kill(w.child.id() as i32, libc::SIGHUP) };
+    w.line(
+        since,
+        &["SIGHUP", "\"eht1\"", "keeping the running configuration"],
+    );
+    w.line(since, &["SIGHUP: reconciling now"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(own_rules(&topo, SECONDARY).is_some(), "{}", w.log());
+    assert!(
+        !w.log().lines().skip(since).any(|l| l.contains("- rule")),
+        "the typo removed rules:\n{}",
+        w.log()
+    );
+
+    // The same name once it exists is taken (it is there now, not a typo).
+    let since = w.mark();
+    topo.host()
+        .ip(&["link", "set", "eth1", "name", "eht1"])
+        .unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(w.child.id() as i32, libc::SIGHUP) };
+    w.line(since, &["SIGHUP: read", "select.interfaces"]);
+    assert!(
+        !w.log()
+            .lines()
+            .skip(since)
+            .any(|l| l.contains("keeping the running")),
+        "{}",
+        w.log()
+    );
+}
+
+/// Runs `enipin ARGS`, which must exit unsuccessfully within `limit` (a watcher that starts
+/// instead is killed, and the test fails); returns its stderr.
+fn fails_within(e: &Enipin, args: &[&str], limit: Duration) -> String {
+    let mut child = e
+        .command(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning enipin");
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "enipin {args:?} still ran after {limit:?}:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "enipin {args:?} succeeded:\n{err}");
+    err
+}
+
+/// One enipin per network namespace (issue 26, items 5 and 11): a second watcher or attach with
+/// other state and pin directories and another priority refuses at start, naming the first
+/// (its PID and directories), and changes nothing. Before, two such watchers deleted each
+/// other's rules: 9,936 rule events in 10 s.
+#[test]
+fn a_second_enipin_in_the_namespace_refuses_naming_the_first() {
+    let topo = topology();
+    let first = Enipin::in_ns(topo.host());
+    let w = Watcher::start(&first, &["--interval", "60"]);
+    w.line(0, &["reconciled after start"]);
+    let rules_before = rules_with(&topo, "proto 229");
+    let second = Enipin::in_ns(topo.host());
+    let pid = format!("pid {}", w.child.id());
+    let state_dir = first.paths().state_dir.display().to_string();
+    for args in [
+        &[
+            "watch",
+            "--priority",
+            "30000",
+            "--interval",
+            "60",
+            "--metrics-listen",
+            "127.0.0.1:9718",
+        ][..],
+        &["attach", "--priority", "30000"][..],
+    ] {
+        let err = fails_within(&second, args, DEADLINE);
+        assert!(
+            err.contains("another enipin runs in this network namespace")
+                && err.contains(&pid)
+                && err.contains(&state_dir),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(rules_with(&topo, "proto 229"), rules_before, "{}", w.log());
+    assert!(
+        !w.log().contains("reconciled after") || w.count("reconciled after") == 1,
+        "the first had to repair something:\n{}",
+        w.log()
+    );
+    // Once the first is gone, the namespace is free (the kernel released the claim).
+    drop(w);
+    first.ok(&["detach"]);
+    second.ok(&["attach", "--priority", "30000"]);
+    second.ok(&["detach"]);
+}
+
+/// The state file removed under watch (issue 26, item 8) is written back within a check
+/// (250 ms) from the watcher's record, so `detach` restores the sysctls as they were before
+/// enipin. Without a watcher, `status` says the file is missing (exit 1), and `detach` removes
+/// what is tagged as enipin's and says which sysctls it could not set back. Before: not
+/// rewritten, `status` 0, and detach left arp_ignore=1, arp_announce=2.
+#[test]
+fn a_removed_state_file_is_written_back_and_detach_restores_everything() {
+    let topo = topology();
+    let e = Enipin::in_ns(topo.host());
+    let before = Snapshot::take(topo.host(), &["eth0", "eth1"], e.pins.path()).unwrap();
+    let w = Watcher::start(&e, &["--interval", "60"]);
+    w.line(0, &["reconciled after start"]);
+    let arp_ignore = || {
+        topo.host()
+            .sh("cat /proc/sys/net/ipv4/conf/eth1/arp_ignore")
+            .unwrap()
+    };
+    assert_eq!(arp_ignore().trim(), "1", "enipin sets it");
+    let since = w.mark();
+    std::fs::remove_file(e.state_file()).unwrap();
+    w.line(since, &["was gone: written back"]);
+    let (_, took) = eventually(
+        "the state file back",
+        || e.state_file().exists().then_some(()),
+        || w.log(),
+    );
+    eprintln!("the state file was back after {took:?}");
+    drop(w);
+    e.ok(&["detach"]);
+    let after = Snapshot::take(topo.host(), &["eth0", "eth1"], e.pins.path()).unwrap();
+    assert_eq!(
+        before.diff(&after),
+        Vec::<String>::new(),
+        "detach left residue"
+    );
+
+    // Without a watcher to write it back: status says so, detach says what it cannot restore.
+    e.ok(&["attach"]);
+    std::fs::remove_file(e.state_file()).unwrap();
+    let out = e.cmd(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("state file missing"), "{text}");
+    let out = e.cmd(&["detach"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("is missing") && err.contains("arp_ignore"),
+        "{err}"
+    );
+    assert!(rules_with(&topo, "proto 229").is_empty(), "rules left");
 }
 
 #[test]
@@ -1519,6 +1740,89 @@ fn watch_with_metadata_survives_every_outage_and_follows_secondary_addresses() {
         before.diff(&after),
         Vec::<String>::new(),
         "detach left residue"
+    );
+}
+
+/// A repair under `--metadata aws` asks the metadata service nothing: the reconcile plans with
+/// the last refresh's view (issue 26, item 1). Before, each of these five repairs sent 2 + 9 x 2
+/// requests and waited for the 20 requests/s bucket. An outage and its end, said while the
+/// service fails and answers again, are log lines like any other: JSON under `--log-format
+/// json` (item 12; before, raw lines on stderr and stdout).
+#[test]
+fn a_repair_under_metadata_asks_the_service_nothing() {
+    let (topo, imds) = metadata_topology();
+    let e = Enipin::in_ns(topo.host());
+    let url = imds.url();
+    let w = Watcher::start(
+        &e,
+        &[
+            "--interval",
+            "60",
+            "--metadata",
+            "aws",
+            "--metadata-endpoint",
+            &url,
+            "--configure-addresses",
+            "--metadata-interval",
+            "600",
+            "--log-format",
+            "json",
+        ],
+    );
+    w.line(
+        0,
+        &[
+            "reconciled after start",
+            "+ address 198.18.0.21/32 dev eth1",
+        ],
+    );
+    eventually("EXTRA's rules", || own_rules(&topo, EXTRA), || w.log());
+    let asked = imds.requests();
+    for n in 0..5 {
+        let since = w.mark();
+        topo.host()
+            .ip(&["rule", "del", "from", SECONDARY, "pref", "20002"])
+            .unwrap();
+        w.line(since, &["reconciled after", "+ rule"]);
+        let (_, took) = eventually(
+            "the deleted rule back",
+            || own_rules(&topo, SECONDARY),
+            || w.log(),
+        );
+        eprintln!("repair {n}: the rule back after {took:?}");
+    }
+    assert_eq!(
+        imds.requests() - asked,
+        0,
+        "repairs asked the metadata service, first: {:?}",
+        imds.log(asked).iter().take(3).collect::<Vec<_>>()
+    );
+    // What metadata added stays, and the addresses keep answering.
+    assert!(on_eth1(&topo, EXTRA), "{}", eth1_v4(&topo));
+    assert!(topo.peer().ping(EXTRA, 2).unwrap(), "{}", w.log());
+
+    // An outage (SIGHUP refreshes now), then the service back (the next SIGHUP).
+    imds.fault(enipin_tests::imds::Fault::Status(500));
+    let hup = || unsafe { libc::kill(w.child.id() as i32, libc::SIGHUP) };
+    hup();
+    w.line(0, &["metadata", "unknown", "keeping"]);
+    imds.fault(enipin_tests::imds::Fault::None);
+    // The failed ENIs back off for 0.5-1 s first: refreshes before that keep them unknown.
+    let back = Instant::now();
+    while !w.log().contains("again after") {
+        assert!(back.elapsed() < DEADLINE, "no recovery line:\n{}", w.log());
+        hup();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for line in w.lines.lock().unwrap().iter() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(v["message"].is_string(), "{line}");
+    }
+    assert!(
+        on_eth1(&topo, EXTRA),
+        "the outage removed EXTRA: {}",
+        w.log()
     );
 }
 

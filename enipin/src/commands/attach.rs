@@ -7,7 +7,8 @@ use crate::{
     engine::apply,
     engine::snapshot::{Named, Snapshot},
     engine::state,
-    metadata::Tracker,
+    kernel::caps::{self, Cap},
+    metadata::{Tracker, Use},
     model::discovery::Discovery,
     model::fmt_mac,
     routing::plan::{self, DiffFormat},
@@ -18,6 +19,7 @@ use crate::{
 /// Plans rules, routes, sysctls and the datapath for the selected interfaces, prints the plan
 /// in `format`, and unless `dry_run` applies it all or nothing and saves the state.
 pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffFormat) -> Result<()> {
+    caps::require("enipin attach", Cap::needed(cfg.ebpf))?;
     // Two changers at once would each diff against a state the other is changing.
     let _lock = if dry_run {
         None
@@ -30,7 +32,7 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
     let (mut s, view) = Snapshot::select_with(
         cfg,
         Named::Strict,
-        tracker.as_mut(),
+        tracker.as_mut().map(Use::Ask),
         previous.as_ref(),
         None,
     )

@@ -8,7 +8,9 @@ use crate::{
     engine::apply,
     engine::snapshot::Snapshot,
     engine::state,
+    kernel::caps::{self, Cap},
     kernel::nft,
+    model::sysctl::Knob,
     routing::address,
     routing::plan::{self, Change, DiffFormat},
     settings::config::Paths,
@@ -16,6 +18,8 @@ use crate::{
 
 /// Removes enipin's rules, routes and datapath, restores the saved sysctls, removes the state.
 pub async fn detach(paths: &Paths) -> Result<()> {
+    // Both: the datapath's pins may be there whatever the last attach's layers were.
+    caps::require("enipin detach", Cap::needed(true))?;
     let _lock = state::lock(paths)?;
     let st = state::load(paths)?;
     let mut s = Snapshot::take().await?;
@@ -54,6 +58,9 @@ pub async fn detach(paths: &Paths) -> Result<()> {
         }
     }
     failed.extend(left_running(&pins)?);
+    if st.is_none() {
+        say_sysctls_unknown(paths);
+    }
     if !failed.is_empty() {
         return Err(anyhow!(
             "detach left some things in place (state file kept): {}",
@@ -63,6 +70,21 @@ pub async fn detach(paths: &Paths) -> Result<()> {
     state::remove(paths)?;
     println!("detached: {n_changes} change(s)");
     Ok(())
+}
+
+/// Removed what is tagged as enipin's without a state file: the sysctls it set cannot be set
+/// back, as their values from before enipin were recorded there only. Said, not an error: the
+/// rest is removed, and what is left is the operator's to decide.
+fn say_sysctls_unknown(paths: &Paths) {
+    let knobs: Vec<_> = Knob::ALL.iter().map(|k| k.name()).collect();
+    eprintln!(
+        "warning: {} is missing: enipin's rules, routes and datapath were removed, but the \
+         sysctls it sets on the interfaces it managed ({}) are left as they are, since their \
+         values from before enipin were recorded in that file only. Set them back by hand if \
+         they should differ (`sysctl net.ipv4.conf.IFACE.arp_ignore` shows one)",
+        state::file(paths).display(),
+        knobs.join(", ")
+    );
 }
 
 /// The paths to detach the datapath from: `--pin-dir` when it holds pins; otherwise the pin

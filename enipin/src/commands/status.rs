@@ -12,7 +12,7 @@ use crate::{
     engine::apply,
     engine::snapshot::{Named, Snapshot},
     engine::state,
-    metadata::Tracker,
+    metadata::{Tracker, Use},
     model::discovery::Discovery,
     model::route::{Route, Rule},
     model::{Cidr, Gateway, ManagedInterface, Origin, fmt_mac},
@@ -26,6 +26,9 @@ use crate::{
 pub(crate) struct StatusReport {
     /// A state file exists: enipin attached and has not detached since.
     pub attached: bool,
+    /// No state file, yet enipin's rules, routes or datapath are installed: the file was
+    /// removed, and `detach` could not restore the sysctls enipin set.
+    pub state_missing: bool,
     /// The interfaces the last attach's options select now.
     #[serde(serialize_with = "managed_json")]
     pub managed: Vec<ManagedInterface>,
@@ -133,8 +136,14 @@ impl StatusReport {
             .and_then(|s| s.config.clone())
             .unwrap_or_default();
         let mut tracker = Tracker::new(&cfg);
-        let (mut s, view) =
-            Snapshot::select_with(&cfg, Named::Strict, tracker.as_mut(), st.as_ref(), None).await?;
+        let (mut s, view) = Snapshot::select_with(
+            &cfg,
+            Named::Strict,
+            tracker.as_mut().map(Use::Ask),
+            st.as_ref(),
+            None,
+        )
+        .await?;
         // The nft table runs `nft`: read only when the last attach asked for connmark.
         if cfg.connmark {
             apply::read_connmark(&mut s.snapshot.discovery, &cfg, st.as_ref())?;
@@ -173,7 +182,9 @@ impl StatusReport {
             drift.extend(plan.changes.into_iter().map(Drift::from));
         }
         let (datapath, owner_tables) = datapath(paths)?;
+        let installed = !rules.is_empty() || !routes.is_empty() || !datapath.is_empty();
         Ok(Self {
+            state_missing: st.is_none() && installed,
             attached: st.is_some(),
             managed,
             rules,
@@ -238,6 +249,9 @@ impl fmt::Display for StatusReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = if self.attached {
             "attached"
+        } else if self.state_missing {
+            "state file missing: enipin's objects below are installed, but what it changed is \
+             not recorded (`enipin watch` writes it back; `detach` cannot restore the sysctls)"
         } else {
             "not attached (no state file)"
         };
@@ -265,9 +279,9 @@ impl fmt::Display for StatusReport {
 }
 
 impl StatusReport {
-    /// Attached, and something differs from the desired state.
+    /// Attached, and something differs from the desired state; or installed without a record.
     pub(crate) fn drifted(&self) -> bool {
-        self.attached && !self.drift.is_empty()
+        (self.attached && !self.drift.is_empty()) || self.state_missing
     }
 
     fn fmt_datapath(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -403,6 +417,7 @@ mod tests {
         };
         StatusReport {
             attached: true,
+            state_missing: false,
             managed: vec![m],
             rules: vec![rule.clone()],
             routes: vec![route],
@@ -472,6 +487,7 @@ drift (2 change(s) to reach the desired state):
                 "routes",
                 "rules",
                 "sources",
+                "state_missing",
                 "sysctls_saved"
             ]
         );

@@ -71,6 +71,8 @@ struct Last {
     managed: Vec<ManagedInterface>,
     /// What the last success left in place: what a later pass puts back of it is a restore.
     in_place: InPlace,
+    /// The interfaces named in `--interfaces` that the last success left out, with why.
+    left_out: Vec<String>,
 }
 
 impl Telemetry {
@@ -252,6 +254,7 @@ impl Telemetry {
         last.result = Some(Ok(()));
         last.managed.clone_from(&r.managed);
         last.in_place.clone_from(&r.in_place);
+        last.left_out = r.left_out.iter().map(|(_, why)| why.clone()).collect();
     }
 
     /// Records a failed reconcile (the installed state was left as it was).
@@ -271,12 +274,17 @@ impl Telemetry {
         datapath::missing(managed, &self.paths).unwrap_or_else(|e| vec![format!("{e:#}")])
     }
 
-    /// `GET /healthz`: 200 when the last reconcile succeeded and the datapath is in place on
-    /// every managed interface, else 503, each with a one-line reason.
+    /// `GET /healthz`: 200 when the last reconcile succeeded, the datapath is in place on every
+    /// managed interface and every interface named in `--interfaces` is managed, else 503, each
+    /// with a one-line reason.
     pub(crate) fn health(&self) -> Reply {
-        let (result, managed) = {
+        let (result, managed, left_out) = {
             let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            (last.result.clone(), last.managed.clone())
+            (
+                last.result.clone(),
+                last.managed.clone(),
+                last.left_out.clone(),
+            )
         };
         let bad = |why: String| Reply::text(StatusCode::SERVICE_UNAVAILABLE, why + "\n");
         match result {
@@ -284,13 +292,16 @@ impl Telemetry {
             Some(Err(e)) => bad(format!("the last reconcile failed: {e}")),
             Some(Ok(())) => {
                 let gone = self.datapath_missing(&managed);
-                if gone.is_empty() {
-                    Reply::text(
-                        StatusCode::OK,
-                        format!("ok: managing {} interface(s)\n", managed.len()),
-                    )
-                } else {
+                let n = managed.len();
+                if !gone.is_empty() {
                     bad(format!("datapath missing: {}", gone.join(", ")))
+                } else if !left_out.is_empty() {
+                    bad(format!(
+                        "degraded: managing {n} interface(s); left out until it is back: {}",
+                        left_out.join("; ")
+                    ))
+                } else {
+                    Reply::text(StatusCode::OK, format!("ok: managing {n} interface(s)\n"))
                 }
             }
         }
@@ -440,6 +451,17 @@ mod tests {
         t.succeeded(&reconciled(0, &[]), 0, Duration::from_millis(2));
         let r = t.health();
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        // A named interface missing: enipin does what it can, and says it is not all.
+        let mut left = reconciled(0, &[]);
+        left.left_out = vec![("eth9".into(), "unknown interface \"eth9\"".into())];
+        t.succeeded(&left, 0, Duration::from_millis(2));
+        let r = t.health();
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            r.body,
+            "degraded: managing 0 interface(s); left out until it is back: unknown interface \
+             \"eth9\"\n"
+        );
     }
 
     fn rule(priority: u32) -> Object {

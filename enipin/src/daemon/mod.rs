@@ -34,9 +34,12 @@
 //! full reconcile: what the new settings select is installed through the same plan, what they
 //! no longer select is removed. A bad file is logged and the running settings kept.
 //!
-//! With `--metadata`, every reconcile also asks the metadata service (at least every
-//! [`Pacing::metadata`], as it sends no event); an ENI whose metadata is unknown keeps its last
-//! known metadata for as long as the service fails ([`crate::metadata::Tracker`]).
+//! With `--metadata`, the first reconcile asks the metadata service; from then on a task of its
+//! own asks every [`Pacing::metadata`] (it sends no event), and about a new ENI at once
+//! ([`crate::metadata::Refresher`]). A reconcile plans with the last view it sent, so a repair
+//! never waits for the service; a view that would plan differently starts one. An ENI whose
+//! metadata is unknown keeps its last known metadata for as long as the service fails
+//! ([`crate::metadata::Tracker`]).
 //!
 //! SIGTERM / SIGINT stop the watcher between reconciles and leave the state installed, as
 //! `attach` does; `enipin detach` removes it.
@@ -46,13 +49,9 @@ mod pace;
 mod report;
 mod watcher;
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -62,7 +61,7 @@ use tokio::{
 
 use tracing::{debug, error, info, warn};
 
-use watcher::{Trigger, Watcher};
+use watcher::{Metadata, Trigger, Watcher};
 
 use crate::{
     daemon::metrics::Telemetry,
@@ -70,11 +69,13 @@ use crate::{
     datapath,
     engine::apply::Reconciled,
     engine::{snapshot::Snapshot, state},
+    kernel::caps::{self, Cap},
     kernel::nft_events::NftEvents,
     kernel::sysctl,
-    model::ManagedInterface,
     model::connmark::LeftOutSaid,
+    model::{ManagedInterface, discovery::Discovery, fmt_mac},
     observe::http,
+    routing::select,
     settings::config::{Config, Paths},
     settings::{Loader, Settings},
 };
@@ -95,8 +96,8 @@ pub struct Pacing {
     pub max_backoff: Duration,
     /// Between the cheap checks of what sends no event (datapath pins and links, sysctls).
     pub check: Duration,
-    /// With `--metadata`: a reconcile (and so a metadata lookup) at least this often, since the
-    /// metadata service sends no event.
+    /// With `--metadata`: a refresh of every ENI's metadata this often, since the metadata
+    /// service sends no event.
     pub metadata: Duration,
 }
 
@@ -340,11 +341,28 @@ async fn serve_metrics(listen: Option<SocketAddr>, telemetry: &Arc<Telemetry>) -
     Ok(())
 }
 
-/// The metadata lookups' ticker: the first one a period from now (start reconciles at once).
-fn metadata_interval(period: Duration) -> tokio::time::Interval {
-    let mut i = tokio::time::interval_at((Instant::now() + period).into(), period);
-    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    i
+/// The names and (lower-case) MACs of `managed`: what `--interfaces` may name while it is gone.
+fn names_of(managed: &[ManagedInterface]) -> impl Iterator<Item = String> + '_ {
+    managed
+        .iter()
+        .flat_map(|m| [m.name.clone(), fmt_mac(&m.mac)])
+}
+
+/// An error when `--interfaces` names what this namespace has never had (`seen`: what enipin
+/// managed here): `interfaces = ["eht1"]` would otherwise unmanage every ENI, each check
+/// passing, while an ENI that left is only left out until it is back.
+fn typos(d: &Discovery, cfg: &Config, seen: &BTreeSet<String>) -> Result<()> {
+    let typos = select::never_seen(d, cfg, seen);
+    if typos.is_empty() {
+        return Ok(());
+    }
+    let each: Vec<String> = typos.iter().map(ToString::to_string).collect();
+    bail!(
+        "--interfaces (or the config file's interfaces) names what this namespace has never \
+         had: {}. Fix the name; an interface enipin managed and that left is left out until it \
+         is back",
+        each.join("; ")
+    )
 }
 
 /// SIGHUP: the settings `reload` loads now, or `None` (logged) when the file is bad. Logs what
@@ -382,6 +400,7 @@ pub async fn watch(
     pacing: Pacing,
 ) -> Result<()> {
     let cfg: Config = settings.config.clone();
+    caps::require("enipin watch", Cap::needed(cfg.ebpf))?;
     // One changer per state directory: attach and detach refuse to run beside the watcher.
     let _lock = state::lock(paths)?;
     let telemetry = Telemetry::new(&cfg, paths)?;
@@ -400,12 +419,20 @@ pub async fn watch(
     // SIGHUP's default action ends the process (exit 129): a terminal closing or an operator's
     // `systemctl reload` must not stop enforcement. It asks for a full reconcile instead.
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    // What may be named while it is gone: what the last run managed.
+    let seen: BTreeSet<String> = match state::load(paths) {
+        Ok(Some(st)) => names_of(&st.managed).collect(),
+        _ => BTreeSet::new(),
+    };
     match Snapshot::take().await {
-        Ok(snap) => crate::doctor::warn_conflicts(&snap, &cfg, paths).await,
+        Ok(snap) => {
+            typos(&snap.discovery, &cfg, &seen)?;
+            crate::doctor::warn_conflicts(&snap, &cfg, paths).await;
+        }
         Err(e) => warn!("`enipin doctor`'s checks failed: {e:#}"),
     }
     let interval = pacing.interval.as_secs();
-    let mut w = Watcher::new(settings, loader, paths, pacing, telemetry)?;
+    let mut w = Watcher::new(settings, loader, paths, pacing, telemetry, seen)?;
     info!(
         "watching (interval {interval}s); SIGTERM/SIGINT stop the watcher and leave the state \
          installed"
@@ -419,9 +446,7 @@ pub async fn watch(
             ev = w.events.next() => Trigger::Netlink(ev.map(|(msg, _)| msg)),
             ev = next_nft(&mut w.nft) => Trigger::Nft(ev),
             () = drain(&mut w.logger) => continue,
-            _ = w.metadata_poll.tick(), if w.tracker.is_some() && !w.edges.is_pending() => {
-                Trigger::MetadataRefresh
-            }
+            view = Metadata::next(&mut w.metadata) => Trigger::Metadata(view),
             _ = w.check.tick(), if !w.edges.is_pending() => Trigger::Check,
             () = sleep_until(wake.at.into()) => Trigger::Due(wake),
         };

@@ -2,6 +2,7 @@
 //! in [`super::watch`] turns whatever woke it into a trigger, and [`Watcher::on`] handles it.
 
 use std::{
+    collections::BTreeSet,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -11,8 +12,7 @@ use rtnetlink::packet_core::NetlinkMessage;
 use tracing::{error, info, warn};
 
 use super::{
-    Logger, Pacing, Said, follow_program, metadata_interval, missing, nft_events, notify_ready,
-    reload, report,
+    Logger, Pacing, Said, follow_program, missing, nft_events, notify_ready, reload, report,
 };
 use crate::{
     daemon::{
@@ -24,12 +24,14 @@ use crate::{
     engine::{
         applied::Applied,
         apply::{self, ReconcileError, Reconciled},
+        snapshot::Snapshot,
+        state::{self, State},
     },
     kernel::{
         events::{Event, Events, subscribe},
         nft_events::NftEvents,
     },
-    metadata::Tracker,
+    metadata::{Refresher, Tracker, Use, View},
     model::ManagedInterface,
     routing::grace::Grace,
     settings::{
@@ -53,12 +55,61 @@ pub(super) enum Trigger {
     Netlink(Option<NetlinkMessage<Event>>),
     /// nftables' notifications of enipin's table.
     Nft(Result<Vec<&'static str>>),
-    /// The metadata service sends no event: its refresh is due.
-    MetadataRefresh,
+    /// The metadata task's latest view.
+    Metadata(View),
     /// The cheap check of what sends no event (pins, links, sysctls).
     Check,
     /// A reconcile is due, as [`Watcher::wake`] said before the `select!`.
     Due(Wake),
+}
+
+/// The watcher's metadata: asked inline by the first pass (the start's), then by a task of its
+/// own, so a repair never waits for the service.
+pub(super) enum Metadata {
+    /// No pass has succeeded yet: the next one asks the service itself. (Boxed: the client
+    /// and its HTTP pool are 432 bytes, the task's handle a few words.)
+    Starting(Box<Tracker>),
+    /// The refresh task, and the last view it sent (what passes plan with).
+    Running { refresher: Refresher, view: View },
+}
+
+impl Metadata {
+    /// Where a pass takes its metadata from.
+    fn used(&mut self) -> Use<'_> {
+        match self {
+            Self::Starting(t) => Use::Ask(t),
+            Self::Running { view, .. } => Use::Last(view),
+        }
+    }
+
+    /// After a successful pass that saw `view`: the task takes over from the first, or learns
+    /// which ENIs the pass wanted (a new one is asked about at once).
+    fn passed(self, view: &View, period: Duration) -> Self {
+        match self {
+            Self::Starting(t) => Self::Running {
+                refresher: Refresher::spawn(*t, view.wanted.clone(), period),
+                view: view.clone(),
+            },
+            Self::Running {
+                refresher,
+                view: last,
+            } => {
+                refresher.want(&view.wanted);
+                Self::Running {
+                    refresher,
+                    view: last,
+                }
+            }
+        }
+    }
+
+    /// The task's next view; never ready before it runs.
+    pub(super) async fn next(this: &mut Option<Self>) -> View {
+        match this {
+            Some(Self::Running { refresher, .. }) => refresher.next().await,
+            _ => std::future::pending().await,
+        }
+    }
 }
 
 /// When the next reconcile is due, and why.
@@ -101,11 +152,15 @@ pub(super) struct Watcher<'a> {
     held: HeldLinks,
     /// Held links whose pins are gone for good, kept until a reconcile has attached anew.
     orphans: HeldLinks,
-    /// The metadata client, its token and every ENI's last known metadata.
-    pub(super) tracker: Option<Tracker>,
-    pub(super) metadata_poll: tokio::time::Interval,
+    /// With `--metadata`: the client, or the task it moved into after the first pass.
+    pub(super) metadata: Option<Metadata>,
     /// Interfaces seen without an address, and since when: they hold the selection a while.
     grace: Grace,
+    /// The state the last successful pass recorded: written back should its file go.
+    remembered: Option<State>,
+    /// The names and MACs of every interface managed here: `--interfaces` may name them while
+    /// they are gone, and nothing else that is not there.
+    seen: BTreeSet<String>,
     pub(super) check: tokio::time::Interval,
 }
 
@@ -116,6 +171,7 @@ impl<'a> Watcher<'a> {
         paths: &'a Paths,
         pacing: Pacing,
         telemetry: Arc<Telemetry>,
+        seen: BTreeSet<String>,
     ) -> Result<Self> {
         let cfg = settings.config.clone();
         let now = Instant::now();
@@ -143,9 +199,10 @@ impl<'a> Watcher<'a> {
             managed: Vec::new(),
             held: HeldLinks::default(),
             orphans: HeldLinks::default(),
-            tracker: Tracker::new(&cfg),
-            metadata_poll: metadata_interval(pacing.metadata),
+            metadata: Tracker::new(&cfg).map(|t| Metadata::Starting(Box::new(t))),
             grace: Grace::default(),
+            seen,
+            remembered: None,
             check,
             settings,
             loader,
@@ -182,12 +239,15 @@ impl<'a> Watcher<'a> {
                 );
                 return Ok(false);
             }
-            Trigger::Reload => self.reload(),
+            Trigger::Reload => self.reload().await,
             Trigger::Netlink(msg) => self.netlink(msg)?,
             Trigger::Nft(changes) => self.nft_changed(changes),
-            Trigger::MetadataRefresh => self.wanted("metadata refresh".to_owned()),
+            Trigger::Metadata(view) => self.metadata_view(view),
             Trigger::Check => {
-                let gone = missing(&self.cfg, self.paths, &self.managed);
+                let mut gone = missing(&self.cfg, self.paths, &self.managed);
+                if self.remembered.is_some() && !state::file(self.paths).exists() {
+                    gone.push("the state file".to_owned());
+                }
                 if !gone.is_empty() {
                     self.wanted(format!("gone without an event: {}", gone.join(", ")));
                 }
@@ -214,31 +274,47 @@ impl<'a> Watcher<'a> {
         }
     }
 
-    fn reload(&mut self) {
-        if let Some(new) = reload(self.loader, &self.settings) {
+    async fn reload(&mut self) {
+        let new = match reload(self.loader, &self.settings) {
+            Some(new) => match self.typos(&new.config).await {
+                Ok(()) => Some(new),
+                Err(e) => {
+                    error!("SIGHUP: {e:#}; keeping the running configuration");
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(new) = new {
             // Another service or endpoint starts afresh; the same one keeps what it knows (an
             // ENI's last known metadata survives a reload during an outage).
             let service = |c: &Config| (c.metadata, c.metadata_endpoint.clone());
             if service(&new.config) != service(&self.cfg) {
-                self.tracker = Tracker::new(&new.config);
+                self.metadata = Tracker::new(&new.config).map(|t| Metadata::Starting(Box::new(t)));
             }
             self.cfg = new.config.clone();
             if self.cfg.connmark != self.nft.is_some() {
                 self.nft = nft_events(&self.cfg);
             }
             self.pacing.interval = Duration::from_secs(new.interval);
-            if self.pacing.metadata.as_secs() != new.metadata_interval {
-                self.pacing.metadata = Duration::from_secs(new.metadata_interval);
-                self.metadata_poll = metadata_interval(self.pacing.metadata);
-            }
+            self.pacing.metadata = Duration::from_secs(new.metadata_interval);
             self.telemetry.set_layers(&self.cfg);
             if !(self.cfg.debug && self.cfg.ebpf) {
                 self.logger = None;
             }
             self.settings = new;
         }
+        if let Some(Metadata::Running { refresher, .. }) = &self.metadata {
+            refresher.refresh_now(self.pacing.metadata);
+        }
         info!("SIGHUP: reconciling now (SIGHUP never stops the watcher)");
         self.wanted("SIGHUP".to_owned());
+    }
+
+    /// [`super::typos`] of `cfg` in the namespace as it is now.
+    async fn typos(&self, cfg: &Config) -> Result<()> {
+        let snap = Snapshot::take().await?;
+        super::typos(&snap.discovery, cfg, &self.seen)
     }
 
     fn netlink(&mut self, msg: Option<NetlinkMessage<Event>>) -> Result<()> {
@@ -290,7 +366,9 @@ impl<'a> Watcher<'a> {
         let (repinned, lost) = std::mem::take(&mut self.held).repin(self.paths);
         self.orphans.extend(lost);
         let (cfg, paths) = (&self.cfg, self.paths);
-        let result = apply::reconcile(cfg, paths, self.tracker.as_mut(), &mut self.grace).await;
+        let metadata = self.metadata.as_mut().map(Metadata::used);
+        let remembered = self.remembered.as_ref();
+        let result = apply::reconcile(cfg, paths, metadata, &mut self.grace, remembered).await;
         if self.cfg.ebpf {
             self.held = HeldLinks::hold(self.paths);
         }
@@ -311,8 +389,33 @@ impl<'a> Watcher<'a> {
         }
     }
 
+    /// The metadata task's view: a reconcile when it would plan differently.
+    fn metadata_view(&mut self, new: View) {
+        let Some(Metadata::Running { view, .. }) = &mut self.metadata else {
+            return;
+        };
+        let (differs, requests) = (new.differs(view), new.requests);
+        *view = new;
+        if differs {
+            self.wanted(format!("metadata changed ({requests} request(s))"));
+        }
+    }
+
     fn succeeded(&mut self, r: &Reconciled, started: Instant) {
+        if r.state_rewritten {
+            warn!(
+                "{} was gone: written back from the last pass's record (the sysctls' values \
+                 from before enipin, which detach restores, are known from it only)",
+                state::file(self.paths).display()
+            );
+        }
         report(r, &self.why, started.elapsed(), &mut self.said);
+        self.seen.extend(super::names_of(&r.managed));
+        self.remembered = Some(r.state.clone());
+        if let Some(view) = &r.metadata {
+            let period = self.pacing.metadata;
+            self.metadata = self.metadata.take().map(|m| m.passed(view, period));
+        }
         self.own.expect(&r.changes);
         self.managed.clone_from(&r.managed);
         if self.failures > 0 {

@@ -42,6 +42,7 @@ use serde::Serialize;
 
 use crate::{
     engine::snapshot::Snapshot,
+    kernel::caps::{self, Cap},
     kernel::netns,
     routing::select::{self, Selection},
     settings::config::{Config, Paths},
@@ -172,6 +173,9 @@ impl Root {
 
 /// `enipin doctor [--json]`: prints the report; returns whether it holds no conflict.
 pub async fn doctor(cfg: &Config, paths: &Paths, root: &Root, json: bool) -> Result<bool> {
+    // Without them its reads of the pins and the interfaces' state fail, each a warning: as
+    // nobody, 13 warnings and exit 0.
+    caps::require("enipin doctor", Cap::needed(true))?;
     let report = examine(cfg, paths, root).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -18,7 +18,7 @@ use crate::{
     kernel::netlink::Netlink,
     kernel::nft,
     kernel::sysctl,
-    metadata::{Tracker, View},
+    metadata::{Use, View},
     model::ManagedInterface,
     model::connmark::{self, Connmark},
     model::discovery::Discovery,
@@ -237,8 +237,14 @@ async fn write_sysctls(nl: &Netlink, batch: &[Change]) -> Vec<Result<()>> {
     }
 }
 
+/// A failed [`execute`]: the step's error, and how undoing the steps before it went.
+struct Failed {
+    error: anyhow::Error,
+    undone: Undone,
+}
+
 /// Applies `changes` in order; on the first failure undoes what it did and says what failed.
-async fn execute(nl: &Netlink, changes: &[Change]) -> Result<Vec<Change>> {
+async fn execute(nl: &Netlink, changes: &[Change]) -> Result<Vec<Change>, Failed> {
     let mut journal = Vec::new();
     let mut first_error = None;
     for (n, (c, r)) in run_batched(nl, changes, true).await.into_iter().enumerate() {
@@ -251,22 +257,54 @@ async fn execute(nl: &Netlink, changes: &[Change]) -> Result<Vec<Change>> {
     }
     if let Some((n, c, e)) = first_error {
         let undone = rollback(nl, journal).await;
-        return Err(e.context(format!(
+        let error = e.context(format!(
             "step {} of {} (`{}`) failed; {undone}",
             n + 1,
             changes.len(),
             c.render(DiffFormat::Text)
-        )));
+        ));
+        return Err(Failed { error, undone });
     }
     Ok(journal)
 }
 
-/// Replays the inverse steps backwards; returns a sentence saying how it went.
-async fn rollback(nl: &Netlink, journal: Vec<Change>) -> String {
-    let n = journal.len();
-    if n == 0 {
-        return "nothing had been applied yet".to_owned();
+/// How a rollback went: the steps it undid, and those it could not.
+struct Undone {
+    applied: usize,
+    failed: Vec<String>,
+}
+
+impl Undone {
+    /// What a failed commit amounts to: one true sentence, never "nothing changed" when a step
+    /// could not be undone.
+    fn outcome(&self) -> &'static str {
+        if self.failed.is_empty() {
+            "nothing changed"
+        } else {
+            "the namespace is left partly changed: the steps above could not be undone (run \
+             `enipin detach`, or undo them by hand)"
+        }
     }
+}
+
+impl std::fmt::Display for Undone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.applied;
+        match (n, self.failed.is_empty()) {
+            (0, _) => write!(f, "nothing had been applied yet"),
+            (_, true) => write!(f, "rolled back the {n} change(s) this run had applied"),
+            (_, false) => write!(
+                f,
+                "rolling back the {n} change(s) this run had applied failed for: {}",
+                self.failed.join("; ")
+            ),
+        }
+    }
+}
+
+/// Replays the inverse steps backwards.
+async fn rollback(nl: &Netlink, journal: Vec<Change>) -> Undone {
+    let applied = journal.len();
     let backwards: Vec<Change> = journal.into_iter().rev().collect();
     let mut failed = Vec::new();
     for (c, r) in run_batched(nl, &backwards, false).await {
@@ -274,14 +312,7 @@ async fn rollback(nl: &Netlink, journal: Vec<Change>) -> String {
             failed.push(format!("{}: {e:#}", c.render(DiffFormat::Text)));
         }
     }
-    if failed.is_empty() {
-        format!("rolled back the {n} change(s) this run had applied")
-    } else {
-        format!(
-            "rolling back the {n} change(s) this run had applied failed for: {}",
-            failed.join("; ")
-        )
-    }
+    Undone { applied, failed }
 }
 
 /// The difference between the desired state and the namespace now, for both appliers.
@@ -413,8 +444,13 @@ pub(crate) fn pending(
 
 /// Carries a plan out, all or nothing: the state file first, then rules/routes/sysctls while the
 /// datapath is prepared, then the datapath's links; on failure everything this call did is undone
-/// and the state file restored.
-pub(crate) async fn commit(nl: &Netlink, p: Pending, cfg: &Config, paths: &Paths) -> Result<()> {
+/// and the state file restored. Returns the state as it stands recorded.
+pub(crate) async fn commit(
+    nl: &Netlink,
+    p: Pending,
+    cfg: &Config,
+    paths: &Paths,
+) -> Result<state::State> {
     // The state goes first: the sysctl values we are about to replace must survive a crash.
     let mut st = p.previous.clone().unwrap_or_default();
     for c in &p.plan.changes {
@@ -439,7 +475,7 @@ pub(crate) async fn commit(nl: &Netlink, p: Pending, cfg: &Config, paths: &Paths
         datapath::resolve_gateways(nl, &p.managed).await?;
     }
     if p.is_empty() {
-        return Ok(());
+        return Ok(st);
     }
     // The datapath is prepared (program loaded and verified, maps filled) on a thread of its own
     // while the rules' batch runs: see `datapath::Prepared` for why only that part can overlap.
@@ -463,15 +499,15 @@ pub(crate) async fn commit(nl: &Netlink, p: Pending, cfg: &Config, paths: &Paths
     };
     let journal = match rules {
         Ok(j) => j,
-        Err(e) => {
+        Err(Failed { error, undone }) => {
             // The rules were rolled back by `execute`; what was prepared goes too (a failed
             // preparation undid itself).
             let e = match prepared.map(|r| r.and_then(datapath::Prepared::abandon)) {
-                Some(Err(left)) => e.context(format!("{left:#}")),
-                _ => e,
+                Some(Err(left)) => error.context(format!("{left:#}")),
+                _ => error,
             };
             state::restore(paths, p.previous.as_ref())?;
-            return Err(e.context("nothing changed"));
+            return Err(e.context(undone.outcome()));
         }
     };
     if let Some(Err(e)) = prepared.map(|r| r.and_then(datapath::Prepared::finish)) {
@@ -479,7 +515,7 @@ pub(crate) async fn commit(nl: &Netlink, p: Pending, cfg: &Config, paths: &Paths
         state::restore(paths, p.previous.as_ref())?;
         return Err(e.context(format!("attaching the datapath failed; {undone}")));
     }
-    Ok(())
+    Ok(st)
 }
 
 /// Runs [`datapath::prepare`] on a new thread, started from this one so that it is in the same
@@ -588,6 +624,10 @@ pub(crate) struct Reconciled {
     /// The managed interfaces without an address in their grace ([`Grace`]): what was managed
     /// stayed managed.
     pub blinking: Vec<String>,
+    /// The state as recorded after the pass: what the watcher writes back should the file go.
+    pub state: state::State,
+    /// The state file was gone, and was written back from the caller's copy first.
+    pub state_rewritten: bool,
 }
 
 /// One pass of the same plan/apply `attach` does, for a caller that holds the state lock
@@ -597,15 +637,26 @@ pub(crate) struct Reconciled {
 /// subnet was detached, its last address removed) is a desired state too: enipin's own rules,
 /// routes and datapath go (sysctls stay recorded for `detach`). A failed discovery is an error
 /// and changes nothing. With `metadata`, an ENI whose metadata is unknown keeps its last known
-/// metadata (the tracker's), so a failing service removes nothing. An interface that lost its
+/// metadata (the tracker's), so a failing service removes nothing; the watcher passes the last
+/// refresh's ([`Use::Last`]), so a repair waits for no metadata service. An interface that lost its
 /// addresses but is still there holds the last selection for `grace`'s period ([`Grace`]).
+///
+/// `remembered`: the state the caller's last pass recorded. Should the file be gone (removed by
+/// hand, a tmpfs cleaner), it is written back from it first: planned without it, the pass would
+/// record the sysctls as they are now (enipin's values), and `detach` would leave them so.
 pub(crate) async fn reconcile(
     cfg: &Config,
     paths: &Paths,
-    metadata: Option<&mut Tracker>,
+    metadata: Option<Use<'_>>,
     grace: &mut Grace,
+    remembered: Option<&state::State>,
 ) -> Result<Reconciled, ReconcileError> {
-    let previous = state::load(paths).map_err(ReconcileError::State)?;
+    let mut previous = state::load(paths).map_err(ReconcileError::State)?;
+    let state_rewritten = previous.is_none() && remembered.is_some();
+    if let (None, Some(r)) = (&previous, remembered) {
+        state::save(paths, r).map_err(ReconcileError::State)?;
+        previous = Some(r.clone());
+    }
     let (mut s, view) = Snapshot::select_with(
         cfg,
         Named::Present,
@@ -637,7 +688,7 @@ pub(crate) async fn reconcile(
     let drift = drift(&p);
     let (in_place, added) = (in_place(&p, cfg), added(&p));
     let managed = p.managed.clone();
-    commit(nl, p, cfg, paths)
+    let state = commit(nl, p, cfg, paths)
         .await
         .map_err(ReconcileError::Commit)?;
     if let Some(e) = refused {
@@ -654,6 +705,8 @@ pub(crate) async fn reconcile(
         added,
         metadata: view,
         blinking: s.held.blinking,
+        state,
+        state_rewritten,
     })
 }
 
@@ -670,6 +723,36 @@ mod tests {
 
     /// The plan reads nothing of its own: `all.rp_filter` and the nft table come with the
     /// discovery, so what it plans follows from them alone (no root, no /proc, no `nft`).
+    /// A failed commit says one true thing (issue 26, item 13): "nothing changed" only when
+    /// every step before the failure was undone.
+    #[test]
+    fn a_failed_commit_says_nothing_changed_only_when_it_is_so() {
+        let clean = Undone {
+            applied: 3,
+            failed: Vec::new(),
+        };
+        assert_eq!(clean.outcome(), "nothing changed");
+        assert_eq!(
+            clean.to_string(),
+            "rolled back the 3 change(s) this run had applied"
+        );
+        let left = Undone {
+            applied: 3,
+            failed: vec!["+ rule from 198.18.0.11/32 lookup 20003: EPERM".into()],
+        };
+        assert!(
+            !left.outcome().contains("nothing changed"),
+            "{}",
+            left.outcome()
+        );
+        assert!(left.to_string().contains("failed for: + rule"), "{left}");
+        let none = Undone {
+            applied: 0,
+            failed: Vec::new(),
+        };
+        assert_eq!(none.to_string(), "nothing had been applied yet");
+    }
+
     #[test]
     fn the_plan_is_a_function_of_the_discovery() {
         let (i, m) = eni(3, "198.18.0.11/24");

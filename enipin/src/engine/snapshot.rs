@@ -9,7 +9,7 @@ use crate::{
     engine::state::State,
     kernel::discover,
     kernel::netlink::Netlink,
-    metadata::{self, Tracker, View},
+    metadata::{self, Scope, Use, View},
     model::discovery::Discovery,
     routing::grace::{Grace, Held},
     routing::select::{self, Refusal, Selection},
@@ -64,12 +64,12 @@ impl Snapshot {
 
     /// [`Snapshot::select`], with the addresses and prefixes `metadata` knows of the candidate
     /// interfaces merged in first (the addresses `state` records as enipin's marked so first);
-    /// returns the metadata's view too (`None` without it). With `grace` (the watcher's), an
+    /// returns the metadata's view too (`None` without it), its `wanted` the candidates' MACs. With `grace` (the watcher's), an
     /// interface of `state` that blinks keeps what `state` manages selected.
     pub(crate) async fn select_with(
         cfg: &Config,
         named: Named,
-        metadata: Option<&mut Tracker>,
+        metadata: Option<Use<'_>>,
         state: Option<&State>,
         grace: Option<&mut Grace>,
     ) -> Result<(Selected, Option<View>)> {
@@ -78,9 +78,17 @@ impl Snapshot {
             st.mark_addresses(&mut snapshot.discovery);
         }
         let view = match metadata {
-            Some(t) => {
+            Some(m) => {
                 let macs = select::candidate_macs(&snapshot.discovery, cfg);
-                let view = t.refresh(&macs).await;
+                let view = match m {
+                    Use::Ask(t) => t.refresh(&macs, Scope::All).await,
+                    // Nothing was asked this pass.
+                    Use::Last(v) => View {
+                        wanted: macs,
+                        requests: 0,
+                        ..v.clone()
+                    },
+                };
                 metadata::merge(&mut snapshot.discovery, &view, cfg.configure_addresses);
                 Some(view)
             }

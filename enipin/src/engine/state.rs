@@ -19,6 +19,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    kernel::claim::{Claim, ClaimError},
     settings::config::{Config, Paths},
     model::discovery::Discovery,
     model::{Cidr, Interface, MacAddr, ManagedInterface, fmt_mac},
@@ -355,9 +356,49 @@ pub(crate) fn restore(paths: &Paths, previous: Option<&State>) -> Result<()> {
     }
 }
 
-/// An exclusive lock on the state directory for the life of the returned file: one attach or
-/// detach at a time per state directory.
-pub(crate) fn lock(paths: &Paths) -> Result<std::fs::File> {
+/// Held by a changer (attach, detach, watch) for its whole run: the state directory's lock and
+/// the network namespace's claim.
+#[derive(Debug)]
+pub(crate) struct Lock {
+    _file: std::fs::File,
+    _claim: Claim,
+}
+
+/// Locks the state directory, then claims the network namespace ([`Claim`]): one changer per
+/// state directory, and one per namespace whatever its directories. Each is tried again for up
+/// to a second (20 x 50 ms) before it is a refusal, which names the holder where it can.
+pub(crate) fn lock(paths: &Paths) -> Result<Lock> {
+    let file = lock_dir(paths)?;
+    let about = format!(
+        "pid {}, state dir {}, pin dir {}",
+        std::process::id(),
+        paths.state_dir.display(),
+        paths.pin_dir.display()
+    );
+    let mut tries = 0;
+    let claim = loop {
+        match Claim::take(about.clone()) {
+            Ok(c) => break c,
+            Err(ClaimError::Held(_)) if tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(ClaimError::Held(who)) => anyhow::bail!(
+                "another enipin runs in this network namespace ({who}): one enipin per \
+                 namespace, or each deletes the other's rules. Stop it (or wait for it to \
+                 finish), or use its state and pin directories"
+            ),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    Ok(Lock {
+        _file: file,
+        _claim: claim,
+    })
+}
+
+/// An exclusive lock on the state directory for the life of the returned file.
+fn lock_dir(paths: &Paths) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd as _;
     create_dir(paths)?;
     let path = paths.state_dir.join("lock");

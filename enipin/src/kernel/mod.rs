@@ -2,6 +2,8 @@
 //! and changes, sysctls, the event sockets, network namespaces), returning model types. Nothing
 //! above it opens a socket of its own.
 
+pub(crate) mod caps;
+pub(crate) mod claim;
 pub(crate) mod discover;
 pub(crate) mod events;
 pub(crate) mod netlink;

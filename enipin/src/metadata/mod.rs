@@ -17,8 +17,9 @@
 
 pub(crate) mod aws;
 mod merge;
-mod validate;
+mod refresher;
 pub(crate) mod transport;
+mod validate;
 
 use std::{
     collections::BTreeMap,
@@ -27,10 +28,13 @@ use std::{
 };
 
 pub(crate) use merge::merge;
+pub use refresher::Refresher;
+
+use tracing::{info, warn};
 
 use crate::{
-    settings::config::{Config, MetadataSource},
     model::{Cidr, MacAddr, fmt_mac},
+    settings::config::{Config, MetadataSource},
 };
 
 /// What the cloud says one ENI has.
@@ -152,6 +156,32 @@ pub struct View {
     pub requests: u64,
     /// Entries the last lookup of these ENIs listed that no ENI can own, left out.
     pub refused: usize,
+    /// The MACs this pass was about: the candidate interfaces'.
+    pub wanted: Vec<MacAddr>,
+}
+
+impl View {
+    /// Whether `other` would plan differently: what is known, or what is left out.
+    pub fn differs(&self, other: &View) -> bool {
+        self.known != other.known || self.refused != other.refused
+    }
+}
+
+/// Which ENIs a refresh asks about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every wanted ENI not backing off: the periodic refresh.
+    All,
+    /// Only the wanted ENIs never asked about (a hot-plugged ENI): the others keep what is known.
+    New,
+}
+
+/// Where a pass takes its metadata from.
+pub enum Use<'a> {
+    /// Ask the service now (`attach`, `status`, the watcher's first pass).
+    Ask(&'a mut Tracker),
+    /// What the last refresh said: a repair asks the service nothing.
+    Last(&'a View),
 }
 
 /// The metadata client across passes: the source, the last known metadata of every ENI, and
@@ -193,53 +223,36 @@ impl Tracker {
     }
 
     /// Looks the ENIs among `wanted` up (those the instance lists; others are no ENIs of its),
-    /// except those backing off; an ENI that fails keeps its last known metadata.
-    pub async fn refresh(&mut self, wanted: &[MacAddr]) -> View {
+    /// except those backing off (and with [`Scope::New`], those asked about before); an ENI
+    /// that fails keeps its last known metadata.
+    pub async fn refresh(&mut self, wanted: &[MacAddr], scope: Scope) -> View {
         let start = self.source.sent();
         let now = Instant::now();
-        let mut view = View::default();
-        // The listing is needed only for ENIs that are not backing off (or for a new one).
-        let due = wanted
-            .iter()
-            .any(|m| !self.enis.get(m).is_some_and(|b| b.waiting(now)));
+        let mut view = View {
+            wanted: wanted.to_vec(),
+            ..View::default()
+        };
+        let asked = |t: &Self, m: &MacAddr| match scope {
+            Scope::All => t.enis.get(m).is_some_and(|b| b.waiting(now)),
+            Scope::New => t.enis.contains_key(m) || t.last.contains_key(m),
+        };
+        // The listing is needed only for ENIs that are due (or before the first one).
+        let due = wanted.iter().any(|m| !asked(self, m));
         if !self.listing.waiting(now) && (due || self.macs.is_none()) {
-            match self.source.macs().await {
-                Ok(m) => {
-                    let ended = self.listing.succeeded();
-                    if ended > 0 {
-                        println!(
-                            "metadata: the service answers again after {ended} failed attempt(s)"
-                        );
-                    }
-                    self.macs = Some(m);
-                }
-                Err(e) => {
-                    if self.listing.failed(Instant::now(), e.clone()) {
-                        eprintln!(
-                            "enipin: metadata unknown ({e}); keeping every ENI's last known \
-                             metadata and retrying with backoff (said once until it answers)"
-                        );
-                    }
-                    self.macs = None;
-                }
-            }
+            self.list().await;
         }
         let Some((listed, primary)) = self.macs.clone() else {
             for mac in wanted {
                 self.stand_in(&mut view, *mac, &self.listing.last.clone());
             }
-            view.requests = self.source.sent() - start;
-            view.refused = wanted.iter().filter_map(|m| self.refused.get(m)).sum();
-            return view;
+            return self.counted(view, start);
         };
         for mac in wanted {
             if !listed.contains(mac) {
                 continue;
             }
-            let backoff = self.enis.entry(*mac).or_default();
-            if backoff.waiting(now) {
-                let why = backoff.last.clone();
-                self.stand_in(&mut view, *mac, &why);
+            if asked(self, mac) {
+                self.recall(&mut view, *mac);
                 continue;
             }
             match self.source.eni(*mac, *mac == primary).await {
@@ -247,7 +260,7 @@ impl Tracker {
                     let (m, refused) = m.validated(&self.endpoints);
                     self.refused.insert(*mac, refused.len());
                     for r in refused {
-                        tracing::warn!(
+                        warn!(
                             "metadata lists {} for {}, which no ENI can own ({}): left out, \
                              never configured",
                             r.addr,
@@ -257,7 +270,7 @@ impl Tracker {
                     }
                     let ended = self.enis.entry(*mac).or_default().succeeded();
                     if ended > 0 {
-                        println!(
+                        info!(
                             "metadata: {} known again after {ended} failed attempt(s)",
                             fmt_mac(mac)
                         );
@@ -272,9 +285,9 @@ impl Tracker {
                         .or_default()
                         .failed(Instant::now(), e.clone())
                     {
-                        eprintln!(
-                            "enipin: metadata of {} unknown ({e}); keeping its last known \
-                             metadata and retrying with backoff (said once until it answers)",
+                        warn!(
+                            "metadata of {} unknown ({e}); keeping its last known metadata \
+                             and retrying with backoff (said once until it answers)",
                             fmt_mac(mac)
                         );
                     }
@@ -282,9 +295,50 @@ impl Tracker {
                 }
             }
         }
+        self.counted(view, start)
+    }
+
+    /// Lists the instance's ENIs (and takes a token): every ENI is unknown when this fails.
+    async fn list(&mut self) {
+        match self.source.macs().await {
+            Ok(m) => {
+                let ended = self.listing.succeeded();
+                if ended > 0 {
+                    info!("metadata: the service answers again after {ended} failed attempt(s)");
+                }
+                self.macs = Some(m);
+            }
+            Err(e) => {
+                if self.listing.failed(Instant::now(), e.clone()) {
+                    warn!(
+                        "metadata unknown ({e}); keeping every ENI's last known metadata and \
+                         retrying with backoff (said once until it answers)"
+                    );
+                }
+                self.macs = None;
+            }
+        }
+    }
+
+    /// `view` with the requests sent since `start` and what its ENIs' last lookups left out.
+    fn counted(&self, mut view: View, start: u64) -> View {
         view.requests = self.source.sent() - start;
-        view.refused = wanted.iter().filter_map(|m| self.refused.get(m)).sum();
+        view.refused = (view.wanted.iter())
+            .filter_map(|m| self.refused.get(m))
+            .sum();
         view
+    }
+
+    /// `mac` is not asked about this time: what is known of it stands, and so does its failure.
+    fn recall(&self, view: &mut View, mac: MacAddr) {
+        match self.enis.get(&mac).filter(|b| b.failures > 0) {
+            Some(b) => self.stand_in(view, mac, &b.last),
+            None => {
+                if let Some(m) = self.last.get(&mac) {
+                    view.known.insert(mac, m.clone());
+                }
+            }
+        }
     }
 
     /// `mac` is unknown now: its last known metadata stands in, if there is one.

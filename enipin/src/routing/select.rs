@@ -214,6 +214,18 @@ fn matches(iface: &Interface, sel: &str) -> bool {
     iface.name == sel || fmt_mac(&iface.mac).eq_ignore_ascii_case(sel)
 }
 
+/// The `--interfaces` entries that name no interface of `d` and none of `seen` (the names and
+/// lower-case MACs of interfaces enipin has managed here): a typo, not an ENI that left. Each is
+/// the refusal that lists what there is. A watcher refuses to start or reload with one, where
+/// taking it would unmanage everything else.
+pub(crate) fn never_seen(d: &Discovery, cfg: &Config, seen: &BTreeSet<String>) -> Vec<Refusal> {
+    (cfg.interfaces.iter())
+        .filter(|sel| !seen.contains(*sel) && !seen.contains(&sel.to_ascii_lowercase()))
+        .filter_map(|sel| named(d, sel).err())
+        .filter(|r| matches!(r, Refusal::Unknown { .. }))
+        .collect()
+}
+
 /// The first step of a selection: the candidate interfaces, the named ones refused, and why
 /// each interface is taken or left out.
 pub(crate) struct Chosen<'d> {
@@ -870,6 +882,31 @@ pub(crate) mod tests {
              address: name the interface in --interfaces instead"
         );
         assert!(select(&d, &named_cfg(&["eth2", "eth1"])).is_ok());
+    }
+
+    /// A typo is a name of nothing, now or before; an ENI that left was managed (seen), and one
+    /// that is down is there: neither is a typo.
+    #[test]
+    fn a_name_never_seen_is_a_typo() {
+        let d = namespace();
+        let cfg = named_cfg(&[
+            "eth1",
+            "eht1",
+            "eth4",
+            "eth9",
+            "02:00:00:00:00:99",
+            "02:AA:00:00:00:01",
+        ]);
+        let seen: BTreeSet<String> = ["eth9".to_owned(), "02:aa:00:00:00:01".to_owned()].into();
+        let typos: Vec<_> = never_seen(&d, &cfg, &seen)
+            .iter()
+            .map(|r| r.selector().to_owned())
+            .collect();
+        assert_eq!(typos, ["eht1", "02:00:00:00:00:99"]);
+        assert!(
+            never_seen(&d, &named_cfg(&[]), &BTreeSet::new()).is_empty(),
+            "no names, no typo"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod datapath;
 pub mod dnat;
 pub mod footprint;
 pub mod reaction;
+pub mod repair;
 
 use std::{
     os::unix::process::ExitStatusExt as _,

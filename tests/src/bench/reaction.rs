@@ -36,7 +36,7 @@ use super::{Row, Target, median};
 /// The longest wait for one restore or one burst: past it the watcher is not reacting.
 const LIMIT: Duration = Duration::from_secs(5);
 /// The address enipin's rules are deleted for (eth1's, in the lab).
-const SECONDARY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
+pub(super) const SECONDARY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
 /// Added on eth1 and removed again, once per trial.
 const EXTRA: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 21);
 /// enipin's route protocol (`proto 229`).
@@ -60,7 +60,7 @@ fn percentile(xs: &[f64], p: f64) -> f64 {
 }
 
 /// A running `enipin watch`, killed and reaped on drop.
-struct Watch(Child);
+pub(super) struct Watch(pub(super) Child);
 
 impl Drop for Watch {
     fn drop(&mut self) {
@@ -260,7 +260,7 @@ async fn measure(
 
 /// Calls `done` every millisecond until it says yes, for at most [`LIMIT`]; returns how long
 /// that took.
-async fn poll<F, Fut>(what: &str, mut done: F) -> Result<Duration>
+pub(super) async fn poll<F, Fut>(what: &str, mut done: F) -> Result<Duration>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<bool>>,
@@ -351,7 +351,12 @@ fn burst_owners(pins: &Path) -> usize {
     })
 }
 
-async fn restore_rule(nl: &Handle) -> Result<f64> {
+/// Whether enipin's rule for the secondary address is in place.
+pub(super) async fn rule_present(nl: &Handle) -> Result<bool> {
+    Ok(rule(nl, SECONDARY, PREF).await?.is_some())
+}
+
+pub(super) async fn restore_rule(nl: &Handle) -> Result<f64> {
     let victim = rule(nl, SECONDARY, PREF)
         .await?
         .context("enipin's rule for the secondary address is missing before the trial")?;
@@ -436,7 +441,7 @@ async fn new_address(nl: &Handle, pins: &Path, eth1: u32) -> Result<f64> {
 }
 
 /// enipin_reconciles_total, all results, from the watcher's /metrics.
-fn reconciles() -> Result<f64> {
+pub(super) fn reconciles() -> Result<f64> {
     let mut s = TcpStream::connect_timeout(&METRICS.parse()?, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     write!(

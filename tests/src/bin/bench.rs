@@ -13,7 +13,8 @@
 //! 4. watch: `enipin watch`'s peak RSS while it serves its metrics on the same fleet, and the
 //!    time of one scrape (`bench::footprint`).
 //! 4. watch: how fast `enipin watch` restores a deleted rule or route and manages a new address,
-//!    and what a burst of 400 addresses costs (`bench::reaction`);
+//!    and what a burst of 400 addresses costs (`bench::reaction`), and a restore with
+//!    `--metadata aws` at 15 ENIs against without it (`bench::repair`);
 //! 5. dnat: 64-byte UDP replies of a DNAT'd service, published on the primary's address against
 //!    the secondary's, fixed by the redirect or routed out of its owner by `--connmark`
 //!    (`bench::dnat`).
@@ -90,6 +91,9 @@ fn main() -> Result<()> {
         rows.extend(watch_footprint(args.quick, args.rounds).context("watch's footprint")?);
         rows.extend(
             bench::reaction::run(args.quick, args.rounds).context("watch's reaction times")?,
+        );
+        rows.extend(
+            bench::repair::run(args.quick, args.rounds).context("a repair with --metadata")?,
         );
     }
     if want("dnat") {
