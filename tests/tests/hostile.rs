@@ -426,3 +426,38 @@ fn status_with_a_map_pin_gone_reports_it_and_pins_nothing() {
     assert!(ok && text.contains("drift: none"), "{text}");
     e.ok(&["detach"]);
 }
+
+/// Issue 26, item 6: past the datapath's 4,096 addresses per family, attach refuses before any
+/// change, with the number. Before: 8,216 changes applied and rolled back, then "Argument list
+/// too long" from the owner map (on every pass of watch too).
+#[test]
+fn more_addresses_than_the_datapath_holds_are_refused_before_any_change() {
+    let (topo, e) = lab();
+    let batch = TempDir::new("enipin-many-").unwrap();
+    let file = batch.path().join("add");
+    // 4,096 more on eth1: with eth0's and eth1's own, 4,098 IPv4 addresses to own.
+    let lines: String = (0..4096u32)
+        .map(|i| format!("addr add 198.19.{}.{}/16 dev eth1\n", i / 250, i % 250 + 1))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    topo.host().ip(&["-batch", file.to_str().unwrap()]).unwrap();
+    let mut monitor = topo
+        .host()
+        .command("ip")
+        .args(["-o", "monitor", "rule"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let err = e.fails(&["attach"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = monitor.kill();
+    let events = monitor.wait_with_output().unwrap();
+    assert!(
+        err.contains("4098 IPv4 addresses") && err.contains("at most 4096"),
+        "{err}"
+    );
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert_eq!(events.lines().count(), 0, "rules were added and removed");
+    assert!(!e.state_file().exists(), "a state file was written");
+}

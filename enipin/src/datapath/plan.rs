@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::programs::ProgramInfo;
 use enipin_ebpf::{
-    MODE_ENFORCE, NEXT_HOP_V4, NEXT_HOP_V6, NextHop, Owner, PREFIXES_V4_PRESENT,
+    MAX_OWNERS, MODE_ENFORCE, NEXT_HOP_V4, NEXT_HOP_V6, NextHop, Owner, PREFIXES_V4_PRESENT,
     PREFIXES_V6_PRESENT, PROGRAM, maps,
 };
 
@@ -277,6 +277,7 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
         }
         return Ok(EbpfPlan { changes });
     }
+    check_capacity(managed)?;
     ensure_bpffs(&paths.pin_dir)?;
     resolve(cfg.attach)?;
     if owner == Ownership::Unmarked {
@@ -301,6 +302,34 @@ pub fn plan(managed: &[ManagedInterface], cfg: &Config, paths: &Paths) -> Result
     let writes = MapWrites::between(&installed(&pins)?, &desired(managed, cfg));
     changes.extend(map_changes(&writes));
     Ok(EbpfPlan { changes })
+}
+
+/// The owner maps hold [`MAX_OWNERS`] (4,096) addresses per family and the prefix tries as
+/// many prefixes: a plan past them failed at its first write beyond the limit (E2BIG, "Argument
+/// list too long"), after the rules' batch had run and been rolled back (about 5,100 changes at
+/// 5,000 addresses, on every pass of `watch`). Refused here, before any change.
+fn check_capacity(managed: &[ManagedInterface]) -> Result<()> {
+    let count = |prefixes: bool, v6: bool| {
+        (managed.iter())
+            .flat_map(|m| if prefixes { &m.prefixes } else { &m.addrs })
+            .filter(|c| c.addr.is_ipv6() == v6)
+            .count()
+    };
+    for (what, prefixes, v6) in [
+        ("IPv4 addresses", false, false),
+        ("IPv6 addresses", false, true),
+        ("IPv4 prefixes", true, false),
+        ("IPv6 prefixes", true, true),
+    ] {
+        let n = count(prefixes, v6);
+        anyhow::ensure!(
+            n <= MAX_OWNERS as usize,
+            "the managed interfaces have {n} {what}; the datapath holds at most {MAX_OWNERS} per \
+             family. Manage fewer (--interfaces), or leave the datapath out (--no-ebpf: the \
+             rules layer has no such limit). Nothing was changed"
+        );
+    }
+    Ok(())
 }
 
 /// What the datapath has in place for `managed` once a plan for them is applied.
@@ -514,4 +543,31 @@ fn v6_of([a, b]: [u64; 2]) -> Ipv6Addr {
     o[..8].copy_from_slice(&a.to_ne_bytes());
     o[8..].copy_from_slice(&b.to_ne_bytes());
     Ipv6Addr::from(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Cidr;
+
+    /// 4,096 addresses of a family fit; one more is refused with the number, before any change
+    /// (issue 26, item 6). The families and the prefixes count apart.
+    #[test]
+    fn more_owners_than_the_maps_hold_are_refused_with_the_number() {
+        let v4 = |n: u32| -> Vec<Cidr> {
+            (0..n)
+                .map(|i| format!("198.18.{}.{}/15", i / 250, i % 250 + 1).parse().unwrap())
+                .collect()
+        };
+        let mut a = ManagedInterface::fixture(3, "eth1", v4(2048));
+        let b = ManagedInterface::fixture(4, "eth2", v4(2048));
+        a.prefixes = vec!["198.19.0.0/28".parse().unwrap()];
+        assert!(check_capacity(&[a.clone(), b.clone()]).is_ok(), "4,096 fit");
+        a.addrs.push("198.19.255.1/15".parse().unwrap());
+        let err = check_capacity(&[a, b]).unwrap_err().to_string();
+        assert!(
+            err.contains("4097 IPv4 addresses") && err.contains("at most 4096"),
+            "{err}"
+        );
+    }
 }
