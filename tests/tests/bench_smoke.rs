@@ -41,13 +41,13 @@ fn quick_bench_writes_every_section() {
     // from the owner's table: rate, CPU per frame); control: 12 rows (3 of them the attach floors);
     // watch: peak RSS, scrape time, exposition size; reaction: rule and route restored and a
     // new address (median, p99, max each), reconciles per restore, the 400-address burst (2),
-    // a restore with --metadata against without (1);
+    // a restore with --metadata and one under scrapes, each against idle (2);
     // dnat: the baseline's rate + the redirected, the connmark and the primary-with-connmark
     // cases' rates and CPU per frame against it.
     assert_eq!(count("cost"), 2 + 7 * 3, "{json}");
     assert_eq!(count("datapath"), 5 * 2 + 3 + 2, "{json}");
     assert_eq!(count("control"), 12, "{json}");
-    assert_eq!(count("watch"), 3 + 3 * 3 + 1 + 2 + 1, "{json}");
+    assert_eq!(count("watch"), 3 + 3 * 3 + 1 + 2 + 2, "{json}");
     assert_eq!(count("dnat"), 1 + 3 * 2, "{json}");
     for r in &rows {
         let v = r["value"].as_f64().unwrap_or(f64::NAN);

@@ -11,7 +11,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Result;
@@ -32,6 +32,11 @@ use crate::{
 };
 
 /// Kinds of restored and drifted objects, so that every series exists from the first scrape.
+/// How long a rendered exposition serves scrapes: a scrape interval is 15-60 s, so 100 ms of
+/// age in the datapath's counters is nothing to Prometheus, while 1,000 scrapes a second render
+/// 10 times instead of 1,000. A reconcile's own figures are never stale: it renders anew.
+const FRESH: Duration = Duration::from_millis(100);
+
 const KINDS: [&str; 8] = [
     "rule",
     "address",
@@ -61,6 +66,8 @@ pub(crate) struct Telemetry {
     ebpf: AtomicBool,
     paths: Paths,
     last: Mutex<Last>,
+    /// The last exposition and when it was rendered: scrapes within [`FRESH`] of it share it.
+    rendered: Mutex<Option<(Instant, String)>>,
 }
 
 /// The last reconcile, for `/healthz` and the per-scrape datapath metrics.
@@ -190,6 +197,7 @@ impl Telemetry {
             ebpf: AtomicBool::new(cfg.ebpf),
             paths: paths.clone(),
             last: Mutex::new(Last::default()),
+            rendered: Mutex::new(None),
         }))
     }
 
@@ -197,6 +205,28 @@ impl Telemetry {
     pub(crate) fn set_layers(&self, cfg: &Config) {
         self.rules.store(cfg.rules, Ordering::Relaxed);
         self.ebpf.store(cfg.ebpf, Ordering::Relaxed);
+        self.stale();
+    }
+
+    /// A reconcile changed what the registry says: the next scrape renders anew.
+    fn stale(&self) {
+        *self.rendered.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The exposition, rendered at most once per [`FRESH`] (and after every reconcile): at
+    /// 800-1,100 scrapes a second, rendering each (the datapath's per-CPU counters read from
+    /// the pinned maps, the registry encoded) took 55-78 % of a CPU and a repair 4.6 times as
+    /// long (bench `--only watch`).
+    fn shared_exposition(&self) -> Result<String> {
+        let mut rendered = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, text)) = rendered.as_ref()
+            && at.elapsed() < FRESH
+        {
+            return Ok(text.clone());
+        }
+        let text = self.exposition()?;
+        *rendered = Some((Instant::now(), text.clone()));
+        Ok(text)
     }
 
     /// Records a successful reconcile. `repinned`: link pins put back before it.
@@ -251,6 +281,7 @@ impl Telemetry {
         self.build
             .with_label_values(&[env!("CARGO_PKG_VERSION"), &tag])
             .set(1);
+        self.stale();
         last.result = Some(Ok(()));
         last.managed.clone_from(&r.managed);
         last.in_place.clone_from(&r.in_place);
@@ -262,6 +293,7 @@ impl Telemetry {
         self.duration.observe(took.as_secs_f64());
         self.reconciles.with_label_values(&["failed"]).inc();
         self.failures.with_label_values(&[e.phase()]).inc();
+        self.stale();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         last.result = Some(Err(format!("{e:#}").replace('\n', " ")));
     }
@@ -362,7 +394,7 @@ impl Telemetry {
         }
         match path {
             "/healthz" => self.health(),
-            _ => crate::observe::http::route_metrics(method, path, || self.exposition()),
+            _ => crate::observe::http::route_metrics(method, path, || self.shared_exposition()),
         }
     }
 }
@@ -417,6 +449,24 @@ mod tests {
         });
         t.succeeded(&r, 0, Duration::ZERO);
         assert_eq!(gauge(&t), Some(2.0));
+    }
+
+    /// Scrapes within [`FRESH`] share one rendering; a reconcile's figures show at once.
+    #[test]
+    fn scrapes_share_a_fresh_rendering_and_a_reconcile_renders_anew() {
+        let t = telemetry();
+        let first = t.shared_exposition().unwrap();
+        let at = t.rendered.lock().unwrap().as_ref().unwrap().0;
+        assert_eq!(t.shared_exposition().unwrap(), first);
+        assert_eq!(
+            t.rendered.lock().unwrap().as_ref().unwrap().0,
+            at,
+            "rendered again"
+        );
+        t.succeeded(&reconciled(1, &[]), 0, Duration::ZERO);
+        let after = t.shared_exposition().unwrap();
+        let changed = |text: &str| value(text, "enipin_reconciles_total{result=\"changed\"}");
+        assert_eq!((changed(&first), changed(&after)), (Some(0.0), Some(1.0)));
     }
 
     #[test]

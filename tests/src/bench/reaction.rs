@@ -44,7 +44,7 @@ const PROTO: u8 = 229;
 /// The per-address rule whose deletion is timed: `from SECONDARY lookup T pref 20002`.
 const PREF: u32 = 20002;
 /// Where the watcher serves /metrics, inside the lab's host namespace.
-const METRICS: &str = "127.0.0.1:9717";
+pub(super) const METRICS: &str = "127.0.0.1:9717";
 /// The burst: addresses on eth1 in 198.18.4.0/23.
 const BURST: usize = 400;
 
