@@ -648,10 +648,13 @@ fn stats_and_metrics_from_the_cli() {
     let (_, got) = lab.ping(IP2, 3).unwrap();
     assert_eq!(got, 3);
 
-    // status: the owner tables the program reads, one entry per managed address.
+    // status: the owner tables the program reads, one entry per managed address. The library
+    // attached without a state file: status says so, and exits 1 (what it would restore on
+    // detach is not recorded).
     let out = cli(&["status", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["state_missing"], true, "{status}");
     let count = |v4: bool| {
         lab.managed
             .iter()

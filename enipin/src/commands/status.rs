@@ -46,6 +46,8 @@ pub(crate) struct StatusReport {
     pub sources: Vec<Source>,
     /// What the metadata service said (`None`: attached without `--metadata`).
     pub metadata: Option<MetadataStatus>,
+    /// What works but not as well as it could (differing MTUs).
+    pub warnings: Vec<String>,
 }
 
 /// One managed address or prefix and where it comes from.
@@ -183,6 +185,9 @@ impl StatusReport {
         }
         let (datapath, owner_tables) = datapath(paths)?;
         let installed = !rules.is_empty() || !routes.is_empty() || !datapath.is_empty();
+        let warnings = crate::doctor::mtu::mismatch(&managed, cfg.rules)
+            .into_iter()
+            .collect();
         Ok(Self {
             state_missing: st.is_none() && installed,
             attached: st.is_some(),
@@ -193,6 +198,7 @@ impl StatusReport {
             owner_tables,
             drift,
             sysctls_saved: st.map(|s| s.sysctls_by_key()),
+            warnings,
             sources,
             metadata,
         })
@@ -274,6 +280,9 @@ impl fmt::Display for StatusReport {
         }
         self.fmt_datapath(f)?;
         self.fmt_metadata(f)?;
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
         self.fmt_drift(f)
     }
 }
@@ -418,6 +427,7 @@ mod tests {
         StatusReport {
             attached: true,
             state_missing: false,
+            warnings: Vec::new(),
             managed: vec![m],
             rules: vec![rule.clone()],
             routes: vec![route],
@@ -488,7 +498,8 @@ drift (2 change(s) to reach the desired state):
                 "rules",
                 "sources",
                 "state_missing",
-                "sysctls_saved"
+                "sysctls_saved",
+                "warnings"
             ]
         );
         assert_eq!(v["managed"][0]["mac"], "02:00:00:00:00:11");

@@ -25,6 +25,7 @@ mod connmark;
 mod host;
 mod kernel;
 mod macs;
+pub(crate) mod mtu;
 mod networkd;
 mod networkd_conf;
 mod networkd_links;
@@ -266,6 +267,7 @@ async fn examine_with(snap: &Snapshot, cfg: &Config, paths: &Paths, root: &Root)
     findings.extend(tc::check_all(&tc::read(&snap.nl, &managed).await?));
     findings.extend(kernel::check(&kernel::read(&paths.pin_dir)));
     findings.extend(macs::check(&d.interfaces, cfg));
+    findings.extend(mtu::check(&managed, cfg.rules));
     findings.extend(connmark::check(&connmark::read(), d, &managed, cfg));
     Ok(Report { findings })
 }
