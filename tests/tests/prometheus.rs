@@ -267,6 +267,7 @@ fn scraping(p: &Prometheus) {
         [
             "EnipinAbsent",
             "EnipinDatapathMissing",
+            "EnipinMetadataUnknown",
             "EnipinMisroutedDespiteRules",
             "EnipinReconcilesFailing",
             "EnipinWatcherDown"

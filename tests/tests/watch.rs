@@ -1806,6 +1806,34 @@ fn a_repair_under_metadata_asks_the_service_nothing() {
     let hup = || unsafe { libc::kill(w.child.id() as i32, libc::SIGHUP) };
     hup();
     w.line(0, &["metadata", "unknown", "keeping"]);
+    // Seen in /healthz (still 200: what was known is enforced) and in /metrics (issue 28).
+    let get = |path: &str| http_client::get(topo.host(), &format!("http://127.0.0.1:9717{path}"));
+    let (health, _) = eventually(
+        "the outage in /healthz",
+        || {
+            let (status, body) = get("/healthz").unwrap();
+            (status == 200 && body.contains("metadata unknown for 02:e0:00:00:00:1"))
+                .then_some(body)
+        },
+        || format!("{:?}\n{}", get("/healthz"), w.log()),
+    );
+    eprintln!("healthz during the outage: {}", health.trim());
+    let (_, metrics) = get("/metrics").unwrap();
+    let series = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert!(series("enipin_metadata_unknown_enis ") >= 1.0, "{metrics}");
+    assert!(
+        series("enipin_metadata_requests_total{result=\"error\"} ") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        series("enipin_config_reloads_total{result=\"ok\"} ") >= 1.0,
+        "{metrics}"
+    );
     imds.fault(enipin_tests::imds::Fault::None);
     // The failed ENIs back off for 0.5-1 s first: refreshes before that keep them unknown.
     let back = Instant::now();

@@ -24,19 +24,20 @@ use prometheus::{
 use crate::{
     datapath,
     engine::apply::{ReconcileError, Reconciled},
-    model::ManagedInterface,
+    metadata::View,
     model::objects::{self, InPlace},
+    model::{ManagedInterface, fmt_mac},
     observe::http::Reply,
     observe::metrics,
     settings::config::{Config, Paths},
 };
 
-/// Kinds of restored and drifted objects, so that every series exists from the first scrape.
 /// How long a rendered exposition serves scrapes: a scrape interval is 15-60 s, so 100 ms of
 /// age in the datapath's counters is nothing to Prometheus, while 1,000 scrapes a second render
 /// 10 times instead of 1,000. A reconcile's own figures are never stale: it renders anew.
 const FRESH: Duration = Duration::from_millis(100);
 
+/// Kinds of restored and drifted objects, so that every series exists from the first scrape.
 const KINDS: [&str; 8] = [
     "rule",
     "address",
@@ -56,7 +57,8 @@ pub(crate) struct Telemetry {
     restored: IntCounterVec,
     duration: Histogram,
     last_success: Gauge,
-    metadata_refused: IntGauge,
+    metadata: MetadataMetrics,
+    reloads: IntCounterVec,
     drift: IntGaugeVec,
     interfaces: IntGauge,
     addresses: IntGauge,
@@ -80,6 +82,71 @@ struct Last {
     in_place: InPlace,
     /// The interfaces named in `--interfaces` that the last success left out, with why.
     left_out: Vec<String>,
+    /// The ENIs whose metadata is unknown now, with why: their last known stands in.
+    metadata_unknown: Vec<String>,
+}
+
+/// The metadata client's series (0 without `--metadata`).
+struct MetadataMetrics {
+    requests: IntCounterVec,
+    unknown: IntGauge,
+    last_success: Gauge,
+    refused: IntGauge,
+}
+
+impl MetadataMetrics {
+    fn new(registry: &Registry) -> Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "enipin_metadata_requests_total",
+                "Requests to the metadata service by result: ok (2xx, or 404 for a key an ENI \
+                 lacks), error (another status), no_answer (refused, timed out).",
+            ),
+            &["result"],
+        )?;
+        for result in ["ok", "error", "no_answer"] {
+            requests.with_label_values(&[result]);
+        }
+        let unknown = IntGauge::new(
+            "enipin_metadata_unknown_enis",
+            "ENIs whose metadata the last refresh could not learn: their last known metadata \
+             stands in (nothing is removed for it).",
+        )?;
+        let last_success = Gauge::new(
+            "enipin_metadata_last_success_timestamp_seconds",
+            "Unix time of the last refresh that learned every ENI's metadata (0: none yet).",
+        )?;
+        let refused = IntGauge::new(
+            "enipin_metadata_refused_entries",
+            "Addresses and prefixes the last metadata lookup listed that no ENI can own (the \
+             service's own, outside the subnet, reserved or special): left out, never configured.",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(unknown.clone()))?;
+        registry.register(Box::new(last_success.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        Ok(Self {
+            requests,
+            unknown,
+            last_success,
+            refused,
+        })
+    }
+
+    fn observe(&self, v: &View) {
+        let o = v.outcomes;
+        for (result, n) in [("ok", o.ok), ("error", o.error), ("no_answer", o.no_answer)] {
+            self.requests.with_label_values(&[result]).inc_by(n);
+        }
+        self.unknown.set(v.unknown.len() as i64);
+        self.refused.set(v.refused as i64);
+        if v.requests > 0 && v.unknown.is_empty() {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            self.last_success.set(now.as_secs_f64());
+        }
+    }
 }
 
 impl Telemetry {
@@ -121,11 +188,17 @@ impl Telemetry {
             "enipin_last_success_timestamp_seconds",
             "Unix time of the last successful reconcile (0: none yet).",
         )?;
-        let metadata_refused = IntGauge::new(
-            "enipin_metadata_refused_entries",
-            "Addresses and prefixes the last metadata lookup listed that no ENI can own (the \
-             service's own, outside the subnet, reserved or special): left out, never configured.",
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "enipin_config_reloads_total",
+                "SIGHUPs by result: ok (the settings read again), rejected (a bad file, or an \
+                 interface name this namespace never had: the running settings kept).",
+            ),
+            &["result"],
         )?;
+        for result in ["ok", "rejected"] {
+            reloads.with_label_values(&[result]);
+        }
         let drift = IntGaugeVec::new(
             Opts::new(
                 "enipin_drift_objects",
@@ -174,7 +247,8 @@ impl Telemetry {
         registry.register(Box::new(restored.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(last_success.clone()))?;
-        registry.register(Box::new(metadata_refused.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
+        let metadata = MetadataMetrics::new(&registry)?;
         registry.register(Box::new(drift.clone()))?;
         registry.register(Box::new(interfaces.clone()))?;
         registry.register(Box::new(addresses.clone()))?;
@@ -187,7 +261,8 @@ impl Telemetry {
             restored,
             duration,
             last_success,
-            metadata_refused,
+            metadata,
+            reloads,
             drift,
             interfaces,
             addresses,
@@ -205,6 +280,27 @@ impl Telemetry {
     pub(crate) fn set_layers(&self, cfg: &Config) {
         self.rules.store(cfg.rules, Ordering::Relaxed);
         self.ebpf.store(cfg.ebpf, Ordering::Relaxed);
+        self.stale();
+    }
+
+    /// What a metadata view says: its requests by outcome, the ENIs unknown (named by
+    /// `/healthz`), the entries refused, the time of the last refresh that knew every ENI.
+    pub(crate) fn metadata(&self, v: &View) {
+        self.metadata.observe(v);
+        let unknown = (v.unknown.iter())
+            .map(|(mac, why)| format!("{} ({why})", fmt_mac(mac)))
+            .collect();
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .metadata_unknown = unknown;
+        self.stale();
+    }
+
+    /// A SIGHUP's outcome: `ok` when the settings were taken.
+    pub(crate) fn reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "rejected" };
+        self.reloads.with_label_values(&[result]).inc();
         self.stale();
     }
 
@@ -231,6 +327,9 @@ impl Telemetry {
 
     /// Records a successful reconcile. `repinned`: link pins put back before it.
     pub(crate) fn succeeded(&self, r: &Reconciled, repinned: usize, took: Duration) {
+        if let Some(v) = &r.metadata {
+            self.metadata(v);
+        }
         self.duration.observe(took.as_secs_f64());
         let result = if r.changes.is_empty() {
             "unchanged"
@@ -254,9 +353,6 @@ impl Telemetry {
             .with_label_values(&["datapath_link"])
             .inc_by(repinned as u64);
         self.interfaces.set(r.managed.len() as i64);
-        if let Some(v) = &r.metadata {
-            self.metadata_refused.set(v.refused as i64);
-        }
         let addrs: usize = r
             .managed
             .iter()
@@ -310,13 +406,11 @@ impl Telemetry {
     /// managed interface and every interface named in `--interfaces` is managed, else 503, each
     /// with a one-line reason.
     pub(crate) fn health(&self) -> Reply {
-        let (result, managed, left_out) = {
+        let (result, managed, left_out, unknown) = {
             let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            (
-                last.result.clone(),
-                last.managed.clone(),
-                last.left_out.clone(),
-            )
+            let l = &*last;
+            let (r, m, o, u) = (&l.result, &l.managed, &l.left_out, &l.metadata_unknown);
+            (r.clone(), m.clone(), o.clone(), u.clone())
         };
         let bad = |why: String| Reply::text(StatusCode::SERVICE_UNAVAILABLE, why + "\n");
         match result {
@@ -332,6 +426,16 @@ impl Telemetry {
                         "degraded: managing {n} interface(s); left out until it is back: {}",
                         left_out.join("; ")
                     ))
+                } else if !unknown.is_empty() {
+                    // Still 200: what was known is enforced, and nothing is removed for it.
+                    Reply::text(
+                        StatusCode::OK,
+                        format!(
+                            "ok: managing {n} interface(s); metadata unknown for {}: its last \
+                             known metadata stands in\n",
+                            unknown.join(", ")
+                        ),
+                    )
                 } else {
                     Reply::text(StatusCode::OK, format!("ok: managing {n} interface(s)\n"))
                 }
@@ -467,6 +571,68 @@ mod tests {
         let after = t.shared_exposition().unwrap();
         let changed = |text: &str| value(text, "enipin_reconciles_total{result=\"changed\"}");
         assert_eq!((changed(&first), changed(&after)), (Some(0.0), Some(1.0)));
+    }
+
+    /// A metadata outage is seen (issue 28, item 1): requests by outcome, the ENIs unknown, the
+    /// last refresh that knew them all, and `/healthz` naming it while enforcement goes on (200).
+    /// Reloads are counted by result. Before: none of these series, and `200 ok` alone.
+    #[test]
+    fn a_metadata_outage_and_reloads_are_seen() {
+        use crate::metadata::{Outcomes, View};
+        let t = telemetry();
+        t.succeeded(&reconciled(0, &[]), 0, Duration::ZERO);
+        let known = View {
+            requests: 20,
+            outcomes: Outcomes {
+                ok: 20,
+                error: 0,
+                no_answer: 0,
+            },
+            ..View::default()
+        };
+        t.metadata(&known);
+        let text = t.exposition().unwrap();
+        let last_ok = value(&text, "enipin_metadata_last_success_timestamp_seconds").unwrap();
+        assert!(last_ok > 1.7e9, "{text}");
+        let mut down = View {
+            requests: 3,
+            outcomes: Outcomes {
+                ok: 0,
+                error: 1,
+                no_answer: 2,
+            },
+            ..View::default()
+        };
+        down.unknown
+            .insert([2, 0, 0, 0, 0, 0x11], "GET /x: HTTP 500".into());
+        t.metadata(&down);
+        t.reloaded(true);
+        t.reloaded(false);
+        let text = t.exposition().unwrap();
+        let v = |series: &str| value(&text, series).unwrap_or_else(|| panic!("{series}: {text}"));
+        assert_eq!(v("enipin_metadata_requests_total{result=\"ok\"}"), 20.0);
+        assert_eq!(v("enipin_metadata_requests_total{result=\"error\"}"), 1.0);
+        assert_eq!(
+            v("enipin_metadata_requests_total{result=\"no_answer\"}"),
+            2.0
+        );
+        assert_eq!(v("enipin_metadata_unknown_enis"), 1.0);
+        assert_eq!(
+            v("enipin_metadata_last_success_timestamp_seconds"),
+            last_ok,
+            "kept"
+        );
+        assert_eq!(v("enipin_config_reloads_total{result=\"ok\"}"), 1.0);
+        assert_eq!(v("enipin_config_reloads_total{result=\"rejected\"}"), 1.0);
+        let r = t.health();
+        assert_eq!(r.status, StatusCode::OK, "enforcement goes on");
+        assert_eq!(
+            r.body,
+            "ok: managing 0 interface(s); metadata unknown for 02:00:00:00:00:11 (GET /x: HTTP \
+             500): its last known metadata stands in\n"
+        );
+        t.metadata(&known);
+        assert_eq!(t.health().body, "ok: managing 0 interface(s)\n");
     }
 
     #[test]

@@ -285,6 +285,7 @@ impl<'a> Watcher<'a> {
             },
             None => None,
         };
+        self.telemetry.reloaded(new.is_some());
         if let Some(new) = new {
             // Another service or endpoint starts afresh; the same one keeps what it knows (an
             // ENI's last known metadata survives a reload during an outage).
@@ -391,6 +392,7 @@ impl<'a> Watcher<'a> {
 
     /// The metadata task's view: a reconcile when it would plan differently.
     fn metadata_view(&mut self, new: View) {
+        self.telemetry.metadata(&new);
         let Some(Metadata::Running { view, .. }) = &mut self.metadata else {
             return;
         };

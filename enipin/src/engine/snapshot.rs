@@ -86,6 +86,7 @@ impl Snapshot {
                     Use::Last(v) => View {
                         wanted: macs,
                         requests: 0,
+                        outcomes: Default::default(),
                         ..v.clone()
                     },
                 };

@@ -29,6 +29,7 @@ use std::{
 
 pub(crate) use merge::merge;
 pub use refresher::Refresher;
+pub use transport::Outcomes;
 
 use tracing::{info, warn};
 
@@ -100,10 +101,10 @@ impl Source {
         }
     }
 
-    /// Requests sent so far.
-    fn sent(&self) -> u64 {
+    /// Requests sent so far, and by outcome.
+    fn sent(&self) -> (u64, Outcomes) {
         match self {
-            Source::Aws(a) => a.http.sent,
+            Source::Aws(a) => (a.http.sent, a.http.outcomes),
         }
     }
 }
@@ -154,6 +155,8 @@ pub struct View {
     pub unknown: BTreeMap<MacAddr, String>,
     /// Requests this pass sent.
     pub requests: u64,
+    /// Those requests by outcome.
+    pub outcomes: Outcomes,
     /// Entries the last lookup of these ENIs listed that no ENI can own, left out.
     pub refused: usize,
     /// The MACs this pass was about: the candidate interfaces'.
@@ -321,8 +324,10 @@ impl Tracker {
     }
 
     /// `view` with the requests sent since `start` and what its ENIs' last lookups left out.
-    fn counted(&self, mut view: View, start: u64) -> View {
-        view.requests = self.source.sent() - start;
+    fn counted(&self, mut view: View, (start, before): (u64, Outcomes)) -> View {
+        let (sent, outcomes) = self.source.sent();
+        view.requests = sent - start;
+        view.outcomes = outcomes.since(before);
         view.refused = (view.wanted.iter())
             .filter_map(|m| self.refused.get(m))
             .sum();

@@ -76,6 +76,38 @@ pub(crate) struct Transport {
     timeout: Duration,
     /// Requests sent since the start (what the budget is checked against).
     pub(crate) sent: u64,
+    /// Those requests by outcome.
+    pub(crate) outcomes: Outcomes,
+}
+
+/// Requests by outcome, for `enipin_metadata_requests_total{result}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    /// Answered 2xx, or 404 (a key an ENI does not have).
+    pub ok: u64,
+    /// Answered with another status (5xx, 401, ...).
+    pub error: u64,
+    /// No answer: refused, timed out, the body cut.
+    pub no_answer: u64,
+}
+
+impl Outcomes {
+    /// What happened since `before`.
+    pub fn since(self, before: Outcomes) -> Outcomes {
+        Outcomes {
+            ok: self.ok - before.ok,
+            error: self.error - before.error,
+            no_answer: self.no_answer - before.no_answer,
+        }
+    }
+
+    fn count(&mut self, r: &Result<Answer, String>) {
+        match r {
+            Ok(a) if a.status.is_success() || a.status == StatusCode::NOT_FOUND => self.ok += 1,
+            Ok(_) => self.error += 1,
+            Err(_) => self.no_answer += 1,
+        }
+    }
 }
 
 impl Transport {
@@ -94,6 +126,7 @@ impl Transport {
             bucket: Bucket::new(RATE, BURST),
             timeout: TIMEOUT,
             sent: 0,
+            outcomes: Outcomes::default(),
         }
     }
 
@@ -124,13 +157,15 @@ impl Transport {
                 body,
             })
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
+        let r = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Err(format!(
                 "{what}: no answer within {} ms",
                 self.timeout.as_millis()
             )),
-        }
+        };
+        self.outcomes.count(&r);
+        r
     }
 }
 
