@@ -364,7 +364,7 @@ macro_rules! counters {
 
 counters! {
     /// Source owned by another managed interface (redirected in enforce mode, counted in monitor).
-    misrouted_packets: "Packets whose source belongs to another managed interface",
+    misrouted_packets: "Packets leaving by this interface whose source another managed interface owns (redirected to that owner)",
     /// The bytes of the `misrouted_packets` (their length at the hook, L2 header included).
     misrouted_bytes: "Bytes of packets whose source belongs to another managed interface",
     /// `bpf_redirect_neigh` refused; the packet passed unchanged.

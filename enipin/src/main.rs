@@ -243,10 +243,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Datapath counters per interface, summed over CPUs.
+    /// Datapath counters per interface, summed over CPUs: the ones an operator reads, under 100
+    /// columns, with what each counts.
     Stats {
+        /// One JSON object per interface, a key per counter (for scripts).
         #[arg(long)]
         json: bool,
+        /// A column per counter (about 190 columns).
+        #[arg(long, conflicts_with = "json")]
+        wide: bool,
     },
     /// Counters in Prometheus text format: once to stdout, or served over HTTP with --listen.
     Metrics {
@@ -416,9 +421,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
             watch.give(&mut given);
             let loader = loader(given);
             let s = loader.load()?;
-            let mut pacing =
-                enipin::daemon::Pacing::new(std::time::Duration::from_secs(s.interval));
-            pacing.metadata = std::time::Duration::from_secs(s.metadata_interval);
+            let pacing = pacing(&s);
             enipin::daemon::watch(s, &loader, &paths, pacing).await?;
         }
         Command::Detach => enipin::commands::detach(&paths).await?,
@@ -427,7 +430,9 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Stats { json } => enipin::observe::metrics::stats(&paths, json).await?,
+        Command::Stats { json, wide } => {
+            enipin::observe::metrics::stats(&paths, json, wide).await?
+        }
         Command::Metrics { listen } => enipin::observe::metrics::metrics(&paths, listen).await?,
         Command::Doctor {
             sel,
@@ -474,15 +479,25 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "enipin", &mut std::io::stdout());
         }
-        Command::Man { dir } => {
-            std::fs::create_dir_all(&dir)?;
-            let mut cmd = Cli::command();
-            // Propagates the global flags into every command's page.
-            cmd.build();
-            man_pages(&cmd, &dir)?;
-        }
+        Command::Man { dir } => write_man_pages(&dir)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The watcher's pacing from the settings.
+fn pacing(s: &Settings) -> enipin::daemon::Pacing {
+    let mut pacing = enipin::daemon::Pacing::new(std::time::Duration::from_secs(s.interval));
+    pacing.metadata = std::time::Duration::from_secs(s.metadata_interval);
+    pacing
+}
+
+/// `man DIR`: a page per command.
+fn write_man_pages(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command();
+    // Propagates the global flags into every command's page.
+    cmd.build();
+    man_pages(&cmd, dir)
 }
 
 /// `config check`: the settings, then the global flags that are not in the file.

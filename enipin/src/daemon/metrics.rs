@@ -86,6 +86,53 @@ struct Last {
     metadata_unknown: Vec<String>,
 }
 
+/// `enipin_drift_objects{kind,state}`, every kind both ways.
+fn drift_gauges(r: &Reg<'_>) -> Result<IntGaugeVec> {
+    let drift = r.register(IntGaugeVec::new(
+        Opts::new(
+            "enipin_drift_objects",
+            "Objects the last successful reconcile found missing or extra, by kind, before \
+             it put them right.",
+        ),
+        &["kind", "state"],
+    )?)?;
+    for kind in KINDS {
+        for state in ["missing", "extra"] {
+            drift.with_label_values(&[kind, state]);
+        }
+    }
+    Ok(drift)
+}
+
+/// Creates series in a registry; every label value of a vector is listed at once, so that each
+/// series exists (at 0) from the first scrape.
+struct Reg<'a>(&'a Registry);
+
+impl Reg<'_> {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> Result<C> {
+        self.0.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    fn counters(
+        &self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: &[&str],
+    ) -> Result<IntCounterVec> {
+        let v = self.register(IntCounterVec::new(Opts::new(name, help), &[label])?)?;
+        for value in values {
+            v.with_label_values(&[value]);
+        }
+        Ok(v)
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Result<IntGauge> {
+        self.register(IntGauge::new(name, help)?)
+    }
+}
+
 /// The metadata client's series (0 without `--metadata`).
 struct MetadataMetrics {
     requests: IntCounterVec,
@@ -95,41 +142,30 @@ struct MetadataMetrics {
 }
 
 impl MetadataMetrics {
-    fn new(registry: &Registry) -> Result<Self> {
-        let requests = IntCounterVec::new(
-            Opts::new(
+    fn new(r: &Reg<'_>) -> Result<Self> {
+        Ok(Self {
+            requests: r.counters(
                 "enipin_metadata_requests_total",
                 "Requests to the metadata service by result: ok (2xx, or 404 for a key an ENI \
                  lacks), error (another status), no_answer (refused, timed out).",
-            ),
-            &["result"],
-        )?;
-        for result in ["ok", "error", "no_answer"] {
-            requests.with_label_values(&[result]);
-        }
-        let unknown = IntGauge::new(
-            "enipin_metadata_unknown_enis",
-            "ENIs whose metadata the last refresh could not learn: their last known metadata \
-             stands in (nothing is removed for it).",
-        )?;
-        let last_success = Gauge::new(
-            "enipin_metadata_last_success_timestamp_seconds",
-            "Unix time of the last refresh that learned every ENI's metadata (0: none yet).",
-        )?;
-        let refused = IntGauge::new(
-            "enipin_metadata_refused_entries",
-            "Addresses and prefixes the last metadata lookup listed that no ENI can own (the \
-             service's own, outside the subnet, reserved or special): left out, never configured.",
-        )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(unknown.clone()))?;
-        registry.register(Box::new(last_success.clone()))?;
-        registry.register(Box::new(refused.clone()))?;
-        Ok(Self {
-            requests,
-            unknown,
-            last_success,
-            refused,
+                "result",
+                &["ok", "error", "no_answer"],
+            )?,
+            unknown: r.gauge(
+                "enipin_metadata_unknown_enis",
+                "ENIs whose metadata the last refresh could not learn: their last known metadata \
+                 stands in (nothing is removed for it).",
+            )?,
+            last_success: r.register(Gauge::new(
+                "enipin_metadata_last_success_timestamp_seconds",
+                "Unix time of the last refresh that learned every ENI's metadata (0: none yet).",
+            )?)?,
+            refused: r.gauge(
+                "enipin_metadata_refused_entries",
+                "Addresses and prefixes the last metadata lookup listed that no ENI can own (the \
+                 service's own, outside the subnet, reserved or special): left out, never \
+                 configured.",
+            )?,
         })
     }
 
@@ -152,108 +188,72 @@ impl MetadataMetrics {
 impl Telemetry {
     pub(crate) fn new(cfg: &Config, paths: &Paths) -> Result<Arc<Self>> {
         let registry = Registry::new();
-        let reconciles = IntCounterVec::new(
-            Opts::new(
-                "enipin_reconciles_total",
-                "Reconciles by result: changed (something was applied), unchanged, failed.",
-            ),
-            &["result"],
+        let r = Reg(&registry);
+        let reconciles = r.counters(
+            "enipin_reconciles_total",
+            "Reconciles by result: changed (something was applied), unchanged, failed.",
+            "result",
+            &["changed", "unchanged", "failed"],
         )?;
-        let failures = IntCounterVec::new(
-            Opts::new(
-                "enipin_reconcile_failures_total",
-                "Failed reconciles by the phase that failed: state (reading the state file), \
-                 discover, plan (a conflict, the datapath's plan), commit (rolled back), rules \
-                 (the rules layer refused, the datapath applied alone).",
-            ),
-            &["phase"],
+        let failures = r.counters(
+            "enipin_reconcile_failures_total",
+            "Failed reconciles by the phase that failed: state (reading the state file), \
+             discover, plan (a conflict, the datapath's plan), commit (rolled back), rules \
+             (the rules layer refused, the datapath applied alone).",
+            "phase",
+            &ReconcileError::PHASES,
         )?;
-        let restored = IntCounterVec::new(
-            Opts::new(
-                "enipin_restored_total",
-                "Objects put back after someone else removed or changed them, by kind: those \
-                 the last successful reconcile left in place.",
-            ),
-            &["kind"],
+        let restored = r.counters(
+            "enipin_restored_total",
+            "Objects put back after someone else removed or changed them, by kind: those \
+             the last successful reconcile left in place.",
+            "kind",
+            &KINDS,
         )?;
         // 1 ms to about 4 s: a reconcile of 15 x 50 addresses with nothing to do takes ~10 ms.
-        let duration = Histogram::with_opts(
+        let duration = r.register(Histogram::with_opts(
             HistogramOpts::new(
                 "enipin_reconcile_duration_seconds",
                 "Time of one reconcile (discover, plan, apply), failed ones included.",
             )
             .buckets(prometheus::exponential_buckets(0.001, 2.0, 13)?),
-        )?;
-        let last_success = Gauge::new(
+        )?)?;
+        let last_success = r.register(Gauge::new(
             "enipin_last_success_timestamp_seconds",
             "Unix time of the last successful reconcile (0: none yet).",
+        )?)?;
+        let reloads = r.counters(
+            "enipin_config_reloads_total",
+            "SIGHUPs by result: ok (the settings read again), rejected (a bad file, or an \
+             interface name this namespace never had: the running settings kept).",
+            "result",
+            &["ok", "rejected"],
         )?;
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "enipin_config_reloads_total",
-                "SIGHUPs by result: ok (the settings read again), rejected (a bad file, or an \
-                 interface name this namespace never had: the running settings kept).",
-            ),
-            &["result"],
-        )?;
-        for result in ["ok", "rejected"] {
-            reloads.with_label_values(&[result]);
-        }
-        let drift = IntGaugeVec::new(
-            Opts::new(
-                "enipin_drift_objects",
-                "Objects the last successful reconcile found missing or extra, by kind, before \
-                 it put them right.",
-            ),
-            &["kind", "state"],
-        )?;
-        let interfaces = IntGauge::new(
+        let metadata = MetadataMetrics::new(&r)?;
+        let drift = drift_gauges(&r)?;
+        let interfaces = r.gauge(
             "enipin_managed_interfaces",
             "Interfaces enipin manages now.",
         )?;
-        let addresses = IntGauge::new(
+        let addresses = r.gauge(
             "enipin_managed_addresses",
             "Addresses and delegated prefixes on the managed interfaces.",
         )?;
         // The alert on misrouted packets needs it: with rules installed, the datapath should have
         // nothing left to redirect, so any misrouted packet means something bypassed the rules.
-        let rules_installed = IntGauge::new(
+        let rules_installed = r.gauge(
             "enipin_rules_installed",
             "1 when enipin's policy rules and routes are installed (0: --no-rules, or nothing to \
              manage).",
         )?;
-        let build = IntGaugeVec::new(
+        let build = r.register(IntGaugeVec::new(
             Opts::new(
                 "enipin_build_info",
                 "Always 1: this binary's version and its datapath program's tag (\"none\" \
                  without the datapath).",
             ),
             &["version", "program_tag"],
-        )?;
-        for kind in KINDS {
-            restored.with_label_values(&[kind]);
-            for state in ["missing", "extra"] {
-                drift.with_label_values(&[kind, state]);
-            }
-        }
-        for result in ["changed", "unchanged", "failed"] {
-            reconciles.with_label_values(&[result]);
-        }
-        for phase in ReconcileError::PHASES {
-            failures.with_label_values(&[phase]);
-        }
-        registry.register(Box::new(reconciles.clone()))?;
-        registry.register(Box::new(failures.clone()))?;
-        registry.register(Box::new(restored.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(last_success.clone()))?;
-        registry.register(Box::new(reloads.clone()))?;
-        let metadata = MetadataMetrics::new(&registry)?;
-        registry.register(Box::new(drift.clone()))?;
-        registry.register(Box::new(interfaces.clone()))?;
-        registry.register(Box::new(addresses.clone()))?;
-        registry.register(Box::new(rules_installed.clone()))?;
-        registry.register(Box::new(build.clone()))?;
+        )?)?;
         Ok(Arc::new(Self {
             registry,
             reconciles,

@@ -225,24 +225,7 @@ impl Topology {
 
     fn configure(&self) -> Result<()> {
         let (host, vpc, peer, s) = (&self.host, &self.vpc, &self.peer, &self.spec);
-        // A stock distribution's host (systemd's loose rp_filter, ARP answered on every
-        // interface), pinned here because new namespaces inherit IPv4 settings from the caller's.
-        for (key, value) in [
-            ("rp_filter", "2"),
-            ("arp_ignore", "0"),
-            ("arp_announce", "0"),
-        ] {
-            for scope in ["all", "default"] {
-                host.sysctl(&format!("net.ipv4.conf.{scope}.{key}"), value)?;
-            }
-        }
-        // No duplicate address detection: addresses (link-local ones too) are final at once, so
-        // dumps taken right after build() do not change under the caller.
-        for ns in [host, vpc, peer] {
-            for scope in ["all", "default"] {
-                ns.sysctl(&format!("net.ipv6.conf.{scope}.accept_dad"), "0")?;
-            }
-        }
+        self.stock_sysctls()?;
         vpc.ip(&["link", "add", "br0", "type", "bridge"])?;
         vpc.ip(&["link", "set", "br0", "up"])?;
         vpc.ip(&[
@@ -280,6 +263,42 @@ impl Topology {
             "dev",
             "eth0",
         ])?;
+        self.addresses()?;
+        self.route_between_subnets()?;
+        self.place_peer()?;
+        self.default_routes()?;
+        vpc.sh(&format!("nft -f - <<'EOF'\n{}EOF", self.nft_ruleset()))
+            .context("loading the vpc's source checks (cargo xtask setup installs nftables)")?;
+        Ok(())
+    }
+
+    /// A stock distribution's sysctls in every namespace.
+    fn stock_sysctls(&self) -> Result<()> {
+        let (host, vpc, peer) = (&self.host, &self.vpc, &self.peer);
+        // A stock distribution's host (systemd's loose rp_filter, ARP answered on every
+        // interface), pinned here because new namespaces inherit IPv4 settings from the caller's.
+        for (key, value) in [
+            ("rp_filter", "2"),
+            ("arp_ignore", "0"),
+            ("arp_announce", "0"),
+        ] {
+            for scope in ["all", "default"] {
+                host.sysctl(&format!("net.ipv4.conf.{scope}.{key}"), value)?;
+            }
+        }
+        // No duplicate address detection: addresses (link-local ones too) are final at once, so
+        // dumps taken right after build() do not change under the caller.
+        for ns in [host, vpc, peer] {
+            for scope in ["all", "default"] {
+                ns.sysctl(&format!("net.ipv6.conf.{scope}.accept_dad"), "0")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The ENIs', the vpc's and the peer's addresses (IPv6 too with `ipv6`).
+    fn addresses(&self) -> Result<()> {
+        let (host, vpc, peer, s) = (&self.host, &self.vpc, &self.peer, &self.spec);
         for eni in &s.enis {
             for a in &eni.v4 {
                 host.ip(&[
@@ -312,9 +331,12 @@ impl Topology {
                 }
             }
         }
-        self.route_between_subnets()?;
-        self.place_peer()?;
-        // The seed's `route -n`: one default route per ENI, through its subnet's router.
+        Ok(())
+    }
+
+    /// The seed's `route -n`: one default route per ENI, through its subnet's router.
+    fn default_routes(&self) -> Result<()> {
+        let (host, s) = (&self.host, &self.spec);
         let with_route = |e: &&EniSpec| s.default_routes && e.default_route;
         for (i, eni) in s.enis.iter().enumerate().filter(|(_, e)| with_route(e)) {
             let metric = (100 + i).to_string();
@@ -333,8 +355,6 @@ impl Topology {
                 ])?;
             }
         }
-        vpc.sh(&format!("nft -f - <<'EOF'\n{}EOF", self.nft_ruleset()))
-            .context("loading the vpc's source checks (cargo xtask setup installs nftables)")?;
         Ok(())
     }
 

@@ -28,13 +28,14 @@ pub(crate) fn rows(paths: &Paths) -> Result<Vec<Row>> {
         .collect())
 }
 
-/// `enipin stats`: the datapath's counters per interface, as a table or (`json`) JSON.
-pub async fn stats(paths: &Paths, json: bool) -> Result<()> {
+/// `enipin stats`: the datapath's counters per interface, as a table (`wide`: every counter)
+/// or (`json`) JSON.
+pub async fn stats(paths: &Paths, json: bool, wide: bool) -> Result<()> {
     let rows = rows(paths)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&stats_json(&rows))?);
     } else {
-        println!("{}", stats_table(&rows));
+        println!("{}", stats_table(&rows, wide));
     }
     Ok(())
 }
@@ -54,8 +55,68 @@ fn stats_json(rows: &[Row]) -> serde_json::Value {
         .collect()
 }
 
-/// `enipin stats`: a column per counter, a line per interface.
-fn stats_table(rows: &[Row]) -> String {
+/// `enipin stats`'s columns: a header, and what it sums.
+const COLUMNS: [(&str, &[&str]); 6] = [
+    ("misrouted", &["misrouted_packets"]),
+    ("redirect_failed", &["redirect_failed"]),
+    ("mtu_exceeded", &["mtu_exceeded"]),
+    ("owned_here", &["owned_here"]),
+    ("not_owned", &["not_owned"]),
+    ("other", &["non_ip", "skipped", "malformed"]),
+];
+
+/// Says what the columns count, in lines under 100 columns.
+const LEGEND: &str = "\
+misrouted: packets leaving by this interface whose source another managed interface owns,
+  redirected to that owner (counted where they were leaving by; `monitor` mode counts only).
+redirect_failed, mtu_exceeded: misrouted, but passed on unchanged (the redirect failed, or the
+  packet is larger than the owner's MTU). other: non-IP, skipped (VLAN, multicast, link-local)
+  and malformed. --wide: every counter, --json: for scripts.";
+
+/// `enipin stats`: the counters an operator reads, a line per interface, under 100 columns
+/// (`wide`: a column per counter). The slot of packets on interfaces the program has no slot
+/// for is shown only when it counted something, and said what it is.
+fn stats_table(rows: &[Row], wide: bool) -> String {
+    if wide {
+        return wide_table(rows);
+    }
+    let label = |(i, name, _): &Row| format!("{name} ({i})");
+    let first = rows
+        .iter()
+        .map(|r| label(r).len())
+        .chain([9])
+        .max()
+        .unwrap_or(9);
+    let mut out = format!("{:<first$}", "interface");
+    for (header, _) in COLUMNS {
+        let _ = write!(out, " {header:>w$}", w = header.len().max(10));
+    }
+    let shown = rows
+        .iter()
+        .filter(|(i, _, c)| *i != 0 || c.values().iter().any(|v| *v > 0));
+    for r in shown {
+        let _ = write!(out, "\n{:<first$}", label(r));
+        for (header, names) in COLUMNS {
+            let sum: u64 = names.iter().filter_map(|n| r.2.get(n)).sum();
+            let _ = write!(out, " {sum:>w$}", w = header.len().max(10));
+        }
+    }
+    if rows
+        .iter()
+        .any(|(i, _, c)| *i == 0 && c.values().iter().any(|v| *v > 0))
+    {
+        out.push_str(
+            "\nunknown (0): packets on an interface the program has no slot for (one enipin \
+             stopped managing,\n  or more than it can count)",
+        );
+    }
+    out.push('\n');
+    out.push_str(LEGEND);
+    out
+}
+
+/// `enipin stats --wide`: a column per counter.
+fn wide_table(rows: &[Row]) -> String {
     let mut out = format!("{:<16} {:>7}", "interface", "ifindex");
     for counter in Counters::LIST {
         let _ = write!(out, " {:>17}", counter.name);
@@ -214,9 +275,9 @@ mod tests {
     }
 
     #[test]
-    fn table_has_a_column_per_counter() {
+    fn wide_has_a_column_per_counter() {
         let rows = [(7, "eth1".to_owned(), numbered())];
-        let text = stats_table(&rows);
+        let text = stats_table(&rows, true);
         let lines: Vec<Vec<&str>> = text
             .lines()
             .map(|l| l.split_whitespace().collect())
@@ -229,6 +290,52 @@ mod tests {
         );
     }
 
+    /// The default table fits 100 columns (issue 28, item 2; it was 186), sums non-IP, skipped
+    /// and malformed as `other`, shows the unknown slot only when it counted something (and says
+    /// what it is), and says what each column counts.
+    #[test]
+    fn the_table_fits_100_columns_and_says_what_it_counts() {
+        let mut rows = vec![
+            (7, "eth1".to_owned(), numbered()),
+            (0, "unknown".to_owned(), Counters::ZERO),
+        ];
+        let text = stats_table(&rows, false);
+        let widest = text.lines().map(str::len).max().unwrap();
+        assert!(widest <= 100, "{widest} columns:\n{text}");
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines[0],
+            [
+                "interface",
+                "misrouted",
+                "redirect_failed",
+                "mtu_exceeded",
+                "owned_here",
+                "not_owned",
+                "other"
+            ]
+        );
+        // numbered(): misrouted_packets 1, misrouted_bytes 2, redirect_failed 3, mtu_exceeded 4,
+        // owned_here 5, not_owned 6, non_ip 7, skipped 8, malformed 9.
+        assert_eq!(lines[1], ["eth1", "(7)", "1", "3", "4", "5", "6", "24"]);
+        assert!(
+            !text.contains("unknown"),
+            "an empty unknown slot shown:\n{text}"
+        );
+        assert!(
+            text.contains("misrouted: packets leaving by this interface"),
+            "{text}"
+        );
+        rows[1].2 = numbered();
+        let text = stats_table(&rows, false);
+        assert!(text.contains("\nunknown (0) "), "{text}");
+        assert!(text.contains("unknown (0): packets on an interface the program has no slot for"));
+        assert!(text.lines().all(|l| l.len() <= 100), "{text}");
+    }
+
     #[test]
     fn exposition_has_help_type_and_a_sample_per_counter() {
         let rows = [
@@ -238,7 +345,8 @@ mod tests {
         let text = encode(&datapath(&rows)).unwrap();
         assert!(text.contains(
             "# HELP enipin_misrouted_packets_total \
-             Packets whose source belongs to another managed interface.\n\
+             Packets leaving by this interface whose source another managed interface owns \
+             (redirected to that owner).\n\
              # TYPE enipin_misrouted_packets_total counter\n\
              enipin_misrouted_packets_total{interface=\"eth1\",ifindex=\"7\"} 1\n\
              enipin_misrouted_packets_total{interface=\"unknown\",ifindex=\"0\"} 0\n"

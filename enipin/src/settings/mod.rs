@@ -18,8 +18,8 @@ use serde_json::Value;
 use toml::Spanned;
 
 use config::{
-    Attach, Config, DEFAULT_INTERVAL, DEFAULT_LISTEN, DEFAULT_METADATA_INTERVAL, DelegatedPrefix,
-    Listen, MetadataSource, Mode,
+    Config, DEFAULT_INTERVAL, DEFAULT_LISTEN, DEFAULT_METADATA_INTERVAL, DelegatedPrefix, Listen,
+    MetadataSource, Mode,
 };
 use config_file::{ConfigPath, File, Key};
 
@@ -212,46 +212,15 @@ fn optional<T>(key: Key<T>) -> Key<Option<T>> {
 }
 
 /// Lays `given` over `file` (whose text is `text`) over the defaults.
-fn merge(file: File, text: &str, given: Given) -> Settings {
-    let d = Config::default();
+fn merge(file: File, text: &str, mut g: Given) -> Settings {
     let mut p = Picks {
         text,
         entries: Vec::new(),
     };
-    let (s, l, dp, g) = (file.select, file.layers, file.datapath, given);
-    let interfaces = p.pick(
-        "select.interfaces",
-        d.interfaces,
-        s.interfaces,
-        g.interfaces,
-    );
-    let gateway = p.pick(
-        "select.gateway",
-        None,
-        optional(s.gateway),
-        g.gateway.map(Some),
-    );
-    let table_base = p.pick(
-        "select.table-base",
-        d.table_base,
-        s.table_base,
-        g.table_base,
-    );
-    let priority = p.pick("select.priority", d.priority, s.priority, g.priority);
-    let prefixes = p.pick("select.prefixes", Vec::new(), s.prefixes, g.prefixes);
-    let rules = p.pick("layers.rules", d.rules, l.rules, g.rules);
-    let ebpf = p.pick("layers.ebpf", d.ebpf, l.ebpf, g.ebpf);
-    let connmark = p.pick("layers.connmark", d.connmark, l.connmark, g.connmark);
-    let connmark_mask = p.pick(
-        "layers.connmark-mask",
-        d.connmark_mask,
-        l.connmark_mask,
-        g.connmark_mask,
-    );
-    let mode = p.pick("datapath.mode", d.mode, dp.mode, g.mode);
-    let debug = p.pick("datapath.debug", d.debug, dp.debug, g.debug);
-    // No flag: how tests reach the clsact path on a TCX kernel, and a way out of a broken TCX.
-    let attach: Attach = p.pick("datapath.attach", d.attach, dp.attach, None);
+    let mut c = Config::default();
+    // In the order `config check` lists them: the file's sections top to bottom.
+    p.select(file.select, &mut g, &mut c);
+    p.layers(file.layers, file.datapath, &mut g, &mut c);
     let interval = p.pick(
         "watch.interval",
         DEFAULT_INTERVAL,
@@ -262,57 +231,96 @@ fn merge(file: File, text: &str, given: Given) -> Settings {
         "metrics.listen",
         DEFAULT_LISTEN,
         file.metrics.listen,
-        g.listen,
+        g.listen.take(),
     );
-    let m = file.metadata;
-    let metadata = p.pick("metadata.source", d.metadata, m.source, g.metadata);
-    let metadata_endpoint = p.pick(
-        "metadata.endpoint",
-        None,
-        optional(m.endpoint),
-        g.metadata_endpoint.map(Some),
-    );
-    let configure_addresses = p.pick(
-        "metadata.configure-addresses",
-        d.configure_addresses,
-        m.configure_addresses,
-        g.configure_addresses,
-    );
-    let metadata_interval = p.pick(
-        "metadata.interval",
-        DEFAULT_METADATA_INTERVAL,
-        seconds(m.interval),
-        g.metadata_interval,
-    );
+    let metadata_interval = p.metadata(file.metadata, &mut g, &mut c);
     Settings {
-        config: Config {
-            interfaces,
-            gateway,
-            table_base,
-            priority,
-            prefixes: prefixes.into_iter().map(Into::into).collect(),
-            rules,
-            ebpf,
-            // The ARP and reverse-path sysctls serve both layers: with the program alone and
-            // stock arp_announce 0, a reply the main table sends out of another ENI first ARPs
-            // there with the owner's address as sender, which the VPC drops, so the reply never
-            // reaches the program (the three-ENI subnets test, with the program alone).
-            sysctls: rules || ebpf,
-            mode,
-            debug,
-            attach,
-            metadata,
-            metadata_endpoint,
-            configure_addresses,
-            connmark,
-            connmark_mask,
-        },
+        config: c,
         interval,
         listen,
         metadata_interval,
         file: PathBuf::new(),
         found: false,
         entries: p.entries,
+    }
+}
+
+impl Picks<'_> {
+    /// `[select]` under `--interfaces`, `--gateway`, `--table-base`, `--priority`, `--prefix`.
+    fn select(&mut self, s: config_file::Select, g: &mut Given, c: &mut Config) {
+        let interfaces = std::mem::take(&mut c.interfaces);
+        c.interfaces = self.pick(
+            "select.interfaces",
+            interfaces,
+            s.interfaces,
+            g.interfaces.take(),
+        );
+        c.gateway = self.pick(
+            "select.gateway",
+            None,
+            optional(s.gateway),
+            g.gateway.take().map(Some),
+        );
+        c.table_base = self.pick(
+            "select.table-base",
+            c.table_base,
+            s.table_base,
+            g.table_base,
+        );
+        c.priority = self.pick("select.priority", c.priority, s.priority, g.priority);
+        let prefixes = self.pick("select.prefixes", Vec::new(), s.prefixes, g.prefixes.take());
+        c.prefixes = prefixes.into_iter().map(Into::into).collect();
+    }
+
+    /// `[layers]` and `[datapath]` under their flags.
+    fn layers(
+        &mut self,
+        l: config_file::Layers,
+        dp: config_file::Datapath,
+        g: &mut Given,
+        c: &mut Config,
+    ) {
+        c.rules = self.pick("layers.rules", c.rules, l.rules, g.rules);
+        c.ebpf = self.pick("layers.ebpf", c.ebpf, l.ebpf, g.ebpf);
+        c.connmark = self.pick("layers.connmark", c.connmark, l.connmark, g.connmark);
+        c.connmark_mask = self.pick(
+            "layers.connmark-mask",
+            c.connmark_mask,
+            l.connmark_mask,
+            g.connmark_mask,
+        );
+        // The ARP and reverse-path sysctls serve both layers: with the program alone and stock
+        // arp_announce 0, a reply the main table sends out of another ENI first ARPs there with
+        // the owner's address as sender, which the VPC drops, so the reply never reaches the
+        // program (the three-ENI subnets test, with the program alone).
+        c.sysctls = c.rules || c.ebpf;
+        c.mode = self.pick("datapath.mode", c.mode, dp.mode, g.mode.take());
+        c.debug = self.pick("datapath.debug", c.debug, dp.debug, g.debug);
+        // No flag: how tests reach the clsact path on a TCX kernel, and a way out of a broken TCX.
+        c.attach = self.pick("datapath.attach", c.attach, dp.attach, None);
+    }
+
+    /// `[metadata]` under `--metadata*` and `--configure-addresses`; returns its interval.
+    fn metadata(&mut self, m: config_file::Metadata, g: &mut Given, c: &mut Config) -> u64 {
+        c.metadata = self.pick("metadata.source", c.metadata, m.source, g.metadata.take());
+        c.metadata_endpoint = self.pick(
+            "metadata.endpoint",
+            None,
+            optional(m.endpoint),
+            g.metadata_endpoint.take().map(Some),
+        );
+        c.configure_addresses = self.pick(
+            "metadata.configure-addresses",
+            c.configure_addresses,
+            m.configure_addresses,
+            g.configure_addresses,
+        );
+        self.pick(
+            "metadata.interval",
+            DEFAULT_METADATA_INTERVAL,
+            seconds(m.interval),
+            g.metadata_interval,
+        )
     }
 }
 
