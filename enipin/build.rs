@@ -37,6 +37,25 @@ fn main() -> anyhow::Result<()> {
         tools_bin.join("bpf-linker").display()
     );
 
+    // `enipin --version` names the commit built ("unknown" outside a git checkout). Watched
+    // only where it exists: a path that does not would make every build run this script again.
+    let commit = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=ENIPIN_COMMIT={commit}");
+    for f in ["HEAD", "refs/heads", "packed-refs"] {
+        let path = root.join(".git").join(f);
+        if path.exists() {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
+
     // The workspace's release profile has whole-program LTO for the host binaries; the eBPF
     // object keeps the profile it was measured with (bpf-linker links its crate graph whole
     // anyway), so the inner cargo gets the default back. Its codegen-units = 1 is per package.

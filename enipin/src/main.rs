@@ -13,7 +13,7 @@ use enipin::{
 
 /// Pins every reply to the network interface (ENI) that owns its source address.
 #[derive(Parser, Debug)]
-#[command(name = "enipin", version, about, long_about = None)]
+#[command(name = "enipin", version = VERSION, about, long_about = None)]
 struct Cli {
     /// Run inside the named network namespace (/run/netns/NAME) instead of the current one.
     #[arg(long, global = true, env = "ENIPIN_NETNS")]
@@ -207,8 +207,9 @@ enum Command {
         /// Print what would change, change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Output of --dry-run: enipin's diff, or the equivalent iproute2 commands.
-        #[arg(long, value_enum, default_value_t = enipin::routing::plan::DiffFormat::Text)]
+        /// Output of --dry-run: enipin's diff, or the equivalent iproute2 commands (a script
+        /// `bash -n` accepts; what has no iproute2 form is a comment).
+        #[arg(long, value_enum, requires = "dry_run", default_value_t = enipin::routing::plan::DiffFormat::Text)]
         format: enipin::routing::plan::DiffFormat,
     },
     /// Attach, then keep the desired state installed: re-apply it whenever links, addresses,
@@ -331,6 +332,15 @@ enum ConfigAction {
         json: bool,
     },
 }
+
+/// `enipin --version`: the package version and the commit built (the datapath program's tag,
+/// which the kernel computes when it loads it, is `enipin_build_info`'s `program_tag`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ENIPIN_COMMIT"),
+    ")"
+);
 
 fn main() -> ExitCode {
     one_malloc_arena();

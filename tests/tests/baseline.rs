@@ -96,6 +96,27 @@ fn seed_ping_fails_before_and_works_after_attach() {
         dry_ip.contains("sysctl -w net.ipv4.conf.eth1.arp_ignore=1"),
         "{dry_ip}"
     );
+    // A script bash accepts (issue 28, item 3: the summary line was not a comment), with the
+    // datapath too (its lines are comments: it has no iproute2 equivalent).
+    for args in [&["--no-ebpf"][..], &[][..]] {
+        let script = enipin.ok(&[&["attach", "--dry-run", "--format", "ip"][..], args].concat());
+        let mut bash = Command::new("bash")
+            .args(["-n", "/dev/stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut bash.stdin.take().unwrap(), script.as_bytes()).unwrap();
+        let checked = bash.wait_with_output().unwrap();
+        assert!(
+            checked.status.success(),
+            "bash -n: {}\n{script}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+    // --format without --dry-run would be ignored: it is an error.
+    let e = enipin.fails(&["attach", "--format", "ip"]);
+    assert!(e.contains("--dry-run"), "{e}");
     assert_same(&before, &enipin.dump(&t), "--dry-run changed something");
     assert!(!enipin.state_file().exists());
 

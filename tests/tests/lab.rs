@@ -200,6 +200,22 @@ fn harness_runs_the_cli_and_dumps_are_stable() {
     let e = Enipin::new(ns);
     let version = e.ok(&["--version"]);
     assert!(version.starts_with("enipin "), "{version}");
+    // The commit built (issue 27, item 7): this checkout's, as the build script read it.
+    let head = std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    assert!(
+        version.contains(&format!("(commit {head})")),
+        "{version} at {head}"
+    );
     let ns = e.ns().unwrap();
     let a = Snapshot::take(ns, &["eth0"], e.pins.path()).unwrap();
     let b = Snapshot::take(ns, &["eth0"], e.pins.path()).unwrap();

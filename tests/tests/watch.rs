@@ -1125,6 +1125,14 @@ fn a_second_enipin_in_the_namespace_refuses_naming_the_first() {
         );
     }
     assert_eq!(rules_with(&topo, "proto 229"), rules_before, "{}", w.log());
+    // status says which enipin runs here (issue 28's summary).
+    let status = first.ok(&["status"]);
+    assert!(
+        status.contains(&format!(
+            "running: enipin watch, {pid}, state dir {state_dir}"
+        )),
+        "{status}"
+    );
     assert!(
         !w.log().contains("reconciled after") || w.count("reconciled after") == 1,
         "the first had to repair something:\n{}",

@@ -56,7 +56,7 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
     let managed = match s.selection {
         Selection::Managed(m) => m,
         Selection::NothingToDo(why) => {
-            print_nothing_to_do(d, &why);
+            print_nothing_to_do(d, &why, comment);
             return Ok(());
         }
     };
@@ -81,7 +81,7 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
     );
     if dry_run {
         println!(
-            "dry run: {} change(s) planned, nothing changed",
+            "{comment}dry run: {} change(s) planned, nothing changed",
             lines.len()
         );
         return Ok(());
@@ -103,12 +103,12 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
 }
 
 /// Nothing to manage: says why, and what an earlier attach left installed.
-fn print_nothing_to_do(d: &Discovery, why: &str) {
-    println!("nothing to do: {why}");
+fn print_nothing_to_do(d: &Discovery, why: &str, comment: &str) {
+    println!("{comment}nothing to do: {why}");
     let (rules, routes) = plan::installed(d);
     if !rules.is_empty() || !routes.is_empty() {
         println!(
-            "note: {} rules and {} routes of an earlier attach are still installed; `enipin detach` removes them",
+            "{comment}note: {} rules and {} routes of an earlier attach are still installed; `enipin detach` removes them",
             rules.len(),
             routes.len()
         );

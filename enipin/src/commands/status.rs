@@ -48,6 +48,8 @@ pub(crate) struct StatusReport {
     pub metadata: Option<MetadataStatus>,
     /// What works but not as well as it could (differing MTUs).
     pub warnings: Vec<String>,
+    /// The enipin running in this namespace now (attach, detach or watch), as it says of itself.
+    pub running: Option<String>,
 }
 
 /// One managed address or prefix and where it comes from.
@@ -199,6 +201,7 @@ impl StatusReport {
             drift,
             sysctls_saved: st.map(|s| s.sysctls_by_key()),
             warnings,
+            running: crate::kernel::claim::holder_now(),
             sources,
             metadata,
         })
@@ -261,6 +264,7 @@ impl fmt::Display for StatusReport {
         } else {
             "not attached (no state file)"
         };
+        write!(f, "{}", self.summary())?;
         writeln!(f, "state: {state}")?;
         write!(
             f,
@@ -288,6 +292,40 @@ impl fmt::Display for StatusReport {
 }
 
 impl StatusReport {
+    /// The first lines: what is managed, installed and running, in counts (the lists follow).
+    fn summary(&self) -> String {
+        let names: Vec<&str> = self.managed.iter().map(|m| m.name.as_str()).collect();
+        let shown = match names.len() {
+            0 => "none".to_owned(),
+            n if n <= 6 => names.join(", "),
+            n => format!("{}, +{} more", names[..5].join(", "), n - 5),
+        };
+        let addrs: usize = self.managed.iter().map(|m| m.addrs.len()).sum();
+        let on: Vec<&str> = self.datapath.iter().map(|a| a.name.as_str()).collect();
+        let datapath = if on.is_empty() {
+            "not attached".to_owned()
+        } else {
+            format!("on {}", on.len())
+        };
+        let drift = match self.drift.len() {
+            0 => "none".to_owned(),
+            n => format!("{n} change(s) (listed below)"),
+        };
+        let running = self
+            .running
+            .as_deref()
+            .unwrap_or("no enipin runs in this namespace now");
+        format!(
+            "summary: {} interface(s) selected ({shown}), {addrs} address(es)\n\
+             \x20        enipin's {} rule(s) and {} route(s) installed; datapath {datapath}\n\
+             \x20        drift: {drift}\n\
+             \x20        running: {running}\n",
+            names.len(),
+            self.rules.len(),
+            self.routes.len(),
+        )
+    }
+
     /// Attached, and something differs from the desired state; or installed without a record.
     pub(crate) fn drifted(&self) -> bool {
         (self.attached && !self.drift.is_empty()) || self.state_missing
@@ -428,6 +466,7 @@ mod tests {
             attached: true,
             state_missing: false,
             warnings: Vec::new(),
+            running: None,
             managed: vec![m],
             rules: vec![rule.clone()],
             routes: vec![route],
@@ -465,7 +504,11 @@ mod tests {
     fn text() {
         assert_eq!(
             report().to_string(),
-            "state: attached
+            "summary: 1 interface(s) selected (eth1), 1 address(es)
+         enipin's 1 rule(s) and 1 route(s) installed; datapath on 1
+         drift: 2 change(s) (listed below)
+         running: no enipin runs in this namespace now
+state: attached
 interface eth1 (02:00:00:00:00:11, ifindex 3) table 20003: 198.18.0.11/24 prefixes 198.18.0.64/28
   gateway ipv4: 198.18.0.1 (from the subnet's first host)
 rules (1):
@@ -496,6 +539,7 @@ drift (2 change(s) to reach the desired state):
                 "owner_tables",
                 "routes",
                 "rules",
+                "running",
                 "sources",
                 "state_missing",
                 "sysctls_saved",

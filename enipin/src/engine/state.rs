@@ -369,8 +369,12 @@ pub(crate) struct Lock {
 /// to a second (20 x 50 ms) before it is a refusal, which names the holder where it can.
 pub(crate) fn lock(paths: &Paths) -> Result<Lock> {
     let file = lock_dir(paths)?;
+    // The command, as `status` and a refused second enipin show it.
+    let command = std::env::args()
+        .find(|a| ["attach", "detach", "watch"].contains(&a.as_str()))
+        .unwrap_or_else(|| "enipin".into());
     let about = format!(
-        "pid {}, state dir {}, pin dir {}",
+        "enipin {command}, pid {}, state dir {}, pin dir {}",
         std::process::id(),
         paths.state_dir.display(),
         paths.pin_dir.display()

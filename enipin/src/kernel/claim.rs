@@ -86,6 +86,14 @@ fn serve(listener: &UnixListener, about: &str) {
     }
 }
 
+/// The enipin that holds this namespace now, as it says of itself; `None` when none does (a
+/// connection, never a bind: asking takes nothing).
+pub(crate) fn holder_now() -> Option<String> {
+    let addr = SocketAddr::from_abstract_name(NAME).ok()?;
+    UnixStream::connect_addr(&addr).ok()?;
+    Some(holder(&addr))
+}
+
 /// What the holder says of itself (within 500 ms), or why it cannot be told.
 fn holder(addr: &SocketAddr) -> String {
     let said = || -> std::io::Result<String> {
@@ -114,12 +122,15 @@ mod tests {
             // SAFETY: plain syscall; it moves this thread alone into a new network namespace.
             let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+            assert_eq!(holder_now(), None);
             let first = Claim::take("pid 1, state dir /a".into()).expect("the first claim");
+            assert_eq!(holder_now().as_deref(), Some("pid 1, state dir /a"));
             match Claim::take("pid 2".into()) {
                 Err(ClaimError::Held(who)) => assert_eq!(who, "pid 1, state dir /a"),
                 other => panic!("{other:?}"),
             }
             drop(first);
+            assert_eq!(holder_now(), None, "released");
             Claim::take("pid 3".into()).expect("free again");
         })
         .join()
