@@ -301,12 +301,9 @@ fn loopback_is_refused_and_an_eni_in_its_own_subnet_is_managed() {
     assert_eq!(before.diff(&after), Vec::<String>::new());
 }
 
-/// 10.6: a pin dir that is not on a bpffs is refused before any rule is added.
-#[test]
-fn a_pin_dir_off_bpffs_is_refused_before_any_change() {
-    let (topo, e) = lab();
-    let not_bpffs = TempDir::new("enipin-notbpffs-").unwrap();
-    let rules_before = topo.host().ip(&["rule"]).unwrap();
+/// Runs `f` while `ip monitor rule` watches the lab host; returns what `f` returned and every rule
+/// event meanwhile (a refusal "before any change" has none: no rule added and rolled back).
+fn rule_events<T>(topo: &Topology, f: impl FnOnce() -> T) -> (T, String) {
     let mut monitor = topo
         .host()
         .command("ip")
@@ -314,22 +311,34 @@ fn a_pin_dir_off_bpffs_is_refused_before_any_change() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // The monitor subscribed; and, after `f`, the last events delivered.
     std::thread::sleep(Duration::from_millis(200));
-    let out = run_with(
-        topo.host().name(),
-        not_bpffs.path(),
-        e.state.path(),
-        &["attach"],
-    );
+    let out = f();
     std::thread::sleep(Duration::from_millis(200));
     let _ = monitor.kill();
     let events = monitor.wait_with_output().unwrap();
+    (out, String::from_utf8_lossy(&events.stdout).into_owned())
+}
+
+/// 10.6: a pin dir that is not on a bpffs is refused before any rule is added.
+#[test]
+fn a_pin_dir_off_bpffs_is_refused_before_any_change() {
+    let (topo, e) = lab();
+    let not_bpffs = TempDir::new("enipin-notbpffs-").unwrap();
+    let rules_before = topo.host().ip(&["rule"]).unwrap();
+    let (out, events) = rule_events(&topo, || {
+        run_with(
+            topo.host().name(),
+            not_bpffs.path(),
+            e.state.path(),
+            &["attach"],
+        )
+    });
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("bpffs"),
         "{out:?}"
     );
-    let events = String::from_utf8_lossy(&events.stdout);
     assert!(
         events.trim().is_empty(),
         "rules were added and removed:\n{events}"
@@ -441,23 +450,11 @@ fn more_addresses_than_the_datapath_holds_are_refused_before_any_change() {
         .collect();
     std::fs::write(&file, lines).unwrap();
     topo.host().ip(&["-batch", file.to_str().unwrap()]).unwrap();
-    let mut monitor = topo
-        .host()
-        .command("ip")
-        .args(["-o", "monitor", "rule"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    let err = e.fails(&["attach"]);
-    std::thread::sleep(Duration::from_millis(200));
-    let _ = monitor.kill();
-    let events = monitor.wait_with_output().unwrap();
+    let (err, events) = rule_events(&topo, || e.fails(&["attach"]));
     assert!(
         err.contains("4098 IPv4 addresses") && err.contains("at most 4096"),
         "{err}"
     );
-    let events = String::from_utf8_lossy(&events.stdout);
     assert_eq!(events.lines().count(), 0, "rules were added and removed");
     assert!(!e.state_file().exists(), "a state file was written");
 }

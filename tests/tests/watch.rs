@@ -1535,6 +1535,24 @@ fn metadata_topology() -> (Topology, Imds) {
     (topo, imds)
 }
 
+/// `watch --metadata aws --configure-addresses` against `imds`, refreshing every `interval`
+/// seconds, with `extra` arguments.
+fn metadata_watcher(e: &Enipin, imds: &Imds, interval: &str, extra: &[&str]) -> Watcher {
+    let url = imds.url();
+    let args = [
+        "--interval",
+        "60",
+        "--metadata",
+        "aws",
+        "--metadata-endpoint",
+        &url,
+        "--configure-addresses",
+        "--metadata-interval",
+        interval,
+    ];
+    Watcher::start(e, &[&args[..], extra].concat())
+}
+
 /// eth1's addresses as `ip -4 addr` shows them.
 fn eth1_v4(topo: &Topology) -> String {
     topo.host()
@@ -1559,21 +1577,7 @@ fn watch_with_metadata_survives_every_outage_and_follows_secondary_addresses() {
         !topo.peer().ping(EXTRA, 2).unwrap(),
         "{EXTRA} answers before enipin added it"
     );
-    let url = imds.url();
-    let w = Watcher::start(
-        &e,
-        &[
-            "--interval",
-            "60",
-            "--metadata",
-            "aws",
-            "--metadata-endpoint",
-            &url,
-            "--configure-addresses",
-            "--metadata-interval",
-            "1",
-        ],
-    );
+    let w = metadata_watcher(&e, &imds, "1", &[]);
     w.line(
         0,
         &[
@@ -1760,23 +1764,7 @@ fn watch_with_metadata_survives_every_outage_and_follows_secondary_addresses() {
 fn a_repair_under_metadata_asks_the_service_nothing() {
     let (topo, imds) = metadata_topology();
     let e = Enipin::in_ns(topo.host());
-    let url = imds.url();
-    let w = Watcher::start(
-        &e,
-        &[
-            "--interval",
-            "60",
-            "--metadata",
-            "aws",
-            "--metadata-endpoint",
-            &url,
-            "--configure-addresses",
-            "--metadata-interval",
-            "600",
-            "--log-format",
-            "json",
-        ],
-    );
+    let w = metadata_watcher(&e, &imds, "600", &["--log-format", "json"]);
     w.line(
         0,
         &[
