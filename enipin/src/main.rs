@@ -16,18 +16,24 @@ use enipin::{
 #[command(name = "enipin", version = VERSION, about, long_about = None)]
 struct Cli {
     /// Run inside the named network namespace (/run/netns/NAME) instead of the current one.
-    #[arg(long, global = true, env = "ENIPIN_NETNS")]
+    #[arg(long, global = true, help_heading = "Global", env = "ENIPIN_NETNS")]
     netns: Option<String>,
     /// bpffs directory for enipin's pinned links, program and maps.
-    #[arg(long, global = true, env = "ENIPIN_PIN_DIR", default_value = config::DEFAULT_PIN_DIR)]
+    #[arg(long, global = true, help_heading = "Global", env = "ENIPIN_PIN_DIR", default_value = config::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
     /// Directory of enipin's state file.
-    #[arg(long, global = true, env = "ENIPIN_STATE_DIR", default_value = config::DEFAULT_STATE_DIR)]
+    #[arg(long, global = true, help_heading = "Global", env = "ENIPIN_STATE_DIR", default_value = config::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// The config file of attach, watch, render and `config check`; flags override it. Default:
     /// /etc/enipin/enipin.toml if it exists (missing: built-in defaults); a file named here must
     /// exist.
-    #[arg(long, global = true, env = "ENIPIN_CONFIG", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global",
+        env = "ENIPIN_CONFIG",
+        value_name = "PATH"
+    )]
     config: Option<PathBuf>,
     /// Log lines on stderr: text, json (one object a line), or journal (`<N>` syslog priority
     /// prefixes, no timestamps); auto is journal when stderr is systemd's journal stream, else
@@ -35,6 +41,7 @@ struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = "Global",
         env = "ENIPIN_LOG_FORMAT",
         value_enum,
         default_value_t
@@ -47,6 +54,7 @@ struct Cli {
 /// Every flag that stands for a config file key is an `Option` (or a flag that is set or not):
 /// one not given leaves the key to the file, then to the default.
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Selection")]
 struct Selection {
     /// Interfaces to manage, by name or MAC (comma-separated), each with the ENIs its replies
     /// could leave by. Default: every ENI a reply from which could leave by another ENI (main
@@ -81,6 +89,7 @@ impl Selection {
 
 /// Which layers `attach` and `watch` install, and how the datapath behaves.
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Layers")]
 struct Layers {
     /// Leave policy rules, routes and sysctls alone (eBPF only). [file: layers.rules = false]
     #[arg(long)]
@@ -102,6 +111,7 @@ struct Layers {
 
 /// `--connmark` and its mask (`attach`, `watch`, and `doctor`, which checks them).
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Layers")]
 struct Connmark {
     /// Route the replies of connections that arrived on a managed interface out of it up front:
     /// nftables marks each connection with its interface and the mark's `fwmark` rule picks
@@ -134,6 +144,7 @@ fn parse_mask(s: &str) -> Result<u32, String> {
 
 /// Addresses and prefixes from the cloud's metadata (`attach` and `watch`).
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Metadata")]
 struct Metadata {
     /// Also manage the secondary addresses and delegated prefixes the cloud's metadata assigns
     /// each ENI (aws: IMDSv2). Default none: netlink alone. [file: metadata.source]
@@ -170,6 +181,7 @@ impl Layers {
 
 /// `watch`'s own settings.
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Watch")]
 struct WatchFlags {
     /// Seconds between reconciles when no event arrives (a safety net for missed events; default
     /// 30). [file: watch.interval]
@@ -205,11 +217,11 @@ enum Command {
         #[command(flatten)]
         metadata: Metadata,
         /// Print what would change, change nothing.
-        #[arg(long)]
+        #[arg(long, help_heading = "Output")]
         dry_run: bool,
         /// Output of --dry-run: enipin's diff, or the equivalent iproute2 commands (a script
         /// `bash -n` accepts; what has no iproute2 form is a comment).
-        #[arg(long, value_enum, requires = "dry_run", default_value_t = enipin::routing::plan::DiffFormat::Text)]
+        #[arg(long, value_enum, requires = "dry_run", help_heading = "Output", default_value_t = enipin::routing::plan::DiffFormat::Text)]
         format: enipin::routing::plan::DiffFormat,
     },
     /// Attach, then keep the desired state installed: re-apply it whenever links, addresses,
@@ -241,17 +253,18 @@ enum Command {
     /// drift (or not attached at all: no state file, nothing desired), 1 when attached with drift
     /// or when the state could not be read, so a health check can run it.
     Status {
-        #[arg(long)]
+        /// The same report as one JSON object (for scripts).
+        #[arg(long, help_heading = "Output")]
         json: bool,
     },
     /// Datapath counters per interface, summed over CPUs: the ones an operator reads, under 100
     /// columns, with what each counts.
     Stats {
         /// One JSON object per interface, a key per counter (for scripts).
-        #[arg(long)]
+        #[arg(long, help_heading = "Output")]
         json: bool,
         /// A column per counter (about 190 columns).
-        #[arg(long, conflicts_with = "json")]
+        #[arg(long, conflicts_with = "json", help_heading = "Output")]
         wide: bool,
     },
     /// Counters in Prometheus text format: once to stdout, or served over HTTP with --listen.
@@ -272,7 +285,8 @@ enum Command {
         sel: Selection,
         #[command(flatten)]
         connmark: Connmark,
-        #[arg(long)]
+        /// The findings as JSON (for scripts).
+        #[arg(long, help_heading = "Output")]
         json: bool,
         /// Read configuration files (networkd.conf, netplan, sysctl.d, unit files) and /proc's
         /// processes under DIR instead of / (a copy of a host's /etc, or a test's scratch root).
@@ -283,7 +297,9 @@ enum Command {
     Render {
         #[command(flatten)]
         sel: Selection,
-        #[arg(long, value_enum)]
+        /// network-scripts (ifcfg rule-/route- files), networkd (.network files beside
+        /// enipin), netplan (YAML), or nmcli (commands).
+        #[arg(long, value_enum, help_heading = "Output")]
         format: enipin::commands::render::Format,
     },
     /// The config file: `enipin config check`.
@@ -308,10 +324,16 @@ enum Command {
     },
     /// Shell completions on stdout (the packages install them).
     #[command(hide = true)]
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
     /// Man pages, section 8 (enipin is in sbin): enipin.8 and one per command, written into DIR.
     #[command(hide = true)]
-    Man { dir: PathBuf },
+    Man {
+        /// Where to write the pages.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -328,7 +350,8 @@ enum ConfigAction {
         metadata: Metadata,
         #[command(flatten)]
         watch: WatchFlags,
-        #[arg(long)]
+        /// Every setting with its source as JSON (for scripts).
+        #[arg(long, help_heading = "Output")]
         json: bool,
     },
 }
@@ -561,4 +584,39 @@ fn man_pages(cmd: &clap::Command, dir: &std::path::Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every flag of every command says what it does, and a command of many flags groups them
+    /// under headings (issue 28, item 4: `attach -h` listed 24 without one, `--json` and
+    /// `render --format` said nothing).
+    #[test]
+    fn every_flag_is_described_and_long_lists_are_grouped() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let args: Vec<_> = (c.get_arguments())
+                .filter(|a| !["help", "version"].contains(&a.get_id().as_str()))
+                .collect();
+            let own = args.iter().filter(|a| !a.is_global_set()).count();
+            for a in &args {
+                let id = a.get_id().as_str();
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path}: {id} has no description"));
+                }
+                if own > 6 && !a.is_positional() && a.get_help_heading().is_none() {
+                    missing.push(format!("{path}: {id} stands under no heading"));
+                }
+            }
+            for s in c.get_subcommands() {
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "enipin", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
 }
