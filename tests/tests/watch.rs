@@ -1850,6 +1850,67 @@ fn a_repair_under_metadata_asks_the_service_nothing() {
     );
 }
 
+/// Beside the Amazon VPC CNI (issue 27, item 3): its pod rules at 512 and 1536 for a pod
+/// address the metadata lists as eth1's secondary. `--configure-addresses` is refused before
+/// any change (before, it added the pod's address to eth1); without it, attach manages what the
+/// host has, never adds the pod's address, and leaves the CNI's rules as they were, through
+/// detach too. doctor names the CNI.
+#[test]
+fn beside_the_vpc_cni_pod_addresses_are_never_claimed() {
+    let (topo, imds) = metadata_topology();
+    let pod = NEW;
+    imds.set(
+        ETH1_MAC,
+        "local-ipv4s",
+        Some(&format!("{SECONDARY}\n{EXTRA}\n{pod}")),
+    );
+    for rule in [
+        ["to", pod, "lookup", "main", "pref", "512"],
+        ["from", pod, "lookup", "2", "pref", "1536"],
+    ] {
+        topo.host()
+            .ip(&[&["rule", "add"][..], &rule].concat())
+            .unwrap();
+    }
+    let cni_rules = || rules_with(&topo, pod);
+    let before = cni_rules();
+    assert_eq!(before.len(), 2, "{before:?}");
+    let e = Enipin::in_ns(topo.host());
+    let url = imds.url();
+    let meta = ["--metadata", "aws", "--metadata-endpoint", &url];
+    let err = e.fails(&[&["attach"][..], &meta, &["--configure-addresses"]].concat());
+    assert!(
+        err.contains("VPC CNI") && err.contains("Nothing was changed"),
+        "{err}"
+    );
+    assert!(
+        rules_with(&topo, "proto 229").is_empty(),
+        "changed something"
+    );
+    assert!(
+        !on_eth1(&topo, pod) && !on_eth1(&topo, EXTRA),
+        "{}",
+        eth1_v4(&topo)
+    );
+
+    e.ok(&[&["attach"][..], &meta].concat());
+    assert!(own_rules(&topo, SECONDARY).is_some());
+    assert!(
+        !on_eth1(&topo, pod),
+        "the pod's address on the host: {}",
+        eth1_v4(&topo)
+    );
+    assert_eq!(cni_rules(), before, "the CNI's rules were touched");
+    let doctor = e.cmd(&["doctor"]);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        text.contains("warning  vpc-cni: the Amazon VPC CNI runs here (2 pod rule(s)"),
+        "{text}"
+    );
+    e.ok(&["detach"]);
+    assert_eq!(cni_rules(), before, "detach touched the CNI's rules");
+}
+
 /// `attach --metadata` while the service fails changes nothing and says what to do; once it
 /// answers, attach adds what metadata lists, and detach removes exactly that: not an address
 /// someone else added, not one metadata lists that was there before.

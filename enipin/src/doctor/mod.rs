@@ -21,6 +21,7 @@
 //! `host` reads the files as systemd does (precedence, drop-ins, enablement, processes).
 
 mod cloud_agents;
+mod cni;
 mod connmark;
 mod host;
 mod kernel;
@@ -268,6 +269,7 @@ async fn examine_with(snap: &Snapshot, cfg: &Config, paths: &Paths, root: &Root)
     findings.extend(kernel::check(&kernel::read(&paths.pin_dir)));
     findings.extend(macs::check(&d.interfaces, cfg));
     findings.extend(mtu::check(&managed, cfg.rules));
+    findings.extend(cni::check(d, root.path(), cfg));
     findings.extend(connmark::check(&connmark::read(), d, &managed, cfg));
     Ok(Report { findings })
 }

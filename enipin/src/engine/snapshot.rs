@@ -79,6 +79,7 @@ impl Snapshot {
         }
         let view = match metadata {
             Some(m) => {
+                refuse_beside_the_vpc_cni(&snapshot.discovery, cfg)?;
                 let macs = select::candidate_macs(&snapshot.discovery, cfg);
                 let view = match m {
                     Use::Ask(t) => t.refresh(&macs, Scope::All).await,
@@ -120,4 +121,20 @@ impl Snapshot {
             held,
         })
     }
+}
+
+/// `--configure-addresses` beside the Amazon VPC CNI would add the pods' addresses (which the
+/// metadata lists as the ENIs' secondary addresses) to the host, and the node would answer for
+/// its pods: refused while the CNI's pod rules are there, before any change.
+fn refuse_beside_the_vpc_cni(d: &Discovery, cfg: &Config) -> Result<()> {
+    let n = d.vpc_cni_rules();
+    if cfg.configure_addresses && n > 0 {
+        anyhow::bail!(
+            "the Amazon VPC CNI runs here ({n} of its pod rules at priorities 512/1536): the \
+             metadata lists its pods' addresses as the ENIs' secondary addresses, and \
+             --configure-addresses would add them to the host. Leave it off (metadata.source \
+             alone only reads; docs/eks.md). Nothing was changed"
+        );
+    }
+    Ok(())
 }

@@ -3,6 +3,8 @@
 //! source, and the kernel refuses a route source the host does not have), and its delegated
 //! prefixes. Selection and planning then treat them like any other address and prefix.
 
+use std::net::IpAddr;
+
 use crate::{
     model::discovery::Discovery,
     model::{Cidr, FromMetadata},
@@ -13,19 +15,27 @@ use super::View;
 /// Adds `view`'s addresses and prefixes to `d`'s interfaces. With `configure` (enipin adds and
 /// removes addresses itself), an address enipin added that metadata no longer lists is left out
 /// of the desired state: it is about to be removed.
+///
+/// Beside the Amazon VPC CNI (its pod rules are there) the ENIs' secondary addresses and
+/// prefixes the metadata lists are its pods': metadata then only confirms what the host has and
+/// adds nothing (a pod's address is not the host's to route or to own).
 pub(crate) fn merge(d: &mut Discovery, view: &View, configure: bool) {
+    let pods = d.vpc_cni_rules() > 0;
     for i in &mut d.interfaces {
         let Some(m) = view.known.get(&i.mac) else {
             continue;
         };
+        let on_host =
+            |a: &IpAddr| i.addrs.iter().any(|c| c.addr == *a) || i.ours.iter().any(|c| c.addr == *a);
+        let listed: Vec<IpAddr> = m.addresses().filter(|a| !pods || on_host(a)).collect();
         let mut from = FromMetadata {
-            addrs: m.addresses().collect(),
-            prefixes: m.prefixes.clone(),
+            addrs: listed.clone(),
+            prefixes: if pods { Vec::new() } else { m.prefixes.clone() },
             missing: Vec::new(),
             retired: Vec::new(),
             unknown: view.unknown.get(&i.mac).cloned(),
         };
-        for a in m.addresses() {
+        for a in listed {
             if !i.addrs.iter().any(|c| c.addr == a) && !i.ours.iter().any(|c| c.addr == a) {
                 i.addrs.push(Cidr::host(a));
                 from.missing.push(a);

@@ -29,6 +29,21 @@ pub(crate) struct Discovery {
     pub nft: Option<Option<Connmark>>,
 }
 
+/// The Amazon VPC CNI's pod rules, as it installs them: `to POD lookup main` at 512 for every
+/// pod, and `from POD lookup TABLE` at 1536 for a pod on a secondary ENI
+/// (amazon-vpc-cni-k8s, pkg/networkutils). Their presence says the ENIs' secondary addresses are
+/// the pods'.
+pub(crate) const VPC_CNI_PRIORITIES: [u32; 2] = [512, 1536];
+
+impl Discovery {
+    /// The rules that look like the VPC CNI's pod rules (not enipin's): 0 where it runs no pod.
+    pub(crate) fn vpc_cni_rules(&self) -> usize {
+        (self.rules.iter())
+            .filter(|r| !r.is_enipin() && VPC_CNI_PRIORITIES.contains(&r.rule.priority))
+            .count()
+    }
+}
+
 impl Default for Discovery {
     /// An empty namespace with the kernel's default `all.rp_filter` (0).
     fn default() -> Self {
