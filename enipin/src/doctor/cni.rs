@@ -55,20 +55,10 @@ pub(super) fn check(d: &Discovery, root: &Path, cfg: &Config) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::route::{InstalledRule, Rule};
+    use crate::model::route::InstalledRule;
 
     fn pod_rule(priority: u32, table: u32) -> InstalledRule {
-        InstalledRule {
-            protocol: 3, // RTPROT_BOOT: as `ip rule add` and the CNI's netlink calls leave it
-            rule: Rule {
-                v6: false,
-                priority,
-                from: None,
-                table,
-                suppress_prefixlen: None,
-                fwmark: None,
-            },
-        }
+        InstalledRule::foreign(priority, table)
     }
 
     #[test]

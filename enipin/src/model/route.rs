@@ -154,6 +154,24 @@ impl InstalledRule {
     }
 }
 
+#[cfg(test)]
+impl InstalledRule {
+    /// Someone else's IPv4 rule `from all lookup TABLE pref PRIORITY` (protocol 4, static).
+    pub(crate) fn foreign(priority: u32, table: u32) -> Self {
+        Self {
+            protocol: 4, // RTPROT_STATIC
+            rule: Rule {
+                v6: false,
+                priority,
+                from: None,
+                table,
+                suppress_prefixlen: None,
+                fwmark: None,
+            },
+        }
+    }
+}
+
 impl InstalledRoute {
     /// Installed by enipin (protocol [`RTPROT_ENIPIN`]).
     pub(crate) fn is_enipin(&self) -> bool {

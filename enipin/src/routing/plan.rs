@@ -613,20 +613,6 @@ mod tests {
         );
     }
 
-    fn foreign_rule(priority: u32, table: u32) -> InstalledRule {
-        InstalledRule {
-            protocol: 4, // RTPROT_STATIC
-            rule: Rule {
-                v6: false,
-                priority,
-                from: None,
-                table,
-                suppress_prefixlen: None,
-                fwmark: None,
-            },
-        }
-    }
-
     #[test]
     fn conflicts_with_other_tools_rules_and_routes() {
         let mut d = namespace();
@@ -638,7 +624,7 @@ mod tests {
             protocol: RTPROT_ENIPIN,
             rule: r.clone(),
         }));
-        d.rules.push(foreign_rule(32766, MAIN_TABLE));
+        d.rules.push(InstalledRule::foreign(32766, MAIN_TABLE));
         d.routes.extend(routes.iter().map(|r| InstalledRoute {
             protocol: RTPROT_ENIPIN,
             route: r.clone(),
@@ -646,7 +632,7 @@ mod tests {
         check_conflicts(&d, &m, &cfg).unwrap();
         assert_eq!(installed(&d), (rules.clone(), routes.clone()));
 
-        d.rules.push(foreign_rule(20001, 100));
+        d.rules.push(InstalledRule::foreign(20001, 100));
         let e = check_conflicts(&d, &m, &cfg).unwrap_err().to_string();
         assert_eq!(
             e,
@@ -655,7 +641,7 @@ mod tests {
              Choose another --priority or --table-base"
         );
         d.rules.pop();
-        d.rules.push(foreign_rule(300, 20002));
+        d.rules.push(InstalledRule::foreign(300, 20002));
         assert!(check_conflicts(&d, &m, &cfg).is_err());
         d.rules.pop();
 
