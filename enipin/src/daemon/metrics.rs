@@ -9,7 +9,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -68,8 +68,21 @@ pub(crate) struct Telemetry {
     ebpf: AtomicBool,
     paths: Paths,
     last: Mutex<Last>,
-    /// The last exposition and when it was rendered: scrapes within [`FRESH`] of it share it.
-    rendered: Mutex<Option<(Instant, String)>>,
+    /// The last exposition: scrapes within [`FRESH`] of it share it while no reconcile has
+    /// happened since.
+    rendered: Mutex<Option<Rendered>>,
+    /// Bumped by every change to what the registry says. An atomic, not a lock: a reconcile
+    /// records while holding `last`, and a scrape renders (reading `last`) while holding
+    /// `rendered`, so taking `rendered` there would deadlock the two.
+    generation: AtomicU64,
+}
+
+/// One rendering of the exposition.
+struct Rendered {
+    at: Instant,
+    /// [`Telemetry::generation`] when the rendering began.
+    generation: u64,
+    text: String,
 }
 
 /// The last reconcile, for `/healthz` and the per-scrape datapath metrics.
@@ -273,6 +286,7 @@ impl Telemetry {
             paths: paths.clone(),
             last: Mutex::new(Last::default()),
             rendered: Mutex::new(None),
+            generation: AtomicU64::new(0),
         }))
     }
 
@@ -306,7 +320,7 @@ impl Telemetry {
 
     /// A reconcile changed what the registry says: the next scrape renders anew.
     fn stale(&self) {
-        *self.rendered.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// The exposition, rendered at most once per [`FRESH`] (and after every reconcile): at
@@ -315,13 +329,19 @@ impl Telemetry {
     /// long (bench `--only watch`).
     fn shared_exposition(&self) -> Result<String> {
         let mut rendered = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, text)) = rendered.as_ref()
-            && at.elapsed() < FRESH
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(r) = rendered.as_ref()
+            && r.generation == generation
+            && r.at.elapsed() < FRESH
         {
-            return Ok(text.clone());
+            return Ok(r.text.clone());
         }
         let text = self.exposition()?;
-        *rendered = Some((Instant::now(), text.clone()));
+        *rendered = Some(Rendered {
+            at: Instant::now(),
+            generation,
+            text: text.clone(),
+        });
         Ok(text)
     }
 
@@ -560,10 +580,10 @@ mod tests {
     fn scrapes_share_a_fresh_rendering_and_a_reconcile_renders_anew() {
         let t = telemetry();
         let first = t.shared_exposition().unwrap();
-        let at = t.rendered.lock().unwrap().as_ref().unwrap().0;
+        let at = t.rendered.lock().unwrap().as_ref().unwrap().at;
         assert_eq!(t.shared_exposition().unwrap(), first);
         assert_eq!(
-            t.rendered.lock().unwrap().as_ref().unwrap().0,
+            t.rendered.lock().unwrap().as_ref().unwrap().at,
             at,
             "rendered again"
         );
@@ -571,6 +591,33 @@ mod tests {
         let after = t.shared_exposition().unwrap();
         let changed = |text: &str| value(text, "enipin_reconciles_total{result=\"changed\"}");
         assert_eq!((changed(&first), changed(&after)), (Some(0.0), Some(1.0)));
+    }
+
+    /// A reconcile recorded while a scrape renders never blocks either. Before: `succeeded`
+    /// held `last` and waited for `rendered`, while a scrape held `rendered` and waited for
+    /// `last`; the watcher then hung, every scrape timing out (a CI run's footprint bench).
+    #[test]
+    fn a_reconcile_and_a_scrape_at_once_never_deadlock() {
+        let t = telemetry();
+        let (done, finished) = std::sync::mpsc::channel();
+        for scraper in [false, true] {
+            let (t, done) = (Arc::clone(&t), done.clone());
+            std::thread::spawn(move || {
+                for _ in 0..300 {
+                    if scraper {
+                        t.shared_exposition().unwrap();
+                    } else {
+                        t.succeeded(&reconciled(1, &[]), 0, Duration::ZERO);
+                    }
+                }
+                done.send(()).unwrap();
+            });
+        }
+        for _ in 0..2 {
+            finished
+                .recv_timeout(Duration::from_secs(20))
+                .expect("a reconcile and a scrape deadlocked");
+        }
     }
 
     /// A metadata outage is seen (issue 28, item 1): requests by outcome, the ENIs unknown, the

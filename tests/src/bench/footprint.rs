@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use enipin::lab::testbed::{self, Dirs, Netns};
+use enipin::lab::testbed::{self, Dirs, Netns, TempDir};
 
 use super::{Row, Target, median};
 use crate::http_client::{agent, get_with};
@@ -101,6 +101,10 @@ pub fn run(host: &Netns, interfaces: usize, addresses: usize, rounds: usize) -> 
 fn round(host: &Netns, addresses: usize) -> Result<Round> {
     let dirs = Dirs::new("ew-")?;
     let bin = crate::enipin_bin();
+    // The watcher's own account, for the error when it does not answer.
+    let log = TempDir::new("ew-log-")?;
+    let log_path = log.path().join("stderr");
+    let stderr = std::fs::File::create(&log_path).context("creating watch's stderr file")?;
     let child = testbed::enipin_command(
         &bin,
         host.name(),
@@ -108,7 +112,7 @@ fn round(host: &Netns, addresses: usize) -> Result<Round> {
         &["watch", "--metrics-listen", LISTEN, "--interval", "60"],
     )
     .stdout(Stdio::null())
-    .stderr(Stdio::null())
+    .stderr(stderr)
     .spawn()
     .context("spawning enipin watch")?;
     let watch = Watch(child);
@@ -159,7 +163,8 @@ fn round(host: &Netns, addresses: usize) -> Result<Round> {
         })
         .context("no reconcile after SIGHUP")?;
         Ok((times, floor, size as f64 / 1024.0))
-    })?;
+    })
+    .with_context(|| watch_said(&log_path))?;
     let peak_mib = vm_hwm_kib(pid)? / 1024.0;
     drop(watch);
     let detach = testbed::enipin_command(&bin, host.name(), &dirs.paths(), &["detach"])
@@ -177,6 +182,14 @@ fn round(host: &Netns, addresses: usize) -> Result<Round> {
         floor_ms,
         body_kib,
     })
+}
+
+/// The last lines the watcher wrote to its stderr.
+fn watch_said(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    format!("enipin watch's last stderr lines:\n{tail}")
 }
 
 /// Polls `f` every 10 ms, for at most [`LIMIT`].
