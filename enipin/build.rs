@@ -76,5 +76,19 @@ fn main() -> anyhow::Result<()> {
              Run `cargo xtask setup` first: it installs {toolchain} with rust-src and \
              bpf-linker into .tools/"
         )
-    })
+    })?;
+    object_digest()
+}
+
+/// `enipin --version` names the embedded eBPF object by its SHA-256 (the first 16 hex digits):
+/// the same on every kernel and architecture, unlike the program's tag, which the kernel
+/// computes over the instructions it is given at load (`enipin_build_info`'s `program_tag`).
+fn object_digest() -> anyhow::Result<()> {
+    use sha2::Digest as _;
+    let object = PathBuf::from(env::var("OUT_DIR")?).join("enipin");
+    let bytes = std::fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
+    let digest = sha2::Sha256::digest(&bytes);
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    println!("cargo:rustc-env=ENIPIN_OBJECT_SHA256={hex}");
+    Ok(())
 }

@@ -16,6 +16,18 @@
 //!
 //! The binary (`main.rs`, the only place clap's parser is run) sits on top.
 
+/// What `enipin --version` prints after the name: the package version, the commit built and
+/// the embedded eBPF object's SHA-256 (16 hex digits). The program's tag, which the kernel
+/// computes when it loads it, is `enipin_build_info`'s `program_tag` and `enipin status`'s.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ENIPIN_COMMIT"),
+    ", eBPF object sha256 ",
+    env!("ENIPIN_OBJECT_SHA256"),
+    ")"
+);
+
 /// A module the tests and the benchmark (enipin-tests, `testing` feature) reach into: public with
 /// that feature, private to the binary without it.
 macro_rules! testing_pub {

@@ -13,7 +13,7 @@ use enipin::{
 
 /// Pins every reply to the network interface (ENI) that owns its source address.
 #[derive(Parser, Debug)]
-#[command(name = "enipin", version = VERSION, about, long_about = None)]
+#[command(name = "enipin", version = enipin::VERSION, about, long_about = None)]
 struct Cli {
     /// Run inside the named network namespace (/run/netns/NAME) instead of the current one.
     #[arg(long, global = true, help_heading = "Global", env = "ENIPIN_NETNS")]
@@ -293,6 +293,14 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         root: Option<PathBuf>,
     },
+    /// Write one .tar.gz for a bug report: version and program tag, status, doctor, stats and
+    /// config check as JSON, the namespace's rules, routes, addresses and TC, the pins, and the
+    /// unit's journal where systemd runs. Only reads; nothing secret (no metadata token).
+    Sysdump {
+        /// Where to write it (default: enipin-sysdump-<unix time>.tar.gz here).
+        #[arg(long, short, value_name = "FILE", help_heading = "Output")]
+        output: Option<PathBuf>,
+    },
     /// Print the desired state as persistent distro network configuration.
     Render {
         #[command(flatten)]
@@ -355,15 +363,6 @@ enum ConfigAction {
         json: bool,
     },
 }
-
-/// `enipin --version`: the package version and the commit built (the datapath program's tag,
-/// which the kernel computes when it loads it, is `enipin_build_info`'s `program_tag`).
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("ENIPIN_COMMIT"),
-    ")"
-);
 
 fn main() -> ExitCode {
     one_malloc_arena();
@@ -480,6 +479,19 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
             if !enipin::doctor::doctor(&s.config, &paths, &root, json).await? {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Sysdump { output } => {
+            let mut globals: Vec<std::ffi::OsString> = vec![
+                "--pin-dir".into(),
+                paths.pin_dir.clone().into(),
+                "--state-dir".into(),
+                paths.state_dir.clone().into(),
+            ];
+            if let Some(c) = &cli.config {
+                globals.extend(["--config".into(), c.clone().into()]);
+            }
+            let out = enipin::commands::sysdump::sysdump(&paths, &globals, output).await?;
+            println!("{}", out.display());
         }
         Command::Render { sel, format } => {
             sel.give(&mut given);

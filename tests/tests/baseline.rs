@@ -854,3 +854,102 @@ fn scale_eight_enis_eight_addresses_each() {
         "detach did not restore the namespace",
     );
 }
+
+/// `enipin sysdump` (issue 28, item 6): one .tar.gz whose every part is what the command its
+/// manifest names printed, read back here: the version and the pinned program's tag, status,
+/// doctor, stats and config check as JSON, rules, routes, addresses, TC per interface, the pins.
+/// Nothing else is in it (no journal without systemd, nothing of the metadata service).
+#[test]
+fn sysdump_bundles_every_report_and_dump() {
+    let (t, e) = topo(&[(&[10], &[]), (&[11], &[])]);
+    e.ok(&["attach"]);
+    let dir = enipin_tests::TempDir::new("enipin-sysdump-").unwrap();
+    let out = dir.path().join("bundle.tar.gz");
+    let printed = e.ok(&["sysdump", "--output", out.to_str().unwrap()]);
+    assert_eq!(printed.trim(), out.display().to_string());
+    let unpacked = dir.path().join("x");
+    std::fs::create_dir(&unpacked).unwrap();
+    let tar = Command::new("tar")
+        .arg("-xzf")
+        .arg(&out)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let tops: Vec<_> = std::fs::read_dir(&unpacked).unwrap().collect();
+    assert_eq!(tops.len(), 1, "one top directory");
+    let top = tops.into_iter().next().unwrap().unwrap().path();
+    let read = |name: &str| {
+        std::fs::read_to_string(top.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let json = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&read(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+
+    let mut files: Vec<String> = std::fs::read_dir(&top)
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let mut want: Vec<String> = [
+        "config.json",
+        "doctor.json",
+        "ip-addr.txt",
+        "ip-route.txt",
+        "ip-rule.txt",
+        "ip6-route.txt",
+        "ip6-rule.txt",
+        "manifest.txt",
+        "pins.txt",
+        "stats.json",
+        "status.json",
+        "tc-qdisc.txt",
+        "version.txt",
+    ]
+    .map(String::from)
+    .to_vec();
+    want.extend(["eth0", "eth1", "lo"].map(|i| format!("tc-egress-{i}.txt")));
+    want.sort();
+    // A part's stderr is a file of its own only when it said something.
+    files.retain(|f| !f.ends_with(".stderr"));
+    assert_eq!(files, want);
+
+    let manifest = read("manifest.txt");
+    for part in ["status.json", "stats.json", "config.json", "ip-rule.txt"] {
+        assert!(
+            manifest
+                .lines()
+                .any(|l| l.starts_with(&format!("{part}  exit 0  "))),
+            "{part}:\n{manifest}"
+        );
+    }
+    let status = json("status.json");
+    assert_eq!(status["attached"], true, "{status}");
+    let tag = status["program"]["tag"].as_str().expect("a pinned program");
+    let version = read("version.txt");
+    let ours = e.ok(&["--version"]);
+    assert!(version.starts_with(ours.trim()), "{version} / {ours}");
+    assert!(version.contains(&format!(", tag {tag}\n")), "{version}");
+    assert!(json("doctor.json").is_object() || json("doctor.json").is_array());
+    assert!(
+        read("stats.json").contains("eth1"),
+        "{}",
+        read("stats.json")
+    );
+    assert!(json("config.json").is_object() || json("config.json").is_array());
+    let t1 = table(&t, 1);
+    let rules = read("ip-rule.txt");
+    assert!(
+        rules.contains(&format!("from 198.18.0.11 lookup {t1}")),
+        "{rules}"
+    );
+    assert!(read("ip-route.txt").contains(&format!("table {t1}")));
+    let eth1 = t.host().ifindex("eth1").unwrap();
+    assert!(
+        read("pins.txt").contains(&format!("link-{eth1}")),
+        "{}",
+        read("pins.txt")
+    );
+    e.ok(&["detach"]);
+}

@@ -213,7 +213,7 @@ fn harness_runs_the_cli_and_dumps_are_stable() {
         .unwrap();
     let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
     assert!(
-        version.contains(&format!("(commit {head})")),
+        version.contains(&format!("(commit {head}, eBPF object sha256 ")),
         "{version} at {head}"
     );
     let ns = e.ns().unwrap();

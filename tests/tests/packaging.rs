@@ -188,6 +188,28 @@ fn deb_installs_into_a_scratch_root_with_its_conffile_and_starts_nothing() {
         prerm.find("/usr/sbin/enipin detach"),
     );
     assert!(stop.is_some() && stop < detach, "{prerm}");
+    assert_changelog_parses(r, &deb);
+}
+
+/// The .deb carries CHANGELOG.md's entries in Debian's format (issue 27, item 7): dpkg reads
+/// the newest as the package's own version, with the file's first item in it.
+fn assert_changelog_parses(root: &Path, deb: &Path) {
+    let changelog = root.join("usr/share/doc/enipin/changelog.Debian.gz");
+    let parsed = |field: &str| {
+        ok(Command::new("dpkg-parsechangelog")
+            .arg("-l")
+            .arg(&changelog)
+            .args(["-S", field]))
+    };
+    let version = ok(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Version"));
+    assert_eq!(parsed("Version").trim(), version.trim());
+    let markdown = std::fs::read_to_string(self::root().join("CHANGELOG.md")).unwrap();
+    let first = markdown
+        .lines()
+        .find_map(|l| l.strip_prefix("- "))
+        .expect("CHANGELOG.md has an item");
+    let changes = parsed("Changes");
+    assert!(changes.contains(first), "{first:?} not in:\n{changes}");
 }
 
 #[test]
@@ -213,6 +235,7 @@ fn rpm_installs_into_a_scratch_root_with_a_noreplace_config_and_starts_nothing()
         &[
             "usr/share/zsh/site-functions/_enipin",
             "etc/enipin/enipin.toml",
+            "usr/share/doc/enipin/CHANGELOG.md",
         ],
     );
     let listed = ok(rpm_in_root().args(["-ql", "enipin"]));

@@ -119,7 +119,22 @@ fn watch_serves_linted_metrics_and_health_that_follows_the_datapath() {
         text.contains("enipin_misrouted_packets_total{interface=\"eth1\",ifindex="),
         "{text}"
     );
-    assert!(text.contains("enipin_build_info{program_tag=\""), "{text}");
+    // The tag of the program watch loaded is the one `status` reads from the pin (issue 27,
+    // item 7): two paths to one kernel answer.
+    let tag = text
+        .split_once("enipin_build_info{program_tag=\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(tag, _)| tag.to_owned())
+        .unwrap_or_else(|| panic!("no program_tag:\n{text}"));
+    let out = e.command(&["status", "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["program"]["tag"].as_str(),
+        Some(tag.as_str()),
+        "{status}"
+    );
+    let human = String::from_utf8(e.command(&["status"]).output().unwrap().stdout).unwrap();
+    assert!(human.contains(&format!(", tag {tag}")), "{human}");
     let restored = |text: &str| sample(text, "enipin_restored_total{kind=\"datapath_link\"}");
     assert_eq!(restored(&text), Some(0.0), "{text}");
 

@@ -229,6 +229,13 @@ fn stage_files(bin: &Path, stage: &Path) -> Result<()> {
     copy(root().join("packaging/enipin.toml"), "enipin.toml")?;
     copy(root().join("LICENSE-MIT"), "LICENSE-MIT")?;
     copy(root().join("LICENSE-APACHE"), "LICENSE-APACHE")?;
+    copy(root().join("CHANGELOG.md"), "CHANGELOG.md")?;
+    let changelog = fs::read_to_string(root().join("CHANGELOG.md"))?;
+    // Beside the stage, not in it: the tarball has CHANGELOG.md.
+    fs::write(
+        dist_dir().join("changelog.Debian"),
+        debian_changelog(&changelog)?,
+    )?;
     // The alert rules, for the operator's Prometheus (README: "Alert rules").
     copy(
         root().join("deploy/prometheus/enipin-rules.yml"),
@@ -256,6 +263,43 @@ fn stage_files(bin: &Path, stage: &Path) -> Result<()> {
         run(Command::new("gzip").args(["-9", "-n"]).arg(page?.path()))?;
     }
     Ok(())
+}
+
+/// The .deb's changelog (Debian's format, which `dpkg-parsechangelog` and `apt changelog` read)
+/// from CHANGELOG.md: each `## <version> - <YYYY-MM-DD>` section becomes an entry, its `- `
+/// items the entry's `* ` lines.
+fn debian_changelog(markdown: &str) -> Result<String> {
+    let manifest: toml::Table =
+        toml::from_str(&fs::read_to_string(root().join("enipin/Cargo.toml"))?)?;
+    let maintainer = manifest["package"]["metadata"]["deb"]["maintainer"]
+        .as_str()
+        .context("enipin/Cargo.toml has no package.metadata.deb.maintainer")?;
+    let mut out = String::new();
+    for section in markdown.split("\n## ").skip(1) {
+        let (heading, body) = section.split_once('\n').unwrap_or((section, ""));
+        let (version, date) = heading.split_once(" - ").with_context(|| {
+            format!("CHANGELOG.md: `## {heading}` is not `## <version> - <date>`")
+        })?;
+        let date = output(Command::new("date").args(["-R", "-u", "-d", date.trim()]))?;
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&format!("enipin ({version}) unstable; urgency=medium\n\n"));
+        for line in body.lines().filter(|l| !l.trim().is_empty()) {
+            let item = match line.strip_prefix("- ") {
+                Some(first) => format!("  * {first}"),
+                None => format!("  {line}"),
+            };
+            out.push_str(item.replace("**", "").trim_end());
+            out.push('\n');
+        }
+        out.push_str(&format!("\n -- {maintainer}  {}\n", date.trim()));
+    }
+    // The newest entry is this version's: a release without its changelog is not built.
+    if !out.starts_with(&format!("enipin ({VERSION})")) {
+        bail!("CHANGELOG.md's first `## <version> - <date>` section is not {VERSION}'s");
+    }
+    Ok(out)
 }
 
 /// Copies the files under `from` into `to`, directories included. Symlinks are left out: a
@@ -369,4 +413,40 @@ fn output(cmd: &mut Command) -> Result<String> {
         );
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CHANGELOG.md becomes a changelog dpkg reads: this version's entry first, dated as
+    /// Debian's policy wants (RFC 5322), every item a `*` line.
+    #[test]
+    fn the_debian_changelog_is_changelog_md_in_dpkgs_format() {
+        let markdown = "# Changelog\n\n## 9.9.9 - 2026-12-07\n\n- One **thing**,\n  on two lines.\n- Two.\n\n## 9.9.8 - 2026-01-02\n\n- Older.\n";
+        let err = debian_changelog(markdown).unwrap_err();
+        assert!(format!("{err:#}").contains(VERSION), "{err:#}");
+        let ours = markdown.replace("9.9.9", VERSION);
+        let text = debian_changelog(&ours).unwrap();
+        let first = format!(
+            "enipin ({VERSION}) unstable; urgency=medium\n\n  * One thing,\n    on two lines.\n  \
+             * Two.\n\n -- The enipin authors <enipin@users.noreply.github.com>  Mon, 07 Dec 2026 \
+             00:00:00 +0000\n"
+        );
+        assert!(text.starts_with(&first), "{text}");
+        assert!(
+            text.ends_with("Fri, 02 Jan 2026 00:00:00 +0000\n"),
+            "{text}"
+        );
+        let dir = std::env::temp_dir().join(format!("xtask-changelog-{}", std::process::id()));
+        fs::write(&dir, &text).unwrap();
+        let parsed = output(
+            Command::new("dpkg-parsechangelog")
+                .arg("-l")
+                .arg(&dir)
+                .args(["-S", "Version"]),
+        );
+        let _ = fs::remove_file(&dir);
+        assert_eq!(parsed.unwrap().trim(), VERSION);
+    }
 }

@@ -43,6 +43,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("rpm2cpio", "rpm"),
     ("cpio", "cpio"),
     ("dpkg-deb", "dpkg"),
+    // The packaging tests read the .deb's changelog as dpkg does.
+    ("dpkg-parsechangelog", "dpkg-dev"),
     ("systemd-analyze", "systemd"),
     // tests/tests/networkd.rs runs the machine's systemd-networkd (package systemd) in the
     // container and drives it with networkctl, over the container's dbus.

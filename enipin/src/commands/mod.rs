@@ -3,6 +3,7 @@
 //! [`crate::engine::apply`] (and [`crate::datapath`]).
 
 pub mod render;
+pub mod sysdump;
 
 mod attach;
 mod detach;

@@ -8,7 +8,7 @@ use serde::{Serialize, Serializer};
 
 use super::ManagedText;
 use crate::{
-    datapath::{self, Attached, OwnerTables},
+    datapath::{self, Attached, OwnerTables, PinnedProgram},
     engine::apply,
     engine::snapshot::{Named, Snapshot},
     engine::state,
@@ -36,6 +36,8 @@ pub(crate) struct StatusReport {
     pub rules: Vec<Rule>,
     pub routes: Vec<Route>,
     pub datapath: Vec<Attached>,
+    /// The classifier pinned: its id and the kernel's tag for it.
+    pub program: Option<PinnedProgram>,
     pub owner_tables: OwnerTables,
     /// The changes that would reach the desired state: rules, routes and sysctls, then the
     /// datapath (a missing link, program, map or owner entry is drift too).
@@ -185,7 +187,7 @@ impl StatusReport {
         {
             drift.extend(plan.changes.into_iter().map(Drift::from));
         }
-        let (datapath, owner_tables) = datapath(paths)?;
+        let (datapath, program, owner_tables) = datapath(paths)?;
         let installed = !rules.is_empty() || !routes.is_empty() || !datapath.is_empty();
         let warnings = crate::doctor::mtu::mismatch(&managed, cfg.rules)
             .into_iter()
@@ -197,6 +199,7 @@ impl StatusReport {
             rules,
             routes,
             datapath,
+            program,
             owner_tables,
             drift,
             sysctls_saved: st.map(|s| s.sysctls_by_key()),
@@ -243,13 +246,14 @@ fn sources(d: &Discovery, managed: &[ManagedInterface], cfg: &Config) -> Vec<Sou
     out
 }
 
-/// The datapath's attachments and owner tables, when anything is pinned.
-fn datapath(paths: &Paths) -> Result<(Vec<Attached>, OwnerTables)> {
+/// The datapath's attachments, program and owner tables, when anything is pinned.
+fn datapath(paths: &Paths) -> Result<(Vec<Attached>, Option<PinnedProgram>, OwnerTables)> {
     if !paths.pin_dir.exists() {
-        return Ok((Vec::new(), OwnerTables::default()));
+        return Ok((Vec::new(), None, OwnerTables::default()));
     }
     Ok((
         datapath::attached(paths).context("reading the datapath attachment")?,
+        datapath::pinned_program(paths).context("reading the pinned program")?,
         datapath::table_summary(paths).context("reading the owner tables")?,
     ))
 }
@@ -337,6 +341,9 @@ impl StatusReport {
         }
         for a in &self.datapath {
             writeln!(f, "datapath: {} (ifindex {}) {}", a.name, a.ifindex, a.kind)?;
+        }
+        if let Some(p) = &self.program {
+            writeln!(f, "datapath program: id {}, tag {:016x}", p.id, p.tag)?;
         }
         let tables = [self.owner_tables.ipv4, self.owner_tables.ipv6];
         for (family, t) in ["IPv4", "IPv6"].iter().zip(tables) {
@@ -475,6 +482,10 @@ mod tests {
                 name: "eth1".into(),
                 kind: datapath::AttachKind::Tcx,
             }],
+            program: Some(datapath::PinnedProgram {
+                id: 42,
+                tag: 0x0123_4567_89ab_cdef,
+            }),
             owner_tables: OwnerTables {
                 ipv4: Some(datapath::TableSummary {
                     addresses: 1,
@@ -516,6 +527,7 @@ rules (1):
 routes (1):
   -6 default via 2001:db8::1 dev eth1 table 20003 proto 229
 datapath: eth1 (ifindex 3) tcx
+datapath program: id 42, tag 0123456789abcdef
 owner table IPv4: 1 address(es), 0 bucket(s) spilled to the owner map
 drift (2 change(s) to reach the desired state):
   + rule from 198.18.0.11/32 lookup 20003 pref 20002 proto 229
@@ -537,6 +549,7 @@ drift (2 change(s) to reach the desired state):
                 "managed",
                 "metadata",
                 "owner_tables",
+                "program",
                 "routes",
                 "rules",
                 "running",
@@ -557,6 +570,10 @@ drift (2 change(s) to reach the desired state):
             serde_json::json!(["198.18.0.11", 32])
         );
         assert_eq!(v["datapath"][0]["kind"], "tcx");
+        assert_eq!(
+            v["program"],
+            serde_json::json!({"id": 42, "tag": "0123456789abcdef"})
+        );
         assert_eq!(v["owner_tables"]["ipv4"]["addresses"], 1);
         assert_eq!(v["owner_tables"]["ipv6"], serde_json::Value::Null);
         assert_eq!(v["drift"][0]["op"], "add-rule");

@@ -172,8 +172,8 @@ struct Logger {
 
 /// Follows the pinned program: a reconcile may have loaded a new one (or removed it).
 fn follow_program(logger: &mut Option<Logger>, paths: &Paths) {
-    let id = match datapath::program_id(paths) {
-        Ok(id) => id,
+    let id = match datapath::pinned_program(paths) {
+        Ok(p) => p.map(|p| p.id),
         Err(e) => {
             warn!("--debug: {e:#}");
             return;

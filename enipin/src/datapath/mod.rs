@@ -71,5 +71,6 @@ pub(crate) use plan::objects;
 pub use plan::{EbpfPlan, plan};
 #[cfg(feature = "testing")]
 pub use program::{OBJECT, load};
-pub(crate) use program::{ensure_bpffs, our_tag, program_id};
+pub use program::PinnedProgram;
+pub(crate) use program::{ensure_bpffs, our_tag, pinned_program};
 pub(crate) use resolve::resolve as resolve_gateways;

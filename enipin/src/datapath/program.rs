@@ -107,21 +107,48 @@ pub(crate) fn our_tag(pin_dir: &Path) -> Result<u64> {
     Ok(*TAG.get_or_init(|| tag))
 }
 
-/// The id of the pinned classifier, `None` when nothing is pinned (for `enipin watch --debug`,
-/// which reads its aya-log records).
-pub(crate) fn program_id(paths: &Paths) -> Result<Option<u32>> {
+/// The classifier pinned under the pin directory: which one the kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PinnedProgram {
+    /// The kernel's id for it (`bpftool prog show id N`).
+    pub id: u32,
+    /// The kernel's tag (a hash of the instructions it was given), as `bpftool prog` prints it
+    /// and `enipin_build_info` labels it.
+    #[serde(serialize_with = "tag_hex")]
+    pub tag: u64,
+}
+
+fn tag_hex<S: serde::Serializer>(tag: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{tag:016x}"))
+}
+
+/// The pinned classifier, `None` when nothing is pinned (read only: `enipin status`, and
+/// `enipin watch --debug`, which reads its aya-log records).
+pub(crate) fn pinned_program(paths: &Paths) -> Result<Option<PinnedProgram>> {
     let pin = paths.pin_dir.join(PROG_PIN);
     if !pin.exists() {
         return Ok(None);
     }
     let info = ProgramInfo::from_pin(&pin).with_context(|| format!("reading {}", pin.display()))?;
-    Ok(Some(info.id()))
+    Ok(Some(PinnedProgram {
+        id: info.id(),
+        tag: info.tag(),
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::OBJECT;
     use enipin_ebpf::layout::MAPS;
+
+    /// `enipin --version` names the object this binary embeds (issue 27, item 7).
+    #[test]
+    fn the_version_names_the_embedded_objects_digest() {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(OBJECT);
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(env!("ENIPIN_OBJECT_SHA256"), hex);
+    }
 
     /// The object as built declares every map exactly as the shared table says (no root needed:
     /// the ELF is parsed, nothing is loaded).

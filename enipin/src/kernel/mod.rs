@@ -3,6 +3,7 @@
 //! above it opens a socket of its own.
 
 pub(crate) mod caps;
+pub(crate) mod capture;
 pub(crate) mod claim;
 pub(crate) mod discover;
 pub(crate) mod events;
