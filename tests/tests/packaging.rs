@@ -81,9 +81,9 @@ fn tarball_holds_a_static_binary_whose_lab_passes_with_an_empty_environment() {
     );
 }
 
-/// The tarball carries deploy/kubernetes/ as `kubernetes/` and deploy/cloud-init/ as
-/// `cloud-init/`, file for file, and its overlay builds where it was unpacked (the overlay names
-/// the base by a relative path).
+/// The tarball carries deploy/kubernetes/ as `kubernetes/`, deploy/cloud-init/ as `cloud-init/`
+/// and deploy/grafana/ as `grafana/`, file for file, and its overlay builds where it was unpacked
+/// (the overlay names the base by a relative path).
 #[test]
 fn tarball_ships_the_deploy_recipes_as_in_the_tree() {
     let tmp = TempDir::new("enipin-tar-deploy-").unwrap();
@@ -91,6 +91,7 @@ fn tarball_ships_the_deploy_recipes_as_in_the_tree() {
     for (tree, shipped) in [
         ("deploy/kubernetes", "kubernetes"),
         ("deploy/cloud-init", "cloud-init"),
+        ("deploy/grafana", "grafana"),
     ] {
         let tree = root().join(tree);
         let files = walk(&tree);

@@ -4,7 +4,8 @@
 //! - `enipin-<v>-<arch>-unknown-linux-musl.tar.gz`: the static binary (eBPF object embedded),
 //!   completions, man pages, the unit, the example config, the licences, the alert rules, the
 //!   Kubernetes manifests (`kubernetes/`: deploy/kubernetes/, a kustomize base, its component
-//!   and overlay) and the EC2 user-data (`cloud-init/user-data.yaml`);
+//!   and overlay), the EC2 user-data (`cloud-init/user-data.yaml`) and the Grafana dashboard
+//!   (`grafana/enipin.json`);
 //! - `enipin_<v>_<amd64|arm64>.deb` (cargo-deb) and `enipin-<v>-1.<x86_64|aarch64>.rpm`
 //!   (cargo-generate-rpm), from the same staged files (enipin/Cargo.toml's `[package.metadata.*]`);
 //! - `enipin-<v>.oci.tar`: one OCI image index (amd64 and arm64) of images FROM scratch (buildah,
@@ -245,6 +246,8 @@ fn stage_files(bin: &Path, stage: &Path) -> Result<()> {
     // overlays name the base by relative path.
     copy_tree(&root().join("deploy/kubernetes"), &stage.join("kubernetes"))?;
     copy_tree(&root().join("deploy/cloud-init"), &stage.join("cloud-init"))?;
+    // The Grafana dashboard (docs/metrics.md: "Grafana dashboard").
+    copy_tree(&root().join("deploy/grafana"), &stage.join("grafana"))?;
     let staged = stage.join("enipin");
     let completions = stage.join("completions");
     fs::create_dir_all(&completions)?;
