@@ -256,6 +256,10 @@ enum Command {
         /// The same report as one JSON object (for scripts).
         #[arg(long, help_heading = "Output")]
         json: bool,
+        /// Every rule, route, address and change: without it, lists longer than 12 are folded
+        /// into counts per table and interface.
+        #[arg(long, short, conflicts_with = "json", help_heading = "Output")]
+        verbose: bool,
     },
     /// Datapath counters per interface, summed over CPUs: the ones an operator reads, under 100
     /// columns, with what each counts.
@@ -457,8 +461,8 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
             enipin::daemon::watch(s, &loader, &paths, pacing).await?;
         }
         Command::Detach => enipin::commands::detach(&paths).await?,
-        Command::Status { json } => {
-            if !enipin::commands::status(&paths, json).await? {
+        Command::Status { json, verbose } => {
+            if !enipin::commands::status(&paths, json, verbose).await? {
                 return Ok(ExitCode::FAILURE);
             }
         }

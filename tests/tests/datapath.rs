@@ -678,7 +678,9 @@ fn stats_and_metrics_from_the_cli() {
 
     let out = cli(&["stats", "--json"]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["schema_version"], 1, "{stats}");
+    let rows = &stats["interfaces"];
     let row = rows
         .as_array()
         .unwrap()

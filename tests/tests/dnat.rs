@@ -470,10 +470,8 @@ fn connmark_without_a_working_nft_changes_nothing() {
 
 /// `misrouted_packets` of interface `ifname` in `enipin stats --json`.
 fn misrouted_on(stats: &serde_json::Value, ifname: &str) -> u64 {
-    let list = stats
-        .get("interfaces")
-        .and_then(|v| v.as_array())
-        .or_else(|| stats.as_array())
+    let list = stats["interfaces"]
+        .as_array()
         .unwrap_or_else(|| panic!("no interface list in {stats}"));
     list.iter()
         .find(|i| {

@@ -228,7 +228,7 @@ fn program_id(bpffs: &PinDir) -> u32 {
 fn owned_here(m: &Machine) -> u64 {
     let stats: serde_json::Value =
         serde_json::from_str(&m.ok(&["enipin", "stats", "--json"])).expect("enipin stats --json");
-    stats
+    stats["interfaces"]
         .as_array()
         .unwrap()
         .iter()

@@ -121,6 +121,7 @@ const INSTALLED: &[&str] = &[
     "usr/share/man/man8/enipin.8.gz",
     "usr/share/man/man8/enipin-watch.8.gz",
     "usr/share/enipin/prometheus/enipin-rules.yml",
+    "usr/share/enipin/grafana/enipin.json",
 ];
 
 fn assert_installed(root: &Path, extra: &[&str]) {

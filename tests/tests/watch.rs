@@ -464,7 +464,7 @@ fn program_id(e: &Enipin) -> u32 {
 /// `owned_here` of `ifname` in `enipin stats --json`.
 fn owned_here(e: &Enipin, ifname: &str) -> u64 {
     let stats: serde_json::Value = serde_json::from_str(&e.ok(&["stats", "--json"])).unwrap();
-    stats
+    stats["interfaces"]
         .as_array()
         .unwrap()
         .iter()
@@ -1599,7 +1599,13 @@ fn watch_with_metadata_survives_every_outage_and_follows_secondary_addresses() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|s| s["cidr"]["addr"] == addr)
+            .find(|s| {
+                s["cidr"]
+                    .as_str()
+                    .and_then(|c| c.split_once('/'))
+                    .map(|c| c.0)
+                    == Some(addr)
+            })
             .map(|s| s["source"].as_str().unwrap().to_owned())
     };
     assert_eq!(source(EXTRA).as_deref(), Some("both"), "{status}");

@@ -2,7 +2,7 @@
 
 use anyhow::{Context as _, Result, bail};
 
-use super::ManagedText;
+use super::{Fit, ManagedText};
 use crate::{
     engine::apply,
     engine::snapshot::{Named, Snapshot},
@@ -69,7 +69,8 @@ pub async fn attach(cfg: &Config, paths: &Paths, dry_run: bool, format: DiffForm
         "{}",
         ManagedText {
             managed: &p.managed,
-            prefix: comment
+            prefix: comment,
+            fit: Fit::terminal(true),
         }
     );
     let lines = p.lines(format);

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt};
 use anyhow::{Context as _, Result};
 use serde::{Serialize, Serializer};
 
-use super::ManagedText;
+use super::{Fit, ManagedText};
 use crate::{
     datapath::{self, Attached, OwnerTables, PinnedProgram},
     engine::apply,
@@ -15,7 +15,7 @@ use crate::{
     metadata::{Tracker, Use},
     model::discovery::Discovery,
     model::route::{Route, Rule},
-    model::{Cidr, Gateway, ManagedInterface, Origin, fmt_mac},
+    model::{Cidr, Gateway, ManagedInterface, Origin, cidr_text, fmt_mac},
     routing::plan::{Change, DiffFormat},
     routing::select::Selection,
     settings::config::{Config, Paths},
@@ -59,6 +59,7 @@ pub(crate) struct StatusReport {
 pub(crate) struct Source {
     pub(crate) interface: String,
     /// An address (with the length the desired state gives it) or a delegated prefix.
+    #[serde(serialize_with = "cidr_text::one")]
     pub(crate) cidr: Cidr,
     pub(crate) prefix: bool,
     pub(crate) source: Origin,
@@ -123,12 +124,21 @@ impl fmt::Display for Drift {
 /// Prints the report; returns whether the namespace is healthy: `false` when enipin is attached
 /// (a state file exists) and the installed state drifted from the desired one, which `main`
 /// turns into exit status 1 for health checks. Without a state file nothing is desired yet.
-pub async fn status(paths: &Paths, json: bool) -> Result<bool> {
+/// `verbose`: every rule, route, address and change, where the text folds lists of more than
+/// [`Fit::FOLD`] into counts.
+pub async fn status(paths: &Paths, json: bool, verbose: bool) -> Result<bool> {
     let report = StatusReport::gather(paths).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", crate::model::report::versioned(&report)?);
     } else {
-        print!("{report}");
+        let fit = Fit::terminal(verbose);
+        print!(
+            "{}",
+            StatusText {
+                report: &report,
+                fit
+            }
+        );
     }
     Ok(!report.drifted())
 }
@@ -258,46 +268,118 @@ fn datapath(paths: &Paths) -> Result<(Vec<Attached>, Option<PinnedProgram>, Owne
     ))
 }
 
+/// The report as text, fitted to a terminal.
+pub(crate) struct StatusText<'a> {
+    pub(crate) report: &'a StatusReport,
+    pub(crate) fit: Fit,
+}
+
 impl fmt::Display for StatusReport {
+    /// At 100 columns, long lists folded (what `status | less` shows).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = if self.attached {
+        let fit = Fit {
+            width: 100,
+            all: false,
+        };
+        write!(f, "{}", StatusText { report: self, fit })
+    }
+}
+
+impl fmt::Display for StatusText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (r, fit) = (self.report, self.fit);
+        let state = if r.attached {
             "attached"
-        } else if self.state_missing {
+        } else if r.state_missing {
             "state file missing: enipin's objects below are installed, but what it changed is \
              not recorded (`enipin watch` writes it back; `detach` cannot restore the sysctls)"
         } else {
             "not attached (no state file)"
         };
-        write!(f, "{}", self.summary())?;
-        writeln!(f, "state: {state}")?;
+        write!(f, "{}", r.summary(fit))?;
+        writeln!(f, "{}", prose(&format!("state: {state}"), fit))?;
+        let managed = &r.managed;
         write!(
             f,
             "{}",
             ManagedText {
-                managed: &self.managed,
-                prefix: ""
+                managed,
+                prefix: "",
+                fit
             }
         )?;
-        writeln!(f, "rules ({}):", self.rules.len())?;
-        for r in &self.rules {
-            writeln!(f, "  {}{}", if r.v6 { "-6 " } else { "" }, r.ip_args())?;
+        r.fmt_installed(f, fit)?;
+        r.fmt_datapath(f, fit)?;
+        r.fmt_metadata(f, fit)?;
+        for w in &r.warnings {
+            writeln!(f, "{}", prose(&format!("warning: {w}"), fit))?;
         }
-        writeln!(f, "routes ({}):", self.routes.len())?;
-        for r in &self.routes {
-            writeln!(f, "  {}{}", if r.v6() { "-6 " } else { "" }, r.ip_args())?;
-        }
-        self.fmt_datapath(f)?;
-        self.fmt_metadata(f)?;
-        for w in &self.warnings {
-            writeln!(f, "warning: {w}")?;
-        }
-        self.fmt_drift(f)
+        r.fmt_drift(f, fit)
     }
 }
 
+/// A sentence wrapped at the width, never folded.
+fn prose(text: &str, fit: Fit) -> String {
+    let mut words = text.split(' ').map(str::to_owned);
+    let head = words.next().unwrap_or_default();
+    let words: Vec<String> = words.collect();
+    let fit = Fit { all: true, ..fit };
+    super::wrapped(&head, &words, "", fit)
+}
+
 impl StatusReport {
+    /// enipin's rules and routes: each, or folded, a line per table with its counts.
+    fn fmt_installed(&self, f: &mut fmt::Formatter<'_>, fit: Fit) -> fmt::Result {
+        writeln!(f, "rules ({}):", self.rules.len())?;
+        if fit.whole(self.rules.len()) {
+            for r in &self.rules {
+                writeln!(f, "  {}{}", if r.v6 { "-6 " } else { "" }, r.ip_args())?;
+            }
+        } else {
+            let tables = self.rules.iter().map(|r| (r.table, r.priority));
+            self.fmt_per_table(f, tables, "rule")?;
+        }
+        writeln!(f, "routes ({}):", self.routes.len())?;
+        if fit.whole(self.routes.len()) {
+            for r in &self.routes {
+                writeln!(f, "  {}{}", if r.v6() { "-6 " } else { "" }, r.ip_args())?;
+            }
+        } else {
+            let tables = self.routes.iter().map(|r| (r.table, r.metric));
+            self.fmt_per_table(f, tables, "route")?;
+        }
+        Ok(())
+    }
+
+    /// `(table, priority or metric)` folded into one line per table.
+    fn fmt_per_table(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        items: impl Iterator<Item = (u32, u32)>,
+        what: &str,
+    ) -> fmt::Result {
+        let mut per: BTreeMap<u32, (usize, u32, u32)> = BTreeMap::new();
+        for (table, p) in items {
+            let e = per.entry(table).or_insert((0, p, p));
+            *e = (e.0 + 1, e.1.min(p), e.2.max(p));
+        }
+        let key = if what == "rule" { "pref" } else { "metric" };
+        for (table, (n, lo, hi)) in per {
+            let owner = (self.managed.iter())
+                .find(|m| m.table == table)
+                .map_or(String::new(), |m| format!(" ({})", m.name));
+            let range = if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            };
+            writeln!(f, "  table {table}{owner}: {n} {what}(s), {key} {range}")?;
+        }
+        writeln!(f, "  (--verbose lists each {what})")
+    }
+
     /// The first lines: what is managed, installed and running, in counts (the lists follow).
-    fn summary(&self) -> String {
+    fn summary(&self, fit: Fit) -> String {
         let names: Vec<&str> = self.managed.iter().map(|m| m.name.as_str()).collect();
         let shown = match names.len() {
             0 => "none".to_owned(),
@@ -319,11 +401,12 @@ impl StatusReport {
             .running
             .as_deref()
             .unwrap_or("no enipin runs in this namespace now");
+        let running = prose(&format!("         running: {running}"), fit);
         format!(
             "summary: {} interface(s) selected ({shown}), {addrs} address(es)\n\
              \x20        enipin's {} rule(s) and {} route(s) installed; datapath {datapath}\n\
              \x20        drift: {drift}\n\
-             \x20        running: {running}\n",
+             {running}\n",
             names.len(),
             self.rules.len(),
             self.routes.len(),
@@ -335,12 +418,24 @@ impl StatusReport {
         (self.attached && !self.drift.is_empty()) || self.state_missing
     }
 
-    fn fmt_datapath(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt_datapath(&self, f: &mut fmt::Formatter<'_>, fit: Fit) -> fmt::Result {
         if self.datapath.is_empty() {
             writeln!(f, "datapath: not attached")?;
         }
-        for a in &self.datapath {
-            writeln!(f, "datapath: {} (ifindex {}) {}", a.name, a.ifindex, a.kind)?;
+        if fit.whole(self.datapath.len()) {
+            for a in &self.datapath {
+                writeln!(f, "datapath: {} (ifindex {}) {}", a.name, a.ifindex, a.kind)?;
+            }
+        } else {
+            let on: Vec<String> = (self.datapath.iter())
+                .map(|a| format!("{}:{}", a.name, a.kind))
+                .collect();
+            let head = format!("datapath on {} interface(s):", on.len());
+            writeln!(
+                f,
+                "{}",
+                super::wrapped(&head, &on, "", Fit { all: true, ..fit })
+            )?;
         }
         if let Some(p) = &self.program {
             writeln!(f, "datapath program: id {}, tag {:016x}", p.id, p.tag)?;
@@ -359,12 +454,19 @@ impl StatusReport {
     }
 
     /// With `--metadata`: where each address and prefix comes from, and what is unknown.
-    fn fmt_metadata(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt_metadata(&self, f: &mut fmt::Formatter<'_>, fit: Fit) -> fmt::Result {
         let Some(m) = &self.metadata else {
             return Ok(());
         };
         writeln!(f, "sources ({} metadata request(s)):", m.requests)?;
-        for s in &self.sources {
+        if !fit.whole(self.sources.len()) {
+            self.fmt_sources_folded(f)?;
+        }
+        for s in self
+            .sources
+            .iter()
+            .filter(|_| fit.whole(self.sources.len()))
+        {
             let what = if s.prefix { "prefix " } else { "" };
             let from = match s.source {
                 Origin::Netlink => "netlink",
@@ -376,12 +478,36 @@ impl StatusReport {
             writeln!(f, "  {} {what}{}: {from}", s.interface, s.cidr)?;
         }
         for (mac, why) in &m.unknown {
-            writeln!(f, "  metadata of {mac} unknown: {why}")?;
+            writeln!(
+                f,
+                "{}",
+                prose(&format!("  metadata of {mac} unknown: {why}"), fit)
+            )?;
         }
         Ok(())
     }
 
-    fn fmt_drift(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// Per interface, how many of its addresses and prefixes come from where.
+    fn fmt_sources_folded(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut per: BTreeMap<&str, BTreeMap<String, usize>> = BTreeMap::new();
+        for s in &self.sources {
+            let origin = serde_json::to_value(s.source)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            *per.entry(&s.interface)
+                .or_default()
+                .entry(origin)
+                .or_default() += 1;
+        }
+        for (interface, counts) in per {
+            let counts: Vec<String> = counts.iter().map(|(o, n)| format!("{n} {o}")).collect();
+            writeln!(f, "  {interface}: {}", counts.join(", "))?;
+        }
+        writeln!(f, "  (--verbose lists each address)")
+    }
+
+    fn fmt_drift(&self, f: &mut fmt::Formatter<'_>, fit: Fit) -> fmt::Result {
         if self.drift.is_empty() {
             return writeln!(f, "drift: none");
         }
@@ -395,8 +521,17 @@ impl StatusReport {
             "{what} ({} change(s) to reach the desired state):",
             self.drift.len()
         )?;
-        for c in &self.drift {
-            writeln!(f, "  {c}")?;
+        let shown = if fit.whole(self.drift.len()) {
+            self.drift.len()
+        } else {
+            Fit::FOLD
+        };
+        for c in &self.drift[..shown] {
+            writeln!(f, "{}", prose(&format!("  {c}"), fit))?;
+        }
+        if shown < self.drift.len() {
+            let more = self.drift.len() - shown;
+            writeln!(f, "  +{more} more (--verbose lists each change)")?;
         }
         Ok(())
     }
@@ -410,7 +545,9 @@ struct InterfaceJson<'a> {
     mac: String,
     mtu: u32,
     table: u32,
+    #[serde(serialize_with = "cidr_text::many")]
     addrs: &'a [Cidr],
+    #[serde(serialize_with = "cidr_text::many")]
     prefixes: &'a [Cidr],
     gateway_v4: Option<Gateway>,
     gateway_v6: Option<Gateway>,
@@ -536,6 +673,92 @@ drift (2 change(s) to reach the desired state):
         );
     }
 
+    /// The README's scale, 15 interfaces x 50 addresses with their rules, routes, sources and
+    /// a drift of every rule (issue 28, item 2): folded, at most 100 columns and 120 lines;
+    /// `--verbose` keeps every rule and stays within 120 columns. Before: every rule, source
+    /// and change a line (over 2,000), each interface's 50 addresses on one line of 800 columns.
+    #[test]
+    fn at_15_by_50_the_text_fits_a_terminal() {
+        let base = report();
+        let mut r = report();
+        r.running = Some(
+            "enipin watch (PID 4242), state dir /run/enipin, pin dir /sys/fs/bpf/enipin, \
+             config /etc/enipin/enipin.toml"
+                .into(),
+        );
+        r.metadata = Some(MetadataStatus {
+            unknown: BTreeMap::new(),
+            requests: 165,
+        });
+        (r.managed, r.rules, r.routes, r.datapath, r.sources) = Default::default();
+        for i in 0..15u8 {
+            let mut m = base.managed[0].clone();
+            (m.name, m.ifindex, m.table) =
+                (format!("eth{i}"), 3 + u32::from(i), 20003 + u32::from(i));
+            m.addrs = (0..50u8)
+                .map(|a| format!("198.18.{i}.{}/24", 10 + a).parse().unwrap())
+                .collect();
+            for (n, a) in m.addrs.iter().enumerate() {
+                let rule = Rule {
+                    from: Some(Cidr::host(a.addr)),
+                    table: m.table,
+                    priority: 20000 + (n % 3) as u32,
+                    ..base.rules[0].clone()
+                };
+                r.rules.push(rule.clone());
+                r.drift.push(Drift::Routing(Change::AddRule(rule)));
+                r.sources.push(Source {
+                    interface: m.name.clone(),
+                    cidr: *a,
+                    prefix: false,
+                    source: Origin::Both,
+                });
+            }
+            for route in [&base.routes[0], &base.routes[0]] {
+                r.routes.push(Route {
+                    table: m.table,
+                    ..route.clone()
+                });
+            }
+            r.datapath.push(Attached {
+                ifindex: m.ifindex,
+                name: m.name.clone(),
+                kind: datapath::AttachKind::Tcx,
+            });
+            r.managed.push(m);
+        }
+        let text = |all| {
+            StatusText {
+                report: &r,
+                fit: Fit { width: 100, all },
+            }
+            .to_string()
+        };
+        let folded = text(false);
+        let longest = |t: &str| t.lines().map(str::len).max().unwrap_or(0);
+        assert!(longest(&folded) <= 100, "{folded}");
+        assert!(
+            folded.lines().count() <= 120,
+            "{} lines:\n{folded}",
+            folded.lines().count()
+        );
+        assert!(
+            folded.contains("  table 20003 (eth0): 50 rule(s), pref 20000-20002"),
+            "{folded}"
+        );
+        assert!(folded.contains("  eth0: 50 both"), "{folded}");
+        let verbose = text(true);
+        assert!(longest(&verbose) <= 120, "{verbose}");
+        assert_eq!(
+            verbose.matches("lookup 20017").count(),
+            2 * 50,
+            "rules and their drift"
+        );
+        for a in &r.managed[14].addrs {
+            assert!(verbose.contains(&format!(" {a}")), "{a} missing");
+        }
+    }
+
     #[test]
     fn json_keys_and_shapes() {
         let v = serde_json::to_value(report()).unwrap();
@@ -560,15 +783,9 @@ drift (2 change(s) to reach the desired state):
             ]
         );
         assert_eq!(v["managed"][0]["mac"], "02:00:00:00:00:11");
-        assert_eq!(
-            v["managed"][0]["addrs"][0],
-            serde_json::json!({"addr": "198.18.0.11", "prefix_len": 24})
-        );
+        assert_eq!(v["managed"][0]["addrs"][0], "198.18.0.11/24");
         assert_eq!(v["managed"][0]["gateway_v4"]["source"], "subnet-first-host");
-        assert_eq!(
-            v["rules"][0]["from"],
-            serde_json::json!(["198.18.0.11", 32])
-        );
+        assert_eq!(v["rules"][0]["from"], "198.18.0.11/32");
         assert_eq!(v["datapath"][0]["kind"], "tcx");
         assert_eq!(
             v["program"],

@@ -180,7 +180,7 @@ pub async fn doctor(cfg: &Config, paths: &Paths, root: &Root, json: bool) -> Res
     caps::require("enipin doctor", Cap::needed(true))?;
     let report = examine(cfg, paths, root).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", crate::model::report::versioned(&report)?);
     } else {
         print!("{report}");
     }

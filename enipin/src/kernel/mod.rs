@@ -12,3 +12,4 @@ pub mod netns;
 pub(crate) mod nft;
 pub(crate) mod nft_events;
 pub(crate) mod sysctl;
+pub(crate) mod tty;

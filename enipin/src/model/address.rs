@@ -17,6 +17,7 @@ pub(crate) struct Address {
     pub(crate) ifindex: u32,
     /// The interface's name, for the plan's text.
     pub(crate) dev: String,
+    #[serde(serialize_with = "crate::model::cidr_text::one")]
     pub(crate) cidr: Cidr,
 }
 

@@ -5,6 +5,7 @@ pub(crate) mod address;
 pub(crate) mod connmark;
 pub(crate) mod discovery;
 pub(crate) mod objects;
+pub(crate) mod report;
 pub(crate) mod route;
 pub(crate) mod sysctl;
 
@@ -42,6 +43,30 @@ pub struct Cidr {
     pub addr: IpAddr,
     /// 0-32 for IPv4, 0-128 for IPv6.
     pub prefix_len: u8,
+}
+
+/// The one spelling of a CIDR in enipin's JSON reports (`status`, `attach --dry-run`, `doctor`):
+/// `"198.18.0.10/24"`, as iproute2 and every config format write it. The state file keeps the
+/// struct [`Cidr`] serialises to, so an older enipin still reads it after a downgrade.
+pub(crate) mod cidr_text {
+    use serde::Serializer;
+
+    use super::Cidr;
+
+    pub(crate) fn one<S: Serializer>(c: &Cidr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(c)
+    }
+
+    pub(crate) fn opt<S: Serializer>(c: &Option<Cidr>, s: S) -> Result<S::Ok, S::Error> {
+        match c {
+            Some(c) => s.collect_str(c),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn many<S: Serializer>(cs: &[Cidr], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(cs.iter().map(ToString::to_string))
+    }
 }
 
 impl Cidr {

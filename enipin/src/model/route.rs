@@ -6,9 +6,9 @@
 
 use std::{fmt::Write as _, net::IpAddr};
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
-use crate::model::{Cidr, RTPROT_ENIPIN};
+use crate::model::{Cidr, RTPROT_ENIPIN, cidr_text};
 
 /// The kernel's main routing table (`RT_TABLE_MAIN`).
 pub(crate) const MAIN_TABLE: u32 = 254;
@@ -29,8 +29,7 @@ pub(crate) fn table_name(table: u32) -> String {
 pub(crate) struct Rule {
     pub v6: bool,
     pub priority: u32,
-    /// `status --json` has always written this as `[addr, len]`.
-    #[serde(serialize_with = "opt_pair")]
+    #[serde(serialize_with = "cidr_text::opt")]
     pub from: Option<Cidr>,
     pub table: u32,
     pub suppress_prefixlen: Option<u32>,
@@ -80,8 +79,7 @@ impl Rule {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub(crate) struct Route {
     pub table: u32,
-    /// `status --json` has always written this as `[addr, len]`.
-    #[serde(serialize_with = "pair")]
+    #[serde(serialize_with = "cidr_text::one")]
     pub dst: Cidr,
     pub gateway: Option<IpAddr>,
     pub oif: u32,
@@ -179,20 +177,12 @@ impl InstalledRoute {
     }
 }
 
-fn pair<S: Serializer>(c: &Cidr, s: S) -> Result<S::Ok, S::Error> {
-    (c.addr, c.prefix_len).serialize(s)
-}
-
-fn opt_pair<S: Serializer>(c: &Option<Cidr>, s: S) -> Result<S::Ok, S::Error> {
-    c.map(|c| (c.addr, c.prefix_len)).serialize(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn json_keeps_addr_len_pairs() {
+    fn json_spells_a_cidr_as_text() {
         let rule = Rule {
             v6: false,
             priority: 20000,
@@ -202,7 +192,7 @@ mod tests {
             fwmark: None,
         };
         let v = serde_json::to_value(&rule).unwrap();
-        assert_eq!(v["from"], serde_json::json!(["198.18.0.10", 32]));
+        assert_eq!(v["from"], "198.18.0.10/32");
         let route = Route {
             table: 20002,
             dst: Cidr::any(true),
@@ -214,7 +204,7 @@ mod tests {
             metric: V6_METRIC,
         };
         let v = serde_json::to_value(&route).unwrap();
-        assert_eq!(v["dst"], serde_json::json!(["::", 0]));
+        assert_eq!(v["dst"], "::/0");
         assert_eq!(route.ip_args(), "default dev eth2 table 20002 proto 229");
     }
 }

@@ -33,7 +33,8 @@ pub(crate) fn rows(paths: &Paths) -> Result<Vec<Row>> {
 pub async fn stats(paths: &Paths, json: bool, wide: bool) -> Result<()> {
     let rows = rows(paths)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&stats_json(&rows))?);
+        let report = serde_json::json!({ "interfaces": stats_json(&rows) });
+        println!("{}", crate::model::report::versioned(&report)?);
     } else {
         println!("{}", stats_table(&rows, wide));
     }

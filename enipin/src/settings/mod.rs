@@ -345,7 +345,12 @@ impl Settings {
                 (e.key.to_owned(), v)
             })
             .collect();
-        serde_json::json!({"file": self.file, "found": self.found, "settings": keys})
+        serde_json::json!({
+            "schema_version": crate::model::report::SCHEMA_VERSION,
+            "file": self.file,
+            "found": self.found,
+            "settings": keys,
+        })
     }
 }
 
