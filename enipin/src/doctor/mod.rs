@@ -251,15 +251,15 @@ async fn examine_with(snap: &Snapshot, cfg: &Config, paths: &Paths, root: &Root)
         boot,
         &ifaces,
     )));
-    let raw_rules = rules::read(&snap.nl).await?;
+    let raw_rules = &d.rules_seen;
     findings.extend(cloud_agents::check(
         &cloud_agents::read(root.path(), &procs, ns, boot),
-        &raw_rules,
+        raw_rules,
         d,
         &managed,
         cfg,
     ));
-    findings.extend(rules::check(&raw_rules, d, &managed, cfg));
+    findings.extend(rules::check(raw_rules, d, &managed, cfg));
     findings.extend(sysctl::check(
         &managed,
         &sysctl::now(&managed),

@@ -5,17 +5,10 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use anyhow::Result;
-use netlink_packet_route::{
-    AddressFamily,
-    rule::{RuleAction, RuleAttribute, RuleMessage},
-};
-
 use super::{Finding, Severity};
 use crate::{
-    kernel::netlink::Netlink,
     model::discovery::Discovery,
-    model::route::MAIN_TABLE,
+    model::route::{MAIN_TABLE, ObservedRule, RuleVerb},
     model::{Cidr, ManagedInterface, RTPROT_ENIPIN},
     routing::plan,
     settings::config::Config,
@@ -27,20 +20,10 @@ const IMDS_ADDR: [u8; 4] = [169, 254, 169, 254];
 /// The kernel's own tables: unspec, default, main, local.
 const RESERVED_TABLES: [u32; 4] = [0, 253, 254, 255];
 
-/// A rule as `ip rule` would show it: everything the checks look at.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct RuleView {
-    pub v6: bool,
-    pub priority: u32,
-    pub action: RuleAction,
-    pub table: u32,
-    pub from: Option<Cidr>,
-    pub to: Option<Cidr>,
-    pub fwmark: Option<u32>,
-    pub protocol: u8,
-}
+/// A rule as `ip rule` would show it, as discovery read it: everything the checks look at.
+pub(super) type RuleView = ObservedRule;
 
-impl RuleView {
+impl ObservedRule {
     /// `priority 10001 from 198.18.0.11/32 lookup 10001 (protocol 4)`.
     pub(super) fn text(&self) -> String {
         let mut s = format!("priority {}", self.priority);
@@ -51,10 +34,10 @@ impl RuleView {
             s += &format!(" to {t}");
         }
         if let Some(m) = self.fwmark {
-            s += &format!(" fwmark {m:#x}");
+            s += &format!(" fwmark {:#x}", m.value);
         }
-        s += &match self.action {
-            RuleAction::ToTable => format!(" lookup {}", self.table),
+        s += &match self.verb {
+            RuleVerb::Lookup => format!(" lookup {}", self.table),
             a => format!(" {}", format!("{a:?}").to_lowercase()),
         };
         format!("{s} (protocol {})", self.protocol)
@@ -80,48 +63,8 @@ impl RuleView {
         let to_imds = self
             .to
             .is_some_and(|t| t.addr == IpAddr::from(IMDS_ADDR) && t.prefix_len == 32);
-        self.fwmark == Some(IMDS_MARK) || self.table == IMDS_MARK || to_imds
+        self.fwmark.is_some_and(|m| m.value == IMDS_MARK) || self.table == IMDS_MARK || to_imds
     }
-}
-
-/// Every rule of both families.
-pub(super) async fn read(nl: &Netlink) -> Result<Vec<RuleView>> {
-    Ok(nl.rules().await?.iter().map(decode).collect())
-}
-
-fn decode(m: &RuleMessage) -> RuleView {
-    let mut r = RuleView {
-        v6: m.header.family == AddressFamily::Inet6,
-        priority: 0,
-        action: m.header.action,
-        table: u32::from(m.header.table),
-        from: None,
-        to: None,
-        fwmark: None,
-        protocol: 0,
-    };
-    for a in &m.attributes {
-        match a {
-            RuleAttribute::Priority(p) => r.priority = *p,
-            RuleAttribute::Table(t) => r.table = *t,
-            RuleAttribute::Source(ip) => {
-                r.from = Some(Cidr {
-                    addr: *ip,
-                    prefix_len: m.header.src_len,
-                })
-            }
-            RuleAttribute::Destination(ip) => {
-                r.to = Some(Cidr {
-                    addr: *ip,
-                    prefix_len: m.header.dst_len,
-                })
-            }
-            RuleAttribute::FwMark(f) => r.fwmark = Some(*f),
-            RuleAttribute::Protocol(p) => r.protocol = u8::from(*p),
-            _ => {}
-        }
-    }
-    r
 }
 
 /// Whether `rule`'s source selector covers `addr` (a specific one: `from all` is everyone's).
@@ -218,7 +161,7 @@ fn clashes(
     let mut out = Vec::new();
     for r in foreign {
         let at_prio = prios.contains(&r.priority);
-        let at_table = r.action == RuleAction::ToTable && tables.contains(&r.table);
+        let at_table = r.verb == RuleVerb::Lookup && tables.contains(&r.table);
         if !(at_prio || at_table) {
             continue;
         }
@@ -272,7 +215,7 @@ fn above(
         for a in &m.addrs {
             for r in foreign.iter().filter(|r| {
                 r.priority < cfg.priority
-                    && r.action == RuleAction::ToTable
+                    && r.verb == RuleVerb::Lookup
                     && ![MAIN_TABLE, 253, 255].contains(&r.table)
                     && covers(r.from, a.addr)
                     && !r.is_imds()
@@ -403,11 +346,12 @@ pub(super) mod tests {
         RuleView {
             v6: false,
             priority,
-            action: RuleAction::ToTable,
+            verb: RuleVerb::Lookup,
             table,
             from: from.map(|f| f.parse().unwrap()),
             to: None,
             fwmark: None,
+            suppress_prefixlen: None,
             protocol,
         }
     }
@@ -562,9 +506,12 @@ pub(super) mod tests {
         let (d, m) = lab();
         let mut rules = kernel();
         let mut marked = rule(1000, None, IMDS_MARK, 0);
-        marked.fwmark = Some(IMDS_MARK);
+        marked.fwmark = Some(crate::model::route::Fwmark {
+            value: IMDS_MARK,
+            mask: u32::MAX,
+        });
         let mut prohibit = rule(1001, None, 0, 0);
-        prohibit.action = RuleAction::Prohibit;
+        prohibit.verb = RuleVerb::Prohibit;
         prohibit.to = Some("169.254.169.254/32".parse().unwrap());
         assert!(prohibit.text().contains("to 169.254.169.254/32 prohibit"));
         rules.extend([marked, prohibit]);

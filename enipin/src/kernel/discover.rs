@@ -20,7 +20,7 @@ use crate::{
         sysctl,
     },
     model::discovery::Discovery,
-    model::route::{InstalledRoute, MAIN_TABLE},
+    model::route::{InstalledRoute, MAIN_TABLE, ObservedRule},
     model::{Cidr, Forwarding, Interface, MacAddr, RTPROT_ENIPIN},
 };
 
@@ -63,11 +63,17 @@ pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
         .filter(|r| r.table == MAIN_TABLE && r.dst.prefix_len == 0 && r.oif != 0)
         .filter_map(|r| Some((r.oif, r.gateway?)))
         .collect();
-    let rules = nl.rules().await?.iter().map(netlink::decode_rule).collect();
+    let rules_seen: Vec<_> = nl
+        .rules()
+        .await?
+        .iter()
+        .map(netlink::observe_rule)
+        .collect();
     Ok(Discovery {
         interfaces,
         defaults,
-        rules,
+        rules: rules_seen.iter().map(ObservedRule::installed).collect(),
+        rules_seen,
         routes,
         all_rp_filter: sysctl::all_rp_filter().map_err(|e| format!("{e:#}")),
         nft: None,

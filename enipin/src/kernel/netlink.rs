@@ -27,7 +27,7 @@ use rtnetlink::{
 
 use crate::{
     model::address::Address,
-    model::route::{Fwmark, InstalledRoute, InstalledRule, Route, Rule},
+    model::route::{Fwmark, InstalledRoute, InstalledRule, ObservedRule, Route, Rule, RuleVerb},
     model::{Cidr, Ipv4Conf, RTPROT_ENIPIN},
 };
 
@@ -565,17 +565,22 @@ fn rule_priority(m: &RuleMessage) -> u32 {
 /// A dumped (or announced) rule in enipin's terms: the parts it models (it only ever creates
 /// "from X lookup T" and "lookup main suppress_prefixlength 0") and its protocol.
 pub(crate) fn decode_rule(m: &RuleMessage) -> InstalledRule {
-    let mut from = None;
-    let mut suppress_prefixlen = None;
+    observe_rule(m).installed()
+}
+
+/// A dumped rule, everything `ip rule` shows: the one decoder of rules (the plan's view and
+/// doctor's are both made from it).
+pub(crate) fn observe_rule(m: &RuleMessage) -> ObservedRule {
+    let cidr = |addr: &IpAddr, prefix_len| Cidr {
+        addr: *addr,
+        prefix_len,
+    };
+    let (mut from, mut to, mut suppress_prefixlen) = (None, None, None);
     let (mut mark, mut mask) = (None, None);
     for a in &m.attributes {
         match a {
-            RuleAttribute::Source(ip) => {
-                from = Some(Cidr {
-                    addr: *ip,
-                    prefix_len: m.header.src_len,
-                })
-            }
+            RuleAttribute::Source(ip) => from = Some(cidr(ip, m.header.src_len)),
+            RuleAttribute::Destination(ip) => to = Some(cidr(ip, m.header.dst_len)),
             // The kernel reports "not set" as -1.
             RuleAttribute::SuppressPrefixLen(l) if *l != u32::MAX => suppress_prefixlen = Some(*l),
             RuleAttribute::FwMark(v) => mark = Some(*v),
@@ -583,20 +588,32 @@ pub(crate) fn decode_rule(m: &RuleMessage) -> InstalledRule {
             _ => {}
         }
     }
-    InstalledRule {
+    ObservedRule {
+        v6: m.header.family == AddressFamily::Inet6,
+        priority: rule_priority(m),
+        verb: rule_verb(m.header.action),
+        table: rule_table(m),
+        from,
+        to,
+        // The kernel reports a mark without a mask as mask 0xffffffff.
+        fwmark: mark.map(|value| Fwmark {
+            value,
+            mask: mask.unwrap_or(u32::MAX),
+        }),
+        suppress_prefixlen,
         protocol: rule_protocol(m),
-        rule: Rule {
-            v6: m.header.family == AddressFamily::Inet6,
-            priority: rule_priority(m),
-            from,
-            table: rule_table(m),
-            suppress_prefixlen,
-            // The kernel reports a mark without a mask as mask 0xffffffff.
-            fwmark: mark.map(|value| Fwmark {
-                value,
-                mask: mask.unwrap_or(u32::MAX),
-            }),
-        },
+    }
+}
+
+fn rule_verb(a: RuleAction) -> RuleVerb {
+    match a {
+        RuleAction::ToTable => RuleVerb::Lookup,
+        RuleAction::Goto => RuleVerb::Goto,
+        RuleAction::Nop => RuleVerb::Nop,
+        RuleAction::Blackhole => RuleVerb::Blackhole,
+        RuleAction::Unreachable => RuleVerb::Unreachable,
+        RuleAction::Prohibit => RuleVerb::Prohibit,
+        other => RuleVerb::Other(u8::from(other)),
     }
 }
 

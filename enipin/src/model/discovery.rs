@@ -8,7 +8,7 @@ use crate::model::{Cidr, route::MAIN_TABLE};
 use crate::model::{
     Interface,
     connmark::Connmark,
-    route::{InstalledRoute, InstalledRule},
+    route::{InstalledRoute, InstalledRule, ObservedRule},
 };
 
 /// A snapshot of the namespace.
@@ -19,6 +19,8 @@ pub(crate) struct Discovery {
     pub defaults: Vec<(u32, IpAddr)>,
     /// Every rule of both families, anyone's.
     pub rules: Vec<InstalledRule>,
+    /// The same rules with all `ip rule` shows (action, `to`): doctor's checks of others'.
+    pub rules_seen: Vec<ObservedRule>,
     /// Every route of both families in every table, anyone's, with its device named.
     pub routes: Vec<InstalledRoute>,
     /// `net.ipv4.conf.all.rp_filter` (`all` is no link, so no link dump has it), or why it could
@@ -51,6 +53,7 @@ impl Default for Discovery {
             interfaces: Vec::new(),
             defaults: Vec::new(),
             rules: Vec::new(),
+            rules_seen: Vec::new(),
             routes: Vec::new(),
             all_rp_filter: Ok(0),
             nft: None,

@@ -145,6 +145,52 @@ pub(crate) struct InstalledRoute {
     pub route: Route,
 }
 
+/// What a rule does with a packet it matches (`ip rule`'s action).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RuleVerb {
+    Lookup,
+    Goto,
+    Nop,
+    Blackhole,
+    Unreachable,
+    Prohibit,
+    /// An action this enipin has no name for (its number).
+    Other(u8),
+}
+
+/// Any rule as the kernel dumps it, everything `ip rule` shows: what doctor looks at in
+/// others' rules. [`Self::installed`] is the part the plan models.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ObservedRule {
+    pub v6: bool,
+    pub priority: u32,
+    pub verb: RuleVerb,
+    pub table: u32,
+    pub from: Option<Cidr>,
+    pub to: Option<Cidr>,
+    /// The mark and its mask (the kernel reports a mark without one as 0xffffffff).
+    pub fwmark: Option<Fwmark>,
+    pub suppress_prefixlen: Option<u32>,
+    pub protocol: u8,
+}
+
+impl ObservedRule {
+    /// The rule in the terms enipin creates rules in (`from X lookup T`, a suppressor, a mark).
+    pub(crate) fn installed(&self) -> InstalledRule {
+        InstalledRule {
+            protocol: self.protocol,
+            rule: Rule {
+                v6: self.v6,
+                priority: self.priority,
+                from: self.from,
+                table: self.table,
+                suppress_prefixlen: self.suppress_prefixlen,
+                fwmark: self.fwmark,
+            },
+        }
+    }
+}
+
 impl InstalledRule {
     /// Installed by enipin (protocol [`RTPROT_ENIPIN`]).
     pub(crate) fn is_enipin(&self) -> bool {
