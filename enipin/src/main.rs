@@ -1,10 +1,14 @@
 //! The `enipin` command line: parses the arguments, lays them over the config file into the
 //! [`Settings`] of the command, and runs it.
 
+mod complete;
+mod man;
+
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use clap_complete::engine::ArgValueCompleter;
 use enipin::{
     settings::config::{self, DelegatedPrefix, Listen, MetadataSource, Mode, Paths},
     settings::config_file::ConfigPath,
@@ -16,7 +20,13 @@ use enipin::{
 #[command(name = "enipin", version = enipin::VERSION, about, long_about = None)]
 struct Cli {
     /// Run inside the named network namespace (/run/netns/NAME) instead of the current one.
-    #[arg(long, global = true, help_heading = "Global", env = "ENIPIN_NETNS")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global",
+        env = "ENIPIN_NETNS",
+        add = ArgValueCompleter::new(complete::netns)
+    )]
     netns: Option<String>,
     /// bpffs directory for enipin's pinned links, program and maps.
     #[arg(long, global = true, help_heading = "Global", env = "ENIPIN_PIN_DIR", default_value = config::DEFAULT_PIN_DIR)]
@@ -59,7 +69,7 @@ struct Selection {
     /// Interfaces to manage, by name or MAC (comma-separated), each with the ENIs its replies
     /// could leave by. Default: every ENI a reply from which could leave by another ENI (main
     /// table). [file: select.interfaces]
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', add = ArgValueCompleter::new(complete::interfaces))]
     interfaces: Option<Vec<String>>,
     /// Gateway of the managed interfaces on its subnet, of every one if on none (default: the
     /// main table's default route through the interface, else another interface's whose gateway
@@ -334,13 +344,15 @@ enum Command {
         #[arg(long, value_enum, default_value = "shared")]
         subnets: enipin::lab::Subnets,
     },
-    /// Shell completions on stdout (the packages install them).
+    /// The shell's completion script on stdout, as `COMPLETE=SHELL enipin` prints it (the
+    /// packages install them).
     #[command(hide = true)]
     Completions {
         /// bash, elvish, fish, powershell or zsh.
         shell: clap_complete::Shell,
     },
-    /// Man pages, section 8 (enipin is in sbin): enipin.8 and one per command, written into DIR.
+    /// Man pages, written into DIR: section 8 (enipin is in sbin), enipin.8 and one per command,
+    /// and enipin.toml.5.
     #[command(hide = true)]
     Man {
         /// Where to write the pages.
@@ -368,9 +380,19 @@ enum ConfigAction {
     },
 }
 
+/// The command line: [`Cli`] with each command's examples in its `--help`.
+fn command() -> clap::Command {
+    man::with_examples(Cli::command())
+}
+
 fn main() -> ExitCode {
+    // `COMPLETE=bash enipin ...` (the shell's completion script calling) answers and exits.
+    clap_complete::CompleteEnv::with_factory(command)
+        .var(complete::VAR)
+        .completer("enipin")
+        .complete();
     one_malloc_arena();
-    let matches = Cli::command().get_matches();
+    let matches = command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     enipin::observe::logging::init(cli.log_format);
     // `enipin status | head` should end quietly, as other Unix tools do, not panic on EPIPE. Not
@@ -525,10 +547,8 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
             metadata,
             subnets,
         } => return enipin::lab::run(keep, metadata, subnets).await,
-        Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "enipin", &mut std::io::stdout());
-        }
-        Command::Man { dir } => write_man_pages(&dir)?,
+        Command::Completions { shell } => complete::registration(shell)?,
+        Command::Man { dir } => man::write(command(), &dir)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -538,15 +558,6 @@ fn pacing(s: &Settings) -> enipin::daemon::Pacing {
     let mut pacing = enipin::daemon::Pacing::new(std::time::Duration::from_secs(s.interval));
     pacing.metadata = std::time::Duration::from_secs(s.metadata_interval);
     pacing
-}
-
-/// `man DIR`: a page per command.
-fn write_man_pages(dir: &std::path::Path) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let mut cmd = Cli::command();
-    // Propagates the global flags into every command's page.
-    cmd.build();
-    man_pages(&cmd, dir)
 }
 
 /// `config check`: the settings, then the global flags that are not in the file.
@@ -586,22 +597,6 @@ fn globals(cli: &Cli, m: &ArgMatches) -> Vec<Entry> {
     ]
 }
 
-/// One page per command; after `build()` each command's display name is `enipin-<command>`.
-fn man_pages(cmd: &clap::Command, dir: &std::path::Path) -> Result<()> {
-    let name = cmd.get_display_name().unwrap_or(cmd.get_name());
-    let mut page = Vec::new();
-    clap_mangen::Man::new(cmd.clone())
-        .section("8")
-        .render(&mut page)?;
-    std::fs::write(dir.join(format!("{name}.8")), page)?;
-    for sub in cmd.get_subcommands() {
-        if !sub.is_hide_set() && sub.get_name() != "help" {
-            man_pages(sub, dir)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,5 +629,44 @@ mod tests {
         let mut missing = Vec::new();
         walk(&cmd, "enipin", &mut missing);
         assert!(missing.is_empty(), "{missing:#?}");
+    }
+
+    /// Every flag the key table (enipin.toml(5), docs/config.md) names is one `config check`
+    /// takes, and says which key it sets.
+    #[test]
+    fn the_key_tables_flags_exist_and_name_their_key() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let check = cmd
+            .find_subcommand("config")
+            .unwrap()
+            .find_subcommand("check")
+            .unwrap();
+        for k in enipin::settings::keys::KEYS {
+            let Some(flag) = k.flag else { continue };
+            let long = flag.trim_start_matches("--");
+            let arg = (check.get_arguments())
+                .find(|a| a.get_long() == Some(long))
+                .unwrap_or_else(|| panic!("{}: no {flag}", k.name));
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(
+                help.contains(&format!("[file: {}", k.name)),
+                "{flag}: {help}"
+            );
+        }
+    }
+
+    /// Every command with examples shows them at the end of its --help.
+    #[test]
+    fn help_ends_with_examples() {
+        let mut cmd = command();
+        let help = cmd.render_long_help().to_string();
+        assert!(help.contains("Examples:\n  enipin doctor\n"), "{help}");
+        let attach = cmd.find_subcommand_mut("attach").unwrap();
+        let help = attach.render_long_help().to_string();
+        assert!(
+            help.trim_end().ends_with("also the addresses EC2 assigns"),
+            "{help}"
+        );
     }
 }

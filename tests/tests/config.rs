@@ -91,7 +91,8 @@ fn config_check_fails_on_a_bad_or_missing_file_naming_key_and_line() {
     assert!(!ok, "{out}");
     assert!(
         err.starts_with(&format!(
-            "enipin: {file}:4:1: layers.rule: unknown field `rule`, expected one of `rules`, `ebpf`, `connmark`, `connmark-mask`"
+            "enipin: {file}:4:1: layers.rule: unknown key; [layers] has rules, ebpf, connmark, \
+             connmark-mask (man 5 enipin.toml)"
         )),
         "{err}"
     );

@@ -57,6 +57,7 @@ fn tarball_holds_a_static_binary_whose_lab_passes_with_an_empty_environment() {
         "man/enipin.8.gz",
         "man/enipin-watch.8.gz",
         "man/enipin-attach.8.gz",
+        "man/enipin.toml.5.gz",
         "enipin-rules.yml",
     ] {
         assert!(top.join(file).is_file(), "the tarball has no {file}");
@@ -120,6 +121,7 @@ const INSTALLED: &[&str] = &[
     "usr/share/fish/vendor_completions.d/enipin.fish",
     "usr/share/man/man8/enipin.8.gz",
     "usr/share/man/man8/enipin-watch.8.gz",
+    "usr/share/man/man5/enipin.toml.5.gz",
     "usr/share/enipin/prometheus/enipin-rules.yml",
     "usr/share/enipin/grafana/enipin.json",
 ];

@@ -54,6 +54,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("systemd-nspawn", "systemd-container"),
     ("setpriv", "util-linux"),
     ("file", "file"),
+    // enipin's man.rs test formats every man page with `groff -man -ww` (no warning allowed).
+    ("groff", "groff-base"),
     // `promtool check metrics` lints watch's /metrics in tests/tests/watch_metrics.rs;
     // `promtool check|test rules` checks deploy/prometheus/, and the server itself scrapes watch
     // in tests/tests/prometheus.rs. One package ships both commands.

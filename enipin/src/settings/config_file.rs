@@ -4,7 +4,9 @@
 //! line:column, on one line (a failed reload in `watch` is one log line).
 //!
 //! A section is a struct here, a field of [`File`], and its keys' picks in
-//! [`crate::settings`]; the keys are the flags' names (`table-base` for `--table-base`).
+//! [`crate::settings`]; the keys are the flags' names (`table-base` for `--table-base`). Every
+//! key is also a row of [`crate::settings::keys::KEYS`], which documents it (its tests fail
+//! until it is).
 
 use std::{net::IpAddr, num::NonZeroU64, path::PathBuf};
 
@@ -150,10 +152,29 @@ pub(crate) fn parse(text: &str) -> Result<File, String> {
         };
         let (line, column) = line_column(text, at);
         match key_at(text, at) {
-            Some(key) => format!("{line}:{column}: {key}: {}", e.message()),
+            Some(key) => format!("{line}:{column}: {key}: {}", message(&key, e.message())),
             None => format!("{line}:{column}: {}", e.message()),
         }
     })
+}
+
+/// serde's message, but an unknown key names the keys of its section from the table
+/// ([`crate::settings::keys`]) that enipin.toml(5) shows, not the struct's fields.
+fn message(key: &str, serde: &str) -> String {
+    use crate::settings::keys;
+    if !serde.starts_with("unknown field") {
+        return serde.to_owned();
+    }
+    match key.split_once('.') {
+        Some((section, _)) => {
+            let known = keys::keys_of(section).join(", ");
+            format!("unknown key; [{section}] has {known} (man 5 enipin.toml)")
+        }
+        None => {
+            let known = keys::sections().join(", ");
+            format!("unknown section; the sections are {known} (man 5 enipin.toml)")
+        }
+    }
 }
 
 /// The 1-based line of byte `offset` in `text`.
@@ -205,12 +226,12 @@ mod tests {
     fn an_unknown_key_is_named_with_its_line_and_column() {
         let e = parse("[select]\npriority = 5\nprefix = []\n").unwrap_err();
         assert!(
-            e.starts_with("3:1: select.prefix: unknown field `prefix`, expected one of"),
+            e.starts_with("3:1: select.prefix: unknown key; [select] has interfaces, gateway,"),
             "{e}"
         );
         let e = parse("\n[selection]\n").unwrap_err();
         assert!(
-            e.starts_with("2:2: selection: unknown field `selection`"),
+            e.starts_with("2:2: selection: unknown section; the sections are select, layers,"),
             "{e}"
         );
     }

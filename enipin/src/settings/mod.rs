@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod config_file;
+pub mod keys;
 
 use std::{fmt, net::IpAddr, num::NonZeroU64, path::PathBuf};
 
@@ -185,6 +186,9 @@ impl Picks<'_> {
             }
             (None, None) => (default, Source::Default),
         };
+        // Every key is the table's, which enipin.toml(5) is written from (keys.rs's tests
+        // check the other direction, and that every debug-built pick passes here).
+        debug_assert!(keys::named(key).is_some(), "{key} is not in keys::KEYS");
         self.entries.push(Entry {
             key,
             // Plain data (strings, numbers, booleans, lists of strings): never fails.
@@ -364,16 +368,10 @@ impl fmt::Display for Settings {
         } else {
             writeln!(f, "# config file: {file} (not found: built-in defaults)")?;
         }
-        let lines: Vec<_> = self
-            .entries
-            .iter()
-            .map(|e| match &e.value {
-                Value::Null => format!("{} unset", e.key),
-                // Masks read as bits: TOML takes the hex form back as it is.
-                Value::Number(n) if e.key.ends_with("-mask") => {
-                    format!("{} = {:#010x}", e.key, n.as_u64().unwrap_or_default())
-                }
-                v => format!("{} = {v}", e.key),
+        let lines: Vec<_> = (self.entries.iter())
+            .map(|e| match literal(e) {
+                None => format!("{} unset", e.key),
+                Some(v) => format!("{} = {v}", e.key),
             })
             .collect();
         let width = lines.iter().map(String::len).max().unwrap_or(0);
@@ -381,6 +379,18 @@ impl fmt::Display for Settings {
             writeln!(f, "{line:width$}  # {}", e.source)?;
         }
         Ok(())
+    }
+}
+
+/// An entry's value as a TOML literal, as `config check` prints it; `None` when unset.
+pub(crate) fn literal(e: &Entry) -> Option<String> {
+    match &e.value {
+        Value::Null => None,
+        // Masks read as bits: TOML takes the hex form back as it is.
+        Value::Number(n) if e.key.ends_with("-mask") => {
+            Some(format!("{:#010x}", n.as_u64().unwrap_or_default()))
+        }
+        v => Some(v.to_string()),
     }
 }
 
