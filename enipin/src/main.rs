@@ -319,10 +319,18 @@ enum Command {
     Render {
         #[command(flatten)]
         sel: Selection,
-        /// network-scripts (ifcfg rule-/route- files), networkd (.network files beside
-        /// enipin), netplan (YAML), or nmcli (commands).
+        /// network-scripts (ifcfg rule-/route- files), networkd (drop-ins beside enipin),
+        /// netplan (YAML), or nmcli (a bash script).
         #[arg(long, value_enum, help_heading = "Output")]
         format: enipin::commands::render::Format,
+        /// Write each file at its path under DIR (etc/..., the nmcli script at the top) instead
+        /// of printing them all; a second run writes the same bytes.
+        #[arg(long, value_name = "DIR", help_heading = "Output")]
+        output_dir: Option<PathBuf>,
+        /// Read networkd's .network files under DIR instead of / (networkd's drop-ins extend the
+        /// file networkd applies to each interface).
+        #[arg(long, value_name = "DIR", help_heading = "Output")]
+        root: Option<PathBuf>,
     },
     /// The config file: `enipin config check`.
     Config {
@@ -519,10 +527,19 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
             let out = enipin::commands::sysdump::sysdump(&paths, &globals, output).await?;
             println!("{}", out.display());
         }
-        Command::Render { sel, format } => {
+        Command::Render {
+            sel,
+            format,
+            output_dir,
+            root,
+        } => {
             sel.give(&mut given);
             let s = loader(given).load()?;
-            enipin::commands::render::render(&s.config, format).await?;
+            let out = enipin::commands::render::Output {
+                dir: output_dir,
+                root: root.unwrap_or_else(|| PathBuf::from("/")),
+            };
+            enipin::commands::render::render(&s.config, format, &out).await?;
         }
         Command::Config {
             action:

@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use enipin_tests::{EniSpec, Enipin, Snapshot, Spec, Topology, require};
+use enipin_tests::{EniSpec, Enipin, Snapshot, Spec, TempDir, Topology, require};
 
 /// The lab with ENIs `eth<i>` whose addresses are `enis[i]` = (IPv4 host numbers, IPv6 host
 /// numbers) in 198.18.0.0/24 and 2001:db8::/64 (first = primary; added in ENI order, so the main
@@ -579,61 +579,18 @@ fn render_every_format_pairs_addresses_with_their_interface() {
         "{out}"
     );
     assert!(!out.contains("proto 229"), "{out}");
-
-    // networkd's files go beside a running enipin (issue 24): the addresses, the main table's
-    // default routes with their metrics and KeepConfiguration=static; none of enipin's rules or
-    // tables, which would conflict with its rules layer.
-    let main = [
-        "route",
-        "add",
-        "default",
-        "via",
-        "198.18.0.1",
-        "dev",
-        "eth0",
-        "metric",
-        "100",
-    ];
-    t.host().ip(&main).unwrap();
-    let out = enipin.ok(&["render", "--format", "networkd"]);
-    t.host()
-        .ip(&[&["route", "del"][..], &main[2..]].concat())
-        .unwrap();
-    assert!(
-        out.starts_with("# systemd-networkd beside a running enipin"),
-        "{out}"
-    );
-    assert!(out.contains("ManageForeignRoutingPolicyRules=no"), "{out}");
-    let s = sections(&out, ".network");
-    let eth1 = &s.iter().find(|(h, _)| h.contains("eth1")).unwrap().1;
-    assert!(
-        eth1.contains(&format!("MACAddress={}", t.spec.enis[1].mac)),
-        "{out}"
-    );
-    assert!(
-        eth1.contains("Address=198.18.0.11/24\nAddress=198.18.0.21/24\n"),
-        "{out}"
-    );
-    assert!(eth1.contains("\nKeepConfiguration=static\n"), "{out}");
-    assert!(
-        !eth1.contains("[Route]"),
-        "no default route through eth1: {out}"
-    );
-    assert!(!eth1.contains("198.18.0.10"), "{out}");
-    let eth0 = &s.iter().find(|(h, _)| h.contains("eth0")).unwrap().1;
-    assert!(
-        eth0.contains("[Route]\nGateway=198.18.0.1\nMetric=100\n"),
-        "{out}"
-    );
-    let t0 = t0.to_string();
-    for enipins in ["[RoutingPolicyRule]", "Table=", "Priority=", &t0] {
+    // Every file says what the datapath adds and that its rules are this instance's.
+    assert_eq!(s.len(), 6, "{out}");
+    for (h, b) in &s {
         assert!(
-            !out.contains(enipins),
-            "{enipins:?} in networkd's files:\n{out}"
+            b.contains("Not in it: enipin's datapath") && b.contains("this instance's addresses"),
+            "{h}:\n{b}"
         );
     }
 
+    // netplan: ids by interface name amending the distribution's file; no match:, no addresses.
     let out = enipin.ok(&["render", "--format", "netplan"]);
+    assert!(out.starts_with("# /etc/netplan/90-enipin.yaml\n"), "{out}");
     let eth1 = out
         .split("    eth1:")
         .nth(1)
@@ -659,28 +616,324 @@ fn render_every_format_pairs_addresses_with_their_interface() {
         "{out}"
     );
     assert!(
-        eth0.contains(&format!("macaddress: \"{}\"", t.spec.enis[0].mac))
-            && eth0.contains("2001:db8::10")
-            && !eth0.contains("198.18.0.11"),
+        eth0.contains("2001:db8::10") && !eth0.contains("198.18.0.11"),
         "{out}"
     );
+    let yaml: Vec<_> = out.lines().filter(|l| !l.starts_with('#')).collect();
+    for per_instance in ["match:", "macaddress", "set-name", "addresses:", "dhcp"] {
+        assert!(
+            yaml.iter().all(|l| !l.contains(per_instance)),
+            "{per_instance}:\n{out}"
+        );
+    }
 
+    // nmcli: a script that sets each list whole (never `+ipv4.routing-rules`).
     let out = enipin.ok(&["render", "--format", "nmcli"]);
-    let eth1: Vec<&str> = out
-        .lines()
-        .filter(|l| l.contains("device show eth1"))
-        .collect();
-    assert!(eth1.iter().any(|l| l.ends_with(&format!("+ipv4.routing-rules \"priority 20000 from 198.18.0.21/32 table {t1} suppress_prefixlength 0\""))), "{out}");
+    assert!(out.starts_with("#!/bin/bash\n"), "{out}");
+    let eth1 = out
+        .split("\n# eth1\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{out}"));
+    let eth0 = out
+        .split("\n# eth0\n")
+        .nth(1)
+        .unwrap()
+        .split("\n# eth1\n")
+        .next()
+        .unwrap();
     assert!(
-        eth1.iter()
-            .any(|l| l.ends_with(&format!("+ipv4.routes \"0.0.0.0/0 198.18.0.1 table={t1}\""))),
+        eth1.contains(&format!(
+            "  'priority 20000 from 198.18.0.21/32 table {t1} suppress_prefixlength 0'"
+        )) && eth1.contains(&format!("  '0.0.0.0/0 198.18.0.1 table={t1}'")),
         "{out}"
     );
-    assert!(eth1.iter().all(|l| !l.contains("198.18.0.10")), "{out}");
-    assert!(out.contains(&format!("device show eth0)\" +ipv6.routing-rules \"priority 20002 from 2001:db8::10/128 table {t0}\"")), "{out}");
-    assert!(out.contains("nmcli device reapply eth1"), "{out}");
+    assert!(!eth1.contains("198.18.0.10"), "{out}");
+    assert!(
+        eth0.contains(&format!(
+            "  'priority 20002 from 2001:db8::10/128 table {t0}'"
+        )),
+        "{out}"
+    );
+    assert!(
+        eth1.contains("nmcli device reapply eth1") && !out.contains(" +ipv"),
+        "{out}"
+    );
+    let syntax = Command::new("bash")
+        .args(["-n", "-c", &out])
+        .output()
+        .unwrap();
+    assert!(syntax.status.success(), "{syntax:?}");
     assert_same(&before, &enipin.dump(&t), "render changed something");
 }
+
+/// Every file of a directory under `dir`: (path relative to it, mode, bytes).
+fn tree(dir: &std::path::Path) -> Vec<(String, u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                todo.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_str().unwrap().to_owned();
+                out.push((
+                    rel,
+                    meta.permissions().mode() & 0o7777,
+                    std::fs::read(&p).unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `render --output-dir` (issue 28, item 3): one file per path, the same bytes at a second run.
+/// networkd: drop-ins for the `.network` file networkd applies to each interface in an AL2023
+/// root (amazon-ec2-net-utils' `70-eth0.network` for eth0, the catch-all `80-ec2.network` for
+/// eth1), none of ours in front of them, and systemd-analyze reads each merged into its file.
+/// nmcli: the script run twice against a stand-in nmcli keeping the lists as files changes
+/// nothing the second time and keeps the operator's own entries.
+#[test]
+fn render_output_dir_writes_each_file_once_and_the_same_twice() {
+    let (t, enipin) = topo(&[(&[10], &[0x10]), (&[11, 21], &[])]);
+    let t1 = table(&t, 1);
+    let tmp = TempDir::new("enipin-render-").unwrap();
+    let (root, out) = (tmp.path().join("root"), tmp.path().join("out"));
+    let (root_s, out_s) = (root.to_str().unwrap(), out.to_str().unwrap());
+    let file = |p: &str, text: &str| {
+        let p = root.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    file(
+        "usr/lib/systemd/network/80-ec2.network",
+        "[Match]\nDriver=ena ixgbevf vif veth\n\n[Network]\nDHCP=yes\n",
+    );
+    // As amazon-ec2-net-utils does: eth0's file is the catch-all, matched to eth0 by a drop-in.
+    std::fs::create_dir_all(root.join("run/systemd/network")).unwrap();
+    std::os::unix::fs::symlink(
+        "../../../usr/lib/systemd/network/80-ec2.network",
+        root.join("run/systemd/network/70-eth0.network"),
+    )
+    .unwrap();
+    file(
+        "run/systemd/network/70-eth0.network.d/eni.conf",
+        &format!(
+            "[Match]\nMACAddress={}\n[Network]\nDHCP=yes\n",
+            t.spec.enis[0].mac
+        ),
+    );
+
+    let args = |format| {
+        [
+            "render",
+            "--format",
+            format,
+            "--root",
+            root_s,
+            "--output-dir",
+            out_s,
+        ]
+    };
+    let listed = enipin.ok(&args("networkd"));
+    let want = [
+        "etc/systemd/networkd.conf.d/99-enipin.conf",
+        "etc/systemd/network/70-eth0.network.d/70-enipin.conf",
+        "etc/systemd/network/80-ec2.network.d/70-enipin.conf",
+    ];
+    let paths: Vec<_> = listed
+        .lines()
+        .map(|l| l.strip_prefix(out_s).unwrap())
+        .collect();
+    assert_eq!(paths, want.map(|p| format!("/{p}")), "{listed}");
+    let first = tree(&out);
+    assert_eq!(first.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(), {
+        let mut w = want.to_vec();
+        w.sort();
+        w
+    });
+    enipin.ok(&args("networkd"));
+    assert!(tree(&out) == first, "a second run wrote other bytes");
+    for (p, mode, body) in &first {
+        let body = String::from_utf8_lossy(body);
+        assert_eq!(*mode, 0o644, "{p}");
+        assert!(
+            body.contains("Not in it: enipin's datapath"),
+            "{p}:\n{body}"
+        );
+        let settings = body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for per_instance in ["[Match]", "Address=", "MACAddress=", "198.18.", "2001:db8:"] {
+            assert!(
+                !settings.contains(per_instance),
+                "{p}: {per_instance}\n{body}"
+            );
+        }
+    }
+
+    // systemd's own reading of the files and their drop-ins, installed in the root.
+    for (p, _, body) in &first {
+        let dst = root.join(p);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::write(dst, body).unwrap();
+    }
+    let cat = |name: &str| {
+        let o = Command::new("systemd-analyze")
+            .args([&format!("--root={root_s}"), "cat-config", name])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let eth0 = cat("systemd/network/70-eth0.network");
+    let at = |name: &str| {
+        eth0.find(&format!("# {root_s}/{name}\n"))
+            .unwrap_or_else(|| panic!("{name}:\n{eth0}"))
+    };
+    // Drop-ins are read in name order across directories: ours, then amazon-ec2-net-utils'.
+    let ours = at("etc/systemd/network/70-eth0.network.d/70-enipin.conf");
+    assert!(at("run/systemd/network/70-eth0.network") < ours, "{eth0}");
+    assert!(
+        ours < at("run/systemd/network/70-eth0.network.d/eni.conf"),
+        "{eth0}"
+    );
+    assert!(
+        eth0[ours..].contains("[Network]\nKeepConfiguration=static\n")
+            && eth0.matches("KeepConfiguration=").count() == 1,
+        "{eth0}"
+    );
+    let catch_all = cat("systemd/network/80-ec2.network");
+    assert!(
+        catch_all.contains("DHCP=yes") && catch_all.ends_with("KeepConfiguration=static\n"),
+        "{catch_all}"
+    );
+    let conf = cat("systemd/networkd.conf");
+    assert!(
+        conf.contains("ManageForeignRoutingPolicyRules=no\nManageForeignRoutes=no\n"),
+        "{conf}"
+    );
+
+    // The nmcli script, run twice.
+    std::fs::remove_dir_all(&out).unwrap();
+    let listed = enipin.ok(&args("nmcli"));
+    let script = out.join("enipin-nmcli.sh");
+    assert_eq!(listed.trim(), script.to_str().unwrap());
+    assert_eq!(
+        tree(&out)
+            .iter()
+            .map(|f| (f.0.as_str(), f.1))
+            .collect::<Vec<_>>(),
+        [("enipin-nmcli.sh", 0o755)]
+    );
+    let state = tmp.path().join("nm");
+    let stub = tmp.path().join("bin");
+    std::fs::create_dir_all(&stub).unwrap();
+    std::fs::write(stub.join("nmcli"), NMCLI_STANDIN).unwrap();
+    std::fs::set_permissions(
+        stub.join("nmcli"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // The operator's own entries, one with colons (nmcli -g escapes them).
+    let own_route = "198.19.0.0/16 198.18.0.1";
+    let own_rule = "priority 100 from 2001:db8::99/128 table 100";
+    std::fs::create_dir_all(state.join("Wired eth1")).unwrap();
+    std::fs::create_dir_all(state.join("Wired eth0")).unwrap();
+    std::fs::write(
+        state.join("Wired eth1/ipv4.routes"),
+        format!("{own_route}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        state.join("Wired eth0/ipv6.routing-rules"),
+        format!("{own_rule}\n"),
+    )
+    .unwrap();
+    let run = || {
+        let path = format!("{}:{}", stub.display(), std::env::var("PATH").unwrap());
+        let o = Command::new("bash")
+            .arg(&script)
+            .env("PATH", path)
+            .env("NMSTATE", &state)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let mut s = tree(&state);
+        s.retain(|f| f.0 != "reapplied");
+        s
+    };
+    let once = run();
+    let text = |s: &[(String, u32, Vec<u8>)], p: &str| {
+        String::from_utf8(
+            s.iter()
+                .find(|f| f.0 == p)
+                .unwrap_or_else(|| panic!("{p}: {s:?}"))
+                .2
+                .clone(),
+        )
+        .unwrap()
+    };
+    let routes1 = text(&once, "Wired eth1/ipv4.routes");
+    assert!(
+        routes1.starts_with(&format!("{own_route}\n"))
+            && routes1.contains(&format!("0.0.0.0/0 198.18.0.1 table={t1}\n")),
+        "{routes1}"
+    );
+    let rules0 = text(&once, "Wired eth0/ipv6.routing-rules");
+    assert!(
+        rules0.starts_with(&format!("{own_rule}\n")) && rules0.contains("from 2001:db8::10/128"),
+        "{rules0}"
+    );
+    for (p, _, body) in &once {
+        let lines: Vec<_> = std::str::from_utf8(body).unwrap().lines().collect();
+        let unique: std::collections::BTreeSet<_> = lines.iter().collect();
+        assert_eq!(
+            unique.len(),
+            lines.len(),
+            "{p} holds a duplicate:\n{lines:?}"
+        );
+    }
+    assert!(run() == once, "the second run changed the connections");
+    let reapplied = std::fs::read_to_string(state.join("reapplied")).unwrap();
+    assert_eq!(reapplied, "eth0\neth1\neth0\neth1\n");
+}
+
+/// A stand-in for nmcli (not installed here): each connection's list properties as files under
+/// $NMSTATE, one entry a line. `-g` prints a list as nmcli does (", " between entries, ':'
+/// escaped as '\:'); `modify` sets a list (commas split it) or, with `+`, appends to it.
+const NMCLI_STANDIN: &str = r#"#!/bin/bash
+set -eu
+s=$NMSTATE
+set -- "$@" "" "" "" ""
+if [ "$1 $2 $3 $4" = "-g GENERAL.CONNECTION device show" ]; then echo "Wired $5"; exit 0; fi
+if [ "$1" = -g ] && [ "$3 $4" = "connection show" ]; then
+  f="$s/$5/$2"
+  if [ -f "$f" ]; then sed 's/:/\\:/g' "$f" | paste -sd, - | sed 's/,/, /g'; else echo; fi
+  exit 0
+fi
+if [ "$1 $2" = "connection modify" ]; then
+  con=$3; shift 3
+  mkdir -p "$s/$con"
+  while [ -n "$1" ]; do
+    p=$1 v=$2; shift 2
+    case $p in
+      +*) printf '%s\n' "$v" >> "$s/$con/${p#+}" ;;
+      *) printf '%s' "$v" | tr ',' '\n' | sed 's/^ *//' | grep -v '^$' > "$s/$con/$p" || true ;;
+    esac
+  done
+  exit 0
+fi
+if [ "$1 $2" = "device reapply" ]; then echo "$3" >> "$s/reapplied"; exit 0; fi
+echo "nmcli stand-in: unexpected $*" >&2
+exit 2
+"#;
 
 #[test]
 fn selection_by_mac_prefixes_and_gateway_sources() {

@@ -563,17 +563,22 @@ fn networkd_and_cloud_agents_from_a_scratch_root_with_their_fixes() {
             "{text}"
         );
     }
-    // The drop-in as `render --format networkd` prints it, installed: networkd is no threat.
-    let render = e.ok(&["render", "--format", "networkd"]);
-    let drop_in: String = render
-        .split("\n\n")
-        .next()
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    write(r, "/etc/systemd/networkd.conf.d/99-enipin.conf", &drop_in);
+    // The drop-in as `render --format networkd --output-dir` writes it, installed in the root:
+    // networkd is no threat.
+    let root = r.to_str().unwrap();
+    let written = e.ok(&[
+        "render",
+        "--format",
+        "networkd",
+        "--root",
+        root,
+        "--output-dir",
+        root,
+    ]);
+    assert_eq!(
+        written,
+        format!("{root}/etc/systemd/networkd.conf.d/99-enipin.conf\n")
+    );
     let (ok, text) = doctor(&e, r, &[]);
     assert!(ok, "{text}");
     assert!(

@@ -257,18 +257,20 @@ fn every_surface_treats_an_eni_in_its_own_subnet_like_any_other() {
     let (t, e) = split();
     let gw = ["--gateway", "2001:db8:b::1"];
     let before = e.dump(&t);
+    let empty = TempDir::new("enipin-root-").unwrap();
+    let empty = empty.path().to_str().unwrap();
     for (format, route) in [
         (
             "network-scripts",
             "198.18.0.0/24 via 198.18.11.1 dev eth1 table 20003",
         ),
-        // networkd's files sit beside a running enipin: the addresses of eth1's own subnet,
-        // no table of enipin's (docs/networkd.md).
-        ("networkd", "Address=198.18.11.11/24"),
+        // networkd's files sit beside a running enipin: no address, no table of enipin's
+        // (docs/networkd.md); in an empty root no .network file configures eth1.
+        ("networkd", "# eth1: no .network file matches it"),
         ("netplan", "to: \"198.18.0.0/24\""),
         ("nmcli", "198.18.0.0/24 198.18.11.1 table=20003"),
     ] {
-        let out = e.ok(&["render", "--format", format, gw[0], gw[1]]);
+        let out = e.ok(&["render", "--format", format, "--root", empty, gw[0], gw[1]]);
         assert!(out.contains(route), "{format}: no {route:?}\n{out}");
         assert!(
             out.contains("eth0") && out.contains("eth1"),

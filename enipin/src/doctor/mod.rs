@@ -50,7 +50,21 @@ use crate::{
     settings::config::{Config, Paths},
 };
 
-pub(crate) use networkd_conf::DROP_IN as NETWORKD_DROP_IN;
+pub(crate) use networkd_conf::{
+    DROP_IN_BODY as NETWORKD_DROP_IN_BODY, DROP_IN_PATH as NETWORKD_DROP_IN_PATH,
+};
+
+/// The name of the `.network` file systemd-networkd applies to each interface `(name, mac)`
+/// under `root`, found as `doctor` finds it; `None`: no file matches, networkd leaves it alone.
+pub(crate) fn networkd_link_files(
+    root: &Path,
+    ifaces: &[(String, crate::model::MacAddr)],
+) -> Vec<Option<String>> {
+    networkd_links::read(root, ifaces)
+        .into_iter()
+        .map(|l| Some(l.file?.file_name()?.to_string_lossy().into_owned()))
+        .collect()
+}
 
 /// How much a finding matters to enipin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

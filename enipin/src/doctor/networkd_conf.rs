@@ -8,10 +8,6 @@ pub(crate) const DROP_IN_PATH: &str = "/etc/systemd/networkd.conf.d/99-enipin.co
 /// Its contents.
 pub(crate) const DROP_IN_BODY: &str =
     "[Network]\nManageForeignRoutingPolicyRules=no\nManageForeignRoutes=no\n";
-/// The drop-in as `render --format networkd` prints it.
-pub(crate) const DROP_IN: &str = "# /etc/systemd/networkd.conf.d/99-enipin.conf: networkd keeps \
-    the rules and routes it did not create (enipin's)\n\
-    [Network]\nManageForeignRoutingPolicyRules=no\nManageForeignRoutes=no\n";
 
 /// systemd's `parse_boolean`.
 pub(super) fn systemd_bool(v: &str) -> Option<bool> {

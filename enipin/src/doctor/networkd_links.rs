@@ -6,9 +6,11 @@
 //!
 //! The file is found as networkd finds it: the `.network` files of its four directories in
 //! name order (a name in /etc masking the same name in /run and /usr/lib), the first whose
-//! `[Match]` matches the link. Only `Name=` (globs, `!` inverts) and `MACAddress=` /
-//! `PermanentMACAddress=` are evaluated; other match keys (`Driver=`, `Type=`, ...) are taken as
-//! matching, so a file that names the interface or its MAC is the one reported.
+//! `[Match]` matches the link. Only `Name=` (globs, `!` inverts), `MACAddress=` /
+//! `PermanentMACAddress=` and `Type=` (an ENI is `ether`) are evaluated; other match keys
+//! (`Driver=`, ...) are taken as matching, so a file that names the interface or its MAC is the
+//! one reported. `Type=` counts because systemd ships files matching only by it (Debian 12's
+//! `80-wifi-adhoc.network`, `Type=wlan`), which sort before AL2023's `80-ec2.network`.
 
 use std::path::{Path, PathBuf};
 
@@ -67,7 +69,7 @@ pub(super) struct LinkFile {
 pub(super) fn read(root: &Path, ifaces: &[(String, MacAddr)]) -> Vec<LinkFile> {
     let files: Vec<(PathBuf, Ini)> = host::config_files(root, &DIRS, ".network")
         .into_iter()
-        .filter_map(|p| Some((p.clone(), load(&p)?)))
+        .filter_map(|p| Some((p.clone(), load(root, &p)?)))
         .collect();
     ifaces
         .iter()
@@ -76,19 +78,32 @@ pub(super) fn read(root: &Path, ifaces: &[(String, MacAddr)]) -> Vec<LinkFile> {
             LinkFile {
                 name: name.clone(),
                 file: file.map(|(p, _)| p.clone()),
-                keep: file.map_or(Keep::No, |(p, ini)| keep(root, p, ini)),
+                keep: file.map_or(Keep::No, |(_, ini)| keep(ini)),
             }
         })
         .collect()
 }
 
-fn load(p: &Path) -> Option<Ini> {
+/// The file with its drop-ins (`NAME.network.d/*.conf` in any of the four directories, in name
+/// order) after it, as networkd parses them: one text, lists accumulating, the last value
+/// winning. amazon-ec2-net-utils' `70-IFACE.network` is a link to the catch-all
+/// `80-ec2.network` (`Driver=ena ...`) whose drop-in `eni.conf` adds `MACAddress=`: without its
+/// drop-ins, eth0's file would match every ENI.
+fn load(root: &Path, p: &Path) -> Option<Ini> {
+    let name = p.file_name().unwrap_or_default().to_string_lossy();
+    let dirs = DIRS.map(|d| format!("{d}/{name}.d"));
+    let dirs: Vec<&str> = dirs.iter().map(String::as_str).collect();
+    let mut text = std::fs::read_to_string(p).ok()?;
+    for d in host::config_files(root, &dirs, ".conf") {
+        text.push('\n');
+        text += &std::fs::read_to_string(d).unwrap_or_default();
+    }
     let opt = ParseOption {
         enabled_quote: false,
         enabled_escape: false,
         ..ParseOption::default()
     };
-    Ini::load_from_str_opt(&std::fs::read_to_string(p).ok()?, opt).ok()
+    Ini::load_from_str_opt(&text, opt).ok()
 }
 
 /// The values of `key` in `section`s, as systemd accumulates a list: whitespace-separated words
@@ -121,26 +136,17 @@ fn matches(ini: &Ini, name: &str, mac: &MacAddr) -> bool {
         let macs = list(ini, "Match", k);
         macs.is_empty() || macs.iter().any(|m| m.eq_ignore_ascii_case(&mac))
     });
-    name_ok && mac_ok
+    let types = list(ini, "Match", "Type");
+    let type_ok = types.is_empty() || types.iter().any(|t| t == "ether");
+    name_ok && mac_ok && type_ok
 }
 
-/// The last valid `KeepConfiguration=` of the file's `[Network]`, then of its drop-ins
-/// (`NAME.network.d/*.conf` in any of the four directories).
-fn keep(root: &Path, p: &Path, ini: &Ini) -> Keep {
-    let value = |ini: &Ini| {
-        ini.section_all(Some("Network"))
-            .flat_map(|s| s.get_all("KeepConfiguration"))
-            .filter_map(Keep::parse)
-            .next_back()
-    };
-    let name = p.file_name().unwrap_or_default().to_string_lossy();
-    let dirs = DIRS.map(|d| format!("{d}/{name}.d"));
-    let dirs: Vec<&str> = dirs.iter().map(String::as_str).collect();
-    host::config_files(root, &dirs, ".conf")
-        .iter()
-        .filter_map(|d| value(&load(d)?))
+/// The last valid `KeepConfiguration=` of the file's `[Network]` and its drop-ins'.
+fn keep(ini: &Ini) -> Keep {
+    ini.section_all(Some("Network"))
+        .flat_map(|s| s.get_all("KeepConfiguration"))
+        .filter_map(Keep::parse)
         .next_back()
-        .or_else(|| value(ini))
         .unwrap_or(Keep::No)
 }
 
@@ -212,6 +218,11 @@ mod tests {
         .write(
             "/run/systemd/network/06-other-mac.network",
             "[Match]\nMACAddress=02:00:00:00:00:99\n",
+        )
+        // systemd's own, matching by type alone: not an ENI's.
+        .write(
+            "/usr/lib/systemd/network/07-wifi-adhoc.network",
+            "[Match]\nType=wlan\nWLANInterfaceType=ad-hoc\n",
         );
         let l = links(&r);
         assert!(
@@ -276,5 +287,36 @@ mod tests {
         let l = links(&r);
         assert_eq!(l[0].file, None);
         assert!(check(&l).is_empty());
+    }
+
+    /// AL2023: amazon-ec2-net-utils links `70-IFACE.network` to the catch-all and matches it to
+    /// the ENI's MAC in a drop-in; until it has done so for eth1, the catch-all is eth1's.
+    #[test]
+    fn a_files_match_includes_its_drop_ins() {
+        let r = Root::new("nd-al2023");
+        let catch_all = "/usr/lib/systemd/network/80-ec2.network";
+        r.write(
+            catch_all,
+            "[Match]\nDriver=ena ixgbevf vif\n[Network]\nDHCP=yes\n",
+        )
+        .link(
+            "/run/systemd/network/70-eth0.network",
+            r.path().join(&catch_all[1..]).to_str().unwrap(),
+        )
+        .write(
+            "/run/systemd/network/70-eth0.network.d/eni.conf",
+            "[Match]\nMACAddress=02:00:00:00:00:10\n[Network]\nDHCP=yes\n",
+        );
+        let file = |r: &Root| links(r)[0].file.clone().unwrap();
+        assert!(file(&r).ends_with("80-ec2.network"), "{:?}", links(&r));
+        r.link(
+            "/run/systemd/network/70-eth1.network",
+            r.path().join(&catch_all[1..]).to_str().unwrap(),
+        )
+        .write(
+            "/run/systemd/network/70-eth1.network.d/eni.conf",
+            "[Match]\nMACAddress=02:00:00:00:00:11\n",
+        );
+        assert!(file(&r).ends_with("70-eth1.network"), "{:?}", links(&r));
     }
 }
