@@ -49,6 +49,69 @@ fn table(t: &Topology, eni: usize) -> u32 {
 }
 
 /// Pings `dst` from the host with source address `src`: whether a reply came back.
+/// netplan itself turns the rendered file into networkd's: in a scratch root beside the file
+/// cloud-init writes (eth0 and eth1 by name, DHCP), eth1's policy rules and its table's default
+/// route come out in eth1's `.network`.
+fn netplan_generates(yaml: &str, table: u32) {
+    let root = enipin_tests::TempDir::new("enipin-netplan-").unwrap();
+    let dir = root.path().join("etc/netplan");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cloud_init = "network:\n  version: 2\n  ethernets:\n    eth0:\n      dhcp4: true\n    eth1:\n      dhcp4: true\n";
+    for (name, text) in [("50-cloud-init.yaml", cloud_init), ("90-enipin.yaml", yaml)] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        // netplan warns about (and newer ones refuse) files others can read.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+    let out = Command::new("netplan")
+        .arg("generate")
+        .arg("--root-dir")
+        .arg(root.path())
+        .output()
+        .expect("netplan (cargo xtask setup installs netplan.io)");
+    assert!(
+        out.status.success(),
+        "netplan generate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let network = root
+        .path()
+        .join("run/systemd/network/10-netplan-eth1.network");
+    let text =
+        std::fs::read_to_string(&network).unwrap_or_else(|e| panic!("{}: {e}", network.display()));
+    assert!(
+        text.contains("DHCP=ipv4"),
+        "cloud-init's DHCP kept:\n{text}"
+    );
+    assert!(text.contains("[RoutingPolicyRule]"), "{text}");
+    assert!(
+        text.contains("From=198.18.0.21/32") && text.contains(&format!("Table={table}")),
+        "{text}"
+    );
+    assert!(text.contains("Gateway=198.18.0.1"), "{text}");
+}
+
+/// `cmd` reads `script` on stdin and finds nothing wrong in it.
+fn script_checks(cmd: &[&str], script: &str) {
+    let mut child = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo xtask setup installs it)", cmd[0]));
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
+    let checked = child.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "{}: {}{}\n{script}",
+        cmd.join(" "),
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
 fn ping_from(t: &Topology, src: &str, dst: &str) -> bool {
     t.host().pings(&["-I", src, dst], 2).unwrap().1 > 0
 }
@@ -96,23 +159,13 @@ fn seed_ping_fails_before_and_works_after_attach() {
         dry_ip.contains("sysctl -w net.ipv4.conf.eth1.arp_ignore=1"),
         "{dry_ip}"
     );
-    // A script bash accepts (issue 28, item 3: the summary line was not a comment), with the
-    // datapath too (its lines are comments: it has no iproute2 equivalent).
+    // A script bash accepts and shellcheck finds nothing in (issue 28, item 3: the summary line
+    // was not a comment), with the datapath too (its lines are comments: it has no iproute2
+    // equivalent).
     for args in [&["--no-ebpf"][..], &[][..]] {
         let script = enipin.ok(&[&["attach", "--dry-run", "--format", "ip"][..], args].concat());
-        let mut bash = Command::new("bash")
-            .args(["-n", "/dev/stdin"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut bash.stdin.take().unwrap(), script.as_bytes()).unwrap();
-        let checked = bash.wait_with_output().unwrap();
-        assert!(
-            checked.status.success(),
-            "bash -n: {}\n{script}",
-            String::from_utf8_lossy(&checked.stderr)
-        );
+        script_checks(&["bash", "-n", "/dev/stdin"], &script);
+        script_checks(&["shellcheck", "--shell=bash", "-"], &script);
     }
     // --format without --dry-run would be ignored: it is an error.
     let e = enipin.fails(&["attach", "--format", "ip"]);
@@ -626,6 +679,7 @@ fn render_every_format_pairs_addresses_with_their_interface() {
             "{per_instance}:\n{out}"
         );
     }
+    netplan_generates(&out, t1);
 
     // nmcli: a script that sets each list whole (never `+ipv4.routing-rules`).
     let out = enipin.ok(&["render", "--format", "nmcli"]);
@@ -658,6 +712,7 @@ fn render_every_format_pairs_addresses_with_their_interface() {
         eth1.contains("nmcli device reapply eth1") && !out.contains(" +ipv"),
         "{out}"
     );
+    script_checks(&["shellcheck", "-"], &out);
     let syntax = Command::new("bash")
         .args(["-n", "-c", &out])
         .output()

@@ -43,6 +43,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("rpm2cpio", "rpm"),
     ("cpio", "cpio"),
     ("dpkg-deb", "dpkg"),
+    // baseline.rs checks attach --dry-run --format ip and render's nmcli script with shellcheck,
+    // and has netplan turn render's netplan file into networkd's.
+    ("shellcheck", "shellcheck"),
+    ("netplan", "netplan.io"),
     // The packaging tests read the .deb's changelog as dpkg does.
     ("dpkg-parsechangelog", "dpkg-dev"),
     ("systemd-analyze", "systemd"),
