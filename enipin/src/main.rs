@@ -4,7 +4,11 @@
 mod complete;
 mod man;
 
-use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Result;
 use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
@@ -469,9 +473,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
             dry_run,
             format,
         } => {
-            sel.give(&mut given);
-            layers.give(&mut given);
-            metadata.give(&mut given);
+            give_common(&mut given, sel, layers, metadata);
             let s = loader(given).load()?;
             enipin::commands::attach(&s.config, &paths, dry_run, format).await?;
         }
@@ -481,9 +483,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
             metadata,
             watch,
         } => {
-            sel.give(&mut given);
-            layers.give(&mut given);
-            metadata.give(&mut given);
+            give_common(&mut given, sel, layers, metadata);
             watch.give(&mut given);
             let loader = loader(given);
             let s = loader.load()?;
@@ -514,19 +514,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Sysdump { output } => {
-            let mut globals: Vec<std::ffi::OsString> = vec![
-                "--pin-dir".into(),
-                paths.pin_dir.clone().into(),
-                "--state-dir".into(),
-                paths.state_dir.clone().into(),
-            ];
-            if let Some(c) = &cli.config {
-                globals.extend(["--config".into(), c.clone().into()]);
-            }
-            let out = enipin::commands::sysdump::sysdump(&paths, &globals, output).await?;
-            println!("{}", out.display());
-        }
+        Command::Sysdump { output } => sysdump(&paths, cli.config.as_deref(), output).await?,
         Command::Render {
             sel,
             format,
@@ -535,10 +523,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
         } => {
             sel.give(&mut given);
             let s = loader(given).load()?;
-            let out = enipin::commands::render::Output {
-                dir: output_dir,
-                root: root.unwrap_or_else(|| PathBuf::from("/")),
-            };
+            let out = enipin::commands::render::Output::new(output_dir, root);
             enipin::commands::render::render(&s.config, format, &out).await?;
         }
         Command::Config {
@@ -551,9 +536,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
                     json,
                 },
         } => {
-            sel.give(&mut given);
-            layers.give(&mut given);
-            metadata.give(&mut given);
+            give_common(&mut given, sel, layers, metadata);
             watch.give(&mut given);
             let mut s = loader(given).load()?;
             s.entries.extend(globals);
@@ -568,6 +551,36 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode> {
         Command::Man { dir } => man::write(command(), &dir)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The flags of the selection, the layers and the metadata, which attach, watch and config check
+/// share.
+fn give_common(g: &mut Given, sel: Selection, layers: Layers, metadata: Metadata) {
+    sel.give(g);
+    layers.give(g);
+    metadata.give(g);
+}
+
+/// `sysdump`: the bundle, its reports run with the same directories and config file.
+async fn sysdump(paths: &Paths, config: Option<&Path>, output: Option<PathBuf>) -> Result<()> {
+    let globals = sysdump_globals(paths, config);
+    let out = enipin::commands::sysdump::sysdump(paths, &globals, output).await?;
+    println!("{}", out.display());
+    Ok(())
+}
+
+/// The global flags sysdump gives each report it runs: the same directories and config file.
+fn sysdump_globals(paths: &Paths, config: Option<&Path>) -> Vec<std::ffi::OsString> {
+    let mut globals: Vec<std::ffi::OsString> = vec![
+        "--pin-dir".into(),
+        paths.pin_dir.clone().into(),
+        "--state-dir".into(),
+        paths.state_dir.clone().into(),
+    ];
+    if let Some(c) = config {
+        globals.extend(["--config".into(), c.into()]);
+    }
+    globals
 }
 
 /// The watcher's pacing from the settings.

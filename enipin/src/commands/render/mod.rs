@@ -75,6 +75,14 @@ pub struct Output {
     pub root: PathBuf,
 }
 
+impl Output {
+    /// From the flags: `root` defaults to `/`.
+    pub fn new(dir: Option<PathBuf>, root: Option<PathBuf>) -> Self {
+        let root = root.unwrap_or_else(|| PathBuf::from("/"));
+        Self { dir, root }
+    }
+}
+
 /// Prints or writes the desired rules and routes of the selected interfaces in `format`; changes
 /// nothing in the namespace.
 pub async fn render(cfg: &Config, format: Format, out: &Output) -> Result<()> {
