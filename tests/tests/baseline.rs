@@ -1261,3 +1261,39 @@ fn sysdump_bundles_every_report_and_dump() {
     );
     e.ok(&["detach"]);
 }
+
+/// `--metadata auto` follows the machine's DMI (issue 29, item 4), never a probe: on a machine
+/// whose DMI names no EC2 (this one has none) it plans what netlink alone plans; on an EC2
+/// host it asks the endpoint given, here one in the lab's own subnet that nothing answers, so
+/// the lookup fails and attach refuses. Either way no request leaves for 169.254.169.254.
+#[test]
+fn metadata_auto_follows_dmi_never_a_probe() {
+    let (_t, e) = topo(&[(&[10], &[]), (&[11], &[])]);
+    let vendor = std::fs::read_to_string("/sys/class/dmi/id/sys_vendor").unwrap_or_default();
+    let ec2 = vendor.trim() == "Amazon EC2";
+    let plain = e.ok(&["attach", "--dry-run"]);
+    let auto = [
+        "attach",
+        "--dry-run",
+        "--metadata",
+        "auto",
+        "--metadata-endpoint",
+        "http://198.18.0.254",
+    ];
+    let out = e.cmd(&auto);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    if ec2 {
+        assert!(!out.status.success(), "{stdout}{stderr}");
+        assert!(stderr.contains("--metadata auto: EC2"), "{stderr}");
+    } else {
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert_eq!(stdout, plain);
+        assert!(
+            stderr.contains("--metadata auto: no cloud in this machine's DMI; netlink alone"),
+            "{stderr}"
+        );
+    }
+}

@@ -896,3 +896,65 @@ fn differing_mtus_are_said_by_doctor_and_status() {
     );
     e.ok(&["detach"]);
 }
+
+/// The cloud from the machine's DMI (issue 29, item 4): each of the four by the strings its
+/// VMs carry, none from a bare root; `metadata.source = "aws"` on another cloud is a conflict
+/// (every lookup would fail), `auto` there a warning (netlink alone). No address is probed.
+#[test]
+fn doctor_names_the_cloud_from_dmi_and_a_source_that_cannot_answer() {
+    let (_topo, e) = lab();
+    let clouds: [(&str, &[(&str, &str)]); 4] = [
+        (
+            "EC2 (sys_vendor \"Amazon EC2\")",
+            &[("sys_vendor", "Amazon EC2")],
+        ),
+        (
+            "Azure (chassis_asset_tag \"7783-7084-3265-9085-8269-3286-77\")",
+            &[
+                ("sys_vendor", "Microsoft Corporation"),
+                ("chassis_asset_tag", "7783-7084-3265-9085-8269-3286-77"),
+            ],
+        ),
+        (
+            "Google Cloud (product_name \"Google Compute Engine\")",
+            &[
+                ("sys_vendor", "Google"),
+                ("product_name", "Google Compute Engine"),
+            ],
+        ),
+        (
+            "Oracle Cloud (chassis_asset_tag \"OracleCloud.com\")",
+            &[("chassis_asset_tag", "OracleCloud.com")],
+        ),
+    ];
+    for (named, files) in clouds {
+        let root = TempDir::new("enipin-root-").unwrap();
+        for (file, value) in files {
+            write(
+                root.path(),
+                &format!("sys/class/dmi/id/{file}"),
+                &format!("{value}\n"),
+            );
+        }
+        let (_, text) = doctor(&e, root.path(), &[]);
+        let f = finding(&text, "cloud");
+        assert!(
+            f.len() == 1 && f[0].starts_with("ok ") && f[0].contains(&format!("cloud: {named}")),
+            "{text}"
+        );
+        let config = root.path().join("enipin.toml");
+        std::fs::write(&config, "[metadata]\nsource = \"aws\"\n").unwrap();
+        let args = ["--config", config.to_str().unwrap()];
+        let (ok, text) = doctor(&e, root.path(), &args);
+        let f = finding(&text, "cloud");
+        let ec2 = named.starts_with("EC2");
+        let want = if ec2 { "ok " } else { "conflict " };
+        assert!(f.len() == 1 && f[0].contains(named), "{text}");
+        assert!(f.len() == 1 && f[0].starts_with(want), "{text}");
+        assert_eq!(ok, ec2, "{text}");
+    }
+    let bare = TempDir::new("enipin-root-").unwrap();
+    let (_, text) = doctor(&e, bare.path(), &[]);
+    let f = finding(&text, "cloud");
+    assert!(f.len() == 1 && f[0].contains("no cloud named"), "{text}");
+}

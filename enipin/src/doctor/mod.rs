@@ -20,6 +20,7 @@
 //!
 //! `host` reads the files as systemd does (precedence, drop-ins, enablement, processes).
 
+mod cloud;
 mod cloud_agents;
 mod cni;
 mod connmark;
@@ -284,6 +285,7 @@ async fn examine_with(snap: &Snapshot, cfg: &Config, paths: &Paths, root: &Root)
     findings.extend(macs::check(&d.interfaces, cfg));
     findings.extend(mtu::check(&managed, cfg.rules));
     findings.extend(cni::check(d, root.path(), cfg));
+    findings.push(cloud::check(root.path(), cfg));
     findings.extend(connmark::check(&connmark::read(), d, &managed, cfg));
     Ok(Report { findings })
 }

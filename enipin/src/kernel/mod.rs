@@ -6,6 +6,7 @@ pub(crate) mod caps;
 pub(crate) mod capture;
 pub(crate) mod claim;
 pub(crate) mod discover;
+pub(crate) mod dmi;
 pub(crate) mod events;
 pub(crate) mod netlink;
 pub mod netns;

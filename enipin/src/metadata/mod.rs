@@ -203,11 +203,34 @@ pub struct Tracker {
     macs: Option<(Vec<MacAddr>, MacAddr)>,
 }
 
+/// `--metadata auto` made concrete from this machine's DMI, with a line saying what it found.
+fn auto(source: MetadataSource) -> MetadataSource {
+    if source != MetadataSource::Auto {
+        return source;
+    }
+    let found = crate::kernel::dmi::cloud(std::path::Path::new("/"));
+    let on = source.on(found.as_ref().map(|c| c.cloud));
+    match (&found, on) {
+        (None, _) => log::info!("--metadata auto: no cloud in this machine's DMI; netlink alone"),
+        (Some(c), MetadataSource::Aws) => log::info!(
+            "--metadata auto: {} ({}): reading its instance metadata",
+            c.cloud.name(),
+            c.evidence
+        ),
+        (Some(c), _) => log::warn!(
+            "--metadata auto: {} ({}): enipin reads only EC2's metadata so far; netlink alone",
+            c.cloud.name(),
+            c.evidence
+        ),
+    }
+    on
+}
+
 impl Tracker {
-    /// The tracker `cfg` asks for (`None` without `--metadata`).
+    /// The tracker `cfg` asks for (`None` without `--metadata`, or `auto` off EC2).
     pub fn new(cfg: &Config) -> Option<Self> {
-        let (source, endpoints) = match cfg.metadata {
-            MetadataSource::None => return None,
+        let (source, endpoints) = match auto(cfg.metadata) {
+            MetadataSource::None | MetadataSource::Auto => return None,
             MetadataSource::Aws => {
                 let aws = aws::Aws::new(cfg.metadata_endpoint.as_deref());
                 let endpoints = validate::endpoint_addrs(aws.endpoints());

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use crate::model::{Cidr, route::MAIN_TABLE};
 use crate::model::{
     Interface,
+    cloud::Detected,
     connmark::Connmark,
     route::{InstalledRoute, InstalledRule, ObservedRule},
 };
@@ -29,6 +30,8 @@ pub(crate) struct Discovery {
     /// enipin's nftables table as installed: read (by `nft -j`) only when connmark is on or was
     /// on at the last attach; `None`: not read.
     pub nft: Option<Option<Connmark>>,
+    /// The cloud the machine's DMI names (what `--metadata auto` follows).
+    pub cloud: Option<Detected>,
 }
 
 /// The Amazon VPC CNI's pod rules, as it installs them: `to POD lookup main` at 512 for every
@@ -57,6 +60,7 @@ impl Default for Discovery {
             routes: Vec::new(),
             all_rp_filter: Ok(0),
             nft: None,
+            cloud: None,
         }
     }
 }

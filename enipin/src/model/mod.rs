@@ -2,6 +2,7 @@
 //! desired state enipin computes from them.
 
 pub(crate) mod address;
+pub(crate) mod cloud;
 pub(crate) mod connmark;
 pub(crate) mod discovery;
 pub(crate) mod objects;

@@ -159,7 +159,8 @@ pub(crate) fn exclusion(d: &Discovery, cfg: &Config, i: &Interface) -> Option<Ex
         return Some(Exclusion::Port { master });
     }
     // The metadata's word on what is an ENI beats a name.
-    if cfg.metadata != MetadataSource::None {
+    let cloud = d.cloud.as_ref().map(|c| c.cloud);
+    if cfg.metadata.on(cloud) != MetadataSource::None {
         return i.meta.is_none().then_some(Exclusion::NotInMetadata);
     }
     PLUMBING

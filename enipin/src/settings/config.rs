@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Cidr;
+use crate::model::{Cidr, cloud::Cloud};
 
 /// Default first policy-routing table. Clear of amazon-ec2-net-utils (10000 + 100*card + device),
 /// the VPC CNI (device+1, 10000+), nm-cloud-setup (30200+), cloud-init (100+) and Cilium (10+n,
@@ -77,6 +77,21 @@ pub enum MetadataSource {
     None,
     /// EC2's instance metadata service (IMDSv2): each ENI's secondary addresses and prefixes.
     Aws,
+    /// The cloud from the machine's DMI strings, never from probing an address: EC2's
+    /// metadata on an EC2 instance; netlink alone elsewhere (Azure, Google Cloud and Oracle
+    /// Cloud are recognised, and named, but their metadata is not read yet).
+    Auto,
+}
+
+impl MetadataSource {
+    /// The source in effect on a machine in `cloud`: `Auto` made concrete; the others as set.
+    pub(crate) fn on(self, cloud: Option<Cloud>) -> Self {
+        match (self, cloud) {
+            (Self::Auto, Some(Cloud::Aws)) => Self::Aws,
+            (Self::Auto, _) => Self::None,
+            (s, _) => s,
+        }
+    }
 }
 
 /// Where enipin keeps what the kernel cannot tell back.

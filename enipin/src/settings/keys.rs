@@ -205,7 +205,8 @@ pub const KEYS: &[KeyDoc] = &[
         Some("--metadata"),
         Type::String,
         Value("\"none\""),
-        "`\"aws\"`: secondary addresses and delegated prefixes from IMDSv2 too.",
+        "`\"aws\"`: secondary addresses and delegated prefixes from IMDSv2 too; `\"auto\"`: \
+         IMDSv2's where the machine's DMI says EC2, netlink alone elsewhere.",
     ),
     key(
         "metadata.endpoint",
