@@ -274,9 +274,15 @@ fn stage_files(bin: &Path, stage: &Path) -> Result<()> {
 fn debian_changelog(markdown: &str) -> Result<String> {
     let manifest: toml::Table =
         toml::from_str(&fs::read_to_string(root().join("enipin/Cargo.toml"))?)?;
-    let maintainer = manifest["package"]["metadata"]["deb"]["maintainer"]
+    let deb = &manifest["package"]["metadata"]["deb"];
+    let maintainer = deb["maintainer"]
         .as_str()
         .context("enipin/Cargo.toml has no package.metadata.deb.maintainer")?;
+    // The .deb's Version is `<version>-<revision>`: dpkg takes the newest entry's for it.
+    let revision = deb
+        .get("revision")
+        .and_then(|r| r.as_str())
+        .context("enipin/Cargo.toml has no package.metadata.deb.revision")?;
     let mut out = String::new();
     for section in markdown.split("\n## ").skip(1) {
         let (heading, body) = section.split_once('\n').unwrap_or((section, ""));
@@ -287,7 +293,9 @@ fn debian_changelog(markdown: &str) -> Result<String> {
         if !out.is_empty() {
             out.push('\n');
         }
-        out.push_str(&format!("enipin ({version}) unstable; urgency=medium\n\n"));
+        out.push_str(&format!(
+            "enipin ({version}-{revision}) unstable; urgency=medium\n\n"
+        ));
         for line in body.lines().filter(|l| !l.trim().is_empty()) {
             let item = match line.strip_prefix("- ") {
                 Some(first) => format!("  * {first}"),
@@ -299,7 +307,7 @@ fn debian_changelog(markdown: &str) -> Result<String> {
         out.push_str(&format!("\n -- {maintainer}  {}\n", date.trim()));
     }
     // The newest entry is this version's: a release without its changelog is not built.
-    if !out.starts_with(&format!("enipin ({VERSION})")) {
+    if !out.starts_with(&format!("enipin ({VERSION}-{revision})")) {
         bail!("CHANGELOG.md's first `## <version> - <date>` section is not {VERSION}'s");
     }
     Ok(out)
@@ -432,7 +440,7 @@ mod tests {
         let ours = markdown.replace("9.9.9", VERSION);
         let text = debian_changelog(&ours).unwrap();
         let first = format!(
-            "enipin ({VERSION}) unstable; urgency=medium\n\n  * One thing,\n    on two lines.\n  \
+            "enipin ({VERSION}-1) unstable; urgency=medium\n\n  * One thing,\n    on two lines.\n  \
              * Two.\n\n -- The enipin authors <enipin@users.noreply.github.com>  Mon, 07 Dec 2026 \
              00:00:00 +0000\n"
         );
@@ -450,6 +458,10 @@ mod tests {
                 .args(["-S", "Version"]),
         );
         let _ = fs::remove_file(&dir);
-        assert_eq!(parsed.unwrap().trim(), VERSION);
+        assert_eq!(
+            parsed.unwrap().trim(),
+            format!("{VERSION}-1"),
+            "the .deb's Version"
+        );
     }
 }
