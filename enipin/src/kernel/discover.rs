@@ -77,7 +77,7 @@ pub(crate) async fn discover(nl: &Netlink) -> Result<Discovery> {
         routes,
         all_rp_filter: sysctl::all_rp_filter().map_err(|e| format!("{e:#}")),
         nft: None,
-        cloud: super::dmi::cloud(std::path::Path::new("/")),
+        cloud: super::dmi::machine_cloud(),
     })
 }
 

@@ -26,3 +26,10 @@ pub(crate) fn read(root: &Path) -> Dmi {
 pub(crate) fn cloud(root: &Path) -> Option<Detected> {
     read(root).cloud()
 }
+
+/// This machine's cloud, read once per process: DMI does not change while it runs, and
+/// `watch` discovers the namespace at every reconcile (5 file reads each, for nothing).
+pub(crate) fn machine_cloud() -> Option<Detected> {
+    static CLOUD: std::sync::OnceLock<Option<Detected>> = std::sync::OnceLock::new();
+    CLOUD.get_or_init(|| cloud(Path::new("/"))).clone()
+}

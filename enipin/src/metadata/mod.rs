@@ -208,7 +208,7 @@ fn auto(source: MetadataSource) -> MetadataSource {
     if source != MetadataSource::Auto {
         return source;
     }
-    let found = crate::kernel::dmi::cloud(std::path::Path::new("/"));
+    let found = crate::kernel::dmi::machine_cloud();
     let on = source.on(found.as_ref().map(|c| c.cloud));
     match (&found, on) {
         (None, _) => log::info!("--metadata auto: no cloud in this machine's DMI; netlink alone"),
